@@ -1,0 +1,184 @@
+//! Nexmark q0–q2 on the built-in Nexmark generator into `blackhole`, at parallelism 1
+//! and 2, printed side by side in one run with:
+//! - the generator alone (generator → blackhole, no SQL stage),
+//! - DataFusion batch executing the same SELECT over the same rows already in memory
+//!   (the engine's physical limit),
+//! - p99 latency from generation to sink at half the maximum rate.
+//!
+//! Run: `cargo bench --bench nexmark` (release profile). Environment: `NEXMARK_EVENTS`
+//! (default 10,000,000), `NEXMARK_LATENCY_SECS` (default 10). Not part of the test
+//! suite; figures go to docs/benchmarks.md.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tributary::connectors::blackhole::{BlackholeSink, blackhole_with_latency};
+use tributary::engine::{BatchSettings, RuntimeSettings};
+use tributary::pipeline::PipelineBuilder;
+
+const QUERIES: &[(&str, &str)] = &[
+    ("q0 pass-through", "SELECT auction, bidder, price, date_time, extra FROM bids"),
+    (
+        "q1 currency",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bids",
+    ),
+    ("q2 filter", "SELECT auction, price FROM bids WHERE auction % 123 = 0"),
+];
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        channel_capacity: 8,
+        batch: BatchSettings {
+            size: 8192,
+            flush_interval: Duration::from_millis(10),
+        },
+    }
+}
+
+fn source_ddl(events: u64, extra: &str) -> String {
+    format!(
+        "CREATE TABLE bids WITH (connector = 'generator', world = 'nexmark', stream = 'bids', \
+         count = '{events}'{extra})"
+    )
+}
+
+/// Events per second through generator → (SQL) → blackhole.
+async fn tributary(events: u64, parallelism: usize, query: Option<&str>) -> f64 {
+    let mut p = PipelineBuilder::new("bench")
+        .parallelism(parallelism)
+        .runtime_settings(settings());
+    let src = p.source_sql(&source_ddl(events, ", rate = '0'")).unwrap();
+    let out = match query {
+        Some(q) => p.sql(src, q).await.unwrap(),
+        None => src,
+    };
+    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None))).unwrap();
+    let t = Instant::now();
+    p.run_to_completion().await.unwrap();
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The generator's bids, collected in memory, for the batch baseline.
+async fn collect_bids(events: u64) -> Vec<RecordBatch> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut p = PipelineBuilder::new("collect").runtime_settings(settings());
+    let src = p.source_sql(&source_ddl(events, ", rate = '0'")).unwrap();
+    let schema = p.schema(&src);
+    let g = got.clone();
+    let kept = p.map(src, "keep", schema, move |b| {
+        g.lock().unwrap().push(b.clone());
+        Ok(b)
+    });
+    p.sink(kept, "blackhole", Arc::new(BlackholeSink::new(None))).unwrap();
+    p.run_to_completion().await.unwrap();
+    Arc::try_unwrap(got).unwrap().into_inner().unwrap()
+}
+
+/// Events per second for DataFusion batch over the in-memory bids.
+async fn batch(bids: &[RecordBatch], events: u64, parallelism: usize, query: &str) -> f64 {
+    let schema = bids[0].schema();
+    let parts: Vec<Vec<RecordBatch>> = (0..parallelism)
+        .map(|p| bids.iter().skip(p).step_by(parallelism).cloned().collect())
+        .collect();
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(parallelism)
+            .with_batch_size(8192),
+    );
+    ctx.register_table("bids", Arc::new(MemTable::try_new(schema, parts).unwrap()))
+        .unwrap();
+    let df = ctx.sql(query).await.unwrap();
+    let t = Instant::now();
+    // Stream the result and drop it, like the blackhole sink.
+    use futures::StreamExt;
+    let streams = df.execute_stream_partitioned().await.unwrap();
+    let handles: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut rows = 0usize;
+                while let Some(b) = s.next().await {
+                    rows += b.unwrap().num_rows();
+                }
+                rows
+            })
+        })
+        .collect();
+    for h in handles {
+        h.await.unwrap();
+    }
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// p50/p99 latency (event time of the oldest row in a batch to the sink) at `rate`.
+async fn latency(rate: f64, secs: u64, query: &str) -> (f64, f64, u64) {
+    let events = (rate * secs as f64) as u64;
+    let mut p = PipelineBuilder::new("latency").runtime_settings(settings());
+    let src = p
+        .source_sql(&source_ddl(
+            events,
+            &format!(", rate = '{rate:.0}', start_time = 'now'"),
+        ))
+        .unwrap();
+    let out = p.sql(src, query).await.unwrap();
+    let (sink, handle) = blackhole_with_latency("date_time");
+    p.sink(out, "blackhole", sink).unwrap();
+    p.run_to_completion().await.unwrap();
+    handle.percentiles().unwrap_or((f64::NAN, f64::NAN, 0))
+}
+
+fn m(x: f64) -> String {
+    format!("{:.2}M", x / 1e6)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let events: u64 = std::env::var("NEXMARK_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let latency_secs: u64 = std::env::var("NEXMARK_LATENCY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    println!("Nexmark, {events} events, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let bids = collect_bids(events).await;
+    let bid_rows: usize = bids.iter().map(|b| b.num_rows()).sum();
+    println!("bids in memory for the batch baseline: {bid_rows}\n");
+    println!(
+        "{:<18} {:>3} {:>12} {:>12} {:>12} {:>10}",
+        "query", "par", "generator", "tributary", "df batch", "trib/batch"
+    );
+    let mut max_q1 = 0.0f64;
+    for parallelism in [1usize, 2] {
+        let gen_alone = tributary(events, parallelism, None).await;
+        for (name, q) in QUERIES {
+            let t = tributary(events, parallelism, Some(q)).await;
+            let b = batch(&bids, events, parallelism, q).await;
+            if name.starts_with("q1") && parallelism == 1 {
+                max_q1 = t;
+            }
+            println!(
+                "{:<18} {:>3} {:>12} {:>12} {:>12} {:>10.2}",
+                name,
+                parallelism,
+                m(gen_alone),
+                m(t),
+                m(b),
+                t / b
+            );
+        }
+    }
+    let rate = max_q1 / 2.0;
+    let (p50, p99, n) = latency(rate, latency_secs, QUERIES[1].1).await;
+    println!(
+        "\nlatency, q1 at parallelism 1, {:.0} events/s (half the maximum) for {latency_secs}s: \
+         p50 {:.1} ms, p99 {:.1} ms over {n} batches",
+        rate,
+        p50 * 1000.0,
+        p99 * 1000.0
+    );
+}

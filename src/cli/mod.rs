@@ -1,0 +1,116 @@
+//! The command line: `run`, `check`, `explain`, `generate`.
+//!
+//! Owns argument parsing, logging setup, and the one place where errors become what the
+//! user sees (`error[CODE]: file:line:column: message`) and an exit code: 0 success,
+//! 1 a pipeline failed while running, 2 invalid input (configuration, pipeline, SQL).
+
+mod generate;
+mod progress;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::pipeline::{Config, LogFormat, load_config};
+
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version, about = "Stream processing on Apache DataFusion and Arrow")]
+pub struct Cli {
+    /// Configuration file (default: ./tributary.toml when present).
+    #[arg(long, global = true, env = "TRIBUTARY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override a configuration key: --set section.key=value (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run pipelines (all of pipelines/ when none is named) until their input ends or
+    /// Ctrl-C / SIGTERM.
+    Run {
+        /// Pipeline files, `.sql` files, or names of files in the pipelines directory.
+        pipelines: Vec<String>,
+        /// Progress view: auto (on a terminal), on, off.
+        #[arg(long, default_value = "auto")]
+        progress: String,
+    },
+    /// Plan every pipeline and report every error; exit non-zero if any.
+    Check { pipelines: Vec<String> },
+    /// Print a pipeline's streaming plan: operators, partitioning, parallelism, and the
+    /// DataFusion plan of each SQL stage.
+    Explain { pipeline: String },
+    /// Write the generator's events as JSON lines, to replay the exact same input.
+    Generate(generate::GenerateArgs),
+}
+
+fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TRIBUTARY_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(config.log.level.clone()));
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Prints an error the one way errors are shown.
+pub(crate) fn report(e: &crate::Error) {
+    eprintln!("error[{}]: {e}", e.code());
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !e.to_string().contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        source = s.source();
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Generate(args) = &cli.command {
+        return generate::generate(args);
+    }
+    let config = match load_config(cli.config.as_deref(), std::env::vars(), &cli.sets) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e.into());
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tributary")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run { pipelines, progress } => run::run(&config, &pipelines, &progress).await,
+            Command::Check { pipelines } => run::check(&config, &pipelines).await,
+            Command::Explain { pipeline } => run::explain(&config, &pipeline).await,
+            Command::Generate(_) => unreachable!("handled above"),
+        }
+    })
+}

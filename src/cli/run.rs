@@ -1,0 +1,279 @@
+//! `tributary run`, `check` and `explain`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::progress::Progress;
+use super::report;
+use crate::engine::{NodeKind, Runtime};
+use crate::pipeline::{Config, LoadedPipeline, PipelineError, discover, load_pipeline};
+use crate::sql::{PlannedPipeline, SqlPlanner};
+
+/// Resolves pipeline arguments: a path to a file, or a name in the pipelines directory.
+fn resolve(config: &Config, args: &[String]) -> crate::Result<Vec<PathBuf>> {
+    let dir = Path::new(&config.run.pipelines_dir);
+    if args.is_empty() {
+        let found = discover(dir)?;
+        if found.is_empty() {
+            return Err(PipelineError::NotFound {
+                name: "*".into(),
+                looked: format!("{}/*.yaml", dir.display()),
+            }
+            .into());
+        }
+        return Ok(found);
+    }
+    args.iter()
+        .map(|a| {
+            let p = PathBuf::from(a);
+            if p.exists() {
+                return Ok(p);
+            }
+            for ext in ["yaml", "yml"] {
+                let c = dir.join(format!("{a}.{ext}"));
+                if c.exists() {
+                    return Ok(c);
+                }
+            }
+            Err(PipelineError::NotFound {
+                name: a.clone(),
+                looked: format!("{a} and {}/{a}.yaml", dir.display()),
+            }
+            .into())
+        })
+        .collect()
+}
+
+/// Loads and plans every pipeline, reporting every error; `None` if any failed.
+async fn plan_all(
+    config: &Config,
+    args: &[String],
+) -> Option<Vec<(LoadedPipeline, PlannedPipeline)>> {
+    let paths = match resolve(config, args) {
+        Ok(p) => p,
+        Err(e) => {
+            report(&e);
+            return None;
+        }
+    };
+    let planner = SqlPlanner::new();
+    let mut ok = true;
+    let mut out = Vec::new();
+    for path in paths {
+        let planned = async {
+            let loaded = load_pipeline(&path, config)?;
+            let planned = loaded.plan(&planner).await?;
+            let mut g = planned.graph.clone();
+            g.finalize()?;
+            Ok::<_, crate::Error>((loaded, planned))
+        }
+        .await;
+        match planned {
+            Ok(p) => out.push(p),
+            Err(e) => {
+                report(&e);
+                ok = false;
+            }
+        }
+    }
+    let mut names: Vec<&str> = out.iter().map(|(l, _)| l.name.as_str()).collect();
+    names.sort();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        eprintln!("error[PIP005]: two pipelines are named {}", w[0]);
+        ok = false;
+    }
+    ok.then_some(out)
+}
+
+pub(super) async fn check(config: &Config, args: &[String]) -> ExitCode {
+    match plan_all(config, args).await {
+        Some(all) => {
+            for (l, p) in &all {
+                println!(
+                    "ok {} ({} nodes, {})",
+                    l.name,
+                    p.graph.nodes.len(),
+                    if p.graph.bounded() { "bounded" } else { "unbounded" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(2),
+    }
+}
+
+pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
+    let Some(all) = plan_all(config, &[arg.to_string()]).await else {
+        return ExitCode::from(2);
+    };
+    for (_, planned) in all {
+        let mut g = planned.graph.clone();
+        if let Err(e) = g.finalize() {
+            report(&e);
+            return ExitCode::from(2);
+        }
+        print!("{}", g.explain());
+        for (name, stage) in &planned.stages {
+            println!("\nSQL stage {name}, DataFusion physical plan (evaluated per batch):");
+            for line in stage.physical_plan().lines() {
+                println!("  {line}");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return futures::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> ExitCode {
+    let Some(all) = plan_all(config, args).await else {
+        return ExitCode::from(2);
+    };
+    let metrics = crate::admin::install_metrics();
+    let health = Arc::new(crate::admin::Health::default());
+    if !config.admin.listen.is_empty() {
+        match crate::admin::serve(&config.admin.listen, metrics, health.clone()).await {
+            Ok(addr) => tracing::info!(%addr, "admin endpoint: /metrics and /healthz"),
+            Err(e) => {
+                eprintln!(
+                    "error[ADM001]: cannot listen on {} for /metrics and /healthz: {e} (set admin.listen, or --set admin.listen='' to disable)",
+                    config.admin.listen
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut handles = Vec::new();
+    let mut view = Progress::new(progress);
+    let mut sink_names: Vec<(String, Vec<String>)> = Vec::new();
+    let mut source_names: Vec<(String, Vec<String>)> = Vec::new();
+    for (loaded, planned) in all {
+        let kinds: Vec<bool> = planned
+            .graph
+            .nodes
+            .iter()
+            .map(|n| matches!(n.kind, NodeKind::Source(_)))
+            .collect();
+        let sinks: Vec<bool> = planned
+            .graph
+            .nodes
+            .iter()
+            .map(|n| matches!(n.kind, NodeKind::Sink(_)))
+            .collect();
+        let names_of = |want: &[bool]| -> Vec<String> {
+            planned
+                .graph
+                .nodes
+                .iter()
+                .zip(want)
+                .filter(|(_, w)| **w)
+                .map(|(n, _)| n.name.clone())
+                .collect()
+        };
+        sink_names.push((loaded.name.clone(), names_of(&sinks)));
+        source_names.push((loaded.name.clone(), names_of(&kinds)));
+        tracing::info!(
+            pipeline = %loaded.name,
+            bounded = planned.graph.bounded(),
+            nodes = planned.graph.nodes.len(),
+            "starting pipeline"
+        );
+        match Runtime::start(planned.graph, loaded.runtime.clone()) {
+            Ok(h) => {
+                view.add(&loaded.name, &h.stats, &kinds, &sinks);
+                handles.push((loaded.name, h));
+            }
+            Err(e) => {
+                report(&e);
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let stoppers: Vec<_> = handles.iter().map(|(_, h)| h.stopper()).collect();
+    let signal_task = tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stop requested: draining pipelines and flushing sinks");
+        for s in &stoppers {
+            s.stop();
+        }
+    });
+    let view_task = view.spawn();
+    let mut waits = futures::stream::FuturesUnordered::new();
+    let mut stoppers = Vec::new();
+    for (name, h) in handles {
+        stoppers.push(h.stopper());
+        waits.push(async move { (name, h.wait().await) });
+    }
+    use futures::StreamExt;
+    let mut failed = false;
+    while let Some((name, result)) = waits.next().await {
+        match result {
+            Ok(report) => {
+                let written: u64 = sink_names
+                    .iter()
+                    .filter(|(p, _)| p == &name)
+                    .flat_map(|(_, sinks)| {
+                        report
+                            .rows_in
+                            .iter()
+                            .filter(|(n, _)| sinks.contains(n))
+                            .map(|(_, r)| *r)
+                    })
+                    .sum();
+                let read: u64 = source_names
+                    .iter()
+                    .filter(|(p, _)| p == &name)
+                    .flat_map(|(_, srcs)| {
+                        report
+                            .rows_out
+                            .iter()
+                            .filter(|(n, _)| srcs.contains(n))
+                            .map(|(_, r)| *r)
+                    })
+                    .sum();
+                tracing::info!(
+                    pipeline = %name,
+                    elapsed_s = report.elapsed.as_secs_f64(),
+                    rows_read = read,
+                    rows_written = written,
+                    bad_records = report.bad_records,
+                    "pipeline finished"
+                )
+            }
+            Err(e) => {
+                failed = true;
+                health.set_failed();
+                eprintln!("pipeline {name} failed:");
+                report(&e);
+                for s in &stoppers {
+                    s.stop();
+                }
+            }
+        }
+    }
+    signal_task.abort();
+    view_task.finish().await;
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

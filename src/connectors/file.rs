@@ -1,0 +1,1060 @@
+//! The `file` source: rows from JSON lines, Avro or Parquet files.
+//!
+//! `WITH (connector = 'file', path = 'data/orders', format = 'json', follow = 'false',
+//! poll_interval = '1s')`
+//!
+//! | option | default | meaning |
+//! |---|---|---|
+//! | `path` | required | a file, or a directory; relative paths are resolved from the SQL file's directory |
+//! | `format` | from the file's extension | `json` (JSON lines), `avro` (object container files) or `parquet`; required for a directory |
+//! | `follow` | `false` | `true`: keep polling the directory for new files until the pipeline stops |
+//! | `poll_interval` | `1s` | how often a followed directory is listed |
+//!
+//! A directory means every file directly in it (not in subdirectories) with the
+//! format's extension (`.json`, `.jsonl`, `.ndjson`; `.avro`; `.parquet`, any case), in
+//! name order. Names starting with `.` or `_` are skipped, so that a writer can write
+//! `_orders.jsonl` (or `.orders.jsonl`) and rename it when complete: a followed
+//! directory should only ever show complete files. A file is read once; a followed file
+//! that grows after it was read is not read again.
+//!
+//! Schema: JSON needs declared columns and produces exactly them. Avro and Parquet use
+//! the declared columns when given (each file's columns are matched by name and cast,
+//! see [`crate::formats::conform`]; checked against the first file at plan time), else
+//! the first file's schema, read at plan time (other files are conformed to it).
+//!
+//! Parallelism: the files listed at plan time are spread over the partitions by index
+//! (file `i` goes to partition `i % parallelism`); files found later by `follow` by a
+//! hash of their name, so that every partition agrees without talking to the others.
+//!
+//! Reading is streaming and off the async runtime: each batch is read in a blocking
+//! task (`spawn_blocking`), in batches of the runtime's batch size. A JSON line that is
+//! not JSON or does not fit the columns is reported as a bad record and skipped; a line
+//! longer than [`MAX_LINE`] is refused as a bad record without being loaded. An Avro or
+//! Parquet file that cannot be read fails the source, naming the file (and, for Avro,
+//! the block's offset). The `tributary_source_lag_seconds` gauge is the age (from its
+//! modification time) of the file being read when following a directory, 0 when idle.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+
+use super::{ConnectorError, Options, TableRequest};
+use crate::dlq::{BadRecordReason, BadRecords};
+use crate::engine::{EngineError, Source, SourceContext, SourceFactory, TaskInfo};
+use crate::formats::avro::AvroReader;
+use crate::formats::json::JsonDecoder;
+use crate::formats::parquet::ParquetReader;
+use crate::formats::{check_conform, conform};
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// Longest JSON line accepted; longer lines are bad records, skipped without being
+/// held in memory.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// How much of a refused over-long line is kept for the bad-record report.
+const SAMPLE: usize = 256;
+
+/// The formats the `file` source reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Avro,
+    Parquet,
+}
+
+impl Format {
+    fn parse(s: &str) -> Option<Format> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" | "jsonl" | "ndjson" => Some(Format::Json),
+            "avro" => Some(Format::Avro),
+            "parquet" => Some(Format::Parquet),
+            _ => None,
+        }
+    }
+
+    fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Format::Json => &["json", "jsonl", "ndjson"],
+            Format::Avro => &["avro"],
+            Format::Parquet => &["parquet"],
+        }
+    }
+
+    fn of_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        [Format::Json, Format::Avro, Format::Parquet]
+            .into_iter()
+            .find(|f| f.extensions().contains(&ext.as_str()))
+    }
+
+    fn matches(self, path: &Path) -> bool {
+        Format::of_path(path) == Some(self)
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Json => "json",
+            Format::Avro => "avro",
+            Format::Parquet => "parquet",
+        })
+    }
+}
+
+fn resolve(base_dir: &Path, raw: &str) -> PathBuf {
+    let p = Path::new(raw.trim());
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> crate::Error {
+    ConnectorError::Io {
+        connector: "file",
+        path: path.display().to_string(),
+        source,
+    }
+    .into()
+}
+
+/// The files of `format` directly in `dir`, in name order (hidden and `_` files left
+/// out).
+pub fn list_files(dir: &Path, format: Format) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let path = entry.path();
+        if !format.matches(&path) {
+            continue;
+        }
+        // Follows symbolic links; a file that vanished meanwhile is skipped.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => files.push(path),
+            _ => {}
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Builds the `file` source from its options (`path`, `format`, `follow`,
+/// `poll_interval`).
+pub fn source(req: &TableRequest<'_>, opts: &mut Options) -> crate::Result<Arc<dyn SourceFactory>> {
+    let raw = opts.required("path")?;
+    let format_opt = opts.get("format");
+    let follow = opts.parse_bool("follow", false)?;
+    let poll_interval = opts.parse_duration("poll_interval", Duration::from_secs(1))?;
+    if raw.trim().is_empty() {
+        return Err(opts.invalid("path", &raw, "expected a file or directory path"));
+    }
+    if poll_interval.is_zero() {
+        return Err(opts.invalid(
+            "poll_interval",
+            &format!("{poll_interval:?}"),
+            "must be greater than zero",
+        ));
+    }
+    let root = resolve(req.base_dir, &raw);
+    let meta = std::fs::metadata(&root).map_err(|e| io_error(&root, e))?;
+    let is_dir = meta.is_dir();
+    let format = match (&format_opt, is_dir) {
+        (Some(v), _) => Format::parse(v)
+            .ok_or_else(|| opts.invalid("format", v, "expected json, avro or parquet"))?,
+        (None, false) => Format::of_path(&root).ok_or_else(|| {
+            opts.invalid(
+                "path",
+                &raw,
+                "cannot tell the format from the extension; set format = 'json', 'avro' or 'parquet'",
+            )
+        })?,
+        (None, true) => {
+            return Err(ConnectorError::MissingOption {
+                table: req.table.into(),
+                connector: "file".into(),
+                option: "format (required when path is a directory)".into(),
+            }
+            .into());
+        }
+    };
+    if follow && !is_dir {
+        return Err(opts.invalid("follow", "true", "following needs path to be a directory"));
+    }
+    let files = if is_dir {
+        list_files(&root, format)?
+    } else {
+        vec![root.clone()]
+    };
+    let schema_error = |message: String| -> crate::Error {
+        ConnectorError::Schema {
+            table: req.table.into(),
+            message,
+        }
+        .into()
+    };
+    let (schema, declared) = match (format, &req.schema) {
+        (Format::Json, None) => {
+            return Err(schema_error(
+                "the file connector reads JSON into declared columns; declare them, e.g. \
+                 CREATE TABLE t (id BIGINT, ts TIMESTAMP) WITH (…)"
+                    .into(),
+            ));
+        }
+        (Format::Json, Some(s)) => {
+            // Refuses, at plan time, column types JSON cannot be decoded into.
+            JsonDecoder::new(s.clone()).map_err(|e| schema_error(e.to_string()))?;
+            (s.clone(), true)
+        }
+        (_, declared) => {
+            let first = match files.first() {
+                Some(f) => Some(read_schema(f, format)?),
+                None => None,
+            };
+            match (declared, first) {
+                (Some(d), Some(first)) => {
+                    check_conform(&first, d)
+                        .map_err(|e| schema_error(format!("{}: {e}", files[0].display())))?;
+                    (d.clone(), true)
+                }
+                (Some(d), None) => (d.clone(), true),
+                (None, Some(first)) => (first, false),
+                (None, None) => {
+                    return Err(schema_error(format!(
+                        "no .{format} file in {} to read the columns from; declare them",
+                        root.display()
+                    )));
+                }
+            }
+        }
+    };
+    Ok(Arc::new(FileSourceFactory {
+        spec: Arc::new(Spec {
+            root,
+            is_dir,
+            format,
+            schema,
+            declared,
+            follow,
+            poll_interval,
+            initial: files,
+        }),
+    }))
+}
+
+fn read_schema(path: &Path, format: Format) -> Result<SchemaRef> {
+    match format {
+        Format::Avro => crate::formats::avro::read_schema(path),
+        Format::Parquet => crate::formats::parquet::read_schema(path),
+        Format::Json => unreachable!("JSON has no schema of its own"),
+    }
+}
+
+/// Everything the factory knows, shared with its sources.
+#[derive(Debug)]
+struct Spec {
+    root: PathBuf,
+    is_dir: bool,
+    format: Format,
+    schema: SchemaRef,
+    /// Columns were declared (else `schema` is the first file's).
+    declared: bool,
+    follow: bool,
+    poll_interval: Duration,
+    /// The files listed at plan time.
+    initial: Vec<PathBuf>,
+}
+
+struct FileSourceFactory {
+    spec: Arc<Spec>,
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        self.spec.schema.clone()
+    }
+
+    fn bounded(&self) -> bool {
+        !self.spec.follow
+    }
+
+    fn describe(&self) -> String {
+        let s = &self.spec;
+        let what = if s.is_dir {
+            format!("{} file(s) in {}", s.initial.len(), s.root.display())
+        } else {
+            s.root.display().to_string()
+        };
+        let follow = if s.follow {
+            format!(", following every {:?}", s.poll_interval)
+        } else {
+            String::new()
+        };
+        let columns = if s.declared {
+            "declared columns"
+        } else {
+            "columns of the first file"
+        };
+        format!("file: {} {what} ({columns}{follow})", s.format)
+    }
+
+    fn create(&self, task: &TaskInfo) -> crate::Result<Box<dyn Source>> {
+        Ok(Box::new(FileSource {
+            spec: self.spec.clone(),
+            partition: task.partition,
+            parallelism: task.parallelism.max(1),
+        }))
+    }
+}
+
+/// A stable hash of a file name, the same on every instance: which partition reads a
+/// file found while following.
+fn name_hash(path: &Path) -> u64 {
+    let name = path
+        .file_name()
+        .map(|n| n.as_encoded_bytes())
+        .unwrap_or_default();
+    // FNV-1a.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+struct FileSource {
+    spec: Arc<Spec>,
+    partition: usize,
+    parallelism: usize,
+}
+
+/// Runs `f` on the blocking pool with the task's bad-record handle, which is put back
+/// afterwards.
+async fn blocking<T, F>(ctx: &mut SourceContext, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut BadRecords) -> T + Send + 'static,
+{
+    let placeholder = BadRecords::detached("file");
+    let mut bad = std::mem::replace(&mut ctx.bad_records, placeholder);
+    let joined = tokio::task::spawn_blocking(move || {
+        let r = f(&mut bad);
+        (r, bad)
+    })
+    .await;
+    match joined {
+        Ok((r, bad)) => {
+            ctx.bad_records = bad;
+            Ok(r)
+        }
+        Err(e) => Err(EngineError::Panicked {
+            task: ctx.task.to_string(),
+            message: format!("reading files: {e}"),
+        }
+        .into()),
+    }
+}
+
+impl FileSource {
+    async fn read_file(
+        &self,
+        path: &Path,
+        ctx: &mut SourceContext,
+        lag: &metrics::Gauge,
+    ) -> Result<()> {
+        if self.spec.follow {
+            let age = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .unwrap_or_default();
+            lag.set(age.as_secs_f64());
+        }
+        let spec = self.spec.clone();
+        let owned = path.to_path_buf();
+        let batch_size = ctx.batch.size.max(1);
+        let mut reader: Box<FileReader> = blocking(ctx, move |_| {
+            FileReader::open(&owned, &spec, batch_size).map(Box::new)
+        })
+        .await??;
+        loop {
+            if ctx.stop.is_raised() {
+                return Ok(());
+            }
+            let (r, back) = blocking(ctx, move |bad| {
+                let r = reader.next_batch(bad);
+                (r, reader)
+            })
+            .await?;
+            reader = back;
+            match r? {
+                Some(batch) => ctx.out.emit(batch).await?,
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> crate::Result<()> {
+        let lag = crate::metrics::source_lag(&ctx.task.pipeline, &ctx.task.node);
+        let mut seen: HashSet<PathBuf> = self.spec.initial.iter().cloned().collect();
+        let mine: Vec<PathBuf> = self
+            .spec
+            .initial
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % self.parallelism == self.partition)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for path in &mine {
+            if ctx.stop.is_raised() {
+                return Ok(());
+            }
+            self.read_file(path, ctx, &lag).await?;
+        }
+        if !self.spec.follow {
+            return Ok(());
+        }
+        loop {
+            lag.set(0.0);
+            tokio::select! {
+                _ = tokio::time::sleep(self.spec.poll_interval) => {}
+                _ = ctx.stop.raised() => return Ok(()),
+            }
+            let root = self.spec.root.clone();
+            let format = self.spec.format;
+            let listed = blocking(ctx, move |_| list_files(&root, format)).await?;
+            let files = match listed {
+                Ok(f) => f,
+                Err(e) => {
+                    // The directory may come back (e.g. recreated); keep polling.
+                    tracing::warn!(task = %ctx.task, error = %e, "listing a followed directory failed");
+                    continue;
+                }
+            };
+            for path in files {
+                if !seen.insert(path.clone()) {
+                    continue;
+                }
+                if name_hash(&path) % self.parallelism as u64 != self.partition as u64 {
+                    continue;
+                }
+                if ctx.stop.is_raised() {
+                    return Ok(());
+                }
+                self.read_file(&path, ctx, &lag).await?;
+            }
+        }
+    }
+}
+
+/// One open file of any format, yielding batches of the source's schema.
+enum FileReader {
+    Json(JsonLines),
+    Avro {
+        reader: Box<AvroReader>,
+        schema: SchemaRef,
+    },
+    Parquet {
+        reader: Box<ParquetReader>,
+        schema: SchemaRef,
+    },
+}
+
+impl FileReader {
+    fn open(path: &Path, spec: &Spec, batch_size: usize) -> Result<FileReader> {
+        Ok(match spec.format {
+            Format::Json => {
+                FileReader::Json(JsonLines::open(path, spec.schema.clone(), batch_size)?)
+            }
+            Format::Avro => FileReader::Avro {
+                reader: Box::new(AvroReader::open(path, batch_size)?),
+                schema: spec.schema.clone(),
+            },
+            Format::Parquet => FileReader::Parquet {
+                reader: Box::new(ParquetReader::open(path, batch_size)?),
+                schema: spec.schema.clone(),
+            },
+        })
+    }
+
+    /// The next batch, `None` at the end of the file; bad JSON lines go to `bad`.
+    fn next_batch(&mut self, bad: &mut BadRecords) -> Result<Option<RecordBatch>> {
+        match self {
+            FileReader::Json(j) => j.next_batch(bad),
+            FileReader::Avro { reader, schema } => match reader.next_batch()? {
+                Some(b) => conform(&b, schema)
+                    .map(Some)
+                    .map_err(|e| in_file(reader.path(), e)),
+                None => Ok(None),
+            },
+            FileReader::Parquet { reader, schema } => match reader.next_batch()? {
+                Some(b) => conform(&b, schema)
+                    .map(Some)
+                    .map_err(|e| in_file(reader.path(), e)),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+fn in_file(path: &Path, e: crate::Error) -> crate::Error {
+    ConnectorError::Other {
+        connector: "file",
+        message: format!("{}: {e}", path.display()),
+    }
+    .into()
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line is in the buffer (without its `\n`).
+    Read,
+    /// A line longer than the limit, of this many bytes; the buffer holds its start.
+    TooLong(u64),
+    End,
+}
+
+/// Reads the next line of `input` into `line` (without the `\n`), holding at most
+/// `max` bytes of it: a longer line is consumed to its end but only its first 256
+/// bytes are kept.
+pub fn read_line(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    line.clear();
+    let mut total: u64 = 0;
+    let mut any = false;
+    let mut too_long = false;
+    loop {
+        let buf = match input.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => Line::End,
+                (true, false) => Line::Read,
+                (true, true) => Line::TooLong(total),
+            });
+        }
+        any = true;
+        let (chunk, ends) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        if !too_long && line.len() + n > max {
+            too_long = true;
+            line.truncate(SAMPLE);
+        }
+        if !too_long {
+            line.extend_from_slice(chunk);
+        } else if line.len() < SAMPLE {
+            // Keep the start of the line, for the bad-record report.
+            let keep = (SAMPLE - line.len()).min(n);
+            line.extend_from_slice(&chunk[..keep]);
+        }
+        total += n as u64;
+        input.consume(n + ends as usize);
+        if ends {
+            return Ok(if too_long {
+                Line::TooLong(total)
+            } else {
+                Line::Read
+            });
+        }
+    }
+}
+
+/// Where a JSON line came from, for bad-record details.
+struct LineOrigin<'a> {
+    path: &'a Path,
+    line: u64,
+}
+
+impl fmt::Display for LineOrigin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+/// A JSON lines file being read.
+pub struct JsonLines {
+    path: PathBuf,
+    input: BufReader<File>,
+    decoder: JsonDecoder,
+    batch_size: usize,
+    max_line: usize,
+    line: Vec<u8>,
+    line_no: u64,
+    done: bool,
+}
+
+impl JsonLines {
+    pub fn open(path: &Path, schema: SchemaRef, batch_size: usize) -> Result<Self> {
+        let file = File::open(path).map_err(|e| io_error(path, e))?;
+        Ok(JsonLines {
+            path: path.to_path_buf(),
+            input: BufReader::with_capacity(256 << 10, file),
+            decoder: JsonDecoder::with_capacity(schema, batch_size)?,
+            batch_size: batch_size.max(1),
+            max_line: MAX_LINE,
+            line: Vec::new(),
+            line_no: 0,
+            done: false,
+        })
+    }
+
+    /// The next batch of up to `batch_size` good records; `None` at the end of the file.
+    pub fn next_batch(&mut self, bad: &mut BadRecords) -> Result<Option<RecordBatch>> {
+        while !self.done && self.decoder.buffered() < self.batch_size {
+            let read = read_line(&mut self.input, &mut self.line, self.max_line)
+                .map_err(|e| io_error(&self.path, e))?;
+            self.line_no += 1;
+            let origin = LineOrigin {
+                path: &self.path,
+                line: self.line_no,
+            };
+            match read {
+                Line::End => self.done = true,
+                Line::TooLong(len) => {
+                    let detail = format!(
+                        "{origin}: line of {len} bytes is longer than the {} byte limit",
+                        self.max_line
+                    );
+                    bad.report(BadRecordReason::Malformed, &detail, &self.line);
+                }
+                Line::Read => {
+                    let mut rec: &[u8] = &self.line;
+                    if self.line_no == 1 {
+                        rec = rec.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rec);
+                    }
+                    if rec.last() == Some(&b'\r') {
+                        rec = &rec[..rec.len() - 1];
+                    }
+                    if rec.iter().all(|b| b.is_ascii_whitespace()) {
+                        continue;
+                    }
+                    self.decoder.push_from(rec, Some(&origin), bad);
+                }
+            }
+        }
+        let batch = self.decoder.flush()?;
+        self.decoder.report_late(bad);
+        Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Field, Float32Type, Int64Type, Schema, TimeUnit};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::engine::{
+        BatchSettings, Graph, Partitioning, Runtime, RuntimeSettings, Sink, SinkFactory,
+    };
+
+    /// A sink keeping every batch, and publishing the number of rows received.
+    struct Captured {
+        batches: Mutex<Vec<RecordBatch>>,
+        rows: watch::Sender<usize>,
+    }
+
+    struct CaptureFactory(Arc<Captured>);
+    struct CaptureSink(Arc<Captured>);
+
+    impl SinkFactory for CaptureFactory {
+        fn describe(&self) -> String {
+            "capture".into()
+        }
+        fn create(&self, _task: &TaskInfo, _schema: SchemaRef) -> crate::Result<Box<dyn Sink>> {
+            Ok(Box::new(CaptureSink(self.0.clone())))
+        }
+    }
+
+    #[async_trait]
+    impl Sink for CaptureSink {
+        async fn write(&mut self, batch: RecordBatch) -> crate::Result<()> {
+            let n = batch.num_rows();
+            self.0.batches.lock().unwrap().push(batch);
+            self.0.rows.send_modify(|r| *r += n);
+            Ok(())
+        }
+        async fn finish(&mut self) -> crate::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn plan(
+        base: &Path,
+        options: &[(&str, &str)],
+        schema: Option<SchemaRef>,
+    ) -> crate::Result<Arc<dyn SourceFactory>> {
+        let values: BTreeMap<String, String> = options
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut opts = Options::new("events", "file", values);
+        let req = TableRequest {
+            table: "events",
+            schema,
+            base_dir: base,
+        };
+        let f = source(&req, &mut opts)?;
+        opts.finish()?;
+        Ok(f)
+    }
+
+    struct Running {
+        captured: Arc<Captured>,
+        handle: crate::engine::RunHandle,
+        source_stats: Arc<crate::engine::NodeStats>,
+    }
+
+    fn start(factory: Arc<dyn SourceFactory>, parallelism: usize, batch_size: usize) -> Running {
+        let (rows, _) = watch::channel(0);
+        let captured = Arc::new(Captured {
+            batches: Mutex::new(Vec::new()),
+            rows,
+        });
+        let mut g = Graph::new("test");
+        let src = g.add_source("events", factory, parallelism);
+        g.add_sink(
+            "capture",
+            Arc::new(CaptureFactory(captured.clone())),
+            1,
+            src,
+            Partitioning::RoundRobin,
+        )
+        .unwrap();
+        let settings = RuntimeSettings {
+            batch: BatchSettings {
+                size: batch_size,
+                flush_interval: Duration::from_millis(50),
+            },
+            ..RuntimeSettings::default()
+        };
+        let handle = Runtime::start(g, settings).unwrap();
+        let source_stats = handle
+            .stats
+            .iter()
+            .find(|(n, _)| n == "events")
+            .unwrap()
+            .1
+            .clone();
+        Running {
+            captured,
+            handle,
+            source_stats,
+        }
+    }
+
+    impl Running {
+        async fn wait_rows(&self, n: usize) {
+            let mut rx = self.captured.rows.subscribe();
+            let reached = rx.wait_for(|r| *r >= n);
+            tokio::time::timeout(Duration::from_secs(30), reached)
+                .await
+                .expect("rows did not arrive")
+                .unwrap();
+        }
+
+        fn batches(&self) -> Vec<RecordBatch> {
+            self.captured.batches.lock().unwrap().clone()
+        }
+
+        fn bad(&self) -> u64 {
+            self.source_stats
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+        let mut ids: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn json_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]))
+    }
+
+    fn write_lines(path: &Path, ids: std::ops::Range<i64>, extra: &[&str]) {
+        let mut f = File::create(path).unwrap();
+        for i in ids {
+            writeln!(
+                f,
+                r#"{{"id": {i}, "name": "n{i}", "ts": {}}}"#,
+                1_700_000_000_000 + i
+            )
+            .unwrap();
+        }
+        for e in extra {
+            writeln!(f, "{e}").unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_a_directory_of_json_lines_over_partitions() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        write_lines(
+            &dir.join("a.jsonl"),
+            0..10,
+            &[r#"{"id": "bad"}"#, "", "not json"],
+        );
+        write_lines(&dir.join("b.json"), 10..20, &[]);
+        std::fs::write(
+            dir.join("c.ndjson"),
+            "\u{feff}{\"id\": 20}\r\n{\"id\": 21, \"name\": null}\r\n{\"id\": 22, \"ts\": \"2024-01-01T00:00:00Z\"}",
+        )
+        .unwrap();
+        // Not read: other extensions, hidden and in-progress files, subdirectories.
+        write_lines(&dir.join("notes.txt"), 100..101, &[]);
+        write_lines(&dir.join("_partial.jsonl"), 101..102, &[]);
+        write_lines(&dir.join(".hidden.json"), 102..103, &[]);
+        std::fs::create_dir(dir.join("sub.json")).unwrap();
+        write_lines(&dir.join("sub.json").join("d.json"), 103..104, &[]);
+
+        let f = plan(
+            base.path(),
+            &[("path", "data"), ("format", "json")],
+            Some(json_schema()),
+        )
+        .unwrap();
+        assert!(f.bounded());
+        assert_eq!(f.schema(), json_schema());
+        assert!(f.describe().contains("3 file(s)"), "{}", f.describe());
+        let run = start(f, 2, 4);
+        run.handle.wait().await.unwrap();
+        let batches = run.batches();
+        assert!(
+            batches
+                .iter()
+                .all(|b| b.num_rows() <= 4 && b.schema() == json_schema())
+        );
+        assert_eq!(ids(&batches), (0..23).collect::<Vec<_>>());
+        assert_eq!(run.bad(), 2);
+    }
+
+    #[tokio::test]
+    async fn reads_one_json_file_with_the_format_from_its_extension() {
+        let base = tempfile::tempdir().unwrap();
+        write_lines(&base.path().join("one.jsonl"), 0..5, &[]);
+        let f = plan(base.path(), &[("path", "one.jsonl")], Some(json_schema())).unwrap();
+        let run = start(f, 3, 2);
+        run.handle.wait().await.unwrap();
+        assert_eq!(ids(&run.batches()), (0..5).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn reads_avro_into_declared_columns() {
+        let base = tempfile::tempdir().unwrap();
+        let bytes = crate::formats::avro::tests::write_avro(50, apache_avro::Codec::Null, 8);
+        std::fs::write(base.path().join("e.avro"), bytes).unwrap();
+        let declared = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("score", DataType::Float32, true),
+            Field::new("absent", DataType::Utf8, true),
+        ]));
+        let f = plan(base.path(), &[("path", "e.avro")], Some(declared.clone())).unwrap();
+        let run = start(f, 1, 16);
+        run.handle.wait().await.unwrap();
+        let batches = run.batches();
+        assert_eq!(ids(&batches), (0..50).collect::<Vec<_>>());
+        let b = &batches[1];
+        assert_eq!(b.schema(), declared);
+        assert_eq!(
+            b.column(1).as_primitive::<Float32Type>().value(0),
+            16.0 / 4.0
+        );
+        assert_eq!(b.column(2).null_count(), b.num_rows());
+    }
+
+    #[tokio::test]
+    async fn reads_parquet_files_with_the_first_files_schema() {
+        let base = tempfile::tempdir().unwrap();
+        let sample = crate::formats::parquet::tests::sample(100);
+        crate::formats::parquet::tests::write_parquet(
+            &base.path().join("p1.parquet"),
+            &sample.slice(0, 60),
+        );
+        crate::formats::parquet::tests::write_parquet(
+            &base.path().join("p2.parquet"),
+            &sample.slice(60, 40),
+        );
+        let dir = base.path().display().to_string();
+        let f = plan(
+            Path::new("/"),
+            &[("path", &dir), ("format", "parquet")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(f.schema(), sample.schema());
+        let run = start(f, 2, 1000);
+        run.handle.wait().await.unwrap();
+        assert_eq!(ids(&run.batches()), (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follows_a_directory_until_stopped() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path();
+        write_lines(&dir.join("0.jsonl"), 0..3, &[]);
+        let f = plan(
+            dir,
+            &[
+                ("path", "."),
+                ("format", "json"),
+                ("follow", "true"),
+                ("poll_interval", "10ms"),
+            ],
+            Some(json_schema()),
+        )
+        .unwrap();
+        assert!(!f.bounded());
+        let run = start(f, 2, 100);
+        run.wait_rows(3).await;
+        // Written under a skipped name, then renamed: only complete files are seen.
+        write_lines(&dir.join("_1.jsonl"), 3..5, &[]);
+        std::fs::rename(dir.join("_1.jsonl"), dir.join("1.jsonl")).unwrap();
+        run.wait_rows(5).await;
+        // By the time the next file arrives, the directory has been listed again with
+        // the first two in it: they must not be read twice.
+        write_lines(&dir.join("2.jsonl"), 5..6, &[]);
+        run.wait_rows(6).await;
+        run.handle.stop();
+        run.handle.wait().await.unwrap();
+        assert_eq!(ids(&run.batches()), (0..6).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_avro_file_fails_the_source_naming_it() {
+        let base = tempfile::tempdir().unwrap();
+        let bytes = crate::formats::avro::tests::write_avro(50, apache_avro::Codec::Null, 8);
+        std::fs::write(base.path().join("e.avro"), &bytes[..bytes.len() - 30]).unwrap();
+        let f = plan(base.path(), &[("path", "e.avro")], None).unwrap();
+        let run = start(f, 1, 16);
+        let e = run.handle.wait().await.unwrap_err().to_string();
+        assert!(e.contains("e.avro") && e.contains("offset"), "{e}");
+    }
+
+    #[test]
+    fn planning_errors_are_clear() {
+        let base = tempfile::tempdir().unwrap();
+        let b = base.path();
+        write_lines(&b.join("x.jsonl"), 0..1, &[]);
+        std::fs::write(b.join("x.txt"), "").unwrap();
+        let err = |opts: &[(&str, &str)], schema: Option<SchemaRef>| match plan(b, opts, schema) {
+            Ok(_) => panic!("expected an error for {opts:?}"),
+            Err(e) => (e.code(), e.to_string()),
+        };
+        let (code, e) = err(&[("path", "nope.jsonl")], Some(json_schema()));
+        assert_eq!(code, "CON007");
+        assert!(e.contains("nope.jsonl"), "{e}");
+        let (code, _) = err(&[("path", "x.jsonl")], None);
+        assert_eq!(code, "CON006");
+        let (code, e) = err(&[("path", ".")], Some(json_schema()));
+        assert_eq!(code, "CON003");
+        assert!(e.contains("format"), "{e}");
+        let (code, _) = err(&[("path", "x.txt")], Some(json_schema()));
+        assert_eq!(code, "CON004");
+        let (code, _) = err(&[("path", "."), ("format", "csv")], Some(json_schema()));
+        assert_eq!(code, "CON004");
+        let (code, _) = err(
+            &[("path", "x.jsonl"), ("follow", "true")],
+            Some(json_schema()),
+        );
+        assert_eq!(code, "CON004");
+        let (code, _) = err(&[("path", "."), ("format", "avro")], None);
+        assert_eq!(code, "CON006");
+        let (code, _) = err(
+            &[("path", "x.jsonl"), ("colour", "red")],
+            Some(json_schema()),
+        );
+        assert_eq!(code, "CON002");
+        // Declared columns that the first Avro file cannot fill.
+        let bytes = crate::formats::avro::tests::write_avro(1, apache_avro::Codec::Null, 8);
+        std::fs::write(b.join("e.avro"), bytes).unwrap();
+        let needs = Arc::new(Schema::new(vec![Field::new(
+            "nope",
+            DataType::Int64,
+            false,
+        )]));
+        let (code, e) = err(&[("path", "e.avro")], Some(needs));
+        assert_eq!(code, "CON006");
+        assert!(e.contains("'nope'"), "{e}");
+    }
+
+    #[test]
+    fn read_line_bounds_what_it_holds() {
+        let input = b"short\r\n0123456789abcdefghij\nnext\nlast".to_vec();
+        let mut r = BufReader::with_capacity(4, &input[..]);
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
+        assert_eq!(line, b"short\r");
+        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::TooLong(20));
+        assert_eq!(line, b"0123456789abcdefghij");
+        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
+        assert_eq!(line, b"next");
+        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
+        assert_eq!(line, b"last");
+        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::End);
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_a_bad_record_and_reading_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.jsonl");
+        let long = format!(r#"{{"id": 1, "name": "{}"}}"#, "x".repeat(5000));
+        std::fs::write(&path, format!("{{\"id\": 0}}\n{long}\n{{\"id\": 2}}\n")).unwrap();
+        let mut j = JsonLines::open(&path, json_schema(), 10).unwrap();
+        j.max_line = 1000;
+        let mut bad = BadRecords::detached("test");
+        let b = j.next_batch(&mut bad).unwrap().unwrap();
+        assert_eq!(
+            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            vec![0, 2]
+        );
+        assert_eq!(bad.count(), 1);
+        assert!(j.line.capacity() < 5000);
+        assert!(j.next_batch(&mut bad).unwrap().is_none());
+    }
+}

@@ -1,0 +1,228 @@
+//! Routing of batches from one node's task to the tasks of the next node.
+//!
+//! Hash routing goes through key groups, as in Flink: a row's key is hashed with fixed
+//! seeds (the same on every instance and every run), the hash picks one of
+//! [`KEY_GROUPS`] key groups, and each partition owns a contiguous range of key groups.
+//! Keyed state will be stored per key group, so that a pipeline restarted with another
+//! parallelism (or spread over more instances) moves whole key groups.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
+use tokio::sync::mpsc::Sender;
+
+use super::{EngineError, Message, Result};
+
+/// Number of key groups: the most partitions a keyed node can ever be spread over.
+pub const KEY_GROUPS: usize = 4096;
+
+/// How a node's output is spread over the downstream node's partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Partition `i` sends to partition `i` (same parallelism on both sides).
+    Forward,
+    /// Each batch goes whole to the next partition in turn.
+    RoundRobin,
+    /// Rows are routed by the hash of these columns (by index in the upstream schema).
+    Hash(Vec<usize>),
+    /// Every batch goes to every partition.
+    Broadcast,
+}
+
+impl std::fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partitioning::Forward => write!(f, "forward"),
+            Partitioning::RoundRobin => write!(f, "round-robin"),
+            Partitioning::Hash(cols) => write!(f, "hash{cols:?}"),
+            Partitioning::Broadcast => write!(f, "broadcast"),
+        }
+    }
+}
+
+fn random_state() -> datafusion::common::hash_utils::RandomState {
+    // A fixed seed: routing must be the same on every instance and across restarts.
+    datafusion::common::hash_utils::RandomState::with_seed(0x7472_6962_7574_6172)
+}
+
+/// The key group of every row of `batch`, keyed by the columns `keys`.
+pub fn key_groups_of(batch: &RecordBatch, keys: &[usize]) -> Result<Vec<u64>> {
+    let arrays: Vec<ArrayRef> = keys.iter().map(|&i| batch.column(i).clone()).collect();
+    let mut hashes = vec![0u64; batch.num_rows()];
+    datafusion::common::hash_utils::create_hashes(&arrays, &random_state(), &mut hashes)
+        .map_err(|e| EngineError::datafusion("hashing key columns", e))?;
+    for h in hashes.iter_mut() {
+        *h %= KEY_GROUPS as u64;
+    }
+    Ok(hashes)
+}
+
+/// One downstream edge as seen by a sending task.
+pub(crate) struct Output {
+    pub(crate) partitioning: Partitioning,
+    pub(crate) senders: Vec<Sender<Message>>,
+    /// Fill level of the downstream node's input channels, for the backpressure gauge.
+    pub(crate) fill: metrics::Gauge,
+    pub(crate) capacity: usize,
+    next: usize,
+}
+
+impl Output {
+    pub(crate) fn new(
+        partitioning: Partitioning,
+        senders: Vec<Sender<Message>>,
+        fill: metrics::Gauge,
+        capacity: usize,
+        partition: usize,
+    ) -> Self {
+        Output {
+            partitioning,
+            senders,
+            fill,
+            capacity,
+            next: partition,
+        }
+    }
+}
+
+/// Counters shared between a node's tasks and the progress view.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    pub rows_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub batches_out: AtomicU64,
+    pub bad_records: AtomicU64,
+}
+
+/// Where a task emits its batches: routes each batch to the downstream partitions and
+/// waits while their channels are full (backpressure).
+pub struct Collector {
+    pub(crate) outputs: Vec<Output>,
+    pub(crate) stats: Arc<NodeStats>,
+    rows_out: metrics::Counter,
+    batches_out: metrics::Counter,
+    bad: crate::dlq::BadRecords,
+    closed: bool,
+}
+
+impl Collector {
+    pub(crate) fn new(
+        outputs: Vec<Output>,
+        stats: Arc<NodeStats>,
+        rows_out: metrics::Counter,
+        batches_out: metrics::Counter,
+        bad: crate::dlq::BadRecords,
+    ) -> Self {
+        Collector {
+            outputs,
+            stats,
+            rows_out,
+            batches_out,
+            bad,
+            closed: false,
+        }
+    }
+
+    /// Where this task reports records it cannot process.
+    pub fn bad_records(&mut self) -> &mut crate::dlq::BadRecords {
+        &mut self.bad
+    }
+
+    /// A collector that drops everything; for tests of single operators.
+    pub fn discard() -> Self {
+        Collector::new(
+            vec![],
+            Arc::default(),
+            metrics::Counter::noop(),
+            metrics::Counter::noop(),
+            crate::dlq::BadRecords::detached("discard"),
+        )
+    }
+
+    /// Sends `batch` downstream; empty batches are dropped.
+    pub async fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let rows = batch.num_rows() as u64;
+        self.stats.rows_out.fetch_add(rows, Ordering::Relaxed);
+        self.stats.batches_out.fetch_add(1, Ordering::Relaxed);
+        self.rows_out.increment(rows);
+        self.batches_out.increment(1);
+        for output in &mut self.outputs {
+            route(output, &batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `End` to every downstream partition; idempotent.
+    pub(crate) async fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        for output in &self.outputs {
+            for s in &output.senders {
+                // A receiver that is gone has failed or been cancelled; the runtime
+                // reports that failure, so a lost `End` needs no error of its own.
+                let _ = s.send(Message::End).await;
+            }
+        }
+    }
+}
+
+async fn send(output: &Output, index: usize, batch: RecordBatch) -> Result<()> {
+    let sender = &output.senders[index];
+    sender
+        .send(Message::Batch(batch))
+        .await
+        .map_err(|_| EngineError::DownstreamGone)?;
+    let used = output.capacity.saturating_sub(sender.capacity());
+    output.fill.set(used as f64 / output.capacity.max(1) as f64);
+    Ok(())
+}
+
+async fn route(output: &mut Output, batch: &RecordBatch) -> Result<()> {
+    let n = output.senders.len();
+    match &output.partitioning {
+        _ if n == 1 => send(output, 0, batch.clone()).await,
+        Partitioning::Forward => Err(EngineError::Graph(
+            "forward edge with more than one receiver".into(),
+        )
+        .into()),
+        Partitioning::RoundRobin => {
+            let i = output.next % n;
+            output.next = output.next.wrapping_add(1);
+            send(output, i, batch.clone()).await
+        }
+        Partitioning::Broadcast => {
+            for i in 0..n {
+                send(output, i, batch.clone()).await?;
+            }
+            Ok(())
+        }
+        Partitioning::Hash(keys) => {
+            let groups = key_groups_of(batch, keys)?;
+            let mut rows: Vec<Vec<u32>> = vec![Vec::new(); n];
+            for (row, kg) in groups.iter().enumerate() {
+                let p = (*kg as usize) * n / KEY_GROUPS;
+                rows[p].push(row as u32);
+            }
+            for (p, idx) in rows.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                let part = if idx.len() == batch.num_rows() {
+                    batch.clone()
+                } else {
+                    take_record_batch(batch, &UInt32Array::from(idx))
+                        .map_err(|e| EngineError::arrow("hash repartitioning", e))?
+                };
+                send(output, p, part).await?;
+            }
+            Ok(())
+        }
+    }
+}

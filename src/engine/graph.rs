@@ -1,0 +1,258 @@
+//! The logical dataflow graph: nodes, their parallelism and the partitioning of the
+//! edges between them. Built by the SQL planner and the Rust builder API alike; run by
+//! the [`Runtime`](super::Runtime).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+
+use super::{EngineError, OperatorFactory, Partitioning, Result, SinkFactory, SourceFactory};
+
+pub type NodeId = usize;
+
+/// What a node does.
+#[derive(Clone)]
+pub enum NodeKind {
+    Source(Arc<dyn SourceFactory>),
+    Operator(Arc<dyn OperatorFactory>),
+    Sink(Arc<dyn SinkFactory>),
+}
+
+/// One node of the graph.
+#[derive(Clone)]
+pub struct NodeSpec {
+    /// Unique within the pipeline; names tasks in logs, metrics and errors.
+    pub name: String,
+    pub kind: NodeKind,
+    pub parallelism: usize,
+    /// Upstream nodes and how their output is spread over this node's partitions.
+    pub inputs: Vec<(NodeId, Partitioning)>,
+    /// Schema of the batches this node emits (sinks: of the batches they receive).
+    pub schema: SchemaRef,
+}
+
+/// A pipeline's graph.
+#[derive(Clone)]
+pub struct Graph {
+    pub pipeline: String,
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl Graph {
+    pub fn new(pipeline: impl Into<String>) -> Self {
+        Graph {
+            pipeline: pipeline.into(),
+            nodes: Vec::new(),
+        }
+    }
+
+    fn unique_name(&self, name: &str) -> String {
+        if !self.nodes.iter().any(|n| n.name == name) {
+            return name.to_string();
+        }
+        (2..)
+            .map(|i| format!("{name}_{i}"))
+            .find(|c| !self.nodes.iter().any(|n| &n.name == c))
+            .expect("unbounded range")
+    }
+
+    fn push(&mut self, mut spec: NodeSpec) -> NodeId {
+        spec.name = self.unique_name(&spec.name);
+        spec.parallelism = spec.parallelism.max(1);
+        self.nodes.push(spec);
+        self.nodes.len() - 1
+    }
+
+    pub fn add_source(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn SourceFactory>,
+        parallelism: usize,
+    ) -> NodeId {
+        let schema = factory.schema();
+        self.push(NodeSpec {
+            name: name.into(),
+            kind: NodeKind::Source(factory),
+            parallelism,
+            inputs: vec![],
+            schema,
+        })
+    }
+
+    pub fn add_operator(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn OperatorFactory>,
+        parallelism: usize,
+        input: NodeId,
+        partitioning: Partitioning,
+    ) -> NodeId {
+        let schema = factory.output_schema();
+        self.push(NodeSpec {
+            name: name.into(),
+            kind: NodeKind::Operator(factory),
+            parallelism,
+            inputs: vec![(input, partitioning)],
+            schema,
+        })
+    }
+
+    /// Adds a sink fed by `input`; its schema must be accepted by the sink.
+    pub fn add_sink(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn SinkFactory>,
+        parallelism: usize,
+        input: NodeId,
+        partitioning: Partitioning,
+    ) -> Result<NodeId> {
+        let schema = self.node(input)?.schema.clone();
+        factory.check_schema(&schema)?;
+        Ok(self.push(NodeSpec {
+            name: name.into(),
+            kind: NodeKind::Sink(factory),
+            parallelism,
+            inputs: vec![(input, partitioning)],
+            schema,
+        }))
+    }
+
+    /// Adds another input to an existing node (several queries writing one sink). The
+    /// new input must have the node's schema, field for field.
+    pub fn add_input(
+        &mut self,
+        node: NodeId,
+        input: NodeId,
+        partitioning: Partitioning,
+    ) -> Result<()> {
+        let got = self.node(input)?.schema.clone();
+        let target = self.node(node)?;
+        if !same_fields(&got, &target.schema) {
+            return Err(EngineError::Graph(format!(
+                "{} receives rows of different schemas: {} and {}",
+                target.name,
+                fields(&target.schema),
+                fields(&got)
+            ))
+            .into());
+        }
+        self.nodes[node].inputs.push((input, partitioning));
+        Ok(())
+    }
+
+    pub fn node(&self, id: NodeId) -> Result<&NodeSpec> {
+        self.nodes
+            .get(id)
+            .ok_or_else(|| EngineError::Graph(format!("no node {id}")).into())
+    }
+
+    pub fn find(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// `true` when every source has an end, so the pipeline finishes by itself.
+    pub fn bounded(&self) -> bool {
+        self.nodes.iter().all(|n| match &n.kind {
+            NodeKind::Source(s) => s.bounded(),
+            _ => true,
+        })
+    }
+
+    /// Checks the graph and resolves edges: a forward edge between nodes of different
+    /// parallelism becomes round robin.
+    pub fn finalize(&mut self) -> Result<()> {
+        if !self
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Sink(_)))
+        {
+            return Err(EngineError::Graph(format!(
+                "pipeline {} has no sink: nothing would be written",
+                self.pipeline
+            ))
+            .into());
+        }
+        let parallelism: Vec<usize> = self.nodes.iter().map(|n| n.parallelism).collect();
+        for (id, node) in self.nodes.iter_mut().enumerate() {
+            for (input, partitioning) in node.inputs.iter_mut() {
+                if *input >= id {
+                    return Err(EngineError::Graph(format!(
+                        "{} reads from a node defined after it",
+                        node.name
+                    ))
+                    .into());
+                }
+                if *partitioning == Partitioning::Forward
+                    && parallelism[*input] != node.parallelism
+                {
+                    *partitioning = Partitioning::RoundRobin;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of the nodes reading from `id`.
+    pub fn consumers(&self, id: NodeId) -> Vec<(NodeId, Partitioning)> {
+        let mut out = vec![];
+        for (cid, n) in self.nodes.iter().enumerate() {
+            for (input, p) in &n.inputs {
+                if *input == id {
+                    out.push((cid, p.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The streaming plan, one line per node, for `tributary explain`.
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pipeline {} ({})",
+            self.pipeline,
+            if self.bounded() {
+                "bounded: finishes at the end of its input"
+            } else {
+                "unbounded"
+            }
+        );
+        for node in &self.nodes {
+            let (kind, desc) = match &node.kind {
+                NodeKind::Source(f) => ("source", f.describe()),
+                NodeKind::Operator(f) => ("operator", f.describe()),
+                NodeKind::Sink(f) => ("sink", f.describe()),
+            };
+            let _ = writeln!(
+                s,
+                "  {kind} {} [parallelism {}]: {desc}",
+                node.name, node.parallelism
+            );
+            for (input, p) in &node.inputs {
+                let _ = writeln!(s, "    <- {} ({p})", self.nodes[*input].name);
+            }
+            let _ = writeln!(s, "    schema: {}", fields(&node.schema));
+        }
+        s
+    }
+}
+
+fn same_fields(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a
+            .fields()
+            .iter()
+            .zip(b.fields().iter())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+pub(crate) fn fields(schema: &SchemaRef) -> String {
+    let parts: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    format!("({})", parts.join(", "))
+}

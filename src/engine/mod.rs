@@ -1,0 +1,225 @@
+//! The dataflow runtime.
+//!
+//! Owns: the graph of nodes (sources, operators, sinks), the tasks that run them (one
+//! tokio task per node and partition), the bounded channels between tasks, and the
+//! exchange that routes batches from one node's partitions to the next node's
+//! (forward, hash by key, round robin, broadcast).
+//!
+//! Invariants:
+//! - Every channel is bounded (`RuntimeSettings::channel_capacity` batches): a slow sink
+//!   slows every upstream task down to its pace; nothing queues without limit.
+//! - A task sends [`Message::End`] exactly once to each of its outputs, after its last
+//!   batch; a task ends when every one of its inputs has ended. A bounded pipeline
+//!   therefore finishes by itself once its sources are exhausted.
+//! - The first task to fail stops the whole pipeline; the error names the node and
+//!   partition ([`EngineError::Operator`]). A panic is reported the same way.
+//! - Stopping (SIGTERM, Ctrl-C) asks the sources to stop; everything already emitted is
+//!   drained through the graph and flushed by the sinks before `run` returns.
+
+mod exchange;
+mod graph;
+mod operators;
+mod runtime;
+
+pub use exchange::{Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of};
+pub use graph::{Graph, NodeId, NodeKind, NodeSpec};
+pub use operators::{FilterOperator, FlatMapOperator, MapOperator};
+pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+
+/// What flows over a channel between two tasks.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Message {
+    /// A batch of rows, with the schema of the sending node.
+    Batch(RecordBatch),
+    /// The sender has sent its last batch.
+    End,
+}
+
+/// Identity of one running task: a node's instance for one partition.
+#[derive(Debug, Clone)]
+pub struct TaskInfo {
+    pub pipeline: Arc<str>,
+    pub node: Arc<str>,
+    /// 0-based index of this task among the node's partitions.
+    pub partition: usize,
+    pub parallelism: usize,
+}
+
+impl std::fmt::Display for TaskInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}[{}/{}]",
+            self.pipeline, self.node, self.partition, self.parallelism
+        )
+    }
+}
+
+/// How sources group rows into batches: a batch is emitted when it holds `size` rows or
+/// when `flush_interval` has passed since the previous one, whichever comes first, so
+/// latency stays low at low rates and throughput high at high rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub size: usize,
+    pub flush_interval: Duration,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            size: 8192,
+            flush_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A stateless or stateful step between sources and sinks, run once per partition.
+///
+/// Later issues add `handle_watermark`, `handle_checkpoint` and `handle_timer` with
+/// default implementations, so existing operators keep compiling.
+#[async_trait]
+pub trait Operator: Send {
+    /// Processes one input batch and emits any number of output batches.
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
+
+    /// Called once after every input has ended; emit what is still buffered.
+    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Builds one [`Operator`] per partition.
+pub trait OperatorFactory: Send + Sync {
+    /// Schema of the batches this operator emits.
+    fn output_schema(&self) -> SchemaRef;
+    /// A short human description for `explain`, e.g. `sql: SELECT …`.
+    fn describe(&self) -> String;
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>>;
+}
+
+/// The runtime's side of a source task: where to emit batches, when to stop, how to
+/// batch and where to report bad records.
+pub struct SourceContext {
+    pub task: TaskInfo,
+    pub out: Collector,
+    pub batch: BatchSettings,
+    pub stop: StopSignal,
+    pub bad_records: crate::dlq::BadRecords,
+}
+
+/// Produces batches for one partition. `run` returns when the input is exhausted (a
+/// bounded source) or when `ctx.stop` is raised; the runtime then sends `End`
+/// downstream.
+#[async_trait]
+pub trait Source: Send {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()>;
+}
+
+/// Builds one [`Source`] per partition and describes what it produces.
+pub trait SourceFactory: Send + Sync {
+    fn schema(&self) -> SchemaRef;
+    /// `true` when the input has an end (a file, a generator with a count).
+    fn bounded(&self) -> bool;
+    fn describe(&self) -> String;
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>>;
+}
+
+/// Writes batches out of the pipeline, one instance per partition.
+#[async_trait]
+pub trait Sink: Send {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+    /// Called every flush interval while running: push buffered output out.
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Called once at the end of input or on shutdown: make everything durable and
+    /// visible. No call follows.
+    async fn finish(&mut self) -> Result<()>;
+}
+
+/// Builds one [`Sink`] per partition.
+pub trait SinkFactory: Send + Sync {
+    fn describe(&self) -> String;
+    /// Refuses, at plan time, an input schema the sink cannot write.
+    fn check_schema(&self, _schema: &SchemaRef) -> Result<()> {
+        Ok(())
+    }
+    fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>>;
+}
+
+/// Errors of the runtime itself and of the tasks it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("operator {task} failed: {source}")]
+    Operator {
+        task: String,
+        #[source]
+        source: Box<crate::Error>,
+    },
+    #[error("operator {task} panicked: {message}")]
+    Panicked { task: String, message: String },
+    #[error("invalid graph: {0}")]
+    Graph(String),
+    #[error("{context}: {source}")]
+    Arrow {
+        context: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    #[error("{context}: {source}")]
+    DataFusion {
+        context: String,
+        #[source]
+        source: datafusion::error::DataFusionError,
+    },
+    #[error("{0}")]
+    User(String),
+    #[error("downstream task has stopped")]
+    DownstreamGone,
+}
+
+impl EngineError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Operator { .. } => "ENG001",
+            EngineError::Panicked { .. } => "ENG002",
+            EngineError::Graph(_) => "ENG003",
+            EngineError::Arrow { .. } => "ENG004",
+            EngineError::DataFusion { .. } => "ENG005",
+            EngineError::User(_) => "ENG006",
+            EngineError::DownstreamGone => "ENG007",
+        }
+    }
+
+    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> crate::Error {
+        EngineError::Arrow {
+            context: context.into(),
+            source,
+        }
+        .into()
+    }
+
+    pub fn datafusion(
+        context: impl Into<String>,
+        source: datafusion::error::DataFusionError,
+    ) -> crate::Error {
+        EngineError::DataFusion {
+            context: context.into(),
+            source,
+        }
+        .into()
+    }
+}
+
+pub type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests;

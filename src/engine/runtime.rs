@@ -1,0 +1,425 @@
+//! Runs a [`Graph`]: one tokio task per node and partition, bounded channels between
+//! them, first failure stops everything, a stop signal drains the graph.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::{BoxStream, select_all};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::exchange::{NodeStats, Output};
+use super::graph::{Graph, NodeKind};
+use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
+use crate::metrics as m;
+
+/// Knobs of the runtime, set from the pipeline file and configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Capacity of each channel between two tasks, in batches.
+    pub channel_capacity: usize,
+    pub batch: BatchSettings,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            channel_capacity: 8,
+            batch: BatchSettings::default(),
+        }
+    }
+}
+
+/// Raised once to ask sources to stop; cloned into every source task.
+#[derive(Clone)]
+pub struct StopSignal(watch::Receiver<bool>);
+
+impl StopSignal {
+    /// A signal that is never raised (for tests and tools).
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        StopSignal(rx)
+    }
+
+    pub fn is_raised(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when the signal is raised.
+    pub async fn raised(&mut self) {
+        // An error means the sender is gone: nobody can raise it any more.
+        if self.0.wait_for(|v| *v).await.is_err() {
+            futures::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub elapsed: Duration,
+    /// Rows emitted by each node, by node name, in graph order.
+    pub rows_out: Vec<(String, u64)>,
+    /// Rows received by each node (sinks: rows written), in graph order.
+    pub rows_in: Vec<(String, u64)>,
+    /// Bad records reported by all nodes.
+    pub bad_records: u64,
+}
+
+/// A running pipeline.
+pub struct RunHandle {
+    stop: Arc<watch::Sender<bool>>,
+    /// Live counters per node, in graph order, for the progress view.
+    pub stats: Vec<(String, Arc<NodeStats>)>,
+    join: tokio::task::JoinHandle<Result<RunReport>>,
+}
+
+
+/// Stops a running pipeline from anywhere (signal handlers, other pipelines).
+#[derive(Clone)]
+pub struct Stopper(Arc<watch::Sender<bool>>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl RunHandle {
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.stop.clone())
+    }
+
+    /// Asks the sources to stop; the graph then drains and the sinks flush.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    pub async fn wait(self) -> Result<RunReport> {
+        match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Panicked {
+                task: "runtime".into(),
+                message: e.to_string(),
+            }
+            .into()),
+        }
+    }
+}
+
+pub struct Runtime;
+
+type Inputs = Vec<mpsc::Receiver<Message>>;
+
+impl Runtime {
+    /// Starts every task of `graph` and returns at once.
+    pub fn start(mut graph: Graph, settings: RuntimeSettings) -> Result<RunHandle> {
+        graph.finalize()?;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let pipeline: Arc<str> = graph.pipeline.as_str().into();
+        let cap = settings.channel_capacity.max(1);
+
+        // receivers[node][partition] = one receiver per (upstream task) feeding it.
+        let mut receivers: Vec<Vec<Inputs>> = graph
+            .nodes
+            .iter()
+            .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        // outputs[node][partition] = the senders of each downstream edge.
+        let mut outputs: Vec<Vec<Vec<Output>>> = graph
+            .nodes
+            .iter()
+            .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        for (id, node) in graph.nodes.iter().enumerate() {
+            for (input, partitioning) in &node.inputs {
+                let up = &graph.nodes[*input];
+                let fill = m::channel_fill(&pipeline, &node.name);
+                for u in 0..up.parallelism {
+                    let mut senders = Vec::new();
+                    let targets: Vec<usize> = if *partitioning == super::Partitioning::Forward {
+                        vec![u]
+                    } else {
+                        (0..node.parallelism).collect()
+                    };
+                    for d in targets {
+                        let (tx, rx) = mpsc::channel(cap);
+                        senders.push(tx);
+                        receivers[id][d].push(rx);
+                    }
+                    outputs[*input][u].push(Output::new(
+                        partitioning.clone(),
+                        senders,
+                        fill.clone(),
+                        cap,
+                        u,
+                    ));
+                }
+            }
+        }
+
+        let mut tasks: JoinSet<(TaskInfo, Result<()>)> = JoinSet::new();
+        let mut stats = Vec::new();
+        for (id, node) in graph.nodes.iter().enumerate().rev() {
+            let node_stats = Arc::new(NodeStats::default());
+            stats.push((node.name.clone(), node_stats.clone()));
+            let node_name: Arc<str> = node.name.as_str().into();
+            for p in (0..node.parallelism).rev() {
+                let task = TaskInfo {
+                    pipeline: pipeline.clone(),
+                    node: node_name.clone(),
+                    partition: p,
+                    parallelism: node.parallelism,
+                };
+                let out = Collector::new(
+                    std::mem::take(&mut outputs[id][p]),
+                    node_stats.clone(),
+                    m::rows_out(&pipeline, &node.name),
+                    m::batches_out(&pipeline, &node.name),
+                    crate::dlq::BadRecords::new(&task, node_stats.clone()),
+                );
+                let inputs = std::mem::take(&mut receivers[id][p]);
+                let stats = node_stats.clone();
+                match &node.kind {
+                    NodeKind::Source(f) => {
+                        let f = f.clone();
+                        let mut ctx = SourceContext {
+                            task: task.clone(),
+                            out,
+                            batch: settings.batch,
+                            stop: StopSignal(stop_rx.clone()),
+                            bad_records: crate::dlq::BadRecords::new(&task, stats),
+                        };
+                        spawn(&mut tasks, task, async move {
+                            let r = async {
+                                let mut source = f.create(&ctx.task)?;
+                                source.run(&mut ctx).await
+                            }
+                            .await;
+                            ctx.out.close().await;
+                            r
+                        });
+                    }
+                    NodeKind::Operator(f) => {
+                        let f = f.clone();
+                        let t = task.clone();
+                        spawn(&mut tasks, task, async move {
+                            run_operator(&t, f.as_ref(), inputs, out, stats).await
+                        });
+                    }
+                    NodeKind::Sink(f) => {
+                        let f = f.clone();
+                        let schema = node.schema.clone();
+                        let flush = settings.batch.flush_interval;
+                        let t = task.clone();
+                        spawn(&mut tasks, task, async move {
+                            run_sink(&t, f.as_ref(), schema, inputs, stats, flush).await
+                        });
+                    }
+                }
+            }
+        }
+        stats.reverse();
+        let names: Vec<(String, Arc<NodeStats>)> = stats.clone();
+        let join = tokio::spawn(supervise(tasks, names));
+        Ok(RunHandle {
+            stop: Arc::new(stop_tx),
+            stats,
+            join,
+        })
+    }
+
+    /// Runs `graph` to completion; `stop` resolving asks it to stop and drain.
+    pub async fn run(
+        graph: Graph,
+        settings: RuntimeSettings,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<RunReport> {
+        let handle = Runtime::start(graph, settings)?;
+        let stopper = handle.stop.clone();
+        tokio::pin!(stop);
+        let mut join = handle.join;
+        tokio::select! {
+            r = &mut join => return flatten(r),
+            _ = &mut stop => { let _ = stopper.send(true); }
+        }
+        flatten(join.await)
+    }
+}
+
+fn flatten(r: Result<Result<RunReport>, tokio::task::JoinError>) -> Result<RunReport> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(EngineError::Panicked {
+            task: "runtime".into(),
+            message: e.to_string(),
+        }
+        .into()),
+    }
+}
+
+/// Spawns one task; a panic inside it becomes an error naming the task.
+fn spawn(
+    tasks: &mut JoinSet<(TaskInfo, Result<()>)>,
+    task: TaskInfo,
+    fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
+) {
+    use futures::FutureExt;
+    tasks.spawn(async move {
+        let r = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+            Ok(r) => r,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(EngineError::Panicked {
+                    task: task.to_string(),
+                    message,
+                }
+                .into())
+            }
+        };
+        (task, r)
+    });
+}
+
+async fn supervise(
+    mut tasks: JoinSet<(TaskInfo, Result<()>)>,
+    stats: Vec<(String, Arc<NodeStats>)>,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let mut primary: Option<crate::Error> = None;
+    let mut secondary: Option<crate::Error> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failure: Option<(crate::Error, bool)> = match joined {
+            Ok((_, Ok(()))) => None,
+            Ok((task, Err(e))) if matches!(e, crate::Error::Engine(EngineError::Panicked { .. })) => {
+                tracing::error!(task = %task, error = %e, "operator panicked");
+                Some((e, false))
+            }
+            Ok((task, Err(e))) => {
+                let downstream_gone = matches!(e, crate::Error::Engine(EngineError::DownstreamGone));
+                tracing::error!(task = %task, error = %e, code = e.code(), "operator failed");
+                Some((
+                    EngineError::Operator {
+                        task: task.to_string(),
+                        source: Box::new(e),
+                    }
+                    .into(),
+                    downstream_gone,
+                ))
+            }
+            Err(_) => None, // cancelled by us after a failure
+        };
+        if let Some((err, is_secondary)) = failure {
+            if primary.is_none() && secondary.is_none() {
+                tasks.abort_all();
+            }
+            if is_secondary {
+                secondary.get_or_insert(err);
+            } else {
+                primary.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(e) = primary.or(secondary) {
+        return Err(e);
+    }
+    Ok(RunReport {
+        elapsed: started.elapsed(),
+        rows_out: stats
+            .iter()
+            .map(|(n, s)| (n.clone(), s.rows_out.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect(),
+        rows_in: stats
+            .iter()
+            .map(|(n, s)| (n.clone(), s.rows_in.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect(),
+        bad_records: stats
+            .iter()
+            .map(|(_, s)| s.bad_records.load(std::sync::atomic::Ordering::Relaxed))
+            .sum(),
+    })
+}
+
+/// Merges a task's input channels into one stream; each channel ends at `End` or when
+/// its sender is dropped.
+fn merge(inputs: Inputs) -> BoxStream<'static, Message> {
+    let streams = inputs.into_iter().map(|rx| {
+        futures::stream::unfold((rx, false), |(mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Message::End) | None => None,
+                Some(m) => Some((m, (rx, false))),
+            }
+        })
+        .boxed()
+    });
+    select_all(streams).boxed()
+}
+
+async fn run_operator(
+    task: &TaskInfo,
+    factory: &dyn super::OperatorFactory,
+    inputs: Inputs,
+    mut out: Collector,
+    stats: Arc<NodeStats>,
+) -> Result<()> {
+    let mut op = factory.create(task)?;
+    let rows_in = m::rows_in(&task.pipeline, &task.node);
+    let latency = m::processing_latency(&task.pipeline, &task.node);
+    let mut input = merge(inputs);
+    while let Some(msg) = input.next().await {
+        if let Message::Batch(batch) = msg {
+            let n = batch.num_rows() as u64;
+            stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            rows_in.increment(n);
+            let t = Instant::now();
+            op.process_batch(batch, &mut out).await?;
+            latency.record(t.elapsed().as_secs_f64());
+        }
+    }
+    op.on_end(&mut out).await?;
+    out.close().await;
+    Ok(())
+}
+
+async fn run_sink(
+    task: &TaskInfo,
+    factory: &dyn super::SinkFactory,
+    schema: arrow::datatypes::SchemaRef,
+    inputs: Inputs,
+    stats: Arc<NodeStats>,
+    flush_every: Duration,
+) -> Result<()> {
+    let mut sink = factory.create(task, schema)?;
+    let rows_in = m::rows_in(&task.pipeline, &task.node);
+    let latency = m::processing_latency(&task.pipeline, &task.node);
+    let mut input = merge(inputs);
+    let mut ticker = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = input.next() => match msg {
+                Some(Message::Batch(batch)) => {
+                    let n = batch.num_rows() as u64;
+                    stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    rows_in.increment(n);
+                    let t = Instant::now();
+                    sink.write(batch).await?;
+                    latency.record(t.elapsed().as_secs_f64());
+                }
+                Some(_) => {}
+                None => break,
+            },
+            _ = ticker.tick() => sink.flush().await?,
+        }
+    }
+    sink.finish().await
+}

@@ -1,0 +1,308 @@
+//! Runtime tests on small in-process sources and sinks.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+
+use super::*;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, false),
+        Field::new("seq", DataType::Int64, false),
+    ]))
+}
+
+/// Emits `batches` batches of `rows` rows (`None`: until stopped), keys 0..keys.
+struct Counter {
+    batches: Option<u64>,
+    rows: usize,
+    keys: i64,
+    emitted: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl Source for Counter {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let mut b = 0u64;
+        let base = ctx.task.partition as i64 * 1_000_000_000;
+        while self.batches.is_none_or(|n| b < n) && !ctx.stop.is_raised() {
+            let seq: Vec<i64> = (0..self.rows as i64)
+                .map(|i| base + b as i64 * self.rows as i64 + i)
+                .collect();
+            let key: Vec<i64> = seq.iter().map(|s| s % self.keys).collect();
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![Arc::new(Int64Array::from(key)), Arc::new(Int64Array::from(seq))],
+            )
+            .unwrap();
+            ctx.out.emit(batch).await?;
+            self.emitted.fetch_add(1, Ordering::SeqCst);
+            b += 1;
+            tokio::task::yield_now().await;
+        }
+        Ok(())
+    }
+}
+
+struct CounterFactory {
+    batches: Option<u64>,
+    rows: usize,
+    keys: i64,
+    emitted: Arc<AtomicU64>,
+}
+
+impl SourceFactory for CounterFactory {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn bounded(&self) -> bool {
+        self.batches.is_some()
+    }
+    fn describe(&self) -> String {
+        "counter".into()
+    }
+    fn create(&self, _task: &TaskInfo) -> Result<Box<dyn Source>> {
+        Ok(Box::new(Counter {
+            batches: self.batches,
+            rows: self.rows,
+            keys: self.keys,
+            emitted: self.emitted.clone(),
+        }))
+    }
+}
+
+/// Collects (partition, batch) pairs; optionally waits on a semaphore per batch.
+#[derive(Clone, Default)]
+struct Collect {
+    got: Arc<Mutex<Vec<(usize, RecordBatch)>>>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    consumed: Arc<AtomicU64>,
+}
+
+struct CollectSink {
+    c: Collect,
+    partition: usize,
+}
+
+#[async_trait]
+impl Sink for CollectSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        if let Some(g) = &self.c.gate {
+            g.acquire().await.unwrap().forget();
+        }
+        self.c.consumed.fetch_add(1, Ordering::SeqCst);
+        self.c.got.lock().unwrap().push((self.partition, batch));
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl SinkFactory for Collect {
+    fn describe(&self) -> String {
+        "collect".into()
+    }
+    fn create(&self, task: &TaskInfo, _schema: SchemaRef) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(CollectSink {
+            c: self.clone(),
+            partition: task.partition,
+        }))
+    }
+}
+
+fn counter(batches: Option<u64>, rows: usize, keys: i64) -> (Arc<CounterFactory>, Arc<AtomicU64>) {
+    let emitted = Arc::new(AtomicU64::new(0));
+    (
+        Arc::new(CounterFactory {
+            batches,
+            rows,
+            keys,
+            emitted: emitted.clone(),
+        }),
+        emitted,
+    )
+}
+
+fn rows(got: &[(usize, RecordBatch)]) -> Vec<(usize, i64, i64)> {
+    let mut out = vec![];
+    for (p, b) in got {
+        let k = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let s = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        for i in 0..b.num_rows() {
+            out.push((*p, k.value(i), s.value(i)));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn bounded_pipeline_delivers_every_row_and_finishes() {
+    let (src, _) = counter(Some(20), 100, 7);
+    let sink = Collect::default();
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 2);
+    g.add_sink("out", Arc::new(sink.clone()), 3, s, Partitioning::RoundRobin)
+        .unwrap();
+    let report = Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
+        .await
+        .unwrap();
+    let mut seqs: Vec<i64> = rows(&sink.got.lock().unwrap()).iter().map(|r| r.2).collect();
+    seqs.sort();
+    let mut expected: Vec<i64> = (0..2000).chain(1_000_000_000..1_000_002_000).collect();
+    expected.sort();
+    assert_eq!(seqs, expected);
+    assert_eq!(report.rows_out[0], ("src".to_string(), 4000));
+}
+
+#[tokio::test]
+async fn hash_partitioning_sends_each_key_to_one_partition() {
+    let (src, _) = counter(Some(10), 500, 97);
+    let sink = Collect::default();
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 2);
+    g.add_sink("out", Arc::new(sink.clone()), 4, s, Partitioning::Hash(vec![0]))
+        .unwrap();
+    Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
+        .await
+        .unwrap();
+    let got = rows(&sink.got.lock().unwrap());
+    assert_eq!(got.len(), 10_000);
+    let mut owner = std::collections::HashMap::new();
+    for (p, k, _) in &got {
+        let prev = owner.insert(*k, *p);
+        assert!(prev.is_none_or(|q| q == *p), "key {k} reached partitions {prev:?} and {p}");
+    }
+    let used: std::collections::HashSet<usize> = owner.values().copied().collect();
+    assert_eq!(used.len(), 4, "97 keys should spread over all 4 partitions");
+}
+
+#[tokio::test]
+async fn a_slow_sink_holds_the_source_back() {
+    // Channel capacity 2 and one forward edge: the source can be at most the channel's
+    // capacity plus the batch the sink holds plus the one being sent ahead.
+    let (src, emitted) = counter(None, 10, 3);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let sink = Collect {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 1);
+    g.add_sink("out", Arc::new(sink.clone()), 1, s, Partitioning::Forward)
+        .unwrap();
+    let settings = RuntimeSettings {
+        channel_capacity: 2,
+        ..Default::default()
+    };
+    let handle = Runtime::start(g, settings).unwrap();
+    let max_ahead = Arc::new(AtomicI64::new(0));
+    for _ in 0..50 {
+        gate.add_permits(1);
+        // Let the source run as far as backpressure allows.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let ahead = emitted.load(Ordering::SeqCst) as i64 - sink.consumed.load(Ordering::SeqCst) as i64;
+        max_ahead.fetch_max(ahead, Ordering::SeqCst);
+    }
+    handle.stopper().stop();
+    gate.add_permits(1_000_000);
+    handle.wait().await.unwrap();
+    assert!(
+        max_ahead.load(Ordering::SeqCst) <= 4,
+        "source ran {} batches ahead of a blocked sink",
+        max_ahead.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        emitted.load(Ordering::SeqCst),
+        sink.consumed.load(Ordering::SeqCst),
+        "stopping drains every emitted batch into the sink"
+    );
+}
+
+struct Failing;
+
+#[async_trait]
+impl Operator for Failing {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let seq = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        if seq.values().contains(&250) {
+            return Err(EngineError::User("row 250 is poison".into()).into());
+        }
+        out.emit(batch).await
+    }
+}
+
+struct Panicking;
+
+#[async_trait]
+impl Operator for Panicking {
+    async fn process_batch(&mut self, _batch: RecordBatch, _out: &mut Collector) -> Result<()> {
+        panic!("boom in user code");
+    }
+}
+
+struct OpFactory(bool);
+
+impl OperatorFactory for OpFactory {
+    fn output_schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn describe(&self) -> String {
+        "test".into()
+    }
+    fn create(&self, _task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(if self.0 {
+            Box::new(Panicking)
+        } else {
+            Box::new(Failing)
+        })
+    }
+}
+
+async fn run_with(op: OpFactory, name: &str) -> crate::Error {
+    let (src, _) = counter(None, 50, 3);
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 2);
+    let o = g.add_operator(name, Arc::new(op), 2, s, Partitioning::Forward);
+    g.add_sink("out", Arc::new(Collect::default()), 1, o, Partitioning::RoundRobin)
+        .unwrap();
+    Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn a_failing_operator_stops_an_unbounded_pipeline_and_is_named() {
+    let e = run_with(OpFactory(false), "poison_check").await;
+    let text = e.to_string();
+    assert!(text.contains("t/poison_check[0/2]"), "{text}");
+    assert!(text.contains("row 250 is poison"), "{text}");
+}
+
+#[tokio::test]
+async fn a_panicking_operator_is_reported_as_an_error_naming_it() {
+    let e = run_with(OpFactory(true), "user_code").await;
+    let text = e.to_string();
+    assert!(text.contains("t/user_code["), "{text}");
+    assert!(text.contains("boom in user code"), "{text}");
+}
+
+#[test]
+fn forward_between_different_parallelism_becomes_round_robin() {
+    let (src, _) = counter(Some(1), 1, 1);
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 2);
+    let id = g
+        .add_sink("out", Arc::new(Collect::default()), 3, s, Partitioning::Forward)
+        .unwrap();
+    g.finalize().unwrap();
+    assert_eq!(g.nodes[id].inputs[0].1, Partitioning::RoundRobin);
+    assert!(g.explain().contains("sink out [parallelism 3]"));
+}

@@ -1,0 +1,61 @@
+//! Every metric Tributary exposes, in one place.
+//!
+//! Labels are few and bounded: `pipeline` and `operator` (a node name), plus `reason`
+//! for bad records. Names follow Prometheus conventions (`_total` counters, `_seconds`).
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `tributary_rows_in_total` | counter | rows received by an operator or sink |
+//! | `tributary_rows_out_total` | counter | rows emitted by a source or operator |
+//! | `tributary_batches_out_total` | counter | batches emitted |
+//! | `tributary_processing_seconds` | histogram | time to process one batch |
+//! | `tributary_channel_fill_ratio` | gauge | fill of an operator's input channels (0–1): backpressure |
+//! | `tributary_source_lag_seconds` | gauge | how far a source is behind its schedule or input |
+//! | `tributary_bad_records_total` | counter | records dropped as malformed, by reason |
+//! | `tributary_sink_latency_seconds` | histogram | event time to sink, where the sink measures it |
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+fn labels(pipeline: &str, operator: &str) -> [(&'static str, String); 2] {
+    [
+        ("pipeline", pipeline.to_string()),
+        ("operator", operator.to_string()),
+    ]
+}
+
+pub fn rows_in(pipeline: &str, operator: &str) -> Counter {
+    counter!("tributary_rows_in_total", &labels(pipeline, operator))
+}
+
+pub fn rows_out(pipeline: &str, operator: &str) -> Counter {
+    counter!("tributary_rows_out_total", &labels(pipeline, operator))
+}
+
+pub fn batches_out(pipeline: &str, operator: &str) -> Counter {
+    counter!("tributary_batches_out_total", &labels(pipeline, operator))
+}
+
+pub fn processing_latency(pipeline: &str, operator: &str) -> Histogram {
+    histogram!("tributary_processing_seconds", &labels(pipeline, operator))
+}
+
+pub fn channel_fill(pipeline: &str, operator: &str) -> Gauge {
+    gauge!("tributary_channel_fill_ratio", &labels(pipeline, operator))
+}
+
+pub fn source_lag(pipeline: &str, operator: &str) -> Gauge {
+    gauge!("tributary_source_lag_seconds", &labels(pipeline, operator))
+}
+
+pub fn sink_latency(pipeline: &str, operator: &str) -> Histogram {
+    histogram!("tributary_sink_latency_seconds", &labels(pipeline, operator))
+}
+
+pub fn bad_records(pipeline: &str, operator: &str, reason: &'static str) -> Counter {
+    counter!(
+        "tributary_bad_records_total",
+        "pipeline" => pipeline.to_string(),
+        "operator" => operator.to_string(),
+        "reason" => reason
+    )
+}

@@ -1,0 +1,270 @@
+//! The Rust builder API: the same graph as SQL pipelines, built from Rust, with SQL
+//! stages and Rust operators mixed freely.
+//!
+//! ```no_run
+//! # async fn demo() -> tributary::Result<()> {
+//! use tributary::pipeline::PipelineBuilder;
+//! let mut p = PipelineBuilder::new("demo").parallelism(2);
+//! let orders = p.source_sql(
+//!     "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', count = '1000')",
+//! )?;
+//! let placed = p
+//!     .sql(orders, "SELECT order_id, total FROM orders WHERE event_type = 'order_placed'")
+//!     .await?;
+//! let keyed = p.key_by(placed, &["order_id"])?;
+//! p.sink_sql(keyed, "CREATE TABLE out WITH (connector = 'stdout')")?;
+//! let report = p.run_to_completion().await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+
+use crate::connectors::{self, Options, TableRequest};
+use crate::dlq::ErrorPolicy;
+use crate::engine::{
+    EngineError, FilterOperator, FlatMapOperator, Graph, MapOperator, NodeId, Partitioning,
+    RunReport, Runtime, RuntimeSettings, SinkFactory, SourceFactory,
+};
+use crate::sql::{SqlPlanner, SqlText, parse_sql};
+
+/// A node's output inside a [`PipelineBuilder`], with how the next node receives it.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    node: NodeId,
+    partitioning: Partitioning,
+}
+
+/// Builds a pipeline graph from Rust.
+pub struct PipelineBuilder {
+    graph: Graph,
+    planner: SqlPlanner,
+    parallelism: usize,
+    on_error: ErrorPolicy,
+    runtime: RuntimeSettings,
+}
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+impl PipelineBuilder {
+    pub fn new(name: &str) -> Self {
+        PipelineBuilder {
+            graph: Graph::new(name),
+            planner: SqlPlanner::new(),
+            parallelism: 1,
+            on_error: ErrorPolicy::Fail,
+            runtime: RuntimeSettings::default(),
+        }
+    }
+
+    /// Parallelism of the nodes added from now on.
+    pub fn parallelism(mut self, n: usize) -> Self {
+        self.parallelism = n.max(1);
+        self
+    }
+
+    pub fn runtime_settings(mut self, settings: RuntimeSettings) -> Self {
+        self.runtime = settings;
+        self
+    }
+
+    /// The planner used for SQL stages; register Rust UDFs on it.
+    pub fn planner_mut(&mut self) -> &mut SqlPlanner {
+        &mut self.planner
+    }
+
+    pub fn schema(&self, s: &Stream) -> SchemaRef {
+        self.graph.nodes[s.node].schema.clone()
+    }
+
+    fn edge(&self, s: &Stream) -> Stream {
+        s.clone()
+    }
+
+    /// Adds a source from a factory (any connector, or your own).
+    pub fn source(&mut self, name: &str, factory: Arc<dyn SourceFactory>) -> Stream {
+        let node = self.graph.add_source(name, factory, self.parallelism);
+        Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        }
+    }
+
+    fn single_table(ddl: &str) -> Result<crate::sql::TableDecl> {
+        // A lone CREATE TABLE is not a pipeline, so parse it with a dummy INSERT.
+        let text = format!("{ddl};\nINSERT INTO x SELECT 1");
+        let parsed = parse_sql(&SqlText::file(text, "<builder>"))?;
+        parsed.tables.into_iter().next().ok_or_else(|| {
+            EngineError::User("expected CREATE TABLE … WITH (connector = …)".into()).into()
+        })
+    }
+
+    async fn declared(&self, decl: &crate::sql::TableDecl) -> Result<Option<SchemaRef>> {
+        let Some(stmt) = &decl.columns_ddl else {
+            return Ok(None);
+        };
+        let ctx = datafusion::prelude::SessionContext::new();
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .await
+            .map_err(|e| EngineError::datafusion("declared columns", e))?;
+        match plan {
+            datafusion::logical_expr::LogicalPlan::Ddl(
+                datafusion::logical_expr::DdlStatement::CreateMemoryTable(c),
+            ) => Ok(Some(Arc::new(c.input.schema().as_arrow().clone()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds a source declared in SQL: `CREATE TABLE name [(cols)] WITH (connector = …)`.
+    pub fn source_sql(&mut self, ddl: &str) -> Result<Stream> {
+        let decl = Self::single_table(ddl)?;
+        let schema = futures::executor::block_on(self.declared(&decl))?;
+        let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
+        let req = TableRequest {
+            table: &decl.name,
+            schema,
+            base_dir: &cwd,
+        };
+        let factory = connectors::source(
+            &req,
+            Options::new(&decl.name, &decl.connector, decl.options.clone()),
+        )?;
+        Ok(self.source(&decl.name, factory))
+    }
+
+    /// A SQL stage reading `input` under its node name (the source's table name, or
+    /// the name of the stage that produced it).
+    pub async fn sql(&mut self, input: Stream, query: &str) -> Result<Stream> {
+        let name = self.graph.nodes[input.node].name.clone();
+        let stage = self
+            .planner
+            .plan_query(query, &name, self.schema(&input), self.on_error)
+            .await?;
+        let e = self.edge(&input);
+        let node = self.graph.add_operator(
+            &format!("{name}_sql"),
+            stage,
+            self.parallelism,
+            e.node,
+            e.partitioning,
+        );
+        Ok(Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        })
+    }
+
+    /// Routes `input` by the hash of `columns`, so that every row of one key reaches
+    /// the same partition of the next node.
+    pub fn key_by(&mut self, input: Stream, columns: &[&str]) -> Result<Stream> {
+        let schema = self.schema(&input);
+        let idx = columns
+            .iter()
+            .map(|c| {
+                schema.index_of(c).map_err(|_| {
+                    EngineError::User(format!(
+                        "key_by: no column {c} in {}",
+                        self.graph.nodes[input.node].name
+                    ))
+                    .into()
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        Ok(Stream {
+            node: input.node,
+            partitioning: Partitioning::Hash(idx),
+        })
+    }
+
+    /// A Rust function from batch to batch, returning `schema`.
+    pub fn map(
+        &mut self,
+        input: Stream,
+        name: &str,
+        schema: SchemaRef,
+        f: impl Fn(RecordBatch) -> crate::engine::Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Stream {
+        let op = Arc::new(MapOperator::new(name, schema, f));
+        let node = self
+            .graph
+            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        }
+    }
+
+    /// Keeps the rows for which `f` returns true.
+    pub fn filter(
+        &mut self,
+        input: Stream,
+        name: &str,
+        f: impl Fn(&RecordBatch) -> crate::engine::Result<BooleanArray> + Send + Sync + 'static,
+    ) -> Stream {
+        let schema = self.schema(&input);
+        let op = Arc::new(FilterOperator::new(name, schema, f));
+        let node = self
+            .graph
+            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        }
+    }
+
+    /// Turns each batch into any number of batches of `schema`.
+    pub fn flat_map(
+        &mut self,
+        input: Stream,
+        name: &str,
+        schema: SchemaRef,
+        f: impl Fn(RecordBatch) -> crate::engine::Result<Vec<RecordBatch>> + Send + Sync + 'static,
+    ) -> Stream {
+        let op = Arc::new(FlatMapOperator::new(name, schema, f));
+        let node = self
+            .graph
+            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        }
+    }
+
+    /// Writes `input` to a sink from a factory.
+    pub fn sink(&mut self, input: Stream, name: &str, factory: Arc<dyn SinkFactory>) -> Result<()> {
+        self.graph
+            .add_sink(name, factory, self.parallelism, input.node, input.partitioning)?;
+        Ok(())
+    }
+
+    /// Writes `input` to a sink declared in SQL: `CREATE TABLE name WITH (connector = …)`.
+    pub fn sink_sql(&mut self, input: Stream, ddl: &str) -> Result<()> {
+        let decl = Self::single_table(ddl)?;
+        let schema = futures::executor::block_on(self.declared(&decl))?;
+        let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
+        let req = TableRequest {
+            table: &decl.name,
+            schema,
+            base_dir: &cwd,
+        };
+        let factory = connectors::sink(
+            &req,
+            Options::new(&decl.name, &decl.connector, decl.options.clone()),
+        )?;
+        self.sink(input, &decl.name, factory)
+    }
+
+    pub fn build(self) -> Graph {
+        self.graph
+    }
+
+    /// Runs the pipeline until its (bounded) sources are exhausted.
+    pub async fn run_to_completion(self) -> Result<RunReport> {
+        let settings = self.runtime.clone();
+        Runtime::run(self.build(), settings, futures::future::pending()).await
+    }
+}

@@ -1,0 +1,175 @@
+//! Configuration layers: built-in `default.toml` → config file → environment
+//! (`TRIBUTARY__SECTION__KEY=value`) → `--set section.key=value` flags. Every layer is
+//! merged as TOML and the result deserialized once, refusing unknown keys.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::PipelineError;
+
+const DEFAULTS: &str = include_str!("default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub run: RunConfig,
+    pub pipeline: PipelineDefaults,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    pub pipelines_dir: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineDefaults {
+    pub parallelism: usize,
+    pub batch_size: usize,
+    pub flush_interval: String,
+    pub channel_capacity: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// A `section.key` path and a value, parsed as TOML when it is a TOML scalar
+/// (`8`, `true`, `"x"`) and taken as a string otherwise.
+fn set_path(table: &mut toml::Table, path: &str, raw: &str, origin: &str) -> Result<(), PipelineError> {
+    let parts: Vec<&str> = path.split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(PipelineError::Config(format!(
+            "{origin}: '{path}' must be section.key, e.g. admin.listen"
+        )));
+    }
+    let value = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let section = table
+        .entry(parts[0].to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match section {
+        toml::Value::Table(s) => {
+            s.insert(parts[1].to_string(), value);
+            Ok(())
+        }
+        _ => Err(PipelineError::Config(format!("{origin}: {} is not a section", parts[0]))),
+    }
+}
+
+/// Loads the configuration. `file`: an explicit config file (must exist), else
+/// `./tributary.toml` when present. `env`: the process environment (passed in so tests
+/// control it). `sets`: `section.key=value` flags.
+pub fn load_config(
+    file: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+    sets: &[String],
+) -> Result<Config, PipelineError> {
+    let mut table: toml::Table = DEFAULTS.parse().expect("built-in defaults are valid TOML");
+    let default_file = Path::new("tributary.toml");
+    let chosen = match file {
+        Some(f) => Some(f),
+        None if default_file.exists() => Some(default_file),
+        None => None,
+    };
+    if let Some(path) = chosen {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            PipelineError::Config(format!("cannot read {}: {e}", path.display()))
+        })?;
+        let layer: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            PipelineError::Config(format!("{}: {}", path.display(), e.message()))
+        })?;
+        merge(&mut table, layer);
+    }
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("TRIBUTARY__"))
+        .collect();
+    env.sort();
+    for (k, v) in env {
+        let path = k["TRIBUTARY__".len()..].to_lowercase().replace("__", ".");
+        set_path(&mut table, &path, &v, &format!("environment variable {k}"))?;
+    }
+    for s in sets {
+        let Some((path, value)) = s.split_once('=') else {
+            return Err(PipelineError::Config(format!(
+                "--set {s}: expected section.key=value"
+            )));
+        };
+        set_path(&mut table, path.trim(), value.trim(), &format!("--set {s}"))?;
+    }
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            PipelineError::Config(format!("{} (from the merged configuration layers)", e.message()))
+        })?;
+    crate::connectors::parse_duration(&config.pipeline.flush_interval).map_err(|e| {
+        PipelineError::Config(format!("pipeline.flush_interval: {e}"))
+    })?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_unknown_keys_are_refused() {
+        let c = load_config(None, vec![], &[]).unwrap();
+        assert_eq!(c.pipeline.parallelism, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("t.toml");
+        std::fs::write(&f, "[pipeline]\nparallelism = 3\nbatch_size = 100\n").unwrap();
+        let env = vec![("TRIBUTARY__PIPELINE__PARALLELISM".to_string(), "5".to_string())];
+        let c = load_config(Some(&f), env.clone(), &[]).unwrap();
+        assert_eq!((c.pipeline.parallelism, c.pipeline.batch_size), (5, 100));
+        let c = load_config(Some(&f), env, &["pipeline.parallelism=7".into()]).unwrap();
+        assert_eq!(c.pipeline.parallelism, 7);
+
+        let bad = vec![("TRIBUTARY__PIPELINE__PARALELISM".to_string(), "5".to_string())];
+        let e = load_config(None, bad, &[]).unwrap_err().to_string();
+        assert!(e.contains("paralelism"), "{e}");
+        std::fs::write(&f, "[nope]\nx = 1\n").unwrap();
+        let e = load_config(Some(&f), vec![], &[]).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+        let e = load_config(None, vec![], &["pipeline.flush_interval=soon".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("flush_interval"), "{e}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Pipeline files: `pipelines/<name>.yaml`.
+//!
+//! ```yaml
+//! name: order_status            # required
+//! sql: ../sql/order_status.sql  # required: a path relative to this file, or inline SQL
+//! parallelism: 2                # default from configuration
+//! batch: { size: 8192, flush_interval: 100ms }
+//! channel_capacity: 8           # batches per channel between two tasks
+//! errors:
+//!   on_bad_record: drop         # undecodable input (the dead-letter work adds dead-letter)
+//!   on_processing_error: fail   # a row SQL cannot evaluate: fail | drop
+//! connectors:                   # per-table options, added to / overriding WITH (…)
+//!   orders: { rate: 200 }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Config, PipelineError};
+use crate::dlq::ErrorPolicy;
+use crate::engine::{BatchSettings, RuntimeSettings};
+use crate::error::Location;
+use crate::sql::{PlannedPipeline, SqlPlanner, SqlText};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub name: String,
+    pub sql: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub parallelism: Option<usize>,
+    pub batch: Option<BatchFile>,
+    pub channel_capacity: Option<usize>,
+    pub errors: Option<ErrorsFile>,
+    #[serde(default)]
+    pub connectors: BTreeMap<String, BTreeMap<String, Scalar>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    pub size: Option<usize>,
+    pub flush_interval: Option<String>,
+}
+
+/// Until the dead-letter work lands, undecodable records can only be dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadRecordPolicy {
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorsFile {
+    pub on_bad_record: Option<BadRecordPolicy>,
+    pub on_processing_error: Option<ErrorPolicy>,
+}
+
+/// A connector option value: YAML strings, numbers and booleans are all accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::Bool(b) => write!(f, "{b}"),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A validated pipeline, ready to plan.
+#[derive(Debug, Clone)]
+pub struct LoadedPipeline {
+    pub name: String,
+    pub path: PathBuf,
+    pub sql: SqlText,
+    pub plan: crate::sql::PlanSettings,
+    pub runtime: RuntimeSettings,
+}
+
+impl LoadedPipeline {
+    /// Plans the pipeline's SQL into a graph. Relative paths in connector options are
+    /// resolved against the working directory.
+    pub async fn plan(&self, planner: &SqlPlanner) -> crate::Result<PlannedPipeline> {
+        let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
+        planner
+            .plan_pipeline(&self.name, &self.sql, &cwd, &self.plan)
+            .await
+    }
+}
+
+/// The line and column of the first `key:` in a YAML text, for errors about values.
+fn key_location(path: &Path, text: &str, key: &str) -> Location {
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with(&format!("{key}:")) {
+            return Location {
+                file: path.to_path_buf(),
+                line: i + 1,
+                column: line.len() - trimmed.len() + 1,
+            };
+        }
+    }
+    Location {
+        file: path.to_path_buf(),
+        line: 1,
+        column: 1,
+    }
+}
+
+fn invalid(location: Location, message: impl Into<String>) -> crate::Error {
+    PipelineError::Invalid {
+        location,
+        message: message.into(),
+    }
+    .into()
+}
+
+/// Where inline SQL starts in the YAML text: the line after `sql: |` (with the block's
+/// indentation), or the value on the `sql:` line itself.
+fn inline_sql_position(text: &str) -> (usize, usize) {
+    let lines: Vec<&str> = text.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(rest) = line.strip_prefix("sql:") {
+            let rest_trim = rest.trim();
+            if rest_trim.starts_with('|') || rest_trim.starts_with('>') {
+                let next = lines.get(i + 1).copied().unwrap_or("");
+                let indent = next.len() - next.trim_start().len();
+                return (i + 2, indent);
+            }
+            let col = line.len() - rest.trim_start().len();
+            let quoted = rest_trim.starts_with('"') || rest_trim.starts_with('\'');
+            return (i + 1, col + usize::from(quoted));
+        }
+    }
+    (1, 0)
+}
+
+/// Reads and validates a pipeline file (or a bare `.sql` file, which gets the defaults
+/// and the file's stem as name), layering it over the configuration's defaults.
+pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeline> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    let defaults = &config.pipeline;
+    let default_flush = crate::connectors::parse_duration(&defaults.flush_interval)
+        .unwrap_or(Duration::from_millis(100));
+    let mut runtime = RuntimeSettings {
+        channel_capacity: defaults.channel_capacity,
+        batch: BatchSettings {
+            size: defaults.batch_size,
+            flush_interval: default_flush,
+        },
+    };
+    let mut plan = crate::sql::PlanSettings {
+        parallelism: defaults.parallelism,
+        ..Default::default()
+    };
+    if path.extension().and_then(|e| e.to_str()) == Some("sql") {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("pipeline")
+            .to_string();
+        return Ok(LoadedPipeline {
+            name,
+            path: path.to_path_buf(),
+            sql: SqlText::file(text, path),
+            plan,
+            runtime,
+        });
+    }
+    let file: PipelineFile = serde_yaml_ng::from_str(&text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        let message = e.to_string();
+        let message = match message.find(" at line ") {
+            Some(i) => message[..i].to_string(),
+            None => message,
+        };
+        invalid(
+            Location {
+                file: path.to_path_buf(),
+                line,
+                column,
+            },
+            message,
+        )
+    })?;
+    let at = |key: &str| key_location(path, &text, key);
+    if file.name.is_empty()
+        || !file
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            at("name"),
+            format!(
+                "name '{}' must be letters, digits, '_' or '-' (it labels metrics and outputs)",
+                file.name
+            ),
+        ));
+    }
+    if let Some(p) = file.parallelism {
+        if p == 0 || p > 256 {
+            return Err(invalid(at("parallelism"), "parallelism must be between 1 and 256"));
+        }
+        plan.parallelism = p;
+    }
+    if let Some(b) = &file.batch {
+        if let Some(size) = b.size {
+            if size == 0 {
+                return Err(invalid(at("size"), "batch size must be at least 1"));
+            }
+            runtime.batch.size = size;
+        }
+        if let Some(f) = &b.flush_interval {
+            runtime.batch.flush_interval = crate::connectors::parse_duration(f)
+                .map_err(|e| invalid(at("flush_interval"), e))?;
+            if runtime.batch.flush_interval.is_zero() {
+                return Err(invalid(at("flush_interval"), "flush_interval must be positive"));
+            }
+        }
+    }
+    if let Some(c) = file.channel_capacity {
+        if c == 0 {
+            return Err(invalid(at("channel_capacity"), "channel_capacity must be at least 1"));
+        }
+        runtime.channel_capacity = c;
+    }
+    if let Some(errors) = &file.errors
+        && let Some(p) = errors.on_processing_error
+    {
+        plan.on_processing_error = p;
+    }
+    for (table, options) in &file.connectors {
+        plan.table_options.insert(
+            table.to_lowercase(),
+            options
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.to_string()))
+                .collect(),
+        );
+    }
+    plan.table_options_origin = Some(at("connectors"));
+    let sql_value = file.sql.trim();
+    let sql = if !sql_value.contains('\n') && sql_value.ends_with(".sql") {
+        let sql_path = path.parent().unwrap_or(Path::new(".")).join(sql_value);
+        let sql_text = std::fs::read_to_string(&sql_path).map_err(|e| {
+            invalid(
+                at("sql"),
+                format!("cannot read SQL file {}: {e}", sql_path.display()),
+            )
+        })?;
+        SqlText::file(sql_text, sql_path)
+    } else {
+        let (first_line, indent) = inline_sql_position(&text);
+        SqlText {
+            text: file.sql.clone(),
+            file: path.to_path_buf(),
+            first_line,
+            indent,
+        }
+    };
+    Ok(LoadedPipeline {
+        name: file.name,
+        path: path.to_path_buf(),
+        sql,
+        plan,
+        runtime,
+    })
+}
+
+/// Every pipeline file (`*.yaml`, `*.yml`) in `dir`, in name order.
+pub fn discover(dir: &Path) -> crate::Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| crate::Error::io(dir, e))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml") | Some("yml")
+            )
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,250 @@
+//! Parsing a pipeline's SQL into declarations: tables (with their connector options),
+//! views and `INSERT INTO` statements, each with its position in the user's file.
+
+use std::collections::BTreeMap;
+
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, Expr, ObjectName, SqlOption, Statement, TableObject, Value,
+};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Span;
+
+use super::{SqlError, SqlText};
+use crate::error::Location;
+
+/// `CREATE TABLE name (cols) WITH (connector = '…', …)`.
+#[derive(Debug, Clone)]
+pub struct TableDecl {
+    pub name: String,
+    /// The statement without its `WITH` clause, planned by DataFusion for the schema;
+    /// `None` when no column was declared.
+    pub columns_ddl: Option<Statement>,
+    pub connector: String,
+    pub options: BTreeMap<String, String>,
+    pub location: Location,
+}
+
+/// `INSERT INTO sink SELECT …`.
+#[derive(Debug, Clone)]
+pub struct InsertDecl {
+    pub sink: String,
+    pub query: Statement,
+    pub location: Location,
+}
+
+/// The declarations of one SQL text, in order.
+#[derive(Debug, Clone, Default)]
+pub struct ParsedSql {
+    pub tables: Vec<TableDecl>,
+    /// `CREATE VIEW` statements, planned in order before the inserts.
+    pub views: Vec<(String, Statement, Location)>,
+    pub inserts: Vec<InsertDecl>,
+}
+
+fn name_of(name: &ObjectName) -> String {
+    // Unquoted identifiers are case-insensitive, as in DataFusion.
+    name.0
+        .iter()
+        .map(|p| match p.as_ident() {
+            Some(id) if id.quote_style.is_some() => id.value.clone(),
+            Some(id) => id.value.to_lowercase(),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn option_value(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+            Value::Number(n, _) => Some(n.clone()),
+            Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        },
+        Expr::Identifier(id) => Some(id.value.clone()),
+        _ => None,
+    }
+}
+
+/// Turns the parser's "... at Line: 3, Column: 7" into a location.
+fn parser_location(sql: &SqlText, message: &str) -> (Location, String) {
+    let find = |key: &str| -> Option<u64> {
+        let at = message.find(key)? + key.len();
+        let digits: String = message[at..]
+            .chars()
+            .skip_while(|c| c.is_whitespace())
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.parse().ok()
+    };
+    let line = find("Line:").unwrap_or(1);
+    let column = find("Column:").unwrap_or(1);
+    let clean = match message.find(" at Line:") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    };
+    (sql.locate(line, column), clean)
+}
+
+pub(crate) fn span_location(sql: &SqlText, span: Span) -> Location {
+    sql.locate(span.start.line, span.start.column)
+}
+
+/// Parses a pipeline's SQL: any number of `CREATE TABLE … WITH (…)`, `CREATE VIEW` and
+/// `INSERT INTO … SELECT …` statements.
+pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
+    use datafusion::sql::sqlparser::ast::Spanned;
+    let statements = Parser::new(&GenericDialect {})
+        .try_with_sql(&sql.text)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| {
+            let raw = e.to_string();
+            let raw = raw.strip_prefix("sql parser error: ").unwrap_or(&raw);
+            let (location, message) = parser_location(sql, raw);
+            SqlError::Syntax { location, message }
+        })?;
+    let mut parsed = ParsedSql::default();
+    for stmt in statements {
+        let location = span_location(sql, stmt.span());
+        match stmt {
+            Statement::CreateTable(mut ct) => {
+                let name = name_of(&ct.name);
+                let opts = match std::mem::take(&mut ct.table_options) {
+                    CreateTableOptions::With(o) | CreateTableOptions::Options(o) => o,
+                    CreateTableOptions::None => vec![],
+                    other => {
+                        return Err(SqlError::Plan {
+                            location,
+                            message: format!(
+                                "table {name}: options must be written WITH (key = 'value', …), not {other}"
+                            ),
+                        });
+                    }
+                };
+                if ct.query.is_some() {
+                    return Err(SqlError::Plan {
+                        location,
+                        message: format!(
+                            "table {name}: CREATE TABLE … AS SELECT is not supported; declare the table, then INSERT INTO {name} SELECT …"
+                        ),
+                    });
+                }
+                let mut options = BTreeMap::new();
+                for o in opts {
+                    match o {
+                        SqlOption::KeyValue { key, value } => {
+                            let Some(v) = option_value(&value) else {
+                                return Err(SqlError::Plan {
+                                    location: span_location(sql, value.span()),
+                                    message: format!(
+                                        "table {name}: option {} must be a string, number or boolean literal",
+                                        key.value
+                                    ),
+                                });
+                            };
+                            let k = key.value.to_lowercase();
+                            if options.insert(k.clone(), v).is_some() {
+                                return Err(SqlError::Plan {
+                                    location: span_location(sql, key.span),
+                                    message: format!("table {name}: option {k} is given twice"),
+                                });
+                            }
+                        }
+                        other => {
+                            return Err(SqlError::Plan {
+                                location,
+                                message: format!(
+                                    "table {name}: unsupported option {other}; write key = 'value'"
+                                ),
+                            });
+                        }
+                    }
+                }
+                let Some(connector) = options.remove("connector") else {
+                    return Err(SqlError::Plan {
+                        location,
+                        message: format!(
+                            "table {name} has no connector: add WITH (connector = 'generator' | 'file' | 'stdout' | 'parquet' | 'blackhole', …)"
+                        ),
+                    });
+                };
+                if parsed.tables.iter().any(|t| t.name == name) {
+                    return Err(SqlError::Plan {
+                        location,
+                        message: format!("table {name} is declared twice"),
+                    });
+                }
+                let columns_ddl = if ct.columns.is_empty() {
+                    None
+                } else {
+                    Some(Statement::CreateTable(ct))
+                };
+                parsed.tables.push(TableDecl {
+                    name,
+                    columns_ddl,
+                    connector,
+                    options,
+                    location,
+                });
+            }
+            Statement::CreateView(ref cv) => {
+                let name = name_of(&cv.name);
+                parsed.views.push((name, stmt, location));
+            }
+            Statement::Insert(ref insert) => {
+                let sink = match &insert.table {
+                    TableObject::TableName(n) => name_of(n),
+                    other => {
+                        return Err(SqlError::Plan {
+                            location,
+                            message: format!("INSERT INTO {other}: the target must be a table"),
+                        });
+                    }
+                };
+                if !insert.columns.is_empty() {
+                    return Err(SqlError::Plan {
+                        location,
+                        message: format!(
+                            "INSERT INTO {sink} (columns…) is not supported: select the sink's columns in order"
+                        ),
+                    });
+                }
+                let Some(source) = insert.source.clone() else {
+                    return Err(SqlError::Plan {
+                        location,
+                        message: format!("INSERT INTO {sink} needs a SELECT"),
+                    });
+                };
+                parsed.inserts.push(InsertDecl {
+                    sink,
+                    query: Statement::Query(source),
+                    location,
+                });
+            }
+            Statement::Query(_) => {
+                return Err(SqlError::Plan {
+                    location,
+                    message: "a SELECT on its own has nowhere to go: write INSERT INTO <sink> SELECT …, with the sink declared by CREATE TABLE … WITH (connector = 'stdout')".into(),
+                });
+            }
+            other => {
+                let first: String = other.to_string().chars().take(40).collect();
+                return Err(SqlError::Plan {
+                    location,
+                    message: format!(
+                        "unsupported statement '{first}…': a pipeline holds CREATE TABLE, CREATE VIEW and INSERT INTO statements"
+                    ),
+                });
+            }
+        }
+    }
+    if parsed.inserts.is_empty() {
+        return Err(SqlError::Plan {
+            location: sql.locate(1, 1),
+            message: "no INSERT INTO statement: a pipeline must write its results to a sink".into(),
+        });
+    }
+    Ok(parsed)
+}

@@ -1,0 +1,518 @@
+//! Plans a pipeline's SQL into an engine [`Graph`], and single queries into SQL stages
+//! for the Rust builder API. One mechanism for both: every query becomes a
+//! [`SqlOperatorFactory`] reading the node(s) it names.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast};
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::Statement;
+
+use super::ddl::{TableDecl, parse_sql};
+use super::stage::{SlotPartition, SqlOperatorFactory};
+use super::{SqlError, SqlText};
+use crate::connectors::{self, Options, TableRequest};
+use crate::dlq::ErrorPolicy;
+use crate::engine::{Graph, NodeId, Partitioning};
+use crate::error::Location;
+
+/// Settings the planner applies to every node it creates.
+#[derive(Debug, Clone)]
+pub struct PlanSettings {
+    /// Default parallelism of every node; a table's `parallelism` option overrides it.
+    pub parallelism: usize,
+    /// What a SQL stage does with a row whose evaluation fails.
+    pub on_processing_error: ErrorPolicy,
+    /// Connector options by table, added to (and overriding) the SQL `WITH (…)`, from
+    /// the pipeline file's `connectors:` section.
+    pub table_options: BTreeMap<String, BTreeMap<String, String>>,
+    /// Where those options were written, for errors about them.
+    pub table_options_origin: Option<Location>,
+}
+
+impl Default for PlanSettings {
+    fn default() -> Self {
+        PlanSettings {
+            parallelism: 1,
+            on_processing_error: ErrorPolicy::Fail,
+            table_options: BTreeMap::new(),
+            table_options_origin: None,
+        }
+    }
+}
+
+/// A pipeline's graph and its SQL stages (for `explain`).
+pub struct PlannedPipeline {
+    pub graph: Graph,
+    pub stages: Vec<(String, Arc<SqlOperatorFactory>)>,
+}
+
+/// Plans streaming SQL on DataFusion. Holds the Rust scalar UDFs registered through the
+/// API; the built-in ones are in [`super::udf`].
+#[derive(Clone)]
+pub struct SqlPlanner {
+    udfs: Vec<Arc<ScalarUDF>>,
+}
+
+impl Default for SqlPlanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+impl SqlPlanner {
+    pub fn new() -> Self {
+        SqlPlanner {
+            udfs: super::udf::builtins(),
+        }
+    }
+
+    /// Makes a Rust scalar function callable from every query this planner plans.
+    pub fn register_udf(&mut self, udf: ScalarUDF) {
+        self.udfs.push(Arc::new(udf));
+    }
+
+    fn session(&self) -> SessionContext {
+        let mut config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_coalesce_batches(false)
+            .with_information_schema(false);
+        let opts = config.options_mut();
+        opts.sql_parser.collect_spans = true;
+        opts.sql_parser.map_string_types_to_utf8view = false;
+        opts.execution.parquet.schema_force_view_types = false;
+        opts.optimizer.repartition_joins = false;
+        opts.optimizer.repartition_aggregations = false;
+        opts.optimizer.repartition_windows = false;
+        opts.optimizer.enable_round_robin_repartition = false;
+        let ctx = SessionContext::new_with_config(config);
+        for udf in &self.udfs {
+            ctx.register_udf(udf.as_ref().clone());
+        }
+        ctx
+    }
+
+    fn register_input(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
+        let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
+            schema: schema.clone(),
+        });
+        let table = StreamingTable::try_new(schema, vec![part])
+            .map_err(|e| crate::engine::EngineError::datafusion("registering input", e))?;
+        ctx.register_table(name, Arc::new(table))
+            .map_err(|e| crate::engine::EngineError::datafusion("registering input", e))?;
+        Ok(())
+    }
+
+    /// The schema of a table's declared columns, planned by DataFusion.
+    async fn declared_schema(
+        ctx: &SessionContext,
+        decl: &TableDecl,
+        sql: &SqlText,
+    ) -> Result<Option<SchemaRef>> {
+        let Some(stmt) = &decl.columns_ddl else {
+            return Ok(None);
+        };
+        let plan = ctx
+            .state()
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .await
+            .map_err(|e| plan_error(sql, &decl.location, e))?;
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) => {
+                Ok(Some(Arc::new(c.input.schema().as_arrow().clone())))
+            }
+            _ => Err(SqlError::Plan {
+                location: decl.location.clone(),
+                message: format!("table {}: could not read its columns", decl.name),
+            }
+            .into()),
+        }
+    }
+
+    /// Plans one query reading the given inputs (name, schema) into a SQL stage. When
+    /// `target` is given, the result is cast to it column by column (by position).
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_stage(
+        &self,
+        ctx: &SessionContext,
+        sql: &SqlText,
+        query: Statement,
+        location: &Location,
+        target: Option<&SchemaRef>,
+        target_name: &str,
+        on_error: ErrorPolicy,
+    ) -> Result<(Arc<SqlOperatorFactory>, String)> {
+        let text = query.to_string();
+        let state = ctx.state();
+        let plan = state
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(query)))
+            .await
+            .map_err(|e| plan_error(sql, location, e))?;
+        let plan = match target {
+            Some(t) => cast_to(plan, t, target_name, location)?,
+            None => plan,
+        };
+        let optimized = state
+            .optimize(&plan)
+            .map_err(|e| plan_error(sql, location, e))?;
+        let input = check_streamable(&optimized, location)?;
+        let physical = state
+            .create_physical_plan(&plan)
+            .await
+            .map_err(|e| plan_error(sql, location, e))?;
+        let schema = physical.schema();
+        Ok((
+            Arc::new(SqlOperatorFactory {
+                sql: text,
+                plan: physical,
+                task_ctx: state.task_ctx(),
+                schema,
+                on_error,
+            }),
+            input,
+        ))
+    }
+
+    /// Plans a query over one named input, for the Rust builder API.
+    pub async fn plan_query(
+        &self,
+        query: &str,
+        input_name: &str,
+        input_schema: SchemaRef,
+        on_error: ErrorPolicy,
+    ) -> Result<Arc<SqlOperatorFactory>> {
+        let sql = SqlText::file(query, "<query>");
+        let parsed = datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::GenericDialect {},
+        )
+        .try_with_sql(query)
+        .and_then(|mut p| p.parse_statement())
+        .map_err(|e| SqlError::Syntax {
+            location: sql.locate(1, 1),
+            message: e.to_string(),
+        })?;
+        let ctx = self.session();
+        Self::register_input(&ctx, input_name, input_schema)?;
+        let (stage, _) = self
+            .plan_stage(&ctx, &sql, parsed, &sql.locate(1, 1), None, "", on_error)
+            .await?;
+        Ok(stage)
+    }
+
+    /// Plans a whole pipeline SQL text: tables, views and inserts.
+    pub async fn plan_pipeline(
+        &self,
+        pipeline: &str,
+        sql: &SqlText,
+        base_dir: &Path,
+        settings: &PlanSettings,
+    ) -> Result<PlannedPipeline> {
+        let parsed = parse_sql(sql)?;
+        let ctx = self.session();
+        let sink_names: Vec<&str> = parsed.inserts.iter().map(|i| i.sink.as_str()).collect();
+
+        for table in settings.table_options.keys() {
+            if !parsed.tables.iter().any(|t| &t.name == table) {
+                return Err(SqlError::Plan {
+                    location: settings
+                        .table_options_origin
+                        .clone()
+                        .unwrap_or_else(|| sql.locate(1, 1)),
+                    message: format!(
+                        "connectors: no table named {table} in the pipeline's SQL; tables: {}",
+                        parsed
+                            .tables
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+                .into());
+            }
+        }
+        let mut graph = Graph::new(pipeline);
+        let mut sources: BTreeMap<String, (Arc<dyn crate::engine::SourceFactory>, usize, Location)> =
+            BTreeMap::new();
+        let mut sinks: BTreeMap<String, (Option<SchemaRef>, TableDecl, usize)> = BTreeMap::new();
+        for decl in &parsed.tables {
+            let declared = Self::declared_schema(&ctx, decl, sql).await?;
+            let mut options = decl.options.clone();
+            if let Some(extra) = settings.table_options.get(&decl.name) {
+                options.extend(extra.clone());
+            }
+            let parallelism = match options.remove("parallelism") {
+                None => settings.parallelism,
+                Some(p) => p.parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    SqlError::Plan {
+                        location: decl.location.clone(),
+                        message: format!(
+                            "table {}: parallelism = '{p}' must be a positive integer",
+                            decl.name
+                        ),
+                    }
+                })?,
+            };
+            let is_sink = sink_names.contains(&decl.name.as_str());
+            let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
+            if is_sink || sink_only {
+                let mut decl = decl.clone();
+                decl.options = options;
+                sinks.insert(decl.name.clone(), (declared, decl, parallelism));
+                continue;
+            }
+            let req = TableRequest {
+                table: &decl.name,
+                schema: declared,
+                base_dir,
+            };
+            let factory = connectors::source(&req, Options::new(&decl.name, &decl.connector, options))
+                .map_err(|e| SqlError::Connector {
+                    location: decl.location.clone(),
+                    source: Box::new(e),
+                })?;
+            Self::register_input(&ctx, &decl.name, factory.schema())?;
+            sources.insert(
+                decl.name.clone(),
+                (factory, parallelism, decl.location.clone()),
+            );
+        }
+
+        for (name, stmt, location) in &parsed.views {
+            ctx.sql(&stmt.to_string())
+                .await
+                .map_err(|e| plan_error(sql, location, e))?;
+            let _ = name;
+        }
+
+        let mut source_nodes: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut sink_nodes: BTreeMap<String, NodeId> = BTreeMap::new();
+        let mut stages = Vec::new();
+        for insert in &parsed.inserts {
+            let Some((declared, decl, sink_parallelism)) = sinks.get(&insert.sink) else {
+                return Err(SqlError::Plan {
+                    location: insert.location.clone(),
+                    message: format!(
+                        "INSERT INTO {}: no such table; declare it with CREATE TABLE {} (…) WITH (connector = …)",
+                        insert.sink, insert.sink
+                    ),
+                }
+                .into());
+            };
+            let (stage, input) = self
+                .plan_stage(
+                    &ctx,
+                    sql,
+                    insert.query.clone(),
+                    &insert.location,
+                    declared.as_ref(),
+                    &insert.sink,
+                    settings.on_processing_error,
+                )
+                .await?;
+            if sinks.contains_key(&input) {
+                return Err(SqlError::Plan {
+                    location: insert.location.clone(),
+                    message: format!(
+                        "INSERT INTO {} reads from {input}, which is a sink: a table is either read or written",
+                        insert.sink
+                    ),
+                }
+                .into());
+            }
+            let source_id = match source_nodes.get(&input) {
+                Some(id) => *id,
+                None => {
+                    let (factory, parallelism, _) = sources.get(&input).ok_or_else(|| {
+                        SqlError::Plan {
+                            location: insert.location.clone(),
+                            message: format!("{input} is not a declared table"),
+                        }
+                    })?;
+                    let id = graph.add_source(&input, factory.clone(), *parallelism);
+                    source_nodes.insert(input.clone(), id);
+                    id
+                }
+            };
+            let stage_parallelism = graph.node(source_id)?.parallelism;
+            let stage_name = format!("{}_select", insert.sink);
+            let op = graph.add_operator(
+                &stage_name,
+                stage.clone(),
+                stage_parallelism,
+                source_id,
+                Partitioning::Forward,
+            );
+            stages.push((graph.nodes[op].name.clone(), stage));
+            match sink_nodes.get(&insert.sink) {
+                Some(&sink_id) => graph
+                    .add_input(sink_id, op, Partitioning::Forward)
+                    .map_err(|e| SqlError::Plan {
+                        location: insert.location.clone(),
+                        message: e.to_string(),
+                    })?,
+                None => {
+                    let req = TableRequest {
+                        table: &decl.name,
+                        schema: declared.clone(),
+                        base_dir,
+                    };
+                    let mut options = decl.options.clone();
+                    options.remove("parallelism");
+                    let factory = connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
+                        .map_err(|e| SqlError::Connector {
+                            location: decl.location.clone(),
+                            source: Box::new(e),
+                        })?;
+                    let id = graph
+                        .add_sink(&decl.name, factory, *sink_parallelism, op, Partitioning::Forward)
+                        .map_err(|e| SqlError::Connector {
+                            location: insert.location.clone(),
+                            source: Box::new(e),
+                        })?;
+                    sink_nodes.insert(insert.sink.clone(), id);
+                }
+            }
+        }
+        for (name, (_, _, location)) in &sources {
+            if !source_nodes.contains_key(name) {
+                tracing::warn!(table = %name, at = %location, "source table is never read");
+            }
+        }
+        Ok(PlannedPipeline { graph, stages })
+    }
+}
+
+/// Casts a query's result to a sink's declared columns, by position.
+fn cast_to(
+    plan: LogicalPlan,
+    target: &SchemaRef,
+    sink: &str,
+    location: &Location,
+) -> Result<LogicalPlan> {
+    let columns = plan.schema().columns();
+    if columns.len() != target.fields().len() {
+        return Err(SqlError::Plan {
+            location: location.clone(),
+            message: format!(
+                "INSERT INTO {sink}: the query returns {} columns but {sink} declares {} ({})",
+                columns.len(),
+                target.fields().len(),
+                target
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+        .into());
+    }
+    let exprs: Vec<Expr> = columns
+        .into_iter()
+        .zip(target.fields().iter())
+        .map(|(c, f)| cast(Expr::Column(c), f.data_type().clone()).alias(f.name()))
+        .collect();
+    let plan = LogicalPlanBuilder::from(plan)
+        .project(exprs)
+        .and_then(|b| b.build())
+        .map_err(|e| SqlError::Plan {
+            location: location.clone(),
+            message: format!("INSERT INTO {sink}: {}", e.message()),
+        })?;
+    Ok(plan)
+}
+
+/// Refuses plans that cannot run batch by batch on an unbounded stream, and returns the
+/// one input table the plan reads.
+fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
+    let mut refusal: Option<String> = None;
+    let mut tables: Vec<String> = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        let why = match node {
+            LogicalPlan::Sort(_) => Some(
+                "ORDER BY over an unbounded stream would never emit a row, since a later row may always sort first. \
+                 Remove the ORDER BY and sort where the results are read, or rank rows within a window \
+                 (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) inside a tumble window, coming with the windows work)",
+            ),
+            LogicalPlan::Aggregate(_) => Some(
+                "GROUP BY, DISTINCT and aggregate functions need a window on a stream (GROUP BY tumble(interval '1 minute'), …), \
+                 which comes with the windows work; until then aggregate the sink's output in a batch query",
+            ),
+            LogicalPlan::Join(_) => Some(
+                "joins between streams need bounded state (interval or window joins), which come with the stateful SQL work; \
+                 write one INSERT per input for now",
+            ),
+            LogicalPlan::Window(_) => Some(
+                "window functions (OVER …) need ordered state over the stream, which comes with the stateful SQL work",
+            ),
+            LogicalPlan::Limit(_) => Some(
+                "LIMIT on an unbounded stream is not supported: filter rows with WHERE instead",
+            ),
+            LogicalPlan::Union(_) => Some(
+                "UNION of several inputs is not supported yet: write one INSERT INTO the same sink per input",
+            ),
+            LogicalPlan::RecursiveQuery(_) => Some("recursive queries do not run on streams"),
+            LogicalPlan::Subquery(_) | LogicalPlan::Distinct(_) => Some(
+                "subqueries and DISTINCT over a stream need state, which comes with the stateful SQL work",
+            ),
+            LogicalPlan::TableScan(scan) => {
+                tables.push(scan.table_name.table().to_string());
+                None
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            refusal = Some(why.to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Some(message) = refusal {
+        return Err(SqlError::NotStreamable {
+            location: location.clone(),
+            message,
+        }
+        .into());
+    }
+    tables.dedup();
+    match tables.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(SqlError::Plan {
+            location: location.clone(),
+            message: "the query reads no table: select FROM a source declared with CREATE TABLE … WITH (connector = …)".into(),
+        }
+        .into()),
+        many => Err(SqlError::NotStreamable {
+            location: location.clone(),
+            message: format!(
+                "the query reads several inputs ({}); combining streams needs the joins of the stateful SQL work",
+                many.join(", ")
+            ),
+        }
+        .into()),
+    }
+}
+
+/// Maps a DataFusion planning error to the user's file: DataFusion's diagnostic span
+/// when it has one, else the statement's start.
+fn plan_error(sql: &SqlText, statement: &Location, e: DataFusionError) -> crate::Error {
+    let location = e
+        .diagnostic()
+        .and_then(|d| d.span)
+        .filter(|s| s.start.line > 0)
+        .map(|s| sql.locate(s.start.line, s.start.column))
+        .unwrap_or_else(|| statement.clone());
+    let message = e.message().to_string();
+    SqlError::Plan { location, message }.into()
+}
+

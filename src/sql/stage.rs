@@ -1,0 +1,177 @@
+//! The SQL stage: a DataFusion physical plan evaluated once per input batch.
+//!
+//! The plan's only leaf is a [`StreamingTable`] partition that hands out "the current
+//! batch". Each task owns a `TaskContext` carrying its own [`BatchSlot`], so one
+//! physical plan serves every partition: a task puts its batch in its slot, executes
+//! the plan, and forwards what comes out. Only plans whose result for a batch depends
+//! on that batch alone reach this operator (the planner refuses the others), so running
+//! the plan per batch is exactly the streaming result.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable};
+use futures::StreamExt;
+
+use crate::dlq::{BadRecordReason, ErrorPolicy};
+use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
+
+/// The batch a task is currently evaluating, one per task, found through the task's
+/// `TaskContext`.
+#[derive(Debug, Default)]
+pub(crate) struct BatchSlot(Mutex<Option<RecordBatch>>);
+
+/// The input table of a SQL stage, as DataFusion sees it.
+#[derive(Debug)]
+pub(crate) struct SlotPartition {
+    pub(crate) schema: SchemaRef,
+}
+
+impl PartitionStream for SlotPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let batch = ctx
+            .session_config()
+            .get_extension::<BatchSlot>()
+            .and_then(|slot| slot.0.lock().expect("slot lock").take());
+        let items: Vec<datafusion::error::Result<RecordBatch>> = batch.into_iter().map(Ok).collect();
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(items),
+        ))
+    }
+}
+
+/// Builds the per-partition operators of one SQL stage.
+pub struct SqlOperatorFactory {
+    pub(crate) sql: String,
+    pub(crate) plan: Arc<dyn ExecutionPlan>,
+    pub(crate) task_ctx: Arc<TaskContext>,
+    pub(crate) schema: SchemaRef,
+    pub(crate) on_error: ErrorPolicy,
+}
+
+impl SqlOperatorFactory {
+    /// The DataFusion physical plan, indented, for `explain`.
+    pub fn physical_plan(&self) -> String {
+        displayable(self.plan.as_ref()).indent(false).to_string()
+    }
+}
+
+impl OperatorFactory for SqlOperatorFactory {
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn describe(&self) -> String {
+        let one_line: Vec<&str> = self.sql.split_whitespace().collect();
+        let mut s = one_line.join(" ");
+        if s.len() > 120 {
+            let cut = (0..=117).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            s.truncate(cut);
+            s.push('…');
+        }
+        format!("sql: {s}")
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let slot = Arc::new(BatchSlot::default());
+        let base = &self.task_ctx;
+        let config = base.session_config().clone().with_extension(slot.clone());
+        let ctx = TaskContext::new(
+            Some(task.to_string()),
+            base.session_id(),
+            config,
+            base.scalar_functions().clone(),
+            base.higher_order_functions().clone(),
+            base.aggregate_functions().clone(),
+            base.window_functions().clone(),
+            base.runtime_env(),
+        );
+        Ok(Box::new(SqlOperator {
+            plan: self.plan.clone(),
+            ctx: Arc::new(ctx),
+            slot,
+            task: task.to_string(),
+            on_error: self.on_error,
+        }))
+    }
+}
+
+struct SqlOperator {
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: Arc<TaskContext>,
+    slot: Arc<BatchSlot>,
+    task: String,
+    on_error: ErrorPolicy,
+}
+
+impl SqlOperator {
+    /// Evaluates the plan over `batch`, collecting every output batch (nothing is
+    /// emitted when evaluation fails half way).
+    async fn eval(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        *self.slot.0.lock().expect("slot lock") = Some(batch);
+        let mut stream = self
+            .plan
+            .execute(0, self.ctx.clone())
+            .map_err(|e| EngineError::datafusion(format!("{}: executing", self.task), e))?;
+        let mut out = Vec::new();
+        while let Some(b) = stream.next().await {
+            out.push(b.map_err(|e| EngineError::datafusion(format!("{}: evaluating", self.task), e))?);
+        }
+        Ok(out)
+    }
+
+    /// Under the `drop` policy: finds the rows that make evaluation fail by halving the
+    /// batch, reports each of them, and emits the results of all the others.
+    async fn isolate(&self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let mut pending = vec![batch];
+        while let Some(b) = pending.pop() {
+            match self.eval(b.clone()).await {
+                Ok(results) => {
+                    for r in results {
+                        out.emit(r).await?;
+                    }
+                }
+                Err(e) if b.num_rows() <= 1 => {
+                    let mut raw = Vec::new();
+                    let _ = crate::formats::json::encode_json_lines(&b, &mut raw);
+                    out.bad_records()
+                        .report(BadRecordReason::Processing, &e.to_string(), &raw);
+                }
+                Err(_) => {
+                    let half = b.num_rows() / 2;
+                    // Pushed in reverse so that rows keep their order.
+                    pending.push(b.slice(half, b.num_rows() - half));
+                    pending.push(b.slice(0, half));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for SqlOperator {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let input = (self.on_error == ErrorPolicy::Drop).then(|| batch.clone());
+        match self.eval(batch).await {
+            Ok(results) => {
+                for r in results {
+                    out.emit(r).await?;
+                }
+                Ok(())
+            }
+            Err(_) if input.is_some() => self.isolate(input.expect("checked"), out).await,
+            Err(e) => Err(e),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: they run the real `tributary` binary on temporary directories and
+//! check its outputs, exit codes and messages. One test binary on purpose (each test
+//! binary links DataFusion; see docs/adr/0002-build-cost.md).
+
+mod common;
+
+mod cli_errors;
+mod lifecycle;
+mod sinks;
+mod sql_oracle;
