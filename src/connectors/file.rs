@@ -468,7 +468,7 @@ impl Source for FileSource {
 
 /// One open file of any format, yielding batches of the source's schema.
 enum FileReader {
-    Json(JsonLines),
+    Json(Box<JsonLines>),
     Avro {
         reader: Box<AvroReader>,
         schema: SchemaRef,
@@ -482,9 +482,11 @@ enum FileReader {
 impl FileReader {
     fn open(path: &Path, spec: &Spec, batch_size: usize) -> Result<FileReader> {
         Ok(match spec.format {
-            Format::Json => {
-                FileReader::Json(JsonLines::open(path, spec.schema.clone(), batch_size)?)
-            }
+            Format::Json => FileReader::Json(Box::new(JsonLines::open(
+                path,
+                spec.schema.clone(),
+                batch_size,
+            )?)),
             Format::Avro => FileReader::Avro {
                 reader: Box::new(AvroReader::open(path, batch_size)?),
                 schema: spec.schema.clone(),
@@ -786,15 +788,11 @@ mod tests {
                 .expect("rows did not arrive")
                 .unwrap();
         }
+    }
 
+    impl Captured {
         fn batches(&self) -> Vec<RecordBatch> {
-            self.captured.batches.lock().unwrap().clone()
-        }
-
-        fn bad(&self) -> u64 {
-            self.source_stats
-                .bad_records
-                .load(std::sync::atomic::Ordering::Relaxed)
+            self.batches.lock().unwrap().clone()
         }
     }
 
@@ -864,14 +862,19 @@ mod tests {
         assert!(f.describe().contains("3 file(s)"), "{}", f.describe());
         let run = start(f, 2, 4);
         run.handle.wait().await.unwrap();
-        let batches = run.batches();
+        let batches = run.captured.batches();
         assert!(
             batches
                 .iter()
                 .all(|b| b.num_rows() <= 4 && b.schema() == json_schema())
         );
         assert_eq!(ids(&batches), (0..23).collect::<Vec<_>>());
-        assert_eq!(run.bad(), 2);
+        assert_eq!(
+            run.source_stats
+                .bad_records
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 
     #[tokio::test]
@@ -881,7 +884,7 @@ mod tests {
         let f = plan(base.path(), &[("path", "one.jsonl")], Some(json_schema())).unwrap();
         let run = start(f, 3, 2);
         run.handle.wait().await.unwrap();
-        assert_eq!(ids(&run.batches()), (0..5).collect::<Vec<_>>());
+        assert_eq!(ids(&run.captured.batches()), (0..5).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -897,7 +900,7 @@ mod tests {
         let f = plan(base.path(), &[("path", "e.avro")], Some(declared.clone())).unwrap();
         let run = start(f, 1, 16);
         run.handle.wait().await.unwrap();
-        let batches = run.batches();
+        let batches = run.captured.batches();
         assert_eq!(ids(&batches), (0..50).collect::<Vec<_>>());
         let b = &batches[1];
         assert_eq!(b.schema(), declared);
@@ -930,7 +933,7 @@ mod tests {
         assert_eq!(f.schema(), sample.schema());
         let run = start(f, 2, 1000);
         run.handle.wait().await.unwrap();
-        assert_eq!(ids(&run.batches()), (0..100).collect::<Vec<_>>());
+        assert_eq!(ids(&run.captured.batches()), (0..100).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -962,7 +965,7 @@ mod tests {
         run.wait_rows(6).await;
         run.handle.stop();
         run.handle.wait().await.unwrap();
-        assert_eq!(ids(&run.batches()), (0..6).collect::<Vec<_>>());
+        assert_eq!(ids(&run.captured.batches()), (0..6).collect::<Vec<_>>());
     }
 
     #[tokio::test]

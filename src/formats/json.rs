@@ -332,9 +332,7 @@ fn wire_type(dt: &DataType) -> DataType {
         DataType::Timestamp(_, _) => DataType::Utf8,
         DataType::List(f) => DataType::List(wire_field(f)),
         DataType::LargeList(f) => DataType::LargeList(wire_field(f)),
-        DataType::Struct(fields) => {
-            DataType::Struct(fields.iter().map(|f| wire_field(f)).collect())
-        }
+        DataType::Struct(fields) => DataType::Struct(fields.iter().map(wire_field).collect()),
         DataType::Map(f, sorted) => DataType::Map(wire_field(f), *sorted),
         other => other.clone(),
     }

@@ -256,7 +256,7 @@ mod tests {
     fn conform_refuses_types_that_cannot_cast() {
         let target = Arc::new(Schema::new(vec![Field::new(
             "id",
-            DataType::List(Arc::new(Field::new("item", DataType::Int64, true))),
+            DataType::Struct(vec![Field::new("x", DataType::Int64, true)].into()),
             true,
         )]));
         assert!(check_conform(&source().schema(), &target).is_err());

@@ -180,7 +180,7 @@ pub(crate) mod tests {
     pub(crate) fn write_parquet(path: &Path, batch: &RecordBatch) {
         let file = File::create(path).unwrap();
         let props = ::parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_size(300)
+            .set_max_row_group_row_count(Some(300))
             .build();
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
         w.write(batch).unwrap();
