@@ -13,6 +13,9 @@
 //! | `tributary_source_lag_seconds` | gauge | how far a source is behind its schedule or input |
 //! | `tributary_bad_records_total` | counter | records dropped as malformed, by reason |
 //! | `tributary_sink_latency_seconds` | histogram | event time to sink, where the sink measures it |
+//! | `tributary_watermark_seconds` | gauge | an operator's combined input watermark (seconds since the epoch) |
+//! | `tributary_late_rows_total` | counter | rows dropped because their window was already emitted |
+//! | `tributary_state_bytes` | gauge | memory held by an operator's state |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -58,4 +61,16 @@ pub fn bad_records(pipeline: &str, operator: &str, reason: &'static str) -> Coun
         "operator" => operator.to_string(),
         "reason" => reason
     )
+}
+
+pub fn watermark(pipeline: &str, operator: &str) -> Gauge {
+    gauge!("tributary_watermark_seconds", &labels(pipeline, operator))
+}
+
+pub fn late_rows(pipeline: &str, operator: &str) -> Counter {
+    counter!("tributary_late_rows_total", &labels(pipeline, operator))
+}
+
+pub fn state_bytes(pipeline: &str, operator: &str) -> Gauge {
+    gauge!("tributary_state_bytes", &labels(pipeline, operator))
 }

@@ -549,7 +549,7 @@ async fn rollover_by_size_splits_files<S: ReadableSink + ?Sized>(s: &S) {
     let mut sink = factory.create(&task(0, 1), schema.clone()).unwrap();
     let mut written = Vec::new();
     for i in 0..20 {
-        let b = simple_batch(i * 200, 200);
+        let b = simple_batch(i * 2000, 2000);
         sink.write(b.clone()).await.unwrap();
         written.push(b);
         for f in visible_files(dir.path()) {

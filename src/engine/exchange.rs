@@ -105,6 +105,10 @@ pub struct Collector {
     batches_out: metrics::Counter,
     bad: crate::dlq::BadRecords,
     closed: bool,
+    /// Sources with an event-time column: derives watermarks from emitted rows.
+    watermarks: Option<super::watermark::WatermarkGen>,
+    /// The last watermark sent downstream.
+    last_watermark: i64,
 }
 
 impl Collector {
@@ -122,7 +126,32 @@ impl Collector {
             batches_out,
             bad,
             closed: false,
+            watermarks: None,
+            last_watermark: super::Watermark::START,
         }
+    }
+
+    /// Makes this (source) collector send a watermark after every batch that advances
+    /// the newest event time seen in column `column`.
+    pub(crate) fn generate_watermarks(&mut self, column: usize, delay: std::time::Duration) {
+        self.watermarks = Some(super::watermark::WatermarkGen::new(column, delay));
+    }
+
+    /// Sends a watermark to every downstream partition, unless it does not advance
+    /// the last one sent.
+    pub async fn emit_watermark(&mut self, watermark: i64) -> Result<()> {
+        if watermark <= self.last_watermark {
+            return Ok(());
+        }
+        self.last_watermark = watermark;
+        for output in &self.outputs {
+            for s in &output.senders {
+                s.send(Message::Watermark(watermark))
+                    .await
+                    .map_err(|_| EngineError::DownstreamGone)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where this task reports records it cannot process.
@@ -153,6 +182,13 @@ impl Collector {
         self.batches_out.increment(1);
         for output in &mut self.outputs {
             route(output, &batch).await?;
+        }
+        let advanced = match self.watermarks.as_mut() {
+            Some(g) => g.observe(&batch)?,
+            None => None,
+        };
+        if let Some(wm) = advanced {
+            self.emit_watermark(wm).await?;
         }
         Ok(())
     }

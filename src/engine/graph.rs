@@ -30,6 +30,8 @@ pub struct NodeSpec {
     pub inputs: Vec<(NodeId, Partitioning)>,
     /// Schema of the batches this node emits (sinks: of the batches they receive).
     pub schema: SchemaRef,
+    /// Sources only: how to derive watermarks from the rows.
+    pub event_time: Option<super::EventTime>,
 }
 
 /// A pipeline's graph.
@@ -37,6 +39,10 @@ pub struct NodeSpec {
 pub struct Graph {
     pub pipeline: String,
     pub nodes: Vec<NodeSpec>,
+    /// An input that sends nothing for this long stops holding back the watermark of
+    /// the task reading it, until it sends again (sources' `idle_timeout`; the
+    /// shortest applies). `None`: inputs are never considered idle.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Graph {
@@ -44,6 +50,7 @@ impl Graph {
         Graph {
             pipeline: pipeline.into(),
             nodes: Vec::new(),
+            idle_timeout: None,
         }
     }
 
@@ -77,6 +84,7 @@ impl Graph {
             parallelism,
             inputs: vec![],
             schema,
+            event_time: None,
         })
     }
 
@@ -95,6 +103,7 @@ impl Graph {
             parallelism,
             inputs: vec![(input, partitioning)],
             schema,
+            event_time: None,
         })
     }
 
@@ -115,6 +124,7 @@ impl Graph {
             parallelism,
             inputs: vec![(input, partitioning)],
             schema,
+            event_time: None,
         }))
     }
 
@@ -138,6 +148,42 @@ impl Graph {
             .into());
         }
         self.nodes[node].inputs.push((input, partitioning));
+        Ok(())
+    }
+
+    /// Declares a source's event-time column, from which its tasks derive watermarks.
+    /// The column must be a timestamp of the source's schema.
+    pub fn set_event_time(&mut self, source: NodeId, event_time: super::EventTime) -> Result<()> {
+        let node = self.node(source)?;
+        if !matches!(node.kind, NodeKind::Source(_)) {
+            return Err(EngineError::Graph(format!(
+                "{}: only sources have an event-time column",
+                node.name
+            ))
+            .into());
+        }
+        match node.schema.field_with_name(&event_time.column) {
+            Ok(f) if matches!(f.data_type(), arrow::datatypes::DataType::Timestamp(_, _)) => {}
+            Ok(f) => {
+                return Err(EngineError::Graph(format!(
+                    "{}: event_time_field {} is {}, not a timestamp",
+                    node.name,
+                    event_time.column,
+                    f.data_type()
+                ))
+                .into());
+            }
+            Err(_) => {
+                return Err(EngineError::Graph(format!(
+                    "{}: event_time_field {} is not a column; columns: {}",
+                    node.name,
+                    event_time.column,
+                    fields(&node.schema)
+                ))
+                .into());
+            }
+        }
+        self.nodes[source].event_time = Some(event_time);
         Ok(())
     }
 
@@ -230,6 +276,13 @@ impl Graph {
                 "  {kind} {} [parallelism {}]: {desc}",
                 node.name, node.parallelism
             );
+            if let Some(et) = &node.event_time {
+                let _ = writeln!(
+                    s,
+                    "    event time: {}, watermark = newest - {:?}",
+                    et.column, et.delay
+                );
+            }
             for (input, p) in &node.inputs {
                 let _ = writeln!(s, "    <- {} ({p})", self.nodes[*input].name);
             }

@@ -20,11 +20,13 @@ mod exchange;
 mod graph;
 mod operators;
 mod runtime;
+mod watermark;
 
 pub use exchange::{Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of};
 pub use graph::{Graph, NodeId, NodeKind, NodeSpec};
 pub use operators::{FilterOperator, FlatMapOperator, MapOperator};
 pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
+pub use watermark::{EventTime, Watermark, event_times_ms};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,9 @@ use async_trait::async_trait;
 pub enum Message {
     /// A batch of rows, with the schema of the sending node.
     Batch(RecordBatch),
+    /// No more rows with an event time (ms since the epoch) below this are expected
+    /// from the sender. See [`watermark`](self::watermark) for how they are combined.
+    Watermark(i64),
     /// The sender has sent its last batch.
     End,
 }
@@ -83,12 +88,20 @@ impl Default for BatchSettings {
 
 /// A stateless or stateful step between sources and sinks, run once per partition.
 ///
-/// Later issues add `handle_watermark`, `handle_checkpoint` and `handle_timer` with
-/// default implementations, so existing operators keep compiling.
+/// The checkpoint work adds `handle_checkpoint` with a default implementation, so
+/// existing operators keep compiling.
 #[async_trait]
 pub trait Operator: Send {
     /// Processes one input batch and emits any number of output batches.
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
+
+    /// The combined watermark of this task's inputs advanced to `watermark`: emit what
+    /// it completes (windows, timers). The runtime forwards the watermark downstream
+    /// after this returns, so results always precede the watermark that made them.
+    /// At the end of input this is called with [`Watermark::END`] before `on_end`.
+    async fn handle_watermark(&mut self, _watermark: i64, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
 
     /// Called once after every input has ended; emit what is still buffered.
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::exchange::{NodeStats, Output};
+use super::watermark::{InputWatermarks, Watermark};
 use super::graph::{Graph, NodeKind};
 use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
 use crate::metrics as m;
@@ -173,13 +174,19 @@ impl Runtime {
                     partition: p,
                     parallelism: node.parallelism,
                 };
-                let out = Collector::new(
+                let mut out = Collector::new(
                     std::mem::take(&mut outputs[id][p]),
                     node_stats.clone(),
                     m::rows_out(&pipeline, &node.name),
                     m::batches_out(&pipeline, &node.name),
                     crate::dlq::BadRecords::new(&task, node_stats.clone()),
                 );
+                if let Some(et) = &node.event_time {
+                    let column = node.schema.index_of(&et.column).map_err(|_| {
+                        EngineError::Graph(format!("{}: no event-time column {}", node.name, et.column))
+                    })?;
+                    out.generate_watermarks(column, et.delay);
+                }
                 let inputs = std::mem::take(&mut receivers[id][p]);
                 let stats = node_stats.clone();
                 match &node.kind {
@@ -205,8 +212,9 @@ impl Runtime {
                     NodeKind::Operator(f) => {
                         let f = f.clone();
                         let t = task.clone();
+                        let idle = graph.idle_timeout;
                         spawn(&mut tasks, task, async move {
-                            run_operator(&t, f.as_ref(), inputs, out, stats).await
+                            run_operator(&t, f.as_ref(), inputs, out, stats, idle).await
                         });
                     }
                     NodeKind::Sink(f) => {
@@ -346,17 +354,17 @@ async fn supervise(
     })
 }
 
-/// Merges a task's input channels into one stream; each channel ends at `End` or when
-/// its sender is dropped.
-fn merge(inputs: Inputs) -> BoxStream<'static, Message> {
-    let streams = inputs.into_iter().map(|rx| {
-        futures::stream::unfold((rx, false), |(mut rx, done)| async move {
+/// Merges a task's input channels into one stream of `(input index, message)`; each
+/// input yields its `End` (or, if its sender is dropped, an `End` in its place) once.
+fn merge(inputs: Inputs) -> BoxStream<'static, (usize, Message)> {
+    let streams = inputs.into_iter().enumerate().map(|(i, rx)| {
+        futures::stream::unfold((rx, false), move |(mut rx, done)| async move {
             if done {
                 return None;
             }
             match rx.recv().await {
-                Some(Message::End) | None => None,
-                Some(m) => Some((m, (rx, false))),
+                Some(Message::End) | None => Some(((i, Message::End), (rx, true))),
+                Some(m) => Some(((i, m), (rx, false))),
             }
         })
         .boxed()
@@ -370,20 +378,51 @@ async fn run_operator(
     inputs: Inputs,
     mut out: Collector,
     stats: Arc<NodeStats>,
+    idle_timeout: Option<Duration>,
 ) -> Result<()> {
     let mut op = factory.create(task)?;
     let rows_in = m::rows_in(&task.pipeline, &task.node);
     let latency = m::processing_latency(&task.pipeline, &task.node);
+    let watermark_gauge = m::watermark(&task.pipeline, &task.node);
+    let mut watermarks = InputWatermarks::new(inputs.len(), idle_timeout);
     let mut input = merge(inputs);
-    while let Some(msg) = input.next().await {
-        if let Message::Batch(batch) = msg {
-            let n = batch.num_rows() as u64;
-            stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            rows_in.increment(n);
-            let t = Instant::now();
-            op.process_batch(batch, &mut out).await?;
-            latency.record(t.elapsed().as_secs_f64());
+    // Idleness is re-evaluated on a timer; without a timeout the timer never fires.
+    let mut idle_check = tokio::time::interval(idle_timeout.unwrap_or(Duration::from_secs(3600)));
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    idle_check.tick().await;
+    loop {
+        let advanced = tokio::select! {
+            msg = input.next() => {
+                let Some((i, msg)) = msg else { break };
+                let now = Instant::now();
+                match msg {
+                    Message::Batch(batch) => {
+                        watermarks.activity(i, now);
+                        let n = batch.num_rows() as u64;
+                        stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        rows_in.increment(n);
+                        let t = Instant::now();
+                        op.process_batch(batch, &mut out).await?;
+                        latency.record(t.elapsed().as_secs_f64());
+                        None
+                    }
+                    Message::Watermark(wm) => watermarks.watermark(i, wm, now),
+                    Message::End => watermarks.ended(i, now),
+                }
+            }
+            _ = idle_check.tick(), if idle_timeout.is_some() => watermarks.advance(Instant::now()),
+        };
+        if let Some(wm) = advanced {
+            op.handle_watermark(wm, &mut out).await?;
+            out.emit_watermark(wm).await?;
+            if wm != Watermark::END {
+                watermark_gauge.set(wm as f64 / 1000.0);
+            }
         }
+    }
+    if watermarks.current() != Watermark::END {
+        op.handle_watermark(Watermark::END, &mut out).await?;
+        out.emit_watermark(Watermark::END).await?;
     }
     op.on_end(&mut out).await?;
     out.close().await;
@@ -407,7 +446,7 @@ async fn run_sink(
     loop {
         tokio::select! {
             msg = input.next() => match msg {
-                Some(Message::Batch(batch)) => {
+                Some((_, Message::Batch(batch))) => {
                     let n = batch.num_rows() as u64;
                     stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                     rows_in.increment(n);

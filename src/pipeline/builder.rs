@@ -129,29 +129,62 @@ impl PipelineBuilder {
             schema,
             base_dir: &cwd,
         };
-        let factory = connectors::source(
-            &req,
-            Options::new(&decl.name, &decl.connector, decl.options.clone()),
-        )?;
-        Ok(self.source(&decl.name, factory))
+        let mut options = decl.options.clone();
+        let event_time = crate::sql::planner::take_event_time(&mut options)
+            .map_err(|m| EngineError::User(format!("table {}: {m}", decl.name)))?;
+        let parallelism = match options.remove("parallelism") {
+            None => self.parallelism,
+            Some(p) => p.trim().parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                EngineError::User(format!(
+                    "table {}: parallelism = '{p}' must be a positive integer",
+                    decl.name
+                ))
+            })?,
+        };
+        let factory = connectors::source(&req, Options::new(&decl.name, &decl.connector, options))?;
+        let stream = Stream {
+            node: self.graph.add_source(&decl.name, factory, parallelism),
+            partitioning: Partitioning::Forward,
+        };
+        if let Some((et, idle)) = event_time {
+            self.graph.set_event_time(stream.node, et)?;
+            if let Some(idle) = idle {
+                self.graph.idle_timeout = Some(self.graph.idle_timeout.map_or(idle, |t| t.min(idle)));
+            }
+        }
+        Ok(stream)
+    }
+
+    /// The event-time column of the source `stream` descends from, if declared and
+    /// still present in its schema.
+    fn event_time_of(&self, stream: &Stream) -> Option<String> {
+        let mut node = stream.node;
+        loop {
+            let spec = &self.graph.nodes[node];
+            if let Some(et) = &spec.event_time {
+                return Some(et.column.clone());
+            }
+            node = spec.inputs.first()?.0;
+        }
     }
 
     /// A SQL stage reading `input` under its node name (the source's table name, or
     /// the name of the stage that produced it).
     pub async fn sql(&mut self, input: Stream, query: &str) -> Result<Stream> {
         let name = self.graph.nodes[input.node].name.clone();
+        let event_time = self.event_time_of(&input);
         let stage = self
             .planner
-            .plan_query(query, &name, self.schema(&input), self.on_error)
+            .plan_query(query, event_time.as_deref(), &name, self.schema(&input), self.on_error)
             .await?;
         let e = self.edge(&input);
-        let node = self.graph.add_operator(
+        let (node, _) = stage.add_to_graph(
+            &mut self.graph,
             &format!("{name}_sql"),
-            stage,
-            self.parallelism,
             e.node,
             e.partitioning,
-        );
+            self.parallelism,
+        )?;
         Ok(Stream {
             node,
             partitioning: Partitioning::Forward,

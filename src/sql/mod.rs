@@ -13,12 +13,13 @@
 //!   write instead.
 
 mod ddl;
-mod planner;
+pub(crate) mod planner;
 mod stage;
 pub mod udf;
+pub mod window;
 
 pub use ddl::{InsertDecl, ParsedSql, TableDecl, parse_sql};
-pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner};
+pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner, StagePlan};
 pub use stage::SqlOperatorFactory;
 
 use std::path::PathBuf;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast};
 use datafusion::physical_plan::streaming::PartitionStream;
@@ -17,6 +17,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
 use super::stage::{SlotPartition, SqlOperatorFactory};
+use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowSpec};
+use crate::engine::EventTime;
+use datafusion::physical_plan::ExecutionPlan;
 use super::{SqlError, SqlText};
 use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
@@ -44,6 +47,79 @@ impl Default for PlanSettings {
             on_processing_error: ErrorPolicy::Fail,
             table_options: BTreeMap::new(),
             table_options_origin: None,
+        }
+    }
+}
+
+/// One query as the engine runs it: a stateless SQL stage, or a windowed aggregate
+/// cut in three (per-batch stage below the aggregate, the aggregate, per-batch stage
+/// above it).
+#[derive(Clone)]
+pub enum StagePlan {
+    Stateless(Arc<SqlOperatorFactory>),
+    Windowed {
+        lower: Arc<SqlOperatorFactory>,
+        aggregate: Arc<WindowAggFactory>,
+        upper: Arc<SqlOperatorFactory>,
+    },
+}
+
+impl StagePlan {
+    /// Adds the query's node(s) to `graph` after `input`; returns the last node and
+    /// the SQL stages added (name, stage) for `explain`.
+    pub fn add_to_graph(
+        &self,
+        graph: &mut Graph,
+        name: &str,
+        input: NodeId,
+        partitioning: Partitioning,
+        parallelism: usize,
+    ) -> Result<(NodeId, Vec<(String, Arc<SqlOperatorFactory>)>)> {
+        match self {
+            StagePlan::Stateless(stage) => {
+                let id = graph.add_operator(name, stage.clone(), parallelism, input, partitioning);
+                Ok((id, vec![(graph.nodes[id].name.clone(), stage.clone())]))
+            }
+            StagePlan::Windowed {
+                lower,
+                aggregate,
+                upper,
+            } => {
+                let low = graph.add_operator(
+                    &format!("{name}_pre"),
+                    lower.clone(),
+                    parallelism,
+                    input,
+                    partitioning,
+                );
+                // Rows of one key must meet in one task: route by the key columns, or
+                // run the aggregate as one task when a key is computed or absent.
+                let (routing, agg_parallelism) = match aggregate.key_columns() {
+                    Some(cols) if !cols.is_empty() => (Partitioning::Hash(cols), parallelism),
+                    _ => (Partitioning::RoundRobin, 1),
+                };
+                let agg = graph.add_operator(
+                    &format!("{name}_window"),
+                    aggregate.clone(),
+                    agg_parallelism,
+                    low,
+                    routing,
+                );
+                let up = graph.add_operator(
+                    name,
+                    upper.clone(),
+                    agg_parallelism,
+                    agg,
+                    Partitioning::Forward,
+                );
+                Ok((
+                    up,
+                    vec![
+                        (graph.nodes[low].name.clone(), lower.clone()),
+                        (graph.nodes[up].name.clone(), upper.clone()),
+                    ],
+                ))
+            }
         }
     }
 }
@@ -95,9 +171,12 @@ impl SqlPlanner {
         opts.optimizer.repartition_windows = false;
         opts.optimizer.enable_round_robin_repartition = false;
         let ctx = SessionContext::new_with_config(config);
-        for udf in &self.udfs {
+        for udf in self.udfs.iter().chain(super::window::window_udfs().iter()) {
             ctx.register_udf(udf.as_ref().clone());
         }
+        // COUNT(DISTINCT x) must stay one aggregate (with a distinct accumulator), not
+        // be rewritten into two GROUP BYs: the window operator is one aggregate.
+        ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         ctx
     }
 
@@ -150,7 +229,7 @@ impl SqlPlanner {
         target: Option<&SchemaRef>,
         target_name: &str,
         on_error: ErrorPolicy,
-    ) -> Result<(Arc<SqlOperatorFactory>, String)> {
+    ) -> Result<(StagePlan, String)> {
         let text = query.to_string();
         let state = ctx.state();
         let plan = state
@@ -169,27 +248,39 @@ impl SqlPlanner {
             .create_physical_plan(&plan)
             .await
             .map_err(|e| plan_error(sql, location, e))?;
-        let schema = physical.schema();
-        Ok((
+        let stage = |plan: Arc<dyn ExecutionPlan>, sql: String| {
             Arc::new(SqlOperatorFactory {
-                sql: text,
-                plan: physical,
+                sql,
+                schema: plan.schema(),
+                plan,
                 task_ctx: state.task_ctx(),
-                schema,
                 on_error,
-            }),
-            input,
-        ))
+            })
+        };
+        let planned = match split_window_aggregate(&physical).map_err(|message| SqlError::Plan {
+            location: location.clone(),
+            message,
+        })? {
+            None => StagePlan::Stateless(stage(physical, text)),
+            Some(split) => StagePlan::Windowed {
+                lower: stage(split.lower, format!("(input of the window aggregate) {text}")),
+                aggregate: Arc::new(split.aggregate),
+                upper: stage(split.upper, text),
+            },
+        };
+        Ok((planned, input))
     }
 
-    /// Plans a query over one named input, for the Rust builder API.
+    /// Plans a query over one named input, for the Rust builder API. `event_time` is
+    /// the input's event-time column, which `tumble`/`hop` use when not given one.
     pub async fn plan_query(
         &self,
         query: &str,
+        event_time: Option<&str>,
         input_name: &str,
         input_schema: SchemaRef,
         on_error: ErrorPolicy,
-    ) -> Result<Arc<SqlOperatorFactory>> {
+    ) -> Result<StagePlan> {
         let sql = SqlText::file(query, "<query>");
         let parsed = datafusion::sql::sqlparser::parser::Parser::new(
             &datafusion::sql::sqlparser::dialect::GenericDialect {},
@@ -200,6 +291,12 @@ impl SqlPlanner {
             location: sql.locate(1, 1),
             message: e.to_string(),
         })?;
+        let mut parsed = parsed;
+        let times: BTreeMap<String, String> = event_time
+            .map(|c| (input_name.to_string(), c.to_string()))
+            .into_iter()
+            .collect();
+        add_window_time_args(&mut parsed, &times);
         let ctx = self.session();
         Self::register_input(&ctx, input_name, input_schema)?;
         let (stage, _) = self
@@ -241,8 +338,14 @@ impl SqlPlanner {
             }
         }
         let mut graph = Graph::new(pipeline);
-        let mut sources: BTreeMap<String, (Arc<dyn crate::engine::SourceFactory>, usize, Location)> =
-            BTreeMap::new();
+        type SourceDecl = (
+            Arc<dyn crate::engine::SourceFactory>,
+            usize,
+            Location,
+            Option<(EventTime, Option<std::time::Duration>)>,
+        );
+        let mut sources: BTreeMap<String, SourceDecl> = BTreeMap::new();
+        let mut event_times: BTreeMap<String, String> = BTreeMap::new();
         let mut sinks: BTreeMap<String, (Option<SchemaRef>, TableDecl, usize)> = BTreeMap::new();
         for decl in &parsed.tables {
             let declared = Self::declared_schema(&ctx, decl, sql).await?;
@@ -262,9 +365,23 @@ impl SqlPlanner {
                     }
                 })?,
             };
+            let event_time = take_event_time(&mut options).map_err(|message| SqlError::Plan {
+                location: decl.location.clone(),
+                message: format!("table {}: {message}", decl.name),
+            })?;
             let is_sink = sink_names.contains(&decl.name.as_str());
             let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
             if is_sink || sink_only {
+                if event_time.is_some() {
+                    return Err(SqlError::Plan {
+                        location: decl.location.clone(),
+                        message: format!(
+                            "table {} is a sink: event_time_field, watermark_delay and idle_timeout apply to sources",
+                            decl.name
+                        ),
+                    }
+                    .into());
+                }
                 let mut decl = decl.clone();
                 decl.options = options;
                 sinks.insert(decl.name.clone(), (declared, decl, parallelism));
@@ -281,9 +398,12 @@ impl SqlPlanner {
                     source: Box::new(e),
                 })?;
             Self::register_input(&ctx, &decl.name, factory.schema())?;
+            if let Some((et, _)) = &event_time {
+                event_times.insert(decl.name.clone(), et.column.clone());
+            }
             sources.insert(
                 decl.name.clone(),
-                (factory, parallelism, decl.location.clone()),
+                (factory, parallelism, decl.location.clone(), event_time),
             );
         }
 
@@ -308,11 +428,13 @@ impl SqlPlanner {
                 }
                 .into());
             };
+            let mut query = insert.query.clone();
+            add_window_time_args(&mut query, &event_times);
             let (stage, input) = self
                 .plan_stage(
                     &ctx,
                     sql,
-                    insert.query.clone(),
+                    query,
                     &insert.location,
                     declared.as_ref(),
                     &insert.sink,
@@ -332,27 +454,35 @@ impl SqlPlanner {
             let source_id = match source_nodes.get(&input) {
                 Some(id) => *id,
                 None => {
-                    let (factory, parallelism, _) = sources.get(&input).ok_or_else(|| {
-                        SqlError::Plan {
+                    let (factory, parallelism, decl_location, event_time) =
+                        sources.get(&input).ok_or_else(|| SqlError::Plan {
                             location: insert.location.clone(),
                             message: format!("{input} is not a declared table"),
-                        }
-                    })?;
+                        })?;
                     let id = graph.add_source(&input, factory.clone(), *parallelism);
+                    if let Some((et, idle)) = event_time {
+                        graph.set_event_time(id, et.clone()).map_err(|e| SqlError::Plan {
+                            location: decl_location.clone(),
+                            message: e.to_string(),
+                        })?;
+                        if let Some(idle) = idle {
+                            graph.idle_timeout = Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
+                        }
+                    }
                     source_nodes.insert(input.clone(), id);
                     id
                 }
             };
             let stage_parallelism = graph.node(source_id)?.parallelism;
             let stage_name = format!("{}_select", insert.sink);
-            let op = graph.add_operator(
+            let (op, added) = stage.add_to_graph(
+                &mut graph,
                 &stage_name,
-                stage.clone(),
-                stage_parallelism,
                 source_id,
                 Partitioning::Forward,
-            );
-            stages.push((graph.nodes[op].name.clone(), stage));
+                stage_parallelism,
+            )?;
+            stages.extend(added);
             match sink_nodes.get(&insert.sink) {
                 Some(&sink_id) => graph
                     .add_input(sink_id, op, Partitioning::Forward)
@@ -383,7 +513,7 @@ impl SqlPlanner {
                 }
             }
         }
-        for (name, (_, _, location)) in &sources {
+        for (name, (_, _, location, _)) in &sources {
             if !source_nodes.contains_key(name) {
                 tracing::warn!(table = %name, at = %location, "source table is never read");
             }
@@ -437,6 +567,7 @@ fn cast_to(
 fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
     let mut refusal: Option<String> = None;
     let mut tables: Vec<String> = Vec::new();
+    let mut aggregates = 0;
     let _ = plan.apply_with_subqueries(|node| {
         let why = match node {
             LogicalPlan::Sort(_) => Some(
@@ -444,9 +575,18 @@ fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
                  Remove the ORDER BY and sort where the results are read, or rank rows within a window \
                  (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) inside a tumble window, coming with the windows work)",
             ),
+            LogicalPlan::Aggregate(agg) if is_windowed(agg) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(
+                    "only one windowed GROUP BY per query is supported; write the second aggregation as its own \
+                     INSERT reading the first one's sink",
+                )
+            }
             LogicalPlan::Aggregate(_) => Some(
-                "GROUP BY, DISTINCT and aggregate functions need a window on a stream (GROUP BY tumble(interval '1 minute'), …), \
-                 which comes with the windows work; until then aggregate the sink's output in a batch query",
+                "GROUP BY, DISTINCT and aggregate functions over a stream need a window in the GROUP BY: \
+                 GROUP BY tumble(INTERVAL '1' MINUTE), … or hop(INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), …, \
+                 with the source's event_time_field declared. Results that update without a window (a changelog) \
+                 are not supported yet",
             ),
             LogicalPlan::Join(_) => Some(
                 "joins between streams need bounded state (interval or window joins), which come with the stateful SQL work; \
@@ -516,3 +656,191 @@ fn plan_error(sql: &SqlText, statement: &Location, e: DataFusionError) -> crate:
     SqlError::Plan { location, message }.into()
 }
 
+
+/// `true` when an aggregate's `GROUP BY` holds a window function.
+fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
+    agg.group_expr.iter().any(|e| {
+        e.exists(|e| {
+            Ok(matches!(e, Expr::ScalarFunction(f) if WINDOW_FUNCTIONS.contains(&f.func.name())))
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// Reads (and removes) a source table's event-time options: `event_time_field`,
+/// `watermark_delay` (bounded out-of-orderness, default 0s) and `idle_timeout`.
+pub(crate) fn take_event_time(
+    options: &mut BTreeMap<String, String>,
+) -> std::result::Result<Option<(EventTime, Option<std::time::Duration>)>, String> {
+    let column = options.remove("event_time_field");
+    let delay = options.remove("watermark_delay");
+    let idle = options.remove("idle_timeout");
+    let duration = |key: &str, v: &str| {
+        connectors::parse_duration(v)
+            .map_err(|e| format!("{key} = '{v}': {e}"))
+    };
+    let Some(column) = column else {
+        if delay.is_some() || idle.is_some() {
+            return Err(
+                "watermark_delay and idle_timeout need event_time_field (the column holding each event's time)"
+                    .into(),
+            );
+        }
+        return Ok(None);
+    };
+    let delay = match delay {
+        Some(v) => duration("watermark_delay", &v)?,
+        None => std::time::Duration::ZERO,
+    };
+    let idle = idle.map(|v| duration("idle_timeout", &v)).transpose()?;
+    if idle.is_some_and(|d| d.is_zero()) {
+        return Err("idle_timeout must be longer than 0s (leave it out to never treat inputs as idle)".into());
+    }
+    Ok(Some((EventTime { column, delay }, idle)))
+}
+
+/// Gives `tumble(width)` and `hop(slide, width)` calls without a time argument the
+/// event-time column of the table the query reads (`times`: table → column).
+fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>) {
+    use datafusion::sql::sqlparser::ast::{
+        Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, visit_expressions_mut,
+        visit_relations,
+    };
+    let mut read: Vec<String> = Vec::new();
+    let _ = visit_relations(query, |name| {
+        read.push(name.to_string());
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    let column = read
+        .iter()
+        .find_map(|t| times.get(t))
+        .or_else(|| {
+            // A view: use the event-time column if every source names it alike.
+            let mut all = times.values();
+            let first = all.next()?;
+            all.all(|c| c == first).then_some(first)
+        })
+        .cloned();
+    let Some(column) = column else { return };
+    let _ = visit_expressions_mut(query, |e| {
+        if let SqlExpr::Function(f) = e {
+            let name = f.name.to_string().to_lowercase();
+            let wanted = match name.as_str() {
+                "tumble" => 1,
+                "hop" => 2,
+                _ => return std::ops::ControlFlow::<()>::Continue(()),
+            };
+            if let FunctionArguments::List(list) = &mut f.args
+                && list.args.len() == wanted
+            {
+                list.args.push(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(
+                    Ident::new(column.clone()),
+                ))));
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+}
+
+/// A physical plan cut at its windowed aggregate.
+struct WindowSplit {
+    lower: Arc<dyn ExecutionPlan>,
+    aggregate: WindowAggFactory,
+    upper: Arc<dyn ExecutionPlan>,
+}
+
+/// Finds the aggregate of a planned query (checked to be windowed by
+/// [`check_streamable`]) and cuts the plan there. `None` when there is no aggregate.
+fn split_window_aggregate(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> std::result::Result<Option<WindowSplit>, String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+
+    fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if plan.downcast_ref::<AggregateExec>().is_some() {
+            return Some(plan.clone());
+        }
+        plan.children().into_iter().find_map(find)
+    }
+    let Some(top) = find(plan) else {
+        return Ok(None);
+    };
+    let top_agg = top.downcast_ref::<AggregateExec>().expect("found above");
+    // A two-phase plan (Final over Partial): the partial one holds the input-side
+    // expressions.
+    let bottom = match top_agg.mode() {
+        AggregateMode::Final | AggregateMode::FinalPartitioned => top_agg
+            .children()
+            .into_iter()
+            .find_map(find)
+            .ok_or("the final aggregate has no partial aggregate below it")?,
+        _ => top.clone(),
+    };
+    let agg = bottom.downcast_ref::<AggregateExec>().expect("found above");
+    if agg.group_expr().has_grouping_set() {
+        return Err("GROUPING SETS, CUBE and ROLLUP are not supported on streams".into());
+    }
+    let input_schema = agg.input().schema();
+    let mut window = None;
+    let mut keys = Vec::new();
+    let mut key_fields = Vec::new();
+    for (i, (expr, name)) in agg.group_expr().expr().iter().enumerate() {
+        match WindowSpec::from_expr(expr)? {
+            Some((spec, time)) => {
+                if window.is_some() {
+                    return Err("GROUP BY holds more than one window function".into());
+                }
+                window = Some((i, spec, time));
+            }
+            None => {
+                let dt = expr.data_type(&input_schema).map_err(|e| e.to_string())?;
+                let nullable = expr.nullable(&input_schema).unwrap_or(true);
+                key_fields.push(arrow::datatypes::Field::new(name, dt, nullable));
+                keys.push(expr.clone());
+            }
+        }
+    }
+    let Some((window_pos, spec, time)) = window else {
+        return Err("the aggregate's GROUP BY has no window function (tumble or hop)".into());
+    };
+    let output = top.schema();
+    let slot: Arc<dyn datafusion::physical_plan::streaming::PartitionStream> =
+        Arc::new(SlotPartition {
+            schema: output.clone(),
+        });
+    let scan: Arc<dyn ExecutionPlan> = Arc::new(
+        StreamingTableExec::try_new(output.clone(), vec![slot], None, vec![], false, None)
+            .map_err(|e| e.to_string())?,
+    );
+    let upper = plan
+        .clone()
+        .transform_down(|node| {
+            if Arc::ptr_eq(&node, &top) {
+                Ok(Transformed::new(
+                    scan.clone(),
+                    true,
+                    datafusion::common::tree_node::TreeNodeRecursion::Jump,
+                ))
+            } else {
+                Ok(Transformed::no(node))
+            }
+        })
+        .map_err(|e| e.to_string())?
+        .data;
+    Ok(Some(WindowSplit {
+        lower: agg.input().clone(),
+        aggregate: WindowAggFactory {
+            spec,
+            window_pos,
+            time,
+            keys,
+            key_schema: Arc::new(arrow::datatypes::Schema::new(key_fields)),
+            aggs: agg.aggr_expr().to_vec(),
+            filters: agg.filter_expr().to_vec(),
+            output,
+        },
+        upper,
+    }))
+}

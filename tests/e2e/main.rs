@@ -2,9 +2,12 @@
 //! check its outputs, exit codes and messages. One test binary on purpose (each test
 //! binary links DataFusion; see docs/adr/0002-build-cost.md).
 
+#![allow(unreachable_pub)]
+
 mod common;
 
 mod cli_errors;
 mod lifecycle;
 mod sinks;
 mod sql_oracle;
+mod windows;

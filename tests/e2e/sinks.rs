@@ -10,9 +10,9 @@ fn partitioned_parquet_round_trips_through_the_file_source() {
     write(
         &d.join("write.sql"),
         "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', count = '20000', rate = '0');\n\
-         CREATE TABLE lake WITH (connector = 'parquet', path = 'lake', partition_by = 'date,hour', rollover_size = '64KB');\n\
+         CREATE TABLE lake WITH (connector = 'parquet', path = 'lake', partition_by = 'date,channel', rollover_size = '64KB');\n\
          INSERT INTO lake SELECT order_id, event_type, total, \
-         to_char(event_time, '%Y-%m-%d') AS date, to_char(event_time, '%H') AS hour FROM orders;\n",
+         to_char(event_time, '%Y-%m-%d') AS date, channel FROM orders;\n",
     );
     ok(&run(d, &["run", "write.sql"]));
 
@@ -24,7 +24,7 @@ fn partitioned_parquet_round_trips_through_the_file_source() {
             let path = e.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if path.is_dir() {
-                assert!(name.starts_with("date=") || name.starts_with("hour="), "{name}");
+                assert!(name.starts_with("date=") || name.starts_with("channel="), "{name}");
                 stack.push(path);
             } else if name.starts_with('.') {
                 hidden.push(path);

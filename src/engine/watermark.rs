@@ -1,0 +1,239 @@
+//! Event time and watermarks.
+//!
+//! A watermark `w` is a promise that no more rows with an event time `< w` are expected
+//! on that channel (milliseconds since the Unix epoch). Source tasks generate them from
+//! the declared event-time column (bounded out-of-orderness: the largest event time
+//! seen minus the declared delay) and send them after the batch that advanced them, to
+//! every downstream partition. Every other task tracks one watermark per input channel
+//! and acts on the minimum across its inputs:
+//! - an input that has ended counts as [`Watermark::END`], so at the end of a bounded
+//!   input every window and timer fires before the pipeline finishes;
+//! - an input that has sent nothing for the idle timeout is left out of the minimum
+//!   until it sends again, so one quiet partition does not hold every window open.
+//!
+//! Invariant: the watermark a task forwards never goes backwards.
+
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::kernels::aggregate::max;
+use arrow::datatypes::{DataType, TimeUnit, TimestampMillisecondType};
+
+use super::{EngineError, Result};
+
+/// Watermark values; plain milliseconds since the epoch.
+pub struct Watermark;
+
+impl Watermark {
+    /// Before any event: nothing is complete.
+    pub const START: i64 = i64::MIN;
+    /// After the last event of a bounded input: everything is complete.
+    pub const END: i64 = i64::MAX;
+}
+
+/// How a source derives watermarks from its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTime {
+    /// Name of the event-time column (a timestamp) in the source's schema.
+    pub column: String,
+    /// Bounded out-of-orderness: rows may arrive up to this much older than the
+    /// newest row seen so far without being late.
+    pub delay: Duration,
+}
+
+/// Milliseconds since the epoch of every row of a timestamp column (nulls stay null).
+pub fn event_times_ms(array: &dyn Array) -> Result<arrow::array::TimestampMillisecondArray> {
+    let target = DataType::Timestamp(TimeUnit::Millisecond, None);
+    let plain = match array.data_type() {
+        DataType::Timestamp(_, _) => arrow::compute::cast(array, &target),
+        other => {
+            return Err(EngineError::User(format!(
+                "the event-time column must be a timestamp, not {other}"
+            ))
+            .into());
+        }
+    }
+    .map_err(|e| EngineError::arrow("reading the event-time column", e))?;
+    Ok(plain.as_primitive::<TimestampMillisecondType>().clone())
+}
+
+/// The watermark generator of one source task.
+#[derive(Debug)]
+pub(crate) struct WatermarkGen {
+    column: usize,
+    delay_ms: i64,
+    max_seen: Option<i64>,
+    last_sent: i64,
+}
+
+impl WatermarkGen {
+    pub(crate) fn new(column: usize, delay: Duration) -> Self {
+        WatermarkGen {
+            column,
+            delay_ms: delay.as_millis().min(i64::MAX as u128) as i64,
+            max_seen: None,
+            last_sent: Watermark::START,
+        }
+    }
+
+    /// Takes the rows of a batch about to be sent; returns the watermark to send after
+    /// it, if it advanced.
+    pub(crate) fn observe(&mut self, batch: &RecordBatch) -> Result<Option<i64>> {
+        let times = event_times_ms(batch.column(self.column).as_ref())?;
+        if let Some(m) = max(&times) {
+            self.max_seen = Some(self.max_seen.map_or(m, |s| s.max(m)));
+        }
+        let Some(seen) = self.max_seen else {
+            return Ok(None);
+        };
+        let wm = seen.saturating_sub(self.delay_ms);
+        if wm > self.last_sent {
+            self.last_sent = wm;
+            Ok(Some(wm))
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// The watermarks of a task's inputs, and the combined watermark it acts on.
+#[derive(Debug)]
+pub(crate) struct InputWatermarks {
+    inputs: Vec<InputState>,
+    idle_timeout: Option<Duration>,
+    current: i64,
+}
+
+#[derive(Debug, Clone)]
+struct InputState {
+    watermark: i64,
+    ended: bool,
+    last_activity: Instant,
+}
+
+impl InputWatermarks {
+    pub(crate) fn new(inputs: usize, idle_timeout: Option<Duration>) -> Self {
+        InputWatermarks {
+            inputs: vec![
+                InputState {
+                    watermark: Watermark::START,
+                    ended: false,
+                    last_activity: Instant::now(),
+                };
+                inputs
+            ],
+            idle_timeout,
+            current: Watermark::START,
+        }
+    }
+
+    pub(crate) fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Any message (batch or watermark) arrived on `input`.
+    pub(crate) fn activity(&mut self, input: usize, now: Instant) {
+        self.inputs[input].last_activity = now;
+    }
+
+    pub(crate) fn watermark(&mut self, input: usize, wm: i64, now: Instant) -> Option<i64> {
+        let s = &mut self.inputs[input];
+        s.watermark = s.watermark.max(wm);
+        s.last_activity = now;
+        self.advance(now)
+    }
+
+    pub(crate) fn ended(&mut self, input: usize, now: Instant) -> Option<i64> {
+        let s = &mut self.inputs[input];
+        s.ended = true;
+        s.watermark = Watermark::END;
+        self.advance(now)
+    }
+
+    /// Re-evaluates idleness (call on a timer); returns the new watermark if it moved.
+    pub(crate) fn advance(&mut self, now: Instant) -> Option<i64> {
+        let active: Vec<i64> = self
+            .inputs
+            .iter()
+            .filter(|s| {
+                s.ended
+                    || self
+                        .idle_timeout
+                        .is_none_or(|t| now.duration_since(s.last_activity) < t)
+            })
+            .map(|s| s.watermark)
+            .collect();
+        // Every input idle: hold the watermark where it is.
+        let candidate = active.into_iter().min()?;
+        if candidate > self.current {
+            self.current = candidate;
+            Some(candidate)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::TimestampMillisecondArray;
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        )]));
+        let a = TimestampMillisecondArray::from(ts.to_vec()).with_timezone("UTC");
+        RecordBatch::try_new(schema, vec![Arc::new(a)]).unwrap()
+    }
+
+    #[test]
+    fn generator_trails_the_newest_event_by_the_delay_and_never_goes_back() {
+        let mut g = WatermarkGen::new(0, Duration::from_millis(100));
+        assert_eq!(g.observe(&batch(&[1000, 1200, 1100])).unwrap(), Some(1100));
+        // An older batch does not move it back, nor does an equal one re-send it.
+        assert_eq!(g.observe(&batch(&[500])).unwrap(), None);
+        assert_eq!(g.observe(&batch(&[1200])).unwrap(), None);
+        assert_eq!(g.observe(&batch(&[1300])).unwrap(), Some(1200));
+    }
+
+    #[test]
+    fn combined_watermark_is_the_minimum_and_ended_inputs_count_as_end() {
+        let t = Instant::now();
+        let mut w = InputWatermarks::new(2, None);
+        assert_eq!(w.watermark(0, 50, t), None, "input 1 has no watermark yet");
+        assert_eq!(w.watermark(1, 30, t), Some(30));
+        assert_eq!(w.watermark(1, 80, t), Some(50));
+        assert_eq!(w.ended(0, t), Some(80));
+        assert_eq!(w.ended(1, t), Some(Watermark::END));
+    }
+
+    #[test]
+    fn an_idle_input_stops_holding_the_watermark_back_until_it_speaks_again() {
+        let t0 = Instant::now();
+        let mut w = InputWatermarks::new(2, Some(Duration::from_secs(5)));
+        assert_eq!(w.watermark(0, 100, t0), None);
+        let later = t0 + Duration::from_secs(6);
+        // Input 0 keeps talking, input 1 never did: after the timeout it is idle.
+        w.activity(0, later);
+        assert_eq!(w.advance(later), Some(100));
+        // Input 1 comes back with an older watermark: the combined one holds.
+        assert_eq!(w.watermark(1, 40, later), None);
+        assert_eq!(w.current(), 100);
+        assert_eq!(w.watermark(0, 200, later), None, "input 1 holds it at 40 < 100");
+        assert_eq!(w.watermark(1, 150, later), Some(150));
+    }
+
+    #[test]
+    fn all_inputs_idle_hold_the_watermark() {
+        let t0 = Instant::now();
+        let mut w = InputWatermarks::new(1, Some(Duration::from_secs(1)));
+        assert_eq!(w.watermark(0, 10, t0), Some(10));
+        assert_eq!(w.advance(t0 + Duration::from_secs(2)), None);
+        assert_eq!(w.current(), 10);
+    }
+}

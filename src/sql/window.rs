@@ -1,0 +1,578 @@
+//! Windowed aggregation: `GROUP BY tumble(interval)` and `GROUP BY hop(slide, width)`.
+//!
+//! Owns the window functions as SQL sees them and the operator that evaluates a
+//! windowed `GROUP BY` incrementally. DataFusion plans the query; the planner
+//! ([`super::planner`]) cuts the physical plan at its aggregate: what is below runs per
+//! batch as a SQL stage, the aggregate itself runs here, what is above (projection,
+//! `HAVING`) runs per emitted batch as another SQL stage.
+//!
+//! Invariants:
+//! - Aggregation is incremental: each row updates DataFusion's own (groups)
+//!   accumulators for its window and key, so every built-in aggregate and every Rust
+//!   UDAF works and a window never holds its input rows.
+//! - A window `[start, end)` is emitted once, when the watermark reaches `end`, and its
+//!   state is then dropped. A row whose window has already been emitted is late: it is
+//!   dropped and counted (`tributary_late_rows_total`) and logged at a bounded rate.
+//! - At the end of a bounded input the watermark jumps to the end of time, so every
+//!   open window is emitted before the pipeline finishes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray,
+    UInt32Array,
+};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use datafusion::common::ScalarValue;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{
+    ColumnarValue, EmitTo, GroupsAccumulator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, TypeSignature, Volatility,
+};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::expressions::{Column, Literal};
+
+use crate::engine::{
+    Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
+};
+
+/// Names of the window functions allowed in `GROUP BY`.
+pub const WINDOW_FUNCTIONS: [&str; 2] = ["tumble", "hop"];
+
+const TZ: &str = "UTC";
+
+/// The type of a window column: `struct<start timestamp, end timestamp>`, so queries
+/// read `window.start` / `window['end']`.
+pub fn window_type() -> DataType {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some(TZ.into()));
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), false),
+        Field::new("end", ts, false),
+    ]))
+}
+
+/// `tumble(width [, time])` and `hop(slide, width [, time])` as DataFusion functions.
+/// The time argument defaults to the source's declared event-time column (the planner
+/// adds it). As plain scalar functions (batch SQL, tests) `tumble` returns the window
+/// of each row; `hop` puts a row in several windows and exists only in a streaming
+/// `GROUP BY`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowUdf {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WindowUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(window_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        if self.name != "tumble" {
+            return Err(DataFusionError::Execution(format!(
+                "{}() assigns a row to several windows and is only valid in the GROUP BY of a streaming query",
+                self.name
+            )));
+        }
+        let [width, time] = args.args.as_slice() else {
+            return Err(DataFusionError::Execution(
+                "tumble() needs the event-time column: tumble(interval, column)".into(),
+            ));
+        };
+        let ColumnarValue::Scalar(width) = width else {
+            return Err(DataFusionError::Execution(
+                "tumble(): the width must be a constant interval".into(),
+            ));
+        };
+        let width = interval_ms(width).map_err(DataFusionError::Execution)?;
+        let times = time.to_array(args.number_rows)?;
+        let times = event_times_ms(times.as_ref())
+            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+        let starts: TimestampMillisecondArray = times
+            .iter()
+            .map(|t| t.map(|t| t - t.rem_euclid(width)))
+            .collect();
+        let ends: TimestampMillisecondArray = starts.iter().map(|s| s.map(|s| s + width)).collect();
+        Ok(ColumnarValue::Array(window_array(
+            starts.with_timezone(TZ),
+            ends.with_timezone(TZ),
+        )))
+    }
+}
+
+fn window_array(starts: TimestampMillisecondArray, ends: TimestampMillisecondArray) -> ArrayRef {
+    let DataType::Struct(fields) = window_type() else {
+        unreachable!("window_type is a struct")
+    };
+    Arc::new(StructArray::new(
+        fields,
+        vec![Arc::new(starts), Arc::new(ends)],
+        None,
+    ))
+}
+
+/// The window functions, registered with every planner session.
+pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
+    let sig = |n: &[usize]| {
+        Signature::one_of(
+            n.iter().map(|n| TypeSignature::Any(*n)).collect(),
+            Volatility::Immutable,
+        )
+    };
+    vec![
+        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
+            name: "tumble",
+            signature: sig(&[1, 2]),
+        })),
+        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
+            name: "hop",
+            signature: sig(&[2, 3]),
+        })),
+    ]
+}
+
+/// Milliseconds of a constant interval; months are refused (they have no fixed length).
+pub(crate) fn interval_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
+    let ms = match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => i.days as i64 * 86_400_000 + i.milliseconds as i64,
+        ScalarValue::DurationMillisecond(Some(ms)) => *ms,
+        ScalarValue::DurationSecond(Some(s)) => s * 1000,
+        other => {
+            return Err(format!(
+                "a window size must be a constant interval of days or less (e.g. INTERVAL '1' MINUTE), not {other}"
+            ));
+        }
+    };
+    if ms <= 0 {
+        return Err(format!("a window size must be positive, got {ms} ms"));
+    }
+    Ok(ms)
+}
+
+/// Which windows a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    Tumble { width: i64 },
+    Hop { slide: i64, width: i64 },
+}
+
+impl WindowSpec {
+    pub fn width(&self) -> i64 {
+        match self {
+            WindowSpec::Tumble { width } | WindowSpec::Hop { width, .. } => *width,
+        }
+    }
+
+    /// Calls `f` with the start of every window holding event time `ts`.
+    fn starts(&self, ts: i64, mut f: impl FnMut(i64)) {
+        match *self {
+            WindowSpec::Tumble { width } => f(ts - ts.rem_euclid(width)),
+            WindowSpec::Hop { slide, width } => {
+                let mut start = ts - ts.rem_euclid(slide);
+                while start > ts - width {
+                    f(start);
+                    start -= slide;
+                }
+            }
+        }
+    }
+
+    /// Reads a window call from the physical plan: `tumble(width, time)` or
+    /// `hop(slide, width, time)`; returns the spec and the time expression.
+    pub(crate) fn from_expr(
+        expr: &Arc<dyn PhysicalExpr>,
+    ) -> std::result::Result<Option<(WindowSpec, Arc<dyn PhysicalExpr>)>, String> {
+        let Some(f) = expr.downcast_ref::<ScalarFunctionExpr>() else {
+            return Ok(None);
+        };
+        if !WINDOW_FUNCTIONS.contains(&f.name()) {
+            return Ok(None);
+        }
+        let constant = |e: &Arc<dyn PhysicalExpr>| -> std::result::Result<i64, String> {
+            let lit = e
+                .downcast_ref::<Literal>()
+                .ok_or_else(|| format!("{}(): window sizes must be constant intervals", f.name()))?;
+            interval_ms(lit.value())
+        };
+        let args = f.args();
+        match (f.name(), args) {
+            ("tumble", [w, time]) => Ok(Some((WindowSpec::Tumble { width: constant(w)? }, time.clone()))),
+            ("hop", [s, w, time]) => {
+                let (slide, width) = (constant(s)?, constant(w)?);
+                if width % slide != 0 {
+                    return Err(format!(
+                        "hop(): the width ({width} ms) must be a multiple of the slide ({slide} ms)"
+                    ));
+                }
+                Ok(Some((WindowSpec::Hop { slide, width }, time.clone())))
+            }
+            (name, _) => Err(format!(
+                "{name}() needs the event-time column: declare event_time_field on the source table, \
+                 or pass the column as the last argument"
+            )),
+        }
+    }
+}
+
+/// A windowed aggregate as planned: what to group by, what to compute, what to emit.
+pub struct WindowAggFactory {
+    pub(crate) spec: WindowSpec,
+    /// Position of the window among the `GROUP BY` expressions (and output columns).
+    pub(crate) window_pos: usize,
+    pub(crate) time: Arc<dyn PhysicalExpr>,
+    /// The other `GROUP BY` expressions, in order.
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Output: the `GROUP BY` expressions then the aggregates, as DataFusion planned them.
+    pub(crate) output: SchemaRef,
+}
+
+impl WindowAggFactory {
+    /// Input columns the keys are plain references to, or `None` when a key is
+    /// computed (then rows cannot be routed by column and the node runs as one task).
+    pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
+        self.keys
+            .iter()
+            .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
+            .collect()
+    }
+}
+
+impl OperatorFactory for WindowAggFactory {
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn describe(&self) -> String {
+        let window = match self.spec {
+            WindowSpec::Tumble { width } => format!("tumble {width} ms"),
+            WindowSpec::Hop { slide, width } => format!("hop {width} ms every {slide} ms"),
+        };
+        let keys: Vec<String> = self.key_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let aggs: Vec<&str> = self.aggs.iter().map(|a| a.name()).collect();
+        format!(
+            "window aggregate ({window}, event time {}) by [{}]: {}",
+            self.time,
+            keys.join(", "),
+            aggs.join(", ")
+        )
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(WindowAggOperator {
+            task: task.clone(),
+            windows: BTreeMap::new(),
+            watermark: crate::engine::Watermark::START,
+            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            late_logged: None,
+            spec: self.spec,
+            factory: FactoryParts {
+                window_pos: self.window_pos,
+                time: self.time.clone(),
+                keys: self.keys.clone(),
+                key_schema: self.key_schema.clone(),
+                aggs: self.aggs.clone(),
+                filters: self.filters.clone(),
+                output: self.output.clone(),
+            },
+        }))
+    }
+}
+
+struct FactoryParts {
+    window_pos: usize,
+    time: Arc<dyn PhysicalExpr>,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    key_schema: SchemaRef,
+    aggs: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    output: SchemaRef,
+}
+
+/// The state of one open window: its keys and one accumulator per aggregate.
+struct WindowState {
+    /// `None` when the only `GROUP BY` is the window: then there is one group.
+    groups: Option<Box<dyn GroupValues>>,
+    accs: Vec<Box<dyn GroupsAccumulator>>,
+    group_ids: Vec<usize>,
+}
+
+impl WindowState {
+    fn size(&self) -> usize {
+        self.groups.as_ref().map_or(0, |g| g.size()) + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+struct WindowAggOperator {
+    task: TaskInfo,
+    spec: WindowSpec,
+    factory: FactoryParts,
+    /// Open windows by start.
+    windows: BTreeMap<i64, WindowState>,
+    watermark: i64,
+    late: metrics::Counter,
+    state_bytes: metrics::Gauge,
+    late_logged: Option<std::time::Instant>,
+}
+
+fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
+    move |e| EngineError::datafusion(context, e)
+}
+
+impl WindowAggOperator {
+    fn new_window(&self) -> Result<WindowState> {
+        let groups = if self.factory.keys.is_empty() {
+            None
+        } else {
+            Some(
+                new_group_values(self.factory.key_schema.clone(), &GroupOrdering::None)
+                    .map_err(df("creating window state"))?,
+            )
+        };
+        let accs = self
+            .factory
+            .aggs
+            .iter()
+            .map(|a| {
+                if a.groups_accumulator_supported() {
+                    a.create_groups_accumulator()
+                } else {
+                    let a = a.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator()))
+                        as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df("creating accumulators"))?;
+        Ok(WindowState {
+            groups,
+            accs,
+            group_ids: Vec::new(),
+        })
+    }
+
+    fn note_late(&mut self, rows: u64) {
+        self.late.increment(rows);
+        let now = std::time::Instant::now();
+        if self
+            .late_logged
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+        {
+            self.late_logged = Some(now);
+            tracing::warn!(
+                task = %self.task,
+                rows,
+                watermark = self.watermark,
+                "late rows dropped: their window was already emitted (raise watermark_delay to wait longer)"
+            );
+        }
+    }
+
+    /// Emits every window that ends at or before `watermark`, oldest first.
+    async fn fire(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        let width = self.spec.width();
+        while let Some((&start, _)) = self.windows.first_key_value() {
+            if start.saturating_add(width) > watermark {
+                break;
+            }
+            let (_, mut state) = self.windows.pop_first().expect("checked above");
+            let keys = match state.groups.as_mut() {
+                Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
+                None => vec![],
+            };
+            let n = keys.first().map_or(1, |k| k.len());
+            let mut values = Vec::with_capacity(state.accs.len());
+            for acc in state.accs.iter_mut() {
+                values.push(acc.evaluate(EmitTo::All).map_err(df("evaluating aggregates"))?);
+            }
+            let rows = values.first().map(|v| v.len()).unwrap_or(n);
+            let window = window_array(
+                TimestampMillisecondArray::from(vec![start; rows]).with_timezone(TZ),
+                TimestampMillisecondArray::from(vec![start + width; rows]).with_timezone(TZ),
+            );
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.factory.output.fields().len());
+            let mut keys = keys.into_iter();
+            for i in 0..self.factory.keys.len() + 1 {
+                if i == self.factory.window_pos {
+                    columns.push(window.clone());
+                } else {
+                    columns.push(keys.next().ok_or_else(|| {
+                        EngineError::User("window state lost a key column".into())
+                    })?);
+                }
+            }
+            columns.extend(values);
+            let columns = conform_columns(&self.factory.output, columns)?;
+            let batch = RecordBatch::try_new(self.factory.output.clone(), columns)
+                .map_err(|e| EngineError::arrow("building window results", e))?;
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let len = (batch.num_rows() - offset).min(8192);
+                out.emit(batch.slice(offset, len)).await?;
+                offset += len;
+            }
+        }
+        Ok(())
+    }
+
+    fn update_gauge(&self) {
+        let bytes: usize = self.windows.values().map(WindowState::size).sum();
+        self.state_bytes.set(bytes as f64);
+    }
+}
+
+/// Casts emitted columns to the planned output types where DataFusion's plan and the
+/// accumulators' results differ only in representation (e.g. timezone spelling).
+fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+    columns
+        .into_iter()
+        .zip(schema.fields().iter())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                arrow::compute::cast(&c, f.data_type())
+                    .map_err(|e| EngineError::arrow(format!("window result column {}", f.name()), e))
+            }
+        })
+        .collect()
+}
+
+fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    expr.evaluate(batch)
+        .and_then(|v| v.into_array(batch.num_rows()))
+        .map_err(df("evaluating a GROUP BY or aggregate argument"))
+}
+
+#[async_trait]
+impl Operator for WindowAggOperator {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let n = batch.num_rows();
+        let times = evaluate(&self.factory.time, &batch)?;
+        let times = event_times_ms(times.as_ref())?;
+        // Rows of each window, by window start.
+        let mut by_window: HashMap<i64, Vec<u32>> = HashMap::new();
+        let mut late = 0u64;
+        let mut null_times = 0u64;
+        let width = self.spec.width();
+        let watermark = self.watermark;
+        for (row, t) in times.iter().enumerate() {
+            let Some(t) = t else {
+                null_times += 1;
+                continue;
+            };
+            let mut placed = false;
+            let mut any = false;
+            self.spec.starts(t, |start| {
+                any = true;
+                if start.saturating_add(width) > watermark {
+                    placed = true;
+                    by_window.entry(start).or_default().push(row as u32);
+                }
+            });
+            if any && !placed {
+                late += 1;
+            }
+        }
+        if late > 0 {
+            self.note_late(late);
+        }
+        if null_times > 0 {
+            out.bad_records().report(
+                crate::dlq::BadRecordReason::Processing,
+                &format!("{null_times} row(s) with a NULL event time cannot be placed in a window"),
+                &[],
+            );
+        }
+        if by_window.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<ArrayRef> = self
+            .factory
+            .keys
+            .iter()
+            .map(|k| evaluate(k, &batch))
+            .collect::<Result<_>>()?;
+        let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.factory.aggs.len());
+        for agg in &self.factory.aggs {
+            args.push(
+                agg.expressions()
+                    .iter()
+                    .map(|e| evaluate(e, &batch))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        let filters: Vec<Option<ArrayRef>> = self
+            .factory
+            .filters
+            .iter()
+            .map(|f| f.as_ref().map(|f| evaluate(f, &batch)).transpose())
+            .collect::<Result<_>>()?;
+        for (start, rows) in by_window {
+            if !self.windows.contains_key(&start) {
+                let w = self.new_window()?;
+                self.windows.insert(start, w);
+            }
+            let state = self.windows.get_mut(&start).expect("inserted above");
+            let pick = |a: &ArrayRef| -> Result<ArrayRef> {
+                if rows.len() == n {
+                    Ok(a.clone())
+                } else {
+                    take(a.as_ref(), &UInt32Array::from(rows.clone()), None)
+                        .map_err(|e| EngineError::arrow("selecting a window's rows", e))
+                }
+            };
+            let key_cols: Vec<ArrayRef> = keys.iter().map(pick).collect::<Result<_>>()?;
+            state.group_ids.clear();
+            let total = match state.groups.as_mut() {
+                Some(g) => {
+                    g.intern(&key_cols, &mut state.group_ids)
+                        .map_err(df("grouping rows"))?;
+                    g.len()
+                }
+                None => {
+                    // No GROUP BY besides the window: one group.
+                    state.group_ids.resize(rows.len(), 0);
+                    1
+                }
+            };
+            for (i, acc) in state.accs.iter_mut().enumerate() {
+                let values: Vec<ArrayRef> = args[i].iter().map(pick).collect::<Result<_>>()?;
+                let filter = filters[i].as_ref().map(pick).transpose()?;
+                let filter = filter
+                    .as_ref()
+                    .and_then(|f| f.as_any().downcast_ref::<BooleanArray>());
+                acc.update_batch(&values, &state.group_ids, filter, total)
+                    .map_err(df("updating aggregates"))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        self.fire(self.watermark, out).await?;
+        self.update_gauge();
+        Ok(())
+    }
+}
