@@ -23,12 +23,18 @@ use tributary::engine::{BatchSettings, RuntimeSettings};
 use tributary::pipeline::PipelineBuilder;
 
 const QUERIES: &[(&str, &str)] = &[
-    ("q0 pass-through", "SELECT auction, bidder, price, date_time, extra FROM bids"),
+    (
+        "q0 pass-through",
+        "SELECT auction, bidder, price, date_time, extra FROM bids",
+    ),
     (
         "q1 currency",
         "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bids",
     ),
-    ("q2 filter", "SELECT auction, price FROM bids WHERE auction % 123 = 0"),
+    (
+        "q2 filter",
+        "SELECT auction, price FROM bids WHERE auction % 123 = 0",
+    ),
 ];
 
 fn settings() -> RuntimeSettings {
@@ -58,7 +64,8 @@ async fn tributary(events: u64, parallelism: usize, query: Option<&str>) -> f64 
         Some(q) => p.sql(src, q).await.unwrap(),
         None => src,
     };
-    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None))).unwrap();
+    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
     let t = Instant::now();
     p.run_to_completion().await.unwrap();
     events as f64 / t.elapsed().as_secs_f64()
@@ -75,7 +82,8 @@ async fn collect_bids(events: u64) -> Vec<RecordBatch> {
         g.lock().unwrap().push(b.clone());
         Ok(b)
     });
-    p.sink(kept, "blackhole", Arc::new(BlackholeSink::new(None))).unwrap();
+    p.sink(kept, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
     p.run_to_completion().await.unwrap();
     Arc::try_unwrap(got).unwrap().into_inner().unwrap()
 }
@@ -148,7 +156,8 @@ async fn tributary_windowed(events: u64, query: &str) -> f64 {
         ))
         .unwrap();
     let out = p.sql(src, query).await.unwrap();
-    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None))).unwrap();
+    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
     let t = Instant::now();
     p.run_to_completion().await.unwrap();
     events as f64 / t.elapsed().as_secs_f64()
@@ -185,7 +194,12 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    println!("Nexmark, {events} events, {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "Nexmark, {events} events, {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     let bids = collect_bids(events).await;
     let bid_rows: usize = bids.iter().map(|b| b.num_rows()).sum();
     println!("bids in memory for the batch baseline: {bid_rows}\n");
@@ -220,7 +234,14 @@ async fn main() {
     for (name, streaming, batch_q) in WINDOWED {
         let t = tributary_windowed(events, streaming).await;
         let b = batch(&bids, events, 1, batch_q).await;
-        println!("{:<18} {:>3} {:>12} {:>12} {:>10.2}", name, 1, m(t), m(b), t / b);
+        println!(
+            "{:<18} {:>3} {:>12} {:>12} {:>10.2}",
+            name,
+            1,
+            m(t),
+            m(b),
+            t / b
+        );
     }
     println!(
         "(the q5-style batch figure is one window per row; the streaming hop puts each row in 5 windows)"

@@ -32,18 +32,28 @@ async fn main() -> tributary::Result<()> {
 
     // A Rust map: add the total with 8% tax.
     let in_schema = p.schema(&placed);
-    let mut fields: Vec<Field> = in_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = in_schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("total_with_tax", DataType::Float64, true));
     let out_schema = Arc::new(Schema::new(fields));
     let schema = out_schema.clone();
     let with_tax = p.map(placed, "add_tax", out_schema, move |batch: RecordBatch| {
-        let idx = batch.schema().index_of("total").map_err(|e| EngineError::arrow("add_tax", e))?;
+        let idx = batch
+            .schema()
+            .index_of("total")
+            .map_err(|e| EngineError::arrow("add_tax", e))?;
         let total = batch
             .column(idx)
             .as_any()
             .downcast_ref::<Float64Array>()
             .ok_or_else(|| EngineError::User("total is not a float".into()))?;
-        let taxed: Float64Array = total.iter().map(|t| t.map(|t| (t * 1.08 * 100.0).round() / 100.0)).collect();
+        let taxed: Float64Array = total
+            .iter()
+            .map(|t| t.map(|t| (t * 1.08 * 100.0).round() / 100.0))
+            .collect();
         let mut cols = batch.columns().to_vec();
         cols.push(Arc::new(taxed));
         RecordBatch::try_new(schema.clone(), cols).map_err(|e| EngineError::arrow("add_tax", e))
@@ -54,12 +64,24 @@ async fn main() -> tributary::Result<()> {
 
     // A Rust filter: keep orders above 20.
     let large = p.filter(keyed, "large_orders", |batch: &RecordBatch| {
-        let idx = batch.schema().index_of("total_with_tax").map_err(|e| EngineError::arrow("filter", e))?;
-        let t = batch.column(idx).as_any().downcast_ref::<Float64Array>().expect("float");
-        Ok((0..t.len()).map(|i| Some(t.is_valid(i) && t.value(i) > 20.0)).collect::<BooleanArray>())
+        let idx = batch
+            .schema()
+            .index_of("total_with_tax")
+            .map_err(|e| EngineError::arrow("filter", e))?;
+        let t = batch
+            .column(idx)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("float");
+        Ok((0..t.len())
+            .map(|i| Some(t.is_valid(i) && t.value(i) > 20.0))
+            .collect::<BooleanArray>())
     });
 
-    p.sink_sql(large, "CREATE TABLE large_orders WITH (connector = 'stdout')")?;
+    p.sink_sql(
+        large,
+        "CREATE TABLE large_orders WITH (connector = 'stdout')",
+    )?;
     let report = p.run_to_completion().await?;
     eprintln!("finished in {:?}: {:?}", report.elapsed, report.rows_out);
     Ok(())

@@ -20,8 +20,8 @@ pub fn install_metrics() -> PrometheusHandle {
         .get_or_init(|| {
             PrometheusBuilder::new()
                 .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ])
                 .expect("static buckets are valid")
                 .install_recorder()
@@ -84,11 +84,9 @@ pub async fn serve(
                 let mut parts = head.split_whitespace();
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let (status, ctype, body) = match (method, path) {
-                    ("GET", "/metrics") => (
-                        "200 OK",
-                        "text/plain; version=0.0.4",
-                        metrics.render(),
-                    ),
+                    ("GET", "/metrics") => {
+                        ("200 OK", "text/plain; version=0.0.4", metrics.render())
+                    }
                     ("GET", "/healthz") if health.is_healthy() => (
                         "200 OK",
                         "application/json",

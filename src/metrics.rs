@@ -51,7 +51,10 @@ pub fn source_lag(pipeline: &str, operator: &str) -> Gauge {
 }
 
 pub fn sink_latency(pipeline: &str, operator: &str) -> Histogram {
-    histogram!("tributary_sink_latency_seconds", &labels(pipeline, operator))
+    histogram!(
+        "tributary_sink_latency_seconds",
+        &labels(pipeline, operator)
+    )
 }
 
 pub fn bad_records(pipeline: &str, operator: &str, reason: &'static str) -> Counter {

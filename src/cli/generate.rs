@@ -34,12 +34,12 @@ pub(super) fn generate(args: &GenerateArgs) -> ExitCode {
     let result = (|| -> crate::Result<u64> {
         let mut map = std::collections::BTreeMap::new();
         for o in &args.options {
-            let (k, v) = o.split_once('=').ok_or_else(|| {
-                crate::connectors::ConnectorError::Other {
-                    connector: "generator",
-                    message: format!("--option {o}: expected key=value"),
-                }
-            })?;
+            let (k, v) =
+                o.split_once('=')
+                    .ok_or_else(|| crate::connectors::ConnectorError::Other {
+                        connector: "generator",
+                        message: format!("--option {o}: expected key=value"),
+                    })?;
             map.insert(k.trim().to_string(), v.trim().to_string());
         }
         let settings = GeneratorSettings::from_cli(&args.world, &args.stream, args.seed, map)?;
@@ -47,14 +47,28 @@ pub(super) fn generate(args: &GenerateArgs) -> ExitCode {
             Some(path) => {
                 let f = std::fs::File::create(path).map_err(|e| crate::Error::io(path, e))?;
                 let mut w = std::io::BufWriter::new(f);
-                let n = write_events(&args.stream, &args.world, args.seed, args.count, &settings, &mut w)?;
+                let n = write_events(
+                    &args.stream,
+                    &args.world,
+                    args.seed,
+                    args.count,
+                    &settings,
+                    &mut w,
+                )?;
                 w.flush().map_err(|e| crate::Error::io(path, e))?;
                 Ok(n)
             }
             None => {
                 let stdout = std::io::stdout();
                 let mut w = std::io::BufWriter::new(stdout.lock());
-                let n = write_events(&args.stream, &args.world, args.seed, args.count, &settings, &mut w)?;
+                let n = write_events(
+                    &args.stream,
+                    &args.world,
+                    args.seed,
+                    args.count,
+                    &settings,
+                    &mut w,
+                )?;
                 w.flush().map_err(|e| crate::Error::io("<stdout>", e))?;
                 Ok(n)
             }

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use crate::pipeline::{Config, LogFormat, load_config};
 
 #[derive(Debug, Parser)]
-#[command(name = "tributary", version, about = "Stream processing on Apache DataFusion and Arrow")]
+#[command(
+    name = "tributary",
+    version,
+    about = "Stream processing on Apache DataFusion and Arrow"
+)]
 pub struct Cli {
     /// Configuration file (default: ./tributary.toml when present).
     #[arg(long, global = true, env = "TRIBUTARY_CONFIG")]
@@ -107,7 +111,10 @@ pub fn main() -> ExitCode {
     };
     rt.block_on(async move {
         match cli.command {
-            Command::Run { pipelines, progress } => run::run(&config, &pipelines, &progress).await,
+            Command::Run {
+                pipelines,
+                progress,
+            } => run::run(&config, &pipelines, &progress).await,
             Command::Check { pipelines } => run::check(&config, &pipelines).await,
             Command::Explain { pipeline } => run::explain(&config, &pipeline).await,
             Command::Generate(_) => unreachable!("handled above"),

@@ -94,7 +94,11 @@ pub(super) async fn check(config: &Config, args: &[String]) -> ExitCode {
                     "ok {} ({} nodes, {})",
                     l.name,
                     p.graph.nodes.len(),
-                    if p.graph.bounded() { "bounded" } else { "unbounded" }
+                    if p.graph.bounded() {
+                        "bounded"
+                    } else {
+                        "unbounded"
+                    }
                 );
             }
             ExitCode::SUCCESS

@@ -36,7 +36,9 @@ pub enum ConnectorError {
         name: String,
         known: String,
     },
-    #[error("connector '{connector}' of table {table} has no option '{option}'; its options are: {known}")]
+    #[error(
+        "connector '{connector}' of table {table} has no option '{option}'; its options are: {known}"
+    )]
     UnknownOption {
         table: String,
         connector: String,
@@ -204,7 +206,9 @@ impl Options {
 /// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -240,7 +244,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "gib" => 1024 * 1024 * 1024,
         u => return Err(format!("unknown size unit '{u}'")),
     };
-    n.checked_mul(mult).ok_or_else(|| "size too large".to_string())
+    n.checked_mul(mult)
+        .ok_or_else(|| "size too large".to_string())
 }
 
 /// Every connector name, for error messages and docs.
@@ -305,4 +310,5 @@ pub fn sink(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn SinkFac
     Ok(f)
 }
 
-#[cfg(test)] mod conformance;
+#[cfg(test)]
+mod conformance;

@@ -224,10 +224,9 @@ async fn route(output: &mut Output, batch: &RecordBatch) -> Result<()> {
     let n = output.senders.len();
     match &output.partitioning {
         _ if n == 1 => send(output, 0, batch.clone()).await,
-        Partitioning::Forward => Err(EngineError::Graph(
-            "forward edge with more than one receiver".into(),
-        )
-        .into()),
+        Partitioning::Forward => {
+            Err(EngineError::Graph("forward edge with more than one receiver".into()).into())
+        }
         Partitioning::RoundRobin => {
             let i = output.next % n;
             output.next = output.next.wrapping_add(1);

@@ -229,8 +229,7 @@ impl Graph {
                     ))
                     .into());
                 }
-                if *partitioning == Partitioning::Forward
-                    && parallelism[*input] != node.parallelism
+                if *partitioning == Partitioning::Forward && parallelism[*input] != node.parallelism
                 {
                     *partitioning = Partitioning::RoundRobin;
                 }
@@ -294,8 +293,7 @@ impl Graph {
 
 fn same_fields(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
-        && a
-            .fields()
+        && a.fields()
             .iter()
             .zip(b.fields().iter())
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())

@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::exchange::{NodeStats, Output};
-use super::watermark::{InputWatermarks, Watermark};
 use super::graph::{Graph, NodeKind};
+use super::watermark::{InputWatermarks, Watermark};
 use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
 use crate::metrics as m;
 
@@ -77,7 +77,6 @@ pub struct RunHandle {
     join: tokio::task::JoinHandle<Result<RunReport>>,
 }
 
-
 /// Stops a running pipeline from anywhere (signal handlers, other pipelines).
 #[derive(Clone)]
 pub struct Stopper(Arc<watch::Sender<bool>>);
@@ -138,7 +137,7 @@ impl Runtime {
             for (input, partitioning) in &node.inputs {
                 let up = &graph.nodes[*input];
                 let fill = m::channel_fill(&pipeline, &node.name);
-                for u in 0..up.parallelism {
+                for (u, up_outputs) in outputs[*input].iter_mut().enumerate().take(up.parallelism) {
                     let mut senders = Vec::new();
                     let targets: Vec<usize> = if *partitioning == super::Partitioning::Forward {
                         vec![u]
@@ -150,7 +149,7 @@ impl Runtime {
                         senders.push(tx);
                         receivers[id][d].push(rx);
                     }
-                    outputs[*input][u].push(Output::new(
+                    up_outputs.push(Output::new(
                         partitioning.clone(),
                         senders,
                         fill.clone(),
@@ -183,7 +182,10 @@ impl Runtime {
                 );
                 if let Some(et) = &node.event_time {
                     let column = node.schema.index_of(&et.column).map_err(|_| {
-                        EngineError::Graph(format!("{}: no event-time column {}", node.name, et.column))
+                        EngineError::Graph(format!(
+                            "{}: no event-time column {}",
+                            node.name, et.column
+                        ))
                     })?;
                     out.generate_watermarks(column, et.delay);
                 }
@@ -305,12 +307,15 @@ async fn supervise(
     while let Some(joined) = tasks.join_next().await {
         let failure: Option<(crate::Error, bool)> = match joined {
             Ok((_, Ok(()))) => None,
-            Ok((task, Err(e))) if matches!(e, crate::Error::Engine(EngineError::Panicked { .. })) => {
+            Ok((task, Err(e)))
+                if matches!(e, crate::Error::Engine(EngineError::Panicked { .. })) =>
+            {
                 tracing::error!(task = %task, error = %e, "operator panicked");
                 Some((e, false))
             }
             Ok((task, Err(e))) => {
-                let downstream_gone = matches!(e, crate::Error::Engine(EngineError::DownstreamGone));
+                let downstream_gone =
+                    matches!(e, crate::Error::Engine(EngineError::DownstreamGone));
                 tracing::error!(task = %task, error = %e, code = e.code(), "operator failed");
                 Some((
                     EngineError::Operator {
@@ -341,11 +346,21 @@ async fn supervise(
         elapsed: started.elapsed(),
         rows_out: stats
             .iter()
-            .map(|(n, s)| (n.clone(), s.rows_out.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.rows_out.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
             .collect(),
         rows_in: stats
             .iter()
-            .map(|(n, s)| (n.clone(), s.rows_in.load(std::sync::atomic::Ordering::Relaxed)))
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.rows_in.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
             .collect(),
         bad_records: stats
             .iter()

@@ -37,7 +37,10 @@ impl Source for Counter {
             let key: Vec<i64> = seq.iter().map(|s| s % self.keys).collect();
             let batch = RecordBatch::try_new(
                 schema(),
-                vec![Arc::new(Int64Array::from(key)), Arc::new(Int64Array::from(seq))],
+                vec![
+                    Arc::new(Int64Array::from(key)),
+                    Arc::new(Int64Array::from(seq)),
+                ],
             )
             .unwrap();
             ctx.out.emit(batch).await?;
@@ -147,12 +150,21 @@ async fn bounded_pipeline_delivers_every_row_and_finishes() {
     let sink = Collect::default();
     let mut g = Graph::new("t");
     let s = g.add_source("src", src, 2);
-    g.add_sink("out", Arc::new(sink.clone()), 3, s, Partitioning::RoundRobin)
-        .unwrap();
+    g.add_sink(
+        "out",
+        Arc::new(sink.clone()),
+        3,
+        s,
+        Partitioning::RoundRobin,
+    )
+    .unwrap();
     let report = Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
         .await
         .unwrap();
-    let mut seqs: Vec<i64> = rows(&sink.got.lock().unwrap()).iter().map(|r| r.2).collect();
+    let mut seqs: Vec<i64> = rows(&sink.got.lock().unwrap())
+        .iter()
+        .map(|r| r.2)
+        .collect();
     seqs.sort();
     let mut expected: Vec<i64> = (0..2000).chain(1_000_000_000..1_000_002_000).collect();
     expected.sort();
@@ -166,8 +178,14 @@ async fn hash_partitioning_sends_each_key_to_one_partition() {
     let sink = Collect::default();
     let mut g = Graph::new("t");
     let s = g.add_source("src", src, 2);
-    g.add_sink("out", Arc::new(sink.clone()), 4, s, Partitioning::Hash(vec![0]))
-        .unwrap();
+    g.add_sink(
+        "out",
+        Arc::new(sink.clone()),
+        4,
+        s,
+        Partitioning::Hash(vec![0]),
+    )
+    .unwrap();
     Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
         .await
         .unwrap();
@@ -176,7 +194,10 @@ async fn hash_partitioning_sends_each_key_to_one_partition() {
     let mut owner = std::collections::HashMap::new();
     for (p, k, _) in &got {
         let prev = owner.insert(*k, *p);
-        assert!(prev.is_none_or(|q| q == *p), "key {k} reached partitions {prev:?} and {p}");
+        assert!(
+            prev.is_none_or(|q| q == *p),
+            "key {k} reached partitions {prev:?} and {p}"
+        );
     }
     let used: std::collections::HashSet<usize> = owner.values().copied().collect();
     assert_eq!(used.len(), 4, "97 keys should spread over all 4 partitions");
@@ -208,7 +229,8 @@ async fn a_slow_sink_holds_the_source_back() {
         for _ in 0..20 {
             tokio::task::yield_now().await;
         }
-        let ahead = emitted.load(Ordering::SeqCst) as i64 - sink.consumed.load(Ordering::SeqCst) as i64;
+        let ahead =
+            emitted.load(Ordering::SeqCst) as i64 - sink.consumed.load(Ordering::SeqCst) as i64;
         max_ahead.fetch_max(ahead, Ordering::SeqCst);
     }
     handle.stopper().stop();
@@ -231,7 +253,11 @@ struct Failing;
 #[async_trait]
 impl Operator for Failing {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
-        let seq = batch.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let seq = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         if seq.values().contains(&250) {
             return Err(EngineError::User("row 250 is poison".into()).into());
         }
@@ -271,8 +297,14 @@ async fn run_with(op: OpFactory, name: &str) -> crate::Error {
     let mut g = Graph::new("t");
     let s = g.add_source("src", src, 2);
     let o = g.add_operator(name, Arc::new(op), 2, s, Partitioning::Forward);
-    g.add_sink("out", Arc::new(Collect::default()), 1, o, Partitioning::RoundRobin)
-        .unwrap();
+    g.add_sink(
+        "out",
+        Arc::new(Collect::default()),
+        1,
+        o,
+        Partitioning::RoundRobin,
+    )
+    .unwrap();
     Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
         .await
         .unwrap_err()
@@ -300,7 +332,13 @@ fn forward_between_different_parallelism_becomes_round_robin() {
     let mut g = Graph::new("t");
     let s = g.add_source("src", src, 2);
     let id = g
-        .add_sink("out", Arc::new(Collect::default()), 3, s, Partitioning::Forward)
+        .add_sink(
+            "out",
+            Arc::new(Collect::default()),
+            3,
+            s,
+            Partitioning::Forward,
+        )
         .unwrap();
     g.finalize().unwrap();
     assert_eq!(g.nodes[id].inputs[0].1, Partitioning::RoundRobin);

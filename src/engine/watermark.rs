@@ -224,7 +224,11 @@ mod tests {
         // Input 1 comes back with an older watermark: the combined one holds.
         assert_eq!(w.watermark(1, 40, later), None);
         assert_eq!(w.current(), 100);
-        assert_eq!(w.watermark(0, 200, later), None, "input 1 holds it at 40 < 100");
+        assert_eq!(
+            w.watermark(0, 200, later),
+            None,
+            "input 1 holds it at 40 < 100"
+        );
         assert_eq!(w.watermark(1, 150, later), Some(150));
     }
 

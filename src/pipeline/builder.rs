@@ -108,7 +108,9 @@ impl PipelineBuilder {
         let ctx = datafusion::prelude::SessionContext::new();
         let plan = ctx
             .state()
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                stmt.clone(),
+            )))
             .await
             .map_err(|e| EngineError::datafusion("declared columns", e))?;
         match plan {
@@ -134,12 +136,17 @@ impl PipelineBuilder {
             .map_err(|m| EngineError::User(format!("table {}: {m}", decl.name)))?;
         let parallelism = match options.remove("parallelism") {
             None => self.parallelism,
-            Some(p) => p.trim().parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                EngineError::User(format!(
-                    "table {}: parallelism = '{p}' must be a positive integer",
-                    decl.name
-                ))
-            })?,
+            Some(p) => p
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    EngineError::User(format!(
+                        "table {}: parallelism = '{p}' must be a positive integer",
+                        decl.name
+                    ))
+                })?,
         };
         let factory = connectors::source(&req, Options::new(&decl.name, &decl.connector, options))?;
         let stream = Stream {
@@ -149,7 +156,8 @@ impl PipelineBuilder {
         if let Some((et, idle)) = event_time {
             self.graph.set_event_time(stream.node, et)?;
             if let Some(idle) = idle {
-                self.graph.idle_timeout = Some(self.graph.idle_timeout.map_or(idle, |t| t.min(idle)));
+                self.graph.idle_timeout =
+                    Some(self.graph.idle_timeout.map_or(idle, |t| t.min(idle)));
             }
         }
         Ok(stream)
@@ -175,7 +183,13 @@ impl PipelineBuilder {
         let event_time = self.event_time_of(&input);
         let stage = self
             .planner
-            .plan_query(query, event_time.as_deref(), &name, self.schema(&input), self.on_error)
+            .plan_query(
+                query,
+                event_time.as_deref(),
+                &name,
+                self.schema(&input),
+                self.on_error,
+            )
             .await?;
         let e = self.edge(&input);
         let (node, _) = stage.add_to_graph(
@@ -222,9 +236,9 @@ impl PipelineBuilder {
         f: impl Fn(RecordBatch) -> crate::engine::Result<RecordBatch> + Send + Sync + 'static,
     ) -> Stream {
         let op = Arc::new(MapOperator::new(name, schema, f));
-        let node = self
-            .graph
-            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node =
+            self.graph
+                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
         Stream {
             node,
             partitioning: Partitioning::Forward,
@@ -240,9 +254,9 @@ impl PipelineBuilder {
     ) -> Stream {
         let schema = self.schema(&input);
         let op = Arc::new(FilterOperator::new(name, schema, f));
-        let node = self
-            .graph
-            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node =
+            self.graph
+                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
         Stream {
             node,
             partitioning: Partitioning::Forward,
@@ -258,9 +272,9 @@ impl PipelineBuilder {
         f: impl Fn(RecordBatch) -> crate::engine::Result<Vec<RecordBatch>> + Send + Sync + 'static,
     ) -> Stream {
         let op = Arc::new(FlatMapOperator::new(name, schema, f));
-        let node = self
-            .graph
-            .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node =
+            self.graph
+                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
         Stream {
             node,
             partitioning: Partitioning::Forward,
@@ -269,8 +283,13 @@ impl PipelineBuilder {
 
     /// Writes `input` to a sink from a factory.
     pub fn sink(&mut self, input: Stream, name: &str, factory: Arc<dyn SinkFactory>) -> Result<()> {
-        self.graph
-            .add_sink(name, factory, self.parallelism, input.node, input.partitioning)?;
+        self.graph.add_sink(
+            name,
+            factory,
+            self.parallelism,
+            input.node,
+            input.partitioning,
+        )?;
         Ok(())
     }
 

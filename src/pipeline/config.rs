@@ -68,7 +68,12 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 
 /// A `section.key` path and a value, parsed as TOML when it is a TOML scalar
 /// (`8`, `true`, `"x"`) and taken as a string otherwise.
-fn set_path(table: &mut toml::Table, path: &str, raw: &str, origin: &str) -> Result<(), PipelineError> {
+fn set_path(
+    table: &mut toml::Table,
+    path: &str,
+    raw: &str,
+    origin: &str,
+) -> Result<(), PipelineError> {
     let parts: Vec<&str> = path.split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(PipelineError::Config(format!(
@@ -88,7 +93,10 @@ fn set_path(table: &mut toml::Table, path: &str, raw: &str, origin: &str) -> Res
             s.insert(parts[1].to_string(), value);
             Ok(())
         }
-        _ => Err(PipelineError::Config(format!("{origin}: {} is not a section", parts[0]))),
+        _ => Err(PipelineError::Config(format!(
+            "{origin}: {} is not a section",
+            parts[0]
+        ))),
     }
 }
 
@@ -108,9 +116,8 @@ pub fn load_config(
         None => None,
     };
     if let Some(path) = chosen {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            PipelineError::Config(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PipelineError::Config(format!("cannot read {}: {e}", path.display())))?;
         let layer: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             PipelineError::Config(format!("{}: {}", path.display(), e.message()))
         })?;
@@ -136,11 +143,13 @@ pub fn load_config(
     let config: Config = toml::Value::Table(table)
         .try_into()
         .map_err(|e: toml::de::Error| {
-            PipelineError::Config(format!("{} (from the merged configuration layers)", e.message()))
+            PipelineError::Config(format!(
+                "{} (from the merged configuration layers)",
+                e.message()
+            ))
         })?;
-    crate::connectors::parse_duration(&config.pipeline.flush_interval).map_err(|e| {
-        PipelineError::Config(format!("pipeline.flush_interval: {e}"))
-    })?;
+    crate::connectors::parse_duration(&config.pipeline.flush_interval)
+        .map_err(|e| PipelineError::Config(format!("pipeline.flush_interval: {e}")))?;
     Ok(config)
 }
 
@@ -155,13 +164,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("t.toml");
         std::fs::write(&f, "[pipeline]\nparallelism = 3\nbatch_size = 100\n").unwrap();
-        let env = vec![("TRIBUTARY__PIPELINE__PARALLELISM".to_string(), "5".to_string())];
+        let env = vec![(
+            "TRIBUTARY__PIPELINE__PARALLELISM".to_string(),
+            "5".to_string(),
+        )];
         let c = load_config(Some(&f), env.clone(), &[]).unwrap();
         assert_eq!((c.pipeline.parallelism, c.pipeline.batch_size), (5, 100));
         let c = load_config(Some(&f), env, &["pipeline.parallelism=7".into()]).unwrap();
         assert_eq!(c.pipeline.parallelism, 7);
 
-        let bad = vec![("TRIBUTARY__PIPELINE__PARALELISM".to_string(), "5".to_string())];
+        let bad = vec![(
+            "TRIBUTARY__PIPELINE__PARALELISM".to_string(),
+            "5".to_string(),
+        )];
         let e = load_config(None, bad, &[]).unwrap_err().to_string();
         assert!(e.contains("paralelism"), "{e}");
         std::fs::write(&f, "[nope]\nx = 1\n").unwrap();

@@ -218,7 +218,10 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
     }
     if let Some(p) = file.parallelism {
         if p == 0 || p > 256 {
-            return Err(invalid(at("parallelism"), "parallelism must be between 1 and 256"));
+            return Err(invalid(
+                at("parallelism"),
+                "parallelism must be between 1 and 256",
+            ));
         }
         plan.parallelism = p;
     }
@@ -233,13 +236,19 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             runtime.batch.flush_interval = crate::connectors::parse_duration(f)
                 .map_err(|e| invalid(at("flush_interval"), e))?;
             if runtime.batch.flush_interval.is_zero() {
-                return Err(invalid(at("flush_interval"), "flush_interval must be positive"));
+                return Err(invalid(
+                    at("flush_interval"),
+                    "flush_interval must be positive",
+                ));
             }
         }
     }
     if let Some(c) = file.channel_capacity {
         if c == 0 {
-            return Err(invalid(at("channel_capacity"), "channel_capacity must be at least 1"));
+            return Err(invalid(
+                at("channel_capacity"),
+                "channel_capacity must be at least 1",
+            ));
         }
         runtime.channel_capacity = c;
     }

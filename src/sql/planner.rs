@@ -10,7 +10,9 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast};
+use datafusion::logical_expr::{
+    DdlStatement, Expr, LogicalPlan, LogicalPlanBuilder, ScalarUDF, cast,
+};
 use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -18,13 +20,13 @@ use datafusion::sql::sqlparser::ast::Statement;
 use super::ddl::{TableDecl, parse_sql};
 use super::stage::{SlotPartition, SqlOperatorFactory};
 use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowSpec};
-use crate::engine::EventTime;
-use datafusion::physical_plan::ExecutionPlan;
 use super::{SqlError, SqlText};
 use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
+use crate::engine::EventTime;
 use crate::engine::{Graph, NodeId, Partitioning};
 use crate::error::Location;
+use datafusion::physical_plan::ExecutionPlan;
 
 /// Settings the planner applies to every node it creates.
 #[derive(Debug, Clone)]
@@ -202,7 +204,9 @@ impl SqlPlanner {
         };
         let plan = ctx
             .state()
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(stmt.clone())))
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                stmt.clone(),
+            )))
             .await
             .map_err(|e| plan_error(sql, &decl.location, e))?;
         match plan {
@@ -233,7 +237,9 @@ impl SqlPlanner {
         let text = query.to_string();
         let state = ctx.state();
         let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(query)))
+            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+                query,
+            )))
             .await
             .map_err(|e| plan_error(sql, location, e))?;
         let plan = match target {
@@ -263,7 +269,10 @@ impl SqlPlanner {
         })? {
             None => StagePlan::Stateless(stage(physical, text)),
             Some(split) => StagePlan::Windowed {
-                lower: stage(split.lower, format!("(input of the window aggregate) {text}")),
+                lower: stage(
+                    split.lower,
+                    format!("(input of the window aggregate) {text}"),
+                ),
                 aggregate: Arc::new(split.aggregate),
                 upper: stage(split.upper, text),
             },
@@ -353,18 +362,19 @@ impl SqlPlanner {
             if let Some(extra) = settings.table_options.get(&decl.name) {
                 options.extend(extra.clone());
             }
-            let parallelism = match options.remove("parallelism") {
-                None => settings.parallelism,
-                Some(p) => p.parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                    SqlError::Plan {
-                        location: decl.location.clone(),
-                        message: format!(
-                            "table {}: parallelism = '{p}' must be a positive integer",
-                            decl.name
-                        ),
-                    }
-                })?,
-            };
+            let parallelism =
+                match options.remove("parallelism") {
+                    None => settings.parallelism,
+                    Some(p) => p.parse::<usize>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                        SqlError::Plan {
+                            location: decl.location.clone(),
+                            message: format!(
+                                "table {}: parallelism = '{p}' must be a positive integer",
+                                decl.name
+                            ),
+                        }
+                    })?,
+                };
             let event_time = take_event_time(&mut options).map_err(|message| SqlError::Plan {
                 location: decl.location.clone(),
                 message: format!("table {}: {message}", decl.name),
@@ -392,11 +402,12 @@ impl SqlPlanner {
                 schema: declared,
                 base_dir,
             };
-            let factory = connectors::source(&req, Options::new(&decl.name, &decl.connector, options))
-                .map_err(|e| SqlError::Connector {
-                    location: decl.location.clone(),
-                    source: Box::new(e),
-                })?;
+            let factory =
+                connectors::source(&req, Options::new(&decl.name, &decl.connector, options))
+                    .map_err(|e| SqlError::Connector {
+                        location: decl.location.clone(),
+                        source: Box::new(e),
+                    })?;
             Self::register_input(&ctx, &decl.name, factory.schema())?;
             if let Some((et, _)) = &event_time {
                 event_times.insert(decl.name.clone(), et.column.clone());
@@ -461,12 +472,15 @@ impl SqlPlanner {
                         })?;
                     let id = graph.add_source(&input, factory.clone(), *parallelism);
                     if let Some((et, idle)) = event_time {
-                        graph.set_event_time(id, et.clone()).map_err(|e| SqlError::Plan {
-                            location: decl_location.clone(),
-                            message: e.to_string(),
-                        })?;
+                        graph
+                            .set_event_time(id, et.clone())
+                            .map_err(|e| SqlError::Plan {
+                                location: decl_location.clone(),
+                                message: e.to_string(),
+                            })?;
                         if let Some(idle) = idle {
-                            graph.idle_timeout = Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
+                            graph.idle_timeout =
+                                Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
                         }
                     }
                     source_nodes.insert(input.clone(), id);
@@ -498,13 +512,20 @@ impl SqlPlanner {
                     };
                     let mut options = decl.options.clone();
                     options.remove("parallelism");
-                    let factory = connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
-                        .map_err(|e| SqlError::Connector {
-                            location: decl.location.clone(),
-                            source: Box::new(e),
-                        })?;
+                    let factory =
+                        connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
+                            .map_err(|e| SqlError::Connector {
+                                location: decl.location.clone(),
+                                source: Box::new(e),
+                            })?;
                     let id = graph
-                        .add_sink(&decl.name, factory, *sink_parallelism, op, Partitioning::Forward)
+                        .add_sink(
+                            &decl.name,
+                            factory,
+                            *sink_parallelism,
+                            op,
+                            Partitioning::Forward,
+                        )
                         .map_err(|e| SqlError::Connector {
                             location: insert.location.clone(),
                             source: Box::new(e),
@@ -656,7 +677,6 @@ fn plan_error(sql: &SqlText, statement: &Location, e: DataFusionError) -> crate:
     SqlError::Plan { location, message }.into()
 }
 
-
 /// `true` when an aggregate's `GROUP BY` holds a window function.
 fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
     agg.group_expr.iter().any(|e| {
@@ -676,8 +696,7 @@ pub(crate) fn take_event_time(
     let delay = options.remove("watermark_delay");
     let idle = options.remove("idle_timeout");
     let duration = |key: &str, v: &str| {
-        connectors::parse_duration(v)
-            .map_err(|e| format!("{key} = '{v}': {e}"))
+        connectors::parse_duration(v).map_err(|e| format!("{key} = '{v}': {e}"))
     };
     let Some(column) = column else {
         if delay.is_some() || idle.is_some() {
@@ -694,7 +713,10 @@ pub(crate) fn take_event_time(
     };
     let idle = idle.map(|v| duration("idle_timeout", &v)).transpose()?;
     if idle.is_some_and(|d| d.is_zero()) {
-        return Err("idle_timeout must be longer than 0s (leave it out to never treat inputs as idle)".into());
+        return Err(
+            "idle_timeout must be longer than 0s (leave it out to never treat inputs as idle)"
+                .into(),
+        );
     }
     Ok(Some((EventTime { column, delay }, idle)))
 }
@@ -703,8 +725,8 @@ pub(crate) fn take_event_time(
 /// event-time column of the table the query reads (`times`: table → column).
 fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>) {
     use datafusion::sql::sqlparser::ast::{
-        Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, visit_expressions_mut,
-        visit_relations,
+        Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+        visit_expressions_mut, visit_relations,
     };
     let mut read: Vec<String> = Vec::new();
     let _ = visit_relations(query, |name| {
@@ -733,9 +755,9 @@ fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>)
             if let FunctionArguments::List(list) = &mut f.args
                 && list.args.len() == wanted
             {
-                list.args.push(FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Identifier(
-                    Ident::new(column.clone()),
-                ))));
+                list.args.push(FunctionArg::Unnamed(FunctionArgExpr::Expr(
+                    SqlExpr::Identifier(Ident::new(column.clone())),
+                )));
             }
         }
         std::ops::ControlFlow::Continue(())

@@ -42,7 +42,8 @@ impl PartitionStream for SlotPartition {
             .session_config()
             .get_extension::<BatchSlot>()
             .and_then(|slot| slot.0.lock().expect("slot lock").take());
-        let items: Vec<datafusion::error::Result<RecordBatch>> = batch.into_iter().map(Ok).collect();
+        let items: Vec<datafusion::error::Result<RecordBatch>> =
+            batch.into_iter().map(Ok).collect();
         Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
             futures::stream::iter(items),
@@ -75,7 +76,10 @@ impl OperatorFactory for SqlOperatorFactory {
         let one_line: Vec<&str> = self.sql.split_whitespace().collect();
         let mut s = one_line.join(" ");
         if s.len() > 120 {
-            let cut = (0..=117).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=117)
+                .rev()
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(0);
             s.truncate(cut);
             s.push('…');
         }
@@ -125,7 +129,9 @@ impl SqlOperator {
             .map_err(|e| EngineError::datafusion(format!("{}: executing", self.task), e))?;
         let mut out = Vec::new();
         while let Some(b) = stream.next().await {
-            out.push(b.map_err(|e| EngineError::datafusion(format!("{}: evaluating", self.task), e))?);
+            out.push(
+                b.map_err(|e| EngineError::datafusion(format!("{}: evaluating", self.task), e))?,
+            );
         }
         Ok(out)
     }

@@ -48,11 +48,15 @@ fn json_fn(
         let docs = arrays[0]
             .as_any()
             .downcast_ref::<StringArray>()
-            .ok_or_else(|| DataFusionError::Plan(format!("{name}: first argument must be a string")))?;
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!("{name}: first argument must be a string"))
+            })?;
         let paths = arrays[1]
             .as_any()
             .downcast_ref::<StringArray>()
-            .ok_or_else(|| DataFusionError::Plan(format!("{name}: second argument must be a string")))?;
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!("{name}: second argument must be a string"))
+            })?;
         let parsed: Vec<Option<serde_json::Value>> = (0..rows)
             .map(|i| {
                 (!docs.is_null(i))

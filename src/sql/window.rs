@@ -20,8 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray,
-    UInt32Array,
+    Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
@@ -81,7 +80,10 @@ impl ScalarUDFImpl for WindowUdf {
         Ok(window_type())
     }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
         if self.name != "tumble" {
             return Err(DataFusionError::Execution(format!(
                 "{}() assigns a row to several windows and is only valid in the GROUP BY of a streaming query",
@@ -206,14 +208,19 @@ impl WindowSpec {
             return Ok(None);
         }
         let constant = |e: &Arc<dyn PhysicalExpr>| -> std::result::Result<i64, String> {
-            let lit = e
-                .downcast_ref::<Literal>()
-                .ok_or_else(|| format!("{}(): window sizes must be constant intervals", f.name()))?;
+            let lit = e.downcast_ref::<Literal>().ok_or_else(|| {
+                format!("{}(): window sizes must be constant intervals", f.name())
+            })?;
             interval_ms(lit.value())
         };
         let args = f.args();
         match (f.name(), args) {
-            ("tumble", [w, time]) => Ok(Some((WindowSpec::Tumble { width: constant(w)? }, time.clone()))),
+            ("tumble", [w, time]) => Ok(Some((
+                WindowSpec::Tumble {
+                    width: constant(w)?,
+                },
+                time.clone(),
+            ))),
             ("hop", [s, w, time]) => {
                 let (slide, width) = (constant(s)?, constant(w)?);
                 if width % slide != 0 {
@@ -267,7 +274,12 @@ impl OperatorFactory for WindowAggFactory {
             WindowSpec::Tumble { width } => format!("tumble {width} ms"),
             WindowSpec::Hop { slide, width } => format!("hop {width} ms every {slide} ms"),
         };
-        let keys: Vec<String> = self.key_schema.fields().iter().map(|f| f.name().clone()).collect();
+        let keys: Vec<String> = self
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         let aggs: Vec<&str> = self.aggs.iter().map(|a| a.name()).collect();
         format!(
             "window aggregate ({window}, event time {}) by [{}]: {}",
@@ -319,7 +331,8 @@ struct WindowState {
 
 impl WindowState {
     fn size(&self) -> usize {
-        self.groups.as_ref().map_or(0, |g| g.size()) + self.accs.iter().map(|a| a.size()).sum::<usize>()
+        self.groups.as_ref().map_or(0, |g| g.size())
+            + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 }
 
@@ -358,8 +371,9 @@ impl WindowAggOperator {
                     a.create_groups_accumulator()
                 } else {
                     let a = a.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || a.create_accumulator()))
-                        as Box<dyn GroupsAccumulator>)
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        a.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
                 }
             })
             .collect::<datafusion::error::Result<Vec<_>>>()
@@ -403,7 +417,10 @@ impl WindowAggOperator {
             let n = keys.first().map_or(1, |k| k.len());
             let mut values = Vec::with_capacity(state.accs.len());
             for acc in state.accs.iter_mut() {
-                values.push(acc.evaluate(EmitTo::All).map_err(df("evaluating aggregates"))?);
+                values.push(
+                    acc.evaluate(EmitTo::All)
+                        .map_err(df("evaluating aggregates"))?,
+                );
             }
             let rows = values.first().map(|v| v.len()).unwrap_or(n);
             let window = window_array(
@@ -451,8 +468,9 @@ fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<Arr
             if c.data_type() == f.data_type() {
                 Ok(c)
             } else {
-                arrow::compute::cast(&c, f.data_type())
-                    .map_err(|e| EngineError::arrow(format!("window result column {}", f.name()), e))
+                arrow::compute::cast(&c, f.data_type()).map_err(|e| {
+                    EngineError::arrow(format!("window result column {}", f.name()), e)
+                })
             }
         })
         .collect()

@@ -34,7 +34,7 @@ fn sql_errors_name_file_line_and_column() {
         ),
         (
             "option.sql",
-            format!("CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', rat = '5');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n"),
+            "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', rat = '5');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
             "option.sql:1:14: connector 'generator' of table orders has no option 'rat'",
         ),
         (
@@ -62,7 +62,10 @@ fn sql_errors_name_file_line_and_column() {
         write(&d.join(file), &text);
         let (code, err) = check(d, file);
         assert_eq!(code, Some(2), "{file} should be refused:\n{err}");
-        assert!(err.contains(expected), "{file}: expected '{expected}' in:\n{err}");
+        assert!(
+            err.contains(expected),
+            "{file}: expected '{expected}' in:\n{err}"
+        );
     }
 }
 
@@ -70,13 +73,32 @@ fn sql_errors_name_file_line_and_column() {
 fn pipeline_file_errors_name_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(&d.join("p.sql"), &format!("{SRC}INSERT INTO out SELECT order_id FROM orders;\n"));
+    write(
+        &d.join("p.sql"),
+        &format!("{SRC}INSERT INTO out SELECT order_id FROM orders;\n"),
+    );
     let cases = [
-        ("unknown_key.yaml", "name: p\nsql: p.sql\nparalelism: 2\n", "unknown_key.yaml:3:1: unknown field `paralelism`"),
-        ("bad_value.yaml", "name: p\nsql: p.sql\nbatch:\n  flush_interval: soon\n", "bad_value.yaml:4:3:"),
-        ("bad_policy.yaml", "name: p\nsql: p.sql\nerrors:\n  on_processing_error: retry\n", "bad_policy.yaml:4:"),
+        (
+            "unknown_key.yaml",
+            "name: p\nsql: p.sql\nparalelism: 2\n",
+            "unknown_key.yaml:3:1: unknown field `paralelism`",
+        ),
+        (
+            "bad_value.yaml",
+            "name: p\nsql: p.sql\nbatch:\n  flush_interval: soon\n",
+            "bad_value.yaml:4:3:",
+        ),
+        (
+            "bad_policy.yaml",
+            "name: p\nsql: p.sql\nerrors:\n  on_processing_error: retry\n",
+            "bad_policy.yaml:4:",
+        ),
         ("missing_sql.yaml", "name: p\n", "missing field `sql`"),
-        ("bad_table.yaml", "name: p\nsql: p.sql\nconnectors:\n  ordrs: { rate: 5 }\n", "bad_table.yaml:3:1: connectors: no table named ordrs"),
+        (
+            "bad_table.yaml",
+            "name: p\nsql: p.sql\nconnectors:\n  ordrs: { rate: 5 }\n",
+            "bad_table.yaml:3:1: connectors: no table named ordrs",
+        ),
         (
             "inline.yaml",
             "name: p\nsql: |\n  CREATE TABLE orders WITH (connector = 'generator', stream = 'orders');\n  CREATE TABLE out WITH (connector = 'stdout');\n  INSERT INTO out SELECT nope FROM orders;\n",
@@ -87,7 +109,10 @@ fn pipeline_file_errors_name_file_line_and_column() {
         write(&d.join(file), text);
         let (code, err) = check(d, file);
         assert_eq!(code, Some(2), "{file} should be refused:\n{err}");
-        assert!(err.contains(expected), "{file}: expected '{expected}' in:\n{err}");
+        assert!(
+            err.contains(expected),
+            "{file}: expected '{expected}' in:\n{err}"
+        );
     }
 }
 
@@ -109,8 +134,17 @@ fn the_reference_pipelines_plan() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let o = run(root, &["check"]);
     ok(&o);
-    for name in ["order_status", "sales_items", "offer_engagement", "kitchen_slow_tickets"] {
-        assert!(stdout(&o).contains(&format!("ok {name}")), "{name} not checked:\n{}", stdout(&o));
+    for name in [
+        "order_status",
+        "sales_items",
+        "offer_engagement",
+        "kitchen_slow_tickets",
+    ] {
+        assert!(
+            stdout(&o).contains(&format!("ok {name}")),
+            "{name} not checked:\n{}",
+            stdout(&o)
+        );
     }
 }
 
@@ -136,12 +170,28 @@ fn generate_is_deterministic_for_a_seed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let gen_args = |seed: &str, out: &str| -> Vec<String> {
-        ["generate", "--stream", "orders", "--seed", seed, "--count", "3000", "--option",
-         "out_of_order=3s", "--option", "late_fraction=0.01", "--option", "duplicate_fraction=0.01",
-         "--option", "malformed_fraction=0.01", "-o", out]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "generate",
+            "--stream",
+            "orders",
+            "--seed",
+            seed,
+            "--count",
+            "3000",
+            "--option",
+            "out_of_order=3s",
+            "--option",
+            "late_fraction=0.01",
+            "--option",
+            "duplicate_fraction=0.01",
+            "--option",
+            "malformed_fraction=0.01",
+            "-o",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     for (seed, out) in [("5", "a.jsonl"), ("5", "b.jsonl"), ("6", "c.jsonl")] {
         let args = gen_args(seed, out);
@@ -155,8 +205,18 @@ fn generate_is_deterministic_for_a_seed() {
     assert!(a == b, "same seed, different bytes");
     assert!(a != c, "different seeds, same bytes");
     // The nexmark world too.
-    let o1 = run(d, &["generate", "--world", "nexmark", "--stream", "bids", "--count", "500"]);
-    let o2 = run(d, &["generate", "--world", "nexmark", "--stream", "bids", "--count", "500"]);
+    let o1 = run(
+        d,
+        &[
+            "generate", "--world", "nexmark", "--stream", "bids", "--count", "500",
+        ],
+    );
+    let o2 = run(
+        d,
+        &[
+            "generate", "--world", "nexmark", "--stream", "bids", "--count", "500",
+        ],
+    );
     ok(&o1);
     assert_eq!(o1.stdout, o2.stdout);
     // `count` counts all Nexmark events; bids are 46 of every 50.

@@ -36,7 +36,10 @@ pub fn run(dir: &Path, args: &[&str]) -> Output {
     if args.first() == Some(&"run") {
         c.args(["--set", "admin.listen=127.0.0.1:0"]);
     }
-    c.args(args).stdin(Stdio::null()).output().expect("binary runs")
+    c.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -188,11 +191,13 @@ impl Running {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("tributary did not exit within {timeout:?}:\n{}", self.seen.join("\n"));
+                panic!(
+                    "tributary did not exit within {timeout:?}:\n{}",
+                    self.seen.join("\n")
+                );
             }
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => {}
+            if let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                self.seen.push(l);
             }
         }
     }

@@ -20,7 +20,9 @@ fn sigterm_drains_flushes_and_exits_zero() {
     r.wait_for_log("starting pipeline", Duration::from_secs(60));
     let out = d.join("out.jsonl");
     eventually("output rows", Duration::from_secs(60), || {
-        std::fs::metadata(&out).map(|m| m.len() > 10_000).unwrap_or(false)
+        std::fs::metadata(&out)
+            .map(|m| m.len() > 10_000)
+            .unwrap_or(false)
     });
     r.sigterm();
     let (code, err) = r.wait(Duration::from_secs(60));
@@ -28,7 +30,11 @@ fn sigterm_drains_flushes_and_exits_zero() {
     let rows = json_lines(&out); // every line complete and valid JSON
     let finished = log_event(&err, "pipeline finished").expect("finish log");
     assert_eq!(finished["rows_written"].as_u64(), Some(rows.len() as u64));
-    assert_eq!(finished["rows_read"].as_u64(), Some(rows.len() as u64), "nothing lost in between");
+    assert_eq!(
+        finished["rows_read"].as_u64(),
+        Some(rows.len() as u64),
+        "nothing lost in between"
+    );
 }
 
 fn poison(policy: &str) -> (tempfile::TempDir, std::process::Output) {
@@ -54,7 +60,10 @@ fn a_failing_operator_stops_the_pipeline_with_an_error_naming_it() {
     let (_dir, o) = poison("fail");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("operator poison/out_select[0/1] failed"), "{err}");
+    assert!(
+        err.contains("operator poison/out_select[0/1] failed"),
+        "{err}"
+    );
     assert!(err.contains("Cannot cast string 'x'"), "{err}");
 }
 
@@ -64,17 +73,29 @@ fn the_drop_policy_drops_exactly_the_rows_that_fail() {
     ok(&o);
     let d = dir.path();
     // Independent count of the input: the same generator events.
-    let g = run(d, &["generate", "--stream", "orders", "--count", "5000", "--option", "rate=0"]);
+    let g = run(
+        d,
+        &[
+            "generate", "--stream", "orders", "--count", "5000", "--option", "rate=0",
+        ],
+    );
     ok(&g);
     let ids: Vec<i64> = stdout(&g)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["order_id"].as_i64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["order_id"]
+                .as_i64()
+                .unwrap()
+        })
         .collect();
     let failing = ids.iter().filter(|id| *id % 10 == 0).count();
     let rows = json_lines(&d.join("out.jsonl"));
     assert!(failing > 0);
     assert_eq!(rows.len(), ids.len() - failing);
-    assert!(rows.iter().all(|r| r["order_id"].as_i64().unwrap() % 10 != 0 && r["one"] == 1));
+    assert!(
+        rows.iter()
+            .all(|r| r["order_id"].as_i64().unwrap() % 10 != 0 && r["one"] == 1)
+    );
     let finished = log_event(&stderr(&o), "pipeline finished").unwrap();
     assert_eq!(finished["bad_records"].as_u64(), Some(failing as u64));
 }
@@ -95,11 +116,16 @@ fn admin_endpoint_serves_prometheus_metrics_and_health() {
     let d = dir.path();
     write(&d.join("p.sql"), UNBOUNDED);
     let mut r = Running::start(d, &["p.sql"]);
-    let ready = r.wait_for_log("admin endpoint: /metrics and /healthz", Duration::from_secs(60));
+    let ready = r.wait_for_log(
+        "admin endpoint: /metrics and /healthz",
+        Duration::from_secs(60),
+    );
     let addr = ready["addr"].as_str().unwrap().to_string();
     let out = d.join("out.jsonl");
     eventually("output rows", Duration::from_secs(60), || {
-        std::fs::metadata(&out).map(|m| m.len() > 0).unwrap_or(false)
+        std::fs::metadata(&out)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
     });
     let (status, health) = http_get(&addr, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK");

@@ -24,7 +24,10 @@ fn partitioned_parquet_round_trips_through_the_file_source() {
             let path = e.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
             if path.is_dir() {
-                assert!(name.starts_with("date=") || name.starts_with("channel="), "{name}");
+                assert!(
+                    name.starts_with("date=") || name.starts_with("channel="),
+                    "{name}"
+                );
                 stack.push(path);
             } else if name.starts_with('.') {
                 hidden.push(path);
@@ -33,8 +36,14 @@ fn partitioned_parquet_round_trips_through_the_file_source() {
             }
         }
     }
-    assert!(hidden.is_empty(), "in-progress files left behind: {hidden:?}");
-    assert!(files.len() > 2, "expected several partitions/rolled files, got {files:?}");
+    assert!(
+        hidden.is_empty(),
+        "in-progress files left behind: {hidden:?}"
+    );
+    assert!(
+        files.len() > 2,
+        "expected several partitions/rolled files, got {files:?}"
+    );
 
     let lake = d.join("lake");
     // Read every file back as one table and count the rows.
@@ -62,6 +71,9 @@ fn partitioned_parquet_round_trips_through_the_file_source() {
                 .sum::<usize>()
         })
         .sum();
-    assert_eq!(total_rows, 20_000, "every generated row is in the lake exactly once");
+    assert_eq!(
+        total_rows, 20_000,
+        "every generated row is in the lake exactly once"
+    );
     let _ = lake;
 }

@@ -57,9 +57,23 @@ async fn generator_sql_stages_match_datafusion_batch_over_the_same_events() {
     let o = run(
         d,
         &[
-            "generate", "--stream", "orders", "--seed", "11", "--count", "20000",
-            "--option", "out_of_order=5s", "--option", "duplicate_fraction=0.02",
-            "--option", "malformed_fraction=0.01", "--option", "rate=0", "-o", "input.jsonl",
+            "generate",
+            "--stream",
+            "orders",
+            "--seed",
+            "11",
+            "--count",
+            "20000",
+            "--option",
+            "out_of_order=5s",
+            "--option",
+            "duplicate_fraction=0.02",
+            "--option",
+            "malformed_fraction=0.01",
+            "--option",
+            "rate=0",
+            "-o",
+            "input.jsonl",
         ],
     );
     ok(&o);
@@ -77,7 +91,10 @@ async fn generator_sql_stages_match_datafusion_batch_over_the_same_events() {
     let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
     let input = std::fs::read_to_string(d.join("input.jsonl")).unwrap();
     let (batches, bad) = decode_good_lines(&input, &schema);
-    assert!(bad > 50, "the input should hold malformed records, found {bad}");
+    assert!(
+        bad > 50,
+        "the input should hold malformed records, found {bad}"
+    );
     let ctx = SessionContext::new();
     let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![batches]).unwrap();
     ctx.register_table("orders", Arc::new(table)).unwrap();
@@ -93,7 +110,11 @@ async fn generator_sql_stages_match_datafusion_batch_over_the_same_events() {
     assert_eq!(canonical(&got_items), canonical(&expected_items));
 
     let finished = log_event(&stderr(&o), "pipeline finished").expect("finish log");
-    assert_eq!(finished["bad_records"].as_u64(), Some(bad), "bad records counted");
+    assert_eq!(
+        finished["bad_records"].as_u64(),
+        Some(bad),
+        "bad records counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,8 +125,19 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
     for (seed, name) in [("21", "in/a.jsonl"), ("22", "in/b.jsonl")] {
         ok(&run(
             d,
-            &["generate", "--stream", "orders", "--seed", seed, "--count", "5000",
-              "--option", "duplicate_fraction=0.05", "-o", name],
+            &[
+                "generate",
+                "--stream",
+                "orders",
+                "--seed",
+                seed,
+                "--count",
+                "5000",
+                "--option",
+                "duplicate_fraction=0.05",
+                "-o",
+                name,
+            ],
         ));
     }
     let query = "SELECT event_id, order_id, lower(event_type) AS t, \
@@ -121,7 +153,10 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
              INSERT INTO out {query};\n"
         ),
     );
-    write(&d.join("p.yaml"), "name: files\nsql: p.sql\nparallelism: 2\nbatch: { size: 500 }\n");
+    write(
+        &d.join("p.yaml"),
+        "name: files\nsql: p.sql\nparallelism: 2\nbatch: { size: 500 }\n",
+    );
     let o = run(d, &["run", "p.yaml"]);
     ok(&o);
 

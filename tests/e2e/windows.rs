@@ -100,7 +100,10 @@ fn on_time_pairs(times: &[Option<i64>], slide: i64, width: i64) -> (RecordBatch,
     ]));
     let batch = RecordBatch::try_new(
         schema,
-        vec![Arc::new(Int64Array::from(rows)), Arc::new(Int64Array::from(w_starts))],
+        vec![
+            Arc::new(Int64Array::from(rows)),
+            Arc::new(Int64Array::from(w_starts)),
+        ],
     )
     .unwrap();
     (batch, late)
@@ -108,7 +111,9 @@ fn on_time_pairs(times: &[Option<i64>], slide: i64, width: i64) -> (RecordBatch,
 
 /// RFC 3339 window bounds from the sink, as milliseconds since the epoch.
 fn to_ms(v: &serde_json::Value) -> serde_json::Value {
-    let s = v.as_str().unwrap_or_else(|| panic!("expected a timestamp string, got {v}"));
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a timestamp string, got {v}"));
     let t = chrono::DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("not RFC 3339: {s}: {e}"));
     serde_json::Value::from(t.timestamp_millis())
@@ -128,7 +133,9 @@ fn with_ms(mut rows: Vec<serde_json::Value>, fields: &[&str]) -> Vec<serde_json:
 async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec!["generate", "--stream", "orders", "--seed", "5", "--count", "6000"];
+    let mut args = vec![
+        "generate", "--stream", "orders", "--seed", "5", "--count", "6000",
+    ];
     for o in GEN_OPTS {
         args.extend(["--option", o]);
     }
@@ -137,14 +144,20 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
     write(&d.join("p.sql"), PIPELINE_SQL);
     // One row per batch: the watermark a row meets is then exactly the one the oracle
     // computes (the newest event time before it, minus the delay).
-    write(&d.join("p.yaml"), "name: windows\nsql: p.sql\nbatch: { size: 1 }\n");
+    write(
+        &d.join("p.yaml"),
+        "name: windows\nsql: p.sql\nbatch: { size: 1 }\n",
+    );
     let o = run(d, &["run", "p.yaml"]);
     ok(&o);
 
     // The good rows, in the order the generator produced them.
     let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
     let mut good = String::new();
-    for line in std::fs::read_to_string(d.join("input.jsonl")).unwrap().lines() {
+    for line in std::fs::read_to_string(d.join("input.jsonl"))
+        .unwrap()
+        .lines()
+    {
         let one = arrow::json::ReaderBuilder::new(schema.clone())
             .build(std::io::Cursor::new(line.as_bytes()))
             .and_then(|r| r.collect::<Result<Vec<_>, _>>());
@@ -161,7 +174,9 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
         .unwrap();
     let orders = arrow::compute::concat_batches(&schema, &batches).unwrap();
     let times = tributary::engine::event_times_ms(
-        orders.column(orders.schema().index_of("event_time").unwrap()).as_ref(),
+        orders
+            .column(orders.schema().index_of("event_time").unwrap())
+            .as_ref(),
     )
     .unwrap();
     let times: Vec<Option<i64>> = times.iter().collect();
@@ -170,7 +185,9 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("row", DataType::Int64, false));
     let mut cols = orders.columns().to_vec();
-    cols.push(Arc::new(Int64Array::from_iter_values(0..orders.num_rows() as i64)));
+    cols.push(Arc::new(Int64Array::from_iter_values(
+        0..orders.num_rows() as i64,
+    )));
     let numbered = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap();
 
     let ctx = SessionContext::new();
@@ -179,7 +196,10 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
     let (hop_pairs, _) = on_time_pairs(&times, HOP_SLIDE_MS, HOP_WIDTH_MS);
     ctx.register_batch("tumble_pairs", tumble_pairs).unwrap();
     ctx.register_batch("hop_pairs", hop_pairs).unwrap();
-    assert!(tumble_late > 10, "the input should hold late rows, found {tumble_late}");
+    assert!(
+        tumble_late > 10,
+        "the input should hold late rows, found {tumble_late}"
+    );
 
     let expected = batches_as_json(
         &batch_sql(
@@ -212,7 +232,10 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
         )
         .await,
     );
-    let got = with_ms(json_lines(&d.join("out/per_channel.jsonl")), &["window_start"]);
+    let got = with_ms(
+        json_lines(&d.join("out/per_channel.jsonl")),
+        &["window_start"],
+    );
     assert!(expected.len() > 20, "{} hop rows", expected.len());
     assert_eq!(canonical(&got), canonical(&expected));
 }
@@ -244,7 +267,10 @@ fn window_without_event_time_and_unwindowed_group_by_are_refused_with_position()
     let o = run(d, &["check", "b.sql"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(e.contains("b.sql:3:1") && e.contains("event_time_field"), "{e}");
+    assert!(
+        e.contains("b.sql:3:1") && e.contains("event_time_field"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -264,7 +290,10 @@ fn explain_shows_the_window_operator_routed_by_key() {
     ok(&o);
     let out = stdout(&o);
     assert!(out.contains("event time: event_time"), "{out}");
-    assert!(out.contains("out_select_window [parallelism 2]: window aggregate (tumble 10000 ms"), "{out}");
+    assert!(
+        out.contains("out_select_window [parallelism 2]: window aggregate (tumble 10000 ms"),
+        "{out}"
+    );
     assert!(out.contains("<- out_select_pre (hash["), "{out}");
 }
 

@@ -238,16 +238,18 @@ impl GeneratorSettings {
         let start_time = match opts.get("start_time") {
             None => d.start_time,
             Some(v) if v.trim().eq_ignore_ascii_case("now") => StartTime::Now,
-            Some(v) => match DateTime::parse_from_rfc3339(v.trim()) {
-                Ok(t) => StartTime::At(t.with_timezone(&Utc)),
-                Err(e) => {
-                    return Err(opts.invalid(
+            Some(v) => {
+                match DateTime::parse_from_rfc3339(v.trim()) {
+                    Ok(t) => StartTime::At(t.with_timezone(&Utc)),
+                    Err(e) => {
+                        return Err(opts.invalid(
                         "start_time",
                         &v,
                         format!("expected an RFC 3339 time such as 2026-01-01T00:00:00Z, or 'now' ({e})"),
                     ));
+                    }
                 }
-            },
+            }
         };
         let out_of_order = opts.parse_duration("out_of_order", d.out_of_order)?;
         let late_fraction = fraction(opts, "late_fraction")?;
@@ -304,7 +306,13 @@ struct Params {
 }
 
 impl Params {
-    fn new(seed: u64, s: &GeneratorSettings, origin_ms: i64, partition: u64, parallelism: u64) -> Self {
+    fn new(
+        seed: u64,
+        s: &GeneratorSettings,
+        origin_ms: i64,
+        partition: u64,
+        parallelism: u64,
+    ) -> Self {
         Params {
             seed,
             rate: s.rate,
@@ -416,15 +424,12 @@ impl Projection {
         let mut columns = Vec::with_capacity(declared.fields().len());
         let mut fields: Vec<Field> = Vec::with_capacity(declared.fields().len());
         for want in declared.fields() {
-            let found = stream
-                .index_of(want.name())
-                .ok()
-                .or_else(|| {
-                    stream
-                        .fields()
-                        .iter()
-                        .position(|f| f.name().eq_ignore_ascii_case(want.name()))
-                });
+            let found = stream.index_of(want.name()).ok().or_else(|| {
+                stream
+                    .fields()
+                    .iter()
+                    .position(|f| f.name().eq_ignore_ascii_case(want.name()))
+            });
             let Some(i) = found else {
                 let names: Vec<&str> = stream.fields().iter().map(|f| f.name().as_str()).collect();
                 return Err(refuse(format!(
@@ -454,9 +459,15 @@ impl Projection {
                 )));
             }
             columns.push((i, cast_to));
-            fields.push(Field::new(want.name(), to.clone(), want.is_nullable()).with_metadata(want.metadata().clone()));
+            fields.push(
+                Field::new(want.name(), to.clone(), want.is_nullable())
+                    .with_metadata(want.metadata().clone()),
+            );
         }
-        let schema = Arc::new(Schema::new_with_metadata(fields, declared.metadata().clone()));
+        let schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            declared.metadata().clone(),
+        ));
         let identity = schema == *stream;
         Ok(Projection {
             schema,
@@ -475,7 +486,13 @@ impl Projection {
             arrays.push(match to {
                 None => a.clone(),
                 Some(t) => cast(a, t).map_err(|e| {
-                    EngineError::arrow(format!("generator: casting column {}", self.schema.field(arrays.len()).name()), e)
+                    EngineError::arrow(
+                        format!(
+                            "generator: casting column {}",
+                            self.schema.field(arrays.len()).name()
+                        ),
+                        e,
+                    )
                 })?,
             });
         }
@@ -687,7 +704,9 @@ impl Source for GeneratorSource {
                 let behind = match next_due {
                     Some(_) => 0.0,
                     None => match self.gen_.peek_schedule() {
-                        Some(s) => (elapsed.as_secs_f64() - self.due_offset(s).as_secs_f64()).max(0.0),
+                        Some(s) => {
+                            (elapsed.as_secs_f64() - self.due_offset(s).as_secs_f64()).max(0.0)
+                        }
                         None => 0.0,
                     },
                 };
@@ -713,7 +732,11 @@ impl Source for GeneratorSource {
             };
             let next_due = t0 + next_due;
             let wake = if pending > 0 {
-                let fill = now + Duration::from_secs_f64((size - pending) as f64 / self.rate_per_task.max(1e-9)).min(flush);
+                let fill = now
+                    + Duration::from_secs_f64(
+                        (size - pending) as f64 / self.rate_per_task.max(1e-9),
+                    )
+                    .min(flush);
                 (last_emit + flush).min(fill.max(next_due))
             } else {
                 next_due
@@ -883,11 +906,22 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        GeneratorSettings::from_cli(world, if world == "nexmark" { "bids" } else { "orders" }, 42, map)
-            .unwrap()
+        GeneratorSettings::from_cli(
+            world,
+            if world == "nexmark" { "bids" } else { "orders" },
+            42,
+            map,
+        )
+        .unwrap()
     }
 
-    fn generated(stream: &str, world: &str, seed: u64, count: u64, s: &GeneratorSettings) -> Vec<u8> {
+    fn generated(
+        stream: &str,
+        world: &str,
+        seed: u64,
+        count: u64,
+        s: &GeneratorSettings,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let n = write_events(stream, world, seed, count, s, &mut out).unwrap();
         assert!(n > 0);
@@ -907,10 +941,17 @@ mod tests {
         assert_eq!(f.schema(), stream_schema("restaurant", "orders").unwrap());
         let f = plan(&[("stream", "orders"), ("count", "10")], None).unwrap();
         assert!(f.bounded());
-        assert!(plan(&[("world", "restaurant"), ("stream", "customers")], None).unwrap().bounded());
+        assert!(
+            plan(&[("world", "restaurant"), ("stream", "customers")], None)
+                .unwrap()
+                .bounded()
+        );
 
         let code = |pairs: &[(&str, &str)]| plan(pairs, None).err().map(|e| e.code());
-        assert_eq!(code(&[("stream", "orders"), ("colour", "red")]), Some("CON002"));
+        assert_eq!(
+            code(&[("stream", "orders"), ("colour", "red")]),
+            Some("CON002")
+        );
         assert_eq!(code(&[]), Some("CON003"));
         for bad in [
             ("rate", "-1"),
@@ -924,11 +965,19 @@ mod tests {
             ("world", "mars"),
             ("stream", "bids"),
         ] {
-            assert_eq!(code(&[("stream", "orders"), bad]), Some("CON004"), "{bad:?}");
+            assert_eq!(
+                code(&[("stream", "orders"), bad]),
+                Some("CON004"),
+                "{bad:?}"
+            );
         }
         // Malformed records are a restaurant-only knob.
         assert_eq!(
-            code(&[("world", "nexmark"), ("stream", "bids"), ("malformed_fraction", "0.1")]),
+            code(&[
+                ("world", "nexmark"),
+                ("stream", "bids"),
+                ("malformed_fraction", "0.1")
+            ]),
             Some("CON004")
         );
         let ok = plan(
@@ -957,7 +1006,11 @@ mod tests {
     fn declared_columns_are_projected_and_cast() {
         let declared = Arc::new(Schema::new(vec![
             Field::new("order_id", DataType::Utf8, true),
-            Field::new("event_time", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+            Field::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Nanosecond, None),
+                true,
+            ),
             Field::new("total", DataType::Float64, true),
         ]));
         let f = plan(&[("stream", "orders")], Some(declared.clone())).unwrap();
@@ -967,16 +1020,22 @@ mod tests {
     #[test]
     fn declared_columns_are_refused_when_unknown_or_uncastable() {
         let refused = |field: Field| {
-            let e = plan(&[("stream", "orders")], Some(Arc::new(Schema::new(vec![field]))))
-                .err()
-                .expect("refused");
+            let e = plan(
+                &[("stream", "orders")],
+                Some(Arc::new(Schema::new(vec![field]))),
+            )
+            .err()
+            .expect("refused");
             assert_eq!(e.code(), "CON006");
             e.to_string()
         };
         let msg = refused(Field::new("tip", DataType::Float64, true));
         assert!(msg.contains("'tip'"), "{msg}");
         let msg = refused(Field::new("items", DataType::Int64, true));
-        assert!(msg.contains("'items'") && msg.contains("cannot be cast"), "{msg}");
+        assert!(
+            msg.contains("'items'") && msg.contains("cannot be cast"),
+            "{msg}"
+        );
         let msg = refused(Field::new("total", DataType::Float64, false));
         assert!(msg.contains("'total'") && msg.contains("NOT NULL"), "{msg}");
     }
@@ -1046,7 +1105,11 @@ mod tests {
             assert_eq!(ids.len(), 1000, "event ids are unique");
 
             let f = plan(
-                &[("world", "nexmark"), ("stream", "events"), ("count", "1001")],
+                &[
+                    ("world", "nexmark"),
+                    ("stream", "events"),
+                    ("count", "1001"),
+                ],
                 None,
             )
             .unwrap();
@@ -1074,7 +1137,13 @@ mod tests {
         assert!(rows(&out) > 400);
         for b in &out {
             assert_eq!(b.schema(), declared);
-            assert!(b.column(1).as_primitive::<Int64Type>().values().iter().all(|&a| a >= 1000));
+            assert!(
+                b.column(1)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .iter()
+                    .all(|&a| a >= 1000)
+            );
         }
     }
 
@@ -1082,7 +1151,12 @@ mod tests {
     async fn paced_source_keeps_to_its_rate() {
         // 600 events at 2000/s: the last one is due 299.5 ms after the start.
         let f = plan(
-            &[("world", "nexmark"), ("stream", "events"), ("rate", "2000"), ("count", "600")],
+            &[
+                ("world", "nexmark"),
+                ("stream", "events"),
+                ("rate", "2000"),
+                ("count", "600"),
+            ],
             None,
         )
         .unwrap();
@@ -1092,7 +1166,11 @@ mod tests {
         };
         let t0 = std::time::Instant::now();
         let out = run_to_end(f, 1, batch).await;
-        assert!(t0.elapsed() >= Duration::from_millis(299), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(299),
+            "{:?}",
+            t0.elapsed()
+        );
         assert_eq!(rows(&out), 600);
         // Batches are cut by the flush interval, not only by size.
         assert!(out.len() >= 10, "{} batches", out.len());

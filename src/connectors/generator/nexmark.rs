@@ -64,8 +64,7 @@ const TAG_POOL: u64 = 0x6e65_786d_6172_6b02;
 const POOL_LEN: usize = 1 << 16;
 
 const FIRST_NAMES: &[&str] = &[
-    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter",
-    "Walter",
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
 ];
 const LAST_NAMES: &[&str] = &[
     "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
@@ -107,6 +106,8 @@ pub(super) fn kind_of(n: u64) -> Kind {
 /// 0-based id of the last person created at or before event `n`.
 fn last_base0_person_id(n: u64) -> u64 {
     let epoch = n / TOTAL_PROPORTION;
+    // Written for any proportions; with one person per epoch the offset is always 0.
+    #[allow(clippy::unnecessary_min_or_max)]
     let offset = (n % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1);
     epoch * PERSON_PROPORTION + offset
 }
@@ -431,8 +432,10 @@ impl Columns {
         let wants = |k| stream.includes(k);
         Columns {
             event_type: Int32Builder::with_capacity(if stream == Stream::Events { cap } else { 0 }),
-            person: wants(Kind::Person).then(|| (PersonCols::new(cap), NullBufferBuilder::new(cap))),
-            auction: wants(Kind::Auction).then(|| (AuctionCols::new(cap), NullBufferBuilder::new(cap))),
+            person: wants(Kind::Person)
+                .then(|| (PersonCols::new(cap), NullBufferBuilder::new(cap))),
+            auction: wants(Kind::Auction)
+                .then(|| (AuctionCols::new(cap), NullBufferBuilder::new(cap))),
             bid: wants(Kind::Bid).then(|| (BidCols::new(cap), NullBufferBuilder::new(cap))),
             rows: 0,
         }
@@ -527,7 +530,10 @@ impl NexmarkGen {
         {
             return (*n, true);
         }
-        (self.p.partition + self.next_local * self.p.parallelism, false)
+        (
+            self.p.partition + self.next_local * self.p.parallelism,
+            false,
+        )
     }
 
     fn append(&mut self, n: u64, is_dup: bool) {
@@ -584,7 +590,8 @@ impl NexmarkGen {
                 pc.city.append_value(city);
                 pc.state.append_value(state);
                 pc.date_time.append_value(date_time);
-                let current = 8 + first.len() + last.len() + 1 + 17 + 19 + city.len() + state.len() + 8;
+                let current =
+                    8 + first.len() + last.len() + 1 + 17 + 19 + city.len() + state.len() + 8;
                 let len = extra_len(rng, current, AVG_PERSON_BYTES);
                 pc.extra.append_value(slice(&self.text, rng, len));
                 if let Some((a, an)) = cols.auction.as_mut() {
@@ -790,7 +797,11 @@ mod tests {
     use super::super::{DEFAULT_START_MS, GeneratorSettings, World};
     use super::*;
 
-    fn params(tweak: impl FnOnce(&mut GeneratorSettings), partition: u64, parallelism: u64) -> Params {
+    fn params(
+        tweak: impl FnOnce(&mut GeneratorSettings),
+        partition: u64,
+        parallelism: u64,
+    ) -> Params {
         let mut s = GeneratorSettings::defaults_of(World::Nexmark);
         tweak(&mut s);
         Params::new(42, &s, DEFAULT_START_MS, partition, parallelism)
@@ -806,7 +817,11 @@ mod tests {
     }
 
     fn i64s(b: &RecordBatch, name: &str) -> Vec<i64> {
-        b.column_by_name(name).unwrap().as_primitive::<Int64Type>().values().to_vec()
+        b.column_by_name(name)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .values()
+            .to_vec()
     }
 
     fn times(b: &RecordBatch, name: &str) -> Vec<i64> {
@@ -820,7 +835,11 @@ mod tests {
     fn lines(b: &RecordBatch) -> Vec<String> {
         let mut out = Vec::new();
         crate::formats::json::encode_json_lines(b, &mut out).unwrap();
-        String::from_utf8(out).unwrap().lines().map(String::from).collect()
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     #[test]
@@ -847,15 +866,32 @@ mod tests {
         let auctions = generate("auctions", &params(|_| {}, 0, 1), 50_000);
         assert_eq!(i64s(&auctions, "id"), (1000..4000).collect::<Vec<_>>());
         let (initial, reserve) = (i64s(&auctions, "initial_bid"), i64s(&auctions, "reserve"));
-        assert!(initial.iter().zip(&reserve).all(|(i, r)| *i >= 100 && r > i));
-        assert!(i64s(&auctions, "category").iter().all(|c| (10..15).contains(c)));
-        assert!(i64s(&auctions, "seller").iter().all(|s| (1000..2010).contains(s)));
+        assert!(
+            initial
+                .iter()
+                .zip(&reserve)
+                .all(|(i, r)| *i >= 100 && r > i)
+        );
+        assert!(
+            i64s(&auctions, "category")
+                .iter()
+                .all(|c| (10..15).contains(c))
+        );
+        assert!(
+            i64s(&auctions, "seller")
+                .iter()
+                .all(|s| (1000..2010).contains(s))
+        );
         let (dt, expires) = (times(&auctions, "date_time"), times(&auctions, "expires"));
         assert!(dt.iter().zip(&expires).all(|(d, e)| e > d));
 
         let bids = generate("bids", &params(|_| {}, 0, 1), 50_000);
         assert_eq!(bids.num_rows(), 46_000);
-        let (auction, bidder, price) = (i64s(&bids, "auction"), i64s(&bids, "bidder"), i64s(&bids, "price"));
+        let (auction, bidder, price) = (
+            i64s(&bids, "auction"),
+            i64s(&bids, "bidder"),
+            i64s(&bids, "price"),
+        );
         let mut n = 0u64;
         for i in 0..bids.num_rows() {
             while kind_of(n) != Kind::Bid {
@@ -875,7 +911,9 @@ mod tests {
         }
         assert!(per_auction.values().filter(|&&c| c >= 10).count() > 100);
         let channels = bids.column_by_name("channel").unwrap().as_string::<i32>();
-        let named = (0..channels.len()).filter(|&i| CHANNELS.contains(&channels.value(i))).count();
+        let named = (0..channels.len())
+            .filter(|&i| CHANNELS.contains(&channels.value(i)))
+            .count();
         let share = named as f64 / channels.len() as f64;
         assert!((0.85..0.95).contains(&share), "{share}");
     }
@@ -894,7 +932,10 @@ mod tests {
         }
         // Unpaced: 10 µs per event.
         let persons = b.column(1).as_struct();
-        let pt = persons.column_by_name("date_time").unwrap().as_primitive::<TimestampMillisecondType>();
+        let pt = persons
+            .column_by_name("date_time")
+            .unwrap()
+            .as_primitive::<TimestampMillisecondType>();
         assert_eq!(pt.value(0), DEFAULT_START_MS);
         assert_eq!(pt.value(950), DEFAULT_START_MS + 9);
     }
@@ -913,8 +954,14 @@ mod tests {
         parts.sort();
         assert!(whole == parts);
         // And another seed gives other events.
-        let other = Params { seed: 43, ..params(|_| {}, 0, 1) };
-        assert!(lines(&generate("events", &other, 100)) != lines(&generate("events", &params(|_| {}, 0, 1), 100)));
+        let other = Params {
+            seed: 43,
+            ..params(|_| {}, 0, 1)
+        };
+        assert!(
+            lines(&generate("events", &other, 100))
+                != lines(&generate("events", &params(|_| {}, 0, 1), 100))
+        );
     }
 
     #[test]

@@ -81,31 +81,129 @@ const TAG_EMIT_REFERENCE: u64 = 0x7265_7374_0013;
 
 /// City, region, country, time zone, latitude, longitude.
 const CITIES: &[(&str, &str, &str, &str, f64, f64)] = &[
-    ("Seattle", "WA", "US", "America/Los_Angeles", 47.6062, -122.3321),
-    ("Portland", "OR", "US", "America/Los_Angeles", 45.5152, -122.6784),
-    ("San Francisco", "CA", "US", "America/Los_Angeles", 37.7749, -122.4194),
-    ("Los Angeles", "CA", "US", "America/Los_Angeles", 34.0522, -118.2437),
-    ("San Diego", "CA", "US", "America/Los_Angeles", 32.7157, -117.1611),
-    ("Las Vegas", "NV", "US", "America/Los_Angeles", 36.1699, -115.1398),
+    (
+        "Seattle",
+        "WA",
+        "US",
+        "America/Los_Angeles",
+        47.6062,
+        -122.3321,
+    ),
+    (
+        "Portland",
+        "OR",
+        "US",
+        "America/Los_Angeles",
+        45.5152,
+        -122.6784,
+    ),
+    (
+        "San Francisco",
+        "CA",
+        "US",
+        "America/Los_Angeles",
+        37.7749,
+        -122.4194,
+    ),
+    (
+        "Los Angeles",
+        "CA",
+        "US",
+        "America/Los_Angeles",
+        34.0522,
+        -118.2437,
+    ),
+    (
+        "San Diego",
+        "CA",
+        "US",
+        "America/Los_Angeles",
+        32.7157,
+        -117.1611,
+    ),
+    (
+        "Las Vegas",
+        "NV",
+        "US",
+        "America/Los_Angeles",
+        36.1699,
+        -115.1398,
+    ),
     ("Phoenix", "AZ", "US", "America/Phoenix", 33.4484, -112.0740),
     ("Denver", "CO", "US", "America/Denver", 39.7392, -104.9903),
-    ("Salt Lake City", "UT", "US", "America/Denver", 40.7608, -111.8910),
+    (
+        "Salt Lake City",
+        "UT",
+        "US",
+        "America/Denver",
+        40.7608,
+        -111.8910,
+    ),
     ("Dallas", "TX", "US", "America/Chicago", 32.7767, -96.7970),
     ("Austin", "TX", "US", "America/Chicago", 30.2672, -97.7431),
     ("Houston", "TX", "US", "America/Chicago", 29.7604, -95.3698),
     ("Chicago", "IL", "US", "America/Chicago", 41.8781, -87.6298),
-    ("Minneapolis", "MN", "US", "America/Chicago", 44.9778, -93.2650),
-    ("Nashville", "TN", "US", "America/Chicago", 36.1627, -86.7816),
+    (
+        "Minneapolis",
+        "MN",
+        "US",
+        "America/Chicago",
+        44.9778,
+        -93.2650,
+    ),
+    (
+        "Nashville",
+        "TN",
+        "US",
+        "America/Chicago",
+        36.1627,
+        -86.7816,
+    ),
     ("Atlanta", "GA", "US", "America/New_York", 33.7490, -84.3880),
     ("Miami", "FL", "US", "America/New_York", 25.7617, -80.1918),
-    ("New York", "NY", "US", "America/New_York", 40.7128, -74.0060),
+    (
+        "New York",
+        "NY",
+        "US",
+        "America/New_York",
+        40.7128,
+        -74.0060,
+    ),
     ("Boston", "MA", "US", "America/New_York", 42.3601, -71.0589),
-    ("Philadelphia", "PA", "US", "America/New_York", 39.9526, -75.1652),
+    (
+        "Philadelphia",
+        "PA",
+        "US",
+        "America/New_York",
+        39.9526,
+        -75.1652,
+    ),
     ("Detroit", "MI", "US", "America/Detroit", 42.3314, -83.0458),
     ("Toronto", "ON", "CA", "America/Toronto", 43.6532, -79.3832),
-    ("Vancouver", "BC", "CA", "America/Vancouver", 49.2827, -123.1207),
-    ("Honolulu", "HI", "US", "Pacific/Honolulu", 21.3069, -157.8583),
-    ("Anchorage", "AK", "US", "America/Anchorage", 61.2181, -149.9003),
+    (
+        "Vancouver",
+        "BC",
+        "CA",
+        "America/Vancouver",
+        49.2827,
+        -123.1207,
+    ),
+    (
+        "Honolulu",
+        "HI",
+        "US",
+        "Pacific/Honolulu",
+        21.3069,
+        -157.8583,
+    ),
+    (
+        "Anchorage",
+        "AK",
+        "US",
+        "America/Anchorage",
+        61.2181,
+        -149.9003,
+    ),
 ];
 
 const NEIGHBORHOODS: &[&str] = &[
@@ -190,39 +288,135 @@ impl Category {
 
 /// Name, category, base price in cents, calories, station.
 const MENU: &[(&str, Category, i64, i32, Station)] = &[
-    ("Classic Burger", Category::Burgers, 599, 550, Station::Grill),
-    ("Double Cheeseburger", Category::Burgers, 799, 780, Station::Grill),
+    (
+        "Classic Burger",
+        Category::Burgers,
+        599,
+        550,
+        Station::Grill,
+    ),
+    (
+        "Double Cheeseburger",
+        Category::Burgers,
+        799,
+        780,
+        Station::Grill,
+    ),
     ("Bacon Burger", Category::Burgers, 849, 820, Station::Grill),
-    ("Mushroom Swiss Burger", Category::Burgers, 829, 700, Station::Grill),
+    (
+        "Mushroom Swiss Burger",
+        Category::Burgers,
+        829,
+        700,
+        Station::Grill,
+    ),
     ("Veggie Burger", Category::Burgers, 749, 480, Station::Grill),
     ("Kids Burger", Category::Burgers, 399, 300, Station::Grill),
-    ("Crispy Chicken Sandwich", Category::Chicken, 729, 650, Station::Fryer),
-    ("Spicy Chicken Sandwich", Category::Chicken, 749, 690, Station::Fryer),
-    ("Grilled Chicken Wrap", Category::Chicken, 679, 480, Station::Grill),
-    ("Chicken Nuggets (6)", Category::Chicken, 499, 290, Station::Fryer),
-    ("Chicken Nuggets (10)", Category::Chicken, 699, 480, Station::Fryer),
-    ("Chicken Tenders (4)", Category::Chicken, 749, 520, Station::Fryer),
+    (
+        "Crispy Chicken Sandwich",
+        Category::Chicken,
+        729,
+        650,
+        Station::Fryer,
+    ),
+    (
+        "Spicy Chicken Sandwich",
+        Category::Chicken,
+        749,
+        690,
+        Station::Fryer,
+    ),
+    (
+        "Grilled Chicken Wrap",
+        Category::Chicken,
+        679,
+        480,
+        Station::Grill,
+    ),
+    (
+        "Chicken Nuggets (6)",
+        Category::Chicken,
+        499,
+        290,
+        Station::Fryer,
+    ),
+    (
+        "Chicken Nuggets (10)",
+        Category::Chicken,
+        699,
+        480,
+        Station::Fryer,
+    ),
+    (
+        "Chicken Tenders (4)",
+        Category::Chicken,
+        749,
+        520,
+        Station::Fryer,
+    ),
     ("Small Fries", Category::Sides, 249, 230, Station::Fryer),
     ("Large Fries", Category::Sides, 379, 490, Station::Fryer),
     ("Onion Rings", Category::Sides, 399, 410, Station::Fryer),
     ("Side Salad", Category::Sides, 349, 90, Station::Assembly),
     ("Apple Slices", Category::Sides, 199, 35, Station::Assembly),
     ("Loaded Fries", Category::Sides, 549, 720, Station::Fryer),
-    ("Soft Drink (M)", Category::Drinks, 199, 210, Station::Beverage),
-    ("Soft Drink (L)", Category::Drinks, 249, 310, Station::Beverage),
+    (
+        "Soft Drink (M)",
+        Category::Drinks,
+        199,
+        210,
+        Station::Beverage,
+    ),
+    (
+        "Soft Drink (L)",
+        Category::Drinks,
+        249,
+        310,
+        Station::Beverage,
+    ),
     ("Iced Tea", Category::Drinks, 219, 90, Station::Beverage),
     ("Lemonade", Category::Drinks, 249, 180, Station::Beverage),
     ("Coffee", Category::Drinks, 179, 5, Station::Beverage),
     ("Bottled Water", Category::Drinks, 169, 0, Station::Beverage),
-    ("Chocolate Shake", Category::Desserts, 449, 690, Station::Dessert),
-    ("Vanilla Shake", Category::Desserts, 429, 640, Station::Dessert),
+    (
+        "Chocolate Shake",
+        Category::Desserts,
+        449,
+        690,
+        Station::Dessert,
+    ),
+    (
+        "Vanilla Shake",
+        Category::Desserts,
+        429,
+        640,
+        Station::Dessert,
+    ),
     ("Apple Pie", Category::Desserts, 229, 250, Station::Dessert),
     ("Cookie", Category::Desserts, 129, 170, Station::Dessert),
-    ("Soft Serve Cone", Category::Desserts, 179, 200, Station::Dessert),
-    ("Breakfast Sandwich", Category::Breakfast, 459, 420, Station::Grill),
+    (
+        "Soft Serve Cone",
+        Category::Desserts,
+        179,
+        200,
+        Station::Dessert,
+    ),
+    (
+        "Breakfast Sandwich",
+        Category::Breakfast,
+        459,
+        420,
+        Station::Grill,
+    ),
     ("Hash Browns", Category::Breakfast, 199, 150, Station::Fryer),
     ("Pancakes", Category::Breakfast, 499, 560, Station::Grill),
-    ("Breakfast Burrito", Category::Breakfast, 529, 610, Station::Grill),
+    (
+        "Breakfast Burrito",
+        Category::Breakfast,
+        529,
+        610,
+        Station::Grill,
+    ),
 ];
 
 const OFFERS: &[&str] = &[
@@ -241,19 +435,89 @@ const OFFERS: &[&str] = &[
 ];
 
 const FIRST_NAMES: &[&str] = &[
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
-    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas",
-    "Sarah", "Carlos", "Karen", "Daniel", "Lisa", "Matthew", "Nancy", "Anthony", "Sofia",
-    "Mark", "Emily", "Wei", "Aisha", "Luis", "Priya", "Kevin", "Olivia", "Hiroshi", "Chloe",
-    "Omar", "Grace", "Mateo", "Fatima",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Carlos",
+    "Karen",
+    "Daniel",
+    "Lisa",
+    "Matthew",
+    "Nancy",
+    "Anthony",
+    "Sofia",
+    "Mark",
+    "Emily",
+    "Wei",
+    "Aisha",
+    "Luis",
+    "Priya",
+    "Kevin",
+    "Olivia",
+    "Hiroshi",
+    "Chloe",
+    "Omar",
+    "Grace",
+    "Mateo",
+    "Fatima",
 ];
 
 const LAST_NAMES: &[&str] = &[
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis",
-    "Rodriguez", "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson",
-    "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White",
-    "Harris", "Sanchez", "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen",
-    "King", "Wright", "Nguyen", "Chen", "Patel", "Kim", "Okafor",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Nguyen",
+    "Chen",
+    "Patel",
+    "Kim",
+    "Okafor",
 ];
 
 const APP_VERSIONS: &[(&str, u32)] = &[("5.2.0", 10), ("5.2.1", 20), ("5.3.0", 30), ("5.3.1", 40)];
@@ -434,7 +698,11 @@ impl World {
         let any_restaurant = rng.random_range(0..N_RESTAURANTS);
         let (customer_id, restaurant) = if known_customer {
             let c = self.customer(customer);
-            let r = if home { c.home_restaurant } else { any_restaurant };
+            let r = if home {
+                c.home_restaurant
+            } else {
+                any_restaurant
+            };
             (Some(c.id), r)
         } else {
             (None, any_restaurant)
@@ -460,7 +728,11 @@ impl World {
             } else {
                 pick(
                     &mut rng,
-                    &[(Category::Sides, 40), (Category::Drinks, 40), (Category::Desserts, 20)],
+                    &[
+                        (Category::Sides, 40),
+                        (Category::Drinks, 40),
+                        (Category::Desserts, 20),
+                    ],
                 )
             };
             let choices: Vec<usize> = (0..self.menu.len())
@@ -490,11 +762,21 @@ impl World {
             ),
             Channel::Kiosk => pick(
                 &mut rng,
-                &[("card", 70), ("apple_pay", 15), ("google_pay", 10), ("gift_card", 5)],
+                &[
+                    ("card", 70),
+                    ("apple_pay", 15),
+                    ("google_pay", 10),
+                    ("gift_card", 5),
+                ],
             ),
             Channel::DriveThru => pick(
                 &mut rng,
-                &[("card", 55), ("cash", 30), ("apple_pay", 10), ("gift_card", 5)],
+                &[
+                    ("card", 55),
+                    ("cash", 30),
+                    ("apple_pay", 10),
+                    ("gift_card", 5),
+                ],
             ),
         };
 
@@ -529,8 +811,16 @@ impl World {
                 cancelled: false,
             });
         }
-        let preparing = tickets.iter().filter_map(|t| t.started).min().expect("an order has items");
-        let last_finished = tickets.iter().filter_map(|t| t.finished).max().expect("an order has items");
+        let preparing = tickets
+            .iter()
+            .filter_map(|t| t.started)
+            .min()
+            .expect("an order has items");
+        let last_finished = tickets
+            .iter()
+            .filter_map(|t| t.finished)
+            .max()
+            .expect("an order has items");
         let estimate_s = tickets
             .iter()
             .map(|t| t.station.base_seconds() * (1.0 + 0.15 * (t.items - 1) as f64))
@@ -551,14 +841,47 @@ impl World {
         let reason_u: f64 = rng.random();
         let at_u: f64 = rng.random_range(0.1..0.9);
         let cancel = if c < 0.02 {
-            let reason = by_fraction(reason_u, &[("payment_failed", 0.5), ("customer_cancelled", 0.35), ("timeout", 0.15)]);
-            Some((Stage::BeforePayment, placed + 5_000 + (at_u * 120_000.0) as i64, reason))
+            let reason = by_fraction(
+                reason_u,
+                &[
+                    ("payment_failed", 0.5),
+                    ("customer_cancelled", 0.35),
+                    ("timeout", 0.15),
+                ],
+            );
+            Some((
+                Stage::BeforePayment,
+                placed + 5_000 + (at_u * 120_000.0) as i64,
+                reason,
+            ))
         } else if c < 0.03 {
-            let reason = by_fraction(reason_u, &[("customer_cancelled", 0.6), ("item_unavailable", 0.3), ("store_closing", 0.1)]);
-            Some((Stage::BeforePreparation, paid + ((preparing - paid) as f64 * at_u) as i64, reason))
+            let reason = by_fraction(
+                reason_u,
+                &[
+                    ("customer_cancelled", 0.6),
+                    ("item_unavailable", 0.3),
+                    ("store_closing", 0.1),
+                ],
+            );
+            Some((
+                Stage::BeforePreparation,
+                paid + ((preparing - paid) as f64 * at_u) as i64,
+                reason,
+            ))
         } else if c < 0.04 {
-            let reason = by_fraction(reason_u, &[("item_unavailable", 0.5), ("kitchen_issue", 0.3), ("customer_cancelled", 0.2)]);
-            Some((Stage::DuringPreparation, preparing + ((ready - preparing) as f64 * at_u) as i64, reason))
+            let reason = by_fraction(
+                reason_u,
+                &[
+                    ("item_unavailable", 0.5),
+                    ("kitchen_issue", 0.3),
+                    ("customer_cancelled", 0.2),
+                ],
+            );
+            Some((
+                Stage::DuringPreparation,
+                preparing + ((ready - preparing) as f64 * at_u) as i64,
+                reason,
+            ))
         } else {
             None
         };
@@ -736,8 +1059,15 @@ enum AppAction {
     Started,
     OfferViewed(usize),
     OfferClicked(usize),
-    CartUpdated { menu: usize, quantity: i32, cart_cents: i64 },
-    Ended { duration_ms: i64, converted: bool },
+    CartUpdated {
+        menu: usize,
+        quantity: i32,
+        cart_cents: i64,
+    },
+    Ended {
+        duration_ms: i64,
+        converted: bool,
+    },
 }
 
 struct Session {
@@ -754,7 +1084,11 @@ impl World {
         let mut rng = rng_for(self.seed, TAG_SESSION, idx);
         let start = self.session_started_at(idx);
         let c = self.customer(Self::draw_customer(&mut rng));
-        let device = if rng.random_bool(0.55) { "ios" } else { "android" };
+        let device = if rng.random_bool(0.55) {
+            "ios"
+        } else {
+            "android"
+        };
         let app_version = pick(&mut rng, APP_VERSIONS);
         let restaurant = if rng.random_bool(0.8) {
             c.home_restaurant
@@ -790,7 +1124,14 @@ impl World {
                     .iter()
                     .map(|&(m, q)| self.menu[m].price_cents * q as i64)
                     .sum();
-                events.push((t, AppAction::CartUpdated { menu, quantity, cart_cents }));
+                events.push((
+                    t,
+                    AppAction::CartUpdated {
+                        menu,
+                        quantity,
+                        cart_cents,
+                    },
+                ));
             }
         }
         t += secs(&mut rng, 2.0, 30.0);
@@ -1091,7 +1432,10 @@ fn render_order_event(w: &World, o: &Order, k: usize, millis: bool) -> Vec<u8> {
     let ts = |ms| Ts { ms, millis };
     let (at, step) = o.events[k];
     let mut e = OrderEventJson {
-        event_id: format!("{:016x}", mix(w.seed, TAG_ORDER_EVENT_ID, o.idx * 8 + k as u64)),
+        event_id: format!(
+            "{:016x}",
+            mix(w.seed, TAG_ORDER_EVENT_ID, o.idx * 8 + k as u64)
+        ),
         event_type: step.event_type(),
         event_time: ts(at),
         order_id: o.id,
@@ -1143,7 +1487,11 @@ fn render_ticket(o: &Order, t: &Ticket, millis: bool) -> Vec<u8> {
         restaurant_id: o.restaurant_id,
         station: t.station.name(),
         item_count: t.items,
-        status: if t.cancelled { "cancelled" } else { "completed" },
+        status: if t.cancelled {
+            "cancelled"
+        } else {
+            "completed"
+        },
         queued_at: ts(t.queued),
         started_at: t.started.map(ts),
         finished_at: t.finished.map(ts),
@@ -1159,7 +1507,10 @@ fn render_ticket(o: &Order, t: &Ticket, millis: bool) -> Vec<u8> {
 fn render_app_event(w: &World, s: &Session, k: usize, millis: bool) -> Vec<u8> {
     let (at, action) = s.events[k];
     let mut e = AppEventJson {
-        event_id: format!("{:016x}", mix(w.seed, TAG_APP_EVENT_ID, s.idx * 64 + k as u64)),
+        event_id: format!(
+            "{:016x}",
+            mix(w.seed, TAG_APP_EVENT_ID, s.idx * 64 + k as u64)
+        ),
         event_type: "",
         event_time: Ts { ms: at, millis },
         session_id: format!("{:016x}", mix(w.seed, TAG_SESSION_ID, s.idx)),
@@ -1299,7 +1650,11 @@ impl UnitModel for KitchenModel {
 
     fn times(&self, idx: u64, out: &mut Vec<i64>) {
         let o = self.0.order(idx);
-        out.extend(o.ticket_order().into_iter().map(|i| o.ticket_time(&o.tickets[i])));
+        out.extend(
+            o.ticket_order()
+                .into_iter()
+                .map(|i| o.ticket_time(&o.tickets[i])),
+        );
     }
 
     fn render(&self, idx: u64, k: usize, millis: bool) -> Vec<u8> {
@@ -1407,8 +1762,8 @@ impl Timeline {
         let field = self.model.numeric_field();
         let emit_at = event_time + delay;
         let copies = if dup { 2 } else { 1 };
-        for copy in 0..copies {
-            let bytes = if bad[copy] {
+        for (copy, &is_bad) in bad.iter().enumerate().take(copies) {
+            let bytes = if is_bad {
                 corrupt(&record, field, &mut rng)
             } else {
                 record.clone()
@@ -1498,7 +1853,7 @@ impl Reference {
             }
             _ => {
                 let c = w.customer(i);
-                let millis = splitmix64(mix(w.seed, TAG_EMIT_REFERENCE, i)) % 4 == 0;
+                let millis = splitmix64(mix(w.seed, TAG_EMIT_REFERENCE, i)).is_multiple_of(4);
                 to_json(&CustomerJson {
                     customer_id: c.id,
                     name: format!("{} {}", c.first, c.last),
@@ -1548,13 +1903,29 @@ fn records(stream: &str, p: &Params) -> crate::Result<Box<dyn Records>> {
         })
     };
     Ok(match stream {
-        "orders" => Box::new(Timeline::new(Box::new(OrdersModel(world.clone())), p, TAG_EMIT_ORDERS)),
-        "kitchen" => Box::new(Timeline::new(Box::new(KitchenModel(world.clone())), p, TAG_EMIT_KITCHEN)),
-        "app" => Box::new(Timeline::new(Box::new(AppModel(world.clone())), p, TAG_EMIT_APP)),
+        "orders" => Box::new(Timeline::new(
+            Box::new(OrdersModel(world.clone())),
+            p,
+            TAG_EMIT_ORDERS,
+        )),
+        "kitchen" => Box::new(Timeline::new(
+            Box::new(KitchenModel(world.clone())),
+            p,
+            TAG_EMIT_KITCHEN,
+        )),
+        "app" => Box::new(Timeline::new(
+            Box::new(AppModel(world.clone())),
+            p,
+            TAG_EMIT_APP,
+        )),
         "restaurants" => reference("restaurants", N_RESTAURANTS),
         "menu_items" => reference("menu_items", MENU.len() as u64),
         "customers" => reference("customers", N_CUSTOMERS),
-        other => return Err(super::other(format!("restaurant world has no stream '{other}'"))),
+        other => {
+            return Err(super::other(format!(
+                "restaurant world has no stream '{other}'"
+            )));
+        }
     })
 }
 
@@ -1716,7 +2087,11 @@ mod tests {
                 assert_eq!(first, Some(preparing));
             }
             if let Some(ready) = at(Step::Ready) {
-                assert!(o.tickets.iter().all(|t| !t.cancelled && t.finished.is_some_and(|f| f < ready)));
+                assert!(
+                    o.tickets
+                        .iter()
+                        .all(|t| !t.cancelled && t.finished.is_some_and(|f| f < ready))
+                );
             }
             if let Some(c) = o.cancelled_at {
                 for t in &o.tickets {
@@ -1727,7 +2102,10 @@ mod tests {
                 }
             }
         }
-        assert!((100..=300).contains(&cancelled), "{cancelled} cancellations of 5000");
+        assert!(
+            (100..=300).contains(&cancelled),
+            "{cancelled} cancellations of 5000"
+        );
         assert_eq!(channels.len(), 4);
     }
 
@@ -1748,13 +2126,18 @@ mod tests {
             }
             assert!(ids.insert(r["event_id"].as_str().unwrap().to_string()));
             let ty = r["event_type"].as_str().unwrap();
-            per_order.entry(r["order_id"].as_i64().unwrap()).or_default().push(rank(ty));
+            per_order
+                .entry(r["order_id"].as_i64().unwrap())
+                .or_default()
+                .push(rank(ty));
             match ty {
                 "order_placed" => {
                     let items = r["items"].as_array().unwrap();
                     let sum: f64 = items
                         .iter()
-                        .map(|i| i["unit_price"].as_f64().unwrap() * i["quantity"].as_f64().unwrap())
+                        .map(|i| {
+                            i["unit_price"].as_f64().unwrap() * i["quantity"].as_f64().unwrap()
+                        })
                         .sum();
                     assert!((sum - r["total"].as_f64().unwrap()).abs() < 0.005);
                 }
@@ -1765,7 +2148,10 @@ mod tests {
             }
         }
         for (order, ranks) in &per_order {
-            assert!(ranks.windows(2).all(|w| w[0] < w[1]), "order {order}: {ranks:?}");
+            assert!(
+                ranks.windows(2).all(|w| w[0] < w[1]),
+                "order {order}: {ranks:?}"
+            );
         }
         // Every order seen from its first event on, in order of placement.
         let mut placed: Vec<i64> = per_order.keys().copied().collect();
@@ -1785,7 +2171,10 @@ mod tests {
             by_order
                 .entry(r["order_id"].as_i64().unwrap())
                 .or_default()
-                .insert(r["event_type"].as_str().unwrap().into(), ms(&r["event_time"]));
+                .insert(
+                    r["event_type"].as_str().unwrap().into(),
+                    ms(&r["event_time"]),
+                );
         }
         let mut checked = 0;
         let mut last = i64::MIN;
@@ -1808,10 +2197,10 @@ mod tests {
                 assert!(ms(finished) < *ready);
                 assert_eq!(t["status"], "completed");
             }
-            if let Some(c) = o.get("order_cancelled") {
-                if t["status"] == "cancelled" {
-                    assert_eq!(time, *c);
-                }
+            if let Some(c) = o.get("order_cancelled")
+                && t["status"] == "cancelled"
+            {
+                assert_eq!(time, *c);
             }
         }
         assert!(checked > 5000, "{checked} tickets checked");
@@ -1884,9 +2273,15 @@ mod tests {
             assert_eq!(bad.count(), refused);
             assert_eq!(batch.num_rows() as u64, recs.len() as u64 - refused);
             let share = refused as f64 / recs.len() as f64;
-            assert!((0.035..0.065).contains(&share), "{stream}: malformed share {share}");
+            assert!(
+                (0.035..0.065).contains(&share),
+                "{stream}: malformed share {share}"
+            );
             // Broken JSON and well-formed records with wrong values, both.
-            assert!(not_json > 0 && not_json < refused, "{stream}: {not_json} of {refused}");
+            assert!(
+                not_json > 0 && not_json < refused,
+                "{stream}: {not_json} of {refused}"
+            );
         }
     }
 
@@ -1894,14 +2289,22 @@ mod tests {
     fn records_decode_to_the_stream_schema() {
         let p = params(9, |_| {});
         for stream in STREAMS {
-            let n = if is_reference(stream) { usize::MAX } else { 5000 };
+            let n = if is_reference(stream) {
+                usize::MAX
+            } else {
+                5000
+            };
             let mut r = records(stream, &p).unwrap();
             let mut decoder = JsonDecoder::new(schema(stream).unwrap()).unwrap();
             let mut bad = BadRecords::detached("test");
             let mut pushed = 0;
             while pushed < n {
                 let Some(rec) = r.next_record() else { break };
-                assert!(decoder.push(&rec, &mut bad), "{stream}: {}", String::from_utf8_lossy(&rec));
+                assert!(
+                    decoder.push(&rec, &mut bad),
+                    "{stream}: {}",
+                    String::from_utf8_lossy(&rec)
+                );
                 pushed += 1;
             }
             let batch = decoder.flush().unwrap().unwrap();
@@ -1921,7 +2324,11 @@ mod tests {
     #[test]
     fn reference_tables_split_over_partitions() {
         let s = GeneratorSettings::defaults_of(WorldKind::Restaurant);
-        for (stream, len) in [("restaurants", 200usize), ("menu_items", 33), ("customers", 50_000)] {
+        for (stream, len) in [
+            ("restaurants", 200usize),
+            ("menu_items", 33),
+            ("customers", 50_000),
+        ] {
             let mut ids = Vec::new();
             for part in 0..3 {
                 let p = Params::new(42, &s, DEFAULT_START_MS, part, 3);
