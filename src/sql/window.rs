@@ -594,3 +594,123 @@ impl Operator for WindowAggOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use arrow::array::RecordBatch;
+    use datafusion::prelude::SessionContext;
+
+    use crate::connectors::blackhole::BlackholeSink;
+    use crate::pipeline::PipelineBuilder;
+
+    /// Runs `query` over Nexmark bids (every window emitted at the end of input) and
+    /// returns the input rows and the results.
+    async fn run(query: &str, parallelism: usize) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+        let input = Arc::new(Mutex::new(Vec::new()));
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut p = PipelineBuilder::new("t").parallelism(parallelism);
+        let src = p
+            .source_sql(
+                "CREATE TABLE raw WITH (connector = 'generator', world = 'nexmark', stream = 'bids', \
+                 count = '20000', rate = '0', event_time_field = 'date_time', watermark_delay = '1h')",
+            )
+            .unwrap();
+        let schema = p.schema(&src);
+        let seen = input.clone();
+        let src = p.map(src, "bids", schema, move |b| {
+            seen.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        let out = p.sql(src, query).await.unwrap();
+        let schema = p.schema(&out);
+        let got = output.clone();
+        let out = p.map(out, "collect", schema, move |b| {
+            got.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        p.run_to_completion().await.unwrap();
+        let i = input.lock().unwrap().clone();
+        let o = output.lock().unwrap().clone();
+        (i, o)
+    }
+
+    fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
+        let mut buf = Vec::new();
+        for b in batches {
+            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
+        }
+        let mut lines: Vec<String> = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    /// Aggregates with groups accumulators, with row accumulators only (through the
+    /// adapter), with distinct and approximate state, and a FILTER clause: each must
+    /// equal DataFusion batch over the same rows, at parallelism 1 and 2. (Groups hold
+    /// fewer values than the t-digest's centroids, so the percentile is exact whatever
+    /// the arrival order.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_kind_of_aggregate_equals_datafusion_batch() {
+        let aggs = "count(*) AS n, sum(price) AS total, min(price) AS lo, max(price) AS hi, \
+                    count(DISTINCT bidder) AS bidders, approx_distinct(bidder) AS approx_bidders, \
+                    median(price) AS med, approx_percentile_cont(0.9) WITHIN GROUP (ORDER BY price) AS p90, \
+                    array_length(array_agg(DISTINCT channel)) AS channels, \
+                    count(*) FILTER (WHERE price > 1000) AS big, bool_or(price > 5000) AS any_huge, \
+                    stddev_pop(price) > -1 AS has_stddev";
+        let streaming = format!(
+            "SELECT CAST(w['start'] AS BIGINT) AS ws, k, n, total, lo, hi, bidders, approx_bidders, med, p90, \
+             channels, big, any_huge, has_stddev FROM (SELECT tumble(INTERVAL '10 milliseconds') AS w, auction % 50 AS k, \
+             {aggs} FROM bids GROUP BY w, k HAVING count(*) > 1)"
+        );
+        let batch_query = format!(
+            "SELECT CAST(date_bin(INTERVAL '10 milliseconds', date_time, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) \
+             / 1000000 AS ws, \
+             auction % 50 AS k, {aggs} FROM bids GROUP BY ws, k HAVING count(*) > 1"
+        );
+        for parallelism in [1, 2] {
+            let (input, output) = run(&streaming, parallelism).await;
+            let ctx = SessionContext::new();
+            let schema = input[0].schema();
+            ctx.register_table(
+                "bids",
+                Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![input]).unwrap()),
+            )
+            .unwrap();
+            let expected = ctx
+                .sql(&batch_query)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let expected = sorted_lines(&expected);
+            assert!(expected.len() > 100, "{} groups", expected.len());
+            assert_eq!(sorted_lines(&output), expected, "parallelism {parallelism}");
+        }
+    }
+
+    #[test]
+    fn hop_places_a_row_in_width_over_slide_windows() {
+        let spec = super::WindowSpec::Hop {
+            slide: 10,
+            width: 30,
+        };
+        let mut starts = vec![];
+        spec.starts(25, |s| starts.push(s));
+        assert_eq!(starts, vec![20, 10, 0]);
+        let mut starts = vec![];
+        spec.starts(-5, |s| starts.push(s));
+        assert_eq!(starts, vec![-10, -20, -30]);
+        let mut starts = vec![];
+        super::WindowSpec::Tumble { width: 10 }.starts(-1, |s| starts.push(s));
+        assert_eq!(starts, vec![-10]);
+    }
+}

@@ -139,6 +139,7 @@ fn the_reference_pipelines_plan() {
         "sales_items",
         "offer_engagement",
         "kitchen_slow_tickets",
+        "sales_per_minute",
     ] {
         assert!(
             stdout(&o).contains(&format!("ok {name}")),
