@@ -15,6 +15,7 @@
 pub mod blackhole;
 pub mod file;
 pub mod generator;
+pub mod memory;
 pub mod parquet_sink;
 pub mod stdout;
 

@@ -92,6 +92,29 @@ impl PipelineBuilder {
         }
     }
 
+    /// Declares the event-time column of a source and its bounded out-of-orderness:
+    /// its tasks then send watermarks (newest event time seen − `delay`).
+    pub fn event_time(
+        &mut self,
+        source: &Stream,
+        column: &str,
+        delay: std::time::Duration,
+    ) -> Result<()> {
+        self.graph.set_event_time(
+            source.node,
+            crate::engine::EventTime {
+                column: column.into(),
+                delay,
+            },
+        )
+    }
+
+    /// An input silent for this long stops holding back the watermark downstream.
+    pub fn idle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.graph.idle_timeout = Some(timeout);
+        self
+    }
+
     fn single_table(ddl: &str) -> Result<crate::sql::TableDecl> {
         // A lone CREATE TABLE is not a pipeline, so parse it with a dummy INSERT.
         let text = format!("{ddl};\nINSERT INTO x SELECT 1");

@@ -697,6 +697,157 @@ mod tests {
         }
     }
 
+    /// One event of a property-test input: key, value, and event time.
+    #[derive(Debug, Clone)]
+    struct Ev {
+        key: i64,
+        value: i64,
+        ts: i64,
+    }
+
+    /// Events whose times advance with jitter (out of order) and, now and then, a
+    /// much older one (late).
+    fn events() -> impl proptest::strategy::Strategy<Value = Vec<Ev>> {
+        use proptest::prelude::*;
+        prop::collection::vec((0i64..4, -50i64..50, 0i64..40, 0u8..20, 0i64..400), 1..120).prop_map(
+            |raw| {
+                let mut clock = 1_000_000i64;
+                raw.into_iter()
+                    .map(|(key, value, jitter, late_draw, late_by)| {
+                        clock += 7;
+                        let ts = if late_draw == 0 {
+                            clock - 100 - late_by
+                        } else {
+                            clock - jitter
+                        };
+                        Ev { key, value, ts }
+                    })
+                    .collect()
+            },
+        )
+    }
+
+    fn ev_batch(events: &[Ev]) -> RecordBatch {
+        use arrow::array::{Int64Array, TimestampMillisecondArray};
+        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.key))),
+                Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.value))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    events.iter().map(|e| e.ts),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// The streaming result of `query` over `events`, one event per batch, watermark
+    /// `delay` ms behind the newest event.
+    async fn stream(events: &[Ev], delay: u64, query: &str) -> Vec<RecordBatch> {
+        let batches: Vec<RecordBatch> = events
+            .iter()
+            .map(|e| ev_batch(std::slice::from_ref(e)))
+            .collect();
+        let source =
+            crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![batches])
+                .unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut p = PipelineBuilder::new("prop");
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
+            .unwrap();
+        let out = p.sql(src, query).await.unwrap();
+        let schema = p.schema(&out);
+        let got = output.clone();
+        let out = p.map(out, "collect", schema, move |b| {
+            got.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        p.run_to_completion().await.unwrap();
+        let o = output.lock().unwrap().clone();
+        o
+    }
+
+    /// DataFusion batch over the (event, window start) pairs that the lateness rule
+    /// keeps: an event is dropped from a window that ended at or before the watermark
+    /// it met (the newest earlier event time minus the delay).
+    async fn oracle(events: &[Ev], delay: i64, slide: i64, width: i64) -> Vec<RecordBatch> {
+        let mut kept = Vec::new();
+        let mut starts = Vec::new();
+        let mut newest: Option<i64> = None;
+        for e in events {
+            let watermark = newest.map_or(i64::MIN, |n| n - delay);
+            super::WindowSpec::Hop { slide, width }.starts(e.ts, |s| {
+                if s + width > watermark {
+                    kept.push(e.clone());
+                    starts.push(s);
+                }
+            });
+            newest = Some(newest.map_or(e.ts, |n| n.max(e.ts)));
+        }
+        let rows = ev_batch(&kept);
+        let ctx = SessionContext::new();
+        ctx.register_batch("ev", rows.clone()).unwrap();
+        let ws = arrow::array::Int64Array::from(starts);
+        let with_ws = RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(vec![
+                arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
+                arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+                arrow::datatypes::Field::new("ws", arrow::datatypes::DataType::Int64, false),
+            ])),
+            vec![rows.column(0).clone(), rows.column(1).clone(), Arc::new(ws)],
+        )
+        .unwrap();
+        ctx.register_batch("pairs", with_ws).unwrap();
+        ctx.sql(
+            "SELECT ws, k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, count(DISTINCT v) AS d \
+             FROM pairs GROUP BY ws, k",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
+
+        /// Tumbling and hopping windows over out-of-order input with late events equal
+        /// DataFusion batch over the same input with the lateness rule applied.
+        #[test]
+        fn windows_equal_batch_with_lateness_applied(evs in events(), delay in 0u64..60, hop in proptest::bool::ANY) {
+            let (slide, width, window) = if hop {
+                (25, 75, "hop(INTERVAL '25 milliseconds', INTERVAL '75 milliseconds')")
+            } else {
+                (50, 50, "tumble(INTERVAL '50 milliseconds')")
+            };
+            let query = format!(
+                "SELECT CAST(w['start'] AS BIGINT) AS ws, k, n, s, lo, hi, d FROM \
+                 (SELECT {window} AS w, k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \
+                 count(DISTINCT v) AS d FROM ev GROUP BY w, k)"
+            );
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(async {
+                (stream(&evs, delay, &query).await, oracle(&evs, delay as i64, slide, width).await)
+            });
+            proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+        }
+    }
+
     #[test]
     fn hop_places_a_row_in_width_over_slide_windows() {
         let spec = super::WindowSpec::Hop {
