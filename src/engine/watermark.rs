@@ -9,7 +9,8 @@
 //! - an input that has ended counts as [`Watermark::END`], so at the end of a bounded
 //!   input every window and timer fires before the pipeline finishes;
 //! - an input that has sent nothing for the idle timeout is left out of the minimum
-//!   until it sends again, so one quiet partition does not hold every window open.
+//!   until it sends again, so one quiet partition does not hold every window open;
+//!   when every input is idle, the watermark moves to the furthest any input promised.
 //!
 //! Invariant: the watermark a task forwards never goes backwards.
 
@@ -163,8 +164,12 @@ impl InputWatermarks {
             })
             .map(|s| s.watermark)
             .collect();
-        // Every input idle: hold the watermark where it is.
-        let candidate = active.into_iter().min()?;
+        // Every input idle: nothing holds the watermark back any more, so it moves to
+        // the furthest any input has promised (as Flink's watermark valve does).
+        let candidate = match active.into_iter().min() {
+            Some(min) => min,
+            None => self.inputs.iter().map(|s| s.watermark).max()?,
+        };
         if candidate > self.current {
             self.current = candidate;
             Some(candidate)
@@ -233,11 +238,15 @@ mod tests {
     }
 
     #[test]
-    fn all_inputs_idle_hold_the_watermark() {
+    fn when_every_input_is_idle_the_watermark_moves_to_the_furthest_promise() {
         let t0 = Instant::now();
-        let mut w = InputWatermarks::new(1, Some(Duration::from_secs(1)));
-        assert_eq!(w.watermark(0, 10, t0), Some(10));
-        assert_eq!(w.advance(t0 + Duration::from_secs(2)), None);
-        assert_eq!(w.current(), 10);
+        let mut w = InputWatermarks::new(3, Some(Duration::from_secs(1)));
+        assert_eq!(w.watermark(0, 10, t0), None);
+        assert_eq!(w.watermark(1, 30, t0), None, "input 2 has said nothing yet");
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(w.advance(later), Some(30));
+        // And it never goes back when an input with an older watermark returns.
+        assert_eq!(w.watermark(2, 5, later), None);
+        assert_eq!(w.current(), 30);
     }
 }

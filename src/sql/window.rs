@@ -848,6 +848,68 @@ mod tests {
         }
     }
 
+    /// Partition 1 of the source never sends anything and never ends. Once it has been
+    /// silent for the idle timeout, partition 0's watermark alone closes the window,
+    /// while the pipeline is still running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_partition_does_not_hold_windows_open() {
+        let events: Vec<Ev> = (0..5)
+            .map(|i| Ev {
+                key: 1,
+                value: i,
+                ts: i * 10,
+            })
+            .chain([Ev {
+                key: 1,
+                value: 100,
+                ts: 200,
+            }])
+            .collect();
+        let p0: Vec<RecordBatch> = events
+            .iter()
+            .map(|e| ev_batch(std::slice::from_ref(e)))
+            .collect();
+        let source =
+            crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![p0, vec![]])
+                .unwrap()
+                .unbounded();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut p = PipelineBuilder::new("idle")
+            .parallelism(2)
+            .idle_timeout(std::time::Duration::from_millis(100));
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
+        let out = p
+            .sql(src, "SELECT CAST(w['start'] AS BIGINT) AS ws, n, s FROM \
+                       (SELECT tumble(INTERVAL '50 milliseconds') AS w, count(*) AS n, sum(v) AS s FROM ev GROUP BY w)")
+            .await
+            .unwrap();
+        let schema = p.schema(&out);
+        let out = p.map(out, "collect", schema, move |b| {
+            let _ = tx.send(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the window was not emitted while partition 1 was idle")
+            .unwrap();
+        assert_eq!(
+            sorted_lines(&[first]),
+            vec![r#"{"ws":0,"n":5,"s":10}"#.to_string()]
+        );
+        handle.stop();
+        handle.wait().await.unwrap();
+        // Stopping ends the input: the open window [200, 250) is emitted too.
+        let rest: Vec<RecordBatch> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            sorted_lines(&rest),
+            vec![r#"{"ws":200,"n":1,"s":100}"#.to_string()]
+        );
+    }
+
     #[test]
     fn hop_places_a_row_in_width_over_slide_windows() {
         let spec = super::WindowSpec::Hop {
