@@ -42,7 +42,7 @@ pub struct PipelineBuilder {
     graph: Graph,
     planner: SqlPlanner,
     parallelism: usize,
-    on_error: ErrorPolicy,
+    stage_options: crate::sql::StageOptions,
     runtime: RuntimeSettings,
 }
 
@@ -54,7 +54,7 @@ impl PipelineBuilder {
             graph: Graph::new(name),
             planner: SqlPlanner::new(),
             parallelism: 1,
-            on_error: ErrorPolicy::Fail,
+            stage_options: Default::default(),
             runtime: RuntimeSettings::default(),
         }
     }
@@ -62,6 +62,18 @@ impl PipelineBuilder {
     /// Parallelism of the nodes added from now on.
     pub fn parallelism(mut self, n: usize) -> Self {
         self.parallelism = n.max(1);
+        self
+    }
+
+    /// What SQL stages do with a row they cannot evaluate (default: fail).
+    pub fn on_processing_error(mut self, policy: ErrorPolicy) -> Self {
+        self.stage_options.on_error = policy;
+        self
+    }
+
+    /// Most bytes of state one task of a stateful SQL stage may hold.
+    pub fn state_memory_limit(mut self, bytes: u64) -> Self {
+        self.stage_options.state_memory_limit = Some(bytes);
         self
     }
 
@@ -211,7 +223,7 @@ impl PipelineBuilder {
                 event_time.as_deref(),
                 &name,
                 self.schema(&input),
-                self.on_error,
+                self.stage_options,
             )
             .await?;
         let e = self.edge(&input);

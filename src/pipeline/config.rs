@@ -32,6 +32,8 @@ pub struct PipelineDefaults {
     pub batch_size: usize,
     pub flush_interval: String,
     pub channel_capacity: usize,
+    /// Most state one task of a stateful operator may hold (a size: "1GB", "512MB").
+    pub state_memory_limit: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

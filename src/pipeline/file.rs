@@ -9,6 +9,7 @@
 //! errors:
 //!   on_bad_record: drop         # undecodable input (the dead-letter work adds dead-letter)
 //!   on_processing_error: fail   # a row SQL cannot evaluate: fail | drop
+//! state: { memory_limit: 1GB }  # per task of a stateful operator; default from configuration
 //! connectors:                   # per-table options, added to / overriding WITH (…)
 //!   orders: { rate: 200 }
 //! ```
@@ -36,8 +37,16 @@ pub struct PipelineFile {
     pub batch: Option<BatchFile>,
     pub channel_capacity: Option<usize>,
     pub errors: Option<ErrorsFile>,
+    pub state: Option<StateFile>,
     #[serde(default)]
     pub connectors: BTreeMap<String, BTreeMap<String, Scalar>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// Most state one task of a stateful operator may hold, e.g. `512MB`.
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +175,21 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
     };
     let mut plan = crate::sql::PlanSettings {
         parallelism: defaults.parallelism,
+        state_memory_limit: Some(
+            crate::connectors::parse_size(&defaults.state_memory_limit).map_err(|e| {
+                invalid(
+                    Location {
+                        file: "configuration".into(),
+                        line: 1,
+                        column: 1,
+                    },
+                    format!(
+                        "pipeline.state_memory_limit = '{}': {e}",
+                        defaults.state_memory_limit
+                    ),
+                )
+            })?,
+        ),
         ..Default::default()
     };
     if path.extension().and_then(|e| e.to_str()) == Some("sql") {
@@ -256,6 +280,14 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         && let Some(p) = errors.on_processing_error
     {
         plan.on_processing_error = p;
+    }
+    if let Some(limit) = file.state.as_ref().and_then(|s| s.memory_limit.as_ref()) {
+        let bytes = crate::connectors::parse_size(limit)
+            .map_err(|e| invalid(at("memory_limit"), format!("memory_limit '{limit}': {e}")))?;
+        if bytes == 0 {
+            return Err(invalid(at("memory_limit"), "memory_limit must be positive"));
+        }
+        plan.state_memory_limit = Some(bytes);
     }
     for (table, options) in &file.connectors {
         plan.table_options.insert(

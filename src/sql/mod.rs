@@ -19,7 +19,7 @@ pub mod udf;
 pub mod window;
 
 pub use ddl::{InsertDecl, ParsedSql, TableDecl, parse_sql};
-pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner, StagePlan};
+pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePlan};
 pub use stage::SqlOperatorFactory;
 
 use std::path::PathBuf;

@@ -40,6 +40,25 @@ pub struct PlanSettings {
     pub table_options: BTreeMap<String, BTreeMap<String, String>>,
     /// Where those options were written, for errors about them.
     pub table_options_origin: Option<Location>,
+    /// Most bytes of state one task of a stateful operator may hold; over it the
+    /// pipeline fails with an error naming the operator, rather than swapping.
+    pub state_memory_limit: Option<u64>,
+}
+
+/// What a SQL stage is told besides its query.
+#[derive(Debug, Clone, Copy)]
+pub struct StageOptions {
+    pub on_error: ErrorPolicy,
+    pub state_memory_limit: Option<u64>,
+}
+
+impl Default for StageOptions {
+    fn default() -> Self {
+        StageOptions {
+            on_error: ErrorPolicy::Fail,
+            state_memory_limit: None,
+        }
+    }
 }
 
 impl Default for PlanSettings {
@@ -49,6 +68,7 @@ impl Default for PlanSettings {
             on_processing_error: ErrorPolicy::Fail,
             table_options: BTreeMap::new(),
             table_options_origin: None,
+            state_memory_limit: None,
         }
     }
 }
@@ -232,8 +252,9 @@ impl SqlPlanner {
         location: &Location,
         target: Option<&SchemaRef>,
         target_name: &str,
-        on_error: ErrorPolicy,
+        options: StageOptions,
     ) -> Result<(StagePlan, String)> {
+        let on_error = options.on_error;
         let text = query.to_string();
         let state = ctx.state();
         let plan = state
@@ -273,7 +294,10 @@ impl SqlPlanner {
                     split.lower,
                     format!("(input of the window aggregate) {text}"),
                 ),
-                aggregate: Arc::new(split.aggregate),
+                aggregate: Arc::new(WindowAggFactory {
+                    memory_limit: options.state_memory_limit,
+                    ..split.aggregate
+                }),
                 upper: stage(split.upper, text),
             },
         };
@@ -288,7 +312,7 @@ impl SqlPlanner {
         event_time: Option<&str>,
         input_name: &str,
         input_schema: SchemaRef,
-        on_error: ErrorPolicy,
+        options: StageOptions,
     ) -> Result<StagePlan> {
         let sql = SqlText::file(query, "<query>");
         let parsed = datafusion::sql::sqlparser::parser::Parser::new(
@@ -309,7 +333,7 @@ impl SqlPlanner {
         let ctx = self.session();
         Self::register_input(&ctx, input_name, input_schema)?;
         let (stage, _) = self
-            .plan_stage(&ctx, &sql, parsed, &sql.locate(1, 1), None, "", on_error)
+            .plan_stage(&ctx, &sql, parsed, &sql.locate(1, 1), None, "", options)
             .await?;
         Ok(stage)
     }
@@ -449,7 +473,10 @@ impl SqlPlanner {
                     &insert.location,
                     declared.as_ref(),
                     &insert.sink,
-                    settings.on_processing_error,
+                    StageOptions {
+                        on_error: settings.on_processing_error,
+                        state_memory_limit: settings.state_memory_limit,
+                    },
                 )
                 .await?;
             if sinks.contains_key(&input) {
@@ -862,6 +889,7 @@ fn split_window_aggregate(
             aggs: agg.aggr_expr().to_vec(),
             filters: agg.filter_expr().to_vec(),
             output,
+            memory_limit: None,
         },
         upper,
     }))

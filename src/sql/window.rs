@@ -251,6 +251,8 @@ pub struct WindowAggFactory {
     pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     /// Output: the `GROUP BY` expressions then the aggregates, as DataFusion planned them.
     pub(crate) output: SchemaRef,
+    /// Most bytes of window state one task may hold.
+    pub(crate) memory_limit: Option<u64>,
 }
 
 impl WindowAggFactory {
@@ -298,6 +300,7 @@ impl OperatorFactory for WindowAggFactory {
             state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
             late_logged: None,
             spec: self.spec,
+            memory_limit: self.memory_limit,
             factory: FactoryParts {
                 window_pos: self.window_pos,
                 time: self.time.clone(),
@@ -346,6 +349,7 @@ struct WindowAggOperator {
     late: metrics::Counter,
     state_bytes: metrics::Gauge,
     late_logged: Option<std::time::Instant>,
+    memory_limit: Option<u64>,
 }
 
 fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
@@ -452,9 +456,20 @@ impl WindowAggOperator {
         Ok(())
     }
 
-    fn update_gauge(&self) {
+    /// Publishes the state size and fails when it is over the limit.
+    fn check_state(&self) -> Result<()> {
         let bytes: usize = self.windows.values().map(WindowState::size).sum();
         self.state_bytes.set(bytes as f64);
+        match self.memory_limit {
+            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
+                "window state holds {bytes} bytes in {} open window(s), over the limit of {limit} \
+                 (state.memory_limit): raise the limit, use shorter windows or fewer keys, or run \
+                 at a higher parallelism",
+                self.windows.len()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -584,14 +599,13 @@ impl Operator for WindowAggOperator {
                     .map_err(df("updating aggregates"))?;
             }
         }
-        Ok(())
+        self.check_state()
     }
 
     async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         self.watermark = self.watermark.max(watermark);
         self.fire(self.watermark, out).await?;
-        self.update_gauge();
-        Ok(())
+        self.check_state()
     }
 }
 
@@ -907,6 +921,30 @@ mod tests {
         assert_eq!(
             sorted_lines(&rest),
             vec![r#"{"ws":200,"n":1,"s":100}"#.to_string()]
+        );
+    }
+
+    /// Over the state memory limit the pipeline fails, naming the window operator.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_over_the_memory_limit_fails_loudly() {
+        let mut p = PipelineBuilder::new("limit").state_memory_limit(64 * 1024);
+        let src = p
+            .source_sql(
+                "CREATE TABLE bids WITH (connector = 'generator', world = 'nexmark', stream = 'bids', \
+                 count = '200000', rate = '0', event_time_field = 'date_time', watermark_delay = '1h')",
+            )
+            .unwrap();
+        let out = p
+            .sql(src, "SELECT tumble(INTERVAL '1' DAY) AS w, bidder, count(*) AS n FROM bids GROUP BY w, bidder")
+            .await
+            .unwrap();
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        let err = p.run_to_completion().await.unwrap_err().to_string();
+        assert!(err.contains("limit/bids_sql_window[0/1]"), "{err}");
+        assert!(
+            err.contains("over the limit of 65536 (state.memory_limit)"),
+            "{err}"
         );
     }
 
