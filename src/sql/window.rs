@@ -791,8 +791,7 @@ mod tests {
         p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
             .unwrap();
         p.run_to_completion().await.unwrap();
-        let o = output.lock().unwrap().clone();
-        o
+        output.lock().unwrap().clone()
     }
 
     /// DataFusion batch over the (event, window start) pairs that the lateness rule
