@@ -14,6 +14,7 @@
 
 mod ddl;
 pub(crate) mod planner;
+mod session;
 mod stage;
 pub mod udf;
 pub mod window;

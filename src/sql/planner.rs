@@ -19,7 +19,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
 use super::stage::{SlotPartition, SqlOperatorFactory};
-use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowSpec};
+use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use super::{SqlError, SqlText};
 use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
@@ -775,7 +775,7 @@ fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>)
         if let SqlExpr::Function(f) = e {
             let name = f.name.to_string().to_lowercase();
             let wanted = match name.as_str() {
-                "tumble" => 1,
+                "tumble" | "session" => 1,
                 "hop" => 2,
                 _ => return std::ops::ControlFlow::<()>::Continue(()),
             };
@@ -836,7 +836,7 @@ fn split_window_aggregate(
     let mut keys = Vec::new();
     let mut key_fields = Vec::new();
     for (i, (expr, name)) in agg.group_expr().expr().iter().enumerate() {
-        match WindowSpec::from_expr(expr)? {
+        match WindowKind::from_expr(expr)? {
             Some((spec, time)) => {
                 if window.is_some() {
                     return Err("GROUP BY holds more than one window function".into());

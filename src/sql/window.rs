@@ -42,9 +42,9 @@ use crate::engine::{
 };
 
 /// Names of the window functions allowed in `GROUP BY`.
-pub const WINDOW_FUNCTIONS: [&str; 2] = ["tumble", "hop"];
+pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
 
-const TZ: &str = "UTC";
+pub(crate) const TZ: &str = "UTC";
 
 /// The type of a window column: `struct<start timestamp, end timestamp>`, so queries
 /// read `window.start` / `window['end']`.
@@ -56,10 +56,10 @@ pub fn window_type() -> DataType {
     ]))
 }
 
-/// `tumble(width [, time])` and `hop(slide, width [, time])` as DataFusion functions.
-/// The time argument defaults to the source's declared event-time column (the planner
-/// adds it). As plain scalar functions (batch SQL, tests) `tumble` returns the window
-/// of each row; `hop` puts a row in several windows and exists only in a streaming
+/// `tumble(width [, time])`, `hop(slide, width [, time])` and `session(gap [, time])` as
+/// DataFusion functions. The time argument defaults to the source's declared event-time
+/// column (the planner adds it). As plain scalar functions (batch SQL, tests) `tumble`
+/// returns the window of each row; `hop` and `session` exist only in a streaming
 /// `GROUP BY`.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct WindowUdf {
@@ -86,7 +86,7 @@ impl ScalarUDFImpl for WindowUdf {
     ) -> datafusion::error::Result<ColumnarValue> {
         if self.name != "tumble" {
             return Err(DataFusionError::Execution(format!(
-                "{}() assigns a row to several windows and is only valid in the GROUP BY of a streaming query",
+                "{}() places a row by looking at other rows and is only valid in the GROUP BY of a streaming query",
                 self.name
             )));
         }
@@ -116,7 +116,10 @@ impl ScalarUDFImpl for WindowUdf {
     }
 }
 
-fn window_array(starts: TimestampMillisecondArray, ends: TimestampMillisecondArray) -> ArrayRef {
+pub(crate) fn window_array(
+    starts: TimestampMillisecondArray,
+    ends: TimestampMillisecondArray,
+) -> ArrayRef {
     let DataType::Struct(fields) = window_type() else {
         unreachable!("window_type is a struct")
     };
@@ -143,6 +146,10 @@ pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::new_from_impl(WindowUdf {
             name: "hop",
             signature: sig(&[2, 3]),
+        })),
+        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
+            name: "session",
+            signature: sig(&[1, 2]),
         })),
     ]
 }
@@ -195,12 +202,25 @@ impl WindowSpec {
             }
         }
     }
+}
 
-    /// Reads a window call from the physical plan: `tumble(width, time)` or
-    /// `hop(slide, width, time)`; returns the spec and the time expression.
+/// The window of a windowed `GROUP BY`: fixed windows, or sessions per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    Fixed(WindowSpec),
+    /// A key's session ends after `gap` ms without events.
+    Session {
+        gap: i64,
+    },
+}
+
+impl WindowKind {
+    /// Reads a window call from the physical plan: `tumble(width, time)`,
+    /// `hop(slide, width, time)` or `session(gap, time)`; returns the kind and the
+    /// time expression.
     pub(crate) fn from_expr(
         expr: &Arc<dyn PhysicalExpr>,
-    ) -> std::result::Result<Option<(WindowSpec, Arc<dyn PhysicalExpr>)>, String> {
+    ) -> std::result::Result<Option<(WindowKind, Arc<dyn PhysicalExpr>)>, String> {
         let Some(f) = expr.downcast_ref::<ScalarFunctionExpr>() else {
             return Ok(None);
         };
@@ -216,8 +236,14 @@ impl WindowSpec {
         let args = f.args();
         match (f.name(), args) {
             ("tumble", [w, time]) => Ok(Some((
-                WindowSpec::Tumble {
+                WindowKind::Fixed(WindowSpec::Tumble {
                     width: constant(w)?,
+                }),
+                time.clone(),
+            ))),
+            ("session", [gap, time]) => Ok(Some((
+                WindowKind::Session {
+                    gap: constant(gap)?,
                 },
                 time.clone(),
             ))),
@@ -228,7 +254,10 @@ impl WindowSpec {
                         "hop(): the width ({width} ms) must be a multiple of the slide ({slide} ms)"
                     ));
                 }
-                Ok(Some((WindowSpec::Hop { slide, width }, time.clone())))
+                Ok(Some((
+                    WindowKind::Fixed(WindowSpec::Hop { slide, width }),
+                    time.clone(),
+                )))
             }
             (name, _) => Err(format!(
                 "{name}() needs the event-time column: declare event_time_field on the source table, \
@@ -240,7 +269,7 @@ impl WindowSpec {
 
 /// A windowed aggregate as planned: what to group by, what to compute, what to emit.
 pub struct WindowAggFactory {
-    pub(crate) spec: WindowSpec,
+    pub(crate) spec: WindowKind,
     /// Position of the window among the `GROUP BY` expressions (and output columns).
     pub(crate) window_pos: usize,
     pub(crate) time: Arc<dyn PhysicalExpr>,
@@ -273,8 +302,11 @@ impl OperatorFactory for WindowAggFactory {
 
     fn describe(&self) -> String {
         let window = match self.spec {
-            WindowSpec::Tumble { width } => format!("tumble {width} ms"),
-            WindowSpec::Hop { slide, width } => format!("hop {width} ms every {slide} ms"),
+            WindowKind::Fixed(WindowSpec::Tumble { width }) => format!("tumble {width} ms"),
+            WindowKind::Fixed(WindowSpec::Hop { slide, width }) => {
+                format!("hop {width} ms every {slide} ms")
+            }
+            WindowKind::Session { gap } => format!("session, gap {gap} ms"),
         };
         let keys: Vec<String> = self
             .key_schema
@@ -292,6 +324,26 @@ impl OperatorFactory for WindowAggFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let parts = FactoryParts {
+            window_pos: self.window_pos,
+            time: self.time.clone(),
+            keys: self.keys.clone(),
+            key_schema: self.key_schema.clone(),
+            aggs: self.aggs.clone(),
+            filters: self.filters.clone(),
+            output: self.output.clone(),
+        };
+        let spec = match self.spec {
+            WindowKind::Fixed(spec) => spec,
+            WindowKind::Session { gap } => {
+                return Ok(Box::new(super::session::SessionAggOperator::new(
+                    task,
+                    gap,
+                    parts,
+                    self.memory_limit,
+                )?));
+            }
+        };
         Ok(Box::new(WindowAggOperator {
             task: task.clone(),
             windows: BTreeMap::new(),
@@ -299,29 +351,22 @@ impl OperatorFactory for WindowAggFactory {
             late: crate::metrics::late_rows(&task.pipeline, &task.node),
             state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
             late_logged: None,
-            spec: self.spec,
+            spec,
             memory_limit: self.memory_limit,
-            factory: FactoryParts {
-                window_pos: self.window_pos,
-                time: self.time.clone(),
-                keys: self.keys.clone(),
-                key_schema: self.key_schema.clone(),
-                aggs: self.aggs.clone(),
-                filters: self.filters.clone(),
-                output: self.output.clone(),
-            },
+            factory: parts,
         }))
     }
 }
 
-struct FactoryParts {
-    window_pos: usize,
-    time: Arc<dyn PhysicalExpr>,
-    keys: Vec<Arc<dyn PhysicalExpr>>,
-    key_schema: SchemaRef,
-    aggs: Vec<Arc<AggregateFunctionExpr>>,
-    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    output: SchemaRef,
+/// What every window operator needs from the plan.
+pub(crate) struct FactoryParts {
+    pub(crate) window_pos: usize,
+    pub(crate) time: Arc<dyn PhysicalExpr>,
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    pub(crate) output: SchemaRef,
 }
 
 /// The state of one open window: its keys and one accumulator per aggregate.
@@ -352,7 +397,7 @@ struct WindowAggOperator {
     memory_limit: Option<u64>,
 }
 
-fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
+pub(crate) fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
     move |e| EngineError::datafusion(context, e)
 }
 
@@ -475,7 +520,7 @@ impl WindowAggOperator {
 
 /// Casts emitted columns to the planned output types where DataFusion's plan and the
 /// accumulators' results differ only in representation (e.g. timezone spelling).
-fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+pub(crate) fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
     columns
         .into_iter()
         .zip(schema.fields().iter())
@@ -491,7 +536,7 @@ fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<Arr
         .collect()
 }
 
-fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
     expr.evaluate(batch)
         .and_then(|v| v.into_array(batch.num_rows()))
         .map_err(df("evaluating a GROUP BY or aggregate argument"))
@@ -944,6 +989,143 @@ mod tests {
         assert!(
             err.contains("over the limit of 65536 (state.memory_limit)"),
             "{err}"
+        );
+    }
+
+    fn session_events() -> impl proptest::strategy::Strategy<Value = Vec<Ev>> {
+        use proptest::prelude::*;
+        prop::collection::vec((0i64..3, -50i64..50, 0i64..30, 0i64..40), 1..100).prop_map(|raw| {
+            let mut clock = 1_000_000i64;
+            raw.into_iter()
+                .map(|(key, value, step, jitter)| {
+                    clock += step;
+                    Ev {
+                        key,
+                        value,
+                        ts: clock - jitter,
+                    }
+                })
+                .collect()
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 48, ..Default::default() })]
+
+        /// Session windows over out-of-order input (nothing late): out-of-order rows that
+        /// bridge two sessions merge them, and the result equals DataFusion batch over
+        /// gaps-and-islands computed apart.
+        #[test]
+        fn sessions_equal_batch_over_islands(evs in session_events(), one_row_batches in proptest::bool::ANY) {
+            const GAP: i64 = 20;
+            let query = "SELECT CAST(w['start'] AS BIGINT) AS ws, CAST(w['end'] AS BIGINT) AS we, k, n, s, lo, hi \
+                         FROM (SELECT session(INTERVAL '20 milliseconds') AS w, k, count(*) AS n, sum(v) AS s, \
+                         min(v) AS lo, max(v) AS hi FROM ev GROUP BY w, k)";
+            let islands = crate::sql::session::tests::islands(
+                &evs.iter().map(|e| (e.key, e.ts)).collect::<Vec<_>>(),
+                GAP,
+            );
+            // Each event's session start, for the batch oracle.
+            let mut starts = Vec::new();
+            for e in &evs {
+                let (&(_, start), _) = islands
+                    .range((e.key, i64::MIN)..=(e.key, e.ts))
+                    .next_back()
+                    .expect("every event is in an island");
+                starts.push(start);
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(async {
+                let got = if one_row_batches {
+                    stream(&evs, 1_000_000, query).await
+                } else {
+                    stream_in_batches(&evs, 7, 1_000_000, query).await
+                };
+                let rows = ev_batch(&evs);
+                let ctx = SessionContext::new();
+                let with_start = RecordBatch::try_new(
+                    Arc::new(arrow::datatypes::Schema::new(vec![
+                        arrow::datatypes::Field::new("k", arrow::datatypes::DataType::Int64, false),
+                        arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+                        arrow::datatypes::Field::new("t", arrow::datatypes::DataType::Int64, false),
+                        arrow::datatypes::Field::new("ws", arrow::datatypes::DataType::Int64, false),
+                    ])),
+                    vec![
+                        rows.column(0).clone(),
+                        rows.column(1).clone(),
+                        Arc::new(arrow::array::Int64Array::from_iter_values(evs.iter().map(|e| e.ts))),
+                        Arc::new(arrow::array::Int64Array::from(starts)),
+                    ],
+                )
+                .unwrap();
+                ctx.register_batch("ev", with_start).unwrap();
+                let expected = ctx
+                    .sql(&format!(
+                        "SELECT ws, max(t) + {GAP} AS we, k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi \
+                         FROM ev GROUP BY ws, k"
+                    ))
+                    .await
+                    .unwrap()
+                    .collect()
+                    .await
+                    .unwrap();
+                (got, expected)
+            });
+            proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+        }
+    }
+
+    /// Like [`stream`], with `size` events per batch.
+    async fn stream_in_batches(
+        events: &[Ev],
+        size: usize,
+        delay: u64,
+        query: &str,
+    ) -> Vec<RecordBatch> {
+        let batches: Vec<RecordBatch> = events.chunks(size).map(ev_batch).collect();
+        let source =
+            crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![batches])
+                .unwrap();
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let mut p = PipelineBuilder::new("prop");
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
+            .unwrap();
+        let out = p.sql(src, query).await.unwrap();
+        let schema = p.schema(&out);
+        let got = output.clone();
+        let out = p.map(out, "collect", schema, move |b| {
+            got.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        p.run_to_completion().await.unwrap();
+        output.lock().unwrap().clone()
+    }
+
+    /// A row that would open a session the watermark has passed is late; a row that
+    /// falls inside a session still open joins it, however old.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn late_rows_join_open_sessions_or_are_dropped() {
+        let ev = |key, value, ts| Ev { key, value, ts };
+        let events = vec![
+            ev(1, 1, 100),
+            ev(1, 2, 130), // opens [130, 150) — 30 after 100 with gap 20
+            ev(2, 3, 400), // watermark 400 - 100 = 300: key 1's sessions close
+            ev(1, 4, 110), // would open [110, 130) < 300: late, dropped
+            ev(2, 5, 390), // inside key 2's open session [390, 420): joins it
+        ];
+        let query = "SELECT CAST(w['start'] AS BIGINT) AS ws, CAST(w['end'] AS BIGINT) AS we, k, n, s FROM \
+                     (SELECT session(INTERVAL '20 milliseconds') AS w, k, count(*) AS n, sum(v) AS s FROM ev GROUP BY w, k)";
+        let got = stream(&events, 100, query).await;
+        assert_eq!(
+            sorted_lines(&got),
+            vec![
+                r#"{"ws":100,"we":120,"k":1,"n":1,"s":1}"#.to_string(),
+                r#"{"ws":130,"we":150,"k":1,"n":1,"s":2}"#.to_string(),
+                r#"{"ws":390,"we":420,"k":2,"n":2,"s":8}"#.to_string(),
+            ]
         );
     }
 

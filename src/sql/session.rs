@@ -1,0 +1,424 @@
+//! Session windows: `GROUP BY session(gap), key`.
+//!
+//! Owns the sessions of each key: a session is `[first event, last event + gap)`; an
+//! event within `gap` of a session joins it, and an out-of-order event that bridges
+//! two sessions merges them (their accumulator states are merged with DataFusion's
+//! `Accumulator::merge_batch`, as a distributed aggregate merges partial states).
+//!
+//! Invariants:
+//! - The sessions of one key are disjoint (as half-open intervals): every insertion
+//!   merges all sessions it overlaps.
+//! - A session is emitted once, when the watermark reaches its end, then dropped.
+//! - A row that would only open a session already ended by the watermark is late: it
+//!   is dropped and counted; a late row that falls inside an open session joins it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::compute::{filter, prep_null_mask_filter, take};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+
+use super::window::{FactoryParts, TZ, conform_columns, df, evaluate, window_array};
+use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
+
+struct Session {
+    key: Box<[u8]>,
+    start: i64,
+    end: i64,
+    accs: Vec<Box<dyn Accumulator>>,
+}
+
+impl Session {
+    fn size(&self) -> usize {
+        self.key.len() + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+}
+
+pub(crate) struct SessionAggOperator {
+    task: TaskInfo,
+    gap: i64,
+    parts: FactoryParts,
+    /// Encodes key columns as comparable bytes; `None` when the only `GROUP BY` is the
+    /// session (one key).
+    converter: Option<RowConverter>,
+    sessions: HashMap<u64, Session>,
+    by_key: HashMap<Box<[u8]>, Vec<u64>>,
+    /// (end, id) of every open session, to find the ones the watermark closes.
+    by_end: BTreeSet<(i64, u64)>,
+    next_id: u64,
+    watermark: i64,
+    bytes: usize,
+    memory_limit: Option<u64>,
+    late: metrics::Counter,
+    state_bytes: metrics::Gauge,
+    late_logged: Option<std::time::Instant>,
+}
+
+impl SessionAggOperator {
+    pub(crate) fn new(
+        task: &TaskInfo,
+        gap: i64,
+        parts: FactoryParts,
+        memory_limit: Option<u64>,
+    ) -> Result<Self> {
+        let converter = if parts.keys.is_empty() {
+            None
+        } else {
+            let fields = parts
+                .key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect();
+            Some(
+                RowConverter::new(fields)
+                    .map_err(|e| EngineError::arrow("encoding session keys", e))?,
+            )
+        };
+        Ok(SessionAggOperator {
+            task: task.clone(),
+            gap,
+            parts,
+            converter,
+            sessions: HashMap::new(),
+            by_key: HashMap::new(),
+            by_end: BTreeSet::new(),
+            next_id: 0,
+            watermark: crate::engine::Watermark::START,
+            bytes: 0,
+            memory_limit,
+            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            late_logged: None,
+        })
+    }
+
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
+        self.parts
+            .aggs
+            .iter()
+            .map(|a| a.create_accumulator().map_err(df("creating accumulators")))
+            .collect()
+    }
+
+    /// Removes a session from every index.
+    fn remove(&mut self, id: u64) -> Option<Session> {
+        let s = self.sessions.remove(&id)?;
+        self.by_end.remove(&(s.end, id));
+        self.bytes = self.bytes.saturating_sub(s.size());
+        if let Some(ids) = self.by_key.get_mut(&s.key) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_key.remove(&s.key);
+            }
+        }
+        Some(s)
+    }
+
+    fn note_late(&mut self, rows: u64) {
+        self.late.increment(rows);
+        let now = std::time::Instant::now();
+        if self
+            .late_logged
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+        {
+            self.late_logged = Some(now);
+            tracing::warn!(
+                task = %self.task,
+                rows,
+                watermark = self.watermark,
+                "late rows dropped: their session had already ended (raise watermark_delay to wait longer)"
+            );
+        }
+    }
+
+    fn check_state(&self) -> Result<()> {
+        self.state_bytes.set(self.bytes as f64);
+        match self.memory_limit {
+            Some(limit) if self.bytes as u64 > limit => Err(EngineError::User(format!(
+                "session state holds {} bytes in {} open session(s), over the limit of {limit} \
+                 (state.memory_limit): raise the limit, use a shorter gap or fewer keys, or run \
+                 at a higher parallelism",
+                self.bytes,
+                self.sessions.len()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds rows `rows` (all of key `key`, spanning `[start, end)`) to the state.
+    fn add(
+        &mut self,
+        key: &[u8],
+        start: i64,
+        end: i64,
+        rows: &[u32],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<ArrayRef>],
+    ) -> Result<()> {
+        let overlapping: Vec<u64> = self
+            .by_key
+            .get(key)
+            .map(|ids| {
+                ids.iter()
+                    .copied()
+                    .filter(|id| {
+                        let s = &self.sessions[id];
+                        s.start < end && start < s.end
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if overlapping.is_empty() && end <= self.watermark {
+            self.note_late(rows.len() as u64);
+            return Ok(());
+        }
+        // Merge every overlapping session into one.
+        let mut target = match overlapping.first() {
+            Some(&id) => self.remove(id).expect("listed above"),
+            None => Session {
+                key: key.into(),
+                start,
+                end,
+                accs: self.new_accumulators()?,
+            },
+        };
+        for &id in overlapping.iter().skip(1) {
+            let other = self.remove(id).expect("listed above");
+            target.start = target.start.min(other.start);
+            target.end = target.end.max(other.end);
+            for (acc, mut from) in target.accs.iter_mut().zip(other.accs) {
+                let state: Vec<ArrayRef> = from
+                    .state()
+                    .and_then(|values| values.iter().map(ScalarValue::to_array).collect())
+                    .map_err(df("reading a session's state"))?;
+                acc.merge_batch(&state).map_err(df("merging sessions"))?;
+            }
+        }
+        target.start = target.start.min(start);
+        target.end = target.end.max(end);
+        let indices = UInt32Array::from(rows.to_vec());
+        for (i, acc) in target.accs.iter_mut().enumerate() {
+            let mut values: Vec<ArrayRef> = args[i]
+                .iter()
+                .map(|a| take(a.as_ref(), &indices, None))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| EngineError::arrow("selecting a session's rows", e))?;
+            if let Some(f) = &filters[i] {
+                let mask = take(f.as_ref(), &indices, None)
+                    .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
+                let mask = mask
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .map(prep_null_mask_filter)
+                    .ok_or_else(|| EngineError::User("FILTER must be a boolean".into()))?;
+                values = values
+                    .iter()
+                    .map(|v| filter(v.as_ref(), &mask))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
+            }
+            acc.update_batch(&values)
+                .map_err(df("updating aggregates"))?;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bytes += target.size();
+        self.by_end.insert((target.end, id));
+        self.by_key.entry(target.key.clone()).or_default().push(id);
+        self.sessions.insert(id, target);
+        Ok(())
+    }
+
+    /// Emits every session that ends at or before `watermark`.
+    async fn fire(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        let mut done = Vec::new();
+        while let Some(&(end, id)) = self.by_end.first() {
+            if end > watermark {
+                break;
+            }
+            done.push(self.remove(id).expect("indexed"));
+        }
+        for chunk in done.chunks_mut(8192) {
+            let starts: Vec<i64> = chunk.iter().map(|s| s.start).collect();
+            let ends: Vec<i64> = chunk.iter().map(|s| s.end).collect();
+            let window = window_array(
+                TimestampMillisecondArray::from(starts).with_timezone(TZ),
+                TimestampMillisecondArray::from(ends).with_timezone(TZ),
+            );
+            let keys: Vec<ArrayRef> = match &self.converter {
+                Some(c) => {
+                    let parser = c.parser();
+                    c.convert_rows(chunk.iter().map(|s| parser.parse(&s.key)))
+                        .map_err(|e| EngineError::arrow("decoding session keys", e))?
+                }
+                None => vec![],
+            };
+            let mut values = Vec::with_capacity(self.parts.aggs.len());
+            for i in 0..self.parts.aggs.len() {
+                let scalars: Vec<ScalarValue> = chunk
+                    .iter_mut()
+                    .map(|s| s.accs[i].evaluate())
+                    .collect::<datafusion::error::Result<_>>()
+                    .map_err(df("evaluating aggregates"))?;
+                values.push(
+                    ScalarValue::iter_to_array(scalars).map_err(df("evaluating aggregates"))?,
+                );
+            }
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.parts.output.fields().len());
+            let mut keys = keys.into_iter();
+            for i in 0..self.parts.keys.len() + 1 {
+                if i == self.parts.window_pos {
+                    columns.push(window.clone());
+                } else {
+                    columns.push(keys.next().ok_or_else(|| {
+                        EngineError::User("session state lost a key column".into())
+                    })?);
+                }
+            }
+            columns.extend(values);
+            let columns = conform_columns(&self.parts.output, columns)?;
+            let batch = RecordBatch::try_new(self.parts.output.clone(), columns)
+                .map_err(|e| EngineError::arrow("building session results", e))?;
+            out.emit(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for SessionAggOperator {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let times = event_times_ms(evaluate(&self.parts.time, &batch)?.as_ref())?;
+        let keys: Vec<ArrayRef> = self
+            .parts
+            .keys
+            .iter()
+            .map(|k| evaluate(k, &batch))
+            .collect::<Result<_>>()?;
+        let rows = match &self.converter {
+            Some(c) => Some(
+                c.convert_columns(&keys)
+                    .map_err(|e| EngineError::arrow("encoding session keys", e))?,
+            ),
+            None => None,
+        };
+        let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.parts.aggs.len());
+        for agg in &self.parts.aggs {
+            args.push(
+                agg.expressions()
+                    .iter()
+                    .map(|e| evaluate(e, &batch))
+                    .collect::<Result<_>>()?,
+            );
+        }
+        let filters: Vec<Option<ArrayRef>> = self
+            .parts
+            .filters
+            .iter()
+            .map(|f| f.as_ref().map(|f| evaluate(f, &batch)).transpose())
+            .collect::<Result<_>>()?;
+
+        // Rows by key, then by time within a key.
+        let mut per_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
+        let mut null_times = 0u64;
+        for i in 0..batch.num_rows() {
+            if times.is_null(i) {
+                null_times += 1;
+                continue;
+            }
+            let key: &[u8] = match &rows {
+                Some(r) => r.row(i).data(),
+                None => &[],
+            };
+            per_key.entry(key).or_default().push(i as u32);
+        }
+        if null_times > 0 {
+            out.bad_records().report(
+                crate::dlq::BadRecordReason::Processing,
+                &format!(
+                    "{null_times} row(s) with a NULL event time cannot be placed in a session"
+                ),
+                &[],
+            );
+        }
+        let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
+        for (key, mut idx) in per_key {
+            idx.sort_by_key(|&i| times.value(i as usize));
+            // The batch's own sessions for this key, before meeting the state.
+            let mut current: Option<(i64, i64, Vec<u32>)> = None;
+            for i in idx {
+                let t = times.value(i as usize);
+                match current.as_mut() {
+                    Some((_, end, rows)) if t < *end => {
+                        *end = (*end).max(t.saturating_add(self.gap));
+                        rows.push(i);
+                    }
+                    _ => {
+                        if let Some((s, e, r)) = current.take() {
+                            work.push((key.into(), s, e, r));
+                        }
+                        current = Some((t, t.saturating_add(self.gap), vec![i]));
+                    }
+                }
+            }
+            if let Some((s, e, r)) = current {
+                work.push((key.into(), s, e, r));
+            }
+        }
+        for (key, start, end, rows) in work {
+            self.add(&key, start, end, &rows, &args, &filters)?;
+        }
+        self.check_state()
+    }
+
+    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        self.fire(self.watermark, out).await?;
+        self.check_state()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    /// Gaps-and-islands per key over all events, whatever their order: the sessions a
+    /// bounded input must produce when nothing is late.
+    pub(crate) fn islands(events: &[(i64, i64)], gap: i64) -> BTreeMap<(i64, i64), Vec<i64>> {
+        let mut by_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for (k, t) in events {
+            by_key.entry(*k).or_default().push(*t);
+        }
+        let mut out = BTreeMap::new();
+        for (k, mut ts) in by_key {
+            ts.sort();
+            let mut start = ts[0];
+            let mut members = vec![];
+            let mut last = ts[0];
+            for t in ts {
+                if t >= last + gap {
+                    out.insert((k, start), std::mem::take(&mut members));
+                    start = t;
+                }
+                members.push(t);
+                last = t;
+            }
+            out.insert((k, start), members);
+        }
+        out
+    }
+
+    #[test]
+    fn islands_split_at_the_gap() {
+        let got = islands(&[(1, 10), (1, 0), (1, 4), (2, 3), (1, 20)], 5);
+        let keys: Vec<_> = got.keys().copied().collect();
+        assert_eq!(keys, vec![(1, 0), (1, 10), (1, 20), (2, 3)]);
+    }
+}
