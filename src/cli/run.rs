@@ -118,6 +118,9 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
             return ExitCode::from(2);
         }
         print!("{}", g.explain());
+        for lookup in &planned.lookups {
+            println!("  {lookup}");
+        }
         for (name, stage) in &planned.stages {
             println!("\nSQL stage {name}, DataFusion physical plan (evaluated per batch):");
             for line in stage.physical_plan().lines() {

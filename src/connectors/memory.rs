@@ -102,3 +102,64 @@ impl Source for MemoryTask {
         Ok(())
     }
 }
+
+/// Collects every batch it receives, in arrival order per partition, into a shared
+/// list — for tests, tools, and loading a bounded input into memory.
+#[derive(Clone, Default)]
+pub struct MemorySink {
+    batches: Arc<std::sync::Mutex<Vec<RecordBatch>>>,
+}
+
+impl MemorySink {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Everything received so far.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.batches.lock().expect("memory sink lock").clone()
+    }
+}
+
+impl crate::engine::SinkFactory for MemorySink {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn create(&self, _task: &TaskInfo, _schema: SchemaRef) -> Result<Box<dyn crate::engine::Sink>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+#[async_trait]
+impl crate::engine::Sink for MemorySink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.batches.lock().expect("memory sink lock").push(batch);
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a bounded source to its end (one task) and returns what it produced.
+pub async fn read_all(name: &str, source: Arc<dyn SourceFactory>) -> Result<Vec<RecordBatch>> {
+    if !source.bounded() {
+        return Err(
+            EngineError::User(format!("{name} is unbounded: it cannot be read whole")).into(),
+        );
+    }
+    let sink = MemorySink::new();
+    let mut graph = crate::engine::Graph::new(name);
+    let src = graph.add_source(name, source, 1);
+    graph.add_sink(
+        "memory",
+        Arc::new(sink.clone()),
+        1,
+        src,
+        crate::engine::Partitioning::Forward,
+    )?;
+    crate::engine::Runtime::run(graph, Default::default(), futures::future::pending()).await?;
+    Ok(sink.batches())
+}

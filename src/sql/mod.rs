@@ -13,6 +13,7 @@
 //!   write instead.
 
 mod ddl;
+mod lookup;
 pub(crate) mod planner;
 mod session;
 mod stage;

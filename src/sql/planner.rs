@@ -18,6 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
+use super::lookup::{LookupPartition, LookupTable};
 use super::stage::{SlotPartition, SqlOperatorFactory};
 use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use super::{SqlError, SqlText};
@@ -27,6 +28,10 @@ use crate::engine::EventTime;
 use crate::engine::{Graph, NodeId, Partitioning};
 use crate::error::Location;
 use datafusion::physical_plan::ExecutionPlan;
+
+/// Names of the lookup tables of one planning session.
+#[derive(Debug, Default)]
+struct LookupNames(std::sync::Mutex<std::collections::BTreeSet<String>>);
 
 /// Settings the planner applies to every node it creates.
 #[derive(Debug, Clone)]
@@ -150,6 +155,8 @@ impl StagePlan {
 pub struct PlannedPipeline {
     pub graph: Graph,
     pub stages: Vec<(String, Arc<SqlOperatorFactory>)>,
+    /// The lookup tables the stages join with, described for `explain`.
+    pub lookups: Vec<String>,
 }
 
 /// Plans streaming SQL on DataFusion. Holds the Rust scalar UDFs registered through the
@@ -192,6 +199,7 @@ impl SqlPlanner {
         opts.optimizer.repartition_aggregations = false;
         opts.optimizer.repartition_windows = false;
         opts.optimizer.enable_round_robin_repartition = false;
+        let config = config.with_extension(Arc::new(LookupNames::default()));
         let ctx = SessionContext::new_with_config(config);
         for udf in self.udfs.iter().chain(super::window::window_udfs().iter()) {
             ctx.register_udf(udf.as_ref().clone());
@@ -200,6 +208,35 @@ impl SqlPlanner {
         // be rewritten into two GROUP BYs: the window operator is one aggregate.
         ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
         ctx
+    }
+
+    /// The lookup tables registered in `ctx`.
+    fn lookups_in(&self, ctx: &SessionContext) -> std::collections::BTreeSet<String> {
+        ctx.state()
+            .config()
+            .get_extension::<LookupNames>()
+            .map(|l| l.0.lock().expect("lookup names").clone())
+            .unwrap_or_default()
+    }
+
+    fn register_lookup(
+        ctx: &SessionContext,
+        table: Arc<LookupTable>,
+        schema: SchemaRef,
+    ) -> Result<()> {
+        let name = table.name.clone();
+        let part: Arc<dyn PartitionStream> = Arc::new(LookupPartition {
+            schema: schema.clone(),
+            table,
+        });
+        let provider = StreamingTable::try_new(schema, vec![part])
+            .map_err(|e| crate::engine::EngineError::datafusion("registering lookup table", e))?;
+        ctx.register_table(name.as_str(), Arc::new(provider))
+            .map_err(|e| crate::engine::EngineError::datafusion("registering lookup table", e))?;
+        if let Some(names) = ctx.state().config().get_extension::<LookupNames>() {
+            names.0.lock().expect("lookup names").insert(name);
+        }
+        Ok(())
     }
 
     fn register_input(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
@@ -270,7 +307,7 @@ impl SqlPlanner {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| plan_error(sql, location, e))?;
-        let input = check_streamable(&optimized, location)?;
+        let input = check_streamable(&optimized, location, &self.lookups_in(ctx))?;
         let physical = state
             .create_physical_plan(&plan)
             .await
@@ -379,6 +416,7 @@ impl SqlPlanner {
         );
         let mut sources: BTreeMap<String, SourceDecl> = BTreeMap::new();
         let mut event_times: BTreeMap<String, String> = BTreeMap::new();
+        let mut lookups: Vec<String> = Vec::new();
         let mut sinks: BTreeMap<String, (Option<SchemaRef>, TableDecl, usize)> = BTreeMap::new();
         for decl in &parsed.tables {
             let declared = Self::declared_schema(&ctx, decl, sql).await?;
@@ -403,14 +441,18 @@ impl SqlPlanner {
                 location: decl.location.clone(),
                 message: format!("table {}: {message}", decl.name),
             })?;
+            let lookup = take_lookup(&mut options).map_err(|message| SqlError::Plan {
+                location: decl.location.clone(),
+                message: format!("table {}: {message}", decl.name),
+            })?;
             let is_sink = sink_names.contains(&decl.name.as_str());
             let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
             if is_sink || sink_only {
-                if event_time.is_some() {
+                if event_time.is_some() || lookup.is_some() {
                     return Err(SqlError::Plan {
                         location: decl.location.clone(),
                         message: format!(
-                            "table {} is a sink: event_time_field, watermark_delay and idle_timeout apply to sources",
+                            "table {} is a sink: event_time_field, watermark_delay, idle_timeout and lookup apply to sources",
                             decl.name
                         ),
                     }
@@ -432,6 +474,25 @@ impl SqlPlanner {
                         location: decl.location.clone(),
                         source: Box::new(e),
                     })?;
+            if let Some(refresh) = lookup {
+                if event_time.is_some() || !factory.bounded() {
+                    return Err(SqlError::Plan {
+                        location: decl.location.clone(),
+                        message: format!(
+                            "table {}: a lookup table is read whole and joined with streams, so it must be a \
+                             bounded source (a file, or a generator reference stream such as restaurants) \
+                             without event time",
+                            decl.name
+                        ),
+                    }
+                    .into());
+                }
+                let schema = factory.schema();
+                let table = Arc::new(LookupTable::new(&decl.name, factory, refresh));
+                lookups.push(table.describe());
+                Self::register_lookup(&ctx, table, schema)?;
+                continue;
+            }
             Self::register_input(&ctx, &decl.name, factory.schema())?;
             if let Some((et, _)) = &event_time {
                 event_times.insert(decl.name.clone(), et.column.clone());
@@ -566,7 +627,11 @@ impl SqlPlanner {
                 tracing::warn!(table = %name, at = %location, "source table is never read");
             }
         }
-        Ok(PlannedPipeline { graph, stages })
+        Ok(PlannedPipeline {
+            graph,
+            stages,
+            lookups,
+        })
     }
 }
 
@@ -612,7 +677,24 @@ fn cast_to(
 
 /// Refuses plans that cannot run batch by batch on an unbounded stream, and returns the
 /// one input table the plan reads.
-fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
+fn check_streamable(
+    plan: &LogicalPlan,
+    location: &Location,
+    lookups: &std::collections::BTreeSet<String>,
+) -> Result<String> {
+    use datafusion::logical_expr::JoinType;
+    let is_lookup = |side: &LogicalPlan| {
+        let mut all = true;
+        let mut any = false;
+        let _ = side.apply(|n| {
+            if let LogicalPlan::TableScan(scan) = n {
+                any = true;
+                all &= lookups.contains(scan.table_name.table());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        any && all
+    };
     let mut refusal: Option<String> = None;
     let mut tables: Vec<String> = Vec::new();
     let mut aggregates = 0;
@@ -636,10 +718,22 @@ fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
                  with the source's event_time_field declared. Results that update without a window (a changelog) \
                  are not supported yet",
             ),
-            LogicalPlan::Join(_) => Some(
-                "joins between streams need bounded state (interval or window joins), which come with the stateful SQL work; \
-                 write one INSERT per input for now",
-            ),
+            LogicalPlan::Join(j) => {
+                let (left, right) = (is_lookup(&j.left), is_lookup(&j.right));
+                match (left, right, j.join_type) {
+                    (false, true, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti)
+                    | (true, false, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti) => None,
+                    (false, true, _) | (true, false, _) => Some(
+                        "a join with a lookup table keeps the stream's rows: use JOIN or LEFT JOIN with the stream \
+                         on the left (a RIGHT or FULL join would emit the whole lookup table for every batch)",
+                    ),
+                    _ => Some(
+                        "joins between two streams need bounded state (interval or window joins), which come with the \
+                         stateful SQL work; to enrich a stream with reference data, declare that table with \
+                         lookup = 'true'",
+                    ),
+                }
+            }
             LogicalPlan::Window(_) => Some(
                 "window functions (OVER …) need ordered state over the stream, which comes with the stateful SQL work",
             ),
@@ -672,6 +766,8 @@ fn check_streamable(plan: &LogicalPlan, location: &Location) -> Result<String> {
         }
         .into());
     }
+    tables.retain(|t| !lookups.contains(t));
+    tables.sort();
     tables.dedup();
     match tables.as_slice() {
         [one] => Ok(one.clone()),
@@ -893,4 +989,39 @@ fn split_window_aggregate(
         },
         upper,
     }))
+}
+
+/// Reads (and removes) a table's lookup options: `lookup = 'true'` and
+/// `refresh_interval`. `None`: not a lookup table; `Some(refresh)`: a lookup table.
+fn take_lookup(
+    options: &mut BTreeMap<String, String>,
+) -> std::result::Result<Option<Option<std::time::Duration>>, String> {
+    let lookup = options.remove("lookup");
+    let refresh = options.remove("refresh_interval");
+    let is_lookup = match lookup.as_deref().map(str::trim) {
+        None => false,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(format!("lookup = '{other}': expected 'true' or 'false'")),
+    };
+    if !is_lookup {
+        return match refresh {
+            Some(_) => Err("refresh_interval applies to lookup tables (lookup = 'true')".into()),
+            None => Ok(None),
+        };
+    }
+    let refresh = refresh
+        .map(|v| {
+            connectors::parse_duration(&v)
+                .map_err(|e| format!("refresh_interval = '{v}': {e}"))
+                .and_then(|d| {
+                    if d.is_zero() {
+                        Err("refresh_interval must be longer than 0s".to_string())
+                    } else {
+                        Ok(d)
+                    }
+                })
+        })
+        .transpose()?;
+    Ok(Some(refresh))
 }

@@ -101,6 +101,7 @@ impl OperatorFactory for SqlOperatorFactory {
             base.runtime_env(),
         );
         Ok(Box::new(SqlOperator {
+            fresh_plan_per_batch: has_join(&self.plan),
             plan: self.plan.clone(),
             ctx: Arc::new(ctx),
             slot,
@@ -110,8 +111,16 @@ impl OperatorFactory for SqlOperatorFactory {
     }
 }
 
+/// `true` when the plan holds a join: DataFusion's joins keep their build side for
+/// the life of the plan instance, which must not outlive one batch.
+fn has_join(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.name().contains("Join") || plan.children().into_iter().any(has_join)
+}
+
 struct SqlOperator {
     plan: Arc<dyn ExecutionPlan>,
+    /// Reset the plan's state before each batch (plans with joins).
+    fresh_plan_per_batch: bool,
     ctx: Arc<TaskContext>,
     slot: Arc<BatchSlot>,
     task: String,
@@ -123,8 +132,15 @@ impl SqlOperator {
     /// emitted when evaluation fails half way).
     async fn eval(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         *self.slot.0.lock().expect("slot lock") = Some(batch);
-        let mut stream = self
-            .plan
+        let plan = if self.fresh_plan_per_batch {
+            datafusion::physical_plan::execution_plan::reset_plan_states(self.plan.clone())
+                .map_err(|e| {
+                    EngineError::datafusion(format!("{}: resetting the plan", self.task), e)
+                })?
+        } else {
+            self.plan.clone()
+        };
+        let mut stream = plan
             .execute(0, self.ctx.clone())
             .map_err(|e| EngineError::datafusion(format!("{}: executing", self.task), e))?;
         let mut out = Vec::new();

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 
 pub fn bin() -> &'static str {
@@ -85,6 +86,16 @@ pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Every line of every file in `dir` (a sink's output at parallelism > 1), parsed.
+pub fn json_lines_in(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+    {
+        out.extend(json_lines(&e.unwrap().path()));
+    }
+    out
+}
+
 /// Rows as canonical JSON strings, sorted: a multiset to compare results by.
 pub fn canonical(rows: &[serde_json::Value]) -> Vec<String> {
     let mut out: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
@@ -104,6 +115,31 @@ pub fn batches_as_json(batches: &[RecordBatch]) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Splits JSON lines into the batch of lines arrow-json accepts for `schema` and the
+/// number it refuses.
+pub fn good_rows(text: &str, schema: &SchemaRef) -> (Vec<RecordBatch>, u64) {
+    let mut good = String::new();
+    let mut bad = 0;
+    for line in text.lines() {
+        let one = arrow::json::ReaderBuilder::new(schema.clone())
+            .build(std::io::Cursor::new(line.as_bytes()))
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>());
+        match one {
+            Ok(b) if b.iter().map(|b| b.num_rows()).sum::<usize>() == 1 => {
+                good.push_str(line);
+                good.push('\n');
+            }
+            _ => bad += 1,
+        }
+    }
+    let batches = arrow::json::ReaderBuilder::new(schema.clone())
+        .build(std::io::Cursor::new(good.into_bytes()))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    (batches, bad)
 }
 
 /// Runs `sql` with DataFusion in batch mode over `ctx`.

@@ -8,6 +8,7 @@ mod common;
 
 mod cli_errors;
 mod lifecycle;
+mod lookup;
 mod sinks;
 mod sql_oracle;
 mod windows;

@@ -5,36 +5,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
 use datafusion::prelude::SessionContext;
 
 use crate::common::*;
-
-/// Splits JSON lines into the batch of lines arrow-json accepts for `schema` and the
-/// number it refuses.
-fn decode_good_lines(text: &str, schema: &SchemaRef) -> (Vec<RecordBatch>, u64) {
-    let mut good = String::new();
-    let mut bad = 0;
-    for line in text.lines() {
-        let one = arrow::json::ReaderBuilder::new(schema.clone())
-            .build(std::io::Cursor::new(line.as_bytes()))
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>());
-        match one {
-            Ok(b) if b.iter().map(|b| b.num_rows()).sum::<usize>() == 1 => {
-                good.push_str(line);
-                good.push('\n');
-            }
-            _ => bad += 1,
-        }
-    }
-    let batches = arrow::json::ReaderBuilder::new(schema.clone())
-        .build(std::io::Cursor::new(good.into_bytes()))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    (batches, bad)
-}
 
 const GEN: &str = "stream = 'orders', seed = '11', count = '20000', rate = '0', \
                    out_of_order = '5s', duplicate_fraction = '0.02', malformed_fraction = '0.01'";
@@ -90,7 +63,7 @@ async fn generator_sql_stages_match_datafusion_batch_over_the_same_events() {
 
     let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
     let input = std::fs::read_to_string(d.join("input.jsonl")).unwrap();
-    let (batches, bad) = decode_good_lines(&input, &schema);
+    let (batches, bad) = good_rows(&input, &schema);
     assert!(
         bad > 50,
         "the input should hold malformed records, found {bad}"
@@ -160,17 +133,14 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
     let o = run(d, &["run", "p.yaml"]);
     ok(&o);
 
-    let mut got = Vec::new();
-    for e in std::fs::read_dir(d.join("out")).unwrap() {
-        got.extend(json_lines(&e.unwrap().path()));
-    }
+    let got = json_lines_in(&d.join("out"));
 
     let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
     let mut all = String::new();
     for f in ["in/a.jsonl", "in/b.jsonl"] {
         all.push_str(&std::fs::read_to_string(d.join(f)).unwrap());
     }
-    let (batches, bad) = decode_good_lines(&all, &schema);
+    let (batches, bad) = good_rows(&all, &schema);
     assert_eq!(bad, 0);
     let ctx = SessionContext::new();
     let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();

@@ -153,25 +153,10 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
 
     // The good rows, in the order the generator produced them.
     let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
-    let mut good = String::new();
-    for line in std::fs::read_to_string(d.join("input.jsonl"))
-        .unwrap()
-        .lines()
-    {
-        let one = arrow::json::ReaderBuilder::new(schema.clone())
-            .build(std::io::Cursor::new(line.as_bytes()))
-            .and_then(|r| r.collect::<Result<Vec<_>, _>>());
-        if matches!(&one, Ok(b) if b.iter().map(|b| b.num_rows()).sum::<usize>() == 1) {
-            good.push_str(line);
-            good.push('\n');
-        }
-    }
-    let batches: Vec<RecordBatch> = arrow::json::ReaderBuilder::new(schema.clone())
-        .with_batch_size(1_000_000)
-        .build(std::io::Cursor::new(good.into_bytes()))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let (batches, _) = good_rows(
+        &std::fs::read_to_string(d.join("input.jsonl")).unwrap(),
+        &schema,
+    );
     let orders = arrow::compute::concat_batches(&schema, &batches).unwrap();
     let times = tributary::engine::event_times_ms(
         orders

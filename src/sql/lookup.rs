@@ -1,0 +1,220 @@
+//! Lookup tables: reference data a stream is joined with (enrichment).
+//!
+//! A table declared with `lookup = 'true'` is read whole from its (bounded) connector —
+//! a file of restaurants, the generator's `menu_items` — and kept in memory; every
+//! batch of the stream is joined with the current snapshot by DataFusion's own join,
+//! inside the per-batch SQL stage. With `refresh_interval`, the snapshot is read again
+//! when it is older than that, so a changed file is picked up without a restart.
+//!
+//! Invariants:
+//! - A lookup table is loaded at most once at a time, on first use, by whichever task
+//!   needs it first; every task then shares the same snapshot.
+//! - Misses follow the SQL: `LEFT JOIN` keeps the row with NULLs, `JOIN` drops it.
+//! - A refresh that fails keeps the previous snapshot and logs the error; a first load
+//!   that fails fails the pipeline, naming the table.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use futures::StreamExt;
+
+use crate::engine::SourceFactory;
+
+type Snapshot = Arc<Vec<RecordBatch>>;
+
+pub(crate) struct LookupTable {
+    pub(crate) name: String,
+    source: Arc<dyn SourceFactory>,
+    refresh: Option<Duration>,
+    current: tokio::sync::Mutex<Option<(Instant, Snapshot)>>,
+}
+
+impl std::fmt::Debug for LookupTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupTable")
+            .field("name", &self.name)
+            .field("refresh", &self.refresh)
+            .finish()
+    }
+}
+
+impl LookupTable {
+    pub(crate) fn new(
+        name: &str,
+        source: Arc<dyn SourceFactory>,
+        refresh: Option<Duration>,
+    ) -> Self {
+        LookupTable {
+            name: name.into(),
+            source,
+            refresh,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "lookup table {}: {}{}",
+            self.name,
+            self.source.describe(),
+            self.refresh
+                .map(|r| format!(", refreshed every {r:?}"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// The snapshot to join with: loaded on first use, reloaded when older than the
+    /// refresh interval.
+    async fn snapshot(&self) -> crate::Result<Snapshot> {
+        let mut current = self.current.lock().await;
+        let due = match (&*current, self.refresh) {
+            (None, _) => true,
+            (Some((at, _)), Some(every)) => at.elapsed() >= every,
+            (Some(_), None) => false,
+        };
+        if due {
+            let t = Instant::now();
+            match crate::connectors::memory::read_all(&self.name, self.source.clone()).await {
+                Ok(batches) => {
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    tracing::info!(
+                        table = %self.name,
+                        rows,
+                        millis = t.elapsed().as_millis() as u64,
+                        "lookup table loaded"
+                    );
+                    *current = Some((Instant::now(), Arc::new(batches)));
+                }
+                Err(e) => match &mut *current {
+                    Some((at, _)) => {
+                        tracing::warn!(table = %self.name, error = %e, "lookup table refresh failed; keeping the previous data");
+                        *at = Instant::now();
+                    }
+                    None => {
+                        return Err(crate::engine::EngineError::User(format!(
+                            "lookup table {}: {e}",
+                            self.name
+                        ))
+                        .into());
+                    }
+                },
+            }
+        }
+        Ok(current.as_ref().expect("loaded above").1.clone())
+    }
+}
+
+/// The lookup table as DataFusion sees it: one partition yielding the snapshot.
+#[derive(Debug)]
+pub(crate) struct LookupPartition {
+    pub(crate) schema: SchemaRef,
+    pub(crate) table: Arc<LookupTable>,
+}
+
+impl PartitionStream for LookupPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let table = self.table.clone();
+        let batches = futures::stream::once(async move {
+            table
+                .snapshot()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        })
+        .flat_map(|r| {
+            let items: Vec<datafusion::error::Result<RecordBatch>> = match r {
+                Ok(s) => s.iter().cloned().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connectors::{Options, TableRequest};
+
+    fn file_table(dir: &std::path::Path, refresh: Option<Duration>) -> LookupTable {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
+        ]));
+        let req = TableRequest {
+            table: "ref",
+            schema: Some(schema),
+            base_dir: dir,
+        };
+        let opts = Options::new(
+            "ref",
+            "file",
+            [("path", "ref.jsonl"), ("format", "json")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        LookupTable::new(
+            "ref",
+            crate::connectors::source(&req, opts).unwrap(),
+            refresh,
+        )
+    }
+
+    fn rows(s: &Snapshot) -> usize {
+        s.iter().map(|b| b.num_rows()).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_file_is_picked_up_after_the_refresh_interval_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ref.jsonl"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+        let refreshed = file_table(dir.path(), Some(Duration::from_millis(1)));
+        let fixed = file_table(dir.path(), None);
+        assert_eq!(rows(&refreshed.snapshot().await.unwrap()), 2);
+        assert_eq!(rows(&fixed.snapshot().await.unwrap()), 2);
+        std::fs::write(
+            dir.path().join("ref.jsonl"),
+            "{\"id\": 1}\n{\"id\": 2}\n{\"id\": 3}\n",
+        )
+        .unwrap();
+        // The refresh is by age: let the 1 ms interval pass.
+        let loaded = Instant::now();
+        while loaded.elapsed() < Duration::from_millis(2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rows(&refreshed.snapshot().await.unwrap()), 3);
+        assert_eq!(
+            rows(&fixed.snapshot().await.unwrap()),
+            2,
+            "no refresh_interval: loaded once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_previous_data_and_a_failed_first_load_names_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ref.jsonl"), "{\"id\": 1}\n").unwrap();
+        let t = file_table(dir.path(), Some(Duration::from_millis(1)));
+        let never_loaded = file_table(dir.path(), None);
+        assert_eq!(rows(&t.snapshot().await.unwrap()), 1);
+        std::fs::remove_file(dir.path().join("ref.jsonl")).unwrap();
+        let loaded = Instant::now();
+        while loaded.elapsed() < Duration::from_millis(2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rows(&t.snapshot().await.unwrap()), 1);
+        let err = never_loaded.snapshot().await.unwrap_err().to_string();
+        assert!(err.contains("lookup table ref"), "{err}");
+    }
+}
