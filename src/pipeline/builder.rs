@@ -77,6 +77,12 @@ impl PipelineBuilder {
         self
     }
 
+    /// How long keyed state without a window (ROW_NUMBER dedup) keeps a quiet key.
+    pub fn state_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.stage_options.state_ttl = Some(ttl);
+        self
+    }
+
     pub fn runtime_settings(mut self, settings: RuntimeSettings) -> Self {
         self.runtime = settings;
         self

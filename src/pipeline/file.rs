@@ -9,7 +9,7 @@
 //! errors:
 //!   on_bad_record: drop         # undecodable input (the dead-letter work adds dead-letter)
 //!   on_processing_error: fail   # a row SQL cannot evaluate: fail | drop
-//! state: { memory_limit: 1GB }  # per task of a stateful operator; default from configuration
+//! state: { memory_limit: 1GB, ttl: 1h }  # per task of a stateful operator; key TTL (dedup)
 //! connectors:                   # per-table options, added to / overriding WITH (…)
 //!   orders: { rate: 200 }
 //! ```
@@ -47,6 +47,9 @@ pub struct PipelineFile {
 pub struct StateFile {
     /// Most state one task of a stateful operator may hold, e.g. `512MB`.
     pub memory_limit: Option<String>,
+    /// How long keyed state without a window (ROW_NUMBER dedup) keeps a quiet key,
+    /// in event time, e.g. `1h`.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +291,14 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             return Err(invalid(at("memory_limit"), "memory_limit must be positive"));
         }
         plan.state_memory_limit = Some(bytes);
+    }
+    if let Some(ttl) = file.state.as_ref().and_then(|s| s.ttl.as_ref()) {
+        let d = crate::connectors::parse_duration(ttl)
+            .map_err(|e| invalid(at("ttl"), format!("ttl '{ttl}': {e}")))?;
+        if d.is_zero() {
+            return Err(invalid(at("ttl"), "ttl must be longer than 0s"));
+        }
+        plan.state_ttl = Some(d);
     }
     for (table, options) in &file.connectors {
         plan.table_options.insert(

@@ -15,6 +15,7 @@
 mod ddl;
 mod lookup;
 pub(crate) mod planner;
+pub mod rank;
 mod session;
 mod stage;
 pub mod udf;

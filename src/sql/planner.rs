@@ -19,6 +19,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
 use super::lookup::{LookupPartition, LookupTable};
+use super::rank::RankFactory;
 use super::stage::{SlotPartition, SqlOperatorFactory};
 use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use super::{SqlError, SqlText};
@@ -48,6 +49,9 @@ pub struct PlanSettings {
     /// Most bytes of state one task of a stateful operator may hold; over it the
     /// pipeline fails with an error naming the operator, rather than swapping.
     pub state_memory_limit: Option<u64>,
+    /// How long keyed state without a window (row_number) keeps a quiet key, in event
+    /// time; `None`: forever (bounded by the memory limit).
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 /// What a SQL stage is told besides its query.
@@ -55,6 +59,7 @@ pub struct PlanSettings {
 pub struct StageOptions {
     pub on_error: ErrorPolicy,
     pub state_memory_limit: Option<u64>,
+    pub state_ttl: Option<std::time::Duration>,
 }
 
 impl Default for StageOptions {
@@ -62,6 +67,7 @@ impl Default for StageOptions {
         StageOptions {
             on_error: ErrorPolicy::Fail,
             state_memory_limit: None,
+            state_ttl: None,
         }
     }
 }
@@ -74,19 +80,25 @@ impl Default for PlanSettings {
             table_options: BTreeMap::new(),
             table_options_origin: None,
             state_memory_limit: None,
+            state_ttl: None,
         }
     }
 }
 
-/// One query as the engine runs it: a stateless SQL stage, or a windowed aggregate
-/// cut in three (per-batch stage below the aggregate, the aggregate, per-batch stage
-/// above it).
+/// One query as the engine runs it: a stateless SQL stage, or a query with one
+/// stateful operator (windowed aggregate, row_number) cut in three: per-batch stage
+/// below it, the keyed operator, per-batch stage above it.
 #[derive(Clone)]
 pub enum StagePlan {
     Stateless(Arc<SqlOperatorFactory>),
-    Windowed {
+    Stateful {
         lower: Arc<SqlOperatorFactory>,
-        aggregate: Arc<WindowAggFactory>,
+        operator: Arc<dyn crate::engine::OperatorFactory>,
+        /// Node name suffix of the operator (`window`, `rank`).
+        kind: &'static str,
+        /// Columns of the lower stage's output that key the operator; `None` (a
+        /// computed key) or empty (no key): the operator runs as one task.
+        key_columns: Option<Vec<usize>>,
         upper: Arc<SqlOperatorFactory>,
     },
 }
@@ -107,9 +119,11 @@ impl StagePlan {
                 let id = graph.add_operator(name, stage.clone(), parallelism, input, partitioning);
                 Ok((id, vec![(graph.nodes[id].name.clone(), stage.clone())]))
             }
-            StagePlan::Windowed {
+            StagePlan::Stateful {
                 lower,
-                aggregate,
+                operator,
+                kind,
+                key_columns,
                 upper,
             } => {
                 let low = graph.add_operator(
@@ -121,13 +135,15 @@ impl StagePlan {
                 );
                 // Rows of one key must meet in one task: route by the key columns, or
                 // run the aggregate as one task when a key is computed or absent.
-                let (routing, agg_parallelism) = match aggregate.key_columns() {
-                    Some(cols) if !cols.is_empty() => (Partitioning::Hash(cols), parallelism),
+                let (routing, agg_parallelism) = match key_columns {
+                    Some(cols) if !cols.is_empty() => {
+                        (Partitioning::Hash(cols.clone()), parallelism)
+                    }
                     _ => (Partitioning::RoundRobin, 1),
                 };
                 let agg = graph.add_operator(
-                    &format!("{name}_window"),
-                    aggregate.clone(),
+                    &format!("{name}_{kind}"),
+                    operator.clone(),
                     agg_parallelism,
                     low,
                     routing,
@@ -290,6 +306,7 @@ impl SqlPlanner {
         target: Option<&SchemaRef>,
         target_name: &str,
         options: StageOptions,
+        event_times: &BTreeMap<String, String>,
     ) -> Result<(StagePlan, String)> {
         let on_error = options.on_error;
         let text = query.to_string();
@@ -321,22 +338,43 @@ impl SqlPlanner {
                 on_error,
             })
         };
-        let planned = match split_window_aggregate(&physical).map_err(|message| SqlError::Plan {
+        let refuse = |message: String| SqlError::Plan {
             location: location.clone(),
             message,
-        })? {
-            None => StagePlan::Stateless(stage(physical, text)),
-            Some(split) => StagePlan::Windowed {
+        };
+        let planned = if let Some(split) = split_window_aggregate(&physical).map_err(refuse)? {
+            let aggregate = WindowAggFactory {
+                memory_limit: options.state_memory_limit,
+                ..split.aggregate
+            };
+            StagePlan::Stateful {
                 lower: stage(
                     split.lower,
                     format!("(input of the window aggregate) {text}"),
                 ),
-                aggregate: Arc::new(WindowAggFactory {
-                    memory_limit: options.state_memory_limit,
-                    ..split.aggregate
-                }),
+                key_columns: aggregate.key_columns(),
+                operator: Arc::new(aggregate),
+                kind: "window",
                 upper: stage(split.upper, text),
-            },
+            }
+        } else if let Some(split) =
+            split_row_number(&physical, event_times.get(&input).map(String::as_str))
+                .map_err(refuse)?
+        {
+            let rank = RankFactory {
+                memory_limit: options.state_memory_limit,
+                ttl: options.state_ttl,
+                ..split.rank
+            };
+            StagePlan::Stateful {
+                lower: stage(split.lower, format!("(input of row_number) {text}")),
+                key_columns: rank.key_columns(),
+                operator: Arc::new(rank),
+                kind: "rank",
+                upper: stage(split.upper, text),
+            }
+        } else {
+            StagePlan::Stateless(stage(physical, text))
         };
         Ok((planned, input))
     }
@@ -370,7 +408,16 @@ impl SqlPlanner {
         let ctx = self.session();
         Self::register_input(&ctx, input_name, input_schema)?;
         let (stage, _) = self
-            .plan_stage(&ctx, &sql, parsed, &sql.locate(1, 1), None, "", options)
+            .plan_stage(
+                &ctx,
+                &sql,
+                parsed,
+                &sql.locate(1, 1),
+                None,
+                "",
+                options,
+                &times,
+            )
             .await?;
         Ok(stage)
     }
@@ -537,7 +584,9 @@ impl SqlPlanner {
                     StageOptions {
                         on_error: settings.on_processing_error,
                         state_memory_limit: settings.state_memory_limit,
+                        state_ttl: settings.state_ttl,
                     },
+                    &event_times,
                 )
                 .await?;
             if sinks.contains_key(&input) {
@@ -734,8 +783,17 @@ fn check_streamable(
                     ),
                 }
             }
+            LogicalPlan::Window(w) if is_row_number_by_key(w) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(
+                    "only one stateful operation (windowed GROUP BY or ROW_NUMBER) per query is supported; \
+                     write the second as its own INSERT reading the first one's sink",
+                )
+            }
             LogicalPlan::Window(_) => Some(
-                "window functions (OVER …) need ordered state over the stream, which comes with the stateful SQL work",
+                "on a stream, OVER (…) supports ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) \
+                 (deduplication with WHERE rn = 1, first N per key with WHERE rn <= N); other window \
+                 functions and orders need state that is not supported yet",
             ),
             LogicalPlan::Limit(_) => Some(
                 "LIMIT on an unbounded stream is not supported: filter rows with WHERE instead",
@@ -798,6 +856,26 @@ fn plan_error(sql: &SqlText, statement: &Location, e: DataFusionError) -> crate:
         .unwrap_or_else(|| statement.clone());
     let message = e.message().to_string();
     SqlError::Plan { location, message }.into()
+}
+
+/// `true` for `ROW_NUMBER() OVER (PARTITION BY … ORDER BY one column ASC)`, alone.
+fn is_row_number_by_key(w: &datafusion::logical_expr::Window) -> bool {
+    let [expr] = w.window_expr.as_slice() else {
+        return false;
+    };
+    let expr = match expr {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    match expr {
+        Expr::WindowFunction(f) => {
+            f.fun.name() == "row_number"
+                && !f.params.partition_by.is_empty()
+                && f.params.order_by.len() == 1
+                && f.params.order_by[0].asc
+        }
+        _ => false,
+    }
 }
 
 /// `true` when an aggregate's `GROUP BY` holds a window function.
@@ -1024,4 +1102,103 @@ fn take_lookup(
         })
         .transpose()?;
     Ok(Some(refresh))
+}
+
+/// A physical plan cut at its `ROW_NUMBER() OVER (PARTITION BY … ORDER BY time)`.
+struct RankSplit {
+    lower: Arc<dyn ExecutionPlan>,
+    rank: RankFactory,
+    upper: Arc<dyn ExecutionPlan>,
+}
+
+/// Finds the row_number window (checked by [`check_streamable`]) and cuts the plan
+/// there, dropping the sort DataFusion put below it. `None` when there is none.
+fn split_row_number(
+    plan: &Arc<dyn ExecutionPlan>,
+    event_time: Option<&str>,
+) -> std::result::Result<Option<RankSplit>, String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::expressions::Column;
+    use datafusion::physical_plan::sorts::sort::SortExec;
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+
+    fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+        if plan.downcast_ref::<BoundedWindowAggExec>().is_some()
+            || plan.downcast_ref::<WindowAggExec>().is_some()
+        {
+            return Some(plan.clone());
+        }
+        plan.children().into_iter().find_map(find)
+    }
+    let Some(node) = find(plan) else {
+        return Ok(None);
+    };
+    let (exprs, input) = match node.downcast_ref::<BoundedWindowAggExec>() {
+        Some(w) => (w.window_expr().to_vec(), w.input().clone()),
+        None => {
+            let w = node.downcast_ref::<WindowAggExec>().expect("found above");
+            (w.window_expr().to_vec(), w.input().clone())
+        }
+    };
+    let [expr] = exprs.as_slice() else {
+        return Err("one ROW_NUMBER() per query".into());
+    };
+    let [order] = expr.order_by() else {
+        return Err("ROW_NUMBER() must be ordered by one column: the event time".into());
+    };
+    let time_name = order
+        .expr
+        .downcast_ref::<Column>()
+        .map(|c| c.name().to_string());
+    let Some(event_time) = event_time else {
+        return Err(
+            "ROW_NUMBER() on a stream is ordered by event time: declare event_time_field on the source table".into(),
+        );
+    };
+    if time_name.as_deref() != Some(event_time) || order.options.descending {
+        return Err(format!(
+            "ROW_NUMBER() on a stream must be ordered by the event-time column ascending \
+             (ORDER BY {event_time}): rows are ranked once the watermark has passed them"
+        ));
+    }
+    // DataFusion sorts the input for the window; the operator orders by itself.
+    let lower = match input.downcast_ref::<SortExec>() {
+        Some(sort) => sort.input().clone(),
+        None => input,
+    };
+    let output = node.schema();
+    let slot: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
+        schema: output.clone(),
+    });
+    let scan: Arc<dyn ExecutionPlan> = Arc::new(
+        StreamingTableExec::try_new(output.clone(), vec![slot], None, vec![], false, None)
+            .map_err(|e| e.to_string())?,
+    );
+    let upper = plan
+        .clone()
+        .transform_down(|n| {
+            if Arc::ptr_eq(&n, &node) {
+                Ok(Transformed::new(
+                    scan.clone(),
+                    true,
+                    datafusion::common::tree_node::TreeNodeRecursion::Jump,
+                ))
+            } else {
+                Ok(Transformed::no(n))
+            }
+        })
+        .map_err(|e| e.to_string())?
+        .data;
+    Ok(Some(RankSplit {
+        lower,
+        rank: RankFactory {
+            keys: expr.partition_by().to_vec(),
+            time: order.expr.clone(),
+            output,
+            ttl: None,
+            memory_limit: None,
+        },
+        upper,
+    }))
 }

@@ -312,3 +312,74 @@ fn bounded_input_flushes_open_windows_at_the_end() {
         ]
     );
 }
+
+/// Deduplication of the generator's re-sent events with ROW_NUMBER, at parallelism 2
+/// (two files, rows routed by event id): the same query in DataFusion batch over the
+/// same events gives the same rows, so every event id appears once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_number_deduplicates_like_datafusion_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    for (seed, file) in [("9", "in/a.jsonl"), ("10", "in/b.jsonl")] {
+        ok(&run(
+            d,
+            &[
+                "generate",
+                "--stream",
+                "orders",
+                "--seed",
+                seed,
+                "--count",
+                "3000",
+                "--option",
+                "duplicate_fraction=0.05",
+                "--option",
+                "out_of_order=5s",
+                "--option",
+                "rate=0",
+                "-o",
+                file,
+            ],
+        ));
+    }
+    let query = "SELECT event_id, order_id, event_type, rn FROM \
+                 (SELECT event_id, order_id, event_type, \
+                  ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY event_time) AS rn FROM orders) \
+                 WHERE rn = 1";
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders (event_id VARCHAR, event_type VARCHAR, event_time TIMESTAMP, order_id BIGINT) \
+             WITH (connector = 'file', path = 'in', format = 'json', \
+             event_time_field = 'event_time', watermark_delay = '1h');\n\
+             CREATE TABLE unique_orders WITH (connector = 'file', path = 'out/rows.jsonl');\n\
+             INSERT INTO unique_orders {query};\n"
+        ),
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: dedup\nsql: p.sql\nparallelism: 2\nbatch: { size: 100 }\nstate: { ttl: 10m }\n",
+    );
+    ok(&run(d, &["run", "p.yaml"]));
+
+    let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
+    let mut all = std::fs::read_to_string(d.join("in/a.jsonl")).unwrap();
+    all.push_str(&std::fs::read_to_string(d.join("in/b.jsonl")).unwrap());
+    let (batches, _) = good_rows(&all, &schema);
+    let input_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "orders",
+        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
+    )
+    .unwrap();
+    let expected = batches_as_json(&batch_sql(&ctx, query).await);
+    let got = json_lines_in(&d.join("out"));
+    assert!(
+        expected.len() + 100 < input_rows,
+        "{} of {input_rows}: duplicates expected",
+        expected.len()
+    );
+    assert_eq!(canonical(&got), canonical(&expected));
+}

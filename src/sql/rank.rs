@@ -1,0 +1,454 @@
+//! `ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time)` on a stream: the rank of
+//! every row within its key by event time — the building block of deduplication
+//! (`WHERE rn = 1`: the first event per key) and first-N per key (`WHERE rn <= N`).
+//!
+//! Owns the rows waiting for their rank and, per key, how many rows were ranked.
+//!
+//! Invariants:
+//! - A row is ranked once the watermark has passed its event time: no on-time row
+//!   can still arrive before it, so its rank is final and equals the batch result.
+//!   Ranked rows leave in event-time order; the filter on the rank runs after.
+//! - A row older than the watermark on arrival is late: dropped and counted.
+//! - With `state.ttl`, a key whose last ranked row is older than the watermark by more
+//!   than the TTL is forgotten (its next row ranks 1 again); without, keys are kept
+//!   and the state memory limit bounds them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
+use arrow::compute::interleave;
+use arrow::datatypes::SchemaRef;
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::expressions::Column;
+
+use super::window::evaluate;
+use crate::engine::{
+    Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
+};
+
+/// The rank operator as planned.
+pub struct RankFactory {
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) time: Arc<dyn PhysicalExpr>,
+    /// Input columns then the rank (`UInt64`), as DataFusion planned the window.
+    pub(crate) output: SchemaRef,
+    pub(crate) ttl: Option<std::time::Duration>,
+    pub(crate) memory_limit: Option<u64>,
+}
+
+impl RankFactory {
+    /// Input columns the keys are plain references to; `None` when one is computed.
+    pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
+        self.keys
+            .iter()
+            .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
+            .collect()
+    }
+}
+
+impl OperatorFactory for RankFactory {
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn describe(&self) -> String {
+        let keys: Vec<String> = self.keys.iter().map(|k| k.to_string()).collect();
+        format!(
+            "row_number by event time {} per [{}]{}",
+            self.time,
+            keys.join(", "),
+            self.ttl
+                .map(|t| format!(", keys kept {t:?}"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let input = self.output.fields().len() - 1;
+        Ok(Box::new(RankOperator {
+            task: task.clone(),
+            keys: self.keys.clone(),
+            time: self.time.clone(),
+            output: self.output.clone(),
+            input_columns: input,
+            converter: None,
+            ttl_ms: self.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
+            memory_limit: self.memory_limit,
+            batches: HashMap::new(),
+            next_batch: 0,
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            ranked: HashMap::new(),
+            watermark: crate::engine::Watermark::START,
+            last_expiry: crate::engine::Watermark::START,
+            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            buffered_bytes: 0,
+        }))
+    }
+}
+
+/// A buffered input batch and how many of its rows still wait.
+struct Buffered {
+    batch: RecordBatch,
+    waiting: usize,
+}
+
+struct Ranked {
+    count: u64,
+    last_ts: i64,
+}
+
+struct RankOperator {
+    task: TaskInfo,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    time: Arc<dyn PhysicalExpr>,
+    output: SchemaRef,
+    input_columns: usize,
+    converter: Option<RowConverter>,
+    ttl_ms: Option<i64>,
+    memory_limit: Option<u64>,
+    batches: HashMap<u64, Buffered>,
+    next_batch: u64,
+    /// Rows waiting for the watermark, by (event time, arrival): (batch, row, key).
+    pending: BTreeMap<(i64, u64), (u64, u32, Box<[u8]>)>,
+    next_seq: u64,
+    ranked: HashMap<Box<[u8]>, Ranked>,
+    watermark: i64,
+    last_expiry: i64,
+    late: metrics::Counter,
+    state_bytes: metrics::Gauge,
+    buffered_bytes: usize,
+}
+
+impl RankOperator {
+    fn state_size(&self) -> usize {
+        self.buffered_bytes
+            + self.pending.len() * 48
+            + self.ranked.keys().map(|k| k.len() + 48).sum::<usize>()
+    }
+
+    fn check_state(&self) -> Result<()> {
+        let bytes = self.state_size();
+        self.state_bytes.set(bytes as f64);
+        match self.memory_limit {
+            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
+                "row_number state holds {bytes} bytes ({} keys, {} rows waiting for the watermark), over \
+                 the limit of {limit} (state.memory_limit): set state.ttl so old keys are forgotten, \
+                 raise the limit, or run at a higher parallelism",
+                self.ranked.len(),
+                self.pending.len()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ranks and emits every waiting row older than `watermark` (all of them at the
+    /// end of input), in event-time order.
+    async fn release(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        let ready = if watermark == crate::engine::Watermark::END {
+            std::mem::take(&mut self.pending)
+        } else {
+            let later = self.pending.split_off(&(watermark, 0));
+            std::mem::replace(&mut self.pending, later)
+        };
+        if !ready.is_empty() {
+            // Gather rows across buffered batches with `interleave`.
+            let mut order: Vec<u64> = Vec::new();
+            let mut slot: HashMap<u64, usize> = HashMap::new();
+            let mut picks: Vec<(usize, usize)> = Vec::with_capacity(ready.len());
+            let mut ranks: Vec<u64> = Vec::with_capacity(ready.len());
+            for ((ts, _), (batch, row, key)) in ready {
+                let s = *slot.entry(batch).or_insert_with(|| {
+                    order.push(batch);
+                    order.len() - 1
+                });
+                picks.push((s, row as usize));
+                let r = self.ranked.entry(key).or_insert(Ranked {
+                    count: 0,
+                    last_ts: ts,
+                });
+                r.count += 1;
+                r.last_ts = r.last_ts.max(ts);
+                ranks.push(r.count);
+            }
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.input_columns + 1);
+            for c in 0..self.input_columns {
+                let arrays: Vec<&dyn Array> = order
+                    .iter()
+                    .map(|b| self.batches[b].batch.column(c).as_ref())
+                    .collect();
+                columns.push(
+                    interleave(&arrays, &picks)
+                        .map_err(|e| EngineError::arrow("gathering ranked rows", e))?,
+                );
+            }
+            columns.push(Arc::new(UInt64Array::from(ranks)));
+            let batch = RecordBatch::try_new(self.output.clone(), columns)
+                .map_err(|e| EngineError::arrow("building ranked rows", e))?;
+            for (s, _) in &picks {
+                let id = order[*s];
+                let b = self.batches.get_mut(&id).expect("buffered");
+                b.waiting -= 1;
+                if b.waiting == 0 {
+                    let gone = self.batches.remove(&id).expect("buffered");
+                    self.buffered_bytes = self
+                        .buffered_bytes
+                        .saturating_sub(gone.batch.get_array_memory_size());
+                }
+            }
+            let mut offset = 0;
+            while offset < batch.num_rows() {
+                let len = (batch.num_rows() - offset).min(8192);
+                out.emit(batch.slice(offset, len)).await?;
+                offset += len;
+            }
+        }
+        if let Some(ttl) = self.ttl_ms
+            && watermark != crate::engine::Watermark::END
+            && watermark.saturating_sub(self.last_expiry) >= (ttl / 4).max(1)
+        {
+            self.last_expiry = watermark;
+            self.ranked
+                .retain(|_, r| r.last_ts.saturating_add(ttl) > watermark);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for RankOperator {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let times = event_times_ms(evaluate(&self.time, &batch)?.as_ref())?;
+        let keys: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|k| evaluate(k, &batch))
+            .collect::<Result<_>>()?;
+        if self.converter.is_none() {
+            let fields = keys
+                .iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect();
+            self.converter = Some(
+                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
+            );
+        }
+        let rows = self
+            .converter
+            .as_ref()
+            .expect("set above")
+            .convert_columns(&keys)
+            .map_err(|e| EngineError::arrow("encoding keys", e))?;
+        let id = self.next_batch;
+        let mut waiting = 0;
+        let mut late = 0u64;
+        let mut null_times = 0u64;
+        for i in 0..batch.num_rows() {
+            if times.is_null(i) {
+                null_times += 1;
+                continue;
+            }
+            let ts = times.value(i);
+            if ts < self.watermark {
+                late += 1;
+                continue;
+            }
+            self.pending.insert(
+                (ts, self.next_seq),
+                (id, i as u32, rows.row(i).data().into()),
+            );
+            self.next_seq += 1;
+            waiting += 1;
+        }
+        if late > 0 {
+            self.late.increment(late);
+            tracing::debug!(task = %self.task, rows = late, "late rows dropped before ranking");
+        }
+        if null_times > 0 {
+            out.bad_records().report(
+                crate::dlq::BadRecordReason::Processing,
+                &format!("{null_times} row(s) with a NULL event time cannot be ranked"),
+                &[],
+            );
+        }
+        if waiting > 0 {
+            self.buffered_bytes += batch.get_array_memory_size();
+            self.batches.insert(id, Buffered { batch, waiting });
+            self.next_batch += 1;
+        }
+        self.check_state()
+    }
+
+    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        self.watermark = self.watermark.max(watermark);
+        self.release(self.watermark, out).await?;
+        self.check_state()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::prelude::SessionContext;
+    use proptest::prelude::*;
+
+    use crate::connectors::blackhole::BlackholeSink;
+    use crate::connectors::memory::MemorySource;
+    use crate::pipeline::PipelineBuilder;
+
+    fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(TimestampMillisecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn lines(batches: &[RecordBatch]) -> Vec<String> {
+        let mut buf = Vec::new();
+        for b in batches {
+            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
+        }
+        let mut l: Vec<String> = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        l.sort();
+        l
+    }
+
+    const QUERY: &str = "SELECT k, v, CAST(ts AS BIGINT) AS t, rn FROM \
+        (SELECT k, v, ts, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM ev) WHERE rn <= 2";
+
+    async fn streaming(rows: &[(i64, i64, i64)], delay: u64, per_batch: usize) -> Vec<RecordBatch> {
+        let batches: Vec<RecordBatch> = rows.chunks(per_batch).map(batch).collect();
+        let source = MemorySource::new(batch(&[]).schema(), vec![batches]).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut p = PipelineBuilder::new("rank");
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
+            .unwrap();
+        let out = p.sql(src, QUERY).await.unwrap();
+        let schema = p.schema(&out);
+        let g = got.clone();
+        let out = p.map(out, "collect", schema, move |b| {
+            g.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        p.run_to_completion().await.unwrap();
+        got.lock().unwrap().clone()
+    }
+
+    /// Distinct event times 0..n, shuffled within a bounded distance.
+    fn rows() -> impl Strategy<Value = Vec<(i64, i64, i64)>> {
+        prop::collection::vec((0i64..5, -9i64..9, 0i64..30), 1..150).prop_map(|raw| {
+            let mut rows: Vec<(i64, (i64, i64, i64))> = raw
+                .into_iter()
+                .enumerate()
+                .map(|(i, (k, v, shift))| (i as i64 + shift, (k, v, 1_000 + i as i64)))
+                .collect();
+            rows.sort();
+            rows.into_iter().map(|(_, r)| r).collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// First two rows per key by event time, over out-of-order input with late
+        /// rows, equal DataFusion batch over the rows the lateness rule keeps (one row
+        /// per batch: a row meets the newest earlier event time minus the delay).
+        #[test]
+        fn first_n_per_key_equals_batch_with_lateness_applied(input in rows(), delay in 0u64..25) {
+            let mut newest: Option<i64> = None;
+            let mut kept = Vec::new();
+            for r in &input {
+                if newest.is_none_or(|n| r.2 >= n - delay as i64) {
+                    kept.push(*r);
+                }
+                newest = Some(newest.map_or(r.2, |n| n.max(r.2)));
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(async {
+                let got = streaming(&input, delay, 1).await;
+                let ctx = SessionContext::new();
+                ctx.register_batch("ev", batch(&kept)).unwrap();
+                let expected = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
+                (got, expected)
+            });
+            prop_assert_eq!(lines(&got), lines(&expected));
+        }
+    }
+
+    /// Without lateness (a delay longer than any disorder) the batching does not
+    /// matter: larger batches give the batch result too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_of_any_size_give_the_batch_result() {
+        let input: Vec<(i64, i64, i64)> = (0..500)
+            .map(|i| (i % 7, i, 10_000 - (i * 37) % 500))
+            .collect();
+        let got = streaming(&input, 1_000, 64).await;
+        let ctx = SessionContext::new();
+        ctx.register_batch("ev", batch(&input)).unwrap();
+        let expected = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
+        assert_eq!(lines(&expected).len(), 14);
+        assert_eq!(lines(&got), lines(&expected));
+    }
+
+    /// With a TTL, a key quiet for longer than it is forgotten: its next row ranks 1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_is_forgotten_after_the_ttl() {
+        let input = [(1, 1, 0), (1, 2, 10), (2, 3, 5_000), (1, 4, 5_001)];
+        let batches: Vec<RecordBatch> = input.chunks(1).map(batch).collect();
+        let source = MemorySource::new(batch(&[]).schema(), vec![batches]).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut p = PipelineBuilder::new("ttl").state_ttl(std::time::Duration::from_secs(1));
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
+        let out = p.sql(src, QUERY).await.unwrap();
+        let schema = p.schema(&out);
+        let g = got.clone();
+        let out = p.map(out, "collect", schema, move |b| {
+            g.lock().unwrap().push(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        p.run_to_completion().await.unwrap();
+        assert_eq!(
+            lines(&got.lock().unwrap()),
+            vec![
+                r#"{"k":1,"v":1,"t":0,"rn":1}"#.to_string(),
+                r#"{"k":1,"v":2,"t":10,"rn":2}"#.to_string(),
+                r#"{"k":1,"v":4,"t":5001,"rn":1}"#.to_string(),
+                r#"{"k":2,"v":3,"t":5000,"rn":1}"#.to_string(),
+            ]
+        );
+    }
+}
