@@ -977,9 +977,7 @@ struct WindowSplit {
 fn split_window_aggregate(
     plan: &Arc<dyn ExecutionPlan>,
 ) -> std::result::Result<Option<WindowSplit>, String> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-    use datafusion::physical_plan::streaming::StreamingTableExec;
 
     fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
         if plan.downcast_ref::<AggregateExec>().is_some() {
@@ -1029,29 +1027,7 @@ fn split_window_aggregate(
         return Err("the aggregate's GROUP BY has no window function (tumble or hop)".into());
     };
     let output = top.schema();
-    let slot: Arc<dyn datafusion::physical_plan::streaming::PartitionStream> =
-        Arc::new(SlotPartition {
-            schema: output.clone(),
-        });
-    let scan: Arc<dyn ExecutionPlan> = Arc::new(
-        StreamingTableExec::try_new(output.clone(), vec![slot], None, vec![], false, None)
-            .map_err(|e| e.to_string())?,
-    );
-    let upper = plan
-        .clone()
-        .transform_down(|node| {
-            if Arc::ptr_eq(&node, &top) {
-                Ok(Transformed::new(
-                    scan.clone(),
-                    true,
-                    datafusion::common::tree_node::TreeNodeRecursion::Jump,
-                ))
-            } else {
-                Ok(Transformed::no(node))
-            }
-        })
-        .map_err(|e| e.to_string())?
-        .data;
+    let upper = replace_with_slot(plan, &top)?;
     Ok(Some(WindowSplit {
         lower: agg.input().clone(),
         aggregate: WindowAggFactory {
@@ -1117,10 +1093,8 @@ fn split_row_number(
     plan: &Arc<dyn ExecutionPlan>,
     event_time: Option<&str>,
 ) -> std::result::Result<Option<RankSplit>, String> {
-    use datafusion::common::tree_node::{Transformed, TreeNode};
     use datafusion::physical_plan::expressions::Column;
     use datafusion::physical_plan::sorts::sort::SortExec;
-    use datafusion::physical_plan::streaming::StreamingTableExec;
     use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
 
     fn find(plan: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -1168,28 +1142,7 @@ fn split_row_number(
         None => input,
     };
     let output = node.schema();
-    let slot: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
-        schema: output.clone(),
-    });
-    let scan: Arc<dyn ExecutionPlan> = Arc::new(
-        StreamingTableExec::try_new(output.clone(), vec![slot], None, vec![], false, None)
-            .map_err(|e| e.to_string())?,
-    );
-    let upper = plan
-        .clone()
-        .transform_down(|n| {
-            if Arc::ptr_eq(&n, &node) {
-                Ok(Transformed::new(
-                    scan.clone(),
-                    true,
-                    datafusion::common::tree_node::TreeNodeRecursion::Jump,
-                ))
-            } else {
-                Ok(Transformed::no(n))
-            }
-        })
-        .map_err(|e| e.to_string())?
-        .data;
+    let upper = replace_with_slot(plan, &node)?;
     Ok(Some(RankSplit {
         lower,
         rank: RankFactory {
@@ -1201,4 +1154,36 @@ fn split_row_number(
         },
         upper,
     }))
+}
+
+/// `plan` with the subtree `node` replaced by a scan of the per-task batch slot (of
+/// `node`'s schema): the part of a query that runs above a stateful operator.
+fn replace_with_slot(
+    plan: &Arc<dyn ExecutionPlan>,
+    node: &Arc<dyn ExecutionPlan>,
+) -> std::result::Result<Arc<dyn ExecutionPlan>, String> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    let schema = node.schema();
+    let slot: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
+        schema: schema.clone(),
+    });
+    let scan: Arc<dyn ExecutionPlan> = Arc::new(
+        StreamingTableExec::try_new(schema, vec![slot], None, vec![], false, None)
+            .map_err(|e| e.to_string())?,
+    );
+    plan.clone()
+        .transform_down(|n| {
+            if Arc::ptr_eq(&n, node) {
+                Ok(Transformed::new(
+                    scan.clone(),
+                    true,
+                    TreeNodeRecursion::Jump,
+                ))
+            } else {
+                Ok(Transformed::no(n))
+            }
+        })
+        .map(|t| t.data)
+        .map_err(|e| e.to_string())
 }

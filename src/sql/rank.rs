@@ -22,9 +22,8 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_plan::expressions::Column;
 
-use super::window::evaluate;
+use super::window::{LateRows, emit_in_slices, evaluate};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
@@ -42,10 +41,7 @@ pub struct RankFactory {
 impl RankFactory {
     /// Input columns the keys are plain references to; `None` when one is computed.
     pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
-        self.keys
-            .iter()
-            .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
-            .collect()
+        super::window::column_indices(&self.keys)
     }
 }
 
@@ -84,7 +80,7 @@ impl OperatorFactory for RankFactory {
             ranked: HashMap::new(),
             watermark: crate::engine::Watermark::START,
             last_expiry: crate::engine::Watermark::START,
-            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            late: LateRows::new(task),
             state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
             buffered_bytes: 0,
         }))
@@ -119,7 +115,7 @@ struct RankOperator {
     ranked: HashMap<Box<[u8]>, Ranked>,
     watermark: i64,
     last_expiry: i64,
-    late: metrics::Counter,
+    late: LateRows,
     state_bytes: metrics::Gauge,
     buffered_bytes: usize,
 }
@@ -201,12 +197,7 @@ impl RankOperator {
                         .saturating_sub(gone.batch.get_array_memory_size());
                 }
             }
-            let mut offset = 0;
-            while offset < batch.num_rows() {
-                let len = (batch.num_rows() - offset).min(8192);
-                out.emit(batch.slice(offset, len)).await?;
-                offset += len;
-            }
+            emit_in_slices(out, batch).await?;
         }
         if let Some(ttl) = self.ttl_ms
             && watermark != crate::engine::Watermark::END
@@ -266,8 +257,12 @@ impl Operator for RankOperator {
             waiting += 1;
         }
         if late > 0 {
-            self.late.increment(late);
-            tracing::debug!(task = %self.task, rows = late, "late rows dropped before ranking");
+            self.late.note(
+                &self.task,
+                late,
+                self.watermark,
+                "older than the watermark, they cannot be ranked",
+            );
         }
         if null_times > 0 {
             out.bad_records().report(
@@ -345,10 +340,19 @@ mod tests {
         (SELECT k, v, ts, ROW_NUMBER() OVER (PARTITION BY k ORDER BY ts) AS rn FROM ev) WHERE rn <= 2";
 
     async fn streaming(rows: &[(i64, i64, i64)], delay: u64, per_batch: usize) -> Vec<RecordBatch> {
+        run(PipelineBuilder::new("rank"), rows, delay, per_batch).await
+    }
+
+    /// Runs [`QUERY`] on `builder` over `rows`, `per_batch` rows per batch.
+    async fn run(
+        mut p: PipelineBuilder,
+        rows: &[(i64, i64, i64)],
+        delay: u64,
+        per_batch: usize,
+    ) -> Vec<RecordBatch> {
         let batches: Vec<RecordBatch> = rows.chunks(per_batch).map(batch).collect();
         let source = MemorySource::new(batch(&[]).schema(), vec![batches]).unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let mut p = PipelineBuilder::new("rank");
         let src = p.source("ev", Arc::new(source));
         p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
             .unwrap();
@@ -425,24 +429,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_key_is_forgotten_after_the_ttl() {
         let input = [(1, 1, 0), (1, 2, 10), (2, 3, 5_000), (1, 4, 5_001)];
-        let batches: Vec<RecordBatch> = input.chunks(1).map(batch).collect();
-        let source = MemorySource::new(batch(&[]).schema(), vec![batches]).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let mut p = PipelineBuilder::new("ttl").state_ttl(std::time::Duration::from_secs(1));
-        let src = p.source("ev", Arc::new(source));
-        p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
-        let out = p.sql(src, QUERY).await.unwrap();
-        let schema = p.schema(&out);
-        let g = got.clone();
-        let out = p.map(out, "collect", schema, move |b| {
-            g.lock().unwrap().push(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
-        p.run_to_completion().await.unwrap();
+        let p = PipelineBuilder::new("ttl").state_ttl(std::time::Duration::from_secs(1));
+        let got = run(p, &input, 0, 1).await;
         assert_eq!(
-            lines(&got.lock().unwrap()),
+            lines(&got),
             vec![
                 r#"{"k":1,"v":1,"t":0,"rn":1}"#.to_string(),
                 r#"{"k":1,"v":2,"t":10,"rn":2}"#.to_string(),

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
-use super::window::{FactoryParts, TZ, conform_columns, df, evaluate, window_array};
+use super::window::{FactoryParts, LateRows, TZ, df, evaluate, window_array};
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
 
 struct Session {
@@ -54,9 +54,8 @@ pub(crate) struct SessionAggOperator {
     watermark: i64,
     bytes: usize,
     memory_limit: Option<u64>,
-    late: metrics::Counter,
+    late: LateRows,
     state_bytes: metrics::Gauge,
-    late_logged: Option<std::time::Instant>,
 }
 
 impl SessionAggOperator {
@@ -92,9 +91,8 @@ impl SessionAggOperator {
             watermark: crate::engine::Watermark::START,
             bytes: 0,
             memory_limit,
-            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            late: LateRows::new(task),
             state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
-            late_logged: None,
         })
     }
 
@@ -118,23 +116,6 @@ impl SessionAggOperator {
             }
         }
         Some(s)
-    }
-
-    fn note_late(&mut self, rows: u64) {
-        self.late.increment(rows);
-        let now = std::time::Instant::now();
-        if self
-            .late_logged
-            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
-        {
-            self.late_logged = Some(now);
-            tracing::warn!(
-                task = %self.task,
-                rows,
-                watermark = self.watermark,
-                "late rows dropped: their session had already ended (raise watermark_delay to wait longer)"
-            );
-        }
     }
 
     fn check_state(&self) -> Result<()> {
@@ -176,7 +157,12 @@ impl SessionAggOperator {
             })
             .unwrap_or_default();
         if overlapping.is_empty() && end <= self.watermark {
-            self.note_late(rows.len() as u64);
+            self.late.note(
+                &self.task,
+                rows.len() as u64,
+                self.watermark,
+                "their session had already ended",
+            );
             return Ok(());
         }
         // Merge every overlapping session into one.
@@ -271,22 +257,7 @@ impl SessionAggOperator {
                     ScalarValue::iter_to_array(scalars).map_err(df("evaluating aggregates"))?,
                 );
             }
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.parts.output.fields().len());
-            let mut keys = keys.into_iter();
-            for i in 0..self.parts.keys.len() + 1 {
-                if i == self.parts.window_pos {
-                    columns.push(window.clone());
-                } else {
-                    columns.push(keys.next().ok_or_else(|| {
-                        EngineError::User("session state lost a key column".into())
-                    })?);
-                }
-            }
-            columns.extend(values);
-            let columns = conform_columns(&self.parts.output, columns)?;
-            let batch = RecordBatch::try_new(self.parts.output.clone(), columns)
-                .map_err(|e| EngineError::arrow("building session results", e))?;
-            out.emit(batch).await?;
+            out.emit(self.parts.results(window, keys, values)?).await?;
         }
         Ok(())
     }

@@ -288,11 +288,16 @@ impl WindowAggFactory {
     /// Input columns the keys are plain references to, or `None` when a key is
     /// computed (then rows cannot be routed by column and the node runs as one task).
     pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
-        self.keys
-            .iter()
-            .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
-            .collect()
+        column_indices(&self.keys)
     }
+}
+
+/// The input column of each expression, or `None` if any is not a plain column.
+pub(crate) fn column_indices(exprs: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<usize>> {
+    exprs
+        .iter()
+        .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
+        .collect()
 }
 
 impl OperatorFactory for WindowAggFactory {
@@ -348,13 +353,86 @@ impl OperatorFactory for WindowAggFactory {
             task: task.clone(),
             windows: BTreeMap::new(),
             watermark: crate::engine::Watermark::START,
-            late: crate::metrics::late_rows(&task.pipeline, &task.node),
+            late: LateRows::new(task),
             state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
-            late_logged: None,
             spec,
             memory_limit: self.memory_limit,
             factory: parts,
         }))
+    }
+}
+
+impl FactoryParts {
+    /// The output batch of closed windows: the window column at its `GROUP BY`
+    /// position among the key columns, then the aggregate values.
+    pub(crate) fn results(
+        &self,
+        window: ArrayRef,
+        keys: Vec<ArrayRef>,
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.output.fields().len());
+        let mut keys = keys.into_iter();
+        for i in 0..self.keys.len() + 1 {
+            if i == self.window_pos {
+                columns.push(window.clone());
+            } else {
+                columns.push(
+                    keys.next().ok_or_else(|| {
+                        EngineError::User("window state lost a key column".into())
+                    })?,
+                );
+            }
+        }
+        columns.extend(values);
+        let columns = conform_columns(&self.output, columns)?;
+        RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| EngineError::arrow("building window results", e))
+    }
+}
+
+/// Emits `batch` in slices of at most 8192 rows (a window of a million keys must not
+/// become one batch).
+pub(crate) async fn emit_in_slices(out: &mut Collector, batch: RecordBatch) -> Result<()> {
+    let mut offset = 0;
+    while offset < batch.num_rows() {
+        let len = (batch.num_rows() - offset).min(8192);
+        out.emit(batch.slice(offset, len)).await?;
+        offset += len;
+    }
+    Ok(())
+}
+
+/// Counts rows dropped as late and logs them at most every 10 seconds per task.
+pub(crate) struct LateRows {
+    counter: metrics::Counter,
+    logged: Option<std::time::Instant>,
+}
+
+impl LateRows {
+    pub(crate) fn new(task: &TaskInfo) -> Self {
+        LateRows {
+            counter: crate::metrics::late_rows(&task.pipeline, &task.node),
+            logged: None,
+        }
+    }
+
+    /// `what`: why they are late, for the log line.
+    pub(crate) fn note(&mut self, task: &TaskInfo, rows: u64, watermark: i64, what: &str) {
+        self.counter.increment(rows);
+        let now = std::time::Instant::now();
+        if self
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
+        {
+            self.logged = Some(now);
+            tracing::warn!(
+                task = %task,
+                rows,
+                watermark,
+                "late rows dropped: {what} (raise watermark_delay to wait longer)"
+            );
+        }
     }
 }
 
@@ -391,9 +469,8 @@ struct WindowAggOperator {
     /// Open windows by start.
     windows: BTreeMap<i64, WindowState>,
     watermark: i64,
-    late: metrics::Counter,
+    late: LateRows,
     state_bytes: metrics::Gauge,
-    late_logged: Option<std::time::Instant>,
     memory_limit: Option<u64>,
 }
 
@@ -434,23 +511,6 @@ impl WindowAggOperator {
         })
     }
 
-    fn note_late(&mut self, rows: u64) {
-        self.late.increment(rows);
-        let now = std::time::Instant::now();
-        if self
-            .late_logged
-            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
-        {
-            self.late_logged = Some(now);
-            tracing::warn!(
-                task = %self.task,
-                rows,
-                watermark = self.watermark,
-                "late rows dropped: their window was already emitted (raise watermark_delay to wait longer)"
-            );
-        }
-    }
-
     /// Emits every window that ends at or before `watermark`, oldest first.
     async fn fire(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         let width = self.spec.width();
@@ -476,27 +536,8 @@ impl WindowAggOperator {
                 TimestampMillisecondArray::from(vec![start; rows]).with_timezone(TZ),
                 TimestampMillisecondArray::from(vec![start + width; rows]).with_timezone(TZ),
             );
-            let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.factory.output.fields().len());
-            let mut keys = keys.into_iter();
-            for i in 0..self.factory.keys.len() + 1 {
-                if i == self.factory.window_pos {
-                    columns.push(window.clone());
-                } else {
-                    columns.push(keys.next().ok_or_else(|| {
-                        EngineError::User("window state lost a key column".into())
-                    })?);
-                }
-            }
-            columns.extend(values);
-            let columns = conform_columns(&self.factory.output, columns)?;
-            let batch = RecordBatch::try_new(self.factory.output.clone(), columns)
-                .map_err(|e| EngineError::arrow("building window results", e))?;
-            let mut offset = 0;
-            while offset < batch.num_rows() {
-                let len = (batch.num_rows() - offset).min(8192);
-                out.emit(batch.slice(offset, len)).await?;
-                offset += len;
-            }
+            let batch = self.factory.results(window, keys, values)?;
+            emit_in_slices(out, batch).await?;
         }
         Ok(())
     }
@@ -573,7 +614,12 @@ impl Operator for WindowAggOperator {
             }
         }
         if late > 0 {
-            self.note_late(late);
+            self.late.note(
+                &self.task,
+                late,
+                self.watermark,
+                "their window was already emitted",
+            );
         }
         if null_times > 0 {
             out.bad_records().report(
@@ -814,29 +860,7 @@ mod tests {
     /// The streaming result of `query` over `events`, one event per batch, watermark
     /// `delay` ms behind the newest event.
     async fn stream(events: &[Ev], delay: u64, query: &str) -> Vec<RecordBatch> {
-        let batches: Vec<RecordBatch> = events
-            .iter()
-            .map(|e| ev_batch(std::slice::from_ref(e)))
-            .collect();
-        let source =
-            crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![batches])
-                .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let mut p = PipelineBuilder::new("prop");
-        let src = p.source("ev", Arc::new(source));
-        p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
-            .unwrap();
-        let out = p.sql(src, query).await.unwrap();
-        let schema = p.schema(&out);
-        let got = output.clone();
-        let out = p.map(out, "collect", schema, move |b| {
-            got.lock().unwrap().push(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
-        p.run_to_completion().await.unwrap();
-        output.lock().unwrap().clone()
+        stream_in_batches(events, 1, delay, query).await
     }
 
     /// DataFusion batch over the (event, window start) pairs that the lateness rule
