@@ -256,21 +256,14 @@ impl Operator for RankOperator {
             self.next_seq += 1;
             waiting += 1;
         }
-        if late > 0 {
-            self.late.note(
-                &self.task,
-                late,
-                self.watermark,
-                "older than the watermark, they cannot be ranked",
-            );
-        }
-        if null_times > 0 {
-            out.bad_records().report(
-                crate::dlq::BadRecordReason::Processing,
-                &format!("{null_times} row(s) with a NULL event time cannot be ranked"),
-                &[],
-            );
-        }
+        self.late.report(
+            &self.task,
+            out,
+            self.watermark,
+            late,
+            "older than the watermark, they cannot be ranked",
+            null_times,
+        );
         if waiting > 0 {
             self.buffered_bytes += batch.get_array_memory_size();
             self.batches.insert(id, Buffered { batch, waiting });

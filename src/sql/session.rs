@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
-use super::window::{FactoryParts, LateRows, TZ, df, evaluate, window_array};
+use super::window::{AggInputs, FactoryParts, LateRows, TZ, df, evaluate, window_array};
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
 
 struct Session {
@@ -267,12 +267,11 @@ impl SessionAggOperator {
 impl Operator for SessionAggOperator {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let times = event_times_ms(evaluate(&self.parts.time, &batch)?.as_ref())?;
-        let keys: Vec<ArrayRef> = self
-            .parts
-            .keys
-            .iter()
-            .map(|k| evaluate(k, &batch))
-            .collect::<Result<_>>()?;
+        let AggInputs {
+            keys,
+            args,
+            filters,
+        } = self.parts.inputs(&batch)?;
         let rows = match &self.converter {
             Some(c) => Some(
                 c.convert_columns(&keys)
@@ -280,22 +279,6 @@ impl Operator for SessionAggOperator {
             ),
             None => None,
         };
-        let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.parts.aggs.len());
-        for agg in &self.parts.aggs {
-            args.push(
-                agg.expressions()
-                    .iter()
-                    .map(|e| evaluate(e, &batch))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        let filters: Vec<Option<ArrayRef>> = self
-            .parts
-            .filters
-            .iter()
-            .map(|f| f.as_ref().map(|f| evaluate(f, &batch)).transpose())
-            .collect::<Result<_>>()?;
-
         // Rows by key, then by time within a key.
         let mut per_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
         let mut null_times = 0u64;
@@ -310,15 +293,8 @@ impl Operator for SessionAggOperator {
             };
             per_key.entry(key).or_default().push(i as u32);
         }
-        if null_times > 0 {
-            out.bad_records().report(
-                crate::dlq::BadRecordReason::Processing,
-                &format!(
-                    "{null_times} row(s) with a NULL event time cannot be placed in a session"
-                ),
-                &[],
-            );
-        }
+        self.late
+            .report(&self.task, out, self.watermark, 0, "", null_times);
         let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
         for (key, mut idx) in per_key {
             idx.sort_by_key(|&i| times.value(i as usize));

@@ -362,7 +362,43 @@ impl OperatorFactory for WindowAggFactory {
     }
 }
 
+/// A batch's inputs to a windowed aggregate: key columns, each aggregate's arguments
+/// and each aggregate's FILTER.
+pub(crate) struct AggInputs {
+    pub(crate) keys: Vec<ArrayRef>,
+    pub(crate) args: Vec<Vec<ArrayRef>>,
+    pub(crate) filters: Vec<Option<ArrayRef>>,
+}
+
 impl FactoryParts {
+    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<AggInputs> {
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| evaluate(k, batch))
+            .collect::<Result<_>>()?;
+        let args = self
+            .aggs
+            .iter()
+            .map(|agg| {
+                agg.expressions()
+                    .iter()
+                    .map(|e| evaluate(e, batch))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<_>>()?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| f.as_ref().map(|f| evaluate(f, batch)).transpose())
+            .collect::<Result<_>>()?;
+        Ok(AggInputs {
+            keys,
+            args,
+            filters,
+        })
+    }
+
     /// The output batch of closed windows: the window column at its `GROUP BY`
     /// position among the key columns, then the aggregate values.
     pub(crate) fn results(
@@ -417,7 +453,31 @@ impl LateRows {
         }
     }
 
-    /// `what`: why they are late, for the log line.
+    /// Accounts for the rows of a batch that cannot be placed: `late` ones (`why`:
+    /// the reason, for the log) and ones with a NULL event time (bad records).
+    pub(crate) fn report(
+        &mut self,
+        task: &TaskInfo,
+        out: &mut Collector,
+        watermark: i64,
+        late: u64,
+        why: &str,
+        null_times: u64,
+    ) {
+        if late > 0 {
+            self.note(task, late, watermark, why);
+        }
+        if null_times > 0 {
+            out.bad_records().report(
+                crate::dlq::BadRecordReason::Processing,
+                &format!(
+                    "{null_times} row(s) with a NULL event time: they have no place in event time"
+                ),
+                &[],
+            );
+        }
+    }
+
     pub(crate) fn note(&mut self, task: &TaskInfo, rows: u64, watermark: i64, what: &str) {
         self.counter.increment(rows);
         let now = std::time::Instant::now();
@@ -613,45 +673,22 @@ impl Operator for WindowAggOperator {
                 late += 1;
             }
         }
-        if late > 0 {
-            self.late.note(
-                &self.task,
-                late,
-                self.watermark,
-                "their window was already emitted",
-            );
-        }
-        if null_times > 0 {
-            out.bad_records().report(
-                crate::dlq::BadRecordReason::Processing,
-                &format!("{null_times} row(s) with a NULL event time cannot be placed in a window"),
-                &[],
-            );
-        }
+        self.late.report(
+            &self.task,
+            out,
+            self.watermark,
+            late,
+            "their window was already emitted",
+            null_times,
+        );
         if by_window.is_empty() {
             return Ok(());
         }
-        let keys: Vec<ArrayRef> = self
-            .factory
-            .keys
-            .iter()
-            .map(|k| evaluate(k, &batch))
-            .collect::<Result<_>>()?;
-        let mut args: Vec<Vec<ArrayRef>> = Vec::with_capacity(self.factory.aggs.len());
-        for agg in &self.factory.aggs {
-            args.push(
-                agg.expressions()
-                    .iter()
-                    .map(|e| evaluate(e, &batch))
-                    .collect::<Result<_>>()?,
-            );
-        }
-        let filters: Vec<Option<ArrayRef>> = self
-            .factory
-            .filters
-            .iter()
-            .map(|f| f.as_ref().map(|f| evaluate(f, &batch)).transpose())
-            .collect::<Result<_>>()?;
+        let AggInputs {
+            keys,
+            args,
+            filters,
+        } = self.factory.inputs(&batch)?;
         for (start, rows) in by_window {
             if !self.windows.contains_key(&start) {
                 let w = self.new_window()?;
