@@ -322,6 +322,18 @@ impl PipelineBuilder {
         }
     }
 
+    /// Ends `input` in an in-memory sink; read its batches after the run (tests,
+    /// tools, small results).
+    pub fn collect(
+        &mut self,
+        input: Stream,
+        name: &str,
+    ) -> Result<crate::connectors::memory::MemorySink> {
+        let sink = crate::connectors::memory::MemorySink::new();
+        self.sink(input, name, Arc::new(sink.clone()))?;
+        Ok(sink)
+    }
+
     /// Writes `input` to a sink from a factory.
     pub fn sink(&mut self, input: Stream, name: &str, factory: Arc<dyn SinkFactory>) -> Result<()> {
         self.graph.add_sink(

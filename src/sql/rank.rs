@@ -281,14 +281,13 @@ impl Operator for RankOperator {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
     use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
     use datafusion::prelude::SessionContext;
     use proptest::prelude::*;
 
-    use crate::connectors::blackhole::BlackholeSink;
     use crate::connectors::memory::MemorySource;
     use crate::pipeline::PipelineBuilder;
 
@@ -345,21 +344,13 @@ mod tests {
     ) -> Vec<RecordBatch> {
         let batches: Vec<RecordBatch> = rows.chunks(per_batch).map(batch).collect();
         let source = MemorySource::new(batch(&[]).schema(), vec![batches]).unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
         let src = p.source("ev", Arc::new(source));
         p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
             .unwrap();
         let out = p.sql(src, QUERY).await.unwrap();
-        let schema = p.schema(&out);
-        let g = got.clone();
-        let out = p.map(out, "collect", schema, move |b| {
-            g.lock().unwrap().push(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
+        let results = p.collect(out, "results").unwrap();
         p.run_to_completion().await.unwrap();
-        got.lock().unwrap().clone()
+        results.batches()
     }
 
     /// Distinct event times 0..n, shuffled within a bounded distance.

@@ -751,7 +751,6 @@ mod tests {
     /// returns the input rows and the results.
     async fn run(query: &str, parallelism: usize) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
         let input = Arc::new(Mutex::new(Vec::new()));
-        let output = Arc::new(Mutex::new(Vec::new()));
         let mut p = PipelineBuilder::new("t").parallelism(parallelism);
         let src = p
             .source_sql(
@@ -766,18 +765,10 @@ mod tests {
             Ok(b)
         });
         let out = p.sql(src, query).await.unwrap();
-        let schema = p.schema(&out);
-        let got = output.clone();
-        let out = p.map(out, "collect", schema, move |b| {
-            got.lock().unwrap().push(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
+        let results = p.collect(out, "results").unwrap();
         p.run_to_completion().await.unwrap();
         let i = input.lock().unwrap().clone();
-        let o = output.lock().unwrap().clone();
-        (i, o)
+        (i, results.batches())
     }
 
     fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
@@ -1147,22 +1138,14 @@ mod tests {
         let source =
             crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![batches])
                 .unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
         let mut p = PipelineBuilder::new("prop");
         let src = p.source("ev", Arc::new(source));
         p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
             .unwrap();
         let out = p.sql(src, query).await.unwrap();
-        let schema = p.schema(&out);
-        let got = output.clone();
-        let out = p.map(out, "collect", schema, move |b| {
-            got.lock().unwrap().push(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
+        let results = p.collect(out, "results").unwrap();
         p.run_to_completion().await.unwrap();
-        output.lock().unwrap().clone()
+        results.batches()
     }
 
     /// A row that would open a session the watermark has passed is late; a row that
