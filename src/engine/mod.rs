@@ -98,7 +98,8 @@ pub trait Operator: Send {
     /// The combined watermark of this task's inputs advanced to `watermark`: emit what
     /// it completes (windows, timers). The runtime forwards the watermark downstream
     /// after this returns, so results always precede the watermark that made them.
-    /// At the end of input this is called with [`Watermark::END`] before `on_end`.
+    /// At the end of input this is called with [`Watermark::END`] before `on_end`;
+    /// not when the pipeline is stopped (SIGTERM), whose open windows are incomplete.
     async fn handle_watermark(&mut self, _watermark: i64, _out: &mut Collector) -> Result<()> {
         Ok(())
     }

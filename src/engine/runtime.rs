@@ -215,8 +215,9 @@ impl Runtime {
                         let f = f.clone();
                         let t = task.clone();
                         let idle = graph.idle_timeout;
+                        let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_operator(&t, f.as_ref(), inputs, out, stats, idle).await
+                            run_operator(&t, f.as_ref(), inputs, out, stats, idle, stop).await
                         });
                     }
                     NodeKind::Sink(f) => {
@@ -394,6 +395,7 @@ async fn run_operator(
     mut out: Collector,
     stats: Arc<NodeStats>,
     idle_timeout: Option<Duration>,
+    stop: StopSignal,
 ) -> Result<()> {
     let mut op = factory.create(task)?;
     let rows_in = m::rows_in(&task.pipeline, &task.node);
@@ -422,6 +424,9 @@ async fn run_operator(
                         None
                     }
                     Message::Watermark(wm) => watermarks.watermark(i, wm, now),
+                    // An input that ends because the pipeline is stopping has not
+                    // reached the end of time: its open windows are not complete.
+                    Message::End if stop.is_raised() => None,
                     Message::End => watermarks.ended(i, now),
                 }
             }
@@ -435,7 +440,9 @@ async fn run_operator(
             }
         }
     }
-    if watermarks.current() != Watermark::END {
+    // At the end of every input, the end of time: every window and timer fires. A
+    // stopped pipeline instead drains what was emitted and leaves open state unfired.
+    if watermarks.current() != Watermark::END && !stop.is_raised() {
         op.handle_watermark(Watermark::END, &mut out).await?;
         out.emit_watermark(Watermark::END).await?;
     }

@@ -277,6 +277,11 @@ impl Operator for RankOperator {
         self.release(self.watermark, out).await?;
         self.check_state()
     }
+
+    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        super::window::discarded(&self.task, self.pending.len(), "row waiting for its rank");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

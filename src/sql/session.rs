@@ -330,6 +330,11 @@ impl Operator for SessionAggOperator {
         self.fire(self.watermark, out).await?;
         self.check_state()
     }
+
+    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        super::window::discarded(&self.task, self.sessions.len(), "session");
+        Ok(())
+    }
 }
 
 #[cfg(test)]
