@@ -17,5 +17,6 @@ pub mod formats;
 pub mod metrics;
 pub mod pipeline;
 pub mod sql;
+pub mod state;
 
 pub use error::{Error, Result};

@@ -286,6 +286,36 @@ impl PipelineBuilder {
         }
     }
 
+    /// A keyed process function ([`crate::state::KeyedProcessFunction`]): rows are
+    /// routed by `key_by`, each key has its own typed state and event-time timers, and
+    /// the function emits rows of `output`. `make` builds one function per partition.
+    pub fn process<F: crate::state::KeyedProcessFunction>(
+        &mut self,
+        input: Stream,
+        name: &str,
+        key_by: &[&str],
+        output: SchemaRef,
+        make: impl Fn() -> F + Send + Sync + 'static,
+    ) -> Result<Stream> {
+        let keyed = self.key_by(input, key_by)?;
+        let Partitioning::Hash(keys) = keyed.partitioning.clone() else {
+            unreachable!("key_by routes by hash")
+        };
+        let op = Arc::new(crate::state::ProcessFactory {
+            make: Arc::new(make),
+            keys,
+            output,
+            name: name.to_string(),
+        });
+        let node =
+            self.graph
+                .add_operator(name, op, self.parallelism, keyed.node, keyed.partitioning);
+        Ok(Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        })
+    }
+
     /// Keeps the rows for which `f` returns true.
     pub fn filter(
         &mut self,
