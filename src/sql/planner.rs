@@ -99,6 +99,11 @@ pub enum StagePlan {
         /// Columns of the lower stage's output that key the operator; `None` (a
         /// computed key) or empty (no key): the operator runs as one task.
         key_columns: Option<Vec<usize>>,
+        /// When the upper stage holds window functions over whole windows (Top-N per
+        /// window): the window column of the operator's output. A single task then
+        /// gathers each closed window's rows from every partition and hands them to
+        /// the upper stage as one batch.
+        gather: Option<usize>,
         upper: Arc<SqlOperatorFactory>,
     },
 }
@@ -124,6 +129,7 @@ impl StagePlan {
                 operator,
                 kind,
                 key_columns,
+                gather,
                 upper,
             } => {
                 let low = graph.add_operator(
@@ -148,11 +154,28 @@ impl StagePlan {
                     low,
                     routing,
                 );
+                let (before_upper, upper_parallelism) = match gather {
+                    Some(column) => {
+                        let factory = Arc::new(super::window::WindowGatherFactory {
+                            schema: graph.nodes[agg].schema.clone(),
+                            window_column: *column,
+                        });
+                        let g = graph.add_operator(
+                            &format!("{name}_gather"),
+                            factory,
+                            1,
+                            agg,
+                            Partitioning::RoundRobin,
+                        );
+                        (g, 1)
+                    }
+                    None => (agg, agg_parallelism),
+                };
                 let up = graph.add_operator(
                     name,
                     upper.clone(),
-                    agg_parallelism,
-                    agg,
+                    upper_parallelism,
+                    before_upper,
                     Partitioning::Forward,
                 );
                 Ok((
@@ -347,11 +370,13 @@ impl SqlPlanner {
                 memory_limit: options.state_memory_limit,
                 ..split.aggregate
             };
+            let gather = split.gather.then_some(aggregate.window_pos);
             StagePlan::Stateful {
                 lower: stage(
                     split.lower,
                     format!("(input of the window aggregate) {text}"),
                 ),
+                gather,
                 key_columns: aggregate.key_columns(),
                 operator: Arc::new(aggregate),
                 kind: "window",
@@ -368,6 +393,7 @@ impl SqlPlanner {
             };
             StagePlan::Stateful {
                 lower: stage(split.lower, format!("(input of row_number) {text}")),
+                gather: None,
                 key_columns: rank.key_columns(),
                 operator: Arc::new(rank),
                 kind: "rank",
@@ -783,6 +809,10 @@ fn check_streamable(
                     ),
                 }
             }
+            // Window functions over the results of a windowed GROUP BY, partitioned by
+            // the window (Top-N per window): they run once per closed window, over all of
+            // its rows (see `StagePlan::Stateful::gather`).
+            LogicalPlan::Window(w) if is_over_window_results(w) => None,
             LogicalPlan::Window(w) if is_row_number_by_key(w) => {
                 aggregates += 1;
                 (aggregates > 1).then_some(
@@ -856,6 +886,32 @@ fn plan_error(sql: &SqlText, statement: &Location, e: DataFusionError) -> crate:
         .unwrap_or_else(|| statement.clone());
     let message = e.message().to_string();
     SqlError::Plan { location, message }.into()
+}
+
+/// `true` when every window expression is partitioned by (a field of) the window
+/// column of a windowed `GROUP BY` below it.
+fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
+    let below_is_windowed = w
+        .input
+        .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
+        .unwrap_or(false);
+    let schema = w.input.schema();
+    let window_type = super::window::window_type();
+    let by_window = |e: &Expr| {
+        e.column_refs().iter().any(|c| {
+            datafusion::common::ExprSchema::field_from_column(schema.as_ref(), c)
+                .map(|f| f.data_type() == &window_type)
+                .unwrap_or(false)
+        })
+    };
+    below_is_windowed
+        && w.window_expr.iter().all(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            matches!(e, Expr::WindowFunction(f) if f.params.partition_by.iter().any(by_window))
+        })
 }
 
 /// `true` for `ROW_NUMBER() OVER (PARTITION BY … ORDER BY one column ASC)`, alone.
@@ -970,6 +1026,8 @@ struct WindowSplit {
     lower: Arc<dyn ExecutionPlan>,
     aggregate: WindowAggFactory,
     upper: Arc<dyn ExecutionPlan>,
+    /// The upper part holds window functions: it must see whole windows.
+    gather: bool,
 }
 
 /// Finds the aggregate of a planned query (checked to be windowed by
@@ -1028,7 +1086,15 @@ fn split_window_aggregate(
     };
     let output = top.schema();
     let upper = replace_with_slot(plan, &top)?;
+    fn has_window_exec(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
+        plan.downcast_ref::<BoundedWindowAggExec>().is_some()
+            || plan.downcast_ref::<WindowAggExec>().is_some()
+            || plan.children().into_iter().any(has_window_exec)
+    }
+    let gather = has_window_exec(&upper);
     Ok(Some(WindowSplit {
+        gather,
         lower: agg.input().clone(),
         aggregate: WindowAggFactory {
             spec,

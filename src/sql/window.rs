@@ -496,6 +496,90 @@ impl LateRows {
     }
 }
 
+/// Gathers the rows of each closed window from every partition of a window aggregate
+/// and emits them as one batch once the watermark has passed the window's end — for
+/// window functions over whole windows (Top-N per window). Runs as one task.
+pub struct WindowGatherFactory {
+    pub(crate) schema: SchemaRef,
+    pub(crate) window_column: usize,
+}
+
+impl OperatorFactory for WindowGatherFactory {
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "gather each closed window ({}) into one batch",
+            self.schema.field(self.window_column).name()
+        )
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(WindowGather {
+            task: task.clone(),
+            schema: self.schema.clone(),
+            window_column: self.window_column,
+            pending: BTreeMap::new(),
+        }))
+    }
+}
+
+struct WindowGather {
+    task: TaskInfo,
+    schema: SchemaRef,
+    window_column: usize,
+    /// Rows by window end.
+    pending: BTreeMap<i64, Vec<RecordBatch>>,
+}
+
+#[async_trait]
+impl Operator for WindowGather {
+    async fn process_batch(&mut self, batch: RecordBatch, _out: &mut Collector) -> Result<()> {
+        let windows = batch
+            .column(self.window_column)
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .ok_or_else(|| EngineError::User("gather: the window column is not a struct".into()))?;
+        let ends = event_times_ms(windows.column(1).as_ref())?;
+        let mut rows: HashMap<i64, Vec<u32>> = HashMap::new();
+        for (i, end) in ends.iter().enumerate() {
+            rows.entry(end.unwrap_or(i64::MAX))
+                .or_default()
+                .push(i as u32);
+        }
+        for (end, idx) in rows {
+            let part = if idx.len() == batch.num_rows() {
+                batch.clone()
+            } else {
+                arrow::compute::take_record_batch(&batch, &UInt32Array::from(idx))
+                    .map_err(|e| EngineError::arrow("gathering a window", e))?
+            };
+            self.pending.entry(end).or_default().push(part);
+        }
+        Ok(())
+    }
+
+    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        while let Some((&end, _)) = self.pending.first_key_value() {
+            if end > watermark {
+                break;
+            }
+            let (_, batches) = self.pending.pop_first().expect("checked above");
+            let whole = arrow::compute::concat_batches(&self.schema, &batches)
+                .map_err(|e| EngineError::arrow("gathering a window", e))?;
+            out.emit(whole).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        discarded(&self.task, self.pending.len(), "gathered window");
+        Ok(())
+    }
+}
+
 /// What every window operator needs from the plan.
 pub(crate) struct FactoryParts {
     pub(crate) window_pos: usize,
@@ -1186,6 +1270,35 @@ mod tests {
                 r#"{"ws":390,"we":420,"k":2,"n":2,"s":8}"#.to_string(),
             ]
         );
+    }
+
+    /// Top-N per window: ROW_NUMBER over a windowed GROUP BY, partitioned by the
+    /// window, sees each closed window whole (gathered from every partition), so the
+    /// result equals DataFusion batch at parallelism 1 and 2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn top_n_per_window_equals_datafusion_batch() {
+        let streaming = "SELECT ws, auction, n FROM (SELECT CAST(w['start'] AS BIGINT) AS ws, auction, n, \
+             ROW_NUMBER() OVER (PARTITION BY w ORDER BY n DESC, auction) AS rn FROM \
+             (SELECT tumble(INTERVAL '10 milliseconds') AS w, auction, count(*) AS n FROM bids GROUP BY w, auction)) \
+             WHERE rn <= 3";
+        let batch_query = "SELECT ws, auction, n FROM (SELECT ws, auction, n, \
+             ROW_NUMBER() OVER (PARTITION BY ws ORDER BY n DESC, auction) AS rn FROM \
+             (SELECT CAST(date_bin(INTERVAL '10 milliseconds', date_time, TIMESTAMP '1970-01-01T00:00:00Z') AS BIGINT) \
+             / 1000000 AS ws, auction, count(*) AS n FROM bids GROUP BY ws, auction)) WHERE rn <= 3";
+        for parallelism in [1, 2] {
+            let (input, output) = run(streaming, parallelism).await;
+            let ctx = SessionContext::new();
+            let schema = input[0].schema();
+            ctx.register_table(
+                "bids",
+                Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![input]).unwrap()),
+            )
+            .unwrap();
+            let expected = ctx.sql(batch_query).await.unwrap().collect().await.unwrap();
+            let expected = sorted_lines(&expected);
+            assert!(expected.len() > 30, "{} rows", expected.len());
+            assert_eq!(sorted_lines(&output), expected, "parallelism {parallelism}");
+        }
     }
 
     #[test]
