@@ -195,6 +195,15 @@ const WINDOWED: &[(&str, &str, &str)] = &[
          FROM (SELECT date_bin(INTERVAL '2' SECOND, date_time) AS b, auction FROM bids)) GROUP BY w, auction",
     ),
     (
+        "q11 sessions",
+        "SELECT session(INTERVAL '10' SECOND) AS w, bidder, count(*) AS n FROM bids GROUP BY w, bidder",
+        // Gaps and islands with window functions: a new session where the gap is >= 10 s.
+        "SELECT bidder, sid, count(*) AS n FROM (SELECT bidder, sum(new) OVER (PARTITION BY bidder \
+         ORDER BY date_time ROWS UNBOUNDED PRECEDING) AS sid FROM (SELECT bidder, date_time, \
+         CASE WHEN date_time - lag(date_time) OVER (PARTITION BY bidder ORDER BY date_time) \
+         < INTERVAL '10' SECOND THEN 0 ELSE 1 END AS new FROM bids)) GROUP BY bidder, sid",
+    ),
+    (
         "q5 hot items",
         "SELECT w, auction, n FROM (SELECT w, auction, n, ROW_NUMBER() OVER (PARTITION BY w ORDER BY n DESC) AS rn \
          FROM (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS n FROM bids \

@@ -163,3 +163,31 @@ pub async fn read_all(name: &str, source: Arc<dyn SourceFactory>) -> Result<Vec<
     crate::engine::Runtime::run(graph, Default::default(), futures::future::pending()).await?;
     Ok(sink.batches())
 }
+
+/// Test input used across the stateful operators' tests: `(k, v, ts)` rows as a batch
+/// of `k BIGINT, v BIGINT, ts TIMESTAMP(ms)`.
+#[cfg(test)]
+pub(crate) fn kvt_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .expect("three columns of equal length")
+}

@@ -288,8 +288,7 @@ impl Operator for RankOperator {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, RecordBatch, TimestampMillisecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::array::RecordBatch;
     use datafusion::prelude::SessionContext;
     use proptest::prelude::*;
 
@@ -297,26 +296,7 @@ mod tests {
     use crate::pipeline::PipelineBuilder;
 
     fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|r| r.2),
-                )),
-            ],
-        )
-        .unwrap()
+        crate::connectors::memory::kvt_batch(rows)
     }
 
     fn lines(batches: &[RecordBatch]) -> Vec<String> {

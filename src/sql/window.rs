@@ -962,28 +962,8 @@ mod tests {
     }
 
     fn ev_batch(events: &[Ev]) -> RecordBatch {
-        use arrow::array::{Int64Array, TimestampMillisecondArray};
-        use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.key))),
-                Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.value))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(
-                    events.iter().map(|e| e.ts),
-                )),
-            ],
-        )
-        .unwrap()
+        let rows: Vec<(i64, i64, i64)> = events.iter().map(|e| (e.key, e.value, e.ts)).collect();
+        crate::connectors::memory::kvt_batch(&rows)
     }
 
     /// The streaming result of `query` over `events`, one event per batch, watermark

@@ -344,8 +344,8 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, TimestampMillisecondArray};
-    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
     use crate::connectors::memory::MemorySource;
@@ -397,26 +397,7 @@ mod tests {
     }
 
     fn input(rows: &[(i64, i64, i64)]) -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("v", DataType::Int64, false),
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
-        ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
-                Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|r| r.2),
-                )),
-            ],
-        )
-        .unwrap()
+        crate::connectors::memory::kvt_batch(rows)
     }
 
     /// Timers fire in event-time order across keys, each once, with the state of their
