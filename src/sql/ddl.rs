@@ -23,6 +23,27 @@ pub struct TableDecl {
     pub connector: String,
     pub options: BTreeMap<String, String>,
     pub location: Location,
+    /// Where each option's key was written (`connector`: where its value was), so an
+    /// error about one option points at it.
+    pub option_locations: BTreeMap<String, Location>,
+}
+
+impl TableDecl {
+    /// Where an error about this table's connector or options should point: the
+    /// option it names, else the table.
+    pub fn locate(&self, error: &crate::Error) -> Location {
+        use crate::connectors::ConnectorError as C;
+        let option = match error {
+            crate::Error::Connector(C::UnknownConnector { .. }) => Some("connector"),
+            crate::Error::Connector(C::UnknownOption { option, .. })
+            | crate::Error::Connector(C::InvalidOption { option, .. }) => Some(option.as_str()),
+            _ => None,
+        };
+        option
+            .and_then(|o| self.option_locations.get(o))
+            .cloned()
+            .unwrap_or_else(|| self.location.clone())
+    }
 }
 
 /// `INSERT INTO sink SELECT …`.
@@ -132,6 +153,7 @@ pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
                     });
                 }
                 let mut options = BTreeMap::new();
+                let mut option_locations = BTreeMap::new();
                 for o in opts {
                     match o {
                         SqlOption::KeyValue { key, value } => {
@@ -145,6 +167,12 @@ pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
                                 });
                             };
                             let k = key.value.to_lowercase();
+                            let at = if k == "connector" {
+                                value.span()
+                            } else {
+                                key.span
+                            };
+                            option_locations.insert(k.clone(), span_location(sql, at));
                             if options.insert(k.clone(), v).is_some() {
                                 return Err(SqlError::Plan {
                                     location: span_location(sql, key.span),
@@ -187,6 +215,7 @@ pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
                     connector,
                     options,
                     location,
+                    option_locations,
                 });
             }
             Statement::CreateView(ref cv) => {

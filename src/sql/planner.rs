@@ -544,7 +544,7 @@ impl SqlPlanner {
             let factory =
                 connectors::source(&req, Options::new(&decl.name, &decl.connector, options))
                     .map_err(|e| SqlError::Connector {
-                        location: decl.location.clone(),
+                        location: decl.locate(&e),
                         source: Box::new(e),
                     })?;
             if let Some(refresh) = lookup {
@@ -678,7 +678,7 @@ impl SqlPlanner {
                     let factory =
                         connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
                             .map_err(|e| SqlError::Connector {
-                                location: decl.location.clone(),
+                                location: decl.locate(&e),
                                 source: Box::new(e),
                             })?;
                     let id = graph

@@ -30,12 +30,12 @@ fn sql_errors_name_file_line_and_column() {
         (
             "connector.sql",
             "CREATE TABLE orders WITH (connector = 'kafkaa');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
-            "connector.sql:1:14: unknown connector 'kafkaa'",
+            "connector.sql:1:39: unknown connector 'kafkaa'",
         ),
         (
             "option.sql",
             "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', rat = '5');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
-            "option.sql:1:14: connector 'generator' of table orders has no option 'rat'",
+            "option.sql:1:71: connector 'generator' of table orders has no option 'rat'",
         ),
         (
             "type.sql",
