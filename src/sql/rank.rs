@@ -16,10 +16,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::state::KeyEncoder;
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow::compute::interleave;
 use arrow::datatypes::SchemaRef;
-use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::physical_expr::PhysicalExpr;
 
@@ -70,7 +70,7 @@ impl OperatorFactory for RankFactory {
             time: self.time.clone(),
             output: self.output.clone(),
             input_columns: input,
-            converter: None,
+            encoder: KeyEncoder::default(),
             ttl_ms: self.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
             memory_limit: self.memory_limit,
             batches: HashMap::new(),
@@ -104,7 +104,7 @@ struct RankOperator {
     time: Arc<dyn PhysicalExpr>,
     output: SchemaRef,
     input_columns: usize,
-    converter: Option<RowConverter>,
+    encoder: KeyEncoder,
     ttl_ms: Option<i64>,
     memory_limit: Option<u64>,
     batches: HashMap<u64, Buffered>,
@@ -220,21 +220,7 @@ impl Operator for RankOperator {
             .iter()
             .map(|k| evaluate(k, &batch))
             .collect::<Result<_>>()?;
-        if self.converter.is_none() {
-            let fields = keys
-                .iter()
-                .map(|k| SortField::new(k.data_type().clone()))
-                .collect();
-            self.converter = Some(
-                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
-            );
-        }
-        let rows = self
-            .converter
-            .as_ref()
-            .expect("set above")
-            .convert_columns(&keys)
-            .map_err(|e| EngineError::arrow("encoding keys", e))?;
+        let rows = self.encoder.encode(&keys)?;
         let id = self.next_batch;
         let mut waiting = 0;
         let mut late = 0u64;

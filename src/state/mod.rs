@@ -28,6 +28,32 @@ use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, Watermark,
 };
 
+/// Encodes key columns as comparable, hashable bytes (Arrow's row format), set up
+/// from the first batch's key types.
+#[derive(Default)]
+pub(crate) struct KeyEncoder {
+    converter: Option<RowConverter>,
+}
+
+impl KeyEncoder {
+    pub(crate) fn encode(&mut self, columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
+        if self.converter.is_none() {
+            let fields = columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect();
+            self.converter = Some(
+                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
+            );
+        }
+        self.converter
+            .as_ref()
+            .expect("set above")
+            .convert_columns(columns)
+            .map_err(|e| EngineError::arrow("encoding keys", e).into())
+    }
+}
+
 /// One input row, read column by column.
 pub struct Row<'a> {
     batch: &'a RecordBatch,
@@ -152,7 +178,7 @@ impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
             function: (self.make)(),
             keys: self.keys.clone(),
             output: self.output.clone(),
-            converter: None,
+            encoder: KeyEncoder::default(),
             states: HashMap::new(),
             timers: BTreeSet::new(),
             watermark: Watermark::START,
@@ -171,7 +197,7 @@ struct ProcessOperator<F: KeyedProcessFunction> {
     function: F,
     keys: Vec<usize>,
     output: SchemaRef,
-    converter: Option<RowConverter>,
+    encoder: KeyEncoder,
     states: HashMap<OwnedRow, KeyState<F::State>>,
     /// Pending timers in firing order: (time, key).
     timers: BTreeSet<(i64, OwnedRow)>,
@@ -238,21 +264,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let key_columns: Vec<ArrayRef> =
             self.keys.iter().map(|&i| batch.column(i).clone()).collect();
-        if self.converter.is_none() {
-            let fields = key_columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect();
-            self.converter = Some(
-                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
-            );
-        }
-        let rows = self
-            .converter
-            .as_ref()
-            .expect("set above")
-            .convert_columns(&key_columns)
-            .map_err(|e| EngineError::arrow("encoding keys", e))?;
+        let rows = self.encoder.encode(&key_columns)?;
         let mut emitted = Vec::new();
         for i in 0..batch.num_rows() {
             let key = rows.row(i).owned();
