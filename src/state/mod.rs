@@ -50,7 +50,7 @@ impl KeyEncoder {
             .as_ref()
             .expect("set above")
             .convert_columns(columns)
-            .map_err(|e| EngineError::arrow("encoding keys", e).into())
+            .map_err(|e| EngineError::arrow("encoding keys", e))
     }
 }
 
