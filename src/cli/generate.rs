@@ -43,36 +43,24 @@ pub(super) fn generate(args: &GenerateArgs) -> ExitCode {
             map.insert(k.trim().to_string(), v.trim().to_string());
         }
         let settings = GeneratorSettings::from_cli(&args.world, &args.stream, args.seed, map)?;
-        match &args.output {
-            Some(path) => {
-                let f = std::fs::File::create(path).map_err(|e| crate::Error::io(path, e))?;
-                let mut w = std::io::BufWriter::new(f);
-                let n = write_events(
-                    &args.stream,
-                    &args.world,
-                    args.seed,
-                    args.count,
-                    &settings,
-                    &mut w,
-                )?;
-                w.flush().map_err(|e| crate::Error::io(path, e))?;
-                Ok(n)
-            }
-            None => {
-                let stdout = std::io::stdout();
-                let mut w = std::io::BufWriter::new(stdout.lock());
-                let n = write_events(
-                    &args.stream,
-                    &args.world,
-                    args.seed,
-                    args.count,
-                    &settings,
-                    &mut w,
-                )?;
-                w.flush().map_err(|e| crate::Error::io("<stdout>", e))?;
-                Ok(n)
-            }
-        }
+        let (out, name): (Box<dyn Write>, PathBuf) = match &args.output {
+            Some(path) => (
+                Box::new(std::fs::File::create(path).map_err(|e| crate::Error::io(path, e))?),
+                path.into(),
+            ),
+            None => (Box::new(std::io::stdout().lock()), "<stdout>".into()),
+        };
+        let mut w = std::io::BufWriter::new(out);
+        let n = write_events(
+            &args.stream,
+            &args.world,
+            args.seed,
+            args.count,
+            &settings,
+            &mut w,
+        )?;
+        w.flush().map_err(|e| crate::Error::io(name, e))?;
+        Ok(n)
     })();
     match result {
         Ok(n) => {

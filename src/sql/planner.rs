@@ -370,7 +370,7 @@ impl SqlPlanner {
                 memory_limit: options.state_memory_limit,
                 ..split.aggregate
             };
-            let gather = split.gather.then_some(aggregate.window_pos);
+            let gather = split.gather.then_some(aggregate.parts.window_pos);
             StagePlan::Stateful {
                 lower: stage(
                     split.lower,
@@ -1098,13 +1098,15 @@ fn split_window_aggregate(
         lower: agg.input().clone(),
         aggregate: WindowAggFactory {
             spec,
-            window_pos,
-            time,
-            keys,
-            key_schema: Arc::new(arrow::datatypes::Schema::new(key_fields)),
-            aggs: agg.aggr_expr().to_vec(),
-            filters: agg.filter_expr().to_vec(),
-            output,
+            parts: super::window::FactoryParts {
+                window_pos,
+                time,
+                keys,
+                key_schema: Arc::new(arrow::datatypes::Schema::new(key_fields)),
+                aggs: agg.aggr_expr().to_vec(),
+                filters: agg.filter_expr().to_vec(),
+                output,
+            },
             memory_limit: None,
         },
         upper,

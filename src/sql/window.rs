@@ -270,16 +270,7 @@ impl WindowKind {
 /// A windowed aggregate as planned: what to group by, what to compute, what to emit.
 pub struct WindowAggFactory {
     pub(crate) spec: WindowKind,
-    /// Position of the window among the `GROUP BY` expressions (and output columns).
-    pub(crate) window_pos: usize,
-    pub(crate) time: Arc<dyn PhysicalExpr>,
-    /// The other `GROUP BY` expressions, in order.
-    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
-    pub(crate) key_schema: SchemaRef,
-    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
-    pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
-    /// Output: the `GROUP BY` expressions then the aggregates, as DataFusion planned them.
-    pub(crate) output: SchemaRef,
+    pub(crate) parts: FactoryParts,
     /// Most bytes of window state one task may hold.
     pub(crate) memory_limit: Option<u64>,
 }
@@ -288,7 +279,7 @@ impl WindowAggFactory {
     /// Input columns the keys are plain references to, or `None` when a key is
     /// computed (then rows cannot be routed by column and the node runs as one task).
     pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
-        column_indices(&self.keys)
+        column_indices(&self.parts.keys)
     }
 }
 
@@ -302,7 +293,7 @@ pub(crate) fn column_indices(exprs: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<usiz
 
 impl OperatorFactory for WindowAggFactory {
     fn output_schema(&self) -> SchemaRef {
-        self.output.clone()
+        self.parts.output.clone()
     }
 
     fn describe(&self) -> String {
@@ -314,30 +305,23 @@ impl OperatorFactory for WindowAggFactory {
             WindowKind::Session { gap } => format!("session, gap {gap} ms"),
         };
         let keys: Vec<String> = self
+            .parts
             .key_schema
             .fields()
             .iter()
             .map(|f| f.name().clone())
             .collect();
-        let aggs: Vec<&str> = self.aggs.iter().map(|a| a.name()).collect();
+        let aggs: Vec<&str> = self.parts.aggs.iter().map(|a| a.name()).collect();
         format!(
             "window aggregate ({window}, event time {}) by [{}]: {}",
-            self.time,
+            self.parts.time,
             keys.join(", "),
             aggs.join(", ")
         )
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let parts = FactoryParts {
-            window_pos: self.window_pos,
-            time: self.time.clone(),
-            keys: self.keys.clone(),
-            key_schema: self.key_schema.clone(),
-            aggs: self.aggs.clone(),
-            filters: self.filters.clone(),
-            output: self.output.clone(),
-        };
+        let parts = self.parts.clone();
         let spec = match self.spec {
             WindowKind::Fixed(spec) => spec,
             WindowKind::Session { gap } => {
@@ -581,13 +565,17 @@ impl Operator for WindowGather {
 }
 
 /// What every window operator needs from the plan.
+#[derive(Clone)]
 pub(crate) struct FactoryParts {
+    /// Position of the window among the `GROUP BY` expressions (and output columns).
     pub(crate) window_pos: usize,
     pub(crate) time: Arc<dyn PhysicalExpr>,
+    /// The other `GROUP BY` expressions, in order.
     pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
     pub(crate) key_schema: SchemaRef,
     pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
     pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// Output: the `GROUP BY` expressions then the aggregates, as DataFusion planned them.
     pub(crate) output: SchemaRef,
 }
 

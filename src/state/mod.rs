@@ -100,7 +100,22 @@ pub struct ProcessContext<'a> {
     clear: bool,
 }
 
-impl ProcessContext<'_> {
+impl<'a> ProcessContext<'a> {
+    fn new(
+        key: &'a [ScalarValue],
+        watermark: i64,
+        emitted: &'a mut Vec<Vec<ScalarValue>>,
+        timers: &'a mut Vec<i64>,
+    ) -> Self {
+        ProcessContext {
+            key,
+            watermark,
+            emitted,
+            timers,
+            clear: false,
+        }
+    }
+
     /// The key of the current row or timer (the `key_by` columns, in order).
     pub fn key(&self) -> &[ScalarValue] {
         self.key
@@ -284,13 +299,8 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                 }
             };
             let mut timers = Vec::new();
-            let mut ctx = ProcessContext {
-                key: &entry.key,
-                watermark: self.watermark,
-                emitted: &mut emitted,
-                timers: &mut timers,
-                clear: false,
-            };
+            let mut ctx =
+                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
             self.function.process(
                 &Row {
                     batch: &batch,
@@ -322,13 +332,8 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
             };
             entry.timers.remove(&time);
             let mut timers = Vec::new();
-            let mut ctx = ProcessContext {
-                key: &entry.key,
-                watermark: self.watermark,
-                emitted: &mut emitted,
-                timers: &mut timers,
-                clear: false,
-            };
+            let mut ctx =
+                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
             self.function.on_timer(time, &mut entry.state, &mut ctx)?;
             let clear = ctx.clear;
             self.settle(&key, timers, clear);
