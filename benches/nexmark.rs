@@ -21,7 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tributary::connectors::blackhole::{BlackholeSink, blackhole_with_latency};
 use tributary::connectors::memory::MemorySource;
 use tributary::engine::{BatchSettings, RuntimeSettings};
-use tributary::pipeline::PipelineBuilder;
+use tributary::pipeline::{PipelineBuilder, Stream};
 
 const QUERIES: &[(&str, &str)] = &[
     (
@@ -55,12 +55,13 @@ fn source_ddl(events: u64, extra: &str) -> String {
     )
 }
 
-/// Events per second through generator → (SQL) → blackhole.
-async fn tributary(events: u64, parallelism: usize, query: Option<&str>) -> f64 {
-    let mut p = PipelineBuilder::new("bench")
-        .parallelism(parallelism)
-        .runtime_settings(settings());
-    let src = p.source_sql(&source_ddl(events, ", rate = '0'")).unwrap();
+/// Runs `src` → (`query`) → blackhole to completion; events per second.
+async fn events_per_second(
+    mut p: PipelineBuilder,
+    src: Stream,
+    query: Option<&str>,
+    events: u64,
+) -> f64 {
     let out = match query {
         Some(q) => p.sql(src, q).await.unwrap(),
         None => src,
@@ -70,6 +71,15 @@ async fn tributary(events: u64, parallelism: usize, query: Option<&str>) -> f64 
     let t = Instant::now();
     p.run_to_completion().await.unwrap();
     events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Events per second through generator → (SQL) → blackhole.
+async fn tributary(events: u64, parallelism: usize, query: Option<&str>) -> f64 {
+    let mut p = PipelineBuilder::new("bench")
+        .parallelism(parallelism)
+        .runtime_settings(settings());
+    let src = p.source_sql(&source_ddl(events, ", rate = '0'")).unwrap();
+    events_per_second(p, src, query, events).await
 }
 
 /// Events per second through the streaming engine fed from the bids already in
@@ -93,12 +103,7 @@ async fn from_memory(
         p.event_time(&src, "date_time", Duration::from_secs(1))
             .unwrap();
     }
-    let out = p.sql(src, query).await.unwrap();
-    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-        .unwrap();
-    let t = Instant::now();
-    p.run_to_completion().await.unwrap();
-    events as f64 / t.elapsed().as_secs_f64()
+    events_per_second(p, src, Some(query), events).await
 }
 
 /// The median of `runs` measurements: the in-memory runs last milliseconds, where one
@@ -225,12 +230,7 @@ async fn tributary_windowed(events: u64, query: &str) -> f64 {
             ", rate = '0', event_time_field = 'date_time', watermark_delay = '1s'",
         ))
         .unwrap();
-    let out = p.sql(src, query).await.unwrap();
-    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-        .unwrap();
-    let t = Instant::now();
-    p.run_to_completion().await.unwrap();
-    events as f64 / t.elapsed().as_secs_f64()
+    events_per_second(p, src, Some(query), events).await
 }
 
 /// p50/p99 latency (event time of the oldest row in a batch to the sink) at `rate`.

@@ -51,6 +51,19 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `tributary generate --stream STREAM --seed SEED --count COUNT [--option o]… -o OUT`
+/// in `dir`; asserts it succeeds.
+pub fn generate(dir: &Path, stream: &str, seed: &str, count: &str, options: &[&str], out: &str) {
+    let mut args = vec![
+        "generate", "--stream", stream, "--seed", seed, "--count", count,
+    ];
+    for o in options {
+        args.extend(["--option", o]);
+    }
+    args.extend(["-o", out]);
+    ok(&run(dir, &args));
+}
+
 /// Asserts success, printing the binary's stderr otherwise.
 pub fn ok(o: &Output) {
     assert!(

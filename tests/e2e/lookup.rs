@@ -20,40 +20,19 @@ const Q_INNER: &str = "SELECT o.event_id, upper(r.name) AS restaurant, o.total \
 async fn lookup_joins_match_datafusion_batch_with_misses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    ok(&run(
+    generate(
         d,
+        "orders",
+        "7",
+        "4000",
         &[
-            "generate",
-            "--stream",
-            "orders",
-            "--seed",
-            "7",
-            "--count",
-            "4000",
-            "--option",
             "malformed_fraction=0.01",
-            "--option",
             "duplicate_fraction=0.02",
-            "--option",
             "rate=0",
-            "-o",
-            "orders.jsonl",
         ],
-    ));
-    ok(&run(
-        d,
-        &[
-            "generate",
-            "--stream",
-            "restaurants",
-            "--seed",
-            "7",
-            "--count",
-            "300",
-            "-o",
-            "all.jsonl",
-        ],
-    ));
+        "orders.jsonl",
+    );
+    generate(d, "restaurants", "7", "300", &[], "all.jsonl");
     let even: String = std::fs::read_to_string(d.join("all.jsonl"))
         .unwrap()
         .lines()

@@ -27,29 +27,19 @@ const Q_ITEMS: &str = "SELECT order_id, item['name'] AS name, \
 async fn generator_sql_stages_match_datafusion_batch_over_the_same_events() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = run(
+    generate(
         d,
+        "orders",
+        "11",
+        "20000",
         &[
-            "generate",
-            "--stream",
-            "orders",
-            "--seed",
-            "11",
-            "--count",
-            "20000",
-            "--option",
             "out_of_order=5s",
-            "--option",
             "duplicate_fraction=0.02",
-            "--option",
             "malformed_fraction=0.01",
-            "--option",
             "rate=0",
-            "-o",
-            "input.jsonl",
         ],
+        "input.jsonl",
     );
-    ok(&o);
     let sql = format!(
         "CREATE TABLE orders WITH (connector = 'generator', {GEN});\n\
          CREATE TABLE status_out WITH (connector = 'file', path = 'status.jsonl');\n\
@@ -96,22 +86,14 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
     for (seed, name) in [("21", "in/a.jsonl"), ("22", "in/b.jsonl")] {
-        ok(&run(
+        generate(
             d,
-            &[
-                "generate",
-                "--stream",
-                "orders",
-                "--seed",
-                seed,
-                "--count",
-                "5000",
-                "--option",
-                "duplicate_fraction=0.05",
-                "-o",
-                name,
-            ],
-        ));
+            "orders",
+            seed,
+            "5000",
+            &["duplicate_fraction=0.05"],
+            name,
+        );
     }
     let query = "SELECT event_id, order_id, lower(event_type) AS t, \
                  CAST(event_time AS VARCHAR) AS at, total / 2 AS half \

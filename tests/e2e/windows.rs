@@ -133,14 +133,7 @@ fn with_ms(mut rows: Vec<serde_json::Value>, fields: &[&str]) -> Vec<serde_json:
 async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut args = vec![
-        "generate", "--stream", "orders", "--seed", "5", "--count", "6000",
-    ];
-    for o in GEN_OPTS {
-        args.extend(["--option", o]);
-    }
-    args.extend(["-o", "input.jsonl"]);
-    ok(&run(d, &args));
+    generate(d, "orders", "5", "6000", GEN_OPTS, "input.jsonl");
     write(&d.join("p.sql"), PIPELINE_SQL);
     // One row per batch: the watermark a row meets is then exactly the one the oracle
     // computes (the newest event time before it, minus the delay).
@@ -322,26 +315,14 @@ async fn row_number_deduplicates_like_datafusion_batch() {
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
     for (seed, file) in [("9", "in/a.jsonl"), ("10", "in/b.jsonl")] {
-        ok(&run(
+        generate(
             d,
-            &[
-                "generate",
-                "--stream",
-                "orders",
-                "--seed",
-                seed,
-                "--count",
-                "3000",
-                "--option",
-                "duplicate_fraction=0.05",
-                "--option",
-                "out_of_order=5s",
-                "--option",
-                "rate=0",
-                "-o",
-                file,
-            ],
-        ));
+            "orders",
+            seed,
+            "3000",
+            &["duplicate_fraction=0.05", "out_of_order=5s", "rate=0"],
+            file,
+        );
     }
     let query = "SELECT event_id, order_id, event_type, rn FROM \
                  (SELECT event_id, order_id, event_type, \
