@@ -107,6 +107,28 @@ impl Graph {
         })
     }
 
+    /// Adds an operator with two inputs of different schemas (a join): batches from
+    /// `left` reach [`Operator::process_input`](super::Operator::process_input) as
+    /// input 0, from `right` as input 1.
+    pub fn add_join(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn OperatorFactory>,
+        parallelism: usize,
+        left: (NodeId, Partitioning),
+        right: (NodeId, Partitioning),
+    ) -> NodeId {
+        let schema = factory.output_schema();
+        self.push(NodeSpec {
+            name: name.into(),
+            kind: NodeKind::Operator(factory),
+            parallelism,
+            inputs: vec![left, right],
+            schema,
+            event_time: None,
+        })
+    }
+
     /// Adds a sink fed by `input`; its schema must be accepted by the sink.
     pub fn add_sink(
         &mut self,

@@ -95,6 +95,18 @@ pub trait Operator: Send {
     /// Processes one input batch and emits any number of output batches.
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()>;
 
+    /// Processes a batch from the node's input number `input` (its position in the
+    /// graph's inputs of the node: 0 for the left side of a join, 1 for the right).
+    /// Operators with one input (or a union of like inputs) keep the default.
+    async fn process_input(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Collector,
+    ) -> Result<()> {
+        self.process_batch(batch, out).await
+    }
+
     /// The combined watermark of this task's inputs advanced to `watermark`: emit what
     /// it completes (windows, timers). The runtime forwards the watermark downstream
     /// after this returns, so results always precede the watermark that made them.

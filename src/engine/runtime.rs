@@ -111,7 +111,9 @@ impl RunHandle {
 
 pub struct Runtime;
 
-type Inputs = Vec<mpsc::Receiver<Message>>;
+/// A task's input channels, each with the index of the graph input (the node's
+/// `inputs` position, the "side" of a join) it carries.
+type Inputs = Vec<(usize, mpsc::Receiver<Message>)>;
 
 impl Runtime {
     /// Starts every task of `graph` and returns at once.
@@ -134,7 +136,7 @@ impl Runtime {
             .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
             .collect();
         for (id, node) in graph.nodes.iter().enumerate() {
-            for (input, partitioning) in &node.inputs {
+            for (side, (input, partitioning)) in node.inputs.iter().enumerate() {
                 let up = &graph.nodes[*input];
                 let fill = m::channel_fill(&pipeline, &node.name);
                 for (u, up_outputs) in outputs[*input].iter_mut().enumerate().take(up.parallelism) {
@@ -147,7 +149,7 @@ impl Runtime {
                     for d in targets {
                         let (tx, rx) = mpsc::channel(cap);
                         senders.push(tx);
-                        receivers[id][d].push(rx);
+                        receivers[id][d].push((side, rx));
                     }
                     up_outputs.push(Output::new(
                         partitioning.clone(),
@@ -373,7 +375,7 @@ async fn supervise(
 /// Merges a task's input channels into one stream of `(input index, message)`; each
 /// input yields its `End` (or, if its sender is dropped, an `End` in its place) once.
 fn merge(inputs: Inputs) -> BoxStream<'static, (usize, Message)> {
-    let streams = inputs.into_iter().enumerate().map(|(i, rx)| {
+    let streams = inputs.into_iter().enumerate().map(|(i, (_, rx))| {
         futures::stream::unfold((rx, false), move |(mut rx, done)| async move {
             if done {
                 return None;
@@ -402,6 +404,7 @@ async fn run_operator(
     let latency = m::processing_latency(&task.pipeline, &task.node);
     let watermark_gauge = m::watermark(&task.pipeline, &task.node);
     let mut watermarks = InputWatermarks::new(inputs.len(), idle_timeout);
+    let sides: Vec<usize> = inputs.iter().map(|(side, _)| *side).collect();
     let mut input = merge(inputs);
     // Idleness is re-evaluated on a timer; without a timeout the timer never fires.
     let mut idle_check = tokio::time::interval(idle_timeout.unwrap_or(Duration::from_secs(3600)));
@@ -419,7 +422,7 @@ async fn run_operator(
                         stats.rows_in.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                         rows_in.increment(n);
                         let t = Instant::now();
-                        op.process_batch(batch, &mut out).await?;
+                        op.process_input(sides[i], batch, &mut out).await?;
                         latency.record(t.elapsed().as_secs_f64());
                         None
                     }

@@ -28,7 +28,7 @@ use crate::engine::{
     EngineError, FilterOperator, FlatMapOperator, Graph, MapOperator, NodeId, Partitioning,
     RunReport, Runtime, RuntimeSettings, SinkFactory, SourceFactory,
 };
-use crate::sql::{SqlPlanner, SqlText, parse_sql};
+use crate::sql::{SqlPlanner, SqlText, StagePlan, parse_sql};
 
 /// A node's output inside a [`PipelineBuilder`], with how the next node receives it.
 #[derive(Debug, Clone)]
@@ -226,9 +226,7 @@ impl PipelineBuilder {
             .planner
             .plan_query(
                 query,
-                event_time.as_deref(),
-                &name,
-                self.schema(&input),
+                &[(&name, self.schema(&input), event_time.as_deref())],
                 self.stage_options,
             )
             .await?;
@@ -238,6 +236,53 @@ impl PipelineBuilder {
             &format!("{name}_sql"),
             e.node,
             e.partitioning,
+            self.parallelism,
+        )?;
+        Ok(Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        })
+    }
+
+    /// A SQL query joining two streams, each read under its node name (the source's
+    /// table name, or the name of the stage that produced it): an interval join,
+    /// `… FROM a JOIN b ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL … AND b.ts`.
+    pub async fn join_sql(&mut self, left: Stream, right: Stream, query: &str) -> Result<Stream> {
+        let names = [
+            self.graph.nodes[left.node].name.clone(),
+            self.graph.nodes[right.node].name.clone(),
+        ];
+        let times = [self.event_time_of(&left), self.event_time_of(&right)];
+        let stage = self
+            .planner
+            .plan_query(
+                query,
+                &[
+                    (&names[0], self.schema(&left), times[0].as_deref()),
+                    (&names[1], self.schema(&right), times[1].as_deref()),
+                ],
+                self.stage_options,
+            )
+            .await?;
+        let StagePlan::Join { inputs, .. } = &stage else {
+            return Err(EngineError::User(format!(
+                "join_sql: the query does not join {} with {}",
+                names[0], names[1]
+            ))
+            .into());
+        };
+        // The planner may have put either stream on either side.
+        let (l, r) = if inputs[0] == names[0] {
+            (left, right)
+        } else {
+            (right, left)
+        };
+        let (l, r) = (self.edge(&l).node, self.edge(&r).node);
+        let (node, _) = stage.add_join_to_graph(
+            &mut self.graph,
+            &format!("{}_{}", names[0], names[1]),
+            l,
+            r,
             self.parallelism,
         )?;
         Ok(Stream {

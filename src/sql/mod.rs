@@ -13,6 +13,7 @@
 //!   write instead.
 
 mod ddl;
+mod join;
 mod lookup;
 pub(crate) mod planner;
 pub mod rank;

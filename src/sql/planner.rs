@@ -18,6 +18,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
+use super::join::IntervalJoinFactory;
 use super::lookup::{LookupPartition, LookupTable};
 use super::rank::RankFactory;
 use super::stage::{SlotPartition, SqlOperatorFactory};
@@ -106,9 +107,93 @@ pub enum StagePlan {
         gather: Option<usize>,
         upper: Arc<SqlOperatorFactory>,
     },
+    /// A join of two streams (an interval join): a per-batch stage per side, the join
+    /// operator, a per-batch stage above it.
+    Join {
+        /// The per-batch stages of the left and the right side.
+        sides: [Arc<SqlOperatorFactory>; 2],
+        /// The stream table each side reads.
+        inputs: [String; 2],
+        operator: Arc<dyn crate::engine::OperatorFactory>,
+        /// Columns of each side's stage output that key the join; `None`: one task.
+        key_columns: Option<(Vec<usize>, Vec<usize>)>,
+        upper: Arc<SqlOperatorFactory>,
+    },
 }
 
 impl StagePlan {
+    /// Adds a join's nodes to `graph`, its sides reading `left` and `right`; returns
+    /// the last node and the SQL stages added (name, stage) for `explain`.
+    pub fn add_join_to_graph(
+        &self,
+        graph: &mut Graph,
+        name: &str,
+        left: NodeId,
+        right: NodeId,
+        parallelism: usize,
+    ) -> Result<(NodeId, Vec<(String, Arc<SqlOperatorFactory>)>)> {
+        let StagePlan::Join {
+            sides,
+            operator,
+            key_columns,
+            upper,
+            ..
+        } = self
+        else {
+            return Err(crate::engine::EngineError::Graph(format!(
+                "{name}: only a join reads two inputs"
+            ))
+            .into());
+        };
+        let l = graph.add_operator(
+            &format!("{name}_left"),
+            sides[0].clone(),
+            graph.node(left)?.parallelism,
+            left,
+            Partitioning::Forward,
+        );
+        let r = graph.add_operator(
+            &format!("{name}_right"),
+            sides[1].clone(),
+            graph.node(right)?.parallelism,
+            right,
+            Partitioning::Forward,
+        );
+        // Rows with equal keys must meet in one task.
+        let (routing, join_parallelism) = match key_columns {
+            Some((lk, rk)) => (
+                (
+                    Partitioning::Hash(lk.clone()),
+                    Partitioning::Hash(rk.clone()),
+                ),
+                parallelism,
+            ),
+            None => ((Partitioning::RoundRobin, Partitioning::RoundRobin), 1),
+        };
+        let join = graph.add_join(
+            &format!("{name}_join"),
+            operator.clone(),
+            join_parallelism,
+            (l, routing.0),
+            (r, routing.1),
+        );
+        let up = graph.add_operator(
+            name,
+            upper.clone(),
+            join_parallelism,
+            join,
+            Partitioning::Forward,
+        );
+        Ok((
+            up,
+            vec![
+                (graph.nodes[l].name.clone(), sides[0].clone()),
+                (graph.nodes[r].name.clone(), sides[1].clone()),
+                (graph.nodes[up].name.clone(), upper.clone()),
+            ],
+        ))
+    }
+
     /// Adds the query's node(s) to `graph` after `input`; returns the last node and
     /// the SQL stages added (name, stage) for `explain`.
     pub fn add_to_graph(
@@ -120,6 +205,10 @@ impl StagePlan {
         parallelism: usize,
     ) -> Result<(NodeId, Vec<(String, Arc<SqlOperatorFactory>)>)> {
         match self {
+            StagePlan::Join { .. } => Err(crate::engine::EngineError::Graph(format!(
+                "{name}: a join reads two inputs; add it with add_join_to_graph"
+            ))
+            .into()),
             StagePlan::Stateless(stage) => {
                 let id = graph.add_operator(name, stage.clone(), parallelism, input, partitioning);
                 Ok((id, vec![(graph.nodes[id].name.clone(), stage.clone())]))
@@ -281,6 +370,7 @@ impl SqlPlanner {
     fn register_input(ctx: &SessionContext, name: &str, schema: SchemaRef) -> Result<()> {
         let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
             schema: schema.clone(),
+            table: Some(name.into()),
         });
         let table = StreamingTable::try_new(schema, vec![part])
             .map_err(|e| crate::engine::EngineError::datafusion("registering input", e))?;
@@ -330,7 +420,7 @@ impl SqlPlanner {
         target_name: &str,
         options: StageOptions,
         event_times: &BTreeMap<String, String>,
-    ) -> Result<(StagePlan, String)> {
+    ) -> Result<(StagePlan, Vec<String>)> {
         let on_error = options.on_error;
         let text = query.to_string();
         let state = ctx.state();
@@ -347,7 +437,7 @@ impl SqlPlanner {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| plan_error(sql, location, e))?;
-        let input = check_streamable(&optimized, location, &self.lookups_in(ctx))?;
+        let inputs = check_streamable(&optimized, location, &self.lookups_in(ctx))?;
         let physical = state
             .create_physical_plan(&plan)
             .await
@@ -365,7 +455,29 @@ impl SqlPlanner {
             location: location.clone(),
             message,
         };
-        let planned = if let Some(split) = split_window_aggregate(&physical).map_err(refuse)? {
+        let planned = if let Some(split) = split_join(&physical, event_times).map_err(refuse)? {
+            let join = IntervalJoinFactory {
+                memory_limit: options.state_memory_limit,
+                ..split.join
+            };
+            let [left_table, right_table] = split.tables;
+            StagePlan::Join {
+                sides: [
+                    stage(
+                        split.left,
+                        format!("(left input of the join: {left_table}) {text}"),
+                    ),
+                    stage(
+                        split.right,
+                        format!("(right input of the join: {right_table}) {text}"),
+                    ),
+                ],
+                inputs: [left_table, right_table],
+                key_columns: join.key_columns(),
+                operator: Arc::new(join),
+                upper: stage(split.upper, text),
+            }
+        } else if let Some(split) = split_window_aggregate(&physical).map_err(refuse)? {
             let aggregate = WindowAggFactory {
                 memory_limit: options.state_memory_limit,
                 ..split.aggregate
@@ -382,9 +494,14 @@ impl SqlPlanner {
                 kind: "window",
                 upper: stage(split.upper, text),
             }
-        } else if let Some(split) =
-            split_row_number(&physical, event_times.get(&input).map(String::as_str))
-                .map_err(refuse)?
+        } else if let Some(split) = split_row_number(
+            &physical,
+            inputs
+                .first()
+                .and_then(|i| event_times.get(i))
+                .map(String::as_str),
+        )
+        .map_err(refuse)?
         {
             let rank = RankFactory {
                 memory_limit: options.state_memory_limit,
@@ -402,21 +519,20 @@ impl SqlPlanner {
         } else {
             StagePlan::Stateless(stage(physical, text))
         };
-        Ok((planned, input))
+        Ok((planned, inputs))
     }
 
-    /// Plans a query over one named input, for the Rust builder API. `event_time` is
-    /// the input's event-time column, which `tumble`/`hop` use when not given one.
+    /// Plans a query over named inputs (name, schema, event-time column), for the Rust
+    /// builder API: one input, or two that the query joins. The event-time column is
+    /// what `tumble`/`hop` use when not given one, and what bounds a join's state.
     pub async fn plan_query(
         &self,
         query: &str,
-        event_time: Option<&str>,
-        input_name: &str,
-        input_schema: SchemaRef,
+        inputs: &[(&str, SchemaRef, Option<&str>)],
         options: StageOptions,
     ) -> Result<StagePlan> {
         let sql = SqlText::file(query, "<query>");
-        let parsed = datafusion::sql::sqlparser::parser::Parser::new(
+        let mut parsed = datafusion::sql::sqlparser::parser::Parser::new(
             &datafusion::sql::sqlparser::dialect::GenericDialect {},
         )
         .try_with_sql(query)
@@ -425,14 +541,15 @@ impl SqlPlanner {
             location: sql.locate(1, 1),
             message: e.to_string(),
         })?;
-        let mut parsed = parsed;
-        let times: BTreeMap<String, String> = event_time
-            .map(|c| (input_name.to_string(), c.to_string()))
-            .into_iter()
+        let times: BTreeMap<String, String> = inputs
+            .iter()
+            .filter_map(|(name, _, et)| et.map(|c| (name.to_string(), c.to_string())))
             .collect();
         add_window_time_args(&mut parsed, &times);
         let ctx = self.session();
-        Self::register_input(&ctx, input_name, input_schema)?;
+        for (name, schema, _) in inputs {
+            Self::register_input(&ctx, name, schema.clone())?;
+        }
         let (stage, _) = self
             .plan_stage(
                 &ctx,
@@ -599,7 +716,7 @@ impl SqlPlanner {
             };
             let mut query = insert.query.clone();
             add_window_time_args(&mut query, &event_times);
-            let (stage, input) = self
+            let (stage, inputs) = self
                 .plan_stage(
                     &ctx,
                     sql,
@@ -615,50 +732,88 @@ impl SqlPlanner {
                     &event_times,
                 )
                 .await?;
-            if sinks.contains_key(&input) {
-                return Err(SqlError::Plan {
-                    location: insert.location.clone(),
-                    message: format!(
-                        "INSERT INTO {} reads from {input}, which is a sink: a table is either read or written",
-                        insert.sink
-                    ),
-                }
-                .into());
-            }
-            let source_id = match source_nodes.get(&input) {
-                Some(id) => *id,
-                None => {
-                    let (factory, parallelism, decl_location, event_time) =
-                        sources.get(&input).ok_or_else(|| SqlError::Plan {
-                            location: insert.location.clone(),
-                            message: format!("{input} is not a declared table"),
-                        })?;
-                    let id = graph.add_source(&input, factory.clone(), *parallelism);
-                    if let Some((et, idle)) = event_time {
-                        graph
-                            .set_event_time(id, et.clone())
-                            .map_err(|e| SqlError::Plan {
-                                location: decl_location.clone(),
-                                message: e.to_string(),
-                            })?;
-                        if let Some(idle) = idle {
-                            graph.idle_timeout =
-                                Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
-                        }
+            let mut input_ids = Vec::new();
+            for input in &inputs {
+                if sinks.contains_key(input) {
+                    return Err(SqlError::Plan {
+                        location: insert.location.clone(),
+                        message: format!(
+                            "INSERT INTO {} reads from {input}, which is a sink: a table is either read or written",
+                            insert.sink
+                        ),
                     }
-                    source_nodes.insert(input.clone(), id);
-                    id
+                    .into());
+                }
+                let id = match source_nodes.get(input) {
+                    Some(id) => *id,
+                    None => {
+                        let (factory, parallelism, decl_location, event_time) =
+                            sources.get(input).ok_or_else(|| SqlError::Plan {
+                                location: insert.location.clone(),
+                                message: format!("{input} is not a declared table"),
+                            })?;
+                        let id = graph.add_source(input, factory.clone(), *parallelism);
+                        if let Some((et, idle)) = event_time {
+                            graph
+                                .set_event_time(id, et.clone())
+                                .map_err(|e| SqlError::Plan {
+                                    location: decl_location.clone(),
+                                    message: e.to_string(),
+                                })?;
+                            if let Some(idle) = idle {
+                                graph.idle_timeout =
+                                    Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
+                            }
+                        }
+                        source_nodes.insert(input.clone(), id);
+                        id
+                    }
+                };
+                input_ids.push((input.clone(), id));
+            }
+            let stage_name = format!("{}_select", insert.sink);
+            let (op, added) = match &stage {
+                StagePlan::Join {
+                    inputs: [left, right],
+                    ..
+                } => {
+                    let id_of = |t: &String| {
+                        input_ids
+                            .iter()
+                            .find(|(n, _)| n == t)
+                            .map(|(_, id)| *id)
+                            .ok_or_else(|| SqlError::Plan {
+                                location: insert.location.clone(),
+                                message: format!("{t} is not a declared table"),
+                            })
+                    };
+                    let (l, r) = (id_of(left)?, id_of(right)?);
+                    let parallelism = graph.node(l)?.parallelism;
+                    stage.add_join_to_graph(&mut graph, &stage_name, l, r, parallelism)?
+                }
+                _ => {
+                    let [(_, source_id)] = input_ids.as_slice() else {
+                        return Err(SqlError::NotStreamable {
+                            location: insert.location.clone(),
+                            message: format!(
+                                "the query reads {} streams ({}) without joining them: combine two streams \
+                                 with JOIN … ON keys AND a time condition",
+                                inputs.len(),
+                                inputs.join(", ")
+                            ),
+                        }
+                        .into());
+                    };
+                    let stage_parallelism = graph.node(*source_id)?.parallelism;
+                    stage.add_to_graph(
+                        &mut graph,
+                        &stage_name,
+                        *source_id,
+                        Partitioning::Forward,
+                        stage_parallelism,
+                    )?
                 }
             };
-            let stage_parallelism = graph.node(source_id)?.parallelism;
-            let stage_name = format!("{}_select", insert.sink);
-            let (op, added) = stage.add_to_graph(
-                &mut graph,
-                &stage_name,
-                source_id,
-                Partitioning::Forward,
-                stage_parallelism,
-            )?;
             stages.extend(added);
             match sink_nodes.get(&insert.sink) {
                 Some(&sink_id) => graph
@@ -756,7 +911,7 @@ fn check_streamable(
     plan: &LogicalPlan,
     location: &Location,
     lookups: &std::collections::BTreeSet<String>,
-) -> Result<String> {
+) -> Result<Vec<String>> {
     use datafusion::logical_expr::JoinType;
     let is_lookup = |side: &LogicalPlan| {
         let mut all = true;
@@ -772,6 +927,8 @@ fn check_streamable(
     };
     let mut refusal: Option<String> = None;
     let mut tables: Vec<String> = Vec::new();
+    let one_stateful = "only one stateful operation (windowed GROUP BY, join of two streams or ROW_NUMBER) \
+                        per query is supported";
     let mut aggregates = 0;
     let _ = plan.apply_with_subqueries(|node| {
         let why = match node {
@@ -782,10 +939,7 @@ fn check_streamable(
             ),
             LogicalPlan::Aggregate(agg) if is_windowed(agg) => {
                 aggregates += 1;
-                (aggregates > 1).then_some(
-                    "only one windowed GROUP BY per query is supported; write the second aggregation as its own \
-                     INSERT reading the first one's sink",
-                )
+                (aggregates > 1).then_some(one_stateful)
             }
             LogicalPlan::Aggregate(_) => Some(
                 "GROUP BY, DISTINCT and aggregate functions over a stream need a window in the GROUP BY: \
@@ -802,10 +956,14 @@ fn check_streamable(
                         "a join with a lookup table keeps the stream's rows: use JOIN or LEFT JOIN with the stream \
                          on the left (a RIGHT or FULL join would emit the whole lookup table for every batch)",
                     ),
+                    (false, false, JoinType::Inner) => {
+                        aggregates += 1;
+                        (aggregates > 1).then_some(one_stateful)
+                    }
                     _ => Some(
-                        "joins between two streams need bounded state (interval or window joins), which come with the \
-                         stateful SQL work; to enrich a stream with reference data, declare that table with \
-                         lookup = 'true'",
+                        "a join between two streams is an inner interval join (JOIN … ON keys AND a time \
+                         condition); outer joins between streams are not supported yet. To enrich a stream \
+                         with reference data, declare that table with lookup = 'true'",
                     ),
                 }
             }
@@ -815,10 +973,7 @@ fn check_streamable(
             LogicalPlan::Window(w) if is_over_window_results(w) => None,
             LogicalPlan::Window(w) if is_row_number_by_key(w) => {
                 aggregates += 1;
-                (aggregates > 1).then_some(
-                    "only one stateful operation (windowed GROUP BY or ROW_NUMBER) per query is supported; \
-                     write the second as its own INSERT reading the first one's sink",
-                )
+                (aggregates > 1).then_some(one_stateful)
             }
             LogicalPlan::Window(_) => Some(
                 "on a stream, OVER (…) supports ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) \
@@ -858,16 +1013,17 @@ fn check_streamable(
     tables.sort();
     tables.dedup();
     match tables.as_slice() {
-        [one] => Ok(one.clone()),
         [] => Err(SqlError::Plan {
             location: location.clone(),
             message: "the query reads no table: select FROM a source declared with CREATE TABLE … WITH (connector = …)".into(),
         }
         .into()),
+        [_] | [_, _] if aggregates <= 1 => Ok(tables),
         many => Err(SqlError::NotStreamable {
             location: location.clone(),
             message: format!(
-                "the query reads several inputs ({}); combining streams needs the joins of the stateful SQL work",
+                "the query reads {} streams ({}); a query combines at most two, with one join",
+                many.len(),
                 many.join(", ")
             ),
         }
@@ -1019,6 +1175,161 @@ fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>)
         }
         std::ops::ControlFlow::Continue(())
     });
+}
+
+/// A physical plan cut at a join of two streams.
+struct JoinSplit {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    /// The stream table each side reads.
+    tables: [String; 2],
+    join: IntervalJoinFactory,
+    upper: Arc<dyn ExecutionPlan>,
+}
+
+/// The stream tables a physical subtree scans.
+fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    let mut found = Vec::new();
+    let _ = plan.apply(|n| {
+        if let Some(scan) = n.downcast_ref::<StreamingTableExec>() {
+            found.extend(
+                scan.partitions()
+                    .iter()
+                    .filter_map(|p| SlotPartition::table_of(p.as_ref())),
+            );
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Finds a join whose both sides read streams (checked to be an inner join by
+/// [`check_streamable`]) and cuts the plan there. `None` when there is none.
+fn split_join(
+    plan: &Arc<dyn ExecutionPlan>,
+    event_times: &BTreeMap<String, String>,
+) -> std::result::Result<Option<JoinSplit>, String> {
+    use datafusion::common::NullEquality;
+    use datafusion::logical_expr::JoinType;
+    use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
+
+    let mut found = None;
+    let _ = plan.apply(|n| {
+        let children = n.children();
+        if children.len() == 2
+            && !stream_tables(children[0]).is_empty()
+            && !stream_tables(children[1]).is_empty()
+        {
+            found = Some(n.clone());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let Some(node) = found else {
+        return Ok(None);
+    };
+    let (left, right, on, filter, join_type, projection, nulls_equal) =
+        if let Some(j) = node.downcast_ref::<HashJoinExec>() {
+            (
+                j.left().clone(),
+                j.right().clone(),
+                j.on().to_vec(),
+                j.filter().cloned(),
+                *j.join_type(),
+                j.projection.as_ref().map(|p| p.to_vec()),
+                j.null_equality() == NullEquality::NullEqualsNull,
+            )
+        } else if let Some(j) = node.downcast_ref::<NestedLoopJoinExec>() {
+            (
+                j.left().clone(),
+                j.right().clone(),
+                vec![],
+                j.filter().cloned(),
+                *j.join_type(),
+                j.projection().as_ref().map(|p| p.to_vec()),
+                false,
+            )
+        } else {
+            return Err(format!(
+                "this combination of two streams ({}) is not supported: join them with JOIN … ON",
+                node.name()
+            ));
+        };
+    if join_type != JoinType::Inner {
+        return Err(
+            "a join between two streams is an inner interval join; outer joins are not supported yet"
+                .into(),
+        );
+    }
+    let tables = [stream_tables(&left), stream_tables(&right)];
+    let (Ok([left_table]), Ok([right_table])) = (
+        <[String; 1]>::try_from(tables[0].clone()),
+        <[String; 1]>::try_from(tables[1].clone()),
+    ) else {
+        return Err("each side of a join between streams must read one stream".into());
+    };
+    let stateful = |p: &Arc<dyn ExecutionPlan>| {
+        p.exists(|n| {
+            Ok(n.name().contains("Aggregate")
+                || n.name().contains("Window")
+                || n.name().contains("Join"))
+        })
+        .unwrap_or(false)
+    };
+    if stateful(&left) || stateful(&right) {
+        return Err(
+            "the inputs of a join between streams must be per-row (filters, projections);              aggregate or join them in another pipeline"
+                .into(),
+        );
+    }
+    let bounds = super::join::time_bounds(filter.as_ref(), [&left, &right])?;
+    for (table, name) in [
+        (&left_table, &bounds.left.name),
+        (&right_table, &bounds.right.name),
+    ] {
+        match event_times.get(table) {
+            Some(et) if et == name => {}
+            Some(et) => {
+                return Err(format!(
+                    "the join's time condition uses {table}.{name}, but {table}'s event time is {et}: \
+                     bound the join by the event-time columns, whose watermark drops the join's state"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "{table} has no event time: declare event_time_field on it, a join between streams \
+                     keeps its rows until the watermark passes them"
+                ));
+            }
+        }
+    }
+    let upper = replace_with_slot(plan, &node)?;
+    if stateful(&upper) {
+        return Err(
+            "only one stateful operation (windowed GROUP BY, join of two streams or ROW_NUMBER) per query is supported"
+                .into(),
+        );
+    }
+    let (left_keys, right_keys) = on.into_iter().unzip();
+    Ok(Some(JoinSplit {
+        join: IntervalJoinFactory {
+            left_keys,
+            right_keys,
+            bounds,
+            filter,
+            left_schema: left.schema(),
+            right_schema: right.schema(),
+            projection,
+            output: node.schema(),
+            nulls_equal,
+            memory_limit: None,
+        },
+        left,
+        right,
+        tables: [left_table, right_table],
+        upper,
+    }))
 }
 
 /// A physical plan cut at its windowed aggregate.
@@ -1235,6 +1546,7 @@ fn replace_with_slot(
     let schema = node.schema();
     let slot: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
         schema: schema.clone(),
+        table: None,
     });
     let scan: Arc<dyn ExecutionPlan> = Arc::new(
         StreamingTableExec::try_new(schema, vec![slot], None, vec![], false, None)

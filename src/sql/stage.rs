@@ -27,9 +27,32 @@ use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, T
 pub(crate) struct BatchSlot(Mutex<Option<RecordBatch>>);
 
 /// The input table of a SQL stage, as DataFusion sees it.
-#[derive(Debug)]
 pub(crate) struct SlotPartition {
     pub(crate) schema: SchemaRef,
+    /// The stream table it stands for; `None` for the input of a stage above a
+    /// stateful operator.
+    pub(crate) table: Option<Arc<str>>,
+}
+
+/// `PartitionStream` offers no downcast, so a physical plan's stream scans are told
+/// apart from lookup scans by this text: `stream table NAME` (see
+/// [`SlotPartition::table_of`]).
+impl std::fmt::Debug for SlotPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.table {
+            Some(t) => write!(f, "stream table {t}"),
+            None => write!(f, "stream slot"),
+        }
+    }
+}
+
+impl SlotPartition {
+    /// The stream table a partition of a `StreamingTableExec` stands for.
+    pub(crate) fn table_of(partition: &dyn PartitionStream) -> Option<String> {
+        format!("{partition:?}")
+            .strip_prefix("stream table ")
+            .map(str::to_string)
+    }
 }
 
 impl PartitionStream for SlotPartition {

@@ -156,7 +156,16 @@ pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
 
 /// Milliseconds of a constant interval; months are refused (they have no fixed length).
 pub(crate) fn interval_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
-    let ms = match v {
+    let ms = interval_value_ms(v)?;
+    if ms <= 0 {
+        return Err(format!("a window size must be positive, got {ms} ms"));
+    }
+    Ok(ms)
+}
+
+/// Milliseconds of a constant interval or duration of any sign; months are refused.
+pub(crate) fn interval_value_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
+    Ok(match v {
         ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
             i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000
         }
@@ -165,14 +174,10 @@ pub(crate) fn interval_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
         ScalarValue::DurationSecond(Some(s)) => s * 1000,
         other => {
             return Err(format!(
-                "a window size must be a constant interval of days or less (e.g. INTERVAL '1' MINUTE), not {other}"
+                "expected a constant interval of days or less (e.g. INTERVAL '1' MINUTE), not {other}"
             ));
         }
-    };
-    if ms <= 0 {
-        return Err(format!("a window size must be positive, got {ms} ms"));
-    }
-    Ok(ms)
+    })
 }
 
 /// Which windows a row belongs to.

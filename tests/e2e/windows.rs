@@ -364,3 +364,77 @@ async fn row_number_deduplicates_like_datafusion_batch() {
     );
     assert_eq!(canonical(&got), canonical(&expected));
 }
+
+/// The interval join of the reference `order_prep_times` pipeline, over files of the
+/// generator's orders and kitchen tickets (out of order by up to 3 s, duplicates
+/// redelivered up to 5 s after that, all within the 10 s watermark delay, so nothing is
+/// late), at parallelism 2 with its state dropped as the watermark passes:
+/// the joined rows equal DataFusion batch's join of the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_join_matches_datafusion_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let opts = &["out_of_order=3s", "duplicate_fraction=0.01", "rate=0"];
+    std::fs::create_dir_all(d.join("in/orders")).unwrap();
+    std::fs::create_dir_all(d.join("in/kitchen")).unwrap();
+    generate(d, "orders", "21", "4000", opts, "in/orders/a.jsonl");
+    generate(d, "kitchen", "21", "4000", opts, "in/kitchen/a.jsonl");
+    let query = "SELECT o.order_id, o.channel, k.station, k.ticket_id, o.event_time AS placed_at, \
+                 k.event_time AS done_at \
+                 FROM orders o JOIN kitchen k ON k.order_id = o.order_id \
+                 AND k.event_time BETWEEN o.event_time AND o.event_time + INTERVAL '10' MINUTE \
+                 WHERE o.event_type = 'order_placed'";
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders (event_id VARCHAR, event_type VARCHAR, event_time TIMESTAMP, order_id BIGINT, \
+             channel VARCHAR) WITH (connector = 'file', path = 'in/orders', format = 'json', \
+             event_time_field = 'event_time', watermark_delay = '10s');\n\
+             CREATE TABLE kitchen (ticket_id VARCHAR, event_time TIMESTAMP, order_id BIGINT, station VARCHAR) \
+             WITH (connector = 'file', path = 'in/kitchen', format = 'json', \
+             event_time_field = 'event_time', watermark_delay = '10s');\n\
+             CREATE TABLE joined WITH (connector = 'file', path = 'out/rows.jsonl');\n\
+             INSERT INTO joined {query};\n"
+        ),
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: prep\nsql: p.sql\nparallelism: 2\nbatch: { size: 50 }\n",
+    );
+    ok(&run(d, &["run", "p.yaml"]));
+
+    let ctx = SessionContext::new();
+    for (table, stream) in [("orders", "orders"), ("kitchen", "kitchen")] {
+        let schema = tributary::connectors::generator::stream_schema("restaurant", stream).unwrap();
+        let text = std::fs::read_to_string(d.join(format!("in/{stream}/a.jsonl"))).unwrap();
+        let (batches, _) = good_rows(&text, &schema);
+        ctx.register_table(
+            table,
+            Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
+        )
+        .unwrap();
+    }
+    let times = ["placed_at", "done_at"];
+    let expected = canonical(&with_ms(
+        batches_as_json(&batch_sql(&ctx, query).await),
+        &times,
+    ));
+    let got = canonical(&with_ms(json_lines_in(&d.join("out")), &times));
+    assert!(expected.len() > 1000, "{} joined rows", expected.len());
+    let missing: Vec<&String> = expected
+        .iter()
+        .filter(|r| !got.contains(r))
+        .take(3)
+        .collect();
+    let extra: Vec<&String> = got
+        .iter()
+        .filter(|r| !expected.contains(r))
+        .take(3)
+        .collect();
+    assert!(
+        got == expected,
+        "{} rows, {} expected; missing e.g. {missing:?}; extra e.g. {extra:?}",
+        got.len(),
+        expected.len()
+    );
+}
