@@ -249,6 +249,10 @@ impl BlackholeSink {
 }
 
 impl SinkFactory for BlackholeSink {
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         match &self.latency_column {
             Some(c) => format!("blackhole (latency from {c})"),

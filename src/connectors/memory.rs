@@ -122,6 +122,10 @@ impl MemorySink {
 }
 
 impl crate::engine::SinkFactory for MemorySink {
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "memory".into()
     }

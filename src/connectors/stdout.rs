@@ -97,6 +97,18 @@ pub(crate) fn check_declared_schema(
     let Some(declared) = declared else {
         return Ok(());
     };
+    // A changelog's op column comes on top of the declared columns.
+    let input = &match input.fields().last() {
+        Some(f) if f.name() == crate::engine::OP_COLUMN && declared.index_of(f.name()).is_err() => {
+            let n = input.fields().len() - 1;
+            Arc::new(
+                input
+                    .project(&(0..n).collect::<Vec<_>>())
+                    .expect("in range"),
+            )
+        }
+        _ => input.clone(),
+    };
     let same = declared.fields().len() == input.fields().len()
         && declared
             .fields()
@@ -242,6 +254,10 @@ struct StdoutSinkFactory {
 }
 
 impl SinkFactory for StdoutSinkFactory {
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "stdout (JSON lines)".to_string()
     }
@@ -285,6 +301,10 @@ pub(crate) fn partition_file(path: &Path, partition: usize, parallelism: usize) 
 }
 
 impl SinkFactory for FileSinkFactory {
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "file: {} (JSON lines{})",

@@ -21,7 +21,10 @@ pub const KEY_GROUPS: usize = 4096;
 /// How a node's output is spread over the downstream node's partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Partitioning {
-    /// Partition `i` sends to partition `i` (same parallelism on both sides).
+    /// Partition `i` sends to partition `i`. Between nodes of different parallelism
+    /// this becomes round robin, except for a changelog (an [`OP_COLUMN`]
+    /// (super::OP_COLUMN) last), whose order must hold: there partition `i` sends to
+    /// partition `i mod n`, so each upstream task's rows stay in order.
     Forward,
     /// Each batch goes whole to the next partition in turn.
     RoundRobin,

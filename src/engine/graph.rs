@@ -242,6 +242,16 @@ impl Graph {
             .into());
         }
         let parallelism: Vec<usize> = self.nodes.iter().map(|n| n.parallelism).collect();
+        let changelog: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                n.schema
+                    .fields()
+                    .last()
+                    .is_some_and(|f| f.name() == super::OP_COLUMN)
+            })
+            .collect();
         for (id, node) in self.nodes.iter_mut().enumerate() {
             for (input, partitioning) in node.inputs.iter_mut() {
                 if *input >= id {
@@ -251,7 +261,9 @@ impl Graph {
                     ))
                     .into());
                 }
-                if *partitioning == Partitioning::Forward && parallelism[*input] != node.parallelism
+                if *partitioning == Partitioning::Forward
+                    && parallelism[*input] != node.parallelism
+                    && !changelog[*input]
                 {
                     *partitioning = Partitioning::RoundRobin;
                 }

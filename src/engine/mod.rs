@@ -35,6 +35,11 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
+/// The last column of a changelog (the output of a query whose results update, like a
+/// `GROUP BY` without a window): what each row does — `+I` insert, `-U` / `+U` a
+/// result's previous and new value, `-D` delete. See [`crate::sql::updating`].
+pub const OP_COLUMN: &str = "_op";
+
 /// What flows over a channel between two tasks.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -177,6 +182,12 @@ pub trait SinkFactory: Send + Sync {
     /// Refuses, at plan time, an input schema the sink cannot write.
     fn check_schema(&self, _schema: &SchemaRef) -> Result<()> {
         Ok(())
+    }
+    /// `true` when the sink takes a changelog (rows with an [`OP_COLUMN`]) and keeps
+    /// what it means: writes each change with its op, or applies it by key. An
+    /// append-only sink (the default) is refused a changelog at plan time.
+    fn accepts_changelog(&self) -> bool {
+        false
     }
     fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>>;
 }

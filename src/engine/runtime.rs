@@ -142,7 +142,9 @@ impl Runtime {
                 for (u, up_outputs) in outputs[*input].iter_mut().enumerate().take(up.parallelism) {
                     let mut senders = Vec::new();
                     let targets: Vec<usize> = if *partitioning == super::Partitioning::Forward {
-                        vec![u]
+                        // Equal parallelism, or a changelog kept in order (see
+                        // `Partitioning::Forward`).
+                        vec![u % node.parallelism]
                     } else {
                         (0..node.parallelism).collect()
                     };

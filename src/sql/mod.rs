@@ -20,6 +20,7 @@ pub mod rank;
 mod session;
 mod stage;
 pub mod udf;
+pub mod updating;
 pub mod window;
 
 pub use ddl::{InsertDecl, ParsedSql, TableDecl, parse_sql};

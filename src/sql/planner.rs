@@ -22,6 +22,7 @@ use super::join::IntervalJoinFactory;
 use super::lookup::{LookupPartition, LookupTable};
 use super::rank::RankFactory;
 use super::stage::{SlotPartition, SqlOperatorFactory};
+use super::updating::UpdatingAggFactory;
 use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use super::{SqlError, SqlText};
 use crate::connectors::{self, Options, TableRequest};
@@ -122,6 +123,14 @@ pub enum StagePlan {
 }
 
 impl StagePlan {
+    /// `true` when the query's results update (a changelog with an op column).
+    pub fn is_changelog(&self) -> bool {
+        match self {
+            StagePlan::Stateless(_) => false,
+            StagePlan::Stateful { upper, .. } | StagePlan::Join { upper, .. } => upper.changelog,
+        }
+    }
+
     /// Adds a join's nodes to `graph`, its sides reading `left` and `right`; returns
     /// the last node and the SQL stages added (name, stage) for `explain`.
     pub fn add_join_to_graph(
@@ -449,6 +458,7 @@ impl SqlPlanner {
                 plan,
                 task_ctx: state.task_ctx(),
                 on_error,
+                changelog: false,
             })
         };
         let refuse = |message: String| SqlError::Plan {
@@ -478,21 +488,42 @@ impl SqlPlanner {
                 upper: stage(split.upper, text),
             }
         } else if let Some(split) = split_window_aggregate(&physical).map_err(refuse)? {
-            let aggregate = WindowAggFactory {
-                memory_limit: options.state_memory_limit,
-                ..split.aggregate
-            };
-            let gather = split.gather.then_some(aggregate.parts.window_pos);
-            StagePlan::Stateful {
-                lower: stage(
-                    split.lower,
-                    format!("(input of the window aggregate) {text}"),
-                ),
-                gather,
-                key_columns: aggregate.key_columns(),
-                operator: Arc::new(aggregate),
-                kind: "window",
-                upper: stage(split.upper, text),
+            match split.aggregate {
+                AggOperator::Window(aggregate) => {
+                    let aggregate = WindowAggFactory {
+                        memory_limit: options.state_memory_limit,
+                        ..aggregate
+                    };
+                    let gather = split.gather.then_some(aggregate.parts.window_pos);
+                    StagePlan::Stateful {
+                        lower: stage(
+                            split.lower,
+                            format!("(input of the window aggregate) {text}"),
+                        ),
+                        gather,
+                        key_columns: aggregate.key_columns(),
+                        operator: Arc::new(aggregate),
+                        kind: "window",
+                        upper: stage(split.upper, text),
+                    }
+                }
+                AggOperator::Updating(aggregate) => {
+                    let aggregate = UpdatingAggFactory {
+                        memory_limit: options.state_memory_limit,
+                        ttl: options.state_ttl,
+                        ..aggregate
+                    };
+                    let mut upper = stage(split.upper, text.clone());
+                    Arc::get_mut(&mut upper).expect("just built").changelog = true;
+                    StagePlan::Stateful {
+                        lower: stage(split.lower, format!("(input of the aggregate) {text}")),
+                        gather: None,
+                        key_columns: aggregate.key_columns(),
+                        operator: Arc::new(aggregate),
+                        kind: "aggregate",
+                        upper,
+                    }
+                }
             }
         } else if let Some(split) = split_row_number(
             &physical,
@@ -815,6 +846,7 @@ impl SqlPlanner {
                 }
             };
             stages.extend(added);
+            let changelog = stage.is_changelog();
             match sink_nodes.get(&insert.sink) {
                 Some(&sink_id) => graph
                     .add_input(sink_id, op, Partitioning::Forward)
@@ -849,6 +881,28 @@ impl SqlPlanner {
                             source: Box::new(e),
                         })?;
                     sink_nodes.insert(insert.sink.clone(), id);
+                }
+            }
+            if changelog {
+                let sink = &graph.nodes[sink_nodes[&insert.sink]];
+                if let crate::engine::NodeKind::Sink(f) = &sink.kind
+                    && !f.accepts_changelog()
+                {
+                    return Err(SqlError::NotStreamable {
+                        location: insert.location.clone(),
+                        message: format!(
+                            "INSERT INTO {}: this query's results update as events arrive (a GROUP BY \
+                             without a window produces a changelog of inserts, updates and deletes), and \
+                             {} ({}) only appends. Write it to a sink that takes a changelog (connector \
+                             'file' or 'stdout' write each change with its {}), or aggregate per window: \
+                             GROUP BY tumble(INTERVAL '1' MINUTE), …",
+                            insert.sink,
+                            insert.sink,
+                            f.describe(),
+                            crate::engine::OP_COLUMN
+                        ),
+                    }
+                    .into());
                 }
             }
         }
@@ -941,12 +995,11 @@ fn check_streamable(
                 aggregates += 1;
                 (aggregates > 1).then_some(one_stateful)
             }
-            LogicalPlan::Aggregate(_) => Some(
-                "GROUP BY, DISTINCT and aggregate functions over a stream need a window in the GROUP BY: \
-                 GROUP BY tumble(INTERVAL '1' MINUTE), … or hop(INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), …, \
-                 with the source's event_time_field declared. Results that update without a window (a changelog) \
-                 are not supported yet",
-            ),
+            // Without a window: an updating aggregate, whose results are a changelog.
+            LogicalPlan::Aggregate(_) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(one_stateful)
+            }
             LogicalPlan::Join(j) => {
                 let (left, right) = (is_lookup(&j.left), is_lookup(&j.right));
                 match (left, right, j.join_type) {
@@ -1332,10 +1385,16 @@ fn split_join(
     }))
 }
 
-/// A physical plan cut at its windowed aggregate.
+/// The aggregate operator of a query: per window, or updating (no window).
+enum AggOperator {
+    Window(WindowAggFactory),
+    Updating(UpdatingAggFactory),
+}
+
+/// A physical plan cut at its aggregate.
 struct WindowSplit {
     lower: Arc<dyn ExecutionPlan>,
-    aggregate: WindowAggFactory,
+    aggregate: AggOperator,
     upper: Arc<dyn ExecutionPlan>,
     /// The upper part holds window functions: it must see whole windows.
     gather: bool,
@@ -1392,11 +1451,32 @@ fn split_window_aggregate(
             }
         }
     }
-    let Some((window_pos, spec, time)) = window else {
-        return Err("the aggregate's GROUP BY has no window function (tumble or hop)".into());
-    };
     let output = top.schema();
     let upper = replace_with_slot(plan, &top)?;
+    let Some((window_pos, spec, time)) = window else {
+        // No window: an updating aggregate, whose results are a changelog.
+        if has_window_exec(&upper) {
+            return Err(
+                "window functions over the results of a GROUP BY without a window are not \
+                 supported: its results keep changing"
+                    .into(),
+            );
+        }
+        return Ok(Some(WindowSplit {
+            gather: false,
+            lower: agg.input().clone(),
+            aggregate: AggOperator::Updating(UpdatingAggFactory {
+                keys,
+                key_schema: Arc::new(arrow::datatypes::Schema::new(key_fields)),
+                aggs: agg.aggr_expr().to_vec(),
+                filters: agg.filter_expr().to_vec(),
+                output,
+                ttl: None,
+                memory_limit: None,
+            }),
+            upper,
+        }));
+    };
     fn has_window_exec(plan: &Arc<dyn ExecutionPlan>) -> bool {
         use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowAggExec};
         plan.downcast_ref::<BoundedWindowAggExec>().is_some()
@@ -1407,7 +1487,7 @@ fn split_window_aggregate(
     Ok(Some(WindowSplit {
         gather,
         lower: agg.input().clone(),
-        aggregate: WindowAggFactory {
+        aggregate: AggOperator::Window(WindowAggFactory {
             spec,
             parts: super::window::FactoryParts {
                 window_pos,
@@ -1419,7 +1499,7 @@ fn split_window_aggregate(
                 output,
             },
             memory_limit: None,
-        },
+        }),
         upper,
     }))
 }

@@ -14,16 +14,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray, UInt32Array,
-};
-use arrow::compute::{filter, prep_null_mask_filter, take};
+use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
-use super::window::{AggInputs, FactoryParts, LateRows, TZ, df, evaluate, window_array};
+use super::window::{
+    AggInputs, FactoryParts, LateRows, TZ, df, evaluate, update_accumulators, window_array,
+};
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
 
 struct Session {
@@ -189,30 +188,7 @@ impl SessionAggOperator {
         }
         target.start = target.start.min(start);
         target.end = target.end.max(end);
-        let indices = UInt32Array::from(rows.to_vec());
-        for (i, acc) in target.accs.iter_mut().enumerate() {
-            let mut values: Vec<ArrayRef> = args[i]
-                .iter()
-                .map(|a| take(a.as_ref(), &indices, None))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| EngineError::arrow("selecting a session's rows", e))?;
-            if let Some(f) = &filters[i] {
-                let mask = take(f.as_ref(), &indices, None)
-                    .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
-                let mask = mask
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .map(prep_null_mask_filter)
-                    .ok_or_else(|| EngineError::User("FILTER must be a boolean".into()))?;
-                values = values
-                    .iter()
-                    .map(|v| filter(v.as_ref(), &mask))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
-            }
-            acc.update_batch(&values)
-                .map_err(df("updating aggregates"))?;
-        }
+        update_accumulators(&mut target.accs, rows, args, filters)?;
         let id = self.next_id;
         self.next_id += 1;
         self.bytes += target.size();

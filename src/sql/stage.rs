@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::execution::TaskContext;
@@ -81,6 +81,10 @@ pub struct SqlOperatorFactory {
     pub(crate) task_ctx: Arc<TaskContext>,
     pub(crate) schema: SchemaRef,
     pub(crate) on_error: ErrorPolicy,
+    /// The stage runs over a changelog (above an updating aggregate): each batch's op
+    /// column is set aside, the plan runs on the other columns and its output rows get
+    /// the op back.
+    pub(crate) changelog: bool,
 }
 
 impl SqlOperatorFactory {
@@ -92,7 +96,11 @@ impl SqlOperatorFactory {
 
 impl OperatorFactory for SqlOperatorFactory {
     fn output_schema(&self) -> SchemaRef {
-        self.schema.clone()
+        if self.changelog {
+            super::updating::with_op_column(&self.schema)
+        } else {
+            self.schema.clone()
+        }
     }
 
     fn describe(&self) -> String {
@@ -130,6 +138,7 @@ impl OperatorFactory for SqlOperatorFactory {
             slot,
             task: task.to_string(),
             on_error: self.on_error,
+            changelog: self.changelog.then(|| self.output_schema()),
         }))
     }
 }
@@ -148,9 +157,27 @@ struct SqlOperator {
     slot: Arc<BatchSlot>,
     task: String,
     on_error: ErrorPolicy,
+    /// Over a changelog: the output schema, with its op column.
+    changelog: Option<SchemaRef>,
 }
 
 impl SqlOperator {
+    /// Emits results, with the input batch's changelog op when there is one.
+    async fn emit(
+        &self,
+        results: Vec<RecordBatch>,
+        op: Option<&ArrayRef>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        for r in results {
+            match (op, &self.changelog) {
+                (Some(op), Some(schema)) => out.emit(super::updating::tag(r, op, schema)?).await?,
+                _ => out.emit(r).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates the plan over `batch`, collecting every output batch (nothing is
     /// emitted when evaluation fails half way).
     async fn eval(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
@@ -177,15 +204,16 @@ impl SqlOperator {
 
     /// Under the `drop` policy: finds the rows that make evaluation fail by halving the
     /// batch, reports each of them, and emits the results of all the others.
-    async fn isolate(&self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+    async fn isolate(
+        &self,
+        batch: RecordBatch,
+        op: Option<&ArrayRef>,
+        out: &mut Collector,
+    ) -> Result<()> {
         let mut pending = vec![batch];
         while let Some(b) = pending.pop() {
             match self.eval(b.clone()).await {
-                Ok(results) => {
-                    for r in results {
-                        out.emit(r).await?;
-                    }
-                }
+                Ok(results) => self.emit(results, op, out).await?,
                 Err(e) if b.num_rows() <= 1 => {
                     let mut raw = Vec::new();
                     let _ = crate::formats::json::encode_json_lines(&b, &mut raw);
@@ -207,15 +235,20 @@ impl SqlOperator {
 #[async_trait]
 impl Operator for SqlOperator {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let (batch, op) = match self.changelog {
+            Some(_) => {
+                let (data, op) = super::updating::untag(batch)?;
+                (data, Some(op))
+            }
+            None => (batch, None),
+        };
         let input = (self.on_error == ErrorPolicy::Drop).then(|| batch.clone());
         match self.eval(batch).await {
-            Ok(results) => {
-                for r in results {
-                    out.emit(r).await?;
-                }
-                Ok(())
+            Ok(results) => self.emit(results, op.as_ref(), out).await,
+            Err(_) if input.is_some() => {
+                self.isolate(input.expect("checked"), op.as_ref(), out)
+                    .await
             }
-            Err(_) if input.is_some() => self.isolate(input.expect("checked"), out).await,
             Err(e) => Err(e),
         }
     }

@@ -351,23 +351,26 @@ impl OperatorFactory for WindowAggFactory {
     }
 }
 
-/// A batch's inputs to a windowed aggregate: key columns, each aggregate's arguments
-/// and each aggregate's FILTER.
+/// A batch's inputs to an aggregate: key columns, each aggregate's arguments and each
+/// aggregate's FILTER.
 pub(crate) struct AggInputs {
     pub(crate) keys: Vec<ArrayRef>,
     pub(crate) args: Vec<Vec<ArrayRef>>,
     pub(crate) filters: Vec<Option<ArrayRef>>,
 }
 
-impl FactoryParts {
-    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<AggInputs> {
-        let keys = self
-            .keys
+impl AggInputs {
+    pub(crate) fn of(
+        keys: &[Arc<dyn PhysicalExpr>],
+        aggs: &[Arc<AggregateFunctionExpr>],
+        filters: &[Option<Arc<dyn PhysicalExpr>>],
+        batch: &RecordBatch,
+    ) -> Result<AggInputs> {
+        let keys = keys
             .iter()
             .map(|k| evaluate(k, batch))
             .collect::<Result<_>>()?;
-        let args = self
-            .aggs
+        let args = aggs
             .iter()
             .map(|agg| {
                 agg.expressions()
@@ -376,8 +379,7 @@ impl FactoryParts {
                     .collect::<Result<Vec<_>>>()
             })
             .collect::<Result<_>>()?;
-        let filters = self
-            .filters
+        let filters = filters
             .iter()
             .map(|f| f.as_ref().map(|f| evaluate(f, batch)).transpose())
             .collect::<Result<_>>()?;
@@ -386,6 +388,12 @@ impl FactoryParts {
             args,
             filters,
         })
+    }
+}
+
+impl FactoryParts {
+    pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<AggInputs> {
+        AggInputs::of(&self.keys, &self.aggs, &self.filters, batch)
     }
 
     /// The output batch of closed windows: the window column at its `GROUP BY`
@@ -414,6 +422,42 @@ impl FactoryParts {
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| EngineError::arrow("building window results", e))
     }
+}
+
+/// Updates one group's row accumulators with rows `rows` of a batch's aggregate
+/// arguments, honouring each aggregate's FILTER.
+pub(crate) fn update_accumulators(
+    accs: &mut [Box<dyn datafusion::logical_expr::Accumulator>],
+    rows: &[u32],
+    args: &[Vec<ArrayRef>],
+    filters: &[Option<ArrayRef>],
+) -> Result<()> {
+    use arrow::compute::{filter, prep_null_mask_filter};
+    let indices = UInt32Array::from(rows.to_vec());
+    for (i, acc) in accs.iter_mut().enumerate() {
+        let mut values: Vec<ArrayRef> = args[i]
+            .iter()
+            .map(|a| take(a.as_ref(), &indices, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| EngineError::arrow("selecting a group's rows", e))?;
+        if let Some(f) = &filters[i] {
+            let mask = take(f.as_ref(), &indices, None)
+                .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
+            let mask = mask
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .map(prep_null_mask_filter)
+                .ok_or_else(|| EngineError::User("FILTER must be a boolean".into()))?;
+            values = values
+                .iter()
+                .map(|v| filter(v.as_ref(), &mask))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
+        }
+        acc.update_batch(&values)
+            .map_err(df("updating aggregates"))?;
+    }
+    Ok(())
 }
 
 /// Emits `batch` in slices of at most 8192 rows (a window of a million keys must not

@@ -219,20 +219,22 @@ async fn tumble_and_hop_aggregates_match_datafusion_batch_with_late_rows_dropped
 }
 
 #[test]
-fn window_without_event_time_and_unwindowed_group_by_are_refused_with_position() {
+fn window_without_event_time_and_a_changelog_into_parquet_are_refused_with_position() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(
         &d.join("a.sql"),
         "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders');\n\
-         CREATE TABLE out WITH (connector = 'stdout');\n\
+         CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
          INSERT INTO out\n\
          SELECT restaurant_id, count(*) FROM orders GROUP BY restaurant_id;\n",
     );
+    // A GROUP BY without a window is a changelog: an append-only sink refuses it.
     let o = run(d, &["check", "a.sql"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(e.contains("a.sql:3:1"), "{e}");
+    assert!(e.contains("only appends"), "{e}");
     assert!(e.contains("GROUP BY tumble(INTERVAL '1' MINUTE)"), "{e}");
 
     write(
@@ -437,4 +439,60 @@ async fn interval_join_matches_datafusion_batch() {
         got.len(),
         expected.len()
     );
+}
+
+/// A GROUP BY without a window over the generator's orders, written to a JSON file:
+/// each change is a row with its `_op`, and applying the changelog in order gives
+/// DataFusion batch's GROUP BY over the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwindowed_group_by_writes_a_changelog_equal_to_batch_when_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    generate(d, "orders", "8", "3000", &["rate=0"], "in/orders.jsonl");
+    let query = "SELECT channel, count(*) AS orders, count(DISTINCT customer_id) AS customers \
+                 FROM orders WHERE event_type = 'order_placed' GROUP BY channel";
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders (event_type VARCHAR, customer_id BIGINT, channel VARCHAR) \
+             WITH (connector = 'file', path = 'in', format = 'json');\n\
+             CREATE TABLE per_channel WITH (connector = 'file', path = 'out/changes.jsonl');\n\
+             INSERT INTO per_channel {query};\n"
+        ),
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: per_channel\nsql: p.sql\nparallelism: 2\nbatch: { size: 100 }\n",
+    );
+    ok(&run(d, &["run", "p.yaml"]));
+    // Apply the changes in file order (each channel's changes are in one file).
+    let mut state: std::collections::BTreeMap<String, i64> = Default::default();
+    let mut ops = std::collections::BTreeSet::new();
+    for mut row in json_lines_in(&d.join("out")) {
+        let op = row["_op"].as_str().unwrap().to_string();
+        row.as_object_mut().unwrap().remove("_op");
+        let n = state.entry(row.to_string()).or_default();
+        *n += if op.starts_with('+') { 1 } else { -1 };
+        assert!(*n >= 0, "retracted {row} before inserting it");
+        ops.insert(op);
+    }
+    let applied: Vec<serde_json::Value> = state
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, _)| serde_json::from_str(&r).unwrap())
+        .collect();
+    assert!(ops.contains("-U") && ops.contains("+U"), "{ops:?}");
+
+    let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
+    let text = std::fs::read_to_string(d.join("in/orders.jsonl")).unwrap();
+    let (batches, _) = good_rows(&text, &schema);
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "orders",
+        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
+    )
+    .unwrap();
+    let expected = batches_as_json(&batch_sql(&ctx, query).await);
+    assert_eq!(canonical(&applied), canonical(&expected));
 }

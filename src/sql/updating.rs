@@ -1,0 +1,547 @@
+//! Updating results: `GROUP BY` without a window.
+//!
+//! Owns the updating aggregate and the changelog it emits. Such a query has no point at
+//! which a group is complete, so every change to a group's result is emitted as it
+//! happens, as a changelog: rows of the result's columns plus an
+//! [`OP_COLUMN`](crate::engine::OP_COLUMN) saying what the row does — `+I` (a new
+//! group), `-U` then `+U` (a group's previous and new result), `-D` (a group dropped by
+//! `state.ttl`). Applying the changelog in order (add `+` rows, remove one equal row
+//! for each `-` row) gives, at any moment, the result of the query over everything read
+//! so far — which is how sinks that take a changelog use it, and how the tests check it.
+//!
+//! Invariants:
+//! - Per input batch, the operator emits at most one `-U` batch, then one `+U` batch,
+//!   then one `+I` batch; a group's `-U` always precedes its `+U`. A group whose result
+//!   did not change emits nothing.
+//! - Stages above the aggregate (projection, `HAVING`) run on each changelog batch with
+//!   its op carried through ([`ChangelogStageFactory`]): a `HAVING` that stops holding
+//!   retracts the row (its `-U` passes, its `+U` does not).
+//! - With `state.ttl`, a group not updated for that long (processing time, like
+//!   Flink's idle state retention) is dropped and retracted with `-D`; checked as rows
+//!   and watermarks arrive.
+//! - Sinks declare whether they take a changelog; the planner refuses to write one to
+//!   an append-only sink.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
+use async_trait::async_trait;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+
+use super::window::{AggInputs, df, discarded, emit_in_slices, update_accumulators};
+use crate::engine::{
+    Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
+};
+
+/// What a changelog row does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    UpdateBefore,
+    UpdateAfter,
+    Delete,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "+I",
+            Op::UpdateBefore => "-U",
+            Op::UpdateAfter => "+U",
+            Op::Delete => "-D",
+        }
+    }
+}
+
+/// `schema` with the op column appended.
+pub(crate) fn with_op_column(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        OP_COLUMN,
+        arrow::datatypes::DataType::Utf8,
+        false,
+    )));
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// `batch` with an op column holding `op` (a one-row array) on every row, in `schema`
+/// (which has the op column last).
+pub(crate) fn tag(batch: RecordBatch, op: &ArrayRef, schema: &SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    let op = op
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .filter(|a| !a.is_empty())
+        .map(|a| a.value(0).to_string())
+        .unwrap_or_else(|| Op::Insert.as_str().to_string());
+    columns.push(Arc::new(StringArray::from(vec![op; n])));
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| EngineError::arrow("tagging changelog rows", e))
+}
+
+/// A changelog batch split into its result columns and its op (as a one-row array;
+/// every row of a batch the engine emits has the same op).
+pub(crate) fn untag(batch: RecordBatch) -> Result<(RecordBatch, ArrayRef)> {
+    let last = batch.num_columns().checked_sub(1);
+    let op = last
+        .filter(|&i| batch.schema().field(i).name() == OP_COLUMN)
+        .map(|i| batch.column(i).slice(0, batch.num_rows().min(1)))
+        .ok_or_else(|| EngineError::User(format!("a changelog batch lacks its {OP_COLUMN}")))?;
+    let data = batch
+        .project(&(0..last.unwrap_or(0)).collect::<Vec<_>>())
+        .map_err(|e| EngineError::arrow("setting the changelog op aside", e))?;
+    Ok((data, op))
+}
+
+fn op_array(op: Op) -> ArrayRef {
+    Arc::new(StringArray::from(vec![op.as_str()]))
+}
+
+/// Builds the updating aggregate of a planned query.
+pub(crate) struct UpdatingAggFactory {
+    pub(crate) keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub(crate) key_schema: SchemaRef,
+    pub(crate) aggs: Vec<Arc<AggregateFunctionExpr>>,
+    pub(crate) filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    /// The aggregate's output as DataFusion planned it: keys, then aggregates.
+    pub(crate) output: SchemaRef,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) memory_limit: Option<u64>,
+}
+
+impl UpdatingAggFactory {
+    pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
+        super::window::column_indices(&self.keys)
+    }
+}
+
+impl OperatorFactory for UpdatingAggFactory {
+    fn output_schema(&self) -> SchemaRef {
+        with_op_column(&self.output)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "updating aggregate (changelog): {} key(s), {}{}",
+            self.keys.len(),
+            self.aggs
+                .iter()
+                .map(|a| a.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.ttl
+                .map(|t| format!(", groups idle for {t:?} dropped"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        let converter = RowConverter::new(
+            self.key_schema
+                .fields()
+                .iter()
+                .map(|f| SortField::new(f.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| EngineError::arrow("encoding group keys", e))?;
+        Ok(Box::new(UpdatingAggOperator {
+            task: task.clone(),
+            keys: self.keys.clone(),
+            aggs: self.aggs.clone(),
+            filters: self.filters.clone(),
+            output: self.output.clone(),
+            tagged: with_op_column(&self.output),
+            ttl: self.ttl,
+            memory_limit: self.memory_limit,
+            converter,
+            groups: HashMap::new(),
+            touched: VecDeque::new(),
+            bytes: 0,
+            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+        }))
+    }
+}
+
+struct Group {
+    accs: Vec<Box<dyn Accumulator>>,
+    /// The result last emitted for the group.
+    emitted: Option<Vec<ScalarValue>>,
+    last_update: Instant,
+    size: usize,
+}
+
+struct UpdatingAggOperator {
+    task: TaskInfo,
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    aggs: Vec<Arc<AggregateFunctionExpr>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    output: SchemaRef,
+    tagged: SchemaRef,
+    ttl: Option<Duration>,
+    memory_limit: Option<u64>,
+    converter: RowConverter,
+    groups: HashMap<Box<[u8]>, Group>,
+    /// (time of an update, key) in update order, to find idle groups for the TTL.
+    touched: VecDeque<(Instant, Box<[u8]>)>,
+    bytes: usize,
+    state_bytes: metrics::Gauge,
+}
+
+/// Rows of a changelog batch being assembled: keys and result values.
+#[derive(Default)]
+struct Changes {
+    keys: Vec<Box<[u8]>>,
+    values: Vec<Vec<ScalarValue>>,
+}
+
+impl UpdatingAggOperator {
+    /// The result rows of `changes`, tagged with `op`.
+    fn batch(&self, changes: Changes, op: Op) -> Result<Option<RecordBatch>> {
+        if changes.keys.is_empty() {
+            return Ok(None);
+        }
+        let mut columns: Vec<ArrayRef> = if self.keys.is_empty() {
+            vec![]
+        } else {
+            let parser = self.converter.parser();
+            self.converter
+                .convert_rows(changes.keys.iter().map(|k| parser.parse(k)))
+                .map_err(|e| EngineError::arrow("decoding group keys", e))?
+        };
+        for i in 0..self.aggs.len() {
+            columns.push(
+                ScalarValue::iter_to_array(changes.values.iter().map(|v| v[i].clone()))
+                    .map_err(df("assembling aggregate results"))?,
+            );
+        }
+        let columns = super::window::conform_columns(&self.output, columns)?;
+        let batch = RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| EngineError::arrow("assembling aggregate results", e))?;
+        tag(batch, &op_array(op), &self.tagged).map(Some)
+    }
+
+    async fn emit(&self, batches: [(Changes, Op); 3], out: &mut Collector) -> Result<()> {
+        for (changes, op) in batches {
+            if let Some(b) = self.batch(changes, op)? {
+                emit_in_slices(out, b).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops groups idle for longer than the TTL and retracts their results.
+    async fn expire(&mut self, out: &mut Collector) -> Result<()> {
+        let Some(ttl) = self.ttl else { return Ok(()) };
+        let now = Instant::now();
+        let mut deleted = Changes::default();
+        while let Some((at, _)) = self.touched.front() {
+            if now.duration_since(*at) < ttl {
+                break;
+            }
+            let (at, key) = self.touched.pop_front().expect("checked above");
+            // Only the group's latest update counts; older entries are stale.
+            if self.groups.get(&key).is_some_and(|g| g.last_update == at) {
+                let group = self.groups.remove(&key).expect("checked above");
+                self.bytes = self.bytes.saturating_sub(group.size);
+                if let Some(values) = group.emitted {
+                    deleted.keys.push(key);
+                    deleted.values.push(values);
+                }
+            }
+        }
+        if let Some(b) = self.batch(deleted, Op::Delete)? {
+            emit_in_slices(out, b).await?;
+        }
+        self.check_state()
+    }
+
+    fn check_state(&self) -> Result<()> {
+        self.state_bytes.set(self.bytes as f64);
+        match self.memory_limit {
+            Some(limit) if self.bytes as u64 > limit => Err(EngineError::User(format!(
+                "aggregate state holds {} bytes for {} groups, over the limit of {limit} \
+                 (state.memory_limit): set state.ttl so idle groups are dropped, aggregate per \
+                 window, raise the limit or run at a higher parallelism",
+                self.bytes,
+                self.groups.len()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Operator for UpdatingAggOperator {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let AggInputs {
+            keys,
+            args,
+            filters,
+        } = AggInputs::of(&self.keys, &self.aggs, &self.filters, &batch)?;
+        let rows = if keys.is_empty() {
+            None
+        } else {
+            Some(
+                self.converter
+                    .convert_columns(&keys)
+                    .map_err(|e| EngineError::arrow("encoding group keys", e))?,
+            )
+        };
+        // Rows per key, keys in order of first appearance.
+        let mut order: Vec<Box<[u8]>> = Vec::new();
+        let mut per_key: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        for i in 0..batch.num_rows() {
+            let key: Box<[u8]> = rows
+                .as_ref()
+                .map_or(Box::default(), |r| r.row(i).as_ref().into());
+            per_key
+                .entry(key)
+                .or_insert_with_key(|k| {
+                    order.push(k.clone());
+                    Vec::new()
+                })
+                .push(i as u32);
+        }
+        let now = Instant::now();
+        let (mut before, mut after, mut inserted) =
+            (Changes::default(), Changes::default(), Changes::default());
+        for key in order {
+            let rows = &per_key[&key];
+            if !self.groups.contains_key(&key) {
+                let accs = self
+                    .aggs
+                    .iter()
+                    .map(|a| a.create_accumulator().map_err(df("creating accumulators")))
+                    .collect::<Result<Vec<_>>>()?;
+                self.groups.insert(
+                    key.clone(),
+                    Group {
+                        accs,
+                        emitted: None,
+                        last_update: now,
+                        size: 0,
+                    },
+                );
+            }
+            let group = self.groups.get_mut(&key).expect("inserted above");
+            update_accumulators(&mut group.accs, rows, &args, &filters)?;
+            let values = group
+                .accs
+                .iter_mut()
+                .map(|a| a.evaluate())
+                .collect::<datafusion::error::Result<Vec<_>>>()
+                .map_err(df("evaluating aggregates"))?;
+            group.last_update = now;
+            let size = key.len() + group.accs.iter().map(|a| a.size()).sum::<usize>();
+            self.bytes = self.bytes + size - group.size.min(self.bytes);
+            group.size = size;
+            if self.ttl.is_some() {
+                self.touched.push_back((now, key.clone()));
+            }
+            match group.emitted.replace(values.clone()) {
+                None => {
+                    inserted.keys.push(key);
+                    inserted.values.push(values);
+                }
+                Some(old) if old == values => {}
+                Some(old) => {
+                    before.keys.push(key.clone());
+                    before.values.push(old);
+                    after.keys.push(key);
+                    after.values.push(values);
+                }
+            }
+        }
+        self.emit(
+            [
+                (before, Op::UpdateBefore),
+                (after, Op::UpdateAfter),
+                (inserted, Op::Insert),
+            ],
+            out,
+        )
+        .await?;
+        self.expire(out).await?;
+        self.check_state()
+    }
+
+    async fn handle_watermark(&mut self, _watermark: i64, out: &mut Collector) -> Result<()> {
+        self.expire(out).await
+    }
+
+    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        // Results were emitted as they changed; the state itself is what a checkpoint
+        // will keep.
+        discarded(&self.task, 0, "group");
+        Ok(())
+    }
+}
+
+/// Applies a changelog in order: `+` rows are added, each `-` row removes one equal
+/// row. Returns the result rows as JSON lines (without the op), sorted; `Err` names a
+/// retraction of a row that is not there.
+#[cfg(test)]
+pub(crate) fn apply_changelog(batches: &[RecordBatch]) -> std::result::Result<Vec<String>, String> {
+    let mut rows: std::collections::BTreeMap<String, i64> = Default::default();
+    for b in batches {
+        let (data, op) = untag(b.clone()).map_err(|e| e.to_string())?;
+        let op = op
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .filter(|a| !a.is_empty())
+            .map(|a| a.value(0).to_string());
+        let mut buf = Vec::new();
+        crate::formats::json::encode_json_lines(&data, &mut buf).map_err(|e| e.to_string())?;
+        for line in String::from_utf8(buf).map_err(|e| e.to_string())?.lines() {
+            let n = rows.entry(line.to_string()).or_default();
+            match op.as_deref() {
+                Some("+I") | Some("+U") => *n += 1,
+                Some("-U") | Some("-D") => {
+                    *n -= 1;
+                    if *n < 0 {
+                        return Err(format!("retracted a row that is not there: {line}"));
+                    }
+                }
+                other => return Err(format!("unknown op {other:?}")),
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .flat_map(|(line, n)| std::iter::repeat_n(line, n as usize))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::RecordBatch;
+    use datafusion::prelude::SessionContext;
+
+    use crate::connectors::memory::{MemorySource, kvt_batch};
+    use crate::pipeline::PipelineBuilder;
+
+    async fn stream(
+        rows: &[(i64, i64, i64)],
+        size: usize,
+        parallelism: usize,
+        query: &str,
+    ) -> Vec<RecordBatch> {
+        let mut p = PipelineBuilder::new("upd").parallelism(parallelism);
+        let batches: Vec<RecordBatch> = rows.chunks(size).map(kvt_batch).collect();
+        let mut parts = vec![batches];
+        parts.resize(parallelism, vec![]);
+        let src = p.source(
+            "ev",
+            Arc::new(MemorySource::new(kvt_batch(&[]).schema(), parts).unwrap()),
+        );
+        let out = p.sql(src, query).await.unwrap();
+        let results = p.collect(out, "results").unwrap();
+        p.run_to_completion().await.unwrap();
+        results.batches()
+    }
+
+    async fn batch(rows: &[(i64, i64, i64)], query: &str) -> Vec<String> {
+        let ctx = SessionContext::new();
+        ctx.register_batch("ev", kvt_batch(rows)).unwrap();
+        let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
+        let mut buf = Vec::new();
+        for b in &out {
+            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
+        }
+        let mut lines: Vec<String> = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    const QUERIES: [&str; 3] = [
+        // A HAVING that stops holding as a group grows: its row must be retracted.
+        "SELECT k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi FROM ev GROUP BY k HAVING sum(v) < 15",
+        // No key: one group.
+        "SELECT count(*) AS n, sum(v) AS s, count(DISTINCT v) AS d FROM ev",
+        // A computed key and a projection above the aggregate.
+        "SELECT k2, n * 2 AS twice, avg_v FROM (SELECT k % 2 AS k2, count(*) AS n, avg(v) AS avg_v FROM ev GROUP BY k % 2)",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 40, ..Default::default() })]
+
+        /// The changelog of a GROUP BY without a window, applied in order, equals
+        /// DataFusion batch over the same rows, and never retracts a row it did not emit.
+        #[test]
+        fn applied_changelog_equals_batch(
+            raw in proptest::collection::vec((0i64..5, -9i64..12), 1..120),
+            size in 1usize..9,
+            q in 0usize..QUERIES.len(),
+            parallel in proptest::bool::ANY,
+        ) {
+            let rows: Vec<(i64, i64, i64)> = raw.iter().enumerate().map(|(i, (k, v))| (*k, *v, i as i64)).collect();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(async {
+                (stream(&rows, size, if parallel { 2 } else { 1 }, QUERIES[q]).await, batch(&rows, QUERIES[q]).await)
+            });
+            let applied = super::apply_changelog(&got);
+            proptest::prop_assert_eq!(applied, Ok(expected));
+        }
+    }
+
+    /// With `state.ttl`, a group idle for longer is dropped and its result retracted
+    /// with `-D`. (A TTL of 1 ns: by the time the second batch is processed, the first
+    /// batch's group has been idle for longer than that.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_groups_are_retracted_after_the_ttl() {
+        let mut p = PipelineBuilder::new("ttl").state_ttl(std::time::Duration::from_nanos(1));
+        let src = p.source(
+            "ev",
+            Arc::new(
+                MemorySource::new(
+                    kvt_batch(&[]).schema(),
+                    vec![vec![kvt_batch(&[(1, 5, 0)]), kvt_batch(&[(2, 7, 1)])]],
+                )
+                .unwrap(),
+            ),
+        );
+        let out = p
+            .sql(src, "SELECT k, sum(v) AS s FROM ev GROUP BY k")
+            .await
+            .unwrap();
+        let results = p.collect(out, "results").unwrap();
+        p.run_to_completion().await.unwrap();
+        let changes: Vec<(String, String)> = results
+            .batches()
+            .iter()
+            .flat_map(|b| {
+                let (data, op) = super::untag(b.clone()).unwrap();
+                let op = arrow::array::AsArray::as_string::<i32>(op.as_ref())
+                    .value(0)
+                    .to_string();
+                let mut buf = Vec::new();
+                crate::formats::json::encode_json_lines(&data, &mut buf).unwrap();
+                String::from_utf8(buf)
+                    .unwrap()
+                    .lines()
+                    .map(|l| (op.clone(), l.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            changes.contains(&("-D".to_string(), r#"{"k":1,"s":5}"#.to_string())),
+            "{changes:?}"
+        );
+        assert!(super::apply_changelog(&results.batches()).is_ok());
+    }
+}
