@@ -45,6 +45,7 @@ fn settings() -> RuntimeSettings {
             size: 8192,
             flush_interval: Duration::from_millis(10),
         },
+        ..RuntimeSettings::default()
     }
 }
 

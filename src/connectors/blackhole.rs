@@ -368,6 +368,7 @@ mod tests {
             node: "sink".into(),
             partition,
             parallelism: 2,
+            state: crate::state::memory_backend(),
         }
     }
 

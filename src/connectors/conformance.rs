@@ -286,6 +286,7 @@ fn task(partition: usize, parallelism: usize) -> TaskInfo {
         node: "out".into(),
         partition,
         parallelism,
+        state: crate::state::memory_backend(),
     }
 }
 

@@ -658,6 +658,7 @@ mod tests {
             node: "sales".into(),
             partition,
             parallelism: 1,
+            state: crate::state::memory_backend(),
         }
     }
 

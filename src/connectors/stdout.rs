@@ -374,6 +374,7 @@ mod tests {
             node: "out".into(),
             partition,
             parallelism,
+            state: crate::state::memory_backend(),
         }
     }
 

@@ -61,6 +61,8 @@ pub struct TaskInfo {
     /// 0-based index of this task among the node's partitions.
     pub partition: usize,
     pub parallelism: usize,
+    /// Where a stateful operator keeps its state ([`RuntimeSettings::state`]).
+    pub state: Arc<dyn crate::state::StateBackend>,
 }
 
 impl std::fmt::Display for TaskInfo {
@@ -123,6 +125,17 @@ pub trait Operator: Send {
 
     /// Called once after every input has ended; emit what is still buffered.
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
+        Ok(())
+    }
+
+    /// How often the runtime calls [`handle_tick`](Operator::handle_tick), in
+    /// processing time; `None` (the default): never. Asked once, when the task starts.
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Processing time has passed: fire processing-time timers, expire idle state.
+    async fn handle_tick(&mut self, _out: &mut Collector) -> Result<()> {
         Ok(())
     }
 }

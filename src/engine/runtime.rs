@@ -21,6 +21,8 @@ pub struct RuntimeSettings {
     /// Capacity of each channel between two tasks, in batches.
     pub channel_capacity: usize,
     pub batch: BatchSettings,
+    /// Where stateful operators keep their state.
+    pub state: Arc<dyn crate::state::StateBackend>,
 }
 
 impl Default for RuntimeSettings {
@@ -28,6 +30,7 @@ impl Default for RuntimeSettings {
         RuntimeSettings {
             channel_capacity: 8,
             batch: BatchSettings::default(),
+            state: crate::state::memory_backend(),
         }
     }
 }
@@ -176,6 +179,7 @@ impl Runtime {
                     node: node_name.clone(),
                     partition: p,
                     parallelism: node.parallelism,
+                    state: settings.state.clone(),
                 };
                 let mut out = Collector::new(
                     std::mem::take(&mut outputs[id][p]),
@@ -412,6 +416,10 @@ async fn run_operator(
     let mut idle_check = tokio::time::interval(idle_timeout.unwrap_or(Duration::from_secs(3600)));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     idle_check.tick().await;
+    let tick_every = op.tick_interval();
+    let mut ticker = tokio::time::interval(tick_every.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
     loop {
         let advanced = tokio::select! {
             msg = input.next() => {
@@ -436,6 +444,10 @@ async fn run_operator(
                 }
             }
             _ = idle_check.tick(), if idle_timeout.is_some() => watermarks.advance(Instant::now()),
+            _ = ticker.tick(), if tick_every.is_some() => {
+                op.handle_tick(&mut out).await?;
+                None
+            }
         };
         if let Some(wm) = advanced {
             op.handle_watermark(wm, &mut out).await?;

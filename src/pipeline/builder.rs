@@ -351,6 +351,7 @@ impl PipelineBuilder {
             keys,
             output,
             name: name.to_string(),
+            memory_limit: self.stage_options.state_memory_limit,
         });
         let node =
             self.graph

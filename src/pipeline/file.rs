@@ -175,6 +175,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             size: defaults.batch_size,
             flush_interval: default_flush,
         },
+        ..RuntimeSettings::default()
     };
     let mut plan = crate::sql::PlanSettings {
         parallelism: defaults.parallelism,

@@ -4,8 +4,9 @@
 //! [`check`] answers "can a reader using schema R decode data written with schema W?"
 //! following the "Schema Resolution" section of the Avro specification, and lists
 //! every rule that fails, each with a path into the *reader* schema (`/fields/2/type`,
-//! `/symbols`, …) in the style of Avro's Java `SchemaCompatibility`, which
-//! Confluent's registry reports:
+//! `/symbols`, …; where the writer is a union, the writer's branch index is appended)
+//! in the style of Avro's Java `SchemaCompatibility`, which Confluent's registry
+//! reports:
 //!
 //! - primitives match themselves; the writer may be promoted int → long, float,
 //!   double; long → float, double; float → double; string ↔ bytes. Logical types do
@@ -212,7 +213,7 @@ impl Checker<'_> {
                         self.visit(r, wb, &bpath);
                     } else {
                         // The reader must read this writer branch directly.
-                        let found = self.trial(r, wb, path);
+                        let found = self.trial(r, wb, &bpath);
                         if !found.is_empty() {
                             if self.shallow_match(r, wb) {
                                 self.out.extend(found);
@@ -221,7 +222,7 @@ impl Checker<'_> {
                                     (describe(self.reader, r), describe(self.writer, wb));
                                 self.report(
                                     IncompatibilityKind::TypeMismatch,
-                                    path,
+                                    &bpath,
                                     format!(
                                         "reader type {rd} cannot read branch {i} ({wd}) of the writer's union"
                                     ),
@@ -335,7 +336,9 @@ impl Checker<'_> {
                         .find(|wf| wf.name == rf.name)
                         .or_else(|| wfields.iter().find(|wf| rf.aliases.contains(&wf.name)));
                     match wf {
-                        Some(wf) => self.visit(&rf.schema, &wf.schema, &format!("{path}/fields/{i}/type")),
+                        Some(wf) => {
+                            self.visit(&rf.schema, &wf.schema, &format!("{path}/fields/{i}/type"))
+                        }
                         None if rf.default.is_some() => {}
                         None => self.report(
                             IncompatibilityKind::ReaderFieldMissingDefaultValue,
@@ -371,14 +374,12 @@ impl Checker<'_> {
                     );
                 }
             }
-            (NamedKind::Fixed { size: rs, .. }, NamedKind::Fixed { size: ws, .. }) => {
-                if rs != ws {
-                    self.report(
-                        IncompatibilityKind::FixedSizeMismatch,
-                        &format!("{path}/size"),
-                        format!("reader fixed '{rn}' has size {rs}, writer fixed '{wn}' has size {ws}"),
-                    );
-                }
+            (NamedKind::Fixed { size: rs, .. }, NamedKind::Fixed { size: ws, .. }) if rs != ws => {
+                self.report(
+                    IncompatibilityKind::FixedSizeMismatch,
+                    &format!("{path}/size"),
+                    format!("reader fixed '{rn}' has size {rs}, writer fixed '{wn}' has size {ws}"),
+                );
             }
             _ => {}
         }
@@ -505,8 +506,12 @@ pub struct Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (reader, writer) = match self.direction {
-            Direction::NewReadsOld => ("new schema".to_owned(), format!("version {}", self.version)),
-            Direction::OldReadsNew => (format!("version {}", self.version), "new schema".to_owned()),
+            Direction::NewReadsOld => {
+                ("new schema".to_owned(), format!("version {}", self.version))
+            }
+            Direction::OldReadsNew => {
+                (format!("version {}", self.version), "new schema".to_owned())
+            }
         };
         write!(
             f,
@@ -571,7 +576,10 @@ mod tests {
 
     fn ok(reader: &str, writer: &str) {
         let found = check(&s(reader), &s(writer));
-        assert!(found.is_empty(), "reader {reader} / writer {writer}: {found:?}");
+        assert!(
+            found.is_empty(),
+            "reader {reader} / writer {writer}: {found:?}"
+        );
     }
 
     fn record(name: &str, fields: &str) -> String {
@@ -599,12 +607,19 @@ mod tests {
                 if r == w || allowed.contains(&(w, r)) {
                     assert!(found.is_empty(), "writer {w} reader {r}: {found:?}");
                 } else {
-                    assert_eq!(found, [(K::TypeMismatch, "/".to_owned())], "writer {w} reader {r}");
+                    assert_eq!(
+                        found,
+                        [(K::TypeMismatch, "/".to_owned())],
+                        "writer {w} reader {r}"
+                    );
                 }
             }
         }
         // Logical types do not take part.
-        ok(r#"{"type":"long","logicalType":"timestamp-millis"}"#, r#""long""#);
+        ok(
+            r#"{"type":"long","logicalType":"timestamp-millis"}"#,
+            r#""long""#,
+        );
         ok(r#""int""#, r#"{"type":"int","logicalType":"date"}"#);
     }
 
@@ -651,7 +666,10 @@ mod tests {
     #[test]
     fn field_aliases_match_writer_fields() {
         let w = record("R", r#"{"name":"old_name","type":"string"}"#);
-        let r = record("R", r#"{"name":"new_name","type":"string","aliases":["old_name"]}"#);
+        let r = record(
+            "R",
+            r#"{"name":"new_name","type":"string","aliases":["old_name"]}"#,
+        );
         ok(&r, &w);
         assert_eq!(
             rules(&record("R", r#"{"name":"new_name","type":"string"}"#), &w),
@@ -670,7 +688,8 @@ mod tests {
         let b = record("B", "");
         assert_eq!(rules(&a, &b), [(K::NameMismatch, "/name".to_owned())]);
         assert_eq!(rules(&b, &a), [(K::NameMismatch, "/name".to_owned())]);
-        let b_alias = r#"{"type":"record","name":"B","namespace":"ns","aliases":["A"],"fields":[]}"#;
+        let b_alias =
+            r#"{"type":"record","name":"B","namespace":"ns","aliases":["A"],"fields":[]}"#;
         ok(b_alias, &a);
         assert_eq!(rules(&a, b_alias), [(K::NameMismatch, "/name".to_owned())]);
         // A namespace change is a different full name.
@@ -740,7 +759,10 @@ mod tests {
         );
         assert_eq!(
             rules(&r, &w),
-            [(K::ReaderFieldMissingDefaultValue, "/items/fields/0".to_owned())]
+            [(
+                K::ReaderFieldMissingDefaultValue,
+                "/items/fields/0".to_owned()
+            )]
         );
     }
 
@@ -763,14 +785,18 @@ mod tests {
         let found = check(&s(r#""string""#), &s(ns));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].kind, K::TypeMismatch);
-        assert!(found[0].message.contains("branch 0 (null)"), "{}", found[0].message);
+        assert!(
+            found[0].message.contains("branch 0 (null)"),
+            "{}",
+            found[0].message
+        );
         // Optional field made required and back.
         let opt = record("R", r#"{"name":"c","type":["null","long"],"default":null}"#);
         let req = record("R", r#"{"name":"c","type":"long"}"#);
         ok(&opt, &req);
         let found = check(&s(&req), &s(&opt));
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].path, "/fields/0/type");
+        assert_eq!(found[0].path, "/fields/0/type/0", "writer branch 0 (null)");
     }
 
     #[test]
@@ -778,7 +804,10 @@ mod tests {
         let w = record("R", r#"{"name":"a","type":"int"}"#);
         let r = format!(
             r#"["null",{}]"#,
-            record("R", r#"{"name":"a","type":"int"},{"name":"b","type":"int"}"#)
+            record(
+                "R",
+                r#"{"name":"a","type":"int"},{"name":"b","type":"int"}"#
+            )
         );
         assert_eq!(
             rules(&r, &w),
@@ -794,7 +823,10 @@ mod tests {
             )
         };
         ok(&list(""), &list(""));
-        ok(&list(r#",{"name":"w","type":"int","default":1}"#), &list(""));
+        ok(
+            &list(r#",{"name":"w","type":"int","default":1}"#),
+            &list(""),
+        );
         assert_eq!(
             rules(&list(r#",{"name":"w","type":"int"}"#), &list("")),
             [(K::ReaderFieldMissingDefaultValue, "/fields/2".to_owned())]
@@ -814,9 +846,12 @@ mod tests {
         ok(&text, &text);
         // Adding an optional field is FULL compatible.
         let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        value["fields"].as_array_mut().unwrap().push(serde_json::json!(
-            {"name": "coupon", "type": ["null", "string"], "default": null}
-        ));
+        value["fields"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                {"name": "coupon", "type": ["null", "string"], "default": null}
+            ));
         let v2 = AvroSchema::from_json(&value).unwrap();
         assert!(check_level(CompatibilityLevel::FullTransitive, &v2, &[(1, &v1)]).is_empty());
         // Removing `total` (no default) breaks FORWARD only.
@@ -857,7 +892,10 @@ mod tests {
         assert_eq!(versions(L::Forward), []);
         assert_eq!(versions(L::Full), [(2, Direction::NewReadsOld)]);
         // Against v1 as well: v3 reads v1 data (has `a`, `b` defaults); v1 reads v3 data.
-        assert_eq!(versions(L::BackwardTransitive), [(2, Direction::NewReadsOld)]);
+        assert_eq!(
+            versions(L::BackwardTransitive),
+            [(2, Direction::NewReadsOld)]
+        );
         assert_eq!(versions(L::ForwardTransitive), []);
         // v2 against v1: transitive or not, only one previous version.
         assert_eq!(

@@ -298,7 +298,13 @@ impl AvroSchema {
     /// The Parsing Canonical Form of the specification.
     pub fn canonical_form(&self) -> String {
         let mut out = String::new();
-        self.write_form(&self.root, Form::Canonical, None, &mut BTreeSet::new(), &mut out);
+        self.write_form(
+            &self.root,
+            Form::Canonical,
+            None,
+            &mut BTreeSet::new(),
+            &mut out,
+        );
         out
     }
 
@@ -538,7 +544,11 @@ fn write_json_value(out: &mut String, v: &Value) {
 
 fn invalid(path: &str, message: impl Into<String>) -> RegistryError {
     RegistryError::InvalidSchema {
-        path: if path.is_empty() { "/".into() } else { path.into() },
+        path: if path.is_empty() {
+            "/".into()
+        } else {
+            path.into()
+        },
         message: message.into(),
     }
 }
@@ -591,7 +601,9 @@ impl Parser {
         };
         Err(invalid(
             path,
-            format!("unknown type name {shown}: not a primitive type nor a named type defined before this point"),
+            format!(
+                "unknown type name {shown}: not a primitive type nor a named type defined before this point"
+            ),
         ))
     }
 
@@ -621,7 +633,9 @@ impl Parser {
             if !keys.insert(key.clone()) {
                 return Err(invalid(
                     &bpath,
-                    format!("duplicate '{key}' in union: a union may contain only one branch of each type (named types: of each name)"),
+                    format!(
+                        "duplicate '{key}' in union: a union may contain only one branch of each type (named types: of each name)"
+                    ),
                 ));
             }
             out.push(s);
@@ -758,7 +772,9 @@ impl Parser {
                     if !is_valid_name(s) {
                         return Err(invalid(
                             &format!("{spath}/{i}"),
-                            format!("invalid enum symbol '{s}': symbols must match [A-Za-z_][A-Za-z0-9_]*"),
+                            format!(
+                                "invalid enum symbol '{s}': symbols must match [A-Za-z_][A-Za-z0-9_]*"
+                            ),
                         ));
                     }
                     if !seen.insert(s.as_str()) {
@@ -839,9 +855,7 @@ impl Parser {
             if !is_valid_name(&name) {
                 return Err(invalid(
                     &format!("{fpath}/name"),
-                    format!(
-                        "invalid field name '{name}': names must match [A-Za-z_][A-Za-z0-9_]*"
-                    ),
+                    format!("invalid field name '{name}': names must match [A-Za-z_][A-Za-z0-9_]*"),
                 ));
             }
             if !names.insert(name.clone()) {
@@ -859,13 +873,15 @@ impl Parser {
                 Some(v) => string_list(v, &format!("{fpath}/aliases"))?,
             };
             let doc = optional_string(f, "doc", &fpath)?;
-            if let Some(order) = f.get("order") {
-                if !matches!(order.as_str(), Some("ascending" | "descending" | "ignore")) {
-                    return Err(invalid(
-                        &format!("{fpath}/order"),
-                        format!("field order must be \"ascending\", \"descending\" or \"ignore\", not {order}"),
-                    ));
-                }
+            if let Some(order) = f.get("order")
+                && !matches!(order.as_str(), Some("ascending" | "descending" | "ignore"))
+            {
+                return Err(invalid(
+                    &format!("{fpath}/order"),
+                    format!(
+                        "field order must be \"ascending\", \"descending\" or \"ignore\", not {order}"
+                    ),
+                ));
             }
             let default = f.get("default").cloned();
             if let Some(d) = &default {
@@ -909,7 +925,10 @@ fn optional_string(
 
 fn string_list(v: &Value, path: &str) -> Result<Vec<String>, RegistryError> {
     let Value::Array(items) = v else {
-        return Err(invalid(path, format!("expected an array of strings, not {v}")));
+        return Err(invalid(
+            path,
+            format!("expected an array of strings, not {v}"),
+        ));
     };
     items
         .iter()
@@ -937,7 +956,9 @@ fn check_full_name(full: &str, path: &str) -> Result<(), RegistryError> {
     } else {
         Err(invalid(
             path,
-            format!("invalid name '{full}': each dot-separated part must match [A-Za-z_][A-Za-z0-9_]*"),
+            format!(
+                "invalid name '{full}': each dot-separated part must match [A-Za-z_][A-Za-z0-9_]*"
+            ),
         ))
     }
 }
@@ -1005,10 +1026,8 @@ fn decimal(props: &Props, max_precision: Option<u64>) -> Option<LogicalType> {
     if precision == 0 || scale > precision {
         return None;
     }
-    if let Some(max) = max_precision {
-        if u64::from(precision) > max {
-            return None;
-        }
+    if max_precision.is_some_and(|max| u64::from(precision) > max) {
+        return None;
     }
     Some(LogicalType::Decimal { precision, scale })
 }
@@ -1062,9 +1081,7 @@ fn check_default(
             let ok = match kind {
                 PrimitiveType::Null => value.is_null(),
                 PrimitiveType::Boolean => value.is_boolean(),
-                PrimitiveType::Int => value
-                    .as_i64()
-                    .is_some_and(|n| i32::try_from(n).is_ok()),
+                PrimitiveType::Int => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
                 PrimitiveType::Long => value.is_i64(),
                 PrimitiveType::Float | PrimitiveType::Double => value.is_number(),
                 PrimitiveType::Bytes => value
@@ -1088,15 +1105,11 @@ fn check_default(
             }
         }
         Schema::Array { items, .. } => match value {
-            Value::Array(vs) => vs
-                .iter()
-                .try_for_each(|v| check_default(items, v, named)),
+            Value::Array(vs) => vs.iter().try_for_each(|v| check_default(items, v, named)),
             _ => mismatch("a JSON array"),
         },
         Schema::Map { values, .. } => match value {
-            Value::Object(m) => m
-                .values()
-                .try_for_each(|v| check_default(values, v, named)),
+            Value::Object(m) => m.values().try_for_each(|v| check_default(values, v, named)),
             _ => mismatch("a JSON object"),
         },
         Schema::Union(branches) => match branches.first() {
@@ -1141,7 +1154,9 @@ fn check_default(
                     {
                         Ok(())
                     }
-                    _ => mismatch(&format!("a string of {size} code points 0-255 for fixed '{full}'")),
+                    _ => mismatch(&format!(
+                        "a string of {size} code points 0-255 for fixed '{full}'"
+                    )),
                 },
             }
         }
@@ -1206,7 +1221,7 @@ mod tests {
               "fields": [
                 {"name": "id", "type": {"type": "long", "logicalType": "timestamp-millis"}, "doc": "x"},
                 {"name": "status", "type": {"type": "enum", "name": "Status", "symbols": ["A", "B"], "default": "A"}},
-                {"name": "hash", "type": {"type": "fixed", "name": "other.Hash", "size": 016}},
+                {"name": "hash", "type": {"type": "fixed", "name": "other.Hash", "size": 16}},
                 {"name": "tags", "type": {"values": "string", "type": "map"}},
                 {"name": "again", "type": ["null", "Status", "other.Hash"], "default": null},
                 {"name": "items", "type": {"type": "array", "items": "Order"}, "default": []}
@@ -1226,7 +1241,11 @@ mod tests {
             s.canonical_form(),
             r#"{"name":"E","type":"enum","symbols":["A"]}"#
         );
-        assert!(s.normalized().contains(r#""doc":"café \"q\"""#), "{}", s.normalized());
+        assert!(
+            s.normalized().contains(r#""doc":"café \"q\"""#),
+            "{}",
+            s.normalized()
+        );
     }
 
     #[test]
@@ -1240,7 +1259,10 @@ mod tests {
         let s = parse(text);
         let n = s.normalized();
         assert!(n.starts_with(r#"{"name":"a.b.R","type":"record","fields":[{"name":"x","type":"int","aliases":["y"],"default":1,"order":"descending"}"#), "{n}");
-        assert!(n.contains(r#"{"name":"Inner","type":"record","fields":[],"namespace":""}"#), "{n}");
+        assert!(
+            n.contains(r#"{"name":"Inner","type":"record","fields":[],"namespace":""}"#),
+            "{n}"
+        );
         let again = parse(&n);
         assert_eq!(again, s);
         assert_eq!(again.normalized(), n);
@@ -1376,7 +1398,10 @@ mod tests {
             (r#"["string","null"]"#, r#""a""#),
             (r#"{"type":"array","items":"int"}"#, "[1,2]"),
             (r#"{"type":"map","values":"int"}"#, r#"{"a":1}"#),
-            (r#"{"type":"enum","name":"E","symbols":["A","B"]}"#, r#""B""#),
+            (
+                r#"{"type":"enum","name":"E","symbols":["A","B"]}"#,
+                r#""B""#,
+            ),
             (r#"{"type":"fixed","name":"F","size":2}"#, r#""ab""#),
             (
                 r#"{"type":"record","name":"R","fields":[{"name":"x","type":"int"},{"name":"y","type":"int","default":0}]}"#,
@@ -1396,10 +1421,22 @@ mod tests {
             (r#""boolean""#, "0", "true or false"),
             (r#""bytes""#, r#""\u0100""#, "code points 0-255"),
             (r#"["null","string"]"#, r#""a""#, "first branch"),
-            (r#"{"type":"array","items":"int"}"#, r#"["a"]"#, "expected an int"),
+            (
+                r#"{"type":"array","items":"int"}"#,
+                r#"["a"]"#,
+                "expected an int",
+            ),
             (r#"{"type":"map","values":"int"}"#, "[]", "a JSON object"),
-            (r#"{"type":"enum","name":"E","symbols":["A"]}"#, r#""Z""#, "symbols"),
-            (r#"{"type":"fixed","name":"F","size":2}"#, r#""abc""#, "2 code points"),
+            (
+                r#"{"type":"enum","name":"E","symbols":["A"]}"#,
+                r#""Z""#,
+                "symbols",
+            ),
+            (
+                r#"{"type":"fixed","name":"F","size":2}"#,
+                r#""abc""#,
+                "2 code points",
+            ),
             (
                 r#"{"type":"record","name":"R","fields":[{"name":"x","type":"int"}]}"#,
                 "{}",
@@ -1421,7 +1458,10 @@ mod tests {
             ("nope", "not valid JSON"),
             ("42", "must be a string, an object or an array"),
             (r#""Unknown""#, "unknown type name 'Unknown'"),
-            (r#"{"type":"record","name":"R"}"#, "without a 'fields' array"),
+            (
+                r#"{"type":"record","name":"R"}"#,
+                "without a 'fields' array",
+            ),
             (
                 r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"a","type":"long"}]}"#,
                 "duplicate field name 'a'",
@@ -1434,17 +1474,35 @@ mod tests {
                 r#"{"type":"record","name":"R","fields":[{"name":"1a","type":"int"}]}"#,
                 "invalid field name '1a'",
             ),
-            (r#"{"type":"record","name":"int","fields":[]}"#, "primitive type name"),
-            (r#"{"type":"record","name":"a-b","fields":[]}"#, "invalid name 'a-b'"),
-            (r#"{"type":"enum","name":"E","symbols":["A","A"]}"#, "duplicate enum symbol 'A'"),
-            (r#"{"type":"enum","name":"E","symbols":["A"],"default":"B"}"#, "not one of the symbols"),
+            (
+                r#"{"type":"record","name":"int","fields":[]}"#,
+                "primitive type name",
+            ),
+            (
+                r#"{"type":"record","name":"a-b","fields":[]}"#,
+                "invalid name 'a-b'",
+            ),
+            (
+                r#"{"type":"enum","name":"E","symbols":["A","A"]}"#,
+                "duplicate enum symbol 'A'",
+            ),
+            (
+                r#"{"type":"enum","name":"E","symbols":["A"],"default":"B"}"#,
+                "not one of the symbols",
+            ),
             (r#"{"type":"enum","name":"E"}"#, "without 'symbols'"),
             (r#"{"type":"fixed","name":"F"}"#, "without 'size'"),
-            (r#"{"type":"fixed","name":"F","size":-1}"#, "non-negative integer"),
+            (
+                r#"{"type":"fixed","name":"F","size":-1}"#,
+                "non-negative integer",
+            ),
             (r#"{"type":"array"}"#, "without 'items'"),
             (r#"{"type":"map"}"#, "without 'values'"),
             (r#"["int","int"]"#, "duplicate 'int' in union"),
-            (r#"["null",["int"]]"#, "may not immediately contain another union"),
+            (
+                r#"["null",["int"]]"#,
+                "may not immediately contain another union",
+            ),
             (
                 r#"[{"type":"array","items":"int"},{"type":"array","items":"long"}]"#,
                 "duplicate 'array'",
@@ -1465,9 +1523,7 @@ mod tests {
             assert!(err.contains(want), "{text}: {err}");
         }
         // Same name in different namespaces is fine in a union.
-        parse(
-            r#"[{"type":"fixed","name":"a.F","size":1},{"type":"fixed","name":"b.F","size":1}]"#,
-        );
+        parse(r#"[{"type":"fixed","name":"a.F","size":1},{"type":"fixed","name":"b.F","size":1}]"#);
     }
 
     #[test]

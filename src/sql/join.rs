@@ -68,7 +68,8 @@ pub(crate) fn time_bounds(
     const HOW: &str = "a join between two streams needs its time bounded on both ends, e.g. \
                        ON o.id = p.order_id AND o.ts BETWEEN p.ts - INTERVAL '10' MINUTE AND p.ts \
                        (comparing the event-time columns of both sides), so that its state can be \
-                       dropped as the watermark passes";
+                       dropped as the watermark passes. To enrich a stream with reference data \
+                       instead, declare that table with lookup = 'true'";
     let Some(filter) = filter else {
         return Err(HOW.into());
     };
@@ -301,7 +302,7 @@ impl OperatorFactory for IntervalJoinFactory {
             converter,
             watermark: i64::MIN,
             late: LateRows::new(task),
-            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            state: task.state.open(task, "join", self.memory_limit),
             factory: IntervalJoinFactory {
                 left_keys: self.left_keys.clone(),
                 right_keys: self.right_keys.clone(),
@@ -376,7 +377,7 @@ struct IntervalJoinOperator {
     converter: RowConverter,
     watermark: i64,
     late: LateRows,
-    state_bytes: metrics::Gauge,
+    state: crate::state::StateHandle,
 }
 
 impl IntervalJoinOperator {
@@ -595,19 +596,18 @@ impl IntervalJoinOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        let bytes: usize = self.sides.iter().map(|s| s.bytes).sum();
-        self.state_bytes.set(bytes as f64);
-        match self.factory.memory_limit {
-            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
-                "join state holds {bytes} bytes ({} left and {} right rows), over the limit of \
-                 {limit} (state.memory_limit): narrow the join's time bounds, lower watermark_delay, \
-                 raise the limit or run at a higher parallelism",
-                self.sides[0].rows(),
-                self.sides[1].rows()
-            ))
-            .into()),
-            _ => Ok(()),
-        }
+        self.state.report(
+            self.sides.iter().map(|s| s.bytes).sum(),
+            || {
+                format!(
+                    "({} left and {} right rows)",
+                    self.sides[0].rows(),
+                    self.sides[1].rows()
+                )
+            },
+            "narrow the join's time bounds, lower watermark_delay, raise the limit or run at a \
+             higher parallelism",
+        )
     }
 }
 

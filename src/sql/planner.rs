@@ -981,8 +981,7 @@ fn check_streamable(
     };
     let mut refusal: Option<String> = None;
     let mut tables: Vec<String> = Vec::new();
-    let one_stateful = "only one stateful operation (windowed GROUP BY, join of two streams or ROW_NUMBER) \
-                        per query is supported";
+    let one_stateful = ONE_STATEFUL;
     let mut aggregates = 0;
     let _ = plan.apply_with_subqueries(|node| {
         let why = match node {
@@ -1230,6 +1229,9 @@ fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>)
     });
 }
 
+const ONE_STATEFUL: &str = "only one stateful operation (GROUP BY, join of two streams or ROW_NUMBER) \
+                            per query is supported";
+
 /// A physical plan cut at a join of two streams.
 struct JoinSplit {
     left: Arc<dyn ExecutionPlan>,
@@ -1359,10 +1361,7 @@ fn split_join(
     }
     let upper = replace_with_slot(plan, &node)?;
     if stateful(&upper) {
-        return Err(
-            "only one stateful operation (windowed GROUP BY, join of two streams or ROW_NUMBER) per query is supported"
-                .into(),
-        );
+        return Err(ONE_STATEFUL.into());
     }
     let (left_keys, right_keys) = on.into_iter().unzip();
     Ok(Some(JoinSplit {

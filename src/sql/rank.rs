@@ -72,7 +72,7 @@ impl OperatorFactory for RankFactory {
             input_columns: input,
             encoder: KeyEncoder::default(),
             ttl_ms: self.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
-            memory_limit: self.memory_limit,
+            state: task.state.open(task, "row_number", self.memory_limit),
             batches: HashMap::new(),
             next_batch: 0,
             pending: BTreeMap::new(),
@@ -81,7 +81,6 @@ impl OperatorFactory for RankFactory {
             watermark: crate::engine::Watermark::START,
             last_expiry: crate::engine::Watermark::START,
             late: LateRows::new(task),
-            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
             buffered_bytes: 0,
         }))
     }
@@ -106,7 +105,7 @@ struct RankOperator {
     input_columns: usize,
     encoder: KeyEncoder,
     ttl_ms: Option<i64>,
-    memory_limit: Option<u64>,
+    state: crate::state::StateHandle,
     batches: HashMap<u64, Buffered>,
     next_batch: u64,
     /// Rows waiting for the watermark, by (event time, arrival): (batch, row, key).
@@ -116,7 +115,6 @@ struct RankOperator {
     watermark: i64,
     last_expiry: i64,
     late: LateRows,
-    state_bytes: metrics::Gauge,
     buffered_bytes: usize,
 }
 
@@ -128,19 +126,17 @@ impl RankOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        let bytes = self.state_size();
-        self.state_bytes.set(bytes as f64);
-        match self.memory_limit {
-            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
-                "row_number state holds {bytes} bytes ({} keys, {} rows waiting for the watermark), over \
-                 the limit of {limit} (state.memory_limit): set state.ttl so old keys are forgotten, \
-                 raise the limit, or run at a higher parallelism",
-                self.ranked.len(),
-                self.pending.len()
-            ))
-            .into()),
-            _ => Ok(()),
-        }
+        self.state.report(
+            self.state_size(),
+            || {
+                format!(
+                    "({} keys, {} rows waiting for the watermark)",
+                    self.ranked.len(),
+                    self.pending.len()
+                )
+            },
+            "set state.ttl so old keys are forgotten, raise the limit, or run at a higher parallelism",
+        )
     }
 
     /// Ranks and emits every waiting row older than `watermark` (all of them at the

@@ -52,9 +52,8 @@ pub(crate) struct SessionAggOperator {
     next_id: u64,
     watermark: i64,
     bytes: usize,
-    memory_limit: Option<u64>,
     late: LateRows,
-    state_bytes: metrics::Gauge,
+    state: crate::state::StateHandle,
 }
 
 impl SessionAggOperator {
@@ -89,9 +88,8 @@ impl SessionAggOperator {
             next_id: 0,
             watermark: crate::engine::Watermark::START,
             bytes: 0,
-            memory_limit,
             late: LateRows::new(task),
-            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            state: task.state.open(task, "session", memory_limit),
         })
     }
 
@@ -118,18 +116,11 @@ impl SessionAggOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state_bytes.set(self.bytes as f64);
-        match self.memory_limit {
-            Some(limit) if self.bytes as u64 > limit => Err(EngineError::User(format!(
-                "session state holds {} bytes in {} open session(s), over the limit of {limit} \
-                 (state.memory_limit): raise the limit, use a shorter gap or fewer keys, or run \
-                 at a higher parallelism",
-                self.bytes,
-                self.sessions.len()
-            ))
-            .into()),
-            _ => Ok(()),
-        }
+        self.state.report(
+            self.bytes,
+            || format!("in {} open session(s)", self.sessions.len()),
+            "raise the limit, use a shorter gap or fewer keys, or run at a higher parallelism",
+        )
     }
 
     /// Adds rows `rows` (all of key `key`, spanning `[start, end)`) to the state.

@@ -17,8 +17,8 @@
 //!   its op carried through ([`ChangelogStageFactory`]): a `HAVING` that stops holding
 //!   retracts the row (its `-U` passes, its `+U` does not).
 //! - With `state.ttl`, a group not updated for that long (processing time, like
-//!   Flink's idle state retention) is dropped and retracted with `-D`; checked as rows
-//!   and watermarks arrive.
+//!   Flink's idle state retention) is dropped and retracted with `-D`, within a quarter
+//!   of the TTL (checked on a processing-time tick, and as rows arrive).
 //! - Sinks declare whether they take a changelog; the planner refuses to write one to
 //!   an append-only sink.
 
@@ -160,12 +160,11 @@ impl OperatorFactory for UpdatingAggFactory {
             output: self.output.clone(),
             tagged: with_op_column(&self.output),
             ttl: self.ttl,
-            memory_limit: self.memory_limit,
             converter,
             groups: HashMap::new(),
             touched: VecDeque::new(),
             bytes: 0,
-            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            state: task.state.open(task, "aggregate", self.memory_limit),
         }))
     }
 }
@@ -186,13 +185,12 @@ struct UpdatingAggOperator {
     output: SchemaRef,
     tagged: SchemaRef,
     ttl: Option<Duration>,
-    memory_limit: Option<u64>,
     converter: RowConverter,
     groups: HashMap<Box<[u8]>, Group>,
     /// (time of an update, key) in update order, to find idle groups for the TTL.
     touched: VecDeque<(Instant, Box<[u8]>)>,
     bytes: usize,
-    state_bytes: metrics::Gauge,
+    state: crate::state::StateHandle,
 }
 
 /// Rows of a changelog batch being assembled: keys and result values.
@@ -264,18 +262,12 @@ impl UpdatingAggOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state_bytes.set(self.bytes as f64);
-        match self.memory_limit {
-            Some(limit) if self.bytes as u64 > limit => Err(EngineError::User(format!(
-                "aggregate state holds {} bytes for {} groups, over the limit of {limit} \
-                 (state.memory_limit): set state.ttl so idle groups are dropped, aggregate per \
-                 window, raise the limit or run at a higher parallelism",
-                self.bytes,
-                self.groups.len()
-            ))
-            .into()),
-            _ => Ok(()),
-        }
+        self.state.report(
+            self.bytes,
+            || format!("for {} groups", self.groups.len()),
+            "set state.ttl so idle groups are dropped, aggregate per window, raise the limit or \
+             run at a higher parallelism",
+        )
     }
 }
 
@@ -375,6 +367,15 @@ impl Operator for UpdatingAggOperator {
     }
 
     async fn handle_watermark(&mut self, _watermark: i64, out: &mut Collector) -> Result<()> {
+        self.expire(out).await
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        self.ttl
+            .map(|t| (t / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
+
+    async fn handle_tick(&mut self, out: &mut Collector) -> Result<()> {
         self.expire(out).await
     }
 

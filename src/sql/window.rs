@@ -343,9 +343,8 @@ impl OperatorFactory for WindowAggFactory {
             windows: BTreeMap::new(),
             watermark: crate::engine::Watermark::START,
             late: LateRows::new(task),
-            state_bytes: crate::metrics::state_bytes(&task.pipeline, &task.node),
+            state: task.state.open(task, "window", self.memory_limit),
             spec,
-            memory_limit: self.memory_limit,
             factory: parts,
         }))
     }
@@ -651,8 +650,7 @@ struct WindowAggOperator {
     windows: BTreeMap<i64, WindowState>,
     watermark: i64,
     late: LateRows,
-    state_bytes: metrics::Gauge,
-    memory_limit: Option<u64>,
+    state: crate::state::StateHandle,
 }
 
 pub(crate) fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
@@ -726,17 +724,11 @@ impl WindowAggOperator {
     /// Publishes the state size and fails when it is over the limit.
     fn check_state(&self) -> Result<()> {
         let bytes: usize = self.windows.values().map(WindowState::size).sum();
-        self.state_bytes.set(bytes as f64);
-        match self.memory_limit {
-            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
-                "window state holds {bytes} bytes in {} open window(s), over the limit of {limit} \
-                 (state.memory_limit): raise the limit, use shorter windows or fewer keys, or run \
-                 at a higher parallelism",
-                self.windows.len()
-            ))
-            .into()),
-            _ => Ok(()),
-        }
+        self.state.report(
+            bytes,
+            || format!("in {} open window(s)", self.windows.len()),
+            "raise the limit, use shorter windows or fewer keys, or run at a higher parallelism",
+        )
     }
 }
 

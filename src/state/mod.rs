@@ -1,509 +1,81 @@
-//! Keyed state and timers for Rust operators: the process-function API.
+//! Operator state: where it lives, how big it may grow, and the process-function API.
 //!
-//! Owns [`KeyedProcessFunction`] (Flink's `KeyedProcessFunction`, in Rust): the logic
-//! SQL cannot express — order-lifecycle state machines, alerts when something did not
-//! happen in time, frequency caps. The runtime routes rows by key, keeps one typed
-//! state value per key, and fires event-time timers as the watermark passes them.
+//! Owns the [`StateBackend`] trait and its in-memory implementation, and
+//! [`KeyedProcessFunction`] (keyed state and timers for Rust operators, in
+//! [`process`]).
 //!
 //! Invariants:
-//! - Rows of one key reach one task, in the order that task receives them; the
-//!   function sees its key's state and nothing else.
-//! - A timer fires once, when the watermark reaches its time, in time order (then key
-//!   order); timers of one key at the same time fire once. Rows emitted by `on_timer`
-//!   precede the watermark that fired them downstream.
-//! - At the end of a bounded input every pending timer fires; when the pipeline is
-//!   stopped, pending timers do not fire (their time has not come).
-//! - State lives in memory for now; the checkpoint work snapshots it per key group.
+//! - Every stateful operator task opens a [`StateHandle`] from the pipeline's backend
+//!   and reports its state size to it after each change; the handle publishes
+//!   `tributary_state_bytes{operator}` and fails the task, naming it, when the size
+//!   passes `state.memory_limit` — loudly, rather than swapping the machine to death.
+//! - The in-memory backend keeps state in the operator's own structures (DataFusion
+//!   accumulators, Arrow batches, typed Rust values). The checkpoint work adds
+//!   snapshot and restore to this trait (Arrow batches per key group), so a durable
+//!   backend plugs in without changing the operators' logic.
 
-use std::collections::{BTreeSet, HashMap};
+mod process;
+
+pub(crate) use process::KeyEncoder;
+pub use process::{KeyedProcessFunction, ProcessContext, ProcessFactory, Row};
+
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::datatypes::SchemaRef;
-use arrow::row::{OwnedRow, RowConverter, SortField};
-use async_trait::async_trait;
-use datafusion::common::ScalarValue;
+use crate::engine::{EngineError, Result, TaskInfo};
 
-use crate::engine::{
-    Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, Watermark,
-};
+/// Where operator state lives and how its size is accounted.
+pub trait StateBackend: Send + Sync + std::fmt::Debug {
+    /// Short name for logs and `explain` (`memory`).
+    fn name(&self) -> &'static str;
 
-/// Encodes key columns as comparable, hashable bytes (Arrow's row format), set up
-/// from the first batch's key types.
-#[derive(Default)]
-pub(crate) struct KeyEncoder {
-    converter: Option<RowConverter>,
+    /// Opens the accounting of one operator task's state. `kind` names the state in
+    /// messages (`window`, `join`, …); `limit` is the task's memory limit in bytes.
+    fn open(&self, task: &TaskInfo, kind: &'static str, limit: Option<u64>) -> StateHandle;
 }
 
-impl KeyEncoder {
-    pub(crate) fn encode(&mut self, columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
-        if self.converter.is_none() {
-            let fields = columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect();
-            self.converter = Some(
-                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
-            );
-        }
-        self.converter
-            .as_ref()
-            .expect("set above")
-            .convert_columns(columns)
-            .map_err(|e| EngineError::arrow("encoding keys", e))
-    }
-}
+/// The default backend: state stays in each operator's memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryStateBackend;
 
-/// One input row, read column by column.
-pub struct Row<'a> {
-    batch: &'a RecordBatch,
-    index: usize,
-}
-
-impl Row<'_> {
-    /// The value of column `name` (an error names the missing column).
-    pub fn get(&self, name: &str) -> Result<ScalarValue> {
-        let i = self.batch.schema().index_of(name).map_err(|_| {
-            EngineError::User(format!("process function: no column {name} in the input"))
-        })?;
-        ScalarValue::try_from_array(self.batch.column(i), self.index)
-            .map_err(|e| EngineError::datafusion("reading a row", e))
+impl StateBackend for MemoryStateBackend {
+    fn name(&self) -> &'static str {
+        "memory"
     }
 
-    /// A string column's value, `None` when NULL.
-    pub fn str(&self, name: &str) -> Result<Option<String>> {
-        Ok(match self.get(name)? {
-            ScalarValue::Utf8(v) | ScalarValue::LargeUtf8(v) | ScalarValue::Utf8View(v) => v,
-            other => Some(other.to_string()),
-        })
-    }
-
-    /// An integer or timestamp column's value as i64, `None` when NULL.
-    pub fn i64(&self, name: &str) -> Result<Option<i64>> {
-        let v = self.get(name)?;
-        if v.is_null() {
-            return Ok(None);
-        }
-        match v.cast_to(&arrow::datatypes::DataType::Int64) {
-            Ok(ScalarValue::Int64(x)) => Ok(x),
-            _ => Err(EngineError::User(format!("column {name}: {v} is not an integer")).into()),
+    fn open(&self, task: &TaskInfo, kind: &'static str, limit: Option<u64>) -> StateHandle {
+        StateHandle {
+            kind,
+            limit,
+            gauge: crate::metrics::state_bytes(&task.pipeline, &task.node),
         }
     }
 }
 
-/// What a process function can do besides reading its row and state.
-pub struct ProcessContext<'a> {
-    key: &'a [ScalarValue],
-    watermark: i64,
-    emitted: &'a mut Vec<Vec<ScalarValue>>,
-    timers: &'a mut Vec<i64>,
-    clear: bool,
+/// The default backend as a shared trait object.
+pub fn memory_backend() -> Arc<dyn StateBackend> {
+    Arc::new(MemoryStateBackend)
 }
 
-impl<'a> ProcessContext<'a> {
-    fn new(
-        key: &'a [ScalarValue],
-        watermark: i64,
-        emitted: &'a mut Vec<Vec<ScalarValue>>,
-        timers: &'a mut Vec<i64>,
-    ) -> Self {
-        ProcessContext {
-            key,
-            watermark,
-            emitted,
-            timers,
-            clear: false,
-        }
-    }
-
-    /// The key of the current row or timer (the `key_by` columns, in order).
-    pub fn key(&self) -> &[ScalarValue] {
-        self.key
-    }
-
-    /// The current watermark (ms since the epoch); `i64::MIN` before the first one.
-    pub fn watermark(&self) -> i64 {
-        self.watermark
-    }
-
-    /// Emits one output row: one value per column of the output schema, in order.
-    pub fn emit(&mut self, row: Vec<ScalarValue>) {
-        self.emitted.push(row);
-    }
-
-    /// Asks for `on_timer` for this key when the watermark reaches `time` (ms since the
-    /// epoch). A time the watermark has already passed fires at the next watermark.
-    pub fn register_timer(&mut self, time: i64) {
-        self.timers.push(time);
-    }
-
-    /// Forgets this key's state (and its pending timers) after this call.
-    pub fn clear_state(&mut self) {
-        self.clear = true;
-    }
+/// One operator task's state accounting.
+pub struct StateHandle {
+    kind: &'static str,
+    limit: Option<u64>,
+    gauge: metrics::Gauge,
 }
 
-/// A Rust operator with typed state per key and event-time timers.
-pub trait KeyedProcessFunction: Send + 'static {
-    /// The state kept per key; `Default` is the state of a key never seen.
-    type State: Default + Send + 'static;
-
-    /// Called for each row, with its key's state.
-    fn process(
-        &mut self,
-        row: &Row<'_>,
-        state: &mut Self::State,
-        ctx: &mut ProcessContext<'_>,
-    ) -> Result<()>;
-
-    /// Called when a timer registered for this key fires.
-    fn on_timer(
-        &mut self,
-        _time: i64,
-        _state: &mut Self::State,
-        _ctx: &mut ProcessContext<'_>,
-    ) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// Builds one [`ProcessOperator`] per partition from a function factory.
-pub struct ProcessFactory<F: KeyedProcessFunction> {
-    pub(crate) make: Arc<dyn Fn() -> F + Send + Sync>,
-    pub(crate) keys: Vec<usize>,
-    pub(crate) output: SchemaRef,
-    pub(crate) name: String,
-}
-
-impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
-    fn output_schema(&self) -> SchemaRef {
-        self.output.clone()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "process function {} keyed by columns {:?}",
-            self.name, self.keys
-        )
-    }
-
-    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        Ok(Box::new(ProcessOperator {
-            task: task.clone(),
-            function: (self.make)(),
-            keys: self.keys.clone(),
-            output: self.output.clone(),
-            encoder: KeyEncoder::default(),
-            states: HashMap::new(),
-            timers: BTreeSet::new(),
-            watermark: Watermark::START,
-        }))
-    }
-}
-
-struct KeyState<S> {
-    key: Vec<ScalarValue>,
-    state: S,
-    timers: BTreeSet<i64>,
-}
-
-struct ProcessOperator<F: KeyedProcessFunction> {
-    task: TaskInfo,
-    function: F,
-    keys: Vec<usize>,
-    output: SchemaRef,
-    encoder: KeyEncoder,
-    states: HashMap<OwnedRow, KeyState<F::State>>,
-    /// Pending timers in firing order: (time, key).
-    timers: BTreeSet<(i64, OwnedRow)>,
-    watermark: i64,
-}
-
-impl<F: KeyedProcessFunction> ProcessOperator<F> {
-    /// Applies what a call asked for (timers, clearing) and returns its output rows.
-    fn settle(&mut self, key: &OwnedRow, timers: Vec<i64>, clear: bool) {
-        if clear {
-            if let Some(s) = self.states.remove(key) {
-                for t in s.timers {
-                    self.timers.remove(&(t, key.clone()));
-                }
-            }
-            return;
-        }
-        if let Some(s) = self.states.get_mut(key) {
-            for t in timers {
-                if s.timers.insert(t) {
-                    self.timers.insert((t, key.clone()));
-                }
-            }
-        }
-    }
-
-    /// The batch of the rows a call emitted (`None` if none); built before any
-    /// `await`, so the operator's state is never held across one.
-    fn build(&self, rows: Vec<Vec<ScalarValue>>) -> Result<Option<RecordBatch>> {
-        if rows.is_empty() {
-            return Ok(None);
-        }
-        let width = self.output.fields().len();
-        if let Some(bad) = rows.iter().find(|r| r.len() != width) {
-            return Err(EngineError::User(format!(
-                "{}: a process function emitted {} values for an output of {width} columns",
-                self.task,
-                bad.len()
+impl StateHandle {
+    /// Records the state's size; fails when it is over the limit. `what` describes the
+    /// state (`in 3 open window(s)`), `advice` says what to change.
+    pub fn report(&self, bytes: usize, what: impl FnOnce() -> String, advice: &str) -> Result<()> {
+        self.gauge.set(bytes as f64);
+        match self.limit {
+            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
+                "{} state holds {bytes} bytes {}, over the limit of {limit} (state.memory_limit): {advice}",
+                self.kind,
+                what()
             ))
-            .into());
+            .into()),
+            _ => Ok(()),
         }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(width);
-        for (c, field) in self.output.fields().iter().enumerate() {
-            let values = rows.iter().map(|r| r[c].clone());
-            let array = ScalarValue::iter_to_array(values).map_err(|e| {
-                EngineError::datafusion(format!("output column {}", field.name()), e)
-            })?;
-            let array = if array.data_type() == field.data_type() {
-                array
-            } else {
-                arrow::compute::cast(&array, field.data_type())
-                    .map_err(|e| EngineError::arrow(format!("output column {}", field.name()), e))?
-            };
-            columns.push(array);
-        }
-        RecordBatch::try_new(self.output.clone(), columns)
-            .map(Some)
-            .map_err(|e| EngineError::arrow("building process function output", e))
-    }
-}
-
-#[async_trait]
-impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
-    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
-        let key_columns: Vec<ArrayRef> =
-            self.keys.iter().map(|&i| batch.column(i).clone()).collect();
-        let rows = self.encoder.encode(&key_columns)?;
-        let mut emitted = Vec::new();
-        for i in 0..batch.num_rows() {
-            let key = rows.row(i).owned();
-            let entry = match self.states.get_mut(&key) {
-                Some(e) => e,
-                None => {
-                    let values = key_columns
-                        .iter()
-                        .map(|c| ScalarValue::try_from_array(c, i))
-                        .collect::<datafusion::error::Result<Vec<_>>>()
-                        .map_err(|e| EngineError::datafusion("reading a key", e))?;
-                    self.states.entry(key.clone()).or_insert(KeyState {
-                        key: values,
-                        state: F::State::default(),
-                        timers: BTreeSet::new(),
-                    })
-                }
-            };
-            let mut timers = Vec::new();
-            let mut ctx =
-                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
-            self.function.process(
-                &Row {
-                    batch: &batch,
-                    index: i,
-                },
-                &mut entry.state,
-                &mut ctx,
-            )?;
-            let clear = ctx.clear;
-            self.settle(&key, timers, clear);
-        }
-        match self.build(emitted)? {
-            Some(b) => out.emit(b).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        let mut emitted = Vec::new();
-        // Timers registered while firing (at or before the watermark) fire too.
-        while let Some((time, key)) = self.timers.first().cloned() {
-            if time > self.watermark {
-                break;
-            }
-            self.timers.remove(&(time, key.clone()));
-            let Some(entry) = self.states.get_mut(&key) else {
-                continue;
-            };
-            entry.timers.remove(&time);
-            let mut timers = Vec::new();
-            let mut ctx =
-                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
-            self.function.on_timer(time, &mut entry.state, &mut ctx)?;
-            let clear = ctx.clear;
-            self.settle(&key, timers, clear);
-        }
-        match self.build(emitted)? {
-            Some(b) => out.emit(b).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        if !self.timers.is_empty() {
-            tracing::warn!(
-                task = %self.task,
-                timers = self.timers.len(),
-                keys = self.states.len(),
-                "stopped with pending timers: they do not fire; until checkpoints are kept, the state is lost"
-            );
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-
-    use super::*;
-    use crate::connectors::memory::MemorySource;
-    use crate::pipeline::PipelineBuilder;
-
-    /// Sums values per key; 100 ms after a key's first row, emits the sum and forgets
-    /// the key.
-    #[derive(Default)]
-    struct SumThenReport;
-
-    #[derive(Default)]
-    struct Sum {
-        total: i64,
-        armed: bool,
-    }
-
-    impl KeyedProcessFunction for SumThenReport {
-        type State = Sum;
-
-        fn process(
-            &mut self,
-            row: &Row<'_>,
-            state: &mut Sum,
-            ctx: &mut ProcessContext<'_>,
-        ) -> Result<()> {
-            state.total += row.i64("v")?.unwrap_or(0);
-            if !state.armed {
-                state.armed = true;
-                ctx.register_timer(row.i64("ts")?.expect("ts") + 100);
-            }
-            Ok(())
-        }
-
-        fn on_timer(
-            &mut self,
-            time: i64,
-            state: &mut Sum,
-            ctx: &mut ProcessContext<'_>,
-        ) -> Result<()> {
-            let key = ctx.key()[0].clone();
-            ctx.emit(vec![
-                key,
-                ScalarValue::Int64(Some(time)),
-                ScalarValue::Int64(Some(state.total)),
-            ]);
-            ctx.clear_state();
-            Ok(())
-        }
-    }
-
-    fn input(rows: &[(i64, i64, i64)]) -> RecordBatch {
-        crate::connectors::memory::kvt_batch(rows)
-    }
-
-    /// Timers fire in event-time order across keys, each once, with the state of their
-    /// key; a cleared key starts again from the default state; pending timers fire at
-    /// the end of a bounded input.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn timers_fire_in_event_time_order_with_their_keys_state() {
-        let rows = [
-            (1, 10, 0),
-            (2, 5, 20),
-            (1, 1, 50), // same key, timer already armed at 100
-            (3, 7, 90),
-            (2, 2, 110), // key 2's timer (120) not yet fired
-            (1, 4, 300), // key 1 was cleared at 100: a new sum, timer at 400; key 3 fires at 190
-            (3, 1, 320), // key 3 starts again: timer at 420, fired by the end of input
-        ];
-        let batches: Vec<RecordBatch> = rows.chunks(1).map(input).collect();
-        let source = MemorySource::new(input(&[]).schema(), vec![batches]).unwrap();
-        let mut p = PipelineBuilder::new("timers");
-        let src = p.source("ev", Arc::new(source));
-        p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
-        let output = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, false),
-            Field::new("fired_at", DataType::Int64, false),
-            Field::new("total", DataType::Int64, false),
-        ]));
-        let out = p
-            .process(src, "sum", &["k"], output, || SumThenReport)
-            .unwrap();
-        let results = p.collect(out, "results").unwrap();
-        p.run_to_completion().await.unwrap();
-        let fired: Vec<(i64, i64, i64)> = results
-            .batches()
-            .iter()
-            .flat_map(|b| {
-                let c = |i: usize| {
-                    b.column(i)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap()
-                        .clone()
-                };
-                let (k, t, s) = (c(0), c(1), c(2));
-                (0..b.num_rows()).map(move |i| (k.value(i), t.value(i), s.value(i)))
-            })
-            .collect();
-        assert_eq!(
-            fired,
-            vec![
-                (1, 100, 11),
-                (2, 120, 7),
-                (3, 190, 7),
-                (1, 400, 4),
-                (3, 420, 1)
-            ],
-            "(key, time, total) in firing order"
-        );
-    }
-
-    #[tokio::test]
-    async fn emitting_the_wrong_number_of_values_fails_naming_the_operator() {
-        struct Bad;
-        impl KeyedProcessFunction for Bad {
-            type State = ();
-            fn process(
-                &mut self,
-                _row: &Row<'_>,
-                _s: &mut (),
-                ctx: &mut ProcessContext<'_>,
-            ) -> Result<()> {
-                ctx.emit(vec![ScalarValue::Int64(Some(1))]);
-                Ok(())
-            }
-        }
-        let source =
-            MemorySource::new(input(&[]).schema(), vec![vec![input(&[(1, 1, 1)])]]).unwrap();
-        let mut p = PipelineBuilder::new("bad");
-        let src = p.source("ev", Arc::new(source));
-        let output = Arc::new(Schema::new(vec![
-            Field::new("a", DataType::Int64, false),
-            Field::new("b", DataType::Int64, false),
-        ]));
-        let out = p.process(src, "bad_fn", &["k"], output, || Bad).unwrap();
-        let _ = p.collect(out, "results").unwrap();
-        let err = p.run_to_completion().await.unwrap_err().to_string();
-        assert!(
-            err.contains("bad/bad_fn[0/1]")
-                && err.contains("emitted 1 values for an output of 2 columns"),
-            "{err}"
-        );
     }
 }

@@ -49,8 +49,11 @@ fn sql_errors_name_file_line_and_column() {
         ),
         (
             "group_by.sql",
-            format!("{SRC}INSERT INTO out SELECT restaurant_id, count(*) FROM orders GROUP BY restaurant_id;\n"),
-            "need a window",
+            format!(
+                "{SRC}INSERT INTO out SELECT n, count(*) FROM \
+                 (SELECT restaurant_id, count(*) AS n FROM orders GROUP BY restaurant_id) GROUP BY n;\n"
+            ),
+            "group_by.sql:3:1: not supported on a stream: only one stateful operation",
         ),
         (
             "no_sink.sql",
