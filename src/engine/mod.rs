@@ -24,7 +24,7 @@ mod watermark;
 
 pub use exchange::{Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of};
 pub use graph::{Graph, NodeId, NodeKind, NodeSpec};
-pub use operators::{FilterOperator, FlatMapOperator, MapOperator};
+pub use operators::{ArrivalTimeFactory, FilterOperator, FlatMapOperator, MapOperator};
 pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
 pub use watermark::{EventTime, Watermark, event_times_ms};
 

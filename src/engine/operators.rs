@@ -165,3 +165,90 @@ impl OperatorFactory for FlatMapOperator {
         Ok(Box::new(self.clone()))
     }
 }
+
+/// Processing time: stamps every batch of a source with the wall clock, in a column
+/// appended to its rows, and sends watermarks that follow the wall clock — after each
+/// batch and on every tick, so processing-time windows close while the input is
+/// quiet. Rows are never late: their time is when they arrived.
+pub struct ArrivalTimeFactory {
+    column: String,
+    output: SchemaRef,
+}
+
+impl ArrivalTimeFactory {
+    /// `input` with a `column` of arrival times appended (an error if it exists).
+    pub fn new(input: &SchemaRef, column: &str) -> Result<Self> {
+        if input.index_of(column).is_ok() {
+            return Err(EngineError::Graph(format!(
+                "processing_time_field {column}: the input already has a column of that name"
+            ))
+            .into());
+        }
+        Ok(ArrivalTimeFactory {
+            column: column.to_string(),
+            output: Arc::new(Self::schema(input, column)),
+        })
+    }
+
+    /// The schema of a source read in processing time.
+    pub fn schema(input: &SchemaRef, column: &str) -> arrow::datatypes::Schema {
+        let mut fields: Vec<arrow::datatypes::FieldRef> = input.fields().iter().cloned().collect();
+        fields.push(Arc::new(arrow::datatypes::Field::new(
+            column,
+            arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Millisecond,
+                Some("UTC".into()),
+            ),
+            false,
+        )));
+        arrow::datatypes::Schema::new_with_metadata(fields, input.metadata().clone())
+    }
+}
+
+impl OperatorFactory for ArrivalTimeFactory {
+    fn output_schema(&self) -> SchemaRef {
+        self.output.clone()
+    }
+
+    fn describe(&self) -> String {
+        format!("processing time: arrival time in {}", self.column)
+    }
+
+    fn create(&self, _task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        Ok(Box::new(ArrivalTime {
+            output: self.output.clone(),
+        }))
+    }
+}
+
+struct ArrivalTime {
+    output: SchemaRef,
+}
+
+fn wall_clock_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[async_trait]
+impl Operator for ArrivalTime {
+    async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+        let now = wall_clock_ms();
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(
+            arrow::array::TimestampMillisecondArray::from(vec![now; batch.num_rows()])
+                .with_timezone("UTC"),
+        ));
+        let stamped = RecordBatch::try_new(self.output.clone(), columns)
+            .map_err(|e| EngineError::arrow("stamping arrival times", e))?;
+        out.emit(stamped).await?;
+        out.emit_watermark(now).await
+    }
+
+    fn tick_interval(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_millis(100))
+    }
+
+    async fn handle_tick(&mut self, out: &mut Collector) -> Result<()> {
+        out.emit_watermark(wall_clock_ms()).await
+    }
+}

@@ -44,6 +44,8 @@ pub struct PipelineBuilder {
     parallelism: usize,
     stage_options: crate::sql::StageOptions,
     runtime: RuntimeSettings,
+    /// Nodes that stamp a source's rows with their arrival time: (table name, column).
+    arrivals: std::collections::HashMap<NodeId, (String, String)>,
 }
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
@@ -56,6 +58,38 @@ impl PipelineBuilder {
             parallelism: 1,
             stage_options: Default::default(),
             runtime: RuntimeSettings::default(),
+            arrivals: Default::default(),
+        }
+    }
+
+    /// Reads `source` in processing time: each row gets its arrival time (the wall
+    /// clock) in `column`, which windows, joins and timers then use as event time;
+    /// watermarks follow the wall clock, so windows close while the input is quiet.
+    pub fn processing_time(&mut self, source: Stream, column: &str) -> Result<Stream> {
+        let schema = self.schema(&source);
+        let table = self.graph.nodes[source.node].name.clone();
+        let factory = crate::engine::ArrivalTimeFactory::new(&schema, column)?;
+        let parallelism = self.graph.nodes[source.node].parallelism;
+        let node = self.graph.add_operator(
+            &format!("{table}_arrival"),
+            Arc::new(factory),
+            parallelism,
+            source.node,
+            Partitioning::Forward,
+        );
+        self.arrivals.insert(node, (table, column.to_string()));
+        Ok(Stream {
+            node,
+            partitioning: Partitioning::Forward,
+        })
+    }
+
+    /// The name SQL reads `stream` under: its node's name, or the source's table name
+    /// for a stream read in processing time.
+    fn table_name(&self, stream: &Stream) -> String {
+        match self.arrivals.get(&stream.node) {
+            Some((table, _)) => table.clone(),
+            None => self.graph.nodes[stream.node].name.clone(),
         }
     }
 
@@ -175,6 +209,7 @@ impl PipelineBuilder {
         let mut options = decl.options.clone();
         let event_time = crate::sql::planner::take_event_time(&mut options)
             .map_err(|m| EngineError::User(format!("table {}: {m}", decl.name)))?;
+        let processing_time = options.remove("processing_time_field");
         let parallelism = match options.remove("parallelism") {
             None => self.parallelism,
             Some(p) => p
@@ -201,7 +236,10 @@ impl PipelineBuilder {
                     Some(self.graph.idle_timeout.map_or(idle, |t| t.min(idle)));
             }
         }
-        Ok(stream)
+        match processing_time {
+            Some(column) => self.processing_time(stream, &column),
+            None => Ok(stream),
+        }
     }
 
     /// The event-time column of the source `stream` descends from, if declared and
@@ -213,6 +251,9 @@ impl PipelineBuilder {
             if let Some(et) = &spec.event_time {
                 return Some(et.column.clone());
             }
+            if let Some((_, column)) = self.arrivals.get(&node) {
+                return Some(column.clone());
+            }
             node = spec.inputs.first()?.0;
         }
     }
@@ -220,7 +261,7 @@ impl PipelineBuilder {
     /// A SQL stage reading `input` under its node name (the source's table name, or
     /// the name of the stage that produced it).
     pub async fn sql(&mut self, input: Stream, query: &str) -> Result<Stream> {
-        let name = self.graph.nodes[input.node].name.clone();
+        let name = self.table_name(&input);
         let event_time = self.event_time_of(&input);
         let stage = self
             .planner
@@ -248,10 +289,7 @@ impl PipelineBuilder {
     /// table name, or the name of the stage that produced it): an interval join,
     /// `… FROM a JOIN b ON a.k = b.k AND a.ts BETWEEN b.ts - INTERVAL … AND b.ts`.
     pub async fn join_sql(&mut self, left: Stream, right: Stream, query: &str) -> Result<Stream> {
-        let names = [
-            self.graph.nodes[left.node].name.clone(),
-            self.graph.nodes[right.node].name.clone(),
-        ];
+        let names = [self.table_name(&left), self.table_name(&right)];
         let times = [self.event_time_of(&left), self.event_time_of(&right)];
         let stage = self
             .planner

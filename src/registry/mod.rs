@@ -418,8 +418,15 @@ impl Registry {
         } else {
             schema.to_owned()
         };
-        self.store
+        let (id, new_version) = self
+            .store
             .update(|st| {
+                let existing = st.id_for(&identity);
+                if let Some(rec) = st.subject(subject)
+                    && let Some(v) = rec.live().find(|v| existing == Some(v.id))
+                {
+                    return Ok((v.id, None));
+                }
                 let previous: Vec<(u32, Arc<AvroSchema>)> = st
                     .subject(subject)
                     .map(|rec| {
@@ -428,12 +435,6 @@ impl Registry {
                             .collect()
                     })
                     .unwrap_or_default();
-                let existing = st.id_for(&identity);
-                if let Some(rec) = st.subject(subject)
-                    && let Some(v) = rec.live().find(|v| existing == Some(v.id))
-                {
-                    return Ok(v.id);
-                }
                 let level = effective_level(st, subject);
                 let against: Vec<(u32, &AvroSchema)> =
                     previous.iter().map(|(v, s)| (*v, s.as_ref())).collect();
@@ -445,15 +446,17 @@ impl Registry {
                         messages: violation_messages(&violations),
                     });
                 }
-                let id = match st.id_for(&identity) {
+                let id = match existing {
                     Some(id) => id,
                     None => st.insert_schema(text, parsed.clone()),
                 };
-                let version = st.add_version(subject, id);
-                tracing::info!(subject, version, id, "schema registered");
-                Ok(id)
+                Ok((id, Some(st.add_version(subject, id))))
             })
-            .await
+            .await?;
+        if let Some(version) = new_version {
+            tracing::info!(subject, version, id, "schema registered");
+        }
+        Ok(id)
     }
 
     /// Finds `schema` among the versions of `subject` (soft-deleted ones too with
@@ -1166,6 +1169,41 @@ mod tests {
         assert_eq!(reg.schema_by_id(1).await.unwrap_err().error_code(), 40403);
         // Ids are not reused.
         assert_eq!(reg.register("t", "\"int\"", false).await.unwrap(), 3);
+        drop(reg);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_registrations_are_serialised() {
+        let dir = temp_dir("concurrent");
+        let reg = Arc::new(Registry::open(&dir).await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let reg = reg.clone();
+            tasks.push(tokio::spawn(async move {
+                // Each adds its own optional field: all BACKWARD compatible.
+                let schema = format!(
+                    r#"{{"type":"record","name":"R","fields":[{{"name":"f{i}","type":["null","int"],"default":null}}]}}"#
+                );
+                let id = reg.register("s", &schema, false).await.unwrap();
+                let shared = reg.register(&format!("t{i}"), "\"bytes\"", false).await.unwrap();
+                (id, shared)
+            }));
+        }
+        let mut ids = Vec::new();
+        let mut shared = Vec::new();
+        for t in tasks {
+            let (id, s) = t.await.unwrap();
+            ids.push(id);
+            shared.push(s);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 16, "one id per distinct schema");
+        shared.dedup();
+        assert_eq!(shared.len(), 1, "one id for one schema under many subjects");
+        let versions = reg.versions("s", Listing::Live).await.unwrap();
+        assert_eq!(versions, (1..=16).collect::<Vec<u32>>());
         drop(reg);
         std::fs::remove_dir_all(&dir).unwrap();
     }

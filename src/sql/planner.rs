@@ -634,6 +634,8 @@ impl SqlPlanner {
             usize,
             Location,
             Option<(EventTime, Option<std::time::Duration>)>,
+            // The arrival-time column of a table read in processing time.
+            Option<String>,
         );
         let mut sources: BTreeMap<String, SourceDecl> = BTreeMap::new();
         let mut event_times: BTreeMap<String, String> = BTreeMap::new();
@@ -666,14 +668,27 @@ impl SqlPlanner {
                 location: decl.location.clone(),
                 message: format!("table {}: {message}", decl.name),
             })?;
+            let processing_time = options.remove("processing_time_field");
+            if processing_time.is_some() && event_time.is_some() {
+                return Err(SqlError::Plan {
+                    location: decl.location.clone(),
+                    message: format!(
+                        "table {}: a table is read in event time (event_time_field) or in processing \
+                         time (processing_time_field), not both",
+                        decl.name
+                    ),
+                }
+                .into());
+            }
             let is_sink = sink_names.contains(&decl.name.as_str());
             let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
             if is_sink || sink_only {
-                if event_time.is_some() || lookup.is_some() {
+                if event_time.is_some() || lookup.is_some() || processing_time.is_some() {
                     return Err(SqlError::Plan {
                         location: decl.location.clone(),
                         message: format!(
-                            "table {} is a sink: event_time_field, watermark_delay, idle_timeout and lookup apply to sources",
+                            "table {} is a sink: event_time_field, watermark_delay, idle_timeout, \
+                             processing_time_field and lookup apply to sources",
                             decl.name
                         ),
                     }
@@ -696,7 +711,7 @@ impl SqlPlanner {
                         source: Box::new(e),
                     })?;
             if let Some(refresh) = lookup {
-                if event_time.is_some() || !factory.bounded() {
+                if event_time.is_some() || processing_time.is_some() || !factory.bounded() {
                     return Err(SqlError::Plan {
                         location: decl.location.clone(),
                         message: format!(
@@ -714,13 +729,29 @@ impl SqlPlanner {
                 Self::register_lookup(&ctx, table, schema)?;
                 continue;
             }
-            Self::register_input(&ctx, &decl.name, factory.schema())?;
+            let schema = match &processing_time {
+                Some(column) => Arc::new(crate::engine::ArrivalTimeFactory::schema(
+                    &factory.schema(),
+                    column,
+                )),
+                None => factory.schema(),
+            };
+            Self::register_input(&ctx, &decl.name, schema)?;
             if let Some((et, _)) = &event_time {
                 event_times.insert(decl.name.clone(), et.column.clone());
             }
+            if let Some(column) = &processing_time {
+                event_times.insert(decl.name.clone(), column.clone());
+            }
             sources.insert(
                 decl.name.clone(),
-                (factory, parallelism, decl.location.clone(), event_time),
+                (
+                    factory,
+                    parallelism,
+                    decl.location.clone(),
+                    event_time,
+                    processing_time,
+                ),
             );
         }
 
@@ -778,12 +809,27 @@ impl SqlPlanner {
                 let id = match source_nodes.get(input) {
                     Some(id) => *id,
                     None => {
-                        let (factory, parallelism, decl_location, event_time) =
+                        let (factory, parallelism, decl_location, event_time, processing_time) =
                             sources.get(input).ok_or_else(|| SqlError::Plan {
                                 location: insert.location.clone(),
                                 message: format!("{input} is not a declared table"),
                             })?;
-                        let id = graph.add_source(input, factory.clone(), *parallelism);
+                        let mut id = graph.add_source(input, factory.clone(), *parallelism);
+                        if let Some(column) = processing_time {
+                            let arrival =
+                                crate::engine::ArrivalTimeFactory::new(&factory.schema(), column)
+                                    .map_err(|e| SqlError::Plan {
+                                    location: decl_location.clone(),
+                                    message: e.to_string(),
+                                })?;
+                            id = graph.add_operator(
+                                &format!("{input}_arrival"),
+                                Arc::new(arrival),
+                                *parallelism,
+                                id,
+                                Partitioning::Forward,
+                            );
+                        }
                         if let Some((et, idle)) = event_time {
                             graph
                                 .set_event_time(id, et.clone())
@@ -906,7 +952,7 @@ impl SqlPlanner {
                 }
             }
         }
-        for (name, (_, _, location, _)) in &sources {
+        for (name, (_, _, location, _, _)) in &sources {
             if !source_nodes.contains_key(name) {
                 tracing::warn!(table = %name, at = %location, "source table is never read");
             }

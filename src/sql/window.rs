@@ -875,6 +875,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use crate::connectors::blackhole::BlackholeSink;
+    use crate::connectors::memory::{MemorySource, kvt_batch};
     use crate::pipeline::PipelineBuilder;
 
     /// Runs `query` over Nexmark bids (every window emitted at the end of input) and
@@ -1126,6 +1127,46 @@ mod tests {
         // is not emitted.
         let rest: Vec<RecordBatch> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert!(sorted_lines(&rest).is_empty(), "{:?}", sorted_lines(&rest));
+    }
+
+    /// In processing time, a window closes by the wall clock while the input is quiet:
+    /// the source sends three rows and then nothing, never ending, and the window
+    /// holding them is emitted anyway.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processing_time_windows_close_while_the_input_is_quiet() {
+        let source = MemorySource::new(
+            kvt_batch(&[]).schema(),
+            vec![vec![kvt_batch(&[(1, 1, 0), (1, 2, 0), (2, 3, 0)])]],
+        )
+        .unwrap()
+        .unbounded();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut p = PipelineBuilder::new("proctime");
+        let src = p.source("ev", Arc::new(source));
+        let src = p.processing_time(src, "arrived").unwrap();
+        let out = p
+            .sql(
+                src,
+                "SELECT n, s FROM (SELECT tumble(INTERVAL '50 milliseconds') AS w, \
+                       count(*) AS n, sum(v) AS s FROM ev GROUP BY w)",
+            )
+            .await
+            .unwrap();
+        let schema = p.schema(&out);
+        let out = p.map(out, "collect", schema, move |b| {
+            let _ = tx.send(b.clone());
+            Ok(b)
+        });
+        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+            .unwrap();
+        let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the processing-time window was not emitted")
+            .unwrap();
+        handle.stop();
+        handle.wait().await.unwrap();
+        assert_eq!(sorted_lines(&[first]), vec![r#"{"n":3,"s":6}"#.to_string()]);
     }
 
     /// Over the state memory limit the pipeline fails, naming the window operator.
