@@ -112,6 +112,13 @@ impl PipelineBuilder {
     }
 
     /// How long keyed state without a window (ROW_NUMBER dedup) keeps a quiet key.
+    /// How long after its end a tumbling or hopping window still takes late rows,
+    /// updating its emitted result: the query's output becomes a changelog.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.stage_options.allowed_lateness = Some(lateness);
+        self
+    }
+
     pub fn state_ttl(mut self, ttl: std::time::Duration) -> Self {
         self.stage_options.state_ttl = Some(ttl);
         self

@@ -10,6 +10,7 @@
 //!   on_bad_record: drop         # undecodable input (the dead-letter work adds dead-letter)
 //!   on_processing_error: fail   # a row SQL cannot evaluate: fail | drop
 //! state: { memory_limit: 1GB, ttl: 1h }  # per task of a stateful operator; key TTL (dedup)
+//! windows: { allowed_lateness: 30s }      # late rows update emitted windows (a changelog)
 //! connectors:                   # per-table options, added to / overriding WITH (…)
 //!   orders: { rate: 200 }
 //! ```
@@ -38,6 +39,7 @@ pub struct PipelineFile {
     pub channel_capacity: Option<usize>,
     pub errors: Option<ErrorsFile>,
     pub state: Option<StateFile>,
+    pub windows: Option<WindowsFile>,
     #[serde(default)]
     pub connectors: BTreeMap<String, BTreeMap<String, Scalar>>,
 }
@@ -50,6 +52,14 @@ pub struct StateFile {
     /// How long keyed state without a window (ROW_NUMBER dedup) keeps a quiet key,
     /// in event time, e.g. `1h`.
     pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsFile {
+    /// How long after its end a tumbling or hopping window still takes late rows,
+    /// updating its emitted result (the output becomes a changelog), e.g. `30s`.
+    pub allowed_lateness: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +310,19 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             return Err(invalid(at("ttl"), "ttl must be longer than 0s"));
         }
         plan.state_ttl = Some(d);
+    }
+    if let Some(l) = file
+        .windows
+        .as_ref()
+        .and_then(|w| w.allowed_lateness.as_ref())
+    {
+        let d = crate::connectors::parse_duration(l).map_err(|e| {
+            invalid(
+                at("allowed_lateness"),
+                format!("allowed_lateness '{l}': {e}"),
+            )
+        })?;
+        plan.allowed_lateness = (!d.is_zero()).then_some(d);
     }
     for (table, options) in &file.connectors {
         plan.table_options.insert(

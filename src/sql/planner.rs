@@ -54,6 +54,8 @@ pub struct PlanSettings {
     /// How long keyed state without a window (row_number) keeps a quiet key, in event
     /// time; `None`: forever (bounded by the memory limit).
     pub state_ttl: Option<std::time::Duration>,
+    /// How long after its end a window takes late rows, updating its result.
+    pub allowed_lateness: Option<std::time::Duration>,
 }
 
 /// What a SQL stage is told besides its query.
@@ -62,6 +64,7 @@ pub struct StageOptions {
     pub on_error: ErrorPolicy,
     pub state_memory_limit: Option<u64>,
     pub state_ttl: Option<std::time::Duration>,
+    pub allowed_lateness: Option<std::time::Duration>,
 }
 
 impl Default for StageOptions {
@@ -70,6 +73,7 @@ impl Default for StageOptions {
             on_error: ErrorPolicy::Fail,
             state_memory_limit: None,
             state_ttl: None,
+            allowed_lateness: None,
         }
     }
 }
@@ -83,6 +87,7 @@ impl Default for PlanSettings {
             table_options_origin: None,
             state_memory_limit: None,
             state_ttl: None,
+            allowed_lateness: None,
         }
     }
 }
@@ -490,11 +495,34 @@ impl SqlPlanner {
         } else if let Some(split) = split_window_aggregate(&physical).map_err(refuse)? {
             match split.aggregate {
                 AggOperator::Window(aggregate) => {
+                    let allowed_lateness = options
+                        .allowed_lateness
+                        .map_or(0, |d| d.as_millis().min(i64::MAX as u128) as i64);
+                    if allowed_lateness > 0 && split.gather {
+                        return Err(refuse(
+                            "window functions over whole windows (Top-N) need each window once: \
+                             they do not run with windows.allowed_lateness"
+                                .into(),
+                        )
+                        .into());
+                    }
+                    if allowed_lateness > 0 && matches!(aggregate.spec, WindowKind::Session { .. })
+                    {
+                        return Err(refuse(
+                            "windows.allowed_lateness applies to tumble and hop windows; session \
+                             windows wait for the watermark"
+                                .into(),
+                        )
+                        .into());
+                    }
                     let aggregate = WindowAggFactory {
                         memory_limit: options.state_memory_limit,
+                        allowed_lateness,
                         ..aggregate
                     };
                     let gather = split.gather.then_some(aggregate.parts.window_pos);
+                    let mut upper = stage(split.upper, text.clone());
+                    Arc::get_mut(&mut upper).expect("just built").changelog = allowed_lateness > 0;
                     StagePlan::Stateful {
                         lower: stage(
                             split.lower,
@@ -504,7 +532,7 @@ impl SqlPlanner {
                         key_columns: aggregate.key_columns(),
                         operator: Arc::new(aggregate),
                         kind: "window",
-                        upper: stage(split.upper, text),
+                        upper,
                     }
                 }
                 AggOperator::Updating(aggregate) => {
@@ -790,6 +818,7 @@ impl SqlPlanner {
                         on_error: settings.on_processing_error,
                         state_memory_limit: settings.state_memory_limit,
                         state_ttl: settings.state_ttl,
+                        allowed_lateness: settings.allowed_lateness,
                     },
                     &event_times,
                 )
@@ -1544,6 +1573,7 @@ fn split_window_aggregate(
                 output,
             },
             memory_limit: None,
+            allowed_lateness: 0,
         }),
         upper,
     }))

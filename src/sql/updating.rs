@@ -101,7 +101,7 @@ pub(crate) fn untag(batch: RecordBatch) -> Result<(RecordBatch, ArrayRef)> {
     Ok((data, op))
 }
 
-fn op_array(op: Op) -> ArrayRef {
+pub(crate) fn op_array(op: Op) -> ArrayRef {
     Arc::new(StringArray::from(vec![op.as_str()]))
 }
 

@@ -278,6 +278,9 @@ pub struct WindowAggFactory {
     pub(crate) parts: FactoryParts,
     /// Most bytes of window state one task may hold.
     pub(crate) memory_limit: Option<u64>,
+    /// How long after its end a window still takes late rows (ms); 0: none. With a
+    /// lateness, the output is a changelog: a late row updates the emitted result.
+    pub(crate) allowed_lateness: i64,
 }
 
 impl WindowAggFactory {
@@ -298,7 +301,11 @@ pub(crate) fn column_indices(exprs: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<usiz
 
 impl OperatorFactory for WindowAggFactory {
     fn output_schema(&self) -> SchemaRef {
-        self.parts.output.clone()
+        if self.allowed_lateness > 0 {
+            super::updating::with_op_column(&self.parts.output)
+        } else {
+            self.parts.output.clone()
+        }
     }
 
     fn describe(&self) -> String {
@@ -346,6 +353,8 @@ impl OperatorFactory for WindowAggFactory {
             state: task.state.open(task, "window", self.memory_limit),
             spec,
             factory: parts,
+            allowed_lateness: self.allowed_lateness,
+            changelog: (self.allowed_lateness > 0).then(|| self.output_schema()),
         }))
     }
 }
@@ -633,6 +642,10 @@ struct WindowState {
     groups: Option<Box<dyn GroupValues>>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     group_ids: Vec<usize>,
+    /// With an allowed lateness: the result last emitted (keys, values by group id),
+    /// and whether late rows changed the state since.
+    emitted: Option<(Vec<ArrayRef>, Vec<ArrayRef>)>,
+    dirty: bool,
 }
 
 impl WindowState {
@@ -651,6 +664,9 @@ struct WindowAggOperator {
     watermark: i64,
     late: LateRows,
     state: crate::state::StateHandle,
+    allowed_lateness: i64,
+    /// With an allowed lateness: the output schema (with its op column).
+    changelog: Option<SchemaRef>,
 }
 
 pub(crate) fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
@@ -687,11 +703,154 @@ impl WindowAggOperator {
             groups,
             accs,
             group_ids: Vec::new(),
+            emitted: None,
+            dirty: false,
         })
+    }
+
+    /// A window's current keys and results, leaving its state as it was (DataFusion's
+    /// accumulators emit destructively: their intermediate state is merged into fresh
+    /// ones, one kept and one evaluated).
+    fn snapshot(&self, state: &mut WindowState) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let keys = match state.groups.as_mut() {
+            Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
+            None => vec![],
+        };
+        let fresh = self.new_window()?;
+        let n = match (fresh.groups, keys.first()) {
+            (Some(mut g), Some(first)) => {
+                let mut ids = Vec::new();
+                g.intern(&keys, &mut ids)
+                    .map_err(df("restoring window keys"))?;
+                state.groups = Some(g);
+                first.len()
+            }
+            (g, _) => {
+                state.groups = g;
+                1
+            }
+        };
+        let ids: Vec<usize> = (0..n).collect();
+        let mut values = Vec::with_capacity(state.accs.len());
+        let (mut kept, mut evaluated) = (self.new_window()?.accs, self.new_window()?.accs);
+        for (i, acc) in state.accs.iter_mut().enumerate() {
+            let intermediate = acc.state(EmitTo::All).map_err(df("reading window state"))?;
+            kept[i]
+                .merge_batch(&intermediate, &ids, n)
+                .map_err(df("restoring window state"))?;
+            evaluated[i]
+                .merge_batch(&intermediate, &ids, n)
+                .map_err(df("copying window state"))?;
+            values.push(
+                evaluated[i]
+                    .evaluate(EmitTo::All)
+                    .map_err(df("evaluating aggregates"))?,
+            );
+        }
+        state.accs = kept;
+        Ok((keys, values))
+    }
+
+    /// The output batch of rows `rows` of a window's keys and values, tagged with `op`
+    /// when the output is a changelog; `None` for no rows.
+    fn result_rows(
+        &self,
+        start: i64,
+        (keys, values): (&[ArrayRef], &[ArrayRef]),
+        rows: &[u32],
+        op: super::updating::Op,
+    ) -> Result<Option<RecordBatch>> {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let idx = UInt32Array::from(rows.to_vec());
+        let pick = |a: &ArrayRef| {
+            take(a.as_ref(), &idx, None).map_err(|e| EngineError::arrow("selecting results", e))
+        };
+        let keys = keys.iter().map(pick).collect::<Result<Vec<_>>>()?;
+        let values = values.iter().map(pick).collect::<Result<Vec<_>>>()?;
+        let width = self.spec.width();
+        let n = rows.len();
+        let window = window_array(
+            TimestampMillisecondArray::from(vec![start; n]).with_timezone(TZ),
+            TimestampMillisecondArray::from(vec![start + width; n]).with_timezone(TZ),
+        );
+        let batch = self.factory.results(window, keys, values)?;
+        match &self.changelog {
+            Some(schema) => {
+                super::updating::tag(batch, &super::updating::op_array(op), schema).map(Some)
+            }
+            None => Ok(Some(batch)),
+        }
+    }
+
+    /// With an allowed lateness: emits every window that has ended and not been
+    /// emitted (`+I`), re-emits those late rows changed (`-U`/`+U`, `+I` for new keys),
+    /// and drops those past their lateness.
+    async fn fire_updating(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        use super::updating::Op;
+        let width = self.spec.width();
+        let due: Vec<i64> = self
+            .windows
+            .iter()
+            .take_while(|(start, _)| start.saturating_add(width) <= watermark)
+            .filter(|(_, w)| w.emitted.is_none() || w.dirty)
+            .map(|(start, _)| *start)
+            .collect();
+        let mut batches = Vec::new();
+        for start in due {
+            let mut state = self.windows.remove(&start).expect("listed above");
+            let (keys, values) = self.snapshot(&mut state)?;
+            let n = values.first().map_or(0, |v| v.len()) as u32;
+            match state.emitted.take() {
+                None => {
+                    let all: Vec<u32> = (0..n).collect();
+                    batches.push(self.result_rows(start, (&keys, &values), &all, Op::Insert)?);
+                }
+                Some((old_keys, old_values)) => {
+                    let before = old_values.first().map_or(0, |v| v.len()) as u32;
+                    let same = |i: usize| {
+                        old_values.iter().zip(&values).all(|(o, v)| {
+                            ScalarValue::try_from_array(o, i).ok()
+                                == ScalarValue::try_from_array(v, i).ok()
+                        })
+                    };
+                    let changed: Vec<u32> = (0..before).filter(|&i| !same(i as usize)).collect();
+                    let added: Vec<u32> = (before..n).collect();
+                    batches.push(self.result_rows(
+                        start,
+                        (&old_keys, &old_values),
+                        &changed,
+                        Op::UpdateBefore,
+                    )?);
+                    batches.push(self.result_rows(
+                        start,
+                        (&keys, &values),
+                        &changed,
+                        Op::UpdateAfter,
+                    )?);
+                    batches.push(self.result_rows(start, (&keys, &values), &added, Op::Insert)?);
+                }
+            }
+            state.emitted = Some((keys, values));
+            state.dirty = false;
+            self.windows.insert(start, state);
+        }
+        for b in batches.into_iter().flatten() {
+            emit_in_slices(out, b).await?;
+        }
+        // Past their lateness, windows take no more rows: forget them.
+        let lateness = self.allowed_lateness;
+        self.windows
+            .retain(|start, _| start.saturating_add(width).saturating_add(lateness) > watermark);
+        Ok(())
     }
 
     /// Emits every window that ends at or before `watermark`, oldest first.
     async fn fire(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
+        if self.changelog.is_some() {
+            return self.fire_updating(watermark, out).await;
+        }
         let width = self.spec.width();
         while let Some((&start, _)) = self.windows.first_key_value() {
             if start.saturating_add(width) > watermark {
@@ -768,6 +927,8 @@ impl Operator for WindowAggOperator {
         let mut null_times = 0u64;
         let width = self.spec.width();
         let watermark = self.watermark;
+        // A window takes rows until the watermark passes its end plus the lateness.
+        let open_until = width.saturating_add(self.allowed_lateness);
         for (row, t) in times.iter().enumerate() {
             let Some(t) = t else {
                 null_times += 1;
@@ -777,7 +938,7 @@ impl Operator for WindowAggOperator {
             let mut any = false;
             self.spec.starts(t, |start| {
                 any = true;
-                if start.saturating_add(width) > watermark {
+                if start.saturating_add(open_until) > watermark {
                     placed = true;
                     by_window.entry(start).or_default().push(row as u32);
                 }
@@ -802,12 +963,17 @@ impl Operator for WindowAggOperator {
             args,
             filters,
         } = self.factory.inputs(&batch)?;
+        // Rows for windows that have ended (within the allowed lateness) update them.
+        let updates_ended = by_window
+            .keys()
+            .any(|start| start.saturating_add(width) <= watermark);
         for (start, rows) in by_window {
             if !self.windows.contains_key(&start) {
                 let w = self.new_window()?;
                 self.windows.insert(start, w);
             }
             let state = self.windows.get_mut(&start).expect("inserted above");
+            state.dirty = state.emitted.is_some();
             let pick = |a: &ArrayRef| -> Result<ArrayRef> {
                 if rows.len() == n {
                     Ok(a.clone())
@@ -839,6 +1005,9 @@ impl Operator for WindowAggOperator {
                 acc.update_batch(&values, &state.group_ids, filter, total)
                     .map_err(df("updating aggregates"))?;
             }
+        }
+        if updates_ended {
+            self.fire_updating(watermark, out).await?;
         }
         self.check_state()
     }
@@ -1006,13 +1175,24 @@ mod tests {
     /// keeps: an event is dropped from a window that ended at or before the watermark
     /// it met (the newest earlier event time minus the delay).
     async fn oracle(events: &[Ev], delay: i64, slide: i64, width: i64) -> Vec<RecordBatch> {
+        oracle_with(events, delay, slide, width, 0).await
+    }
+
+    /// The oracle when windows take late rows for `lateness` ms after their end.
+    async fn oracle_with(
+        events: &[Ev],
+        delay: i64,
+        slide: i64,
+        width: i64,
+        lateness: i64,
+    ) -> Vec<RecordBatch> {
         let mut kept = Vec::new();
         let mut starts = Vec::new();
         let mut newest: Option<i64> = None;
         for e in events {
             let watermark = newest.map_or(i64::MIN, |n| n - delay);
             super::WindowSpec::Hop { slide, width }.starts(e.ts, |s| {
-                if s + width > watermark {
+                if s + width + lateness > watermark {
                     kept.push(e.clone());
                     starts.push(s);
                 }
@@ -1066,6 +1246,46 @@ mod tests {
                 (stream(&evs, delay, &query).await, oracle(&evs, delay as i64, slide, width).await)
             });
             proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 32, ..Default::default() })]
+
+        /// With an allowed lateness, late rows within it update emitted windows: the
+        /// changelog, applied in order, equals DataFusion batch over the rows the
+        /// lateness rule keeps (a row is dropped only from windows that ended more than
+        /// the lateness before the watermark it met), and never retracts a row it did
+        /// not emit.
+        #[test]
+        fn late_rows_within_the_allowed_lateness_update_windows(
+            evs in events(),
+            delay in 0u64..40,
+            lateness in 1u64..150,
+            hop in proptest::bool::ANY,
+        ) {
+            let (slide, width, window) = if hop {
+                (25, 75, "hop(INTERVAL '25 milliseconds', INTERVAL '75 milliseconds')")
+            } else {
+                (50, 50, "tumble(INTERVAL '50 milliseconds')")
+            };
+            let query = format!(
+                "SELECT CAST(w['start'] AS BIGINT) AS ws, k, n, s, lo, hi, d FROM \
+                 (SELECT {window} AS w, k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \
+                 count(DISTINCT v) AS d FROM ev GROUP BY w, k)"
+            );
+            // One row per batch: the watermark each row meets is the oracle's.
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (got, expected) = rt.block_on(async {
+                (
+                    stream_with(&evs, 1, delay, &query, Some(lateness)).await,
+                    oracle_with(&evs, delay as i64, slide, width, lateness as i64).await,
+                )
+            });
+            proptest::prop_assert_eq!(
+                crate::sql::updating::apply_changelog(&got),
+                Ok(sorted_lines(&expected))
+            );
         }
     }
 
@@ -1283,11 +1503,24 @@ mod tests {
         delay: u64,
         query: &str,
     ) -> Vec<RecordBatch> {
+        stream_with(events, size, delay, query, None).await
+    }
+
+    async fn stream_with(
+        events: &[Ev],
+        size: usize,
+        delay: u64,
+        query: &str,
+        allowed_lateness: Option<u64>,
+    ) -> Vec<RecordBatch> {
         let batches: Vec<RecordBatch> = events.chunks(size).map(ev_batch).collect();
         let source =
             crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![batches])
                 .unwrap();
         let mut p = PipelineBuilder::new("prop");
+        if let Some(l) = allowed_lateness {
+            p = p.allowed_lateness(std::time::Duration::from_millis(l));
+        }
         let src = p.source("ev", Arc::new(source));
         p.event_time(&src, "ts", std::time::Duration::from_millis(delay))
             .unwrap();
