@@ -301,11 +301,12 @@ pub struct PlannedPipeline {
     pub lookups: Vec<String>,
 }
 
-/// Plans streaming SQL on DataFusion. Holds the Rust scalar UDFs registered through the
-/// API; the built-in ones are in [`super::udf`].
+/// Plans streaming SQL on DataFusion. Holds the Rust scalar and aggregate UDFs
+/// registered through the API; the built-in ones are in [`super::udf`].
 #[derive(Clone)]
 pub struct SqlPlanner {
     udfs: Vec<Arc<ScalarUDF>>,
+    udafs: Vec<Arc<datafusion::logical_expr::AggregateUDF>>,
 }
 
 impl Default for SqlPlanner {
@@ -320,12 +321,19 @@ impl SqlPlanner {
     pub fn new() -> Self {
         SqlPlanner {
             udfs: super::udf::builtins(),
+            udafs: Vec::new(),
         }
     }
 
     /// Makes a Rust scalar function callable from every query this planner plans.
     pub fn register_udf(&mut self, udf: ScalarUDF) {
         self.udfs.push(Arc::new(udf));
+    }
+
+    /// Makes a Rust aggregate function (a DataFusion `AggregateUDF`, its accumulator
+    /// with `state`/`merge_batch`) usable in every query's `GROUP BY`, windowed or not.
+    pub fn register_udaf(&mut self, udaf: datafusion::logical_expr::AggregateUDF) {
+        self.udafs.push(Arc::new(udaf));
     }
 
     fn session(&self) -> SessionContext {
@@ -345,6 +353,9 @@ impl SqlPlanner {
         let ctx = SessionContext::new_with_config(config);
         for udf in self.udfs.iter().chain(super::window::window_udfs().iter()) {
             ctx.register_udf(udf.as_ref().clone());
+        }
+        for udaf in &self.udafs {
+            ctx.register_udaf(udaf.as_ref().clone());
         }
         // COUNT(DISTINCT x) must stay one aggregate (with a distinct accumulator), not
         // be rewritten into two GROUP BYs: the window operator is one aggregate.

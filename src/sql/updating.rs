@@ -545,4 +545,83 @@ mod tests {
         );
         assert!(super::apply_changelog(&results.batches()).is_ok());
     }
+
+    /// A Rust UDAF: the sum of squares, with partial state so sessions can merge it.
+    #[derive(Debug, Default)]
+    struct SumOfSquares(i64);
+
+    impl datafusion::logical_expr::Accumulator for SumOfSquares {
+        fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(values[0].as_ref());
+            self.0 += v.iter().flatten().map(|x| x * x).sum::<i64>();
+            Ok(())
+        }
+        fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
+            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(states[0].as_ref());
+            self.0 += v.iter().flatten().sum::<i64>();
+            Ok(())
+        }
+        fn state(&mut self) -> datafusion::error::Result<Vec<datafusion::common::ScalarValue>> {
+            Ok(vec![datafusion::common::ScalarValue::Int64(Some(self.0))])
+        }
+        fn evaluate(&mut self) -> datafusion::error::Result<datafusion::common::ScalarValue> {
+            Ok(datafusion::common::ScalarValue::Int64(Some(self.0)))
+        }
+        fn size(&self) -> usize {
+            std::mem::size_of_val(self)
+        }
+    }
+
+    /// A Rust UDAF runs in a GROUP BY without a window, per tumbling window and per
+    /// session (where partial states merge), with DataFusion's own answer as oracle.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rust_udafs_run_in_every_kind_of_group_by() {
+        use arrow::datatypes::DataType;
+        let udaf = datafusion::logical_expr::create_udaf(
+            "sum_sq",
+            vec![DataType::Int64],
+            Arc::new(DataType::Int64),
+            datafusion::logical_expr::Volatility::Immutable,
+            Arc::new(|_| Ok(Box::new(SumOfSquares::default()))),
+            Arc::new(vec![DataType::Int64]),
+        );
+        let rows: Vec<(i64, i64, i64)> = (0..40).map(|i| (i % 3, i % 7 - 3, i * 10)).collect();
+        for (query, expected) in [
+            ("SELECT k, sum_sq(v) AS q FROM ev GROUP BY k", "SELECT k, sum(v * v) AS q FROM ev GROUP BY k"),
+            (
+                "SELECT CAST(w['start'] AS BIGINT) AS ws, k, q FROM \
+                 (SELECT tumble(INTERVAL '100 milliseconds') AS w, k, sum_sq(v) AS q FROM ev GROUP BY w, k)",
+                "SELECT (CAST(ts AS BIGINT) / 100) * 100 AS ws, k, sum(v * v) AS q FROM ev GROUP BY 1, k",
+            ),
+            (
+                "SELECT k, q FROM (SELECT session(INTERVAL '25 milliseconds') AS w, k, sum_sq(v) AS q FROM ev GROUP BY w, k)",
+                // Rows of a key are 30 ms apart: every row is its own session.
+                "SELECT k, v * v AS q FROM ev",
+            ),
+        ] {
+            let mut p = PipelineBuilder::new("udaf");
+            p.planner_mut().register_udaf(udaf.clone());
+            let src = p.source(
+                "ev",
+                Arc::new(MemorySource::new(kvt_batch(&[]).schema(), vec![vec![kvt_batch(&rows)]]).unwrap()),
+            );
+            p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
+            let out = p.sql(src, query).await.unwrap();
+            let results = p.collect(out, "results").unwrap();
+            p.run_to_completion().await.unwrap();
+            let got = results.batches();
+            let got = if got.first().is_some_and(|b| b.schema().column_with_name(crate::engine::OP_COLUMN).is_some()) {
+                super::apply_changelog(&got).unwrap()
+            } else {
+                let mut buf = Vec::new();
+                for b in &got {
+                    crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
+                }
+                let mut l: Vec<String> = String::from_utf8(buf).unwrap().lines().map(String::from).collect();
+                l.sort();
+                l
+            };
+            assert_eq!(got, batch(&rows, expected).await, "{query}");
+        }
+    }
 }
