@@ -70,6 +70,9 @@ pub(crate) struct Output {
     pub(crate) fill: metrics::Gauge,
     pub(crate) capacity: usize,
     next: usize,
+    /// Which of the node's outputs this edge carries: 0 the main output, `i` its side
+    /// output `i` (see [`OperatorFactory::side_outputs`](super::OperatorFactory::side_outputs)).
+    pub(crate) port: usize,
 }
 
 impl Output {
@@ -86,7 +89,13 @@ impl Output {
             fill,
             capacity,
             next: partition,
+            port: 0,
         }
+    }
+
+    pub(crate) fn on_port(mut self, port: usize) -> Self {
+        self.port = port;
+        self
     }
 }
 
@@ -175,6 +184,13 @@ impl Collector {
 
     /// Sends `batch` downstream; empty batches are dropped.
     pub async fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        self.emit_to(0, batch).await
+    }
+
+    /// Sends `batch` to the node's output `port`: 0 the main output, `i` its side
+    /// output `i` (rows the edges reading other outputs never see). Watermarks and the
+    /// end of input reach every output.
+    pub async fn emit_to(&mut self, port: usize, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -183,7 +199,7 @@ impl Collector {
         self.stats.batches_out.fetch_add(1, Ordering::Relaxed);
         self.rows_out.increment(rows);
         self.batches_out.increment(1);
-        for output in &mut self.outputs {
+        for output in self.outputs.iter_mut().filter(|o| o.port == port) {
             route(output, &batch).await?;
         }
         let advanced = match self.watermarks.as_mut() {

@@ -32,6 +32,18 @@ pub struct NodeSpec {
     pub schema: SchemaRef,
     /// Sources only: how to derive watermarks from the rows.
     pub event_time: Option<super::EventTime>,
+    /// Which output of each input node this node reads, by input position; missing
+    /// entries read the main output (0). See [`OperatorFactory::side_outputs`].
+    pub input_ports: Vec<usize>,
+    /// The side outputs this node emits besides its main output: (name, schema).
+    pub side_outputs: Vec<(String, SchemaRef)>,
+}
+
+impl NodeSpec {
+    /// The output of input `i` this node reads.
+    pub fn port_of(&self, i: usize) -> usize {
+        self.input_ports.get(i).copied().unwrap_or(0)
+    }
 }
 
 /// A pipeline's graph.
@@ -85,6 +97,8 @@ impl Graph {
             inputs: vec![],
             schema,
             event_time: None,
+            input_ports: vec![],
+            side_outputs: vec![],
         })
     }
 
@@ -97,13 +111,16 @@ impl Graph {
         partitioning: Partitioning,
     ) -> NodeId {
         let schema = factory.output_schema();
+        let side_outputs = factory.side_outputs();
         self.push(NodeSpec {
+            side_outputs,
             name: name.into(),
             kind: NodeKind::Operator(factory),
             parallelism,
             inputs: vec![(input, partitioning)],
             schema,
             event_time: None,
+            input_ports: vec![],
         })
     }
 
@@ -126,6 +143,8 @@ impl Graph {
             inputs: vec![left, right],
             schema,
             event_time: None,
+            input_ports: vec![],
+            side_outputs: vec![],
         })
     }
 
@@ -138,7 +157,19 @@ impl Graph {
         input: NodeId,
         partitioning: Partitioning,
     ) -> Result<NodeId> {
-        let schema = self.node(input)?.schema.clone();
+        self.add_sink_on_port(name, factory, parallelism, (input, 0), partitioning)
+    }
+
+    /// Adds a sink fed by output `port` of `input` (0: its main output).
+    pub fn add_sink_on_port(
+        &mut self,
+        name: &str,
+        factory: Arc<dyn SinkFactory>,
+        parallelism: usize,
+        (input, port): (NodeId, usize),
+        partitioning: Partitioning,
+    ) -> Result<NodeId> {
+        let schema = self.output_schema(input, port)?;
         factory.check_schema(&schema)?;
         Ok(self.push(NodeSpec {
             name: name.into(),
@@ -147,7 +178,24 @@ impl Graph {
             inputs: vec![(input, partitioning)],
             schema,
             event_time: None,
+            input_ports: vec![port],
+            side_outputs: vec![],
         }))
+    }
+
+    /// The schema of output `port` of `node`: 0 its main output, `i` side output `i`.
+    pub fn output_schema(&self, node: NodeId, port: usize) -> Result<SchemaRef> {
+        let spec = self.node(node)?;
+        match port {
+            0 => Ok(spec.schema.clone()),
+            p => spec
+                .side_outputs
+                .get(p - 1)
+                .map(|(_, s)| s.clone())
+                .ok_or_else(|| {
+                    EngineError::Graph(format!("{} has no side output {p}", spec.name)).into()
+                }),
+        }
     }
 
     /// Adds another input to an existing node (several queries writing one sink). The
@@ -316,10 +364,25 @@ impl Graph {
                     et.column, et.delay
                 );
             }
-            for (input, p) in &node.inputs {
-                let _ = writeln!(s, "    <- {} ({p})", self.nodes[*input].name);
+            for (i, (input, p)) in node.inputs.iter().enumerate() {
+                let up = &self.nodes[*input];
+                match node
+                    .port_of(i)
+                    .checked_sub(1)
+                    .and_then(|o| up.side_outputs.get(o))
+                {
+                    Some((side, _)) => {
+                        let _ = writeln!(s, "    <- {} side output {side} ({p})", up.name);
+                    }
+                    None => {
+                        let _ = writeln!(s, "    <- {} ({p})", up.name);
+                    }
+                }
             }
             let _ = writeln!(s, "    schema: {}", fields(&node.schema));
+            for (side, schema) in &node.side_outputs {
+                let _ = writeln!(s, "    side output {side}: {}", fields(schema));
+            }
         }
         s
     }

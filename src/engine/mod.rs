@@ -147,6 +147,12 @@ pub trait OperatorFactory: Send + Sync {
     /// A short human description for `explain`, e.g. `sql: SELECT …`.
     fn describe(&self) -> String;
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>>;
+    /// Outputs besides the main one, (name, schema): the operator sends to side output
+    /// `i` with [`Collector::emit_to`]`(i + 1, …)`, and a downstream node reads it
+    /// through its input port `i + 1` (`NodeSpec::input_ports`).
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        vec![]
+    }
 }
 
 /// The runtime's side of a source task: where to emit batches, when to stop, how to

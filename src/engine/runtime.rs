@@ -156,13 +156,10 @@ impl Runtime {
                         senders.push(tx);
                         receivers[id][d].push((side, rx));
                     }
-                    up_outputs.push(Output::new(
-                        partitioning.clone(),
-                        senders,
-                        fill.clone(),
-                        cap,
-                        u,
-                    ));
+                    up_outputs.push(
+                        Output::new(partitioning.clone(), senders, fill.clone(), cap, u)
+                            .on_port(node.port_of(side)),
+                    );
                 }
             }
         }

@@ -35,6 +35,8 @@ use crate::sql::{SqlPlanner, SqlText, StagePlan, parse_sql};
 pub struct Stream {
     node: NodeId,
     partitioning: Partitioning,
+    /// Which output of the node: 0 its main output, `i` its side output `i`.
+    port: usize,
 }
 
 /// Builds a pipeline graph from Rust.
@@ -70,6 +72,7 @@ impl PipelineBuilder {
         let table = self.graph.nodes[source.node].name.clone();
         let factory = crate::engine::ArrivalTimeFactory::new(&schema, column)?;
         let parallelism = self.graph.nodes[source.node].parallelism;
+        let first = self.graph.nodes.len();
         let node = self.graph.add_operator(
             &format!("{table}_arrival"),
             Arc::new(factory),
@@ -77,10 +80,12 @@ impl PipelineBuilder {
             source.node,
             Partitioning::Forward,
         );
+        self.read_port(first, &source);
         self.arrivals.insert(node, (table, column.to_string()));
         Ok(Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         })
     }
 
@@ -135,11 +140,63 @@ impl PipelineBuilder {
     }
 
     pub fn schema(&self, s: &Stream) -> SchemaRef {
-        self.graph.nodes[s.node].schema.clone()
+        self.graph
+            .output_schema(s.node, s.port)
+            .expect("a stream's node and port exist")
     }
 
     fn edge(&self, s: &Stream) -> Stream {
         s.clone()
+    }
+
+    /// An operator reading `input` (its node's main or side output).
+    fn add_op(
+        &mut self,
+        name: &str,
+        op: Arc<dyn crate::engine::OperatorFactory>,
+        input: &Stream,
+    ) -> NodeId {
+        let first = self.graph.nodes.len();
+        let node = self.graph.add_operator(
+            name,
+            op,
+            self.parallelism,
+            input.node,
+            input.partitioning.clone(),
+        );
+        self.read_port(first, input);
+        node
+    }
+
+    /// Nodes added from `first` on that read `input`'s node read its port.
+    fn read_port(&mut self, first: NodeId, input: &Stream) {
+        if input.port == 0 {
+            return;
+        }
+        for spec in &mut self.graph.nodes[first..] {
+            for i in 0..spec.inputs.len() {
+                if spec.inputs[i].0 == input.node {
+                    spec.input_ports.resize(spec.inputs.len(), 0);
+                    spec.input_ports[i] = input.port;
+                }
+            }
+        }
+    }
+
+    /// The side output `name` of a process function's stream (see
+    /// [`process_with_side_outputs`](Self::process_with_side_outputs)).
+    pub fn side_output(&self, stream: &Stream, name: &str) -> Result<Stream> {
+        let spec = &self.graph.nodes[stream.node];
+        let i = spec
+            .side_outputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| EngineError::User(format!("{} has no side output {name}", spec.name)))?;
+        Ok(Stream {
+            node: stream.node,
+            partitioning: Partitioning::Forward,
+            port: i + 1,
+        })
     }
 
     /// Adds a source from a factory (any connector, or your own).
@@ -148,6 +205,7 @@ impl PipelineBuilder {
         Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         }
     }
 
@@ -235,6 +293,7 @@ impl PipelineBuilder {
         let stream = Stream {
             node: self.graph.add_source(&decl.name, factory, parallelism),
             partitioning: Partitioning::Forward,
+            port: 0,
         };
         if let Some((et, idle)) = event_time {
             self.graph.set_event_time(stream.node, et)?;
@@ -279,6 +338,7 @@ impl PipelineBuilder {
             )
             .await?;
         let e = self.edge(&input);
+        let first = self.graph.nodes.len();
         let (node, _) = stage.add_to_graph(
             &mut self.graph,
             &format!("{name}_sql"),
@@ -286,9 +346,11 @@ impl PipelineBuilder {
             e.partitioning,
             self.parallelism,
         )?;
+        self.read_port(first, &input);
         Ok(Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         })
     }
 
@@ -322,17 +384,20 @@ impl PipelineBuilder {
         } else {
             (right, left)
         };
-        let (l, r) = (self.edge(&l).node, self.edge(&r).node);
+        let first = self.graph.nodes.len();
         let (node, _) = stage.add_join_to_graph(
             &mut self.graph,
             &format!("{}_{}", names[0], names[1]),
-            l,
-            r,
+            l.node,
+            r.node,
             self.parallelism,
         )?;
+        self.read_port(first, &l);
+        self.read_port(first, &r);
         Ok(Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         })
     }
 
@@ -355,6 +420,7 @@ impl PipelineBuilder {
         Ok(Stream {
             node: input.node,
             partitioning: Partitioning::Hash(idx),
+            port: input.port,
         })
     }
 
@@ -367,12 +433,11 @@ impl PipelineBuilder {
         f: impl Fn(RecordBatch) -> crate::engine::Result<RecordBatch> + Send + Sync + 'static,
     ) -> Stream {
         let op = Arc::new(MapOperator::new(name, schema, f));
-        let node =
-            self.graph
-                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node = self.add_op(name, op, &input);
         Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         }
     }
 
@@ -387,6 +452,22 @@ impl PipelineBuilder {
         output: SchemaRef,
         make: impl Fn() -> F + Send + Sync + 'static,
     ) -> Result<Stream> {
+        self.process_with_side_outputs(input, name, key_by, output, &[], make)
+    }
+
+    /// [`process`](Self::process) with side outputs besides the main output: the
+    /// function sends rows to one with `ctx.emit_to(name, row)`, and
+    /// [`side_output`](Self::side_output) is the stream of its rows (alerts, rejected
+    /// rows) for any further node or sink.
+    pub fn process_with_side_outputs<F: crate::state::KeyedProcessFunction>(
+        &mut self,
+        input: Stream,
+        name: &str,
+        key_by: &[&str],
+        output: SchemaRef,
+        side_outputs: &[(&str, SchemaRef)],
+        make: impl Fn() -> F + Send + Sync + 'static,
+    ) -> Result<Stream> {
         let keyed = self.key_by(input, key_by)?;
         let Partitioning::Hash(keys) = keyed.partitioning.clone() else {
             unreachable!("key_by routes by hash")
@@ -397,13 +478,16 @@ impl PipelineBuilder {
             output,
             name: name.to_string(),
             memory_limit: self.stage_options.state_memory_limit,
+            side_outputs: side_outputs
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.clone()))
+                .collect(),
         });
-        let node =
-            self.graph
-                .add_operator(name, op, self.parallelism, keyed.node, keyed.partitioning);
+        let node = self.add_op(name, op, &keyed);
         Ok(Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         })
     }
 
@@ -416,12 +500,11 @@ impl PipelineBuilder {
     ) -> Stream {
         let schema = self.schema(&input);
         let op = Arc::new(FilterOperator::new(name, schema, f));
-        let node =
-            self.graph
-                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node = self.add_op(name, op, &input);
         Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         }
     }
 
@@ -434,12 +517,11 @@ impl PipelineBuilder {
         f: impl Fn(RecordBatch) -> crate::engine::Result<Vec<RecordBatch>> + Send + Sync + 'static,
     ) -> Stream {
         let op = Arc::new(FlatMapOperator::new(name, schema, f));
-        let node =
-            self.graph
-                .add_operator(name, op, self.parallelism, input.node, input.partitioning);
+        let node = self.add_op(name, op, &input);
         Stream {
             node,
             partitioning: Partitioning::Forward,
+            port: 0,
         }
     }
 
@@ -457,11 +539,11 @@ impl PipelineBuilder {
 
     /// Writes `input` to a sink from a factory.
     pub fn sink(&mut self, input: Stream, name: &str, factory: Arc<dyn SinkFactory>) -> Result<()> {
-        self.graph.add_sink(
+        self.graph.add_sink_on_port(
             name,
             factory,
             self.parallelism,
-            input.node,
+            (input.node, input.port),
             input.partitioning,
         )?;
         Ok(())

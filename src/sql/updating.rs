@@ -551,13 +551,23 @@ mod tests {
     struct SumOfSquares(i64);
 
     impl datafusion::logical_expr::Accumulator for SumOfSquares {
-        fn update_batch(&mut self, values: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
-            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(values[0].as_ref());
+        fn update_batch(
+            &mut self,
+            values: &[arrow::array::ArrayRef],
+        ) -> datafusion::error::Result<()> {
+            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                values[0].as_ref(),
+            );
             self.0 += v.iter().flatten().map(|x| x * x).sum::<i64>();
             Ok(())
         }
-        fn merge_batch(&mut self, states: &[arrow::array::ArrayRef]) -> datafusion::error::Result<()> {
-            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(states[0].as_ref());
+        fn merge_batch(
+            &mut self,
+            states: &[arrow::array::ArrayRef],
+        ) -> datafusion::error::Result<()> {
+            let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                states[0].as_ref(),
+            );
             self.0 += v.iter().flatten().sum::<i64>();
             Ok(())
         }
@@ -587,7 +597,10 @@ mod tests {
         );
         let rows: Vec<(i64, i64, i64)> = (0..40).map(|i| (i % 3, i % 7 - 3, i * 10)).collect();
         for (query, expected) in [
-            ("SELECT k, sum_sq(v) AS q FROM ev GROUP BY k", "SELECT k, sum(v * v) AS q FROM ev GROUP BY k"),
+            (
+                "SELECT k, sum_sq(v) AS q FROM ev GROUP BY k",
+                "SELECT k, sum(v * v) AS q FROM ev GROUP BY k",
+            ),
             (
                 "SELECT CAST(w['start'] AS BIGINT) AS ws, k, q FROM \
                  (SELECT tumble(INTERVAL '100 milliseconds') AS w, k, sum_sq(v) AS q FROM ev GROUP BY w, k)",
@@ -603,21 +616,32 @@ mod tests {
             p.planner_mut().register_udaf(udaf.clone());
             let src = p.source(
                 "ev",
-                Arc::new(MemorySource::new(kvt_batch(&[]).schema(), vec![vec![kvt_batch(&rows)]]).unwrap()),
+                Arc::new(
+                    MemorySource::new(kvt_batch(&[]).schema(), vec![vec![kvt_batch(&rows)]])
+                        .unwrap(),
+                ),
             );
             p.event_time(&src, "ts", std::time::Duration::ZERO).unwrap();
             let out = p.sql(src, query).await.unwrap();
             let results = p.collect(out, "results").unwrap();
             p.run_to_completion().await.unwrap();
             let got = results.batches();
-            let got = if got.first().is_some_and(|b| b.schema().column_with_name(crate::engine::OP_COLUMN).is_some()) {
+            let got = if got.first().is_some_and(|b| {
+                b.schema()
+                    .column_with_name(crate::engine::OP_COLUMN)
+                    .is_some()
+            }) {
                 super::apply_changelog(&got).unwrap()
             } else {
                 let mut buf = Vec::new();
                 for b in &got {
                     crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
                 }
-                let mut l: Vec<String> = String::from_utf8(buf).unwrap().lines().map(String::from).collect();
+                let mut l: Vec<String> = String::from_utf8(buf)
+                    .unwrap()
+                    .lines()
+                    .map(String::from)
+                    .collect();
                 l.sort();
                 l
             };

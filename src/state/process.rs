@@ -100,9 +100,11 @@ impl Row<'_> {
 pub struct ProcessContext<'a> {
     key: &'a [ScalarValue],
     watermark: i64,
-    emitted: &'a mut Vec<Vec<ScalarValue>>,
+    /// Rows emitted by the call, with their output (0 main, `i` side output `i`).
+    emitted: &'a mut Vec<(usize, Vec<ScalarValue>)>,
     timers: &'a mut Vec<Timer>,
     clear: bool,
+    side_outputs: &'a [(String, SchemaRef)],
 }
 
 /// A timer a call asked for: event time (fires with the watermark) or processing time
@@ -132,8 +134,9 @@ impl<'a> ProcessContext<'a> {
     fn new(
         key: &'a [ScalarValue],
         watermark: i64,
-        emitted: &'a mut Vec<Vec<ScalarValue>>,
+        emitted: &'a mut Vec<(usize, Vec<ScalarValue>)>,
         timers: &'a mut Vec<Timer>,
+        side_outputs: &'a [(String, SchemaRef)],
     ) -> Self {
         ProcessContext {
             key,
@@ -141,6 +144,7 @@ impl<'a> ProcessContext<'a> {
             emitted,
             timers,
             clear: false,
+            side_outputs,
         }
     }
 
@@ -156,7 +160,28 @@ impl<'a> ProcessContext<'a> {
 
     /// Emits one output row: one value per column of the output schema, in order.
     pub fn emit(&mut self, row: Vec<ScalarValue>) {
-        self.emitted.push(row);
+        self.emitted.push((0, row));
+    }
+
+    /// Emits one row to the side output `name` (declared with
+    /// `PipelineBuilder::process_with_side_outputs`): one value per column of its schema.
+    pub fn emit_to(&mut self, name: &str, row: Vec<ScalarValue>) -> Result<()> {
+        let port = self
+            .side_outputs
+            .iter()
+            .position(|(n, _)| n == name)
+            .ok_or_else(|| {
+                EngineError::User(format!(
+                    "process function: no side output {name}; declared: {}",
+                    self.side_outputs
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+        self.emitted.push((port + 1, row));
+        Ok(())
     }
 
     /// Asks for `on_timer` for this key when the watermark reaches `time` (ms since the
@@ -223,11 +248,17 @@ pub struct ProcessFactory<F: KeyedProcessFunction> {
     pub(crate) output: SchemaRef,
     pub(crate) name: String,
     pub(crate) memory_limit: Option<u64>,
+    /// Side outputs: (name, schema).
+    pub(crate) side_outputs: Vec<(String, SchemaRef)>,
 }
 
 impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
     fn output_schema(&self) -> SchemaRef {
         self.output.clone()
+    }
+
+    fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
+        self.side_outputs.clone()
     }
 
     fn describe(&self) -> String {
@@ -243,6 +274,7 @@ impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
             function: (self.make)(),
             keys: self.keys.clone(),
             output: self.output.clone(),
+            side_outputs: self.side_outputs.clone(),
             encoder: KeyEncoder::default(),
             states: HashMap::new(),
             timers: [BTreeSet::new(), BTreeSet::new()],
@@ -263,6 +295,7 @@ struct ProcessOperator<F: KeyedProcessFunction> {
     function: F,
     keys: Vec<usize>,
     output: SchemaRef,
+    side_outputs: Vec<(String, SchemaRef)>,
     encoder: KeyEncoder,
     states: HashMap<OwnedRow, KeyState<F::State>>,
     /// Pending timers in firing order: event time [0] and processing time [1].
@@ -295,7 +328,7 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
 
     /// Fires every timer of `until`'s domain at or before its time, in time order
     /// (timers registered while firing, if due, fire too); returns the emitted rows.
-    fn fire(&mut self, until: Timer) -> Result<Vec<Vec<ScalarValue>>> {
+    fn fire(&mut self, until: Timer) -> Result<Vec<(usize, Vec<ScalarValue>)>> {
         let mut emitted = Vec::new();
         let (domain, until) = until.split();
         loop {
@@ -315,8 +348,13 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             };
             entry.timers.remove(&timer);
             let mut timers = Vec::new();
-            let mut ctx =
-                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
+            let mut ctx = ProcessContext::new(
+                &entry.key,
+                self.watermark,
+                &mut emitted,
+                &mut timers,
+                &self.side_outputs,
+            );
             match timer {
                 Timer::Event(t) => self.function.on_timer(t, &mut entry.state, &mut ctx)?,
                 Timer::Processing(t) => {
@@ -334,9 +372,28 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
         self.timers.iter().map(BTreeSet::len).sum()
     }
 
-    /// Emits the rows of a call (if any) and reports the state's size.
-    async fn emit(&mut self, rows: Vec<Vec<ScalarValue>>, out: &mut Collector) -> Result<()> {
-        let batch = self.build(rows)?;
+    /// Emits the rows of a call (if any), each to its output, and reports the state's
+    /// size.
+    async fn emit(
+        &mut self,
+        rows: Vec<(usize, Vec<ScalarValue>)>,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let mut batches = Vec::new();
+        for port in 0..=self.side_outputs.len() {
+            let of_port: Vec<Vec<ScalarValue>> = rows
+                .iter()
+                .filter(|(p, _)| *p == port)
+                .map(|(_, r)| r.clone())
+                .collect();
+            let schema = match port {
+                0 => self.output.clone(),
+                p => self.side_outputs[p - 1].1.clone(),
+            };
+            if let Some(b) = self.build(of_port, &schema)? {
+                batches.push((port, b));
+            }
+        }
         let per_key = std::mem::size_of::<KeyState<F::State>>() + 64;
         self.state.report(
             self.states.len() * per_key + self.pending_timers() * 96,
@@ -350,19 +407,23 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             "clear the state of finished keys (ctx.clear_state()), raise the limit or run at a \
              higher parallelism",
         )?;
-        match batch {
-            Some(b) => out.emit(b).await,
-            None => Ok(()),
+        for (port, b) in batches {
+            out.emit_to(port, b).await?;
         }
+        Ok(())
     }
 
-    /// The batch of the rows a call emitted (`None` if none); built before any
-    /// `await`, so the operator's state is never held across one.
-    fn build(&self, rows: Vec<Vec<ScalarValue>>) -> Result<Option<RecordBatch>> {
+    /// The batch of the rows a call emitted to one output (`None` if none); built
+    /// before any `await`, so the operator's state is never held across one.
+    fn build(
+        &self,
+        rows: Vec<Vec<ScalarValue>>,
+        schema: &SchemaRef,
+    ) -> Result<Option<RecordBatch>> {
         if rows.is_empty() {
             return Ok(None);
         }
-        let width = self.output.fields().len();
+        let width = schema.fields().len();
         if let Some(bad) = rows.iter().find(|r| r.len() != width) {
             return Err(EngineError::User(format!(
                 "{}: a process function emitted {} values for an output of {width} columns",
@@ -372,7 +433,7 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             .into());
         }
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(width);
-        for (c, field) in self.output.fields().iter().enumerate() {
+        for (c, field) in schema.fields().iter().enumerate() {
             let values = rows.iter().map(|r| r[c].clone());
             let array = ScalarValue::iter_to_array(values).map_err(|e| {
                 EngineError::datafusion(format!("output column {}", field.name()), e)
@@ -385,7 +446,7 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             };
             columns.push(array);
         }
-        RecordBatch::try_new(self.output.clone(), columns)
+        RecordBatch::try_new(schema.clone(), columns)
             .map(Some)
             .map_err(|e| EngineError::arrow("building process function output", e))
     }
@@ -416,8 +477,13 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                 }
             };
             let mut timers = Vec::new();
-            let mut ctx =
-                ProcessContext::new(&entry.key, self.watermark, &mut emitted, &mut timers);
+            let mut ctx = ProcessContext::new(
+                &entry.key,
+                self.watermark,
+                &mut emitted,
+                &mut timers,
+                &self.side_outputs,
+            );
             self.function.process(
                 &Row {
                     batch: &batch,
@@ -464,7 +530,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::Int64Array;
+    use arrow::array::{BooleanArray, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
@@ -700,5 +766,127 @@ mod tests {
         handle.wait().await.unwrap();
         alerts.sort();
         assert_eq!(alerts, vec![(1, 2), (2, 1)]);
+    }
+
+    /// Passes rows with a positive value on, sends the others to a side output.
+    #[derive(Default)]
+    struct SplitByValue;
+
+    impl KeyedProcessFunction for SplitByValue {
+        type State = ();
+
+        fn process(
+            &mut self,
+            row: &Row<'_>,
+            _: &mut (),
+            ctx: &mut ProcessContext<'_>,
+        ) -> Result<()> {
+            let (k, v) = (row.get("k")?, row.i64("v")?.unwrap_or(0));
+            if v > 0 {
+                ctx.emit(vec![k, ScalarValue::Int64(Some(v))]);
+                Ok(())
+            } else {
+                ctx.emit_to(
+                    "rejected",
+                    vec![k, ScalarValue::Utf8(Some(format!("value {v}")))],
+                )
+            }
+        }
+    }
+
+    /// Rows sent to a side output reach only the nodes reading that output, with its
+    /// own schema; the main output gets the others. An undeclared side output is an
+    /// error naming the declared ones.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn side_outputs_carry_their_own_rows_and_schema() {
+        let rows = [(1, 5, 0), (2, -1, 1), (1, 0, 2), (3, 7, 3)];
+        let source =
+            MemorySource::new(input(&[]).schema(), vec![vec![input(&rows)], vec![]]).unwrap();
+        let mut p = PipelineBuilder::new("side").parallelism(2);
+        let src = p.source("ev", Arc::new(source));
+        let main = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let rejected = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("why", DataType::Utf8, false),
+        ]));
+        let out = p
+            .process_with_side_outputs(
+                src,
+                "split",
+                &["k"],
+                main,
+                &[("rejected", rejected)],
+                || SplitByValue,
+            )
+            .unwrap();
+        let side = p.side_output(&out, "rejected").unwrap();
+        assert_eq!(p.schema(&side).field(1).name(), "why");
+        let side = p.filter(side, "all", |b| {
+            Ok(BooleanArray::from(vec![true; b.num_rows()]))
+        });
+        let kept = p.collect(out, "kept").unwrap();
+        let dropped = p.collect(side, "dropped").unwrap();
+        p.run_to_completion().await.unwrap();
+        let lines = |batches: Vec<RecordBatch>| {
+            let mut buf = Vec::new();
+            for b in &batches {
+                crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
+            }
+            let mut l: Vec<String> = String::from_utf8(buf)
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect();
+            l.sort();
+            l
+        };
+        assert_eq!(
+            lines(kept.batches()),
+            vec![r#"{"k":1,"v":5}"#, r#"{"k":3,"v":7}"#]
+        );
+        assert_eq!(
+            lines(dropped.batches()),
+            vec![r#"{"k":1,"why":"value 0"}"#, r#"{"k":2,"why":"value -1"}"#]
+        );
+        assert!(
+            p_err_names_declared_outputs()
+                .await
+                .contains("declared: rejected")
+        );
+    }
+
+    async fn p_err_names_declared_outputs() -> String {
+        struct Wrong;
+        impl KeyedProcessFunction for Wrong {
+            type State = ();
+            fn process(
+                &mut self,
+                _: &Row<'_>,
+                _: &mut (),
+                ctx: &mut ProcessContext<'_>,
+            ) -> Result<()> {
+                ctx.emit_to("nope", vec![])
+            }
+        }
+        let source =
+            MemorySource::new(input(&[]).schema(), vec![vec![input(&[(1, 1, 0)])]]).unwrap();
+        let mut p = PipelineBuilder::new("wrong");
+        let src = p.source("ev", Arc::new(source));
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let out = p
+            .process_with_side_outputs(
+                src,
+                "w",
+                &["k"],
+                schema.clone(),
+                &[("rejected", schema)],
+                || Wrong,
+            )
+            .unwrap();
+        p.collect(out, "x").unwrap();
+        p.run_to_completion().await.unwrap_err().to_string()
     }
 }
