@@ -6,7 +6,10 @@
 //! - p99 latency from generation to sink at half the maximum rate;
 //! - a tumbling-window `GROUP BY` over 1,000 and about 1,000,000 keys, against
 //!   DataFusion batch `GROUP BY` over the same bids in memory, and a q5-style hop
-//!   window count per auction.
+//!   window count per auction;
+//! - an interval join of bids with the auctions they bid on (bids within 10 s of the
+//!   auction's creation), and a `GROUP BY` without a window (a changelog), each against
+//!   DataFusion batch over the same rows in memory.
 //!
 //! Run: `cargo bench --bench nexmark` (release profile). Environment: `NEXMARK_EVENTS`
 //! (default 10,000,000), `NEXMARK_LATENCY_SECS` (default 10). Not part of the test
@@ -139,6 +142,89 @@ async fn collect_bids(events: u64) -> Vec<RecordBatch> {
         .unwrap();
     p.run_to_completion().await.unwrap();
     Arc::try_unwrap(got).unwrap().into_inner().unwrap()
+}
+
+/// The generator's events of one Nexmark stream, collected in memory.
+async fn collect_stream(stream: &str, events: u64) -> Vec<RecordBatch> {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let mut p = PipelineBuilder::new("collect").runtime_settings(settings());
+    let src = p
+        .source_sql(&format!(
+            "CREATE TABLE s WITH (connector = 'generator', world = 'nexmark', stream = '{stream}', \
+             count = '{events}', rate = '0')"
+        ))
+        .unwrap();
+    let schema = p.schema(&src);
+    let g = got.clone();
+    let kept = p.map(src, "keep", schema, move |b| {
+        g.lock().unwrap().push(b.clone());
+        Ok(b)
+    });
+    p.sink(kept, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
+    p.run_to_completion().await.unwrap();
+    Arc::try_unwrap(got).unwrap().into_inner().unwrap()
+}
+
+const JOIN: &str = "SELECT b.auction, b.price, a.seller, a.category FROM bids b JOIN auctions a \
+                    ON b.auction = a.id \
+                    AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '10' SECOND";
+
+/// Rows per second (bids + auctions) through the interval join, both streams fed from
+/// memory with event time, at parallelism 1; and its output row count.
+async fn join_from_memory(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f64, usize) {
+    let mut p = PipelineBuilder::new("join").runtime_settings(settings());
+    let b = p.source(
+        "bids",
+        Arc::new(MemorySource::new(bids[0].schema(), vec![bids.to_vec()]).unwrap()),
+    );
+    let a = p.source(
+        "auctions",
+        Arc::new(MemorySource::new(auctions[0].schema(), vec![auctions.to_vec()]).unwrap()),
+    );
+    for s in [&b, &a] {
+        p.event_time(s, "date_time", Duration::from_secs(1))
+            .unwrap();
+    }
+    let out = p.join_sql(b, a, JOIN).await.unwrap();
+    let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = rows.clone();
+    let schema = p.schema(&out);
+    let out = p.map(out, "count", schema, move |batch| {
+        r.fetch_add(batch.num_rows(), std::sync::atomic::Ordering::Relaxed);
+        Ok(batch)
+    });
+    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
+    let n: usize = bids.iter().chain(auctions).map(|b| b.num_rows()).sum();
+    let t = Instant::now();
+    p.run_to_completion().await.unwrap();
+    (
+        n as f64 / t.elapsed().as_secs_f64(),
+        rows.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+/// Rows per second (bids + auctions) for DataFusion batch's join of the same rows; and
+/// its output row count.
+async fn join_batch(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f64, usize) {
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(8192),
+    );
+    for (name, rows) in [("bids", bids), ("auctions", auctions)] {
+        ctx.register_table(
+            name,
+            Arc::new(MemTable::try_new(rows[0].schema(), vec![rows.to_vec()]).unwrap()),
+        )
+        .unwrap();
+    }
+    let n: usize = bids.iter().chain(auctions).map(|b| b.num_rows()).sum();
+    let t = Instant::now();
+    let out = ctx.sql(JOIN).await.unwrap().collect().await.unwrap();
+    let elapsed = t.elapsed().as_secs_f64();
+    (n as f64 / elapsed, out.iter().map(|b| b.num_rows()).sum())
 }
 
 /// Events per second for DataFusion batch over the in-memory bids.
@@ -324,6 +410,27 @@ async fn main() {
             mem / b
         );
     }
+
+    let auctions = collect_stream("auctions", events).await;
+    let (join_mem, join_rows) = join_from_memory(&bids, &auctions).await;
+    let (join_df, join_df_rows) = join_batch(&bids, &auctions).await;
+    println!(
+        "\ninterval join bids x auctions (10 s), p1, from memory: {} rows/s, DataFusion batch \
+         hash join: {} rows/s, ratio {:.2} ({join_rows} joined rows; batch {join_df_rows})",
+        m(join_mem),
+        m(join_df),
+        join_mem / join_df
+    );
+    let updating = "SELECT auction % 100000 AS k, count(*) AS n, max(price) AS m FROM bids GROUP BY auction % 100000";
+    let upd_mem = median(3, || from_memory(&bids, events, 1, updating, false)).await;
+    let upd_df = median(3, || batch(&bids, events, 1, updating)).await;
+    println!(
+        "GROUP BY without a window (changelog, 100k keys), p1, from memory: {} events/s, \
+         DataFusion batch: {} events/s, ratio {:.2}",
+        m(upd_mem),
+        m(upd_df),
+        upd_mem / upd_df
+    );
 
     let rate = max_q1 / 2.0;
     let (p50, p99, n) = latency(rate, latency_secs, QUERIES[1].1).await;

@@ -26,7 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
@@ -35,7 +35,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::window::{AggInputs, df, discarded, emit_in_slices, update_accumulators};
+use super::window::{AggInputs, df, discarded, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
@@ -303,11 +303,44 @@ impl Operator for UpdatingAggOperator {
                 })
                 .push(i as u32);
         }
+        // The batch's rows grouped by key, with one `take` per column: each group's
+        // rows are then a zero-copy slice.
+        let mut perm: Vec<u32> = Vec::with_capacity(batch.num_rows());
+        let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(order.len());
+        for key in &order {
+            let rows = &per_key[key];
+            ranges.push((perm.len(), rows.len()));
+            perm.extend_from_slice(rows);
+        }
+        let perm = arrow::array::UInt32Array::from(perm);
+        let regroup = |a: &ArrayRef| {
+            arrow::compute::take(a.as_ref(), &perm, None)
+                .map_err(|e| EngineError::arrow("grouping rows by key", e))
+        };
+        let args: Vec<Vec<ArrayRef>> = args
+            .iter()
+            .map(|cols| cols.iter().map(regroup).collect::<Result<Vec<_>>>())
+            .collect::<Result<_>>()?;
+        let filters: Vec<Option<BooleanArray>> = filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| {
+                        let f = regroup(f)?;
+                        f.as_any()
+                            .downcast_ref::<BooleanArray>()
+                            .map(arrow::compute::prep_null_mask_filter)
+                            .ok_or_else(|| {
+                                EngineError::User("FILTER must be a boolean".into()).into()
+                            })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<_>>()?;
         let now = Instant::now();
         let (mut before, mut after, mut inserted) =
             (Changes::default(), Changes::default(), Changes::default());
-        for key in order {
-            let rows = &per_key[&key];
+        for (key, (offset, len)) in order.into_iter().zip(ranges) {
             if !self.groups.contains_key(&key) {
                 let accs = self
                     .aggs
@@ -325,7 +358,20 @@ impl Operator for UpdatingAggOperator {
                 );
             }
             let group = self.groups.get_mut(&key).expect("inserted above");
-            update_accumulators(&mut group.accs, rows, &args, &filters)?;
+            for (i, acc) in group.accs.iter_mut().enumerate() {
+                let mut values: Vec<ArrayRef> =
+                    args[i].iter().map(|a| a.slice(offset, len)).collect();
+                if let Some(mask) = &filters[i] {
+                    let mask = mask.slice(offset, len);
+                    values = values
+                        .iter()
+                        .map(|v| arrow::compute::filter(v.as_ref(), &mask))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
+                }
+                acc.update_batch(&values)
+                    .map_err(df("updating aggregates"))?;
+            }
             let values = group
                 .accs
                 .iter_mut()
