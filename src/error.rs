@@ -36,6 +36,8 @@ pub enum Error {
     Format(#[from] crate::formats::FormatError),
     #[error(transparent)]
     Pipeline(#[from] crate::pipeline::PipelineError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,6 +55,7 @@ impl Error {
             Error::Connector(e) => e.code(),
             Error::Format(e) => e.code(),
             Error::Pipeline(e) => e.code(),
+            Error::Registry(e) => e.code(),
             Error::Io { .. } => "IO001",
         }
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod formats;
 pub mod metrics;
 pub mod pipeline;
+pub mod registry;
 pub mod sql;
 pub mod state;
 

@@ -6,6 +6,7 @@
 
 mod generate;
 mod progress;
+mod registry;
 mod run;
 
 use std::path::PathBuf;
@@ -50,6 +51,40 @@ enum Command {
     Explain { pipeline: String },
     /// Write the generator's events as JSON lines, to replay the exact same input.
     Generate(generate::GenerateArgs),
+    /// Serve the built-in Confluent-compatible schema registry (REST API, Avro).
+    Registry {
+        /// Listen address (configuration: registry.listen, default 127.0.0.1:8081).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Directory of its state (configuration: registry.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The Avro contracts in schemas/: check them against a registry, or register them.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SchemasCommand {
+    /// Parse every .avsc and test it against the latest version of its subject
+    /// (`<file name>-value`); exit 1 if any is invalid or incompatible (for CI).
+    Check {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+        /// Registry URL (configuration: registry.url).
+        #[arg(long)]
+        registry: Option<String>,
+    },
+    /// Register every .avsc as a new version of its subject (refused if incompatible).
+    Register {
+        #[arg(long, default_value = "schemas")]
+        dir: PathBuf,
+        #[arg(long)]
+        registry: Option<String>,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -118,6 +153,20 @@ pub fn main() -> ExitCode {
             Command::Check { pipelines } => run::check(&config, &pipelines).await,
             Command::Explain { pipeline } => run::explain(&config, &pipeline).await,
             Command::Generate(_) => unreachable!("handled above"),
+            Command::Registry { listen, dir } => {
+                registry::serve(&config, listen.as_deref(), dir.as_deref()).await
+            }
+            Command::Schemas { action } => {
+                let (dir, url, action) = match action {
+                    SchemasCommand::Check { dir, registry } => {
+                        (dir, registry, registry::SchemasAction::Check)
+                    }
+                    SchemasCommand::Register { dir, registry } => {
+                        (dir, registry, registry::SchemasAction::Register)
+                    }
+                };
+                registry::schemas(&config, &dir, url.as_deref(), action).await
+            }
         }
     })
 }

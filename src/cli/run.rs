@@ -131,7 +131,7 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

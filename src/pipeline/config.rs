@@ -14,6 +14,7 @@ const DEFAULTS: &str = include_str!("default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub run: RunConfig,
+    pub registry: RegistryConfig,
     pub pipeline: PipelineDefaults,
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -34,6 +35,17 @@ pub struct PipelineDefaults {
     pub channel_capacity: usize,
     /// Most state one task of a stateful operator may hold (a size: "1GB", "512MB").
     pub state_memory_limit: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Where `tributary registry` listens (Confluent's port by default).
+    pub listen: String,
+    /// Where it keeps its subjects, versions and ids.
+    pub dir: String,
+    /// The registry `tributary schemas check` (and, later, Avro sources and sinks) talk to.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

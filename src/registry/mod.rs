@@ -185,6 +185,9 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+    /// REG024: talking to a registry (as a client) failed.
+    #[error("schema registry client: {0}")]
+    Client(String),
 }
 
 impl RegistryError {
@@ -214,6 +217,7 @@ impl RegistryError {
             RegistryError::UnsupportedMediaType(_) => "REG021",
             RegistryError::AssociationsUnsupported(_) => "REG022",
             RegistryError::Bind { .. } => "REG023",
+            RegistryError::Client(_) => "REG024",
         }
     }
 
@@ -235,7 +239,8 @@ impl RegistryError {
             RegistryError::Store { .. }
             | RegistryError::CorruptState { .. }
             | RegistryError::DirectoryLocked(_)
-            | RegistryError::Bind { .. } => 50001,
+            | RegistryError::Bind { .. }
+            | RegistryError::Client(_) => 50001,
             RegistryError::BadRequest(_) => 400,
             RegistryError::RouteNotFound { .. } | RegistryError::AssociationsUnsupported(_) => 404,
             RegistryError::MethodNotAllowed { .. } => 405,

@@ -63,6 +63,7 @@ pub(crate) struct TimeBounds {
 /// `sides` are the join's left and right input plans. `Err` says what is missing.
 pub(crate) fn time_bounds(
     filter: Option<&JoinFilter>,
+    on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
     sides: [&Arc<dyn ExecutionPlan>; 2],
 ) -> std::result::Result<TimeBounds, String> {
     const HOW: &str = "a join between two streams needs its time bounded on both ends, e.g. \
@@ -70,12 +71,31 @@ pub(crate) fn time_bounds(
                        (comparing the event-time columns of both sides), so that its state can be \
                        dropped as the watermark passes. To enrich a stream with reference data \
                        instead, declare that table with lookup = 'true'";
-    let Some(filter) = filter else {
-        return Err(HOW.into());
-    };
     let mut found: Option<(SideTime, SideTime)> = None;
     let (mut lo, mut hi) = (i64::MIN, i64::MAX);
-    let mut conjuncts = vec![filter.expression().clone()];
+    // A window join written as equality keys: `date_bin(w, l.ts) = date_bin(w, r.ts)`.
+    for (l, r) in on {
+        if let (Some((wl, a)), Some((wr, c))) = (window_key(l, sides[0]), window_key(r, sides[1]))
+            && wl == wr
+        {
+            found.get_or_insert((a, c));
+            lo = lo.max(1 - wl);
+            hi = hi.min(wl - 1);
+        }
+    }
+    let conjuncts_of = filter.map(|f| f.expression().clone());
+    let Some(filter) = filter else {
+        return match found {
+            Some((left, right)) => Ok(TimeBounds {
+                left,
+                right,
+                lo,
+                hi,
+            }),
+            None => Err(HOW.into()),
+        };
+    };
+    let mut conjuncts: Vec<Arc<dyn PhysicalExpr>> = conjuncts_of.into_iter().collect();
     while let Some(e) = conjuncts.pop() {
         let Some(b) = e.downcast_ref::<BinaryExpr>() else {
             continue;
@@ -83,6 +103,27 @@ pub(crate) fn time_bounds(
         if *b.op() == BinOp::And {
             conjuncts.push(b.left().clone());
             conjuncts.push(b.right().clone());
+            continue;
+        }
+        // A window join: `date_bin(w, l.ts) = date_bin(w, r.ts)` (both rows in the same
+        // tumbling window) bounds `l − r` to (−w, w).
+        if *b.op() == BinOp::Eq
+            && let (Some((wl, a)), Some((wr, c))) = (
+                window_of(b.left(), filter, sides),
+                window_of(b.right(), filter, sides),
+            )
+            && wl == wr
+            && a.side != c.side
+        {
+            let pair = match a.side {
+                JoinSide::Left => (a.time, c.time),
+                _ => (c.time, a.time),
+            };
+            if found.is_none() {
+                found = Some(pair);
+            }
+            lo = lo.max(1 - wl);
+            hi = hi.min(wl - 1);
             continue;
         }
         let (Some(a), Some(c)) = (
@@ -184,6 +225,67 @@ fn affine(
         offset: a.offset.checked_add(k)?,
         ..a
     })
+}
+
+/// `date_bin(width, column)` (default origin): the window width in ms and the column.
+fn window_of(
+    e: &Arc<dyn PhysicalExpr>,
+    filter: &JoinFilter,
+    sides: [&Arc<dyn ExecutionPlan>; 2],
+) -> Option<(i64, Affine)> {
+    let f = e.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()?;
+    let [width, time] = f.args() else {
+        return None;
+    };
+    if f.name() != "date_bin" {
+        return None;
+    }
+    let width = width
+        .downcast_ref::<Literal>()
+        .and_then(|l| super::window::interval_ms(l.value()).ok())?;
+    let time = affine(time, filter, sides)?;
+    (time.offset == time.time.shift).then_some((width, time))
+}
+
+/// An equality key `date_bin(width, ts)` of one side (possibly computed by the side's
+/// projection): the width in ms and a column of the side's output holding `ts`.
+fn window_key(e: &Arc<dyn PhysicalExpr>, side: &Arc<dyn ExecutionPlan>) -> Option<(i64, SideTime)> {
+    fn base(e: &Arc<dyn PhysicalExpr>, plan: &Arc<dyn ExecutionPlan>) -> Option<(i64, String)> {
+        use datafusion::physical_plan::projection::ProjectionExec;
+        if let Some(c) = e.downcast_ref::<Column>() {
+            let p = plan.downcast_ref::<ProjectionExec>()?;
+            return base(&p.expr().get(c.index())?.expr, p.input());
+        }
+        let f = e.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()?;
+        let [width, time] = f.args() else {
+            return None;
+        };
+        if f.name() != "date_bin" {
+            return None;
+        }
+        let width = width
+            .downcast_ref::<Literal>()
+            .and_then(|l| super::window::interval_ms(l.value()).ok())?;
+        let column = time.downcast_ref::<Column>()?;
+        match trace(plan, column.index())? {
+            (name, 0) => Some((width, name)),
+            _ => None,
+        }
+    }
+    let (width, name) = base(e, side)?;
+    let schema = side.schema();
+    let col = (0..schema.fields().len()).find(|&i| {
+        matches!(schema.field(i).data_type(), DataType::Timestamp(_, _))
+            && trace(side, i).is_some_and(|(n, shift)| n == name && shift == 0)
+    })?;
+    Some((
+        width,
+        SideTime {
+            col,
+            shift: 0,
+            name,
+        },
+    ))
 }
 
 /// `x + k`, `k + x` or `x − k` for a constant interval `k`: `(x, ±k)`.
@@ -736,7 +838,7 @@ mod tests {
         lines
     }
 
-    const QUERIES: [&str; 3] = [
+    const QUERIES: [&str; 4] = [
         // Bounded on both ends around the right row, BETWEEN.
         "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
          FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL '30 milliseconds' AND r.ts + INTERVAL '10 milliseconds'",
@@ -746,6 +848,10 @@ mod tests {
         // No key: every pair within 5 ms, in the WHERE clause.
         "SELECT l.k AS lk, r.k AS rk, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
          FROM l JOIN r ON true WHERE l.ts >= r.ts - INTERVAL '5 milliseconds' AND l.ts <= r.ts + INTERVAL '5 milliseconds'",
+        // A window join: both rows in the same 20 ms tumbling window.
+        "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
+         FROM l JOIN r ON l.k = r.k \
+         AND date_bin(INTERVAL '20 milliseconds', l.ts) = date_bin(INTERVAL '20 milliseconds', r.ts)",
     ];
 
     proptest::proptest! {

@@ -1424,7 +1424,7 @@ fn split_join(
                 .into(),
         );
     }
-    let bounds = super::join::time_bounds(filter.as_ref(), [&left, &right])?;
+    let bounds = super::join::time_bounds(filter.as_ref(), &on, [&left, &right])?;
     for (table, name) in [
         (&left_table, &bounds.left.name),
         (&right_table, &bounds.right.name),

@@ -9,6 +9,7 @@ mod common;
 mod cli_errors;
 mod lifecycle;
 mod lookup;
+mod registry;
 mod sinks;
 mod sql_oracle;
 mod windows;

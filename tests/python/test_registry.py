@@ -8,20 +8,18 @@ format, ``AvroSerializer``/``AvroDeserializer``; no Kafka broker is needed).
 The registry command line:
 
 - ``TRIBUTARY_REGISTRY_CMD``: a shell-split command (e.g. ``"tributary registry"``);
-- else ``TRIBUTARY_REGISTRY_BIN``: a binary path;
-- else the scratch binary
-  ``~/.cache/tributary/scratch-target/debug/registry-scratch`` (the tests are skipped
-  when it does not exist).
+- else ``TRIBUTARY_REGISTRY_BIN``: a binary path, run as ``BIN registry``;
+- else ``$CARGO_TARGET_DIR/debug/tributary registry`` (default target directory
+  ``~/.cache/tributary/target``); the tests fail when it does not exist.
 
-``--listen 127.0.0.1:PORT --dir DIR`` is appended. Run with the venv of
-``scripts/pyenv``::
+``--listen 127.0.0.1:PORT --dir DIR`` is appended. ``scripts/test`` runs them with the
+venv of ``scripts/pyenv``::
 
-    PY="$(bash scripts/pyenv | tail -n 1)"; "$PY" -m pytest tests/python/test_registry.py
+    PY="$(bash scripts/pyenv | tail -n 1)"; "$PY" -m pytest tests/python
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -45,7 +43,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
-DEFAULT_BIN = Path.home() / ".cache/tributary/scratch-target/debug/registry-scratch"
+DEFAULT_BIN = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target")) / "debug/tributary"
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
 
@@ -53,15 +51,13 @@ def registry_command() -> list[str]:
     cmd = os.environ.get("TRIBUTARY_REGISTRY_CMD")
     if cmd:
         return shlex.split(cmd)
-    binary = os.environ.get("TRIBUTARY_REGISTRY_BIN")
-    if binary:
-        return [binary]
-    if not DEFAULT_BIN.exists():
-        pytest.skip(
-            f"no registry binary: set TRIBUTARY_REGISTRY_CMD or TRIBUTARY_REGISTRY_BIN "
-            f"(default {DEFAULT_BIN} does not exist)"
+    binary = os.environ.get("TRIBUTARY_REGISTRY_BIN", str(DEFAULT_BIN))
+    if not Path(binary).exists():
+        pytest.fail(
+            f"no registry binary at {binary}: build it (cargo build --bins) or set "
+            f"TRIBUTARY_REGISTRY_CMD / TRIBUTARY_REGISTRY_BIN"
         )
-    return [str(DEFAULT_BIN)]
+    return [binary, "registry"]
 
 
 def free_port() -> int:
@@ -149,7 +145,6 @@ def avsc(name: str) -> str:
 def evolve(schema_str: str, add: list[dict] | None = None, remove: list[str] | None = None) -> str:
     """The schema with fields appended and/or removed."""
     schema = json.loads(schema_str)
-    schema = copy.deepcopy(schema)
     schema["fields"] = [f for f in schema["fields"] if f["name"] not in (remove or [])]
     schema["fields"].extend(add or [])
     return json.dumps(schema)
