@@ -15,6 +15,7 @@
 pub mod blackhole;
 pub mod file;
 pub mod generator;
+pub mod kafka;
 pub mod memory;
 pub mod parquet_sink;
 pub mod stdout;
@@ -106,6 +107,8 @@ pub struct Options {
     pub connector: String,
     values: BTreeMap<String, String>,
     known: BTreeSet<&'static str>,
+    /// Prefixes of options passed through (e.g. `kafka.` for librdkafka properties).
+    known_prefixes: BTreeSet<&'static str>,
 }
 
 impl Options {
@@ -115,7 +118,18 @@ impl Options {
             connector: connector.into(),
             values,
             known: BTreeSet::new(),
+            known_prefixes: BTreeSet::new(),
         }
+    }
+
+    /// Every option starting with `prefix`, without it: properties passed through to a
+    /// client library (e.g. `kafka.security.protocol` → `security.protocol`).
+    pub fn prefixed(&mut self, prefix: &'static str) -> Vec<(String, String)> {
+        self.known_prefixes.insert(prefix);
+        self.values
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
+            .collect()
     }
 
     /// The raw value of `key`, if set; marks `key` as an option of this connector.
@@ -189,7 +203,8 @@ impl Options {
     /// Refuses the options no one asked for.
     pub fn finish(self) -> Result<()> {
         for key in self.values.keys() {
-            if !self.known.contains(key.as_str()) {
+            let passed_through = self.known_prefixes.iter().any(|p| key.starts_with(p));
+            if !self.known.contains(key.as_str()) && !passed_through {
                 let known: Vec<&str> = self.known.iter().copied().collect();
                 return Err(ConnectorError::UnknownOption {
                     table: self.table.clone(),
@@ -250,7 +265,14 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
 }
 
 /// Every connector name, for error messages and docs.
-pub const CONNECTORS: &[&str] = &["generator", "file", "stdout", "parquet", "blackhole"];
+pub const CONNECTORS: &[&str] = &[
+    "generator",
+    "file",
+    "kafka",
+    "stdout",
+    "parquet",
+    "blackhole",
+];
 
 /// What the planner knows about a table when it asks for its source.
 pub struct TableRequest<'a> {
@@ -275,6 +297,7 @@ pub fn source(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn Sourc
     let f: Arc<dyn SourceFactory> = match opts.connector.as_str() {
         "generator" => generator::source(req, &mut opts)?,
         "file" => file::source(req, &mut opts)?,
+        "kafka" => kafka::source(req, &mut opts)?,
         "stdout" | "parquet" | "blackhole" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),
@@ -297,6 +320,7 @@ pub fn sink(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn SinkFac
         "file" => stdout::file_sink(req, &mut opts)?,
         "parquet" => parquet_sink::sink(req, &mut opts)?,
         "blackhole" => blackhole::sink(req, &mut opts)?,
+        "kafka" => kafka::sink(req, &mut opts)?,
         "generator" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),

@@ -7,6 +7,7 @@
 mod common;
 
 mod cli_errors;
+mod kafka;
 mod lifecycle;
 mod lookup;
 mod registry;

@@ -1,0 +1,600 @@
+//! The `kafka` connector: Apache Kafka (any Kafka-API cluster) on `rdkafka`, with
+//! librdkafka built from its bundled source.
+//!
+//! Owns reading topic partitions into Arrow batches and writing batches as records.
+//!
+//! Source invariants:
+//! - The topic's partitions are spread over the source tasks (partition `i` to task
+//!   `i mod parallelism`) by explicit assignment, not consumer-group rebalancing: a
+//!   partition is read by exactly one task, so per-task order is per-partition order.
+//! - Offsets are never auto-committed: where reading starts is `offset`
+//!   (`earliest`, `latest`, or `group`: the group's committed offsets); the checkpoint
+//!   work commits offsets with each checkpoint.
+//! - A record that does not decode is a bad record (dead-letter path), never a crash.
+//!   An unreachable cluster is retried with backoff (the source pauses, it does not
+//!   fail); errors are logged at a bounded rate.
+//! - With `bounded = 'true'` the source reads each partition up to its end offset at
+//!   start and then ends (tests, backfills).
+//!
+//! Sink invariants:
+//! - Idempotent producer (`enable.idempotence`), `acks=all`; each row is one record,
+//!   JSON-encoded, keyed by `key_field` when given (so a key's records share a
+//!   partition and stay in order). `flush`/`finish` wait until every record sent is
+//!   acknowledged; a record the cluster refuses fails the pipeline, naming the topic.
+//! - Transactions tied to checkpoints come with the checkpoint work.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{ConnectorError, Options, TableRequest};
+use crate::dlq::BadRecordReason;
+use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
+use crate::formats::json::JsonDecoder;
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// How long a metadata or watermark request may take before it is retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn kafka_error(table: &str, what: &str, e: impl std::fmt::Display) -> crate::Error {
+    ConnectorError::Other {
+        connector: "kafka",
+        message: format!("table {table}: {what}: {e}"),
+    }
+    .into()
+}
+
+/// Where a source starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartFrom {
+    Earliest,
+    Latest,
+    Group,
+}
+
+/// Client settings shared by the source and the sink: `bootstrap_servers` and any
+/// librdkafka property given as `kafka.<property>` (e.g. `kafka.security.protocol`).
+fn client_config(opts: &mut Options) -> Result<ClientConfig> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", opts.required("bootstrap_servers")?);
+    // Keep the log quiet and the client id recognisable.
+    config.set("client.id", format!("tributary-{}", opts.table));
+    for (key, value) in opts.prefixed("kafka.") {
+        config.set(key, value);
+    }
+    Ok(config)
+}
+
+/// Builds the source of a `connector = 'kafka'` table.
+pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
+    let config = client_config(opts)?;
+    let topic = opts.required("topic")?;
+    let format = opts.get("format").unwrap_or_else(|| "json".into());
+    if format != "json" {
+        let v = format.clone();
+        return Err(opts.invalid(
+            "format",
+            &v,
+            "the kafka source reads 'json' for now (Avro with the registry comes next)",
+        ));
+    }
+    let start = match opts.get("offset").as_deref().map(str::trim) {
+        None | Some("earliest") => StartFrom::Earliest,
+        Some("latest") => StartFrom::Latest,
+        Some("group") => StartFrom::Group,
+        Some(other) => {
+            let v = other.to_string();
+            return Err(opts.invalid("offset", &v, "expected earliest, latest or group"));
+        }
+    };
+    let group = opts
+        .get("group_id")
+        .unwrap_or_else(|| format!("tributary-{}", req.table));
+    let bounded = opts.parse_bool("bounded", false)?;
+    let schema = req.schema.clone().ok_or_else(|| -> crate::Error {
+        ConnectorError::Schema {
+            table: req.table.into(),
+            message: "the kafka connector decodes JSON into declared columns; declare them, e.g. \
+                      CREATE TABLE t (id BIGINT, ts TIMESTAMP) WITH (connector = 'kafka', …)"
+                .into(),
+        }
+        .into()
+    })?;
+    JsonDecoder::new(schema.clone()).map_err(|e| -> crate::Error {
+        ConnectorError::Schema {
+            table: req.table.into(),
+            message: e.to_string(),
+        }
+        .into()
+    })?;
+    Ok(Arc::new(KafkaSourceFactory {
+        table: req.table.to_string(),
+        config,
+        topic,
+        group,
+        start,
+        bounded,
+        schema,
+    }))
+}
+
+struct KafkaSourceFactory {
+    table: String,
+    config: ClientConfig,
+    topic: String,
+    group: String,
+    start: StartFrom,
+    bounded: bool,
+    schema: SchemaRef,
+}
+
+impl SourceFactory for KafkaSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "kafka: topic {} at {} (JSON, from {:?}{})",
+            self.topic,
+            self.config.get("bootstrap.servers").unwrap_or("?"),
+            self.start,
+            if self.bounded {
+                ", up to the end offsets at start"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
+        let mut config = self.config.clone();
+        config
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = config
+            .create()
+            .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
+        Ok(Box::new(KafkaSource {
+            table: self.table.clone(),
+            topic: self.topic.clone(),
+            start: self.start,
+            bounded: self.bounded,
+            consumer,
+            decoder: JsonDecoder::new(self.schema.clone())?,
+            task: task.clone(),
+        }))
+    }
+}
+
+struct KafkaSource {
+    table: String,
+    topic: String,
+    start: StartFrom,
+    bounded: bool,
+    consumer: StreamConsumer,
+    decoder: JsonDecoder,
+    task: TaskInfo,
+}
+
+/// A task's partitions of `topic`, waiting (with backoff) while the cluster is
+/// unreachable or the topic does not exist yet; `None` when stopped meanwhile.
+async fn partitions(
+    consumer: &StreamConsumer,
+    topic: &str,
+    task: &TaskInfo,
+    stop: &crate::engine::StopSignal,
+) -> Result<Option<Vec<i32>>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let fetched =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT));
+        match fetched {
+            Ok(md) => {
+                let parts: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !parts.is_empty() {
+                    return Ok(Some(
+                        parts
+                            .into_iter()
+                            .filter(|p| *p as usize % task.parallelism == task.partition)
+                            .collect(),
+                    ));
+                }
+                tracing::warn!(task = %task, topic, "topic not found yet; waiting for it");
+            }
+            Err(e) => {
+                tracing::warn!(task = %task, error = %e, "kafka unreachable; retrying");
+            }
+        }
+        if stop.is_raised() {
+            return Ok(None);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl KafkaSource {
+    /// Emits what the decoder holds.
+    async fn flush(decoder: &mut JsonDecoder, ctx: &mut SourceContext) -> Result<()> {
+        let batch = decoder.flush()?;
+        decoder.report_late(&mut ctx.bad_records);
+        match batch {
+            Some(b) => ctx.out.emit(b).await,
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let Some(partitions) =
+            partitions(&self.consumer, &self.topic, &self.task, &ctx.stop).await?
+        else {
+            return Ok(());
+        };
+        // Bounded: where each partition ends (its high watermark at start).
+        let mut ends: std::collections::HashMap<i32, i64> = Default::default();
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            if self.bounded {
+                let (low, high) = tokio::task::block_in_place(|| {
+                    self.consumer
+                        .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
+                })
+                .map_err(|e| kafka_error(&self.table, "reading end offsets", e))?;
+                if high <= low || self.start == StartFrom::Latest {
+                    continue;
+                }
+                ends.insert(p, high);
+            }
+            let offset = match self.start {
+                StartFrom::Earliest => Offset::Beginning,
+                StartFrom::Latest => Offset::End,
+                StartFrom::Group => Offset::Stored,
+            };
+            assignment
+                .add_partition_offset(&self.topic, p, offset)
+                .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+        }
+        if assignment.count() == 0 {
+            // Nothing to read: more tasks than partitions, or an empty bounded topic.
+            if !self.bounded {
+                tracing::info!(task = %self.task, "no partition of {} for this task", self.topic);
+            }
+            return Ok(());
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+        let KafkaSource {
+            consumer,
+            decoder,
+            bounded,
+            task,
+            ..
+        } = self;
+        let mut stream = consumer.stream();
+        let mut ticker = tokio::time::interval(ctx.batch.flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = ctx.stop.clone();
+        let mut logged: Option<Instant> = None;
+        loop {
+            if *bounded && ends.is_empty() {
+                break;
+            }
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(m)) => {
+                        match m.payload() {
+                            Some(payload) => {
+                                decoder.push(payload, &mut ctx.bad_records);
+                            }
+                            None => ctx.bad_records.report(
+                                BadRecordReason::Malformed,
+                                &format!("partition {} offset {}: a record without a value", m.partition(), m.offset()),
+                                &[],
+                            ),
+                        }
+                        if *bounded
+                            && ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end)
+                        {
+                            ends.remove(&m.partition());
+                        }
+                        if decoder.buffered() >= ctx.batch.size {
+                            Self::flush(decoder, ctx).await?;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // Transient (broker down, rebalance in the cluster): librdkafka
+                        // retries; say so at most every 10 s.
+                        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            tracing::warn!(task = %task, error = %e, "kafka consumer error; retrying");
+                            logged = Some(Instant::now());
+                        }
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => Self::flush(decoder, ctx).await?,
+                _ = stop.raised() => break,
+            }
+        }
+        Self::flush(decoder, ctx).await
+    }
+}
+
+/// Builds the sink of a `connector = 'kafka'` table.
+pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
+    let mut config = client_config(opts)?;
+    let topic = opts.required("topic")?;
+    let format = opts.get("format").unwrap_or_else(|| "json".into());
+    if format != "json" {
+        let v = format.clone();
+        return Err(opts.invalid("format", &v, "the kafka sink writes 'json' for now"));
+    }
+    let key_field = opts.get("key_field");
+    if let (Some(k), Some(schema)) = (&key_field, &req.schema)
+        && schema.index_of(k).is_err()
+    {
+        let v = k.clone();
+        return Err(opts.invalid("key_field", &v, "no such column in the table"));
+    }
+    let compression = opts.get("compression").unwrap_or_else(|| "lz4".into());
+    if !["none", "gzip", "snappy", "lz4"].contains(&compression.as_str()) {
+        let v = compression.clone();
+        return Err(opts.invalid("compression", &v, "expected none, gzip, snappy or lz4"));
+    }
+    let partitions: Option<i32> = match opts.get("partitions") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| opts.invalid("partitions", &v, "a positive number"))?,
+        ),
+    };
+    let replication = opts.parse::<i32>("replication_factor", 1)?;
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", compression)
+        .set("linger.ms", "5");
+    Ok(Arc::new(KafkaSinkFactory {
+        table: req.table.to_string(),
+        config,
+        topic,
+        key_field,
+        partitions,
+        replication,
+    }))
+}
+
+struct KafkaSinkFactory {
+    table: String,
+    config: ClientConfig,
+    topic: String,
+    key_field: Option<String>,
+    /// Create the topic with this many partitions if it does not exist.
+    partitions: Option<i32>,
+    replication: i32,
+}
+
+impl SinkFactory for KafkaSinkFactory {
+    fn describe(&self) -> String {
+        format!(
+            "kafka: topic {} at {} (JSON{}, idempotent producer)",
+            self.topic,
+            self.config.get("bootstrap.servers").unwrap_or("?"),
+            self.key_field
+                .as_ref()
+                .map(|k| format!(", keyed by {k}"))
+                .unwrap_or_default()
+        )
+    }
+
+    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        match &self.key_field {
+            Some(k) if schema.index_of(k).is_err() => Err(ConnectorError::Schema {
+                table: self.table.clone(),
+                message: format!("key_field {k}: the query has no such column"),
+            }
+            .into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// A changelog is written as records with their `_op`, in order per key (keyed
+    /// by `key_field`).
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
+    fn create(&self, _task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
+        let producer: FutureProducer = self
+            .config
+            .create()
+            .map_err(|e| kafka_error(&self.table, "creating the producer", e))?;
+        let key = self
+            .key_field
+            .as_ref()
+            .and_then(|k| schema.index_of(k).ok());
+        Ok(Box::new(KafkaSink {
+            table: self.table.clone(),
+            topic: self.topic.clone(),
+            config: self.config.clone(),
+            producer,
+            key,
+            pending: Vec::new(),
+            create: self.partitions.map(|p| (p, self.replication)),
+        }))
+    }
+}
+
+struct KafkaSink {
+    table: String,
+    topic: String,
+    config: ClientConfig,
+    producer: FutureProducer,
+    key: Option<usize>,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Create the topic (partitions, replication) before the first write.
+    create: Option<(i32, i32)>,
+}
+
+impl KafkaSink {
+    async fn ensure_topic(&mut self) -> Result<()> {
+        let Some((partitions, replication)) = self.create.take() else {
+            return Ok(());
+        };
+        let admin: AdminClient<_> = self
+            .config
+            .create()
+            .map_err(|e| kafka_error(&self.table, "creating the admin client", e))?;
+        let topic = NewTopic::new(
+            &self.topic,
+            partitions,
+            TopicReplication::Fixed(replication),
+        );
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| kafka_error(&self.table, "creating the topic", e))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partitions, replication, "created topic")
+                }
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(kafka_error(
+                        &self.table,
+                        &format!("creating topic {t}"),
+                        code,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every record sent is acknowledged.
+    async fn settle(&mut self) -> Result<()> {
+        for delivery in self.pending.drain(..) {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    return Err(kafka_error(
+                        &self.table,
+                        &format!("writing to {}", self.topic),
+                        e,
+                    ));
+                }
+                Err(_) => {
+                    return Err(kafka_error(
+                        &self.table,
+                        "writing",
+                        "the producer was dropped",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.ensure_topic().await?;
+        let mut buf = Vec::new();
+        crate::formats::json::encode_json_lines(&batch, &mut buf)?;
+        let keys = match self.key {
+            Some(i) => Some(
+                arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
+                    .map_err(|e| crate::engine::EngineError::arrow("reading the key column", e))?,
+            ),
+            None => None,
+        };
+        let keys = keys
+            .as_ref()
+            .map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref()));
+        for (row, line) in buf
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let key =
+                keys.and_then(|k| (!arrow::array::Array::is_null(k, row)).then(|| k.value(row)));
+            loop {
+                let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        self.pending.push(delivery);
+                        break;
+                    }
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        _,
+                    )) => {
+                        // The producer's queue is full: wait for what is in flight.
+                        self.settle().await?;
+                    }
+                    Err((e, _)) => {
+                        return Err(kafka_error(
+                            &self.table,
+                            &format!("writing to {}", self.topic),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        if self.pending.len() >= 100_000 {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.settle().await?;
+        let producer = self.producer.clone();
+        tokio::task::block_in_place(|| producer.flush(REQUEST_TIMEOUT))
+            .map_err(|e| kafka_error(&self.table, "flushing", e))
+    }
+}

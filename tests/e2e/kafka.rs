@@ -1,0 +1,142 @@
+//! The `kafka` connector against a real Apache Kafka broker (started by `scripts/test`
+//! with `scripts/kafka start`; its bootstrap servers in `TRIBUTARY_TEST_KAFKA`).
+//!
+//! A round trip: the generator's orders, from a file, are written by the Kafka sink
+//! (a topic of 3 partitions it creates, keyed by order id), then read back by a
+//! bounded Kafka source at parallelism 2. Every row comes back exactly once, and the
+//! rows of each order come back in the order they were written (one key, one
+//! partition, one reading task).
+
+use std::collections::BTreeMap;
+
+use crate::common::*;
+
+/// The broker's bootstrap servers; the test fails (it does not skip) without one.
+fn bootstrap() -> String {
+    std::env::var("TRIBUTARY_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "no Kafka broker: run the suite with scripts/test, or \
+             export TRIBUTARY_TEST_KAFKA=\"$(scripts/kafka start | tail -n 1)\""
+        )
+    })
+}
+
+/// A topic name no earlier run on the same broker used.
+fn fresh_topic(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}.{}.{nanos}", std::process::id())
+}
+
+const COLUMNS: &str =
+    "event_id VARCHAR, event_type VARCHAR, order_id BIGINT, channel VARCHAR, total DOUBLE";
+
+#[test]
+fn rows_written_to_kafka_come_back_once_and_in_order_per_key() {
+    let servers = bootstrap();
+    let topic = fresh_topic("orders.order_events");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    generate(
+        d,
+        "orders",
+        "17",
+        "3000",
+        &["rate=0", "duplicate_fraction=0.01"],
+        "in/orders.jsonl",
+    );
+
+    write(
+        &d.join("produce.sql"),
+        &format!(
+            "CREATE TABLE orders ({COLUMNS}) WITH (connector = 'file', path = 'in', format = 'json');\n\
+             CREATE TABLE out ({COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+             topic = '{topic}', partitions = '3', key_field = 'order_id');\n\
+             INSERT INTO out SELECT * FROM orders;\n"
+        ),
+    );
+    ok(&run(d, &["run", "produce.sql"]));
+
+    write(
+        &d.join("consume.sql"),
+        &format!(
+            "CREATE TABLE events ({COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+             topic = '{topic}', bounded = 'true', offset = 'earliest', parallelism = '2');\n\
+             CREATE TABLE copy WITH (connector = 'file', path = 'out/copy.jsonl', parallelism = '2');\n\
+             INSERT INTO copy SELECT * FROM events;\n"
+        ),
+    );
+    ok(&run(d, &["run", "consume.sql"]));
+
+    // The input as the file source decoded it: the good rows, in file order.
+    let input: Vec<serde_json::Value> = std::fs::read_to_string(d.join("in/orders.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event_id"].is_string() && v["order_id"].is_i64())
+        .map(|v| {
+            serde_json::json!({
+                "event_id": v["event_id"], "event_type": v["event_type"],
+                "order_id": v["order_id"], "channel": v["channel"], "total": v["total"],
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for part in 0..2 {
+        let text = std::fs::read_to_string(d.join(format!("out/copy-{part}.jsonl"))).unwrap();
+        got.extend(
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+        );
+    }
+    assert!(input.len() > 2500, "{} input rows", input.len());
+    assert_eq!(
+        canonical(&got),
+        canonical(&input),
+        "every row back exactly once"
+    );
+
+    // Per order, the events in the order they were written.
+    let per_order = |rows: &[serde_json::Value]| {
+        let mut m: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for r in rows {
+            m.entry(r["order_id"].as_i64().unwrap())
+                .or_default()
+                .push(r["event_id"].as_str().unwrap().to_string());
+        }
+        m
+    };
+    assert_eq!(per_order(&got), per_order(&input));
+}
+
+#[test]
+fn a_missing_option_and_an_unknown_one_are_refused_at_plan_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("a.sql"),
+        &format!(
+            "CREATE TABLE events ({COLUMNS}) WITH (connector = 'kafka', topic = 't');\n\
+             CREATE TABLE out WITH (connector = 'stdout');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+    let o = run(d, &["check", "a.sql"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bootstrap_servers"), "{}", stderr(&o));
+    write(
+        &d.join("b.sql"),
+        &format!(
+            "CREATE TABLE events ({COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = 'x:1', \
+             topic = 't', offset_reset = 'x');\n\
+             CREATE TABLE out WITH (connector = 'stdout');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+    let o = run(d, &["check", "b.sql"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("offset_reset"), "{}", stderr(&o));
+}
