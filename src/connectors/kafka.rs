@@ -15,6 +15,9 @@
 //!   fail); errors are logged at a bounded rate.
 //! - With `bounded = 'true'` the source reads each partition up to its end offset at
 //!   start and then ends (tests, backfills).
+//! - Watermarks per partition: each batch holds one partition's rows and the task's
+//!   watermark follows its slowest partition (`Collector::emit_split`), so a partition
+//!   that is behind does not have its rows made late by one that is ahead.
 //!
 //! Sink invariants:
 //! - Idempotent producer (`enable.idempotence`), `acks=all`; each row is one record,
@@ -178,7 +181,8 @@ impl SourceFactory for KafkaSourceFactory {
             start: self.start,
             bounded: self.bounded,
             consumer,
-            decoder: JsonDecoder::new(self.schema.clone())?,
+            schema: self.schema.clone(),
+            decoders: Default::default(),
             task: task.clone(),
         }))
     }
@@ -190,7 +194,10 @@ struct KafkaSource {
     start: StartFrom,
     bounded: bool,
     consumer: StreamConsumer,
-    decoder: JsonDecoder,
+    schema: SchemaRef,
+    /// One decoder per assigned partition: a batch holds one partition's rows, so the
+    /// watermark can follow the slowest partition.
+    decoders: std::collections::BTreeMap<i32, JsonDecoder>,
     task: TaskInfo,
 }
 
@@ -237,14 +244,24 @@ async fn partitions(
 }
 
 impl KafkaSource {
-    /// Emits what the decoder holds.
-    async fn flush(decoder: &mut JsonDecoder, ctx: &mut SourceContext) -> Result<()> {
+    /// Emits what partition `p`'s decoder holds, as rows of that split.
+    async fn flush(p: i32, decoder: &mut JsonDecoder, ctx: &mut SourceContext) -> Result<()> {
         let batch = decoder.flush()?;
         decoder.report_late(&mut ctx.bad_records);
         match batch {
-            Some(b) => ctx.out.emit(b).await,
+            Some(b) => ctx.out.emit_split(p as u64, b).await,
             None => Ok(()),
         }
+    }
+
+    async fn flush_all(
+        decoders: &mut std::collections::BTreeMap<i32, JsonDecoder>,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
+        for (p, d) in decoders.iter_mut() {
+            Self::flush(*p, d, ctx).await?;
+        }
+        Ok(())
     }
 }
 
@@ -279,7 +296,11 @@ impl Source for KafkaSource {
             assignment
                 .add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            self.decoders
+                .insert(p, JsonDecoder::new(self.schema.clone())?);
         }
+        ctx.out
+            .register_splits(self.decoders.keys().map(|p| *p as u64));
         if assignment.count() == 0 {
             // Nothing to read: more tasks than partitions, or an empty bounded topic.
             if !self.bounded {
@@ -292,7 +313,7 @@ impl Source for KafkaSource {
             .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
         let KafkaSource {
             consumer,
-            decoder,
+            decoders,
             bounded,
             task,
             ..
@@ -309,6 +330,8 @@ impl Source for KafkaSource {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(Ok(m)) => {
+                        let p = m.partition();
+                        let Some(decoder) = decoders.get_mut(&p) else { continue };
                         match m.payload() {
                             Some(payload) => {
                                 decoder.push(payload, &mut ctx.bad_records);
@@ -319,13 +342,17 @@ impl Source for KafkaSource {
                                 &[],
                             ),
                         }
-                        if *bounded
-                            && ends.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end)
-                        {
-                            ends.remove(&m.partition());
-                        }
                         if decoder.buffered() >= ctx.batch.size {
-                            Self::flush(decoder, ctx).await?;
+                            Self::flush(p, decoder, ctx).await?;
+                        }
+                        if *bounded
+                            && ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end)
+                        {
+                            // This partition is read: its rows out, then it stops
+                            // holding the watermark back.
+                            ends.remove(&p);
+                            Self::flush(p, decoder, ctx).await?;
+                            ctx.out.end_split(p as u64).await?;
                         }
                     }
                     Some(Err(e)) => {
@@ -338,11 +365,11 @@ impl Source for KafkaSource {
                     }
                     None => break,
                 },
-                _ = ticker.tick() => Self::flush(decoder, ctx).await?,
+                _ = ticker.tick() => Self::flush_all(decoders, ctx).await?,
                 _ = stop.raised() => break,
             }
         }
-        Self::flush(decoder, ctx).await
+        Self::flush_all(decoders, ctx).await
     }
 }
 

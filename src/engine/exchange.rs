@@ -187,10 +187,36 @@ impl Collector {
         self.emit_to(0, batch).await
     }
 
+    /// Declares the splits a source task reads (Kafka partitions): its watermark is
+    /// the slowest split's (see `WatermarkGen`). Sources that read one ordered input
+    /// never call this.
+    pub fn register_splits(&mut self, splits: impl IntoIterator<Item = u64>) {
+        if let Some(g) = self.watermarks.as_mut() {
+            g.register(splits);
+        }
+    }
+
+    /// Sends `batch`, whose rows all come from `split`, downstream.
+    pub async fn emit_split(&mut self, split: u64, batch: RecordBatch) -> Result<()> {
+        self.send(0, split, batch).await
+    }
+
+    /// `split` has no more rows (a bounded read reached its end).
+    pub async fn end_split(&mut self, split: u64) -> Result<()> {
+        match self.watermarks.as_mut().and_then(|g| g.end(split)) {
+            Some(wm) => self.emit_watermark(wm).await,
+            None => Ok(()),
+        }
+    }
+
     /// Sends `batch` to the node's output `port`: 0 the main output, `i` its side
     /// output `i` (rows the edges reading other outputs never see). Watermarks and the
     /// end of input reach every output.
     pub async fn emit_to(&mut self, port: usize, batch: RecordBatch) -> Result<()> {
+        self.send(port, 0, batch).await
+    }
+
+    async fn send(&mut self, port: usize, split: u64, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -203,7 +229,7 @@ impl Collector {
             route(output, &batch).await?;
         }
         let advanced = match self.watermarks.as_mut() {
-            Some(g) => g.observe(&batch)?,
+            Some(g) => g.observe(split, &batch)?,
             None => None,
         };
         if let Some(wm) = advanced {

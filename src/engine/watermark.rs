@@ -59,11 +59,19 @@ pub fn event_times_ms(array: &dyn Array) -> Result<arrow::array::TimestampMillis
 }
 
 /// The watermark generator of one source task.
+///
+/// A task may read several *splits* (a Kafka task, several topic partitions), each in
+/// its own order: the watermark is then the smallest of the splits' newest event
+/// times, minus the delay, so a split that is behind does not see its rows made late
+/// by another that is ahead. A registered split that has sent nothing yet holds the
+/// watermark back; an ended split no longer counts. A source that does not speak of
+/// splits is one split.
 #[derive(Debug)]
 pub(crate) struct WatermarkGen {
     column: usize,
     delay_ms: i64,
-    max_seen: Option<i64>,
+    /// Newest event time seen per split (`None`: nothing yet).
+    splits: std::collections::BTreeMap<u64, Option<i64>>,
     last_sent: i64,
 }
 
@@ -72,28 +80,48 @@ impl WatermarkGen {
         WatermarkGen {
             column,
             delay_ms: delay.as_millis().min(i64::MAX as u128) as i64,
-            max_seen: None,
+            splits: Default::default(),
             last_sent: Watermark::START,
         }
     }
 
-    /// Takes the rows of a batch about to be sent; returns the watermark to send after
-    /// it, if it advanced.
-    pub(crate) fn observe(&mut self, batch: &RecordBatch) -> Result<Option<i64>> {
+    /// Declares the splits the task reads, before any of their rows.
+    pub(crate) fn register(&mut self, splits: impl IntoIterator<Item = u64>) {
+        for s in splits {
+            self.splits.entry(s).or_insert(None);
+        }
+    }
+
+    /// A split has no more rows: it stops holding the watermark back.
+    pub(crate) fn end(&mut self, split: u64) -> Option<i64> {
+        self.splits.remove(&split);
+        self.advance()
+    }
+
+    /// Takes the rows of a batch about to be sent from `split`; returns the watermark
+    /// to send after it, if it advanced.
+    pub(crate) fn observe(&mut self, split: u64, batch: &RecordBatch) -> Result<Option<i64>> {
         let times = event_times_ms(batch.column(self.column).as_ref())?;
+        let seen = self.splits.entry(split).or_insert(None);
         if let Some(m) = max(&times) {
-            self.max_seen = Some(self.max_seen.map_or(m, |s| s.max(m)));
+            *seen = Some(seen.map_or(m, |s| s.max(m)));
         }
-        let Some(seen) = self.max_seen else {
-            return Ok(None);
-        };
-        let wm = seen.saturating_sub(self.delay_ms);
-        if wm > self.last_sent {
+        Ok(self.advance())
+    }
+
+    fn advance(&mut self) -> Option<i64> {
+        let mut slowest = i64::MAX;
+        for seen in self.splits.values() {
+            slowest = slowest.min((*seen)?);
+        }
+        if slowest == i64::MAX {
+            return None;
+        }
+        let wm = slowest.saturating_sub(self.delay_ms);
+        (wm > self.last_sent).then(|| {
             self.last_sent = wm;
-            Ok(Some(wm))
-        } else {
-            Ok(None)
-        }
+            wm
+        })
     }
 }
 
@@ -199,11 +227,27 @@ mod tests {
     #[test]
     fn generator_trails_the_newest_event_by_the_delay_and_never_goes_back() {
         let mut g = WatermarkGen::new(0, Duration::from_millis(100));
-        assert_eq!(g.observe(&batch(&[1000, 1200, 1100])).unwrap(), Some(1100));
+        assert_eq!(
+            g.observe(0, &batch(&[1000, 1200, 1100])).unwrap(),
+            Some(1100)
+        );
         // An older batch does not move it back, nor does an equal one re-send it.
-        assert_eq!(g.observe(&batch(&[500])).unwrap(), None);
-        assert_eq!(g.observe(&batch(&[1200])).unwrap(), None);
-        assert_eq!(g.observe(&batch(&[1300])).unwrap(), Some(1200));
+        assert_eq!(g.observe(0, &batch(&[500])).unwrap(), None);
+        assert_eq!(g.observe(0, &batch(&[1200])).unwrap(), None);
+        assert_eq!(g.observe(0, &batch(&[1300])).unwrap(), Some(1200));
+    }
+
+    /// With splits (Kafka partitions), the slowest split sets the watermark: one that
+    /// has sent nothing holds it back, an ended one stops counting.
+    #[test]
+    fn the_slowest_split_sets_the_watermark() {
+        let mut g = WatermarkGen::new(0, Duration::from_millis(100));
+        g.register([0, 1]);
+        assert_eq!(g.observe(0, &batch(&[10_000])).unwrap(), None);
+        assert_eq!(g.observe(1, &batch(&[500])).unwrap(), Some(400));
+        assert_eq!(g.observe(1, &batch(&[700])).unwrap(), Some(600));
+        assert_eq!(g.observe(0, &batch(&[20_000])).unwrap(), None);
+        assert_eq!(g.end(1), Some(19_900));
     }
 
     #[test]

@@ -117,3 +117,30 @@ def test_confluent_kafka_reads_what_tributary_wrote(servers, tmp_path):
     partition_of = {}
     for m, v in zip(records, values):
         assert partition_of.setdefault(v["order_id"], m.partition()) == m.partition()
+
+
+@pytest.mark.parametrize("behind", [0, 1])
+def test_a_partition_behind_another_loses_no_rows_to_lateness(servers, tmp_path, behind):
+    """One partition is an hour behind the other in event time. One task reads both
+    (whichever the consumer delivers first); its watermark follows the slower
+    partition, so no row of the one behind is late."""
+    topic = new_topic(servers, 2)
+    producer = Producer({"bootstrap.servers": servers})
+    for i in range(300):
+        for partition in (0, 1):
+            hour = 9 if partition == behind else 10
+            ts = f"2026-01-01T{hour:02d}:00:{(i * 10) // 1000:02d}.{(i * 10) % 1000:03d}Z"
+            producer.produce(topic, partition=partition,
+                             value=json.dumps({"order_id": i, "event_time": ts}))
+    assert producer.flush(30) == 0
+    run_pipeline(
+        tmp_path,
+        "CREATE TABLE orders (order_id BIGINT, event_time TIMESTAMP) WITH (connector = 'kafka', "
+        f"bootstrap_servers = '{servers}', topic = '{topic}', bounded = 'true', "
+        "event_time_field = 'event_time', watermark_delay = '1s');\n"
+        "CREATE TABLE counts WITH (connector = 'file', path = 'counts.jsonl');\n"
+        "INSERT INTO counts SELECT w.start AS minute, n FROM "
+        "(SELECT tumble(INTERVAL '1' MINUTE) AS w, count(*) AS n FROM orders GROUP BY w);\n",
+    )
+    counts = [json.loads(l) for l in (tmp_path / "counts.jsonl").read_text().splitlines()]
+    assert sorted(c["n"] for c in counts) == [300, 300], counts
