@@ -4,12 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-
 use super::report;
 use crate::pipeline::Config;
-use crate::registry::RegistryError;
 use crate::registry::schema::AvroSchema;
 
 /// Serves the registry until Ctrl-C / SIGTERM.
@@ -89,7 +85,7 @@ pub(super) async fn schemas(
             ),
             SchemasAction::Register => (format!("/subjects/{subject}/versions"), "registered"),
         };
-        let (status, reply) = match post_json(url, &route, &body).await {
+        let (status, reply) = match crate::registry::client::post_json(url, &route, &body).await {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: registry {url}: {e}");
@@ -143,42 +139,4 @@ pub(super) async fn schemas(
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
-}
-
-/// POSTs a JSON body to a Confluent-compatible registry over plain HTTP/1.1; returns
-/// the status and the JSON reply (`Null` when the reply is not JSON).
-pub(crate) async fn post_json(
-    url: &str,
-    path: &str,
-    body: &serde_json::Value,
-) -> Result<(u16, serde_json::Value), RegistryError> {
-    let io = |e: &dyn std::fmt::Display| RegistryError::Client(format!("{url}{path}: {e}"));
-    let authority = url
-        .strip_prefix("http://")
-        .ok_or_else(|| io(&"only http:// registry URLs are supported for now (no TLS yet)"))?;
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| io(&e))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| io(&e))?;
-    tokio::spawn(conn);
-    let request = hyper::Request::post(path)
-        .header("host", authority)
-        .header("content-type", "application/vnd.schemaregistry.v1+json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .map_err(|e| io(&e))?;
-    let response = sender.send_request(request).await.map_err(|e| io(&e))?;
-    let status = response.status().as_u16();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| io(&e))?
-        .to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    ))
 }

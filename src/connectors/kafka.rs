@@ -1,7 +1,8 @@
 //! The `kafka` connector: Apache Kafka (any Kafka-API cluster) on `rdkafka`, with
 //! librdkafka built from its bundled source.
 //!
-//! Owns reading topic partitions into Arrow batches and writing batches as records.
+//! Owns reading topic partitions into Arrow batches (JSON, or Avro in the Confluent
+//! wire format with writer schemas from a registry) and writing batches as records.
 //!
 //! Source invariants:
 //! - The topic's partitions are spread over the source tasks (partition `i` to task
@@ -84,14 +85,22 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
     let config = client_config(opts)?;
     let topic = opts.required("topic")?;
     let format = opts.get("format").unwrap_or_else(|| "json".into());
-    if format != "json" {
-        let v = format.clone();
-        return Err(opts.invalid(
-            "format",
-            &v,
-            "the kafka source reads 'json' for now (Avro with the registry comes next)",
-        ));
-    }
+    let registry = opts.get("schema_registry_url");
+    let avro = match (format.as_str(), &registry) {
+        ("json", _) => None,
+        ("avro", Some(url)) => Some(Arc::<str>::from(url.as_str())),
+        ("avro", None) => {
+            return Err(opts.invalid(
+                "format",
+                "avro",
+                "Avro records in the Confluent wire format need schema_registry_url",
+            ));
+        }
+        (other, _) => {
+            let v = other.to_string();
+            return Err(opts.invalid("format", &v, "expected json or avro"));
+        }
+    };
     let start = match opts.get("offset").as_deref().map(str::trim) {
         None | Some("earliest") => StartFrom::Earliest,
         Some("latest") => StartFrom::Latest,
@@ -129,6 +138,7 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         start,
         bounded,
         schema,
+        avro,
     }))
 }
 
@@ -140,6 +150,8 @@ struct KafkaSourceFactory {
     start: StartFrom,
     bounded: bool,
     schema: SchemaRef,
+    /// Avro in the Confluent wire format: the registry's URL.
+    avro: Option<Arc<str>>,
 }
 
 impl SourceFactory for KafkaSourceFactory {
@@ -153,9 +165,13 @@ impl SourceFactory for KafkaSourceFactory {
 
     fn describe(&self) -> String {
         format!(
-            "kafka: topic {} at {} (JSON, from {:?}{})",
+            "kafka: topic {} at {} ({}, from {:?}{})",
             self.topic,
             self.config.get("bootstrap.servers").unwrap_or("?"),
+            match &self.avro {
+                Some(url) => format!("Avro, schemas from {url}"),
+                None => "JSON".into(),
+            },
             self.start,
             if self.bounded {
                 ", up to the end offsets at start"
@@ -182,6 +198,7 @@ impl SourceFactory for KafkaSourceFactory {
             bounded: self.bounded,
             consumer,
             schema: self.schema.clone(),
+            avro: self.avro.clone(),
             decoders: Default::default(),
             task: task.clone(),
         }))
@@ -195,9 +212,10 @@ struct KafkaSource {
     bounded: bool,
     consumer: StreamConsumer,
     schema: SchemaRef,
+    avro: Option<Arc<str>>,
     /// One decoder per assigned partition: a batch holds one partition's rows, so the
     /// watermark can follow the slowest partition.
-    decoders: std::collections::BTreeMap<i32, JsonDecoder>,
+    decoders: std::collections::BTreeMap<i32, RecordDecoder>,
     task: TaskInfo,
 }
 
@@ -245,9 +263,8 @@ async fn partitions(
 
 impl KafkaSource {
     /// Emits what partition `p`'s decoder holds, as rows of that split.
-    async fn flush(p: i32, decoder: &mut JsonDecoder, ctx: &mut SourceContext) -> Result<()> {
-        let batch = decoder.flush()?;
-        decoder.report_late(&mut ctx.bad_records);
+    async fn flush(p: i32, decoder: &mut RecordDecoder, ctx: &mut SourceContext) -> Result<()> {
+        let batch = decoder.flush(&mut ctx.bad_records)?;
         match batch {
             Some(b) => ctx.out.emit_split(p as u64, b).await,
             None => Ok(()),
@@ -255,7 +272,7 @@ impl KafkaSource {
     }
 
     async fn flush_all(
-        decoders: &mut std::collections::BTreeMap<i32, JsonDecoder>,
+        decoders: &mut std::collections::BTreeMap<i32, RecordDecoder>,
         ctx: &mut SourceContext,
     ) -> Result<()> {
         for (p, d) in decoders.iter_mut() {
@@ -296,8 +313,15 @@ impl Source for KafkaSource {
             assignment
                 .add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
-            self.decoders
-                .insert(p, JsonDecoder::new(self.schema.clone())?);
+            let decoder = match &self.avro {
+                None => RecordDecoder::Json(JsonDecoder::new(self.schema.clone())?),
+                Some(url) => RecordDecoder::Avro(AvroDecoder::new(
+                    url.clone(),
+                    self.schema.clone(),
+                    ctx.batch.size,
+                )),
+            };
+            self.decoders.insert(p, decoder);
         }
         ctx.out
             .register_splits(self.decoders.keys().map(|p| *p as u64));
@@ -334,7 +358,7 @@ impl Source for KafkaSource {
                         let Some(decoder) = decoders.get_mut(&p) else { continue };
                         match m.payload() {
                             Some(payload) => {
-                                decoder.push(payload, &mut ctx.bad_records);
+                                decoder.push(payload, &mut ctx.bad_records).await?;
                             }
                             None => ctx.bad_records.report(
                                 BadRecordReason::Malformed,
@@ -371,6 +395,198 @@ impl Source for KafkaSource {
         }
         Self::flush_all(decoders, ctx).await
     }
+}
+
+/// Turns one partition's record values into rows of the table's columns.
+enum RecordDecoder {
+    Json(JsonDecoder),
+    Avro(AvroDecoder),
+}
+
+impl RecordDecoder {
+    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<()> {
+        match self {
+            RecordDecoder::Json(d) => {
+                d.push(payload, bad);
+                Ok(())
+            }
+            RecordDecoder::Avro(d) => d.push(payload, bad).await,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        match self {
+            RecordDecoder::Json(d) => d.buffered(),
+            RecordDecoder::Avro(d) => d.buffered,
+        }
+    }
+
+    fn flush(&mut self, bad: &mut crate::dlq::BadRecords) -> Result<Option<RecordBatch>> {
+        match self {
+            RecordDecoder::Json(d) => {
+                let b = d.flush()?;
+                d.report_late(bad);
+                Ok(b)
+            }
+            RecordDecoder::Avro(d) => d.flush(),
+        }
+    }
+}
+
+/// Avro records in the Confluent wire format (magic byte 0, 4-byte big-endian schema
+/// id, Avro binary body), decoded straight into Arrow by `arrow-avro` with the writer
+/// schema fetched from the registry by id (and cached), then matched to the table's
+/// columns by name: a column the writer does not have is NULL, a writer field the
+/// table does not declare is ignored, so older and newer producers' records both read.
+struct AvroDecoder {
+    registry: Arc<str>,
+    target: SchemaRef,
+    batch_size: usize,
+    schemas: std::collections::HashMap<u32, String>,
+    /// The decoder of the schema id being read, and its rows not yet flushed.
+    current: Option<(u32, arrow_avro::reader::Decoder, usize)>,
+    /// Rows of earlier schema ids, already in the table's columns.
+    done: Vec<RecordBatch>,
+    buffered: usize,
+}
+
+impl AvroDecoder {
+    fn new(registry: Arc<str>, target: SchemaRef, batch_size: usize) -> Self {
+        AvroDecoder {
+            registry,
+            target,
+            batch_size: batch_size.max(1),
+            schemas: Default::default(),
+            current: None,
+            done: Vec::new(),
+            buffered: 0,
+        }
+    }
+
+    fn decoder_for(&self, id: u32) -> Result<arrow_avro::reader::Decoder> {
+        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        let text = self.schemas.get(&id).cloned().unwrap_or_default();
+        let arrow =
+            |e: arrow::error::ArrowError| crate::engine::EngineError::arrow("Avro schema", e);
+        store
+            .set(Fingerprint::Id(id), AvroSchema::new(text))
+            .map_err(arrow)?;
+        arrow_avro::reader::ReaderBuilder::new()
+            .with_batch_size(self.batch_size)
+            .with_writer_schema_store(store)
+            .build_decoder()
+            .map_err(arrow)
+    }
+
+    /// Moves the current decoder's rows, in the table's columns, to `done`.
+    fn drain_current(&mut self) -> Result<()> {
+        if let Some((_, decoder, rows)) = self.current.as_mut()
+            && *rows > 0
+        {
+            *rows = 0;
+            let batch = decoder
+                .flush()
+                .map_err(|e| crate::engine::EngineError::User(format!("decoding Avro: {e}")))?;
+            if let Some(b) = batch {
+                self.done.push(conform(&b, &self.target)?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<()> {
+        if payload.len() < 5 || payload[0] != 0 {
+            bad.report(
+                BadRecordReason::Malformed,
+                "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro body)",
+                payload,
+            );
+            return Ok(());
+        }
+        let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+        if self.current.as_ref().map(|c| c.0) != Some(id) {
+            self.drain_current()?;
+            if !self.schemas.contains_key(&id) {
+                match crate::registry::client::schema_by_id(&self.registry, id).await {
+                    Ok(text) => {
+                        self.schemas.insert(id, text);
+                    }
+                    Err(e) => {
+                        bad.report(BadRecordReason::SchemaMismatch, &e.to_string(), payload);
+                        return Ok(());
+                    }
+                }
+            }
+            self.current = Some((id, self.decoder_for(id)?, 0));
+        }
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.2 >= self.batch_size)
+        {
+            self.drain_current()?;
+        }
+        let (_, decoder, rows) = self.current.as_mut().expect("set above");
+        match decoder.decode(payload) {
+            Ok(n) if n == payload.len() => {
+                *rows += 1;
+                self.buffered += 1;
+            }
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(n) => format!("{} bytes left over after the record", payload.len() - n),
+                };
+                bad.report(
+                    BadRecordReason::Malformed,
+                    &format!("Avro record (schema id {id}): {why}"),
+                    payload,
+                );
+                // The decoder may hold half a record: start again from the schema.
+                self.drain_current()?;
+                self.current = Some((id, self.decoder_for(id)?, 0));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        self.drain_current()?;
+        self.buffered = 0;
+        if self.done.is_empty() {
+            return Ok(None);
+        }
+        let batches = std::mem::take(&mut self.done);
+        arrow::compute::concat_batches(&self.target, &batches)
+            .map(Some)
+            .map_err(|e| crate::engine::EngineError::arrow("assembling Avro rows", e))
+    }
+}
+
+/// `batch` (a writer schema's columns) as the table's columns, by name.
+fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type())
+                .map_err(|e| crate::engine::EngineError::arrow(format!("column {}", f.name()), e)),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| {
+        crate::engine::EngineError::arrow("matching Avro fields to the table's columns", e)
+    })
 }
 
 /// Builds the sink of a `connector = 'kafka'` table.

@@ -144,3 +144,58 @@ def test_a_partition_behind_another_loses_no_rows_to_lateness(servers, tmp_path,
     )
     counts = [json.loads(l) for l in (tmp_path / "counts.jsonl").read_text().splitlines()]
     assert sorted(c["n"] for c in counts) == [300, 300], counts
+
+
+ORDER_V1 = {
+    "type": "record", "name": "OrderPlaced", "namespace": "com.tributary.events.orders",
+    "fields": [
+        {"name": "order_id", "type": "long"},
+        {"name": "channel", "type": "string"},
+        {"name": "total", "type": "double"},
+    ],
+}
+ORDER_V2 = dict(ORDER_V1, fields=ORDER_V1["fields"] + [
+    {"name": "loyalty_tier", "type": "string", "default": "none"},
+])
+
+
+def test_avro_from_confluent_serializers_old_and_new_schema_read_through_the_registry(servers, tmp_path):
+    """Records written with Confluent's AvroSerializer against Tributary's registry, with
+    a schema and then its evolution (a field added with a default), plus two records
+    that are not Avro in the Confluent wire format. Tributary reads them by schema id
+    into the table's columns: the new field is NULL for old records."""
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    from test_registry import Registry
+
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        topic = new_topic(servers, 2)
+        producer = Producer({"bootstrap.servers": servers})
+        ctx = SerializationContext(topic, MessageField.VALUE)
+        expected = []
+        for schema, rows in ((ORDER_V1, range(200)), (ORDER_V2, range(200, 300))):
+            serialize = AvroSerializer(registry.client(), json.dumps(schema))
+            for i in rows:
+                rec = {"order_id": i, "channel": ["app", "web"][i % 2], "total": i / 8}
+                if schema is ORDER_V2:
+                    rec["loyalty_tier"] = "gold"
+                producer.produce(topic, key=str(i), value=serialize(rec, ctx))
+                expected.append(dict(rec, loyalty_tier=rec.get("loyalty_tier")))
+        producer.produce(topic, value=b"\x00\x00\x00\x03\xe7not avro")  # unknown schema id 999
+        producer.produce(topic, value=b"plain text")
+        assert producer.flush(30) == 0
+
+        finished = run_pipeline(
+            tmp_path,
+            "CREATE TABLE orders (order_id BIGINT, channel VARCHAR, total DOUBLE, loyalty_tier VARCHAR) "
+            f"WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+            f"format = 'avro', schema_registry_url = '{registry.url}', bounded = 'true');\n"
+            "CREATE TABLE copy WITH (connector = 'file', path = 'out.jsonl');\n"
+            "INSERT INTO copy SELECT * FROM orders;\n",
+        )
+        got = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert sorted(got, key=lambda r: r["order_id"]) == expected
+        assert finished["bad_records"] == 2
+    finally:
+        registry.stop()
