@@ -1,0 +1,113 @@
+"""A broker of a three-broker cluster is killed (kill -9) while a Tributary pipeline
+writes to a topic replicated three times: the pipeline finishes, and every record is
+in the topic exactly once (idempotent producer, acks=all, min.insync.replicas=2).
+
+The cluster is this test's own (``scripts/kafka start --brokers 3``), on free ports,
+stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
+BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
+KAFKA = ["bash", str(REPO / "scripts/kafka")]
+EVENTS = 30_000
+PARTITIONS = 3
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    directory = tempfile.mkdtemp(prefix="tributary-failover-")
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
+    env["KAFKA_PORT_BASE"] = "29092"
+    started = subprocess.run(KAFKA + ["start", "--brokers", "3", "--dir", directory],
+                             capture_output=True, text=True, env=env, timeout=240)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield directory, started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
+
+
+def end_offsets(servers: str, topic: str) -> dict[int, int]:
+    """Each partition's end offset, asking again while the cluster's metadata is not
+    there yet (just after the topic's creation, or a broker's death)."""
+    deadline = time.time() + 60
+    while True:
+        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"o-{uuid.uuid4().hex}"})
+        try:
+            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                    for p in range(PARTITIONS)}
+        except KafkaException:
+            if time.time() > deadline:
+                raise
+        finally:
+            consumer.close()
+        time.sleep(0.2)
+
+
+def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
+    directory, servers = cluster
+    topic = f"failover.{uuid.uuid4().hex[:10]}"
+    admin = AdminClient({"bootstrap.servers": servers})
+    new = NewTopic(topic, PARTITIONS, 3, config={"min.insync.replicas": "2"})
+    for f in admin.create_topics([new]).values():
+        f.result(timeout=60)
+
+    (tmp_path / "p.sql").write_text(
+        f"CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', count = '{EVENTS}', "
+        "rate = '3000', seed = '11');\n"
+        f"CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+        "key_field = 'order_id');\n"
+        "INSERT INTO out SELECT event_id, order_id, event_type FROM orders;\n"
+    )
+    pipeline = subprocess.Popen(
+        [str(BIN), "run", "p.sql", "--set", "admin.listen=127.0.0.1:0"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        # Kill broker 2 once a sixth of the records are in the topic.
+        deadline = time.time() + 120
+        while sum(end_offsets(servers, topic).values()) < EVENTS // 6:
+            assert pipeline.poll() is None, pipeline.stderr.read()
+            assert time.time() < deadline, "the pipeline wrote too little"
+            time.sleep(0.2)
+        assert pipeline.poll() is None, "the pipeline ended before the broker was killed"
+        killed = subprocess.run(KAFKA + ["kill", "2", "--dir", directory], capture_output=True, text=True)
+        assert killed.returncode == 0, killed.stderr
+        _, err = pipeline.communicate(timeout=300)
+        assert pipeline.returncode == 0, err
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+
+    ends = end_offsets(servers, topic)
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"c-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    seen: list[str] = []
+    done = {p for p, e in ends.items() if e == 0}
+    deadline = time.time() + 120
+    while len(done) < PARTITIONS and time.time() < deadline:
+        m = consumer.poll(1.0)
+        if m is None or m.error():
+            continue
+        seen.append(json.loads(m.value())["event_id"])
+        if m.offset() + 1 >= ends[m.partition()]:
+            done.add(m.partition())
+    consumer.close()
+    assert len(seen) == EVENTS, f"{len(seen)} records for {EVENTS} events"
+    assert len(set(seen)) == EVENTS, "a record was written twice"
