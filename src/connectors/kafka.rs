@@ -594,10 +594,22 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
     let mut config = client_config(opts)?;
     let topic = opts.required("topic")?;
     let format = opts.get("format").unwrap_or_else(|| "json".into());
-    if format != "json" {
-        let v = format.clone();
-        return Err(opts.invalid("format", &v, "the kafka sink writes 'json' for now"));
-    }
+    let registry = opts.get("schema_registry_url");
+    let avro = match (format.as_str(), registry) {
+        ("json", _) => None,
+        ("avro", Some(url)) => Some(Arc::<str>::from(url.as_str())),
+        ("avro", None) => {
+            return Err(opts.invalid(
+                "format",
+                "avro",
+                "Avro in the Confluent wire format needs schema_registry_url",
+            ));
+        }
+        (other, _) => {
+            let v = other.to_string();
+            return Err(opts.invalid("format", &v, "expected json or avro"));
+        }
+    };
     let key_field = opts.get("key_field");
     if let (Some(k), Some(schema)) = (&key_field, &req.schema)
         && schema.index_of(k).is_err()
@@ -633,6 +645,7 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         key_field,
         partitions,
         replication,
+        avro,
     }))
 }
 
@@ -644,6 +657,8 @@ struct KafkaSinkFactory {
     /// Create the topic with this many partitions if it does not exist.
     partitions: Option<i32>,
     replication: i32,
+    /// Avro in the Confluent wire format: the registry's URL.
+    avro: Option<Arc<str>>,
 }
 
 impl SinkFactory for KafkaSinkFactory {
@@ -693,6 +708,7 @@ impl SinkFactory for KafkaSinkFactory {
             key,
             pending: Vec::new(),
             create: self.partitions.map(|p| (p, self.replication)),
+            avro: self.avro.clone().map(|url| (url, None)),
         }))
     }
 }
@@ -706,6 +722,9 @@ struct KafkaSink {
     pending: Vec<rdkafka::producer::DeliveryFuture>,
     /// Create the topic (partitions, replication) before the first write.
     create: Option<(i32, i32)>,
+    /// Avro: the registry, and the encoder made at the first write (its schema
+    /// registered under `<topic>-value`).
+    avro: Option<(Arc<str>, Option<arrow_avro::writer::Encoder>)>,
 }
 
 impl KafkaSink {
@@ -747,6 +766,57 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Each row of `batch` as a record value: a JSON object, or Avro in the Confluent
+    /// wire format (the batch's schema registered under `<topic>-value` at the first
+    /// write; a schema the registry refuses as incompatible fails the pipeline).
+    async fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>> {
+        let Some((registry, encoder)) = self.avro.as_mut() else {
+            let mut buf = Vec::new();
+            crate::formats::json::encode_json_lines(batch, &mut buf)?;
+            return Ok(buf
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(bytes::Bytes::copy_from_slice)
+                .collect());
+        };
+        let avro_error = |e: arrow_avro::errors::AvroError| {
+            crate::engine::EngineError::User(format!("Avro: {e}"))
+        };
+        if encoder.is_none() {
+            let schema = arrow_avro::schema::AvroSchema::try_from(batch.schema().as_ref())
+                .map_err(|e| crate::engine::EngineError::arrow("deriving the Avro schema", e))?;
+            let subject = format!("{}-value", self.topic);
+            let (status, reply) = crate::registry::client::post_json(
+                registry,
+                &format!("/subjects/{subject}/versions"),
+                &serde_json::json!({ "schema": schema.json_string }),
+            )
+            .await?;
+            let id = match (status, reply["id"].as_u64()) {
+                (200, Some(id)) => id as u32,
+                _ => {
+                    return Err(kafka_error(
+                        &self.table,
+                        &format!("registering the schema of {subject}"),
+                        format!(
+                            "HTTP {status}: {}",
+                            reply["message"].as_str().unwrap_or("no id in the reply")
+                        ),
+                    ));
+                }
+            };
+            *encoder = Some(
+                arrow_avro::writer::WriterBuilder::new(batch.schema().as_ref().clone())
+                    .with_fingerprint_strategy(arrow_avro::schema::FingerprintStrategy::Id(id))
+                    .build_encoder::<arrow_avro::writer::format::AvroSoeFormat>()
+                    .map_err(avro_error)?,
+            );
+        }
+        let encoder = encoder.as_mut().expect("made above");
+        encoder.encode(batch).map_err(avro_error)?;
+        Ok(encoder.flush().iter().collect())
+    }
+
     /// Waits until every record sent is acknowledged.
     async fn settle(&mut self) -> Result<()> {
         for delivery in self.pending.drain(..) {
@@ -776,8 +846,7 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.ensure_topic().await?;
-        let mut buf = Vec::new();
-        crate::formats::json::encode_json_lines(&batch, &mut buf)?;
+        let payloads = self.encode(&batch).await?;
         let keys = match self.key {
             Some(i) => Some(
                 arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
@@ -788,11 +857,8 @@ impl Sink for KafkaSink {
         let keys = keys
             .as_ref()
             .map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref()));
-        for (row, line) in buf
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .enumerate()
-        {
+        for (row, line) in payloads.iter().enumerate() {
+            let line: &[u8] = line;
             let key =
                 keys.and_then(|k| (!arrow::array::Array::is_null(k, row)).then(|| k.value(row)));
             loop {

@@ -199,3 +199,57 @@ def test_avro_from_confluent_serializers_old_and_new_schema_read_through_the_reg
         assert finished["bad_records"] == 2
     finally:
         registry.stop()
+
+
+def test_confluent_deserializer_reads_the_avro_tributary_wrote(servers, tmp_path):
+    """A Tributary pipeline writes Avro in the Confluent wire format (its schema
+    registered under ``<topic>-value`` in Tributary's registry); Confluent's
+    AvroDeserializer reads every record, and so does a Tributary Avro source."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    from test_registry import Registry
+
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        topic = f"interop.avro.{uuid.uuid4().hex[:12]}"
+        run_pipeline(
+            tmp_path,
+            "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', count = '1000', "
+            "rate = '0', seed = '5');\n"
+            f"CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+            f"partitions = '2', key_field = 'order_id', format = 'avro', schema_registry_url = '{registry.url}');\n"
+            "INSERT INTO out SELECT event_id, order_id, event_type, total FROM orders;\n",
+        )
+        deserialize = AvroDeserializer(registry.client())
+        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"avro-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False})
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(2)}
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
+        values, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.time() + 60
+        while len(done) < 2 and time.time() < deadline:
+            m = consumer.poll(1.0)
+            if m is None or m.error():
+                continue
+            assert m.value()[0] == 0  # the Confluent magic byte
+            values.append(deserialize(m.value(), SerializationContext(topic, MessageField.VALUE)))
+            if m.offset() + 1 >= ends[m.partition()]:
+                done.add(m.partition())
+        consumer.close()
+        assert len(values) == 1000
+        assert len({v["event_id"] for v in values}) == 1000
+        assert all(isinstance(v["order_id"], int) and v["event_type"].startswith("order_") for v in values)
+
+        run_pipeline(
+            tmp_path,
+            "CREATE TABLE back (event_id VARCHAR, order_id BIGINT, event_type VARCHAR, total DOUBLE) "
+            f"WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+            f"format = 'avro', schema_registry_url = '{registry.url}', bounded = 'true');\n"
+            "CREATE TABLE copy WITH (connector = 'file', path = 'back.jsonl');\n"
+            "INSERT INTO copy SELECT * FROM back;\n",
+        )
+        back = [json.loads(l) for l in (tmp_path / "back.jsonl").read_text().splitlines()]
+        key = lambda r: r["event_id"]
+        assert sorted(back, key=key) == sorted(
+            ({k: v[k] for k in ("event_id", "order_id", "event_type", "total")} for v in values), key=key)
+    finally:
+        registry.stop()
