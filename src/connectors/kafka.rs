@@ -633,6 +633,23 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         ),
     };
     let replication = opts.parse::<i32>("replication_factor", 1)?;
+    // The CloudEvents Kafka protocol binding, binary mode: the event's attributes in
+    // `ce_*` headers, so consumers that do not read the payload can route on type.
+    let cloudevents = opts.get("cloudevents_type").map(|ty| CloudEvents {
+        source: format!("tributary/{}", req.table),
+        ty,
+    });
+    let cloudevents = match (cloudevents, opts.get("cloudevents_source")) {
+        (Some(ce), Some(source)) => Some(CloudEvents { source, ..ce }),
+        (ce, None) => ce,
+        (None, Some(v)) => {
+            return Err(opts.invalid(
+                "cloudevents_source",
+                &v,
+                "set cloudevents_type too (it turns the CloudEvents headers on)",
+            ));
+        }
+    };
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -646,7 +663,15 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         partitions,
         replication,
         avro,
+        cloudevents,
     }))
+}
+
+/// CloudEvents attributes a sink puts on every record.
+#[derive(Debug, Clone)]
+struct CloudEvents {
+    ty: String,
+    source: String,
 }
 
 struct KafkaSinkFactory {
@@ -659,6 +684,7 @@ struct KafkaSinkFactory {
     replication: i32,
     /// Avro in the Confluent wire format: the registry's URL.
     avro: Option<Arc<str>>,
+    cloudevents: Option<CloudEvents>,
 }
 
 impl SinkFactory for KafkaSinkFactory {
@@ -709,6 +735,10 @@ impl SinkFactory for KafkaSinkFactory {
             pending: Vec::new(),
             create: self.partitions.map(|p| (p, self.replication)),
             avro: self.avro.clone().map(|url| (url, None)),
+            cloudevents: self.cloudevents.clone(),
+            // Event ids: this sink instance's random prefix and a counter.
+            id_prefix: format!("{:016x}", rand::random::<u64>()),
+            sent: 0,
         }))
     }
 }
@@ -725,6 +755,9 @@ struct KafkaSink {
     /// Avro: the registry, and the encoder made at the first write (its schema
     /// registered under `<topic>-value`).
     avro: Option<(Arc<str>, Option<arrow_avro::writer::Encoder>)>,
+    cloudevents: Option<CloudEvents>,
+    id_prefix: String,
+    sent: u64,
 }
 
 impl KafkaSink {
@@ -866,9 +899,39 @@ impl Sink for KafkaSink {
                 if let Some(k) = key {
                     record = record.key(k);
                 }
+                if let Some(ce) = &self.cloudevents {
+                    let id = format!("{}-{}", self.id_prefix, self.sent);
+                    let time =
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                    let content_type = if self.avro.is_some() {
+                        "application/avro"
+                    } else {
+                        "application/json"
+                    };
+                    let headers = [
+                        ("ce_specversion", "1.0"),
+                        ("ce_id", id.as_str()),
+                        ("ce_source", ce.source.as_str()),
+                        ("ce_type", ce.ty.as_str()),
+                        ("ce_time", time.as_str()),
+                        ("content-type", content_type),
+                    ]
+                    .into_iter()
+                    .fold(
+                        rdkafka::message::OwnedHeaders::new(),
+                        |h, (key, value)| {
+                            h.insert(rdkafka::message::Header {
+                                key,
+                                value: Some(value),
+                            })
+                        },
+                    );
+                    record = record.headers(headers);
+                }
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
                         self.pending.push(delivery);
+                        self.sent += 1;
                         break;
                     }
                     Err((

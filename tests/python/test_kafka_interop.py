@@ -253,3 +253,32 @@ def test_confluent_deserializer_reads_the_avro_tributary_wrote(servers, tmp_path
             ({k: v[k] for k in ("event_id", "order_id", "event_type", "total")} for v in values), key=key)
     finally:
         registry.stop()
+
+
+def test_cloudevents_headers_let_consumers_route_on_type(servers, tmp_path):
+    """With cloudevents_type, every record carries the CloudEvents Kafka binding's
+    binary-mode headers (ce_specversion, ce_id unique, ce_source, ce_type, ce_time,
+    content-type), read here by a consumer that never looks at the payload."""
+    topic = f"interop.ce.{uuid.uuid4().hex[:12]}"
+    run_pipeline(
+        tmp_path,
+        "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', count = '300', rate = '0');\n"
+        f"CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+        "partitions = '1', cloudevents_type = 'com.tributary.orders.event');\n"
+        "INSERT INTO out SELECT event_id, order_id FROM orders;\n",
+    )
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"ce-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    headers, deadline = [], time.time() + 60
+    while len(headers) < end and time.time() < deadline:
+        m = consumer.poll(1.0)
+        if m is not None and not m.error():
+            headers.append({k: v.decode() for k, v in m.headers()})
+    consumer.close()
+    assert len(headers) == 300
+    assert all(h["ce_specversion"] == "1.0" and h["ce_type"] == "com.tributary.orders.event"
+               and h["ce_source"] == "tributary/out" and h["content-type"] == "application/json"
+               and h["ce_time"].endswith("Z") for h in headers), headers[0]
+    assert len({h["ce_id"] for h in headers}) == 300
