@@ -168,6 +168,45 @@ pub async fn read_all(name: &str, source: Arc<dyn SourceFactory>) -> Result<Vec<
     Ok(sink.batches())
 }
 
+/// Ends `out` in a blackhole sink and sends each batch that reaches it to the returned
+/// channel as it passes: for tests that watch a running pipeline.
+#[cfg(test)]
+pub(crate) fn tap(
+    p: &mut crate::pipeline::PipelineBuilder,
+    out: crate::pipeline::Stream,
+) -> tokio::sync::mpsc::UnboundedReceiver<RecordBatch> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let schema = p.schema(&out);
+    let out = p.map(out, "tap", schema, move |b| {
+        let _ = tx.send(b.clone());
+        Ok(b)
+    });
+    p.sink(
+        out,
+        "blackhole",
+        Arc::new(crate::connectors::blackhole::BlackholeSink::new(None)),
+    )
+    .expect("a blackhole takes any schema");
+    rx
+}
+
+/// Every row of `batches` as a JSON line, sorted: for comparing results whatever the
+/// order their rows arrived in.
+#[cfg(test)]
+pub(crate) fn sorted_json_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut buf = Vec::new();
+    for b in batches {
+        crate::formats::json::encode_json_lines(b, &mut buf).expect("test rows encode");
+    }
+    let mut lines: Vec<String> = String::from_utf8(buf)
+        .expect("JSON is UTF-8")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// Test input used across the stateful operators' tests: `(k, v, ts)` rows as a batch
 /// of `k BIGINT, v BIGINT, ts TIMESTAMP(ms)`.
 #[cfg(test)]

@@ -750,6 +750,7 @@ impl Operator for IntervalJoinOperator {
 
 #[cfg(test)]
 mod tests {
+    use crate::connectors::memory::sorted_json_lines;
     use std::sync::Arc;
 
     use arrow::array::RecordBatch;
@@ -824,20 +825,6 @@ mod tests {
         ctx.sql(query).await.unwrap().collect().await.unwrap()
     }
 
-    fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
-        let mut buf = Vec::new();
-        for b in batches {
-            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-        }
-        let mut lines: Vec<String> = String::from_utf8(buf)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
-        lines.sort();
-        lines
-    }
-
     const QUERIES: [&str; 4] = [
         // Bounded on both ends around the right row, BETWEEN.
         "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
@@ -873,7 +860,7 @@ mod tests {
             let (got, expected) = rt.block_on(async {
                 (stream(&l, &r, size, parallelism, QUERIES[q]).await.unwrap(), batch(&l, &r, QUERIES[q]).await)
             });
-            proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+            proptest::prop_assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
         }
     }
 

@@ -268,6 +268,7 @@ impl Operator for RankOperator {
 
 #[cfg(test)]
 mod tests {
+    use crate::connectors::memory::sorted_json_lines;
     use std::sync::Arc;
 
     use arrow::array::RecordBatch;
@@ -279,20 +280,6 @@ mod tests {
 
     fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
         crate::connectors::memory::kvt_batch(rows)
-    }
-
-    fn lines(batches: &[RecordBatch]) -> Vec<String> {
-        let mut buf = Vec::new();
-        for b in batches {
-            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-        }
-        let mut l: Vec<String> = String::from_utf8(buf)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
-        l.sort();
-        l
     }
 
     const QUERY: &str = "SELECT k, v, CAST(ts AS BIGINT) AS t, rn FROM \
@@ -357,7 +344,7 @@ mod tests {
                 let expected = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
                 (got, expected)
             });
-            prop_assert_eq!(lines(&got), lines(&expected));
+            prop_assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
         }
     }
 
@@ -372,8 +359,8 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.register_batch("ev", batch(&input)).unwrap();
         let expected = ctx.sql(QUERY).await.unwrap().collect().await.unwrap();
-        assert_eq!(lines(&expected).len(), 14);
-        assert_eq!(lines(&got), lines(&expected));
+        assert_eq!(sorted_json_lines(&expected).len(), 14);
+        assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
     }
 
     /// With a TTL, a key quiet for longer than it is forgotten: its next row ranks 1.
@@ -383,7 +370,7 @@ mod tests {
         let p = PipelineBuilder::new("ttl").state_ttl(std::time::Duration::from_secs(1));
         let got = run(p, &input, 0, 1).await;
         assert_eq!(
-            lines(&got),
+            sorted_json_lines(&got),
             vec![
                 r#"{"k":1,"v":1,"t":0,"rn":1}"#.to_string(),
                 r#"{"k":1,"v":2,"t":10,"rn":2}"#.to_string(),

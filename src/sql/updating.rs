@@ -502,17 +502,7 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.register_batch("ev", kvt_batch(rows)).unwrap();
         let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
-        let mut buf = Vec::new();
-        for b in &out {
-            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-        }
-        let mut lines: Vec<String> = String::from_utf8(buf)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
-        lines.sort();
-        lines
+        crate::connectors::memory::sorted_json_lines(&out)
     }
 
     const QUERIES: [&str; 3] = [
@@ -679,17 +669,7 @@ mod tests {
             }) {
                 super::apply_changelog(&got).unwrap()
             } else {
-                let mut buf = Vec::new();
-                for b in &got {
-                    crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-                }
-                let mut l: Vec<String> = String::from_utf8(buf)
-                    .unwrap()
-                    .lines()
-                    .map(String::from)
-                    .collect();
-                l.sort();
-                l
+                crate::connectors::memory::sorted_json_lines(&got)
             };
             assert_eq!(got, batch(&rows, expected).await, "{query}");
         }

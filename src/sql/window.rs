@@ -1038,6 +1038,7 @@ pub(crate) fn discarded(task: &TaskInfo, open: usize, what: &str) {
 
 #[cfg(test)]
 mod tests {
+    use crate::connectors::memory::sorted_json_lines;
     use std::sync::{Arc, Mutex};
 
     use arrow::array::RecordBatch;
@@ -1069,20 +1070,6 @@ mod tests {
         p.run_to_completion().await.unwrap();
         let i = input.lock().unwrap().clone();
         (i, results.batches())
-    }
-
-    fn sorted_lines(batches: &[RecordBatch]) -> Vec<String> {
-        let mut buf = Vec::new();
-        for b in batches {
-            crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-        }
-        let mut lines: Vec<String> = String::from_utf8(buf)
-            .unwrap()
-            .lines()
-            .map(String::from)
-            .collect();
-        lines.sort();
-        lines
     }
 
     /// Aggregates with groups accumulators, with row accumulators only (through the
@@ -1124,9 +1111,13 @@ mod tests {
                 .collect()
                 .await
                 .unwrap();
-            let expected = sorted_lines(&expected);
+            let expected = sorted_json_lines(&expected);
             assert!(expected.len() > 100, "{} groups", expected.len());
-            assert_eq!(sorted_lines(&output), expected, "parallelism {parallelism}");
+            assert_eq!(
+                sorted_json_lines(&output),
+                expected,
+                "parallelism {parallelism}"
+            );
         }
     }
 
@@ -1245,7 +1236,7 @@ mod tests {
             let (got, expected) = rt.block_on(async {
                 (stream(&evs, delay, &query).await, oracle(&evs, delay as i64, slide, width).await)
             });
-            proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+            proptest::prop_assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
         }
     }
 
@@ -1284,7 +1275,7 @@ mod tests {
             });
             proptest::prop_assert_eq!(
                 crate::sql::updating::apply_changelog(&got),
-                Ok(sorted_lines(&expected))
+                Ok(sorted_json_lines(&expected))
             );
         }
     }
@@ -1314,7 +1305,6 @@ mod tests {
             crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![p0, vec![]])
                 .unwrap()
                 .unbounded();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut p = PipelineBuilder::new("idle")
             .parallelism(2)
             .idle_timeout(std::time::Duration::from_millis(100));
@@ -1325,20 +1315,14 @@ mod tests {
                        (SELECT tumble(INTERVAL '50 milliseconds') AS w, count(*) AS n, sum(v) AS s FROM ev GROUP BY w)")
             .await
             .unwrap();
-        let schema = p.schema(&out);
-        let out = p.map(out, "collect", schema, move |b| {
-            let _ = tx.send(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
+        let mut rx = crate::connectors::memory::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
             .await
             .expect("the window was not emitted while partition 1 was idle")
             .unwrap();
         assert_eq!(
-            sorted_lines(&[first]),
+            sorted_json_lines(&[first]),
             vec![r#"{"ws":0,"n":5,"s":10}"#.to_string()]
         );
         handle.stop();
@@ -1346,7 +1330,11 @@ mod tests {
         // Stopping is not the end of time: the open window [200, 250) is incomplete and
         // is not emitted.
         let rest: Vec<RecordBatch> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert!(sorted_lines(&rest).is_empty(), "{:?}", sorted_lines(&rest));
+        assert!(
+            sorted_json_lines(&rest).is_empty(),
+            "{:?}",
+            sorted_json_lines(&rest)
+        );
     }
 
     /// In processing time, a window closes by the wall clock while the input is quiet:
@@ -1360,7 +1348,6 @@ mod tests {
         )
         .unwrap()
         .unbounded();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut p = PipelineBuilder::new("proctime");
         let src = p.source("ev", Arc::new(source));
         let src = p.processing_time(src, "arrived").unwrap();
@@ -1372,13 +1359,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let schema = p.schema(&out);
-        let out = p.map(out, "collect", schema, move |b| {
-            let _ = tx.send(b.clone());
-            Ok(b)
-        });
-        p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
-            .unwrap();
+        let mut rx = crate::connectors::memory::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
             .await
@@ -1386,7 +1367,10 @@ mod tests {
             .unwrap();
         handle.stop();
         handle.wait().await.unwrap();
-        assert_eq!(sorted_lines(&[first]), vec![r#"{"n":3,"s":6}"#.to_string()]);
+        assert_eq!(
+            sorted_json_lines(&[first]),
+            vec![r#"{"n":3,"s":6}"#.to_string()]
+        );
     }
 
     /// Over the state memory limit the pipeline fails, naming the window operator.
@@ -1492,7 +1476,7 @@ mod tests {
                     .unwrap();
                 (got, expected)
             });
-            proptest::prop_assert_eq!(sorted_lines(&got), sorted_lines(&expected));
+            proptest::prop_assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
         }
     }
 
@@ -1546,7 +1530,7 @@ mod tests {
                      (SELECT session(INTERVAL '20 milliseconds') AS w, k, count(*) AS n, sum(v) AS s FROM ev GROUP BY w, k)";
         let got = stream(&events, 100, query).await;
         assert_eq!(
-            sorted_lines(&got),
+            sorted_json_lines(&got),
             vec![
                 r#"{"ws":100,"we":120,"k":1,"n":1,"s":1}"#.to_string(),
                 r#"{"ws":130,"we":150,"k":1,"n":1,"s":2}"#.to_string(),
@@ -1578,9 +1562,13 @@ mod tests {
             )
             .unwrap();
             let expected = ctx.sql(batch_query).await.unwrap().collect().await.unwrap();
-            let expected = sorted_lines(&expected);
+            let expected = sorted_json_lines(&expected);
             assert!(expected.len() > 30, "{} rows", expected.len());
-            assert_eq!(sorted_lines(&output), expected, "parallelism {parallelism}");
+            assert_eq!(
+                sorted_json_lines(&output),
+                expected,
+                "parallelism {parallelism}"
+            );
         }
     }
 

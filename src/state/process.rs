@@ -721,7 +721,6 @@ mod tests {
         )
         .unwrap()
         .unbounded();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut p = PipelineBuilder::new("proc");
         let src = p.source("ev", Arc::new(source));
         let output = Arc::new(Schema::new(vec![
@@ -729,18 +728,9 @@ mod tests {
             Field::new("n", DataType::Int64, false),
         ]));
         let out = p
-            .process(src, "alert", &["k"], output.clone(), || CountThenAlert)
+            .process(src, "alert", &["k"], output, || CountThenAlert)
             .unwrap();
-        let out = p.map(out, "collect", output, move |b| {
-            let _ = tx.send(b.clone());
-            Ok(b)
-        });
-        p.sink(
-            out,
-            "blackhole",
-            Arc::new(crate::connectors::blackhole::BlackholeSink::new(None)),
-        )
-        .unwrap();
+        let mut rx = crate::connectors::memory::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let mut alerts = Vec::new();
         while alerts.len() < 2 {
@@ -830,19 +820,8 @@ mod tests {
         let kept = p.collect(out, "kept").unwrap();
         let dropped = p.collect(side, "dropped").unwrap();
         p.run_to_completion().await.unwrap();
-        let lines = |batches: Vec<RecordBatch>| {
-            let mut buf = Vec::new();
-            for b in &batches {
-                crate::formats::json::encode_json_lines(b, &mut buf).unwrap();
-            }
-            let mut l: Vec<String> = String::from_utf8(buf)
-                .unwrap()
-                .lines()
-                .map(String::from)
-                .collect();
-            l.sort();
-            l
-        };
+        let lines =
+            |batches: Vec<RecordBatch>| crate::connectors::memory::sorted_json_lines(&batches);
         assert_eq!(
             lines(kept.batches()),
             vec![r#"{"k":1,"v":5}"#, r#"{"k":3,"v":7}"#]
