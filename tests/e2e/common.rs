@@ -155,6 +155,27 @@ pub fn good_rows(text: &str, schema: &SchemaRef) -> (Vec<RecordBatch>, u64) {
     (batches, bad)
 }
 
+/// Registers in `ctx`, as `table`, the rows of the restaurant generator's `stream` in
+/// the JSON lines `files` that arrow-json accepts; returns (rows, refused lines).
+pub fn register_generated(
+    ctx: &SessionContext,
+    table: &str,
+    stream: &str,
+    files: &[PathBuf],
+) -> (usize, u64) {
+    let schema = tributary::connectors::generator::stream_schema("restaurant", stream).unwrap();
+    let mut text = String::new();
+    for f in files {
+        text.push_str(&std::fs::read_to_string(f).unwrap());
+    }
+    let (batches, bad) = good_rows(&text, &schema);
+    let rows = batches.iter().map(|b| b.num_rows()).sum();
+    let table_data = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
+    ctx.register_table(table, std::sync::Arc::new(table_data))
+        .unwrap();
+    (rows, bad)
+}
+
 /// Runs `sql` with DataFusion in batch mode over `ctx`.
 pub async fn batch_sql(ctx: &SessionContext, sql: &str) -> Vec<RecordBatch> {
     ctx.sql(sql)

@@ -117,16 +117,14 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
 
     let got = json_lines_in(&d.join("out"));
 
-    let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
-    let mut all = String::new();
-    for f in ["in/a.jsonl", "in/b.jsonl"] {
-        all.push_str(&std::fs::read_to_string(d.join(f)).unwrap());
-    }
-    let (batches, bad) = good_rows(&all, &schema);
-    assert_eq!(bad, 0);
     let ctx = SessionContext::new();
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
-    ctx.register_table("raw", Arc::new(table)).unwrap();
+    let (_, bad) = register_generated(
+        &ctx,
+        "raw",
+        "orders",
+        &[d.join("in/a.jsonl"), d.join("in/b.jsonl")],
+    );
+    assert_eq!(bad, 0);
     // The pipeline declared event_time TIMESTAMP: the same cast here.
     batch_sql(
         &ctx,

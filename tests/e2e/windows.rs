@@ -346,17 +346,13 @@ async fn row_number_deduplicates_like_datafusion_batch() {
     );
     ok(&run(d, &["run", "p.yaml"]));
 
-    let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
-    let mut all = std::fs::read_to_string(d.join("in/a.jsonl")).unwrap();
-    all.push_str(&std::fs::read_to_string(d.join("in/b.jsonl")).unwrap());
-    let (batches, _) = good_rows(&all, &schema);
-    let input_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let ctx = SessionContext::new();
-    ctx.register_table(
+    let (input_rows, _) = register_generated(
+        &ctx,
         "orders",
-        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
-    )
-    .unwrap();
+        "orders",
+        &[d.join("in/a.jsonl"), d.join("in/b.jsonl")],
+    );
     let expected = batches_as_json(&batch_sql(&ctx, query).await);
     let got = json_lines_in(&d.join("out"));
     assert!(
@@ -406,15 +402,13 @@ async fn interval_join_matches_datafusion_batch() {
     ok(&run(d, &["run", "p.yaml"]));
 
     let ctx = SessionContext::new();
-    for (table, stream) in [("orders", "orders"), ("kitchen", "kitchen")] {
-        let schema = tributary::connectors::generator::stream_schema("restaurant", stream).unwrap();
-        let text = std::fs::read_to_string(d.join(format!("in/{stream}/a.jsonl"))).unwrap();
-        let (batches, _) = good_rows(&text, &schema);
-        ctx.register_table(
-            table,
-            Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
-        )
-        .unwrap();
+    for stream in ["orders", "kitchen"] {
+        register_generated(
+            &ctx,
+            stream,
+            stream,
+            &[d.join(format!("in/{stream}/a.jsonl"))],
+        );
     }
     let times = ["placed_at", "done_at"];
     let expected = canonical(&with_ms(
@@ -484,15 +478,8 @@ async fn unwindowed_group_by_writes_a_changelog_equal_to_batch_when_applied() {
         .collect();
     assert!(ops.contains("-U") && ops.contains("+U"), "{ops:?}");
 
-    let schema = tributary::connectors::generator::stream_schema("restaurant", "orders").unwrap();
-    let text = std::fs::read_to_string(d.join("in/orders.jsonl")).unwrap();
-    let (batches, _) = good_rows(&text, &schema);
     let ctx = SessionContext::new();
-    ctx.register_table(
-        "orders",
-        Arc::new(datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap()),
-    )
-    .unwrap();
+    register_generated(&ctx, "orders", "orders", &[d.join("in/orders.jsonl")]);
     let expected = batches_as_json(&batch_sql(&ctx, query).await);
     assert_eq!(canonical(&applied), canonical(&expected));
 }
