@@ -73,7 +73,9 @@ pub(crate) fn time_bounds(
                        instead, declare that table with lookup = 'true'";
     let mut found: Option<(SideTime, SideTime)> = None;
     let (mut lo, mut hi) = (i64::MIN, i64::MAX);
-    // A window join written as equality keys: `date_bin(w, l.ts) = date_bin(w, r.ts)`.
+    // A window join: `date_bin(w, l.ts) = date_bin(w, r.ts)` (both rows in the same
+    // tumbling window) bounds `l − r` to (−w, w). DataFusion makes such an equality a
+    // join key, so it is read from the keys, not the filter.
     for (l, r) in on {
         if let (Some((wl, a)), Some((wr, c))) = (window_key(l, sides[0]), window_key(r, sides[1]))
             && wl == wr
@@ -83,47 +85,15 @@ pub(crate) fn time_bounds(
             hi = hi.min(wl - 1);
         }
     }
-    let conjuncts_of = filter.map(|f| f.expression().clone());
-    let Some(filter) = filter else {
-        return match found {
-            Some((left, right)) => Ok(TimeBounds {
-                left,
-                right,
-                lo,
-                hi,
-            }),
-            None => Err(HOW.into()),
-        };
-    };
-    let mut conjuncts: Vec<Arc<dyn PhysicalExpr>> = conjuncts_of.into_iter().collect();
+    let mut conjuncts: Vec<Arc<dyn PhysicalExpr>> =
+        filter.map(|f| f.expression().clone()).into_iter().collect();
     while let Some(e) = conjuncts.pop() {
-        let Some(b) = e.downcast_ref::<BinaryExpr>() else {
+        let (Some(filter), Some(b)) = (filter, e.downcast_ref::<BinaryExpr>()) else {
             continue;
         };
         if *b.op() == BinOp::And {
             conjuncts.push(b.left().clone());
             conjuncts.push(b.right().clone());
-            continue;
-        }
-        // A window join: `date_bin(w, l.ts) = date_bin(w, r.ts)` (both rows in the same
-        // tumbling window) bounds `l − r` to (−w, w).
-        if *b.op() == BinOp::Eq
-            && let (Some((wl, a)), Some((wr, c))) = (
-                window_of(b.left(), filter, sides),
-                window_of(b.right(), filter, sides),
-            )
-            && wl == wr
-            && a.side != c.side
-        {
-            let pair = match a.side {
-                JoinSide::Left => (a.time, c.time),
-                _ => (c.time, a.time),
-            };
-            if found.is_none() {
-                found = Some(pair);
-            }
-            lo = lo.max(1 - wl);
-            hi = hi.min(wl - 1);
             continue;
         }
         let (Some(a), Some(c)) = (
@@ -227,12 +197,8 @@ fn affine(
     })
 }
 
-/// `date_bin(width, column)` (default origin): the window width in ms and the column.
-fn window_of(
-    e: &Arc<dyn PhysicalExpr>,
-    filter: &JoinFilter,
-    sides: [&Arc<dyn ExecutionPlan>; 2],
-) -> Option<(i64, Affine)> {
+/// `date_bin(width, time)` with the default origin: the width in ms and `time`.
+fn date_bin(e: &Arc<dyn PhysicalExpr>) -> Option<(i64, &Arc<dyn PhysicalExpr>)> {
     let f = e.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()?;
     let [width, time] = f.args() else {
         return None;
@@ -243,8 +209,7 @@ fn window_of(
     let width = width
         .downcast_ref::<Literal>()
         .and_then(|l| super::window::interval_ms(l.value()).ok())?;
-    let time = affine(time, filter, sides)?;
-    (time.offset == time.time.shift).then_some((width, time))
+    Some((width, time))
 }
 
 /// An equality key `date_bin(width, ts)` of one side (possibly computed by the side's
@@ -256,16 +221,7 @@ fn window_key(e: &Arc<dyn PhysicalExpr>, side: &Arc<dyn ExecutionPlan>) -> Optio
             let p = plan.downcast_ref::<ProjectionExec>()?;
             return base(&p.expr().get(c.index())?.expr, p.input());
         }
-        let f = e.downcast_ref::<datafusion::physical_expr::ScalarFunctionExpr>()?;
-        let [width, time] = f.args() else {
-            return None;
-        };
-        if f.name() != "date_bin" {
-            return None;
-        }
-        let width = width
-            .downcast_ref::<Literal>()
-            .and_then(|l| super::window::interval_ms(l.value()).ok())?;
+        let (width, time) = date_bin(e)?;
         let column = time.downcast_ref::<Column>()?;
         match trace(plan, column.index())? {
             (name, 0) => Some((width, name)),
@@ -390,18 +346,19 @@ impl OperatorFactory for IntervalJoinFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let key_types: Vec<SortField> = self
+        let key_types: Vec<DataType> = self
             .left_keys
             .iter()
-            .map(|k| k.data_type(&self.left_schema).map(SortField::new))
+            .map(|k| k.data_type(&self.left_schema))
             .collect::<datafusion::error::Result<_>>()
             .map_err(super::window::df("typing join keys"))?;
-        let converter = RowConverter::new(key_types)
+        let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|e| EngineError::arrow("creating the join's key encoder", e))?;
         Ok(Box::new(IntervalJoinOperator {
             task: task.clone(),
             sides: [Side::default(), Side::default()],
             converter,
+            key_types,
             watermark: i64::MIN,
             late: LateRows::new(task),
             state: task.state.open(task, "join", self.memory_limit),
@@ -477,6 +434,8 @@ struct IntervalJoinOperator {
     /// Left (0) and right (1).
     sides: [Side; 2],
     converter: RowConverter,
+    /// The keys' types (the left side's): right keys of another type are cast to them.
+    key_types: Vec<DataType>,
     watermark: i64,
     late: LateRows,
     state: crate::state::StateHandle,
@@ -494,12 +453,12 @@ impl IntervalJoinOperator {
         let times = event_times_ms(batch.column(time.col).as_ref())?;
         let shift = time.shift;
         let mut key_cols = Vec::with_capacity(keys.len());
-        for (k, field) in keys.iter().zip(self.converter_fields()) {
+        for (k, field) in keys.iter().zip(&self.key_types) {
             let col = evaluate(k, &batch)?;
-            let col = if col.data_type() == &field {
+            let col = if col.data_type() == field {
                 col
             } else {
-                arrow::compute::cast(&col, &field)
+                arrow::compute::cast(&col, field)
                     .map_err(|e| EngineError::arrow("casting a join key", e))?
             };
             key_cols.push(col);
@@ -600,17 +559,6 @@ impl IntervalJoinOperator {
             });
         }
         self.check_state()
-    }
-
-    fn converter_fields(&self) -> Vec<DataType> {
-        self.factory
-            .left_keys
-            .iter()
-            .map(|k| {
-                k.data_type(&self.factory.left_schema)
-                    .unwrap_or(DataType::Null)
-            })
-            .collect()
     }
 
     /// The output rows of candidate pairs (`probe[i]` of `batch` with `matched[i]` of
