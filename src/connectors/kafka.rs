@@ -80,27 +80,27 @@ fn client_config(opts: &mut Options) -> Result<ClientConfig> {
     Ok(config)
 }
 
+/// `format` (`json`, the default, or `avro`) and, for Avro in the Confluent wire
+/// format, `schema_registry_url`: `Some(url)` for Avro.
+fn avro_registry(opts: &mut Options) -> Result<Option<Arc<str>>> {
+    let format = opts.get("format").unwrap_or_else(|| "json".into());
+    match (format.as_str(), opts.get("schema_registry_url")) {
+        ("json", _) => Ok(None),
+        ("avro", Some(url)) => Ok(Some(url.as_str().into())),
+        ("avro", None) => Err(opts.invalid(
+            "format",
+            "avro",
+            "Avro in the Confluent wire format needs schema_registry_url",
+        )),
+        (other, _) => Err(opts.invalid("format", other, "expected json or avro")),
+    }
+}
+
 /// Builds the source of a `connector = 'kafka'` table.
 pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
     let config = client_config(opts)?;
     let topic = opts.required("topic")?;
-    let format = opts.get("format").unwrap_or_else(|| "json".into());
-    let registry = opts.get("schema_registry_url");
-    let avro = match (format.as_str(), &registry) {
-        ("json", _) => None,
-        ("avro", Some(url)) => Some(Arc::<str>::from(url.as_str())),
-        ("avro", None) => {
-            return Err(opts.invalid(
-                "format",
-                "avro",
-                "Avro records in the Confluent wire format need schema_registry_url",
-            ));
-        }
-        (other, _) => {
-            let v = other.to_string();
-            return Err(opts.invalid("format", &v, "expected json or avro"));
-        }
-    };
+    let avro = avro_registry(opts)?;
     let start = match opts.get("offset").as_deref().map(str::trim) {
         None | Some("earliest") => StartFrom::Earliest,
         Some("latest") => StartFrom::Latest,
@@ -593,23 +593,7 @@ fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
 pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
     let mut config = client_config(opts)?;
     let topic = opts.required("topic")?;
-    let format = opts.get("format").unwrap_or_else(|| "json".into());
-    let registry = opts.get("schema_registry_url");
-    let avro = match (format.as_str(), registry) {
-        ("json", _) => None,
-        ("avro", Some(url)) => Some(Arc::<str>::from(url.as_str())),
-        ("avro", None) => {
-            return Err(opts.invalid(
-                "format",
-                "avro",
-                "Avro in the Confluent wire format needs schema_registry_url",
-            ));
-        }
-        (other, _) => {
-            let v = other.to_string();
-            return Err(opts.invalid("format", &v, "expected json or avro"));
-        }
-    };
+    let avro = avro_registry(opts)?;
     let key_field = opts.get("key_field");
     if let (Some(k), Some(schema)) = (&key_field, &req.schema)
         && schema.index_of(k).is_err()
