@@ -379,13 +379,13 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
         rows: Vec<(usize, Vec<ScalarValue>)>,
         out: &mut Collector,
     ) -> Result<()> {
+        let mut per_port: Vec<Vec<Vec<ScalarValue>>> =
+            vec![Vec::new(); self.side_outputs.len() + 1];
+        for (port, row) in rows {
+            per_port[port].push(row);
+        }
         let mut batches = Vec::new();
-        for port in 0..=self.side_outputs.len() {
-            let of_port: Vec<Vec<ScalarValue>> = rows
-                .iter()
-                .filter(|(p, _)| *p == port)
-                .map(|(_, r)| r.clone())
-                .collect();
+        for (port, of_port) in per_port.into_iter().enumerate() {
             let schema = match port {
                 0 => self.output.clone(),
                 p => self.side_outputs[p - 1].1.clone(),
