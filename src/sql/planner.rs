@@ -467,16 +467,19 @@ impl SqlPlanner {
             .create_physical_plan(&plan)
             .await
             .map_err(|e| plan_error(sql, location, e))?;
-        let stage = |plan: Arc<dyn ExecutionPlan>, sql: String| {
+        // A per-batch stage; `changelog`: it runs over a changelog (see
+        // `SqlOperatorFactory::changelog`).
+        let changelog_stage = |plan: Arc<dyn ExecutionPlan>, sql: String, changelog: bool| {
             Arc::new(SqlOperatorFactory {
                 sql,
                 schema: plan.schema(),
                 plan,
                 task_ctx: state.task_ctx(),
                 on_error,
-                changelog: false,
+                changelog,
             })
         };
+        let stage = |plan, sql| changelog_stage(plan, sql, false);
         let refuse = |message: String| SqlError::Plan {
             location: location.clone(),
             message,
@@ -532,8 +535,7 @@ impl SqlPlanner {
                         ..aggregate
                     };
                     let gather = split.gather.then_some(aggregate.parts.window_pos);
-                    let mut upper = stage(split.upper, text.clone());
-                    Arc::get_mut(&mut upper).expect("just built").changelog = allowed_lateness > 0;
+                    let upper = changelog_stage(split.upper, text.clone(), allowed_lateness > 0);
                     StagePlan::Stateful {
                         lower: stage(
                             split.lower,
@@ -552,8 +554,7 @@ impl SqlPlanner {
                         ttl: options.state_ttl,
                         ..aggregate
                     };
-                    let mut upper = stage(split.upper, text.clone());
-                    Arc::get_mut(&mut upper).expect("just built").changelog = true;
+                    let upper = changelog_stage(split.upper, text.clone(), true);
                     StagePlan::Stateful {
                         lower: stage(split.lower, format!("(input of the aggregate) {text}")),
                         gather: None,
