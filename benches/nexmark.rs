@@ -127,24 +127,8 @@ where
 
 const RUNS: usize = 7;
 
-/// The generator's bids, collected in memory, for the batch baseline.
-async fn collect_bids(events: u64) -> Vec<RecordBatch> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let mut p = PipelineBuilder::new("collect").runtime_settings(settings());
-    let src = p.source_sql(&source_ddl(events, ", rate = '0'")).unwrap();
-    let schema = p.schema(&src);
-    let g = got.clone();
-    let kept = p.map(src, "keep", schema, move |b| {
-        g.lock().unwrap().push(b.clone());
-        Ok(b)
-    });
-    p.sink(kept, "blackhole", Arc::new(BlackholeSink::new(None)))
-        .unwrap();
-    p.run_to_completion().await.unwrap();
-    Arc::try_unwrap(got).unwrap().into_inner().unwrap()
-}
-
-/// The generator's events of one Nexmark stream, collected in memory.
+/// The generator's events of one Nexmark stream, collected in memory (the bids: the
+/// batch baseline's input).
 async fn collect_stream(stream: &str, events: u64) -> Vec<RecordBatch> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let mut p = PipelineBuilder::new("collect").runtime_settings(settings());
@@ -357,7 +341,7 @@ async fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let bids = collect_bids(events).await;
+    let bids = collect_stream("bids", events).await;
     let bid_rows: usize = bids.iter().map(|b| b.num_rows()).sum();
     println!("bids in memory for the batch baseline: {bid_rows}\n");
     println!("generator: generator -> blackhole; tributary: generator -> SQL -> blackhole;");
