@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_kit import end_offsets, read_all
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
@@ -40,23 +40,6 @@ def cluster():
         yield directory, started.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
-
-
-def end_offsets(servers: str, topic: str) -> dict[int, int]:
-    """Each partition's end offset, asking again while the cluster's metadata is not
-    there yet (just after the topic's creation, or a broker's death)."""
-    deadline = time.time() + 60
-    while True:
-        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"o-{uuid.uuid4().hex}"})
-        try:
-            return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
-                    for p in range(PARTITIONS)}
-        except KafkaException:
-            if time.time() > deadline:
-                raise
-        finally:
-            consumer.close()
-        time.sleep(0.2)
 
 
 def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
@@ -81,7 +64,7 @@ def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
     try:
         # Kill broker 2 once a sixth of the records are in the topic.
         deadline = time.time() + 120
-        while sum(end_offsets(servers, topic).values()) < EVENTS // 6:
+        while sum(end_offsets(servers, topic, PARTITIONS).values()) < EVENTS // 6:
             assert pipeline.poll() is None, pipeline.stderr.read()
             assert time.time() < deadline, "the pipeline wrote too little"
             time.sleep(0.2)
@@ -94,20 +77,6 @@ def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
         if pipeline.poll() is None:
             pipeline.kill()
 
-    ends = end_offsets(servers, topic)
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"c-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
-    seen: list[str] = []
-    done = {p for p, e in ends.items() if e == 0}
-    deadline = time.time() + 120
-    while len(done) < PARTITIONS and time.time() < deadline:
-        m = consumer.poll(1.0)
-        if m is None or m.error():
-            continue
-        seen.append(json.loads(m.value())["event_id"])
-        if m.offset() + 1 >= ends[m.partition()]:
-            done.add(m.partition())
-    consumer.close()
+    seen = [json.loads(m.value())["event_id"] for m in read_all(servers, topic, PARTITIONS)]
     assert len(seen) == EVENTS, f"{len(seen)} records for {EVENTS} events"
     assert len(set(seen)) == EVENTS, "a record was written twice"

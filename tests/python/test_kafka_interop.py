@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from kafka_kit import read_all
 
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
 BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
@@ -89,24 +89,7 @@ def test_confluent_kafka_reads_what_tributary_wrote(servers, tmp_path):
         "partitions = '3', key_field = 'order_id');\n"
         "INSERT INTO out SELECT event_id, order_id, event_type FROM orders;\n",
     )
-    consumer = Consumer({
-        "bootstrap.servers": servers, "group.id": f"check-{uuid.uuid4().hex}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-    })
-    parts = [TopicPartition(topic, p) for p in range(3)]
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=30)[1] for p in parts}
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(3)])
-    records = []
-    deadline = time.time() + 60
-    done = {p for p, end in ends.items() if end == 0}
-    while len(done) < 3 and time.time() < deadline:
-        m = consumer.poll(1.0)
-        if m is None or m.error():
-            continue
-        records.append(m)
-        if m.offset() + 1 >= ends[m.partition()]:
-            done.add(m.partition())
-    consumer.close()
+    records = read_all(servers, topic, 3)
     values = [json.loads(m.value()) for m in records]
     # The generator's defaults: no duplicates, nothing malformed; every event once.
     assert len(values) == 2000, len(values)
@@ -221,20 +204,9 @@ def test_confluent_deserializer_reads_the_avro_tributary_wrote(servers, tmp_path
             "INSERT INTO out SELECT event_id, order_id, event_type, total FROM orders;\n",
         )
         deserialize = AvroDeserializer(registry.client())
-        consumer = Consumer({"bootstrap.servers": servers, "group.id": f"avro-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False})
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(2)}
-        consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
-        values, done, deadline = [], {p for p, e in ends.items() if e == 0}, time.time() + 60
-        while len(done) < 2 and time.time() < deadline:
-            m = consumer.poll(1.0)
-            if m is None or m.error():
-                continue
-            assert m.value()[0] == 0  # the Confluent magic byte
-            values.append(deserialize(m.value(), SerializationContext(topic, MessageField.VALUE)))
-            if m.offset() + 1 >= ends[m.partition()]:
-                done.add(m.partition())
-        consumer.close()
+        records = read_all(servers, topic, 2)
+        assert all(m.value()[0] == 0 for m in records)  # the Confluent magic byte
+        values = [deserialize(m.value(), SerializationContext(topic, MessageField.VALUE)) for m in records]
         assert len(values) == 1000
         assert len({v["event_id"] for v in values}) == 1000
         assert all(isinstance(v["order_id"], int) and v["event_type"].startswith("order_") for v in values)
@@ -267,16 +239,7 @@ def test_cloudevents_headers_let_consumers_route_on_type(servers, tmp_path):
         "partitions = '1', cloudevents_type = 'com.tributary.orders.event');\n"
         "INSERT INTO out SELECT event_id, order_id FROM orders;\n",
     )
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": f"ce-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False})
-    end = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    headers, deadline = [], time.time() + 60
-    while len(headers) < end and time.time() < deadline:
-        m = consumer.poll(1.0)
-        if m is not None and not m.error():
-            headers.append({k: v.decode() for k, v in m.headers()})
-    consumer.close()
+    headers = [{k: v.decode() for k, v in m.headers()} for m in read_all(servers, topic, 1)]
     assert len(headers) == 300
     assert all(h["ce_specversion"] == "1.0" and h["ce_type"] == "com.tributary.orders.event"
                and h["ce_source"] == "tributary/out" and h["content-type"] == "application/json"
