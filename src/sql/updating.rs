@@ -35,7 +35,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::window::{AggInputs, df, discarded, emit_in_slices};
+use super::window::{AggInputs, df, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
@@ -153,7 +153,6 @@ impl OperatorFactory for UpdatingAggFactory {
         )
         .map_err(|e| EngineError::arrow("encoding group keys", e))?;
         Ok(Box::new(UpdatingAggOperator {
-            task: task.clone(),
             keys: self.keys.clone(),
             aggs: self.aggs.clone(),
             filters: self.filters.clone(),
@@ -178,7 +177,6 @@ struct Group {
 }
 
 struct UpdatingAggOperator {
-    task: TaskInfo,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<Arc<AggregateFunctionExpr>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
@@ -423,13 +421,6 @@ impl Operator for UpdatingAggOperator {
 
     async fn handle_tick(&mut self, out: &mut Collector) -> Result<()> {
         self.expire(out).await
-    }
-
-    async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        // Results were emitted as they changed; the state itself is what a checkpoint
-        // will keep.
-        discarded(&self.task, 0, "group");
-        Ok(())
     }
 }
 
