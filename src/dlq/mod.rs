@@ -21,6 +21,8 @@ pub enum BadRecordReason {
     Malformed,
     /// Valid syntax, but a field has the wrong type or a required field is missing.
     SchemaMismatch,
+    /// Decoded, but breaks one of the table's `CHECK` constraints.
+    Constraint,
     /// Rejected by an operator while processing.
     Processing,
 }
@@ -30,6 +32,7 @@ impl BadRecordReason {
         match self {
             BadRecordReason::Malformed => "malformed",
             BadRecordReason::SchemaMismatch => "schema_mismatch",
+            BadRecordReason::Constraint => "constraint",
             BadRecordReason::Processing => "processing",
         }
     }

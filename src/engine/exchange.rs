@@ -121,6 +121,8 @@ pub struct Collector {
     watermarks: Option<super::watermark::WatermarkGen>,
     /// The last watermark sent downstream.
     last_watermark: i64,
+    /// Sources with row rules (`CHECK`): applied to every batch before it is sent.
+    validator: Option<Arc<dyn super::RowValidator>>,
 }
 
 impl Collector {
@@ -140,7 +142,14 @@ impl Collector {
             closed: false,
             watermarks: None,
             last_watermark: super::Watermark::START,
+            validator: None,
         }
+    }
+
+    /// Makes this (source) collector drop, and report as bad records, the rows of
+    /// every batch that break `validator`'s rules.
+    pub fn validate_with(&mut self, validator: Arc<dyn super::RowValidator>) {
+        self.validator = Some(validator);
     }
 
     /// Makes this (source) collector send a watermark after every batch that advances
@@ -217,6 +226,10 @@ impl Collector {
     }
 
     async fn send(&mut self, port: usize, split: u64, batch: RecordBatch) -> Result<()> {
+        let batch = match &self.validator {
+            Some(v) if batch.num_rows() > 0 => v.validate(batch, &mut self.bad)?,
+            _ => batch,
+        };
         if batch.num_rows() == 0 {
             return Ok(());
         }

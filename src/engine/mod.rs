@@ -182,6 +182,56 @@ pub trait SourceFactory: Send + Sync {
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>>;
 }
 
+/// Rules every row of a source must satisfy (a table's `CHECK` constraints). The
+/// source task's collector applies them to each batch before it is sent or counts
+/// toward the watermark, so a row that breaks a rule never reaches an operator and its
+/// event time cannot make good rows late.
+pub trait RowValidator: Send + Sync {
+    /// `batch` without the rows that break a rule; each removed row is reported to
+    /// `bad` with the rule it broke.
+    fn validate(&self, batch: RecordBatch, bad: &mut crate::dlq::BadRecords)
+    -> Result<RecordBatch>;
+    /// The rules, for `explain`.
+    fn describe(&self) -> String;
+}
+
+/// A source whose rows pass a [`RowValidator`] before they leave its tasks.
+pub struct ValidatedSourceFactory {
+    pub inner: Arc<dyn SourceFactory>,
+    pub validator: Arc<dyn RowValidator>,
+}
+
+impl SourceFactory for ValidatedSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+    fn bounded(&self) -> bool {
+        self.inner.bounded()
+    }
+    fn describe(&self) -> String {
+        format!("{}; {}", self.inner.describe(), self.validator.describe())
+    }
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
+        Ok(Box::new(ValidatedSource {
+            inner: self.inner.create(task)?,
+            validator: self.validator.clone(),
+        }))
+    }
+}
+
+struct ValidatedSource {
+    inner: Box<dyn Source>,
+    validator: Arc<dyn RowValidator>,
+}
+
+#[async_trait]
+impl Source for ValidatedSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        ctx.out.validate_with(self.validator.clone());
+        self.inner.run(ctx).await
+    }
+}
+
 /// Writes batches out of the pipeline, one instance per partition.
 #[async_trait]
 pub trait Sink: Send {

@@ -26,6 +26,18 @@ pub struct TableDecl {
     /// Where each option's key was written (`connector`: where its value was), so an
     /// error about one option points at it.
     pub option_locations: BTreeMap<String, Location>,
+    /// `CHECK (…)` constraints, on a column or the table, in the order written.
+    pub checks: Vec<CheckDecl>,
+}
+
+/// One `CHECK (expr)` of a table: rows for which `expr` is false are bad records.
+#[derive(Debug, Clone)]
+pub struct CheckDecl {
+    /// `CONSTRAINT name CHECK (…)`; `None` when unnamed.
+    pub name: Option<String>,
+    /// The expression as SQL text, planned against the table's columns.
+    pub expr: String,
+    pub location: Location,
 }
 
 impl TableDecl {
@@ -107,6 +119,40 @@ fn parser_location(sql: &SqlText, message: &str) -> (Location, String) {
         None => message.to_string(),
     };
     (sql.locate(line, column), clean)
+}
+
+/// Removes the `CHECK` constraints (column options and table constraints) from a
+/// `CREATE TABLE`, leaving the columns for DataFusion to plan.
+fn take_checks(
+    ct: &mut datafusion::sql::sqlparser::ast::CreateTable,
+    sql: &SqlText,
+) -> Vec<CheckDecl> {
+    use datafusion::sql::sqlparser::ast::{ColumnOption, Spanned, TableConstraint};
+    let mut checks = Vec::new();
+    let mut found = |name: Option<&datafusion::sql::sqlparser::ast::Ident>, expr: &Expr| {
+        checks.push(CheckDecl {
+            name: name.map(|n| n.value.clone()),
+            expr: expr.to_string(),
+            location: span_location(sql, expr.span()),
+        })
+    };
+    for column in &mut ct.columns {
+        column.options.retain(|o| match &o.option {
+            ColumnOption::Check(c) => {
+                found(c.name.as_ref().or(o.name.as_ref()), &c.expr);
+                false
+            }
+            _ => true,
+        });
+    }
+    ct.constraints.retain(|c| match c {
+        TableConstraint::Check(c) => {
+            found(c.name.as_ref(), &c.expr);
+            false
+        }
+        _ => true,
+    });
+    checks
 }
 
 pub(crate) fn span_location(sql: &SqlText, span: Span) -> Location {
@@ -204,6 +250,7 @@ pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
                         message: format!("table {name} is declared twice"),
                     });
                 }
+                let checks = take_checks(&mut ct, sql);
                 let columns_ddl = if ct.columns.is_empty() {
                     None
                 } else {
@@ -216,6 +263,7 @@ pub fn parse_sql(sql: &SqlText) -> Result<ParsedSql, SqlError> {
                     options,
                     location,
                     option_locations,
+                    checks,
                 });
             }
             Statement::CreateView(ref cv) => {

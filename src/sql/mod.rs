@@ -12,6 +12,7 @@
 //!   aggregation without a window, `LIMIT`…) is refused at plan time, with what to
 //!   write instead.
 
+pub mod check;
 mod ddl;
 mod join;
 mod lookup;
@@ -23,7 +24,7 @@ pub mod udf;
 pub mod updating;
 pub mod window;
 
-pub use ddl::{InsertDecl, ParsedSql, TableDecl, parse_sql};
+pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
 pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePlan};
 pub use stage::SqlOperatorFactory;
 

@@ -723,6 +723,18 @@ impl SqlPlanner {
             let is_sink = sink_names.contains(&decl.name.as_str());
             let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
             if is_sink || sink_only {
+                if let Some(check) = decl.checks.first() {
+                    return Err(SqlError::Plan {
+                        location: check.location.clone(),
+                        message: format!(
+                            "table {} is a sink: CHECK constraints apply to the tables a pipeline \
+                             reads (a row that breaks one becomes a bad record there); filter a \
+                             sink's rows with WHERE",
+                            decl.name
+                        ),
+                    }
+                    .into());
+                }
                 if event_time.is_some() || lookup.is_some() || processing_time.is_some() {
                     return Err(SqlError::Plan {
                         location: decl.location.clone(),
@@ -744,12 +756,24 @@ impl SqlPlanner {
                 schema: declared,
                 base_dir,
             };
-            let factory =
+            let mut factory =
                 connectors::source(&req, Options::new(&decl.name, &decl.connector, options))
                     .map_err(|e| SqlError::Connector {
                         location: decl.locate(&e),
                         source: Box::new(e),
                     })?;
+            if !decl.checks.is_empty() {
+                let checks = super::check::TableChecks::plan(
+                    &ctx,
+                    &decl.name,
+                    &factory.schema(),
+                    &decl.checks,
+                )?;
+                factory = Arc::new(crate::engine::ValidatedSourceFactory {
+                    inner: factory,
+                    validator: Arc::new(checks),
+                });
+            }
             if let Some(refresh) = lookup {
                 if event_time.is_some() || processing_time.is_some() || !factory.bounded() {
                     return Err(SqlError::Plan {

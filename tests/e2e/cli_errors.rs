@@ -38,6 +38,11 @@ fn sql_errors_name_file_line_and_column() {
             "option.sql:1:71: connector 'generator' of table orders has no option 'rat'",
         ),
         (
+            "check.sql",
+            "CREATE TABLE orders (order_id BIGINT,\n  total DOUBLE CHECK (amount >= 0))\n  WITH (connector = 'generator', stream = 'orders', count = '10');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
+            "check.sql:2:23: table orders: CHECK (amount >= 0):",
+        ),
+        (
             "type.sql",
             format!("{SRC}INSERT INTO out SELECT order_id + 'abc' FROM orders;\n"),
             "type.sql:3:",

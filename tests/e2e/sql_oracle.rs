@@ -136,3 +136,98 @@ async fn file_source_at_parallelism_two_matches_datafusion_batch() {
     assert!(expected.len() > 5_000);
     assert_eq!(canonical(&got), canonical(&expected));
 }
+
+/// `CHECK` constraints separate the rows that break them at the source, as bad records
+/// with the check named; the windowed result equals batch SQL over the rows that pass,
+/// so a rejected row's far-future event time did not advance the watermark (had it, every
+/// later row would have been late and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_constraints_divert_rows_before_they_count_toward_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    generate(d, "orders", "31", "4000", &["rate=0"], "gen.jsonl");
+    let mut input = std::fs::read_to_string(d.join("gen.jsonl")).unwrap();
+    let lines: Vec<&str> = input.lines().collect();
+    // Three rule breakers in the middle of the stream: a negative total, a future
+    // event, and both.
+    let mid = lines.len() / 3;
+    let breakers = [
+        r#"{"event_id":"neg","event_type":"order_placed","event_time":"2026-01-01T00:00:05Z","order_id":1,"restaurant_id":1,"channel":"app","total":-5.0}"#,
+        r#"{"event_id":"future","event_type":"order_placed","event_time":"2099-01-01T00:00:00Z","order_id":2,"restaurant_id":1,"channel":"app","total":5.0}"#,
+        r#"{"event_id":"both","event_type":"order_placed","event_time":"2099-01-01T00:00:00Z","order_id":3,"restaurant_id":1,"channel":"app","total":-1.0}"#,
+    ];
+    input = lines[..mid]
+        .iter()
+        .chain(breakers.iter())
+        .chain(lines[mid..].iter())
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(&d.join("in.jsonl"), &input);
+    let query = "SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n, sum(total) AS s \
+                 FROM orders GROUP BY w, restaurant_id";
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders (event_id VARCHAR NOT NULL, event_type VARCHAR, \
+               event_time TIMESTAMP NOT NULL, order_id BIGINT, restaurant_id BIGINT, channel VARCHAR, \
+               total DOUBLE CHECK (total >= 0), \
+               CONSTRAINT not_in_the_future CHECK (event_time < TIMESTAMP '2090-01-01 00:00:00')) \
+             WITH (connector = 'file', path = 'in.jsonl', format = 'json', \
+                   event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
+             INSERT INTO out SELECT to_unixtime(w.start) AS start, restaurant_id, n, s FROM ({query});\n"
+        ),
+    );
+    let o = run(d, &["run", "p.sql"]);
+    ok(&o);
+    let explain = run(d, &["explain", "p.sql"]);
+    ok(&explain);
+    assert!(
+        stdout(&explain).contains("CHECK not_in_the_future"),
+        "{}",
+        stdout(&explain)
+    );
+
+    let ctx = SessionContext::new();
+    let (_, bad) = register_generated(&ctx, "raw", "orders", &[d.join("gen.jsonl")]);
+    assert_eq!(bad, 0);
+    let passing = batch_sql(
+        &ctx,
+        "SELECT count(*) AS n FROM raw WHERE (total >= 0) IS NOT FALSE",
+    )
+    .await;
+    let negative_in_generated = 4000
+        - passing[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0) as u64;
+    let expected = batches_as_json(
+        &batch_sql(
+            &ctx,
+            "SELECT to_unixtime(date_bin(INTERVAL '1' SECOND, CAST(event_time AS TIMESTAMP))) AS start, \
+             restaurant_id, count(*) AS n, sum(total) AS s FROM raw \
+             WHERE (total >= 0) IS NOT FALSE GROUP BY 1, 2",
+        )
+        .await,
+    );
+    let got = json_lines(&d.join("out.jsonl"));
+    assert!(expected.len() > 1000, "{} windows", expected.len());
+    assert_eq!(canonical(&got), canonical(&expected));
+
+    let err = stderr(&o);
+    let finished = log_event(&err, "pipeline finished").expect("finish log");
+    assert_eq!(
+        finished["bad_records"].as_u64(),
+        Some(3 + negative_in_generated),
+        "the three rule breakers (and any negative generated total) are bad records"
+    );
+    let first = log_event(&err, "bad record dropped").expect("a bad record log");
+    assert_eq!(first["reason"], "constraint");
+    let detail = first["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("table orders: CHECK (total >= 0) failed"),
+        "{detail}"
+    );
+}
