@@ -1222,9 +1222,15 @@ pub struct JsonDecoder {
     wire: SchemaRef,
     decoder: Decoder,
     capacity: usize,
-    /// The records in `decoder`, back to back; `ends[i]` is where record `i` ends.
+    /// The records in `decoder`, back to back; `ends[i]` is where record `i` ends and
+    /// `ords[i]` its ordinal among the records accepted since the last flush.
     raw: Vec<u8>,
     ends: Vec<usize>,
+    ords: Vec<usize>,
+    /// Records accepted since the last flush.
+    accepted: usize,
+    /// Ordinals of accepted records refused afterwards (see [`JsonDecoder::take_dropped`]).
+    dropped: Vec<usize>,
     /// Batches already decoded, in order.
     done: Vec<RecordBatch>,
     done_rows: usize,
@@ -1269,6 +1275,9 @@ impl JsonDecoder {
             capacity,
             raw: Vec::new(),
             ends: Vec::new(),
+            ords: Vec::new(),
+            accepted: 0,
+            dropped: Vec::new(),
             done: Vec::new(),
             done_rows: 0,
             late: Vec::new(),
@@ -1329,6 +1338,8 @@ impl JsonDecoder {
         }
         self.raw.extend_from_slice(object);
         self.ends.push(self.raw.len());
+        self.ords.push(self.accepted);
+        self.accepted += 1;
         true
     }
 
@@ -1342,6 +1353,7 @@ impl JsonDecoder {
     pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
         self.decode_buffer();
         self.done_rows = 0;
+        self.accepted = 0;
         let done = std::mem::take(&mut self.done);
         match done.len() {
             0 => Ok(None),
@@ -1350,6 +1362,16 @@ impl JsonDecoder {
                 .map(Some)
                 .map_err(|e| decode_err(e.to_string())),
         }
+    }
+
+    /// Which records, counted from 0 at the last flush in the order `push` accepted
+    /// them, the safety net refused afterwards: the rows of that flush are the accepted
+    /// records without these. Call after `flush`; callers that pair each record with
+    /// data of their own (a Kafka record's key, offset) use it to stay aligned.
+    pub fn take_dropped(&mut self) -> Vec<usize> {
+        let mut d = std::mem::take(&mut self.dropped);
+        d.sort_unstable();
+        d
     }
 
     /// Reports the records refused after `push` had accepted them (see the type's
@@ -1371,16 +1393,24 @@ impl JsonDecoder {
         }
     }
 
-    fn records(&self) -> Vec<(usize, usize)> {
+    /// The buffered records: (ordinal, start, end) in `raw`.
+    fn records(&self) -> Vec<(usize, usize, usize)> {
         let mut start = 0;
         self.ends
             .iter()
-            .map(|&e| {
-                let r = (start, e);
+            .zip(&self.ords)
+            .map(|(&e, &o)| {
+                let r = (o, start, e);
                 start = e;
                 r
             })
             .collect()
+    }
+
+    fn clear_buffer(&mut self) {
+        self.raw.clear();
+        self.ends.clear();
+        self.ords.clear();
     }
 
     /// Replaces the decoder by a fresh one fed with the buffered records.
@@ -1391,8 +1421,8 @@ impl JsonDecoder {
         self.decoder = fresh;
         let records = self.records();
         let raw = std::mem::take(&mut self.raw);
-        self.ends.clear();
-        for (a, b) in records {
+        self.clear_buffer();
+        for (ord, a, b) in records {
             let rec = &raw[a..b];
             let before = self.decoder.len();
             let ok = matches!(self.decoder.decode(rec), Ok(n) if n == rec.len())
@@ -1400,18 +1430,29 @@ impl JsonDecoder {
             if ok {
                 self.raw.extend_from_slice(rec);
                 self.ends.push(self.raw.len());
+                self.ords.push(ord);
             } else {
-                // Only possible if the tokenizer is not deterministic; keep going.
-                self.late.push(Late {
-                    reason: BadRecordReason::Malformed,
-                    detail: "record refused when re-decoded".into(),
-                    raw: rec.to_vec(),
-                });
+                // Only possible if the tokenizer is not deterministic: this record
+                // and those re-fed before it (the decoder is started afresh) are
+                // refused; keep going.
+                let lost = self.records();
+                for (o, x, y) in lost.iter().copied().chain([(ord, a, b)]) {
+                    let rec = if o == ord {
+                        &raw[x..y]
+                    } else {
+                        &self.raw[x..y]
+                    };
+                    self.late.push(Late {
+                        reason: BadRecordReason::Malformed,
+                        detail: "record refused when re-decoded".into(),
+                        raw: rec.to_vec(),
+                    });
+                    self.dropped.push(o);
+                }
                 if let Some(d) = self.fresh(self.capacity) {
                     self.decoder = d;
                 }
-                self.raw.clear();
-                self.ends.clear();
+                self.clear_buffer();
             }
         }
     }
@@ -1419,8 +1460,7 @@ impl JsonDecoder {
     /// Decodes the buffered records into `done`.
     fn decode_buffer(&mut self) {
         if self.decoder.is_empty() {
-            self.raw.clear();
-            self.ends.clear();
+            self.clear_buffer();
             return;
         }
         let decoded = self
@@ -1444,12 +1484,11 @@ impl JsonDecoder {
                 self.raw = raw;
             }
         }
-        self.raw.clear();
-        self.ends.clear();
+        self.clear_buffer();
     }
 
     /// Decodes `records` of `raw` by halves until the refused ones are alone.
-    fn isolate(&mut self, raw: &[u8], records: &[(usize, usize)]) {
+    fn isolate(&mut self, raw: &[u8], records: &[(usize, usize, usize)]) {
         let mut stack = vec![records];
         while let Some(part) = stack.pop() {
             if part.is_empty() {
@@ -1462,7 +1501,8 @@ impl JsonDecoder {
                 }
                 Ok(None) => {}
                 Err(e) if part.len() == 1 => {
-                    let (a, b) = part[0];
+                    let (ord, a, b) = part[0];
+                    self.dropped.push(ord);
                     self.late.push(Late {
                         reason: BadRecordReason::SchemaMismatch,
                         detail: e,
@@ -1482,10 +1522,10 @@ impl JsonDecoder {
     fn decode_part(
         &self,
         raw: &[u8],
-        part: &[(usize, usize)],
+        part: &[(usize, usize, usize)],
     ) -> Result<Option<RecordBatch>, String> {
         let mut d = self.fresh(part.len()).ok_or("no decoder")?;
-        for &(a, b) in part {
+        for &(_, a, b) in part {
             d.decode(&raw[a..b]).map_err(|e| e.to_string())?;
         }
         match d.flush().map_err(|e| e.to_string())? {
@@ -1515,6 +1555,8 @@ impl JsonDecoder {
         let _ = self.decoder.decode(record);
         self.raw.extend_from_slice(record);
         self.ends.push(self.raw.len());
+        self.ords.push(self.accepted);
+        self.accepted += 1;
     }
 }
 
@@ -2028,9 +2070,31 @@ pub(crate) mod tests {
             .values()
             .to_vec();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 7, 8, 9]);
+        assert_eq!(d.take_dropped(), vec![6], "the refused record's ordinal");
+        assert!(d.take_dropped().is_empty());
         assert_eq!(bad.count(), 0);
         d.report_late(&mut bad);
         assert_eq!(bad.count(), 1);
+    }
+
+    #[test]
+    fn dropped_ordinals_count_from_each_flush_across_buffer_decodes() {
+        // Capacity 4: the buffer is decoded mid-way; ordinals stay per flush.
+        let s = schema(vec![field("n", DataType::Int64, false)]);
+        let mut d = JsonDecoder::with_capacity(s, 4).unwrap();
+        let mut bad = BadRecords::detached("test");
+        for round in 0..2 {
+            for n in 0..10 {
+                if n == 2 || n == 7 {
+                    d.push_unchecked(br#"{"n": "x"}"#);
+                } else {
+                    assert!(d.push(format!(r#"{{"n": {n}}}"#).as_bytes(), &mut bad));
+                }
+            }
+            let rows = d.flush().unwrap().unwrap().num_rows();
+            assert_eq!(rows, 8, "round {round}");
+            assert_eq!(d.take_dropped(), vec![2, 7], "round {round}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -60,10 +61,12 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
     topic = new_topic(servers, 2)
     producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True})
     sent = []
+    t0 = int(time.time() * 1000) - 86_400_000  # a day ago, one record a second
     for i in range(500):
         rec = {"order_id": i, "channel": ["app", "kiosk", "web"][i % 3], "total": i / 4}
         sent.append(rec)
-        producer.produce(topic, key=str(i), value=json.dumps(rec))
+        producer.produce(topic, key=str(i), value=json.dumps(rec), timestamp=t0 + i * 1000,
+                         headers=[("source", f"pos-{i % 7}".encode())])
     producer.produce(topic, key="bad", value=b"{not json")
     producer.produce(topic, key="bad", value=json.dumps({"order_id": "not a number"}))
     assert producer.flush(30) == 0
@@ -78,6 +81,26 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
     got = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert sorted(got, key=lambda r: r["order_id"]) == sent
     assert finished["bad_records"] == 2
+
+    # From a point in time, with the key, a header and the record time as columns.
+    (tmp_path / "out.jsonl").unlink()
+    finished = run_pipeline(
+        tmp_path,
+        f"CREATE TABLE orders ({COLUMNS}, k VARCHAR, src VARCHAR, ts TIMESTAMP) WITH (connector = 'kafka', "
+        f"bootstrap_servers = '{servers}', topic = '{topic}', bounded = 'true', offset = 'timestamp', "
+        f"start_timestamp = '{t0 + 250_000}', 'metadata.k' = 'key', 'metadata.src' = 'header.source', "
+        "'metadata.ts' = 'timestamp');\n"
+        "CREATE TABLE copy WITH (connector = 'file', path = 'out.jsonl');\n"
+        "INSERT INTO copy SELECT order_id, channel, total, k, src, "
+        "CAST(ts AS BIGINT) AS ns FROM orders;\n",
+    )
+    got = sorted((json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()),
+                 key=lambda r: r["order_id"])
+    assert [{c: r[c] for c in ("order_id", "channel", "total")} for r in got] == sent[250:]
+    assert all(r["k"] == str(r["order_id"]) for r in got)
+    assert all(r["src"] == f"pos-{r['order_id'] % 7}" for r in got)
+    assert all(r["ns"] == (t0 + r["order_id"] * 1000) * 1_000_000 for r in got), got[:2]
+    assert finished["bad_records"] == 2  # the two bad records were written after t0 + 250 s
 
 
 def test_confluent_kafka_reads_what_tributary_wrote(servers, tmp_path):
@@ -167,6 +190,11 @@ def test_avro_from_confluent_serializers_old_and_new_schema_read_through_the_reg
                 expected.append(dict(rec, loyalty_tier=rec.get("loyalty_tier")))
         producer.produce(topic, value=b"\x00\x00\x00\x03\xe7not avro")  # unknown schema id 999
         producer.produce(topic, value=b"plain text")
+        # A registered schema id with a broken body: cut short, and a varint that never ends.
+        v1 = AvroSerializer(registry.client(), json.dumps(ORDER_V1))
+        whole = v1({"order_id": 7, "channel": "app", "total": 1.0}, ctx)
+        producer.produce(topic, key="cut", value=whole[:-3], partition=0)
+        producer.produce(topic, key="varint", value=whole[:5] + b"\xff" * 12, partition=1)
         assert producer.flush(30) == 0
 
         finished = run_pipeline(
@@ -179,7 +207,37 @@ def test_avro_from_confluent_serializers_old_and_new_schema_read_through_the_reg
         )
         got = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
         assert sorted(got, key=lambda r: r["order_id"]) == expected
-        assert finished["bad_records"] == 2
+        assert finished["bad_records"] == 4
+
+        # Again with the newer schema as the reader schema: old records take the added
+        # field's default instead of NULL; the record's key, partition and offset come
+        # as columns, each row with its own record's.
+        (tmp_path / "order_v2.avsc").write_text(json.dumps(ORDER_V2))
+        (tmp_path / "out.jsonl").unlink()
+        finished = run_pipeline(
+            tmp_path,
+            "CREATE TABLE orders (order_id BIGINT, channel VARCHAR, total DOUBLE, loyalty_tier VARCHAR, "
+            "k VARCHAR, p INT, o BIGINT, ts TIMESTAMP) "
+            f"WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+            f"format = 'avro', schema_registry_url = '{registry.url}', bounded = 'true', "
+            "schema_file = 'order_v2.avsc', 'metadata.k' = 'key', 'metadata.p' = 'partition', "
+            "'metadata.o' = 'offset', 'metadata.ts' = 'timestamp');\n"
+            "CREATE TABLE copy WITH (connector = 'file', path = 'out.jsonl');\n"
+            "INSERT INTO copy SELECT * FROM orders;\n",
+        )
+        got = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+        values = ("order_id", "channel", "total", "loyalty_tier")
+        assert sorted(({c: r[c] for c in values} for r in got), key=lambda r: r["order_id"]) == [
+            dict(e, loyalty_tier=e["loyalty_tier"] or "none") for e in expected
+        ]
+        assert finished["bad_records"] == 4
+        assert all(r["k"] == str(r["order_id"]) for r in got)
+        assert all(r["ts"] is not None for r in got)
+        positions = {(r["p"], r["o"]) for r in got}
+        assert len(positions) == len(got), "each row carries its own record's offset"
+        for p in {r["p"] for r in got}:
+            offsets = [r["o"] for r in got if r["p"] == p]
+            assert offsets == sorted(offsets), "a partition's rows in offset order"
     finally:
         registry.stop()
 

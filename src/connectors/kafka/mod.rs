@@ -42,6 +42,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::{ConnectorError, Options, TableRequest};
+use metadata::{MetadataColumns, RecordMeta};
+
+mod metadata;
 use crate::dlq::BadRecordReason;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
@@ -65,6 +68,18 @@ enum StartFrom {
     Earliest,
     Latest,
     Group,
+    /// The first record whose timestamp is at or after this (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// `start_timestamp`: RFC 3339 (`2026-12-01T08:00:00Z`) or milliseconds since the epoch.
+fn parse_start_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    s.parse::<i64>().ok().or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
 }
 
 /// Client settings shared by the source and the sink: `bootstrap_servers` and any
@@ -101,15 +116,45 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
     let config = client_config(opts)?;
     let topic = opts.required("topic")?;
     let avro = avro_registry(opts)?;
+    let start_timestamp = opts.get("start_timestamp");
     let start = match opts.get("offset").as_deref().map(str::trim) {
         None | Some("earliest") => StartFrom::Earliest,
         Some("latest") => StartFrom::Latest,
         Some("group") => StartFrom::Group,
+        Some("timestamp") => match start_timestamp.as_deref().map(parse_start_timestamp) {
+            Some(Some(ms)) => StartFrom::Timestamp(ms),
+            Some(None) => {
+                let v = start_timestamp.unwrap_or_default();
+                return Err(opts.invalid(
+                    "start_timestamp",
+                    &v,
+                    "expected an RFC 3339 time (2026-12-01T08:00:00Z) or milliseconds since the epoch",
+                ));
+            }
+            None => {
+                return Err(opts.invalid(
+                    "offset",
+                    "timestamp",
+                    "offset = 'timestamp' needs start_timestamp",
+                ));
+            }
+        },
         Some(other) => {
             let v = other.to_string();
-            return Err(opts.invalid("offset", &v, "expected earliest, latest or group"));
+            return Err(opts.invalid(
+                "offset",
+                &v,
+                "expected earliest, latest, group or timestamp",
+            ));
         }
     };
+    if start_timestamp.is_some() && !matches!(start, StartFrom::Timestamp(_)) {
+        return Err(opts.invalid(
+            "start_timestamp",
+            &start_timestamp.unwrap_or_default(),
+            "applies with offset = 'timestamp'",
+        ));
+    }
     let group = opts
         .get("group_id")
         .unwrap_or_else(|| format!("tributary-{}", req.table));
@@ -123,7 +168,19 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         }
         .into()
     })?;
-    JsonDecoder::new(schema.clone()).map_err(|e| -> crate::Error {
+    let meta = MetadataColumns::from_options(opts, &schema)?;
+    let reader_schema = match opts.get("schema_file") {
+        None => None,
+        Some(_) if avro.is_none() => {
+            return Err(opts.invalid(
+                "schema_file",
+                "",
+                "a reader schema applies to format = 'avro'",
+            ));
+        }
+        Some(file) => Some(read_avro_schema(opts, req.base_dir, &file)?),
+    };
+    JsonDecoder::new(meta.value_schema().clone()).map_err(|e| -> crate::Error {
         ConnectorError::Schema {
             table: req.table.into(),
             message: e.to_string(),
@@ -138,8 +195,20 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         start,
         bounded,
         schema,
+        meta,
         avro,
+        reader_schema,
     }))
+}
+
+/// Reads and checks the Avro schema of `schema_file` (relative to the SQL file).
+fn read_avro_schema(opts: &Options, base: &std::path::Path, file: &str) -> Result<Arc<str>> {
+    let path = base.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| opts.invalid("schema_file", file, format!("{}: {e}", path.display())))?;
+    crate::registry::schema::AvroSchema::parse(&text)
+        .map_err(|e| opts.invalid("schema_file", file, e.to_string()))?;
+    Ok(text.into())
 }
 
 struct KafkaSourceFactory {
@@ -150,8 +219,12 @@ struct KafkaSourceFactory {
     start: StartFrom,
     bounded: bool,
     schema: SchemaRef,
+    /// Columns filled from the record's key, offset, headers… (`metadata.*`).
+    meta: MetadataColumns,
     /// Avro in the Confluent wire format: the registry's URL.
     avro: Option<Arc<str>>,
+    /// The Avro schema records are read as (`schema_file`), resolving each writer's.
+    reader_schema: Option<Arc<str>>,
 }
 
 impl SourceFactory for KafkaSourceFactory {
@@ -178,7 +251,11 @@ impl SourceFactory for KafkaSourceFactory {
             } else {
                 ""
             }
-        )
+        ) + &if self.meta.is_empty() {
+            String::new()
+        } else {
+            format!("; metadata: {}", self.meta.describe())
+        }
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
@@ -197,8 +274,9 @@ impl SourceFactory for KafkaSourceFactory {
             start: self.start,
             bounded: self.bounded,
             consumer,
-            schema: self.schema.clone(),
+            meta: self.meta.clone(),
             avro: self.avro.clone(),
+            reader_schema: self.reader_schema.clone(),
             decoders: Default::default(),
             task: task.clone(),
         }))
@@ -211,12 +289,83 @@ struct KafkaSource {
     start: StartFrom,
     bounded: bool,
     consumer: StreamConsumer,
-    schema: SchemaRef,
+    meta: MetadataColumns,
     avro: Option<Arc<str>>,
-    /// One decoder per assigned partition: a batch holds one partition's rows, so the
+    reader_schema: Option<Arc<str>>,
+    /// One reader per assigned partition: a batch holds one partition's rows, so the
     /// watermark can follow the slowest partition.
-    decoders: std::collections::BTreeMap<i32, RecordDecoder>,
+    decoders: std::collections::BTreeMap<i32, PartitionReader>,
     task: TaskInfo,
+}
+
+/// A partition's decoder and the metadata of the records it holds (same order).
+struct PartitionReader {
+    decoder: RecordDecoder,
+    metas: Vec<RecordMeta>,
+}
+
+impl PartitionReader {
+    /// Decodes record `m` of this partition; a refused record is reported to `bad`.
+    async fn push<M: Message>(
+        &mut self,
+        m: &M,
+        meta: &MetadataColumns,
+        bad: &mut crate::dlq::BadRecords,
+    ) -> Result<()> {
+        let Some(payload) = m.payload() else {
+            bad.report(
+                BadRecordReason::Malformed,
+                &format!(
+                    "partition {} offset {}: a record without a value",
+                    m.partition(),
+                    m.offset()
+                ),
+                &[],
+            );
+            return Ok(());
+        };
+        let captured = match meta.capture(m) {
+            Ok(c) => c,
+            Err(why) => {
+                let detail = format!("partition {} offset {}: {why}", m.partition(), m.offset());
+                bad.report(BadRecordReason::SchemaMismatch, &detail, payload);
+                return Ok(());
+            }
+        };
+        if self.decoder.push(payload, bad).await? && !meta.is_empty() {
+            self.metas.push(captured);
+        }
+        Ok(())
+    }
+
+    /// The rows decoded since the last flush, with their metadata columns.
+    fn flush(
+        &mut self,
+        meta: &MetadataColumns,
+        topic: &str,
+        bad: &mut crate::dlq::BadRecords,
+    ) -> Result<Option<RecordBatch>> {
+        let batch = self.decoder.flush(bad)?;
+        let dropped = self.decoder.take_dropped();
+        let metas = std::mem::take(&mut self.metas);
+        let Some(batch) = batch else {
+            return Ok(None);
+        };
+        if meta.is_empty() {
+            return Ok(Some(batch));
+        }
+        let metas: Vec<RecordMeta> = if dropped.is_empty() {
+            metas
+        } else {
+            metas
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| dropped.binary_search(i).is_err())
+                .map(|(_, m)| m)
+                .collect()
+        };
+        meta.assemble(batch, &metas, topic).map(Some)
+    }
 }
 
 /// A task's partitions of `topic`, waiting (with backoff) while the cluster is
@@ -262,9 +411,15 @@ async fn partitions(
 }
 
 impl KafkaSource {
-    /// Emits what partition `p`'s decoder holds, as rows of that split.
-    async fn flush(p: i32, decoder: &mut RecordDecoder, ctx: &mut SourceContext) -> Result<()> {
-        let batch = decoder.flush(&mut ctx.bad_records)?;
+    /// Emits what partition `p`'s reader holds, as rows of that split.
+    async fn flush(
+        p: i32,
+        reader: &mut PartitionReader,
+        meta: &MetadataColumns,
+        topic: &str,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
+        let batch = reader.flush(meta, topic, &mut ctx.bad_records)?;
         match batch {
             Some(b) => ctx.out.emit_split(p as u64, b).await,
             None => Ok(()),
@@ -272,11 +427,13 @@ impl KafkaSource {
     }
 
     async fn flush_all(
-        decoders: &mut std::collections::BTreeMap<i32, RecordDecoder>,
+        readers: &mut std::collections::BTreeMap<i32, PartitionReader>,
+        meta: &MetadataColumns,
+        topic: &str,
         ctx: &mut SourceContext,
     ) -> Result<()> {
-        for (p, d) in decoders.iter_mut() {
-            Self::flush(*p, d, ctx).await?;
+        for (p, r) in readers.iter_mut() {
+            Self::flush(*p, r, meta, topic, ctx).await?;
         }
         Ok(())
     }
@@ -309,19 +466,35 @@ impl Source for KafkaSource {
                 StartFrom::Earliest => Offset::Beginning,
                 StartFrom::Latest => Offset::End,
                 StartFrom::Group => Offset::Stored,
+                StartFrom::Timestamp(ms) => Offset::Offset(ms),
             };
             assignment
                 .add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            let value = self.meta.value_schema().clone();
             let decoder = match &self.avro {
-                None => RecordDecoder::Json(JsonDecoder::new(self.schema.clone())?),
+                None => RecordDecoder::Json(JsonDecoder::new(value)?),
                 Some(url) => RecordDecoder::Avro(AvroDecoder::new(
                     url.clone(),
-                    self.schema.clone(),
+                    self.reader_schema.clone(),
+                    value,
                     ctx.batch.size,
                 )),
             };
-            self.decoders.insert(p, decoder);
+            self.decoders.insert(
+                p,
+                PartitionReader {
+                    decoder,
+                    metas: Vec::new(),
+                },
+            );
+        }
+        if let StartFrom::Timestamp(_) = self.start {
+            // Timestamps in the list → the first offset at or after each.
+            assignment = tokio::task::block_in_place(|| {
+                self.consumer.offsets_for_times(assignment, REQUEST_TIMEOUT)
+            })
+            .map_err(|e| kafka_error(&self.table, "finding offsets for start_timestamp", e))?;
         }
         ctx.out
             .register_splits(self.decoders.keys().map(|p| *p as u64));
@@ -340,6 +513,8 @@ impl Source for KafkaSource {
             decoders,
             bounded,
             task,
+            meta,
+            topic,
             ..
         } = self;
         let mut stream = consumer.stream();
@@ -355,19 +530,10 @@ impl Source for KafkaSource {
                 msg = stream.next() => match msg {
                     Some(Ok(m)) => {
                         let p = m.partition();
-                        let Some(decoder) = decoders.get_mut(&p) else { continue };
-                        match m.payload() {
-                            Some(payload) => {
-                                decoder.push(payload, &mut ctx.bad_records).await?;
-                            }
-                            None => ctx.bad_records.report(
-                                BadRecordReason::Malformed,
-                                &format!("partition {} offset {}: a record without a value", m.partition(), m.offset()),
-                                &[],
-                            ),
-                        }
-                        if decoder.buffered() >= ctx.batch.size {
-                            Self::flush(p, decoder, ctx).await?;
+                        let Some(reader) = decoders.get_mut(&p) else { continue };
+                        reader.push(&m, meta, &mut ctx.bad_records).await?;
+                        if reader.decoder.buffered() >= ctx.batch.size {
+                            Self::flush(p, reader, meta, topic, ctx).await?;
                         }
                         if *bounded
                             && ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end)
@@ -375,7 +541,7 @@ impl Source for KafkaSource {
                             // This partition is read: its rows out, then it stops
                             // holding the watermark back.
                             ends.remove(&p);
-                            Self::flush(p, decoder, ctx).await?;
+                            Self::flush(p, reader, meta, topic, ctx).await?;
                             ctx.out.end_split(p as u64).await?;
                         }
                     }
@@ -389,11 +555,11 @@ impl Source for KafkaSource {
                     }
                     None => break,
                 },
-                _ = ticker.tick() => Self::flush_all(decoders, ctx).await?,
+                _ = ticker.tick() => Self::flush_all(decoders, meta, topic, ctx).await?,
                 _ = stop.raised() => break,
             }
         }
-        Self::flush_all(decoders, ctx).await
+        Self::flush_all(decoders, meta, topic, ctx).await
     }
 }
 
@@ -404,13 +570,19 @@ enum RecordDecoder {
 }
 
 impl RecordDecoder {
-    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<()> {
+    /// Decodes one record value; `false` when it was refused (and reported).
+    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<bool> {
         match self {
-            RecordDecoder::Json(d) => {
-                d.push(payload, bad);
-                Ok(())
-            }
+            RecordDecoder::Json(d) => Ok(d.push(payload, bad)),
             RecordDecoder::Avro(d) => d.push(payload, bad).await,
+        }
+    }
+
+    /// Ordinals of records accepted by `push` but refused at the last flush.
+    fn take_dropped(&mut self) -> Vec<usize> {
+        match self {
+            RecordDecoder::Json(d) => d.take_dropped(),
+            RecordDecoder::Avro(_) => Vec::new(),
         }
     }
 
@@ -435,29 +607,48 @@ impl RecordDecoder {
 
 /// Avro records in the Confluent wire format (magic byte 0, 4-byte big-endian schema
 /// id, Avro binary body), decoded straight into Arrow by `arrow-avro` with the writer
-/// schema fetched from the registry by id (and cached), then matched to the table's
-/// columns by name: a column the writer does not have is NULL, a writer field the
-/// table does not declare is ignored, so older and newer producers' records both read.
+/// schema fetched from the registry by id (and cached). With a reader schema
+/// (`schema_file`), each writer schema is resolved against it per the Avro
+/// specification (defaults fill fields the writer lacks, promotions widen types);
+/// either way the result is matched to the table's columns by name: a column the
+/// record does not have is NULL, a field the table does not declare is ignored, so
+/// older and newer producers' records both read.
+///
+/// A record that does not decode is reported and skipped; the rows decoded before it
+/// are kept (the decoder is rebuilt and fed their bytes again, since a failed decode
+/// may leave half a row behind).
 struct AvroDecoder {
     registry: Arc<str>,
+    reader_schema: Option<Arc<str>>,
     target: SchemaRef,
     batch_size: usize,
     schemas: std::collections::HashMap<u32, String>,
     /// The decoder of the schema id being read, and its rows not yet flushed.
-    current: Option<(u32, arrow_avro::reader::Decoder, usize)>,
+    current: Option<(u32, arrow_avro::reader::Decoder)>,
+    /// The current decoder's records, back to back, and where each ends.
+    raw: Vec<u8>,
+    ends: Vec<usize>,
     /// Rows of earlier schema ids, already in the table's columns.
     done: Vec<RecordBatch>,
     buffered: usize,
 }
 
 impl AvroDecoder {
-    fn new(registry: Arc<str>, target: SchemaRef, batch_size: usize) -> Self {
+    fn new(
+        registry: Arc<str>,
+        reader_schema: Option<Arc<str>>,
+        target: SchemaRef,
+        batch_size: usize,
+    ) -> Self {
         AvroDecoder {
             registry,
+            reader_schema,
             target,
             batch_size: batch_size.max(1),
             schemas: Default::default(),
             current: None,
+            raw: Vec::new(),
+            ends: Vec::new(),
             done: Vec::new(),
             buffered: 0,
         }
@@ -472,19 +663,23 @@ impl AvroDecoder {
         store
             .set(Fingerprint::Id(id), AvroSchema::new(text))
             .map_err(arrow)?;
-        arrow_avro::reader::ReaderBuilder::new()
-            .with_batch_size(self.batch_size)
-            .with_writer_schema_store(store)
-            .build_decoder()
-            .map_err(arrow)
+        let mut builder = arrow_avro::reader::ReaderBuilder::new()
+            // Room for a whole flush: the decoder is drained by `drain_current` only.
+            .with_batch_size(self.batch_size + 1)
+            .with_writer_schema_store(store);
+        if let Some(reader) = &self.reader_schema {
+            builder = builder.with_reader_schema(AvroSchema::new(reader.to_string()));
+        }
+        builder.build_decoder().map_err(arrow)
     }
 
     /// Moves the current decoder's rows, in the table's columns, to `done`.
     fn drain_current(&mut self) -> Result<()> {
-        if let Some((_, decoder, rows)) = self.current.as_mut()
-            && *rows > 0
+        if let Some((_, decoder)) = self.current.as_mut()
+            && !self.ends.is_empty()
         {
-            *rows = 0;
+            self.raw.clear();
+            self.ends.clear();
             let batch = decoder
                 .flush()
                 .map_err(|e| crate::engine::EngineError::User(format!("decoding Avro: {e}")))?;
@@ -495,14 +690,29 @@ impl AvroDecoder {
         Ok(())
     }
 
-    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<()> {
+    /// Feeds one whole record to `decoder`: `Err(why)` when it is not exactly one
+    /// record of the writer schema.
+    fn feed(decoder: &mut arrow_avro::reader::Decoder, payload: &[u8]) -> Result<(), String> {
+        match decoder.decode(payload) {
+            Ok(n) if n == payload.len() => Ok(()),
+            Ok(n) => Err(format!(
+                "the record ends early ({} of {} bytes decoded)",
+                n,
+                payload.len()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Decodes one record; `false` when it is refused (and reported).
+    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<bool> {
         if payload.len() < 5 || payload[0] != 0 {
             bad.report(
                 BadRecordReason::Malformed,
                 "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro body)",
                 payload,
             );
-            return Ok(());
+            return Ok(false);
         }
         let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
         if self.current.as_ref().map(|c| c.0) != Some(id) {
@@ -514,41 +724,58 @@ impl AvroDecoder {
                     }
                     Err(e) => {
                         bad.report(BadRecordReason::SchemaMismatch, &e.to_string(), payload);
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
-            self.current = Some((id, self.decoder_for(id)?, 0));
+            match self.decoder_for(id) {
+                Ok(d) => self.current = Some((id, d)),
+                Err(e) => {
+                    // The registry's schema does not resolve against the reader
+                    // schema (or is not Avro arrow-avro reads).
+                    bad.report(
+                        BadRecordReason::SchemaMismatch,
+                        &format!("schema id {id}: {e}"),
+                        payload,
+                    );
+                    self.schemas.remove(&id);
+                    return Ok(false);
+                }
+            }
         }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|c| c.2 >= self.batch_size)
-        {
+        if self.ends.len() >= self.batch_size {
             self.drain_current()?;
         }
-        let (_, decoder, rows) = self.current.as_mut().expect("set above");
-        match decoder.decode(payload) {
-            Ok(n) if n == payload.len() => {
-                *rows += 1;
+        let (_, decoder) = self.current.as_mut().expect("set above");
+        match Self::feed(decoder, payload) {
+            Ok(()) => {
+                self.raw.extend_from_slice(payload);
+                self.ends.push(self.raw.len());
                 self.buffered += 1;
+                Ok(true)
             }
-            other => {
-                let why = match other {
-                    Err(e) => e.to_string(),
-                    Ok(n) => format!("{} bytes left over after the record", payload.len() - n),
-                };
+            Err(why) => {
                 bad.report(
                     BadRecordReason::Malformed,
                     &format!("Avro record (schema id {id}): {why}"),
                     payload,
                 );
-                // The decoder may hold half a record: start again from the schema.
-                self.drain_current()?;
-                self.current = Some((id, self.decoder_for(id)?, 0));
+                // The decoder may hold half a record: a fresh one, fed the good
+                // records again (they decoded once, so they decode again).
+                let mut fresh = self.decoder_for(id)?;
+                let mut start = 0;
+                for &end in &self.ends {
+                    Self::feed(&mut fresh, &self.raw[start..end]).map_err(|e| {
+                        crate::engine::EngineError::User(format!(
+                            "re-decoding Avro records that decoded before: {e}"
+                        ))
+                    })?;
+                    start = end;
+                }
+                self.current = Some((id, fresh));
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<Option<RecordBatch>> {
