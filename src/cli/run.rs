@@ -57,7 +57,7 @@ async fn plan_all(
             return None;
         }
     };
-    let planner = SqlPlanner::new();
+    let planner = SqlPlanner::new().with_env(crate::connectors::ConnectorEnv::from_config(config));
     let mut ok = true;
     let mut out = Vec::new();
     for path in paths {

@@ -475,6 +475,7 @@ mod tests {
             Options::new("bh", "blackhole", values)
         };
         let undeclared = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "bh",
             schema: None,
             base_dir: dir.path(),
@@ -495,6 +496,7 @@ mod tests {
         let f = super::super::sink(&undeclared, opts(&[("latency_column", "nope")])).unwrap();
         assert!(f.check_schema(&schema()).is_err());
         let declared = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             schema: Some(schema()),
             ..undeclared
         };

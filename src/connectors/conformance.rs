@@ -55,6 +55,7 @@ fn build(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let req = TableRequest {
+        env: &crate::connectors::ConnectorEnv::default(),
         table: "out",
         schema: None,
         base_dir: dir,

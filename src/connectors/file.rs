@@ -726,6 +726,7 @@ mod tests {
             .collect();
         let mut opts = Options::new("events", "file", values);
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "events",
             schema,
             base_dir: base,

@@ -219,7 +219,7 @@ impl Options {
     }
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of milliseconds.
+/// Parses `250ms`, `5s`, `2m`, `1h`, `7d` or a bare number of milliseconds.
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -234,7 +234,12 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        u => return Err(format!("unknown duration unit '{u}' (use ms, s, m or h)")),
+        "d" => n * 86400.0,
+        u => {
+            return Err(format!(
+                "unknown duration unit '{u}' (use ms, s, m, h or d)"
+            ));
+        }
     };
     if !secs.is_finite() || secs < 0.0 {
         return Err("duration must be a non-negative number".into());
@@ -277,10 +282,30 @@ pub const CONNECTORS: &[&str] = &[
 /// What the planner knows about a table when it asks for its source.
 pub struct TableRequest<'a> {
     pub table: &'a str,
+    /// What the installation's configuration says beyond the table's options.
+    pub env: &'a ConnectorEnv,
     /// Columns declared in the DDL, if any; the source must produce exactly these.
     pub schema: Option<SchemaRef>,
     /// Where relative paths in options are resolved from (the SQL file's directory).
     pub base_dir: &'a std::path::Path,
+}
+
+/// What connectors take from the installation's configuration rather than from a
+/// table's options: Kafka clusters and domains, the default schema registry.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorEnv {
+    pub kafka: kafka::KafkaConfig,
+    /// The registry an Avro table uses when it names none (`[registry] url`).
+    pub registry_url: Option<String>,
+}
+
+impl ConnectorEnv {
+    pub fn from_config(config: &crate::pipeline::Config) -> Self {
+        ConnectorEnv {
+            kafka: config.kafka.clone(),
+            registry_url: Some(config.registry.url.clone()).filter(|u| !u.is_empty()),
+        }
+    }
 }
 
 fn unknown(table: &str, name: &str) -> crate::Error {

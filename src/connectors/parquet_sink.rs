@@ -689,6 +689,7 @@ mod tests {
 
     fn factory(dir: &Path, kv: &[(&str, &str)], clock: &ManualClock) -> ParquetSinkFactory {
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "sales",
             schema: None,
             base_dir: dir,
@@ -733,11 +734,13 @@ mod tests {
     fn plan_time_refusals() {
         let dir = tempfile::tempdir().unwrap();
         let declared = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "sales",
             schema: Some(schema()),
             base_dir: dir.path(),
         };
         let undeclared = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             schema: None,
             ..declared
         };

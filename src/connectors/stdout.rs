@@ -388,6 +388,7 @@ mod tests {
 
     fn file_factory(dir: &Path, kv: &[(&str, &str)]) -> Arc<dyn SinkFactory> {
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "orders",
             schema: None,
             base_dir: dir,
@@ -454,6 +455,7 @@ mod tests {
     fn file_sink_refuses_unknown_options_and_a_missing_path() {
         let dir = tempfile::tempdir().unwrap();
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "orders",
             schema: None,
             base_dir: dir.path(),
@@ -483,6 +485,7 @@ mod tests {
     fn declared_schema_mismatch_lists_both_column_lists() {
         let dir = tempfile::tempdir().unwrap();
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "orders",
             schema: Some(schema()),
             base_dir: dir.path(),

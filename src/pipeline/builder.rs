@@ -267,6 +267,7 @@ impl PipelineBuilder {
         let schema = futures::executor::block_on(self.declared(&decl))?;
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
         let req = TableRequest {
+            env: self.planner.env(),
             table: &decl.name,
             schema,
             base_dir: &cwd,
@@ -555,6 +556,7 @@ impl PipelineBuilder {
         let schema = futures::executor::block_on(self.declared(&decl))?;
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
         let req = TableRequest {
+            env: self.planner.env(),
             table: &decl.name,
             schema,
             base_dir: &cwd,

@@ -18,6 +18,7 @@ pub struct Config {
     pub pipeline: PipelineDefaults,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub kafka: crate::connectors::kafka::KafkaConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +165,7 @@ pub fn load_config(
         })?;
     crate::connectors::parse_duration(&config.pipeline.flush_interval)
         .map_err(|e| PipelineError::Config(format!("pipeline.flush_interval: {e}")))?;
+    config.kafka.validate().map_err(PipelineError::Config)?;
     Ok(config)
 }
 

@@ -152,6 +152,7 @@ mod tests {
             arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, true),
         ]));
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "ref",
             schema: Some(schema),
             base_dir: dir,

@@ -307,6 +307,8 @@ pub struct PlannedPipeline {
 pub struct SqlPlanner {
     udfs: Vec<Arc<ScalarUDF>>,
     udafs: Vec<Arc<datafusion::logical_expr::AggregateUDF>>,
+    /// Kafka clusters and domains, the default registry: what tables may refer to.
+    env: Arc<connectors::ConnectorEnv>,
 }
 
 impl Default for SqlPlanner {
@@ -322,7 +324,19 @@ impl SqlPlanner {
         SqlPlanner {
             udfs: super::udf::builtins(),
             udafs: Vec::new(),
+            env: Arc::default(),
         }
+    }
+
+    /// Lets tables refer to what the configuration declares (Kafka clusters and
+    /// domains, the schema registry).
+    pub fn with_env(mut self, env: connectors::ConnectorEnv) -> Self {
+        self.env = Arc::new(env);
+        self
+    }
+
+    pub fn env(&self) -> &connectors::ConnectorEnv {
+        &self.env
     }
 
     /// Makes a Rust scalar function callable from every query this planner plans.
@@ -753,6 +767,7 @@ impl SqlPlanner {
             }
             let req = TableRequest {
                 table: &decl.name,
+                env: &self.env,
                 schema: declared,
                 base_dir,
             };
@@ -967,6 +982,7 @@ impl SqlPlanner {
                     })?,
                 None => {
                     let req = TableRequest {
+                        env: &self.env,
                         table: &decl.name,
                         schema: declared.clone(),
                         base_dir,

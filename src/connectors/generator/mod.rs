@@ -814,6 +814,7 @@ mod tests {
         schema: Option<SchemaRef>,
     ) -> crate::Result<Arc<dyn SourceFactory>> {
         let req = TableRequest {
+            env: &crate::connectors::ConnectorEnv::default(),
             table: "t",
             schema,
             base_dir: Path::new("."),

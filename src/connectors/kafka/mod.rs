@@ -41,9 +41,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use super::{ConnectorError, Options, TableRequest};
+use super::{ConnectorEnv, ConnectorError, Options, TableRequest};
+pub use domains::{ClusterConfig, KafkaConfig};
 use metadata::{MetadataColumns, RecordMeta};
 
+mod domains;
 mod metadata;
 use crate::dlq::BadRecordReason;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
@@ -82,24 +84,30 @@ fn parse_start_timestamp(s: &str) -> Option<i64> {
     })
 }
 
-/// Client settings shared by the source and the sink: `bootstrap_servers` and any
+/// Client settings and topic shared by the source and the sink: the cluster (its
+/// `bootstrap_servers`, or a configured `cluster` / `domain`, see [`domains`]) and any
 /// librdkafka property given as `kafka.<property>` (e.g. `kafka.security.protocol`).
-fn client_config(opts: &mut Options) -> Result<ClientConfig> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", opts.required("bootstrap_servers")?);
+fn client_config(opts: &mut Options, env: &ConnectorEnv) -> Result<(ClientConfig, String)> {
+    let domains::Endpoint {
+        mut config, topic, ..
+    } = domains::endpoint(opts, &env.kafka)?;
     // Keep the log quiet and the client id recognisable.
     config.set("client.id", format!("tributary-{}", opts.table));
     for (key, value) in opts.prefixed("kafka.") {
         config.set(key, value);
     }
-    Ok(config)
+    Ok((config, topic))
 }
 
 /// `format` (`json`, the default, or `avro`) and, for Avro in the Confluent wire
-/// format, `schema_registry_url`: `Some(url)` for Avro.
-fn avro_registry(opts: &mut Options) -> Result<Option<Arc<str>>> {
+/// format, the registry: `schema_registry_url`, else the configured one
+/// (`[registry] url`). `Some(url)` for Avro.
+fn avro_registry(opts: &mut Options, env: &ConnectorEnv) -> Result<Option<Arc<str>>> {
     let format = opts.get("format").unwrap_or_else(|| "json".into());
-    match (format.as_str(), opts.get("schema_registry_url")) {
+    let url = opts
+        .get("schema_registry_url")
+        .or_else(|| env.registry_url.clone());
+    match (format.as_str(), url) {
         ("json", _) => Ok(None),
         ("avro", Some(url)) => Ok(Some(url.as_str().into())),
         ("avro", None) => Err(opts.invalid(
@@ -113,9 +121,8 @@ fn avro_registry(opts: &mut Options) -> Result<Option<Arc<str>>> {
 
 /// Builds the source of a `connector = 'kafka'` table.
 pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
-    let config = client_config(opts)?;
-    let topic = opts.required("topic")?;
-    let avro = avro_registry(opts)?;
+    let (config, topic) = client_config(opts, req.env)?;
+    let avro = avro_registry(opts, req.env)?;
     let start_timestamp = opts.get("start_timestamp");
     let start = match opts.get("offset").as_deref().map(str::trim) {
         None | Some("earliest") => StartFrom::Earliest,
@@ -818,9 +825,8 @@ fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
 
 /// Builds the sink of a `connector = 'kafka'` table.
 pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
-    let mut config = client_config(opts)?;
-    let topic = opts.required("topic")?;
-    let avro = avro_registry(opts)?;
+    let (mut config, topic) = client_config(opts, req.env)?;
+    let avro = avro_registry(opts, req.env)?;
     let key_field = opts.get("key_field");
     if let (Some(k), Some(schema)) = (&key_field, &req.schema)
         && schema.index_of(k).is_err()
@@ -844,6 +850,38 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         ),
     };
     let replication = opts.parse::<i32>("replication_factor", 1)?;
+    // Topic-level settings for a topic this sink creates: `retention`, and any topic
+    // config as `topic.<name>` (e.g. `topic.cleanup.policy = 'compact'`).
+    let mut topic_configs = opts.prefixed("topic.");
+    if let Some(r) = opts.get("retention") {
+        let ms = match r.trim() {
+            "infinite" => -1,
+            v => super::parse_duration(v)
+                .map_err(|e| opts.invalid("retention", &r, e))?
+                .as_millis() as i64,
+        };
+        topic_configs.push(("retention.ms".into(), ms.to_string()));
+    }
+    let create = match partitions {
+        Some(partitions) => Some(TopicSpec {
+            partitions,
+            replication,
+            configs: topic_configs,
+        }),
+        None if !topic_configs.is_empty() => {
+            let (k, v) = topic_configs.swap_remove(0);
+            return Err(opts.invalid(
+                if k == "retention.ms" {
+                    "retention"
+                } else {
+                    "topic."
+                },
+                &v,
+                "topic settings apply when the sink creates its topic: set partitions too",
+            ));
+        }
+        None => None,
+    };
     // The CloudEvents Kafka protocol binding, binary mode: the event's attributes in
     // `ce_*` headers, so consumers that do not read the payload can route on type.
     let cloudevents = opts.get("cloudevents_type").map(|ty| CloudEvents {
@@ -871,8 +909,7 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         config,
         topic,
         key_field,
-        partitions,
-        replication,
+        create,
         avro,
         cloudevents,
     }))
@@ -890,9 +927,8 @@ struct KafkaSinkFactory {
     config: ClientConfig,
     topic: String,
     key_field: Option<String>,
-    /// Create the topic with this many partitions if it does not exist.
-    partitions: Option<i32>,
-    replication: i32,
+    /// Create the topic (partitions, replication, configs) if it does not exist.
+    create: Option<TopicSpec>,
     /// Avro in the Confluent wire format: the registry's URL.
     avro: Option<Arc<str>>,
     cloudevents: Option<CloudEvents>,
@@ -901,9 +937,10 @@ struct KafkaSinkFactory {
 impl SinkFactory for KafkaSinkFactory {
     fn describe(&self) -> String {
         format!(
-            "kafka: topic {} at {} (JSON{}, idempotent producer)",
+            "kafka: topic {} at {} ({}{}, idempotent producer)",
             self.topic,
             self.config.get("bootstrap.servers").unwrap_or("?"),
+            if self.avro.is_some() { "Avro" } else { "JSON" },
             self.key_field
                 .as_ref()
                 .map(|k| format!(", keyed by {k}"))
@@ -944,7 +981,7 @@ impl SinkFactory for KafkaSinkFactory {
             producer,
             key,
             pending: Vec::new(),
-            create: self.partitions.map(|p| (p, self.replication)),
+            create: self.create.clone(),
             avro: self.avro.clone().map(|url| (url, None)),
             cloudevents: self.cloudevents.clone(),
             // Event ids: this sink instance's random prefix and a counter.
@@ -954,6 +991,15 @@ impl SinkFactory for KafkaSinkFactory {
     }
 }
 
+/// A topic the sink creates if it does not exist (Kafka Admin API).
+#[derive(Debug, Clone)]
+struct TopicSpec {
+    partitions: i32,
+    replication: i32,
+    /// Topic configs, e.g. `retention.ms`.
+    configs: Vec<(String, String)>,
+}
+
 struct KafkaSink {
     table: String,
     topic: String,
@@ -961,8 +1007,8 @@ struct KafkaSink {
     producer: FutureProducer,
     key: Option<usize>,
     pending: Vec<rdkafka::producer::DeliveryFuture>,
-    /// Create the topic (partitions, replication) before the first write.
-    create: Option<(i32, i32)>,
+    /// Create the topic before the first write.
+    create: Option<TopicSpec>,
     /// Avro: the registry, and the encoder made at the first write (its schema
     /// registered under `<topic>-value`).
     avro: Option<(Arc<str>, Option<arrow_avro::writer::Encoder>)>,
@@ -973,18 +1019,26 @@ struct KafkaSink {
 
 impl KafkaSink {
     async fn ensure_topic(&mut self) -> Result<()> {
-        let Some((partitions, replication)) = self.create.take() else {
+        let Some(TopicSpec {
+            partitions,
+            replication,
+            configs,
+        }) = self.create.take()
+        else {
             return Ok(());
         };
         let admin: AdminClient<_> = self
             .config
             .create()
             .map_err(|e| kafka_error(&self.table, "creating the admin client", e))?;
-        let topic = NewTopic::new(
+        let mut topic = NewTopic::new(
             &self.topic,
             partitions,
             TopicReplication::Fixed(replication),
         );
+        for (k, v) in &configs {
+            topic = topic.set(k, v);
+        }
         let results = admin
             .create_topics(
                 [&topic],
