@@ -152,7 +152,7 @@ impl RowValidator for TableChecks {
         }
         let keep: BooleanArray = failures.iter().map(|f| Some(f.is_none())).collect();
         arrow::compute::filter_record_batch(&batch, &keep)
-            .map_err(|e| crate::engine::EngineError::arrow("applying CHECK constraints", e).into())
+            .map_err(|e| crate::engine::EngineError::arrow("applying CHECK constraints", e))
     }
 
     fn describe(&self) -> String {

@@ -262,7 +262,7 @@ impl MetadataColumns {
             columns,
             &RecordBatchOptions::new().with_row_count(Some(rows)),
         )
-        .map_err(|e| crate::engine::EngineError::arrow("adding Kafka metadata columns", e).into())
+        .map_err(|e| crate::engine::EngineError::arrow("adding Kafka metadata columns", e))
     }
 
     /// For `describe`: `key → k, offset → o`.
@@ -276,7 +276,7 @@ impl MetadataColumns {
 }
 
 fn cast_error(field: &Field, e: arrow::error::ArrowError) -> crate::Error {
-    crate::engine::EngineError::arrow(format!("metadata column {}", field.name()), e).into()
+    crate::engine::EngineError::arrow(format!("metadata column {}", field.name()), e)
 }
 
 /// A VARCHAR (already checked to be UTF-8) or BYTEA column of optional bytes.
