@@ -63,7 +63,7 @@ pub(crate) async fn post_json(
 }
 
 /// The schema text registered under `id` (`GET /schemas/ids/{id}`).
-pub(crate) async fn schema_by_id(url: &str, id: u32) -> Result<String, RegistryError> {
+pub async fn schema_by_id(url: &str, id: u32) -> Result<String, RegistryError> {
     let (status, reply) =
         request(url, hyper::Method::GET, &format!("/schemas/ids/{id}"), None).await?;
     match (status, reply["schema"].as_str()) {

@@ -28,7 +28,7 @@
 
 #![warn(missing_docs)]
 
-pub(crate) mod client;
+pub mod client;
 pub mod compat;
 pub mod schema;
 pub mod server;

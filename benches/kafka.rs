@@ -1,0 +1,304 @@
+//! Kafka source and sink throughput, each against what the hardware and the broker
+//! allow, in one run over the same topics:
+//!
+//! - sink: generator → Tributary's Kafka sink (idempotent, acks=all) writing N Nexmark
+//!   bids to a 2-partition topic (Avro in the Confluent wire format, then JSON);
+//! - source: a plain `rdkafka` consumer loop that only counts bytes (the physical
+//!   limit), against a Tributary pipeline reading the same topic into Arrow (Kafka
+//!   source → blackhole), both with one consumer;
+//! - decoding alone: the same Avro records decoded into Arrow by `arrow-avro` and by
+//!   `apache-avro` (a `Value` per record, then Arrow builders) — ADR 0008.
+//!
+//! Needs a broker: `scripts/kafka start` then
+//! `TRIBUTARY_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench kafka`
+//! (`TRIBUTARY_BENCH_EVENTS`, default 10,000,000). The registry is served in-process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayBuilder, ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tributary::connectors::blackhole::BlackholeSink;
+use tributary::engine::{BatchSettings, RuntimeSettings};
+use tributary::pipeline::PipelineBuilder;
+
+const PARTITIONS: i32 = 2;
+/// Records kept from the Avro topic for the decoding comparison.
+const DECODE_SAMPLE: usize = 1_000_000;
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        channel_capacity: 8,
+        batch: BatchSettings {
+            size: 8192,
+            flush_interval: Duration::from_millis(100),
+        },
+        ..RuntimeSettings::default()
+    }
+}
+
+fn format_options(format: &str, registry: &str) -> String {
+    match format {
+        "avro" => format!(", format = 'avro', schema_registry_url = '{registry}'"),
+        _ => String::new(),
+    }
+}
+
+/// Writes `events` bids to `topic` through Tributary's sink; events per second.
+async fn load(servers: &str, topic: &str, format: &str, registry: &str, events: u64) -> f64 {
+    let mut p = PipelineBuilder::new("load").runtime_settings(settings());
+    let src = p
+        .source_sql(&format!(
+            "CREATE TABLE bids WITH (connector = 'generator', world = 'nexmark', stream = 'bids', \
+             count = '{events}', rate = '0')"
+        ))
+        .unwrap();
+    p.sink_sql(
+        src,
+        &format!(
+            "CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+             topic = '{topic}', partitions = '{PARTITIONS}', key_field = 'auction'{})",
+            format_options(format, registry)
+        ),
+    )
+    .unwrap();
+    let t = Instant::now();
+    p.run_to_completion().await.unwrap();
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// A plain consumer reading both partitions to their end, counting bytes: records
+/// per second, bytes read, and the first `keep` payloads.
+fn plain_loop(servers: &str, topic: &str, keep: usize) -> (f64, u64, u64, Vec<Vec<u8>>) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", format!("bench-plain-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut ends = std::collections::HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(30))
+            .unwrap();
+        ends.insert(p, high);
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut kept = Vec::new();
+    let t = Instant::now();
+    while !ends.is_empty() {
+        let Some(m) = consumer.poll(Duration::from_secs(1)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let payload = m.payload().unwrap_or_default();
+        records += 1;
+        bytes += payload.len() as u64;
+        if kept.len() < keep {
+            kept.push(payload.to_vec());
+        }
+        if ends
+            .get(&m.partition())
+            .is_some_and(|e| m.offset() + 1 >= *e)
+        {
+            ends.remove(&m.partition());
+        }
+    }
+    (
+        records as f64 / t.elapsed().as_secs_f64(),
+        records,
+        bytes,
+        kept,
+    )
+}
+
+/// Tributary's Kafka source (bounded, one task) into a blackhole; records per second.
+async fn tributary_source(
+    servers: &str,
+    topic: &str,
+    format: &str,
+    registry: &str,
+    events: u64,
+) -> f64 {
+    let mut p = PipelineBuilder::new("read").runtime_settings(settings());
+    let src = p
+        .source_sql(&format!(
+            "CREATE TABLE bids (auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
+             channel VARCHAR NOT NULL, url VARCHAR NOT NULL, date_time TIMESTAMP NOT NULL, \
+             extra VARCHAR NOT NULL) WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+             topic = '{topic}', bounded = 'true'{})",
+            format_options(format, registry)
+        ))
+        .unwrap();
+    p.sink(src, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
+    let t = Instant::now();
+    let report = p.run_to_completion().await.unwrap();
+    assert_eq!(report.bad_records, 0, "every record decodes");
+    events as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `arrow-avro`: records straight into Arrow builders; records per second.
+fn decode_arrow_avro(payloads: &[Vec<u8>], id: u32, schema: &str) -> f64 {
+    use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(Fingerprint::Id(id), AvroSchema::new(schema.to_string()))
+        .unwrap();
+    let t = Instant::now();
+    let mut decoder = arrow_avro::reader::ReaderBuilder::new()
+        .with_batch_size(8192)
+        .with_writer_schema_store(store)
+        .build_decoder()
+        .unwrap();
+    let mut rows = 0;
+    for chunk in payloads.chunks(8192) {
+        for p in chunk {
+            assert_eq!(decoder.decode(p).unwrap(), p.len());
+        }
+        rows += decoder.flush().unwrap().map_or(0, |b| b.num_rows());
+    }
+    assert_eq!(rows, payloads.len());
+    payloads.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// `apache-avro`: a `Value` tree per record, then appended to Arrow builders (the
+/// bids' types: long, string, timestamp); records per second.
+fn decode_apache_avro(payloads: &[Vec<u8>], schema: &str) -> f64 {
+    use apache_avro::types::Value;
+    let schema = apache_avro::Schema::parse_str(schema).unwrap();
+    let t = Instant::now();
+    let mut rows = 0;
+    for chunk in payloads.chunks(8192) {
+        let mut builders: Vec<Box<dyn ArrayBuilder>> = Vec::new();
+        for p in chunk {
+            let Value::Record(fields) =
+                apache_avro::from_avro_datum(&schema, &mut &p[5..], None).unwrap()
+            else {
+                panic!("a record");
+            };
+            if builders.is_empty() {
+                builders = fields
+                    .iter()
+                    .map(|(_, v)| -> Box<dyn ArrayBuilder> {
+                        match v {
+                            Value::Long(_) => Box::new(Int64Builder::new()),
+                            Value::String(_) => Box::new(StringBuilder::new()),
+                            _ => Box::new(TimestampMillisecondBuilder::new()),
+                        }
+                    })
+                    .collect();
+            }
+            for (b, (_, v)) in builders.iter_mut().zip(fields) {
+                let any = b.as_any_mut();
+                match v {
+                    Value::Long(x) => any.downcast_mut::<Int64Builder>().unwrap().append_value(x),
+                    Value::String(s) => {
+                        any.downcast_mut::<StringBuilder>().unwrap().append_value(s)
+                    }
+                    Value::TimestampMillis(x) => any
+                        .downcast_mut::<TimestampMillisecondBuilder>()
+                        .unwrap()
+                        .append_value(x),
+                    Value::TimestampMicros(x) => any
+                        .downcast_mut::<TimestampMillisecondBuilder>()
+                        .unwrap()
+                        .append_value(x / 1000),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
+        rows += RecordBatch::try_from_iter(
+            columns
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (format!("c{i}"), c)),
+        )
+        .unwrap()
+        .num_rows();
+    }
+    assert_eq!(rows, payloads.len());
+    payloads.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+fn m(x: f64) -> String {
+    format!("{:.2}M", x / 1e6)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let Ok(servers) = std::env::var("TRIBUTARY_BENCH_KAFKA") else {
+        eprintln!(
+            "kafka bench skipped: start a broker (scripts/kafka start) and set TRIBUTARY_BENCH_KAFKA"
+        );
+        return;
+    };
+    let events: u64 = std::env::var("TRIBUTARY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(
+        tributary::registry::Registry::open(dir.path())
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(tributary::registry::server::serve(
+        listener,
+        registry,
+        std::future::pending(),
+    ));
+    let run = format!("{:08x}", rand::random::<u32>());
+    println!("Kafka bench: {events} Nexmark bids, {PARTITIONS} partitions, broker {servers}");
+    println!(
+        "{:<6} {:>12} {:>16} {:>10} {:>16} {:>7}",
+        "format", "sink rec/s", "plain loop rec/s", "MB/s", "tributary rec/s", "ratio"
+    );
+    let mut sample = Vec::new();
+    for format in ["avro", "json"] {
+        let topic = format!("bench.bids.{format}.{run}");
+        let sink = load(&servers, &topic, format, &url, events).await;
+        let keep = if format == "avro" { DECODE_SAMPLE } else { 0 };
+        let (plain, records, bytes, kept) =
+            tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep));
+        assert_eq!(records, events, "every record in the topic");
+        if format == "avro" {
+            sample = kept;
+        }
+        let ours = tributary_source(&servers, &topic, format, &url, events).await;
+        println!(
+            "{:<6} {:>12} {:>16} {:>10.0} {:>16} {:>7.2}",
+            format,
+            m(sink),
+            m(plain),
+            plain * (bytes as f64 / records as f64) / 1e6,
+            m(ours),
+            ours / plain
+        );
+    }
+    let id = u32::from_be_bytes([sample[0][1], sample[0][2], sample[0][3], sample[0][4]]);
+    let schema = tributary::registry::client::schema_by_id(&url, id)
+        .await
+        .unwrap();
+    let arrow_avro = decode_arrow_avro(&sample, id, &schema);
+    let apache = decode_apache_avro(&sample, &schema);
+    println!(
+        "decoding {} Avro bids into Arrow: arrow-avro {} rec/s, apache-avro {} rec/s ({:.2}x)",
+        sample.len(),
+        m(arrow_avro),
+        m(apache),
+        arrow_avro / apache
+    );
+}
