@@ -285,6 +285,55 @@ def test_confluent_deserializer_reads_the_avro_tributary_wrote(servers, tmp_path
         registry.stop()
 
 
+OFFER_SQL = (
+    "CREATE TABLE app WITH (connector = 'generator', stream = 'app', count = '3000', rate = '0', seed = '9');\n"
+    "CREATE TABLE offers WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{topic}', "
+    "partitions = '2', key_field = 'customer_id', format = 'avro', schema_registry_url = '{url}', "
+    "schema_file = '{contract}');\n"
+    "INSERT INTO offers SELECT event_time, customer_id, session_id, restaurant_id, "
+    "COALESCE(offer_id, 0) AS offer_id, COALESCE(offer_name, '') AS offer_name, "
+    "event_type = 'offer_clicked' AS clicked, COALESCE(lower(device), '') AS device "
+    "FROM app WHERE event_type IN ('offer_viewed', 'offer_clicked') AND customer_id IS NOT NULL;\n"
+)
+
+
+def test_a_sink_writes_the_contract_in_schemas_and_confluent_reads_it(servers, tmp_path):
+    """With schema_file naming a contract of schemas/, the sink registers that schema
+    as is (its record name, namespace and docs) and encodes the query's columns in it;
+    Confluent's AvroDeserializer reads every record with the contract's fields. A query
+    that does not fit the contract is refused at plan time, naming the column."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    from test_registry import Registry
+
+    contract_path = Path(__file__).resolve().parents[2] / "schemas/offers.offer_triggered.avsc"
+    contract = json.loads(contract_path.read_text())
+    registry = Registry(tmp_path / "registry").start()
+    try:
+        topic = f"interop.offers.{uuid.uuid4().hex[:12]}"
+        sql = OFFER_SQL.format(servers=servers, topic=topic, url=registry.url, contract=contract_path)
+        run_pipeline(tmp_path, sql)
+        registered = registry.client().get_latest_version(f"{topic}-value").schema
+        assert json.loads(registered.schema_str) == contract
+        deserialize = AvroDeserializer(registry.client())
+        records = read_all(servers, topic, 2)
+        values = [deserialize(m.value(), SerializationContext(topic, MessageField.VALUE)) for m in records]
+        assert len(values) > 100
+        assert all(set(v) == {f["name"] for f in contract["fields"]} for v in values)
+        assert all(v["device"] in ("ios", "android") and isinstance(v["clicked"], bool) for v in values)
+
+        # A nullable column for a non-null field, and a column the contract lacks: refused.
+        (tmp_path / "bad.sql").write_text(
+            sql.replace("COALESCE(offer_name, '') AS offer_name", "offer_name").replace(
+                "AS device ", "AS device, 1 AS extra "))
+        out = subprocess.run([str(BIN), "check", "bad.sql"], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode != 0
+        assert "column offer_name may be NULL" in out.stderr, out.stderr
+        assert "column extra is not in the contract" in out.stderr, out.stderr
+    finally:
+        registry.stop()
+
+
 def test_cloudevents_headers_let_consumers_route_on_type(servers, tmp_path):
     """With cloudevents_type, every record carries the CloudEvents Kafka binding's
     binary-mode headers (ce_specversion, ce_id unique, ce_source, ce_type, ce_time,

@@ -827,6 +827,20 @@ fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
 pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
     let (mut config, topic) = client_config(opts, req.env)?;
     let avro = avro_registry(opts, req.env)?;
+    let contract = match opts.get("schema_file") {
+        None => None,
+        Some(_) if avro.is_none() => {
+            return Err(opts.invalid(
+                "schema_file",
+                "",
+                "a writer schema applies to format = 'avro'",
+            ));
+        }
+        Some(file) => {
+            let text = read_avro_schema(opts, req.base_dir, &file)?;
+            Some(Contract::new(text).map_err(|e| opts.invalid("schema_file", &file, e))?)
+        }
+    };
     let key_field = opts.get("key_field");
     if let (Some(k), Some(schema)) = (&key_field, &req.schema)
         && schema.index_of(k).is_err()
@@ -911,8 +925,88 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         key_field,
         create,
         avro,
+        contract,
         cloudevents,
     }))
+}
+
+/// The Avro schema a sink writes (`schema_file`, e.g. one of `schemas/`): the
+/// contract its consumers read, registered as is, instead of a schema derived from
+/// the query's columns.
+#[derive(Debug, Clone)]
+struct Contract {
+    text: Arc<str>,
+    /// The Arrow columns the contract's fields decode into (arrow-avro's mapping),
+    /// with the contract itself under `avro.schema` so the encoder writes it verbatim.
+    arrow: SchemaRef,
+}
+
+impl Contract {
+    fn new(text: Arc<str>) -> Result<Self, String> {
+        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        store
+            .set(Fingerprint::Id(0), AvroSchema::new(text.to_string()))
+            .map_err(|e| e.to_string())?;
+        let decoder = arrow_avro::reader::ReaderBuilder::new()
+            .with_writer_schema_store(store)
+            .with_active_fingerprint(Fingerprint::Id(0))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let columns = decoder.schema();
+        let mut metadata = columns.metadata().clone();
+        metadata.insert(
+            arrow_avro::schema::SCHEMA_METADATA_KEY.into(),
+            text.to_string(),
+        );
+        Ok(Contract {
+            text,
+            arrow: Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                columns.fields().clone(),
+                metadata,
+            )),
+        })
+    }
+
+    /// Refuses, at plan time, a query whose columns do not make the contract's
+    /// fields: each field needs a column of its name, of a type that casts to the
+    /// field's, and not nullable where the field is not; no other column but the key.
+    fn check(&self, table: &str, schema: &SchemaRef, key: Option<&str>) -> Result<()> {
+        let mut problems = Vec::new();
+        for f in self.arrow.fields() {
+            match schema.field_with_name(f.name()) {
+                Err(_) => problems.push(format!("no column {} ({})", f.name(), f.data_type())),
+                Ok(c) if !arrow::compute::can_cast_types(c.data_type(), f.data_type()) => problems
+                    .push(format!(
+                        "column {} is {}, the contract has {}",
+                        f.name(),
+                        c.data_type(),
+                        f.data_type()
+                    )),
+                Ok(c) if c.is_nullable() && !f.is_nullable() => problems.push(format!(
+                    "column {} may be NULL and the contract's field is not nullable (use COALESCE)",
+                    f.name()
+                )),
+                Ok(_) => {}
+            }
+        }
+        for c in schema.fields() {
+            if self.arrow.field_with_name(c.name()).is_err() && Some(c.name().as_str()) != key {
+                problems.push(format!("column {} is not in the contract", c.name()));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::Schema {
+            table: table.into(),
+            message: format!(
+                "the query does not fit schema_file: {}",
+                problems.join("; ")
+            ),
+        }
+        .into())
+    }
 }
 
 /// CloudEvents attributes a sink puts on every record.
@@ -931,6 +1025,7 @@ struct KafkaSinkFactory {
     create: Option<TopicSpec>,
     /// Avro in the Confluent wire format: the registry's URL.
     avro: Option<Arc<str>>,
+    contract: Option<Contract>,
     cloudevents: Option<CloudEvents>,
 }
 
@@ -949,13 +1044,18 @@ impl SinkFactory for KafkaSinkFactory {
     }
 
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
-        match &self.key_field {
-            Some(k) if schema.index_of(k).is_err() => Err(ConnectorError::Schema {
+        if let Some(k) = &self.key_field
+            && schema.index_of(k).is_err()
+        {
+            return Err(ConnectorError::Schema {
                 table: self.table.clone(),
                 message: format!("key_field {k}: the query has no such column"),
             }
-            .into()),
-            _ => Ok(()),
+            .into());
+        }
+        match &self.contract {
+            Some(c) => c.check(&self.table, schema, self.key_field.as_deref()),
+            None => Ok(()),
         }
     }
 
@@ -983,6 +1083,7 @@ impl SinkFactory for KafkaSinkFactory {
             pending: Vec::new(),
             create: self.create.clone(),
             avro: self.avro.clone().map(|url| (url, None)),
+            contract: self.contract.clone(),
             cloudevents: self.cloudevents.clone(),
             // Event ids: this sink instance's random prefix and a counter.
             id_prefix: format!("{:016x}", rand::random::<u64>()),
@@ -1012,6 +1113,7 @@ struct KafkaSink {
     /// Avro: the registry, and the encoder made at the first write (its schema
     /// registered under `<topic>-value`).
     avro: Option<(Arc<str>, Option<arrow_avro::writer::Encoder>)>,
+    contract: Option<Contract>,
     cloudevents: Option<CloudEvents>,
     id_prefix: String,
     sent: u64,
@@ -1080,9 +1182,21 @@ impl KafkaSink {
         let avro_error = |e: arrow_avro::errors::AvroError| {
             crate::engine::EngineError::User(format!("Avro: {e}"))
         };
+        let contracted;
+        let batch = match &self.contract {
+            Some(c) => {
+                contracted = conform(batch, &c.arrow)?;
+                &contracted
+            }
+            None => batch,
+        };
         if encoder.is_none() {
-            let schema = arrow_avro::schema::AvroSchema::try_from(batch.schema().as_ref())
-                .map_err(|e| crate::engine::EngineError::arrow("deriving the Avro schema", e))?;
+            let schema = match &self.contract {
+                Some(c) => arrow_avro::schema::AvroSchema::new(c.text.to_string()),
+                None => arrow_avro::schema::AvroSchema::try_from(batch.schema().as_ref()).map_err(
+                    |e| crate::engine::EngineError::arrow("deriving the Avro schema", e),
+                )?,
+            };
             let subject = format!("{}-value", self.topic);
             let (status, reply) = crate::registry::client::post_json(
                 registry,
