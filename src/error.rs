@@ -38,6 +38,8 @@ pub enum Error {
     Pipeline(#[from] crate::pipeline::PipelineError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -56,6 +58,7 @@ impl Error {
             Error::Format(e) => e.code(),
             Error::Pipeline(e) => e.code(),
             Error::Registry(e) => e.code(),
+            Error::Checkpoint(e) => e.code(),
             Error::Io { .. } => "IO001",
         }
     }

@@ -8,6 +8,7 @@
 //! `docs/architecture.md` for the map.
 
 pub mod admin;
+pub mod checkpoint;
 pub mod cli;
 pub mod connectors;
 pub mod dlq;

@@ -16,6 +16,12 @@
 //! | `tributary_watermark_seconds` | gauge | an operator's combined input watermark (seconds since the epoch) |
 //! | `tributary_late_rows_total` | counter | rows dropped because their window was already emitted |
 //! | `tributary_state_bytes` | gauge | memory held by an operator's state |
+//! | `tributary_checkpoints_total` | counter | checkpoints committed (`pipeline`) |
+//! | `tributary_checkpoints_failed_total` | counter | checkpoints abandoned (a task did not acknowledge in time) |
+//! | `tributary_checkpoint_seconds` | histogram | trigger to commit |
+//! | `tributary_checkpoint_alignment_seconds` | histogram | trigger until every task acknowledged (barriers through the graph, aligned) |
+//! | `tributary_checkpoint_bytes` | gauge | size of the last committed checkpoint |
+//! | `tributary_checkpoint_age_seconds` | gauge | time since the last committed checkpoint |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -76,4 +82,26 @@ pub fn late_rows(pipeline: &str, operator: &str) -> Counter {
 
 pub fn state_bytes(pipeline: &str, operator: &str) -> Gauge {
     gauge!("tributary_state_bytes", &labels(pipeline, operator))
+}
+
+/// A pipeline's checkpoint metrics.
+pub struct CheckpointMetrics {
+    pub completed: Counter,
+    pub failed: Counter,
+    pub duration: Histogram,
+    pub alignment: Histogram,
+    pub size: Gauge,
+    pub age: Gauge,
+}
+
+pub fn checkpoints(pipeline: &str) -> CheckpointMetrics {
+    let l = [("pipeline", pipeline.to_string())];
+    CheckpointMetrics {
+        completed: counter!("tributary_checkpoints_total", &l),
+        failed: counter!("tributary_checkpoints_failed_total", &l),
+        duration: histogram!("tributary_checkpoint_seconds", &l),
+        alignment: histogram!("tributary_checkpoint_alignment_seconds", &l),
+        size: gauge!("tributary_checkpoint_bytes", &l),
+        age: gauge!("tributary_checkpoint_age_seconds", &l),
+    }
 }

@@ -203,7 +203,23 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             nodes = planned.graph.nodes.len(),
             "starting pipeline"
         );
-        match Runtime::start(planned.graph, loaded.runtime.clone()) {
+        let mut runtime = loaded.runtime.clone();
+        if let Some(plan) = &loaded.checkpoint {
+            match plan.settings().await {
+                Ok(settings) => {
+                    if let Some(m) = &settings.restore {
+                        tracing::info!(pipeline = %loaded.name, checkpoint = m.id,
+                            dir = %plan.dir.display(), "resuming from checkpoint");
+                    }
+                    runtime.checkpoints = Some(settings);
+                }
+                Err(e) => {
+                    report(&e);
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        match Runtime::start(planned.graph, runtime) {
             Ok(h) => {
                 view.add(&loaded.name, &h.stats, &kinds, &sinks);
                 handles.push((loaded.name, h));

@@ -54,6 +54,16 @@
 //! An empty input publishes no file. If the sink is dropped without `finish()` (the
 //! pipeline failed), its in-progress files are deleted: their rows were never
 //! published. Writes are synchronous on the sink's task.
+//!
+//! **Exactly once** (a pipeline with checkpoints, `delivery: exactly-once`): a file
+//! completed by the rules above stays hidden (complete, synced, still under its
+//! in-progress name) until the checkpoint after it commits; at a checkpoint's barrier
+//! every open file is completed the same way (`pre_commit`) and the checkpoint records
+//! the hidden files with their final names; when the checkpoint commits they are
+//! renamed (`commit`). On recovery the restored checkpoint's files are renamed if they
+//! were not yet, and every other in-progress file of the task (written after the
+//! checkpoint) is deleted: its rows are replayed. A stopped pipeline publishes only
+//! what committed checkpoints cover.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -324,6 +334,7 @@ impl SinkFactory for ParquetSinkFactory {
             layout,
             open: HashMap::new(),
             next_seq: 0,
+            hidden: None,
         }))
     }
 }
@@ -374,7 +385,14 @@ struct ParquetSink {
     /// Open files by partition directory (relative, `""` when unpartitioned).
     open: HashMap<String, OpenFile>,
     next_seq: u64,
+    /// Exactly once: completed files waiting for a checkpoint to commit, as (hidden
+    /// name, final name), with the checkpoint that covers them (`None`: the next).
+    hidden: Option<Vec<(Option<u64>, PathBuf, PathBuf)>>,
 }
+
+/// The files a checkpoint makes visible: (hidden name, final name).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingFiles(Vec<(PathBuf, PathBuf)>);
 
 fn io_error(path: &Path, source: std::io::Error) -> crate::Error {
     ConnectorError::Io {
@@ -528,7 +546,8 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Completes the file of directory `key`: footer, sync, rename to its final name.
+    /// Completes the file of directory `key`: footer, sync, rename to its final name
+    /// (exactly once: kept hidden until a checkpoint covering it commits).
     fn publish(&mut self, key: &str) -> Result<()> {
         let Some(mut f) = self.open.remove(key) else {
             return Ok(());
@@ -539,9 +558,71 @@ impl ParquetSink {
             .sync_all()
             .map_err(|e| io_error(&f.tmp, e))?;
         drop(f.writer);
-        std::fs::rename(&f.tmp, &f.dst).map_err(|e| io_error(&f.dst, e))?;
-        if let Some(dir) = f.dst.parent() {
-            sync_dir(dir).map_err(|e| io_error(dir, e))?;
+        match self.hidden.as_mut() {
+            Some(hidden) => {
+                hidden.push((None, f.tmp, f.dst));
+                Ok(())
+            }
+            None => reveal(&f.tmp, &f.dst),
+        }
+    }
+
+    /// Completes every open file (hidden or published, see `publish`).
+    fn publish_all(&mut self) -> Result<()> {
+        let mut keys: Vec<String> = self.open.keys().cloned().collect();
+        keys.sort();
+        let mut first_error = None;
+        for k in keys {
+            if let Err(e) = self.publish(&k) {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Makes visible the hidden files of checkpoints up to `id` (all when `None`).
+    fn reveal_up_to(&mut self, id: Option<u64>) -> Result<()> {
+        let Some(hidden) = self.hidden.as_mut() else {
+            return Ok(());
+        };
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(hidden)
+            .into_iter()
+            .partition(|(c, _, _)| match (c, id) {
+                (_, None) => true,
+                (Some(c), Some(id)) => *c <= id,
+                (None, Some(_)) => false,
+            });
+        *hidden = keep;
+        for (_, tmp, dst) in due {
+            reveal(&tmp, &dst)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes this task's in-progress files under the output directory: files of
+    /// an attempt after the restored checkpoint, whose rows the restart replays.
+    fn delete_leftovers(&self) -> Result<()> {
+        let prefix = format!(".part-{}-", self.partition);
+        let mut stack = vec![self.cfg.dir.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(&prefix) && name.ends_with(IN_PROGRESS_SUFFIX) {
+                    std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+                }
+            }
         }
         Ok(())
     }
@@ -594,19 +675,77 @@ impl Sink for ParquetSink {
     }
 
     async fn finish(&mut self) -> Result<()> {
-        let mut keys: Vec<String> = self.open.keys().cloned().collect();
-        keys.sort();
-        let mut first_error = None;
-        for k in keys {
-            if let Err(e) = self.publish(&k) {
-                first_error.get_or_insert(e);
+        self.publish_all()?;
+        self.reveal_up_to(None)
+    }
+
+    fn exactly_once(&mut self) -> bool {
+        self.hidden = Some(Vec::new());
+        true
+    }
+
+    async fn pre_commit(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        self.publish_all()?;
+        let Some(hidden) = self.hidden.as_mut() else {
+            // At-least-once: published as completed.
+            return Ok(None);
+        };
+        for (c, _, _) in hidden.iter_mut() {
+            c.get_or_insert(id);
+        }
+        let files = PendingFiles(
+            hidden
+                .iter()
+                .map(|(_, tmp, dst)| (tmp.clone(), dst.clone()))
+                .collect(),
+        );
+        serde_json::to_vec(&files)
+            .map(Some)
+            .map_err(|e| crate::engine::EngineError::User(format!("parquet sink state: {e}")).into())
+    }
+
+    async fn commit(&mut self, id: u64) -> Result<()> {
+        self.reveal_up_to(Some(id))
+    }
+
+    async fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let PendingFiles(files) = serde_json::from_slice(state).map_err(|e| {
+            crate::engine::EngineError::User(format!("restoring the parquet sink: {e}"))
+        })?;
+        for (tmp, dst) in &files {
+            if tmp.exists() {
+                reveal(tmp, dst)?;
+            } else if !dst.exists() {
+                return Err(crate::engine::EngineError::User(format!(
+                    "restoring the parquet sink: {} of the checkpoint is gone",
+                    dst.display()
+                ))
+                .into());
             }
         }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err(e),
-        }
+        self.delete_leftovers()
     }
+
+    async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
+        for (_, f) in self.open.drain() {
+            drop(f.writer);
+            let _ = std::fs::remove_file(&f.tmp);
+        }
+        self.reveal_up_to(Some(committed))?;
+        for (_, tmp, _) in self.hidden.take().unwrap_or_default() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(())
+    }
+}
+
+/// Renames a completed hidden file to its final name, durably.
+fn reveal(tmp: &Path, dst: &Path) -> Result<()> {
+    std::fs::rename(tmp, dst).map_err(|e| io_error(dst, e))?;
+    if let Some(dir) = dst.parent() {
+        sync_dir(dir).map_err(|e| io_error(dir, e))?;
+    }
+    Ok(())
 }
 
 impl Drop for ParquetSink {

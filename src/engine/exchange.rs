@@ -251,6 +251,19 @@ impl Collector {
         Ok(())
     }
 
+    /// Sends checkpoint barrier `id` to every downstream partition of every output,
+    /// after everything emitted so far.
+    pub(crate) async fn emit_barrier(&mut self, id: u64) -> Result<()> {
+        for output in &self.outputs {
+            for s in &output.senders {
+                s.send(Message::Barrier(id))
+                    .await
+                    .map_err(|_| EngineError::DownstreamGone)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sends `End` to every downstream partition; idempotent.
     pub(crate) async fn close(&mut self) {
         if self.closed {

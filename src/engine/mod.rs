@@ -49,8 +49,22 @@ pub enum Message {
     /// No more rows with an event time (ms since the epoch) below this are expected
     /// from the sender. See [`watermark`](self::watermark) for how they are combined.
     Watermark(i64),
+    /// Checkpoint barrier: everything the sender sent before it belongs to checkpoint
+    /// `n`, everything after to the next (see [`crate::checkpoint`]).
+    Barrier(u64),
     /// The sender has sent its last batch.
     End,
+}
+
+/// Whether an operator's state survives a restart through checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateKind {
+    /// No state between batches: nothing to checkpoint.
+    Stateless,
+    /// State taken by [`Operator::snapshot`] and given back by [`Operator::restore`].
+    Checkpointed,
+    /// State that checkpoints do not cover yet: a pipeline with checkpoints refuses it.
+    NotCheckpointed,
 }
 
 /// Identity of one running task: a node's instance for one partition.
@@ -138,6 +152,17 @@ pub trait Operator: Send {
     async fn handle_tick(&mut self, _out: &mut Collector) -> Result<()> {
         Ok(())
     }
+
+    /// The barrier of a checkpoint has arrived on every input: this task's state as
+    /// bytes (`None`: no state). The state itself is left as it was.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    /// Before the first batch, when resuming: the bytes `snapshot` returned.
+    fn restore(&mut self, _state: &[u8]) -> Result<()> {
+        Err(EngineError::User("this operator has no state to restore".into()).into())
+    }
 }
 
 /// Builds one [`Operator`] per partition.
@@ -153,6 +178,10 @@ pub trait OperatorFactory: Send + Sync {
     fn side_outputs(&self) -> Vec<(String, SchemaRef)> {
         vec![]
     }
+    /// Whether checkpoints cover this operator's state.
+    fn state_kind(&self) -> StateKind {
+        StateKind::Stateless
+    }
 }
 
 /// The runtime's side of a source task: where to emit batches, when to stop, how to
@@ -163,6 +192,43 @@ pub struct SourceContext {
     pub batch: BatchSettings,
     pub stop: StopSignal,
     pub bad_records: crate::dlq::BadRecords,
+    /// With checkpoints: this task's handle (see [`SourceContext::checkpoint_due`]).
+    pub checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
+}
+
+impl SourceContext {
+    /// A checkpoint to take now, if one was triggered since this task's last: the
+    /// source emits what it has buffered, then calls [`SourceContext::checkpoint`].
+    pub fn checkpoint_due(&self) -> Option<u64> {
+        self.checkpoints.as_ref().and_then(|c| c.due())
+    }
+
+    /// Takes checkpoint `id` at this point of the input: `position` is where to
+    /// resume (bytes the source's `restore` reads back); a barrier follows the rows
+    /// emitted so far.
+    pub async fn checkpoint(&mut self, id: u64, position: Vec<u8>) -> Result<()> {
+        self.out.emit_barrier(id).await?;
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.ack(id, Some(position));
+        }
+        Ok(())
+    }
+
+    /// Waits for the next checkpoint trigger; never resolves without checkpoints.
+    pub async fn checkpoint_triggered(&mut self) -> u64 {
+        match self.checkpoints.as_mut() {
+            Some(c) => c.triggered().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The position this task resumes from (what it passed to `checkpoint`).
+    pub async fn restored_position(&self) -> Result<Option<Vec<u8>>> {
+        match &self.checkpoints {
+            Some(c) => c.restored().await,
+            None => Ok(None),
+        }
+    }
 }
 
 /// Produces batches for one partition. `run` returns when the input is exhausted (a
@@ -180,6 +246,11 @@ pub trait SourceFactory: Send + Sync {
     fn bounded(&self) -> bool;
     fn describe(&self) -> String;
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>>;
+    /// `true` when its sources take checkpoints (record their position and resume
+    /// from it); a pipeline with checkpoints refuses other sources.
+    fn checkpointable(&self) -> bool {
+        false
+    }
 }
 
 /// Rules every row of a source must satisfy (a table's `CHECK` constraints). The
@@ -210,6 +281,9 @@ impl SourceFactory for ValidatedSourceFactory {
     }
     fn describe(&self) -> String {
         format!("{}; {}", self.inner.describe(), self.validator.describe())
+    }
+    fn checkpointable(&self) -> bool {
+        self.inner.checkpointable()
     }
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(ValidatedSource {
@@ -243,6 +317,41 @@ pub trait Sink: Send {
     /// Called once at the end of input or on shutdown: make everything durable and
     /// visible. No call follows.
     async fn finish(&mut self) -> Result<()>;
+
+    /// Called once before the first write when the pipeline delivers exactly once:
+    /// from now on output becomes visible only through `commit` (two-phase). Returns
+    /// `false` for a sink that cannot hold output back (it stays at-least-once).
+    fn exactly_once(&mut self) -> bool {
+        false
+    }
+
+    /// The pipeline was stopped (not at the end of its input) with checkpoints: keep
+    /// only the output of committed checkpoints (up to `committed`), discard the rest
+    /// (the restart replays it). The default is `finish`.
+    async fn close_uncommitted(&mut self, _committed: u64) -> Result<()> {
+        self.finish().await
+    }
+
+    /// Checkpoint `id`'s barrier arrived: make everything written so far durable but
+    /// not yet visible (first phase), and return what `commit` or, after a crash,
+    /// `restore` needs to make it visible. The default flushes (at-least-once).
+    async fn pre_commit(&mut self, _id: u64) -> Result<Option<Vec<u8>>> {
+        self.flush().await?;
+        Ok(None)
+    }
+
+    /// Checkpoint `id` (and every one before it) is committed: make its output
+    /// visible (second phase). Must be idempotent.
+    async fn commit(&mut self, _id: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Before the first write, when resuming: what `pre_commit` returned for the
+    /// restored checkpoint. Commit that output (it may not have been) and discard any
+    /// written after it.
+    async fn restore(&mut self, _state: &[u8]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Builds one [`Sink`] per partition.

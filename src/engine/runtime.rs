@@ -23,6 +23,8 @@ pub struct RuntimeSettings {
     pub batch: BatchSettings,
     /// Where stateful operators keep their state.
     pub state: Arc<dyn crate::state::StateBackend>,
+    /// Checkpoints (off when `None`).
+    pub checkpoints: Option<crate::checkpoint::CheckpointSettings>,
 }
 
 impl Default for RuntimeSettings {
@@ -31,6 +33,7 @@ impl Default for RuntimeSettings {
             channel_capacity: 8,
             batch: BatchSettings::default(),
             state: crate::state::memory_backend(),
+            checkpoints: None,
         }
     }
 }
@@ -165,6 +168,10 @@ impl Runtime {
         }
 
         let mut tasks: JoinSet<(TaskInfo, Result<()>)> = JoinSet::new();
+        let coordinator = match &settings.checkpoints {
+            Some(c) => Some(checkpoint_coordinator(&graph, c)?),
+            None => None,
+        };
         let mut stats = Vec::new();
         for (id, node) in graph.nodes.iter().enumerate().rev() {
             let node_stats = Arc::new(NodeStats::default());
@@ -196,6 +203,7 @@ impl Runtime {
                 }
                 let inputs = std::mem::take(&mut receivers[id][p]);
                 let stats = node_stats.clone();
+                let checkpoints = coordinator.as_ref().map(|c| c.task(&node.name, p));
                 match &node.kind {
                     NodeKind::Source(f) => {
                         let f = f.clone();
@@ -205,6 +213,7 @@ impl Runtime {
                             batch: settings.batch,
                             stop: StopSignal(stop_rx.clone()),
                             bad_records: crate::dlq::BadRecords::new(&task, stats),
+                            checkpoints,
                         };
                         spawn(&mut tasks, task, async move {
                             let r = async {
@@ -212,6 +221,9 @@ impl Runtime {
                                 source.run(&mut ctx).await
                             }
                             .await;
+                            if let Some(c) = &ctx.checkpoints {
+                                c.finished();
+                            }
                             ctx.out.close().await;
                             r
                         });
@@ -222,7 +234,8 @@ impl Runtime {
                         let idle = graph.idle_timeout;
                         let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_operator(&t, f.as_ref(), inputs, out, stats, idle, stop).await
+                            run_operator(&t, f.as_ref(), inputs, out, stats, idle, stop, checkpoints)
+                                .await
                         });
                     }
                     NodeKind::Sink(f) => {
@@ -230,12 +243,24 @@ impl Runtime {
                         let schema = node.schema.clone();
                         let flush = settings.batch.flush_interval;
                         let t = task.clone();
+                        let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_sink(&t, f.as_ref(), schema, inputs, stats, flush).await
+                            run_sink(&t, f.as_ref(), schema, inputs, stats, flush, checkpoints, stop)
+                                .await
                         });
                     }
                 }
             }
+        }
+        if let Some(c) = coordinator {
+            let task = TaskInfo {
+                pipeline: pipeline.clone(),
+                node: "checkpoints".into(),
+                partition: 0,
+                parallelism: 1,
+                state: settings.state.clone(),
+            };
+            spawn(&mut tasks, task, c.run());
         }
         stats.reverse();
         let names: Vec<(String, Arc<NodeStats>)> = stats.clone();
@@ -377,20 +402,126 @@ async fn supervise(
 
 /// Merges a task's input channels into one stream of `(input index, message)`; each
 /// input yields its `End` (or, if its sender is dropped, an `End` in its place) once.
-fn merge(inputs: Inputs) -> BoxStream<'static, (usize, Message)> {
-    let streams = inputs.into_iter().enumerate().map(|(i, (_, rx))| {
-        futures::stream::unfold((rx, false), move |(mut rx, done)| async move {
-            if done {
-                return None;
-            }
-            match rx.recv().await {
-                Some(Message::End) | None => Some(((i, Message::End), (rx, true))),
-                Some(m) => Some(((i, m), (rx, false))),
-            }
-        })
+/// After an input yields checkpoint barrier `n`, it yields nothing more until `gate`
+/// reaches `n` (barrier alignment: the task has taken the checkpoint).
+fn merge(inputs: Inputs, gate: watch::Receiver<u64>) -> BoxStream<'static, (usize, Message)> {
+    let streams = inputs.into_iter().enumerate().map(move |(i, (_, rx))| {
+        let gate = gate.clone();
+        futures::stream::unfold(
+            (rx, false, 0u64, gate),
+            move |(mut rx, done, blocked_on, mut gate)| async move {
+                if done {
+                    return None;
+                }
+                if blocked_on > 0 {
+                    // The task is gone if the gate's sender is: end this input too.
+                    gate.wait_for(|g| *g >= blocked_on).await.ok()?;
+                }
+                match rx.recv().await {
+                    Some(Message::End) | None => Some(((i, Message::End), (rx, true, 0, gate))),
+                    Some(Message::Barrier(n)) => {
+                        Some(((i, Message::Barrier(n)), (rx, false, n, gate)))
+                    }
+                    Some(m) => Some(((i, m), (rx, false, 0, gate))),
+                }
+            },
+        )
         .boxed()
     });
     select_all(streams).boxed()
+}
+
+/// Barrier alignment of one task: which inputs have delivered the pending barrier.
+struct Alignment {
+    pending: Option<u64>,
+    arrived: Vec<bool>,
+    ended: Vec<bool>,
+    gate: watch::Sender<u64>,
+}
+
+impl Alignment {
+    fn new(inputs: usize) -> Self {
+        Alignment {
+            pending: None,
+            arrived: vec![false; inputs],
+            ended: vec![false; inputs],
+            gate: watch::channel(0).0,
+        }
+    }
+
+    fn gate(&self) -> watch::Receiver<u64> {
+        self.gate.subscribe()
+    }
+
+    /// Barrier `id` on input `i`: the checkpoint to take now, if every input that has
+    /// not ended has delivered it.
+    fn barrier(&mut self, i: usize, id: u64) -> Option<u64> {
+        if self.pending != Some(id) {
+            self.pending = Some(id);
+            self.arrived.iter_mut().for_each(|a| *a = false);
+        }
+        self.arrived[i] = true;
+        self.complete()
+    }
+
+    /// Input `i` ended: a pending barrier may now be complete.
+    fn ended(&mut self, i: usize) -> Option<u64> {
+        self.ended[i] = true;
+        self.pending.and_then(|_| self.complete())
+    }
+
+    fn complete(&mut self) -> Option<u64> {
+        let all = self
+            .arrived
+            .iter()
+            .zip(&self.ended)
+            .all(|(a, e)| *a || *e);
+        if all { self.pending.take() } else { None }
+    }
+
+    /// The checkpoint is taken: let the blocked inputs go on.
+    fn release(&self, id: u64) {
+        let _ = self.gate.send(id);
+    }
+}
+
+/// Checks that every node of `graph` can be checkpointed and builds the coordinator.
+fn checkpoint_coordinator(
+    graph: &Graph,
+    settings: &crate::checkpoint::CheckpointSettings,
+) -> Result<crate::checkpoint::Coordinator> {
+    let mut refused = Vec::new();
+    for node in &graph.nodes {
+        match &node.kind {
+            NodeKind::Source(f) if !f.checkpointable() => refused.push(format!(
+                "source {} ({}) cannot resume from a position",
+                node.name,
+                f.describe()
+            )),
+            NodeKind::Operator(f) if f.state_kind() == super::StateKind::NotCheckpointed => {
+                refused.push(format!(
+                    "operator {} ({}) keeps state that checkpoints do not cover yet",
+                    node.name,
+                    f.describe()
+                ))
+            }
+            _ => {}
+        }
+    }
+    if !refused.is_empty() {
+        return Err(EngineError::User(format!(
+            "pipeline {} cannot take checkpoints: {}; run it without checkpoints",
+            graph.pipeline,
+            refused.join("; ")
+        ))
+        .into());
+    }
+    let parallelism = graph
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.parallelism))
+        .collect();
+    crate::checkpoint::Coordinator::new(settings.clone(), &graph.pipeline, parallelism)
 }
 
 async fn run_operator(
@@ -401,14 +532,21 @@ async fn run_operator(
     stats: Arc<NodeStats>,
     idle_timeout: Option<Duration>,
     stop: StopSignal,
+    mut checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
 ) -> Result<()> {
     let mut op = factory.create(task)?;
+    if let Some(c) = &checkpoints
+        && let Some(state) = c.restored().await?
+    {
+        op.restore(&state)?;
+    }
+    let mut alignment = Alignment::new(inputs.len());
     let rows_in = m::rows_in(&task.pipeline, &task.node);
     let latency = m::processing_latency(&task.pipeline, &task.node);
     let watermark_gauge = m::watermark(&task.pipeline, &task.node);
     let mut watermarks = InputWatermarks::new(inputs.len(), idle_timeout);
     let sides: Vec<usize> = inputs.iter().map(|(side, _)| *side).collect();
-    let mut input = merge(inputs);
+    let mut input = merge(inputs, alignment.gate());
     // Idleness is re-evaluated on a timer; without a timeout the timer never fires.
     let mut idle_check = tokio::time::interval(idle_timeout.unwrap_or(Duration::from_secs(3600)));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -434,10 +572,22 @@ async fn run_operator(
                         None
                     }
                     Message::Watermark(wm) => watermarks.watermark(i, wm, now),
+                    Message::Barrier(id) => {
+                        if let Some(id) = alignment.barrier(i, id) {
+                            take_checkpoint(op.as_mut(), &mut out, checkpoints.as_mut(), id).await?;
+                            alignment.release(id);
+                        }
+                        None
+                    }
                     // An input that ends because the pipeline is stopping has not
                     // reached the end of time: its open windows are not complete.
-                    Message::End if stop.is_raised() => None,
-                    Message::End => watermarks.ended(i, now),
+                    Message::End => {
+                        if let Some(id) = alignment.ended(i) {
+                            take_checkpoint(op.as_mut(), &mut out, checkpoints.as_mut(), id).await?;
+                            alignment.release(id);
+                        }
+                        if stop.is_raised() { None } else { watermarks.ended(i, now) }
+                    }
                 }
             }
             _ = idle_check.tick(), if idle_timeout.is_some() => watermarks.advance(Instant::now()),
@@ -461,8 +611,25 @@ async fn run_operator(
         out.emit_watermark(Watermark::END).await?;
     }
     op.on_end(&mut out).await?;
+    if let Some(c) = &checkpoints {
+        c.finished();
+    }
     out.close().await;
     Ok(())
+}
+
+/// Snapshots `op` for checkpoint `id`, acknowledges it and forwards the barrier.
+async fn take_checkpoint(
+    op: &mut dyn super::Operator,
+    out: &mut Collector,
+    checkpoints: Option<&mut crate::checkpoint::TaskCheckpoints>,
+    id: u64,
+) -> Result<()> {
+    let state = op.snapshot()?;
+    if let Some(c) = checkpoints {
+        c.ack(id, state);
+    }
+    out.emit_barrier(id).await
 }
 
 async fn run_sink(
@@ -472,15 +639,31 @@ async fn run_sink(
     inputs: Inputs,
     stats: Arc<NodeStats>,
     flush_every: Duration,
+    mut checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
+    stop: StopSignal,
 ) -> Result<()> {
     let mut sink = factory.create(task, schema)?;
+    if let Some(c) = &checkpoints {
+        if c.exactly_once && !sink.exactly_once() {
+            tracing::warn!(task = %task, "this sink cannot hold output back until a checkpoint \
+                commits: its output is at-least-once (a restart may repeat rows)");
+        }
+        if let Some(state) = c.restored().await? {
+            sink.restore(&state).await?;
+        }
+    }
     let rows_in = m::rows_in(&task.pipeline, &task.node);
     let latency = m::processing_latency(&task.pipeline, &task.node);
-    let mut input = merge(inputs);
+    let mut alignment = Alignment::new(inputs.len());
+    let mut input = merge(inputs, alignment.gate());
     let mut ticker = tokio::time::interval(flush_every.max(Duration::from_millis(1)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Exactly-once: checkpoints pre-committed here, made visible once committed.
+    let mut committed = checkpoints.as_ref().map(|c| c.committed());
+    let exactly_once = checkpoints.as_ref().is_some_and(|c| c.exactly_once);
+    let mut uncommitted: Option<u64> = None;
     loop {
-        tokio::select! {
+        let aligned = tokio::select! {
             msg = input.next() => match msg {
                 Some((_, Message::Batch(batch))) => {
                     let n = batch.num_rows() as u64;
@@ -489,11 +672,47 @@ async fn run_sink(
                     let t = Instant::now();
                     sink.write(batch).await?;
                     latency.record(t.elapsed().as_secs_f64());
+                    None
                 }
-                Some(_) => {}
+                Some((i, Message::Barrier(id))) => alignment.barrier(i, id),
+                Some((i, Message::End)) => alignment.ended(i),
+                Some(_) => None,
                 None => break,
             },
-            _ = ticker.tick() => sink.flush().await?,
+            _ = ticker.tick() => {
+                sink.flush().await?;
+                None
+            }
+            Ok(()) = async { committed.as_mut().expect("guarded").changed().await },
+                if committed.is_some() && uncommitted.is_some() => {
+                let done = *committed.as_ref().expect("guarded").borrow();
+                if let Some(id) = uncommitted.filter(|u| *u <= done) {
+                    sink.commit(id).await?;
+                    uncommitted = None;
+                }
+                None
+            }
+        };
+        if let Some(id) = aligned {
+            let state = sink.pre_commit(id).await?;
+            if let Some(c) = checkpoints.as_mut() {
+                c.ack(id, state);
+            }
+            if exactly_once {
+                uncommitted = Some(id);
+            } else {
+                sink.commit(id).await?;
+            }
+            alignment.release(id);
+        }
+    }
+    if let Some(c) = &checkpoints {
+        c.finished();
+        if exactly_once && stop.is_raised() {
+            // Stopped mid-input: rows after the last committed checkpoint are replayed
+            // by the restart, so they must not become visible now.
+            let done = *c.committed().borrow();
+            return sink.close_uncommitted(done).await;
         }
     }
     sink.finish().await

@@ -36,6 +36,8 @@ pub struct PipelineDefaults {
     pub channel_capacity: usize,
     /// Most state one task of a stateful operator may hold (a size: "1GB", "512MB").
     pub state_memory_limit: String,
+    /// Where pipelines with `checkpoint:` keep them (one directory per pipeline).
+    pub checkpoint_dir: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -40,8 +40,57 @@ pub struct PipelineFile {
     pub errors: Option<ErrorsFile>,
     pub state: Option<StateFile>,
     pub windows: Option<WindowsFile>,
+    pub checkpoint: Option<CheckpointFile>,
+    /// `exactly-once` (the default with checkpoints) or `at-least-once`.
+    pub delivery: Option<Delivery>,
     #[serde(default)]
     pub connectors: BTreeMap<String, BTreeMap<String, Scalar>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointFile {
+    /// How often a checkpoint is taken, e.g. `10s`.
+    pub interval: String,
+    /// Completed checkpoints kept (default 3).
+    pub retain: Option<usize>,
+    /// Where they are kept (default: `pipeline.checkpoint_dir`/<name>).
+    pub dir: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    ExactlyOnce,
+    AtLeastOnce,
+}
+
+/// A pipeline's checkpointing, as its file declares it.
+#[derive(Debug, Clone)]
+pub struct CheckpointPlan {
+    pub interval: Duration,
+    pub retain: usize,
+    pub dir: PathBuf,
+    pub exactly_once: bool,
+}
+
+impl CheckpointPlan {
+    pub fn store(&self) -> std::sync::Arc<dyn crate::checkpoint::CheckpointStore> {
+        std::sync::Arc::new(crate::checkpoint::LocalCheckpointStore::new(&self.dir))
+    }
+
+    /// The runtime's checkpoint settings, resuming from the latest checkpoint.
+    pub async fn settings(&self) -> crate::Result<crate::checkpoint::CheckpointSettings> {
+        let store = self.store();
+        let restore = crate::checkpoint::latest(store.as_ref()).await?;
+        Ok(crate::checkpoint::CheckpointSettings {
+            interval: self.interval,
+            store,
+            retain: self.retain,
+            exactly_once: self.exactly_once,
+            restore,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +161,8 @@ pub struct LoadedPipeline {
     pub sql: SqlText,
     pub plan: crate::sql::PlanSettings,
     pub runtime: RuntimeSettings,
+    /// `None`: no checkpoints.
+    pub checkpoint: Option<CheckpointPlan>,
 }
 
 impl LoadedPipeline {
@@ -218,6 +269,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             sql: SqlText::file(text, path),
             plan,
             runtime,
+            checkpoint: None,
         });
     }
     let file: PipelineFile = serde_yaml_ng::from_str(&text).map_err(|e| {
@@ -324,6 +376,34 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         })?;
         plan.allowed_lateness = (!d.is_zero()).then_some(d);
     }
+    let checkpoint = match (&file.checkpoint, file.delivery) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(invalid(
+                at("delivery"),
+                "delivery applies to a pipeline with checkpoints: add checkpoint: { interval: 10s }",
+            ));
+        }
+        (Some(c), delivery) => {
+            let interval = crate::connectors::parse_duration(&c.interval)
+                .map_err(|e| invalid(at("interval"), format!("interval '{}': {e}", c.interval)))?;
+            if interval < Duration::from_millis(10) {
+                return Err(invalid(at("interval"), "interval must be at least 10ms"));
+            }
+            if c.retain == Some(0) {
+                return Err(invalid(at("retain"), "retain must be at least 1"));
+            }
+            Some(CheckpointPlan {
+                interval,
+                retain: c.retain.unwrap_or(3),
+                dir: match &c.dir {
+                    Some(d) => PathBuf::from(d),
+                    None => PathBuf::from(&defaults.checkpoint_dir).join(&file.name),
+                },
+                exactly_once: delivery != Some(Delivery::AtLeastOnce),
+            })
+        }
+    };
     for (table, options) in &file.connectors {
         plan.table_options.insert(
             table.to_lowercase(),
@@ -359,6 +439,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         sql,
         plan,
         runtime,
+        checkpoint,
     })
 }
 

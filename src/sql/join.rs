@@ -333,6 +333,10 @@ impl OperatorFactory for IntervalJoinFactory {
         self.output.clone()
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        crate::engine::StateKind::NotCheckpointed
+    }
+
     fn describe(&self) -> String {
         let b = &self.bounds;
         format!(

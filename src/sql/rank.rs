@@ -50,6 +50,10 @@ impl OperatorFactory for RankFactory {
         self.output.clone()
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        crate::engine::StateKind::NotCheckpointed
+    }
+
     fn describe(&self) -> String {
         let keys: Vec<String> = self.keys.iter().map(|k| k.to_string()).collect();
         format!(

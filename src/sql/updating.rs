@@ -128,6 +128,10 @@ impl OperatorFactory for UpdatingAggFactory {
         with_op_column(&self.output)
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        crate::engine::StateKind::NotCheckpointed
+    }
+
     fn describe(&self) -> String {
         format!(
             "updating aggregate (changelog): {} key(s), {}{}",

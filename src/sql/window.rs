@@ -332,6 +332,16 @@ impl OperatorFactory for WindowAggFactory {
         )
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        match self.spec {
+            // Allowed lateness keeps what was emitted, which snapshots do not hold yet.
+            WindowKind::Fixed(_) if self.allowed_lateness == 0 => {
+                crate::engine::StateKind::Checkpointed
+            }
+            _ => crate::engine::StateKind::NotCheckpointed,
+        }
+    }
+
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         let parts = self.parts.clone();
         let spec = match self.spec {
@@ -550,6 +560,10 @@ impl OperatorFactory for WindowGatherFactory {
         self.schema.clone()
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        crate::engine::StateKind::NotCheckpointed
+    }
+
     fn describe(&self) -> String {
         format!(
             "gather each closed window ({}) into one batch",
@@ -711,7 +725,7 @@ impl WindowAggOperator {
     /// A window's current keys and results, leaving its state as it was (DataFusion's
     /// accumulators emit destructively: their intermediate state is merged into fresh
     /// ones, one kept and one evaluated).
-    fn snapshot(&self, state: &mut WindowState) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+    fn current_results(&self, state: &mut WindowState) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
         let keys = match state.groups.as_mut() {
             Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
             None => vec![],
@@ -800,7 +814,7 @@ impl WindowAggOperator {
         let mut batches = Vec::new();
         for start in due {
             let mut state = self.windows.remove(&start).expect("listed above");
-            let (keys, values) = self.snapshot(&mut state)?;
+            let (keys, values) = self.current_results(&mut state)?;
             let n = values.first().map_or(0, |v| v.len()) as u32;
             match state.emitted.take() {
                 None => {
@@ -1021,6 +1035,96 @@ impl Operator for WindowAggOperator {
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
         discarded(&self.task, self.windows.len(), "window");
         Ok(())
+    }
+
+    /// Each open window's keys and its accumulators' intermediate state (taken and
+    /// merged back, since DataFusion's accumulators hand out their state
+    /// destructively), with the watermark.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut header = WindowSnapshot {
+            watermark: self.watermark,
+            starts: Vec::new(),
+            widths: Vec::new(),
+            keys: self.factory.keys.len(),
+        };
+        let mut batches = Vec::new();
+        let starts: Vec<i64> = self.windows.keys().copied().collect();
+        for start in starts {
+            let mut state = self.windows.remove(&start).expect("listed");
+            let keys = match state.groups.as_mut() {
+                Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
+                None => vec![],
+            };
+            let n = keys.first().map_or(1, |k| k.len());
+            let mut columns = keys.clone();
+            let mut intermediates = Vec::with_capacity(state.accs.len());
+            header.widths.clear();
+            for acc in state.accs.iter_mut() {
+                let cols = acc.state(EmitTo::All).map_err(df("reading window state"))?;
+                header.widths.push(cols.len());
+                columns.extend(cols.iter().cloned());
+                intermediates.push(cols);
+            }
+            let restored = self.rebuild_window(&keys, &intermediates, n)?;
+            self.windows.insert(start, restored);
+            header.starts.push(start);
+            batches.push(columns);
+        }
+        crate::state::snapshot::encode(&header, &batches).map(Some)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<()> {
+        let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(state)?;
+        self.watermark = header.watermark;
+        for (start, columns) in header.starts.into_iter().zip(batches) {
+            let (keys, rest) = columns.split_at(header.keys);
+            let n = keys.first().map_or(1, |k| k.len());
+            let mut intermediates = Vec::with_capacity(header.widths.len());
+            let mut at = 0;
+            for w in &header.widths {
+                intermediates.push(rest[at..at + w].to_vec());
+                at += w;
+            }
+            let window = self.rebuild_window(keys, &intermediates, n)?;
+            self.windows.insert(start, window);
+        }
+        self.check_state()
+    }
+}
+
+/// The header of a window operator's checkpointed state.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WindowSnapshot {
+    watermark: i64,
+    /// Open windows' starts, in the order of the state batches.
+    starts: Vec<i64>,
+    /// State columns of each aggregate.
+    widths: Vec<usize>,
+    /// Key columns (first in each batch).
+    keys: usize,
+}
+
+impl WindowAggOperator {
+    /// A window holding `keys` (group `i` = row `i`) and each aggregate's
+    /// intermediate state for them.
+    fn rebuild_window(
+        &self,
+        keys: &[ArrayRef],
+        intermediates: &[Vec<ArrayRef>],
+        n: usize,
+    ) -> Result<WindowState> {
+        let mut w = self.new_window()?;
+        let ids: Vec<usize> = (0..n).collect();
+        if let Some(g) = w.groups.as_mut() {
+            let mut interned = Vec::new();
+            g.intern(keys, &mut interned)
+                .map_err(df("restoring window keys"))?;
+        }
+        for (acc, state) in w.accs.iter_mut().zip(intermediates) {
+            acc.merge_batch(state, &ids, n)
+                .map_err(df("restoring window state"))?;
+        }
+        Ok(w)
     }
 }
 

@@ -15,6 +15,7 @@
 //!   backend plugs in without changing the operators' logic.
 
 mod process;
+pub mod snapshot;
 
 pub(crate) use process::KeyEncoder;
 pub use process::{KeyedProcessFunction, ProcessContext, ProcessFactory, Row};

@@ -261,6 +261,10 @@ impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
         self.side_outputs.clone()
     }
 
+    fn state_kind(&self) -> crate::engine::StateKind {
+        crate::engine::StateKind::NotCheckpointed
+    }
+
     fn describe(&self) -> String {
         format!(
             "process function {} keyed by columns {:?}",

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod checkpoints;
 mod cli_errors;
 mod kafka;
 mod lifecycle;

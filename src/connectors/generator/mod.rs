@@ -622,7 +622,14 @@ impl SourceFactory for GeneratorFactory {
             rate_per_task: self.settings.rate / n as f64,
             origin_ms: self.origin_ms,
             projection: self.projection.clone(),
+            consumed: 0,
         }))
+    }
+
+    /// A generator resumes by regenerating its sequence up to the checkpointed
+    /// record: its events are a function of the seed and their position.
+    fn checkpointable(&self) -> bool {
+        true
     }
 }
 
@@ -634,9 +641,38 @@ struct GeneratorSource {
     rate_per_task: f64,
     origin_ms: i64,
     projection: Arc<Projection>,
+    /// Records consumed from the sequence and emitted (the checkpointed position).
+    consumed: u64,
 }
 
 impl GeneratorSource {
+    /// Emits what is pending and records checkpoint `id` at this position.
+    async fn checkpoint(&mut self, ctx: &mut SourceContext, id: u64) -> crate::Result<()> {
+        self.emit_pending(ctx).await?;
+        ctx.checkpoint(id, self.consumed.to_le_bytes().to_vec())
+            .await
+    }
+
+    /// Skips the first `n` records of the sequence (already emitted before a restart).
+    fn fast_forward(&mut self, n: u64) -> crate::Result<()> {
+        let mut bad = crate::dlq::BadRecords::detached("restore");
+        for _ in 0..n {
+            if self.gen_.peek_schedule().is_none() {
+                break;
+            }
+            self.gen_.push_next(&mut bad)?;
+            if self.gen_.pending_rows() >= 8192 {
+                self.gen_.take_batch(&mut bad)?;
+            }
+        }
+        self.gen_.take_batch(&mut bad)?;
+        if let Some(r) = &mut self.remaining {
+            *r = r.saturating_sub(n);
+        }
+        self.consumed = n;
+        Ok(())
+    }
+
     async fn emit_pending(&mut self, ctx: &mut SourceContext) -> crate::Result<bool> {
         match self.gen_.take_batch(&mut ctx.bad_records)? {
             Some(batch) => {
@@ -662,12 +698,28 @@ impl Source for GeneratorSource {
         lag.set(0.0);
         let size = ctx.batch.size.max(1);
         let flush = ctx.batch.flush_interval;
-        let t0 = Instant::now();
+        if let Some(position) = ctx.restored_position().await? {
+            let n = position
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| crate::engine::EngineError::User("generator position: 8 bytes expected".into()))?;
+            self.fast_forward(n)?;
+        }
+        // Resuming: the schedule goes on from the next record, not from the start.
+        let t0 = match self.gen_.peek_schedule() {
+            Some(sched) if self.consumed > 0 => Instant::now()
+                .checked_sub(self.due_offset(sched))
+                .unwrap_or_else(Instant::now),
+            _ => Instant::now(),
+        };
         let mut last_emit = t0;
         loop {
             if ctx.stop.is_raised() {
                 self.emit_pending(ctx).await?;
                 return Ok(());
+            }
+            if let Some(id) = ctx.checkpoint_due() {
+                self.checkpoint(ctx, id).await?;
             }
             let now = Instant::now();
             let elapsed = now.duration_since(t0);
@@ -690,6 +742,7 @@ impl Source for GeneratorSource {
                     }
                 }
                 self.gen_.push_next(&mut ctx.bad_records)?;
+                self.consumed += 1;
                 if let Some(r) = &mut self.remaining {
                     *r -= 1;
                 }
@@ -741,9 +794,17 @@ impl Source for GeneratorSource {
             } else {
                 next_due
             };
+            let stop = &mut ctx.stop;
+            let checkpoints = &mut ctx.checkpoints;
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
-                _ = ctx.stop.raised() => {}
+                _ = stop.raised() => {}
+                _ = async {
+                    match checkpoints.as_mut() {
+                        Some(c) => { c.triggered().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
             }
         }
     }

@@ -1,0 +1,300 @@
+//! The checkpoint coordinator of one running pipeline, and each task's handle to it.
+//!
+//! Every `interval` the coordinator triggers checkpoint `n`: source tasks see it at
+//! their next safe point, send their position and a barrier downstream; operator and
+//! sink tasks snapshot once the barrier has arrived on every input (aligned) and
+//! forward it. Each task acknowledges with its blob; when every task has, the
+//! coordinator writes the blobs, commits the metadata and tells the sinks, which
+//! then make that checkpoint's output visible. One checkpoint is in flight at a time;
+//! one that does not complete within its timeout is abandoned (its blobs removed
+//! later). Once a task has finished (its input ended), no further checkpoint starts:
+//! the end of input commits everything itself.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::{CheckpointMeta, CheckpointStore, Result};
+
+/// How a pipeline checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub interval: Duration,
+    pub store: Arc<dyn CheckpointStore>,
+    /// Completed checkpoints kept (savepoints are kept until deleted).
+    pub retain: usize,
+    /// `true`: sinks make output visible only for committed checkpoints; `false`
+    /// (at-least-once): they commit at the barrier, without waiting.
+    pub exactly_once: bool,
+    /// The checkpoint to resume from.
+    pub restore: Option<CheckpointMeta>,
+}
+
+/// What a task tells the coordinator.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// Checkpoint `id` is taken on this task; its state (if any).
+    Ack {
+        id: u64,
+        task: String,
+        blob: Option<Vec<u8>>,
+    },
+    /// This task's input ended: no checkpoint can complete any more.
+    Finished,
+}
+
+/// A task's side of checkpointing.
+#[derive(Clone)]
+pub struct TaskCheckpoints {
+    name: String,
+    triggered: watch::Receiver<u64>,
+    committed: watch::Receiver<u64>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// The checkpoint this task resumes from, and whether it has a blob there.
+    restore: Option<(u64, bool)>,
+    store: Arc<dyn CheckpointStore>,
+    /// The last checkpoint this (source) task took.
+    taken: u64,
+    pub exactly_once: bool,
+}
+
+impl TaskCheckpoints {
+    /// A checkpoint triggered since this task's last one (sources).
+    pub fn due(&self) -> Option<u64> {
+        let t = *self.triggered.borrow();
+        (t > self.taken).then_some(t)
+    }
+
+    /// Waits until a checkpoint is triggered (sources that wait for input).
+    pub async fn triggered(&mut self) -> u64 {
+        let taken = self.taken;
+        let seen = self.triggered.wait_for(|t| *t > taken).await.map(|t| *t);
+        match seen {
+            Ok(t) => t,
+            // The coordinator is gone: no more checkpoints.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Acknowledges checkpoint `id` with this task's state.
+    pub fn ack(&mut self, id: u64, blob: Option<Vec<u8>>) {
+        self.taken = self.taken.max(id);
+        let _ = self.reports.send(Report::Ack {
+            id,
+            task: self.name.clone(),
+            blob,
+        });
+    }
+
+    /// This task's input ended.
+    pub(crate) fn finished(&self) {
+        let _ = self.reports.send(Report::Finished);
+    }
+
+    /// The state this task resumes from, if the restored checkpoint holds one.
+    pub async fn restored(&self) -> Result<Option<Vec<u8>>> {
+        match self.restore {
+            Some((id, true)) => self.store.get_blob(id, &self.name).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The latest committed checkpoint id (sinks commit up to it).
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}
+
+/// The coordinator: created with the runtime, run as its own task.
+pub struct Coordinator {
+    settings: CheckpointSettings,
+    pipeline: String,
+    parallelism: BTreeMap<String, usize>,
+    tasks: usize,
+    triggered: watch::Sender<u64>,
+    committed: watch::Sender<u64>,
+    reports_tx: mpsc::UnboundedSender<Report>,
+    reports: mpsc::UnboundedReceiver<Report>,
+}
+
+impl Coordinator {
+    /// For a pipeline whose nodes have these parallelisms.
+    pub fn new(
+        settings: CheckpointSettings,
+        pipeline: &str,
+        parallelism: BTreeMap<String, usize>,
+    ) -> Result<Self> {
+        if let Some(meta) = &settings.restore
+            && meta.parallelism != parallelism
+        {
+            let reason = describe_difference(&meta.parallelism, &parallelism);
+            return Err(super::CheckpointError::Incompatible { id: meta.id, reason }.into());
+        }
+        let last = settings.restore.as_ref().map_or(0, |m| m.id);
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        Ok(Coordinator {
+            tasks: parallelism.values().sum(),
+            triggered: watch::channel(last).0,
+            committed: watch::channel(last).0,
+            settings,
+            pipeline: pipeline.to_string(),
+            parallelism,
+            reports_tx,
+            reports,
+        })
+    }
+
+    /// The handle of task `node`/`partition`.
+    pub fn task(&self, node: &str, partition: usize) -> TaskCheckpoints {
+        let name = super::task_blob(node, partition);
+        let restore = self
+            .settings
+            .restore
+            .as_ref()
+            .map(|m| (m.id, m.blobs.contains(&name)));
+        TaskCheckpoints {
+            triggered: self.triggered.subscribe(),
+            committed: self.committed.subscribe(),
+            reports: self.reports_tx.clone(),
+            restore,
+            store: self.settings.store.clone(),
+            taken: restore.map_or(0, |(id, _)| id),
+            exactly_once: self.settings.exactly_once,
+            name,
+        }
+    }
+
+    /// Takes checkpoints until a task finishes or every task is gone.
+    pub async fn run(mut self) -> Result<()> {
+        drop(self.reports_tx);
+        let store = self.settings.store.clone();
+        let mut previous = super::latest(store.as_ref()).await?.map(|m| m.id);
+        let mut next = previous.unwrap_or(0).max(*self.triggered.borrow()) + 1;
+        let timeout = (self.settings.interval * 10).max(Duration::from_secs(60));
+        let metrics = crate::metrics::checkpoints(&self.pipeline);
+        let mut last_success = Instant::now();
+        loop {
+            let wait = tokio::time::sleep(self.settings.interval);
+            tokio::pin!(wait);
+            // Between checkpoints, a task that finishes ends checkpointing.
+            loop {
+                tokio::select! {
+                    _ = &mut wait => break,
+                    r = self.reports.recv() => match r {
+                        None | Some(Report::Finished) => return Ok(()),
+                        Some(Report::Ack { .. }) => {}
+                    },
+                }
+                metrics.age.set(last_success.elapsed().as_secs_f64());
+            }
+            let id = next;
+            next += 1;
+            let started = Instant::now();
+            let started_ms = chrono::Utc::now().timestamp_millis();
+            let _ = self.triggered.send(id);
+            let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut acked = 0;
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
+            let complete = loop {
+                tokio::select! {
+                    r = self.reports.recv() => match r {
+                        None | Some(Report::Finished) => return Ok(()),
+                        Some(Report::Ack { id: a, task, blob }) if a == id => {
+                            acked += 1;
+                            if let Some(b) = blob {
+                                blobs.push((task, b));
+                            }
+                            if acked == self.tasks {
+                                break true;
+                            }
+                        }
+                        Some(Report::Ack { .. }) => {}
+                    },
+                    _ = &mut deadline => break false,
+                }
+            };
+            if !complete {
+                tracing::warn!(pipeline = %self.pipeline, checkpoint = id, acked, tasks = self.tasks,
+                    "checkpoint abandoned: not every task acknowledged it in time");
+                metrics.failed.increment(1);
+                continue;
+            }
+            let alignment = started.elapsed();
+            let mut bytes = 0u64;
+            let mut names = Vec::with_capacity(blobs.len());
+            for (name, blob) in blobs {
+                bytes += blob.len() as u64;
+                store.put_blob(id, &name, blob).await?;
+                names.push(name);
+            }
+            names.sort();
+            let meta = CheckpointMeta {
+                id,
+                pipeline: self.pipeline.clone(),
+                started_ms,
+                duration_ms: started.elapsed().as_millis() as u64,
+                bytes,
+                parallelism: self.parallelism.clone(),
+                blobs: names,
+                savepoint: None,
+            };
+            store.commit(&meta, previous).await?;
+            previous = Some(id);
+            let _ = self.committed.send(id);
+            last_success = Instant::now();
+            metrics.completed.increment(1);
+            metrics.duration.record(started.elapsed().as_secs_f64());
+            metrics.alignment.record(alignment.as_secs_f64());
+            metrics.size.set(bytes as f64);
+            metrics.age.set(0.0);
+            tracing::debug!(pipeline = %self.pipeline, checkpoint = id, bytes,
+                duration_ms = meta.duration_ms, "checkpoint committed");
+            collect_garbage(store.as_ref(), self.settings.retain).await;
+        }
+    }
+}
+
+/// Deletes committed checkpoints beyond the newest `retain` (savepoints stay) and
+/// abandoned attempts; failures are logged, never fatal.
+async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
+    let result = async {
+        let all = store.list().await?;
+        let regular: Vec<&CheckpointMeta> = all.iter().filter(|m| m.savepoint.is_none()).collect();
+        let newest = all.last().map(|m| m.id);
+        for m in regular.iter().take(regular.len().saturating_sub(retain.max(1))) {
+            store.delete(m.id).await?;
+        }
+        for id in store.orphans().await? {
+            // Blobs of the checkpoint in flight are newer than the newest committed.
+            if newest.is_some_and(|n| id < n) {
+                store.delete(id).await?;
+            }
+        }
+        Ok::<_, crate::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "deleting old checkpoints failed");
+    }
+}
+
+/// Why a checkpoint taken with `then` does not fit a pipeline with `now`.
+fn describe_difference(then: &BTreeMap<String, usize>, now: &BTreeMap<String, usize>) -> String {
+    let mut out = Vec::new();
+    for (node, p) in then {
+        match now.get(node) {
+            None => out.push(format!("operator {node} is gone")),
+            Some(q) if q != p => out.push(format!(
+                "operator {node} ran at parallelism {p}, now {q} (rescaling from a checkpoint is not supported yet)"
+            )),
+            Some(_) => {}
+        }
+    }
+    for node in now.keys().filter(|n| !then.contains_key(*n)) {
+        out.push(format!("operator {node} is new"));
+    }
+    out.join("; ")
+}

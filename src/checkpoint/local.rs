@@ -1,0 +1,187 @@
+//! Checkpoints in a local directory (the embedded default):
+//! `DIR/<id>/<node>/<partition>` blobs and `DIR/<id>.json` metadata.
+//!
+//! Every file is written to a temporary name, synced and renamed into place, so a
+//! crash leaves either the old state or the new one; the metadata file is created
+//! only if absent, after checking which checkpoint is latest.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use super::{CheckpointError, CheckpointMeta, CheckpointStore, Result};
+
+#[derive(Debug, Clone)]
+pub struct LocalCheckpointStore {
+    dir: PathBuf,
+}
+
+impl LocalCheckpointStore {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LocalCheckpointStore { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn meta_path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}.json"))
+    }
+
+    fn blob_dir(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id:020}"))
+    }
+}
+
+fn storage(path: &Path, e: impl std::fmt::Display) -> crate::Error {
+    CheckpointError::Storage(format!("{}: {e}", path.display())).into()
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        use std::io::Write;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| storage(parent, e))?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(|e| storage(&tmp, e))?;
+        f.write_all(&bytes).map_err(|e| storage(&tmp, e))?;
+        f.sync_all().map_err(|e| storage(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| storage(&path, e))?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| storage(Path::new("-"), e))?
+}
+
+#[async_trait]
+impl CheckpointStore for LocalCheckpointStore {
+    async fn put_blob(&self, id: u64, name: &str, bytes: Vec<u8>) -> Result<()> {
+        write_atomic(self.blob_dir(id).join(name), bytes).await
+    }
+
+    async fn get_blob(&self, id: u64, name: &str) -> Result<Vec<u8>> {
+        let path = self.blob_dir(id).join(name);
+        tokio::fs::read(&path).await.map_err(|e| storage(&path, e))
+    }
+
+    async fn commit(&self, meta: &CheckpointMeta, previous: Option<u64>) -> Result<()> {
+        let found = self.list().await?.last().map(|m| m.id);
+        if found != previous {
+            return Err(CheckpointError::Conflict {
+                id: meta.id,
+                expected: previous,
+                found,
+            }
+            .into());
+        }
+        let path = self.meta_path(meta.id);
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(CheckpointError::Conflict {
+                id: meta.id,
+                expected: previous,
+                found: Some(meta.id),
+            }
+            .into());
+        }
+        let json = serde_json::to_vec_pretty(meta).map_err(|e| storage(&path, e))?;
+        write_atomic(path, json).await
+    }
+
+    async fn list(&self) -> Result<Vec<CheckpointMeta>> {
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(storage(&self.dir, e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(|e| storage(&self.dir, e))? {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "json") {
+                let bytes = tokio::fs::read(&path).await.map_err(|e| storage(&path, e))?;
+                let meta: CheckpointMeta = serde_json::from_slice(&bytes)
+                    .map_err(|e| CheckpointError::Corrupt(0, format!("{}: {e}", path.display())))?;
+                out.push(meta);
+            }
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    async fn delete(&self, id: u64) -> Result<()> {
+        let meta = self.meta_path(id);
+        match tokio::fs::remove_file(&meta).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(storage(&meta, e)),
+        }
+        let blobs = self.blob_dir(id);
+        match tokio::fs::remove_dir_all(&blobs).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(storage(&blobs, e)),
+        }
+    }
+
+    async fn orphans(&self) -> Result<Vec<u64>> {
+        let committed: std::collections::BTreeSet<u64> =
+            self.list().await?.iter().map(|m| m.id).collect();
+        let mut out = Vec::new();
+        let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
+            return Ok(out);
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(|e| storage(&self.dir, e))? {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if entry.path().is_dir() && !committed.contains(&id) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: u64) -> CheckpointMeta {
+        CheckpointMeta {
+            id,
+            pipeline: "p".into(),
+            started_ms: 0,
+            duration_ms: 1,
+            bytes: 3,
+            parallelism: [("src".to_string(), 1)].into(),
+            blobs: vec!["src/0".into()],
+            savepoint: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_committed_checkpoints_are_listed_and_commits_are_conditional() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path());
+        assert!(store.list().await.unwrap().is_empty());
+        store.put_blob(1, "src/0", b"abc".to_vec()).await.unwrap();
+        assert!(store.list().await.unwrap().is_empty(), "blobs alone are no checkpoint");
+        assert_eq!(store.orphans().await.unwrap(), vec![1]);
+        store.commit(&meta(1), None).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![meta(1)]);
+        assert_eq!(store.get_blob(1, "src/0").await.unwrap(), b"abc");
+        assert!(store.orphans().await.unwrap().is_empty());
+        // On top of the wrong previous checkpoint: refused.
+        let e = store.commit(&meta(2), None).await.unwrap_err();
+        assert_eq!(e.code(), "CHK002", "{e}");
+        store.commit(&meta(2), Some(1)).await.unwrap();
+        let e = store.commit(&meta(2), Some(2)).await.unwrap_err();
+        assert_eq!(e.code(), "CHK002", "committed twice: {e}");
+        store.delete(1).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![meta(2)]);
+        assert!(store.get_blob(1, "src/0").await.is_err());
+    }
+}

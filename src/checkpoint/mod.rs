@@ -1,0 +1,115 @@
+//! Checkpoints: consistent snapshots of a running pipeline, taken while it runs, from
+//! which it resumes after a crash with nothing lost and nothing doubled.
+//!
+//! Owns the [`CheckpointStore`] trait (where checkpoints are kept: a local directory
+//! now, DynamoDB later), checkpoint metadata, and the coordinator that triggers a
+//! checkpoint, collects every task's snapshot and commits it
+//! ([`coordinator`]). The engine carries the barriers (`engine::Message::Barrier`).
+//!
+//! Invariants:
+//! - A checkpoint is *complete* only once its metadata is committed, after every task
+//!   (each source, operator and sink partition) has acknowledged it; a crash before
+//!   that leaves blobs without metadata, which are never read and are deleted later.
+//! - Commits are conditional: a checkpoint commits only on top of the checkpoint the
+//!   coordinator last saw committed, so two writers cannot interleave checkpoints of one
+//!   pipeline.
+//! - Blobs are opaque bytes named by task (`node/partition`); nothing in the trait
+//!   assumes a filesystem.
+//! - Sinks make their output visible only for committed checkpoints (two-phase
+//!   commit: `Sink::pre_commit` at the barrier, `Sink::commit` after the metadata is
+//!   committed, `Sink::restore` on recovery commits what the restored checkpoint
+//!   pre-committed and discards the rest).
+
+pub mod coordinator;
+mod local;
+
+pub use coordinator::{CheckpointSettings, Coordinator, TaskCheckpoints};
+pub use local::LocalCheckpointStore;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Errors of checkpoint storage and recovery.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint storage: {0}")]
+    Storage(String),
+    /// A conditional commit found another checkpoint committed meanwhile.
+    #[error("checkpoint {id} not committed: the latest committed checkpoint is {found:?}, expected {expected:?} (another writer?)")]
+    Conflict {
+        id: u64,
+        expected: Option<u64>,
+        found: Option<u64>,
+    },
+    /// The checkpoint to restore does not fit the pipeline being started.
+    #[error("cannot restore checkpoint {id}: {reason}")]
+    Incompatible { id: u64, reason: String },
+    #[error("checkpoint {0}: {1}")]
+    Corrupt(u64, String),
+}
+
+impl CheckpointError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CheckpointError::Storage(_) => "CHK001",
+            CheckpointError::Conflict { .. } => "CHK002",
+            CheckpointError::Incompatible { .. } => "CHK003",
+            CheckpointError::Corrupt(..) => "CHK004",
+        }
+    }
+}
+
+pub type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// What a committed checkpoint holds: enough to restore every task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub id: u64,
+    pub pipeline: String,
+    /// When the checkpoint was triggered, ms since the epoch.
+    pub started_ms: i64,
+    /// From trigger to commit.
+    pub duration_ms: u64,
+    /// Total size of its blobs.
+    pub bytes: u64,
+    /// Each node's parallelism when it was taken.
+    pub parallelism: BTreeMap<String, usize>,
+    /// The blobs written, by task name (`node/partition`): tasks without state have
+    /// none.
+    pub blobs: Vec<String>,
+    /// `Some(name)` for a savepoint (taken on request, kept until deleted).
+    #[serde(default)]
+    pub savepoint: Option<String>,
+}
+
+/// The name of one task's blob.
+pub fn task_blob(node: &str, partition: usize) -> String {
+    format!("{node}/{partition}")
+}
+
+/// Where checkpoints are kept. Blobs first, then the metadata that makes a checkpoint
+/// complete; readers only ever see complete checkpoints.
+#[async_trait]
+pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
+    /// Writes blob `name` of checkpoint `id` (overwriting an earlier attempt's).
+    async fn put_blob(&self, id: u64, name: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Reads blob `name` of checkpoint `id`.
+    async fn get_blob(&self, id: u64, name: &str) -> Result<Vec<u8>>;
+    /// Commits `meta`, atomically, only if the latest committed checkpoint is still
+    /// `previous` ([`CheckpointError::Conflict`] otherwise).
+    async fn commit(&self, meta: &CheckpointMeta, previous: Option<u64>) -> Result<()>;
+    /// The committed checkpoints, oldest first.
+    async fn list(&self) -> Result<Vec<CheckpointMeta>>;
+    /// Deletes checkpoint `id`: its metadata first (so it is never half-visible),
+    /// then its blobs. Also used for blobs of checkpoints never committed.
+    async fn delete(&self, id: u64) -> Result<()>;
+    /// Ids that have blobs but no metadata (abandoned attempts), for cleanup.
+    async fn orphans(&self) -> Result<Vec<u64>>;
+}
+
+/// The latest committed checkpoint, if any.
+pub async fn latest(store: &dyn CheckpointStore) -> Result<Option<CheckpointMeta>> {
+    Ok(store.list().await?.pop())
+}

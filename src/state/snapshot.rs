@@ -1,0 +1,103 @@
+//! The byte form of operator state in a checkpoint: a small JSON header (what the
+//! operator needs to rebuild its structures) followed by Arrow IPC batches (the
+//! state itself, column-oriented, as DataFusion's accumulators hand it out).
+//!
+//! Layout: 8-byte little-endian header length, the header, then (when there are
+//! batches) one Arrow IPC stream. All batches share one schema.
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{Field, Schema};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+use crate::engine::{EngineError, Result};
+
+/// Encodes `header` and `batches` (each a list of columns of equal length; every
+/// batch the same column types).
+pub fn encode<H: Serialize>(header: &H, batches: &[Vec<ArrayRef>]) -> Result<Vec<u8>> {
+    let head = serde_json::to_vec(header)
+        .map_err(|e| EngineError::User(format!("encoding operator state: {e}")))?;
+    let mut out = Vec::with_capacity(head.len() + 8);
+    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    out.extend_from_slice(&head);
+    let Some(first) = batches.first() else {
+        return Ok(out);
+    };
+    let schema = Arc::new(Schema::new(
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let arrow = |e| EngineError::arrow("encoding operator state", e);
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).map_err(arrow)?;
+    for columns in batches {
+        let rows = columns.first().map_or(0, |c| c.len());
+        let batch = RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns.clone(),
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(arrow)?;
+        w.write(&batch).map_err(arrow)?;
+    }
+    w.finish().map_err(arrow)?;
+    drop(w);
+    Ok(out)
+}
+
+/// Decodes what [`encode`] wrote: the header and each batch's columns.
+pub fn decode<H: DeserializeOwned>(bytes: &[u8]) -> Result<(H, Vec<Vec<ArrayRef>>)> {
+    let corrupt = |what: String| EngineError::User(format!("restoring operator state: {what}"));
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .ok_or_else(|| corrupt("truncated".into()))?;
+    let head = bytes
+        .get(8..8 + len)
+        .ok_or_else(|| corrupt("truncated header".into()))?;
+    let header: H = serde_json::from_slice(head).map_err(|e| corrupt(e.to_string()))?;
+    let rest = &bytes[8 + len..];
+    if rest.is_empty() {
+        return Ok((header, Vec::new()));
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(rest), None)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut batches = Vec::new();
+    for b in reader {
+        let b = b.map_err(|e| corrupt(e.to_string()))?;
+        batches.push(b.columns().to_vec());
+    }
+    Ok((header, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn header_and_batches_round_trip() {
+        let batches = vec![
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+                Arc::new(StringArray::from(vec![Some("a"), None])) as ArrayRef,
+            ],
+            vec![
+                Arc::new(Int64Array::from(vec![3])) as ArrayRef,
+                Arc::new(StringArray::from(vec!["c"])) as ArrayRef,
+            ],
+        ];
+        let bytes = encode(&(7i64, vec![10i64, 20]), &batches).unwrap();
+        let (h, back): ((i64, Vec<i64>), _) = decode(&bytes).unwrap();
+        assert_eq!(h, (7, vec![10, 20]));
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0][0].as_ref(), batches[0][0].as_ref());
+        assert_eq!(back[1][1].as_ref(), batches[1][1].as_ref());
+        let (h, none): (u8, _) = decode(&encode(&3u8, &[]).unwrap()).unwrap();
+        assert_eq!((h, none.len()), (3, 0));
+        assert!(decode::<u8>(&bytes[..5]).is_err());
+    }
+}

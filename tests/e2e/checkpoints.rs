@@ -1,0 +1,159 @@
+//! Checkpoints and exactly-once output under `kill -9`: a windowed aggregation over the
+//! generator writes Parquet with checkpoints every 100 ms; the process is killed at
+//! random moments (ten times, often in the middle of a checkpoint), restarted each
+//! time from its latest checkpoint, then left to finish. The committed Parquet rows
+//! must equal DataFusion's batch answer over the same events: nothing lost, nothing
+//! doubled.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use datafusion::prelude::SessionContext;
+
+use crate::common::*;
+
+const GEN: &str = "stream = 'orders', seed = '7', count = '20000', rate = '6000'";
+
+// Sums rounded to cents: restored partial sums add up in another order than one run's.
+const QUERY: &str = "SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, restaurant_id, n, round(total, 2) AS total FROM \
+    (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n, sum(total) AS total \
+     FROM orders GROUP BY w, restaurant_id)";
+
+/// The latest committed checkpoint's id in `dir` (0: none).
+fn committed(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| e.path().file_stem()?.to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Every row of the published (not hidden) Parquet files under `dir`, as JSON.
+fn published_rows(dir: &Path) -> Vec<serde_json::Value> {
+    let mut batches = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(entry.path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
+    batches_as_json(&batches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders WITH (connector = 'generator', {GEN}, \
+               event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+             INSERT INTO out {QUERY};\n"
+        ),
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: crash\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
+         delivery: exactly-once\n",
+    );
+    let checkpoints = d.join("checkpoints");
+    // A fixed-seed generator of kill moments: after 1–4 more committed checkpoints,
+    // then 0–99 ms later (so kills land before, during and after checkpoints).
+    let mut seed: u64 = 0x5eed_1234;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut kills = 0;
+    while kills < 10 {
+        let before = committed(&checkpoints);
+        let mut run = Running::start(d, &["p.yaml"]);
+        let wanted = before + 1 + next(4);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut finished = false;
+        while committed(&checkpoints) < wanted {
+            if run.child.try_wait().unwrap().is_some() {
+                finished = true;
+                break;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if finished {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(next(100)));
+        run.child.kill().unwrap(); // SIGKILL
+        run.child.wait().unwrap();
+        kills += 1;
+    }
+    assert_eq!(kills, 10, "the input ran out before ten kills: slow the generator");
+    let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("resuming from checkpoint"),
+        "the last run resumed: {stderr}"
+    );
+
+    generate(d, "orders", "7", "20000", &["rate=6000"], "input.jsonl");
+    let ctx = SessionContext::new();
+    register_generated(&ctx, "raw", "orders", &[d.join("input.jsonl")]);
+    batch_sql(
+        &ctx,
+        "CREATE VIEW orders AS SELECT restaurant_id, total, CAST(event_time AS TIMESTAMP) AS event_time FROM raw",
+    )
+    .await;
+    let expected = batches_as_json(
+        &batch_sql(
+            &ctx,
+            "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        )
+        .await,
+    );
+    let got = published_rows(&d.join("out"));
+    assert!(expected.len() > 1000, "{} windows", expected.len());
+    let (got, expected) = (canonical(&got), canonical(&expected));
+    let missing: Vec<&String> = multiset_minus(&expected, &got);
+    let extra: Vec<&String> = multiset_minus(&got, &expected);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "after 10 kills the committed output must equal the batch answer: {} rows missing \
+         (first {:?}), {} extra (first {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+}
+
+/// The rows of sorted `a` not matched one-for-one in sorted `b`.
+fn multiset_minus<'a>(a: &'a [String], b: &[String]) -> Vec<&'a String> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for x in a {
+        while j < b.len() && b[j] < *x {
+            j += 1;
+        }
+        if j < b.len() && b[j] == *x {
+            j += 1;
+        } else {
+            out.push(x);
+        }
+    }
+    out
+}
