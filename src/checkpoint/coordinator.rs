@@ -130,7 +130,11 @@ impl Coordinator {
             && meta.parallelism != parallelism
         {
             let reason = describe_difference(&meta.parallelism, &parallelism);
-            return Err(super::CheckpointError::Incompatible { id: meta.id, reason }.into());
+            return Err(super::CheckpointError::Incompatible {
+                id: meta.id,
+                reason,
+            }
+            .into());
         }
         let last = settings.restore.as_ref().map_or(0, |m| m.id);
         let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -264,7 +268,10 @@ async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
         let all = store.list().await?;
         let regular: Vec<&CheckpointMeta> = all.iter().filter(|m| m.savepoint.is_none()).collect();
         let newest = all.last().map(|m| m.id);
-        for m in regular.iter().take(regular.len().saturating_sub(retain.max(1))) {
+        for m in regular
+            .iter()
+            .take(regular.len().saturating_sub(retain.max(1)))
+        {
             store.delete(m.id).await?;
         }
         for id in store.orphans().await? {

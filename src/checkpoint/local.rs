@@ -97,10 +97,16 @@ impl CheckpointStore for LocalCheckpointStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(storage(&self.dir, e)),
         };
-        while let Some(entry) = entries.next_entry().await.map_err(|e| storage(&self.dir, e))? {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| storage(&self.dir, e))?
+        {
             let path = entry.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let bytes = tokio::fs::read(&path).await.map_err(|e| storage(&path, e))?;
+                let bytes = tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| storage(&path, e))?;
                 let meta: CheckpointMeta = serde_json::from_slice(&bytes)
                     .map_err(|e| CheckpointError::Corrupt(0, format!("{}: {e}", path.display())))?;
                 out.push(meta);
@@ -132,7 +138,11 @@ impl CheckpointStore for LocalCheckpointStore {
         let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await else {
             return Ok(out);
         };
-        while let Some(entry) = entries.next_entry().await.map_err(|e| storage(&self.dir, e))? {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| storage(&self.dir, e))?
+        {
             let name = entry.file_name();
             let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
@@ -168,7 +178,10 @@ mod tests {
         let store = LocalCheckpointStore::new(dir.path());
         assert!(store.list().await.unwrap().is_empty());
         store.put_blob(1, "src/0", b"abc".to_vec()).await.unwrap();
-        assert!(store.list().await.unwrap().is_empty(), "blobs alone are no checkpoint");
+        assert!(
+            store.list().await.unwrap().is_empty(),
+            "blobs alone are no checkpoint"
+        );
         assert_eq!(store.orphans().await.unwrap(), vec![1]);
         store.commit(&meta(1), None).await.unwrap();
         assert_eq!(store.list().await.unwrap(), vec![meta(1)]);

@@ -37,7 +37,9 @@ pub enum CheckpointError {
     #[error("checkpoint storage: {0}")]
     Storage(String),
     /// A conditional commit found another checkpoint committed meanwhile.
-    #[error("checkpoint {id} not committed: the latest committed checkpoint is {found:?}, expected {expected:?} (another writer?)")]
+    #[error(
+        "checkpoint {id} not committed: the latest committed checkpoint is {found:?}, expected {expected:?} (another writer?)"
+    )]
     Conflict {
         id: u64,
         expected: Option<u64>,

@@ -588,13 +588,14 @@ impl ParquetSink {
         let Some(hidden) = self.hidden.as_mut() else {
             return Ok(());
         };
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(hidden)
-            .into_iter()
-            .partition(|(c, _, _)| match (c, id) {
-                (_, None) => true,
-                (Some(c), Some(id)) => *c <= id,
-                (None, Some(_)) => false,
-            });
+        let (due, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(hidden)
+                .into_iter()
+                .partition(|(c, _, _)| match (c, id) {
+                    (_, None) => true,
+                    (Some(c), Some(id)) => *c <= id,
+                    (None, Some(_)) => false,
+                });
         *hidden = keep;
         for (_, tmp, dst) in due {
             reveal(&tmp, &dst)?;
@@ -699,9 +700,9 @@ impl Sink for ParquetSink {
                 .map(|(_, tmp, dst)| (tmp.clone(), dst.clone()))
                 .collect(),
         );
-        serde_json::to_vec(&files)
-            .map(Some)
-            .map_err(|e| crate::engine::EngineError::User(format!("parquet sink state: {e}")).into())
+        serde_json::to_vec(&files).map(Some).map_err(|e| {
+            crate::engine::EngineError::User(format!("parquet sink state: {e}")).into()
+        })
     }
 
     async fn commit(&mut self, id: u64) -> Result<()> {
@@ -1062,6 +1063,86 @@ mod tests {
         );
         s.finish().await.unwrap();
         assert_eq!(listing(&out).len(), 4);
+    }
+
+    /// The published files (final names only) under `dir`.
+    fn published(dir: &Path) -> Vec<String> {
+        listing(dir)
+            .into_iter()
+            .filter(|f| !f.rsplit('/').next().unwrap().starts_with('.'))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn exactly_once_output_is_visible_only_for_committed_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let clock = ManualClock::new();
+        let f = factory(dir.path(), &[("path", "out")], &clock);
+        let mut s = f.create(&task(0), schema()).unwrap();
+        assert!(s.exactly_once());
+        s.write(batch(&[Some("a"), Some("b")], 0)).await.unwrap();
+        let first = s.pre_commit(1).await.unwrap().expect("state");
+        assert!(published(&out).is_empty(), "pre-committed, not yet visible");
+        s.commit(1).await.unwrap();
+        assert_eq!(published(&out).len(), 1);
+        // Checkpoint 2 is pre-committed but never commits (the process dies), and
+        // more rows are written after it.
+        s.write(batch(&[Some("c")], 10)).await.unwrap();
+        s.pre_commit(2).await.unwrap().expect("state");
+        s.write(batch(&[Some("d")], 20)).await.unwrap();
+        std::mem::forget(s); // kill -9: no drop, no finish
+        assert_eq!(published(&out).len(), 1);
+
+        // Restored from checkpoint 1: what came after it is discarded (replayed).
+        let mut r = f.create(&task(0), schema()).unwrap();
+        assert!(r.exactly_once());
+        r.restore(&first).await.unwrap();
+        assert_eq!(published(&out).len(), 1);
+        assert_eq!(listing(&out), published(&out), "no in-progress file left");
+
+        // Restored from checkpoint 2 instead (it had committed): its file appears,
+        // exactly once even if restored twice.
+        let dir2 = tempfile::tempdir().unwrap();
+        let out2 = dir2.path().join("out");
+        let f2 = factory(dir2.path(), &[("path", "out")], &clock);
+        let mut s = f2.create(&task(0), schema()).unwrap();
+        s.exactly_once();
+        s.write(batch(&[Some("a")], 0)).await.unwrap();
+        let _ = s.pre_commit(1).await.unwrap();
+        s.commit(1).await.unwrap();
+        s.write(batch(&[Some("c")], 10)).await.unwrap();
+        let second = s.pre_commit(2).await.unwrap().expect("state");
+        s.write(batch(&[Some("d")], 20)).await.unwrap();
+        std::mem::forget(s);
+        for _ in 0..2 {
+            let mut r = f2.create(&task(0), schema()).unwrap();
+            r.exactly_once();
+            r.restore(&second).await.unwrap();
+        }
+        let files = published(&out2);
+        assert_eq!(files.len(), 2, "{files:?}");
+        let rows: usize = files.iter().map(|f| rows_in(&out2.join(f))).sum();
+        assert_eq!(rows, 2, "rows a and c, not d");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_exactly_once_sink_publishes_only_committed_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let clock = ManualClock::new();
+        let f = factory(dir.path(), &[("path", "out")], &clock);
+        let mut s = f.create(&task(0), schema()).unwrap();
+        s.exactly_once();
+        s.write(batch(&[Some("a")], 0)).await.unwrap();
+        s.pre_commit(1).await.unwrap();
+        s.write(batch(&[Some("b")], 10)).await.unwrap();
+        s.pre_commit(2).await.unwrap();
+        s.write(batch(&[Some("c")], 20)).await.unwrap();
+        s.close_uncommitted(1).await.unwrap();
+        let files = published(&out);
+        assert_eq!(files.len(), 1, "only checkpoint 1's file: {files:?}");
+        assert_eq!(listing(&out), files, "the rest deleted");
     }
 
     #[tokio::test]

@@ -234,8 +234,17 @@ impl Runtime {
                         let idle = graph.idle_timeout;
                         let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_operator(&t, f.as_ref(), inputs, out, stats, idle, stop, checkpoints)
-                                .await
+                            run_operator(
+                                &t,
+                                f.as_ref(),
+                                inputs,
+                                out,
+                                stats,
+                                idle,
+                                stop,
+                                checkpoints,
+                            )
+                            .await
                         });
                     }
                     NodeKind::Sink(f) => {
@@ -245,8 +254,17 @@ impl Runtime {
                         let t = task.clone();
                         let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_sink(&t, f.as_ref(), schema, inputs, stats, flush, checkpoints, stop)
-                                .await
+                            run_sink(
+                                &t,
+                                f.as_ref(),
+                                schema,
+                                inputs,
+                                stats,
+                                flush,
+                                checkpoints,
+                                stop,
+                            )
+                            .await
                         });
                     }
                 }
@@ -471,11 +489,7 @@ impl Alignment {
     }
 
     fn complete(&mut self) -> Option<u64> {
-        let all = self
-            .arrived
-            .iter()
-            .zip(&self.ended)
-            .all(|(a, e)| *a || *e);
+        let all = self.arrived.iter().zip(&self.ended).all(|(a, e)| *a || *e);
         if all { self.pending.take() } else { None }
     }
 
@@ -498,13 +512,12 @@ fn checkpoint_coordinator(
                 node.name,
                 f.describe()
             )),
-            NodeKind::Operator(f) if f.state_kind() == super::StateKind::NotCheckpointed => {
-                refused.push(format!(
+            NodeKind::Operator(f) if f.state_kind() == super::StateKind::NotCheckpointed => refused
+                .push(format!(
                     "operator {} ({}) keeps state that checkpoints do not cover yet",
                     node.name,
                     f.describe()
-                ))
-            }
+                )),
             _ => {}
         }
     }

@@ -101,7 +101,10 @@ async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
         run.child.wait().unwrap();
         kills += 1;
     }
-    assert_eq!(kills, 10, "the input ran out before ten kills: slow the generator");
+    assert_eq!(
+        kills, 10,
+        "the input ran out before ten kills: slow the generator"
+    );
     let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{stderr}");
     assert!(

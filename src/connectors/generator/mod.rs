@@ -702,7 +702,9 @@ impl Source for GeneratorSource {
             let n = position
                 .get(..8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .ok_or_else(|| crate::engine::EngineError::User("generator position: 8 bytes expected".into()))?;
+                .ok_or_else(|| {
+                    crate::engine::EngineError::User("generator position: 8 bytes expected".into())
+                })?;
             self.fast_forward(n)?;
         }
         // Resuming: the schedule goes on from the next record, not from the start.
