@@ -45,15 +45,29 @@ pub(crate) enum Report {
     Finished,
 }
 
+/// Which of a node's states in the restored checkpoint a task takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// Every state of the node (the task keeps what is its own: its key groups, its
+    /// Kafka partitions).
+    All,
+    /// The states of old partitions `q` with `q mod parallelism = partition` (sinks:
+    /// each old task's pending output committed by exactly one new task).
+    Modulo,
+}
+
 /// A task's side of checkpointing.
 #[derive(Clone)]
 pub struct TaskCheckpoints {
     name: String,
+    node: String,
+    partition: usize,
+    parallelism: usize,
     triggered: watch::Receiver<u64>,
     committed: watch::Receiver<u64>,
     reports: mpsc::UnboundedSender<Report>,
-    /// The checkpoint this task resumes from, and whether it has a blob there.
-    restore: Option<(u64, bool)>,
+    /// The checkpoint this task resumes from.
+    restore: Option<Arc<CheckpointMeta>>,
     store: Arc<dyn CheckpointStore>,
     /// The last checkpoint this (source) task took.
     taken: u64,
@@ -93,12 +107,39 @@ impl TaskCheckpoints {
         let _ = self.reports.send(Report::Finished);
     }
 
-    /// The state this task resumes from, if the restored checkpoint holds one.
-    pub async fn restored(&self) -> Result<Option<Vec<u8>>> {
-        match self.restore {
-            Some((id, true)) => self.store.get_blob(id, &self.name).await.map(Some),
-            _ => Ok(None),
+    /// The states this task resumes from, with the partition each was taken on: its
+    /// own when the node's parallelism is unchanged; after rescaling, the node's
+    /// states that `share` gives it. Empty without a restored checkpoint.
+    pub async fn restored(&self, share: Share) -> Result<Vec<(usize, Vec<u8>)>> {
+        let Some(meta) = &self.restore else {
+            return Ok(Vec::new());
+        };
+        let old = meta.parallelism.get(&self.node).copied().unwrap_or(0);
+        let wanted: Vec<usize> = if old == self.parallelism {
+            vec![self.partition]
+        } else {
+            match share {
+                Share::All => (0..old).collect(),
+                Share::Modulo => (0..old)
+                    .filter(|q| q % self.parallelism == self.partition)
+                    .collect(),
+            }
+        };
+        let mut out = Vec::new();
+        for q in wanted {
+            let name = super::task_blob(&self.node, q);
+            if meta.blobs.contains(&name) {
+                out.push((q, self.store.get_blob(meta.id, &name).await?));
+            }
         }
+        Ok(out)
+    }
+
+    /// Whether this task's node ran at another parallelism in the restored checkpoint.
+    pub fn rescaled(&self) -> bool {
+        self.restore.as_ref().is_some_and(|m| {
+            m.parallelism.get(&self.node).copied() != Some(self.parallelism)
+        })
     }
 
     /// The latest committed checkpoint id (sinks commit up to it).
@@ -120,21 +161,23 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// For a pipeline whose nodes have these parallelisms.
+    /// For a pipeline whose nodes have these parallelisms; `rescalable(node)` says
+    /// whether a node's state can be redistributed when its parallelism changed.
     pub fn new(
         settings: CheckpointSettings,
         pipeline: &str,
         parallelism: BTreeMap<String, usize>,
+        rescalable: impl Fn(&str) -> bool,
     ) -> Result<Self> {
-        if let Some(meta) = &settings.restore
-            && meta.parallelism != parallelism
-        {
-            let reason = describe_difference(&meta.parallelism, &parallelism);
-            return Err(super::CheckpointError::Incompatible {
-                id: meta.id,
-                reason,
+        if let Some(meta) = &settings.restore {
+            let reason = describe_difference(&meta.parallelism, &parallelism, &rescalable);
+            if !reason.is_empty() {
+                return Err(super::CheckpointError::Incompatible {
+                    id: meta.id,
+                    reason,
+                }
+                .into());
             }
-            .into());
         }
         let last = settings.restore.as_ref().map_or(0, |m| m.id);
         let (reports_tx, reports) = mpsc::unbounded_channel();
@@ -153,18 +196,17 @@ impl Coordinator {
     /// The handle of task `node`/`partition`.
     pub fn task(&self, node: &str, partition: usize) -> TaskCheckpoints {
         let name = super::task_blob(node, partition);
-        let restore = self
-            .settings
-            .restore
-            .as_ref()
-            .map(|m| (m.id, m.blobs.contains(&name)));
+        let restore = self.settings.restore.clone().map(Arc::new);
         TaskCheckpoints {
+            node: node.to_string(),
+            partition,
+            parallelism: self.parallelism.get(node).copied().unwrap_or(1),
             triggered: self.triggered.subscribe(),
             committed: self.committed.subscribe(),
             reports: self.reports_tx.clone(),
             restore,
             store: self.settings.store.clone(),
-            taken: restore.map_or(0, |(id, _)| id),
+            taken: self.settings.restore.as_ref().map_or(0, |m| m.id),
             exactly_once: self.settings.exactly_once,
             name,
         }
@@ -288,14 +330,20 @@ async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
     }
 }
 
-/// Why a checkpoint taken with `then` does not fit a pipeline with `now`.
-fn describe_difference(then: &BTreeMap<String, usize>, now: &BTreeMap<String, usize>) -> String {
+/// Why a checkpoint taken with `then` does not fit a pipeline with `now` (empty when
+/// it fits).
+fn describe_difference(
+    then: &BTreeMap<String, usize>,
+    now: &BTreeMap<String, usize>,
+    rescalable: &dyn Fn(&str) -> bool,
+) -> String {
     let mut out = Vec::new();
     for (node, p) in then {
         match now.get(node) {
             None => out.push(format!("operator {node} is gone")),
-            Some(q) if q != p => out.push(format!(
-                "operator {node} ran at parallelism {p}, now {q} (rescaling from a checkpoint is not supported yet)"
+            Some(q) if q != p && !rescalable(node) => out.push(format!(
+                "operator {node} ran at parallelism {p}, now {q}, and its state cannot be \
+                 redistributed (a generator's position belongs to its partition)"
             )),
             Some(_) => {}
         }

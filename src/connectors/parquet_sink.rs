@@ -603,10 +603,11 @@ impl ParquetSink {
         Ok(())
     }
 
-    /// Deletes this task's in-progress files under the output directory: files of
-    /// an attempt after the restored checkpoint, whose rows the restart replays.
-    fn delete_leftovers(&self) -> Result<()> {
-        let prefix = format!(".part-{}-", self.partition);
+    /// Deletes the in-progress files of (old) partition `partition` under the output
+    /// directory: files of an attempt after the restored checkpoint, whose rows the
+    /// restart replays.
+    fn delete_leftovers(&self, partition: usize) -> Result<()> {
+        let prefix = format!(".part-{partition}-");
         let mut stack = vec![self.cfg.dir.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -709,22 +710,25 @@ impl Sink for ParquetSink {
         self.reveal_up_to(Some(id))
     }
 
-    async fn restore(&mut self, state: &[u8]) -> Result<()> {
-        let PendingFiles(files) = serde_json::from_slice(state).map_err(|e| {
-            crate::engine::EngineError::User(format!("restoring the parquet sink: {e}"))
-        })?;
-        for (tmp, dst) in &files {
-            if tmp.exists() {
-                reveal(tmp, dst)?;
-            } else if !dst.exists() {
-                return Err(crate::engine::EngineError::User(format!(
-                    "restoring the parquet sink: {} of the checkpoint is gone",
-                    dst.display()
-                ))
-                .into());
+    async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
+        for (partition, state) in states {
+            let PendingFiles(files) = serde_json::from_slice(state).map_err(|e| {
+                crate::engine::EngineError::User(format!("restoring the parquet sink: {e}"))
+            })?;
+            for (tmp, dst) in &files {
+                if tmp.exists() {
+                    reveal(tmp, dst)?;
+                } else if !dst.exists() {
+                    return Err(crate::engine::EngineError::User(format!(
+                        "restoring the parquet sink: {} of the checkpoint is gone",
+                        dst.display()
+                    ))
+                    .into());
+                }
             }
+            self.delete_leftovers(*partition)?;
         }
-        self.delete_leftovers()
+        self.delete_leftovers(self.partition)
     }
 
     async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
@@ -1097,7 +1101,7 @@ mod tests {
         // Restored from checkpoint 1: what came after it is discarded (replayed).
         let mut r = f.create(&task(0), schema()).unwrap();
         assert!(r.exactly_once());
-        r.restore(&first).await.unwrap();
+        r.restore(&[(0, first.clone())]).await.unwrap();
         assert_eq!(published(&out).len(), 1);
         assert_eq!(listing(&out), published(&out), "no in-progress file left");
 
@@ -1118,7 +1122,7 @@ mod tests {
         for _ in 0..2 {
             let mut r = f2.create(&task(0), schema()).unwrap();
             r.exactly_once();
-            r.restore(&second).await.unwrap();
+            r.restore(&[(0, second.clone())]).await.unwrap();
         }
         let files = published(&out2);
         assert_eq!(files.len(), 2, "{files:?}");

@@ -53,8 +53,20 @@ fn random_state() -> datafusion::common::hash_utils::RandomState {
 /// The key group of every row of `batch`, keyed by the columns `keys`.
 pub fn key_groups_of(batch: &RecordBatch, keys: &[usize]) -> Result<Vec<u64>> {
     let arrays: Vec<ArrayRef> = keys.iter().map(|&i| batch.column(i).clone()).collect();
-    let mut hashes = vec![0u64; batch.num_rows()];
-    datafusion::common::hash_utils::create_hashes(&arrays, &random_state(), &mut hashes)
+    key_groups_of_arrays(&arrays, batch.num_rows())
+}
+
+/// The partition (of `parallelism`) that owns key group `kg`: consecutive ranges of
+/// key groups per partition, so rescaling moves whole key groups.
+pub fn partition_of_key_group(kg: u64, parallelism: usize) -> usize {
+    (kg as usize) * parallelism / KEY_GROUPS
+}
+
+/// The key group of each of `rows` rows of the key columns `arrays` (the hash the
+/// exchange routes by).
+pub fn key_groups_of_arrays(arrays: &[ArrayRef], rows: usize) -> Result<Vec<u64>> {
+    let mut hashes = vec![0u64; rows];
+    datafusion::common::hash_utils::create_hashes(arrays, &random_state(), &mut hashes)
         .map_err(|e| EngineError::datafusion("hashing key columns", e))?;
     for h in hashes.iter_mut() {
         *h %= KEY_GROUPS as u64;
@@ -313,7 +325,7 @@ async fn route(output: &mut Output, batch: &RecordBatch) -> Result<()> {
             let groups = key_groups_of(batch, keys)?;
             let mut rows: Vec<Vec<u32>> = vec![Vec::new(); n];
             for (row, kg) in groups.iter().enumerate() {
-                let p = (*kg as usize) * n / KEY_GROUPS;
+                let p = partition_of_key_group(*kg, n);
                 rows[p].push(row as u32);
             }
             for (p, idx) in rows.into_iter().enumerate() {

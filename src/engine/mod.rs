@@ -22,7 +22,10 @@ mod operators;
 mod runtime;
 mod watermark;
 
-pub use exchange::{Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of};
+pub use exchange::{
+    Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of, key_groups_of_arrays,
+    partition_of_key_group,
+};
 pub use graph::{Graph, NodeId, NodeKind, NodeSpec};
 pub use operators::{ArrivalTimeFactory, FilterOperator, FlatMapOperator, MapOperator};
 pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
@@ -159,8 +162,10 @@ pub trait Operator: Send {
         Ok(None)
     }
 
-    /// Before the first batch, when resuming: the bytes `snapshot` returned.
-    fn restore(&mut self, _state: &[u8]) -> Result<()> {
+    /// Before the first batch, when resuming: the bytes `snapshot` returned, on this
+    /// task, or, after a change of parallelism, on every task of the node: a keyed
+    /// operator keeps the keys whose key group is now this task's.
+    fn restore(&mut self, _states: &[Vec<u8>]) -> Result<()> {
         Err(EngineError::User("this operator has no state to restore".into()).into())
     }
 }
@@ -222,11 +227,18 @@ impl SourceContext {
         }
     }
 
-    /// The position this task resumes from (what it passed to `checkpoint`).
-    pub async fn restored_position(&self) -> Result<Option<Vec<u8>>> {
+    /// The positions this task resumes from (what `checkpoint` was given): its own,
+    /// or after a change of parallelism every task's of the source (a rescalable
+    /// source keeps the splits it now reads).
+    pub async fn restored_positions(&self) -> Result<Vec<Vec<u8>>> {
         match &self.checkpoints {
-            Some(c) => c.restored().await,
-            None => Ok(None),
+            Some(c) => Ok(c
+                .restored(crate::checkpoint::Share::All)
+                .await?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect()),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -249,6 +261,11 @@ pub trait SourceFactory: Send + Sync {
     /// `true` when its sources take checkpoints (record their position and resume
     /// from it); a pipeline with checkpoints refuses other sources.
     fn checkpointable(&self) -> bool {
+        false
+    }
+    /// `true` when its positions can be redistributed over another number of tasks
+    /// (Kafka partitions); `false` when a position belongs to its task (a generator).
+    fn rescalable(&self) -> bool {
         false
     }
 }
@@ -284,6 +301,9 @@ impl SourceFactory for ValidatedSourceFactory {
     }
     fn checkpointable(&self) -> bool {
         self.inner.checkpointable()
+    }
+    fn rescalable(&self) -> bool {
+        self.inner.rescalable()
     }
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(ValidatedSource {
@@ -347,9 +367,10 @@ pub trait Sink: Send {
     }
 
     /// Before the first write, when resuming: what `pre_commit` returned for the
-    /// restored checkpoint. Commit that output (it may not have been) and discard any
-    /// written after it.
-    async fn restore(&mut self, _state: &[u8]) -> Result<()> {
+    /// restored checkpoint, with the partition that returned it (after a change of
+    /// parallelism, old partition `q` goes to new partition `q mod parallelism`).
+    /// Commit that output (it may not have been) and discard any written after it.
+    async fn restore(&mut self, _states: &[(usize, Vec<u8>)]) -> Result<()> {
         Ok(())
     }
 }

@@ -534,7 +534,19 @@ fn checkpoint_coordinator(
         .iter()
         .map(|n| (n.name.clone(), n.parallelism))
         .collect();
-    crate::checkpoint::Coordinator::new(settings.clone(), &graph.pipeline, parallelism)
+    let rescalable = |name: &str| {
+        graph
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .is_some_and(|n| match &n.kind {
+                NodeKind::Source(f) => f.rescalable(),
+                // Keyed state is filtered by key group on restore; sinks' pending
+                // output is committed by one new task each.
+                NodeKind::Operator(_) | NodeKind::Sink(_) => true,
+            })
+    };
+    crate::checkpoint::Coordinator::new(settings.clone(), &graph.pipeline, parallelism, rescalable)
 }
 
 async fn run_operator(
@@ -548,10 +560,12 @@ async fn run_operator(
     mut checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
 ) -> Result<()> {
     let mut op = factory.create(task)?;
-    if let Some(c) = &checkpoints
-        && let Some(state) = c.restored().await?
-    {
-        op.restore(&state)?;
+    if let Some(c) = &checkpoints {
+        let states = c.restored(crate::checkpoint::Share::All).await?;
+        if !states.is_empty() {
+            let states: Vec<Vec<u8>> = states.into_iter().map(|(_, s)| s).collect();
+            op.restore(&states)?;
+        }
     }
     let mut alignment = Alignment::new(inputs.len());
     let rows_in = m::rows_in(&task.pipeline, &task.node);
@@ -661,8 +675,9 @@ async fn run_sink(
             tracing::warn!(task = %task, "this sink cannot hold output back until a checkpoint \
                 commits: its output is at-least-once (a restart may repeat rows)");
         }
-        if let Some(state) = c.restored().await? {
-            sink.restore(&state).await?;
+        let states = c.restored(crate::checkpoint::Share::Modulo).await?;
+        if !states.is_empty() {
+            sink.restore(&states).await?;
         }
     }
     let rows_in = m::rows_in(&task.pipeline, &task.node);

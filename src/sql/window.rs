@@ -1073,22 +1073,91 @@ impl Operator for WindowAggOperator {
         crate::state::snapshot::encode(&header, &batches).map(Some)
     }
 
-    fn restore(&mut self, state: &[u8]) -> Result<()> {
-        let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(state)?;
-        self.watermark = header.watermark;
-        for (start, columns) in header.starts.into_iter().zip(batches) {
-            let (keys, rest) = columns.split_at(header.keys);
-            let n = keys.first().map_or(1, |k| k.len());
-            let mut intermediates = Vec::with_capacity(header.widths.len());
-            let mut at = 0;
-            for w in &header.widths {
-                intermediates.push(rest[at..at + w].to_vec());
-                at += w;
+    fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        // Several states after a change of parallelism: each key goes to the task that
+        // owns its key group now; the watermark is the lowest of the old tasks'.
+        let mut watermark = None;
+        for state in states {
+            let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(state)?;
+            watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
+            for (start, columns) in header.starts.into_iter().zip(batches) {
+                let columns = self.own_rows(columns, header.keys)?;
+                let (keys, rest) = columns.split_at(header.keys);
+                let n = keys.first().map_or(1, |k| k.len());
+                if n == 0 {
+                    continue;
+                }
+                let mut intermediates = Vec::with_capacity(header.widths.len());
+                let mut at = 0;
+                for w in &header.widths {
+                    intermediates.push(rest[at..at + w].to_vec());
+                    at += w;
+                }
+                self.merge_into(start, keys, &intermediates, n)?;
             }
-            let window = self.rebuild_window(keys, &intermediates, n)?;
-            self.windows.insert(start, window);
+        }
+        if let Some(w) = watermark {
+            self.watermark = w;
         }
         self.check_state()
+    }
+}
+
+impl WindowAggOperator {
+    /// The rows of a checkpointed window whose keys this task owns now.
+    fn own_rows(&self, columns: Vec<ArrayRef>, keys: usize) -> Result<Vec<ArrayRef>> {
+        if keys == 0 || self.task.parallelism == 1 {
+            return Ok(columns);
+        }
+        let n = columns[0].len();
+        let groups = crate::engine::key_groups_of_arrays(&columns[..keys], n)?;
+        let mine: Vec<u32> = (0..n as u32)
+            .filter(|i| {
+                crate::engine::partition_of_key_group(groups[*i as usize], self.task.parallelism)
+                    == self.task.partition
+            })
+            .collect();
+        if mine.len() == n {
+            return Ok(columns);
+        }
+        let idx = UInt32Array::from(mine);
+        columns
+            .iter()
+            .map(|c| take(c.as_ref(), &idx, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| EngineError::arrow("selecting restored keys", e))
+    }
+
+    /// Adds checkpointed keys and their aggregate state to window `start`.
+    fn merge_into(
+        &mut self,
+        start: i64,
+        keys: &[ArrayRef],
+        intermediates: &[Vec<ArrayRef>],
+        n: usize,
+    ) -> Result<()> {
+        if !self.windows.contains_key(&start) {
+            let w = self.new_window()?;
+            self.windows.insert(start, w);
+        }
+        let w = self.windows.get_mut(&start).expect("inserted above");
+        let mut ids = Vec::with_capacity(n);
+        let total = match w.groups.as_mut() {
+            Some(g) => {
+                g.intern(keys, &mut ids)
+                    .map_err(df("restoring window keys"))?;
+                g.len()
+            }
+            None => {
+                ids.resize(n, 0);
+                1
+            }
+        };
+        for (acc, state) in w.accs.iter_mut().zip(intermediates) {
+            acc.merge_batch(state, &ids, total)
+                .map_err(df("restoring window state"))?;
+        }
+        Ok(())
     }
 }
 

@@ -698,7 +698,7 @@ impl Source for GeneratorSource {
         lag.set(0.0);
         let size = ctx.batch.size.max(1);
         let flush = ctx.batch.flush_interval;
-        if let Some(position) = ctx.restored_position().await? {
+        if let Some(position) = ctx.restored_positions().await?.pop() {
             let n = position
                 .get(..8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))

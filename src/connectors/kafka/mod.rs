@@ -239,6 +239,15 @@ impl SourceFactory for KafkaSourceFactory {
         self.schema.clone()
     }
 
+    /// Positions are offsets per partition, so any task count can take them over.
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn rescalable(&self) -> bool {
+        true
+    }
+
     fn bounded(&self) -> bool {
         self.bounded
     }
@@ -285,6 +294,7 @@ impl SourceFactory for KafkaSourceFactory {
             avro: self.avro.clone(),
             reader_schema: self.reader_schema.clone(),
             decoders: Default::default(),
+            next: Default::default(),
             task: task.clone(),
         }))
     }
@@ -302,6 +312,9 @@ struct KafkaSource {
     /// One reader per assigned partition: a batch holds one partition's rows, so the
     /// watermark can follow the slowest partition.
     decoders: std::collections::BTreeMap<i32, PartitionReader>,
+    /// The offset to resume each partition from (checkpointed); partitions not read
+    /// yet are absent.
+    next: std::collections::BTreeMap<i32, i64>,
     task: TaskInfo,
 }
 
@@ -454,30 +467,50 @@ impl Source for KafkaSource {
         else {
             return Ok(());
         };
+        // Resuming: the next offset of every partition in the checkpoint (after a
+        // change of parallelism, every old task's; this task keeps its partitions).
+        let mut resume: std::collections::BTreeMap<i32, i64> = Default::default();
+        for position in ctx.restored_positions().await? {
+            let offsets: std::collections::BTreeMap<i32, i64> = serde_json::from_slice(&position)
+                .map_err(|e| kafka_error(&self.table, "reading the checkpointed offsets", e))?;
+            resume.extend(offsets);
+        }
         // Bounded: where each partition ends (its high watermark at start).
         let mut ends: std::collections::HashMap<i32, i64> = Default::default();
         let mut assignment = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
         for &p in &partitions {
+            let restored = resume.get(&p).copied();
             if self.bounded {
                 let (low, high) = tokio::task::block_in_place(|| {
                     self.consumer
                         .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
                 })
                 .map_err(|e| kafka_error(&self.table, "reading end offsets", e))?;
-                if high <= low || self.start == StartFrom::Latest {
+                let from = restored.unwrap_or(low);
+                if high <= from || (restored.is_none() && self.start == StartFrom::Latest) {
                     continue;
                 }
                 ends.insert(p, high);
             }
-            let offset = match self.start {
-                StartFrom::Earliest => Offset::Beginning,
-                StartFrom::Latest => Offset::End,
-                StartFrom::Group => Offset::Stored,
-                StartFrom::Timestamp(ms) => Offset::Offset(ms),
+            // A partition the checkpoint has no offset for (nothing read from it yet,
+            // or added since) starts as configured.
+            let offset = match (restored, self.start) {
+                (Some(next), _) => Offset::Offset(next),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+                (None, StartFrom::Group) => Offset::Stored,
+                (None, StartFrom::Timestamp(ms)) => Offset::Offset(ms),
             };
-            assignment
-                .add_partition_offset(&self.topic, p, offset)
+            let list = match (restored, self.start) {
+                (None, StartFrom::Timestamp(_)) => &mut by_time,
+                _ => &mut assignment,
+            };
+            list.add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            if let Some(n) = restored {
+                self.next.insert(p, n);
+            }
             let value = self.meta.value_schema().clone();
             let decoder = match &self.avro {
                 None => RecordDecoder::Json(JsonDecoder::new(value)?),
@@ -496,21 +529,37 @@ impl Source for KafkaSource {
                 },
             );
         }
-        if let StartFrom::Timestamp(_) = self.start {
+        if by_time.count() > 0 {
             // Timestamps in the list → the first offset at or after each.
-            assignment = tokio::task::block_in_place(|| {
-                self.consumer.offsets_for_times(assignment, REQUEST_TIMEOUT)
+            let found = tokio::task::block_in_place(|| {
+                self.consumer.offsets_for_times(by_time, REQUEST_TIMEOUT)
             })
             .map_err(|e| kafka_error(&self.table, "finding offsets for start_timestamp", e))?;
+            for e in found.elements() {
+                assignment
+                    .add_partition_offset(e.topic(), e.partition(), e.offset())
+                    .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            }
         }
         ctx.out
             .register_splits(self.decoders.keys().map(|p| *p as u64));
         if assignment.count() == 0 {
             // Nothing to read: more tasks than partitions, or an empty bounded topic.
-            if !self.bounded {
-                tracing::info!(task = %self.task, "no partition of {} for this task", self.topic);
+            if self.bounded {
+                return Ok(());
             }
-            return Ok(());
+            tracing::info!(task = %self.task, "no partition of {} for this task", self.topic);
+            // Stay, taking part in checkpoints, until stopped.
+            let mut stop = ctx.stop.clone();
+            loop {
+                if let Some(id) = ctx.checkpoint_due() {
+                    ctx.checkpoint(id, b"{}".to_vec()).await?;
+                }
+                tokio::select! {
+                    _ = stop.raised() => return Ok(()),
+                    _ = tokio::time::sleep(ctx.batch.flush_interval) => {}
+                }
+            }
         }
         self.consumer
             .assign(&assignment)
@@ -522,6 +571,7 @@ impl Source for KafkaSource {
             task,
             meta,
             topic,
+            next,
             ..
         } = self;
         let mut stream = consumer.stream();
@@ -533,12 +583,20 @@ impl Source for KafkaSource {
             if *bounded && ends.is_empty() {
                 break;
             }
+            if let Some(id) = ctx.checkpoint_due() {
+                // Everything read so far out, then the offsets to resume from.
+                Self::flush_all(decoders, meta, topic, ctx).await?;
+                let position = serde_json::to_vec(&*next)
+                    .map_err(|e| kafka_error(&task.node, "checkpointing offsets", e))?;
+                ctx.checkpoint(id, position).await?;
+            }
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(Ok(m)) => {
                         let p = m.partition();
                         let Some(reader) = decoders.get_mut(&p) else { continue };
                         reader.push(&m, meta, &mut ctx.bad_records).await?;
+                        next.insert(p, m.offset() + 1);
                         if reader.decoder.buffered() >= ctx.batch.size {
                             Self::flush(p, reader, meta, topic, ctx).await?;
                         }
