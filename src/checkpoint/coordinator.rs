@@ -137,9 +137,9 @@ impl TaskCheckpoints {
 
     /// Whether this task's node ran at another parallelism in the restored checkpoint.
     pub fn rescaled(&self) -> bool {
-        self.restore.as_ref().is_some_and(|m| {
-            m.parallelism.get(&self.node).copied() != Some(self.parallelism)
-        })
+        self.restore
+            .as_ref()
+            .is_some_and(|m| m.parallelism.get(&self.node).copied() != Some(self.parallelism))
     }
 
     /// The latest committed checkpoint id (sinks commit up to it).

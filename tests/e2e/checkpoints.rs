@@ -160,3 +160,136 @@ fn multiset_minus<'a>(a: &'a [String], b: &[String]) -> Vec<&'a String> {
     }
     out
 }
+
+const RESCALE_COLUMNS: &str =
+    "event_id VARCHAR, order_id BIGINT, restaurant_id BIGINT, total DOUBLE, event_time TIMESTAMP";
+
+/// Offsets the latest committed checkpoint holds for source `node` (summed over
+/// partitions), read from the checkpoint directory.
+fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
+    let id = committed(checkpoints);
+    if id == 0 {
+        return 0;
+    }
+    let dir = checkpoints.join(format!("{id:020}")).join(node);
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| {
+                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&b).ok()
+                })
+                .flat_map(|m| m.into_values())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A windowed aggregation reading Kafka runs at parallelism 2, is killed once its
+/// checkpoint covers every record produced so far, resumes at parallelism 1 (state
+/// merged from two tasks), is killed again, and finishes at parallelism 4 (state split
+/// by key group, Kafka partitions redistributed). The committed output equals the
+/// batch answer over all records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_resumes_at_parallelism_one_and_four_with_the_batch_answer() {
+    let servers = crate::kafka::bootstrap();
+    let topic = crate::kafka::fresh_topic("rescale.orders");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let starts = [
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:01:00Z",
+        "2026-01-01T00:02:00Z",
+    ];
+    for (k, start) in starts.iter().enumerate() {
+        generate(
+            d,
+            "orders",
+            &(40 + k).to_string(),
+            "4000",
+            &["rate=0", &format!("start_time={start}")],
+            &format!("in/b{k}.jsonl"),
+        );
+    }
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders ({RESCALE_COLUMNS}) WITH (connector = 'kafka', \
+               bootstrap_servers = '{servers}', topic = '{topic}', \
+               event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+             INSERT INTO out {QUERY};\n"
+        ),
+    );
+    let checkpoints = d.join("checkpoints");
+    let mut produced = 0i64;
+    for (k, parallelism) in [2, 1, 4].into_iter().enumerate() {
+        write(
+            &d.join("produce.sql"),
+            &format!(
+                "CREATE TABLE src ({RESCALE_COLUMNS}) WITH (connector = 'file', path = 'in/b{k}.jsonl', format = 'json');\n\
+                 CREATE TABLE dst ({RESCALE_COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+                   topic = '{topic}', partitions = '4', key_field = 'order_id');\n\
+                 INSERT INTO dst SELECT * FROM src;\n"
+            ),
+        );
+        let o = run(d, &["run", "produce.sql"]);
+        ok(&o);
+        produced += log_event(&stderr(&o), "pipeline finished").unwrap()["rows_written"]
+            .as_i64()
+            .unwrap();
+        let last = k == 2;
+        write(
+            &d.join("p.yaml"),
+            &format!(
+                "name: rescale\nsql: p.sql\nparallelism: {parallelism}\n\
+                 checkpoint: {{ interval: 100ms, dir: checkpoints }}\n\
+                 connectors: {{ orders: {{ bounded: {last} }} }}\n"
+            ),
+        );
+        let mut run = Running::start(d, &["p.yaml"]);
+        if last {
+            let (code, stderr) = run.wait(Duration::from_secs(120));
+            assert_eq!(code, Some(0), "{stderr}");
+            assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+            break;
+        }
+        eventually(
+            "a checkpoint covering every record produced",
+            Duration::from_secs(60),
+            || checkpointed_offsets(&checkpoints, "orders") == produced,
+        );
+        run.child.kill().unwrap();
+        run.child.wait().unwrap();
+    }
+
+    let ctx = SessionContext::new();
+    let files: Vec<_> = (0..3).map(|k| d.join(format!("in/b{k}.jsonl"))).collect();
+    register_generated(&ctx, "raw", "orders", &files);
+    batch_sql(
+        &ctx,
+        "CREATE VIEW orders AS SELECT restaurant_id, total, CAST(event_time AS TIMESTAMP) AS event_time FROM raw",
+    )
+    .await;
+    let expected = batches_as_json(
+        &batch_sql(
+            &ctx,
+            "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        )
+        .await,
+    );
+    let got = published_rows(&d.join("out"));
+    let (got, expected) = (canonical(&got), canonical(&expected));
+    let missing = multiset_minus(&expected, &got);
+    let extra = multiset_minus(&got, &expected);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "rescaled 2 → 1 → 4: {} rows missing (first {:?}), {} extra (first {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+}

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use crate::common::*;
 
 /// The broker's bootstrap servers; the test fails (it does not skip) without one.
-fn bootstrap() -> String {
+pub fn bootstrap() -> String {
     std::env::var("TRIBUTARY_TEST_KAFKA").unwrap_or_else(|_| {
         panic!(
             "no Kafka broker: run the suite with scripts/test, or \
@@ -22,7 +22,7 @@ fn bootstrap() -> String {
 }
 
 /// A topic name no earlier run on the same broker used.
-fn fresh_topic(prefix: &str) -> String {
+pub fn fresh_topic(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -471,8 +471,9 @@ impl Source for KafkaSource {
         // change of parallelism, every old task's; this task keeps its partitions).
         let mut resume: std::collections::BTreeMap<i32, i64> = Default::default();
         for position in ctx.restored_positions().await? {
-            let offsets: std::collections::BTreeMap<i32, i64> = serde_json::from_slice(&position)
-                .map_err(|e| kafka_error(&self.table, "reading the checkpointed offsets", e))?;
+            let offsets: std::collections::BTreeMap<i32, i64> =
+                serde_json::from_slice(&position)
+                    .map_err(|e| kafka_error(&self.table, "reading the checkpointed offsets", e))?;
             resume.extend(offsets);
         }
         // Bounded: where each partition ends (its high watermark at start).
