@@ -153,6 +153,7 @@ pub struct Coordinator {
     settings: CheckpointSettings,
     pipeline: String,
     parallelism: BTreeMap<String, usize>,
+    operators: BTreeMap<String, String>,
     tasks: usize,
     triggered: watch::Sender<u64>,
     committed: watch::Sender<u64>,
@@ -167,10 +168,23 @@ impl Coordinator {
         settings: CheckpointSettings,
         pipeline: &str,
         parallelism: BTreeMap<String, usize>,
+        operators: BTreeMap<String, String>,
         rescalable: impl Fn(&str) -> bool,
     ) -> Result<Self> {
         if let Some(meta) = &settings.restore {
-            let reason = describe_difference(&meta.parallelism, &parallelism, &rescalable);
+            let mut reason = describe_difference(&meta.parallelism, &parallelism, &rescalable);
+            for (node, then) in &meta.operators {
+                if let Some(now) = operators.get(node)
+                    && now != then
+                {
+                    if !reason.is_empty() {
+                        reason.push_str("; ");
+                    }
+                    reason.push_str(&format!(
+                        "operator {node} changed: its state was taken as `{then}`, it is now `{now}`"
+                    ));
+                }
+            }
             if !reason.is_empty() {
                 return Err(super::CheckpointError::Incompatible {
                     id: meta.id,
@@ -188,6 +202,7 @@ impl Coordinator {
             settings,
             pipeline: pipeline.to_string(),
             parallelism,
+            operators,
             reports_tx,
             reports,
         })
@@ -286,6 +301,7 @@ impl Coordinator {
                 parallelism: self.parallelism.clone(),
                 blobs: names,
                 savepoint: None,
+                operators: self.operators.clone(),
             };
             store.commit(&meta, previous).await?;
             previous = Some(id);

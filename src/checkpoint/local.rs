@@ -169,6 +169,7 @@ mod tests {
             parallelism: [("src".to_string(), 1)].into(),
             blobs: vec!["src/0".into()],
             savepoint: None,
+            operators: Default::default(),
         }
     }
 

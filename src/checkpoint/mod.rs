@@ -84,6 +84,10 @@ pub struct CheckpointMeta {
     /// `Some(name)` for a savepoint (taken on request, kept until deleted).
     #[serde(default)]
     pub savepoint: Option<String>,
+    /// What each stateful operator was (its description: window, keys, aggregates),
+    /// so a changed pipeline is refused instead of misreading the state.
+    #[serde(default)]
+    pub operators: BTreeMap<String, String>,
 }
 
 /// The name of one task's blob.

@@ -546,7 +546,23 @@ fn checkpoint_coordinator(
                 NodeKind::Operator(_) | NodeKind::Sink(_) => true,
             })
     };
-    crate::checkpoint::Coordinator::new(settings.clone(), &graph.pipeline, parallelism, rescalable)
+    let operators = graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Operator(f) if f.state_kind() == super::StateKind::Checkpointed => {
+                Some((n.name.clone(), f.describe()))
+            }
+            _ => None,
+        })
+        .collect();
+    crate::checkpoint::Coordinator::new(
+        settings.clone(),
+        &graph.pipeline,
+        parallelism,
+        operators,
+        rescalable,
+    )
 }
 
 async fn run_operator(

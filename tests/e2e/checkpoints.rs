@@ -293,3 +293,49 @@ async fn a_checkpoint_resumes_at_parallelism_one_and_four_with_the_batch_answer(
         extra.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+/// Resuming is refused, with the reason, when the checkpoint does not fit the
+/// pipeline: an aggregate changed, or a generator (whose position belongs to its
+/// partition) runs at another parallelism.
+#[test]
+fn a_checkpoint_of_another_pipeline_version_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sql = |aggregates: &str| {
+        format!(
+            "CREATE TABLE orders WITH (connector = 'generator', {GEN}, \
+               event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+             INSERT INTO out SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, {aggregates} \
+             FROM orders GROUP BY w, restaurant_id;\n"
+        )
+    };
+    let yaml = |parallelism: usize| {
+        format!(
+            "name: versions\nsql: p.sql\nparallelism: {parallelism}\n\
+             checkpoint: {{ interval: 100ms, dir: checkpoints }}\n"
+        )
+    };
+    write(&d.join("p.sql"), &sql("count(*) AS n"));
+    write(&d.join("p.yaml"), &yaml(1));
+    let mut first = Running::start(d, &["p.yaml"]);
+    eventually("a committed checkpoint", Duration::from_secs(60), || {
+        committed(&d.join("checkpoints")) > 0
+    });
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    write(&d.join("p.sql"), &sql("count(*) AS n, avg(total) AS mean"));
+    let o = run(d, &["run", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("CHK003"), "{err}");
+    assert!(err.contains("changed: its state was taken as"), "{err}");
+
+    write(&d.join("p.sql"), &sql("count(*) AS n"));
+    write(&d.join("p.yaml"), &yaml(2));
+    let o = run(d, &["run", "p.yaml"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("ran at parallelism 1, now 2"), "{err}");
+}
