@@ -1,4 +1,6 @@
-//! The admin endpoint: `GET /metrics` (Prometheus text format) and `GET /healthz`.
+//! The admin endpoint: `GET /metrics` (Prometheus text format), `GET /healthz`, and
+//! `POST /savepoint?pipeline=NAME[&name=LABEL]` (a savepoint of a running pipeline
+//! with checkpoints; replies with its checkpoint id once committed).
 //!
 //! A deliberately small HTTP/1.1 responder on tokio (GET only, one request per
 //! connection, bounded request size and read time) so the binary does not carry a web
@@ -45,11 +47,86 @@ impl Health {
     }
 }
 
+/// The running pipelines that take checkpoints, by name: where to ask for savepoints.
+#[derive(Debug, Default)]
+pub struct Savepoints {
+    pipelines: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>,
+        >,
+    >,
+}
+
+impl Savepoints {
+    pub fn register(
+        &self,
+        pipeline: &str,
+        tx: tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>,
+    ) {
+        if let Ok(mut m) = self.pipelines.lock() {
+            m.insert(pipeline.to_string(), tx);
+        }
+    }
+
+    /// Takes a savepoint of `pipeline`: (HTTP status, JSON body).
+    async fn take(&self, pipeline: &str, name: Option<String>) -> (&'static str, String) {
+        let tx = self
+            .pipelines
+            .lock()
+            .ok()
+            .and_then(|m| m.get(pipeline).cloned());
+        let Some(tx) = tx else {
+            return (
+                "404 Not Found",
+                serde_json::json!({ "error": format!("no running pipeline {pipeline} with checkpoints") })
+                    .to_string(),
+            );
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let sent = tx
+            .send(crate::checkpoint::SavepointRequest {
+                name: name.clone(),
+                reply,
+            })
+            .await;
+        let outcome = match sent {
+            Ok(()) => rx
+                .await
+                .unwrap_or_else(|_| Err("the pipeline ended".into())),
+            Err(_) => Err("the pipeline ended".into()),
+        };
+        match outcome {
+            Ok(id) => (
+                "200 OK",
+                serde_json::json!({ "pipeline": pipeline, "checkpoint": id,
+                    "savepoint": name.unwrap_or_else(|| format!("savepoint-{id}")) })
+                .to_string(),
+            ),
+            Err(e) => (
+                "409 Conflict",
+                serde_json::json!({ "error": e }).to_string(),
+            ),
+        }
+    }
+}
+
+/// The value of `key` in a query string (no percent-decoding: names are plain).
+fn query_value(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
 /// Binds `addr` and serves until the process ends. Returns the bound address.
 pub async fn serve(
     addr: &str,
     metrics: PrometheusHandle,
     health: Arc<Health>,
+    savepoints: Arc<Savepoints>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -60,6 +137,7 @@ pub async fn serve(
             };
             let metrics = metrics.clone();
             let health = health.clone();
+            let savepoints = savepoints.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut len = 0;
@@ -82,8 +160,21 @@ pub async fn serve(
                 }
                 let head = String::from_utf8_lossy(&buf[..len]);
                 let mut parts = head.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
                 let (status, ctype, body) = match (method, path) {
+                    ("POST", "/savepoint") => match query_value(query, "pipeline") {
+                        Some(p) => {
+                            let (status, body) =
+                                savepoints.take(&p, query_value(query, "name")).await;
+                            (status, "application/json", body + "\n")
+                        }
+                        None => (
+                            "400 Bad Request",
+                            "application/json",
+                            "{\"error\":\"pipeline=NAME is required\"}\n".to_string(),
+                        ),
+                    },
                     ("GET", "/metrics") => {
                         ("200 OK", "text/plain; version=0.0.4", metrics.render())
                     }
@@ -101,7 +192,7 @@ pub async fn serve(
                     _ => (
                         "405 Method Not Allowed",
                         "text/plain",
-                        "only GET\n".to_string(),
+                        "GET /metrics, GET /healthz, POST /savepoint\n".to_string(),
                     ),
                 };
                 let response = format!(

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{CheckpointMeta, CheckpointStore, Result};
 
@@ -54,6 +54,14 @@ pub enum Share {
     /// The states of old partitions `q` with `q mod parallelism = partition` (sinks:
     /// each old task's pending output committed by exactly one new task).
     Modulo,
+}
+
+/// A request for a savepoint: a checkpoint taken now, named, kept until deleted.
+#[derive(Debug)]
+pub struct SavepointRequest {
+    pub name: Option<String>,
+    /// The committed checkpoint's id, or why none was taken.
+    pub reply: oneshot::Sender<std::result::Result<u64, String>>,
 }
 
 /// A task's side of checkpointing.
@@ -159,6 +167,8 @@ pub struct Coordinator {
     committed: watch::Sender<u64>,
     reports_tx: mpsc::UnboundedSender<Report>,
     reports: mpsc::UnboundedReceiver<Report>,
+    savepoints_tx: mpsc::Sender<SavepointRequest>,
+    savepoints: mpsc::Receiver<SavepointRequest>,
 }
 
 impl Coordinator {
@@ -195,7 +205,10 @@ impl Coordinator {
         }
         let last = settings.restore.as_ref().map_or(0, |m| m.id);
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (savepoints_tx, savepoints) = mpsc::channel(4);
         Ok(Coordinator {
+            savepoints_tx,
+            savepoints,
             tasks: parallelism.values().sum(),
             triggered: watch::channel(last).0,
             committed: watch::channel(last).0,
@@ -206,6 +219,11 @@ impl Coordinator {
             reports_tx,
             reports,
         })
+    }
+
+    /// Where savepoints are requested while the pipeline runs.
+    pub fn savepoints(&self) -> mpsc::Sender<SavepointRequest> {
+        self.savepoints_tx.clone()
     }
 
     /// The handle of task `node`/`partition`.
@@ -236,17 +254,27 @@ impl Coordinator {
         let timeout = (self.settings.interval * 10).max(Duration::from_secs(60));
         let metrics = crate::metrics::checkpoints(&self.pipeline);
         let mut last_success = Instant::now();
+        drop(self.savepoints_tx);
+        let mut requested: Option<SavepointRequest> = None;
+        let finished = |r: Option<SavepointRequest>| {
+            if let Some(r) = r {
+                let _ = r.reply.send(Err("the pipeline's input ended".into()));
+            }
+            Ok(())
+        };
         loop {
             let wait = tokio::time::sleep(self.settings.interval);
             tokio::pin!(wait);
-            // Between checkpoints, a task that finishes ends checkpointing.
-            loop {
+            // Between checkpoints, a task that finishes ends checkpointing; a
+            // savepoint request starts one at once.
+            while requested.is_none() {
                 tokio::select! {
                     _ = &mut wait => break,
                     r = self.reports.recv() => match r {
-                        None | Some(Report::Finished) => return Ok(()),
+                        None | Some(Report::Finished) => return finished(requested),
                         Some(Report::Ack { .. }) => {}
                     },
+                    Some(req) = self.savepoints.recv() => requested = Some(req),
                 }
                 metrics.age.set(last_success.elapsed().as_secs_f64());
             }
@@ -262,7 +290,7 @@ impl Coordinator {
             let complete = loop {
                 tokio::select! {
                     r = self.reports.recv() => match r {
-                        None | Some(Report::Finished) => return Ok(()),
+                        None | Some(Report::Finished) => return finished(requested),
                         Some(Report::Ack { id: a, task, blob }) if a == id => {
                             acked += 1;
                             if let Some(b) = blob {
@@ -281,6 +309,12 @@ impl Coordinator {
                 tracing::warn!(pipeline = %self.pipeline, checkpoint = id, acked, tasks = self.tasks,
                     "checkpoint abandoned: not every task acknowledged it in time");
                 metrics.failed.increment(1);
+                if let Some(r) = requested.take() {
+                    let _ = r.reply.send(Err(format!(
+                        "checkpoint {id} was abandoned: {acked} of {} tasks acknowledged it in time",
+                        self.tasks
+                    )));
+                }
                 continue;
             }
             let alignment = started.elapsed();
@@ -300,10 +334,17 @@ impl Coordinator {
                 bytes,
                 parallelism: self.parallelism.clone(),
                 blobs: names,
-                savepoint: None,
+                savepoint: requested
+                    .as_ref()
+                    .map(|r| r.name.clone().unwrap_or_else(|| format!("savepoint-{id}"))),
                 operators: self.operators.clone(),
             };
             store.commit(&meta, previous).await?;
+            if let Some(r) = requested.take() {
+                tracing::info!(pipeline = %self.pipeline, checkpoint = id,
+                    savepoint = meta.savepoint.as_deref().unwrap_or(""), "savepoint taken");
+                let _ = r.reply.send(Ok(id));
+            }
             previous = Some(id);
             let _ = self.committed.send(id);
             last_success = Instant::now();

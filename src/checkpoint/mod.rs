@@ -23,7 +23,7 @@
 pub mod coordinator;
 mod local;
 
-pub use coordinator::{CheckpointSettings, Coordinator, Share, TaskCheckpoints};
+pub use coordinator::{CheckpointSettings, Coordinator, SavepointRequest, Share, TaskCheckpoints};
 pub use local::LocalCheckpointStore;
 
 use std::collections::BTreeMap;

@@ -60,6 +60,17 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// List a pipeline's committed checkpoints and savepoints.
+    Checkpoints { pipeline: String },
+    /// Take a savepoint of a running pipeline (asks its process's admin endpoint):
+    /// a checkpoint taken now and kept until deleted; the pipeline resumes from it
+    /// when restarted, at the same or another parallelism.
+    Savepoint {
+        pipeline: String,
+        /// A label for it (default savepoint-<id>).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// The Avro contracts in schemas/: check them against a registry, or register them.
     Schemas {
         #[command(subcommand)]
@@ -152,6 +163,10 @@ pub fn main() -> ExitCode {
             } => run::run(&config, &pipelines, &progress).await,
             Command::Check { pipelines } => run::check(&config, &pipelines).await,
             Command::Explain { pipeline } => run::explain(&config, &pipeline).await,
+            Command::Checkpoints { pipeline } => run::checkpoints(&config, &pipeline).await,
+            Command::Savepoint { pipeline, name } => {
+                run::savepoint(&config, &pipeline, name.as_deref()).await
+            }
             Command::Generate(_) => unreachable!("handled above"),
             Command::Registry { listen, dir } => {
                 registry::serve(&config, listen.as_deref(), dir.as_deref()).await

@@ -156,8 +156,16 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     };
     let metrics = crate::admin::install_metrics();
     let health = Arc::new(crate::admin::Health::default());
+    let savepoints = Arc::new(crate::admin::Savepoints::default());
     if !config.admin.listen.is_empty() {
-        match crate::admin::serve(&config.admin.listen, metrics, health.clone()).await {
+        match crate::admin::serve(
+            &config.admin.listen,
+            metrics,
+            health.clone(),
+            savepoints.clone(),
+        )
+        .await
+        {
             Ok(addr) => tracing::info!(%addr, "admin endpoint: /metrics and /healthz"),
             Err(e) => {
                 eprintln!(
@@ -221,6 +229,9 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
         }
         match Runtime::start(planned.graph, runtime) {
             Ok(h) => {
+                if let Some(tx) = &h.savepoints {
+                    savepoints.register(&loaded.name, tx.clone());
+                }
                 view.add(&loaded.name, &h.stats, &kinds, &sinks);
                 handles.push((loaded.name, h));
             }
@@ -298,5 +309,92 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `tributary checkpoints PIPELINE`: the committed checkpoints and savepoints.
+pub(super) async fn checkpoints(config: &Config, arg: &str) -> ExitCode {
+    let listed = async {
+        let path = resolve(config, &[arg.to_string()])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| PipelineError::Config(format!("no pipeline {arg}")))?;
+        let loaded = load_pipeline(&path, config)?;
+        let Some(plan) = &loaded.checkpoint else {
+            return Err(PipelineError::Config(format!(
+                "pipeline {} has no checkpoint: section",
+                loaded.name
+            ))
+            .into());
+        };
+        let all = plan.store().list().await?;
+        Ok::<_, crate::Error>((loaded.name.clone(), plan.dir.clone(), all))
+    }
+    .await;
+    match listed {
+        Ok((name, dir, all)) => {
+            println!("{name}: {} checkpoint(s) in {}", all.len(), dir.display());
+            println!(
+                "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  savepoint",
+                "id", "taken (UTC)", "took ms", "bytes", "tasks"
+            );
+            for m in all {
+                let taken = chrono::DateTime::from_timestamp_millis(m.started_ms)
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
+                    .unwrap_or_default();
+                let tasks: usize = m.parallelism.values().sum();
+                println!(
+                    "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  {}",
+                    m.id,
+                    taken,
+                    m.duration_ms,
+                    m.bytes,
+                    tasks,
+                    m.savepoint.as_deref().unwrap_or("")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `tributary savepoint PIPELINE`: asks the running process (its admin endpoint) for
+/// a savepoint and prints its checkpoint id.
+pub(super) async fn savepoint(config: &Config, pipeline: &str, name: Option<&str>) -> ExitCode {
+    if config.admin.listen.is_empty() {
+        eprintln!(
+            "error: admin.listen is empty: the running pipeline has no admin endpoint to ask"
+        );
+        return ExitCode::from(2);
+    }
+    let url = format!("http://{}", config.admin.listen);
+    let mut path = format!("/savepoint?pipeline={pipeline}");
+    if let Some(n) = name {
+        path.push_str(&format!("&name={n}"));
+    }
+    match crate::registry::client::post_json(&url, &path, &serde_json::json!({})).await {
+        Ok((200, reply)) => {
+            println!(
+                "savepoint {} of {pipeline}: checkpoint {}",
+                reply["savepoint"].as_str().unwrap_or(""),
+                reply["checkpoint"]
+            );
+            ExitCode::SUCCESS
+        }
+        Ok((status, reply)) => {
+            eprintln!(
+                "error: savepoint of {pipeline} refused (HTTP {status}): {}",
+                reply["error"].as_str().unwrap_or("no reason given")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach {url} (is the pipeline running? admin.listen?): {e}");
+            ExitCode::FAILURE
+        }
     }
 }

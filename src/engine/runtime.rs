@@ -81,6 +81,8 @@ pub struct RunHandle {
     /// Live counters per node, in graph order, for the progress view.
     pub stats: Vec<(String, Arc<NodeStats>)>,
     join: tokio::task::JoinHandle<Result<RunReport>>,
+    /// With checkpoints: where savepoints are requested.
+    pub savepoints: Option<tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>>,
 }
 
 /// Stops a running pipeline from anywhere (signal handlers, other pipelines).
@@ -230,46 +232,35 @@ impl Runtime {
                     }
                     NodeKind::Operator(f) => {
                         let f = f.clone();
-                        let t = task.clone();
+                        let env = TaskEnv {
+                            task: task.clone(),
+                            stats,
+                            stop: StopSignal(stop_rx.clone()),
+                            checkpoints,
+                        };
                         let idle = graph.idle_timeout;
-                        let stop = StopSignal(stop_rx.clone());
                         spawn(&mut tasks, task, async move {
-                            run_operator(
-                                &t,
-                                f.as_ref(),
-                                inputs,
-                                out,
-                                stats,
-                                idle,
-                                stop,
-                                checkpoints,
-                            )
-                            .await
+                            run_operator(env, f.as_ref(), inputs, out, idle).await
                         });
                     }
                     NodeKind::Sink(f) => {
                         let f = f.clone();
                         let schema = node.schema.clone();
                         let flush = settings.batch.flush_interval;
-                        let t = task.clone();
-                        let stop = StopSignal(stop_rx.clone());
+                        let env = TaskEnv {
+                            task: task.clone(),
+                            stats,
+                            stop: StopSignal(stop_rx.clone()),
+                            checkpoints,
+                        };
                         spawn(&mut tasks, task, async move {
-                            run_sink(
-                                &t,
-                                f.as_ref(),
-                                schema,
-                                inputs,
-                                stats,
-                                flush,
-                                checkpoints,
-                                stop,
-                            )
-                            .await
+                            run_sink(env, f.as_ref(), schema, inputs, flush).await
                         });
                     }
                 }
             }
         }
+        let savepoints = coordinator.as_ref().map(|c| c.savepoints());
         if let Some(c) = coordinator {
             let task = TaskInfo {
                 pipeline: pipeline.clone(),
@@ -284,6 +275,7 @@ impl Runtime {
         let names: Vec<(String, Arc<NodeStats>)> = stats.clone();
         let join = tokio::spawn(supervise(tasks, names));
         Ok(RunHandle {
+            savepoints,
             stop: Arc::new(stop_tx),
             stats,
             join,
@@ -565,16 +557,28 @@ fn checkpoint_coordinator(
     )
 }
 
+/// What every operator and sink task carries besides its inputs.
+struct TaskEnv {
+    task: TaskInfo,
+    stats: Arc<NodeStats>,
+    stop: StopSignal,
+    checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
+}
+
 async fn run_operator(
-    task: &TaskInfo,
+    env: TaskEnv,
     factory: &dyn super::OperatorFactory,
     inputs: Inputs,
     mut out: Collector,
-    stats: Arc<NodeStats>,
     idle_timeout: Option<Duration>,
-    stop: StopSignal,
-    mut checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
 ) -> Result<()> {
+    let TaskEnv {
+        task,
+        stats,
+        stop,
+        mut checkpoints,
+    } = env;
+    let task = &task;
     let mut op = factory.create(task)?;
     if let Some(c) = &checkpoints {
         let states = c.restored(crate::checkpoint::Share::All).await?;
@@ -676,15 +680,19 @@ async fn take_checkpoint(
 }
 
 async fn run_sink(
-    task: &TaskInfo,
+    env: TaskEnv,
     factory: &dyn super::SinkFactory,
     schema: arrow::datatypes::SchemaRef,
     inputs: Inputs,
-    stats: Arc<NodeStats>,
     flush_every: Duration,
-    mut checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
-    stop: StopSignal,
 ) -> Result<()> {
+    let TaskEnv {
+        task,
+        stats,
+        stop,
+        mut checkpoints,
+    } = env;
+    let task = &task;
     let mut sink = factory.create(task, schema)?;
     if let Some(c) = &checkpoints {
         if c.exactly_once && !sink.exactly_once() {

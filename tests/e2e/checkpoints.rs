@@ -339,3 +339,70 @@ fn a_checkpoint_of_another_pipeline_version_is_refused_with_the_reason() {
     let err = stderr(&o);
     assert!(err.contains("ran at parallelism 1, now 2"), "{err}");
 }
+
+/// `tributary savepoint` asks the running pipeline for a checkpoint now; it is named,
+/// listed by `tributary checkpoints`, and kept while newer checkpoints replace the
+/// regular ones.
+#[test]
+fn a_savepoint_is_taken_on_request_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders WITH (connector = 'generator', {GEN}, \
+               event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+             INSERT INTO out {QUERY};\n"
+        ),
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: sp\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints, retain: 2 }\n",
+    );
+    let mut pipeline = Running::start(d, &["p.yaml"]);
+    let admin = pipeline.wait_for_log(
+        "admin endpoint: /metrics and /healthz",
+        Duration::from_secs(30),
+    );
+    let addr = admin["addr"].as_str().unwrap().to_string();
+    let listen = format!("admin.listen={addr}");
+    let o = tributary(d)
+        .args([
+            "savepoint",
+            "sp",
+            "--name",
+            "before-deploy",
+            "--set",
+            &listen,
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = stdout(&o);
+    assert!(
+        said.starts_with("savepoint before-deploy of sp: checkpoint "),
+        "{said}"
+    );
+    let id: u64 = said.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    // Regular checkpoints go on; only the last two of them are kept.
+    eventually("five more checkpoints", Duration::from_secs(60), || {
+        committed(&d.join("checkpoints")) >= id + 5
+    });
+    pipeline.child.kill().unwrap();
+    pipeline.child.wait().unwrap();
+    let o = run(d, &["checkpoints", "p.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = stdout(&o);
+    let rows: Vec<&str> = listing.lines().skip(2).collect();
+    assert_eq!(
+        rows.len(),
+        3,
+        "the savepoint and the last two checkpoints:\n{listing}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.trim_start().starts_with(&id.to_string()) && r.ends_with("before-deploy")),
+        "{listing}"
+    );
+}
