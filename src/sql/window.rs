@@ -560,8 +560,10 @@ impl OperatorFactory for WindowGatherFactory {
         self.schema.clone()
     }
 
+    /// Always one task (the planner gives it parallelism 1), so its state never has
+    /// to be split.
     fn state_kind(&self) -> crate::engine::StateKind {
-        crate::engine::StateKind::NotCheckpointed
+        crate::engine::StateKind::Checkpointed
     }
 
     fn describe(&self) -> String {
@@ -631,6 +633,31 @@ impl Operator for WindowGather {
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
         discarded(&self.task, self.pending.len(), "gathered window");
+        Ok(())
+    }
+
+    /// The rows of each window not yet emitted.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut ends = Vec::with_capacity(self.pending.len());
+        let mut batches = Vec::with_capacity(self.pending.len());
+        for (end, parts) in &self.pending {
+            let whole = arrow::compute::concat_batches(&self.schema, parts)
+                .map_err(|e| EngineError::arrow("checkpointing gathered windows", e))?;
+            ends.push(*end);
+            batches.push(whole.columns().to_vec());
+        }
+        crate::state::snapshot::encode(&ends, &batches).map(Some)
+    }
+
+    fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        for state in states {
+            let (ends, batches): (Vec<i64>, _) = crate::state::snapshot::decode(state)?;
+            for (end, columns) in ends.into_iter().zip(batches) {
+                let batch = RecordBatch::try_new(self.schema.clone(), columns)
+                    .map_err(|e| EngineError::arrow("restoring gathered windows", e))?;
+                self.pending.entry(end).or_default().push(batch);
+            }
+        }
         Ok(())
     }
 }
@@ -1743,6 +1770,67 @@ mod tests {
                 "parallelism {parallelism}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn gathered_windows_survive_a_snapshot_and_restore() {
+        use crate::engine::{Collector, Operator, OperatorFactory};
+        use arrow::array::{Int64Array, StructArray, TimestampMillisecondArray};
+        use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
+        let w_fields = Fields::from(vec![
+            Field::new("start", ts.clone(), false),
+            Field::new("end", ts.clone(), false),
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("w", DataType::Struct(w_fields.clone()), false),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let batch = |ends: &[i64], ns: &[i64]| {
+            let starts: Vec<i64> = ends.iter().map(|e| e - 1000).collect();
+            let w = StructArray::new(
+                w_fields.clone(),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from(starts)),
+                    Arc::new(TimestampMillisecondArray::from(ends.to_vec())),
+                ],
+                None,
+            );
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(w), Arc::new(Int64Array::from(ns.to_vec()))],
+            )
+            .unwrap()
+        };
+        let factory = super::WindowGatherFactory {
+            schema: schema.clone(),
+            window_column: 0,
+        };
+        let task = crate::engine::TaskInfo {
+            pipeline: "t".into(),
+            node: "gather".into(),
+            partition: 0,
+            parallelism: 1,
+            state: crate::state::memory_backend(),
+        };
+        let mut op = factory.create(&task).unwrap();
+        let mut out = Collector::discard();
+        op.process_batch(batch(&[1000, 2000, 1000], &[1, 2, 3]), &mut out)
+            .await
+            .unwrap();
+        op.process_batch(batch(&[3000], &[4]), &mut out)
+            .await
+            .unwrap();
+        let state = op.snapshot().unwrap().expect("state");
+        let mut restored = factory.create(&task).unwrap();
+        restored.restore(&[state.clone()]).unwrap();
+        assert_eq!(
+            restored.snapshot().unwrap().expect("state"),
+            state,
+            "the restored operator holds the same windows"
+        );
+        let empty = factory.create(&task).unwrap().snapshot().unwrap().unwrap();
+        assert_ne!(state, empty);
     }
 
     #[test]
