@@ -100,6 +100,8 @@ struct Stats {
     rows: AtomicU64,
     batches: AtomicU64,
     latency: LatencyHistogram,
+    /// When the first non-empty batch arrived (benchmarks: time to first output).
+    first_write: std::sync::OnceLock<std::time::Instant>,
 }
 
 /// Shared view of a blackhole sink's counters and latency histogram. Cheap to clone.
@@ -128,6 +130,11 @@ impl LatencyHandle {
     /// Non-empty batches discarded so far, over every partition.
     pub fn batches(&self) -> u64 {
         self.stats.batches.load(Ordering::Relaxed)
+    }
+
+    /// When the first non-empty batch arrived, if one did.
+    pub fn first_write(&self) -> Option<std::time::Instant> {
+        self.stats.first_write.get().copied()
     }
 }
 
@@ -324,6 +331,7 @@ impl Sink for Blackhole {
             return Ok(());
         }
         self.rows += n;
+        self.stats.first_write.get_or_init(std::time::Instant::now);
         self.stats.rows.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = self.latency_column

@@ -1774,7 +1774,7 @@ mod tests {
 
     #[tokio::test]
     async fn gathered_windows_survive_a_snapshot_and_restore() {
-        use crate::engine::{Collector, Operator, OperatorFactory};
+        use crate::engine::{Collector, OperatorFactory};
         use arrow::array::{Int64Array, StructArray, TimestampMillisecondArray};
         use arrow::datatypes::{DataType, Field, Fields, Schema, TimeUnit};
         let ts = DataType::Timestamp(TimeUnit::Millisecond, None);
@@ -1823,7 +1823,7 @@ mod tests {
             .unwrap();
         let state = op.snapshot().unwrap().expect("state");
         let mut restored = factory.create(&task).unwrap();
-        restored.restore(&[state.clone()]).unwrap();
+        restored.restore(std::slice::from_ref(&state)).unwrap();
         assert_eq!(
             restored.snapshot().unwrap().expect("state"),
             state,
