@@ -41,8 +41,14 @@ pub(crate) enum Report {
         task: String,
         blob: Option<Vec<u8>>,
     },
-    /// This task's input ended: no checkpoint can complete any more.
-    Finished,
+    /// This task's input ended. With `last` (its state at the end: a source's final
+    /// position, an operator's state after it emitted everything), later checkpoints
+    /// take that state without waiting for the task; without it (a sink, or a source
+    /// that cannot say where it ended) no checkpoint can complete any more.
+    Finished {
+        task: String,
+        last: Option<Option<Vec<u8>>>,
+    },
 }
 
 /// Which of a node's states in the restored checkpoint a task takes over.
@@ -110,9 +116,12 @@ impl TaskCheckpoints {
         });
     }
 
-    /// This task's input ended.
-    pub(crate) fn finished(&self) {
-        let _ = self.reports.send(Report::Finished);
+    /// This task's input ended; `last`: see [`Report::Finished`].
+    pub(crate) fn finished(&self, last: Option<Option<Vec<u8>>>) {
+        let _ = self.reports.send(Report::Finished {
+            task: self.name.clone(),
+            last,
+        });
     }
 
     /// The states this task resumes from, with the partition each was taken on: its
@@ -262,6 +271,8 @@ impl Coordinator {
             }
             Ok(())
         };
+        // Tasks that finished with a known last state: part of every later checkpoint.
+        let mut done: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         loop {
             let wait = tokio::time::sleep(self.settings.interval);
             tokio::pin!(wait);
@@ -271,7 +282,13 @@ impl Coordinator {
                 tokio::select! {
                     _ = &mut wait => break,
                     r = self.reports.recv() => match r {
-                        None | Some(Report::Finished) => return finished(requested),
+                        None | Some(Report::Finished { last: None, .. }) => return finished(requested),
+                        Some(Report::Finished { task, last: Some(last) }) => {
+                            done.insert(task, last);
+                            if done.len() == self.tasks {
+                                return finished(requested);
+                            }
+                        }
                         Some(Report::Ack { .. }) => {}
                     },
                     Some(req) = self.savepoints.recv() => requested = Some(req),
@@ -283,28 +300,37 @@ impl Coordinator {
             let started = Instant::now();
             let started_ms = chrono::Utc::now().timestamp_millis();
             let _ = self.triggered.send(id);
-            let mut blobs: Vec<(String, Vec<u8>)> = Vec::new();
-            let mut acked = 0;
+            // Every task's state for this checkpoint: finished tasks' last ones now,
+            // the others' as they acknowledge.
+            let mut states: BTreeMap<String, Option<Vec<u8>>> = done.clone();
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let complete = loop {
+                if states.len() == self.tasks {
+                    break true;
+                }
                 tokio::select! {
                     r = self.reports.recv() => match r {
-                        None | Some(Report::Finished) => return finished(requested),
+                        None | Some(Report::Finished { last: None, .. }) => return finished(requested),
+                        Some(Report::Finished { task, last: Some(last) }) => {
+                            // A task that ends before acknowledging: its last state
+                            // covers this checkpoint too.
+                            states.entry(task.clone()).or_insert_with(|| last.clone());
+                            done.insert(task, last);
+                        }
                         Some(Report::Ack { id: a, task, blob }) if a == id => {
-                            acked += 1;
-                            if let Some(b) = blob {
-                                blobs.push((task, b));
-                            }
-                            if acked == self.tasks {
-                                break true;
-                            }
+                            states.insert(task, blob);
                         }
                         Some(Report::Ack { .. }) => {}
                     },
                     _ = &mut deadline => break false,
                 }
             };
+            let acked = states.len();
+            let blobs: Vec<(String, Vec<u8>)> = states
+                .into_iter()
+                .filter_map(|(task, blob)| blob.map(|b| (task, b)))
+                .collect();
             if !complete {
                 tracing::warn!(pipeline = %self.pipeline, checkpoint = id, acked, tasks = self.tasks,
                     "checkpoint abandoned: not every task acknowledged it in time");

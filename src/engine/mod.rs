@@ -187,6 +187,11 @@ pub trait OperatorFactory: Send + Sync {
     fn state_kind(&self) -> StateKind {
         StateKind::Stateless
     }
+    /// Whether its checkpointed state can be restored at another parallelism (keyed
+    /// state filtered by key group on restore).
+    fn rescalable(&self) -> bool {
+        true
+    }
 }
 
 /// The runtime's side of a source task: where to emit batches, when to stop, how to
@@ -199,6 +204,9 @@ pub struct SourceContext {
     pub bad_records: crate::dlq::BadRecords,
     /// With checkpoints: this task's handle (see [`SourceContext::checkpoint_due`]).
     pub checkpoints: Option<crate::checkpoint::TaskCheckpoints>,
+    /// Set by a checkpointing source before `run` returns: where it ended, so the
+    /// checkpoints taken while the rest of the pipeline runs on resume it there.
+    pub final_position: Option<Vec<u8>>,
 }
 
 impl SourceContext {

@@ -216,6 +216,7 @@ impl Runtime {
                             stop: StopSignal(stop_rx.clone()),
                             bad_records: crate::dlq::BadRecords::new(&task, stats),
                             checkpoints,
+                            final_position: None,
                         };
                         spawn(&mut tasks, task, async move {
                             let r = async {
@@ -224,7 +225,7 @@ impl Runtime {
                             }
                             .await;
                             if let Some(c) = &ctx.checkpoints {
-                                c.finished();
+                                c.finished(ctx.final_position.take().map(Some));
                             }
                             ctx.out.close().await;
                             r
@@ -533,9 +534,9 @@ fn checkpoint_coordinator(
             .find(|n| n.name == name)
             .is_some_and(|n| match &n.kind {
                 NodeKind::Source(f) => f.rescalable(),
-                // Keyed state is filtered by key group on restore; sinks' pending
-                // output is committed by one new task each.
-                NodeKind::Operator(_) | NodeKind::Sink(_) => true,
+                NodeKind::Operator(f) => f.rescalable(),
+                // Sinks' pending output is committed by one new task each.
+                NodeKind::Sink(_) => true,
             })
     };
     let operators = graph
@@ -659,7 +660,8 @@ async fn run_operator(
     }
     op.on_end(&mut out).await?;
     if let Some(c) = &checkpoints {
-        c.finished();
+        // Its state once everything is emitted: what later checkpoints hold for it.
+        c.finished(Some(op.snapshot()?));
     }
     out.close().await;
     Ok(())
@@ -759,7 +761,8 @@ async fn run_sink(
         }
     }
     if let Some(c) = &checkpoints {
-        c.finished();
+        // A sink at its end publishes everything: no checkpoint after that.
+        c.finished(None);
         if exactly_once && stop.is_raised() {
             // Stopped mid-input: rows after the last committed checkpoint are replayed
             // by the restart, so they must not become visible now.

@@ -334,7 +334,12 @@ impl OperatorFactory for IntervalJoinFactory {
     }
 
     fn state_kind(&self) -> crate::engine::StateKind {
-        crate::engine::StateKind::NotCheckpointed
+        crate::engine::StateKind::Checkpointed
+    }
+
+    /// Its kept rows are not yet split by key group on restore.
+    fn rescalable(&self) -> bool {
+        false
     }
 
     fn describe(&self) -> String {
@@ -689,6 +694,60 @@ impl Operator for IntervalJoinOperator {
         self.sides[0].expire(self.watermark.saturating_add(b.lo));
         self.sides[1].expire(self.watermark.saturating_sub(b.hi));
         self.check_state()
+    }
+
+    /// Each side's kept rows (only those: rows dropped as late or with a NULL key are
+    /// left out), and the watermark.
+    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        for side in &self.sides {
+            let batches = side
+                .batches
+                .iter()
+                .map(|k| {
+                    let rows = UInt32Array::from_iter_values(k.keys.iter().map(|(r, _)| *r));
+                    arrow::compute::take_record_batch(&k.batch, &rows)
+                        .map(|b| b.columns().to_vec())
+                        .map_err(|e| EngineError::arrow("checkpointing a join side", e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let blob = crate::state::snapshot::encode(&self.watermark, &batches)?;
+            out.extend_from_slice(&(blob.len() as u64).to_le_bytes());
+            out.extend_from_slice(&blob);
+        }
+        Ok(Some(out))
+    }
+
+    /// Feeds the kept rows back in, side by side, before any new row: the pairs they
+    /// make with each other were emitted before the checkpoint and are discarded here.
+    fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        let corrupt = || EngineError::User("restoring a join: truncated state".into());
+        let mut watermark = crate::engine::Watermark::START;
+        for state in states {
+            let mut rest = state.as_slice();
+            for side in 0..2 {
+                let len = rest
+                    .get(..8)
+                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+                    .ok_or_else(corrupt)?;
+                let blob = rest.get(8..8 + len).ok_or_else(corrupt)?;
+                rest = &rest[8 + len..];
+                let (wm, batches): (i64, _) = crate::state::snapshot::decode(blob)?;
+                watermark = watermark.max(wm);
+                let schema = match side {
+                    0 => self.factory.left_schema.clone(),
+                    _ => self.factory.right_schema.clone(),
+                };
+                let mut discard = Collector::discard();
+                for columns in batches {
+                    let batch = RecordBatch::try_new(schema.clone(), columns)
+                        .map_err(|e| EngineError::arrow("restoring a join side", e))?;
+                    futures::executor::block_on(self.arrive(side, batch, &mut discard))?;
+                }
+            }
+        }
+        self.watermark = watermark;
+        Ok(())
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {

@@ -12,6 +12,10 @@ use datafusion::prelude::SessionContext;
 
 use crate::common::*;
 
+/// The oracle's view of the generated orders, with the event time the pipeline reads.
+const ORDERS_VIEW: &str = "CREATE VIEW orders AS SELECT restaurant_id, total, \
+    CAST(event_time AS TIMESTAMP) AS event_time FROM orders_raw";
+
 const GEN: &str = "stream = 'orders', seed = '7', count = '20000', rate = '6000'";
 
 // Sums rounded to cents: restored partial sums add up in another order than one run's.
@@ -50,19 +54,34 @@ fn published_rows(dir: &Path) -> Vec<serde_json::Value> {
     batches_as_json(&batches)
 }
 
-/// Runs `query` over the generator's orders into Parquet with checkpoints every
+/// Runs `query` over the generator's `streams` into Parquet with checkpoints every
 /// 100 ms, kills the process `kills` times at random moments (restarting it each
 /// time), lets the last run finish, and compares the published rows with `oracle` run
-/// by DataFusion over the same events (view `orders`).
-async fn killed_and_resumed(query: &str, oracle: &str, kills_wanted: usize, min_rows: usize) {
+/// by DataFusion over the same events (tables `<stream>_raw`, then `setup`).
+async fn killed_and_resumed(
+    streams: &[(&str, u64, u64)],
+    query: &str,
+    setup: &[&str],
+    oracle: &str,
+    kills_wanted: usize,
+    min_rows: usize,
+) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let sources: String = streams
+        .iter()
+        .map(|(s, count, rate)| {
+            format!(
+                "CREATE TABLE {s} WITH (connector = 'generator', stream = '{s}', seed = '7', \
+                 count = '{count}', rate = '{rate}', event_time_field = 'event_time', \
+                 watermark_delay = '0s');\n"
+            )
+        })
+        .collect();
     write(
         &d.join("p.sql"),
         &format!(
-            "CREATE TABLE orders WITH (connector = 'generator', {GEN}, \
-               event_time_field = 'event_time', watermark_delay = '0s');\n\
-             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+            "{sources}CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
              INSERT INTO out {query};\n"
         ),
     );
@@ -115,14 +134,22 @@ async fn killed_and_resumed(query: &str, oracle: &str, kills_wanted: usize, min_
         "the last run resumed: {stderr}"
     );
 
-    generate(d, "orders", "7", "20000", &["rate=6000"], "input.jsonl");
     let ctx = SessionContext::new();
-    register_generated(&ctx, "raw", "orders", &[d.join("input.jsonl")]);
-    batch_sql(
-        &ctx,
-        "CREATE VIEW orders AS SELECT restaurant_id, total, CAST(event_time AS TIMESTAMP) AS event_time FROM raw",
-    )
-    .await;
+    for (s, count, rate) in streams {
+        let file = format!("{s}.jsonl");
+        generate(
+            d,
+            s,
+            "7",
+            &count.to_string(),
+            &[&format!("rate={rate}")],
+            &file,
+        );
+        register_generated(&ctx, &format!("{s}_raw"), s, &[d.join(&file)]);
+    }
+    for statement in setup {
+        batch_sql(&ctx, statement).await;
+    }
     let expected = batches_as_json(&batch_sql(&ctx, oracle).await);
     let got = published_rows(&d.join("out"));
     assert!(expected.len() > min_rows, "{} rows", expected.len());
@@ -143,7 +170,9 @@ async fn killed_and_resumed(query: &str, oracle: &str, kills_wanted: usize, min_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
     killed_and_resumed(
+        &[("orders", 20_000, 6000)],
         QUERY,
+        &[ORDERS_VIEW],
         "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
          restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
         10,
@@ -159,16 +188,42 @@ async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_n_per_window_killed_five_times_equals_the_batch_answer() {
     killed_and_resumed(
+        &[("orders", 20_000, 6000)],
         "SELECT start, restaurant_id, n FROM (SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, \
            restaurant_id, n, ROW_NUMBER() OVER (PARTITION BY w ORDER BY n DESC, restaurant_id) AS rn \
            FROM (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n FROM orders \
            GROUP BY w, restaurant_id)) WHERE rn = 1",
+        &[ORDERS_VIEW],
         "SELECT start, restaurant_id, n FROM (SELECT start, restaurant_id, n, \
            ROW_NUMBER() OVER (PARTITION BY start ORDER BY n DESC, restaurant_id) AS rn FROM \
            (SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
             restaurant_id, count(*) AS n FROM orders GROUP BY 1, 2)) WHERE rn = 1",
         5,
         10,
+    )
+    .await;
+}
+
+/// The interval join of orders and kitchen tickets across kills: both sides' kept rows
+/// are checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_join_killed_five_times_equals_the_batch_answer() {
+    let join = "SELECT o.order_id, k.ticket_id, k.station FROM orders o JOIN kitchen k \
+                ON k.order_id = o.order_id \
+                AND k.event_time BETWEEN o.event_time AND o.event_time + INTERVAL '10' MINUTE \
+                WHERE o.event_type = 'order_placed'";
+    killed_and_resumed(
+        // Paced orders keep the pipeline running; kitchen tickets, unpaced, are all read
+        // at once and their source finishes (checkpoints go on with its end position).
+        &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
+        join,
+        &[
+            "CREATE VIEW orders AS SELECT * FROM orders_raw",
+            "CREATE VIEW kitchen AS SELECT * FROM kitchen_raw",
+        ],
+        join,
+        5,
+        1000,
     )
     .await;
 }

@@ -694,6 +694,16 @@ impl GeneratorSource {
 #[async_trait]
 impl Source for GeneratorSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> crate::Result<()> {
+        self.generate(ctx).await?;
+        // Where it ended: checkpoints taken while the rest of the pipeline runs on
+        // resume this task there (with nothing left to emit).
+        ctx.final_position = Some(self.consumed.to_le_bytes().to_vec());
+        Ok(())
+    }
+}
+
+impl GeneratorSource {
+    async fn generate(&mut self, ctx: &mut SourceContext) -> crate::Result<()> {
         let lag = crate::metrics::source_lag(&ctx.task.pipeline, &ctx.task.node);
         lag.set(0.0);
         let size = ctx.batch.size.max(1);

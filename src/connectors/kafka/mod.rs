@@ -462,6 +462,18 @@ impl KafkaSource {
 #[async_trait]
 impl Source for KafkaSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        self.read(ctx).await?;
+        // Where it ended (a bounded read, or a stop): later checkpoints resume here.
+        ctx.final_position = Some(
+            serde_json::to_vec(&self.next)
+                .map_err(|e| kafka_error(&self.table, "checkpointing offsets", e))?,
+        );
+        Ok(())
+    }
+}
+
+impl KafkaSource {
+    async fn read(&mut self, ctx: &mut SourceContext) -> Result<()> {
         let Some(partitions) =
             partitions(&self.consumer, &self.topic, &self.task, &ctx.stop).await?
         else {
