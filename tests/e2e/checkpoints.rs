@@ -469,6 +469,17 @@ fn a_savepoint_is_taken_on_request_and_kept() {
         "{said}"
     );
     let id: u64 = said.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    // Checkpoint metrics are exported while it runs.
+    let metrics = crate::lifecycle::http_get(&addr, "/metrics").1;
+    for name in [
+        "tributary_checkpoints_total{pipeline=\"sp\"}",
+        "tributary_checkpoint_seconds",
+        "tributary_checkpoint_alignment_seconds",
+        "tributary_checkpoint_bytes",
+        "tributary_checkpoint_age_seconds",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
     // Regular checkpoints go on; only the last two of them are kept.
     eventually("five more checkpoints", Duration::from_secs(60), || {
         committed(&d.join("checkpoints")) >= id + 5

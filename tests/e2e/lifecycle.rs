@@ -100,7 +100,7 @@ fn the_drop_policy_drops_exactly_the_rows_that_fail() {
     assert_eq!(finished["bad_records"].as_u64(), Some(failing as u64));
 }
 
-fn http_get(addr: &str, path: &str) -> (String, String) {
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
