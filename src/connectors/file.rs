@@ -33,6 +33,11 @@
 //! Parquet file that cannot be read fails the source, naming the file (and, for Avro,
 //! the block's offset). The `tributary_source_lag_seconds` gauge is the age (from its
 //! modification time) of the file being read when following a directory, 0 when idle.
+//!
+//! Checkpoints: a task's position is the files it has read whole and the rows it has
+//! emitted from the one it is reading; resuming skips the former and the rows already
+//! emitted of the latter (its bad lines are reported again). Positions are by file
+//! name, so they move between tasks when the parallelism changes.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -318,7 +323,18 @@ impl SourceFactory for FileSourceFactory {
             spec: self.spec.clone(),
             partition: task.partition,
             parallelism: task.parallelism.max(1),
+            position: FilePosition::default(),
+            resume: Default::default(),
         }))
+    }
+
+    /// Positions are file names and row counts: any task count can take them over.
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn rescalable(&self) -> bool {
+        true
     }
 }
 
@@ -342,6 +358,20 @@ struct FileSource {
     spec: Arc<Spec>,
     partition: usize,
     parallelism: usize,
+    /// Where this task is (checkpointed): files read to the end, and rows emitted
+    /// from the file being read.
+    position: FilePosition,
+    /// Resuming: rows already emitted from partly read files (any old task's).
+    resume: std::collections::HashMap<PathBuf, u64>,
+}
+
+/// A file source task's position: which files it has read whole, how far it is in the
+/// one it is reading. Positions of several tasks merge (rescaling), since files are
+/// named.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct FilePosition {
+    done: Vec<PathBuf>,
+    current: Option<(PathBuf, u64)>,
 }
 
 /// Runs `f` on the blocking pool with the task's bad-record handle, which is put back
@@ -373,7 +403,7 @@ where
 
 impl FileSource {
     async fn read_file(
-        &self,
+        &mut self,
         path: &Path,
         ctx: &mut SourceContext,
         lag: &metrics::Gauge,
@@ -393,10 +423,15 @@ impl FileSource {
             FileReader::open(&owned, &spec, batch_size).map(Box::new)
         })
         .await??;
+        // Resuming inside this file: skip the rows emitted before the checkpoint
+        // (the file is read the same way again; its bad lines are reported again).
+        let mut skip = self.resume.remove(path).unwrap_or(0);
+        self.position.current = Some((path.to_path_buf(), skip));
         loop {
             if ctx.stop.is_raised() {
                 return Ok(());
             }
+            self.checkpoint_if_due(ctx).await?;
             let (r, back) = blocking(ctx, move |bad| {
                 let r = reader.next_batch(bad);
                 (r, reader)
@@ -404,17 +439,68 @@ impl FileSource {
             .await?;
             reader = back;
             match r? {
-                Some(batch) => ctx.out.emit(batch).await?,
-                None => return Ok(()),
+                Some(mut batch) => {
+                    if skip > 0 {
+                        let n = (skip as usize).min(batch.num_rows());
+                        batch = batch.slice(n, batch.num_rows() - n);
+                        skip -= n as u64;
+                    }
+                    let rows = batch.num_rows() as u64;
+                    ctx.out.emit(batch).await?;
+                    if let Some((_, emitted)) = self.position.current.as_mut() {
+                        *emitted += rows;
+                    }
+                }
+                None => {
+                    self.position.current = None;
+                    self.position.done.push(path.to_path_buf());
+                    return Ok(());
+                }
             }
         }
+    }
+
+    async fn checkpoint_if_due(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        if let Some(id) = ctx.checkpoint_due() {
+            let position = serde_json::to_vec(&self.position)
+                .map_err(|e| EngineError::User(format!("file source position: {e}")))?;
+            ctx.checkpoint(id, position).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the positions of a checkpoint: files read whole are skipped, partly read
+    /// ones resume after their emitted rows.
+    async fn restore(&mut self, ctx: &SourceContext) -> Result<HashSet<PathBuf>> {
+        let mut done = HashSet::new();
+        for blob in ctx.restored_positions().await? {
+            let p: FilePosition = serde_json::from_slice(&blob)
+                .map_err(|e| EngineError::User(format!("restoring a file source: {e}")))?;
+            done.extend(p.done);
+            if let Some((path, rows)) = p.current {
+                self.resume.insert(path, rows);
+            }
+        }
+        Ok(done)
     }
 }
 
 #[async_trait]
 impl Source for FileSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> crate::Result<()> {
+        self.read(ctx).await?;
+        ctx.final_position = Some(
+            serde_json::to_vec(&self.position)
+                .map_err(|e| EngineError::User(format!("file source position: {e}")))?,
+        );
+        Ok(())
+    }
+}
+
+impl FileSource {
+    async fn read(&mut self, ctx: &mut SourceContext) -> crate::Result<()> {
         let lag = crate::metrics::source_lag(&ctx.task.pipeline, &ctx.task.node);
+        let restored_done = self.restore(ctx).await?;
         let mut seen: HashSet<PathBuf> = self.spec.initial.iter().cloned().collect();
         let mine: Vec<PathBuf> = self
             .spec
@@ -428,6 +514,10 @@ impl Source for FileSource {
             if ctx.stop.is_raised() {
                 return Ok(());
             }
+            if restored_done.contains(path) {
+                self.position.done.push(path.clone());
+                continue;
+            }
             self.read_file(path, ctx, &lag).await?;
         }
         if !self.spec.follow {
@@ -435,9 +525,18 @@ impl Source for FileSource {
         }
         loop {
             lag.set(0.0);
+            self.checkpoint_if_due(ctx).await?;
+            let stop = &mut ctx.stop;
+            let checkpoints = &mut ctx.checkpoints;
             tokio::select! {
                 _ = tokio::time::sleep(self.spec.poll_interval) => {}
-                _ = ctx.stop.raised() => return Ok(()),
+                _ = stop.raised() => return Ok(()),
+                _ = async {
+                    match checkpoints.as_mut() {
+                        Some(c) => { c.triggered().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => continue,
             }
             let root = self.spec.root.clone();
             let format = self.spec.format;
@@ -459,6 +558,10 @@ impl Source for FileSource {
                 }
                 if ctx.stop.is_raised() {
                     return Ok(());
+                }
+                if restored_done.contains(&path) {
+                    self.position.done.push(path);
+                    continue;
                 }
                 self.read_file(&path, ctx, &lag).await?;
             }

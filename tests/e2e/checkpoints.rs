@@ -501,3 +501,118 @@ fn a_savepoint_is_taken_on_request_and_kept() {
         "{listing}"
     );
 }
+
+/// Files read whole, per the latest committed checkpoint of a file source `node`.
+fn checkpointed_files(checkpoints: &Path, node: &str) -> usize {
+    let id = committed(checkpoints);
+    if id == 0 {
+        return 0;
+    }
+    let dir = checkpoints.join(format!("{id:020}")).join(node);
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map(|v| v["done"].as_array().map_or(0, |a| a.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A followed directory of JSON files feeds a windowed aggregation with checkpoints:
+/// killed once its checkpoint has every file so far, more files arrive, it resumes at
+/// another parallelism (file positions move between tasks by name), three times; the
+/// output equals the batch answer over all files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_directory_resumes_from_file_positions_at_other_parallelisms() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE orders ({RESCALE_COLUMNS}) WITH (connector = 'file', path = 'in', \
+               format = 'json', follow = 'true', poll_interval = '50ms', \
+               event_time_field = 'event_time', watermark_delay = '0s');\n\
+             CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+             INSERT INTO out {QUERY};\n"
+        ),
+    );
+    let checkpoints = d.join("checkpoints");
+    let mut files = 0;
+    for (k, parallelism) in [2, 1, 3].into_iter().enumerate() {
+        // Three files per phase, each ten seconds of event time after the previous
+        // one (a task reads its files in name order, so its rows stay in order).
+        for f in 0..3 {
+            let start = format!("2026-01-01T00:0{k}:{:02}Z", f * 10);
+            generate(
+                d,
+                "orders",
+                &(60 + 3 * k + f).to_string(),
+                "1500",
+                &["rate=0", &format!("start_time={start}")],
+                &format!("in/_p{k}f{f}.jsonl"),
+            );
+            // Hidden while written, renamed when complete (the followed-directory rule).
+            std::fs::rename(
+                d.join(format!("in/_p{k}f{f}.jsonl")),
+                d.join(format!("in/p{k}f{f}.jsonl")),
+            )
+            .unwrap();
+            files += 1;
+        }
+        let last = k == 2;
+        write(
+            &d.join("p.yaml"),
+            &format!(
+                "name: files\nsql: p.sql\nparallelism: {parallelism}\n\
+                 checkpoint: {{ interval: 100ms, dir: checkpoints }}\n\
+                 connectors: {{ orders: {{ follow: {} }} }}\n",
+                !last
+            ),
+        );
+        let mut run = Running::start(d, &["p.yaml"]);
+        if last {
+            let (code, stderr) = run.wait(Duration::from_secs(120));
+            assert_eq!(code, Some(0), "{stderr}");
+            assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+            break;
+        }
+        eventually(
+            "a checkpoint with every file read",
+            Duration::from_secs(60),
+            || checkpointed_files(&checkpoints, "orders") == files,
+        );
+        run.child.kill().unwrap();
+        run.child.wait().unwrap();
+    }
+
+    let ctx = SessionContext::new();
+    let all: Vec<_> = (0..3)
+        .flat_map(|k| (0..3).map(move |f| (k, f)))
+        .map(|(k, f)| d.join(format!("in/p{k}f{f}.jsonl")))
+        .collect();
+    register_generated(&ctx, "orders_raw", "orders", &all);
+    batch_sql(&ctx, ORDERS_VIEW).await;
+    let expected = batches_as_json(
+        &batch_sql(
+            &ctx,
+            "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        )
+        .await,
+    );
+    let got = published_rows(&d.join("out"));
+    let (got, expected) = (canonical(&got), canonical(&expected));
+    let missing = multiset_minus(&expected, &got);
+    let extra = multiset_minus(&got, &expected);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "files at parallelism 2 → 1 → 3: {} rows missing (first {:?}), {} extra (first {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+}
