@@ -765,8 +765,12 @@ async fn run_sink(
         c.finished(None);
         if exactly_once && stop.is_raised() {
             // Stopped mid-input: rows after the last committed checkpoint are replayed
-            // by the restart, so they must not become visible now.
-            let done = *c.committed().borrow();
+            // by the restart, so they must not become visible now. A checkpoint this
+            // sink pre-committed may still be committing: the coordinator ends on the
+            // report above, after which the committed id is final.
+            let mut committed = c.committed();
+            while committed.changed().await.is_ok() {}
+            let done = *committed.borrow();
             return sink.close_uncommitted(done).await;
         }
     }
