@@ -119,10 +119,37 @@ def test_confluent_kafka_reads_what_tributary_wrote(servers, tmp_path):
     assert len({v["event_id"] for v in values}) == 2000
     for m, v in zip(records, values):
         assert m.key().decode() == str(v["order_id"])
-    # One key, one partition.
+    # One key, one partition: the one the Java client's partitioner picks.
     partition_of = {}
     for m, v in zip(records, values):
         assert partition_of.setdefault(v["order_id"], m.partition()) == m.partition()
+        assert m.partition() == (murmur2(m.key()) & 0x7FFFFFFF) % 3, m.key()
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's Java DefaultPartitioner hash (Utils.murmur2), as a signed 32-bit int."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(data)) & mask
+    n = len(data) // 4
+    for i in range(n):
+        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = data[4 * n:]
+    if len(tail) >= 3:
+        h ^= tail[2] << 16
+    if len(tail) >= 2:
+        h ^= tail[1] << 8
+    if len(tail) >= 1:
+        h ^= tail[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
 
 
 @pytest.mark.parametrize("behind", [0, 1])

@@ -924,6 +924,28 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         let v = compression.clone();
         return Err(opts.invalid("compression", &v, "expected none, gzip, snappy or lz4"));
     }
+    // Java's default (murmur2 of the key bytes), so a key lands on the partition a
+    // Java or Kafka Streams producer would pick: co-partitioning across clients.
+    let partitioner = opts
+        .get("partitioner")
+        .unwrap_or_else(|| "murmur2_random".into());
+    const PARTITIONERS: [&str; 7] = [
+        "murmur2_random",
+        "murmur2",
+        "consistent_random",
+        "consistent",
+        "fnv1a_random",
+        "fnv1a",
+        "random",
+    ];
+    if !PARTITIONERS.contains(&partitioner.as_str()) {
+        let v = partitioner.clone();
+        return Err(opts.invalid(
+            "partitioner",
+            &v,
+            format!("expected one of {}", PARTITIONERS.join(", ")),
+        ));
+    }
     let partitions: Option<i32> = match opts.get("partitions") {
         None => None,
         Some(v) => Some(
@@ -988,6 +1010,7 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", compression)
+        .set("partitioner", partitioner)
         .set("linger.ms", "5");
     Ok(Arc::new(KafkaSinkFactory {
         table: req.table.to_string(),
