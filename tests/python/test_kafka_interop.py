@@ -379,3 +379,43 @@ def test_cloudevents_headers_let_consumers_route_on_type(servers, tmp_path):
                and h["ce_source"] == "tributary/out" and h["content-type"] == "application/json"
                and h["ce_time"].endswith("Z") for h in headers), headers[0]
     assert len({h["ce_id"] for h in headers}) == 300
+
+
+def test_checkpointed_offsets_are_committed_to_the_consumer_group(servers, tmp_path):
+    """With checkpoints, the Kafka source commits the offsets of each committed
+    checkpoint to its consumer group (lag monitoring, `offset = 'group'`): once the
+    pipeline has read everything, the group's committed offsets reach the end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = new_topic(servers, 2)
+    producer = Producer({"bootstrap.servers": servers})
+    for i in range(1000):
+        producer.produce(topic, key=str(i), value=json.dumps({"order_id": i, "channel": "app", "total": 1.0}))
+    assert producer.flush(30) == 0
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "p.sql").write_text(
+        f"CREATE TABLE orders ({COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{servers}', "
+        f"topic = '{topic}', group_id = '{group}');\n"
+        "CREATE TABLE copy WITH (connector = 'blackhole');\n"
+        "INSERT INTO copy SELECT * FROM orders;\n"
+    )
+    (tmp_path / "p.yaml").write_text("name: offsets\nsql: p.sql\ncheckpoint: { interval: 100ms }\n")
+    pipeline = subprocess.Popen(
+        [str(BIN), "run", "p.yaml", "--set", "admin.listen=127.0.0.1:0"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": group, "enable.auto.commit": False})
+    try:
+        deadline = time.time() + 60
+        while True:
+            committed = consumer.committed([TopicPartition(topic, p) for p in range(2)], timeout=10)
+            total = sum(max(tp.offset, 0) for tp in committed)
+            if total == 1000:
+                break
+            assert pipeline.poll() is None, pipeline.stderr.read()
+            assert time.time() < deadline, f"group offsets stuck at {total}"
+            time.sleep(0.1)
+    finally:
+        consumer.close()
+        pipeline.terminate()
+        pipeline.communicate(timeout=60)

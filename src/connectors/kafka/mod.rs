@@ -587,14 +587,23 @@ impl KafkaSource {
             next,
             ..
         } = self;
+        let consumer: &StreamConsumer = consumer;
         let mut stream = consumer.stream();
         let mut ticker = tokio::time::interval(ctx.batch.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = ctx.stop.clone();
         let mut logged: Option<Instant> = None;
+        // Offsets of the checkpoints taken, committed to the consumer group once the
+        // checkpoint is (for lag monitoring and `offset = 'group'`; never before).
+        let committed = ctx.checkpoints.as_ref().map(|c| c.committed());
+        let mut taken: std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)> =
+            Default::default();
         loop {
             if *bounded && ends.is_empty() {
                 break;
+            }
+            if let Some(done) = committed.as_ref().map(|c| *c.borrow()) {
+                commit_offsets(consumer, topic, &mut taken, done);
             }
             if let Some(id) = ctx.checkpoint_due() {
                 // Everything read so far out, then the offsets to resume from.
@@ -602,6 +611,7 @@ impl KafkaSource {
                 let position = serde_json::to_vec(&*next)
                     .map_err(|e| kafka_error(&task.node, "checkpointing offsets", e))?;
                 ctx.checkpoint(id, position).await?;
+                taken.push_back((id, next.clone()));
             }
             tokio::select! {
                 msg = stream.next() => match msg {
@@ -638,6 +648,38 @@ impl KafkaSource {
             }
         }
         Self::flush_all(decoders, meta, topic, ctx).await
+    }
+}
+
+/// Commits to the consumer group the offsets of the newest checkpoint in `taken` that
+/// is committed (`done`), and forgets the older ones. Asynchronous: a failure is only
+/// logged (the checkpoint, not the group, is where the source resumes).
+fn commit_offsets(
+    consumer: &StreamConsumer,
+    topic: &str,
+    taken: &mut std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)>,
+    done: u64,
+) {
+    let mut newest = None;
+    while taken.front().is_some_and(|(id, _)| *id <= done) {
+        newest = taken.pop_front();
+    }
+    let Some((_, offsets)) = newest else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in offsets {
+        if tpl
+            .add_partition_offset(topic, p, Offset::Offset(next))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+    {
+        tracing::warn!(topic, error = %e, "committing checkpointed offsets to the group failed");
     }
 }
 
