@@ -9,8 +9,10 @@
 //!   `i mod parallelism`) by explicit assignment, not consumer-group rebalancing: a
 //!   partition is read by exactly one task, so per-task order is per-partition order.
 //! - Offsets are never auto-committed: where reading starts is `offset`
-//!   (`earliest`, `latest`, or `group`: the group's committed offsets); the checkpoint
-//!   work commits offsets with each checkpoint.
+//!   (`earliest`, `latest`, `group`: the group's committed offsets, or `timestamp`),
+//!   unless a checkpoint is restored (its offsets win). A checkpoint records the next
+//!   offset of every partition read; once it is committed, those offsets are committed
+//!   to the consumer group, never earlier.
 //! - A record that does not decode is a bad record (dead-letter path), never a crash.
 //!   An unreachable cluster is retried with backoff (the source pauses, it does not
 //!   fail); errors are logged at a bounded rate.
@@ -19,13 +21,19 @@
 //! - Watermarks per partition: each batch holds one partition's rows and the task's
 //!   watermark follows its slowest partition (`Collector::emit_split`), so a partition
 //!   that is behind does not have its rows made late by one that is ahead.
+//! - Record attributes (key, offset, headers…) reach columns only through
+//!   `metadata.*` options (`metadata.rs`); domains and clusters resolve through the
+//!   configuration (`domains.rs`).
 //!
 //! Sink invariants:
 //! - Idempotent producer (`enable.idempotence`), `acks=all`; each row is one record,
-//!   JSON-encoded, keyed by `key_field` when given (so a key's records share a
-//!   partition and stay in order). `flush`/`finish` wait until every record sent is
-//!   acknowledged; a record the cluster refuses fails the pipeline, naming the topic.
-//! - Transactions tied to checkpoints come with the checkpoint work.
+//!   JSON or Avro (a contract from `schema_file`, or a schema derived from the
+//!   columns), keyed by `key_field` when given and partitioned like the Java client
+//!   (murmur2), so a key's records share a partition and stay in order. `flush`/`finish`
+//!   wait until every record sent is acknowledged; a record the cluster refuses fails
+//!   the pipeline, naming the topic.
+//! - Not transactional yet: with checkpoints the sink is at-least-once (ADR 0009 has
+//!   the design for transactions a restart can finish).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
