@@ -596,7 +596,9 @@ impl KafkaSource {
             ..
         } = self;
         let consumer: &StreamConsumer = consumer;
-        let mut stream = consumer.stream();
+        // Every message already received, up to 4096, per wake-up: the loop's per-wake
+        // work (timers, checkpoint checks) is shared by many records.
+        let mut stream = consumer.stream().ready_chunks(4096);
         let mut ticker = tokio::time::interval(ctx.batch.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = ctx.stop.clone();
@@ -622,9 +624,26 @@ impl KafkaSource {
                 taken.push_back((id, next.clone()));
             }
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(m)) => {
+                msgs = stream.next() => {
+                    let Some(msgs) = msgs else { break };
+                    for msg in msgs {
+                        let m = match msg {
+                            Ok(m) => m,
+                            Err(e) => {
+                                // Transient (broker down, rebalance in the cluster):
+                                // librdkafka retries; say so at most every 10 s.
+                                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                                    tracing::warn!(task = %task, error = %e, "kafka consumer error; retrying");
+                                    logged = Some(Instant::now());
+                                }
+                                continue;
+                            }
+                        };
                         let p = m.partition();
+                        // Bounded: a partition read to its end takes nothing newer.
+                        if *bounded && !ends.contains_key(&p) {
+                            continue;
+                        }
                         let Some(reader) = decoders.get_mut(&p) else { continue };
                         reader.push(&m, meta, &mut ctx.bad_records).await?;
                         next.insert(p, m.offset() + 1);
@@ -641,16 +660,7 @@ impl KafkaSource {
                             ctx.out.end_split(p as u64).await?;
                         }
                     }
-                    Some(Err(e)) => {
-                        // Transient (broker down, rebalance in the cluster): librdkafka
-                        // retries; say so at most every 10 s.
-                        if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                            tracing::warn!(task = %task, error = %e, "kafka consumer error; retrying");
-                            logged = Some(Instant::now());
-                        }
-                    }
-                    None => break,
-                },
+                }
                 _ = ticker.tick() => Self::flush_all(decoders, meta, topic, ctx).await?,
                 _ = stop.raised() => break,
             }
