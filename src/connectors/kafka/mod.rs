@@ -502,6 +502,11 @@ impl KafkaSource {
         let mut by_time = TopicPartitionList::new();
         for &p in &partitions {
             let restored = resume.get(&p).copied();
+            // A restored offset stays part of this task's position even when the
+            // partition has nothing left to read, so later checkpoints keep it.
+            if let Some(n) = restored {
+                self.next.insert(p, n);
+            }
             if self.bounded {
                 let (low, high) = tokio::task::block_in_place(|| {
                     self.consumer
@@ -529,9 +534,6 @@ impl KafkaSource {
             };
             list.add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
-            if let Some(n) = restored {
-                self.next.insert(p, n);
-            }
             let value = self.meta.value_schema().clone();
             let decoder = match &self.avro {
                 None => RecordDecoder::Json(JsonDecoder::new(value)?),
@@ -574,7 +576,9 @@ impl KafkaSource {
             let mut stop = ctx.stop.clone();
             loop {
                 if let Some(id) = ctx.checkpoint_due() {
-                    ctx.checkpoint(id, b"{}".to_vec()).await?;
+                    let position = serde_json::to_vec(&self.next)
+                        .map_err(|e| kafka_error(&self.table, "checkpointing offsets", e))?;
+                    ctx.checkpoint(id, position).await?;
                 }
                 tokio::select! {
                     _ = stop.raised() => return Ok(()),
