@@ -148,17 +148,20 @@ impl MetadataColumns {
         if self.is_empty() {
             return Ok(RecordMeta::default());
         }
-        let utf8_ok = |what: &str, b: Option<&[u8]>, column: usize| -> Result<(), String> {
-            if self.table.field(column).data_type() == &DataType::Utf8
-                && let Some(b) = b
-                && std::str::from_utf8(b).is_err()
-            {
-                return Err(format!(
-                    "the record's {what} is not UTF-8 (column {} is VARCHAR)",
-                    self.table.field(column).name()
-                ));
+        // VARCHAR columns take only UTF-8; the message is built only for a refusal.
+        let utf8 = |b: Option<&[u8]>, column: usize| -> Result<(), String> {
+            match b {
+                Some(b)
+                    if self.table.field(column).data_type() == &DataType::Utf8
+                        && std::str::from_utf8(b).is_err() =>
+                {
+                    Err(format!(
+                        "is not UTF-8 (column {} is VARCHAR)",
+                        self.table.field(column).name()
+                    ))
+                }
+                _ => Ok(()),
             }
-            Ok(())
         };
         let mut meta = RecordMeta {
             partition: m.partition(),
@@ -167,29 +170,26 @@ impl MetadataColumns {
             key: None,
             headers: Vec::new(),
         };
+        // Headers in column order, the order `assemble` reads them in.
         for (i, a) in &self.columns {
-            if *a == Attribute::Key {
-                utf8_ok("key", m.key(), *i)?;
-                meta.key = m.key().map(<[u8]>::to_vec);
+            match a {
+                Attribute::Key => {
+                    utf8(m.key(), *i).map_err(|e| format!("the record's key {e}"))?;
+                    meta.key = m.key().map(<[u8]>::to_vec);
+                }
+                Attribute::Header(name) => {
+                    let value = m.headers().and_then(|hs| {
+                        hs.iter()
+                            .filter(|h| h.key == name)
+                            .last()
+                            .and_then(|h| h.value.map(<[u8]>::to_vec))
+                    });
+                    utf8(value.as_deref(), *i)
+                        .map_err(|e| format!("the record's header {name} {e}"))?;
+                    meta.headers.push(value);
+                }
+                _ => {}
             }
-        }
-        let wanted: Vec<(&str, usize)> = self
-            .columns
-            .iter()
-            .filter_map(|(i, a)| match a {
-                Attribute::Header(h) => Some((h.as_str(), *i)),
-                _ => None,
-            })
-            .collect();
-        for (name, column) in wanted {
-            let value = m.headers().and_then(|hs| {
-                hs.iter()
-                    .filter(|h| h.key == name)
-                    .last()
-                    .and_then(|h| h.value.map(<[u8]>::to_vec))
-            });
-            utf8_ok(&format!("header {name}"), value.as_deref(), column)?;
-            meta.headers.push(value);
         }
         Ok(meta)
     }
