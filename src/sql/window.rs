@@ -1092,8 +1092,8 @@ impl Operator for WindowAggOperator {
                 columns.extend(cols.iter().cloned());
                 intermediates.push(cols);
             }
-            let restored = self.rebuild_window(&keys, &intermediates, n)?;
-            self.windows.insert(start, restored);
+            // The state taken out goes back into a fresh window, as on restore.
+            self.merge_into(start, &keys, &intermediates, n)?;
             header.starts.push(start);
             batches.push(columns);
         }
@@ -1198,30 +1198,6 @@ struct WindowSnapshot {
     widths: Vec<usize>,
     /// Key columns (first in each batch).
     keys: usize,
-}
-
-impl WindowAggOperator {
-    /// A window holding `keys` (group `i` = row `i`) and each aggregate's
-    /// intermediate state for them.
-    fn rebuild_window(
-        &self,
-        keys: &[ArrayRef],
-        intermediates: &[Vec<ArrayRef>],
-        n: usize,
-    ) -> Result<WindowState> {
-        let mut w = self.new_window()?;
-        let ids: Vec<usize> = (0..n).collect();
-        if let Some(g) = w.groups.as_mut() {
-            let mut interned = Vec::new();
-            g.intern(keys, &mut interned)
-                .map_err(df("restoring window keys"))?;
-        }
-        for (acc, state) in w.accs.iter_mut().zip(intermediates) {
-            acc.merge_batch(state, &ids, n)
-                .map_err(df("restoring window state"))?;
-        }
-        Ok(w)
-    }
 }
 
 /// Logs state left open when a pipeline is stopped (not at the end of its input).
