@@ -163,17 +163,10 @@ async fn killed_and_resumed(
     let expected = batches_as_json(&batch_sql(&ctx, oracle).await);
     let got = published_rows(&d.join("out"));
     assert!(expected.len() > min_rows, "{} rows", expected.len());
-    let (got, expected) = (canonical(&got), canonical(&expected));
-    let missing: Vec<&String> = multiset_minus(&expected, &got);
-    let extra: Vec<&String> = multiset_minus(&got, &expected);
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "after {kills} kills the committed output must equal the batch answer: {} rows missing \
-         (first {:?}), {} extra (first {:?})",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
+    assert_same_rows(
+        &format!("after {kills} kills the committed output"),
+        &got,
+        &expected,
     );
 }
 
@@ -183,8 +176,7 @@ async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
         &[("orders", 20_000, 6000)],
         QUERY,
         &[ORDERS_VIEW],
-        "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
-         restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        WINDOWED_ORACLE,
         10,
         1000,
         Stop::Kill,
@@ -261,13 +253,32 @@ async fn stopped_three_times_the_output_equals_the_batch_answer() {
         &[("orders", 20_000, 6000)],
         QUERY,
         &[ORDERS_VIEW],
-        "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
-         restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        WINDOWED_ORACLE,
         3,
         1000,
         Stop::Term,
     )
     .await;
+}
+
+/// The batch answer of `QUERY` over the view `orders` (`ORDERS_VIEW`).
+const WINDOWED_ORACLE: &str = "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) \
+    AS start, restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2";
+
+/// Asserts that `got` and `expected` hold the same rows as multisets, naming `what`
+/// and the first rows missing and extra.
+fn assert_same_rows(what: &str, got: &[serde_json::Value], expected: &[serde_json::Value]) {
+    let (got, expected) = (canonical(got), canonical(expected));
+    let missing = multiset_minus(&expected, &got);
+    let extra = multiset_minus(&got, &expected);
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what} must equal the batch answer: {} rows missing (first {:?}), {} extra (first {:?})",
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
 }
 
 /// The rows of sorted `a` not matched one-for-one in sorted `b`.
@@ -392,32 +403,11 @@ async fn a_checkpoint_resumes_at_parallelism_one_and_four_with_the_batch_answer(
 
     let ctx = SessionContext::new();
     let files: Vec<_> = (0..3).map(|k| d.join(format!("in/b{k}.jsonl"))).collect();
-    register_generated(&ctx, "raw", "orders", &files);
-    batch_sql(
-        &ctx,
-        "CREATE VIEW orders AS SELECT restaurant_id, total, CAST(event_time AS TIMESTAMP) AS event_time FROM raw",
-    )
-    .await;
-    let expected = batches_as_json(
-        &batch_sql(
-            &ctx,
-            "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
-             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
-        )
-        .await,
-    );
+    register_generated(&ctx, "orders_raw", "orders", &files);
+    batch_sql(&ctx, ORDERS_VIEW).await;
+    let expected = batches_as_json(&batch_sql(&ctx, WINDOWED_ORACLE).await);
     let got = published_rows(&d.join("out"));
-    let (got, expected) = (canonical(&got), canonical(&expected));
-    let missing = multiset_minus(&expected, &got);
-    let extra = multiset_minus(&got, &expected);
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "rescaled 2 → 1 → 4: {} rows missing (first {:?}), {} extra (first {:?})",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
-    );
+    assert_same_rows("rescaled 2 → 1 → 4", &got, &expected);
 }
 
 /// Resuming is refused, with the reason, when the checkpoint does not fit the
@@ -637,24 +627,7 @@ async fn a_followed_directory_resumes_from_file_positions_at_other_parallelisms(
         .collect();
     register_generated(&ctx, "orders_raw", "orders", &all);
     batch_sql(&ctx, ORDERS_VIEW).await;
-    let expected = batches_as_json(
-        &batch_sql(
-            &ctx,
-            "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
-             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
-        )
-        .await,
-    );
+    let expected = batches_as_json(&batch_sql(&ctx, WINDOWED_ORACLE).await);
     let got = published_rows(&d.join("out"));
-    let (got, expected) = (canonical(&got), canonical(&expected));
-    let missing = multiset_minus(&expected, &got);
-    let extra = multiset_minus(&got, &expected);
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "files at parallelism 2 → 1 → 3: {} rows missing (first {:?}), {} extra (first {:?})",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
-    );
+    assert_same_rows("files at parallelism 2 → 1 → 3", &got, &expected);
 }
