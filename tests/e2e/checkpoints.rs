@@ -3,7 +3,7 @@
 //! random moments (ten times, often in the middle of a checkpoint), restarted each
 //! time from its latest checkpoint, then left to finish. The committed Parquet rows
 //! must equal DataFusion's batch answer over the same events: nothing lost, nothing
-//! doubled.
+//! doubled. The same with the Kafka sink in transactions, read back `read_committed`.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -54,19 +54,37 @@ fn published_rows(dir: &Path) -> Vec<serde_json::Value> {
     batches_as_json(&batches)
 }
 
-/// Runs `query` over the generator's `streams` into Parquet with checkpoints every
+/// One crash test: the pipeline, the oracle, how many stops of which kind, where the
+/// output goes.
+struct Crash<'a> {
+    /// Generated streams: (name, events, events per second).
+    streams: &'a [(&'a str, u64, u64)],
+    query: &'a str,
+    /// Oracle statements run before `oracle` (views over `<stream>_raw`).
+    setup: &'a [&'a str],
+    oracle: &'a str,
+    kills: usize,
+    /// The oracle must have more rows than this (the test is not vacuous).
+    min_rows: usize,
+    how: Stop,
+    output: Output,
+}
+
+/// Runs `query` over the generator's `streams` into the output with checkpoints every
 /// 100 ms, kills the process `kills` times at random moments (restarting it each
 /// time), lets the last run finish, and compares the published rows with `oracle` run
 /// by DataFusion over the same events (tables `<stream>_raw`, then `setup`).
-async fn killed_and_resumed(
-    streams: &[(&str, u64, u64)],
-    query: &str,
-    setup: &[&str],
-    oracle: &str,
-    kills_wanted: usize,
-    min_rows: usize,
-    how: Stop,
-) {
+async fn killed_and_resumed(case: Crash<'_>) {
+    let Crash {
+        streams,
+        query,
+        setup,
+        oracle,
+        kills: kills_wanted,
+        min_rows,
+        how,
+        output,
+    } = case;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sources: String = streams
@@ -82,8 +100,9 @@ async fn killed_and_resumed(
     write(
         &d.join("p.sql"),
         &format!(
-            "{sources}CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
-             INSERT INTO out {query};\n"
+            "{sources}CREATE TABLE out WITH ({});\n\
+             INSERT INTO out {query};\n",
+            output.options()
         ),
     );
     write(
@@ -161,7 +180,7 @@ async fn killed_and_resumed(
         batch_sql(&ctx, statement).await;
     }
     let expected = batches_as_json(&batch_sql(&ctx, oracle).await);
-    let got = published_rows(&d.join("out"));
+    let got = output.rows(d);
     assert!(expected.len() > min_rows, "{} rows", expected.len());
     assert_same_rows(
         &format!("after {kills} kills the committed output"),
@@ -172,15 +191,16 @@ async fn killed_and_resumed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
-    killed_and_resumed(
-        &[("orders", 20_000, 6000)],
-        QUERY,
-        &[ORDERS_VIEW],
-        WINDOWED_ORACLE,
-        10,
-        1000,
-        Stop::Kill,
-    )
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: QUERY,
+        setup: &[ORDERS_VIEW],
+        oracle: WINDOWED_ORACLE,
+        kills: 10,
+        min_rows: 1000,
+        how: Stop::Kill,
+        output: Output::Parquet,
+    })
     .await;
 }
 
@@ -190,21 +210,22 @@ async fn killed_ten_times_the_committed_output_equals_the_batch_answer() {
 /// unit test in `sql::window`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_n_per_window_killed_five_times_equals_the_batch_answer() {
-    killed_and_resumed(
-        &[("orders", 20_000, 6000)],
-        "SELECT start, restaurant_id, n FROM (SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, \
-           restaurant_id, n, ROW_NUMBER() OVER (PARTITION BY w ORDER BY n DESC, restaurant_id) AS rn \
-           FROM (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n FROM orders \
-           GROUP BY w, restaurant_id)) WHERE rn = 1",
-        &[ORDERS_VIEW],
-        "SELECT start, restaurant_id, n FROM (SELECT start, restaurant_id, n, \
-           ROW_NUMBER() OVER (PARTITION BY start ORDER BY n DESC, restaurant_id) AS rn FROM \
-           (SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
-            restaurant_id, count(*) AS n FROM orders GROUP BY 1, 2)) WHERE rn = 1",
-        5,
-        10,
-        Stop::Kill,
-    )
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: "SELECT start, restaurant_id, n FROM (SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, \
+               restaurant_id, n, ROW_NUMBER() OVER (PARTITION BY w ORDER BY n DESC, restaurant_id) AS rn \
+               FROM (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n FROM orders \
+               GROUP BY w, restaurant_id)) WHERE rn = 1",
+        setup: &[ORDERS_VIEW],
+        oracle: "SELECT start, restaurant_id, n FROM (SELECT start, restaurant_id, n, \
+               ROW_NUMBER() OVER (PARTITION BY start ORDER BY n DESC, restaurant_id) AS rn FROM \
+               (SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+                restaurant_id, count(*) AS n FROM orders GROUP BY 1, 2)) WHERE rn = 1",
+        kills: 5,
+        min_rows: 10,
+        how: Stop::Kill,
+        output: Output::Parquet,
+    })
     .await;
 }
 
@@ -216,21 +237,78 @@ async fn an_interval_join_killed_five_times_equals_the_batch_answer() {
                 ON k.order_id = o.order_id \
                 AND k.event_time BETWEEN o.event_time AND o.event_time + INTERVAL '10' MINUTE \
                 WHERE o.event_type = 'order_placed'";
-    killed_and_resumed(
+    killed_and_resumed(Crash {
         // Paced orders keep the pipeline running; kitchen tickets, unpaced, are all read
         // at once and their source finishes (checkpoints go on with its end position).
-        &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
-        join,
-        &[
+        streams: &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
+        query: join,
+        setup: &[
             "CREATE VIEW orders AS SELECT * FROM orders_raw",
             "CREATE VIEW kitchen AS SELECT * FROM kitchen_raw",
         ],
-        join,
-        5,
-        1000,
-        Stop::Kill,
-    )
+        oracle: join,
+        kills: 5,
+        min_rows: 1000,
+        how: Stop::Kill,
+        output: Output::Parquet,
+    })
     .await;
+}
+
+/// The windowed aggregation into Kafka through transactions, killed ten times: a
+/// `read_committed` consumer reads each result row exactly once (kills land before,
+/// during and after the sink's commits; the restored checkpoints' uncommitted output
+/// is sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_in_transactions_killed_ten_times_equals_the_batch_answer() {
+    let topic = crate::kafka::fresh_topic("crash.windows");
+    // Windows of 100 ms, so that nearly every checkpoint interval has output to commit
+    // (with 1 s windows most would be empty, and a lost or doubled commit would rarely
+    // show).
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: "SELECT CAST(w.start AS BIGINT) AS start, restaurant_id, n, round(total, 2) AS total FROM \
+             (SELECT tumble(INTERVAL '100' MILLISECOND) AS w, restaurant_id, count(*) AS n, \
+             sum(total) AS total FROM orders GROUP BY w, restaurant_id)",
+        setup: &[ORDERS_VIEW],
+        oracle: "SELECT CAST(date_bin(INTERVAL '100' MILLISECOND, event_time) AS BIGINT) / 1000000 AS start, \
+             restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders GROUP BY 1, 2",
+        kills: 10,
+        min_rows: 1000,
+        how: Stop::Kill,
+        output: Output::Kafka(topic),
+    })
+    .await;
+}
+
+/// Where a crash test's pipeline writes, and how the test reads what was published.
+enum Output {
+    /// Parquet files under `out/` (hidden until committed).
+    Parquet,
+    /// A Kafka topic of the test broker (3 partitions), read `read_committed`.
+    Kafka(String),
+}
+
+impl Output {
+    fn options(&self) -> String {
+        match self {
+            Output::Parquet => "connector = 'parquet', path = 'out'".into(),
+            Output::Kafka(topic) => format!(
+                "connector = 'kafka', bootstrap_servers = '{}', topic = '{topic}', \
+                 partitions = '3', key_field = 'restaurant_id'",
+                crate::kafka::bootstrap()
+            ),
+        }
+    }
+
+    fn rows(&self, dir: &Path) -> Vec<serde_json::Value> {
+        match self {
+            Output::Parquet => published_rows(&dir.join("out")),
+            Output::Kafka(topic) => {
+                crate::kafka::read_topic(&crate::kafka::bootstrap(), topic, "read_committed")
+            }
+        }
+    }
 }
 
 /// How the test stops a running pipeline.
@@ -249,15 +327,16 @@ enum Stop {
 /// Parquet sink.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_three_times_the_output_equals_the_batch_answer() {
-    killed_and_resumed(
-        &[("orders", 20_000, 6000)],
-        QUERY,
-        &[ORDERS_VIEW],
-        WINDOWED_ORACLE,
-        3,
-        1000,
-        Stop::Term,
-    )
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: QUERY,
+        setup: &[ORDERS_VIEW],
+        oracle: WINDOWED_ORACLE,
+        kills: 3,
+        min_rows: 1000,
+        how: Stop::Term,
+        output: Output::Parquet,
+    })
     .await;
 }
 

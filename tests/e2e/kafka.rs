@@ -30,6 +30,58 @@ pub fn fresh_topic(prefix: &str) -> String {
     format!("{prefix}.{}.{nanos}", std::process::id())
 }
 
+/// Every record value of `topic` (JSON), from the beginning to the end offsets at the
+/// call, read with `isolation` (`read_committed` or `read_uncommitted`).
+pub fn read_topic(servers: &str, topic: &str, isolation: &str) -> Vec<serde_json::Value> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", fresh_topic("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(10);
+    let md = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let mut ends = BTreeMap::new();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        let (low, high) = consumer.fetch_watermarks(topic, p.id(), timeout).unwrap();
+        if high > low {
+            ends.insert(p.id(), high);
+        }
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    assert!(!ends.is_empty(), "topic {topic} has records");
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut rows = Vec::new();
+    loop {
+        // Done when every partition's position has passed its end at the call (with
+        // read_committed, aborted records and transaction markers are skipped).
+        let positions = consumer.position().unwrap();
+        let done = ends.iter().all(|(p, end)| {
+            positions
+                .find_partition(topic, *p)
+                .and_then(|e| e.offset().to_raw())
+                .is_some_and(|o| o >= *end)
+        });
+        if done {
+            return rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reading {topic} timed out"
+        );
+        if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let m = m.unwrap();
+            rows.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+    }
+}
+
 const COLUMNS: &str =
     "event_id VARCHAR, event_type VARCHAR, order_id BIGINT, channel VARCHAR, total DOUBLE";
 

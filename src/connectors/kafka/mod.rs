@@ -32,13 +32,16 @@
 //!   (murmur2), so a key's records share a partition and stay in order. `flush`/`finish`
 //!   wait until every record sent is acknowledged; a record the cluster refuses fails
 //!   the pipeline, naming the topic.
-//! - Not transactional yet: with checkpoints the sink is at-least-once (ADR 0009 has
-//!   the design for transactions a restart can finish).
+//! - In an exactly-once pipeline the sink is transactional (`transactions.rs`): its
+//!   output since the last checkpoint is held in the checkpoint (write-ahead) and sent
+//!   in one transaction, with a commit marker, once that checkpoint commits; a restore
+//!   sends again what a crash left uncommitted. `read_committed` consumers see each
+//!   row once. Otherwise (at-least-once) rows are sent as they come.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -55,14 +58,18 @@ use metadata::{MetadataColumns, RecordMeta};
 
 mod domains;
 mod metadata;
+mod transactions;
 use crate::dlq::BadRecordReason;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
+use transactions::Transactions;
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
 /// How long a metadata or watermark request may take before it is retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where transactional sinks record which checkpoint's output committed.
+const DEFAULT_COMMIT_TOPIC: &str = "_tributary_commits";
 
 fn kafka_error(table: &str, what: &str, e: impl std::fmt::Display) -> crate::Error {
     ConnectorError::Other {
@@ -1070,6 +1077,12 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
             ));
         }
     };
+    // Exactly-once pipelines: the transactional ids (`<prefix>-<task>`) and the
+    // topic of the markers that say which checkpoint's output committed.
+    let transactional_id_prefix = opts.get("transactional_id_prefix");
+    let commit_topic = opts
+        .get("commit_topic")
+        .unwrap_or_else(|| DEFAULT_COMMIT_TOPIC.into());
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -1085,6 +1098,8 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         avro,
         contract,
         cloudevents,
+        transactional_id_prefix,
+        commit_topic,
     }))
 }
 
@@ -1174,6 +1189,33 @@ struct CloudEvents {
     source: String,
 }
 
+impl CloudEvents {
+    /// The binary-mode headers of the event with id `id`, sent now.
+    fn headers(&self, id: &str, avro: bool) -> rdkafka::message::OwnedHeaders {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let content_type = if avro {
+            "application/avro"
+        } else {
+            "application/json"
+        };
+        [
+            ("ce_specversion", "1.0"),
+            ("ce_id", id),
+            ("ce_source", self.source.as_str()),
+            ("ce_type", self.ty.as_str()),
+            ("ce_time", time.as_str()),
+            ("content-type", content_type),
+        ]
+        .into_iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value),
+            })
+        })
+    }
+}
+
 struct KafkaSinkFactory {
     table: String,
     config: ClientConfig,
@@ -1185,12 +1227,16 @@ struct KafkaSinkFactory {
     avro: Option<Arc<str>>,
     contract: Option<Contract>,
     cloudevents: Option<CloudEvents>,
+    /// Transactional ids are `<prefix>-<task>`; by default the prefix is
+    /// `tributary-<pipeline>-<table>`, stable across restarts.
+    transactional_id_prefix: Option<String>,
+    commit_topic: String,
 }
 
 impl SinkFactory for KafkaSinkFactory {
     fn describe(&self) -> String {
         format!(
-            "kafka: topic {} at {} ({}{}, idempotent producer)",
+            "kafka: topic {} at {} ({}{}, idempotent producer; transactions when exactly-once)",
             self.topic,
             self.config.get("bootstrap.servers").unwrap_or("?"),
             if self.avro.is_some() { "Avro" } else { "JSON" },
@@ -1223,7 +1269,7 @@ impl SinkFactory for KafkaSinkFactory {
         true
     }
 
-    fn create(&self, _task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
+    fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
         let producer: FutureProducer = self
             .config
             .create()
@@ -1246,6 +1292,13 @@ impl SinkFactory for KafkaSinkFactory {
             // Event ids: this sink instance's random prefix and a counter.
             id_prefix: format!("{:016x}", rand::random::<u64>()),
             sent: 0,
+            task: task.clone(),
+            transactional_id_prefix: self
+                .transactional_id_prefix
+                .clone()
+                .unwrap_or_else(|| format!("tributary-{}-{}", task.pipeline, task.node)),
+            commit_topic: self.commit_topic.clone(),
+            txn: None,
         }))
     }
 }
@@ -1275,6 +1328,11 @@ struct KafkaSink {
     cloudevents: Option<CloudEvents>,
     id_prefix: String,
     sent: u64,
+    task: TaskInfo,
+    transactional_id_prefix: String,
+    commit_topic: String,
+    /// Exactly-once: the transactional side (write-ahead of uncommitted output).
+    txn: Option<Transactions>,
 }
 
 impl KafkaSink {
@@ -1412,58 +1470,38 @@ impl KafkaSink {
     }
 }
 
-#[async_trait]
-impl Sink for KafkaSink {
-    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        self.ensure_topic().await?;
-        let payloads = self.encode(&batch).await?;
-        let keys = match self.key {
-            Some(i) => Some(
-                arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
-                    .map_err(|e| crate::engine::EngineError::arrow("reading the key column", e))?,
-            ),
-            None => None,
+impl KafkaSink {
+    /// `batch` encoded as records: the key column (as text) and the value.
+    async fn records(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let payloads = self.encode(batch).await?;
+        let keys: ArrayRef = match self.key {
+            Some(i) => arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| crate::engine::EngineError::arrow("reading the key column", e))?,
+            None => arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, payloads.len()),
         };
-        let keys = keys
-            .as_ref()
-            .map(|k| arrow::array::AsArray::as_string::<i32>(k.as_ref()));
-        for (row, line) in payloads.iter().enumerate() {
-            let line: &[u8] = line;
-            let key =
-                keys.and_then(|k| (!arrow::array::Array::is_null(k, row)).then(|| k.value(row)));
+        let values: ArrayRef = Arc::new(arrow::array::BinaryArray::from_iter_values(
+            payloads.iter().map(|p| p.as_ref()),
+        ));
+        RecordBatch::try_new(transactions::records_schema(), vec![keys, values])
+            .map_err(|e| crate::engine::EngineError::arrow("encoding records", e))
+    }
+
+    /// Hands `records` to the producer (waiting for deliveries when its queue is
+    /// full); `settle` waits for them.
+    async fn send(&mut self, records: &RecordBatch) -> Result<()> {
+        for row in 0..records.num_rows() {
+            let line = transactions::value_of(records, row);
+            let key = transactions::key_of(records, row);
             loop {
                 let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
                 if let Some(k) = key {
                     record = record.key(k);
                 }
                 if let Some(ce) = &self.cloudevents {
-                    let id = format!("{}-{}", self.id_prefix, self.sent);
-                    let time =
-                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                    let content_type = if self.avro.is_some() {
-                        "application/avro"
-                    } else {
-                        "application/json"
-                    };
-                    let headers = [
-                        ("ce_specversion", "1.0"),
-                        ("ce_id", id.as_str()),
-                        ("ce_source", ce.source.as_str()),
-                        ("ce_type", ce.ty.as_str()),
-                        ("ce_time", time.as_str()),
-                        ("content-type", content_type),
-                    ]
-                    .into_iter()
-                    .fold(
-                        rdkafka::message::OwnedHeaders::new(),
-                        |h, (key, value)| {
-                            h.insert(rdkafka::message::Header {
-                                key,
-                                value: Some(value),
-                            })
-                        },
-                    );
-                    record = record.headers(headers);
+                    record = record.headers(ce.headers(
+                        &format!("{}-{}", self.id_prefix, self.sent),
+                        self.avro.is_some(),
+                    ));
                 }
                 match self.producer.send_result(record) {
                     Ok(delivery) => {
@@ -1490,10 +1528,122 @@ impl Sink for KafkaSink {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sends `commit`'s records and markers in one transaction and commits it; on
+    /// failure the transaction is aborted (the checkpoint state still holds them).
+    async fn transact(&mut self, commit: transactions::Commit) -> Result<()> {
+        let txn = self.txn.as_mut().expect("transactional");
+        txn.ready().await?;
+        let producer = txn.producer.clone();
+        let marker_topic = txn.commit_topic().to_string();
+        producer
+            .begin_transaction()
+            .map_err(|e| kafka_error(&self.table, "beginning a transaction", e))?;
+        let sent = async {
+            for records in &commit.records {
+                self.send(records).await?;
+            }
+            for marker in &commit.markers {
+                let value = marker.value();
+                let record = FutureRecord::<str, str>::to(&marker_topic)
+                    .key(&marker.id)
+                    .payload(&value);
+                let delivery = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| kafka_error(&self.table, "writing a commit marker", e))?;
+                self.pending.push(delivery);
+            }
+            self.settle().await
+        }
+        .await;
+        let committed = sent.and_then(|()| {
+            tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT))
+                .map_err(|e| kafka_error(&self.table, "committing a transaction", e))
+        });
+        if committed.is_err() {
+            let _ = tokio::task::block_in_place(|| producer.abort_transaction(REQUEST_TIMEOUT));
+        }
+        committed
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.ensure_topic().await?;
+        let records = self.records(&batch).await?;
+        if let Some(txn) = self.txn.as_mut() {
+            // Held until its checkpoint commits.
+            txn.current.push(records);
+            return Ok(());
+        }
+        self.send(&records).await?;
         if self.pending.len() >= 100_000 {
             self.settle().await?;
         }
         Ok(())
+    }
+
+    /// Exactly-once: a transactional producer (`<prefix>-<task>`) replaces the
+    /// idempotent one; output is held and sent in the transaction of its checkpoint.
+    fn exactly_once(&mut self) -> bool {
+        match Transactions::new(
+            &self.table,
+            &self.config,
+            self.transactional_id_prefix.clone(),
+            self.task.partition,
+            self.commit_topic.clone(),
+        ) {
+            Ok(txn) => {
+                self.producer = txn.producer.clone();
+                self.txn = Some(txn);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(table = %self.table, error = %e, "no transactional producer");
+                false
+            }
+        }
+    }
+
+    async fn pre_commit(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        match self.txn.as_mut() {
+            Some(txn) => txn.pre_commit(id).map(Some),
+            None => {
+                self.settle().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn commit(&mut self, id: u64) -> Result<()> {
+        match self.txn.as_mut().and_then(|t| t.committed(id)) {
+            Some(commit) => self.transact(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        match txn.restore(states).await? {
+            Some(commit) => {
+                self.ensure_topic().await?;
+                self.transact(commit).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
+        match self.txn.as_mut().and_then(|t| t.stopped(committed)) {
+            Some(commit) => self.transact(commit).await,
+            None => Ok(()),
+        }
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -1501,6 +1651,9 @@ impl Sink for KafkaSink {
     }
 
     async fn finish(&mut self) -> Result<()> {
+        if let Some(commit) = self.txn.as_mut().and_then(|t| t.everything()) {
+            self.transact(commit).await?;
+        }
         self.settle().await?;
         let producer = self.producer.clone();
         tokio::task::block_in_place(|| producer.flush(REQUEST_TIMEOUT))

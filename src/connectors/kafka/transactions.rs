@@ -1,0 +1,553 @@
+//! Exactly-once output of the Kafka sink: Kafka transactions tied to checkpoints.
+//!
+//! librdkafka cannot take over a transaction that an earlier producer (the process
+//! before a crash) left open: a producer that starts with the same transactional id
+//! aborts it. So the sink cannot, like Flink, pre-commit a transaction at the barrier
+//! and commit it after the checkpoint, since a crash between the two would lose that
+//! output. Instead it keeps a **write-ahead** of its output:
+//!
+//! - records written between two barriers are encoded and held (`current`);
+//! - at barrier `n` they join the pre-committed intervals (`pending`), and *all*
+//!   pending intervals are the task's checkpoint state;
+//! - once checkpoint `n` commits, one transaction sends the pending intervals up to
+//!   `n` and a marker `transactional id → (lineage, n)` to the commit topic
+//!   (compacted, one partition), and commits;
+//! - on restore, the producers of the restored tasks' transactional ids are started
+//!   (aborting what they left open), the commit topic is read (`read_committed`), and
+//!   the restored intervals newer than their task's marker are sent again, with the
+//!   marker, in one transaction.
+//!
+//! Checkpoint ids start again at 1 when a pipeline starts without a checkpoint, so a
+//! marker also names its **lineage**: a random token a task draws when it starts
+//! fresh and keeps through restores (it is in the state). A marker of another lineage
+//! (an earlier deployment under the same name) says nothing about this one's output.
+//!
+//! Invariants: a record is visible to `read_committed` consumers only in a committed
+//! transaction that also advanced its task's marker past the record's checkpoint; the
+//! records of every checkpoint whose marker may be missing are in that checkpoint's
+//! state. Output therefore becomes visible when its checkpoint commits (as with any
+//! two-phase sink), and a checkpoint holds the sink's output since the last one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::{REQUEST_TIMEOUT, kafka_error};
+use crate::Result;
+
+/// The encoded records of a sink: the key (if any) and the value of each.
+pub(super) fn records_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("key", DataType::Utf8, true),
+                Field::new("value", DataType::Binary, false),
+            ]))
+        })
+        .clone()
+}
+
+/// The checkpoint state's header: the pre-committed intervals, each with the number
+/// of record batches that follow it in the snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    lineage: String,
+    intervals: Vec<(u64, usize)>,
+}
+
+/// A commit marker: the output of task `id`'s (a transactional id) checkpoints up to
+/// `checkpoint` of `lineage` is committed. Its record: key `id`, value
+/// `<lineage>:<checkpoint>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Marker {
+    pub(super) id: String,
+    pub(super) lineage: String,
+    pub(super) checkpoint: u64,
+}
+
+impl Marker {
+    pub(super) fn value(&self) -> String {
+        format!("{}:{}", self.lineage, self.checkpoint)
+    }
+
+    fn parse(id: &str, value: &str) -> Option<Marker> {
+        let (lineage, checkpoint) = value.rsplit_once(':')?;
+        Some(Marker {
+            id: id.to_string(),
+            lineage: lineage.to_string(),
+            checkpoint: checkpoint.parse().ok()?,
+        })
+    }
+}
+
+/// A sink task's transactional side: identity, the commit topic, and its write-ahead.
+pub(super) struct Transactions {
+    table: String,
+    config: ClientConfig,
+    /// `<prefix>-<task>` is a task's transactional id.
+    prefix: String,
+    task: usize,
+    commit_topic: String,
+    /// This task's lineage (see the module docs).
+    lineage: String,
+    /// The transactional producer; `init_transactions` has run once `ready`.
+    pub(super) producer: FutureProducer,
+    ready: bool,
+    /// Records since the last barrier.
+    pub(super) current: Vec<RecordBatch>,
+    /// Pre-committed intervals (checkpoint id, records), oldest first.
+    pending: Vec<(u64, Vec<RecordBatch>)>,
+}
+
+/// A batch of work for one transaction: records, and the markers that commit them.
+pub(super) struct Commit {
+    pub(super) records: Vec<RecordBatch>,
+    pub(super) markers: Vec<Marker>,
+}
+
+impl Transactions {
+    pub(super) fn new(
+        table: &str,
+        config: &ClientConfig,
+        prefix: String,
+        task: usize,
+        commit_topic: String,
+    ) -> Result<Self> {
+        let producer = transactional(table, config, &format!("{prefix}-{task}"))?;
+        Ok(Transactions {
+            table: table.to_string(),
+            config: config.clone(),
+            prefix,
+            task,
+            commit_topic,
+            lineage: format!("{:016x}", rand::random::<u64>()),
+            producer,
+            ready: false,
+            current: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    fn id_of(&self, task: usize) -> String {
+        format!("{}-{task}", self.prefix)
+    }
+
+    pub(super) fn commit_topic(&self) -> &str {
+        &self.commit_topic
+    }
+
+    /// Starts this task's producer (once): creates the commit topic if needed, and
+    /// aborts whatever an earlier producer with this transactional id left open.
+    pub(super) async fn ready(&mut self) -> Result<()> {
+        if self.ready {
+            return Ok(());
+        }
+        create_commit_topic(&self.table, &self.config, &self.commit_topic).await?;
+        let producer = self.producer.clone();
+        tokio::task::block_in_place(|| producer.init_transactions(REQUEST_TIMEOUT))
+            .map_err(|e| kafka_error(&self.table, "starting the transactional producer", e))?;
+        self.ready = true;
+        Ok(())
+    }
+
+    /// Barrier `id`: the records since the last barrier become interval `id`; the
+    /// returned state holds every interval not yet committed.
+    pub(super) fn pre_commit(&mut self, id: u64) -> Result<Vec<u8>> {
+        let records = std::mem::take(&mut self.current);
+        self.pending.push((id, records));
+        let header = Header {
+            lineage: self.lineage.clone(),
+            intervals: self.pending.iter().map(|(id, b)| (*id, b.len())).collect(),
+        };
+        let batches: Vec<Vec<ArrayRef>> = self
+            .pending
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|b| b.columns().to_vec()))
+            .collect();
+        crate::state::snapshot::encode(&header, &batches)
+    }
+
+    /// Checkpoint `id` committed: what to send for it (intervals up to `id`), or
+    /// `None` when nothing is pending.
+    pub(super) fn committed(&mut self, id: u64) -> Option<Commit> {
+        let upto = self.pending.iter().take_while(|(i, _)| *i <= id).count();
+        if upto == 0 {
+            return None;
+        }
+        let done: Vec<_> = self.pending.drain(..upto).collect();
+        let last = done.last().map(|(i, _)| *i).unwrap_or(id);
+        Some(Commit {
+            records: done.into_iter().flat_map(|(_, b)| b).collect(),
+            markers: vec![self.marker(last)],
+        })
+    }
+
+    fn marker(&self, checkpoint: u64) -> Marker {
+        Marker {
+            id: self.id_of(self.task),
+            lineage: self.lineage.clone(),
+            checkpoint,
+        }
+    }
+
+    /// The end of input: everything held, committed with the newest marker.
+    pub(super) fn everything(&mut self) -> Option<Commit> {
+        let last = self.pending.last().map(|(i, _)| *i);
+        let mut records: Vec<RecordBatch> = self.pending.drain(..).flat_map(|(_, b)| b).collect();
+        records.append(&mut self.current);
+        if records.is_empty() {
+            return None;
+        }
+        Some(Commit {
+            records,
+            markers: last.map(|l| vec![self.marker(l)]).unwrap_or_default(),
+        })
+    }
+
+    /// Stopped mid-input: intervals up to `committed` out, the rest dropped (the
+    /// restart replays them).
+    pub(super) fn stopped(&mut self, committed: u64) -> Option<Commit> {
+        let commit = self.committed(committed);
+        self.pending.clear();
+        self.current.clear();
+        commit
+    }
+
+    /// Restoring from a checkpoint's states: fences the producers of the tasks that
+    /// wrote them (their open transactions are aborted), reads the markers, and
+    /// returns the intervals whose transaction did not commit, to send again.
+    pub(super) async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<Option<Commit>> {
+        for (q, _) in states {
+            if *q != self.task {
+                let other = transactional(&self.table, &self.config, &self.id_of(*q))?;
+                tokio::task::block_in_place(|| other.init_transactions(REQUEST_TIMEOUT)).map_err(
+                    |e| kafka_error(&self.table, "fencing an earlier task's producer", e),
+                )?;
+            }
+        }
+        self.ready().await?;
+        // This task's own state (same task index) carries on its lineage.
+        for (q, state) in states {
+            if *q == self.task {
+                let (header, _): (Header, _) = crate::state::snapshot::decode(state)?;
+                self.lineage = header.lineage;
+            }
+        }
+        let markers = self.markers()?;
+        let (commit, intervals) = self.unmarked(states, &markers)?;
+        tracing::info!(
+            table = %self.table,
+            task = self.task,
+            intervals,
+            records = commit.records.iter().map(|b| b.num_rows()).sum::<usize>(),
+            "kafka sink restored: checkpoint intervals whose transaction had not committed \
+             are sent again"
+        );
+        Ok((!commit.markers.is_empty()).then_some(commit))
+    }
+
+    /// The intervals of the restored `states` newer than their task's marker, with the
+    /// markers that commit them; and how many intervals that is.
+    fn unmarked(
+        &self,
+        states: &[(usize, Vec<u8>)],
+        markers: &HashMap<String, Marker>,
+    ) -> Result<(Commit, usize)> {
+        let mut commit = Commit {
+            records: Vec::new(),
+            markers: Vec::new(),
+        };
+        let mut intervals = 0;
+        for (q, state) in states {
+            let (header, batches): (Header, _) = crate::state::snapshot::decode(state)?;
+            let id = self.id_of(*q);
+            let done = markers
+                .get(&id)
+                .filter(|m| m.lineage == header.lineage)
+                .map_or(0, |m| m.checkpoint);
+            let mut batches = batches.into_iter();
+            let mut last = None;
+            for (interval, n) in header.intervals {
+                let these: Vec<Vec<ArrayRef>> = batches.by_ref().take(n).collect();
+                last = Some(interval);
+                if interval <= done {
+                    continue;
+                }
+                intervals += 1;
+                for columns in these {
+                    commit
+                        .records
+                        .push(
+                            RecordBatch::try_new(records_schema(), columns).map_err(|e| {
+                                crate::engine::EngineError::arrow("restoring the kafka sink", e)
+                            })?,
+                        );
+                }
+            }
+            if let Some(last) = last.filter(|l| *l > done) {
+                commit.markers.push(Marker {
+                    id,
+                    lineage: header.lineage.clone(),
+                    checkpoint: last,
+                });
+            }
+        }
+        Ok((commit, intervals))
+    }
+
+    /// The commit topic's markers as committed (`read_committed`): the last one of
+    /// each transactional id.
+    fn markers(&self) -> Result<HashMap<String, Marker>> {
+        let mut config = self.config.clone();
+        config
+            .set("group.id", format!("{}-markers", self.prefix))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(|e| kafka_error(&self.table, "reading the commit topic", e))?;
+        let topic = &self.commit_topic;
+        let error = |e| kafka_error(&self.table, "reading the commit topic", e);
+        let (low, high) =
+            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, REQUEST_TIMEOUT))
+                .map_err(error)?;
+        let mut markers = HashMap::new();
+        if high <= low {
+            return Ok(markers);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Offset(low))
+            .map_err(error)?;
+        consumer.assign(&tpl).map_err(error)?;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        tokio::task::block_in_place(|| -> Result<()> {
+            loop {
+                let position = consumer
+                    .position()
+                    .ok()
+                    .and_then(|p| p.find_partition(topic, 0).and_then(|e| e.offset().to_raw()))
+                    .unwrap_or(low);
+                if position >= high {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(kafka_error(
+                        &self.table,
+                        "reading the commit topic",
+                        format!("stuck at offset {position} of {high}"),
+                    ));
+                }
+                let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+                    continue;
+                };
+                let m = m.map_err(error)?;
+                let (Some(k), Some(v)) = (m.key(), m.payload()) else {
+                    continue;
+                };
+                let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
+                    continue;
+                };
+                if let Some(marker) = Marker::parse(k, v) {
+                    markers.insert(k.to_string(), marker);
+                }
+            }
+        })?;
+        Ok(markers)
+    }
+}
+
+/// A producer with transactional id `id` (idempotent, acks=all by implication).
+fn transactional(table: &str, config: &ClientConfig, id: &str) -> Result<FutureProducer> {
+    let mut config = config.clone();
+    config.set("transactional.id", id);
+    config
+        .create()
+        .map_err(|e| kafka_error(table, "creating the transactional producer", e))
+}
+
+/// The commit topic: one partition, compacted (only the newest marker per id is
+/// needed), the cluster's default replication.
+async fn create_commit_topic(table: &str, config: &ClientConfig, topic: &str) -> Result<()> {
+    let admin: AdminClient<_> = config
+        .create()
+        .map_err(|e| kafka_error(table, "creating the admin client", e))?;
+    let spec =
+        NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
+    let results = admin
+        .create_topics(
+            [&spec],
+            &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+        )
+        .await
+        .map_err(|e| kafka_error(table, "creating the commit topic", e))?;
+    for r in results {
+        match r {
+            Ok(_) => tracing::info!(topic, "created the commit topic"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => {
+                return Err(kafka_error(
+                    table,
+                    &format!("creating commit topic {t}"),
+                    code,
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `key` of row `i` of encoded records, if any.
+pub(super) fn key_of(records: &RecordBatch, i: usize) -> Option<&str> {
+    let k = records.column(0).as_string::<i32>();
+    (!k.is_null(i)).then(|| k.value(i))
+}
+
+/// `value` of row `i` of encoded records.
+pub(super) fn value_of(records: &RecordBatch, i: usize) -> &[u8] {
+    records.column(1).as_binary::<i32>().value(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(keys: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            records_schema(),
+            vec![
+                Arc::new(arrow::array::StringArray::from_iter_values(keys)),
+                Arc::new(arrow::array::BinaryArray::from_iter_values(
+                    keys.iter()
+                        .map(|k| format!("{{\"k\":\"{k}\"}}").into_bytes()),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn transactions(task: usize) -> Transactions {
+        let mut config = ClientConfig::new();
+        // Never contacted: these tests only keep the books.
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        Transactions::new("out", &config, "p".into(), task, "commits".into()).unwrap()
+    }
+
+    fn marks(c: &Commit) -> Vec<(String, u64)> {
+        c.markers
+            .iter()
+            .map(|m| (m.id.clone(), m.checkpoint))
+            .collect()
+    }
+
+    fn keys(batches: &[RecordBatch]) -> Vec<String> {
+        batches
+            .iter()
+            .flat_map(|b| (0..b.num_rows()).map(move |i| key_of(b, i).unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_checkpoint_holds_every_uncommitted_interval_and_commits_go_in_order() {
+        let mut t = transactions(0);
+        t.current.push(records(&["a", "b"]));
+        t.pre_commit(1).unwrap();
+        t.current.push(records(&["c"]));
+        let state = t.pre_commit(2).unwrap();
+        let (header, batches): (Header, _) = crate::state::snapshot::decode(&state).unwrap();
+        assert_eq!(header.intervals, vec![(1, 1), (2, 1)]);
+        assert_eq!(batches.len(), 2);
+
+        let c = t.committed(1).unwrap();
+        assert_eq!(keys(&c.records), ["a", "b"]);
+        assert_eq!(marks(&c), [("p-0".to_string(), 1)]);
+        assert!(t.committed(1).is_none(), "committing twice sends nothing");
+
+        // Stopped with checkpoint 2 committed: its rows go, the rows since are dropped.
+        t.current.push(records(&["d"]));
+        let c = t.stopped(2).unwrap();
+        assert_eq!(keys(&c.records), ["c"]);
+        assert_eq!(marks(&c), [("p-0".to_string(), 2)]);
+        assert!(t.everything().is_none());
+    }
+
+    #[test]
+    fn the_end_of_input_sends_everything_held() {
+        let mut t = transactions(1);
+        t.current.push(records(&["a"]));
+        t.pre_commit(4).unwrap();
+        t.current.push(records(&["b"]));
+        let c = t.everything().unwrap();
+        assert_eq!(keys(&c.records), ["a", "b"]);
+        assert_eq!(marks(&c), [("p-1".to_string(), 4)]);
+    }
+
+    #[test]
+    fn a_restore_sends_again_only_the_intervals_past_their_tasks_marker() {
+        // Two old tasks' states, restored by one task (parallelism 2 → 1).
+        let mut old0 = transactions(0);
+        old0.current.push(records(&["a"]));
+        old0.pre_commit(7).unwrap();
+        old0.current.push(records(&["b"]));
+        let s0 = old0.pre_commit(8).unwrap();
+        let mut old1 = transactions(1);
+        old1.current.push(records(&["c"]));
+        let s1 = old1.pre_commit(8).unwrap();
+
+        let t = transactions(0);
+        let states = vec![(0, s0), (1, s1)];
+        let marker = |old: &Transactions, checkpoint| {
+            (
+                old.id_of(old.task),
+                Marker {
+                    checkpoint,
+                    ..old.marker(checkpoint)
+                },
+            )
+        };
+        // Task 0 committed interval 7 before the crash, task 1 nothing of interval 8.
+        let markers = HashMap::from([marker(&old0, 7), marker(&old1, 5)]);
+        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        assert_eq!(intervals, 2);
+        assert_eq!(keys(&c.records), ["b", "c"]);
+        assert_eq!(marks(&c), [("p-0".to_string(), 8), ("p-1".to_string(), 8)]);
+        assert_eq!(
+            c.markers[0].lineage, old0.lineage,
+            "markers keep their lineage"
+        );
+
+        // Everything committed: nothing to send, no marker to write.
+        let markers = HashMap::from([marker(&old0, 8), marker(&old1, 8)]);
+        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        assert_eq!((c.records.len(), c.markers.len(), intervals), (0, 0, 0));
+
+        // A marker of another lineage (an earlier deployment of the same name, whose
+        // checkpoint ids went higher) does not count.
+        let mut stale = marker(&old0, 80);
+        stale.1.lineage = "earlier".into();
+        let markers = HashMap::from([stale, marker(&old1, 8)]);
+        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        assert_eq!(intervals, 2);
+        assert_eq!(keys(&c.records), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_marker_reads_back_from_its_record_value() {
+        let m = Marker {
+            id: "p-3".into(),
+            lineage: "00ff".into(),
+            checkpoint: 42,
+        };
+        assert_eq!(Marker::parse("p-3", &m.value()), Some(m));
+        assert_eq!(Marker::parse("p-3", "garbage"), None);
+    }
+}
