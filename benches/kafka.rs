@@ -2,7 +2,8 @@
 //! allow, in one run over the same topics:
 //!
 //! - sink: generator → Tributary's Kafka sink (idempotent, acks=all) writing N Nexmark
-//!   bids to a 2-partition topic (Avro in the Confluent wire format, then JSON);
+//!   bids to a 2-partition topic (Avro in the Confluent wire format, then JSON); and
+//!   the same exactly-once (checkpoints every second, one Kafka transaction each);
 //! - source: a plain `rdkafka` consumer loop that only counts bytes (the physical
 //!   limit), against a Tributary pipeline reading the same topic into Arrow (Kafka
 //!   source → blackhole), both with one consumer;
@@ -31,8 +32,9 @@ const PARTITIONS: i32 = 2;
 /// Records kept from the Avro topic for the decoding comparison.
 const DECODE_SAMPLE: usize = 1_000_000;
 
-fn settings() -> RuntimeSettings {
+fn settings(checkpoints: Option<tributary::checkpoint::CheckpointSettings>) -> RuntimeSettings {
     RuntimeSettings {
+        checkpoints,
         channel_capacity: 8,
         batch: BatchSettings {
             size: 8192,
@@ -49,10 +51,28 @@ fn format_options(format: &str, registry: &str) -> String {
     }
 }
 
-/// Writes the bids of `events` Nexmark events to `topic` through Tributary's sink;
-/// (records per second, records written).
-async fn load(servers: &str, topic: &str, format: &str, registry: &str, events: u64) -> (f64, u64) {
-    let mut p = PipelineBuilder::new("load").runtime_settings(settings());
+/// Writes the bids of `events` Nexmark events to `topic` through Tributary's sink,
+/// in transactions committed by checkpoints every `transactions` if given; (records
+/// per second, records written).
+async fn load(
+    servers: &str,
+    topic: &str,
+    format: &str,
+    registry: &str,
+    events: u64,
+    transactions: Option<Duration>,
+) -> (f64, u64) {
+    let store = tempfile::tempdir().unwrap();
+    let checkpoints = transactions.map(|every| tributary::checkpoint::CheckpointSettings {
+        interval: every,
+        store: Arc::new(tributary::checkpoint::LocalCheckpointStore::new(
+            store.path(),
+        )),
+        retain: 3,
+        exactly_once: true,
+        restore: None,
+    });
+    let mut p = PipelineBuilder::new("load").runtime_settings(settings(checkpoints));
     let src = p
         .source_sql(&format!(
             "CREATE TABLE bids WITH (connector = 'generator', world = 'nexmark', stream = 'bids', \
@@ -86,6 +106,8 @@ fn plain_loop(servers: &str, topic: &str, keep: usize) -> (f64, u64, u64, Vec<Ve
         .set("bootstrap.servers", servers)
         .set("group.id", format!("bench-plain-{topic}"))
         .set("enable.auto.commit", "false")
+        // As the source sets it: librdkafka's 1 s default starves a slow consumer.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     let mut ends = std::collections::HashMap::new();
@@ -136,6 +158,7 @@ async fn stream_loop(servers: &str, topic: &str, records: u64) -> f64 {
         .set("bootstrap.servers", servers)
         .set("group.id", format!("bench-stream-{topic}"))
         .set("enable.auto.commit", "false")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -164,7 +187,7 @@ async fn tributary_source(
     registry: &str,
     events: u64,
 ) -> f64 {
-    let mut p = PipelineBuilder::new("read").runtime_settings(settings());
+    let mut p = PipelineBuilder::new("read").runtime_settings(settings(None));
     let src = p
         .source_sql(&format!(
             "CREATE TABLE bids (auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
@@ -300,9 +323,10 @@ async fn main() {
         "Kafka bench: the bids of {events} Nexmark events, {PARTITIONS} partitions, broker {servers}"
     );
     println!(
-        "{:<6} {:>12} {:>16} {:>10} {:>16} {:>16} {:>7}",
+        "{:<6} {:>12} {:>14} {:>16} {:>10} {:>16} {:>16} {:>7}",
         "format",
         "sink rec/s",
+        "txn sink (1s)",
         "plain loop rec/s",
         "MB/s",
         "stream loop",
@@ -312,7 +336,17 @@ async fn main() {
     let mut sample = Vec::new();
     for format in ["avro", "json"] {
         let topic = format!("bench.bids.{format}.{run}");
-        let (sink, written) = load(&servers, &topic, format, &url, events).await;
+        let (sink, written) = load(&servers, &topic, format, &url, events, None).await;
+        let txn_topic = format!("bench.bids.txn.{format}.{run}");
+        let (txn_sink, _) = load(
+            &servers,
+            &txn_topic,
+            format,
+            &url,
+            events,
+            Some(Duration::from_secs(1)),
+        )
+        .await;
         let keep = if format == "avro" { DECODE_SAMPLE } else { 0 };
         let (plain, records, bytes, kept) =
             tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep));
@@ -323,9 +357,10 @@ async fn main() {
         let streamed = stream_loop(&servers, &topic, records).await;
         let ours = tributary_source(&servers, &topic, format, &url, records).await;
         println!(
-            "{:<6} {:>12} {:>16} {:>10.0} {:>16} {:>16} {:>7.2}",
+            "{:<6} {:>12} {:>14} {:>16} {:>10.0} {:>16} {:>16} {:>7.2}",
             format,
             m(sink),
+            m(txn_sink),
             m(plain),
             plain * (bytes as f64 / records as f64) / 1e6,
             m(streamed),
