@@ -32,14 +32,19 @@ def read_all(servers: str, topic: str, partitions: int, timeout: float = 120) ->
                          "enable.auto.commit": False, "isolation.level": "read_committed"})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     records: list[Message] = []
-    done = {p for p, end in ends.items() if end == 0}
     deadline = time.time() + timeout
-    while len(done) < partitions and time.time() < deadline:
-        m = consumer.poll(1.0)
+
+    def done() -> bool:
+        # Positions, not the last record's offset: in a transactional topic the last
+        # offsets are commit markers, which a consumer skips.
+        positions = consumer.position([TopicPartition(topic, p) for p in range(partitions)])
+        return all(end == 0 or tp.offset >= ends[tp.partition] for tp, end in
+                   zip(positions, (ends[p] for p in range(partitions))))
+
+    while not done() and time.time() < deadline:
+        m = consumer.poll(0.5)
         if m is None or m.error():
             continue
         records.append(m)
-        if m.offset() + 1 >= ends[m.partition()]:
-            done.add(m.partition())
     consumer.close()
     return records

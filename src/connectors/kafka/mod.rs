@@ -49,8 +49,10 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
 use super::{ConnectorEnv, ConnectorError, Options, TableRequest};
 pub use domains::{ClusterConfig, KafkaConfig};
@@ -131,6 +133,33 @@ fn avro_registry(opts: &mut Options, env: &ConnectorEnv) -> Result<Option<Arc<st
             "Avro in the Confluent wire format needs schema_registry_url",
         )),
         (other, _) => Err(opts.invalid("format", other, "expected json or avro")),
+    }
+}
+
+/// Whether a failed transaction is worth another try: anything but a fatal
+/// transaction error (fenced, unauthorised) and records the cluster will never take.
+fn transient(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => !t.is_fatal(),
+        KafkaError::MessageProduction(code) => !matches!(
+            code,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fatal
+        ),
+        // The commit topic's creation (the admin request timed out, …).
+        KafkaError::AdminOp(code) => !matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        ),
+        KafkaError::AdminOpCreation(_) => true,
+        _ => false,
     }
 }
 
@@ -1307,6 +1336,7 @@ impl SinkFactory for KafkaSinkFactory {
                 .unwrap_or_else(|| format!("tributary-{}-{}", task.pipeline, task.node)),
             commit_topic: self.commit_topic.clone(),
             txn: None,
+            abort_pending: false,
         }))
     }
 }
@@ -1341,6 +1371,8 @@ struct KafkaSink {
     commit_topic: String,
     /// Exactly-once: the transactional side (write-ahead of uncommitted output).
     txn: Option<Transactions>,
+    /// A failed transaction whose abort has not been confirmed yet.
+    abort_pending: bool,
 }
 
 impl KafkaSink {
@@ -1455,23 +1487,17 @@ impl KafkaSink {
 
     /// Waits until every record sent is acknowledged.
     async fn settle(&mut self) -> Result<()> {
+        self.settle_raw()
+            .await
+            .map_err(|e| kafka_error(&self.table, &format!("writing to {}", self.topic), e))
+    }
+
+    async fn settle_raw(&mut self) -> Result<(), KafkaError> {
         for delivery in self.pending.drain(..) {
             match delivery.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(kafka_error(
-                        &self.table,
-                        &format!("writing to {}", self.topic),
-                        e,
-                    ));
-                }
-                Err(_) => {
-                    return Err(kafka_error(
-                        &self.table,
-                        "writing",
-                        "the producer was dropped",
-                    ));
-                }
+                Ok(Err((e, _))) => return Err(e),
+                Err(_) => return Err(KafkaError::Canceled),
             }
         }
         Ok(())
@@ -1497,6 +1523,12 @@ impl KafkaSink {
     /// Hands `records` to the producer (waiting for deliveries when its queue is
     /// full); `settle` waits for them.
     async fn send(&mut self, records: &RecordBatch) -> Result<()> {
+        self.send_raw(records)
+            .await
+            .map_err(|e| kafka_error(&self.table, &format!("writing to {}", self.topic), e))
+    }
+
+    async fn send_raw(&mut self, records: &RecordBatch) -> Result<(), KafkaError> {
         for row in 0..records.num_rows() {
             let line = transactions::value_of(records, row);
             let key = transactions::key_of(records, row);
@@ -1517,62 +1549,93 @@ impl KafkaSink {
                         self.sent += 1;
                         break;
                     }
-                    Err((
-                        rdkafka::error::KafkaError::MessageProduction(
-                            rdkafka::types::RDKafkaErrorCode::QueueFull,
-                        ),
-                        _,
-                    )) => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                         // The producer's queue is full: wait for what is in flight.
-                        self.settle().await?;
+                        self.settle_raw().await?;
                     }
-                    Err((e, _)) => {
-                        return Err(kafka_error(
-                            &self.table,
-                            &format!("writing to {}", self.topic),
-                            e,
-                        ));
-                    }
+                    Err((e, _)) => return Err(e),
                 }
             }
         }
         Ok(())
     }
 
-    /// Sends `commit`'s records and markers in one transaction and commits it; on
-    /// failure the transaction is aborted (the checkpoint state still holds them).
+    /// Sends `commit` in one transaction, again and again while the failure is
+    /// transient (brokers unreachable, a transaction the coordinator aborted after its
+    /// timeout): the pipeline waits for the cluster instead of failing, and output
+    /// stays held. A fatal error (this producer fenced by a newer one with the same
+    /// transactional id; refused authorisation; a record too large) fails the sink.
     async fn transact(&mut self, commit: transactions::Commit) -> Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        let mut logged: Option<Instant> = None;
+        loop {
+            let e = match self.transact_once(&commit).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if !transient(&e) {
+                return Err(kafka_error(&self.table, "a transaction", e));
+            }
+            if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(table = %self.table, error = %e,
+                    "kafka transaction failed; retrying (output held until it commits)");
+                logged = Some(Instant::now());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Sends `commit`'s records and markers in one transaction and commits it; on
+    /// failure the transaction is aborted (the records are still held).
+    async fn transact_once(&mut self, commit: &transactions::Commit) -> Result<(), KafkaError> {
         let txn = self.txn.as_mut().expect("transactional");
         txn.ready().await?;
         let producer = txn.producer.clone();
         let marker_topic = txn.commit_topic().to_string();
-        producer
-            .begin_transaction()
-            .map_err(|e| kafka_error(&self.table, "beginning a transaction", e))?;
+        if self.abort_pending {
+            // An earlier abort did not get through: finish it first.
+            tokio::task::block_in_place(|| producer.abort_transaction(REQUEST_TIMEOUT))?;
+            self.abort_pending = false;
+        }
+        producer.begin_transaction()?;
         let sent = async {
             for records in &commit.records {
-                self.send(records).await?;
+                self.send_raw(records).await?;
             }
             for marker in &commit.markers {
                 let value = marker.value();
                 let record = FutureRecord::<str, str>::to(&marker_topic)
                     .key(&marker.id)
                     .payload(&value);
-                let delivery = self
-                    .producer
-                    .send_result(record)
-                    .map_err(|(e, _)| kafka_error(&self.table, "writing a commit marker", e))?;
+                let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
                 self.pending.push(delivery);
             }
-            self.settle().await
+            self.settle_raw().await
         }
         .await;
-        let committed = sent.and_then(|()| {
+        let mut committed = sent.and_then(|()| {
             tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT))
-                .map_err(|e| kafka_error(&self.table, "committing a transaction", e))
         });
+        // A commit that timed out (retriable) is retried as is, not aborted: it may
+        // have gone through.
+        let mut logged = false;
+        while let Err(KafkaError::Transaction(t)) = &committed
+            && t.is_retriable()
+        {
+            if !logged {
+                tracing::warn!(table = %self.table, error = %t, "kafka commit not confirmed; retrying it");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            committed =
+                tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT));
+        }
         if committed.is_err() {
-            let _ = tokio::task::block_in_place(|| producer.abort_transaction(REQUEST_TIMEOUT));
+            self.pending.clear();
+            self.abort_pending = tokio::task::block_in_place(|| {
+                producer.abort_transaction(REQUEST_TIMEOUT).is_err()
+            });
         }
         committed
     }

@@ -38,6 +38,7 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -148,14 +149,13 @@ impl Transactions {
 
     /// Starts this task's producer (once): creates the commit topic if needed, and
     /// aborts whatever an earlier producer with this transactional id left open.
-    pub(super) async fn ready(&mut self) -> Result<()> {
+    pub(super) async fn ready(&mut self) -> Result<(), KafkaError> {
         if self.ready {
             return Ok(());
         }
-        create_commit_topic(&self.table, &self.config, &self.commit_topic).await?;
+        create_commit_topic(&self.config, &self.commit_topic).await?;
         let producer = self.producer.clone();
-        tokio::task::block_in_place(|| producer.init_transactions(REQUEST_TIMEOUT))
-            .map_err(|e| kafka_error(&self.table, "starting the transactional producer", e))?;
+        tokio::task::block_in_place(|| producer.init_transactions(REQUEST_TIMEOUT))?;
         self.ready = true;
         Ok(())
     }
@@ -235,7 +235,9 @@ impl Transactions {
                 )?;
             }
         }
-        self.ready().await?;
+        self.ready()
+            .await
+            .map_err(|e| kafka_error(&self.table, "starting the transactional producer", e))?;
         // This task's own state (same task index) carries on its lineage.
         for (q, state) in states {
             if *q == self.task {
@@ -377,10 +379,8 @@ fn transactional(table: &str, config: &ClientConfig, id: &str) -> Result<FutureP
 
 /// The commit topic: one partition, compacted (only the newest marker per id is
 /// needed), the cluster's default replication.
-async fn create_commit_topic(table: &str, config: &ClientConfig, topic: &str) -> Result<()> {
-    let admin: AdminClient<_> = config
-        .create()
-        .map_err(|e| kafka_error(table, "creating the admin client", e))?;
+async fn create_commit_topic(config: &ClientConfig, topic: &str) -> Result<(), KafkaError> {
+    let admin: AdminClient<_> = config.create()?;
     let spec =
         NewTopic::new(topic, 1, TopicReplication::Fixed(-1)).set("cleanup.policy", "compact");
     let results = admin
@@ -388,19 +388,12 @@ async fn create_commit_topic(table: &str, config: &ClientConfig, topic: &str) ->
             [&spec],
             &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
         )
-        .await
-        .map_err(|e| kafka_error(table, "creating the commit topic", e))?;
+        .await?;
     for r in results {
         match r {
             Ok(_) => tracing::info!(topic, "created the commit topic"),
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => {
-                return Err(kafka_error(
-                    table,
-                    &format!("creating commit topic {t}"),
-                    code,
-                ));
-            }
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
         }
     }
     Ok(())
