@@ -163,6 +163,20 @@ fn transient(e: &KafkaError) -> bool {
     }
 }
 
+/// Whether the transactional producer itself is finished (fatal error, fenced).
+fn fenced(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fatal
+        ),
+        _ => false,
+    }
+}
+
 /// Builds the source of a `connector = 'kafka'` table.
 pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
     let (config, topic) = client_config(opts, req.env)?;
@@ -1568,11 +1582,27 @@ impl KafkaSink {
     async fn transact(&mut self, commit: transactions::Commit) -> Result<()> {
         let mut backoff = Duration::from_millis(200);
         let mut logged: Option<Instant> = None;
+        let mut restarts = 0;
         loop {
             let e = match self.transact_once(&commit).await {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
+            if fenced(&e) && restarts < 3 {
+                // The producer is dead (its epoch was bumped: a transaction the broker
+                // aborted after its timeout, or another instance with this id). A new
+                // one sends the held records again; an instance really running twice
+                // fences this one again and it fails after three restarts.
+                tracing::warn!(table = %self.table, error = %e,
+                    "kafka transactional producer fenced; starting a new one");
+                restarts += 1;
+                let txn = self.txn.as_mut().expect("transactional");
+                txn.restart_producer()?;
+                self.producer = txn.producer.clone();
+                self.pending.clear();
+                self.abort_pending = false;
+                continue;
+            }
             if !transient(&e) {
                 return Err(kafka_error(&self.table, "a transaction", e));
             }

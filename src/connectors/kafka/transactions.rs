@@ -160,6 +160,15 @@ impl Transactions {
         Ok(())
     }
 
+    /// A new producer with this task's transactional id, in place of one that failed
+    /// fatally (e.g. the broker aborted its transaction after `transaction.timeout.ms`
+    /// and bumped its epoch); it aborts what the old one left open when it starts.
+    pub(super) fn restart_producer(&mut self) -> Result<()> {
+        self.producer = transactional(&self.table, &self.config, &self.id_of(self.task))?;
+        self.ready = false;
+        Ok(())
+    }
+
     /// Barrier `id`: the records since the last barrier become interval `id`; the
     /// returned state holds every interval not yet committed.
     pub(super) fn pre_commit(&mut self, id: u64) -> Result<Vec<u8>> {
