@@ -673,26 +673,23 @@ mod tests {
 
     struct Server {
         addr: std::net::SocketAddr,
-        dir: std::path::PathBuf,
+        /// The registry's store, deleted when the last test holding it drops it.
+        dir: tempfile::TempDir,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<Result<(), RegistryError>>,
     }
 
     impl Server {
         async fn start(name: &str) -> Server {
-            let dir = std::env::temp_dir().join(format!(
-                "registry-http-{name}-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("registry-http-{name}-"))
+                .tempdir()
+                .unwrap();
             Self::start_in(dir).await
         }
 
-        async fn start_in(dir: std::path::PathBuf) -> Server {
-            let registry = Arc::new(Registry::open(&dir).await.unwrap());
+        async fn start_in(dir: tempfile::TempDir) -> Server {
+            let registry = Arc::new(Registry::open(dir.path()).await.unwrap());
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -707,10 +704,11 @@ mod tests {
             }
         }
 
-        async fn stop(mut self) -> std::path::PathBuf {
+        /// Stops the server; its store stays until the returned directory is dropped.
+        async fn stop(mut self) -> tempfile::TempDir {
             let _ = self.stop.take().unwrap().send(());
             (&mut self.task).await.unwrap().unwrap();
-            self.dir.clone()
+            self.dir
         }
     }
 
@@ -1032,8 +1030,7 @@ mod tests {
                 .json(),
             json!({"id": 2})
         );
-        let dir = server.stop().await;
-        std::fs::remove_dir_all(dir).unwrap();
+        server.stop().await;
     }
 
     #[tokio::test]
@@ -1043,7 +1040,7 @@ mod tests {
         assert_eq!(c.get("/").await.status, 200);
         // The connection stays open (keep-alive); shutdown must not wait for it.
         let started = std::time::Instant::now();
-        let dir = server.stop().await;
+        server.stop().await;
         assert!(
             started.elapsed() < SHUTDOWN_GRACE,
             "{:?}",
@@ -1052,6 +1049,5 @@ mod tests {
         let mut rest = Vec::new();
         let n = c.stream.read_to_end(&mut rest).await.unwrap_or(0);
         assert_eq!(n, 0, "the server closed the idle connection");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
