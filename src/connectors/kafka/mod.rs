@@ -1729,6 +1729,19 @@ impl Sink for KafkaSink {
 
     async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
         let Some(txn) = self.txn.as_mut() else {
+            // A checkpoint of an exactly-once run, resumed at-least-once: what it held
+            // may or may not have been committed, so it is sent (rows may repeat).
+            let held = transactions::all_held(states)?;
+            if !held.is_empty() {
+                tracing::warn!(table = %self.table, batches = held.len(),
+                    "resuming an exactly-once checkpoint at-least-once: its held output is \
+                     sent again (rows may repeat)");
+                self.ensure_topic().await?;
+                for records in &held {
+                    self.send(records).await?;
+                }
+                self.settle().await?;
+            }
             return Ok(());
         };
         match txn.restore(states).await? {

@@ -280,35 +280,23 @@ impl Transactions {
         };
         let mut intervals = 0;
         for (q, state) in states {
-            let (header, batches): (Header, _) = crate::state::snapshot::decode(state)?;
+            let (lineage, held) = held(state)?;
             let id = self.id_of(*q);
             let done = markers
                 .get(&id)
-                .filter(|m| m.lineage == header.lineage)
+                .filter(|m| m.lineage == lineage)
                 .map_or(0, |m| m.checkpoint);
-            let mut batches = batches.into_iter();
-            let mut last = None;
-            for (interval, n) in header.intervals {
-                let these: Vec<Vec<ArrayRef>> = batches.by_ref().take(n).collect();
-                last = Some(interval);
-                if interval <= done {
-                    continue;
-                }
-                intervals += 1;
-                for columns in these {
-                    commit
-                        .records
-                        .push(
-                            RecordBatch::try_new(records_schema(), columns).map_err(|e| {
-                                crate::engine::EngineError::arrow("restoring the kafka sink", e)
-                            })?,
-                        );
+            let last = held.last().map(|(i, _)| *i);
+            for (interval, records) in held {
+                if interval > done {
+                    intervals += 1;
+                    commit.records.extend(records);
                 }
             }
             if let Some(last) = last.filter(|l| *l > done) {
                 commit.markers.push(Marker {
                     id,
-                    lineage: header.lineage.clone(),
+                    lineage,
                     checkpoint: last,
                 });
             }
@@ -375,6 +363,35 @@ impl Transactions {
         })?;
         Ok(markers)
     }
+}
+
+/// A checkpoint state's lineage and held intervals (checkpoint id, records).
+fn held(state: &[u8]) -> Result<(String, Vec<(u64, Vec<RecordBatch>)>)> {
+    let (header, batches): (Header, _) = crate::state::snapshot::decode(state)?;
+    let mut batches = batches.into_iter();
+    let mut intervals = Vec::with_capacity(header.intervals.len());
+    for (interval, n) in header.intervals {
+        let records = batches
+            .by_ref()
+            .take(n)
+            .map(|columns| RecordBatch::try_new(records_schema(), columns))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| crate::engine::EngineError::arrow("restoring the kafka sink", e))?;
+        intervals.push((interval, records));
+    }
+    Ok((header.lineage, intervals))
+}
+
+/// Every record the restored `states` hold, in order: what a sink restoring an
+/// exactly-once run's checkpoint without transactions (at-least-once) sends.
+pub(super) fn all_held(states: &[(usize, Vec<u8>)]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for (_, state) in states {
+        for (_, records) in held(state)?.1 {
+            out.extend(records);
+        }
+    }
+    Ok(out)
 }
 
 /// A producer with transactional id `id` (idempotent, acks=all by implication).
@@ -540,6 +557,16 @@ mod tests {
         let (c, intervals) = t.unmarked(&states, &markers).unwrap();
         assert_eq!(intervals, 2);
         assert_eq!(keys(&c.records), ["a", "b"]);
+    }
+
+    #[test]
+    fn an_at_least_once_restore_takes_every_held_record() {
+        let mut old = transactions(0);
+        old.current.push(records(&["a"]));
+        old.pre_commit(1).unwrap();
+        old.current.push(records(&["b", "c"]));
+        let state = old.pre_commit(2).unwrap();
+        assert_eq!(keys(&all_held(&[(0, state)]).unwrap()), ["a", "b", "c"]);
     }
 
     #[test]
