@@ -1,11 +1,55 @@
-"""Reading back what a test wrote to Kafka, with Confluent's client."""
+"""What the Kafka tests share: a cluster of their own (``scripts/kafka``), waiting
+for a pipeline's output, and reading back what it wrote with Confluent's client."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import tempfile
 import time
 import uuid
+from pathlib import Path
+from typing import Iterator
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+KAFKA = ["bash", str(REPO / "scripts/kafka")]
+
+
+def kafka(*args: str, directory: str) -> None:
+    """Runs ``scripts/kafka ARGS --dir DIRECTORY`` (e.g. ``kill 1``), which must succeed."""
+    done = subprocess.run(KAFKA + [*args, "--dir", directory], capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr
+
+
+@contextlib.contextmanager
+def own_cluster(name: str, port_base: int, brokers: int = 1) -> Iterator[tuple[str, str]]:
+    """A cluster of ``brokers`` started for one test module on ports from
+    ``port_base``: (bootstrap servers, its directory for ``kafka``); stopped after."""
+    directory = tempfile.mkdtemp(prefix=f"tributary-{name}-")
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
+    env["KAFKA_PORT_BASE"] = str(port_base)
+    started = subprocess.run(KAFKA + ["start", "--brokers", str(brokers), "--dir", directory],
+                             capture_output=True, text=True, env=env, timeout=240)
+    assert started.returncode == 0, started.stderr
+    try:
+        yield started.stdout.strip().splitlines()[-1], directory
+    finally:
+        subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
+
+
+def wait_until_written(servers: str, topic: str, partitions: int, records: int,
+                       pipeline: subprocess.Popen) -> None:
+    """Waits until ``topic`` has at least ``records`` offsets while ``pipeline`` runs."""
+    deadline = time.time() + 120
+    while sum(end_offsets(servers, topic, partitions).values()) < records:
+        assert pipeline.poll() is None, pipeline.stderr.read()
+        assert time.time() < deadline, "the pipeline wrote too little"
+        time.sleep(0.2)
+    assert pipeline.poll() is None, "the pipeline ended before it was wanted"
 
 
 def end_offsets(servers: str, topic: str, partitions: int) -> dict[int, int]:

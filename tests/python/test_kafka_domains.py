@@ -13,19 +13,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
-from kafka_kit import read_all
+from kafka_kit import kafka, own_cluster, read_all
 
-REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
 BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
-KAFKA = ["bash", str(REPO / "scripts/kafka")]
 ORDERS = 300
 
 
@@ -34,16 +31,8 @@ def clusters():
     core = os.environ.get("TRIBUTARY_TEST_KAFKA")
     if not core:
         pytest.fail("no broker: run scripts/test, or export TRIBUTARY_TEST_KAFKA=$(scripts/kafka start | tail -n 1)")
-    directory = tempfile.mkdtemp(prefix="tributary-marketing-")
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
-    env["KAFKA_PORT_BASE"] = "39092"
-    started = subprocess.run(KAFKA + ["start", "--dir", directory],
-                             capture_output=True, text=True, env=env, timeout=240)
-    assert started.returncode == 0, started.stderr
-    try:
-        yield core, started.stdout.strip().splitlines()[-1], directory
-    finally:
-        subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
+    with own_cluster("marketing", 39092) as (marketing, directory):
+        yield core, marketing, directory
 
 
 def write_config(tmp: Path, core: str, marketing: str, prefix: str) -> None:
@@ -101,8 +90,7 @@ def test_domains_read_from_one_cluster_write_to_another_and_wait_for_a_cluster_t
 
     # The marketing cluster goes down; a pipeline reading from it waits, logging
     # that it retries, and reads every offer once the cluster is back.
-    killed = subprocess.run(KAFKA + ["kill", "1", "--dir", directory], capture_output=True, text=True)
-    assert killed.returncode == 0, killed.stderr
+    kafka("kill", "1", directory=directory)
     (tmp_path / "copy.jsonl").unlink(missing_ok=True)
     reader = run(
         tmp_path,
@@ -119,9 +107,7 @@ def test_domains_read_from_one_cluster_write_to_another_and_wait_for_a_cluster_t
         else:
             pytest.fail("the reader ended without waiting for the cluster")
         assert reader.poll() is None, "the reader gave up while the cluster was down"
-        restarted = subprocess.run(KAFKA + ["restart", "1", "--dir", directory],
-                                   capture_output=True, text=True, timeout=240)
-        assert restarted.returncode == 0, restarted.stderr
+        kafka("restart", "1", directory=directory)
         _, err = reader.communicate(timeout=300)
         assert reader.returncode == 0, err
     finally:

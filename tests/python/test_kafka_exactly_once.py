@@ -12,34 +12,22 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-from kafka_kit import end_offsets, read_all
+from kafka_kit import kafka, own_cluster, read_all, wait_until_written
 
-REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
 BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
-KAFKA = ["bash", str(REPO / "scripts/kafka")]
 EVENTS = 9000
 PARTITIONS = 2
 
 
 @pytest.fixture(scope="module")
 def broker():
-    directory = tempfile.mkdtemp(prefix="tributary-eos-")
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
-    env["KAFKA_PORT_BASE"] = "49092"
-    started = subprocess.run(KAFKA + ["start", "--dir", directory],
-                             capture_output=True, text=True, env=env, timeout=240)
-    assert started.returncode == 0, started.stderr
-    try:
-        yield started.stdout.strip().splitlines()[-1], directory
-    finally:
-        subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
+    with own_cluster("eos", 49092) as cluster:
+        yield cluster
 
 
 def test_a_broker_killed_mid_run_loses_and_doubles_nothing_in_transactions(broker, tmp_path):
@@ -63,17 +51,9 @@ def test_a_broker_killed_mid_run_loses_and_doubles_nothing_in_transactions(broke
     )
     try:
         # Kill the broker once some transactions have committed.
-        deadline = time.time() + 120
-        while sum(end_offsets(servers, topic, PARTITIONS).values()) < EVENTS // 6:
-            assert pipeline.poll() is None, pipeline.stderr.read()
-            assert time.time() < deadline, "the pipeline wrote too little"
-            time.sleep(0.2)
-        assert pipeline.poll() is None, "the pipeline ended before the broker was killed"
-        killed = subprocess.run(KAFKA + ["kill", "1", "--dir", directory], capture_output=True, text=True)
-        assert killed.returncode == 0, killed.stderr
-        restarted = subprocess.run(KAFKA + ["restart", "1", "--dir", directory],
-                                   capture_output=True, text=True, timeout=240)
-        assert restarted.returncode == 0, restarted.stderr
+        wait_until_written(servers, topic, PARTITIONS, EVENTS // 6, pipeline)
+        kafka("kill", "1", directory=directory)
+        kafka("restart", "1", directory=directory)
         _, err = pipeline.communicate(timeout=300)
         assert pipeline.returncode == 0, err
     finally:

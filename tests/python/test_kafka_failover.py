@@ -11,35 +11,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_kit import end_offsets, read_all
+from kafka_kit import kafka, own_cluster, read_all, wait_until_written
 
-REPO = Path(__file__).resolve().parents[2]
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
 BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
-KAFKA = ["bash", str(REPO / "scripts/kafka")]
 EVENTS = 30_000
 PARTITIONS = 3
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    directory = tempfile.mkdtemp(prefix="tributary-failover-")
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
-    env["KAFKA_PORT_BASE"] = "29092"
-    started = subprocess.run(KAFKA + ["start", "--brokers", "3", "--dir", directory],
-                             capture_output=True, text=True, env=env, timeout=240)
-    assert started.returncode == 0, started.stderr
-    try:
-        yield directory, started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run(KAFKA + ["stop", "--dir", directory], capture_output=True, timeout=120)
+    with own_cluster("failover", 29092, brokers=3) as (servers, directory):
+        yield directory, servers
 
 
 def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
@@ -63,14 +51,8 @@ def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
     )
     try:
         # Kill broker 2 once a sixth of the records are in the topic.
-        deadline = time.time() + 120
-        while sum(end_offsets(servers, topic, PARTITIONS).values()) < EVENTS // 6:
-            assert pipeline.poll() is None, pipeline.stderr.read()
-            assert time.time() < deadline, "the pipeline wrote too little"
-            time.sleep(0.2)
-        assert pipeline.poll() is None, "the pipeline ended before the broker was killed"
-        killed = subprocess.run(KAFKA + ["kill", "2", "--dir", directory], capture_output=True, text=True)
-        assert killed.returncode == 0, killed.stderr
+        wait_until_written(servers, topic, PARTITIONS, EVENTS // 6, pipeline)
+        kafka("kill", "2", directory=directory)
         _, err = pipeline.communicate(timeout=300)
         assert pipeline.returncode == 0, err
     finally:
