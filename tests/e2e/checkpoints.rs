@@ -401,6 +401,22 @@ fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Runs the pipeline of `p.yaml` in `d`. The last run (`last`) must end by itself,
+/// resumed from a checkpoint; an earlier one is killed (`kill -9`) once `covered`
+/// says its latest checkpoint holds everything given to it so far.
+fn resume_or_kill(d: &Path, last: bool, what: &str, covered: impl FnMut() -> bool) {
+    let mut run = Running::start(d, &["p.yaml"]);
+    if last {
+        let (code, stderr) = run.wait(Duration::from_secs(120));
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+        return;
+    }
+    eventually(what, Duration::from_secs(60), covered);
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+}
+
 /// A windowed aggregation reading Kafka runs at parallelism 2, is killed once its
 /// checkpoint covers every record produced so far, resumes at parallelism 1 (state
 /// merged from two tasks), is killed again, and finishes at parallelism 4 (state split
@@ -464,20 +480,12 @@ async fn a_checkpoint_resumes_at_parallelism_one_and_four_with_the_batch_answer(
                  connectors: {{ orders: {{ bounded: {last} }} }}\n"
             ),
         );
-        let mut run = Running::start(d, &["p.yaml"]);
-        if last {
-            let (code, stderr) = run.wait(Duration::from_secs(120));
-            assert_eq!(code, Some(0), "{stderr}");
-            assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
-            break;
-        }
-        eventually(
+        resume_or_kill(
+            d,
+            last,
             "a checkpoint covering every record produced",
-            Duration::from_secs(60),
             || checkpointed_offsets(&checkpoints, "orders") == produced,
         );
-        run.child.kill().unwrap();
-        run.child.wait().unwrap();
     }
 
     let ctx = SessionContext::new();
@@ -683,20 +691,9 @@ async fn a_followed_directory_resumes_from_file_positions_at_other_parallelisms(
                 !last
             ),
         );
-        let mut run = Running::start(d, &["p.yaml"]);
-        if last {
-            let (code, stderr) = run.wait(Duration::from_secs(120));
-            assert_eq!(code, Some(0), "{stderr}");
-            assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
-            break;
-        }
-        eventually(
-            "a checkpoint with every file read",
-            Duration::from_secs(60),
-            || checkpointed_files(&checkpoints, "orders") == files,
-        );
-        run.child.kill().unwrap();
-        run.child.wait().unwrap();
+        resume_or_kill(d, last, "a checkpoint with every file read", || {
+            checkpointed_files(&checkpoints, "orders") == files
+        });
     }
 
     let ctx = SessionContext::new();
