@@ -247,15 +247,13 @@ impl Transactions {
         self.ready()
             .await
             .map_err(|e| kafka_error(&self.table, "starting the transactional producer", e))?;
+        let held = held(states)?;
         // This task's own state (same task index) carries on its lineage.
-        for (q, state) in states {
-            if *q == self.task {
-                let (header, _): (Header, _) = crate::state::snapshot::decode(state)?;
-                self.lineage = header.lineage;
-            }
+        if let Some(own) = held.iter().find(|h| h.task == self.task) {
+            self.lineage = own.lineage.clone();
         }
         let markers = self.markers()?;
-        let (commit, intervals) = self.unmarked(states, &markers)?;
+        let (commit, intervals) = self.unmarked(&held, &markers);
         tracing::info!(
             table = %self.table,
             task = self.task,
@@ -267,41 +265,35 @@ impl Transactions {
         Ok((!commit.markers.is_empty()).then_some(commit))
     }
 
-    /// The intervals of the restored `states` newer than their task's marker, with the
+    /// The intervals of the restored states newer than their task's marker, with the
     /// markers that commit them; and how many intervals that is.
-    fn unmarked(
-        &self,
-        states: &[(usize, Vec<u8>)],
-        markers: &HashMap<String, Marker>,
-    ) -> Result<(Commit, usize)> {
+    fn unmarked(&self, held: &[Held], markers: &HashMap<String, Marker>) -> (Commit, usize) {
         let mut commit = Commit {
             records: Vec::new(),
             markers: Vec::new(),
         };
         let mut intervals = 0;
-        for (q, state) in states {
-            let (lineage, held) = held(state)?;
-            let id = self.id_of(*q);
+        for h in held {
+            let id = self.id_of(h.task);
             let done = markers
                 .get(&id)
-                .filter(|m| m.lineage == lineage)
+                .filter(|m| m.lineage == h.lineage)
                 .map_or(0, |m| m.checkpoint);
-            let last = held.last().map(|(i, _)| *i);
-            for (interval, records) in held {
-                if interval > done {
+            for (interval, records) in &h.intervals {
+                if *interval > done {
                     intervals += 1;
-                    commit.records.extend(records);
+                    commit.records.extend(records.iter().cloned());
                 }
             }
-            if let Some(last) = last.filter(|l| *l > done) {
+            if let Some(last) = h.intervals.last().map(|(i, _)| *i).filter(|l| *l > done) {
                 commit.markers.push(Marker {
                     id,
-                    lineage,
+                    lineage: h.lineage.clone(),
                     checkpoint: last,
                 });
             }
         }
-        Ok((commit, intervals))
+        (commit, intervals)
     }
 
     /// The commit topic's markers as committed (`read_committed`): the last one of
@@ -365,33 +357,50 @@ impl Transactions {
     }
 }
 
-/// A checkpoint state's lineage and held intervals (checkpoint id, records).
-fn held(state: &[u8]) -> Result<(String, Vec<(u64, Vec<RecordBatch>)>)> {
-    let (header, batches): (Header, _) = crate::state::snapshot::decode(state)?;
-    let mut batches = batches.into_iter();
-    let mut intervals = Vec::with_capacity(header.intervals.len());
-    for (interval, n) in header.intervals {
-        let records = batches
-            .by_ref()
-            .take(n)
-            .map(|columns| RecordBatch::try_new(records_schema(), columns))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| crate::engine::EngineError::arrow("restoring the kafka sink", e))?;
-        intervals.push((interval, records));
-    }
-    Ok((header.lineage, intervals))
+/// One restored task state: the task that wrote it, its lineage, and its held
+/// intervals (checkpoint id, records), oldest first.
+struct Held {
+    task: usize,
+    lineage: String,
+    intervals: Vec<(u64, Vec<RecordBatch>)>,
+}
+
+/// The restored `states`, decoded.
+fn held(states: &[(usize, Vec<u8>)]) -> Result<Vec<Held>> {
+    states
+        .iter()
+        .map(|(task, state)| {
+            let (header, batches): (Header, _) = crate::state::snapshot::decode(state)?;
+            let mut batches = batches.into_iter();
+            let mut intervals = Vec::with_capacity(header.intervals.len());
+            for (interval, n) in header.intervals {
+                let records = batches
+                    .by_ref()
+                    .take(n)
+                    .map(|columns| RecordBatch::try_new(records_schema(), columns))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        crate::engine::EngineError::arrow("restoring the kafka sink", e)
+                    })?;
+                intervals.push((interval, records));
+            }
+            Ok(Held {
+                task: *task,
+                lineage: header.lineage,
+                intervals,
+            })
+        })
+        .collect()
 }
 
 /// Every record the restored `states` hold, in order: what a sink restoring an
 /// exactly-once run's checkpoint without transactions (at-least-once) sends.
 pub(super) fn all_held(states: &[(usize, Vec<u8>)]) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    for (_, state) in states {
-        for (_, records) in held(state)?.1 {
-            out.extend(records);
-        }
-    }
-    Ok(out)
+    Ok(held(states)?
+        .into_iter()
+        .flat_map(|h| h.intervals)
+        .flat_map(|(_, records)| records)
+        .collect())
 }
 
 /// A producer with transactional id `id` (idempotent, acks=all by implication).
@@ -523,7 +532,7 @@ mod tests {
         let s1 = old1.pre_commit(8).unwrap();
 
         let t = transactions(0);
-        let states = vec![(0, s0), (1, s1)];
+        let held = held(&[(0, s0), (1, s1)]).unwrap();
         let marker = |old: &Transactions, checkpoint| {
             (
                 old.id_of(old.task),
@@ -535,7 +544,7 @@ mod tests {
         };
         // Task 0 committed interval 7 before the crash, task 1 nothing of interval 8.
         let markers = HashMap::from([marker(&old0, 7), marker(&old1, 5)]);
-        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!(intervals, 2);
         assert_eq!(keys(&c.records), ["b", "c"]);
         assert_eq!(marks(&c), [("p-0".to_string(), 8), ("p-1".to_string(), 8)]);
@@ -546,7 +555,7 @@ mod tests {
 
         // Everything committed: nothing to send, no marker to write.
         let markers = HashMap::from([marker(&old0, 8), marker(&old1, 8)]);
-        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!((c.records.len(), c.markers.len(), intervals), (0, 0, 0));
 
         // A marker of another lineage (an earlier deployment of the same name, whose
@@ -554,7 +563,7 @@ mod tests {
         let mut stale = marker(&old0, 80);
         stale.1.lineage = "earlier".into();
         let markers = HashMap::from([stale, marker(&old1, 8)]);
-        let (c, intervals) = t.unmarked(&states, &markers).unwrap();
+        let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!(intervals, 2);
         assert_eq!(keys(&c.records), ["a", "b"]);
     }
