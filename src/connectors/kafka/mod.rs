@@ -1368,6 +1368,7 @@ struct KafkaSink {
     table: String,
     topic: String,
     config: ClientConfig,
+    /// The idempotent producer (at-least-once); see [`KafkaSink::producer`].
     producer: FutureProducer,
     key: Option<usize>,
     pending: Vec<rdkafka::producer::DeliveryFuture>,
@@ -1519,6 +1520,11 @@ impl KafkaSink {
 }
 
 impl KafkaSink {
+    /// The producer records go through: the transactional one when exactly-once.
+    fn producer(&self) -> &FutureProducer {
+        self.txn.as_ref().map_or(&self.producer, |t| &t.producer)
+    }
+
     /// `batch` encoded as records: the key column (as text) and the value.
     async fn records(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
         let payloads = self.encode(batch).await?;
@@ -1557,7 +1563,7 @@ impl KafkaSink {
                         self.avro.is_some(),
                     ));
                 }
-                match self.producer.send_result(record) {
+                match self.producer().send_result(record) {
                     Ok(delivery) => {
                         self.pending.push(delivery);
                         self.sent += 1;
@@ -1598,7 +1604,6 @@ impl KafkaSink {
                 restarts += 1;
                 let txn = self.txn.as_mut().expect("transactional");
                 txn.restart_producer()?;
-                self.producer = txn.producer.clone();
                 self.pending.clear();
                 self.abort_pending = false;
                 continue;
@@ -1638,7 +1643,7 @@ impl KafkaSink {
                 let record = FutureRecord::<str, str>::to(&marker_topic)
                     .key(&marker.id)
                     .payload(&value);
-                let delivery = self.producer.send_result(record).map_err(|(e, _)| e)?;
+                let delivery = self.producer().send_result(record).map_err(|(e, _)| e)?;
                 self.pending.push(delivery);
             }
             self.settle_raw().await
@@ -1688,8 +1693,8 @@ impl Sink for KafkaSink {
         Ok(())
     }
 
-    /// Exactly-once: a transactional producer (`<prefix>-<task>`) replaces the
-    /// idempotent one; output is held and sent in the transaction of its checkpoint.
+    /// Exactly-once: a transactional producer (`<prefix>-<task>`) takes the place
+    /// of the idempotent one; output is held and sent in the transaction of its checkpoint.
     fn exactly_once(&mut self) -> bool {
         match Transactions::new(
             &self.table,
@@ -1699,7 +1704,6 @@ impl Sink for KafkaSink {
             self.commit_topic.clone(),
         ) {
             Ok(txn) => {
-                self.producer = txn.producer.clone();
                 self.txn = Some(txn);
                 true
             }
@@ -1769,7 +1773,7 @@ impl Sink for KafkaSink {
             self.transact(commit).await?;
         }
         self.settle().await?;
-        let producer = self.producer.clone();
+        let producer = self.producer().clone();
         tokio::task::block_in_place(|| producer.flush(REQUEST_TIMEOUT))
             .map_err(|e| kafka_error(&self.table, "flushing", e))
     }
