@@ -203,6 +203,23 @@ impl Collector {
         )
     }
 
+    /// A collector whose main output goes to the returned receiver (one partition,
+    /// room for `capacity` messages); for tests of single operators.
+    #[cfg(test)]
+    pub(crate) fn capture(capacity: usize) -> (Self, tokio::sync::mpsc::Receiver<Message>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let output = Output::new(
+            Partitioning::Forward,
+            vec![tx],
+            metrics::Gauge::noop(),
+            capacity,
+            0,
+        );
+        let mut c = Collector::discard();
+        c.outputs.push(output);
+        (c, rx)
+    }
+
     /// Sends `batch` downstream; empty batches are dropped.
     pub async fn emit(&mut self, batch: RecordBatch) -> Result<()> {
         self.emit_to(0, batch).await

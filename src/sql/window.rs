@@ -334,10 +334,7 @@ impl OperatorFactory for WindowAggFactory {
 
     fn state_kind(&self) -> crate::engine::StateKind {
         match self.spec {
-            // Allowed lateness keeps what was emitted, which snapshots do not hold yet.
-            WindowKind::Fixed(_) if self.allowed_lateness == 0 => {
-                crate::engine::StateKind::Checkpointed
-            }
+            WindowKind::Fixed(_) => crate::engine::StateKind::Checkpointed,
             _ => crate::engine::StateKind::NotCheckpointed,
         }
     }
@@ -677,10 +674,37 @@ pub(crate) struct FactoryParts {
     pub(crate) output: SchemaRef,
 }
 
+impl FactoryParts {
+    /// One fresh accumulator per aggregate (row accumulators through DataFusion's
+    /// adapter).
+    fn new_accs(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>> {
+        self.aggs
+            .iter()
+            .map(|a| {
+                if a.groups_accumulator_supported() {
+                    a.create_groups_accumulator()
+                } else {
+                    let a = a.clone();
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        a.create_accumulator()
+                    })) as Box<dyn GroupsAccumulator>)
+                }
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()
+            .map_err(df("creating accumulators"))
+    }
+}
+
 /// The state of one open window: its keys and one accumulator per aggregate.
+///
+/// Invariant: `key_log` holds the key of every group of `groups`, in group-id order
+/// (DataFusion's [`GroupValues`] numbers new groups in order of first appearance, and
+/// hands its keys out only destructively). It lets a snapshot read the keys without
+/// emptying `groups`, so a checkpoint never rebuilds the window's hash table.
 struct WindowState {
     /// `None` when the only `GROUP BY` is the window: then there is one group.
     groups: Option<Box<dyn GroupValues>>,
+    key_log: Vec<Vec<ArrayRef>>,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     group_ids: Vec<usize>,
     /// With an allowed lateness: the result last emitted (keys, values by group id),
@@ -691,8 +715,86 @@ struct WindowState {
 
 impl WindowState {
     fn size(&self) -> usize {
+        let logged: usize = self
+            .key_log
+            .iter()
+            .flatten()
+            .map(|c| c.get_array_memory_size())
+            .sum();
         self.groups.as_ref().map_or(0, |g| g.size())
+            + logged
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
+    }
+
+    /// Assigns each of `rows` rows (keyed by `keys`) its group id in `group_ids`,
+    /// logging the keys of new groups; returns the number of groups.
+    fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<usize> {
+        self.group_ids.clear();
+        let Some(g) = self.groups.as_mut() else {
+            // No GROUP BY besides the window: one group.
+            self.group_ids.resize(rows, 0);
+            return Ok(1);
+        };
+        let before = g.len();
+        g.intern(keys, &mut self.group_ids)
+            .map_err(df("grouping rows"))?;
+        let total = g.len();
+        if total > before {
+            // A new group's id first appears at the row that created it.
+            let mut next = before;
+            let mut firsts = Vec::with_capacity(total - before);
+            for (row, &id) in self.group_ids.iter().enumerate() {
+                if id == next {
+                    firsts.push(row as u32);
+                    next += 1;
+                }
+            }
+            let idx = UInt32Array::from(firsts);
+            let new_keys = keys
+                .iter()
+                .map(|k| take(k.as_ref(), &idx, None))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::arrow("logging new window keys", e))?;
+            self.key_log.push(new_keys);
+        }
+        Ok(total)
+    }
+
+    /// Every group's key columns in group-id order (empty without keys), leaving the
+    /// state as it was.
+    fn keys(&mut self) -> Result<Vec<ArrayRef>> {
+        if self.key_log.len() > 1 {
+            let columns = (0..self.key_log[0].len())
+                .map(|c| {
+                    let parts: Vec<&dyn Array> =
+                        self.key_log.iter().map(|chunk| chunk[c].as_ref()).collect();
+                    arrow::compute::concat(&parts)
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::arrow("reading window keys", e))?;
+            self.key_log = vec![columns];
+        }
+        Ok(self.key_log.first().cloned().unwrap_or_default())
+    }
+
+    /// Each aggregate's intermediate state, by group id, leaving the accumulators as
+    /// they were: DataFusion's accumulators hand their state out destructively, so it
+    /// is merged back into fresh ones (group ids unchanged, no keys hashed).
+    fn intermediates(
+        &mut self,
+        fresh: Vec<Box<dyn GroupsAccumulator>>,
+    ) -> Result<Vec<Vec<ArrayRef>>> {
+        let n = self.groups.as_ref().map_or(1, |g| g.len());
+        let ids: Vec<usize> = (0..n).collect();
+        let mut out = Vec::with_capacity(self.accs.len());
+        for (acc, mut kept) in self.accs.iter_mut().zip(fresh) {
+            let state = acc.state(EmitTo::All).map_err(df("reading window state"))?;
+            kept.merge_batch(&state, &ids, n)
+                .map_err(df("restoring window state"))?;
+            *acc = kept;
+            out.push(state);
+        }
+        Ok(out)
     }
 }
 
@@ -724,71 +826,31 @@ impl WindowAggOperator {
                     .map_err(df("creating window state"))?,
             )
         };
-        let accs = self
-            .factory
-            .aggs
-            .iter()
-            .map(|a| {
-                if a.groups_accumulator_supported() {
-                    a.create_groups_accumulator()
-                } else {
-                    let a = a.clone();
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        a.create_accumulator()
-                    })) as Box<dyn GroupsAccumulator>)
-                }
-            })
-            .collect::<datafusion::error::Result<Vec<_>>>()
-            .map_err(df("creating accumulators"))?;
         Ok(WindowState {
             groups,
-            accs,
+            key_log: Vec::new(),
+            accs: self.factory.new_accs()?,
             group_ids: Vec::new(),
             emitted: None,
             dirty: false,
         })
     }
 
-    /// A window's current keys and results, leaving its state as it was (DataFusion's
-    /// accumulators emit destructively: their intermediate state is merged into fresh
-    /// ones, one kept and one evaluated).
+    /// A window's current keys and results, leaving its state as it was.
     fn current_results(&self, state: &mut WindowState) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let keys = match state.groups.as_mut() {
-            Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
-            None => vec![],
-        };
-        let fresh = self.new_window()?;
-        let n = match (fresh.groups, keys.first()) {
-            (Some(mut g), Some(first)) => {
-                let mut ids = Vec::new();
-                g.intern(&keys, &mut ids)
-                    .map_err(df("restoring window keys"))?;
-                state.groups = Some(g);
-                first.len()
-            }
-            (g, _) => {
-                state.groups = g;
-                1
-            }
-        };
+        let keys = state.keys()?;
+        let intermediates = state.intermediates(self.factory.new_accs()?)?;
+        let n = keys.first().map_or(1, |k| k.len());
         let ids: Vec<usize> = (0..n).collect();
-        let mut values = Vec::with_capacity(state.accs.len());
-        let (mut kept, mut evaluated) = (self.new_window()?.accs, self.new_window()?.accs);
-        for (i, acc) in state.accs.iter_mut().enumerate() {
-            let intermediate = acc.state(EmitTo::All).map_err(df("reading window state"))?;
-            kept[i]
-                .merge_batch(&intermediate, &ids, n)
-                .map_err(df("restoring window state"))?;
-            evaluated[i]
-                .merge_batch(&intermediate, &ids, n)
+        let mut values = Vec::with_capacity(intermediates.len());
+        for (mut acc, state) in self.factory.new_accs()?.into_iter().zip(&intermediates) {
+            acc.merge_batch(state, &ids, n)
                 .map_err(df("copying window state"))?;
             values.push(
-                evaluated[i]
-                    .evaluate(EmitTo::All)
+                acc.evaluate(EmitTo::All)
                     .map_err(df("evaluating aggregates"))?,
             );
         }
-        state.accs = kept;
         Ok((keys, values))
     }
 
@@ -1024,19 +1086,7 @@ impl Operator for WindowAggOperator {
                 }
             };
             let key_cols: Vec<ArrayRef> = keys.iter().map(pick).collect::<Result<_>>()?;
-            state.group_ids.clear();
-            let total = match state.groups.as_mut() {
-                Some(g) => {
-                    g.intern(&key_cols, &mut state.group_ids)
-                        .map_err(df("grouping rows"))?;
-                    g.len()
-                }
-                None => {
-                    // No GROUP BY besides the window: one group.
-                    state.group_ids.resize(rows.len(), 0);
-                    1
-                }
-            };
+            let total = state.intern(&key_cols, rows.len())?;
             for (i, acc) in state.accs.iter_mut().enumerate() {
                 let values: Vec<ArrayRef> = args[i].iter().map(pick).collect::<Result<_>>()?;
                 let filter = filters[i].as_ref().map(pick).transpose()?;
@@ -1064,37 +1114,22 @@ impl Operator for WindowAggOperator {
         Ok(())
     }
 
-    /// Each open window's keys and its accumulators' intermediate state (taken and
-    /// merged back, since DataFusion's accumulators hand out their state
-    /// destructively), with the watermark.
+    /// Each open window's keys and its accumulators' intermediate state, with the
+    /// watermark; the windows are left as they were.
     fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
         let mut header = WindowSnapshot {
             watermark: self.watermark,
-            starts: Vec::new(),
+            starts: Vec::with_capacity(self.windows.len()),
             widths: Vec::new(),
             keys: self.factory.keys.len(),
         };
-        let mut batches = Vec::new();
-        let starts: Vec<i64> = self.windows.keys().copied().collect();
-        for start in starts {
-            let mut state = self.windows.remove(&start).expect("listed");
-            let keys = match state.groups.as_mut() {
-                Some(g) => g.emit(EmitTo::All).map_err(df("emitting window keys"))?,
-                None => vec![],
-            };
-            let n = keys.first().map_or(1, |k| k.len());
-            let mut columns = keys.clone();
-            let mut intermediates = Vec::with_capacity(state.accs.len());
-            header.widths.clear();
-            for acc in state.accs.iter_mut() {
-                let cols = acc.state(EmitTo::All).map_err(df("reading window state"))?;
-                header.widths.push(cols.len());
-                columns.extend(cols.iter().cloned());
-                intermediates.push(cols);
-            }
-            // The state taken out goes back into a fresh window, as on restore.
-            self.merge_into(start, &keys, &intermediates, n)?;
-            header.starts.push(start);
+        let mut batches = Vec::with_capacity(self.windows.len());
+        for (start, state) in self.windows.iter_mut() {
+            let mut columns = state.keys()?;
+            let intermediates = state.intermediates(self.factory.new_accs()?)?;
+            header.widths = intermediates.iter().map(Vec::len).collect();
+            columns.extend(intermediates.into_iter().flatten());
+            header.starts.push(*start);
             batches.push(columns);
         }
         crate::state::snapshot::encode(&header, &batches).map(Some)
@@ -1125,6 +1160,25 @@ impl Operator for WindowAggOperator {
         }
         if let Some(w) = watermark {
             self.watermark = w;
+        }
+        if self.changelog.is_some() {
+            // Every snapshot is taken with each ended window emitted and unchanged since
+            // (process_batch and handle_watermark fire them before returning), and
+            // every task of the node holds the same watermark at a barrier: so an ended
+            // window's last result is the one its restored state gives.
+            let width = self.spec.width();
+            let watermark = self.watermark;
+            let ended: Vec<i64> = self
+                .windows
+                .keys()
+                .copied()
+                .take_while(|start| start.saturating_add(width) <= watermark)
+                .collect();
+            for start in ended {
+                let mut state = self.windows.remove(&start).expect("listed above");
+                state.emitted = Some(self.current_results(&mut state)?);
+                self.windows.insert(start, state);
+            }
         }
         self.check_state()
     }
@@ -1168,20 +1222,9 @@ impl WindowAggOperator {
             self.windows.insert(start, w);
         }
         let w = self.windows.get_mut(&start).expect("inserted above");
-        let mut ids = Vec::with_capacity(n);
-        let total = match w.groups.as_mut() {
-            Some(g) => {
-                g.intern(keys, &mut ids)
-                    .map_err(df("restoring window keys"))?;
-                g.len()
-            }
-            None => {
-                ids.resize(n, 0);
-                1
-            }
-        };
+        let total = w.intern(keys, n)?;
         for (acc, state) in w.accs.iter_mut().zip(intermediates) {
-            acc.merge_batch(state, &ids, total)
+            acc.merge_batch(state, &w.group_ids, total)
                 .map_err(df("restoring window state"))?;
         }
         Ok(())
@@ -1413,6 +1456,153 @@ mod tests {
                 (stream(&evs, delay, &query).await, oracle(&evs, delay as i64, slide, width).await)
             });
             proptest::prop_assert_eq!(sorted_json_lines(&got), sorted_json_lines(&expected));
+        }
+    }
+
+    /// Drives the window operator that `query` plans over `ev` directly, one event per
+    /// batch with the watermark `delay` ms behind the newest event, and returns every
+    /// row it emits. After event `i`, `cuts[i]` (when there) checkpoints it: `1`
+    /// snapshots and goes on with the same operator, `2` restores the snapshot into a
+    /// new operator and goes on with that one.
+    async fn drive_window(
+        events: &[Ev],
+        delay: i64,
+        query: &str,
+        lateness: Option<u64>,
+        cuts: &[u8],
+    ) -> Vec<String> {
+        use crate::engine::{Collector, Message, NodeKind};
+        let source =
+            crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![]).unwrap();
+        let mut p = PipelineBuilder::new("drive");
+        if let Some(l) = lateness {
+            p = p.allowed_lateness(std::time::Duration::from_millis(l));
+        }
+        let src = p.source("ev", Arc::new(source));
+        p.event_time(&src, "ts", std::time::Duration::from_millis(delay as u64))
+            .unwrap();
+        let out = p.sql(src, query).await.unwrap();
+        p.collect(out, "results").unwrap();
+        let graph = p.build();
+        let describe = |n: &crate::engine::NodeSpec| match &n.kind {
+            NodeKind::Operator(f) => f.describe(),
+            _ => n.name.clone(),
+        };
+        let node = graph
+            .nodes
+            .iter()
+            .find(|n| describe(n).starts_with("window aggregate"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no window operator in {:?}",
+                    graph.nodes.iter().map(describe).collect::<Vec<_>>()
+                )
+            });
+        let task = |n: &crate::engine::NodeSpec| crate::engine::TaskInfo {
+            pipeline: "drive".into(),
+            node: n.name.clone().into(),
+            partition: 0,
+            parallelism: 1,
+            state: crate::state::memory_backend(),
+        };
+        // The stateless steps between the source and the window operator.
+        let mut before = Vec::new();
+        let mut at = node.inputs[0].0;
+        while let NodeKind::Operator(f) = &graph.nodes[at].kind {
+            assert_eq!(
+                f.state_kind(),
+                crate::engine::StateKind::Stateless,
+                "{}",
+                f.describe()
+            );
+            before.insert(0, f.create(&task(&graph.nodes[at])).unwrap());
+            at = graph.nodes[at].inputs[0].0;
+        }
+        let NodeKind::Operator(factory) = &node.kind else {
+            unreachable!()
+        };
+        let task = task(node);
+        let (mut out, mut rx) = Collector::capture(1 << 16);
+        let mut op = factory.create(&task).unwrap();
+        let mut newest = i64::MIN;
+        for (i, ev) in events.iter().enumerate() {
+            let mut batches = vec![ev_batch(std::slice::from_ref(ev))];
+            for step in before.iter_mut() {
+                let (mut step_out, mut step_rx) = Collector::capture(16);
+                for b in batches {
+                    step.process_batch(b, &mut step_out).await.unwrap();
+                }
+                drop(step_out);
+                batches = Vec::new();
+                while let Some(m) = step_rx.recv().await {
+                    if let Message::Batch(b) = m {
+                        batches.push(b);
+                    }
+                }
+            }
+            for b in batches {
+                op.process_batch(b, &mut out).await.unwrap();
+            }
+            newest = newest.max(ev.ts);
+            op.handle_watermark(newest - delay, &mut out).await.unwrap();
+            match cuts.get(i) {
+                Some(1) => {
+                    op.snapshot().unwrap();
+                }
+                Some(2) => {
+                    let state = op.snapshot().unwrap().expect("window state");
+                    op = factory.create(&task).unwrap();
+                    op.restore(&[state]).unwrap();
+                }
+                _ => {}
+            }
+        }
+        op.handle_watermark(crate::engine::Watermark::END, &mut out)
+            .await
+            .unwrap();
+        drop(out);
+        let mut batches = Vec::new();
+        while let Some(m) = rx.recv().await {
+            if let Message::Batch(b) = m {
+                batches.push(b);
+            }
+        }
+        sorted_json_lines(&batches)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 32, ..Default::default() })]
+
+        /// Snapshots taken anywhere leave a window operator's results unchanged, and an
+        /// operator restored from one goes on as the original would: the same rows
+        /// (with an allowed lateness, the same changelog) as a run without checkpoints.
+        #[test]
+        fn snapshots_and_restores_anywhere_leave_the_results_unchanged(
+            evs in events(),
+            delay in 0i64..40,
+            lateness in proptest::option::of(1u64..150),
+            hop in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0u8..3, 0..120),
+        ) {
+            let window = if hop {
+                "hop(INTERVAL '25 milliseconds', INTERVAL '75 milliseconds')"
+            } else {
+                "tumble(INTERVAL '50 milliseconds')"
+            };
+            let query = format!(
+                "SELECT CAST(w['start'] AS BIGINT) AS ws, k, n, s, lo, hi, d FROM \
+                 (SELECT {window} AS w, k, count(*) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi, \
+                 count(DISTINCT v) AS d FROM ev GROUP BY w, k)"
+            );
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (plain, cut) = rt.block_on(async {
+                (
+                    drive_window(&evs, delay, &query, lateness, &[]).await,
+                    drive_window(&evs, delay, &query, lateness, &cuts).await,
+                )
+            });
+            proptest::prop_assert!(!plain.is_empty());
+            proptest::prop_assert_eq!(cut, plain);
         }
     }
 
