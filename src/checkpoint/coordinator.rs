@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{CheckpointMeta, CheckpointStore, Result};
+use crate::state::snapshot::StateBlob;
 
 /// How a pipeline checkpoints.
 #[derive(Debug, Clone)]
@@ -39,7 +40,7 @@ pub(crate) enum Report {
     Ack {
         id: u64,
         task: String,
-        blob: Option<Vec<u8>>,
+        blob: Option<StateBlob>,
     },
     /// This task's input ended. With `last` (its state at the end: a source's final
     /// position, an operator's state after it emitted everything), later checkpoints
@@ -47,7 +48,7 @@ pub(crate) enum Report {
     /// that cannot say where it ended) no checkpoint can complete any more.
     Finished {
         task: String,
-        last: Option<Option<Vec<u8>>>,
+        last: Option<Option<StateBlob>>,
     },
 }
 
@@ -107,7 +108,7 @@ impl TaskCheckpoints {
     }
 
     /// Acknowledges checkpoint `id` with this task's state.
-    pub fn ack(&mut self, id: u64, blob: Option<Vec<u8>>) {
+    pub fn ack(&mut self, id: u64, blob: Option<StateBlob>) {
         self.taken = self.taken.max(id);
         let _ = self.reports.send(Report::Ack {
             id,
@@ -117,7 +118,7 @@ impl TaskCheckpoints {
     }
 
     /// This task's input ended; `last`: see [`Report::Finished`].
-    pub(crate) fn finished(&self, last: Option<Option<Vec<u8>>>) {
+    pub(crate) fn finished(&self, last: Option<Option<StateBlob>>) {
         let _ = self.reports.send(Report::Finished {
             task: self.name.clone(),
             last,
@@ -272,7 +273,7 @@ impl Coordinator {
             Ok(())
         };
         // Tasks that finished with a known last state: part of every later checkpoint.
-        let mut done: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        let mut done: BTreeMap<String, Option<StateBlob>> = BTreeMap::new();
         loop {
             let wait = tokio::time::sleep(self.settings.interval);
             tokio::pin!(wait);
@@ -302,7 +303,7 @@ impl Coordinator {
             let _ = self.triggered.send(id);
             // Every task's state for this checkpoint: finished tasks' last ones now,
             // the others' as they acknowledge.
-            let mut states: BTreeMap<String, Option<Vec<u8>>> = done.clone();
+            let mut states: BTreeMap<String, Option<StateBlob>> = done.clone();
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let complete = loop {
@@ -327,7 +328,7 @@ impl Coordinator {
                 }
             };
             let acked = states.len();
-            let blobs: Vec<(String, Vec<u8>)> = states
+            let blobs: Vec<(String, StateBlob)> = states
                 .into_iter()
                 .filter_map(|(task, blob)| blob.map(|b| (task, b)))
                 .collect();
@@ -347,6 +348,12 @@ impl Coordinator {
             let mut bytes = 0u64;
             let mut names = Vec::with_capacity(blobs.len());
             for (name, blob) in blobs {
+                // Operators' Arrow state is encoded here, off their tasks.
+                let blob = tokio::task::spawn_blocking(move || blob.into_bytes())
+                    .await
+                    .map_err(|e| {
+                        super::CheckpointError::Storage(format!("encoding {name}'s state: {e}"))
+                    })??;
                 bytes += blob.len() as u64;
                 store.put_blob(id, &name, blob).await?;
                 names.push(name);

@@ -156,9 +156,11 @@ pub trait Operator: Send {
         Ok(())
     }
 
-    /// The barrier of a checkpoint has arrived on every input: this task's state as
-    /// bytes (`None`: no state). The state itself is left as it was.
-    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+    /// The barrier of a checkpoint has arrived on every input: this task's state
+    /// (`None`: no state), captured now and encoded off the task (see
+    /// [`StateBlob`](crate::state::snapshot::StateBlob)). The state itself is left as
+    /// it was.
+    fn snapshot(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
         Ok(None)
     }
 
@@ -222,7 +224,7 @@ impl SourceContext {
     pub async fn checkpoint(&mut self, id: u64, position: Vec<u8>) -> Result<()> {
         self.out.emit_barrier(id).await?;
         if let Some(c) = self.checkpoints.as_mut() {
-            c.ack(id, Some(position));
+            c.ack(id, Some(position.into()));
         }
         Ok(())
     }

@@ -225,7 +225,7 @@ impl Runtime {
                             }
                             .await;
                             if let Some(c) = &ctx.checkpoints {
-                                c.finished(ctx.final_position.take().map(Some));
+                                c.finished(ctx.final_position.take().map(|p| Some(p.into())));
                             }
                             ctx.out.close().await;
                             r
@@ -750,7 +750,7 @@ async fn run_sink(
         if let Some(id) = aligned {
             let state = sink.pre_commit(id).await?;
             if let Some(c) = checkpoints.as_mut() {
-                c.ack(id, state);
+                c.ack(id, state.map(Into::into));
             }
             if exactly_once {
                 uncommitted = Some(id);

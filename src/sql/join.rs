@@ -698,7 +698,7 @@ impl Operator for IntervalJoinOperator {
 
     /// Each side's kept rows (only those: rows dropped as late or with a NULL key are
     /// left out), and the watermark.
-    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
         let mut out = Vec::new();
         for side in &self.sides {
             let batches = side
@@ -715,7 +715,7 @@ impl Operator for IntervalJoinOperator {
             out.extend_from_slice(&(blob.len() as u64).to_le_bytes());
             out.extend_from_slice(&blob);
         }
-        Ok(Some(out))
+        Ok(Some(out.into()))
     }
 
     /// Feeds the kept rows back in, side by side, before any new row: the pairs they

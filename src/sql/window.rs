@@ -40,6 +40,7 @@ use datafusion::physical_plan::expressions::{Column, Literal};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
+use crate::state::snapshot::StateBlob;
 
 /// Names of the window functions allowed in `GROUP BY`.
 pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
@@ -634,7 +635,7 @@ impl Operator for WindowGather {
     }
 
     /// The rows of each window not yet emitted.
-    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self) -> Result<Option<StateBlob>> {
         let mut ends = Vec::with_capacity(self.pending.len());
         let mut batches = Vec::with_capacity(self.pending.len());
         for (end, parts) in &self.pending {
@@ -643,7 +644,7 @@ impl Operator for WindowGather {
             ends.push(*end);
             batches.push(whole.columns().to_vec());
         }
-        crate::state::snapshot::encode(&ends, &batches).map(Some)
+        StateBlob::arrow(&ends, batches).map(Some)
     }
 
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
@@ -1116,7 +1117,7 @@ impl Operator for WindowAggOperator {
 
     /// Each open window's keys and its accumulators' intermediate state, with the
     /// watermark; the windows are left as they were.
-    fn snapshot(&mut self) -> Result<Option<Vec<u8>>> {
+    fn snapshot(&mut self) -> Result<Option<StateBlob>> {
         let mut header = WindowSnapshot {
             watermark: self.watermark,
             starts: Vec::with_capacity(self.windows.len()),
@@ -1132,7 +1133,7 @@ impl Operator for WindowAggOperator {
             header.starts.push(*start);
             batches.push(columns);
         }
-        crate::state::snapshot::encode(&header, &batches).map(Some)
+        StateBlob::arrow(&header, batches).map(Some)
     }
 
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
@@ -1550,7 +1551,12 @@ mod tests {
                     op.snapshot().unwrap();
                 }
                 Some(2) => {
-                    let state = op.snapshot().unwrap().expect("window state");
+                    let state = op
+                        .snapshot()
+                        .unwrap()
+                        .expect("window state")
+                        .into_bytes()
+                        .unwrap();
                     op = factory.create(&task).unwrap();
                     op.restore(&[state]).unwrap();
                 }
@@ -1987,15 +1993,18 @@ mod tests {
         op.process_batch(batch(&[3000], &[4]), &mut out)
             .await
             .unwrap();
-        let state = op.snapshot().unwrap().expect("state");
+        let snapshot = |op: &mut Box<dyn crate::engine::Operator>| {
+            op.snapshot().unwrap().expect("state").into_bytes().unwrap()
+        };
+        let state = snapshot(&mut op);
         let mut restored = factory.create(&task).unwrap();
         restored.restore(std::slice::from_ref(&state)).unwrap();
         assert_eq!(
-            restored.snapshot().unwrap().expect("state"),
+            snapshot(&mut restored),
             state,
             "the restored operator holds the same windows"
         );
-        let empty = factory.create(&task).unwrap().snapshot().unwrap().unwrap();
+        let empty = snapshot(&mut factory.create(&task).unwrap());
         assert_ne!(state, empty);
     }
 

@@ -13,14 +13,59 @@ use std::sync::Arc;
 
 use crate::engine::{EngineError, Result};
 
-/// Encodes `header` and `batches` (each a list of columns of equal length; every
-/// batch the same column types).
+/// A task's state for one checkpoint, taken on the task and turned into bytes off it.
+///
+/// An operator's snapshot holds its state as Arrow arrays, which are immutable: the
+/// task captures them (cheap, reference-counted) and goes on processing, while the
+/// checkpoint coordinator encodes them ([`StateBlob::into_bytes`]) on a blocking
+/// thread. Cloning shares the arrays.
+#[derive(Clone, Debug)]
+pub struct StateBlob(Blob);
+
+#[derive(Clone, Debug)]
+enum Blob {
+    Bytes(Vec<u8>),
+    Arrow {
+        head: Vec<u8>,
+        batches: Vec<Vec<ArrayRef>>,
+    },
+}
+
+impl From<Vec<u8>> for StateBlob {
+    /// State already encoded (a source's position, a sink's pending output).
+    fn from(bytes: Vec<u8>) -> Self {
+        StateBlob(Blob::Bytes(bytes))
+    }
+}
+
+impl StateBlob {
+    /// `header` and `batches` (each a list of columns of equal length; every batch the
+    /// same column types), to be encoded later in the layout [`decode`] reads. The
+    /// header is serialised now.
+    pub fn arrow<H: Serialize>(header: &H, batches: Vec<Vec<ArrayRef>>) -> Result<Self> {
+        let head = serde_json::to_vec(header)
+            .map_err(|e| EngineError::User(format!("encoding operator state: {e}")))?;
+        Ok(StateBlob(Blob::Arrow { head, batches }))
+    }
+
+    /// The bytes a checkpoint stores.
+    pub fn into_bytes(self) -> Result<Vec<u8>> {
+        match self.0 {
+            Blob::Bytes(bytes) => Ok(bytes),
+            Blob::Arrow { head, batches } => write(&head, &batches),
+        }
+    }
+}
+
+/// Encodes `header` and `batches` now (see [`StateBlob::arrow`]).
 pub fn encode<H: Serialize>(header: &H, batches: &[Vec<ArrayRef>]) -> Result<Vec<u8>> {
-    let head = serde_json::to_vec(header)
-        .map_err(|e| EngineError::User(format!("encoding operator state: {e}")))?;
+    StateBlob::arrow(header, batches.to_vec())?.into_bytes()
+}
+
+fn write(head: &[u8], batches: &[Vec<ArrayRef>]) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(head.len() + 8);
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    out.extend_from_slice(&head);
+    out.extend_from_slice(head);
     let Some(first) = batches.first() else {
         return Ok(out);
     };
