@@ -17,7 +17,8 @@ use tributary::state::{KeyedProcessFunction, ProcessContext, Row};
 
 const READY_WITHIN_MS: i64 = 10 * 60 * 1000;
 
-#[derive(Default)]
+/// A key's state; checkpoints store it with serde.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Order {
     status: Option<String>,
     ready: bool,

@@ -20,6 +20,8 @@ pub(crate) mod planner;
 pub mod rank;
 mod session;
 mod stage;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod udf;
 pub mod updating;
 pub mod window;

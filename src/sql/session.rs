@@ -14,7 +14,9 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use arrow::array::{Array, ArrayRef, RecordBatch, TimestampMillisecondArray};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
@@ -24,6 +26,7 @@ use super::window::{
     AggInputs, FactoryParts, LateRows, TZ, df, evaluate, update_accumulators, window_array,
 };
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
+use crate::state::snapshot::StateBlob;
 
 struct Session {
     key: Box<[u8]>,
@@ -94,11 +97,17 @@ impl SessionAggOperator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        self.parts
-            .aggs
-            .iter()
-            .map(|a| a.create_accumulator().map_err(df("creating accumulators")))
-            .collect()
+        super::window::row_accumulators(&self.parts.aggs)
+    }
+
+    /// Adds a session to every index.
+    fn insert(&mut self, session: Session) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bytes += session.size();
+        self.by_end.insert((session.end, id));
+        self.by_key.entry(session.key.clone()).or_default().push(id);
+        self.sessions.insert(id, session);
     }
 
     /// Removes a session from every index.
@@ -180,12 +189,7 @@ impl SessionAggOperator {
         target.start = target.start.min(start);
         target.end = target.end.max(end);
         update_accumulators(&mut target.accs, rows, args, filters)?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.bytes += target.size();
-        self.by_end.insert((target.end, id));
-        self.by_key.entry(target.key.clone()).or_default().push(id);
-        self.sessions.insert(id, target);
+        self.insert(target);
         Ok(())
     }
 
@@ -302,6 +306,98 @@ impl Operator for SessionAggOperator {
         super::window::discarded(&self.task, self.sessions.len(), "session");
         Ok(())
     }
+
+    /// Every open session's key columns, bounds and accumulators' intermediate state,
+    /// with the watermark.
+    fn snapshot(&mut self) -> Result<Option<StateBlob>> {
+        let mut keys = Vec::with_capacity(self.sessions.len());
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut units = Vec::with_capacity(self.sessions.len());
+        for s in self.sessions.values_mut() {
+            keys.push(s.key.clone());
+            starts.push(s.start);
+            ends.push(s.end);
+            units.push(&mut s.accs);
+        }
+        let states = super::window::take_row_states(units, &self.parts.aggs)?;
+        let header = SessionSnapshot {
+            watermark: self.watermark,
+            keys: self.parts.keys.len(),
+            widths: states.iter().map(Vec::len).collect(),
+        };
+        if keys.is_empty() {
+            return StateBlob::arrow(&header, vec![]).map(Some);
+        }
+        let mut columns: Vec<ArrayRef> = match &self.converter {
+            Some(c) => {
+                let parser = c.parser();
+                c.convert_rows(keys.iter().map(|k| parser.parse(k)))
+                    .map_err(|e| EngineError::arrow("checkpointing session keys", e))?
+            }
+            None => vec![],
+        };
+        columns.push(Arc::new(Int64Array::from(starts)));
+        columns.push(Arc::new(Int64Array::from(ends)));
+        columns.extend(states.into_iter().flatten());
+        StateBlob::arrow(&header, vec![columns]).map(Some)
+    }
+
+    /// Restores the sessions whose keys this task owns now; the watermark is the lowest
+    /// of the restored states'.
+    fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        let mut watermark = None;
+        for state in states {
+            let (header, batches): (SessionSnapshot, _) = crate::state::snapshot::decode(state)?;
+            watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
+            for columns in batches {
+                let columns = super::window::own_rows(&self.task, columns, header.keys)?;
+                let (keys, rest) = columns.split_at(header.keys);
+                let int64 = |c: &ArrayRef| {
+                    c.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .cloned()
+                        .ok_or_else(|| {
+                            EngineError::User("restoring sessions: bounds are not integers".into())
+                        })
+                };
+                let (starts, ends) = (int64(&rest[0])?, int64(&rest[1])?);
+                let (states, _) = super::window::split_states(&rest[2..], &header.widths);
+                let rows = match &self.converter {
+                    Some(c) => Some(
+                        c.convert_columns(keys)
+                            .map_err(|e| EngineError::arrow("restoring session keys", e))?,
+                    ),
+                    None => None,
+                };
+                for row in 0..starts.len() {
+                    let mut accs = self.new_accumulators()?;
+                    super::window::merge_state_row(&mut accs, &states, row)?;
+                    self.insert(Session {
+                        key: rows
+                            .as_ref()
+                            .map_or(Box::default(), |r| r.row(row).as_ref().into()),
+                        start: starts.value(row),
+                        end: ends.value(row),
+                        accs,
+                    });
+                }
+            }
+        }
+        if let Some(w) = watermark {
+            self.watermark = w;
+        }
+        self.check_state()
+    }
+}
+
+/// The header of a session operator's checkpointed state: one batch of key columns,
+/// session starts and ends (ms), then each aggregate's state columns.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SessionSnapshot {
+    watermark: i64,
+    keys: usize,
+    /// State columns of each aggregate.
+    widths: Vec<usize>,
 }
 
 #[cfg(test)]

@@ -334,10 +334,7 @@ impl OperatorFactory for WindowAggFactory {
     }
 
     fn state_kind(&self) -> crate::engine::StateKind {
-        match self.spec {
-            WindowKind::Fixed(_) => crate::engine::StateKind::Checkpointed,
-            _ => crate::engine::StateKind::NotCheckpointed,
-        }
+        crate::engine::StateKind::Checkpointed
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
@@ -438,6 +435,79 @@ impl FactoryParts {
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| EngineError::arrow("building window results", e))
     }
+}
+
+/// One fresh row accumulator per aggregate.
+pub(crate) fn row_accumulators(
+    aggs: &[Arc<AggregateFunctionExpr>],
+) -> Result<Vec<Box<dyn datafusion::logical_expr::Accumulator>>> {
+    aggs.iter()
+        .map(|a| a.create_accumulator().map_err(df("creating accumulators")))
+        .collect()
+}
+
+/// The intermediate state of row accumulators, one list per unit of state (a group, a
+/// session), as columns by aggregate with unit `i` at row `i`. DataFusion's row
+/// accumulators hand their state out destructively, so each unit's is put back into
+/// fresh accumulators ([`merge_state_row`], as on restore).
+pub(crate) fn take_row_states(
+    mut units: Vec<&mut Vec<Box<dyn datafusion::logical_expr::Accumulator>>>,
+    aggs: &[Arc<AggregateFunctionExpr>],
+) -> Result<Vec<Vec<ArrayRef>>> {
+    let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::with_capacity(units.len()); aggs.len()];
+    for accs in units.iter_mut() {
+        for (i, acc) in accs.iter_mut().enumerate() {
+            states[i].push(acc.state().map_err(df("reading aggregate state"))?);
+        }
+    }
+    let mut columns = Vec::with_capacity(aggs.len());
+    for per_unit in states {
+        let width = per_unit.first().map_or(0, Vec::len);
+        let agg_columns = (0..width)
+            .map(|c| {
+                ScalarValue::iter_to_array(per_unit.iter().map(|s| s[c].clone()))
+                    .map_err(df("checkpointing aggregate state"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        columns.push(agg_columns);
+    }
+    for (row, accs) in units.into_iter().enumerate() {
+        *accs = row_accumulators(aggs)?;
+        merge_state_row(accs, &columns, row)?;
+    }
+    Ok(columns)
+}
+
+/// Merges row `row` of checkpointed state columns (`states`, by aggregate) into `accs`.
+pub(crate) fn merge_state_row(
+    accs: &mut [Box<dyn datafusion::logical_expr::Accumulator>],
+    states: &[Vec<ArrayRef>],
+    row: usize,
+) -> Result<()> {
+    for (acc, state) in accs.iter_mut().zip(states) {
+        let slices: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
+        acc.merge_batch(&slices)
+            .map_err(df("restoring aggregate state"))?;
+    }
+    Ok(())
+}
+
+/// Splits checkpointed state columns into each aggregate's, `widths[i]` for aggregate
+/// `i`; returns them and the columns after.
+pub(crate) fn split_states(
+    columns: &[ArrayRef],
+    widths: &[usize],
+) -> (Vec<Vec<ArrayRef>>, Vec<ArrayRef>) {
+    let mut at = 0;
+    let states = widths
+        .iter()
+        .map(|w| {
+            let part = columns[at..at + w].to_vec();
+            at += w;
+            part
+        })
+        .collect();
+    (states, columns[at..].to_vec())
 }
 
 /// Updates one group's row accumulators with rows `rows` of a batch's aggregate
@@ -1144,7 +1214,7 @@ impl Operator for WindowAggOperator {
             let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(state)?;
             watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
             for (start, columns) in header.starts.into_iter().zip(batches) {
-                let columns = self.own_rows(columns, header.keys)?;
+                let columns = own_rows(&self.task, columns, header.keys)?;
                 let (keys, rest) = columns.split_at(header.keys);
                 let n = keys.first().map_or(1, |k| k.len());
                 if n == 0 {
@@ -1185,31 +1255,44 @@ impl Operator for WindowAggOperator {
     }
 }
 
-impl WindowAggOperator {
-    /// The rows of a checkpointed window whose keys this task owns now.
-    fn own_rows(&self, columns: Vec<ArrayRef>, keys: usize) -> Result<Vec<ArrayRef>> {
-        if keys == 0 || self.task.parallelism == 1 {
-            return Ok(columns);
-        }
-        let n = columns[0].len();
-        let groups = crate::engine::key_groups_of_arrays(&columns[..keys], n)?;
-        let mine: Vec<u32> = (0..n as u32)
-            .filter(|i| {
-                crate::engine::partition_of_key_group(groups[*i as usize], self.task.parallelism)
-                    == self.task.partition
-            })
-            .collect();
-        if mine.len() == n {
-            return Ok(columns);
-        }
-        let idx = UInt32Array::from(mine);
-        columns
-            .iter()
-            .map(|c| take(c.as_ref(), &idx, None))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::arrow("selecting restored keys", e))
+/// Which rows, keyed by the columns `keys`, belong to `task`'s key groups: `None` when
+/// all do (always at parallelism 1), else their indices. Restores use it after a change
+/// of parallelism, when every task reads every old task's state.
+pub(crate) fn owned_rows(task: &TaskInfo, keys: &[ArrayRef]) -> Result<Option<UInt32Array>> {
+    let Some(n) = keys.first().map(|k| k.len()) else {
+        return Ok(None);
+    };
+    if task.parallelism == 1 {
+        return Ok(None);
     }
+    let groups = crate::engine::key_groups_of_arrays(keys, n)?;
+    let mine: Vec<u32> = (0..n as u32)
+        .filter(|i| {
+            crate::engine::partition_of_key_group(groups[*i as usize], task.parallelism)
+                == task.partition
+        })
+        .collect();
+    Ok((mine.len() < n).then(|| UInt32Array::from(mine)))
+}
 
+/// The rows of checkpointed keyed state (key columns first, `keys` of them) whose keys
+/// `task` owns now (see [`owned_rows`]).
+pub(crate) fn own_rows(
+    task: &TaskInfo,
+    columns: Vec<ArrayRef>,
+    keys: usize,
+) -> Result<Vec<ArrayRef>> {
+    let Some(idx) = owned_rows(task, &columns[..keys])? else {
+        return Ok(columns);
+    };
+    columns
+        .iter()
+        .map(|c| take(c.as_ref(), &idx, None))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::arrow("selecting restored keys", e))
+}
+
+impl WindowAggOperator {
     /// Adds checkpointed keys and their aggregate state to window `start`.
     fn merge_into(
         &mut self,
@@ -1460,11 +1543,9 @@ mod tests {
         }
     }
 
-    /// Drives the window operator that `query` plans over `ev` directly, one event per
-    /// batch with the watermark `delay` ms behind the newest event, and returns every
-    /// row it emits. After event `i`, `cuts[i]` (when there) checkpoints it: `1`
-    /// snapshots and goes on with the same operator, `2` restores the snapshot into a
-    /// new operator and goes on with that one.
+    /// The rows the window operator of `query` over `ev` emits, one event per batch
+    /// with the watermark `delay` ms behind the newest event, checkpointed after event
+    /// `i` as `cuts[i]` says (see [`drive_node`](crate::sql::test_support::drive_node)).
     async fn drive_window(
         events: &[Ev],
         delay: i64,
@@ -1472,7 +1553,6 @@ mod tests {
         lateness: Option<u64>,
         cuts: &[u8],
     ) -> Vec<String> {
-        use crate::engine::{Collector, Message, NodeKind};
         let source =
             crate::connectors::memory::MemorySource::new(ev_batch(&[]).schema(), vec![]).unwrap();
         let mut p = PipelineBuilder::new("drive");
@@ -1484,116 +1564,40 @@ mod tests {
             .unwrap();
         let out = p.sql(src, query).await.unwrap();
         p.collect(out, "results").unwrap();
-        let graph = p.build();
-        let describe = |n: &crate::engine::NodeSpec| match &n.kind {
-            NodeKind::Operator(f) => f.describe(),
-            _ => n.name.clone(),
-        };
-        let node = graph
-            .nodes
-            .iter()
-            .find(|n| describe(n).starts_with("window aggregate"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "no window operator in {:?}",
-                    graph.nodes.iter().map(describe).collect::<Vec<_>>()
-                )
-            });
-        let task = |n: &crate::engine::NodeSpec| crate::engine::TaskInfo {
-            pipeline: "drive".into(),
-            node: n.name.clone().into(),
-            partition: 0,
-            parallelism: 1,
-            state: crate::state::memory_backend(),
-        };
-        // The stateless steps between the source and the window operator.
-        let mut before = Vec::new();
-        let mut at = node.inputs[0].0;
-        while let NodeKind::Operator(f) = &graph.nodes[at].kind {
-            assert_eq!(
-                f.state_kind(),
-                crate::engine::StateKind::Stateless,
-                "{}",
-                f.describe()
-            );
-            before.insert(0, f.create(&task(&graph.nodes[at])).unwrap());
-            at = graph.nodes[at].inputs[0].0;
-        }
-        let NodeKind::Operator(factory) = &node.kind else {
-            unreachable!()
-        };
-        let task = task(node);
-        let (mut out, mut rx) = Collector::capture(1 << 16);
-        let mut op = factory.create(&task).unwrap();
         let mut newest = i64::MIN;
-        for (i, ev) in events.iter().enumerate() {
-            let mut batches = vec![ev_batch(std::slice::from_ref(ev))];
-            for step in before.iter_mut() {
-                let (mut step_out, mut step_rx) = Collector::capture(16);
-                for b in batches {
-                    step.process_batch(b, &mut step_out).await.unwrap();
-                }
-                drop(step_out);
-                batches = Vec::new();
-                while let Some(m) = step_rx.recv().await {
-                    if let Message::Batch(b) = m {
-                        batches.push(b);
-                    }
-                }
-            }
-            for b in batches {
-                op.process_batch(b, &mut out).await.unwrap();
-            }
-            newest = newest.max(ev.ts);
-            op.handle_watermark(newest - delay, &mut out).await.unwrap();
-            match cuts.get(i) {
-                Some(1) => {
-                    op.snapshot().unwrap();
-                }
-                Some(2) => {
-                    let state = op
-                        .snapshot()
-                        .unwrap()
-                        .expect("window state")
-                        .into_bytes()
-                        .unwrap();
-                    op = factory.create(&task).unwrap();
-                    op.restore(&[state]).unwrap();
-                }
-                _ => {}
-            }
-        }
-        op.handle_watermark(crate::engine::Watermark::END, &mut out)
-            .await
-            .unwrap();
-        drop(out);
-        let mut batches = Vec::new();
-        while let Some(m) = rx.recv().await {
-            if let Message::Batch(b) = m {
-                batches.push(b);
-            }
-        }
-        sorted_json_lines(&batches)
+        let steps: Vec<(usize, RecordBatch, Option<i64>)> = events
+            .iter()
+            .map(|ev| {
+                newest = newest.max(ev.ts);
+                (0, ev_batch(std::slice::from_ref(ev)), Some(newest - delay))
+            })
+            .collect();
+        let out =
+            crate::sql::test_support::drive_node(&p.build(), "window aggregate", &steps, cuts)
+                .await;
+        sorted_json_lines(&out)
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::test_runner::Config { cases: 32, ..Default::default() })]
 
-        /// Snapshots taken anywhere leave a window operator's results unchanged, and an
-        /// operator restored from one goes on as the original would: the same rows
-        /// (with an allowed lateness, the same changelog) as a run without checkpoints.
+        /// Snapshots taken anywhere leave a window operator's results unchanged, and
+        /// operators restored from them, at another parallelism too, go on as the
+        /// original would: the same rows (with an allowed lateness, the same changelog)
+        /// as a run without checkpoints, for tumbling, hopping and session windows.
         #[test]
         fn snapshots_and_restores_anywhere_leave_the_results_unchanged(
             evs in events(),
             delay in 0i64..40,
             lateness in proptest::option::of(1u64..150),
-            hop in proptest::bool::ANY,
+            kind in 0u8..3,
             cuts in proptest::collection::vec(0u8..3, 0..120),
         ) {
-            let window = if hop {
-                "hop(INTERVAL '25 milliseconds', INTERVAL '75 milliseconds')"
-            } else {
-                "tumble(INTERVAL '50 milliseconds')"
+            let (window, lateness) = match kind {
+                0 => ("tumble(INTERVAL '50 milliseconds')", lateness),
+                1 => ("hop(INTERVAL '25 milliseconds', INTERVAL '75 milliseconds')", lateness),
+                // Sessions take no allowed lateness.
+                _ => ("session(INTERVAL '20 milliseconds')", None),
             };
             let query = format!(
                 "SELECT CAST(w['start'] AS BIGINT) AS ws, k, n, s, lo, hi, d FROM \

@@ -29,6 +29,7 @@ enum Blob {
         head: Vec<u8>,
         batches: Vec<Vec<ArrayRef>>,
     },
+    Parts(Vec<StateBlob>),
 }
 
 impl From<Vec<u8>> for StateBlob {
@@ -48,13 +49,43 @@ impl StateBlob {
         Ok(StateBlob(Blob::Arrow { head, batches }))
     }
 
+    /// Several states of different shapes as one (a join's two sides), each preceded
+    /// by its length in 8 little-endian bytes; [`parts`] splits them again.
+    pub fn parts(parts: Vec<StateBlob>) -> Self {
+        StateBlob(Blob::Parts(parts))
+    }
+
     /// The bytes a checkpoint stores.
     pub fn into_bytes(self) -> Result<Vec<u8>> {
         match self.0 {
             Blob::Bytes(bytes) => Ok(bytes),
             Blob::Arrow { head, batches } => write(&head, &batches),
+            Blob::Parts(parts) => {
+                let mut out = Vec::new();
+                for part in parts {
+                    let bytes = part.into_bytes()?;
+                    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    out.extend_from_slice(&bytes);
+                }
+                Ok(out)
+            }
         }
     }
+}
+
+/// The parts of a state written by [`StateBlob::parts`].
+pub fn parts(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut parts = Vec::new();
+    while !bytes.is_empty() {
+        let part = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
+            .ok_or_else(|| EngineError::User("restoring operator state: truncated part".into()))?;
+        bytes = &bytes[8 + part.len()..];
+        parts.push(part);
+    }
+    Ok(parts)
 }
 
 /// Encodes `header` and `batches` now (see [`StateBlob::arrow`]).

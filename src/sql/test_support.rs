@@ -1,0 +1,172 @@
+//! Test support: running one stateful operator of a planned query by hand, with
+//! checkpoints and changes of parallelism where a test says.
+
+use arrow::array::{RecordBatch, UInt32Array};
+
+use crate::engine::{
+    Collector, Graph, Message, NodeKind, NodeSpec, Operator, Partitioning, StateKind, TaskInfo,
+    Watermark,
+};
+
+/// One input of the driven operator: the stateless steps between the source and it,
+/// and the columns its rows are routed by (hash partitioning), if any.
+struct Input {
+    before: Vec<Box<dyn Operator>>,
+    hash: Option<Vec<usize>>,
+}
+
+/// Runs the operator of `graph` whose description starts with `describes` directly.
+/// Each step `(input, batch, watermark)` sends `batch` through the stateless steps
+/// between the source and the operator's input `input`, then to the task that owns
+/// each row's key group, followed by `watermark` (to every task) if any; the end of
+/// input follows the last step.
+///
+/// After step `i`, `cuts[i]` (when there) checkpoints it: `1` snapshots every task and
+/// goes on with the same tasks; `2` restores the snapshots into new tasks and goes on
+/// with those, at the next parallelism of 1 → 2 → 3 → 1 when the operator's inputs
+/// are hash-partitioned and it is rescalable (each new task then reads every old
+/// task's state, as after a change of parallelism), else at 1. Starts at parallelism
+/// 1. Returns every batch the tasks emitted.
+pub(crate) async fn drive_node(
+    graph: &Graph,
+    describes: &str,
+    steps: &[(usize, RecordBatch, Option<i64>)],
+    cuts: &[u8],
+) -> Vec<RecordBatch> {
+    let describe = |n: &NodeSpec| match &n.kind {
+        NodeKind::Operator(f) => f.describe(),
+        _ => n.name.clone(),
+    };
+    let node = graph
+        .nodes
+        .iter()
+        .find(|n| describe(n).starts_with(describes))
+        .unwrap_or_else(|| {
+            let all: Vec<String> = graph.nodes.iter().map(describe).collect();
+            panic!("no operator described as {describes:?} in {all:?}")
+        });
+    let task = |n: &NodeSpec, partition: usize, parallelism: usize| TaskInfo {
+        pipeline: graph.pipeline.clone().into(),
+        node: n.name.clone().into(),
+        partition,
+        parallelism,
+        state: crate::state::memory_backend(),
+    };
+    let mut inputs: Vec<Input> = node
+        .inputs
+        .iter()
+        .map(|(id, partitioning)| {
+            let mut before = Vec::new();
+            let mut at = *id;
+            while let NodeKind::Operator(f) = &graph.nodes[at].kind {
+                assert_eq!(f.state_kind(), StateKind::Stateless, "{}", f.describe());
+                before.insert(0, f.create(&task(&graph.nodes[at], 0, 1)).unwrap());
+                at = graph.nodes[at].inputs[0].0;
+            }
+            let hash = match partitioning {
+                Partitioning::Hash(columns) => Some(columns.clone()),
+                _ => None,
+            };
+            Input { before, hash }
+        })
+        .collect();
+    let NodeKind::Operator(factory) = &node.kind else {
+        unreachable!("found among operators")
+    };
+    let rescalable = factory.rescalable() && inputs.iter().all(|i| i.hash.is_some());
+    let (mut out, rx) = Collector::capture(1 << 16);
+    let mut tasks = vec![factory.create(&task(node, 0, 1)).unwrap()];
+    for (i, (input, batch, watermark)) in steps.iter().enumerate() {
+        let mut batches = vec![batch.clone()];
+        for step in inputs[*input].before.iter_mut() {
+            let (mut step_out, step_rx) = Collector::capture(1 << 10);
+            for b in batches {
+                step.process_batch(b, &mut step_out).await.unwrap();
+            }
+            drop(step_out);
+            batches = drain(step_rx).await;
+        }
+        for b in batches {
+            for (t, part) in route(&b, inputs[*input].hash.as_deref(), tasks.len()) {
+                tasks[t]
+                    .process_input(*input, part, &mut out)
+                    .await
+                    .unwrap();
+            }
+        }
+        if let Some(w) = watermark {
+            for t in tasks.iter_mut() {
+                t.handle_watermark(*w, &mut out).await.unwrap();
+            }
+        }
+        match cuts.get(i) {
+            Some(1) => {
+                for t in tasks.iter_mut() {
+                    t.snapshot().unwrap();
+                }
+            }
+            Some(2) => {
+                let states: Vec<Vec<u8>> = tasks
+                    .iter_mut()
+                    .map(|t| {
+                        let state = t.snapshot().unwrap().expect("operator state");
+                        state.into_bytes().unwrap()
+                    })
+                    .collect();
+                let now = tasks.len();
+                let next = if rescalable { now % 3 + 1 } else { 1 };
+                tasks = (0..next)
+                    .map(|p| {
+                        let mut t = factory.create(&task(node, p, next)).unwrap();
+                        let mine = if next == now {
+                            &states[p..=p]
+                        } else {
+                            &states[..]
+                        };
+                        t.restore(mine).unwrap();
+                        t
+                    })
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    for t in tasks.iter_mut() {
+        t.handle_watermark(Watermark::END, &mut out).await.unwrap();
+        t.on_end(&mut out).await.unwrap();
+    }
+    drop(out);
+    drain(rx).await
+}
+
+/// `batch` split by the task of `tasks` that owns each row's key group (by the columns
+/// `hash`); all of it to task 0 without them.
+fn route(batch: &RecordBatch, hash: Option<&[usize]>, tasks: usize) -> Vec<(usize, RecordBatch)> {
+    let Some(columns) = hash.filter(|_| tasks > 1) else {
+        return vec![(0, batch.clone())];
+    };
+    let keys: Vec<_> = columns.iter().map(|&c| batch.column(c).clone()).collect();
+    let groups = crate::engine::key_groups_of_arrays(&keys, batch.num_rows()).unwrap();
+    let mut rows = vec![Vec::new(); tasks];
+    for (i, kg) in groups.iter().enumerate() {
+        rows[crate::engine::partition_of_key_group(*kg, tasks)].push(i as u32);
+    }
+    rows.into_iter()
+        .enumerate()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(t, r)| {
+            let part = arrow::compute::take_record_batch(batch, &UInt32Array::from(r)).unwrap();
+            (t, part)
+        })
+        .collect()
+}
+
+async fn drain(mut rx: tokio::sync::mpsc::Receiver<Message>) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    while let Some(m) = rx.recv().await {
+        if let Message::Batch(b) = m {
+            batches.push(b);
+        }
+    }
+    batches
+}
