@@ -1,7 +1,9 @@
 //! A Kafka record's attributes as columns: `'metadata.<column>' = '<attribute>'` on a
 //! `connector = 'kafka'` table puts the record's key, partition, offset, timestamp,
-//! topic or one header into a declared column, next to the columns decoded from the
-//! value.
+//! topic, one header or all its headers into a declared column, next to the columns
+//! decoded from the value. All headers go into a column declared
+//! `ARRAY<STRUCT<key VARCHAR, value VARCHAR|BYTEA>>`, one entry per header in the
+//! record's order (a header may repeat; a header without a value has a NULL value).
 //!
 //! Invariant: the attributes of the records a partition's decoder accepted are kept in
 //! the same order as its rows; records the decoder refuses later (its safety net) are
@@ -32,6 +34,8 @@ pub(super) enum Attribute {
     Topic,
     /// The value of the named header (the last one, if repeated); NULL when absent.
     Header(String),
+    /// Every header, in order, as a list of (key, value) structs.
+    Headers,
 }
 
 impl std::fmt::Display for Attribute {
@@ -43,6 +47,7 @@ impl std::fmt::Display for Attribute {
             Attribute::Timestamp => f.write_str("timestamp"),
             Attribute::Topic => f.write_str("topic"),
             Attribute::Header(h) => write!(f, "header.{h}"),
+            Attribute::Headers => f.write_str("headers"),
         }
     }
 }
@@ -55,6 +60,7 @@ impl Attribute {
             "offset" => Attribute::Offset,
             "timestamp" => Attribute::Timestamp,
             "topic" => Attribute::Topic,
+            "headers" => Attribute::Headers,
             _ => Attribute::Header(s.strip_prefix("header.").filter(|h| !h.is_empty())?.into()),
         })
     }
@@ -68,8 +74,26 @@ impl Attribute {
             Attribute::Offset => matches!(t, DataType::Int64),
             Attribute::Timestamp => matches!(t, DataType::Timestamp(_, _)),
             Attribute::Topic => matches!(t, DataType::Utf8),
+            Attribute::Headers => header_entry(t).is_some(),
         }
     }
+}
+
+/// The (key, value) fields of a headers column's entries: `t` must be a list of structs
+/// of a VARCHAR `key` and a VARCHAR or BYTEA `value`.
+fn header_entry(t: &DataType) -> Option<&arrow::datatypes::Fields> {
+    let DataType::List(item) = t else { return None };
+    let DataType::Struct(fields) = item.data_type() else {
+        return None;
+    };
+    let [key, value] = &fields[..] else {
+        return None;
+    };
+    (key.name() == "key"
+        && key.data_type() == &DataType::Utf8
+        && value.name() == "value"
+        && matches!(value.data_type(), DataType::Utf8 | DataType::Binary))
+    .then_some(fields)
 }
 
 /// The metadata columns of a table and the schema left for the value decoder.
@@ -92,7 +116,7 @@ impl MetadataColumns {
                 return Err(opts.invalid(
                     &key,
                     &attr,
-                    "expected key, partition, offset, timestamp, topic or header.<name>",
+                    "expected key, partition, offset, timestamp, topic, header.<name> or headers",
                 ));
             };
             let Ok(i) = table.index_of(&column) else {
@@ -109,7 +133,8 @@ impl MetadataColumns {
                     &attr,
                     format!(
                         "column {column} is {t}; {attr} needs VARCHAR or BYTEA (key, header), INT or \
-                         BIGINT (partition), BIGINT (offset), TIMESTAMP (timestamp), VARCHAR (topic)"
+                         BIGINT (partition), BIGINT (offset), TIMESTAMP (timestamp), VARCHAR (topic), \
+                         ARRAY<STRUCT<key VARCHAR, value VARCHAR or BYTEA>> (headers)"
                     ),
                 ));
             }
@@ -169,6 +194,7 @@ impl MetadataColumns {
             timestamp: m.timestamp().to_millis(),
             key: None,
             headers: Vec::new(),
+            all_headers: Vec::new(),
         };
         // Headers in column order, the order `assemble` reads them in.
         for (i, a) in &self.columns {
@@ -187,6 +213,23 @@ impl MetadataColumns {
                     utf8(value.as_deref(), *i)
                         .map_err(|e| format!("the record's header {name} {e}"))?;
                     meta.headers.push(value);
+                }
+                Attribute::Headers => {
+                    for h in m.headers().into_iter().flat_map(|hs| hs.iter()) {
+                        // The entry's value column (struct field 1) decides UTF-8.
+                        if let Some(v) = h.value
+                            && self.headers_utf8(*i)
+                            && std::str::from_utf8(v).is_err()
+                        {
+                            return Err(format!(
+                                "the record's header {} is not UTF-8 (column {} holds VARCHAR values)",
+                                h.key,
+                                self.table.field(*i).name()
+                            ));
+                        }
+                        meta.all_headers
+                            .push((h.key.to_string(), h.value.map(<[u8]>::to_vec)));
+                    }
                 }
                 _ => {}
             }
@@ -254,6 +297,7 @@ impl MetadataColumns {
                     header_index += 1;
                     bytes_column(t, metas.iter().map(|m| m.headers[h].as_deref()))
                 }
+                Attribute::Headers => headers_column(t, metas)?,
             };
             columns.push(array);
         }
@@ -273,6 +317,32 @@ impl MetadataColumns {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+impl MetadataColumns {
+    /// Whether the headers column `column` holds VARCHAR values.
+    fn headers_utf8(&self, column: usize) -> bool {
+        header_entry(self.table.field(column).data_type())
+            .is_some_and(|f| f[1].data_type() == &DataType::Utf8)
+    }
+}
+
+/// The headers column (of type `t`, checked by `header_entry`) of `metas`' records.
+fn headers_column(t: &DataType, metas: &[RecordMeta]) -> Result<ArrayRef> {
+    let (DataType::List(item), Some(fields)) = (t, header_entry(t)) else {
+        unreachable!("checked when the table was read")
+    };
+    let entries = metas.iter().flat_map(|m| &m.all_headers);
+    let keys: arrow::array::StringArray = entries.clone().map(|(k, _)| Some(k.as_str())).collect();
+    let values = bytes_column(fields[1].data_type(), entries.map(|(_, v)| v.as_deref()));
+    let structs =
+        arrow::array::StructArray::try_new(fields.clone(), vec![Arc::new(keys), values], None)
+            .map_err(|e| crate::engine::EngineError::arrow("building the headers column", e))?;
+    let offsets =
+        arrow::buffer::OffsetBuffer::from_lengths(metas.iter().map(|m| m.all_headers.len()));
+    let list = arrow::array::ListArray::try_new(item.clone(), offsets, Arc::new(structs), None)
+        .map_err(|e| crate::engine::EngineError::arrow("building the headers column", e))?;
+    Ok(Arc::new(list))
 }
 
 fn cast_error(field: &Field, e: arrow::error::ArrowError) -> crate::Error {
@@ -306,4 +376,6 @@ pub(super) struct RecordMeta {
     key: Option<Vec<u8>>,
     /// The wanted headers' values, in the order of the header columns.
     headers: Vec<Option<Vec<u8>>>,
+    /// Every header (key, value), in the record's order, when a column takes them all.
+    all_headers: Vec<(String, Option<Vec<u8>>)>,
 }
