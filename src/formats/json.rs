@@ -2016,6 +2016,76 @@ pub(crate) mod tests {
         assert_eq!(&reasons[7..], vec!["malformed"; 6]);
     }
 
+    /// Pins behaviours the flat and arrow-json paths must share: duplicate keys (the
+    /// last value wins, every value is checked), escapes, numbers written as strings,
+    /// `1e3` into integers, non-finite floats from strings, missing keys, nulls in a
+    /// non-nullable field and timestamps as epoch milliseconds.
+    #[test]
+    fn edge_cases_of_flat_records_are_pinned() {
+        let s = schema(vec![
+            field("n", DataType::Int32, false),
+            field("i", DataType::Int64, true),
+            field("f", DataType::Float64, true),
+            field("s", DataType::Utf8, true),
+            field("t", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]);
+        let input: Vec<&[u8]> = vec![
+            br#"{"n": 1, "i": 1, "i": 2}"#,
+            br#"{"n": 2, "i": 1, "i": null}"#,
+            br#"{"n": 3, "n": null}"#,
+            br#"{"n": 4, "i": "x", "i": 5}"#,
+            br#"{"n": 5, "s": "a\"b\u00e9\n\/", "s": "last"}"#,
+            br#"{"n": 6, "s": "q\"\\"}"#,
+            br#"{"n": "7", "i": "-8", "f": "2.5"}"#,
+            br#"{"n": 1e3, "i": 2.0, "f": 1E2}"#,
+            br#"{"n": 9, "f": "NaN"}"#,
+            br#"{"n": 10, "f": "-inf", "s": 1.50}"#,
+            br#"{"n": 11}"#,
+            br#"{}"#,
+            br#"{"n": null}"#,
+            br#"{"n": 12, "t": 1700000000123, "s": false}"#,
+            br#"{"n": 13, "t": 1.5}"#,
+            br#"{"n": 14, "t": "1700000000123"}"#,
+            br#"{"n": 15, "t": "2015-07-15T00:00:01.234Z", "unknown": [1, {"a": null}]}"#,
+            br#"{"i": 1, "n": 16, "i": 1.5}"#,
+            br#"{"n": 17, "n": 18}"#,
+        ];
+        let (accepted, batch, reasons, _) = reasons_of(&s, &input);
+        let expect_accepted = [
+            true, true, false, false, true, true, true, true, true, true, true, false, false, true,
+            true, true, true, false, true,
+        ];
+        assert_eq!(accepted, expect_accepted);
+        assert_eq!(reasons, vec!["schema_mismatch"; 5]);
+        let batch = batch.unwrap();
+        let n = batch.column(0).as_primitive::<Int32Type>();
+        assert_eq!(
+            n.values().to_vec(),
+            vec![1, 2, 5, 6, 7, 1000, 9, 10, 11, 12, 13, 14, 15, 18]
+        );
+        let i = batch.column(1).as_primitive::<Int64Type>();
+        assert_eq!(i.value(0), 2);
+        assert!(i.is_null(1));
+        assert_eq!(i.value(4), -8);
+        assert_eq!(i.value(5), 2);
+        let f = batch.column(2).as_primitive::<Float64Type>();
+        assert_eq!(f.value(4), 2.5);
+        assert_eq!(f.value(5), 100.0);
+        assert!(f.value(6).is_nan());
+        assert_eq!(f.value(7), f64::NEG_INFINITY);
+        let st = batch.column(3).as_string::<i32>();
+        assert_eq!(st.value(2), "last");
+        assert_eq!(st.value(3), "q\"\\");
+        assert_eq!(st.value(7), "1.50");
+        assert_eq!(st.value(9), "false");
+        assert!(st.is_null(8));
+        let t = batch.column(4).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(t.value(9), 1_700_000_000_123);
+        assert_eq!(t.value(10), 1);
+        assert_eq!(t.value(11), 1_700_000_000_123);
+        assert_eq!(t.value(12), 1_436_918_401_234);
+    }
+
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         let s = schema(vec![field("a", DataType::Int32, true)]);
