@@ -3089,8 +3089,23 @@ pub(crate) mod tests {
             capacity in 1..6usize,
         ) {
             let root = compile_struct(s.fields()).unwrap();
-            let new = run_path(&s, &records, capacity, true);
-            let old = run_path(&s, &records, capacity, false);
+            let run = |flat| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_path(&s, &records, capacity, flat)
+                }))
+            };
+            let (new, old) = match (run(true), run(false)) {
+                (Ok(new), Ok(old)) => (new, old),
+                // arrow-cast's `parse_decimal` overflows (a panic with debug assertions)
+                // on exponents near 32767, on either path alike.
+                (Err(_), Err(_)) => return Ok(()),
+                (new, _) => {
+                    return Err(TestCaseError::fail(format!(
+                        "only the {} path panicked",
+                        if new.is_err() { "flat" } else { "arrow-json" }
+                    )));
+                }
+            };
             let flat = root.unique && !s.fields().is_empty();
             prop_assert_eq!(new.0, flat, "the flat path is taken when it can be");
             prop_assert!(!old.0);
