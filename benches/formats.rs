@@ -1,0 +1,144 @@
+//! JSON decoding of Nexmark-like bids (flat objects of integers, strings and an RFC 3339
+//! timestamp), one record at a time as the Kafka and file sources do, through
+//! `JsonDecoder`'s flat path and through its arrow-json path, in one run over the same
+//! bytes.
+//!
+//! `cargo bench --bench formats` (`TRIBUTARY_BENCH_EVENTS`, default 1,000,000).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tributary::dlq::BadRecords;
+use tributary::formats::json::{JsonDecoder, encode_json_lines};
+
+/// Rows per flush, as the sources' default batch size.
+const BATCH: usize = 8192;
+/// Timed runs of each path; the best is kept.
+const RUNS: usize = 3;
+
+fn bid_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("url", DataType::Utf8, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("extra", DataType::Utf8, false),
+    ]))
+}
+
+/// `n` bids as JSON lines, with values shaped like the Nexmark generator's.
+fn bid_lines(schema: &SchemaRef, n: usize) -> Vec<u8> {
+    const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let rows = BATCH.min(n - start);
+        let mut auction = Int64Builder::new();
+        let mut bidder = Int64Builder::new();
+        let mut price = Int64Builder::new();
+        let mut channel = StringBuilder::new();
+        let mut url = StringBuilder::new();
+        let mut date_time = TimestampMillisecondBuilder::new();
+        let mut extra = StringBuilder::new();
+        for i in start..start + rows {
+            let i = i as i64;
+            auction.append_value(1000 + (i * 7919) % 5000);
+            bidder.append_value(1000 + (i * 104_729) % 100_000);
+            price.append_value(100 + (i * 2_654_435_761) % 10_000_000);
+            let c = CHANNELS[i as usize % CHANNELS.len()];
+            channel.append_value(c);
+            url.append_value(format!(
+                "https://www.nexmark.com/{c}/item.htm?query=1&channel_id={}",
+                (i * 31) % 1024
+            ));
+            date_time.append_value(1_436_918_400_000 + i * 10 + (i % 7));
+            extra.append_value(if i % 5 == 0 { "[extra]" } else { "" });
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(auction.finish()),
+            Arc::new(bidder.finish()),
+            Arc::new(price.finish()),
+            Arc::new(channel.finish()),
+            Arc::new(url.finish()),
+            Arc::new(date_time.finish()),
+            Arc::new(extra.finish()),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), columns).expect("bid batch");
+        encode_json_lines(&batch, &mut out).expect("encode");
+        start += rows;
+    }
+    out
+}
+
+/// Decodes every line, flushing every `BATCH` records; the time taken and the rows.
+fn decode(mut d: JsonDecoder, lines: &[&[u8]]) -> (Duration, usize) {
+    let mut bad = BadRecords::detached("bench");
+    let mut rows = 0;
+    let t = Instant::now();
+    for chunk in lines.chunks(BATCH) {
+        for line in chunk {
+            d.push(line, &mut bad);
+        }
+        rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
+    }
+    let elapsed = t.elapsed();
+    assert_eq!(bad.count(), 0, "no bad records expected");
+    (elapsed, rows)
+}
+
+fn main() {
+    let n: usize = std::env::var("TRIBUTARY_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let schema = bid_schema();
+    let bytes = bid_lines(&schema, n);
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    println!(
+        "{} bids as JSON lines, {:.1} MB, e.g. {}",
+        lines.len(),
+        bytes.len() as f64 / 1e6,
+        String::from_utf8_lossy(lines[1])
+    );
+    let mut best = [Duration::MAX; 2];
+    for run in 0..RUNS {
+        for (i, flat) in [true, false].into_iter().enumerate() {
+            let d = if flat {
+                JsonDecoder::with_capacity(schema.clone(), BATCH)
+            } else {
+                JsonDecoder::with_capacity_through_arrow_json(schema.clone(), BATCH)
+            }
+            .expect("decoder");
+            let (t, rows) = decode(d, &lines);
+            assert_eq!(rows, lines.len());
+            println!(
+                "run {run} {:<10} {:>8.0} ns/record",
+                if flat { "flat" } else { "arrow-json" },
+                t.as_nanos() as f64 / rows as f64
+            );
+            best[i] = best[i].min(t);
+        }
+    }
+    let rate = |t: Duration| lines.len() as f64 / t.as_secs_f64();
+    println!(
+        "best of {RUNS}: flat {:.0} records/s ({:.0} ns/record), arrow-json {:.0} records/s ({:.0} ns/record), flat {:.2}x faster",
+        rate(best[0]),
+        best[0].as_nanos() as f64 / lines.len() as f64,
+        rate(best[1]),
+        best[1].as_nanos() as f64 / lines.len() as f64,
+        best[1].as_secs_f64() / best[0].as_secs_f64()
+    );
+}
