@@ -149,6 +149,10 @@ fn expected(ctx: &LeafCtx, leaf: Leaf<'_>) -> String {
 /// An integer from the text of a JSON number: an exact integer, or a float with no
 /// fraction (`1e3`, `2.0`).
 fn int_text(s: &str) -> Option<i128> {
+    // Most integers fit an i64, which parses faster.
+    if let Ok(v) = s.parse::<i64>() {
+        return Some(v.into());
+    }
     if let Ok(v) = s.parse::<i128>() {
         return Some(v);
     }
@@ -160,24 +164,31 @@ fn int_text(s: &str) -> Option<i128> {
 /// the flat path keeps until its record is accepted (see [`FlatRows`]).
 ///
 /// Each column kind fills one variant only (see [`SlotNative`], [`Scanner::leaf`]),
-/// so a column reading back a slot of another kind is a bug, not bad input.
+/// so a column reading back a slot of another kind is a bug, not bad input. Slots are
+/// moved for every value: wide values are split or boxed to keep them at 24 bytes.
 #[derive(Debug, Clone, Default)]
 enum Slot {
     /// `null`, or no value yet.
     #[default]
     Null,
     Bool(bool),
-    /// Integers, dates, times, durations, timestamps, decimals of up to 128 bits.
-    Int(i128),
+    /// Signed integers, dates, times, durations, timestamps, decimals of up to 64 bits.
+    Int(i64),
+    /// Unsigned integers.
+    UInt(u64),
+    /// A 128-bit decimal: its low and high halves.
+    I128(u64, u64),
+    I256(Box<i256>),
     F32(f32),
     F64(f64),
-    I256(i256),
     /// The record's text in this byte range: a string's contents (one without escapes),
     /// or a number or boolean written as text.
     Span(usize, usize),
     /// A string's contents with its escapes resolved.
-    Unescaped(String),
+    Unescaped(Box<str>),
 }
+
+const _: () = assert!(std::mem::size_of::<Slot>() <= 24);
 
 /// The native types of the leaf columns, in and out of their [`Slot`] variant.
 trait SlotNative: Sized {
@@ -187,21 +198,46 @@ trait SlotNative: Sized {
 }
 
 macro_rules! int_slot {
-    ($($t:ty),+) => {$(
+    ($variant:ident: $($t:ty),+) => {$(
         impl SlotNative for $t {
             fn into_slot(self) -> Slot {
-                Slot::Int(self.into())
+                Slot::$variant(self.into())
             }
             fn from_slot(slot: &Slot) -> Option<Self> {
                 match slot {
-                    Slot::Int(v) => Self::try_from(*v).ok(),
+                    Slot::$variant(v) => Self::try_from(*v).ok(),
                     _ => None,
                 }
             }
         }
     )+};
 }
-int_slot!(i8, i16, i32, i64, i128, u8, u16, u32, u64);
+int_slot!(Int: i8, i16, i32, i64);
+int_slot!(UInt: u8, u16, u32, u64);
+
+impl SlotNative for i128 {
+    fn into_slot(self) -> Slot {
+        Slot::I128(self as u64, (self >> 64) as u64)
+    }
+    fn from_slot(slot: &Slot) -> Option<Self> {
+        match slot {
+            Slot::I128(low, high) => Some(((*high as i128) << 64) | *low as i128),
+            _ => None,
+        }
+    }
+}
+
+impl SlotNative for i256 {
+    fn into_slot(self) -> Slot {
+        Slot::I256(Box::new(self))
+    }
+    fn from_slot(slot: &Slot) -> Option<Self> {
+        match slot {
+            Slot::I256(v) => Some(**v),
+            _ => None,
+        }
+    }
+}
 
 macro_rules! other_slot {
     ($($t:ty => $variant:ident),+) => {$(
@@ -218,7 +254,7 @@ macro_rules! other_slot {
         }
     )+};
 }
-other_slot!(f32 => F32, f64 => F64, i256 => I256);
+other_slot!(f32 => F32, f64 => F64);
 
 /// Columns arrow-json decodes itself: integers, floats, dates, times, durations. The
 /// scanner accepts a subset of what arrow-json accepts: from a JSON number, integral
@@ -670,13 +706,14 @@ impl Refusal {
         format!("field '{p}': {} (at byte {})", self.message, self.at)
     }
 
-    fn within(mut self, seg: PathSeg) -> Self {
+    fn within(mut self: Box<Self>, seg: PathSeg) -> Box<Self> {
         self.path.push(seg);
         self
     }
 }
 
-type Scan<T = ()> = Result<T, Refusal>;
+/// A scan's result; refusals are boxed to keep the good path's results small.
+type Scan<T = ()> = Result<T, Box<Refusal>>;
 
 /// A strict JSON scanner over one record, checking values against a schema.
 struct Scanner<'a> {
@@ -721,6 +758,33 @@ impl Present {
     }
 }
 
+/// Where the run of plain string bytes at the start of `b` ends: the index of the
+/// first `"`, `\\` or control character, or `b.len()`. Reads 8 bytes at a time.
+fn string_stop(b: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `w` below `n` (`n` <= 0x80), exact for the lowest
+    /// such byte: a byte at or above `n` borrows nothing from the next one.
+    fn below(w: u64, n: u8) -> u64 {
+        w.wrapping_sub(ONES * n as u64) & !w & HIGHS
+    }
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hits = below(w ^ (ONES * b'"' as u64), 1)
+            | below(w ^ (ONES * b'\\' as u64), 1)
+            | below(w, 0x20);
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(b.len() - i)
+}
+
 /// A string just scanned: borrowed from the record, or in the scratch buffer.
 enum Str {
     Borrowed(usize, usize),
@@ -753,25 +817,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn syntax(&self, message: impl Into<String>) -> Refusal {
-        Refusal {
+    fn syntax(&self, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
             reason: BadRecordReason::Malformed,
             message: message.into(),
             at: self.i,
             path: vec![],
-        }
+        })
     }
 
-    fn mismatch(&self, at: usize, message: impl Into<String>) -> Refusal {
-        Refusal {
+    fn mismatch(&self, at: usize, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
             reason: BadRecordReason::SchemaMismatch,
             message: message.into(),
             at,
             path: vec![],
-        }
+        })
     }
 
-    fn unexpected(&self, what: &str) -> Refusal {
+    fn unexpected(&self, what: &str) -> Box<Refusal> {
         match self.b.get(self.i) {
             None => self.syntax(format!("unexpected end of input, expected {what}")),
             Some(_) => {
@@ -824,19 +888,15 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Scan<Str> {
         self.i += 1;
         let start = self.i;
-        loop {
-            match self.b.get(self.i) {
-                None => return Err(self.syntax("unterminated string")),
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(Str::Borrowed(start, self.i - 1));
-                }
-                Some(b'\\') => break,
-                Some(c) if *c < 0x20 => {
-                    return Err(self.syntax("control character in string"));
-                }
-                Some(_) => self.i += 1,
+        self.i = start + string_stop(&self.b[start..]);
+        match self.b.get(self.i) {
+            None => return Err(self.syntax("unterminated string")),
+            Some(b'"') => {
+                self.i += 1;
+                return Ok(Str::Borrowed(start, self.i - 1));
             }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.syntax("control character in string")),
         }
         // Slow path: the string has escapes.
         self.scratch.clear();
@@ -1091,7 +1151,7 @@ impl<'a> Scanner<'a> {
                 let slot = self.check_leaf(node, Leaf::Str(self.text(&s)), at)?;
                 return Ok(slot.unwrap_or_else(|| match s {
                     Str::Borrowed(a, b) => Slot::Span(a, b),
-                    Str::Scratch => Slot::Unescaped(self.scratch.clone()),
+                    Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
                 }));
             }
             Some(b't') => {
@@ -1275,17 +1335,19 @@ impl<'a> Scanner<'a> {
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
-fn scan(record: &[u8], root: &StructNode) -> Result<(usize, usize), Refusal> {
+fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
     scan_text(utf8(record)?, root, None)
 }
 
 /// `record` as text, or the refusal of a record that is not UTF-8.
-fn utf8(record: &[u8]) -> Result<&str, Refusal> {
-    std::str::from_utf8(record).map_err(|e| Refusal {
-        reason: BadRecordReason::Malformed,
-        message: "not valid UTF-8".into(),
-        at: e.valid_up_to(),
-        path: vec![],
+fn utf8(record: &[u8]) -> Scan<&str> {
+    std::str::from_utf8(record).map_err(|e| {
+        Box::new(Refusal {
+            reason: BadRecordReason::Malformed,
+            message: "not valid UTF-8".into(),
+            at: e.valid_up_to(),
+            path: vec![],
+        })
     })
 }
 
@@ -1296,7 +1358,7 @@ fn scan_text(
     text: &str,
     root: &StructNode,
     mut slots: Option<&mut [Slot]>,
-) -> Result<(usize, usize), Refusal> {
+) -> Scan<(usize, usize)> {
     if let Some(slots) = slots.as_deref_mut() {
         slots.fill(Slot::Null);
     }
@@ -1548,7 +1610,7 @@ impl FlatRows {
         })
     }
 
-    fn push(&mut self, record: &[u8], root: &StructNode) -> Result<(), Refusal> {
+    fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
         let text = utf8(record)?;
         scan_text(text, root, Some(&mut self.slots))?;
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
@@ -3023,6 +3085,20 @@ pub(crate) mod tests {
                 if mutate { apply(r, &edits) } else { r }
             })
             .boxed()
+    }
+
+    proptest! {
+        /// The word-at-a-time search agrees with a byte-at-a-time one.
+        #[test]
+        fn string_stop_finds_the_first_quote_backslash_or_control(
+            b in prop::collection::vec(prop_oneof![
+                4 => 0x20u8..=0xff,
+                1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xa2, 0xdc]),
+            ], 0..40),
+        ) {
+            let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
+            prop_assert_eq!(string_stop(&b), naive);
+        }
     }
 
     /// Every value of [`DIFF_VALUES`] in a column of every type of [`flat_types`]: the
