@@ -306,10 +306,11 @@ impl NativeLeaf for Float64Type {
     }
 }
 
-/// Checks a scalar value and converts it: the slot, or why the value does not fit.
-type CheckFn = fn(Leaf<'_>, &LeafCtx) -> Result<Slot, String>;
+/// Checks a scalar value and converts it into the slot, or says why it does not fit.
+/// (An out-parameter: slots are written in place, not moved through results.)
+type CheckFn = fn(Leaf<'_>, &LeafCtx, &mut Slot) -> Result<(), String>;
 
-fn check_native<T>(leaf: Leaf<'_>, ctx: &LeafCtx) -> Result<Slot, String>
+fn check_native<T>(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), String>
 where
     T: NativeLeaf,
     T::Native: SlotNative,
@@ -319,8 +320,13 @@ where
         Leaf::Str(s) => <T as Parser>::parse(s),
         _ => None,
     };
-    v.map(SlotNative::into_slot)
-        .ok_or_else(|| expected(ctx, leaf))
+    match v {
+        Some(v) => {
+            *out = v.into_slot();
+            Ok(())
+        }
+        None => Err(expected(ctx, leaf)),
+    }
 }
 
 /// Epoch milliseconds to `unit`: `None` if `s` is not a number, `Some(Err)` if it is out
@@ -379,12 +385,15 @@ fn timestamp_text(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result<i64, Strin
     }
 }
 
-fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx) -> Result<Slot, String> {
+fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), String> {
     let DataType::Timestamp(unit, _) = ctx.data_type else {
         return Err(expected(ctx, leaf));
     };
     match leaf {
-        Leaf::Str(s) | Leaf::Num(s) => timestamp_text(s, unit, ctx.tz.as_ref()).map(i64::into_slot),
+        Leaf::Str(s) | Leaf::Num(s) => {
+            *out = timestamp_text(s, unit, ctx.tz.as_ref())?.into_slot();
+            Ok(())
+        }
         _ => Err(format!(
             "expected an RFC 3339 timestamp or epoch milliseconds, found {}",
             leaf.describe()
@@ -556,7 +565,7 @@ enum Node {
     /// A hex string.
     Binary,
     /// The parse of the column's decimal type, its precision and scale.
-    Decimal(fn(&str, u8, i8) -> Option<Slot>, u8, i8),
+    Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
     Leaf(LeafCtx, CheckFn),
     List {
         item: Box<Node>,
@@ -599,14 +608,19 @@ impl StructNode {
     }
 }
 
-fn decimal_value<T>(s: &str, precision: u8, scale: i8) -> Option<Slot>
+/// Parses a decimal into `out`: whether it fits.
+fn decimal_value<T>(s: &str, precision: u8, scale: i8, out: &mut Slot) -> bool
 where
     T: DecimalType,
     T::Native: SlotNative,
 {
-    parse_decimal::<T>(s, precision, scale)
-        .ok()
-        .map(SlotNative::into_slot)
+    match parse_decimal::<T>(s, precision, scale) {
+        Ok(v) => {
+            *out = v.into_slot();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<StructNode, String> {
@@ -1066,28 +1080,33 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Checks a scalar value against `node` and converts it; `None` for the columns
-    /// that keep the value's text as it is (strings, hex binary), which the caller
-    /// locates.
-    fn check_leaf(&self, node: &Node, leaf: Leaf<'_>, at: usize) -> Scan<Option<Slot>> {
+    /// Checks a scalar value against `node` and converts it into `out`; `Ok(false)`
+    /// (and `out` untouched) for the columns that keep the value's text as it is
+    /// (strings, hex binary), which the caller locates.
+    fn check_leaf(&self, node: &Node, leaf: Leaf<'_>, at: usize, out: &mut Slot) -> Scan<bool> {
         let r = match node {
-            Node::Leaf(ctx, check) => check(leaf, ctx).map(Some),
+            Node::Leaf(ctx, check) => check(leaf, ctx, out).map(|_| true),
             Node::Text => match leaf {
-                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(None),
+                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(false),
                 _ => Err(format!("expected a string, found {}", leaf.describe())),
             },
             Node::Bool => match leaf {
-                Leaf::Bool(b) => Ok(Some(Slot::Bool(b))),
+                Leaf::Bool(b) => {
+                    *out = Slot::Bool(b);
+                    Ok(true)
+                }
                 _ => Err(format!("expected a boolean, found {}", leaf.describe())),
             },
             Node::Binary => match leaf {
-                Leaf::Str(s) if s.bytes().all(|c| c.is_ascii_hexdigit()) => Ok(None),
+                Leaf::Str(s) if s.bytes().all(|c| c.is_ascii_hexdigit()) => Ok(false),
                 _ => Err(format!("expected a hex string, found {}", leaf.describe())),
             },
             Node::Decimal(parse, p, s) => match leaf {
-                Leaf::Str(t) | Leaf::Num(t) => parse(t, *p, *s).map(Some).ok_or_else(|| {
-                    format!("expected Decimal({p}, {s}), found {}", leaf.describe())
-                }),
+                Leaf::Str(t) | Leaf::Num(t) if parse(t, *p, *s, out) => Ok(true),
+                Leaf::Str(_) | Leaf::Num(_) => Err(format!(
+                    "expected Decimal({p}, {s}), found {}",
+                    leaf.describe()
+                )),
                 _ => Err(format!(
                     "expected Decimal({p}, {s}), found {}",
                     leaf.describe()
@@ -1116,60 +1135,66 @@ impl<'a> Scanner<'a> {
                 },
             ) => self.map(key, value, *value_nullable, depth),
             (Some(b'['), Node::List { item, nullable }) => self.array(item, *nullable, depth),
-            _ => self.leaf(node, nullable, depth).map(drop),
+            _ => self.leaf(node, nullable, depth, &mut Slot::Null),
         }
     }
 
     /// Scans a value that is not a struct, list or map of `node` (those are refused as
     /// mismatches here; [`Scanner::value`] descends into them), checks it against
-    /// `node` and converts it. A null is refused unless `nullable`.
-    fn leaf(&mut self, node: &Node, nullable: bool, depth: usize) -> Scan<Slot> {
+    /// `node` and converts it into `out` (left as it was if the value is refused). A
+    /// null is refused unless `nullable`.
+    fn leaf(&mut self, node: &Node, nullable: bool, depth: usize, out: &mut Slot) -> Scan {
         self.ws();
         let at = self.i;
-        let text = match self.b.get(self.i) {
+        let converted = match self.b.get(self.i) {
             Some(b'n') => {
                 self.literal("null")?;
-                return if nullable {
-                    Ok(Slot::Null)
-                } else {
-                    Err(self.mismatch(at, "null in a non-nullable field"))
-                };
+                if !nullable {
+                    return Err(self.mismatch(at, "null in a non-nullable field"));
+                }
+                *out = Slot::Null;
+                return Ok(());
             }
             // No scalar column takes an object or an array: the check words the refusal.
             Some(b'{') => {
                 self.skip(depth)?;
-                self.check_leaf(node, Leaf::Object, at)?;
+                self.check_leaf(node, Leaf::Object, at, out)?;
                 return Err(self.mismatch(at, "expected a scalar, found an object"));
             }
             Some(b'[') => {
                 self.skip(depth)?;
-                self.check_leaf(node, Leaf::Array, at)?;
+                self.check_leaf(node, Leaf::Array, at, out)?;
                 return Err(self.mismatch(at, "expected a scalar, found an array"));
             }
             Some(b'"') => {
                 let s = self.string()?;
-                let slot = self.check_leaf(node, Leaf::Str(self.text(&s)), at)?;
-                return Ok(slot.unwrap_or_else(|| match s {
-                    Str::Borrowed(a, b) => Slot::Span(a, b),
-                    Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
-                }));
+                if !self.check_leaf(node, Leaf::Str(self.text(&s)), at, out)? {
+                    *out = match s {
+                        Str::Borrowed(a, b) => Slot::Span(a, b),
+                        Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
+                    };
+                }
+                return Ok(());
             }
             Some(b't') => {
                 self.literal("true")?;
-                self.check_leaf(node, Leaf::Bool(true), at)?
+                self.check_leaf(node, Leaf::Bool(true), at, out)?
             }
             Some(b'f') => {
                 self.literal("false")?;
-                self.check_leaf(node, Leaf::Bool(false), at)?
+                self.check_leaf(node, Leaf::Bool(false), at, out)?
             }
             Some(b'-' | b'0'..=b'9') => {
                 let n = self.number()?;
-                self.check_leaf(node, Leaf::Num(n), at)?
+                self.check_leaf(node, Leaf::Num(n), at, out)?
             }
             _ => return Err(self.unexpected("a value")),
         };
-        // A number or boolean kept as text: its text in the record.
-        Ok(text.unwrap_or(Slot::Span(at, self.i)))
+        if !converted {
+            // A number or boolean kept as text: its text in the record.
+            *out = Slot::Span(at, self.i);
+        }
+        Ok(())
     }
 
     fn array(&mut self, item: &Node, nullable: bool, depth: usize) -> Scan {
@@ -1217,7 +1242,7 @@ impl<'a> Scanner<'a> {
             let at = self.i;
             let k = self.string()?;
             let name = self.keep(&k);
-            self.check_leaf(key, Leaf::Str(&name), at)
+            self.check_leaf(key, Leaf::Str(&name), at, &mut Slot::Null)
                 .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
             self.ws();
             self.eat(b':', "':'")?;
@@ -1269,9 +1294,7 @@ impl<'a> Scanner<'a> {
                         self.ws();
                         let is_null = self.b.get(self.i) == Some(&b'n');
                         let r = match slots.as_deref_mut() {
-                            Some(slots) => {
-                                self.leaf(child, *nullable, depth + 1).map(|v| slots[f] = v)
-                            }
+                            Some(slots) => self.leaf(child, *nullable, depth + 1, &mut slots[f]),
                             None => self.value(child, *nullable, depth + 1),
                         };
                         r.map_err(|r| r.within(PathSeg::Field(name.clone())))?;
