@@ -7,14 +7,17 @@
 //! hex strings.
 //!
 //! Decoding ([`JsonDecoder`]) turns one record (one JSON object) at a time into rows of
-//! a fixed schema, with arrow-json doing the bulk decoding. Each record is first checked
-//! by a schema-aware scanner (one pass over its bytes, no allocation on the good path)
-//! that decides whether the record is strict JSON and whether its values fit the
-//! schema; a refused record is reported to [`BadRecords`] and never reaches the bulk
-//! decoder, so one bad record costs nothing to the others. The scanner accepts a subset
-//! of what arrow-json accepts (it mirrors arrow-json's rules, stricter where they are
-//! lenient); timestamps go through arrow-json as text and are converted by the very
-//! function the scanner checks them with.
+//! a fixed schema. Each record is checked by a schema-aware scanner (one pass over its
+//! bytes, no allocation on the good path) that decides whether the record is strict
+//! JSON and whether its values fit the schema, converting each scalar value as it checks
+//! it; a refused record is reported to [`BadRecords`] and leaves nothing behind, so one
+//! bad record costs nothing to the others. For flat schemas (scalar columns only) the
+//! scanner's converted values of an accepted record are appended to Arrow builders: one
+//! pass in all. Schemas with structs, lists or maps have arrow-json decode the accepted
+//! records in bulk; the scanner accepts a subset of what arrow-json accepts (it mirrors
+//! arrow-json's rules, stricter where they are lenient, and converts values as
+//! arrow-json does), and timestamps go through arrow-json as text and are converted by
+//! the very function the scanner checks them with.
 //!
 //! Value rules:
 //! - Integers: a JSON number with an integral value in range (`1e3` and `2.0` are
@@ -1986,6 +1989,8 @@ pub struct JsonDecoder {
 }
 
 /// Where a [`JsonDecoder`]'s accepted records go.
+// One per decoder, chosen once: the size of the unused variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Rows {
     Flat(FlatRows),
     Bulk(Bulk),
