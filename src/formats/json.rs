@@ -7,14 +7,17 @@
 //! hex strings.
 //!
 //! Decoding ([`JsonDecoder`]) turns one record (one JSON object) at a time into rows of
-//! a fixed schema, with arrow-json doing the bulk decoding. Each record is first checked
-//! by a schema-aware scanner (one pass over its bytes, no allocation on the good path)
-//! that decides whether the record is strict JSON and whether its values fit the
-//! schema; a refused record is reported to [`BadRecords`] and never reaches the bulk
-//! decoder, so one bad record costs nothing to the others. The scanner accepts a subset
-//! of what arrow-json accepts (it mirrors arrow-json's rules, stricter where they are
-//! lenient); timestamps go through arrow-json as text and are converted by the very
-//! function the scanner checks them with.
+//! a fixed schema. Each record is checked by a schema-aware scanner (one pass over its
+//! bytes, no allocation on the good path) that decides whether the record is strict
+//! JSON and whether its values fit the schema, converting each scalar value as it checks
+//! it; a refused record is reported to [`BadRecords`] and leaves nothing behind, so one
+//! bad record costs nothing to the others. For flat schemas (scalar columns only) the
+//! scanner's converted values of an accepted record are appended to Arrow builders: one
+//! pass in all. Schemas with structs, lists or maps have arrow-json decode the accepted
+//! records in bulk; the scanner accepts a subset of what arrow-json accepts (it mirrors
+//! arrow-json's rules, stricter where they are lenient, and converts values as
+//! arrow-json does), and timestamps go through arrow-json as text and are converted by
+//! the very function the scanner checks them with.
 //!
 //! Value rules:
 //! - Integers: a JSON number with an integral value in range (`1e3` and `2.0` are
@@ -34,11 +37,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::builder::PrimitiveBuilder;
+use arrow::array::builder::{
+    BooleanBuilder, GenericBinaryBuilder, GenericStringBuilder, LargeStringBuilder,
+    PrimitiveBuilder, StringBuilder, StringViewBuilder,
+};
 use arrow::array::timezone::Tz;
 use arrow::array::{
-    Array, ArrayRef, ArrowPrimitiveType, AsArray, LargeListArray, ListArray, MapArray, RecordBatch,
-    StructArray,
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, LargeListArray, ListArray, MapArray, NullArray,
+    OffsetSizeTrait, RecordBatch, RecordBatchOptions, StructArray,
 };
 use arrow::compute::kernels::cast_utils::{Parser, parse_decimal, string_to_datetime};
 use arrow::datatypes::{
@@ -48,6 +54,7 @@ use arrow::datatypes::{
     Int64Type, Schema, SchemaRef, Time32MillisecondType, Time32SecondType, Time64MicrosecondType,
     Time64NanosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    i256,
 };
 use arrow::error::ArrowError;
 use arrow::json::reader::Decoder;
@@ -145,6 +152,10 @@ fn expected(ctx: &LeafCtx, leaf: Leaf<'_>) -> String {
 /// An integer from the text of a JSON number: an exact integer, or a float with no
 /// fraction (`1e3`, `2.0`).
 fn int_text(s: &str) -> Option<i128> {
+    // Most integers fit an i64, which parses faster.
+    if let Ok(v) = s.parse::<i64>() {
+        return Some(v.into());
+    }
     if let Ok(v) = s.parse::<i128>() {
         return Some(v);
     }
@@ -152,19 +163,115 @@ fn int_text(s: &str) -> Option<i128> {
     (f.is_finite() && f.fract() == 0.0 && f.abs() < 1.0e38).then_some(f as i128)
 }
 
+/// A leaf value as converted by the scanner: what the bulk path checks and drops, and
+/// the flat path keeps until its record is accepted (see [`FlatRows`]).
+///
+/// Each column kind fills one variant only (see [`SlotNative`], [`Scanner::leaf`]),
+/// so a column reading back a slot of another kind is a bug, not bad input. Slots are
+/// moved for every value: wide values are split or boxed to keep them at 24 bytes.
+#[derive(Debug, Clone, Default)]
+enum Slot {
+    /// `null`, or no value yet.
+    #[default]
+    Null,
+    Bool(bool),
+    /// Signed integers, dates, times, durations, timestamps, decimals of up to 64 bits.
+    Int(i64),
+    /// Unsigned integers.
+    UInt(u64),
+    /// A 128-bit decimal: its low and high halves.
+    I128(u64, u64),
+    I256(Box<i256>),
+    F32(f32),
+    F64(f64),
+    /// The record's text in this byte range: a string's contents (one without escapes),
+    /// or a number or boolean written as text.
+    Span(usize, usize),
+    /// A string's contents with its escapes resolved.
+    Unescaped(Box<str>),
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() <= 24);
+
+/// The native types of the leaf columns, in and out of their [`Slot`] variant.
+trait SlotNative: Sized {
+    fn into_slot(self) -> Slot;
+    /// `None` if `slot` is of another kind.
+    fn from_slot(slot: &Slot) -> Option<Self>;
+}
+
+macro_rules! int_slot {
+    ($variant:ident: $($t:ty),+) => {$(
+        impl SlotNative for $t {
+            fn into_slot(self) -> Slot {
+                Slot::$variant(self.into())
+            }
+            fn from_slot(slot: &Slot) -> Option<Self> {
+                match slot {
+                    Slot::$variant(v) => Self::try_from(*v).ok(),
+                    _ => None,
+                }
+            }
+        }
+    )+};
+}
+int_slot!(Int: i8, i16, i32, i64);
+int_slot!(UInt: u8, u16, u32, u64);
+
+impl SlotNative for i128 {
+    fn into_slot(self) -> Slot {
+        Slot::I128(self as u64, (self >> 64) as u64)
+    }
+    fn from_slot(slot: &Slot) -> Option<Self> {
+        match slot {
+            Slot::I128(low, high) => Some(((*high as i128) << 64) | *low as i128),
+            _ => None,
+        }
+    }
+}
+
+impl SlotNative for i256 {
+    fn into_slot(self) -> Slot {
+        Slot::I256(Box::new(self))
+    }
+    fn from_slot(slot: &Slot) -> Option<Self> {
+        match slot {
+            Slot::I256(v) => Some(**v),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! other_slot {
+    ($($t:ty => $variant:ident),+) => {$(
+        impl SlotNative for $t {
+            fn into_slot(self) -> Slot {
+                Slot::$variant(self)
+            }
+            fn from_slot(slot: &Slot) -> Option<Self> {
+                match slot {
+                    Slot::$variant(v) => Some(*v),
+                    _ => None,
+                }
+            }
+        }
+    )+};
+}
+other_slot!(f32 => F32, f64 => F64);
+
 /// Columns arrow-json decodes itself: integers, floats, dates, times, durations. The
 /// scanner accepts a subset of what arrow-json accepts: from a JSON number, integral
 /// values in range (arrow-json would truncate `1.5`; we refuse it); from a string,
-/// exactly what arrow's parser accepts.
+/// exactly what arrow's parser accepts. The value is the one arrow-json decodes.
 trait NativeLeaf: ArrowPrimitiveType + Parser {
-    fn from_number(s: &str) -> bool;
+    fn from_number(s: &str) -> Option<Self::Native>;
 }
 
 macro_rules! integral_leaf {
     ($($t:ty),+) => {$(
         impl NativeLeaf for $t {
-            fn from_number(s: &str) -> bool {
-                int_text(s).is_some_and(|v| <Self as ArrowPrimitiveType>::Native::try_from(v).is_ok())
+            fn from_number(s: &str) -> Option<Self::Native> {
+                int_text(s).and_then(|v| <Self as ArrowPrimitiveType>::Native::try_from(v).ok())
             }
         }
     )+};
@@ -191,26 +298,38 @@ integral_leaf!(
 );
 
 impl NativeLeaf for Float32Type {
-    fn from_number(s: &str) -> bool {
-        s.parse::<f32>().is_ok()
+    fn from_number(s: &str) -> Option<f32> {
+        s.parse().ok()
     }
 }
 
 impl NativeLeaf for Float64Type {
-    fn from_number(s: &str) -> bool {
-        s.parse::<f64>().is_ok()
+    fn from_number(s: &str) -> Option<f64> {
+        s.parse().ok()
     }
 }
 
-type CheckFn = fn(Leaf<'_>, &LeafCtx) -> Result<(), String>;
+/// Checks a scalar value and converts it into the slot, or says why it does not fit.
+/// (An out-parameter: slots are written in place, not moved through results.)
+type CheckFn = fn(Leaf<'_>, &LeafCtx, &mut Slot) -> Result<(), String>;
 
-fn check_native<T: NativeLeaf>(leaf: Leaf<'_>, ctx: &LeafCtx) -> Result<(), String> {
-    let ok = match leaf {
+fn check_native<T>(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), String>
+where
+    T: NativeLeaf,
+    T::Native: SlotNative,
+{
+    let v = match leaf {
         Leaf::Num(s) => T::from_number(s),
-        Leaf::Str(s) => <T as Parser>::parse(s).is_some(),
-        _ => false,
+        Leaf::Str(s) => <T as Parser>::parse(s),
+        _ => None,
     };
-    if ok { Ok(()) } else { Err(expected(ctx, leaf)) }
+    match v {
+        Some(v) => {
+            *out = v.into_slot();
+            Ok(())
+        }
+        None => Err(expected(ctx, leaf)),
+    }
 }
 
 /// Epoch milliseconds to `unit`: `None` if `s` is not a number, `Some(Err)` if it is out
@@ -269,12 +388,15 @@ fn timestamp_text(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result<i64, Strin
     }
 }
 
-fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx) -> Result<(), String> {
+fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), String> {
     let DataType::Timestamp(unit, _) = ctx.data_type else {
         return Err(expected(ctx, leaf));
     };
     match leaf {
-        Leaf::Str(s) | Leaf::Num(s) => timestamp_text(s, unit, ctx.tz.as_ref()).map(|_| ()),
+        Leaf::Str(s) | Leaf::Num(s) => {
+            *out = timestamp_text(s, unit, ctx.tz.as_ref())?.into_slot();
+            Ok(())
+        }
         _ => Err(format!(
             "expected an RFC 3339 timestamp or epoch milliseconds, found {}",
             leaf.describe()
@@ -445,7 +567,8 @@ enum Node {
     Text,
     /// A hex string.
     Binary,
-    Decimal(fn(&str, u8, i8) -> bool, u8, i8),
+    /// The parse of the column's decimal type, its precision and scale.
+    Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
     Leaf(LeafCtx, CheckFn),
     List {
         item: Box<Node>,
@@ -466,6 +589,8 @@ struct StructNode {
     index: Option<HashMap<String, usize>>,
     /// Whether any field is non-nullable (so presence must be tracked).
     has_required: bool,
+    /// Whether no two fields have the same name.
+    unique: bool,
 }
 
 impl StructNode {
@@ -475,10 +600,30 @@ impl StructNode {
             None => self.fields.iter().position(|(n, _, _)| n == name),
         }
     }
+
+    /// Like [`StructNode::find`], trying field `hint` first (keys usually come in the
+    /// schema's order); the same answer, since with unique names there is only one.
+    fn find_from(&self, name: &str, hint: usize) -> Option<usize> {
+        match self.fields.get(hint) {
+            Some((n, _, _)) if self.unique && n == name => Some(hint),
+            _ => self.find(name),
+        }
+    }
 }
 
-fn decimal_ok<T: DecimalType>(s: &str, precision: u8, scale: i8) -> bool {
-    parse_decimal::<T>(s, precision, scale).is_ok()
+/// Parses a decimal into `out`: whether it fits.
+fn decimal_value<T>(s: &str, precision: u8, scale: i8, out: &mut Slot) -> bool
+where
+    T: DecimalType,
+    T::Native: SlotNative,
+{
+    match parse_decimal::<T>(s, precision, scale) {
+        Ok(v) => {
+            *out = v.into_slot();
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<StructNode, String> {
@@ -496,10 +641,14 @@ fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<StructNode, Strin
         m
     });
     let has_required = out.iter().any(|(_, nullable, _)| !nullable);
+    let mut names: Vec<&str> = out.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let unique = names.windows(2).all(|w| w[0] != w[1]);
     Ok(StructNode {
         fields: out,
         index,
         has_required,
+        unique,
     })
 }
 
@@ -512,10 +661,10 @@ fn compile(dt: &DataType) -> Result<Node, String> {
         DataType::Boolean => Node::Bool,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Node::Text,
         DataType::Binary | DataType::LargeBinary => Node::Binary,
-        DataType::Decimal32(p, s) => Node::Decimal(decimal_ok::<Decimal32Type>, *p, *s),
-        DataType::Decimal64(p, s) => Node::Decimal(decimal_ok::<Decimal64Type>, *p, *s),
-        DataType::Decimal128(p, s) => Node::Decimal(decimal_ok::<Decimal128Type>, *p, *s),
-        DataType::Decimal256(p, s) => Node::Decimal(decimal_ok::<Decimal256Type>, *p, *s),
+        DataType::Decimal32(p, s) => Node::Decimal(decimal_value::<Decimal32Type>, *p, *s),
+        DataType::Decimal64(p, s) => Node::Decimal(decimal_value::<Decimal64Type>, *p, *s),
+        DataType::Decimal128(p, s) => Node::Decimal(decimal_value::<Decimal128Type>, *p, *s),
+        DataType::Decimal256(p, s) => Node::Decimal(decimal_value::<Decimal256Type>, *p, *s),
         DataType::List(item) | DataType::LargeList(item) => Node::List {
             item: Box::new(compile(item.data_type())?),
             nullable: item.is_nullable(),
@@ -574,13 +723,14 @@ impl Refusal {
         format!("field '{p}': {} (at byte {})", self.message, self.at)
     }
 
-    fn within(mut self, seg: PathSeg) -> Self {
+    fn within(mut self: Box<Self>, seg: PathSeg) -> Box<Self> {
         self.path.push(seg);
         self
     }
 }
 
-type Scan<T = ()> = Result<T, Refusal>;
+/// A scan's result; refusals are boxed to keep the good path's results small.
+type Scan<T = ()> = Result<T, Box<Refusal>>;
 
 /// A strict JSON scanner over one record, checking values against a schema.
 struct Scanner<'a> {
@@ -625,6 +775,33 @@ impl Present {
     }
 }
 
+/// Where the run of plain string bytes at the start of `b` ends: the index of the
+/// first `"`, `\\` or control character, or `b.len()`. Reads 8 bytes at a time.
+fn string_stop(b: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `w` below `n` (`n` <= 0x80), exact for the lowest
+    /// such byte: a byte at or above `n` borrows nothing from the next one.
+    fn below(w: u64, n: u8) -> u64 {
+        w.wrapping_sub(ONES * n as u64) & !w & HIGHS
+    }
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hits = below(w ^ (ONES * b'"' as u64), 1)
+            | below(w ^ (ONES * b'\\' as u64), 1)
+            | below(w, 0x20);
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(b.len() - i)
+}
+
 /// A string just scanned: borrowed from the record, or in the scratch buffer.
 enum Str {
     Borrowed(usize, usize),
@@ -657,25 +834,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn syntax(&self, message: impl Into<String>) -> Refusal {
-        Refusal {
+    fn syntax(&self, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
             reason: BadRecordReason::Malformed,
             message: message.into(),
             at: self.i,
             path: vec![],
-        }
+        })
     }
 
-    fn mismatch(&self, at: usize, message: impl Into<String>) -> Refusal {
-        Refusal {
+    fn mismatch(&self, at: usize, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
             reason: BadRecordReason::SchemaMismatch,
             message: message.into(),
             at,
             path: vec![],
-        }
+        })
     }
 
-    fn unexpected(&self, what: &str) -> Refusal {
+    fn unexpected(&self, what: &str) -> Box<Refusal> {
         match self.b.get(self.i) {
             None => self.syntax(format!("unexpected end of input, expected {what}")),
             Some(_) => {
@@ -728,19 +905,15 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Scan<Str> {
         self.i += 1;
         let start = self.i;
-        loop {
-            match self.b.get(self.i) {
-                None => return Err(self.syntax("unterminated string")),
-                Some(b'"') => {
-                    self.i += 1;
-                    return Ok(Str::Borrowed(start, self.i - 1));
-                }
-                Some(b'\\') => break,
-                Some(c) if *c < 0x20 => {
-                    return Err(self.syntax("control character in string"));
-                }
-                Some(_) => self.i += 1,
+        self.i = start + string_stop(&self.b[start..]);
+        match self.b.get(self.i) {
+            None => return Err(self.syntax("unterminated string")),
+            Some(b'"') => {
+                self.i += 1;
+                return Ok(Str::Borrowed(start, self.i - 1));
             }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.syntax("control character in string")),
         }
         // Slow path: the string has escapes.
         self.scratch.clear();
@@ -910,23 +1083,33 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn check_leaf(&self, node: &Node, leaf: Leaf<'_>, at: usize) -> Scan {
+    /// Checks a scalar value against `node` and converts it into `out`; `Ok(false)`
+    /// (and `out` untouched) for the columns that keep the value's text as it is
+    /// (strings, hex binary), which the caller locates.
+    fn check_leaf(&self, node: &Node, leaf: Leaf<'_>, at: usize, out: &mut Slot) -> Scan<bool> {
         let r = match node {
-            Node::Leaf(ctx, check) => check(leaf, ctx),
+            Node::Leaf(ctx, check) => check(leaf, ctx, out).map(|_| true),
             Node::Text => match leaf {
-                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(()),
+                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(false),
                 _ => Err(format!("expected a string, found {}", leaf.describe())),
             },
             Node::Bool => match leaf {
-                Leaf::Bool(_) => Ok(()),
+                Leaf::Bool(b) => {
+                    *out = Slot::Bool(b);
+                    Ok(true)
+                }
                 _ => Err(format!("expected a boolean, found {}", leaf.describe())),
             },
             Node::Binary => match leaf {
-                Leaf::Str(s) if s.bytes().all(|c| c.is_ascii_hexdigit()) => Ok(()),
+                Leaf::Str(s) if s.bytes().all(|c| c.is_ascii_hexdigit()) => Ok(false),
                 _ => Err(format!("expected a hex string, found {}", leaf.describe())),
             },
-            Node::Decimal(ok, p, s) => match leaf {
-                Leaf::Str(t) | Leaf::Num(t) if ok(t, *p, *s) => Ok(()),
+            Node::Decimal(parse, p, s) => match leaf {
+                Leaf::Str(t) | Leaf::Num(t) if parse(t, *p, *s, out) => Ok(true),
+                Leaf::Str(_) | Leaf::Num(_) => Err(format!(
+                    "expected Decimal({p}, {s}), found {}",
+                    leaf.describe()
+                )),
                 _ => Err(format!(
                     "expected Decimal({p}, {s}), found {}",
                     leaf.describe()
@@ -944,54 +1127,77 @@ impl<'a> Scanner<'a> {
     /// Scans a value and checks it against `node`. A null is refused unless `nullable`.
     fn value(&mut self, node: &Node, nullable: bool, depth: usize) -> Scan {
         self.ws();
-        let at = self.i;
-        match self.b.get(self.i) {
-            Some(b'n') => {
-                self.literal("null")?;
-                if nullable {
-                    Ok(())
-                } else {
-                    Err(self.mismatch(at, "null in a non-nullable field"))
-                }
-            }
-            Some(b'{') => match node {
-                Node::Struct(s) => self.object(s, depth),
+        match (self.b.get(self.i), node) {
+            (Some(b'{'), Node::Struct(s)) => self.object(s, depth, None),
+            (
+                Some(b'{'),
                 Node::Map {
                     key,
                     value,
                     value_nullable,
-                } => self.map(key, value, *value_nullable, depth),
-                _ => {
-                    self.skip(depth)?;
-                    self.check_leaf(node, Leaf::Object, at)
+                },
+            ) => self.map(key, value, *value_nullable, depth),
+            (Some(b'['), Node::List { item, nullable }) => self.array(item, *nullable, depth),
+            _ => self.leaf(node, nullable, depth, &mut Slot::Null),
+        }
+    }
+
+    /// Scans a value that is not a struct, list or map of `node` (those are refused as
+    /// mismatches here; [`Scanner::value`] descends into them), checks it against
+    /// `node` and converts it into `out` (left as it was if the value is refused). A
+    /// null is refused unless `nullable`.
+    fn leaf(&mut self, node: &Node, nullable: bool, depth: usize, out: &mut Slot) -> Scan {
+        self.ws();
+        let at = self.i;
+        let converted = match self.b.get(self.i) {
+            Some(b'n') => {
+                self.literal("null")?;
+                if !nullable {
+                    return Err(self.mismatch(at, "null in a non-nullable field"));
                 }
-            },
-            Some(b'[') => match node {
-                Node::List { item, nullable } => self.array(item, *nullable, depth),
-                _ => {
-                    self.skip(depth)?;
-                    self.check_leaf(node, Leaf::Array, at)
-                }
-            },
+                *out = Slot::Null;
+                return Ok(());
+            }
+            // No scalar column takes an object or an array: the check words the refusal.
+            Some(b'{') => {
+                self.skip(depth)?;
+                self.check_leaf(node, Leaf::Object, at, out)?;
+                return Err(self.mismatch(at, "expected a scalar, found an object"));
+            }
+            Some(b'[') => {
+                self.skip(depth)?;
+                self.check_leaf(node, Leaf::Array, at, out)?;
+                return Err(self.mismatch(at, "expected a scalar, found an array"));
+            }
             Some(b'"') => {
                 let s = self.string()?;
-                let leaf = Leaf::Str(self.text(&s));
-                self.check_leaf(node, leaf, at)
+                if !self.check_leaf(node, Leaf::Str(self.text(&s)), at, out)? {
+                    *out = match s {
+                        Str::Borrowed(a, b) => Slot::Span(a, b),
+                        Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
+                    };
+                }
+                return Ok(());
             }
             Some(b't') => {
                 self.literal("true")?;
-                self.check_leaf(node, Leaf::Bool(true), at)
+                self.check_leaf(node, Leaf::Bool(true), at, out)?
             }
             Some(b'f') => {
                 self.literal("false")?;
-                self.check_leaf(node, Leaf::Bool(false), at)
+                self.check_leaf(node, Leaf::Bool(false), at, out)?
             }
             Some(b'-' | b'0'..=b'9') => {
                 let n = self.number()?;
-                self.check_leaf(node, Leaf::Num(n), at)
+                self.check_leaf(node, Leaf::Num(n), at, out)?
             }
-            _ => Err(self.unexpected("a value")),
+            _ => return Err(self.unexpected("a value")),
+        };
+        if !converted {
+            // A number or boolean kept as text: its text in the record.
+            *out = Slot::Span(at, self.i);
         }
+        Ok(())
     }
 
     fn array(&mut self, item: &Node, nullable: bool, depth: usize) -> Scan {
@@ -1039,7 +1245,7 @@ impl<'a> Scanner<'a> {
             let at = self.i;
             let k = self.string()?;
             let name = self.keep(&k);
-            self.check_leaf(key, Leaf::Str(&name), at)
+            self.check_leaf(key, Leaf::Str(&name), at, &mut Slot::Null)
                 .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
             self.ws();
             self.eat(b':', "':'")?;
@@ -1057,7 +1263,10 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn object(&mut self, node: &StructNode, depth: usize) -> Scan {
+    /// Scans an object of `node`. With `slots` (one per field, all [`Slot::Null`], and
+    /// every field a leaf), also keeps each field's converted value there: the last
+    /// one when a key is repeated, as arrow-json does.
+    fn object(&mut self, node: &StructNode, depth: usize, mut slots: Option<&mut [Slot]>) -> Scan {
         if depth >= MAX_DEPTH {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
@@ -1065,6 +1274,8 @@ impl<'a> Scanner<'a> {
         self.i += 1;
         // Fields whose last value was present and not null, when some are required.
         let mut present = Present::new(node);
+        // The field expected next.
+        let mut hint = 0;
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
@@ -1075,17 +1286,21 @@ impl<'a> Scanner<'a> {
                     return Err(self.unexpected("a string key"));
                 }
                 let k = self.string()?;
-                let field = node.find(self.text(&k));
+                let field = node.find_from(self.text(&k), hint);
                 self.ws();
                 self.eat(b':', "':'")?;
                 match field {
                     None => self.skip(depth + 1)?,
                     Some(f) => {
+                        hint = f + 1;
                         let (name, nullable, child) = &node.fields[f];
                         self.ws();
                         let is_null = self.b.get(self.i) == Some(&b'n');
-                        self.value(child, *nullable, depth + 1)
-                            .map_err(|r| r.within(PathSeg::Field(name.clone())))?;
+                        let r = match slots.as_deref_mut() {
+                            Some(slots) => self.leaf(child, *nullable, depth + 1, &mut slots[f]),
+                            None => self.value(child, *nullable, depth + 1),
+                        };
+                        r.map_err(|r| r.within(PathSeg::Field(name.clone())))?;
                         present.set(f, !is_null);
                     }
                 }
@@ -1113,13 +1328,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// Checks a whole record: one object, surrounded by whitespace only. Returns the
-    /// byte range of the object.
-    fn record(&mut self, root: &StructNode) -> Scan<(usize, usize)> {
+    /// byte range of the object. `slots` as for [`Scanner::object`].
+    fn record(&mut self, root: &StructNode, slots: Option<&mut [Slot]>) -> Scan<(usize, usize)> {
         self.ws();
         let start = self.i;
         match self.b.get(self.i) {
             None => return Err(self.syntax("empty record")),
-            Some(b'{') => self.object(root, 0)?,
+            Some(b'{') => self.object(root, 0, slots)?,
             Some(_) => {
                 self.skip(0)?;
                 self.ws();
@@ -1146,20 +1361,35 @@ impl<'a> Scanner<'a> {
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
-fn scan(record: &[u8], root: &StructNode) -> Result<(usize, usize), Refusal> {
-    let text = match std::str::from_utf8(record) {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(Refusal {
-                reason: BadRecordReason::Malformed,
-                message: "not valid UTF-8".into(),
-                at: e.valid_up_to(),
-                path: vec![],
-            });
-        }
-    };
+fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
+    scan_text(utf8(record)?, root, None)
+}
+
+/// `record` as text, or the refusal of a record that is not UTF-8.
+fn utf8(record: &[u8]) -> Scan<&str> {
+    std::str::from_utf8(record).map_err(|e| {
+        Box::new(Refusal {
+            reason: BadRecordReason::Malformed,
+            message: "not valid UTF-8".into(),
+            at: e.valid_up_to(),
+            path: vec![],
+        })
+    })
+}
+
+/// Like [`scan`], on a record known to be text. With `slots` (one per root field, every
+/// root field a leaf), also leaves there the record's converted values; their contents
+/// are unspecified if the record is refused.
+fn scan_text(
+    text: &str,
+    root: &StructNode,
+    mut slots: Option<&mut [Slot]>,
+) -> Scan<(usize, usize)> {
+    if let Some(slots) = slots.as_deref_mut() {
+        slots.fill(Slot::Null);
+    }
     let mut sc = Scanner::new(text);
-    match sc.record(root) {
+    match sc.record(root, slots) {
         Ok(r) => Ok(r),
         Err(r) if r.reason == BadRecordReason::SchemaMismatch => {
             // A schema mismatch in a record that is not JSON at all is malformed.
@@ -1182,7 +1412,255 @@ fn scan(record: &[u8], root: &StructNode) -> Result<(usize, usize), Refusal> {
 }
 
 // ------------------------------------------------------------------------------------
-// The decoder
+// Flat schemas: the scanner's values straight into builders
+// ------------------------------------------------------------------------------------
+
+/// A column of a flat schema, built from the scanner's slots.
+trait FlatColumn: Send {
+    /// Appends `slot`, the value the scanner converted for this column from `record`
+    /// (the text a [`Slot::Span`] is in).
+    fn append(&mut self, slot: &Slot, record: &str);
+    /// The values appended since the last call.
+    fn finish(&mut self) -> ArrayRef;
+}
+
+/// A column given a slot of another kind: a bug, since a column's builder and its
+/// scanner node are compiled from the same type (see [`flat_column`]).
+#[cold]
+fn wrong_slot(slot: &Slot) -> ! {
+    unreachable!("a JSON column was given a slot of another kind: {slot:?}")
+}
+
+/// The text of a slot of a column that keeps its value's text (strings, hex binary).
+fn slot_text<'r>(slot: &'r Slot, record: &'r str) -> &'r str {
+    match slot {
+        Slot::Span(a, b) => &record[*a..*b],
+        Slot::Unescaped(s) => s,
+        _ => wrong_slot(slot),
+    }
+}
+
+impl<T> FlatColumn for PrimitiveBuilder<T>
+where
+    T: ArrowPrimitiveType,
+    T::Native: SlotNative,
+{
+    fn append(&mut self, slot: &Slot, _: &str) {
+        match slot {
+            Slot::Null => self.append_null(),
+            _ => match <T::Native as SlotNative>::from_slot(slot) {
+                Some(v) => self.append_value(v),
+                None => wrong_slot(slot),
+            },
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(PrimitiveBuilder::finish(self))
+    }
+}
+
+impl FlatColumn for BooleanBuilder {
+    fn append(&mut self, slot: &Slot, _: &str) {
+        match slot {
+            Slot::Null => self.append_null(),
+            Slot::Bool(b) => self.append_value(*b),
+            _ => wrong_slot(slot),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(BooleanBuilder::finish(self))
+    }
+}
+
+impl<O: OffsetSizeTrait> FlatColumn for GenericStringBuilder<O> {
+    fn append(&mut self, slot: &Slot, record: &str) {
+        match slot {
+            Slot::Null => self.append_null(),
+            _ => self.append_value(slot_text(slot, record)),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(GenericStringBuilder::finish(self))
+    }
+}
+
+impl FlatColumn for StringViewBuilder {
+    fn append(&mut self, slot: &Slot, record: &str) {
+        match slot {
+            Slot::Null => self.append_null(),
+            _ => self.append_value(slot_text(slot, record)),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(StringViewBuilder::finish(self))
+    }
+}
+
+/// Binary from hex strings, decoded as arrow-json does: pairs of digits, then a last
+/// lone digit as a byte of its own.
+struct HexColumn<O: OffsetSizeTrait> {
+    builder: GenericBinaryBuilder<O>,
+    bytes: Vec<u8>,
+}
+
+impl<O: OffsetSizeTrait> FlatColumn for HexColumn<O> {
+    fn append(&mut self, slot: &Slot, record: &str) {
+        if let Slot::Null = slot {
+            self.builder.append_null();
+            return;
+        }
+        // The scanner let only hex digits through.
+        let digit = |c: &u8| (*c as char).to_digit(16).unwrap_or(0) as u8;
+        let text = slot_text(slot, record).as_bytes();
+        let mut pairs = text.chunks_exact(2);
+        self.bytes.clear();
+        self.bytes
+            .extend((&mut pairs).map(|p| (digit(&p[0]) << 4) | digit(&p[1])));
+        self.bytes.extend(pairs.remainder().iter().map(digit));
+        self.builder.append_value(&self.bytes);
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(self.builder.finish())
+    }
+}
+
+/// A column of type `Null`: only nulls, counted.
+struct NullColumn(usize);
+
+impl FlatColumn for NullColumn {
+    fn append(&mut self, slot: &Slot, _: &str) {
+        match slot {
+            Slot::Null => self.0 += 1,
+            _ => wrong_slot(slot),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(NullArray::new(std::mem::take(&mut self.0)))
+    }
+}
+
+/// The builder of a leaf column of type `dt` (one [`compile`] makes a scalar node of,
+/// filling the slot variant the builder reads), `None` for structs, lists and maps.
+fn flat_column(dt: &DataType, capacity: usize) -> Option<Box<dyn FlatColumn>> {
+    fn native<T>(dt: &DataType, capacity: usize) -> Box<dyn FlatColumn>
+    where
+        T: ArrowPrimitiveType,
+        T::Native: SlotNative,
+    {
+        Box::new(PrimitiveBuilder::<T>::with_capacity(capacity).with_data_type(dt.clone()))
+    }
+    fn hex<O: OffsetSizeTrait>(capacity: usize) -> Box<dyn FlatColumn> {
+        Box::new(HexColumn {
+            builder: GenericBinaryBuilder::<O>::with_capacity(capacity, capacity * 8),
+            bytes: Vec::new(),
+        })
+    }
+    let c = capacity;
+    Some(match dt {
+        DataType::Null => Box::new(NullColumn(0)),
+        DataType::Boolean => Box::new(BooleanBuilder::with_capacity(c)),
+        DataType::Utf8 => Box::new(StringBuilder::with_capacity(c, c * 16)),
+        DataType::LargeUtf8 => Box::new(LargeStringBuilder::with_capacity(c, c * 16)),
+        DataType::Utf8View => Box::new(StringViewBuilder::with_capacity(c)),
+        DataType::Binary => hex::<i32>(c),
+        DataType::LargeBinary => hex::<i64>(c),
+        DataType::Int8 => native::<Int8Type>(dt, c),
+        DataType::Int16 => native::<Int16Type>(dt, c),
+        DataType::Int32 => native::<Int32Type>(dt, c),
+        DataType::Int64 => native::<Int64Type>(dt, c),
+        DataType::UInt8 => native::<UInt8Type>(dt, c),
+        DataType::UInt16 => native::<UInt16Type>(dt, c),
+        DataType::UInt32 => native::<UInt32Type>(dt, c),
+        DataType::UInt64 => native::<UInt64Type>(dt, c),
+        DataType::Float32 => native::<Float32Type>(dt, c),
+        DataType::Float64 => native::<Float64Type>(dt, c),
+        DataType::Date32 => native::<Date32Type>(dt, c),
+        DataType::Date64 => native::<Date64Type>(dt, c),
+        DataType::Time32(TimeUnit::Second) => native::<Time32SecondType>(dt, c),
+        DataType::Time32(TimeUnit::Millisecond) => native::<Time32MillisecondType>(dt, c),
+        DataType::Time64(TimeUnit::Microsecond) => native::<Time64MicrosecondType>(dt, c),
+        DataType::Time64(TimeUnit::Nanosecond) => native::<Time64NanosecondType>(dt, c),
+        DataType::Duration(TimeUnit::Second) => native::<DurationSecondType>(dt, c),
+        DataType::Duration(TimeUnit::Millisecond) => native::<DurationMillisecondType>(dt, c),
+        DataType::Duration(TimeUnit::Microsecond) => native::<DurationMicrosecondType>(dt, c),
+        DataType::Duration(TimeUnit::Nanosecond) => native::<DurationNanosecondType>(dt, c),
+        DataType::Timestamp(TimeUnit::Second, _) => native::<TimestampSecondType>(dt, c),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => native::<TimestampMillisecondType>(dt, c),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => native::<TimestampMicrosecondType>(dt, c),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => native::<TimestampNanosecondType>(dt, c),
+        DataType::Decimal32(_, _) => native::<Decimal32Type>(dt, c),
+        DataType::Decimal64(_, _) => native::<Decimal64Type>(dt, c),
+        DataType::Decimal128(_, _) => native::<Decimal128Type>(dt, c),
+        DataType::Decimal256(_, _) => native::<Decimal256Type>(dt, c),
+        _ => return None,
+    })
+}
+
+/// The rows of a flat schema: every root field a leaf, no two with the same name.
+///
+/// The scanner converts a record's values into `slots` while it checks them; they are
+/// appended to `columns` only once the whole record is accepted, so a refused record
+/// leaves nothing behind and an accepted one is never refused afterwards.
+struct FlatRows {
+    /// One per root field, in order.
+    columns: Vec<Box<dyn FlatColumn>>,
+    /// The values of the record being scanned, one per column.
+    slots: Vec<Slot>,
+    /// Rows appended since the last flush.
+    rows: usize,
+}
+
+impl FlatRows {
+    /// `None` unless `schema` (compiled into `root`) is flat. A schema without columns
+    /// is left to arrow-json, whose batches of no columns have no rows either.
+    fn new(schema: &Schema, root: &StructNode, capacity: usize) -> Option<Self> {
+        if !root.unique || schema.fields().is_empty() {
+            return None;
+        }
+        let capacity = capacity.min(DEFAULT_CAPACITY);
+        let columns = schema
+            .fields()
+            .iter()
+            .map(|f| flat_column(f.data_type(), capacity))
+            .collect::<Option<Vec<_>>>()?;
+        Some(FlatRows {
+            slots: vec![Slot::Null; columns.len()],
+            columns,
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
+        let text = utf8(record)?;
+        scan_text(text, root, Some(&mut self.slots))?;
+        for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
+            column.append(slot, text);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn flush(&mut self, schema: &SchemaRef) -> crate::Result<Option<RecordBatch>> {
+        if self.rows == 0 {
+            return Ok(None);
+        }
+        let columns = self.columns.iter_mut().map(|c| c.finish()).collect();
+        let options =
+            RecordBatchOptions::new().with_row_count(Some(std::mem::take(&mut self.rows)));
+        RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+            .map(Some)
+            .map_err(|e| decode_err(e.to_string()))
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Other schemas: arrow-json behind a safety net
 // ------------------------------------------------------------------------------------
 
 fn builder(wire: &SchemaRef, capacity: usize) -> ReaderBuilder {
@@ -1199,25 +1677,11 @@ struct Late {
     raw: Vec<u8>,
 }
 
-/// Decodes JSON records (one object each) into batches of a fixed schema.
-///
-/// ```text
-/// let mut d = JsonDecoder::new(schema)?;
-/// for line in lines { d.push(line, &mut bad); }   // bad lines reported and skipped
-/// let batch = d.flush()?;                          // every good record, in order
-/// ```
-///
-/// Cost: each record is scanned once by a strict, schema-aware scanner and decoded
-/// once by arrow-json in bulk; its bytes are also copied once into a buffer kept until
-/// the next flush (the material of the safety net below).
-///
-/// Safety net: should arrow-json refuse a buffer of records the scanner accepted, the
-/// buffer is split in halves and re-decoded until the refused records are isolated
-/// (good records keep their order); those are reported by the next `push` or by
-/// [`JsonDecoder::report_late`].
-pub struct JsonDecoder {
+/// The records of schemas that are not flat, accepted by the scanner: decoded by
+/// arrow-json in runs of `capacity`, behind the safety net described at
+/// [`JsonDecoder`].
+struct Bulk {
     schema: SchemaRef,
-    root: StructNode,
     /// The schema arrow-json decodes (see [`wire_type`]).
     wire: SchemaRef,
     decoder: Decoder,
@@ -1237,28 +1701,8 @@ pub struct JsonDecoder {
     late: Vec<Late>,
 }
 
-impl std::fmt::Debug for JsonDecoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonDecoder")
-            .field("schema", &self.schema)
-            .field("buffered", &self.buffered())
-            .finish()
-    }
-}
-
-impl JsonDecoder {
-    /// A decoder producing batches of exactly `schema`. Refuses schemas with types the
-    /// JSON decoder does not support (dictionaries, unions, fixed-size lists, …).
-    pub fn new(schema: SchemaRef) -> crate::Result<Self> {
-        Self::with_capacity(schema, DEFAULT_CAPACITY)
-    }
-
-    /// Like [`JsonDecoder::new`], sized for flushes of about `capacity` rows (more can be
-    /// pushed; they are decoded in runs of `capacity`).
-    pub fn with_capacity(schema: SchemaRef, capacity: usize) -> crate::Result<Self> {
-        let capacity = capacity.clamp(1, 1 << 20);
-        let root =
-            compile_struct(schema.fields()).map_err(|e| decode_err(format!("column {e}")))?;
+impl Bulk {
+    fn new(schema: SchemaRef, capacity: usize) -> crate::Result<Self> {
         let wire_fields: Vec<FieldRef> = schema.fields().iter().map(wire_field).collect();
         let wire = Arc::new(Schema::new_with_metadata(
             wire_fields,
@@ -1267,9 +1711,8 @@ impl JsonDecoder {
         let decoder = builder(&wire, capacity)
             .build_decoder()
             .map_err(|e| decode_err(e.to_string()))?;
-        Ok(JsonDecoder {
+        Ok(Bulk {
             schema,
-            root,
             wire,
             decoder,
             capacity,
@@ -1284,38 +1727,8 @@ impl JsonDecoder {
         })
     }
 
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    /// Decodes one record (one JSON object, surrounding whitespace allowed). A record
-    /// that is not JSON is reported as [`BadRecordReason::Malformed`], one whose values
-    /// do not fit the schema as [`BadRecordReason::SchemaMismatch`]; either way it is
-    /// skipped and `false` returned.
-    pub fn push(&mut self, record: &[u8], bad: &mut BadRecords) -> bool {
-        self.push_from(record, None, bad)
-    }
-
-    /// Like [`JsonDecoder::push`]; a refusal's detail starts with `origin` (e.g.
-    /// `file.jsonl:12`), formatted only if the record is refused.
-    pub fn push_from(
-        &mut self,
-        record: &[u8],
-        origin: Option<&dyn std::fmt::Display>,
-        bad: &mut BadRecords,
-    ) -> bool {
-        self.report_late(bad);
-        let (start, end) = match scan(record, &self.root) {
-            Ok(range) => range,
-            Err(refusal) => {
-                let detail = match origin {
-                    Some(o) => format!("{o}: {}", refusal.detail()),
-                    None => refusal.detail(),
-                };
-                bad.report(refusal.reason, &detail, record);
-                return false;
-            }
-        };
+    /// Feeds arrow-json `record`, whose object the scanner accepted at `start..end`.
+    fn push(&mut self, record: &[u8], (start, end): (usize, usize), bad: &mut BadRecords) -> bool {
         if self.decoder.len() >= self.capacity {
             self.decode_buffer();
         }
@@ -1343,14 +1756,11 @@ impl JsonDecoder {
         true
     }
 
-    /// Number of good records pushed since the last flush.
-    pub fn buffered(&self) -> usize {
+    fn buffered(&self) -> usize {
         self.done_rows + self.decoder.len()
     }
 
-    /// Every good record pushed since the last flush, in order, as one batch with
-    /// exactly the decoder's schema; `None` when there are none.
-    pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
+    fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
         self.decode_buffer();
         self.done_rows = 0;
         self.accepted = 0;
@@ -1364,19 +1774,7 @@ impl JsonDecoder {
         }
     }
 
-    /// Which records, counted from 0 at the last flush in the order `push` accepted
-    /// them, the safety net refused afterwards: the rows of that flush are the accepted
-    /// records without these. Call after `flush`; callers that pair each record with
-    /// data of their own (a Kafka record's key, offset) use it to stay aligned.
-    pub fn take_dropped(&mut self) -> Vec<usize> {
-        let mut d = std::mem::take(&mut self.dropped);
-        d.sort_unstable();
-        d
-    }
-
-    /// Reports the records refused after `push` had accepted them (see the type's
-    /// documentation); `push` does this itself, so call it after the last `flush`.
-    pub fn report_late(&mut self, bad: &mut BadRecords) {
+    fn report_late(&mut self, bad: &mut BadRecords) {
         for l in self.late.drain(..) {
             bad.report(l.reason, &l.detail, &l.raw);
         }
@@ -1557,6 +1955,200 @@ impl JsonDecoder {
         self.ends.push(self.raw.len());
         self.ords.push(self.accepted);
         self.accepted += 1;
+    }
+}
+
+/// Decodes JSON records (one object each) into batches of a fixed schema.
+///
+/// ```text
+/// let mut d = JsonDecoder::new(schema)?;
+/// for line in lines { d.push(line, &mut bad); }   // bad lines reported and skipped
+/// let batch = d.flush()?;                          // every good record, in order
+/// ```
+///
+/// Flat schemas (every column a scalar: numbers, strings, booleans, timestamps, dates,
+/// times, durations, decimals, binary; no two columns of the same name) take one pass:
+/// the scanner converts each value while it checks it, and the values of an accepted
+/// record are appended to Arrow builders. Nothing is refused after `push` accepted it.
+///
+/// Other schemas (with structs, lists or maps): each record is scanned once by the
+/// scanner and decoded once by arrow-json in bulk; its bytes are also copied once into
+/// a buffer kept until the next flush (the material of the safety net below).
+///
+/// Safety net (other schemas only): should arrow-json refuse a buffer of records the
+/// scanner accepted, the buffer is split in halves and re-decoded until the refused
+/// records are isolated (good records keep their order); those are reported by the
+/// next `push` or by [`JsonDecoder::report_late`].
+pub struct JsonDecoder {
+    schema: SchemaRef,
+    root: StructNode,
+    rows: Rows,
+    /// The rows per flush the decoder is sized for (read by the test hook only).
+    #[cfg(test)]
+    capacity: usize,
+}
+
+/// Where a [`JsonDecoder`]'s accepted records go.
+// One per decoder, chosen once: the size of the unused variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Rows {
+    Flat(FlatRows),
+    Bulk(Bulk),
+}
+
+impl std::fmt::Debug for JsonDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonDecoder")
+            .field("schema", &self.schema)
+            .field("flat", &matches!(self.rows, Rows::Flat(_)))
+            .field("buffered", &self.buffered())
+            .finish()
+    }
+}
+
+impl JsonDecoder {
+    /// A decoder producing batches of exactly `schema`. Refuses schemas with types the
+    /// JSON decoder does not support (dictionaries, unions, fixed-size lists, …).
+    pub fn new(schema: SchemaRef) -> crate::Result<Self> {
+        Self::with_capacity(schema, DEFAULT_CAPACITY)
+    }
+
+    /// Like [`JsonDecoder::new`], sized for flushes of about `capacity` rows (more can be
+    /// pushed; with structs, lists or maps they are decoded in runs of `capacity`).
+    pub fn with_capacity(schema: SchemaRef, capacity: usize) -> crate::Result<Self> {
+        Self::build(schema, capacity, true)
+    }
+
+    /// Like [`JsonDecoder::with_capacity`], but always through arrow-json, as schemas
+    /// with structs, lists or maps are (the same batches and refusals, at a higher
+    /// cost): for comparing the two ways.
+    #[doc(hidden)]
+    pub fn with_capacity_through_arrow_json(
+        schema: SchemaRef,
+        capacity: usize,
+    ) -> crate::Result<Self> {
+        Self::build(schema, capacity, false)
+    }
+
+    fn build(schema: SchemaRef, capacity: usize, flat: bool) -> crate::Result<Self> {
+        let capacity = capacity.clamp(1, 1 << 20);
+        let root =
+            compile_struct(schema.fields()).map_err(|e| decode_err(format!("column {e}")))?;
+        let rows = match flat
+            .then(|| FlatRows::new(&schema, &root, capacity))
+            .flatten()
+        {
+            Some(flat) => Rows::Flat(flat),
+            None => Rows::Bulk(Bulk::new(schema.clone(), capacity)?),
+        };
+        Ok(JsonDecoder {
+            schema,
+            root,
+            rows,
+            #[cfg(test)]
+            capacity,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Decodes one record (one JSON object, surrounding whitespace allowed). A record
+    /// that is not JSON is reported as [`BadRecordReason::Malformed`], one whose values
+    /// do not fit the schema as [`BadRecordReason::SchemaMismatch`]; either way it is
+    /// skipped and `false` returned.
+    pub fn push(&mut self, record: &[u8], bad: &mut BadRecords) -> bool {
+        self.push_from(record, None, bad)
+    }
+
+    /// Like [`JsonDecoder::push`]; a refusal's detail starts with `origin` (e.g.
+    /// `file.jsonl:12`), formatted only if the record is refused.
+    pub fn push_from(
+        &mut self,
+        record: &[u8],
+        origin: Option<&dyn std::fmt::Display>,
+        bad: &mut BadRecords,
+    ) -> bool {
+        let refusal = match &mut self.rows {
+            Rows::Flat(flat) => match flat.push(record, &self.root) {
+                Ok(()) => return true,
+                Err(refusal) => refusal,
+            },
+            Rows::Bulk(bulk) => {
+                bulk.report_late(bad);
+                match scan(record, &self.root) {
+                    Ok(range) => return bulk.push(record, range, bad),
+                    Err(refusal) => refusal,
+                }
+            }
+        };
+        let detail = match origin {
+            Some(o) => format!("{o}: {}", refusal.detail()),
+            None => refusal.detail(),
+        };
+        bad.report(refusal.reason, &detail, record);
+        false
+    }
+
+    /// Number of good records pushed since the last flush.
+    pub fn buffered(&self) -> usize {
+        match &self.rows {
+            Rows::Flat(flat) => flat.rows,
+            Rows::Bulk(bulk) => bulk.buffered(),
+        }
+    }
+
+    /// Every good record pushed since the last flush, in order, as one batch with
+    /// exactly the decoder's schema; `None` when there are none.
+    pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
+        match &mut self.rows {
+            Rows::Flat(flat) => flat.flush(&self.schema),
+            Rows::Bulk(bulk) => bulk.flush(),
+        }
+    }
+
+    /// Which records, counted from 0 at the last flush in the order `push` accepted
+    /// them, the safety net refused afterwards: the rows of that flush are the accepted
+    /// records without these (always none for flat schemas). Call after `flush`;
+    /// callers that pair each record with data of their own (a Kafka record's key,
+    /// offset) use it to stay aligned.
+    pub fn take_dropped(&mut self) -> Vec<usize> {
+        match &mut self.rows {
+            Rows::Flat(_) => Vec::new(),
+            Rows::Bulk(bulk) => {
+                let mut d = std::mem::take(&mut bulk.dropped);
+                d.sort_unstable();
+                d
+            }
+        }
+    }
+
+    /// Reports the records refused after `push` had accepted them (see the type's
+    /// documentation); `push` does this itself, so call it after the last `flush`.
+    pub fn report_late(&mut self, bad: &mut BadRecords) {
+        if let Rows::Bulk(bulk) = &mut self.rows {
+            bulk.report_late(bad);
+        }
+    }
+
+    /// Test hook: feed a record to the bulk decoder without the scanner, to exercise
+    /// the safety net. A decoder on the flat path moves to the arrow-json path first,
+    /// the rows it holds becoming its first decoded batch.
+    #[cfg(test)]
+    fn push_unchecked(&mut self, record: &[u8]) {
+        if let Rows::Flat(flat) = &mut self.rows {
+            let mut bulk = Bulk::new(self.schema.clone(), self.capacity).unwrap();
+            if let Some(batch) = flat.flush(&self.schema).unwrap() {
+                bulk.accepted = batch.num_rows();
+                bulk.done_rows = batch.num_rows();
+                bulk.done.push(batch);
+            }
+            self.rows = Rows::Bulk(bulk);
+        }
+        if let Rows::Bulk(bulk) = &mut self.rows {
+            bulk.push_unchecked(record);
+        }
     }
 }
 
@@ -2016,6 +2608,76 @@ pub(crate) mod tests {
         assert_eq!(&reasons[7..], vec!["malformed"; 6]);
     }
 
+    /// Pins behaviours the flat and arrow-json paths must share: duplicate keys (the
+    /// last value wins, every value is checked), escapes, numbers written as strings,
+    /// `1e3` into integers, non-finite floats from strings, missing keys, nulls in a
+    /// non-nullable field and timestamps as epoch milliseconds.
+    #[test]
+    fn edge_cases_of_flat_records_are_pinned() {
+        let s = schema(vec![
+            field("n", DataType::Int32, false),
+            field("i", DataType::Int64, true),
+            field("f", DataType::Float64, true),
+            field("s", DataType::Utf8, true),
+            field("t", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]);
+        let input: Vec<&[u8]> = vec![
+            br#"{"n": 1, "i": 1, "i": 2}"#,
+            br#"{"n": 2, "i": 1, "i": null}"#,
+            br#"{"n": 3, "n": null}"#,
+            br#"{"n": 4, "i": "x", "i": 5}"#,
+            br#"{"n": 5, "s": "a\"b\u00e9\n\/", "s": "last"}"#,
+            br#"{"n": 6, "s": "q\"\\"}"#,
+            br#"{"n": "7", "i": "-8", "f": "2.5"}"#,
+            br#"{"n": 1e3, "i": 2.0, "f": 1E2}"#,
+            br#"{"n": 9, "f": "NaN"}"#,
+            br#"{"n": 10, "f": "-inf", "s": 1.50}"#,
+            br#"{"n": 11}"#,
+            br#"{}"#,
+            br#"{"n": null}"#,
+            br#"{"n": 12, "t": 1700000000123, "s": false}"#,
+            br#"{"n": 13, "t": 1.5}"#,
+            br#"{"n": 14, "t": "1700000000123"}"#,
+            br#"{"n": 15, "t": "2015-07-15T00:00:01.234Z", "unknown": [1, {"a": null}]}"#,
+            br#"{"i": 1, "n": 16, "i": 1.5}"#,
+            br#"{"n": 17, "n": 18}"#,
+        ];
+        let (accepted, batch, reasons, _) = reasons_of(&s, &input);
+        let expect_accepted = [
+            true, true, false, false, true, true, true, true, true, true, true, false, false, true,
+            true, true, true, false, true,
+        ];
+        assert_eq!(accepted, expect_accepted);
+        assert_eq!(reasons, vec!["schema_mismatch"; 5]);
+        let batch = batch.unwrap();
+        let n = batch.column(0).as_primitive::<Int32Type>();
+        assert_eq!(
+            n.values().to_vec(),
+            vec![1, 2, 5, 6, 7, 1000, 9, 10, 11, 12, 13, 14, 15, 18]
+        );
+        let i = batch.column(1).as_primitive::<Int64Type>();
+        assert_eq!(i.value(0), 2);
+        assert!(i.is_null(1));
+        assert_eq!(i.value(4), -8);
+        assert_eq!(i.value(5), 2);
+        let f = batch.column(2).as_primitive::<Float64Type>();
+        assert_eq!(f.value(4), 2.5);
+        assert_eq!(f.value(5), 100.0);
+        assert!(f.value(6).is_nan());
+        assert_eq!(f.value(7), f64::NEG_INFINITY);
+        let st = batch.column(3).as_string::<i32>();
+        assert_eq!(st.value(2), "last");
+        assert_eq!(st.value(3), "q\"\\");
+        assert_eq!(st.value(7), "1.50");
+        assert_eq!(st.value(9), "false");
+        assert!(st.is_null(8));
+        let t = batch.column(4).as_primitive::<TimestampMillisecondType>();
+        assert_eq!(t.value(9), 1_700_000_000_123);
+        assert_eq!(t.value(10), 1);
+        assert_eq!(t.value(11), 1_700_000_000_123);
+        assert_eq!(t.value(12), 1_436_918_401_234);
+    }
+
     #[test]
     fn deep_nesting_is_refused_not_overflowed() {
         let s = schema(vec![field("a", DataType::Int32, true)]);
@@ -2198,6 +2860,336 @@ pub(crate) mod tests {
         r
     }
 
+    /// The scalar types of the differential tests, time zones and odd decimals included.
+    fn flat_types() -> Vec<DataType> {
+        let ts = |unit, tz: Option<&str>| DataType::Timestamp(unit, tz.map(Into::into));
+        vec![
+            DataType::Null,
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Utf8,
+            DataType::LargeUtf8,
+            DataType::Utf8View,
+            DataType::Binary,
+            DataType::LargeBinary,
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Time32(TimeUnit::Second),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Duration(TimeUnit::Millisecond),
+            ts(TimeUnit::Second, None),
+            ts(TimeUnit::Millisecond, None),
+            ts(TimeUnit::Microsecond, Some("UTC")),
+            ts(TimeUnit::Nanosecond, Some("+05:30")),
+            ts(TimeUnit::Millisecond, Some("America/New_York")),
+            DataType::Decimal32(5, 1),
+            DataType::Decimal64(12, 3),
+            DataType::Decimal128(10, 2),
+            DataType::Decimal256(40, -2),
+        ]
+    }
+
+    fn flat_type() -> impl Strategy<Value = DataType> {
+        prop::sample::select(flat_types())
+    }
+
+    /// Up to 5 scalar columns `c0`, `c1`, …; with `dup`, `c1` is called `c0` (which
+    /// keeps such schemas off the flat path).
+    fn flat_schema() -> impl Strategy<Value = SchemaRef> {
+        (
+            prop::collection::vec((flat_type(), any::<bool>()), 0..6),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(|(cols, dup)| {
+                let fields = cols
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (dt, nullable))| {
+                        let i = if dup && i == 1 { 0 } else { i };
+                        field(&format!("c{i}"), dt, nullable)
+                    })
+                    .collect();
+                schema(fields)
+            })
+    }
+
+    /// JSON values aimed at the edges of the value rules.
+    const DIFF_VALUES: &[&str] = &[
+        "null",
+        "0",
+        "-0",
+        "-1",
+        "1e3",
+        "2.0",
+        "1.5",
+        "-0.0",
+        "127",
+        "128",
+        "-129",
+        "255",
+        "256",
+        "1E2",
+        "1e-400",
+        "1e400",
+        "0.1",
+        "123456.789",
+        "99999.99",
+        "1.23e5",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "1700000000123",
+        "-1000",
+        "1.5e12",
+        // Just above the midpoint of two f32: rounding twice (through f64) goes down.
+        "1.000000059604644775390625001",
+        "true",
+        "false",
+        "\"\"",
+        "\"42\"",
+        "\"-7\"",
+        "\"1.5\"",
+        "\"1e2\"",
+        "\"NaN\"",
+        "\"inf\"",
+        "\"-inf\"",
+        "\"abc\"",
+        "\"00ff\"",
+        "\"aBc\"",
+        "\"0\"",
+        "\"\\u0030\\u0031\"",
+        "\"a\\\"b\\\\c\\u00e9\\ud83d\\ude00\"",
+        "\"2024-02-29\"",
+        "\"2024-02-30\"",
+        "\"2015-07-15T00:00:01.234Z\"",
+        "\"2023-11-15T03:43:20.123456789+05:30\"",
+        "\"2023-11-14 22:13:20\"",
+        "\"2023-11-14T22:13:20\"",
+        "\"1700000000123\"",
+        "\"12:34:56\"",
+        "\"12:34:56.789\"",
+        "\"99999999999999999999999999999\"",
+        "[1]",
+        "{\"a\": 1}",
+        "[]",
+        "{}",
+    ];
+
+    fn diff_value() -> impl Strategy<Value = String> {
+        let text =
+            prop::collection::vec(prop::sample::select(b"azAZ09 .:+-TZe\\\"".to_vec()), 0..12)
+                .prop_map(|b| {
+                    let s: String = b.into_iter().map(char::from).collect();
+                    serde_json::to_string(&s).unwrap()
+                });
+        prop_oneof![
+            6 => prop::sample::select(DIFF_VALUES).prop_map(String::from),
+            1 => any::<i64>().prop_map(|v| v.to_string()),
+            1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|v| format!("{v:e}")),
+            1 => any::<f32>().prop_filter("finite", |f| f.is_finite()).prop_map(|v| v.to_string()),
+            1 => any::<i64>().prop_map(|v| format!("\"{v}\"")),
+            1 => text,
+        ]
+    }
+
+    /// A value of the kind column type `dt` takes (in range or not).
+    fn fitting_value(dt: &DataType) -> BoxedStrategy<String> {
+        let int = any::<i64>().prop_map(|v| v.to_string()).boxed();
+        let quoted = |st: BoxedStrategy<String>| st.prop_map(|v| format!("\"{v}\"")).boxed();
+        let hex = prop::collection::vec(
+            prop::sample::select(b"0123456789abcdefABCDEF".to_vec()),
+            0..9,
+        )
+        .prop_map(|b| format!("\"{}\"", String::from_utf8(b).unwrap()))
+        .boxed();
+        let date = (1900..2100i32, 1..13u32, 1..32u32)
+            .prop_map(|(y, m, d)| format!("{y:04}-{m:02}-{d:02}"))
+            .boxed();
+        let time = (
+            0..25u32,
+            0..60u32,
+            0..61u32,
+            prop::option::of(0..1_000_000_000u32),
+        )
+            .prop_map(|(h, m, s, f)| match f {
+                Some(f) => format!("{h:02}:{m:02}:{s:02}.{f}"),
+                None => format!("{h:02}:{m:02}:{s:02}"),
+            })
+            .boxed();
+        let offset = prop::sample::select(vec!["Z", "+05:30", "-08:00", "", "+00:00"]);
+        let stamp = (date.clone(), time.clone(), offset)
+            .prop_map(|(d, t, o)| format!("\"{d}T{t}{o}\""))
+            .boxed();
+        let small = (-100_000i64..100_000, 0..4u32)
+            .prop_map(|(v, e)| {
+                let v = v as f64 / 10f64.powi(e as i32);
+                v.to_string()
+            })
+            .boxed();
+        match dt {
+            DataType::Null => Just("null".to_string()).boxed(),
+            DataType::Boolean => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+            DataType::Int8 | DataType::UInt8 => prop_oneof![
+                (-300..300i32).prop_map(|v| v.to_string()),
+                quoted((-300..300i32).prop_map(|v| v.to_string()).boxed())
+            ]
+            .boxed(),
+            DataType::Int32 | DataType::Int64 | DataType::UInt64 | DataType::Duration(_) => {
+                prop_oneof![int.clone(), quoted(int), small.clone()].boxed()
+            }
+            DataType::Float32 | DataType::Float64 => prop_oneof![
+                any::<f64>().prop_map(|v| format!("{v:e}")),
+                any::<f32>().prop_map(|v| v.to_string()),
+                small.clone(),
+                quoted(small),
+            ]
+            .boxed(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => diff_value().boxed(),
+            DataType::Binary | DataType::LargeBinary => hex,
+            DataType::Date32 | DataType::Date64 => prop_oneof![
+                quoted(date),
+                (-100_000..100_000i64).prop_map(|v| v.to_string())
+            ]
+            .boxed(),
+            DataType::Time32(_) | DataType::Time64(_) => {
+                prop_oneof![quoted(time), (0..100_000i64).prop_map(|v| v.to_string())].boxed()
+            }
+            DataType::Timestamp(_, _) => prop_oneof![
+                stamp,
+                any::<i64>().prop_map(|v| (v >> 20).to_string()),
+                small.clone(),
+                quoted(small),
+            ]
+            .boxed(),
+            _ => prop_oneof![small.clone(), quoted(small), int].boxed(),
+        }
+    }
+
+    /// A record for `s`: its columns (most of them) with fitting values or odd ones, in
+    /// order or not, a key repeated or unknown now and then, sometimes mutated.
+    fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
+        let columns: Vec<BoxedStrategy<Option<(String, String)>>> = s
+            .fields()
+            .iter()
+            .map(|f| {
+                let name = f.name().clone();
+                let value = prop_oneof![
+                    6 => fitting_value(f.data_type()),
+                    1 => diff_value(),
+                ];
+                prop::option::weighted(0.85, value.prop_map(move |v| (name.clone(), v))).boxed()
+            })
+            .collect();
+        let key = prop::sample::select(vec!["c0", "c1", "c2", "zz", "C0", "c\\u0030"]);
+        (
+            columns,
+            prop::collection::vec((key, diff_value()), 0..2),
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+            prop::collection::vec(edit(), 1..3),
+            prop::bool::weighted(0.15),
+        )
+            .prop_map(|(columns, extra, at, reverse, edits, mutate)| {
+                let mut entries: Vec<(String, String)> = columns.into_iter().flatten().collect();
+                if reverse {
+                    entries.reverse();
+                }
+                for (k, v) in extra {
+                    let i = at.index(entries.len() + 1);
+                    entries.insert(i, (k.to_string(), v));
+                }
+                let body: Vec<String> = entries
+                    .iter()
+                    .map(|(k, v)| format!("\"{k}\": {v}"))
+                    .collect();
+                let r = format!("{{{}}}", body.join(", ")).into_bytes();
+                if mutate { apply(r, &edits) } else { r }
+            })
+            .boxed()
+    }
+
+    proptest! {
+        /// The word-at-a-time search agrees with a byte-at-a-time one.
+        #[test]
+        fn string_stop_finds_the_first_quote_backslash_or_control(
+            b in prop::collection::vec(prop_oneof![
+                4 => 0x20u8..=0xff,
+                1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xa2, 0xdc]),
+            ], 0..40),
+        ) {
+            let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
+            prop_assert_eq!(string_stop(&b), naive);
+        }
+    }
+
+    /// Every value of [`DIFF_VALUES`] in a column of every type of [`flat_types`]: the
+    /// same answers, batches and refusals on both paths.
+    #[test]
+    fn flat_path_equals_the_arrow_json_path_on_chosen_values() {
+        let records: Vec<Vec<u8>> = DIFF_VALUES
+            .iter()
+            .map(|v| format!(r#"{{"c0": {v}}}"#).into_bytes())
+            .collect();
+        for dt in flat_types() {
+            for nullable in [true, false] {
+                let s = schema(vec![field("c0", dt.clone(), nullable)]);
+                let new = run_path(&s, &records, 7, true);
+                let old = run_path(&s, &records, 7, false);
+                assert!(new.0 && !old.0);
+                assert_eq!(new.1, old.1, "{dt}: accepted");
+                assert_eq!(new.2, old.2, "{dt}: batches");
+                assert_eq!(new.4, old.4, "{dt}: reasons");
+            }
+        }
+    }
+
+    /// Runs `records` through a decoder in two flushes: whether it was on the flat
+    /// path, what `push` answered, the batches, the dropped ordinals, the refusal
+    /// reasons and the number of bad records.
+    #[allow(clippy::type_complexity)]
+    fn run_path(
+        s: &SchemaRef,
+        records: &[Vec<u8>],
+        capacity: usize,
+        flat: bool,
+    ) -> (
+        bool,
+        Vec<bool>,
+        Vec<Option<RecordBatch>>,
+        Vec<usize>,
+        Vec<String>,
+        u64,
+    ) {
+        let rec = Reasons::default();
+        let mut bad = BadRecords::detached("diff");
+        let (on_flat, accepted, batches, dropped) = metrics::with_local_recorder(&rec, || {
+            let mut d = if flat {
+                JsonDecoder::with_capacity(s.clone(), capacity)
+            } else {
+                JsonDecoder::with_capacity_through_arrow_json(s.clone(), capacity)
+            }
+            .unwrap();
+            let mut accepted = Vec::new();
+            let mut batches = Vec::new();
+            let mut dropped = Vec::new();
+            for half in records.chunks(records.len().div_ceil(2).max(1)) {
+                accepted.extend(half.iter().map(|r| d.push(r, &mut bad)));
+                batches.push(d.flush().unwrap());
+                dropped.extend(d.take_dropped());
+            }
+            d.report_late(&mut bad);
+            (matches!(d.rows, Rows::Flat(_)), accepted, batches, dropped)
+        });
+        (on_flat, accepted, batches, dropped, rec.take(), bad.count())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -2215,6 +3207,52 @@ pub(crate) mod tests {
                 .map(|(i, edits)| apply(VALID[*i].as_bytes().to_vec(), edits))
                 .collect();
             check_robust(&records)?;
+        }
+
+        /// The flat path and the arrow-json path agree on every record of every flat
+        /// schema: the same answers, batches, refusal reasons and refusal details.
+        #[test]
+        fn flat_path_equals_the_arrow_json_path(
+            (s, records) in flat_schema().prop_flat_map(|s| {
+                let records = prop::collection::vec(diff_record(&s), 1..12);
+                (Just(s), records)
+            }),
+            capacity in 1..6usize,
+        ) {
+            let root = compile_struct(s.fields()).unwrap();
+            let run = |flat| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_path(&s, &records, capacity, flat)
+                }))
+            };
+            let (new, old) = match (run(true), run(false)) {
+                (Ok(new), Ok(old)) => (new, old),
+                // arrow-cast's `parse_decimal` overflows (a panic with debug assertions)
+                // on exponents near 32767, on either path alike.
+                (Err(_), Err(_)) => return Ok(()),
+                (new, _) => {
+                    return Err(TestCaseError::fail(format!(
+                        "only the {} path panicked",
+                        if new.is_err() { "flat" } else { "arrow-json" }
+                    )));
+                }
+            };
+            let flat = root.unique && !s.fields().is_empty();
+            prop_assert_eq!(new.0, flat, "the flat path is taken when it can be");
+            prop_assert!(!old.0);
+            prop_assert_eq!(&new.1, &old.1, "accepted");
+            prop_assert_eq!(&new.2, &old.2, "batches");
+            prop_assert_eq!(&new.3, &old.3, "dropped");
+            prop_assert_eq!(&new.4, &old.4, "reasons");
+            prop_assert_eq!(new.5, old.5, "bad records");
+            let mut slots = vec![Slot::Null; s.fields().len()];
+            for r in &records {
+                let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
+                let new = utf8(r)
+                    .and_then(|t| scan_text(t, &root, Some(&mut slots)))
+                    .map_err(|e| (e.reason, e.detail()));
+                prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));
+            }
         }
     }
 }
