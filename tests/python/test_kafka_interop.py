@@ -66,7 +66,7 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
         rec = {"order_id": i, "channel": ["app", "kiosk", "web"][i % 3], "total": i / 4}
         sent.append(rec)
         producer.produce(topic, key=str(i), value=json.dumps(rec), timestamp=t0 + i * 1000,
-                         headers=[("source", f"pos-{i % 7}".encode())])
+                         headers=[("source", f"pos-{i % 7}".encode()), ("trace", f"t{i}".encode())])
     producer.produce(topic, key="bad", value=b"{not json")
     producer.produce(topic, key="bad", value=json.dumps({"order_id": "not a number"}))
     assert producer.flush(30) == 0
@@ -82,16 +82,18 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
     assert sorted(got, key=lambda r: r["order_id"]) == sent
     assert finished["bad_records"] == 2
 
-    # From a point in time, with the key, a header and the record time as columns.
+    # From a point in time, with the key, a header, all headers and the record time as
+    # columns.
     (tmp_path / "out.jsonl").unlink()
     finished = run_pipeline(
         tmp_path,
-        f"CREATE TABLE orders ({COLUMNS}, k VARCHAR, src VARCHAR, ts TIMESTAMP) WITH (connector = 'kafka', "
+        f"CREATE TABLE orders ({COLUMNS}, k VARCHAR, src VARCHAR, hs ARRAY<STRUCT<key VARCHAR, value VARCHAR>>, "
+        f"ts TIMESTAMP) WITH (connector = 'kafka', "
         f"bootstrap_servers = '{servers}', topic = '{topic}', bounded = 'true', offset = 'timestamp', "
         f"start_timestamp = '{t0 + 250_000}', 'metadata.k' = 'key', 'metadata.src' = 'header.source', "
-        "'metadata.ts' = 'timestamp');\n"
+        "'metadata.hs' = 'headers', 'metadata.ts' = 'timestamp');\n"
         "CREATE TABLE copy WITH (connector = 'file', path = 'out.jsonl');\n"
-        "INSERT INTO copy SELECT order_id, channel, total, k, src, "
+        "INSERT INTO copy SELECT order_id, channel, total, k, src, hs, "
         "CAST(ts AS BIGINT) AS ns FROM orders;\n",
     )
     got = sorted((json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()),
@@ -99,6 +101,8 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
     assert [{c: r[c] for c in ("order_id", "channel", "total")} for r in got] == sent[250:]
     assert all(r["k"] == str(r["order_id"]) for r in got)
     assert all(r["src"] == f"pos-{r['order_id'] % 7}" for r in got)
+    assert all(r["hs"] == [{"key": "source", "value": f"pos-{r['order_id'] % 7}"},
+                           {"key": "trace", "value": f"t{r['order_id']}"}] for r in got), got[:2]
     assert all(r["ns"] == (t0 + r["order_id"] * 1000) * 1_000_000 for r in got), got[:2]
     assert finished["bad_records"] == 2  # the two bad records were written after t0 + 250 s
 
