@@ -740,17 +740,9 @@ impl Operator for IntervalJoinOperator {
                 };
                 let mut discard = Collector::discard();
                 for columns in batches {
-                    let mut batch = RecordBatch::try_new(schema.clone(), columns)
+                    let batch = RecordBatch::try_new(schema.clone(), columns)
                         .map_err(|e| EngineError::arrow("restoring a join side", e))?;
-                    // After a change of parallelism: the rows whose keys are this task's.
-                    let key_cols = keys
-                        .iter()
-                        .map(|k| evaluate(k, &batch))
-                        .collect::<Result<Vec<_>>>()?;
-                    if let Some(idx) = super::window::owned_rows(&self.task, &key_cols)? {
-                        batch = arrow::compute::take_record_batch(&batch, &idx)
-                            .map_err(|e| EngineError::arrow("restoring a join side", e))?;
-                    }
+                    let batch = super::window::own_batch(&self.task, &keys, batch)?;
                     futures::executor::block_on(self.arrive(side, batch, &mut discard))?;
                 }
             }

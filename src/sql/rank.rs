@@ -378,17 +378,9 @@ impl Operator for RankOperator {
         for waiting in restored {
             let ((), batches): ((), _) = crate::state::snapshot::decode(waiting)?;
             for columns in batches {
-                let mut batch = RecordBatch::try_new(input.clone(), columns)
+                let batch = RecordBatch::try_new(input.clone(), columns)
                     .map_err(|e| EngineError::arrow("restoring waiting rows", e))?;
-                let keys = self
-                    .keys
-                    .iter()
-                    .map(|k| evaluate(k, &batch))
-                    .collect::<Result<Vec<_>>>()?;
-                if let Some(idx) = super::window::owned_rows(&self.task, &keys)? {
-                    batch = arrow::compute::take_record_batch(&batch, &idx)
-                        .map_err(|e| EngineError::arrow("restoring waiting rows", e))?;
-                }
+                let batch = super::window::own_batch(&self.task, &self.keys, batch)?;
                 futures::executor::block_on(self.process_batch(batch, &mut discard))?;
             }
         }

@@ -1275,6 +1275,24 @@ pub(crate) fn owned_rows(task: &TaskInfo, keys: &[ArrayRef]) -> Result<Option<UI
     Ok((mine.len() < n).then(|| UInt32Array::from(mine)))
 }
 
+/// The rows of a restored `batch` whose keys (`keys` evaluated on it) `task` owns now
+/// (see [`owned_rows`]).
+pub(crate) fn own_batch(
+    task: &TaskInfo,
+    keys: &[Arc<dyn PhysicalExpr>],
+    batch: RecordBatch,
+) -> Result<RecordBatch> {
+    let columns = keys
+        .iter()
+        .map(|k| evaluate(k, &batch))
+        .collect::<Result<Vec<_>>>()?;
+    match owned_rows(task, &columns)? {
+        Some(idx) => arrow::compute::take_record_batch(&batch, &idx)
+            .map_err(|e| EngineError::arrow("selecting restored rows", e)),
+        None => Ok(batch),
+    }
+}
+
 /// The rows of checkpointed keyed state (key columns first, `keys` of them) whose keys
 /// `task` owns now (see [`owned_rows`]).
 pub(crate) fn own_rows(

@@ -42,10 +42,11 @@ def new_topic(servers: str, partitions: int) -> str:
     return name
 
 
-def run_pipeline(tmp: Path, sql: str) -> dict:
+def run_pipeline(tmp: Path, sql: str, *settings: str) -> dict:
     (tmp / "p.sql").write_text(sql)
+    sets = [a for s in ("admin.listen=127.0.0.1:0", "log.format=json", *settings) for a in ("--set", s)]
     out = subprocess.run(
-        [str(BIN), "run", "p.sql", "--set", "admin.listen=127.0.0.1:0", "--set", "log.format=json"],
+        [str(BIN), "run", "p.sql", *sets],
         cwd=tmp, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr
@@ -105,6 +106,41 @@ def test_tributary_reads_what_confluent_kafka_produced_and_diverts_bad_records(s
                            {"key": "trace", "value": f"t{r['order_id']}"}] for r in got), got[:2]
     assert all(r["ns"] == (t0 + r["order_id"] * 1000) * 1_000_000 for r in got), got[:2]
     assert finished["bad_records"] == 2  # the two bad records were written after t0 + 250 s
+
+
+def test_an_upsert_topic_holds_the_current_result_per_key(servers, tmp_path):
+    """A GROUP BY's changelog written with changelog = 'upsert': the latest record of
+    each key (a tombstone deletes it) is the batch answer; a group its HAVING stopped
+    holding ends with a tombstone."""
+    source = new_topic(servers, 1)
+    producer = Producer({"bootstrap.servers": servers, "enable.idempotence": True})
+    channels = ["web"] * 200 + ["app"] * 60 + ["kiosk"] * 40
+    for i, channel in enumerate(channels):
+        producer.produce(source, value=json.dumps({"order_id": i, "channel": channel, "total": i % 10}))
+    assert producer.flush(30) == 0
+    sink = f"interop.upsert.{uuid.uuid4().hex[:12]}"
+    run_pipeline(
+        tmp_path,
+        f"CREATE TABLE orders ({COLUMNS}) WITH (connector = 'kafka', bootstrap_servers = '{servers}', "
+        f"topic = '{source}', bounded = 'true');\n"
+        f"CREATE TABLE current WITH (connector = 'kafka', bootstrap_servers = '{servers}', topic = '{sink}', "
+        "partitions = '2', key_field = 'channel', changelog = 'upsert');\n"
+        "INSERT INTO current SELECT channel, count(*) AS n, sum(total) AS total FROM orders "
+        "GROUP BY channel HAVING count(*) <= 100;\n",
+        "pipeline.batch_size=16",
+    )
+    records = read_all(servers, sink, 2)
+    latest = {}
+    for m in records:
+        latest[m.key().decode()] = None if m.value() is None else json.loads(m.value())
+    assert any(m.value() is None for m in records), "retractions are tombstones"
+    assert all("_op" not in json.loads(m.value()) for m in records if m.value() is not None)
+    total = lambda ch: float(sum(i % 10 for i, c in enumerate(channels) if c == ch))
+    assert latest == {
+        "web": None,  # passed the HAVING up to 100 rows, then was retracted
+        "app": {"channel": "app", "n": 60, "total": total("app")},
+        "kiosk": {"channel": "kiosk", "n": 40, "total": total("kiosk")},
+    }, latest
 
 
 def test_confluent_kafka_reads_what_tributary_wrote(servers, tmp_path):

@@ -1041,6 +1041,23 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         let v = k.clone();
         return Err(opts.invalid("key_field", &v, "no such column in the table"));
     }
+    // A changelog as written: rows with their `_op` (append), or the table's current
+    // state by key (upsert: a compacted topic's view).
+    let upsert = match opts.get("changelog").as_deref() {
+        None | Some("append") => false,
+        Some("upsert") if key_field.is_some() => true,
+        Some("upsert") => {
+            return Err(opts.invalid(
+                "changelog",
+                "upsert",
+                "an upsert topic is keyed: set key_field to the result's key",
+            ));
+        }
+        Some(other) => {
+            let v = other.to_string();
+            return Err(opts.invalid("changelog", &v, "expected append or upsert"));
+        }
+    };
     let compression = opts.get("compression").unwrap_or_else(|| "lz4".into());
     if !["none", "gzip", "snappy", "lz4"].contains(&compression.as_str()) {
         let v = compression.clone();
@@ -1145,6 +1162,7 @@ pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn
         config,
         topic,
         key_field,
+        upsert,
         create,
         avro,
         contract,
@@ -1272,6 +1290,8 @@ struct KafkaSinkFactory {
     config: ClientConfig,
     topic: String,
     key_field: Option<String>,
+    /// `changelog = 'upsert'`: see [`KafkaSink::upsert`].
+    upsert: bool,
     /// Create the topic (partitions, replication, configs) if it does not exist.
     create: Option<TopicSpec>,
     /// Avro in the Confluent wire format: the registry's URL.
@@ -1315,7 +1335,7 @@ impl SinkFactory for KafkaSinkFactory {
     }
 
     /// A changelog is written as records with their `_op`, in order per key (keyed
-    /// by `key_field`).
+    /// by `key_field`), or, with `changelog = 'upsert'`, as the latest row per key.
     fn accepts_changelog(&self) -> bool {
         true
     }
@@ -1335,6 +1355,7 @@ impl SinkFactory for KafkaSinkFactory {
             config: self.config.clone(),
             producer,
             key,
+            upsert: self.upsert,
             pending: Vec::new(),
             create: self.create.clone(),
             avro: self.avro.clone().map(|url| (url, None)),
@@ -1371,6 +1392,13 @@ struct KafkaSink {
     /// The idempotent producer (at-least-once); see [`KafkaSink::producer`].
     producer: FutureProducer,
     key: Option<usize>,
+    /// Upsert: a changelog's `+I`/`+U` rows are written without their `_op` and its
+    /// `-U`/`-D` rows as tombstones (no value) under their key, so a compacted topic
+    /// (and any consumer keeping the latest value per key) holds the current result.
+    /// A `-U` followed by its `+U` leaves the new row; a `-U` alone (a `HAVING` that
+    /// stopped holding) deletes the key. Replays rewrite the same values: idempotent
+    /// by key.
+    upsert: bool,
     pending: Vec<rdkafka::producer::DeliveryFuture>,
     /// Create the topic before the first write.
     create: Option<TopicSpec>,
@@ -1527,14 +1555,44 @@ impl KafkaSink {
 
     /// `batch` encoded as records: the key column (as text) and the value.
     async fn records(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let payloads = self.encode(batch).await?;
+        let op = batch
+            .schema()
+            .index_of(crate::engine::OP_COLUMN)
+            .ok()
+            .filter(|_| self.upsert);
+        let Some(op) = op else {
+            let payloads = self.encode(batch).await?;
+            return self.keyed(batch, payloads.into_iter().map(Some).collect());
+        };
+        // Upsert: the rows without their op; retractions become tombstones.
+        use arrow::array::AsArray;
+        let ops = batch.column(op).as_string::<i32>();
+        let data = batch
+            .project(&(0..op).collect::<Vec<_>>())
+            .map_err(|e| crate::engine::EngineError::arrow("setting the changelog op aside", e))?;
+        let payloads = self.encode(&data).await?;
+        let values = payloads
+            .into_iter()
+            .zip(ops.iter())
+            .map(|(p, op)| matches!(op, Some("+I" | "+U")).then_some(p))
+            .collect();
+        self.keyed(&data, values)
+    }
+
+    /// Encoded records: each row's key (from `key_field`) and value (`None`: a
+    /// tombstone).
+    fn keyed(
+        &self,
+        batch: &RecordBatch,
+        payloads: Vec<Option<bytes::Bytes>>,
+    ) -> Result<RecordBatch> {
         let keys: ArrayRef = match self.key {
             Some(i) => arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
                 .map_err(|e| crate::engine::EngineError::arrow("reading the key column", e))?,
             None => arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, payloads.len()),
         };
-        let values: ArrayRef = Arc::new(arrow::array::BinaryArray::from_iter_values(
-            payloads.iter().map(|p| p.as_ref()),
+        let values: ArrayRef = Arc::new(arrow::array::BinaryArray::from_iter(
+            payloads.iter().map(|p| p.as_deref()),
         ));
         RecordBatch::try_new(transactions::records_schema(), vec![keys, values])
             .map_err(|e| crate::engine::EngineError::arrow("encoding records", e))
@@ -1553,7 +1611,10 @@ impl KafkaSink {
             let line = transactions::value_of(records, row);
             let key = transactions::key_of(records, row);
             loop {
-                let mut record = FutureRecord::<str, [u8]>::to(&self.topic).payload(line);
+                let mut record = FutureRecord::<str, [u8]>::to(&self.topic);
+                if let Some(line) = line {
+                    record = record.payload(line);
+                }
                 if let Some(k) = key {
                     record = record.key(k);
                 }

@@ -52,7 +52,8 @@ pub(super) fn records_schema() -> SchemaRef {
         .get_or_init(|| {
             Arc::new(Schema::new(vec![
                 Field::new("key", DataType::Utf8, true),
-                Field::new("value", DataType::Binary, false),
+                // NULL: a tombstone (an upsert sink's deleted key).
+                Field::new("value", DataType::Binary, true),
             ]))
         })
         .clone()
@@ -440,9 +441,10 @@ pub(super) fn key_of(records: &RecordBatch, i: usize) -> Option<&str> {
     (!k.is_null(i)).then(|| k.value(i))
 }
 
-/// `value` of row `i` of encoded records.
-pub(super) fn value_of(records: &RecordBatch, i: usize) -> &[u8] {
-    records.column(1).as_binary::<i32>().value(i)
+/// `value` of row `i` of encoded records; `None` for a tombstone.
+pub(super) fn value_of(records: &RecordBatch, i: usize) -> Option<&[u8]> {
+    let v = records.column(1).as_binary::<i32>();
+    (!v.is_null(i)).then(|| v.value(i))
 }
 
 #[cfg(test)]
