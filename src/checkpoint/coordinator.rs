@@ -43,9 +43,10 @@ pub(crate) enum Report {
         blob: Option<StateBlob>,
     },
     /// This task's input ended. With `last` (its state at the end: a source's final
-    /// position, an operator's state after it emitted everything), later checkpoints
-    /// take that state without waiting for the task; without it (a sink, or a source
-    /// that cannot say where it ended) no checkpoint can complete any more.
+    /// position, an operator's state after it emitted everything, none for a sink that
+    /// published everything), later checkpoints take that state without waiting for
+    /// the task; without it (a stopped sink, or a source that cannot say where it
+    /// ended) no checkpoint can complete any more.
     Finished {
         task: String,
         last: Option<Option<StateBlob>>,

@@ -761,8 +761,10 @@ async fn run_sink(
         }
     }
     if let Some(c) = &checkpoints {
-        // A sink at its end publishes everything: no checkpoint after that.
-        c.finished(None);
+        // At the end of its input a sink publishes everything (`finish` below) and
+        // holds no state: later checkpoints, for the pipeline's other sinks, go on
+        // without it. Stopped, it ends checkpointing, so the committed id is final.
+        c.finished((!stop.is_raised()).then_some(None));
         if exactly_once && stop.is_raised() {
             // Stopped mid-input: rows after the last committed checkpoint are replayed
             // by the restart, so they must not become visible now. A checkpoint this

@@ -303,6 +303,39 @@ async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch
     .await;
 }
 
+/// Two sinks, one of whose inputs ends at once: that sink publishes everything at its
+/// end and checkpoints go on for the other one (before, the first finished sink ended
+/// checkpointing for the whole pipeline). Both outputs are complete.
+#[test]
+fn checkpoints_go_on_after_one_of_two_sinks_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        "CREATE TABLE quick WITH (connector = 'generator', stream = 'orders', seed = '1', \
+           count = '50', rate = '0');\n\
+         CREATE TABLE slow WITH (connector = 'generator', stream = 'orders', seed = '2', \
+           count = '1500', rate = '1000');\n\
+         CREATE TABLE a WITH (connector = 'parquet', path = 'a');\n\
+         CREATE TABLE b WITH (connector = 'parquet', path = 'b');\n\
+         INSERT INTO a SELECT event_id FROM quick;\n\
+         INSERT INTO b SELECT event_id FROM slow;\n",
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: two_sinks\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
+         delivery: exactly-once\n",
+    );
+    ok(&run(d, &["run", "p.yaml"]));
+    let last = committed(&d.join("checkpoints"));
+    assert!(
+        last >= 5,
+        "checkpoints went on while the slow branch ran (~1.5 s at 100 ms): last committed {last}"
+    );
+    assert_eq!(published_rows(&d.join("a")).len(), 50);
+    assert_eq!(published_rows(&d.join("b")).len(), 1500);
+}
+
 /// `rows` as published: a changelog (rows with an `_op`) is applied in order, `+I`/`+U`
 /// adding the row and `-U`/`-D` removing one equal row (which must be there); other
 /// rows are returned as they are.
