@@ -99,13 +99,21 @@ impl TaskCheckpoints {
 
     /// Waits until a checkpoint is triggered (sources that wait for input).
     pub async fn triggered(&mut self) -> u64 {
-        let taken = self.taken;
-        let seen = self.triggered.wait_for(|t| *t > taken).await.map(|t| *t);
-        match seen {
-            Ok(t) => t,
-            // The coordinator is gone: no more checkpoints.
-            Err(_) => std::future::pending().await,
+        match self.next_trigger().await {
+            Some(t) => t,
+            None => std::future::pending().await,
         }
+    }
+
+    /// The next checkpoint triggered since this task's last one; `None` once the
+    /// coordinator is gone (no more checkpoints).
+    pub async fn next_trigger(&mut self) -> Option<u64> {
+        let taken = self.taken;
+        self.triggered
+            .wait_for(|t| *t > taken)
+            .await
+            .map(|t| *t)
+            .ok()
     }
 
     /// Acknowledges checkpoint `id` with this task's state.

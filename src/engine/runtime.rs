@@ -667,6 +667,36 @@ async fn run_operator(
     Ok(())
 }
 
+/// A sink at the end of its input: pre-commits the next checkpoint
+/// triggered (again if one is abandoned) and commits it once the coordinator has, with
+/// `uncommitted` before it. Without a coordinator any more, returns: `finish`
+/// publishes what is left, as before checkpoints.
+async fn final_checkpoint(
+    sink: &mut dyn super::Sink,
+    c: &mut crate::checkpoint::TaskCheckpoints,
+    mut uncommitted: Option<u64>,
+) -> Result<()> {
+    let mut committed = c.committed();
+    while let Some(id) = c.next_trigger().await {
+        let state = sink.pre_commit(id).await?;
+        c.ack(id, state.map(Into::into));
+        let mut triggered = c.clone();
+        let done = tokio::select! {
+            r = committed.wait_for(|done| *done >= id) => r.is_ok(),
+            // Abandoned: take part in the next one.
+            _ = triggered.next_trigger() => false,
+        };
+        if done {
+            if let Some(before) = uncommitted.take() {
+                sink.commit(before).await?;
+            }
+            return sink.commit(id).await;
+        }
+        uncommitted = uncommitted.or(Some(id));
+    }
+    Ok(())
+}
+
 /// Snapshots `op` for checkpoint `id`, acknowledges it and forwards the barrier.
 async fn take_checkpoint(
     op: &mut dyn super::Operator,
@@ -760,10 +790,18 @@ async fn run_sink(
             alignment.release(id);
         }
     }
+    if let Some(c) = checkpoints.as_mut()
+        && !stop.is_raised()
+    {
+        // The end of the input: the rest of the output goes out through one more
+        // checkpoint, which also records every source at its end, so a restart from
+        // it replays nothing.
+        final_checkpoint(sink.as_mut(), c, uncommitted.take()).await?;
+    }
     if let Some(c) = &checkpoints {
-        // At the end of its input a sink publishes everything (`finish` below) and
-        // holds no state: later checkpoints, for the pipeline's other sinks, go on
-        // without it. Stopped, it ends checkpointing, so the committed id is final.
+        // At the end of its input a sink has published everything (`finish` below)
+        // and holds no state: later checkpoints, for the pipeline's other sinks, go
+        // on without it. Stopped, it ends checkpointing, so the committed id is final.
         c.finished((!stop.is_raised()).then_some(None));
         if exactly_once && stop.is_raised() {
             // Stopped mid-input: rows after the last committed checkpoint are replayed

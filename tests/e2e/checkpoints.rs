@@ -303,6 +303,42 @@ async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch
     .await;
 }
 
+/// A bounded pipeline run to its end with checkpoints, then started again: its last
+/// checkpoint, taken at the end of the input, holds every source at its end and the
+/// sink's last output, so the second run resumes there and writes nothing (before, it
+/// resumed from the last checkpoint taken on the interval and wrote the tail again).
+#[test]
+fn a_finished_pipeline_started_again_resumes_at_its_end_and_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '3', \
+           count = '3000', rate = '3000');\n\
+         CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+         INSERT INTO out SELECT event_id FROM orders;\n",
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: rerun\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
+         delivery: exactly-once\n",
+    );
+    ok(&run(d, &["run", "p.yaml"]));
+    assert_eq!(published_rows(&d.join("out")).len(), 3000);
+    let again = run(d, &["run", "p.yaml"]);
+    ok(&again);
+    assert!(
+        stderr(&again).contains("resuming from checkpoint"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(
+        published_rows(&d.join("out")).len(),
+        3000,
+        "the second run resumed at the end"
+    );
+}
+
 /// Two sinks, one of whose inputs ends at once: that sink publishes everything at its
 /// end and checkpoints go on for the other one (before, the first finished sink ended
 /// checkpointing for the whole pipeline). Both outputs are complete.
