@@ -23,6 +23,19 @@ const QUERY: &str = "SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, resta
     (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n, sum(total) AS total \
      FROM orders GROUP BY w, restaurant_id)";
 
+/// Writes `p.sql` (`sql`) and `p.yaml`: pipeline `name`, exactly-once, checkpoints
+/// every 100 ms under `checkpoints/`.
+fn exactly_once_pipeline(d: &Path, name: &str, sql: &str) {
+    write(&d.join("p.sql"), sql);
+    write(
+        &d.join("p.yaml"),
+        &format!(
+            "name: {name}\nsql: p.sql\ncheckpoint: {{ interval: 100ms, dir: checkpoints }}\n\
+             delivery: exactly-once\n"
+        ),
+    );
+}
+
 /// The latest committed checkpoint's id in `dir` (0: none).
 fn committed(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -97,18 +110,14 @@ async fn killed_and_resumed(case: Crash<'_>) {
             )
         })
         .collect();
-    write(
-        &d.join("p.sql"),
+    exactly_once_pipeline(
+        d,
+        "crash",
         &format!(
             "{sources}CREATE TABLE out WITH ({});\n\
              INSERT INTO out {query};\n",
             output.options()
         ),
-    );
-    write(
-        &d.join("p.yaml"),
-        "name: crash\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
-         delivery: exactly-once\n",
     );
     let checkpoints = d.join("checkpoints");
     // A fixed-seed generator of kill moments: after 1–4 more committed checkpoints,
@@ -311,17 +320,13 @@ async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch
 fn a_finished_pipeline_started_again_resumes_at_its_end_and_adds_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        &d.join("p.sql"),
+    exactly_once_pipeline(
+        d,
+        "rerun",
         "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '3', \
            count = '3000', rate = '3000');\n\
          CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
          INSERT INTO out SELECT event_id FROM orders;\n",
-    );
-    write(
-        &d.join("p.yaml"),
-        "name: rerun\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
-         delivery: exactly-once\n",
     );
     ok(&run(d, &["run", "p.yaml"]));
     assert_eq!(published_rows(&d.join("out")).len(), 3000);
@@ -346,8 +351,9 @@ fn a_finished_pipeline_started_again_resumes_at_its_end_and_adds_nothing() {
 fn checkpoints_go_on_after_one_of_two_sinks_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        &d.join("p.sql"),
+    exactly_once_pipeline(
+        d,
+        "two_sinks",
         "CREATE TABLE quick WITH (connector = 'generator', stream = 'orders', seed = '1', \
            count = '50', rate = '0');\n\
          CREATE TABLE slow WITH (connector = 'generator', stream = 'orders', seed = '2', \
@@ -356,11 +362,6 @@ fn checkpoints_go_on_after_one_of_two_sinks_finishes() {
          CREATE TABLE b WITH (connector = 'parquet', path = 'b');\n\
          INSERT INTO a SELECT event_id FROM quick;\n\
          INSERT INTO b SELECT event_id FROM slow;\n",
-    );
-    write(
-        &d.join("p.yaml"),
-        "name: two_sinks\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
-         delivery: exactly-once\n",
     );
     ok(&run(d, &["run", "p.yaml"]));
     let last = committed(&d.join("checkpoints"));
@@ -727,15 +728,22 @@ fn a_savepoint_is_taken_on_request_and_kept() {
     assert!(o.status.success(), "{}", stderr(&o));
     let listing = stdout(&o);
     let rows: Vec<&str> = listing.lines().skip(2).collect();
-    assert_eq!(
-        rows.len(),
-        3,
-        "the savepoint and the last two checkpoints:\n{listing}"
-    );
     assert!(
         rows.iter()
             .any(|r| r.trim_start().starts_with(&id.to_string()) && r.ends_with("before-deploy")),
         "{listing}"
+    );
+    // The last two checkpoints are kept; killed between a commit and its garbage
+    // collection, a third may remain, never an older one.
+    let regular: Vec<u64> = rows
+        .iter()
+        .filter(|r| !r.ends_with("before-deploy"))
+        .map(|r| r.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let last = regular.iter().copied().max().unwrap_or(0);
+    assert!(
+        (2..=3).contains(&regular.len()) && regular.iter().all(|c| *c + 2 >= last),
+        "the savepoint and the last two checkpoints:\n{listing}"
     );
 }
 
