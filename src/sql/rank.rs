@@ -330,6 +330,7 @@ impl Operator for RankOperator {
     /// (none is late: each was newer than the watermark it is restored with).
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
         let mut restored = Vec::with_capacity(states.len());
+        let mut watermark: Option<i64> = None;
         for state in states {
             let parts = crate::state::snapshot::parts(state)?;
             let [ranked, waiting] = parts[..] else {
@@ -340,10 +341,7 @@ impl Operator for RankOperator {
                 .into());
             };
             let (header, batches): (RankSnapshot, _) = crate::state::snapshot::decode(ranked)?;
-            self.watermark = match restored.is_empty() {
-                true => header.watermark,
-                false => self.watermark.min(header.watermark),
-            };
+            watermark = Some(watermark.map_or(header.watermark, |w| w.min(header.watermark)));
             for columns in batches {
                 let columns = super::window::own_rows(&self.task, columns, header.keys)?;
                 let (keys, rest) = columns.split_at(header.keys);
@@ -369,6 +367,10 @@ impl Operator for RankOperator {
                 }
             }
             restored.push(waiting);
+        }
+        if let Some(w) = watermark {
+            // Before the waiting rows go back in: none of them is late against it.
+            self.watermark = w;
         }
         self.last_expiry = self.watermark;
         let input = Arc::new(arrow::datatypes::Schema::new(
