@@ -4,18 +4,21 @@ for a pipeline's output, and reading back what it wrote with Confluent's client.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA = ["bash", str(REPO / "scripts/kafka")]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
+BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
 
 
 def kafka(*args: str, directory: str) -> None:
@@ -50,6 +53,27 @@ def wait_until_written(servers: str, topic: str, partitions: int, records: int,
         assert time.time() < deadline, "the pipeline wrote too little"
         time.sleep(0.2)
     assert pipeline.poll() is None, "the pipeline ended before it was wanted"
+
+
+def event_ids_after_disruption(tmp: Path, pipeline_file: str, servers: str, topic: str,
+                               partitions: int, records: int,
+                               disrupt: Callable[[], None]) -> list[str]:
+    """Runs ``tributary run PIPELINE_FILE`` in ``tmp``; once ``topic`` holds ``records``
+    offsets, calls ``disrupt`` (kill a broker, restart it); waits until the pipeline
+    ends well and returns the ``event_id`` of every committed record in the topic."""
+    pipeline = subprocess.Popen(
+        [str(BIN), "run", pipeline_file, "--set", "admin.listen=127.0.0.1:0"],
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_until_written(servers, topic, partitions, records, pipeline)
+        disrupt()
+        _, err = pipeline.communicate(timeout=300)
+        assert pipeline.returncode == 0, err
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
+    return [json.loads(m.value())["event_id"] for m in read_all(servers, topic, partitions)]
 
 
 def end_offsets(servers: str, topic: str, partitions: int) -> dict[int, int]:

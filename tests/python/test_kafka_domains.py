@@ -19,10 +19,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
-from kafka_kit import kafka, own_cluster, read_all
+from kafka_kit import BIN, kafka, own_cluster, read_all
 
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
-BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
 ORDERS = 300
 
 

@@ -10,16 +10,12 @@ client) must then read every order event exactly once.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
-from kafka_kit import kafka, own_cluster, read_all, wait_until_written
+from kafka_kit import BIN, event_ids_after_disruption, kafka, own_cluster
 
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
-BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
 EVENTS = 9000
 PARTITIONS = 2
 
@@ -45,22 +41,14 @@ def test_a_broker_killed_mid_run_loses_and_doubles_nothing_in_transactions(broke
     (tmp_path / "p.yaml").write_text(
         "name: eos\nsql: p.sql\ncheckpoint: { interval: 200ms, dir: checkpoints }\ndelivery: exactly-once\n"
     )
-    pipeline = subprocess.Popen(
-        [str(BIN), "run", "p.yaml", "--set", "admin.listen=127.0.0.1:0"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        # Kill the broker once some transactions have committed.
-        wait_until_written(servers, topic, PARTITIONS, EVENTS // 6, pipeline)
+
+    def kill_and_restart() -> None:
         kafka("kill", "1", directory=directory)
         kafka("restart", "1", directory=directory)
-        _, err = pipeline.communicate(timeout=300)
-        assert pipeline.returncode == 0, err
-    finally:
-        if pipeline.poll() is None:
-            pipeline.kill()
 
-    seen = [json.loads(m.value())["event_id"] for m in read_all(servers, topic, PARTITIONS)]
+    # The broker killed once some transactions have committed.
+    seen = event_ids_after_disruption(tmp_path, "p.yaml", servers, topic, PARTITIONS,
+                                      EVENTS // 6, kill_and_restart)
     expected = subprocess.run(
         [str(BIN), "generate", "--stream", "orders", "--seed", "11", "--count", str(EVENTS),
          "--option", "rate=1500"],

@@ -8,18 +8,12 @@ stopped at the end.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_kit import kafka, own_cluster, read_all, wait_until_written
+from kafka_kit import event_ids_after_disruption, kafka, own_cluster
 
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
-BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
 EVENTS = 30_000
 PARTITIONS = 3
 
@@ -45,20 +39,8 @@ def test_killing_a_broker_loses_and_doubles_nothing(cluster, tmp_path):
         "key_field = 'order_id');\n"
         "INSERT INTO out SELECT event_id, order_id, event_type FROM orders;\n"
     )
-    pipeline = subprocess.Popen(
-        [str(BIN), "run", "p.sql", "--set", "admin.listen=127.0.0.1:0"],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        # Kill broker 2 once a sixth of the records are in the topic.
-        wait_until_written(servers, topic, PARTITIONS, EVENTS // 6, pipeline)
-        kafka("kill", "2", directory=directory)
-        _, err = pipeline.communicate(timeout=300)
-        assert pipeline.returncode == 0, err
-    finally:
-        if pipeline.poll() is None:
-            pipeline.kill()
-
-    seen = [json.loads(m.value())["event_id"] for m in read_all(servers, topic, PARTITIONS)]
+    # Broker 2 killed once a sixth of the records are in the topic.
+    seen = event_ids_after_disruption(tmp_path, "p.sql", servers, topic, PARTITIONS, EVENTS // 6,
+                                      lambda: kafka("kill", "2", directory=directory))
     assert len(seen) == EVENTS, f"{len(seen)} records for {EVENTS} events"
     assert len(set(seen)) == EVENTS, "a record was written twice"

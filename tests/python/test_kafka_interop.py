@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafka_kit import read_all
+from kafka_kit import BIN, read_all
 
-TARGET = Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache/tributary/target"))
-BIN = Path(os.environ.get("TRIBUTARY_BIN", TARGET / "debug/tributary"))
 
 
 @pytest.fixture(scope="module")
