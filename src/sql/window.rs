@@ -776,6 +776,9 @@ struct WindowState {
     /// `None` when the only `GROUP BY` is the window: then there is one group.
     groups: Option<Box<dyn GroupValues>>,
     key_log: Vec<Vec<ArrayRef>>,
+    /// Memory of `key_log`'s arrays, kept as they are added: `size` runs after every
+    /// batch, and the log has a chunk per batch that brought new keys.
+    logged_bytes: usize,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     group_ids: Vec<usize>,
     /// With an allowed lateness: the result last emitted (keys, values by group id),
@@ -786,14 +789,8 @@ struct WindowState {
 
 impl WindowState {
     fn size(&self) -> usize {
-        let logged: usize = self
-            .key_log
-            .iter()
-            .flatten()
-            .map(|c| c.get_array_memory_size())
-            .sum();
         self.groups.as_ref().map_or(0, |g| g.size())
-            + logged
+            + self.logged_bytes
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
@@ -826,6 +823,10 @@ impl WindowState {
                 .map(|k| take(k.as_ref(), &idx, None))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| EngineError::arrow("logging new window keys", e))?;
+            self.logged_bytes += new_keys
+                .iter()
+                .map(|c| c.get_array_memory_size())
+                .sum::<usize>();
             self.key_log.push(new_keys);
         }
         Ok(total)
@@ -843,6 +844,7 @@ impl WindowState {
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|e| EngineError::arrow("reading window keys", e))?;
+            self.logged_bytes = columns.iter().map(|c| c.get_array_memory_size()).sum();
             self.key_log = vec![columns];
         }
         Ok(self.key_log.first().cloned().unwrap_or_default())
@@ -900,6 +902,7 @@ impl WindowAggOperator {
         Ok(WindowState {
             groups,
             key_log: Vec::new(),
+            logged_bytes: 0,
             accs: self.factory.new_accs()?,
             group_ids: Vec::new(),
             emitted: None,
