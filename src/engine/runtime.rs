@@ -667,14 +667,13 @@ async fn run_operator(
     Ok(())
 }
 
-/// A sink at the end of its input: pre-commits the next checkpoint
-/// triggered (again if one is abandoned) and commits it once the coordinator has, with
-/// `uncommitted` before it. Without a coordinator any more, returns: `finish`
+/// A sink at the end of its input: pre-commits the next checkpoint triggered (again if
+/// one is abandoned) and commits it once the coordinator has (which commits every
+/// checkpoint before it too). Without a coordinator any more, returns: `finish`
 /// publishes what is left, as before checkpoints.
 async fn final_checkpoint(
     sink: &mut dyn super::Sink,
     c: &mut crate::checkpoint::TaskCheckpoints,
-    mut uncommitted: Option<u64>,
 ) -> Result<()> {
     let mut committed = c.committed();
     while let Some(id) = c.next_trigger().await {
@@ -687,12 +686,8 @@ async fn final_checkpoint(
             _ = triggered.next_trigger() => false,
         };
         if done {
-            if let Some(before) = uncommitted.take() {
-                sink.commit(before).await?;
-            }
             return sink.commit(id).await;
         }
-        uncommitted = uncommitted.or(Some(id));
     }
     Ok(())
 }
@@ -796,7 +791,7 @@ async fn run_sink(
         // The end of the input: the rest of the output goes out through one more
         // checkpoint, which also records every source at its end, so a restart from
         // it replays nothing.
-        final_checkpoint(sink.as_mut(), c, uncommitted.take()).await?;
+        final_checkpoint(sink.as_mut(), c).await?;
     }
     if let Some(c) = &checkpoints {
         // At the end of its input a sink has published everything (`finish` below)
