@@ -36,11 +36,13 @@ pub struct CheckpointSettings {
 /// What a task tells the coordinator.
 #[derive(Debug)]
 pub(crate) enum Report {
-    /// Checkpoint `id` is taken on this task; its state (if any).
+    /// Checkpoint `id` is taken on this task; its state (if any). A delta builds on
+    /// the task's state in checkpoint `base`.
     Ack {
         id: u64,
         task: String,
         blob: Option<StateBlob>,
+        base: Option<u64>,
     },
     /// This task's input ended. With `last` (its state at the end: a source's final
     /// position, an operator's state after it emitted everything, none for a sink that
@@ -87,6 +89,8 @@ pub struct TaskCheckpoints {
     store: Arc<dyn CheckpointStore>,
     /// The last checkpoint this (source) task took.
     taken: u64,
+    /// The last checkpoint this task acknowledged since it started.
+    snapshotted: Option<u64>,
     pub exactly_once: bool,
 }
 
@@ -116,14 +120,28 @@ impl TaskCheckpoints {
             .ok()
     }
 
-    /// Acknowledges checkpoint `id` with this task's state.
+    /// Acknowledges checkpoint `id` with this task's state (a delta builds on this
+    /// task's previous acknowledgement).
     pub fn ack(&mut self, id: u64, blob: Option<StateBlob>) {
         self.taken = self.taken.max(id);
+        let base = self
+            .snapshotted
+            .filter(|_| blob.as_ref().is_some_and(|b| b.is_delta()));
+        self.snapshotted = Some(id);
         let _ = self.reports.send(Report::Ack {
             id,
             task: self.name.clone(),
             blob,
+            base,
         });
+    }
+
+    /// Whether the last snapshot this task acknowledged since it started is part of a
+    /// committed checkpoint, so that the next may be a delta on it
+    /// ([`Operator::snapshot_changes`](crate::engine::Operator::snapshot_changes)).
+    pub fn previous_committed(&self) -> bool {
+        self.snapshotted
+            .is_some_and(|id| *self.committed.borrow() >= id)
     }
 
     /// This task's input ended; `last`: see [`Report::Finished`].
@@ -134,10 +152,25 @@ impl TaskCheckpoints {
         });
     }
 
-    /// The states this task resumes from, with the partition each was taken on: its
-    /// own when the node's parallelism is unchanged; after rescaling, the node's
-    /// states that `share` gives it. Empty without a restored checkpoint.
+    /// The states this task resumes from, with the partition each was taken on (see
+    /// [`restored_chains`](Self::restored_chains)), for tasks that never write deltas.
     pub async fn restored(&self, share: Share) -> Result<Vec<(usize, Vec<u8>)>> {
+        let (partitions, chains): (Vec<usize>, Vec<_>) =
+            self.restored_chains(share).await?.into_iter().unzip();
+        Ok(partitions
+            .into_iter()
+            .zip(crate::state::snapshot::full_snapshots(chains)?)
+            .collect())
+    }
+
+    /// The states this task resumes from, each with the partition it was taken on and
+    /// as a chain (a full snapshot and the deltas on it): its own when the node's
+    /// parallelism is unchanged; after rescaling, the node's states that `share` gives
+    /// it. Empty without a restored checkpoint.
+    pub async fn restored_chains(
+        &self,
+        share: Share,
+    ) -> Result<Vec<(usize, crate::state::snapshot::Chain)>> {
         let Some(meta) = &self.restore else {
             return Ok(Vec::new());
         };
@@ -155,8 +188,12 @@ impl TaskCheckpoints {
         let mut out = Vec::new();
         for q in wanted {
             let name = super::task_blob(&self.node, q);
-            if meta.blobs.contains(&name) {
-                out.push((q, self.store.get_blob(meta.id, &name).await?));
+            let mut chain = Vec::new();
+            for id in meta.chain(&name) {
+                chain.push(self.store.get_blob(id, &name).await?);
+            }
+            if !chain.is_empty() {
+                out.push((q, chain));
             }
         }
         Ok(out)
@@ -259,6 +296,7 @@ impl Coordinator {
             restore,
             store: self.settings.store.clone(),
             taken: self.settings.restore.as_ref().map_or(0, |m| m.id),
+            snapshotted: None,
             exactly_once: self.settings.exactly_once,
             name,
         }
@@ -268,8 +306,14 @@ impl Coordinator {
     pub async fn run(mut self) -> Result<()> {
         drop(self.reports_tx);
         let store = self.settings.store.clone();
-        let mut previous = super::latest(store.as_ref()).await?.map(|m| m.id);
-        let mut next = previous.unwrap_or(0).max(*self.triggered.borrow()) + 1;
+        // The latest committed checkpoint: new ones commit on top of it, and tasks'
+        // deltas build on its states.
+        let mut last = super::latest(store.as_ref()).await?;
+        let mut next = last
+            .as_ref()
+            .map_or(0, |m| m.id)
+            .max(*self.triggered.borrow())
+            + 1;
         let timeout = (self.settings.interval * 10).max(Duration::from_secs(60));
         let metrics = crate::metrics::checkpoints(&self.pipeline);
         let mut last_success = Instant::now();
@@ -311,8 +355,10 @@ impl Coordinator {
             let started_ms = chrono::Utc::now().timestamp_millis();
             let _ = self.triggered.send(id);
             // Every task's state for this checkpoint: finished tasks' last ones now,
-            // the others' as they acknowledge.
+            // the others' as they acknowledge; and which ones are deltas on `last`.
             let mut states: BTreeMap<String, Option<StateBlob>> = done.clone();
+            let mut chains: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            let mut unchained = None;
             let deadline = tokio::time::sleep(timeout);
             tokio::pin!(deadline);
             let complete = loop {
@@ -328,7 +374,18 @@ impl Coordinator {
                             states.entry(task.clone()).or_insert_with(|| last.clone());
                             done.insert(task, last);
                         }
-                        Some(Report::Ack { id: a, task, blob }) if a == id => {
+                        Some(Report::Ack { id: a, task, blob, base }) if a == id => {
+                            if blob.as_ref().is_some_and(|b| b.is_delta()) {
+                                let mut chain = match (&last, base) {
+                                    (Some(l), Some(b)) if l.id == b => l.chain(&task),
+                                    _ => Vec::new(),
+                                };
+                                if chain.is_empty() {
+                                    unchained.get_or_insert_with(|| task.clone());
+                                }
+                                chain.push(id);
+                                chains.insert(task.clone(), chain);
+                            }
                             states.insert(task, blob);
                         }
                         Some(Report::Ack { .. }) => {}
@@ -337,6 +394,19 @@ impl Coordinator {
                 }
             };
             let acked = states.len();
+            if let Some(task) = unchained {
+                // Cannot happen while tasks only send deltas on committed snapshots;
+                // abandoning makes their next snapshot a full one.
+                tracing::warn!(pipeline = %self.pipeline, checkpoint = id, task,
+                    "checkpoint abandoned: a task's delta does not build on the latest committed checkpoint");
+                metrics.failed.increment(1);
+                if let Some(r) = requested.take() {
+                    let _ = r.reply.send(Err(format!(
+                        "checkpoint {id} was abandoned: {task}'s state could not be chained"
+                    )));
+                }
+                continue;
+            }
             let blobs: Vec<(String, StateBlob)> = states
                 .into_iter()
                 .filter_map(|(task, blob)| blob.map(|b| (task, b)))
@@ -380,14 +450,14 @@ impl Coordinator {
                     .as_ref()
                     .map(|r| r.name.clone().unwrap_or_else(|| format!("savepoint-{id}"))),
                 operators: self.operators.clone(),
+                chains,
             };
-            store.commit(&meta, previous).await?;
+            store.commit(&meta, last.as_ref().map(|m| m.id)).await?;
             if let Some(r) = requested.take() {
                 tracing::info!(pipeline = %self.pipeline, checkpoint = id,
                     savepoint = meta.savepoint.as_deref().unwrap_or(""), "savepoint taken");
                 let _ = r.reply.send(Ok(id));
             }
-            previous = Some(id);
             let _ = self.committed.send(id);
             last_success = Instant::now();
             metrics.completed.increment(1);
@@ -397,28 +467,37 @@ impl Coordinator {
             metrics.age.set(0.0);
             tracing::debug!(pipeline = %self.pipeline, checkpoint = id, bytes,
                 duration_ms = meta.duration_ms, "checkpoint committed");
+            last = Some(meta);
             collect_garbage(store.as_ref(), self.settings.retain).await;
         }
     }
 }
 
-/// Deletes committed checkpoints beyond the newest `retain` (savepoints stay) and
-/// abandoned attempts; failures are logged, never fatal.
+/// Deletes committed checkpoints beyond the newest `retain` (savepoints stay), then
+/// the blobs of deleted checkpoints and abandoned attempts, except those a kept
+/// checkpoint's state still builds on; failures are logged, never fatal.
 async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
     let result = async {
-        let all = store.list().await?;
-        let regular: Vec<&CheckpointMeta> = all.iter().filter(|m| m.savepoint.is_none()).collect();
+        let mut all = store.list().await?;
         let newest = all.last().map(|m| m.id);
-        for m in regular
+        let regular: Vec<u64> = all
             .iter()
-            .take(regular.len().saturating_sub(retain.max(1)))
-        {
-            store.delete(m.id).await?;
+            .filter(|m| m.savepoint.is_none())
+            .map(|m| m.id)
+            .collect();
+        let old = &regular[..regular.len().saturating_sub(retain.max(1))];
+        for id in old {
+            store.delete_meta(*id).await?;
         }
+        all.retain(|m| !old.contains(&m.id));
+        let kept: std::collections::BTreeSet<u64> = all
+            .iter()
+            .flat_map(|m| m.chains.values().flatten().copied())
+            .collect();
         for id in store.orphans().await? {
             // Blobs of the checkpoint in flight are newer than the newest committed.
-            if newest.is_some_and(|n| id < n) {
-                store.delete(id).await?;
+            if newest.is_some_and(|n| id < n) && !kept.contains(&id) {
+                store.delete_blobs(id).await?;
             }
         }
         Ok::<_, crate::Error>(())

@@ -116,13 +116,16 @@ impl CheckpointStore for LocalCheckpointStore {
         Ok(out)
     }
 
-    async fn delete(&self, id: u64) -> Result<()> {
+    async fn delete_meta(&self, id: u64) -> Result<()> {
         let meta = self.meta_path(id);
         match tokio::fs::remove_file(&meta).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(storage(&meta, e)),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(storage(&meta, e)),
         }
+    }
+
+    async fn delete_blobs(&self, id: u64) -> Result<()> {
         let blobs = self.blob_dir(id);
         match tokio::fs::remove_dir_all(&blobs).await {
             Ok(()) => Ok(()),
@@ -170,6 +173,7 @@ mod tests {
             blobs: vec!["src/0".into()],
             savepoint: None,
             operators: Default::default(),
+            chains: Default::default(),
         }
     }
 
@@ -194,8 +198,16 @@ mod tests {
         store.commit(&meta(2), Some(1)).await.unwrap();
         let e = store.commit(&meta(2), Some(2)).await.unwrap_err();
         assert_eq!(e.code(), "CHK002", "committed twice: {e}");
-        store.delete(1).await.unwrap();
+        store.delete_meta(1).await.unwrap();
         assert_eq!(store.list().await.unwrap(), vec![meta(2)]);
+        assert_eq!(
+            store.get_blob(1, "src/0").await.unwrap(),
+            b"abc",
+            "blobs outlive their metadata"
+        );
+        assert_eq!(store.orphans().await.unwrap(), vec![1]);
+        store.delete_blobs(1).await.unwrap();
         assert!(store.get_blob(1, "src/0").await.is_err());
+        assert!(store.orphans().await.unwrap().is_empty());
     }
 }

@@ -81,6 +81,12 @@ pub struct CheckpointMeta {
     /// The blobs written, by task name (`node/partition`): tasks without state have
     /// none.
     pub blobs: Vec<String>,
+    /// Tasks whose state is incremental: the checkpoints whose blob of the task's
+    /// name make up its state, oldest first (a full snapshot, then deltas; the last is
+    /// this checkpoint). A task not named here has its whole state in this
+    /// checkpoint's blob. Garbage collection keeps every blob a kept checkpoint names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub chains: BTreeMap<String, Vec<u64>>,
     /// `Some(name)` for a savepoint (taken on request, kept until deleted).
     #[serde(default)]
     pub savepoint: Option<String>,
@@ -108,11 +114,28 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
     async fn commit(&self, meta: &CheckpointMeta, previous: Option<u64>) -> Result<()>;
     /// The committed checkpoints, oldest first.
     async fn list(&self) -> Result<Vec<CheckpointMeta>>;
-    /// Deletes checkpoint `id`: its metadata first (so it is never half-visible),
-    /// then its blobs. Also used for blobs of checkpoints never committed.
-    async fn delete(&self, id: u64) -> Result<()>;
-    /// Ids that have blobs but no metadata (abandoned attempts), for cleanup.
+    /// Deletes checkpoint `id`'s metadata: it is no longer listed. Its blobs stay
+    /// (a later checkpoint may build on them) until [`delete_blobs`].
+    ///
+    /// [`delete_blobs`]: CheckpointStore::delete_blobs
+    async fn delete_meta(&self, id: u64) -> Result<()>;
+    /// Deletes the blobs of checkpoint `id`, which has no metadata.
+    async fn delete_blobs(&self, id: u64) -> Result<()>;
+    /// Ids that have blobs but no metadata (abandoned attempts, deleted checkpoints),
+    /// for cleanup.
     async fn orphans(&self) -> Result<Vec<u64>>;
+}
+
+impl CheckpointMeta {
+    /// The checkpoints whose blob `task` (a task name) makes up the task's state, oldest
+    /// first; empty when the task had no state.
+    pub fn chain(&self, task: &str) -> Vec<u64> {
+        match self.chains.get(task) {
+            Some(chain) => chain.clone(),
+            None if self.blobs.iter().any(|b| b == task) => vec![self.id],
+            None => Vec::new(),
+        }
+    }
 }
 
 /// The latest committed checkpoint, if any.

@@ -164,11 +164,30 @@ pub trait Operator: Send {
         Ok(None)
     }
 
+    /// Like [`snapshot`](Operator::snapshot), called instead of it when this task's
+    /// previous snapshot is part of a committed checkpoint: the operator may return
+    /// only what changed since that snapshot, as a
+    /// [`StateBlob::delta`](crate::state::snapshot::StateBlob::delta), which restore
+    /// applies on top of it. Every snapshot, of either kind, is the new base of what
+    /// counts as changed. The default takes a full snapshot.
+    fn snapshot_changes(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
+        self.snapshot()
+    }
+
     /// Before the first batch, when resuming: the bytes `snapshot` returned, on this
     /// task, or, after a change of parallelism, on every task of the node: a keyed
     /// operator keeps the keys whose key group is now this task's.
     fn restore(&mut self, _states: &[Vec<u8>]) -> Result<()> {
         Err(EngineError::User("this operator has no state to restore".into()).into())
+    }
+
+    /// [`restore`](Operator::restore) for operators that write deltas: each old
+    /// task's state as a [`Chain`](crate::state::snapshot::Chain), its last full
+    /// snapshot then the deltas on top of it. The default restores the full snapshots
+    /// and refuses deltas.
+    fn restore_chains(&mut self, chains: Vec<crate::state::snapshot::Chain>) -> Result<()> {
+        let states = crate::state::snapshot::full_snapshots(chains)?;
+        self.restore(&states)
     }
 }
 

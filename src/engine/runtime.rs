@@ -582,10 +582,9 @@ async fn run_operator(
     let task = &task;
     let mut op = factory.create(task)?;
     if let Some(c) = &checkpoints {
-        let states = c.restored(crate::checkpoint::Share::All).await?;
-        if !states.is_empty() {
-            let states: Vec<Vec<u8>> = states.into_iter().map(|(_, s)| s).collect();
-            op.restore(&states)?;
+        let chains = c.restored_chains(crate::checkpoint::Share::All).await?;
+        if !chains.is_empty() {
+            op.restore_chains(chains.into_iter().map(|(_, chain)| chain).collect())?;
         }
     }
     let mut alignment = Alignment::new(inputs.len());
@@ -692,15 +691,20 @@ async fn final_checkpoint(
     Ok(())
 }
 
-/// Snapshots `op` for checkpoint `id`, acknowledges it and forwards the barrier.
+/// Snapshots `op` for checkpoint `id` (only its changes when its previous snapshot
+/// is committed), acknowledges it and forwards the barrier.
 async fn take_checkpoint(
     op: &mut dyn super::Operator,
     out: &mut Collector,
     checkpoints: Option<&mut crate::checkpoint::TaskCheckpoints>,
     id: u64,
 ) -> Result<()> {
-    let state = op.snapshot()?;
     if let Some(c) = checkpoints {
+        let state = if c.previous_committed() {
+            op.snapshot_changes()?
+        } else {
+            op.snapshot()?
+        };
         c.ack(id, state);
     }
     out.emit_barrier(id).await

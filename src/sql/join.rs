@@ -888,7 +888,7 @@ mod tests {
             l in side(),
             r in side(),
             q in 0usize..QUERIES.len(),
-            cuts in proptest::collection::vec(0u8..3, 0..160),
+            cuts in proptest::collection::vec(0u8..4, 0..160),
         ) {
             // The sides' rows alternate; the watermark trails the older side's newest row.
             let mut newest = [None::<i64>; 2];

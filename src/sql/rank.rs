@@ -461,7 +461,7 @@ mod tests {
         fn snapshots_and_restores_anywhere_leave_the_ranks_unchanged(
             input in rows(),
             delay in 0i64..25,
-            cuts in proptest::collection::vec(0u8..3, 0..80),
+            cuts in proptest::collection::vec(0u8..4, 0..80),
         ) {
             let mut newest = i64::MIN;
             let steps: Vec<(usize, RecordBatch, Option<i64>)> = input

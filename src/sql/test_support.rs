@@ -3,6 +3,8 @@
 
 use arrow::array::{RecordBatch, UInt32Array};
 
+use crate::state::snapshot::Chain;
+
 use crate::engine::{
     Collector, Graph, Message, NodeKind, NodeSpec, Operator, Partitioning, StateKind, TaskInfo,
     Watermark,
@@ -21,12 +23,14 @@ struct Input {
 /// each row's key group, followed by `watermark` (to every task) if any; the end of
 /// input follows the last step.
 ///
-/// After step `i`, `cuts[i]` (when there) checkpoints it: `1` snapshots every task and
-/// goes on with the same tasks; `2` restores the snapshots into new tasks and goes on
-/// with those, at the next parallelism of 1 → 2 → 3 → 1 when the operator's inputs
-/// are hash-partitioned and it is rescalable (each new task then reads every old
-/// task's state, as after a change of parallelism), else at 1. Starts at parallelism
-/// 1. Returns every batch the tasks emitted.
+/// After step `i`, `cuts[i]` (when there) checkpoints it as the runtime does (a task
+/// whose previous snapshot was committed may send a delta, which extends its chain):
+/// `1` commits the checkpoint and goes on with the same tasks; `2` commits it, then
+/// restores every task's chain into new tasks and goes on with those, at the next
+/// parallelism of 1 → 2 → 3 → 1 when the operator's inputs are hash-partitioned and it
+/// is rescalable (each new task then reads every old task's state, as after a change
+/// of parallelism), else at 1; `3` abandons it (the next snapshot is then a full one).
+/// Starts at parallelism 1. Returns every batch the tasks emitted.
 pub(crate) async fn drive_node(
     graph: &Graph,
     describes: &str,
@@ -76,6 +80,10 @@ pub(crate) async fn drive_node(
     let rescalable = factory.rescalable() && inputs.iter().all(|i| i.hash.is_some());
     let (mut out, rx) = Collector::capture(1 << 16);
     let mut tasks = vec![factory.create(&task(node, 0, 1)).unwrap()];
+    // Each task's state in the last committed checkpoint, and whether a snapshot was
+    // abandoned since.
+    let mut chains: Vec<Chain> = vec![Vec::new()];
+    let mut abandoned = false;
     for (i, (input, batch, watermark)) in steps.iter().enumerate() {
         let mut batches = vec![batch.clone()];
         for step in inputs[*input].before.iter_mut() {
@@ -99,36 +107,42 @@ pub(crate) async fn drive_node(
                 t.handle_watermark(*w, &mut out).await.unwrap();
             }
         }
-        match cuts.get(i) {
-            Some(1) => {
-                for t in tasks.iter_mut() {
-                    t.snapshot().unwrap();
-                }
+        let Some(&cut @ 1..=3) = cuts.get(i) else {
+            continue;
+        };
+        for (t, chain) in tasks.iter_mut().zip(chains.iter_mut()) {
+            let state = if chain.is_empty() || abandoned {
+                t.snapshot()
+            } else {
+                t.snapshot_changes()
+            };
+            let state = state.unwrap().expect("operator state");
+            if cut == 3 {
+                continue;
             }
-            Some(2) => {
-                let states: Vec<Vec<u8>> = tasks
-                    .iter_mut()
-                    .map(|t| {
-                        let state = t.snapshot().unwrap().expect("operator state");
-                        state.into_bytes().unwrap()
-                    })
-                    .collect();
-                let now = tasks.len();
-                let next = if rescalable { now % 3 + 1 } else { 1 };
-                tasks = (0..next)
-                    .map(|p| {
-                        let mut t = factory.create(&task(node, p, next)).unwrap();
-                        let mine = if next == now {
-                            &states[p..=p]
-                        } else {
-                            &states[..]
-                        };
-                        t.restore(mine).unwrap();
-                        t
-                    })
-                    .collect();
+            if !state.is_delta() {
+                chain.clear();
             }
-            _ => {}
+            chain.push(state.into_bytes().unwrap());
+        }
+        abandoned = cut == 3;
+        if cut == 2 {
+            let now = tasks.len();
+            let next = if rescalable { now % 3 + 1 } else { 1 };
+            tasks = (0..next)
+                .map(|p| {
+                    let mut t = factory.create(&task(node, p, next)).unwrap();
+                    let mine = if next == now {
+                        chains[p..=p].to_vec()
+                    } else {
+                        chains.clone()
+                    };
+                    t.restore_chains(mine).unwrap();
+                    t
+                })
+                .collect();
+            // New tasks: their first snapshot is a full one.
+            chains = vec![Vec::new(); next];
         }
     }
     for t in tasks.iter_mut() {

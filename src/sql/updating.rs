@@ -666,7 +666,7 @@ mod tests {
             raw in proptest::collection::vec((0i64..5, -9i64..12), 1..80),
             size in 1usize..5,
             q in 0usize..QUERIES.len(),
-            cuts in proptest::collection::vec(0u8..3, 0..80),
+            cuts in proptest::collection::vec(0u8..4, 0..80),
         ) {
             let rows: Vec<(i64, i64, i64)> = raw.iter().enumerate().map(|(i, (k, v))| (*k, *v, i as i64)).collect();
             let steps: Vec<(usize, RecordBatch, Option<i64>)> = rows.chunks(size).map(|c| (0, kvt_batch(c), None)).collect();

@@ -40,7 +40,7 @@ use datafusion::physical_plan::expressions::{Column, Literal};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
-use crate::state::snapshot::StateBlob;
+use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
 
 /// Names of the window functions allowed in `GROUP BY`.
 pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
@@ -360,6 +360,7 @@ impl OperatorFactory for WindowAggFactory {
             factory: parts,
             allowed_lateness: self.allowed_lateness,
             changelog: (self.allowed_lateness > 0).then(|| self.output_schema()),
+            deltas: DeltaPolicy::default(),
         }))
     }
 }
@@ -781,6 +782,9 @@ struct WindowState {
     logged_bytes: usize,
     accs: Vec<Box<dyn GroupsAccumulator>>,
     group_ids: Vec<usize>,
+    /// By group id: whether the group changed since the last snapshot (what a delta
+    /// holds).
+    changed: Vec<bool>,
     /// With an allowed lateness: the result last emitted (keys, values by group id),
     /// and whether late rows changed the state since.
     emitted: Option<(Vec<ArrayRef>, Vec<ArrayRef>)>,
@@ -791,12 +795,23 @@ impl WindowState {
     fn size(&self) -> usize {
         self.groups.as_ref().map_or(0, |g| g.size())
             + self.logged_bytes
+            + self.changed.capacity()
             + self.accs.iter().map(|a| a.size()).sum::<usize>()
     }
 
     /// Assigns each of `rows` rows (keyed by `keys`) its group id in `group_ids`,
-    /// logging the keys of new groups; returns the number of groups.
+    /// logging the keys of new groups and marking every group of these rows
+    /// changed; returns the number of groups.
     fn intern(&mut self, keys: &[ArrayRef], rows: usize) -> Result<usize> {
+        let total = self.intern_keys(keys, rows)?;
+        self.changed.resize(total, true);
+        for &id in &self.group_ids {
+            self.changed[id] = true;
+        }
+        Ok(total)
+    }
+
+    fn intern_keys(&mut self, keys: &[ArrayRef], rows: usize) -> Result<usize> {
         self.group_ids.clear();
         let Some(g) = self.groups.as_mut() else {
             // No GROUP BY besides the window: one group.
@@ -883,6 +898,7 @@ struct WindowAggOperator {
     allowed_lateness: i64,
     /// With an allowed lateness: the output schema (with its op column).
     changelog: Option<SchemaRef>,
+    deltas: DeltaPolicy,
 }
 
 pub(crate) fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
@@ -905,6 +921,7 @@ impl WindowAggOperator {
             logged_bytes: 0,
             accs: self.factory.new_accs()?,
             group_ids: Vec::new(),
+            changed: Vec::new(),
             emitted: None,
             dirty: false,
         })
@@ -1191,32 +1208,39 @@ impl Operator for WindowAggOperator {
     /// Each open window's keys and its accumulators' intermediate state, with the
     /// watermark; the windows are left as they were.
     fn snapshot(&mut self) -> Result<Option<StateBlob>> {
-        let mut header = WindowSnapshot {
-            watermark: self.watermark,
-            starts: Vec::with_capacity(self.windows.len()),
-            widths: Vec::new(),
-            keys: self.factory.keys.len(),
-        };
-        let mut batches = Vec::with_capacity(self.windows.len());
-        for (start, state) in self.windows.iter_mut() {
-            let mut columns = state.keys()?;
-            let intermediates = state.intermediates(self.factory.new_accs()?)?;
-            header.widths = intermediates.iter().map(Vec::len).collect();
-            columns.extend(intermediates.into_iter().flatten());
-            header.starts.push(*start);
-            batches.push(columns);
-        }
+        self.deltas.full();
+        let (header, batches) = self.capture(false)?;
         StateBlob::arrow(&header, batches).map(Some)
     }
 
+    /// Only the groups changed since the last snapshot, in the windows that have any,
+    /// and which windows are open (a full snapshot when [`DeltaPolicy`] says so).
+    fn snapshot_changes(&mut self) -> Result<Option<StateBlob>> {
+        let total: usize = self.windows.values().map(|w| w.changed.len()).sum();
+        let changed: usize = self
+            .windows
+            .values()
+            .map(|w| w.changed.iter().filter(|c| **c).count())
+            .sum();
+        if !self.deltas.delta(changed, total) {
+            return self.snapshot();
+        }
+        let (header, batches) = self.capture(true)?;
+        Ok(Some(StateBlob::delta(StateBlob::arrow(&header, batches)?)))
+    }
+
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        self.restore_chains(states.iter().map(|s| vec![s.clone()]).collect())
+    }
+
+    fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         // Several states after a change of parallelism: each key goes to the task that
         // owns its key group now; the watermark is the lowest of the old tasks'.
         let mut watermark = None;
-        for state in states {
-            let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(state)?;
+        for chain in chains {
+            let (header, windows) = self.apply_chain(&chain)?;
             watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
-            for (start, columns) in header.starts.into_iter().zip(batches) {
+            for (start, columns) in windows {
                 let columns = own_rows(&self.task, columns, header.keys)?;
                 let (keys, rest) = columns.split_at(header.keys);
                 let n = keys.first().map_or(1, |k| k.len());
@@ -1314,6 +1338,124 @@ pub(crate) fn own_rows(
 }
 
 impl WindowAggOperator {
+    /// The open windows' keys and state columns, with the header describing them: of
+    /// every group, or (`changes_only`) of the groups changed since the last snapshot,
+    /// leaving out windows without any. Either way every group counts as unchanged
+    /// afterwards.
+    fn capture(&mut self, changes_only: bool) -> Result<(WindowSnapshot, Vec<Vec<ArrayRef>>)> {
+        let mut header = WindowSnapshot {
+            watermark: self.watermark,
+            starts: Vec::with_capacity(self.windows.len()),
+            widths: Vec::new(),
+            keys: self.factory.keys.len(),
+            delta: changes_only,
+            open: if changes_only {
+                self.windows.keys().copied().collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let mut batches = Vec::with_capacity(self.windows.len());
+        for (start, state) in self.windows.iter_mut() {
+            let rows: Vec<u32> = if changes_only {
+                (0..state.changed.len() as u32)
+                    .filter(|&i| state.changed[i as usize])
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            state.changed.fill(false);
+            if changes_only && rows.is_empty() {
+                continue;
+            }
+            let mut columns = state.keys()?;
+            let intermediates = state.intermediates(self.factory.new_accs()?)?;
+            header.widths = intermediates.iter().map(Vec::len).collect();
+            columns.extend(intermediates.into_iter().flatten());
+            if changes_only && rows.len() < state.changed.len() {
+                let idx = UInt32Array::from(rows);
+                columns = columns
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| EngineError::arrow("selecting changed window state", e))?;
+            }
+            header.starts.push(*start);
+            batches.push(columns);
+        }
+        Ok((header, batches))
+    }
+
+    /// One old task's state from its chain (a full snapshot, then deltas): the last
+    /// header (watermark, layout) and each window still open with its groups' rows,
+    /// the latest row of each key.
+    fn apply_chain(
+        &self,
+        chain: &[Vec<u8>],
+    ) -> Result<(WindowSnapshot, Vec<(i64, Vec<ArrayRef>)>)> {
+        let mut layers: BTreeMap<i64, Vec<Vec<ArrayRef>>> = BTreeMap::new();
+        let mut last: Option<WindowSnapshot> = None;
+        let mut widths = Vec::new();
+        for link in chain {
+            let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(link)?;
+            if header.delta {
+                let open: std::collections::BTreeSet<i64> = header.open.iter().copied().collect();
+                layers.retain(|start, _| open.contains(start));
+            } else {
+                layers.clear();
+            }
+            for (start, columns) in header.starts.iter().zip(batches) {
+                layers.entry(*start).or_default().push(columns);
+            }
+            if !header.widths.is_empty() {
+                widths = header.widths.clone();
+            }
+            last = Some(header);
+        }
+        let Some(mut header) = last else {
+            return Err(EngineError::User("restoring window state: an empty chain".into()).into());
+        };
+        header.widths = widths;
+        let windows = layers
+            .into_iter()
+            .map(|(start, layers)| Ok((start, self.latest_per_key(layers, header.keys)?)))
+            .collect::<Result<_>>()?;
+        Ok((header, windows))
+    }
+
+    /// The rows of `layers` (state batches of one window, oldest first, the first
+    /// `keys` columns its keys) with only the last row of each key.
+    fn latest_per_key(&self, mut layers: Vec<Vec<ArrayRef>>, keys: usize) -> Result<Vec<ArrayRef>> {
+        if layers.len() == 1 || keys == 0 {
+            // One layer holds each key once; without keys a window has one group.
+            return Ok(layers.pop().expect("a window has a layer"));
+        }
+        let arrow = |e| EngineError::arrow("restoring window state", e);
+        let columns = (0..layers[0].len())
+            .map(|c| {
+                let parts: Vec<&dyn Array> = layers.iter().map(|l| l[c].as_ref()).collect();
+                arrow::compute::concat(&parts)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(arrow)?;
+        let mut groups = new_group_values(self.factory.key_schema.clone(), &GroupOrdering::None)
+            .map_err(df("restoring window state"))?;
+        let mut ids = Vec::new();
+        groups
+            .intern(&columns[..keys], &mut ids)
+            .map_err(df("restoring window state"))?;
+        let mut latest = vec![0u32; groups.len()];
+        for (row, id) in ids.iter().enumerate() {
+            latest[*id] = row as u32;
+        }
+        let idx = UInt32Array::from(latest);
+        columns
+            .iter()
+            .map(|c| take(c.as_ref(), &idx, None))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(arrow)
+    }
+
     /// Adds checkpointed keys and their aggregate state to window `start`.
     fn merge_into(
         &mut self,
@@ -1346,6 +1488,13 @@ struct WindowSnapshot {
     widths: Vec<usize>,
     /// Key columns (first in each batch).
     keys: usize,
+    /// A delta: only the groups changed since the previous snapshot, of the windows
+    /// in `starts`.
+    #[serde(default)]
+    delta: bool,
+    /// In a delta, every open window (those not listed were emitted since).
+    #[serde(default)]
+    open: Vec<i64>,
 }
 
 /// Logs state left open when a pipeline is stopped (not at the end of its input).
@@ -1612,7 +1761,7 @@ mod tests {
             delay in 0i64..40,
             lateness in proptest::option::of(1u64..150),
             kind in 0u8..3,
-            cuts in proptest::collection::vec(0u8..3, 0..120),
+            cuts in proptest::collection::vec(0u8..4, 0..120),
         ) {
             let (window, lateness) = match kind {
                 0 => ("tumble(INTERVAL '50 milliseconds')", lateness),

@@ -800,7 +800,7 @@ mod tests {
         #[test]
         fn snapshots_and_restores_anywhere_leave_the_output_unchanged(
             raw in proptest::collection::vec((0i64..4, -9i64..9, 0i64..60), 1..80),
-            cuts in proptest::collection::vec(0u8..3, 0..80),
+            cuts in proptest::collection::vec(0u8..4, 0..80),
         ) {
             let mut clock = 0;
             let mut steps = Vec::new();

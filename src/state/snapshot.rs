@@ -30,6 +30,8 @@ enum Blob {
         batches: Vec<Vec<ArrayRef>>,
     },
     Parts(Vec<StateBlob>),
+    /// Only what changed since the task's previous snapshot (see [`StateBlob::delta`]).
+    Delta(Box<StateBlob>),
 }
 
 impl From<Vec<u8>> for StateBlob {
@@ -55,6 +57,19 @@ impl StateBlob {
         StateBlob(Blob::Parts(parts))
     }
 
+    /// `changes` is a delta: what changed since this task's previous snapshot, to be
+    /// applied on top of it at restore. Only returned by
+    /// [`Operator::snapshot_changes`](crate::engine::Operator::snapshot_changes); the
+    /// checkpoint then references the earlier checkpoints' blobs it builds on.
+    pub fn delta(changes: StateBlob) -> Self {
+        StateBlob(Blob::Delta(Box::new(changes)))
+    }
+
+    /// Whether this is a delta on the task's previous snapshot.
+    pub fn is_delta(&self) -> bool {
+        matches!(self.0, Blob::Delta(_))
+    }
+
     /// The bytes a checkpoint stores.
     pub fn into_bytes(self) -> Result<Vec<u8>> {
         match self.0 {
@@ -69,7 +84,61 @@ impl StateBlob {
                 }
                 Ok(out)
             }
+            Blob::Delta(changes) => changes.into_bytes(),
         }
+    }
+}
+
+/// One task's checkpointed state as it is restored: its last full snapshot, then the
+/// deltas ([`StateBlob::delta`]) taken on top of it, oldest first.
+pub type Chain = Vec<Vec<u8>>;
+
+/// The full snapshots of `chains`, for a restore that takes no deltas: an error if a
+/// chain has any.
+pub fn full_snapshots(chains: Vec<Chain>) -> Result<Vec<Vec<u8>>> {
+    chains
+        .into_iter()
+        .map(|chain| match <[Vec<u8>; 1]>::try_from(chain) {
+            Ok([full]) => Ok(full),
+            Err(chain) => Err(EngineError::User(format!(
+                "restoring state: {} snapshot(s) in a chain where only one full snapshot is read",
+                chain.len()
+            ))
+            .into()),
+        })
+        .collect()
+}
+
+/// When an operator's snapshot may be a delta rather than a full snapshot: a chain
+/// stays short (at most [`MAX_DELTAS`](Self::MAX_DELTAS) deltas) and its deltas
+/// together hold fewer rows than the state itself, so a restore never reads more than
+/// about twice the state, and garbage collection keeps few old checkpoints for it.
+#[derive(Debug, Default)]
+pub struct DeltaPolicy {
+    deltas: usize,
+    rows: usize,
+}
+
+impl DeltaPolicy {
+    /// Deltas after a full snapshot before the next full one.
+    pub const MAX_DELTAS: usize = 9;
+
+    /// Whether the next snapshot, with `changed` of the state's `total` rows changed
+    /// since the last one, is a delta; counts it if so. A full snapshot otherwise,
+    /// which starts a new chain.
+    pub fn delta(&mut self, changed: usize, total: usize) -> bool {
+        if self.deltas >= Self::MAX_DELTAS || self.rows + changed > total {
+            self.full();
+            return false;
+        }
+        self.deltas += 1;
+        self.rows += changed;
+        true
+    }
+
+    /// A full snapshot was taken: a new chain starts.
+    pub fn full(&mut self) {
+        *self = DeltaPolicy::default();
     }
 }
 
