@@ -37,25 +37,9 @@ pub(crate) async fn drive_node(
     steps: &[(usize, RecordBatch, Option<i64>)],
     cuts: &[u8],
 ) -> Vec<RecordBatch> {
-    let describe = |n: &NodeSpec| match &n.kind {
-        NodeKind::Operator(f) => f.describe(),
-        _ => n.name.clone(),
-    };
-    let node = graph
-        .nodes
-        .iter()
-        .find(|n| describe(n).starts_with(describes))
-        .unwrap_or_else(|| {
-            let all: Vec<String> = graph.nodes.iter().map(describe).collect();
-            panic!("no operator described as {describes:?} in {all:?}")
-        });
-    let task = |n: &NodeSpec, partition: usize, parallelism: usize| TaskInfo {
-        pipeline: graph.pipeline.clone().into(),
-        node: n.name.clone().into(),
-        partition,
-        parallelism,
-        state: crate::state::memory_backend(),
-    };
+    let node = find(graph, describes);
+    let task =
+        |n: &NodeSpec, partition: usize, parallelism: usize| task(graph, n, partition, parallelism);
     let mut inputs: Vec<Input> = node
         .inputs
         .iter()
@@ -151,6 +135,42 @@ pub(crate) async fn drive_node(
     }
     drop(out);
     drain(rx).await
+}
+
+/// The node of `graph` whose description starts with `describes`.
+fn find<'g>(graph: &'g Graph, describes: &str) -> &'g NodeSpec {
+    let describe = |n: &NodeSpec| match &n.kind {
+        NodeKind::Operator(f) => f.describe(),
+        _ => n.name.clone(),
+    };
+    graph
+        .nodes
+        .iter()
+        .find(|n| describe(n).starts_with(describes))
+        .unwrap_or_else(|| {
+            let all: Vec<String> = graph.nodes.iter().map(describe).collect();
+            panic!("no operator described as {describes:?} in {all:?}")
+        })
+}
+
+fn task(graph: &Graph, n: &NodeSpec, partition: usize, parallelism: usize) -> TaskInfo {
+    TaskInfo {
+        pipeline: graph.pipeline.clone().into(),
+        node: n.name.clone().into(),
+        partition,
+        parallelism,
+        state: crate::state::memory_backend(),
+    }
+}
+
+/// A task (partition 0 of 1) of the operator of `graph` whose description starts with
+/// `describes`, for tests that call its methods themselves.
+pub(crate) fn operator(graph: &Graph, describes: &str) -> Box<dyn Operator> {
+    let node = find(graph, describes);
+    let NodeKind::Operator(factory) = &node.kind else {
+        panic!("{describes:?} is not an operator")
+    };
+    factory.create(&task(graph, node, 0, 1)).unwrap()
 }
 
 /// `batch` split by the task of `tasks` that owns each row's key group (by the columns

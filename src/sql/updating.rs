@@ -39,7 +39,7 @@ use super::window::{AggInputs, df, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
-use crate::state::snapshot::StateBlob;
+use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
 
 /// What a changelog row does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,8 @@ impl OperatorFactory for UpdatingAggFactory {
             converter,
             groups: HashMap::new(),
             touched: VecDeque::new(),
+            dropped: None,
+            deltas: DeltaPolicy::default(),
             bytes: 0,
             state: task.state.open(task, "aggregate", self.memory_limit),
         }))
@@ -180,6 +182,8 @@ struct Group {
     emitted: Option<Vec<ScalarValue>>,
     last_update: Instant,
     size: usize,
+    /// Updated since the last snapshot (what a delta holds).
+    changed: bool,
 }
 
 struct UpdatingAggOperator {
@@ -196,6 +200,10 @@ struct UpdatingAggOperator {
     touched: VecDeque<(Instant, Box<[u8]>)>,
     bytes: usize,
     state: crate::state::StateHandle,
+    /// Keys of groups dropped by the TTL since the last snapshot; `None` until the
+    /// first snapshot (without checkpoints nothing needs them).
+    dropped: Option<Vec<Box<[u8]>>>,
+    deltas: DeltaPolicy,
 }
 
 /// Rows of a changelog batch being assembled: keys and result values.
@@ -254,6 +262,9 @@ impl UpdatingAggOperator {
             if self.groups.get(&key).is_some_and(|g| g.last_update == at) {
                 let group = self.groups.remove(&key).expect("checked above");
                 self.bytes = self.bytes.saturating_sub(group.size);
+                if let Some(dropped) = &mut self.dropped {
+                    dropped.push(key.clone());
+                }
                 if let Some(values) = group.emitted {
                     deleted.keys.push(key);
                     deleted.values.push(values);
@@ -289,6 +300,7 @@ impl UpdatingAggOperator {
                 emitted: Some(values),
                 last_update: now,
                 size: 0,
+                changed: true,
             };
             self.groups.insert(key.clone(), group);
             if self.ttl.is_some() {
@@ -301,6 +313,68 @@ impl UpdatingAggOperator {
         self.bytes = self.bytes + size - group.size.min(self.bytes);
         group.size = size;
         Ok(())
+    }
+
+    /// The state of every group, or (`changes_only`) of the groups updated since the
+    /// last snapshot: one batch of key columns, each aggregate's state columns and
+    /// each aggregate's last emitted value. Every group counts as unchanged after.
+    fn capture(&mut self, changes_only: bool) -> Result<StateBlob> {
+        let aggs = self.aggs.len();
+        let mut keys = Vec::new();
+        let mut emitted: Vec<Vec<ScalarValue>> = vec![Vec::new(); aggs];
+        let mut units = Vec::new();
+        for (key, group) in self.groups.iter_mut() {
+            if std::mem::take(&mut group.changed) || !changes_only {
+                // Every group has emitted a result: it is created by a row and emitted
+                // at once.
+                let values = group.emitted.as_ref().ok_or_else(|| {
+                    EngineError::User("an aggregate group has no emitted result".into())
+                })?;
+                for (column, v) in emitted.iter_mut().zip(values) {
+                    column.push(v.clone());
+                }
+                keys.push(key.clone());
+                units.push(&mut group.accs);
+            }
+        }
+        let states = super::window::take_row_states(units, &self.aggs)?;
+        let header = UpdatingSnapshot {
+            keys: self.keys.len(),
+            widths: states.iter().map(Vec::len).collect(),
+        };
+        if keys.is_empty() {
+            return StateBlob::arrow(&header, vec![]);
+        }
+        let mut columns = if self.keys.is_empty() {
+            vec![]
+        } else {
+            self.key_columns(&keys)?
+        };
+        columns.extend(states.into_iter().flatten());
+        for values in emitted {
+            columns.push(
+                ScalarValue::iter_to_array(values)
+                    .map_err(df("checkpointing aggregate results"))?,
+            );
+        }
+        StateBlob::arrow(&header, vec![columns])
+    }
+
+    /// Group keys (row format) as key columns.
+    fn key_columns(&self, keys: &[Box<[u8]>]) -> Result<Vec<ArrayRef>> {
+        let parser = self.converter.parser();
+        self.converter
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))
+            .map_err(|e| EngineError::arrow("checkpointing group keys", e))
+    }
+
+    /// Key columns as group keys (row format).
+    fn row_keys(&self, columns: &[ArrayRef]) -> Result<Vec<Box<[u8]>>> {
+        let rows = self
+            .converter
+            .convert_columns(columns)
+            .map_err(|e| EngineError::arrow("restoring group keys", e))?;
+        Ok(rows.iter().map(|r| r.as_ref().into()).collect())
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
@@ -396,6 +470,7 @@ impl Operator for UpdatingAggOperator {
                         emitted: None,
                         last_update: now,
                         size: 0,
+                        changed: true,
                     },
                 );
             }
@@ -421,6 +496,7 @@ impl Operator for UpdatingAggOperator {
                 .collect::<datafusion::error::Result<Vec<_>>>()
                 .map_err(df("evaluating aggregates"))?;
             group.last_update = now;
+            group.changed = true;
             let size = key.len() + group.accs.iter().map(|a| a.size()).sum::<usize>();
             self.bytes = self.bytes + size - group.size.min(self.bytes);
             group.size = size;
@@ -470,72 +546,99 @@ impl Operator for UpdatingAggOperator {
     /// Every group's key columns, its accumulators' intermediate state and the result
     /// last emitted for it.
     fn snapshot(&mut self) -> Result<Option<StateBlob>> {
-        let aggs = self.aggs.len();
-        let mut keys = Vec::with_capacity(self.groups.len());
-        let mut emitted: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(self.groups.len()); aggs];
-        let mut units = Vec::with_capacity(self.groups.len());
-        for (key, group) in self.groups.iter_mut() {
-            // Every group has emitted a result: it is created by a row and emitted at once.
-            let values = group.emitted.as_ref().ok_or_else(|| {
-                EngineError::User("an aggregate group has no emitted result".into())
-            })?;
-            for (column, v) in emitted.iter_mut().zip(values) {
-                column.push(v.clone());
-            }
-            keys.push(key.clone());
-            units.push(&mut group.accs);
-        }
-        let states = super::window::take_row_states(units, &self.aggs)?;
-        let header = UpdatingSnapshot {
-            keys: self.keys.len(),
-            widths: states.iter().map(Vec::len).collect(),
-        };
-        if keys.is_empty() {
-            return StateBlob::arrow(&header, vec![]).map(Some);
-        }
-        let mut columns = if self.keys.is_empty() {
-            vec![]
-        } else {
-            let parser = self.converter.parser();
-            self.converter
-                .convert_rows(keys.iter().map(|k| parser.parse(k)))
-                .map_err(|e| EngineError::arrow("checkpointing group keys", e))?
-        };
-        columns.extend(states.into_iter().flatten());
-        for values in emitted {
-            columns.push(
-                ScalarValue::iter_to_array(values)
-                    .map_err(df("checkpointing aggregate results"))?,
-            );
-        }
-        StateBlob::arrow(&header, vec![columns]).map(Some)
+        self.deltas.full();
+        self.dropped = Some(Vec::new());
+        self.capture(false).map(Some)
     }
 
-    /// Restores the groups whose keys this task owns now; their idle time (for
-    /// `state.ttl`) starts again at the restore.
+    /// The groups updated since the last snapshot, then the keys dropped by the TTL
+    /// since (a full snapshot when [`DeltaPolicy`] says so).
+    fn snapshot_changes(&mut self) -> Result<Option<StateBlob>> {
+        let changed = self.groups.values().filter(|g| g.changed).count();
+        if !self.deltas.delta(changed, self.groups.len()) {
+            return self.snapshot();
+        }
+        let changes = self.capture(true)?;
+        let dropped = self.dropped.replace(Vec::new()).unwrap_or_default();
+        let columns = if self.keys.is_empty() || dropped.is_empty() {
+            vec![]
+        } else {
+            vec![self.key_columns(&dropped)?]
+        };
+        let dropped = StateBlob::arrow(&dropped.len(), columns)?;
+        Ok(Some(StateBlob::delta(StateBlob::parts(vec![
+            changes, dropped,
+        ]))))
+    }
+
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
+        self.restore_chains(states.iter().map(|s| vec![s.clone()]).collect())
+    }
+
+    /// Each chain's groups (a delta's rows replace its base's, its dropped keys are
+    /// removed) are added to the state; groups of several chains with the same key
+    /// (no `GROUP BY` key) merge.
+    fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         let now = Instant::now();
-        for state in states {
-            let (header, batches): (UpdatingSnapshot, _) = crate::state::snapshot::decode(state)?;
-            for columns in batches {
-                let columns = super::window::own_rows(&self.task, columns, header.keys)?;
-                let (keys, rest) = columns.split_at(header.keys);
-                let (states, emitted) = super::window::split_states(rest, &header.widths);
-                let n = emitted.first().map_or(0, |c| c.len());
-                let rows = if keys.is_empty() {
-                    None
+        for chain in chains {
+            let mut links = Vec::with_capacity(chain.len());
+            // Key → (link, row) of its latest state in this chain.
+            let mut latest: HashMap<Box<[u8]>, (usize, usize)> = HashMap::new();
+            for (i, link) in chain.iter().enumerate() {
+                let (changes, dropped) = if i == 0 {
+                    (link.as_slice(), None)
                 } else {
-                    Some(
-                        self.converter
-                            .convert_columns(keys)
-                            .map_err(|e| EngineError::arrow("restoring group keys", e))?,
-                    )
+                    match crate::state::snapshot::parts(link)?[..] {
+                        [changes, dropped] => (changes, Some(dropped)),
+                        _ => {
+                            return Err(EngineError::User(
+                                "restoring aggregate state: a delta without its two parts".into(),
+                            )
+                            .into());
+                        }
+                    }
                 };
-                for row in 0..n {
-                    let key: Box<[u8]> = rows
-                        .as_ref()
-                        .map_or(Box::default(), |r| r.row(row).as_ref().into());
-                    self.restore_group(key, &states, &emitted, row, now)?;
+                if let Some(dropped) = dropped {
+                    let (count, columns): (usize, Vec<Vec<ArrayRef>>) =
+                        crate::state::snapshot::decode(dropped)?;
+                    let keys = match columns.first() {
+                        Some(keys) => self.row_keys(keys)?,
+                        None => vec![Box::default(); count],
+                    };
+                    for key in keys {
+                        latest.remove(&key);
+                    }
+                }
+                let (header, batches): (UpdatingSnapshot, _) =
+                    crate::state::snapshot::decode(changes)?;
+                let mut rows = Vec::new();
+                for columns in batches {
+                    let columns = super::window::own_rows(&self.task, columns, header.keys)?;
+                    let (keys, rest) = columns.split_at(header.keys);
+                    let (states, emitted) = super::window::split_states(rest, &header.widths);
+                    let n = emitted.first().map_or(0, |c| c.len());
+                    let keys = if keys.is_empty() {
+                        vec![Box::default(); n]
+                    } else {
+                        self.row_keys(keys)?
+                    };
+                    for (row, key) in keys.into_iter().enumerate() {
+                        latest.insert(key, (links.len(), rows.len() + row));
+                    }
+                    rows.push((states, emitted));
+                }
+                links.push(rows);
+            }
+            for (key, (link, row)) in latest {
+                // Rows are numbered across a link's batches.
+                let mut row = row;
+                for (states, emitted) in &links[link] {
+                    let n = emitted.first().map_or(0, |c| c.len());
+                    if row < n {
+                        self.restore_group(key, states, emitted, row, now)?;
+                        break;
+                    }
+                    row -= n;
                 }
             }
         }
@@ -687,6 +790,74 @@ mod tests {
             proptest::prop_assert!(!plain.is_empty());
             proptest::prop_assert_eq!(run(cuts), plain);
         }
+    }
+
+    /// A delta carries the keys the TTL dropped since its base: restored from a full
+    /// snapshot holding keys 1 and 2 and a delta taken after they expired, the state
+    /// holds only key 3, so keys 1 and 2 come back as new groups (`+I`). (The
+    /// operator's own output: before the projection that names the sum.)
+    #[tokio::test]
+    async fn a_delta_removes_the_groups_the_ttl_dropped_since_its_base() {
+        let ttl = std::time::Duration::from_millis(500);
+        let mut p = PipelineBuilder::new("ttl").state_ttl(ttl);
+        let src = p.source(
+            "ev",
+            Arc::new(MemorySource::new(kvt_batch(&[]).schema(), vec![]).unwrap()),
+        );
+        let out = p
+            .sql(src, "SELECT k, sum(v) AS s FROM ev GROUP BY k")
+            .await
+            .unwrap();
+        p.collect(out, "results").unwrap();
+        let graph = p.build();
+        let (mut out, mut rx) = crate::engine::Collector::capture(1 << 10);
+        let mut op = crate::sql::test_support::operator(&graph, "updating aggregate");
+        op.process_batch(kvt_batch(&[(1, 5, 0), (2, 7, 1)]), &mut out)
+            .await
+            .unwrap();
+        let full = op.snapshot().unwrap().unwrap().into_bytes().unwrap();
+        // Processing time passes beyond the TTL: keys 1 and 2 are dropped.
+        std::thread::sleep(ttl + std::time::Duration::from_millis(100));
+        op.handle_watermark(0, &mut out).await.unwrap();
+        op.process_batch(kvt_batch(&[(3, 1, 2)]), &mut out)
+            .await
+            .unwrap();
+        let delta = op.snapshot_changes().unwrap().unwrap();
+        assert!(delta.is_delta(), "one changed group of one is a delta");
+        let mut restored = crate::sql::test_support::operator(&graph, "updating aggregate");
+        restored
+            .restore_chains(vec![vec![full, delta.into_bytes().unwrap()]])
+            .unwrap();
+        while rx.try_recv().is_ok() {}
+        restored
+            .process_batch(kvt_batch(&[(1, 1, 3), (2, 1, 4), (3, 1, 5)]), &mut out)
+            .await
+            .unwrap();
+        drop(out);
+        let mut changes = Vec::new();
+        while let Some(m) = rx.recv().await {
+            if let crate::engine::Message::Batch(b) = m {
+                let (data, op) = super::untag(b).unwrap();
+                let op = arrow::array::AsArray::as_string::<i32>(op.as_ref())
+                    .value(0)
+                    .to_string();
+                let mut buf = Vec::new();
+                crate::formats::json::encode_json_lines(&data, &mut buf).unwrap();
+                for line in String::from_utf8(buf).unwrap().lines() {
+                    changes.push(format!("{op} {line}"));
+                }
+            }
+        }
+        changes.sort();
+        assert_eq!(
+            changes,
+            [
+                r#"+I {"k":1,"sum(ev.v)":1}"#,
+                r#"+I {"k":2,"sum(ev.v)":1}"#,
+                r#"+U {"k":3,"sum(ev.v)":2}"#,
+                r#"-U {"k":3,"sum(ev.v)":1}"#
+            ]
+        );
     }
 
     /// With `state.ttl`, a group idle for longer is dropped and its result retracted
