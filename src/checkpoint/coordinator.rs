@@ -308,8 +308,8 @@ impl Coordinator {
         let store = self.settings.store.clone();
         // The latest committed checkpoint: new ones commit on top of it, and tasks'
         // deltas build on its states.
-        let mut last = super::latest(store.as_ref()).await?;
-        let mut next = last
+        let mut latest = super::latest(store.as_ref()).await?;
+        let mut next = latest
             .as_ref()
             .map_or(0, |m| m.id)
             .max(*self.triggered.borrow())
@@ -355,7 +355,7 @@ impl Coordinator {
             let started_ms = chrono::Utc::now().timestamp_millis();
             let _ = self.triggered.send(id);
             // Every task's state for this checkpoint: finished tasks' last ones now,
-            // the others' as they acknowledge; and which ones are deltas on `last`.
+            // the others' as they acknowledge; and which ones are deltas on `latest`.
             let mut states: BTreeMap<String, Option<StateBlob>> = done.clone();
             let mut chains: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             let mut unchained = None;
@@ -376,7 +376,7 @@ impl Coordinator {
                         }
                         Some(Report::Ack { id: a, task, blob, base }) if a == id => {
                             if blob.as_ref().is_some_and(|b| b.is_delta()) {
-                                let mut chain = match (&last, base) {
+                                let mut chain = match (&latest, base) {
                                     (Some(l), Some(b)) if l.id == b => l.chain(&task),
                                     _ => Vec::new(),
                                 };
@@ -452,7 +452,7 @@ impl Coordinator {
                 operators: self.operators.clone(),
                 chains,
             };
-            store.commit(&meta, last.as_ref().map(|m| m.id)).await?;
+            store.commit(&meta, latest.as_ref().map(|m| m.id)).await?;
             if let Some(r) = requested.take() {
                 tracing::info!(pipeline = %self.pipeline, checkpoint = id,
                     savepoint = meta.savepoint.as_deref().unwrap_or(""), "savepoint taken");
@@ -467,7 +467,7 @@ impl Coordinator {
             metrics.age.set(0.0);
             tracing::debug!(pipeline = %self.pipeline, checkpoint = id, bytes,
                 duration_ms = meta.duration_ms, "checkpoint committed");
-            last = Some(meta);
+            latest = Some(meta);
             collect_garbage(store.as_ref(), self.settings.retain).await;
         }
     }
@@ -530,4 +530,70 @@ fn describe_difference(
         out.push(format!("operator {node} is new"));
     }
     out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::LocalCheckpointStore;
+
+    fn meta(id: u64, chain: &[u64]) -> CheckpointMeta {
+        CheckpointMeta {
+            id,
+            pipeline: "p".into(),
+            started_ms: 0,
+            duration_ms: 1,
+            bytes: 1,
+            parallelism: [("w".to_string(), 1)].into(),
+            blobs: vec!["w/0".into()],
+            savepoint: None,
+            operators: Default::default(),
+            chains: if chain.is_empty() {
+                Default::default()
+            } else {
+                [("w/0".to_string(), chain.to_vec())].into()
+            },
+        }
+    }
+
+    /// Checkpoint 4's state is a chain (full snapshot in 2, deltas in 3 and 4): keeping
+    /// only the newest checkpoint keeps those three blobs; once a full snapshot (5)
+    /// replaces the chain, they go.
+    #[tokio::test]
+    async fn garbage_collection_keeps_the_blobs_a_kept_chain_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path());
+        let chains: [&[u64]; 4] = [&[], &[], &[2, 3], &[2, 3, 4]];
+        let mut previous = None;
+        for (id, chain) in (1..=4).zip(chains) {
+            store.put_blob(id, "w/0", vec![id as u8]).await.unwrap();
+            store.commit(&meta(id, chain), previous).await.unwrap();
+            previous = Some(id);
+        }
+        // Checkpoint 5 in flight: its blob is newer than any committed checkpoint.
+        store.put_blob(5, "w/0", vec![5]).await.unwrap();
+        collect_garbage(&store, 1).await;
+        let ids: Vec<u64> = store.list().await.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(ids, [4]);
+        for id in [2, 3, 4, 5] {
+            assert_eq!(
+                store.get_blob(id, "w/0").await.unwrap(),
+                [id as u8],
+                "blob of {id}"
+            );
+        }
+        assert!(
+            store.get_blob(1, "w/0").await.is_err(),
+            "no chain names checkpoint 1"
+        );
+        store.commit(&meta(5, &[]), Some(4)).await.unwrap();
+        collect_garbage(&store, 1).await;
+        for id in [2, 3, 4] {
+            assert!(
+                store.get_blob(id, "w/0").await.is_err(),
+                "blob of {id} kept"
+            );
+        }
+        assert_eq!(store.get_blob(5, "w/0").await.unwrap(), [5]);
+    }
 }
