@@ -99,12 +99,17 @@ async fn load(
     (written as f64 / t.elapsed().as_secs_f64(), written)
 }
 
-/// A plain consumer reading both partitions to their end, counting bytes: records
-/// per second, bytes read, and the first `keep` payloads.
-fn plain_loop(servers: &str, topic: &str, keep: usize) -> (f64, u64, u64, Vec<Vec<u8>>) {
+/// A plain consumer reading `partitions` to their end, counting bytes: records per
+/// second, bytes read, and the first `keep` payloads.
+fn plain_loop(
+    servers: &str,
+    topic: &str,
+    keep: usize,
+    partitions: &[i32],
+) -> (f64, u64, u64, Vec<Vec<u8>>) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        .set("group.id", format!("bench-plain-{topic}"))
+        .set("group.id", format!("bench-plain-{topic}-{partitions:?}"))
         .set("enable.auto.commit", "false")
         // As the source sets it: librdkafka's 1 s default starves a slow consumer.
         .set("fetch.queue.backoff.ms", "10")
@@ -112,7 +117,7 @@ fn plain_loop(servers: &str, topic: &str, keep: usize) -> (f64, u64, u64, Vec<Ve
         .unwrap();
     let mut ends = std::collections::HashMap::new();
     let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
+    for &p in partitions {
         let (_, high) = consumer
             .fetch_watermarks(topic, p, Duration::from_secs(30))
             .unwrap();
@@ -150,6 +155,19 @@ fn plain_loop(servers: &str, topic: &str, keep: usize) -> (f64, u64, u64, Vec<Ve
     )
 }
 
+/// One plain consumer per partition, each on its own thread: records per second
+/// together.
+fn plain_loops(servers: &str, topic: &str) -> f64 {
+    let t = Instant::now();
+    let records: u64 = std::thread::scope(|s| {
+        let loops: Vec<_> = (0..PARTITIONS)
+            .map(|p| s.spawn(move || plain_loop(servers, topic, 0, &[p]).1))
+            .collect();
+        loops.into_iter().map(|l| l.join().unwrap()).sum()
+    });
+    records as f64 / t.elapsed().as_secs_f64()
+}
+
 /// The same count through rdkafka's async `StreamConsumer` (what the source uses),
 /// still only counting bytes: records per second.
 async fn stream_loop(servers: &str, topic: &str, records: u64) -> f64 {
@@ -179,13 +197,15 @@ async fn stream_loop(servers: &str, topic: &str, records: u64) -> f64 {
     records as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Tributary's Kafka source (bounded, one task) into a blackhole; records per second.
+/// Tributary's Kafka source (bounded, `tasks` tasks) into a blackhole; records per
+/// second.
 async fn tributary_source(
     servers: &str,
     topic: &str,
     format: &str,
     registry: &str,
     events: u64,
+    tasks: usize,
 ) -> f64 {
     let mut p = PipelineBuilder::new("read").runtime_settings(settings(None));
     let src = p
@@ -193,7 +213,7 @@ async fn tributary_source(
             "CREATE TABLE bids (auction BIGINT NOT NULL, bidder BIGINT NOT NULL, price BIGINT NOT NULL, \
              channel VARCHAR NOT NULL, url VARCHAR NOT NULL, date_time TIMESTAMP NOT NULL, \
              extra VARCHAR NOT NULL) WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
-             topic = '{topic}', bounded = 'true'{})",
+             topic = '{topic}', bounded = 'true', parallelism = '{tasks}'{})",
             format_options(format, registry)
         ))
         .unwrap();
@@ -323,14 +343,17 @@ async fn main() {
         "Kafka bench: the bids of {events} Nexmark events, {PARTITIONS} partitions, broker {servers}"
     );
     println!(
-        "{:<6} {:>12} {:>14} {:>16} {:>10} {:>16} {:>16} {:>7}",
+        "{:<6} {:>11} {:>14} {:>11} {:>6} {:>12} {:>11} {:>6} {:>12} {:>12} {:>6}",
         "format",
         "sink rec/s",
         "txn sink (1s)",
-        "plain loop rec/s",
+        "plain loop",
         "MB/s",
         "stream loop",
-        "tributary rec/s",
+        "tributary",
+        "ratio",
+        "2 plain",
+        "2 tasks",
         "ratio"
     );
     let mut sample = Vec::new();
@@ -349,15 +372,19 @@ async fn main() {
         .await;
         let keep = if format == "avro" { DECODE_SAMPLE } else { 0 };
         let (plain, records, bytes, kept) =
-            tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep));
+            tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep, &[0, 1]));
         assert_eq!(records, written, "every record in the topic");
         if format == "avro" {
             sample = kept;
         }
         let streamed = stream_loop(&servers, &topic, records).await;
-        let ours = tributary_source(&servers, &topic, format, &url, records).await;
+        let ours = tributary_source(&servers, &topic, format, &url, records, 1).await;
+        // One consumer per partition: two plain loops on two threads, and the source
+        // with a task per partition.
+        let plain2 = tokio::task::block_in_place(|| plain_loops(&servers, &topic));
+        let ours2 = tributary_source(&servers, &topic, format, &url, records, 2).await;
         println!(
-            "{:<6} {:>12} {:>14} {:>16} {:>10.0} {:>16} {:>16} {:>7.2}",
+            "{:<6} {:>11} {:>14} {:>11} {:>6.0} {:>12} {:>11} {:>6.2} {:>12} {:>12} {:>6.2}",
             format,
             m(sink),
             m(txn_sink),
@@ -365,7 +392,10 @@ async fn main() {
             plain * (bytes as f64 / records as f64) / 1e6,
             m(streamed),
             m(ours),
-            ours / plain
+            ours / plain,
+            m(plain2),
+            m(ours2),
+            ours2 / plain2
         );
     }
     let id = u32::from_be_bytes([sample[0][1], sample[0][2], sample[0][3], sample[0][4]]);

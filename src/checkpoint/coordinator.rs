@@ -53,6 +53,9 @@ pub(crate) enum Report {
         task: String,
         last: Option<Option<StateBlob>>,
     },
+    /// A task waits for the next checkpoint (a sink at the end of its input): start
+    /// it now rather than at the end of the interval.
+    Soon,
 }
 
 /// Which of a node's states in the restored checkpoint a task takes over.
@@ -142,6 +145,12 @@ impl TaskCheckpoints {
     pub fn previous_committed(&self) -> bool {
         self.snapshotted
             .is_some_and(|id| *self.committed.borrow() >= id)
+    }
+
+    /// Asks for the next checkpoint to start now (if none is in flight) rather than
+    /// at the end of the interval.
+    pub(crate) fn checkpoint_soon(&self) {
+        let _ = self.reports.send(Report::Soon);
     }
 
     /// This task's input ended; `last`: see [`Report::Finished`].
@@ -331,7 +340,7 @@ impl Coordinator {
             let wait = tokio::time::sleep(self.settings.interval);
             tokio::pin!(wait);
             // Between checkpoints, a task that finishes ends checkpointing; a
-            // savepoint request starts one at once.
+            // savepoint request, or a task waiting for a checkpoint, starts one at once.
             while requested.is_none() {
                 tokio::select! {
                     _ = &mut wait => break,
@@ -343,6 +352,7 @@ impl Coordinator {
                                 return finished(requested);
                             }
                         }
+                        Some(Report::Soon) => break,
                         Some(Report::Ack { .. }) => {}
                     },
                     Some(req) = self.savepoints.recv() => requested = Some(req),
@@ -388,7 +398,7 @@ impl Coordinator {
                             }
                             states.insert(task, blob);
                         }
-                        Some(Report::Ack { .. }) => {}
+                        Some(Report::Ack { .. } | Report::Soon) => {}
                     },
                     _ = &mut deadline => break false,
                 }

@@ -675,6 +675,8 @@ async fn final_checkpoint(
     c: &mut crate::checkpoint::TaskCheckpoints,
 ) -> Result<()> {
     let mut committed = c.committed();
+    // Without waiting out the rest of the interval.
+    c.checkpoint_soon();
     while let Some(id) = c.next_trigger().await {
         let state = sink.pre_commit(id).await?;
         c.ack(id, state.map(Into::into));

@@ -393,6 +393,31 @@ fn a_finished_pipeline_started_again_resumes_at_its_end_and_adds_nothing() {
     );
 }
 
+/// A bounded pipeline checkpointing once an hour ends when its input does: the sink at
+/// its end asks for the checkpoint that publishes its output at once, instead of
+/// waiting out the interval (before, the run lasted until the next hourly checkpoint).
+#[test]
+fn a_finished_sink_does_not_wait_out_the_checkpoint_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '3', \
+           count = '300', rate = '0');\n\
+         CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+         INSERT INTO out SELECT event_id FROM orders;\n",
+    );
+    write(
+        &d.join("p.yaml"),
+        "name: hourly\nsql: p.sql\ncheckpoint: { interval: 1h, dir: checkpoints }\n\
+         delivery: exactly-once\n",
+    );
+    let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(published_rows(&d.join("out")).len(), 300);
+    assert_eq!(committed(&d.join("checkpoints")), 1, "one checkpoint, at the end");
+}
+
 /// Two sinks, one of whose inputs ends at once: that sink publishes everything at its
 /// end and checkpoints go on for the other one (before, the first finished sink ended
 /// checkpointing for the whole pipeline). Both outputs are complete.
