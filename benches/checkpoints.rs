@@ -89,7 +89,7 @@ async fn main() {
         .unwrap_or(60_000_000);
     println!("checkpoint cost, {events} Nexmark events, parallelism 1, local disk\n");
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>12} {:>12}",
+        "{:<16} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>11} {:>11} {:>11}",
         "query",
         "off ev/s",
         "10s ev/s",
@@ -97,8 +97,9 @@ async fn main() {
         "10s/off",
         "1s/off",
         "ckpt ms",
-        "written/s",
-        "state bytes"
+        "mean bytes",
+        "full bytes",
+        "restore"
     );
     for (name, q) in QUERIES {
         let (off, _) = run(events, q, None).await;
@@ -118,20 +119,22 @@ async fn main() {
             Some(checkpointing(&store1, Duration::from_secs(1))),
         )
         .await;
-        // At 1 s: the slowest checkpoint, the mean bytes a checkpoint wrote (deltas
-        // are smaller than the state), and the state of the last checkpoint before
-        // the end of input (every blob its tasks' chains read; the very last one,
-        // taken at the end, holds no window).
+        // At 1 s: the slowest checkpoint; the mean bytes a checkpoint wrote (deltas
+        // are smaller than the state) and the most (a full snapshot of the largest
+        // state); and what restoring the last checkpoint before the end of input
+        // reads (every blob its tasks' chains name; the very last checkpoint, taken
+        // at the end, holds no window).
         let kept = store1.list().await.unwrap();
         let ms = kept.iter().map(|m| m.duration_ms).max().unwrap_or(0);
         let written = kept.iter().map(|m| m.bytes).sum::<u64>() / kept.len().max(1) as u64;
+        let most = kept.iter().map(|m| m.bytes).max().unwrap_or(0);
         let before_end = kept.iter().rev().nth(1).cloned();
         let state = match &before_end {
             Some(meta) => state_bytes(store1.as_ref(), meta).await,
             None => 0,
         };
         println!(
-            "{:<16} {:>10} {:>10} {:>10} {:>8.2} {:>8.2} {:>8} {:>12} {:>12}",
+            "{:<16} {:>10} {:>10} {:>10} {:>8.2} {:>8.2} {:>8} {:>11} {:>11} {:>11}",
             name,
             m(off),
             m(ten),
@@ -140,6 +143,7 @@ async fn main() {
             one / off,
             ms,
             written,
+            most,
             state
         );
         // Recovery: the same pipeline started on that checkpoint.

@@ -548,22 +548,7 @@ mod tests {
     use crate::checkpoint::LocalCheckpointStore;
 
     fn meta(id: u64, chain: &[u64]) -> CheckpointMeta {
-        CheckpointMeta {
-            id,
-            pipeline: "p".into(),
-            started_ms: 0,
-            duration_ms: 1,
-            bytes: 1,
-            parallelism: [("w".to_string(), 1)].into(),
-            blobs: vec!["w/0".into()],
-            savepoint: None,
-            operators: Default::default(),
-            chains: if chain.is_empty() {
-                Default::default()
-            } else {
-                [("w/0".to_string(), chain.to_vec())].into()
-            },
-        }
+        CheckpointMeta::for_test(id, "w", chain)
     }
 
     /// Checkpoint 4's state is a chain (full snapshot in 2, deltas in 3 and 4): keeping

@@ -163,18 +163,7 @@ mod tests {
     use super::*;
 
     fn meta(id: u64) -> CheckpointMeta {
-        CheckpointMeta {
-            id,
-            pipeline: "p".into(),
-            started_ms: 0,
-            duration_ms: 1,
-            bytes: 3,
-            parallelism: [("src".to_string(), 1)].into(),
-            blobs: vec!["src/0".into()],
-            savepoint: None,
-            operators: Default::default(),
-            chains: Default::default(),
-        }
+        CheckpointMeta::for_test(id, "src", &[])
     }
 
     #[tokio::test]

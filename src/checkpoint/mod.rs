@@ -127,6 +127,29 @@ pub trait CheckpointStore: Send + Sync + std::fmt::Debug {
 }
 
 impl CheckpointMeta {
+    /// A committed checkpoint's metadata for tests: one task `node/0` with a blob,
+    /// whose state is the chain `chain` (empty: its own blob alone).
+    #[cfg(test)]
+    pub(crate) fn for_test(id: u64, node: &str, chain: &[u64]) -> Self {
+        let task = task_blob(node, 0);
+        CheckpointMeta {
+            id,
+            pipeline: "p".into(),
+            started_ms: 0,
+            duration_ms: 1,
+            bytes: 3,
+            parallelism: [(node.to_string(), 1)].into(),
+            blobs: vec![task.clone()],
+            savepoint: None,
+            operators: Default::default(),
+            chains: if chain.is_empty() {
+                Default::default()
+            } else {
+                [(task, chain.to_vec())].into()
+            },
+        }
+    }
+
     /// The checkpoints whose blob `task` (a task name) makes up the task's state, oldest
     /// first; empty when the task had no state.
     pub fn chain(&self, task: &str) -> Vec<u64> {

@@ -415,7 +415,11 @@ fn a_finished_sink_does_not_wait_out_the_checkpoint_interval() {
     let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(published_rows(&d.join("out")).len(), 300);
-    assert_eq!(committed(&d.join("checkpoints")), 1, "one checkpoint, at the end");
+    assert_eq!(
+        committed(&d.join("checkpoints")),
+        1,
+        "one checkpoint, at the end"
+    );
 }
 
 /// Two sinks, one of whose inputs ends at once: that sink publishes everything at its
