@@ -31,7 +31,12 @@ def kafka(*args: str, directory: str) -> None:
 @contextlib.contextmanager
 def own_cluster(name: str, port_base: int, brokers: int = 1) -> Iterator[tuple[str, str]]:
     """A cluster of ``brokers`` started for one test module on ports from
-    ``port_base``: (bootstrap servers, its directory for ``kafka``); stopped after."""
+    ``port_base``: (bootstrap servers, its directory for ``kafka``); stopped after.
+
+    Keep ``port_base`` (and its controllers, ``port_base + 100``) below Linux's
+    ephemeral range (32768 and up): there, any client's outgoing connection may hold
+    the port between the script's check and the broker's bind (a CI run lost the
+    marketing cluster, then on 39092, that way)."""
     directory = tempfile.mkdtemp(prefix=f"tributary-{name}-")
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_PORT_BASE"}
     env["KAFKA_PORT_BASE"] = str(port_base)

@@ -29,7 +29,7 @@ def clusters():
     core = os.environ.get("TRIBUTARY_TEST_KAFKA")
     if not core:
         pytest.fail("no broker: run scripts/test, or export TRIBUTARY_TEST_KAFKA=$(scripts/kafka start | tail -n 1)")
-    with own_cluster("marketing", 39092) as (marketing, directory):
+    with own_cluster("marketing", 24092) as (marketing, directory):
         yield core, marketing, directory
 
 

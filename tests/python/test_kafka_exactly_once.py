@@ -22,7 +22,7 @@ PARTITIONS = 2
 
 @pytest.fixture(scope="module")
 def broker():
-    with own_cluster("eos", 49092) as cluster:
+    with own_cluster("eos", 26092) as cluster:
         yield cluster
 
 
