@@ -104,9 +104,12 @@ impl CheckpointStore for LocalCheckpointStore {
         {
             let path = entry.path();
             if path.extension().is_some_and(|x| x == "json") {
-                let bytes = tokio::fs::read(&path)
-                    .await
-                    .map_err(|e| storage(&path, e))?;
+                let bytes = match tokio::fs::read(&path).await {
+                    Ok(bytes) => bytes,
+                    // Deleted meanwhile (another process's garbage collection).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(storage(&path, e)),
+                };
                 let meta: CheckpointMeta = serde_json::from_slice(&bytes)
                     .map_err(|e| CheckpointError::Corrupt(0, format!("{}: {e}", path.display())))?;
                 out.push(meta);

@@ -335,21 +335,40 @@ pub(super) async fn checkpoints(config: &Config, arg: &str) -> ExitCode {
         Ok((name, dir, all)) => {
             println!("{name}: {} checkpoint(s) in {}", all.len(), dir.display());
             println!(
-                "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  savepoint",
-                "id", "taken (UTC)", "took ms", "bytes", "tasks"
+                "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  {:<16}  savepoint",
+                "id", "taken (UTC)", "took ms", "bytes", "tasks", "builds on"
             );
             for m in all {
                 let taken = chrono::DateTime::from_timestamp_millis(m.started_ms)
                     .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
                     .unwrap_or_default();
                 let tasks: usize = m.parallelism.values().sum();
+                // Earlier checkpoints whose blobs this one's incremental state reads
+                // (its bytes are only what it wrote).
+                let bases: std::collections::BTreeSet<u64> = m
+                    .chains
+                    .values()
+                    .flatten()
+                    .copied()
+                    .filter(|id| *id != m.id)
+                    .collect();
+                let bases = if bases.is_empty() {
+                    "-".to_string()
+                } else {
+                    bases
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 println!(
-                    "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  {}",
+                    "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  {:<16}  {}",
                     m.id,
                     taken,
                     m.duration_ms,
                     m.bytes,
                     tasks,
+                    bases,
                     m.savepoint.as_deref().unwrap_or("")
                 );
             }

@@ -49,15 +49,19 @@ fn committed(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether the latest committed checkpoint in `dir` holds a task's state as a chain
-/// (a full snapshot and deltas on it).
-fn chained(dir: &Path) -> bool {
-    let meta = dir.join(format!("{:020}.json", committed(dir)));
-    std::fs::read(meta)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|m| m["chains"].as_object().map(|c| !c.is_empty()))
-        .unwrap_or(false)
+/// Whether `tributary checkpoints` lists, for the pipeline `p.yaml` in `d`, a
+/// checkpoint that builds on earlier ones (a task's state as a full snapshot and
+/// deltas on it). It runs while the pipeline does.
+fn lists_a_delta(d: &Path) -> bool {
+    let o = run(d, &["checkpoints", "p.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = stdout(&o);
+    let header = listing.lines().nth(1).unwrap_or_default();
+    let column = header.find("builds on").expect("a 'builds on' column");
+    listing
+        .lines()
+        .skip(2)
+        .any(|row| row.get(column..).is_some_and(|c| !c.starts_with('-')))
 }
 
 /// Every row of the published (not hidden) Parquet files under `dir`, as JSON.
@@ -158,7 +162,9 @@ async fn killed_and_resumed(case: Crash<'_>) {
                 break;
             }
             assert!(Instant::now() < deadline, "no checkpoint progress");
-            saw_deltas |= chained(&checkpoints);
+            if deltas && !saw_deltas {
+                saw_deltas = lists_a_delta(d);
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         if finished {
