@@ -195,7 +195,8 @@ fn route(batch: &RecordBatch, hash: Option<&[usize]>, tasks: usize) -> Vec<(usiz
         .collect()
 }
 
-async fn drain(mut rx: tokio::sync::mpsc::Receiver<Message>) -> Vec<RecordBatch> {
+/// Every batch `rx` receives until its senders are gone.
+pub(crate) async fn drain(mut rx: tokio::sync::mpsc::Receiver<Message>) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
     while let Some(m) = rx.recv().await {
         if let Message::Batch(b) = m {

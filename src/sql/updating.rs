@@ -834,28 +834,15 @@ mod tests {
             .await
             .unwrap();
         drop(out);
-        let mut changes = Vec::new();
-        while let Some(m) = rx.recv().await {
-            if let crate::engine::Message::Batch(b) = m {
-                let (data, op) = super::untag(b).unwrap();
-                let op = arrow::array::AsArray::as_string::<i32>(op.as_ref())
-                    .value(0)
-                    .to_string();
-                let mut buf = Vec::new();
-                crate::formats::json::encode_json_lines(&data, &mut buf).unwrap();
-                for line in String::from_utf8(buf).unwrap().lines() {
-                    changes.push(format!("{op} {line}"));
-                }
-            }
-        }
-        changes.sort();
         assert_eq!(
-            changes,
+            crate::connectors::memory::sorted_json_lines(
+                &crate::sql::test_support::drain(rx).await
+            ),
             [
-                r#"+I {"k":1,"sum(ev.v)":1}"#,
-                r#"+I {"k":2,"sum(ev.v)":1}"#,
-                r#"+U {"k":3,"sum(ev.v)":2}"#,
-                r#"-U {"k":3,"sum(ev.v)":1}"#
+                r#"{"k":1,"sum(ev.v)":1,"_op":"+I"}"#,
+                r#"{"k":2,"sum(ev.v)":1,"_op":"+I"}"#,
+                r#"{"k":3,"sum(ev.v)":1,"_op":"-U"}"#,
+                r#"{"k":3,"sum(ev.v)":2,"_op":"+U"}"#,
             ]
         );
     }
@@ -882,25 +869,9 @@ mod tests {
             .unwrap();
         let results = p.collect(out, "results").unwrap();
         p.run_to_completion().await.unwrap();
-        let changes: Vec<(String, String)> = results
-            .batches()
-            .iter()
-            .flat_map(|b| {
-                let (data, op) = super::untag(b.clone()).unwrap();
-                let op = arrow::array::AsArray::as_string::<i32>(op.as_ref())
-                    .value(0)
-                    .to_string();
-                let mut buf = Vec::new();
-                crate::formats::json::encode_json_lines(&data, &mut buf).unwrap();
-                String::from_utf8(buf)
-                    .unwrap()
-                    .lines()
-                    .map(|l| (op.clone(), l.to_string()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let changes = crate::connectors::memory::sorted_json_lines(&results.batches());
         assert!(
-            changes.contains(&("-D".to_string(), r#"{"k":1,"s":5}"#.to_string())),
+            changes.contains(&r#"{"k":1,"s":5,"_op":"-D"}"#.to_string()),
             "{changes:?}"
         );
         assert!(super::apply_changelog(&results.batches()).is_ok());

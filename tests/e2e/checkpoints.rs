@@ -26,11 +26,16 @@ const QUERY: &str = "SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, resta
 /// Writes `p.sql` (`sql`) and `p.yaml`: pipeline `name`, exactly-once, checkpoints
 /// every 100 ms under `checkpoints/`.
 fn exactly_once_pipeline(d: &Path, name: &str, sql: &str) {
+    exactly_once_pipeline_every(d, name, sql, "100ms");
+}
+
+/// [`exactly_once_pipeline`] with checkpoints every `interval`.
+fn exactly_once_pipeline_every(d: &Path, name: &str, sql: &str, interval: &str) {
     write(&d.join("p.sql"), sql);
     write(
         &d.join("p.yaml"),
         &format!(
-            "name: {name}\nsql: p.sql\ncheckpoint: {{ interval: 100ms, dir: checkpoints }}\n\
+            "name: {name}\nsql: p.sql\ncheckpoint: {{ interval: {interval}, dir: checkpoints }}\n\
              delivery: exactly-once\n"
         ),
     );
@@ -406,17 +411,14 @@ fn a_finished_pipeline_started_again_resumes_at_its_end_and_adds_nothing() {
 fn a_finished_sink_does_not_wait_out_the_checkpoint_interval() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        &d.join("p.sql"),
+    exactly_once_pipeline_every(
+        d,
+        "hourly",
         "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '3', \
            count = '300', rate = '0');\n\
          CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
          INSERT INTO out SELECT event_id FROM orders;\n",
-    );
-    write(
-        &d.join("p.yaml"),
-        "name: hourly\nsql: p.sql\ncheckpoint: { interval: 1h, dir: checkpoints }\n\
-         delivery: exactly-once\n",
+        "1h",
     );
     let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
     assert_eq!(code, Some(0), "{stderr}");
