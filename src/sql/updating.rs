@@ -581,8 +581,9 @@ impl Operator for UpdatingAggOperator {
     fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         let now = Instant::now();
         for chain in chains {
-            let mut links = Vec::with_capacity(chain.len());
-            // Key → (link, row) of its latest state in this chain.
+            // Every state batch of the chain's links, in order, and key → (batch, row)
+            // of its latest state.
+            let mut restored = Vec::new();
             let mut latest: HashMap<Box<[u8]>, (usize, usize)> = HashMap::new();
             for (i, link) in chain.iter().enumerate() {
                 let (changes, dropped) = if i == 0 {
@@ -611,7 +612,6 @@ impl Operator for UpdatingAggOperator {
                 }
                 let (header, batches): (UpdatingSnapshot, _) =
                     crate::state::snapshot::decode(changes)?;
-                let mut rows = Vec::new();
                 for columns in batches {
                     let columns = super::window::own_rows(&self.task, columns, header.keys)?;
                     let (keys, rest) = columns.split_at(header.keys);
@@ -623,23 +623,14 @@ impl Operator for UpdatingAggOperator {
                         self.row_keys(keys)?
                     };
                     for (row, key) in keys.into_iter().enumerate() {
-                        latest.insert(key, (links.len(), rows.len() + row));
+                        latest.insert(key, (restored.len(), row));
                     }
-                    rows.push((states, emitted));
+                    restored.push((states, emitted));
                 }
-                links.push(rows);
             }
-            for (key, (link, row)) in latest {
-                // Rows are numbered across a link's batches.
-                let mut row = row;
-                for (states, emitted) in &links[link] {
-                    let n = emitted.first().map_or(0, |c| c.len());
-                    if row < n {
-                        self.restore_group(key, states, emitted, row, now)?;
-                        break;
-                    }
-                    row -= n;
-                }
+            for (key, (batch, row)) in latest {
+                let (states, emitted) = &restored[batch];
+                self.restore_group(key, states, emitted, row, now)?;
             }
         }
         self.check_state()
