@@ -1348,7 +1348,6 @@ impl WindowAggOperator {
             starts: Vec::with_capacity(self.windows.len()),
             widths: Vec::new(),
             keys: self.factory.keys.len(),
-            delta: changes_only,
             open: if changes_only {
                 self.windows.keys().copied().collect()
             } else {
@@ -1396,13 +1395,12 @@ impl WindowAggOperator {
         let mut layers: BTreeMap<i64, Vec<Vec<ArrayRef>>> = BTreeMap::new();
         let mut last: Option<WindowSnapshot> = None;
         let mut widths = Vec::new();
+        // The first link is a full snapshot, the others deltas (see `Chain`).
         for link in chain {
             let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(link)?;
-            if header.delta {
+            if last.is_some() {
                 let open: std::collections::BTreeSet<i64> = header.open.iter().copied().collect();
                 layers.retain(|start, _| open.contains(start));
-            } else {
-                layers.clear();
             }
             for (start, columns) in header.starts.iter().zip(batches) {
                 layers.entry(*start).or_default().push(columns);
@@ -1488,11 +1486,9 @@ struct WindowSnapshot {
     widths: Vec<usize>,
     /// Key columns (first in each batch).
     keys: usize,
-    /// A delta: only the groups changed since the previous snapshot, of the windows
-    /// in `starts`.
-    #[serde(default)]
-    delta: bool,
-    /// In a delta, every open window (those not listed were emitted since).
+    /// In a delta (which holds only the groups changed since the previous snapshot, of
+    /// the windows in `starts`): every open window; those not listed were emitted
+    /// since.
     #[serde(default)]
     open: Vec<i64>,
 }
