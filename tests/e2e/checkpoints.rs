@@ -498,9 +498,12 @@ impl Output {
     fn options(&self) -> String {
         match self {
             Output::Parquet => "connector = 'parquet', path = 'out'".into(),
+            // Its own transactional ids: crash tests run side by side under one
+            // pipeline name, and alike ids would fence each other's producers.
             Output::Kafka(topic) => format!(
                 "connector = 'kafka', bootstrap_servers = '{}', topic = '{topic}', \
-                 partitions = '3', key_field = 'restaurant_id'",
+                 partitions = '3', key_field = 'restaurant_id', \
+                 transactional_id_prefix = '{topic}'",
                 crate::kafka::bootstrap()
             ),
         }

@@ -45,6 +45,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::{REQUEST_TIMEOUT, kafka_error};
 use crate::Result;
 
+/// librdkafka's `transaction.timeout.ms` when the configuration does not set it.
+const DEFAULT_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The encoded records of a sink: the key (if any) and the value of each.
 pub(super) fn records_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
@@ -298,30 +301,49 @@ impl Transactions {
     }
 
     /// The commit topic's markers as committed (`read_committed`): the last one of
-    /// each transactional id.
+    /// each transactional id, read to the end of the log.
+    ///
+    /// The end is the high watermark, not the last stable offset a `read_committed`
+    /// query answers: another pipeline's transaction still open in the commit topic
+    /// holds the stable offset back, and the markers committed after it would be
+    /// missed (and their output sent twice). So the read waits for such transactions
+    /// to end, which they do within the producers' transaction timeout at most.
     fn markers(&self) -> Result<HashMap<String, Marker>> {
-        let mut config = self.config.clone();
-        config
-            .set("group.id", format!("{}-markers", self.prefix))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed");
-        let consumer: BaseConsumer = config
-            .create()
-            .map_err(|e| kafka_error(&self.table, "reading the commit topic", e))?;
+        let timeout = self
+            .config
+            .get("transaction.timeout.ms")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
+        self.markers_within(timeout + REQUEST_TIMEOUT)
+    }
+
+    fn markers_within(&self, patience: Duration) -> Result<HashMap<String, Marker>> {
         let topic = &self.commit_topic;
         let error = |e| kafka_error(&self.table, "reading the commit topic", e);
-        let (low, high) =
-            tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, REQUEST_TIMEOUT))
-                .map_err(error)?;
+        let consumer = |isolation: &str| -> Result<BaseConsumer> {
+            let mut config = self.config.clone();
+            config
+                .set("group.id", format!("{}-markers", self.prefix))
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", isolation);
+            config.create().map_err(error)
+        };
+        let (low, high) = tokio::task::block_in_place(|| {
+            consumer("read_uncommitted")?
+                .fetch_watermarks(topic, 0, REQUEST_TIMEOUT)
+                .map_err(error)
+        })?;
         let mut markers = HashMap::new();
         if high <= low {
             return Ok(markers);
         }
+        let consumer = consumer("read_committed")?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(topic, 0, Offset::Offset(low))
             .map_err(error)?;
         consumer.assign(&tpl).map_err(error)?;
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let started = Instant::now();
+        let mut told = false;
         tokio::task::block_in_place(|| -> Result<()> {
             loop {
                 let position = consumer
@@ -332,12 +354,26 @@ impl Transactions {
                 if position >= high {
                     return Ok(());
                 }
-                if Instant::now() > deadline {
+                let waited = started.elapsed();
+                if waited > patience {
                     return Err(kafka_error(
                         &self.table,
                         "reading the commit topic",
-                        format!("stuck at offset {position} of {high}"),
+                        format!(
+                            "stuck at offset {position} of {high} for {waited:?}: a \
+                             transaction left open there has not ended"
+                        ),
                     ));
+                }
+                if !told && waited > REQUEST_TIMEOUT {
+                    tracing::info!(
+                        table = %self.table,
+                        topic,
+                        position,
+                        high,
+                        "waiting for a transaction open in the commit topic to end"
+                    );
+                    told = true;
                 }
                 let Some(m) = consumer.poll(Duration::from_millis(200)) else {
                     continue;
@@ -589,5 +625,64 @@ mod tests {
         };
         assert_eq!(Marker::parse("p-3", &m.value()), Some(m));
         assert_eq!(Marker::parse("p-3", "garbage"), None);
+    }
+
+    /// Another pipeline's transaction left open in the commit topic (a crashed
+    /// producer's, until its transaction times out) holds the topic's last stable
+    /// offset back. A restore must still read the markers committed after it, or it
+    /// sends their output again: it waits for the transaction to end instead of
+    /// stopping at that offset (test broker: `TRIBUTARY_TEST_KAFKA`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn markers_committed_behind_another_producers_open_transaction_are_read() {
+        use rdkafka::producer::FutureRecord;
+        let servers = std::env::var("TRIBUTARY_TEST_KAFKA")
+            .expect("no Kafka broker: run the suite with scripts/test");
+        let unique = format!("{}.{:x}", std::process::id(), rand::random::<u64>());
+        let topic = format!("commits.{unique}");
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &servers);
+        let mut t =
+            Transactions::new("out", &config, format!("p.{unique}"), 0, topic.clone()).unwrap();
+        t.ready().await.unwrap();
+
+        let other = transactional("other", &config, &format!("other.{unique}")).unwrap();
+        tokio::task::block_in_place(|| other.init_transactions(REQUEST_TIMEOUT)).unwrap();
+        other.begin_transaction().unwrap();
+        other
+            .send(
+                FutureRecord::to(&topic).key("other").payload("x:1"),
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .unwrap();
+
+        let marker = t.marker(5);
+        t.producer.begin_transaction().unwrap();
+        t.producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&marker.id)
+                    .payload(&marker.value()),
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .unwrap();
+        tokio::task::block_in_place(|| t.producer.commit_transaction(REQUEST_TIMEOUT)).unwrap();
+
+        let waiting = t.markers_within(Duration::from_secs(2));
+        assert!(
+            waiting
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("has not ended")),
+            "while the other transaction is open the read must wait, not answer: {:?}",
+            waiting.map(|m| m.into_keys().collect::<Vec<_>>())
+        );
+        tokio::task::block_in_place(|| other.abort_transaction(REQUEST_TIMEOUT)).unwrap();
+        let markers = t.markers_within(REQUEST_TIMEOUT).unwrap();
+        assert_eq!(markers.get(&marker.id), Some(&marker));
+        assert!(
+            !markers.contains_key("other"),
+            "an aborted marker is not read"
+        );
     }
 }
