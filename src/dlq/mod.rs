@@ -38,7 +38,10 @@ impl BadRecordReason {
     }
 }
 
-/// Where a task reports the records it could not handle.
+/// Where a task reports the records it could not handle. A clone reports into the
+/// same counters (for a task's helper, such as a decoding worker); each clone limits
+/// its own log rate.
+#[derive(Clone)]
 pub struct BadRecords {
     pipeline: Arc<str>,
     operator: Arc<str>,

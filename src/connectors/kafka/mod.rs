@@ -55,13 +55,14 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{ConnectorEnv, ConnectorError, Options, TableRequest};
+use decode::{Decoding, RecordDecoder, conform};
 pub use domains::{ClusterConfig, KafkaConfig};
-use metadata::{MetadataColumns, RecordMeta};
+use metadata::MetadataColumns;
 
+mod decode;
 mod domains;
 mod metadata;
 mod transactions;
-use crate::dlq::BadRecordReason;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
 use transactions::Transactions;
@@ -359,7 +360,7 @@ impl SourceFactory for KafkaSourceFactory {
             meta: self.meta.clone(),
             avro: self.avro.clone(),
             reader_schema: self.reader_schema.clone(),
-            decoders: Default::default(),
+            assigned: Default::default(),
             next: Default::default(),
             task: task.clone(),
         }))
@@ -375,83 +376,13 @@ struct KafkaSource {
     meta: MetadataColumns,
     avro: Option<Arc<str>>,
     reader_schema: Option<Arc<str>>,
-    /// One reader per assigned partition: a batch holds one partition's rows, so the
+    /// The partitions this task reads: a batch holds one partition's rows, so the
     /// watermark can follow the slowest partition.
-    decoders: std::collections::BTreeMap<i32, PartitionReader>,
+    assigned: std::collections::BTreeSet<i32>,
     /// The offset to resume each partition from (checkpointed); partitions not read
     /// yet are absent.
     next: std::collections::BTreeMap<i32, i64>,
     task: TaskInfo,
-}
-
-/// A partition's decoder and the metadata of the records it holds (same order).
-struct PartitionReader {
-    decoder: RecordDecoder,
-    metas: Vec<RecordMeta>,
-}
-
-impl PartitionReader {
-    /// Decodes record `m` of this partition; a refused record is reported to `bad`.
-    async fn push<M: Message>(
-        &mut self,
-        m: &M,
-        meta: &MetadataColumns,
-        bad: &mut crate::dlq::BadRecords,
-    ) -> Result<()> {
-        let Some(payload) = m.payload() else {
-            bad.report(
-                BadRecordReason::Malformed,
-                &format!(
-                    "partition {} offset {}: a record without a value",
-                    m.partition(),
-                    m.offset()
-                ),
-                &[],
-            );
-            return Ok(());
-        };
-        let captured = match meta.capture(m) {
-            Ok(c) => c,
-            Err(why) => {
-                let detail = format!("partition {} offset {}: {why}", m.partition(), m.offset());
-                bad.report(BadRecordReason::SchemaMismatch, &detail, payload);
-                return Ok(());
-            }
-        };
-        if self.decoder.push(payload, bad).await? && !meta.is_empty() {
-            self.metas.push(captured);
-        }
-        Ok(())
-    }
-
-    /// The rows decoded since the last flush, with their metadata columns.
-    fn flush(
-        &mut self,
-        meta: &MetadataColumns,
-        topic: &str,
-        bad: &mut crate::dlq::BadRecords,
-    ) -> Result<Option<RecordBatch>> {
-        let batch = self.decoder.flush(bad)?;
-        let dropped = self.decoder.take_dropped();
-        let metas = std::mem::take(&mut self.metas);
-        let Some(batch) = batch else {
-            return Ok(None);
-        };
-        if meta.is_empty() {
-            return Ok(Some(batch));
-        }
-        let metas: Vec<RecordMeta> = if dropped.is_empty() {
-            metas
-        } else {
-            metas
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| dropped.binary_search(i).is_err())
-                .map(|(_, m)| m)
-                .collect()
-        };
-        meta.assemble(batch, &metas, topic).map(Some)
-    }
 }
 
 /// A task's partitions of `topic`, waiting (with backoff) while the cluster is
@@ -493,35 +424,6 @@ async fn partitions(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-impl KafkaSource {
-    /// Emits what partition `p`'s reader holds, as rows of that split.
-    async fn flush(
-        p: i32,
-        reader: &mut PartitionReader,
-        meta: &MetadataColumns,
-        topic: &str,
-        ctx: &mut SourceContext,
-    ) -> Result<()> {
-        let batch = reader.flush(meta, topic, &mut ctx.bad_records)?;
-        match batch {
-            Some(b) => ctx.out.emit_split(p as u64, b).await,
-            None => Ok(()),
-        }
-    }
-
-    async fn flush_all(
-        readers: &mut std::collections::BTreeMap<i32, PartitionReader>,
-        meta: &MetadataColumns,
-        topic: &str,
-        ctx: &mut SourceContext,
-    ) -> Result<()> {
-        for (p, r) in readers.iter_mut() {
-            Self::flush(*p, r, meta, topic, ctx).await?;
-        }
-        Ok(())
     }
 }
 
@@ -592,23 +494,7 @@ impl KafkaSource {
             };
             list.add_partition_offset(&self.topic, p, offset)
                 .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
-            let value = self.meta.value_schema().clone();
-            let decoder = match &self.avro {
-                None => RecordDecoder::Json(JsonDecoder::new(value)?),
-                Some(url) => RecordDecoder::Avro(AvroDecoder::new(
-                    url.clone(),
-                    self.reader_schema.clone(),
-                    value,
-                    ctx.batch.size,
-                )),
-            };
-            self.decoders.insert(
-                p,
-                PartitionReader {
-                    decoder,
-                    metas: Vec::new(),
-                },
-            );
+            self.assigned.insert(p);
         }
         if by_time.count() > 0 {
             // Timestamps in the list → the first offset at or after each.
@@ -623,7 +509,7 @@ impl KafkaSource {
             }
         }
         ctx.out
-            .register_splits(self.decoders.keys().map(|p| *p as u64));
+            .register_splits(self.assigned.iter().map(|p| *p as u64));
         if assignment.count() == 0 {
             // Nothing to read: more tasks than partitions, or an empty bounded topic.
             if self.bounded {
@@ -647,9 +533,23 @@ impl KafkaSource {
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+        let decoder = RecordDecoder::new(
+            self.meta.value_schema().clone(),
+            self.avro.clone(),
+            self.reader_schema.clone(),
+            ctx.batch.size,
+        )?;
+        let mut decoding = Decoding::start(
+            &self.table,
+            decoder,
+            self.meta.clone(),
+            self.topic.clone(),
+            ctx.bad_records.clone(),
+            ctx.batch.size,
+        );
         let KafkaSource {
             consumer,
-            decoders,
+            assigned,
             bounded,
             task,
             meta,
@@ -679,7 +579,7 @@ impl KafkaSource {
             }
             if let Some(id) = ctx.checkpoint_due() {
                 // Everything read so far out, then the offsets to resume from.
-                Self::flush_all(decoders, meta, topic, ctx).await?;
+                decoding.drain(&mut ctx.out).await?;
                 let position = serde_json::to_vec(&*next)
                     .map_err(|e| kafka_error(&task.node, "checkpointing offsets", e))?;
                 ctx.checkpoint(id, position).await?;
@@ -706,28 +606,30 @@ impl KafkaSource {
                         if *bounded && !ends.contains_key(&p) {
                             continue;
                         }
-                        let Some(reader) = decoders.get_mut(&p) else { continue };
-                        reader.push(&m, meta, &mut ctx.bad_records).await?;
-                        next.insert(p, m.offset() + 1);
-                        if reader.decoder.buffered() >= ctx.batch.size {
-                            Self::flush(p, reader, meta, topic, ctx).await?;
+                        if !assigned.contains(&p) {
+                            continue;
                         }
+                        decoding.push(&m, meta, &mut ctx.bad_records, &mut ctx.out).await?;
+                        next.insert(p, m.offset() + 1);
                         if *bounded
                             && ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end)
                         {
                             // This partition is read: its rows out, then it stops
                             // holding the watermark back.
                             ends.remove(&p);
-                            Self::flush(p, reader, meta, topic, ctx).await?;
+                            decoding.drain(&mut ctx.out).await?;
                             ctx.out.end_split(p as u64).await?;
                         }
                     }
                 }
-                _ = ticker.tick() => Self::flush_all(decoders, meta, topic, ctx).await?,
+                decoded = decoding.finished(), if decoding.busy() => {
+                    Decoding::emit(decoded, &mut ctx.out).await?;
+                }
+                _ = ticker.tick() => decoding.send_all(&mut ctx.out).await?,
                 _ = stop.raised() => break,
             }
         }
-        Self::flush_all(decoders, meta, topic, ctx).await
+        decoding.drain(&mut ctx.out).await
     }
 }
 
@@ -761,259 +663,6 @@ fn commit_offsets(
     {
         tracing::warn!(topic, error = %e, "committing checkpointed offsets to the group failed");
     }
-}
-
-/// Turns one partition's record values into rows of the table's columns.
-enum RecordDecoder {
-    Json(JsonDecoder),
-    Avro(AvroDecoder),
-}
-
-impl RecordDecoder {
-    /// Decodes one record value; `false` when it was refused (and reported).
-    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<bool> {
-        match self {
-            RecordDecoder::Json(d) => Ok(d.push(payload, bad)),
-            RecordDecoder::Avro(d) => d.push(payload, bad).await,
-        }
-    }
-
-    /// Ordinals of records accepted by `push` but refused at the last flush.
-    fn take_dropped(&mut self) -> Vec<usize> {
-        match self {
-            RecordDecoder::Json(d) => d.take_dropped(),
-            RecordDecoder::Avro(_) => Vec::new(),
-        }
-    }
-
-    fn buffered(&self) -> usize {
-        match self {
-            RecordDecoder::Json(d) => d.buffered(),
-            RecordDecoder::Avro(d) => d.buffered,
-        }
-    }
-
-    fn flush(&mut self, bad: &mut crate::dlq::BadRecords) -> Result<Option<RecordBatch>> {
-        match self {
-            RecordDecoder::Json(d) => {
-                let b = d.flush()?;
-                d.report_late(bad);
-                Ok(b)
-            }
-            RecordDecoder::Avro(d) => d.flush(),
-        }
-    }
-}
-
-/// Avro records in the Confluent wire format (magic byte 0, 4-byte big-endian schema
-/// id, Avro binary body), decoded straight into Arrow by `arrow-avro` with the writer
-/// schema fetched from the registry by id (and cached). With a reader schema
-/// (`schema_file`), each writer schema is resolved against it per the Avro
-/// specification (defaults fill fields the writer lacks, promotions widen types);
-/// either way the result is matched to the table's columns by name: a column the
-/// record does not have is NULL, a field the table does not declare is ignored, so
-/// older and newer producers' records both read.
-///
-/// A record that does not decode is reported and skipped; the rows decoded before it
-/// are kept (the decoder is rebuilt and fed their bytes again, since a failed decode
-/// may leave half a row behind).
-struct AvroDecoder {
-    registry: Arc<str>,
-    reader_schema: Option<Arc<str>>,
-    target: SchemaRef,
-    batch_size: usize,
-    schemas: std::collections::HashMap<u32, String>,
-    /// The decoder of the schema id being read, and its rows not yet flushed.
-    current: Option<(u32, arrow_avro::reader::Decoder)>,
-    /// The current decoder's records, back to back, and where each ends.
-    raw: Vec<u8>,
-    ends: Vec<usize>,
-    /// Rows of earlier schema ids, already in the table's columns.
-    done: Vec<RecordBatch>,
-    buffered: usize,
-}
-
-impl AvroDecoder {
-    fn new(
-        registry: Arc<str>,
-        reader_schema: Option<Arc<str>>,
-        target: SchemaRef,
-        batch_size: usize,
-    ) -> Self {
-        AvroDecoder {
-            registry,
-            reader_schema,
-            target,
-            batch_size: batch_size.max(1),
-            schemas: Default::default(),
-            current: None,
-            raw: Vec::new(),
-            ends: Vec::new(),
-            done: Vec::new(),
-            buffered: 0,
-        }
-    }
-
-    fn decoder_for(&self, id: u32) -> Result<arrow_avro::reader::Decoder> {
-        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
-        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-        let text = self.schemas.get(&id).cloned().unwrap_or_default();
-        let arrow =
-            |e: arrow::error::ArrowError| crate::engine::EngineError::arrow("Avro schema", e);
-        store
-            .set(Fingerprint::Id(id), AvroSchema::new(text))
-            .map_err(arrow)?;
-        let mut builder = arrow_avro::reader::ReaderBuilder::new()
-            // Room for a whole flush: the decoder is drained by `drain_current` only.
-            .with_batch_size(self.batch_size + 1)
-            .with_writer_schema_store(store);
-        if let Some(reader) = &self.reader_schema {
-            builder = builder.with_reader_schema(AvroSchema::new(reader.to_string()));
-        }
-        builder.build_decoder().map_err(arrow)
-    }
-
-    /// Moves the current decoder's rows, in the table's columns, to `done`.
-    fn drain_current(&mut self) -> Result<()> {
-        if let Some((_, decoder)) = self.current.as_mut()
-            && !self.ends.is_empty()
-        {
-            self.raw.clear();
-            self.ends.clear();
-            let batch = decoder
-                .flush()
-                .map_err(|e| crate::engine::EngineError::User(format!("decoding Avro: {e}")))?;
-            if let Some(b) = batch {
-                self.done.push(conform(&b, &self.target)?);
-            }
-        }
-        Ok(())
-    }
-
-    /// Feeds one whole record to `decoder`: `Err(why)` when it is not exactly one
-    /// record of the writer schema.
-    fn feed(decoder: &mut arrow_avro::reader::Decoder, payload: &[u8]) -> Result<(), String> {
-        match decoder.decode(payload) {
-            Ok(n) if n == payload.len() => Ok(()),
-            Ok(n) => Err(format!(
-                "the record ends early ({} of {} bytes decoded)",
-                n,
-                payload.len()
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// Decodes one record; `false` when it is refused (and reported).
-    async fn push(&mut self, payload: &[u8], bad: &mut crate::dlq::BadRecords) -> Result<bool> {
-        if payload.len() < 5 || payload[0] != 0 {
-            bad.report(
-                BadRecordReason::Malformed,
-                "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro body)",
-                payload,
-            );
-            return Ok(false);
-        }
-        let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
-        if self.current.as_ref().map(|c| c.0) != Some(id) {
-            self.drain_current()?;
-            if !self.schemas.contains_key(&id) {
-                match crate::registry::client::schema_by_id(&self.registry, id).await {
-                    Ok(text) => {
-                        self.schemas.insert(id, text);
-                    }
-                    Err(e) => {
-                        bad.report(BadRecordReason::SchemaMismatch, &e.to_string(), payload);
-                        return Ok(false);
-                    }
-                }
-            }
-            match self.decoder_for(id) {
-                Ok(d) => self.current = Some((id, d)),
-                Err(e) => {
-                    // The registry's schema does not resolve against the reader
-                    // schema (or is not Avro arrow-avro reads).
-                    bad.report(
-                        BadRecordReason::SchemaMismatch,
-                        &format!("schema id {id}: {e}"),
-                        payload,
-                    );
-                    self.schemas.remove(&id);
-                    return Ok(false);
-                }
-            }
-        }
-        if self.ends.len() >= self.batch_size {
-            self.drain_current()?;
-        }
-        let (_, decoder) = self.current.as_mut().expect("set above");
-        match Self::feed(decoder, payload) {
-            Ok(()) => {
-                self.raw.extend_from_slice(payload);
-                self.ends.push(self.raw.len());
-                self.buffered += 1;
-                Ok(true)
-            }
-            Err(why) => {
-                bad.report(
-                    BadRecordReason::Malformed,
-                    &format!("Avro record (schema id {id}): {why}"),
-                    payload,
-                );
-                // The decoder may hold half a record: a fresh one, fed the good
-                // records again (they decoded once, so they decode again).
-                let mut fresh = self.decoder_for(id)?;
-                let mut start = 0;
-                for &end in &self.ends {
-                    Self::feed(&mut fresh, &self.raw[start..end]).map_err(|e| {
-                        crate::engine::EngineError::User(format!(
-                            "re-decoding Avro records that decoded before: {e}"
-                        ))
-                    })?;
-                    start = end;
-                }
-                self.current = Some((id, fresh));
-                Ok(false)
-            }
-        }
-    }
-
-    fn flush(&mut self) -> Result<Option<RecordBatch>> {
-        self.drain_current()?;
-        self.buffered = 0;
-        if self.done.is_empty() {
-            return Ok(None);
-        }
-        let batches = std::mem::take(&mut self.done);
-        arrow::compute::concat_batches(&self.target, &batches)
-            .map(Some)
-            .map_err(|e| crate::engine::EngineError::arrow("assembling Avro rows", e))
-    }
-}
-
-/// `batch` (a writer schema's columns) as the table's columns, by name.
-fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
-    let columns = target
-        .fields()
-        .iter()
-        .map(|f| match batch.column_by_name(f.name()) {
-            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
-            Some(c) => arrow::compute::cast(c, f.data_type())
-                .map_err(|e| crate::engine::EngineError::arrow(format!("column {}", f.name()), e)),
-            None => Ok(arrow::array::new_null_array(
-                f.data_type(),
-                batch.num_rows(),
-            )),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    RecordBatch::try_new_with_options(
-        target.clone(),
-        columns,
-        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
-    )
-    .map_err(|e| {
-        crate::engine::EngineError::arrow("matching Avro fields to the table's columns", e)
-    })
 }
 
 /// Builds the sink of a `connector = 'kafka'` table.

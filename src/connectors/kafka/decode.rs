@@ -1,0 +1,523 @@
+//! Decoding Kafka record values into Arrow batches, off the task that polls the
+//! consumer.
+//!
+//! Owns the record decoders (JSON, or Avro in the Confluent wire format) and the
+//! worker that runs them. The source task copies each record's value, and the
+//! attributes its metadata columns need, into a chunk per partition ([`RawRecords`])
+//! and hands full chunks to [`Decoding`]; a worker task decodes them while the source
+//! task goes on polling, so polling and decoding run on two cores.
+//!
+//! Invariants:
+//! - One worker per source task, taking chunks in the order they were sent: results
+//!   come back in that order, so a partition's rows stay in offset order, and every
+//!   batch holds one partition's rows.
+//! - At most [`MAX_IN_FLIGHT`] chunks are out at once; sending another first waits for
+//!   the oldest result and emits it (back-pressure on polling, bounded memory).
+//! - [`Decoding::drain`] returns once every record pushed has been emitted or refused.
+//!   The source drains before a checkpoint barrier, at the end of a bounded partition
+//!   and at the end, so a checkpoint's offsets never run ahead of the rows emitted
+//!   before its barrier.
+//! - A record the decoder refuses is reported by the worker, through its own handle on
+//!   the task's bad-record counters, and never reaches a batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use rdkafka::Message;
+use tokio::sync::mpsc;
+
+use super::metadata::{MetadataColumns, RecordMeta};
+use super::{Result, kafka_error};
+use crate::dlq::{BadRecordReason, BadRecords};
+use crate::engine::Collector;
+use crate::formats::json::JsonDecoder;
+
+/// Chunks sent to the worker and not yet emitted: one being decoded while the next
+/// waits, so neither side idles for the other.
+pub(super) const MAX_IN_FLIGHT: usize = 2;
+
+/// Records of one partition copied out of the consumer's buffers: their values back
+/// to back, where each ends, and (when the table has metadata columns) each one's
+/// attributes.
+#[derive(Default)]
+pub(super) struct RawRecords {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    metas: Vec<RecordMeta>,
+}
+
+impl RawRecords {
+    fn push(&mut self, value: &[u8], meta: Option<RecordMeta>) {
+        self.bytes.extend_from_slice(value);
+        self.ends.push(self.bytes.len());
+        self.metas.extend(meta);
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// A decoded chunk: its partition and rows (`None` when every record was refused).
+type Decoded = (i32, Result<Option<RecordBatch>>);
+
+/// The source task's side of the decoding worker.
+pub(super) struct Decoding {
+    table: String,
+    batch_size: usize,
+    /// Per partition, the records read and not sent yet.
+    pending: BTreeMap<i32, RawRecords>,
+    work: mpsc::UnboundedSender<(i32, RawRecords)>,
+    done: mpsc::UnboundedReceiver<Decoded>,
+    in_flight: usize,
+}
+
+impl Decoding {
+    /// Starts the worker; `bad` is its handle for reporting refused records.
+    pub(super) fn start(
+        table: &str,
+        decoder: RecordDecoder,
+        meta: MetadataColumns,
+        topic: String,
+        bad: BadRecords,
+        batch_size: usize,
+    ) -> Self {
+        let (work, chunks) = mpsc::unbounded_channel();
+        let (results, done) = mpsc::unbounded_channel();
+        // The worker ends when `work` is dropped (the source ended or was cancelled).
+        tokio::spawn(decode_chunks(decoder, meta, topic, bad, chunks, results));
+        Decoding {
+            table: table.to_string(),
+            batch_size: batch_size.max(1),
+            pending: BTreeMap::new(),
+            work,
+            done,
+            in_flight: 0,
+        }
+    }
+
+    /// Adds record `m` (its value, and its attributes when the table has metadata
+    /// columns); a full chunk goes to the worker. A record without a value, or with
+    /// an attribute its column cannot hold, is reported to `bad` here.
+    pub(super) async fn push<M: Message>(
+        &mut self,
+        m: &M,
+        meta: &MetadataColumns,
+        bad: &mut BadRecords,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let p = m.partition();
+        let Some(value) = m.payload() else {
+            let detail = format!(
+                "partition {p} offset {}: a record without a value",
+                m.offset()
+            );
+            bad.report(BadRecordReason::Malformed, &detail, &[]);
+            return Ok(());
+        };
+        let attributes = match meta.capture(m) {
+            Ok(_) if meta.is_empty() => None,
+            Ok(captured) => Some(captured),
+            Err(why) => {
+                let detail = format!("partition {p} offset {}: {why}", m.offset());
+                bad.report(BadRecordReason::SchemaMismatch, &detail, value);
+                return Ok(());
+            }
+        };
+        let raw = self.pending.entry(p).or_default();
+        raw.push(value, attributes);
+        if raw.len() >= self.batch_size {
+            self.send(p, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends partition `p`'s pending records to the worker, first emitting the oldest
+    /// result while [`MAX_IN_FLIGHT`] chunks are out.
+    async fn send(&mut self, p: i32, out: &mut Collector) -> Result<()> {
+        let Some(raw) = self.pending.get_mut(&p).filter(|r| r.len() > 0) else {
+            return Ok(());
+        };
+        let raw = std::mem::take(raw);
+        while self.in_flight >= MAX_IN_FLIGHT {
+            let decoded = self.finished().await;
+            Self::emit(decoded, out).await?;
+        }
+        self.work
+            .send((p, raw))
+            .map_err(|_| kafka_error(&self.table, "decoding", "the decoding worker stopped"))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Sends every partition's pending records to the worker (the flush interval has
+    /// passed); their rows are emitted as they come back.
+    pub(super) async fn send_all(&mut self, out: &mut Collector) -> Result<()> {
+        let partitions: Vec<i32> = self.pending.keys().copied().collect();
+        for p in partitions {
+            self.send(p, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any chunk is out, i.e. whether [`Decoding::finished`] will complete.
+    pub(super) fn busy(&self) -> bool {
+        self.in_flight > 0
+    }
+
+    /// The oldest chunk's result, once decoded. Cancel-safe: a result not returned
+    /// stays in the channel. Call only when [`Decoding::busy`].
+    pub(super) async fn finished(&mut self) -> Decoded {
+        match self.done.recv().await {
+            Some(decoded) => {
+                self.in_flight -= 1;
+                decoded
+            }
+            None => (
+                -1,
+                Err(kafka_error(
+                    &self.table,
+                    "decoding",
+                    "the decoding worker stopped",
+                )),
+            ),
+        }
+    }
+
+    /// Emits a chunk's rows as rows of its partition's split.
+    pub(super) async fn emit((p, rows): Decoded, out: &mut Collector) -> Result<()> {
+        match rows? {
+            Some(batch) => out.emit_split(p as u64, batch).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends everything pending and emits every result: when this returns, each
+    /// record pushed is in a batch emitted or was refused.
+    pub(super) async fn drain(&mut self, out: &mut Collector) -> Result<()> {
+        self.send_all(out).await?;
+        while self.busy() {
+            let decoded = self.finished().await;
+            Self::emit(decoded, out).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The worker: decodes each chunk into rows of the table's columns, in order.
+async fn decode_chunks(
+    mut decoder: RecordDecoder,
+    meta: MetadataColumns,
+    topic: String,
+    mut bad: BadRecords,
+    mut chunks: mpsc::UnboundedReceiver<(i32, RawRecords)>,
+    results: mpsc::UnboundedSender<Decoded>,
+) {
+    while let Some((p, raw)) = chunks.recv().await {
+        let rows = decoder.decode(raw, &meta, &topic, &mut bad).await;
+        if results.send((p, rows)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns one partition's record values into rows of the table's columns.
+pub(super) enum RecordDecoder {
+    Json(JsonDecoder),
+    Avro(AvroDecoder),
+}
+
+impl RecordDecoder {
+    /// The decoder for a table whose record values have columns `value`: JSON, or
+    /// Avro with writer schemas from `avro` (a registry URL).
+    pub(super) fn new(
+        value: SchemaRef,
+        avro: Option<Arc<str>>,
+        reader_schema: Option<Arc<str>>,
+        batch_size: usize,
+    ) -> Result<Self> {
+        Ok(match avro {
+            None => RecordDecoder::Json(JsonDecoder::new(value)?),
+            Some(url) => {
+                RecordDecoder::Avro(AvroDecoder::new(url, reader_schema, value, batch_size))
+            }
+        })
+    }
+
+    /// One chunk's records as rows, with their metadata columns; refused records are
+    /// reported to `bad` and left out.
+    async fn decode(
+        &mut self,
+        raw: RawRecords,
+        meta: &MetadataColumns,
+        topic: &str,
+        bad: &mut BadRecords,
+    ) -> Result<Option<RecordBatch>> {
+        let RawRecords { bytes, ends, metas } = raw;
+        let mut metas = metas.into_iter();
+        let mut kept = Vec::new();
+        let mut start = 0;
+        for end in ends {
+            let accepted = self.push(&bytes[start..end], bad).await?;
+            start = end;
+            if let Some(m) = metas.next()
+                && accepted
+            {
+                kept.push(m);
+            }
+        }
+        let batch = self.flush(bad)?;
+        let dropped = self.take_dropped();
+        let Some(batch) = batch else {
+            return Ok(None);
+        };
+        if meta.is_empty() {
+            return Ok(Some(batch));
+        }
+        if !dropped.is_empty() {
+            kept = kept
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| dropped.binary_search(i).is_err())
+                .map(|(_, m)| m)
+                .collect();
+        }
+        meta.assemble(batch, &kept, topic).map(Some)
+    }
+
+    /// Decodes one record value; `false` when it was refused (and reported).
+    async fn push(&mut self, payload: &[u8], bad: &mut BadRecords) -> Result<bool> {
+        match self {
+            RecordDecoder::Json(d) => Ok(d.push(payload, bad)),
+            RecordDecoder::Avro(d) => d.push(payload, bad).await,
+        }
+    }
+
+    /// Ordinals of records accepted by `push` but refused at the last flush.
+    fn take_dropped(&mut self) -> Vec<usize> {
+        match self {
+            RecordDecoder::Json(d) => d.take_dropped(),
+            RecordDecoder::Avro(_) => Vec::new(),
+        }
+    }
+
+    fn flush(&mut self, bad: &mut BadRecords) -> Result<Option<RecordBatch>> {
+        match self {
+            RecordDecoder::Json(d) => {
+                let b = d.flush()?;
+                d.report_late(bad);
+                Ok(b)
+            }
+            RecordDecoder::Avro(d) => d.flush(),
+        }
+    }
+}
+
+/// Avro records in the Confluent wire format (magic byte 0, 4-byte big-endian schema
+/// id, Avro binary body), decoded straight into Arrow by `arrow-avro` with the writer
+/// schema fetched from the registry by id (and cached). With a reader schema
+/// (`schema_file`), each writer schema is resolved against it per the Avro
+/// specification (defaults fill fields the writer lacks, promotions widen types);
+/// either way the result is matched to the table's columns by name: a column the
+/// record does not have is NULL, a field the table does not declare is ignored, so
+/// older and newer producers' records both read.
+///
+/// A record that does not decode is reported and skipped; the rows decoded before it
+/// are kept (the decoder is rebuilt and fed their bytes again, since a failed decode
+/// may leave half a row behind).
+pub(super) struct AvroDecoder {
+    registry: Arc<str>,
+    reader_schema: Option<Arc<str>>,
+    target: SchemaRef,
+    batch_size: usize,
+    schemas: std::collections::HashMap<u32, String>,
+    /// The decoder of the schema id being read, and its rows not yet flushed.
+    current: Option<(u32, arrow_avro::reader::Decoder)>,
+    /// The current decoder's records, back to back, and where each ends.
+    raw: Vec<u8>,
+    ends: Vec<usize>,
+    /// Rows of earlier schema ids, already in the table's columns.
+    done: Vec<RecordBatch>,
+}
+
+impl AvroDecoder {
+    fn new(
+        registry: Arc<str>,
+        reader_schema: Option<Arc<str>>,
+        target: SchemaRef,
+        batch_size: usize,
+    ) -> Self {
+        AvroDecoder {
+            registry,
+            reader_schema,
+            target,
+            batch_size: batch_size.max(1),
+            schemas: Default::default(),
+            current: None,
+            raw: Vec::new(),
+            ends: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn decoder_for(&self, id: u32) -> Result<arrow_avro::reader::Decoder> {
+        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        let text = self.schemas.get(&id).cloned().unwrap_or_default();
+        let arrow =
+            |e: arrow::error::ArrowError| crate::engine::EngineError::arrow("Avro schema", e);
+        store
+            .set(Fingerprint::Id(id), AvroSchema::new(text))
+            .map_err(arrow)?;
+        let mut builder = arrow_avro::reader::ReaderBuilder::new()
+            // Room for a whole flush: the decoder is drained by `drain_current` only.
+            .with_batch_size(self.batch_size + 1)
+            .with_writer_schema_store(store);
+        if let Some(reader) = &self.reader_schema {
+            builder = builder.with_reader_schema(AvroSchema::new(reader.to_string()));
+        }
+        builder.build_decoder().map_err(arrow)
+    }
+
+    /// Moves the current decoder's rows, in the table's columns, to `done`.
+    fn drain_current(&mut self) -> Result<()> {
+        if let Some((_, decoder)) = self.current.as_mut()
+            && !self.ends.is_empty()
+        {
+            self.raw.clear();
+            self.ends.clear();
+            let batch = decoder
+                .flush()
+                .map_err(|e| crate::engine::EngineError::User(format!("decoding Avro: {e}")))?;
+            if let Some(b) = batch {
+                self.done.push(conform(&b, &self.target)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one whole record to `decoder`: `Err(why)` when it is not exactly one
+    /// record of the writer schema.
+    fn feed(decoder: &mut arrow_avro::reader::Decoder, payload: &[u8]) -> Result<(), String> {
+        match decoder.decode(payload) {
+            Ok(n) if n == payload.len() => Ok(()),
+            Ok(n) => Err(format!(
+                "the record ends early ({} of {} bytes decoded)",
+                n,
+                payload.len()
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Decodes one record; `false` when it is refused (and reported).
+    async fn push(&mut self, payload: &[u8], bad: &mut BadRecords) -> Result<bool> {
+        if payload.len() < 5 || payload[0] != 0 {
+            bad.report(
+                BadRecordReason::Malformed,
+                "not in the Confluent wire format (magic byte 0, 4-byte schema id, Avro body)",
+                payload,
+            );
+            return Ok(false);
+        }
+        let id = u32::from_be_bytes([payload[1], payload[2], payload[3], payload[4]]);
+        if self.current.as_ref().map(|c| c.0) != Some(id) {
+            self.drain_current()?;
+            if !self.schemas.contains_key(&id) {
+                match crate::registry::client::schema_by_id(&self.registry, id).await {
+                    Ok(text) => {
+                        self.schemas.insert(id, text);
+                    }
+                    Err(e) => {
+                        bad.report(BadRecordReason::SchemaMismatch, &e.to_string(), payload);
+                        return Ok(false);
+                    }
+                }
+            }
+            match self.decoder_for(id) {
+                Ok(d) => self.current = Some((id, d)),
+                Err(e) => {
+                    // The registry's schema does not resolve against the reader
+                    // schema (or is not Avro arrow-avro reads).
+                    bad.report(
+                        BadRecordReason::SchemaMismatch,
+                        &format!("schema id {id}: {e}"),
+                        payload,
+                    );
+                    self.schemas.remove(&id);
+                    return Ok(false);
+                }
+            }
+        }
+        if self.ends.len() >= self.batch_size {
+            self.drain_current()?;
+        }
+        let (_, decoder) = self.current.as_mut().expect("set above");
+        match Self::feed(decoder, payload) {
+            Ok(()) => {
+                self.raw.extend_from_slice(payload);
+                self.ends.push(self.raw.len());
+                Ok(true)
+            }
+            Err(why) => {
+                bad.report(
+                    BadRecordReason::Malformed,
+                    &format!("Avro record (schema id {id}): {why}"),
+                    payload,
+                );
+                // The decoder may hold half a record: a fresh one, fed the good
+                // records again (they decoded once, so they decode again).
+                let mut fresh = self.decoder_for(id)?;
+                let mut start = 0;
+                for &end in &self.ends {
+                    Self::feed(&mut fresh, &self.raw[start..end]).map_err(|e| {
+                        crate::engine::EngineError::User(format!(
+                            "re-decoding Avro records that decoded before: {e}"
+                        ))
+                    })?;
+                    start = end;
+                }
+                self.current = Some((id, fresh));
+                Ok(false)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        self.drain_current()?;
+        if self.done.is_empty() {
+            return Ok(None);
+        }
+        let batches = std::mem::take(&mut self.done);
+        arrow::compute::concat_batches(&self.target, &batches)
+            .map(Some)
+            .map_err(|e| crate::engine::EngineError::arrow("assembling Avro rows", e))
+    }
+}
+
+/// `batch` (a writer schema's columns) as the table's columns, by name.
+pub(super) fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    let columns = target
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => arrow::compute::cast(c, f.data_type())
+                .map_err(|e| crate::engine::EngineError::arrow(format!("column {}", f.name()), e)),
+            None => Ok(arrow::array::new_null_array(
+                f.data_type(),
+                batch.num_rows(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .map_err(|e| {
+        crate::engine::EngineError::arrow("matching Avro fields to the table's columns", e)
+    })
+}
