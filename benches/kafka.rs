@@ -12,7 +12,9 @@
 //!
 //! Needs a broker: `scripts/kafka start` then
 //! `TRIBUTARY_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench kafka`
-//! (`TRIBUTARY_BENCH_EVENTS`, default 10,000,000). The registry is served in-process.
+//! (`TRIBUTARY_BENCH_EVENTS`, default 10,000,000; `TRIBUTARY_BENCH_FORMATS`, default
+//! `avro,json`; `TRIBUTARY_BENCH_ROUNDS` of reads, default 3, whose medians are shown).
+//! The registry is served in-process.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -309,6 +311,11 @@ fn decode_apache_avro(payloads: &[Vec<u8>], schema: &str) -> f64 {
     payloads.len() as f64 / t.elapsed().as_secs_f64()
 }
 
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 fn m(x: f64) -> String {
     format!("{:.2}M", x / 1e6)
 }
@@ -325,6 +332,11 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
+    let rounds: usize = std::env::var("TRIBUTARY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let dir = tempfile::tempdir().unwrap();
     let registry = Arc::new(
         tributary::registry::Registry::open(dir.path())
@@ -340,7 +352,8 @@ async fn main() {
     ));
     let run = format!("{:08x}", rand::random::<u32>());
     println!(
-        "Kafka bench: the bids of {events} Nexmark events, {PARTITIONS} partitions, broker {servers}"
+        "Kafka bench: the bids of {events} Nexmark events, {PARTITIONS} partitions, broker {servers}; \
+         reads: median of {rounds} rounds"
     );
     println!(
         "{:<6} {:>11} {:>14} {:>11} {:>6} {:>12} {:>11} {:>6} {:>12} {:>12} {:>6}",
@@ -356,8 +369,9 @@ async fn main() {
         "2 tasks",
         "ratio"
     );
+    let formats = std::env::var("TRIBUTARY_BENCH_FORMATS").unwrap_or_else(|_| "avro,json".into());
     let mut sample = Vec::new();
-    for format in ["avro", "json"] {
+    for format in formats.split(',') {
         let topic = format!("bench.bids.{format}.{run}");
         let (sink, written) = load(&servers, &topic, format, &url, events, None).await;
         let txn_topic = format!("bench.bids.txn.{format}.{run}");
@@ -377,12 +391,46 @@ async fn main() {
         if format == "avro" {
             sample = kept;
         }
-        let streamed = stream_loop(&servers, &topic, records).await;
-        let ours = tributary_source(&servers, &topic, format, &url, records, 1).await;
-        // One consumer per partition: two plain loops on two threads, and the source
-        // with a task per partition.
-        let plain2 = tokio::task::block_in_place(|| plain_loops(&servers, &topic));
-        let ours2 = tributary_source(&servers, &topic, format, &url, records, 2).await;
+        // Rounds, each reading the topic with every consumer in turn: throughput on
+        // this machine drifts by a fifth from one minute to the next, so each figure is
+        // the median of its rounds, and the ratios compare medians.
+        let mut plains = vec![plain];
+        let (mut streams, mut ones, mut plain2s, mut twos) = (vec![], vec![], vec![], vec![]);
+        for round in 0..rounds {
+            if round > 0 {
+                plains.push(
+                    tokio::task::block_in_place(|| plain_loop(&servers, &topic, 0, &[0, 1])).0,
+                );
+            }
+            streams.push(stream_loop(&servers, &topic, records).await);
+            ones.push(tributary_source(&servers, &topic, format, &url, records, 1).await);
+            // One consumer per partition: two plain loops on two threads, and the
+            // source with a task per partition.
+            plain2s.push(tokio::task::block_in_place(|| {
+                plain_loops(&servers, &topic)
+            }));
+            twos.push(tributary_source(&servers, &topic, format, &url, records, 2).await);
+        }
+        let spread = |ours: &[f64], plain: &[f64]| {
+            let r: Vec<String> = ours
+                .iter()
+                .zip(plain)
+                .map(|(o, p)| format!("{:.2}", o / p))
+                .collect();
+            r.join(" ")
+        };
+        println!(
+            "{format} per round, ratio 1 task: {}; 2 tasks: {}",
+            spread(&ones, &plains),
+            spread(&twos, &plain2s)
+        );
+        let (plain, streamed, ours, plain2, ours2) = (
+            median(plains),
+            median(streams),
+            median(ones),
+            median(plain2s),
+            median(twos),
+        );
         println!(
             "{:<6} {:>11} {:>14} {:>11} {:>6.0} {:>12} {:>11} {:>6.2} {:>12} {:>12} {:>6.2}",
             format,
@@ -397,6 +445,9 @@ async fn main() {
             m(ours2),
             ours2 / plain2
         );
+    }
+    if sample.is_empty() {
+        return;
     }
     let id = u32::from_be_bytes([sample[0][1], sample[0][2], sample[0][3], sample[0][4]]);
     let schema = tributary::registry::client::schema_by_id(&url, id)

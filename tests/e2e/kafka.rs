@@ -121,7 +121,13 @@ fn rows_written_to_kafka_come_back_once_and_in_order_per_key() {
              INSERT INTO copy SELECT * FROM events;\n"
         ),
     );
-    ok(&run(d, &["run", "consume.sql"]));
+    // Small batches: each partition's rows cross the decoding workers in many chunks,
+    // which must come back in order.
+    write(
+        &d.join("consume.yaml"),
+        "name: consume\nsql: consume.sql\nbatch: { size: 50 }\n",
+    );
+    ok(&run(d, &["run", "consume.yaml"]));
 
     // The input as the file source decoded it: the good rows, in file order.
     let input: Vec<serde_json::Value> = std::fs::read_to_string(d.join("in/orders.jsonl"))

@@ -2,22 +2,23 @@
 //! consumer.
 //!
 //! Owns the record decoders (JSON, or Avro in the Confluent wire format) and the
-//! worker that runs them. The source task copies each record's value, and the
+//! workers that run them. The source task copies each record's value, and the
 //! attributes its metadata columns need, into a chunk per partition ([`RawRecords`])
-//! and hands full chunks to [`Decoding`]; a worker task decodes them while the source
-//! task goes on polling, so polling and decoding run on two cores.
+//! and hands full chunks to [`Decoding`]; workers decode them while the source task
+//! goes on polling, so polling and decoding run on different cores.
 //!
 //! Invariants:
-//! - One worker per source task, taking chunks in the order they were sent: results
-//!   come back in that order, so a partition's rows stay in offset order, and every
-//!   batch holds one partition's rows.
-//! - At most [`MAX_IN_FLIGHT`] chunks are out at once; sending another first waits for
-//!   the oldest result and emits it (back-pressure on polling, bounded memory).
+//! - A partition's chunks all go to one worker (its lane), which decodes them in the
+//!   order sent: a partition's rows stay in offset order, and every batch holds one
+//!   partition's rows. There is a worker per partition of the task, up to the number
+//!   of cores.
+//! - At most [`MAX_IN_FLIGHT`] chunks per worker are out at once; sending another
+//!   first waits for a result and emits it (back-pressure on polling, bounded memory).
 //! - [`Decoding::drain`] returns once every record pushed has been emitted or refused.
 //!   The source drains before a checkpoint barrier, at the end of a bounded partition
 //!   and at the end, so a checkpoint's offsets never run ahead of the rows emitted
 //!   before its barrier.
-//! - A record the decoder refuses is reported by the worker, through its own handle on
+//! - A record the decoder refuses is reported by its worker, through its own handle on
 //!   the task's bad-record counters, and never reaches a batch.
 
 use std::collections::BTreeMap;
@@ -34,7 +35,7 @@ use crate::dlq::{BadRecordReason, BadRecords};
 use crate::engine::Collector;
 use crate::formats::json::JsonDecoder;
 
-/// Chunks sent to the worker and not yet emitted: one being decoded while the next
+/// Chunks per worker sent and not yet emitted: one being decoded while the next
 /// waits, so neither side idles for the other.
 pub(super) const MAX_IN_FLIGHT: usize = 2;
 
@@ -58,48 +59,77 @@ impl RawRecords {
     fn len(&self) -> usize {
         self.ends.len()
     }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+        self.metas.clear();
+    }
 }
 
 /// A decoded chunk: its partition and rows (`None` when every record was refused).
-type Decoded = (i32, Result<Option<RecordBatch>>);
+pub(super) type Decoded = (i32, Result<Option<RecordBatch>>);
 
-/// The source task's side of the decoding worker.
+/// The source task's side of the decoding workers.
 pub(super) struct Decoding {
     table: String,
     batch_size: usize,
     /// Per partition, the records read and not sent yet.
     pending: BTreeMap<i32, RawRecords>,
-    work: mpsc::UnboundedSender<(i32, RawRecords)>,
-    done: mpsc::UnboundedReceiver<Decoded>,
+    /// One worker per lane, each with its own decoder; a partition stays on the lane
+    /// it was first given, so its chunks are decoded and returned in order.
+    lanes: Vec<mpsc::UnboundedSender<(i32, RawRecords)>>,
+    lane_of: BTreeMap<i32, usize>,
+    /// Results, each with its chunk emptied for reuse.
+    done: mpsc::UnboundedReceiver<(Decoded, RawRecords)>,
     in_flight: usize,
+    /// Emptied chunks: their buffers are filled again rather than grown anew (a chunk
+    /// is megabytes; growing one per batch cost allocations, copies and page faults).
+    spare: Vec<RawRecords>,
 }
 
 impl Decoding {
-    /// Starts the worker; `bad` is its handle for reporting refused records.
+    /// Starts `lanes` workers, each with a decoder from `decoder`; `bad` is their
+    /// handle for reporting refused records.
     pub(super) fn start(
         table: &str,
-        decoder: RecordDecoder,
-        meta: MetadataColumns,
-        topic: String,
-        bad: BadRecords,
+        lanes: usize,
+        decoder: impl Fn() -> Result<RecordDecoder>,
+        meta: &MetadataColumns,
+        topic: &str,
+        bad: &BadRecords,
         batch_size: usize,
-    ) -> Self {
-        let (work, chunks) = mpsc::unbounded_channel();
+    ) -> Result<Self> {
         let (results, done) = mpsc::unbounded_channel();
-        // The worker ends when `work` is dropped (the source ended or was cancelled).
-        tokio::spawn(decode_chunks(decoder, meta, topic, bad, chunks, results));
-        Decoding {
+        let mut senders = Vec::new();
+        for _ in 0..lanes.max(1) {
+            let (work, chunks) = mpsc::unbounded_channel();
+            // A worker ends when its sender is dropped (the source ended or was
+            // cancelled).
+            tokio::spawn(decode_chunks(
+                decoder()?,
+                meta.clone(),
+                topic.to_string(),
+                bad.clone(),
+                chunks,
+                results.clone(),
+            ));
+            senders.push(work);
+        }
+        Ok(Decoding {
             table: table.to_string(),
             batch_size: batch_size.max(1),
             pending: BTreeMap::new(),
-            work,
+            lanes: senders,
+            lane_of: BTreeMap::new(),
             done,
             in_flight: 0,
-        }
+            spare: Vec::new(),
+        })
     }
 
     /// Adds record `m` (its value, and its attributes when the table has metadata
-    /// columns); a full chunk goes to the worker. A record without a value, or with
+    /// columns); a full chunk goes to its worker. A record without a value, or with
     /// an attribute its column cannot hold, is reported to `bad` here.
     pub(super) async fn push<M: Message>(
         &mut self,
@@ -134,25 +164,27 @@ impl Decoding {
         Ok(())
     }
 
-    /// Sends partition `p`'s pending records to the worker, first emitting the oldest
-    /// result while [`MAX_IN_FLIGHT`] chunks are out.
+    /// Sends partition `p`'s pending records to its worker, first emitting results
+    /// while [`MAX_IN_FLIGHT`] chunks per worker are out.
     async fn send(&mut self, p: i32, out: &mut Collector) -> Result<()> {
         let Some(raw) = self.pending.get_mut(&p).filter(|r| r.len() > 0) else {
             return Ok(());
         };
-        let raw = std::mem::take(raw);
-        while self.in_flight >= MAX_IN_FLIGHT {
+        let raw = std::mem::replace(raw, self.spare.pop().unwrap_or_default());
+        while self.in_flight >= MAX_IN_FLIGHT * self.lanes.len() {
             let decoded = self.finished().await;
             Self::emit(decoded, out).await?;
         }
-        self.work
+        let next = self.lane_of.len() % self.lanes.len();
+        let lane = *self.lane_of.entry(p).or_insert(next);
+        self.lanes[lane]
             .send((p, raw))
             .map_err(|_| kafka_error(&self.table, "decoding", "the decoding worker stopped"))?;
         self.in_flight += 1;
         Ok(())
     }
 
-    /// Sends every partition's pending records to the worker (the flush interval has
+    /// Sends every partition's pending records to its worker (the flush interval has
     /// passed); their rows are emitted as they come back.
     pub(super) async fn send_all(&mut self, out: &mut Collector) -> Result<()> {
         let partitions: Vec<i32> = self.pending.keys().copied().collect();
@@ -167,12 +199,14 @@ impl Decoding {
         self.in_flight > 0
     }
 
-    /// The oldest chunk's result, once decoded. Cancel-safe: a result not returned
+    /// The next chunk's result, once decoded (a partition's in the order sent).
+    /// Cancel-safe: a result not returned
     /// stays in the channel. Call only when [`Decoding::busy`].
     pub(super) async fn finished(&mut self) -> Decoded {
         match self.done.recv().await {
-            Some(decoded) => {
+            Some((decoded, spent)) => {
                 self.in_flight -= 1;
+                self.spare.push(spent);
                 decoded
             }
             None => (
@@ -206,18 +240,19 @@ impl Decoding {
     }
 }
 
-/// The worker: decodes each chunk into rows of the table's columns, in order.
+/// A worker: decodes each chunk into rows of the table's columns, in order.
 async fn decode_chunks(
     mut decoder: RecordDecoder,
     meta: MetadataColumns,
     topic: String,
     mut bad: BadRecords,
     mut chunks: mpsc::UnboundedReceiver<(i32, RawRecords)>,
-    results: mpsc::UnboundedSender<Decoded>,
+    results: mpsc::UnboundedSender<(Decoded, RawRecords)>,
 ) {
-    while let Some((p, raw)) = chunks.recv().await {
-        let rows = decoder.decode(raw, &meta, &topic, &mut bad).await;
-        if results.send((p, rows)).is_err() {
+    while let Some((p, mut raw)) = chunks.recv().await {
+        let rows = decoder.decode(&mut raw, &meta, &topic, &mut bad).await;
+        raw.clear();
+        if results.send(((p, rows), raw)).is_err() {
             return;
         }
     }
@@ -250,16 +285,16 @@ impl RecordDecoder {
     /// reported to `bad` and left out.
     async fn decode(
         &mut self,
-        raw: RawRecords,
+        raw: &mut RawRecords,
         meta: &MetadataColumns,
         topic: &str,
         bad: &mut BadRecords,
     ) -> Result<Option<RecordBatch>> {
         let RawRecords { bytes, ends, metas } = raw;
-        let mut metas = metas.into_iter();
+        let mut metas = metas.drain(..);
         let mut kept = Vec::new();
         let mut start = 0;
-        for end in ends {
+        for &end in ends.iter() {
             let accepted = self.push(&bytes[start..end], bad).await?;
             start = end;
             if let Some(m) = metas.next()

@@ -533,20 +533,25 @@ impl KafkaSource {
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
-        let decoder = RecordDecoder::new(
-            self.meta.value_schema().clone(),
-            self.avro.clone(),
-            self.reader_schema.clone(),
-            ctx.batch.size,
-        )?;
+        // A decoding worker per partition, up to the cores there are: decoding is most
+        // of a record's cost, and the polling task needs little of a core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut decoding = Decoding::start(
             &self.table,
-            decoder,
-            self.meta.clone(),
-            self.topic.clone(),
-            ctx.bad_records.clone(),
+            self.assigned.len().min(cores),
+            || {
+                RecordDecoder::new(
+                    self.meta.value_schema().clone(),
+                    self.avro.clone(),
+                    self.reader_schema.clone(),
+                    ctx.batch.size,
+                )
+            },
+            &self.meta,
+            &self.topic,
+            &ctx.bad_records,
             ctx.batch.size,
-        );
+        )?;
         let KafkaSource {
             consumer,
             assigned,
