@@ -21,6 +21,9 @@
 //! - Watermarks per partition: each batch holds one partition's rows and the task's
 //!   watermark follows its slowest partition (`Collector::emit_split`), so a partition
 //!   that is behind does not have its rows made late by one that is ahead.
+//! - Record values are decoded off the polling task, by workers that keep each
+//!   partition's order and are drained before every checkpoint barrier
+//!   (`decode.rs`, ADR 0010).
 //! - Record attributes (key, offset, headers…) reach columns only through
 //!   `metadata.*` options (`metadata.rs`); domains and clusters resolve through the
 //!   configuration (`domains.rs`).
