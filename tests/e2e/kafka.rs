@@ -8,6 +8,7 @@
 //! partition, one reading task).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -168,6 +169,74 @@ fn rows_written_to_kafka_come_back_once_and_in_order_per_key() {
         m
     };
     assert_eq!(per_order(&got), per_order(&input));
+}
+
+/// Authentication through librdkafka properties (the way a managed cluster is
+/// reached): the sink writes and a bounded source reads over the test broker's
+/// SASL_PLAINTEXT listener (PLAIN; `scripts/kafka sasl-bootstrap`), without OpenSSL in
+/// the build. What the source read equals what a plain reader finds in the topic; a
+/// wrong password fails the source, naming the refusal.
+#[test]
+fn a_pipeline_writes_and_reads_through_a_sasl_plain_listener_and_a_wrong_password_fails() {
+    let sasl = std::env::var("TRIBUTARY_TEST_KAFKA_SASL").unwrap_or_else(|_| {
+        panic!("no SASL listener: run the suite with scripts/test (TRIBUTARY_TEST_KAFKA_SASL)")
+    });
+    let topic = fresh_topic("sasl.orders");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let auth = "\"kafka.security.protocol\" = 'SASL_PLAINTEXT', \"kafka.sasl.mechanisms\" = 'PLAIN', \
+                \"kafka.sasl.username\" = 'tributary', \"kafka.sasl.password\" = 'tributary-secret'";
+    write(
+        &d.join("produce.sql"),
+        &format!(
+            "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '5', \
+               count = '400', rate = '0');\n\
+             CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{sasl}', \
+               topic = '{topic}', partitions = '2', {auth});\n\
+             INSERT INTO out SELECT event_id, order_id FROM orders;\n"
+        ),
+    );
+    ok(&run(d, &["run", "produce.sql"]));
+    write(
+        &d.join("consume.sql"),
+        &format!(
+            "CREATE TABLE events (event_id VARCHAR, order_id BIGINT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{sasl}', topic = '{topic}', bounded = 'true', \
+               offset = 'earliest', {auth});\n\
+             CREATE TABLE copy WITH (connector = 'file', path = 'out/copy.jsonl');\n\
+             INSERT INTO copy SELECT * FROM events;\n"
+        ),
+    );
+    ok(&run(d, &["run", "consume.sql"]));
+    let read = json_lines(&d.join("out/copy.jsonl"));
+    let plain = read_topic(&bootstrap(), &topic, "read_committed");
+    assert_eq!(
+        plain.len(),
+        400,
+        "the sink wrote every generated order event"
+    );
+    assert_eq!(canonical(&read), canonical(&plain));
+
+    // A wrong password fails the source naming the refusal; it does not wait as for
+    // an unreachable cluster.
+    let consume = std::fs::read_to_string(d.join("consume.sql")).unwrap();
+    write(
+        &d.join("refused.sql"),
+        &consume
+            .replace("'tributary-secret'", "'wrong'")
+            .replace("out/copy.jsonl", "out/refused.jsonl"),
+    );
+    // Within a deadline: a source that waited instead would never exit by itself.
+    let (code, stderr) = Running::start(d, &["refused.sql"]).wait(Duration::from_secs(60));
+    assert_ne!(
+        code,
+        Some(0),
+        "a refused login fails the pipeline:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("the cluster refused authentication"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -58,10 +58,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::{ConnectorEnv, ConnectorError, Options, TableRequest};
+use client::Watch;
 use decode::{Decoding, RecordDecoder, conform};
 pub use domains::{ClusterConfig, KafkaConfig};
 use metadata::MetadataColumns;
 
+mod client;
 mod decode;
 mod domains;
 mod metadata;
@@ -351,8 +353,8 @@ impl SourceFactory for KafkaSourceFactory {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false");
-        let consumer: StreamConsumer = config
-            .create()
+        let consumer: StreamConsumer<Watch> = config
+            .create_with_context(Watch::default())
             .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
         Ok(Box::new(KafkaSource {
             table: self.table.clone(),
@@ -375,7 +377,7 @@ struct KafkaSource {
     topic: String,
     start: StartFrom,
     bounded: bool,
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<Watch>,
     meta: MetadataColumns,
     avro: Option<Arc<str>>,
     reader_schema: Option<Arc<str>>,
@@ -388,10 +390,24 @@ struct KafkaSource {
     task: TaskInfo,
 }
 
+/// Fails when the cluster refused the consumer's credentials: retrying does not mend
+/// that, so the source stops naming it rather than wait as for an unreachable cluster.
+fn refused(consumer: &StreamConsumer<Watch>, table: &str) -> Result<()> {
+    match consumer.context().refused() {
+        Some(why) => Err(kafka_error(
+            table,
+            "the cluster refused authentication",
+            why,
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A task's partitions of `topic`, waiting (with backoff) while the cluster is
 /// unreachable or the topic does not exist yet; `None` when stopped meanwhile.
 async fn partitions(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<Watch>,
+    table: &str,
     topic: &str,
     task: &TaskInfo,
     stop: &crate::engine::StopSignal,
@@ -419,6 +435,10 @@ async fn partitions(
                 tracing::warn!(task = %task, topic, "topic not found yet; waiting for it");
             }
             Err(e) => {
+                // Nothing is assigned yet, so this only serves the client's events:
+                // errors reach the context (`Watch`) when the queue is polled.
+                let _ = tokio::time::timeout(Duration::from_millis(10), consumer.recv()).await;
+                refused(consumer, table)?;
                 tracing::warn!(task = %task, error = %e, "kafka unreachable; retrying");
             }
         }
@@ -445,8 +465,14 @@ impl Source for KafkaSource {
 
 impl KafkaSource {
     async fn read(&mut self, ctx: &mut SourceContext) -> Result<()> {
-        let Some(partitions) =
-            partitions(&self.consumer, &self.topic, &self.task, &ctx.stop).await?
+        let Some(partitions) = partitions(
+            &self.consumer,
+            &self.table,
+            &self.topic,
+            &self.task,
+            &ctx.stop,
+        )
+        .await?
         else {
             return Ok(());
         };
@@ -565,7 +591,7 @@ impl KafkaSource {
             next,
             ..
         } = self;
-        let consumer: &StreamConsumer = consumer;
+        let consumer: &StreamConsumer<Watch> = consumer;
         // Every message already received, up to 4096, per wake-up: the loop's per-wake
         // work (timers, checkpoint checks) is shared by many records.
         let mut stream = consumer.stream().ready_chunks(4096);
@@ -600,6 +626,7 @@ impl KafkaSource {
                         let m = match msg {
                             Ok(m) => m,
                             Err(e) => {
+                                refused(consumer, &task.node)?;
                                 // Transient (broker down, rebalance in the cluster):
                                 // librdkafka retries; say so at most every 10 s.
                                 if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -633,7 +660,12 @@ impl KafkaSource {
                 decoded = decoding.finished(), if decoding.busy() => {
                     Decoding::emit(decoded, &mut ctx.out).await?;
                 }
-                _ = ticker.tick() => decoding.send_all(&mut ctx.out).await?,
+                _ = ticker.tick() => {
+                    // Credentials refused while reading (rotated, revoked): librdkafka
+                    // only reports it to the context.
+                    refused(consumer, &task.node)?;
+                    decoding.send_all(&mut ctx.out).await?;
+                }
                 _ = stop.raised() => break,
             }
         }
@@ -645,7 +677,7 @@ impl KafkaSource {
 /// is committed (`done`), and forgets the older ones. Asynchronous: a failure is only
 /// logged (the checkpoint, not the group, is where the source resumes).
 fn commit_offsets(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<Watch>,
     topic: &str,
     taken: &mut std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)>,
     done: u64,
@@ -1085,9 +1117,10 @@ impl KafkaSink {
         else {
             return Ok(());
         };
-        let admin: AdminClient<_> = self
+        let watch = Watch::default();
+        let admin: AdminClient<Watch> = self
             .config
-            .create()
+            .create_with_context(watch.clone())
             .map_err(|e| kafka_error(&self.table, "creating the admin client", e))?;
         let mut topic = NewTopic::new(
             &self.topic,
@@ -1103,7 +1136,7 @@ impl KafkaSink {
                 &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
             )
             .await
-            .map_err(|e| kafka_error(&self.table, "creating the topic", e))?;
+            .map_err(|e| kafka_error(&self.table, "creating the topic", watch.explain(e)))?;
         for r in results {
             match r {
                 Ok(_) => {
