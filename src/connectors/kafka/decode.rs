@@ -172,14 +172,13 @@ impl Decoding {
         };
         let raw = std::mem::replace(raw, self.spare.pop().unwrap_or_default());
         while self.in_flight >= MAX_IN_FLIGHT * self.lanes.len() {
-            let decoded = self.finished().await;
-            Self::emit(decoded, out).await?;
+            self.emit_next(out).await?;
         }
         let next = self.lane_of.len() % self.lanes.len();
         let lane = *self.lane_of.entry(p).or_insert(next);
         self.lanes[lane]
             .send((p, raw))
-            .map_err(|_| kafka_error(&self.table, "decoding", "the decoding worker stopped"))?;
+            .map_err(|_| self.stopped())?;
         self.in_flight += 1;
         Ok(())
     }
@@ -200,8 +199,8 @@ impl Decoding {
     }
 
     /// The next chunk's result, once decoded (a partition's in the order sent).
-    /// Cancel-safe: a result not returned
-    /// stays in the channel. Call only when [`Decoding::busy`].
+    /// Cancel-safe: a result not returned stays in the channel. Call only when
+    /// [`Decoding::busy`].
     pub(super) async fn finished(&mut self) -> Decoded {
         match self.done.recv().await {
             Some((decoded, spent)) => {
@@ -209,15 +208,20 @@ impl Decoding {
                 self.spare.push(spent);
                 decoded
             }
-            None => (
-                -1,
-                Err(kafka_error(
-                    &self.table,
-                    "decoding",
-                    "the decoding worker stopped",
-                )),
-            ),
+            None => (-1, Err(self.stopped())),
         }
+    }
+
+    /// Waits for the next result and emits it (not cancel-safe: the select loop uses
+    /// [`Decoding::finished`]).
+    async fn emit_next(&mut self, out: &mut Collector) -> Result<()> {
+        let decoded = self.finished().await;
+        Self::emit(decoded, out).await
+    }
+
+    /// A worker ended before the source (it panicked).
+    fn stopped(&self) -> crate::Error {
+        kafka_error(&self.table, "decoding", "the decoding worker stopped")
     }
 
     /// Emits a chunk's rows as rows of its partition's split.
@@ -233,8 +237,7 @@ impl Decoding {
     pub(super) async fn drain(&mut self, out: &mut Collector) -> Result<()> {
         self.send_all(out).await?;
         while self.busy() {
-            let decoded = self.finished().await;
-            Self::emit(decoded, out).await?;
+            self.emit_next(out).await?;
         }
         Ok(())
     }
