@@ -15,6 +15,7 @@ pub mod dlq;
 pub mod engine;
 pub mod error;
 pub mod formats;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod registry;
