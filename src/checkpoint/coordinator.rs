@@ -98,6 +98,11 @@ pub struct TaskCheckpoints {
 }
 
 impl TaskCheckpoints {
+    /// Aborts here if a fault is injected at `phase` of checkpoint `id` ([`super::fault`]).
+    pub(crate) fn fault_point(&self, phase: super::fault::Phase, id: Option<u64>) {
+        super::fault::point(phase, id, &self.name);
+    }
+
     /// A checkpoint triggered since this task's last one (sources).
     pub fn due(&self) -> Option<u64> {
         let t = *self.triggered.borrow();
@@ -206,6 +211,11 @@ impl TaskCheckpoints {
             }
         }
         Ok(out)
+    }
+
+    /// Whether this task resumes from a checkpoint.
+    pub fn restoring(&self) -> bool {
+        self.restore.is_some()
     }
 
     /// Whether this task's node ran at another parallelism in the restored checkpoint.
@@ -462,7 +472,13 @@ impl Coordinator {
                 operators: self.operators.clone(),
                 chains,
             };
+            super::fault::point(super::fault::Phase::BlobsWritten, Some(id), &self.pipeline);
             store.commit(&meta, latest.as_ref().map(|m| m.id)).await?;
+            super::fault::point(
+                super::fault::Phase::MetadataCommitted,
+                Some(id),
+                &self.pipeline,
+            );
             if let Some(r) = requested.take() {
                 tracing::info!(pipeline = %self.pipeline, checkpoint = id,
                     savepoint = meta.savepoint.as_deref().unwrap_or(""), "savepoint taken");

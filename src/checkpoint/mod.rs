@@ -21,6 +21,7 @@
 //!   pre-committed and discards the rest).
 
 pub mod coordinator;
+pub mod fault;
 mod local;
 
 pub use coordinator::{CheckpointSettings, Coordinator, SavepointRequest, Share, TaskCheckpoints};

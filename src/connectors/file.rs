@@ -471,7 +471,7 @@ impl FileSource {
 
     /// Reads the positions of a checkpoint: files read whole are skipped, partly read
     /// ones resume after their emitted rows.
-    async fn restore(&mut self, ctx: &SourceContext) -> Result<HashSet<PathBuf>> {
+    async fn restore(&mut self, ctx: &mut SourceContext) -> Result<HashSet<PathBuf>> {
         let mut done = HashSet::new();
         for blob in ctx.restored_positions().await? {
             let p: FilePosition = serde_json::from_slice(&blob)

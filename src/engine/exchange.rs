@@ -166,8 +166,45 @@ impl Collector {
 
     /// Makes this (source) collector send a watermark after every batch that advances
     /// the newest event time seen in column `column`.
-    pub(crate) fn generate_watermarks(&mut self, column: usize, delay: std::time::Duration) {
-        self.watermarks = Some(super::watermark::WatermarkGen::new(column, delay));
+    /// A split silent for `idle_timeout` stops holding the watermark back (see
+    /// `WatermarkGen`); sources reading several splits call [`Collector::tick`].
+    pub(crate) fn generate_watermarks(
+        &mut self,
+        column: usize,
+        delay: std::time::Duration,
+        idle_timeout: Option<std::time::Duration>,
+    ) {
+        self.watermarks = Some(super::watermark::WatermarkGen::new(
+            column,
+            delay,
+            idle_timeout,
+        ));
+    }
+
+    /// The newest event time per split, for the source's checkpoint (`None` without
+    /// event time).
+    pub(crate) fn split_event_times(&self) -> Option<std::collections::BTreeMap<u64, i64>> {
+        self.watermarks.as_ref().map(|g| g.event_times())
+    }
+
+    /// Event times from a checkpoint (see [`Collector::split_event_times`]).
+    pub(crate) fn restore_split_event_times(
+        &mut self,
+        times: impl IntoIterator<Item = (u64, i64)>,
+    ) {
+        if let Some(g) = self.watermarks.as_mut() {
+            g.restore(times);
+        }
+    }
+
+    /// Time has passed without rows: a split may have gone idle, letting the
+    /// watermark advance. Sources reading several splits call this on a timer.
+    pub async fn tick(&mut self) -> Result<()> {
+        let now = std::time::Instant::now();
+        match self.watermarks.as_mut().and_then(|g| g.advance(now)) {
+            Some(wm) => self.emit_watermark(wm).await,
+            None => Ok(()),
+        }
     }
 
     /// Sends a watermark to every downstream partition, unless it does not advance
@@ -230,7 +267,7 @@ impl Collector {
     /// never call this.
     pub fn register_splits(&mut self, splits: impl IntoIterator<Item = u64>) {
         if let Some(g) = self.watermarks.as_mut() {
-            g.register(splits);
+            g.register(splits, std::time::Instant::now());
         }
     }
 
@@ -241,7 +278,8 @@ impl Collector {
 
     /// `split` has no more rows (a bounded read reached its end).
     pub async fn end_split(&mut self, split: u64) -> Result<()> {
-        match self.watermarks.as_mut().and_then(|g| g.end(split)) {
+        let now = std::time::Instant::now();
+        match self.watermarks.as_mut().and_then(|g| g.end(split, now)) {
             Some(wm) => self.emit_watermark(wm).await,
             None => Ok(()),
         }
@@ -271,7 +309,7 @@ impl Collector {
             route(output, &batch).await?;
         }
         let advanced = match self.watermarks.as_mut() {
-            Some(g) => g.observe(split, &batch)?,
+            Some(g) => g.observe(split, &batch, std::time::Instant::now())?,
             None => None,
         };
         if let Some(wm) = advanced {

@@ -19,6 +19,7 @@
 mod exchange;
 mod graph;
 mod operators;
+mod position;
 mod runtime;
 mod watermark;
 
@@ -239,13 +240,21 @@ impl SourceContext {
 
     /// Takes checkpoint `id` at this point of the input: `position` is where to
     /// resume (bytes the source's `restore` reads back); a barrier follows the rows
-    /// emitted so far.
+    /// emitted so far. The newest event time of each split goes with it
+    /// (`position.rs`), so watermarks resume where they were.
     pub async fn checkpoint(&mut self, id: u64, position: Vec<u8>) -> Result<()> {
         self.out.emit_barrier(id).await?;
+        let stored = position::encode(&position, self.out.split_event_times());
         if let Some(c) = self.checkpoints.as_mut() {
-            c.ack(id, Some(position.into()));
+            c.ack(id, Some(stored.into()));
         }
         Ok(())
+    }
+
+    /// `final_position` as stored (with the splits' event times).
+    pub(crate) fn take_final_position(&mut self) -> Option<Vec<u8>> {
+        let p = self.final_position.take()?;
+        Some(position::encode(&p, self.out.split_event_times()))
     }
 
     /// Waits for the next checkpoint trigger; never resolves without checkpoints.
@@ -258,17 +267,19 @@ impl SourceContext {
 
     /// The positions this task resumes from (what `checkpoint` was given): its own,
     /// or after a change of parallelism every task's of the source (a rescalable
-    /// source keeps the splits it now reads).
-    pub async fn restored_positions(&self) -> Result<Vec<Vec<u8>>> {
-        match &self.checkpoints {
-            Some(c) => Ok(c
-                .restored(crate::checkpoint::Share::All)
-                .await?
-                .into_iter()
-                .map(|(_, s)| s)
-                .collect()),
-            None => Ok(Vec::new()),
+    /// source keeps the splits it now reads). The splits' event times stored with
+    /// them are restored into the watermark generator.
+    pub async fn restored_positions(&mut self) -> Result<Vec<Vec<u8>>> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(Vec::new());
+        };
+        let mut positions = Vec::new();
+        for (_, stored) in c.restored(crate::checkpoint::Share::All).await? {
+            let (position, times) = position::decode(&stored)?;
+            self.out.restore_split_event_times(times);
+            positions.push(position.to_vec());
         }
+        Ok(positions)
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use super::exchange::{NodeStats, Output};
 use super::graph::{Graph, NodeKind};
+use crate::checkpoint::fault::Phase;
 use super::watermark::{InputWatermarks, Watermark};
 use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
 use crate::metrics as m;
@@ -201,7 +202,7 @@ impl Runtime {
                             node.name, et.column
                         ))
                     })?;
-                    out.generate_watermarks(column, et.delay);
+                    out.generate_watermarks(column, et.delay, graph.idle_timeout);
                 }
                 let inputs = std::mem::take(&mut receivers[id][p]);
                 let stats = node_stats.clone();
@@ -224,8 +225,9 @@ impl Runtime {
                                 source.run(&mut ctx).await
                             }
                             .await;
+                            let last = ctx.take_final_position();
                             if let Some(c) = &ctx.checkpoints {
-                                c.finished(ctx.final_position.take().map(|p| Some(p.into())));
+                                c.finished(last.map(|p| Some(p.into())));
                             }
                             ctx.out.close().await;
                             r
@@ -679,6 +681,7 @@ async fn final_checkpoint(
     c.checkpoint_soon();
     while let Some(id) = c.next_trigger().await {
         let state = sink.pre_commit(id).await?;
+        c.fault_point(Phase::PreCommit, Some(id));
         c.ack(id, state.map(Into::into));
         let mut triggered = c.clone();
         let done = tokio::select! {
@@ -687,7 +690,9 @@ async fn final_checkpoint(
             _ = triggered.next_trigger() => false,
         };
         if done {
-            return sink.commit(id).await;
+            sink.commit(id).await?;
+            c.fault_point(Phase::SinkCommitted, Some(id));
+            return Ok(());
         }
     }
     Ok(())
@@ -707,6 +712,7 @@ async fn take_checkpoint(
         } else {
             op.snapshot()?
         };
+        c.fault_point(Phase::Snapshot, Some(id));
         c.ack(id, state);
     }
     out.emit_barrier(id).await
@@ -735,6 +741,9 @@ async fn run_sink(
         let states = c.restored(crate::checkpoint::Share::Modulo).await?;
         if !states.is_empty() {
             sink.restore(&states).await?;
+        }
+        if c.restoring() {
+            c.fault_point(Phase::Restore, None);
         }
     }
     let rows_in = m::rows_in(&task.pipeline, &task.node);
@@ -773,6 +782,9 @@ async fn run_sink(
                 let done = *committed.as_ref().expect("guarded").borrow();
                 if let Some(id) = uncommitted.filter(|u| *u <= done) {
                     sink.commit(id).await?;
+                    if let Some(c) = &checkpoints {
+                        c.fault_point(Phase::SinkCommitted, Some(id));
+                    }
                     uncommitted = None;
                 }
                 None
@@ -781,6 +793,7 @@ async fn run_sink(
         if let Some(id) = aligned {
             let state = sink.pre_commit(id).await?;
             if let Some(c) = checkpoints.as_mut() {
+                c.fault_point(Phase::PreCommit, Some(id));
                 c.ack(id, state.map(Into::into));
             }
             if exactly_once {

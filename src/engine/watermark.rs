@@ -66,55 +66,113 @@ pub fn event_times_ms(array: &dyn Array) -> Result<arrow::array::TimestampMillis
 /// by another that is ahead. A registered split that has sent nothing yet holds the
 /// watermark back; an ended split no longer counts. A source that does not speak of
 /// splits is one split.
+///
+/// Idleness per split (as Flink's per-split watermarks): with an idle timeout, a split
+/// that has sent no row for that long stops holding the watermark back until it sends
+/// again; its rows may then be late. When every split is idle the watermark stays
+/// where it is (the task as a whole is idle; downstream inputs handle that).
+///
+/// The newest event time of every split is part of the source's checkpoint
+/// ([`WatermarkGen::event_times`], [`WatermarkGen::restore`]): after a restore a
+/// split that sends nothing more still lets the watermark advance past what it had
+/// already sent, instead of holding it back for good.
 #[derive(Debug)]
 pub(crate) struct WatermarkGen {
     column: usize,
     delay_ms: i64,
-    /// Newest event time seen per split (`None`: nothing yet).
-    splits: std::collections::BTreeMap<u64, Option<i64>>,
+    idle_timeout: Option<Duration>,
+    /// Per split: the newest event time seen (`None`: nothing yet), and when it last
+    /// sent a row (or was registered).
+    splits: std::collections::BTreeMap<u64, (Option<i64>, Instant)>,
+    /// Newest event times from a restored checkpoint, for splits not registered yet.
+    restored: std::collections::BTreeMap<u64, i64>,
     last_sent: i64,
 }
 
 impl WatermarkGen {
-    pub(crate) fn new(column: usize, delay: Duration) -> Self {
+    pub(crate) fn new(column: usize, delay: Duration, idle_timeout: Option<Duration>) -> Self {
         WatermarkGen {
             column,
             delay_ms: delay.as_millis().min(i64::MAX as u128) as i64,
+            idle_timeout,
             splits: Default::default(),
+            restored: Default::default(),
             last_sent: Watermark::START,
         }
     }
 
-    /// Declares the splits the task reads, before any of their rows.
-    pub(crate) fn register(&mut self, splits: impl IntoIterator<Item = u64>) {
+    /// Declares the splits the task reads, before any of their rows; a split with a
+    /// restored event time starts from it.
+    pub(crate) fn register(&mut self, splits: impl IntoIterator<Item = u64>, now: Instant) {
         for s in splits {
-            self.splits.entry(s).or_insert(None);
+            let restored = self.restored.get(&s).copied();
+            self.splits.entry(s).or_insert((restored, now));
         }
     }
 
+    /// Newest event times from a checkpoint (several task states after rescaling: the
+    /// oldest per split wins, so no row is made late by the merge). Splits already
+    /// registered take them at once; others when registered or when they first send.
+    pub(crate) fn restore(&mut self, event_times: impl IntoIterator<Item = (u64, i64)>) {
+        for (split, t) in event_times {
+            let e = self.restored.entry(split).or_insert(t);
+            *e = (*e).min(t);
+        }
+        for (split, (seen, _)) in self.splits.iter_mut() {
+            if let Some(t) = self.restored.get(split) {
+                *seen = Some(seen.map_or(*t, |s| s.max(*t)));
+            }
+        }
+    }
+
+    /// The newest event time of every split that has one: what a checkpoint keeps.
+    pub(crate) fn event_times(&self) -> std::collections::BTreeMap<u64, i64> {
+        self.splits
+            .iter()
+            .filter_map(|(s, (seen, _))| seen.map(|t| (*s, t)))
+            .collect()
+    }
+
     /// A split has no more rows: it stops holding the watermark back.
-    pub(crate) fn end(&mut self, split: u64) -> Option<i64> {
+    pub(crate) fn end(&mut self, split: u64, now: Instant) -> Option<i64> {
         self.splits.remove(&split);
-        self.advance()
+        self.advance(now)
     }
 
     /// Takes the rows of a batch about to be sent from `split`; returns the watermark
     /// to send after it, if it advanced.
-    pub(crate) fn observe(&mut self, split: u64, batch: &RecordBatch) -> Result<Option<i64>> {
+    pub(crate) fn observe(
+        &mut self,
+        split: u64,
+        batch: &RecordBatch,
+        now: Instant,
+    ) -> Result<Option<i64>> {
         let times = event_times_ms(batch.column(self.column).as_ref())?;
-        let seen = self.splits.entry(split).or_insert(None);
+        let restored = self.restored.get(&split).copied();
+        let (seen, active) = self.splits.entry(split).or_insert((restored, now));
+        *active = now;
         if let Some(m) = max(&times) {
             *seen = Some(seen.map_or(m, |s| s.max(m)));
         }
-        Ok(self.advance())
+        Ok(self.advance(now))
     }
 
-    fn advance(&mut self) -> Option<i64> {
+    /// Re-evaluates idleness (call on a timer); returns the watermark to send if it
+    /// advanced because a split went idle.
+    pub(crate) fn advance(&mut self, now: Instant) -> Option<i64> {
         let mut slowest = i64::MAX;
-        for seen in self.splits.values() {
+        let mut any_active = false;
+        for (seen, active) in self.splits.values() {
+            if self
+                .idle_timeout
+                .is_some_and(|t| now.saturating_duration_since(*active) >= t)
+            {
+                continue;
+            }
+            any_active = true;
             slowest = slowest.min((*seen)?);
         }
-        if slowest == i64::MAX {
+        if !any_active || slowest == i64::MAX {
             return None;
         }
         let wm = slowest.saturating_sub(self.delay_ms);
@@ -226,28 +284,78 @@ mod tests {
 
     #[test]
     fn generator_trails_the_newest_event_by_the_delay_and_never_goes_back() {
-        let mut g = WatermarkGen::new(0, Duration::from_millis(100));
+        let t = Instant::now();
+        let mut g = WatermarkGen::new(0, Duration::from_millis(100), None);
         assert_eq!(
-            g.observe(0, &batch(&[1000, 1200, 1100])).unwrap(),
+            g.observe(0, &batch(&[1000, 1200, 1100]), t).unwrap(),
             Some(1100)
         );
         // An older batch does not move it back, nor does an equal one re-send it.
-        assert_eq!(g.observe(0, &batch(&[500])).unwrap(), None);
-        assert_eq!(g.observe(0, &batch(&[1200])).unwrap(), None);
-        assert_eq!(g.observe(0, &batch(&[1300])).unwrap(), Some(1200));
+        assert_eq!(g.observe(0, &batch(&[500]), t).unwrap(), None);
+        assert_eq!(g.observe(0, &batch(&[1200]), t).unwrap(), None);
+        assert_eq!(g.observe(0, &batch(&[1300]), t).unwrap(), Some(1200));
     }
 
     /// With splits (Kafka partitions), the slowest split sets the watermark: one that
     /// has sent nothing holds it back, an ended one stops counting.
     #[test]
     fn the_slowest_split_sets_the_watermark() {
-        let mut g = WatermarkGen::new(0, Duration::from_millis(100));
-        g.register([0, 1]);
-        assert_eq!(g.observe(0, &batch(&[10_000])).unwrap(), None);
-        assert_eq!(g.observe(1, &batch(&[500])).unwrap(), Some(400));
-        assert_eq!(g.observe(1, &batch(&[700])).unwrap(), Some(600));
-        assert_eq!(g.observe(0, &batch(&[20_000])).unwrap(), None);
-        assert_eq!(g.end(1), Some(19_900));
+        let t = Instant::now();
+        let mut g = WatermarkGen::new(0, Duration::from_millis(100), None);
+        g.register([0, 1], t);
+        assert_eq!(g.observe(0, &batch(&[10_000]), t).unwrap(), None);
+        assert_eq!(g.observe(1, &batch(&[500]), t).unwrap(), Some(400));
+        assert_eq!(g.observe(1, &batch(&[700]), t).unwrap(), Some(600));
+        assert_eq!(g.observe(0, &batch(&[20_000]), t).unwrap(), None);
+        assert_eq!(g.end(1, t), Some(19_900));
+    }
+
+    /// A split silent for the idle timeout stops holding the watermark back; when it
+    /// speaks again it counts again (and the watermark never goes back).
+    #[test]
+    fn a_silent_split_is_set_aside_until_it_sends_again() {
+        let t0 = Instant::now();
+        let mut g = WatermarkGen::new(0, Duration::ZERO, Some(Duration::from_secs(5)));
+        g.register([0, 1], t0);
+        assert_eq!(g.observe(0, &batch(&[1_000]), t0).unwrap(), None);
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(g.observe(0, &batch(&[2_000]), t1).unwrap(), None);
+        assert_eq!(g.advance(t1), None, "split 1 is not idle yet");
+        let t2 = t0 + Duration::from_secs(5);
+        assert_eq!(g.advance(t2), Some(2_000), "split 1 never sent: idle");
+        // Split 0 goes on alone; split 1 comes back behind and holds it again.
+        assert_eq!(g.observe(0, &batch(&[3_000]), t2).unwrap(), Some(3_000));
+        assert_eq!(g.observe(1, &batch(&[2_500]), t2).unwrap(), None);
+        assert_eq!(g.observe(0, &batch(&[4_000]), t2).unwrap(), None);
+        assert_eq!(g.observe(1, &batch(&[3_500]), t2).unwrap(), Some(3_500));
+        // Every split idle: nothing moves (the task is idle as a whole).
+        let t3 = t2 + Duration::from_secs(10);
+        assert_eq!(g.advance(t3), None);
+    }
+
+    /// Restored event times count for registered splits, so a split that sends
+    /// nothing after a restore does not hold the watermark back; merged states keep
+    /// the oldest time per split.
+    #[test]
+    fn restored_event_times_let_a_quiet_split_release_the_watermark() {
+        let t = Instant::now();
+        let mut g = WatermarkGen::new(0, Duration::ZERO, None);
+        g.restore([(1, 3_600_000), (0, 5_000)]);
+        g.restore([(1, 7_200_000)]);
+        g.register([0, 1], t);
+        assert_eq!(g.event_times().get(&1), Some(&3_600_000));
+        assert_eq!(g.observe(0, &batch(&[4_000]), t).unwrap(), Some(5_000));
+        assert_eq!(
+            g.observe(0, &batch(&[3_700_000]), t).unwrap(),
+            Some(3_600_000),
+            "split 1's restored time lets split 0's end marker pass"
+        );
+        let mut unregistered = WatermarkGen::new(0, Duration::ZERO, None);
+        unregistered.restore([(0, 9_000)]);
+        assert_eq!(
+            unregistered.observe(0, &batch(&[1_000]), t).unwrap(),
+            Some(9_000)
+        );
     }
 
     #[test]

@@ -372,6 +372,109 @@ async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch
     .await;
 }
 
+/// The same updating aggregate written as upserts by key (the latest record per key
+/// is the group's row, a tombstone removes it), killed five times: the topic's view
+/// equals the batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_updating_aggregate_upserted_into_kafka_killed_five_times_equals_the_batch_answer() {
+    let topic = crate::kafka::fresh_topic("crash.upsert");
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: "SELECT restaurant_id, n, round(total, 2) AS total FROM \
+             (SELECT restaurant_id, count(*) AS n, sum(total) AS total FROM orders GROUP BY restaurant_id)",
+        setup: &[ORDERS_VIEW],
+        oracle: "SELECT restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders \
+             GROUP BY restaurant_id",
+        kills: 5,
+        min_rows: 10,
+        how: Stop::Kill,
+        output: Output::KafkaUpsert(topic),
+        deltas: false,
+    })
+    .await;
+}
+
+/// Every phase of a checkpoint hit on purpose (`TRIBUTARY_FAULT_INJECT`, see
+/// `checkpoint::fault`): run after run, the process aborts in the next phase — while
+/// the generator is still producing — during an operator's snapshot, after a sink's
+/// pre-commit, after the state is stored but before the metadata commit, after the
+/// metadata commit but before any sink publishes, in the middle of a restore, and
+/// after one sink task published. The last run finishes; the published output equals
+/// the batch answer.
+async fn aborted_in_every_checkpoint_phase(output: Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two sink tasks, so `sink-committed` stops between the two publishing.
+    exactly_once_pipeline(
+        d,
+        "phases",
+        &format!(
+            "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', seed = '7', \
+               count = '30000', rate = '5000', event_time_field = 'event_time', \
+               watermark_delay = '0s');\n\
+             CREATE TABLE out WITH ({}, parallelism = '2');\n\
+             INSERT INTO out {QUERY};\n",
+            output.options()
+        ),
+    );
+    let checkpoints = d.join("checkpoints");
+    for phase in [
+        "snapshot",
+        "pre-commit",
+        "blobs-written",
+        "metadata-committed",
+        "restore",
+        "sink-committed",
+    ] {
+        // Two checkpoints after the latest committed one: mid-run, input arriving.
+        let fault = format!("{phase}@{}", committed(&checkpoints) + 2);
+        let mut cmd = tributary(d);
+        cmd.env("TRIBUTARY_FAULT_INJECT", &fault);
+        let o = cmd
+            .args(["run", "--set", "admin.listen=127.0.0.1:0", "p.yaml"])
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            None,
+            "the run with {fault} was aborted, not finished:\n{err}"
+        );
+        assert!(
+            err.contains(&format!("\"message\":\"fault injected\",\"phase\":\"{phase}\"")),
+            "the abort came from {fault}:\n{err}"
+        );
+    }
+    let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+
+    let ctx = SessionContext::new();
+    generate(d, "orders", "7", "30000", &["rate=5000"], "orders.jsonl");
+    register_generated(&ctx, "orders_raw", "orders", &[d.join("orders.jsonl")]);
+    batch_sql(&ctx, ORDERS_VIEW).await;
+    let expected = batches_as_json(&batch_sql(&ctx, WINDOWED_ORACLE).await);
+    assert!(expected.len() > 1000, "{} rows", expected.len());
+    assert_same_rows(
+        "after an abort in every checkpoint phase the published output",
+        &output.rows(d),
+        &expected,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parquet_output_is_exactly_once_after_an_abort_in_every_checkpoint_phase() {
+    aborted_in_every_checkpoint_phase(Output::Parquet).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_output_is_exactly_once_after_an_abort_in_every_checkpoint_phase() {
+    aborted_in_every_checkpoint_phase(Output::Kafka(crate::kafka::fresh_topic(
+        "crash.phases",
+    )))
+    .await;
+}
+
 /// A bounded pipeline run to its end with checkpoints, then started again: its last
 /// checkpoint, taken at the end of the input, holds every source at its end and the
 /// sink's last output, so the second run resumes there and writes nothing (before, it
@@ -492,6 +595,9 @@ enum Output {
     Parquet,
     /// A Kafka topic of the test broker (3 partitions), read `read_committed`.
     Kafka(String),
+    /// The same, written as upserts (`changelog = 'upsert'`): the latest record per
+    /// key is the row, a tombstone deletes it.
+    KafkaUpsert(String),
 }
 
 impl Output {
@@ -506,6 +612,10 @@ impl Output {
                  transactional_id_prefix = '{topic}'",
                 crate::kafka::bootstrap()
             ),
+            Output::KafkaUpsert(topic) => format!(
+                "{}, changelog = 'upsert'",
+                Output::Kafka(topic.clone()).options()
+            ),
         }
     }
 
@@ -514,6 +624,19 @@ impl Output {
             Output::Parquet => published_rows(&dir.join("out")),
             Output::Kafka(topic) => {
                 crate::kafka::read_topic(&crate::kafka::bootstrap(), topic, "read_committed")
+            }
+            Output::KafkaUpsert(topic) => {
+                let mut latest = std::collections::BTreeMap::new();
+                let records =
+                    crate::kafka::read_records(&crate::kafka::bootstrap(), topic, "read_committed");
+                for (key, value) in records {
+                    let key = key.expect("an upsert record has a key");
+                    match value {
+                        Some(v) => latest.insert(key, v),
+                        None => latest.remove(&key),
+                    };
+                }
+                latest.into_values().collect()
             }
         }
     }
@@ -590,8 +713,9 @@ const RESCALE_COLUMNS: &str =
     "event_id VARCHAR, order_id BIGINT, restaurant_id BIGINT, total DOUBLE, event_time TIMESTAMP";
 
 /// Offsets the latest committed checkpoint holds for source `node` (summed over
-/// partitions), read from the checkpoint directory.
-fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
+/// partitions), read from the checkpoint directory (a Kafka task's position: a line
+/// naming the format, a line of event times, then its offsets as JSON).
+pub(crate) fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
     let id = committed(checkpoints);
     if id == 0 {
         return 0;
@@ -602,7 +726,11 @@ fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
             d.flatten()
                 .filter_map(|e| std::fs::read(e.path()).ok())
                 .filter_map(|b| {
-                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&b).ok()
+                    let offsets = match b.strip_prefix(b"tributary-position-v2\n".as_slice()) {
+                        Some(rest) => rest.splitn(2, |c| *c == b'\n').nth(1)?.to_vec(),
+                        None => b,
+                    };
+                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&offsets).ok()
                 })
                 .flat_map(|m| m.into_values())
                 .sum()

@@ -34,6 +34,19 @@ pub fn fresh_topic(prefix: &str) -> String {
 /// Every record value of `topic` (JSON), from the beginning to the end offsets at the
 /// call, read with `isolation` (`read_committed` or `read_uncommitted`).
 pub fn read_topic(servers: &str, topic: &str, isolation: &str) -> Vec<serde_json::Value> {
+    read_records(servers, topic, isolation)
+        .into_iter()
+        .map(|(_, value)| value.expect("a record with a value"))
+        .collect()
+}
+
+/// Every record of `topic` as (key, JSON value; `None` for a tombstone), in offset
+/// order per partition, partitions one after another.
+pub fn read_records(
+    servers: &str,
+    topic: &str,
+    isolation: &str,
+) -> Vec<(Option<Vec<u8>>, Option<serde_json::Value>)> {
     use rdkafka::Message;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
@@ -70,7 +83,9 @@ pub fn read_topic(servers: &str, topic: &str, isolation: &str) -> Vec<serde_json
                 .is_some_and(|o| o >= *end)
         });
         if done {
-            return rows;
+            // Stable: per partition in offset order.
+            rows.sort_by_key(|(p, offset, _)| (*p, *offset));
+            return rows.into_iter().map(|(_, _, r)| r).collect();
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -78,7 +93,14 @@ pub fn read_topic(servers: &str, topic: &str, isolation: &str) -> Vec<serde_json
         );
         if let Some(m) = consumer.poll(std::time::Duration::from_millis(200)) {
             let m = m.unwrap();
-            rows.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+            rows.push((
+                m.partition(),
+                m.offset(),
+                (
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().map(|v| serde_json::from_slice(v).unwrap()),
+                ),
+            ));
         }
     }
 }

@@ -9,6 +9,7 @@ mod common;
 mod checkpoints;
 mod cli_errors;
 mod kafka;
+mod kafka_faults;
 mod lifecycle;
 mod lookup;
 mod registry;

@@ -352,7 +352,13 @@ impl SourceFactory for KafkaSourceFactory {
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            // A bounded read ends a partition at its end-of-partition event: on a
+            // transactional topic the last offsets are commit/abort markers (and
+            // aborted records) that no record is delivered for.
+            .set(
+                "enable.partition.eof",
+                if self.bounded { "true" } else { "false" },
+            );
         let consumer: StreamConsumer<Watch> = config
             .create_with_context(Watch::default())
             .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
@@ -625,6 +631,16 @@ impl KafkaSource {
                     for msg in msgs {
                         let m = match msg {
                             Ok(m) => m,
+                            Err(KafkaError::PartitionEOF(p)) => {
+                                // Read up to the partition's end as it is now (past
+                                // markers and aborted records), at or beyond its end
+                                // at start: this partition is done.
+                                if *bounded && ends.remove(&p).is_some() {
+                                    decoding.drain(&mut ctx.out).await?;
+                                    ctx.out.end_split(p as u64).await?;
+                                }
+                                continue;
+                            }
                             Err(e) => {
                                 refused(consumer, &task.node)?;
                                 // Transient (broker down, rebalance in the cluster):
@@ -665,6 +681,9 @@ impl KafkaSource {
                     // only reports it to the context.
                     refused(consumer, &task.node)?;
                     decoding.send_all(&mut ctx.out).await?;
+                    // A partition silent for the idle timeout stops holding the
+                    // watermark back.
+                    ctx.out.tick().await?;
                 }
                 _ = stop.raised() => break,
             }
