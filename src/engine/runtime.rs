@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 
 use super::exchange::{NodeStats, Output};
 use super::graph::{Graph, NodeKind};
-use crate::checkpoint::fault::Phase;
 use super::watermark::{InputWatermarks, Watermark};
 use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
+use crate::checkpoint::fault::Phase;
 use crate::metrics as m;
 
 /// Knobs of the runtime, set from the pipeline file and configuration.

@@ -441,7 +441,9 @@ async fn aborted_in_every_checkpoint_phase(output: Output) {
             "the run with {fault} was aborted, not finished:\n{err}"
         );
         assert!(
-            err.contains(&format!("\"message\":\"fault injected\",\"phase\":\"{phase}\"")),
+            err.contains(&format!(
+                "\"message\":\"fault injected\",\"phase\":\"{phase}\""
+            )),
             "the abort came from {fault}:\n{err}"
         );
     }
@@ -469,10 +471,8 @@ async fn parquet_output_is_exactly_once_after_an_abort_in_every_checkpoint_phase
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_output_is_exactly_once_after_an_abort_in_every_checkpoint_phase() {
-    aborted_in_every_checkpoint_phase(Output::Kafka(crate::kafka::fresh_topic(
-        "crash.phases",
-    )))
-    .await;
+    aborted_in_every_checkpoint_phase(Output::Kafka(crate::kafka::fresh_topic("crash.phases")))
+        .await;
 }
 
 /// A bounded pipeline run to its end with checkpoints, then started again: its last
@@ -712,9 +712,15 @@ fn multiset_minus<'a>(a: &'a [String], b: &[String]) -> Vec<&'a String> {
 const RESCALE_COLUMNS: &str =
     "event_id VARCHAR, order_id BIGINT, restaurant_id BIGINT, total DOUBLE, event_time TIMESTAMP";
 
+/// The source's own bytes in a source task's checkpointed blob: after a line naming
+/// the format and a line of its splits' event times (`engine/position.rs`).
+fn source_position(blob: &[u8]) -> Option<&[u8]> {
+    let rest = blob.strip_prefix(b"tributary-position-v2\n".as_slice())?;
+    rest.splitn(2, |c| *c == b'\n').nth(1)
+}
+
 /// Offsets the latest committed checkpoint holds for source `node` (summed over
-/// partitions), read from the checkpoint directory (a Kafka task's position: a line
-/// naming the format, a line of event times, then its offsets as JSON).
+/// partitions), read from the checkpoint directory.
 pub(crate) fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
     let id = committed(checkpoints);
     if id == 0 {
@@ -726,11 +732,10 @@ pub(crate) fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
             d.flatten()
                 .filter_map(|e| std::fs::read(e.path()).ok())
                 .filter_map(|b| {
-                    let offsets = match b.strip_prefix(b"tributary-position-v2\n".as_slice()) {
-                        Some(rest) => rest.splitn(2, |c| *c == b'\n').nth(1)?.to_vec(),
-                        None => b,
-                    };
-                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&offsets).ok()
+                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(source_position(
+                        &b,
+                    )?)
+                    .ok()
                 })
                 .flat_map(|m| m.into_values())
                 .sum()
@@ -976,7 +981,9 @@ fn checkpointed_files(checkpoints: &Path, node: &str) -> usize {
         .map(|d| {
             d.flatten()
                 .filter_map(|e| std::fs::read(e.path()).ok())
-                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .filter_map(|b| {
+                    serde_json::from_slice::<serde_json::Value>(source_position(&b)?).ok()
+                })
                 .map(|v| v["done"].as_array().map_or(0, |a| a.len()))
                 .sum()
         })

@@ -32,11 +32,7 @@ fn create_topic(servers: &str, topic: &str, partitions: i32) {
         .unwrap();
     let results = rt
         .block_on(admin.create_topics(
-            &[NewTopic::new(
-                topic,
-                partitions,
-                TopicReplication::Fixed(1),
-            )],
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new(),
         ))
         .unwrap();
@@ -45,7 +41,10 @@ fn create_topic(servers: &str, topic: &str, partitions: i32) {
     }
 }
 
-fn producer(servers: &str, transactional_id: Option<&str>) -> ThreadedProducer<DefaultProducerContext> {
+fn producer(
+    servers: &str,
+    transactional_id: Option<&str>,
+) -> ThreadedProducer<DefaultProducerContext> {
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", servers);
     if let Some(id) = transactional_id {
@@ -55,9 +54,15 @@ fn producer(servers: &str, transactional_id: Option<&str>) -> ThreadedProducer<D
 }
 
 /// Sends one JSON record `{id, ts}` per event time to `partition`, and waits for them.
-fn produce(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, partition: i32, times: &[i64]) {
+fn produce(
+    p: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    partition: i32,
+    times: &[i64],
+) {
     for (i, ts) in times.iter().enumerate() {
-        let value = serde_json::json!({"id": format!("{partition}-{i}-{ts}"), "ts": ts}).to_string();
+        let value =
+            serde_json::json!({"id": format!("{partition}-{i}-{ts}"), "ts": ts}).to_string();
         p.send(
             BaseRecord::<(), String>::to(topic)
                 .partition(partition)
@@ -131,7 +136,10 @@ fn windows_close_after_a_restore_when_a_partition_sends_nothing_more() {
     );
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    assert!(windows(d).is_empty(), "nothing closed before partition 0 spoke");
+    assert!(
+        windows(d).is_empty(),
+        "nothing closed before partition 0 spoke"
+    );
 
     let second = Running::start(d, &["p.yaml"]);
     let mut p0 = every_half_second(T0 + 10_000);
