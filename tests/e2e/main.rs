@@ -11,6 +11,7 @@ mod cli_errors;
 mod kafka;
 mod lifecycle;
 mod lookup;
+mod operations;
 mod registry;
 mod sinks;
 mod sql_oracle;
