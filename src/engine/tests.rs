@@ -264,7 +264,6 @@ async fn a_stop_lists_the_tasks_it_still_waits_for() {
     let handle = Runtime::start(g, RuntimeSettings::default()).unwrap();
     let stopper = handle.stopper();
     assert_eq!(stopper.running(), ["out[0]", "out[1]", "src[0]"]);
-    stopper.stop();
     let source_ended = async {
         while stopper.running().contains(&"src[0]".to_string()) {
             tokio::task::yield_now().await;
@@ -274,6 +273,8 @@ async fn a_stop_lists_the_tasks_it_still_waits_for() {
         .await
         .expect("the source ends");
     assert_eq!(stopper.running(), ["out[0]", "out[1]"], "the blocked sinks");
+    stopper.stop();
+    assert_eq!(stopper.running(), ["out[0]", "out[1]"], "a stop waits for them");
     gate.add_permits(1_000_000);
     handle.wait().await.unwrap();
     assert!(stopper.running().is_empty(), "every task ended");

@@ -49,7 +49,7 @@ fn stuck_on_an_unreachable_sink(d: &std::path::Path, grace: &str) -> Running {
 #[test]
 fn a_stop_stuck_on_an_unreachable_kafka_sink_is_abandoned_after_the_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = stuck_on_an_unreachable_sink(dir.path(), "2s");
+    let r = stuck_on_an_unreachable_sink(dir.path(), "2s");
     r.sigterm();
     let asked = Instant::now();
     let (code, err) = r.wait(Duration::from_secs(60));
