@@ -242,7 +242,7 @@ fn abandon(reason: String, pipelines: &[(String, Stopper)]) -> ! {
         waiting.join("; ")
     };
     tracing::error!(reason = %reason, waiting = %waiting,
-        "stop abandoned: exiting without waiting; the next start resumes from the last committed checkpoint");
+        "stop abandoned: exiting without waiting; with checkpoints the next start replays from the last committed one");
     report(&EngineError::StopAbandoned { reason, waiting }.into());
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -73,7 +73,7 @@ fn a_stop_stuck_on_an_unreachable_kafka_sink_is_abandoned_after_the_grace() {
     );
     let abandoned = log_event(
         &err,
-        "stop abandoned: exiting without waiting; the next start resumes from the last committed checkpoint",
+        "stop abandoned: exiting without waiting; with checkpoints the next start replays from the last committed one",
     )
     .expect("the abandon is logged");
     assert!(
