@@ -323,7 +323,13 @@ mod tests {
             since: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             last_error: "connection refused".into(),
         };
-        let (status, body) = answer("/readyz", true, false, vec![], vec![component(retrying.clone())]);
+        let (status, body) = answer(
+            "/readyz",
+            true,
+            false,
+            vec![],
+            vec![component(retrying.clone())],
+        );
         assert_eq!(status, "503 Service Unavailable");
         let c = &json(&body)["components"][0];
         assert_eq!(c["state"], "retrying");
@@ -332,22 +338,41 @@ mod tests {
         assert_eq!(c["retrying_since"], "2027-01-15T08:00:00.000Z");
         assert_eq!(c["retrying_for_s"], 12.0);
         for path in ["/livez", "/healthz"] {
-            let (status, body) = answer(path, true, false, vec![], vec![component(retrying.clone())]);
+            let (status, body) =
+                answer(path, true, false, vec![], vec![component(retrying.clone())]);
             assert_eq!(status, "200 OK", "{path}: an outage is not a failure");
             assert_eq!(json(&body)["status"], "ok");
         }
         let up = || vec![component(State::Up)];
         assert_eq!(answer("/readyz", true, false, vec![], up()).0, "200 OK");
         assert_eq!(answer("/readyz", true, false, vec![], vec![]).0, "200 OK");
-        assert_eq!(answer("/readyz", false, false, vec![], up()).0, "503 Service Unavailable", "not started");
-        assert_eq!(answer("/readyz", true, true, vec![], up()).0, "503 Service Unavailable", "stopping");
         assert_eq!(
-            answer("/readyz", true, false, vec![], vec![component(State::Connecting)]).0,
+            answer("/readyz", false, false, vec![], up()).0,
+            "503 Service Unavailable",
+            "not started"
+        );
+        assert_eq!(
+            answer("/readyz", true, true, vec![], up()).0,
+            "503 Service Unavailable",
+            "stopping"
+        );
+        assert_eq!(
+            answer(
+                "/readyz",
+                true,
+                false,
+                vec![],
+                vec![component(State::Connecting)]
+            )
+            .0,
             "503 Service Unavailable"
         );
         let (status, body) = answer("/livez", true, false, vec!["p".into()], up());
         assert_eq!(status, "503 Service Unavailable");
         assert_eq!(json(&body)["failed_pipelines"][0], "p");
-        assert_eq!(answer("/readyz", true, false, vec!["p".into()], up()).0, "503 Service Unavailable");
+        assert_eq!(
+            answer("/readyz", true, false, vec!["p".into()], up()).0,
+            "503 Service Unavailable"
+        );
     }
 }

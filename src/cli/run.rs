@@ -260,8 +260,11 @@ async fn stop_on_signals(
 ) {
     let first = signals.next().await;
     health.set_stopping();
-    tracing::info!(signal = first, grace_s = grace.as_secs_f64(),
-        "stop requested: draining pipelines and flushing sinks");
+    tracing::info!(
+        signal = first,
+        grace_s = grace.as_secs_f64(),
+        "stop requested: draining pipelines and flushing sinks"
+    );
     for (_, s) in &pipelines {
         s.stop();
     }

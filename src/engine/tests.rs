@@ -259,8 +259,14 @@ async fn a_stop_lists_the_tasks_it_still_waits_for() {
     };
     let mut g = Graph::new("t");
     let s = g.add_source("src", src, 1);
-    g.add_sink("out", Arc::new(sink.clone()), 2, s, Partitioning::RoundRobin)
-        .unwrap();
+    g.add_sink(
+        "out",
+        Arc::new(sink.clone()),
+        2,
+        s,
+        Partitioning::RoundRobin,
+    )
+    .unwrap();
     let handle = Runtime::start(g, RuntimeSettings::default()).unwrap();
     let stopper = handle.stopper();
     assert_eq!(stopper.running(), ["out[0]", "out[1]", "src[0]"]);
@@ -274,7 +280,11 @@ async fn a_stop_lists_the_tasks_it_still_waits_for() {
         .expect("the source ends");
     assert_eq!(stopper.running(), ["out[0]", "out[1]"], "the blocked sinks");
     stopper.stop();
-    assert_eq!(stopper.running(), ["out[0]", "out[1]"], "a stop waits for them");
+    assert_eq!(
+        stopper.running(),
+        ["out[0]", "out[1]"],
+        "a stop waits for them"
+    );
     gate.add_permits(1_000_000);
     handle.wait().await.unwrap();
     assert!(stopper.running().is_empty(), "every task ended");

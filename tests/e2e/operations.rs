@@ -77,7 +77,10 @@ fn a_stop_stuck_on_an_unreachable_kafka_sink_is_abandoned_after_the_grace() {
     )
     .expect("the abandon is logged");
     assert!(
-        abandoned["reason"].as_str().unwrap().contains("run.stop_grace"),
+        abandoned["reason"]
+            .as_str()
+            .unwrap()
+            .contains("run.stop_grace"),
         "{abandoned}"
     );
     assert!(abandoned["waiting"].as_str().unwrap().contains("out[0]"));
@@ -155,23 +158,34 @@ fn sighup_stops_as_cleanly_as_sigterm_and_every_row_read_is_in_committed_files()
     r.wait_for_log("starting pipeline", Duration::from_secs(60));
     // Mid-stream: a file published at a checkpoint, and the next one being written.
     let out = d.join("out");
-    eventually("a published file and one in progress", Duration::from_secs(60), || {
-        out.exists() && {
-            let (rows, in_progress) = parquet_rows(&out);
-            rows > 0 && !in_progress.is_empty()
-        }
-    });
+    eventually(
+        "a published file and one in progress",
+        Duration::from_secs(60),
+        || {
+            out.exists() && {
+                let (rows, in_progress) = parquet_rows(&out);
+                rows > 0 && !in_progress.is_empty()
+            }
+        },
+    );
     signal(&r, "HUP");
     let (code, err) = r.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "SIGHUP drains and exits cleanly:\n{err}");
-    let requested = log_event(&err, "stop requested: draining pipelines and flushing sinks")
-        .expect("the stop is logged");
+    let requested = log_event(
+        &err,
+        "stop requested: draining pipelines and flushing sinks",
+    )
+    .expect("the stop is logged");
     assert_eq!(requested["signal"], "SIGHUP");
     let (rows, in_progress) = parquet_rows(&out);
     assert!(in_progress.is_empty(), "left in progress: {in_progress:?}");
     let finished = log_event(&err, "pipeline finished").expect("finish log");
     assert!(rows > 0);
-    assert_eq!(finished["rows_read"].as_u64(), Some(rows as u64), "{finished}");
+    assert_eq!(
+        finished["rows_read"].as_u64(),
+        Some(rows as u64),
+        "{finished}"
+    );
     assert_eq!(finished["rows_written"].as_u64(), Some(rows as u64));
 }
 
@@ -232,7 +246,10 @@ fn a_source_on_an_unreachable_cluster_is_alive_but_not_ready() {
         let (status, answer) = probe(&addr, path);
         assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {answer}");
         assert_eq!(answer["status"], "ok");
-        assert_eq!(component(&answer, "events[0]").unwrap()["state"], "retrying");
+        assert_eq!(
+            component(&answer, "events[0]").unwrap()["state"],
+            "retrying"
+        );
     }
     let metrics = http_get(&addr, "/metrics").1;
     let up = "tributary_component_up{pipeline=\"p\",component=\"events[0]\",kind=\"kafka\"} 0";

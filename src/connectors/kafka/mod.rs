@@ -485,8 +485,11 @@ impl KafkaSource {
         else {
             return Ok(());
         };
-        let _recheck =
-            probe::recheck_source(self.probe.clone(), self.consumer.clone(), self.topic.clone());
+        let _recheck = probe::recheck_source(
+            self.probe.clone(),
+            self.consumer.clone(),
+            self.topic.clone(),
+        );
         // Resuming: the next offset of every partition in the checkpoint (after a
         // change of parallelism, every old task's; this task keeps its partitions).
         let mut resume: std::collections::BTreeMap<i32, i64> = Default::default();
