@@ -1,7 +1,7 @@
 //! Connection state of every component that talks to infrastructure — a source or sink
 //! task and its cluster, a schema registry, a lookup table's store — in one
 //! process-wide table that readiness (`/readyz`), `/healthz` and the
-//! `tributary_component_up` metric read.
+//! `tributary_component_up` and `tributary_component_retrying_seconds` metrics read.
 //!
 //! A component holds a [`Probe`] and says [`Probe::up`] when a call to its
 //! infrastructure succeeds and [`Probe::retrying`] when one fails with an error that
@@ -12,6 +12,7 @@
 //!
 //! Invariant: this module imports nothing of ours; every layer may report to it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +30,17 @@ pub enum State {
         /// The most recent failure.
         last_error: String,
     },
+}
+
+impl State {
+    /// `connecting`, `up` or `retrying`: how the admin endpoint names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Connecting => "connecting",
+            State::Up => "up",
+            State::Retrying { .. } => "retrying",
+        }
+    }
 }
 
 /// One row of the table, as the admin endpoint reports it.
@@ -50,7 +62,11 @@ struct Entry {
     component: String,
     kind: &'static str,
     state: Mutex<(State, Option<Instant>)>,
+    /// Whether `state` is `Up`: lets the hot path (a call per record) skip the lock.
+    is_up: AtomicBool,
     up: metrics::Gauge,
+    /// Seconds of the current outage, set at scrape time ([`refresh_gauges`]).
+    retrying_seconds: metrics::Gauge,
 }
 
 fn table() -> &'static Mutex<Vec<Weak<Entry>>> {
@@ -75,12 +91,21 @@ impl Probe {
             "kind" => kind,
         );
         up.set(0.0);
+        let retrying_seconds = metrics::gauge!(
+            "tributary_component_retrying_seconds",
+            "pipeline" => pipeline.to_string(),
+            "component" => component.clone(),
+            "kind" => kind,
+        );
+        retrying_seconds.set(0.0);
         let entry = Arc::new(Entry {
             pipeline: pipeline.to_string(),
             component,
             kind,
             state: Mutex::new((State::Connecting, None)),
+            is_up: AtomicBool::new(false),
             up,
+            retrying_seconds,
         });
         if let Ok(mut t) = table().lock() {
             t.retain(|w| w.strong_count() > 0);
@@ -97,13 +122,19 @@ impl Probe {
                 component: String::new(),
                 kind,
                 state: Mutex::new((State::Connecting, None)),
+                is_up: AtomicBool::new(false),
                 up: metrics::Gauge::noop(),
+                retrying_seconds: metrics::Gauge::noop(),
             }),
         }
     }
 
-    /// A call succeeded.
+    /// A call succeeded. Cheap when already up (one atomic load), so a component may
+    /// call it for every record.
     pub fn up(&self) {
+        if self.entry.is_up.load(Ordering::Relaxed) {
+            return;
+        }
         let Ok(mut s) = self.entry.state.lock() else {
             return;
         };
@@ -118,7 +149,9 @@ impl Probe {
         }
         if s.0 != State::Up {
             *s = (State::Up, None);
+            self.entry.is_up.store(true, Ordering::Relaxed);
             self.entry.up.set(1.0);
+            self.entry.retrying_seconds.set(0.0);
         }
     }
 
@@ -128,6 +161,7 @@ impl Probe {
             return;
         };
         let last_error = error.to_string();
+        self.entry.is_up.store(false, Ordering::Relaxed);
         match &mut s.0 {
             State::Retrying { last_error: e, .. } => *e = last_error,
             _ => {
@@ -165,6 +199,21 @@ impl Probe {
             .lock()
             .ok()
             .and_then(|s| s.1.map(|t| t.elapsed()))
+    }
+}
+
+/// Sets every live component's `tributary_component_retrying_seconds` to the length
+/// of its current outage (0 when not retrying): called when metrics are scraped, so
+/// the gauge is read from live state and cannot drift.
+pub fn refresh_gauges() {
+    let live: Vec<Arc<Entry>> = match table().lock() {
+        Ok(t) => t.iter().filter_map(Weak::upgrade).collect(),
+        Err(_) => return,
+    };
+    for e in live {
+        let started = e.state.lock().ok().and_then(|s| s.1);
+        e.retrying_seconds
+            .set(started.map_or(0.0, |t| t.elapsed().as_secs_f64()));
     }
 }
 
@@ -215,6 +264,12 @@ mod tests {
         p.up();
         assert_eq!(mine().unwrap().state, State::Up);
         assert_eq!(p.retrying_for(), None);
+        p.up(); // already up: the fast path changes nothing
+        assert_eq!(mine().unwrap().state, State::Up);
+        p.retrying("refused again");
+        assert_eq!(mine().unwrap().state.name(), "retrying", "up is left again");
+        p.up();
+        assert_eq!(mine().unwrap().state, State::Up);
         drop(p);
         assert!(mine().is_none(), "a dropped probe leaves the table");
     }

@@ -22,6 +22,8 @@
 //! | `tributary_checkpoint_alignment_seconds` | histogram | trigger until every task acknowledged (barriers through the graph, aligned) |
 //! | `tributary_checkpoint_bytes` | gauge | size of the last committed checkpoint |
 //! | `tributary_checkpoint_age_seconds` | gauge | time since the last committed checkpoint |
+//! | `tributary_component_up` | gauge | 1 while a component (`pipeline`, `component`, `kind`) reaches its infrastructure; kept by `crate::health` |
+//! | `tributary_component_retrying_seconds` | gauge | length of a component's current outage, set at scrape time; kept by `crate::health` |
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 

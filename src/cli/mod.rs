@@ -2,7 +2,8 @@
 //!
 //! Owns argument parsing, logging setup, and the one place where errors become what the
 //! user sees (`error[CODE]: file:line:column: message`) and an exit code: 0 success,
-//! 1 a pipeline failed while running, 2 invalid input (configuration, pipeline, SQL).
+//! 1 a pipeline failed while running, 2 invalid input (configuration, pipeline, SQL),
+//! 3 a stop abandoned (`run.stop_grace` over, or a second signal).
 
 mod generate;
 mod progress;
@@ -36,7 +37,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run pipelines (all of pipelines/ when none is named) until their input ends or
-    /// Ctrl-C / SIGTERM.
+    /// Ctrl-C / SIGTERM / SIGHUP (bounded by run.stop_grace; a second signal stops at
+    /// once).
     Run {
         /// Pipeline files, `.sql` files, or names of files in the pipelines directory.
         pipelines: Vec<String>,

@@ -1,12 +1,23 @@
-//! `tributary run`, `check` and `explain`.
+//! `tributary run`, `check` and `explain`; and how a run stops.
+//!
+//! Stopping: SIGTERM, SIGINT (Ctrl-C) and SIGHUP all ask every pipeline to stop (its
+//! sources stop, the graph drains, the sinks flush) and mark the process not ready.
+//! The stop may take `run.stop_grace`; meanwhile it logs what it waits for (the tasks
+//! not ended, the components not up). Past the grace, or at a second signal, the stop
+//! is abandoned: the process exits at once with code 3 (ENG008), like a crash, and the
+//! next start finishes what was left (with checkpoints, it replays from the last
+//! committed one). Exiting without unwinding is deliberate: a sink waiting inside
+//! librdkafka (a blocking flush, a transaction commit) cannot be interrupted, and
+//! dropping half-done sinks could publish or delete what a checkpoint still owns.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::progress::Progress;
 use super::report;
-use crate::engine::{NodeKind, Runtime};
+use crate::engine::{EngineError, NodeKind, Runtime, Stopper};
 use crate::pipeline::{Config, LoadedPipeline, PipelineError, discover, load_pipeline};
 use crate::sql::{PlannedPipeline, SqlPlanner};
 
@@ -131,22 +142,158 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-pub(crate) async fn shutdown_signal() {
+/// The signals that stop a run: SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal
+/// closed, or a supervisor asking for a restart), handled alike. Listening for all of
+/// them from the start replaces their default action (SIGHUP's kills the process
+/// mid-write) and never misses a second signal.
+pub(crate) struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return futures::future::pending().await,
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    listeners: Vec<(&'static str, Option<tokio::signal::unix::Signal>)>,
+}
+
+impl StopSignals {
+    pub(crate) fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listeners = [
+                ("SIGTERM", SignalKind::terminate()),
+                ("SIGINT", SignalKind::interrupt()),
+                ("SIGHUP", SignalKind::hangup()),
+            ]
+            .into_iter()
+            .map(|(name, kind)| (name, signal(kind).ok()))
+            .collect();
+            StopSignals { listeners }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Waits for the next stop signal; returns its name.
+    pub(crate) async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let waits = self.listeners.iter_mut().filter_map(|(name, l)| {
+                let l = l.as_mut()?;
+                Some(Box::pin(async move {
+                    l.recv().await;
+                    *name
+                }))
+            });
+            let waits: Vec<_> = waits.collect();
+            if waits.is_empty() {
+                return futures::future::pending().await;
+            }
+            futures::future::select_all(waits).await.0
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Resolves at the first stop signal (for commands that just end on it).
+pub(crate) async fn shutdown_signal() {
+    StopSignals::listen().next().await;
+}
+
+/// What a stop still waits for, per pipeline: its tasks not ended and, among them,
+/// the components (Kafka clients, registries…) that are not up, with their errors.
+fn waiting_for(pipelines: &[(String, Stopper)]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let components = crate::health::components();
+    pipelines
+        .iter()
+        .filter_map(|(name, s)| {
+            let tasks = s.running();
+            if tasks.is_empty() {
+                return None;
+            }
+            let troubled = components
+                .iter()
+                .filter(|c| &c.pipeline == name && c.state != crate::health::State::Up)
+                .map(|c| match &c.state {
+                    crate::health::State::Retrying { last_error, .. } => format!(
+                        "{} ({}) retrying for {:.0}s: {last_error}",
+                        c.component,
+                        c.kind,
+                        c.retrying_for.as_secs_f64()
+                    ),
+                    other => format!("{} ({}) {}", c.component, c.kind, other.name()),
+                })
+                .collect();
+            Some((name.clone(), tasks, troubled))
+        })
+        .collect()
+}
+
+/// Abandons a stop: says why and what is left (ENG008), then exits with code 3 at
+/// once (see the module docs for why without unwinding).
+fn abandon(reason: String, pipelines: &[(String, Stopper)]) -> ! {
+    let waiting: Vec<String> = waiting_for(pipelines)
+        .into_iter()
+        .map(|(p, tasks, _)| format!("{p}: {}", tasks.join(", ")))
+        .collect();
+    let waiting = if waiting.is_empty() {
+        "nothing (every task had ended)".to_string()
+    } else {
+        waiting.join("; ")
+    };
+    tracing::error!(reason = %reason, waiting = %waiting,
+        "stop abandoned: exiting without waiting; with checkpoints the next start replays from the last committed one");
+    report(&EngineError::StopAbandoned { reason, waiting }.into());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(3)
+}
+
+/// Stops every pipeline at the first signal, bounds the stop by `grace` (logging what
+/// it waits for meanwhile) and abandons it past the grace or at a second signal.
+async fn stop_on_signals(
+    mut signals: StopSignals,
+    pipelines: Vec<(String, Stopper)>,
+    health: Arc<crate::admin::Health>,
+    grace: Duration,
+) {
+    let first = signals.next().await;
+    health.set_stopping();
+    tracing::info!(
+        signal = first,
+        grace_s = grace.as_secs_f64(),
+        "stop requested: draining pipelines and flushing sinks"
+    );
+    for (_, s) in &pipelines {
+        s.stop();
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    let every = (grace / 4).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let started = Instant::now();
+    let mut report_every = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            second = signals.next() => {
+                tracing::warn!(signal = second, "second stop signal: stopping at once");
+                abandon(format!("second signal {second}"), &pipelines);
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                abandon(format!("run.stop_grace of {} s is over", grace.as_secs_f64()), &pipelines);
+            }
+            _ = report_every.tick() => {
+                for (pipeline, tasks, components) in waiting_for(&pipelines) {
+                    tracing::info!(
+                        pipeline = %pipeline,
+                        tasks = %tasks.join(", "),
+                        components = %components.join("; "),
+                        stopping_for_s = started.elapsed().as_secs_f64(),
+                        left_s = grace.saturating_sub(started.elapsed()).as_secs_f64(),
+                        "stop still waiting"
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -154,6 +301,8 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     let Some(all) = plan_all(config, args).await else {
         return ExitCode::from(2);
     };
+    // From here on a stop signal is ours (not the default action), even while starting.
+    let signals = StopSignals::listen();
     let metrics = crate::admin::install_metrics();
     let health = Arc::new(crate::admin::Health::default());
     let savepoints = Arc::new(crate::admin::Savepoints::default());
@@ -166,10 +315,11 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
         )
         .await
         {
-            Ok(addr) => tracing::info!(%addr, "admin endpoint: /metrics and /healthz"),
+            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz",
+                "admin endpoint: /metrics and /healthz"),
             Err(e) => {
                 eprintln!(
-                    "error[ADM001]: cannot listen on {} for /metrics and /healthz: {e} (set admin.listen, or --set admin.listen='' to disable)",
+                    "error[ADM001]: cannot listen on {} for /metrics and the health probes: {e} (set admin.listen, or --set admin.listen='' to disable)",
                     config.admin.listen
                 );
                 return ExitCode::from(2);
@@ -241,14 +391,17 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             }
         }
     }
-    let stoppers: Vec<_> = handles.iter().map(|(_, h)| h.stopper()).collect();
-    let signal_task = tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stop requested: draining pipelines and flushing sinks");
-        for s in &stoppers {
-            s.stop();
-        }
-    });
+    health.set_started();
+    let stoppers: Vec<_> = handles
+        .iter()
+        .map(|(name, h)| (name.clone(), h.stopper()))
+        .collect();
+    let signal_task = tokio::spawn(stop_on_signals(
+        signals,
+        stoppers,
+        health.clone(),
+        config.run.stop_grace(),
+    ));
     let view_task = view.spawn();
     let mut waits = futures::stream::FuturesUnordered::new();
     let mut stoppers = Vec::new();
@@ -294,7 +447,7 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             }
             Err(e) => {
                 failed = true;
-                health.set_failed();
+                health.set_failed(&name);
                 eprintln!("pipeline {name} failed:");
                 report(&e);
                 for s in &stoppers {

@@ -460,6 +460,14 @@ pub enum EngineError {
     User(String),
     #[error("downstream task has stopped")]
     DownstreamGone,
+    /// A stop that did not drain in time (`run.stop_grace`) or was cut short by a
+    /// second signal: the process exits without waiting for `waiting`.
+    #[error(
+        "stop abandoned ({reason}) while waiting for {waiting}; with checkpoints the next start \
+         resumes from the last committed checkpoint and replays the rest (exactly-once output \
+         is not lost); without, rows not yet written are lost"
+    )]
+    StopAbandoned { reason: String, waiting: String },
 }
 
 impl EngineError {
@@ -472,6 +480,7 @@ impl EngineError {
             EngineError::DataFusion { .. } => "ENG005",
             EngineError::User(_) => "ENG006",
             EngineError::DownstreamGone => "ENG007",
+            EngineError::StopAbandoned { .. } => "ENG008",
         }
     }
 

@@ -1,5 +1,7 @@
 //! Runs a [`Graph`]: one tokio task per node and partition, bounded channels between
-//! them, first failure stops everything, a stop signal drains the graph.
+//! them, first failure stops everything, a stop signal drains the graph. Which tasks
+//! have not ended yet is kept ([`Stopper::running`]), so a stop that takes long can say
+//! what it waits for.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,9 +78,26 @@ pub struct RunReport {
     pub bad_records: u64,
 }
 
+/// The tasks of a run that have not ended, as `node[partition]` (the checkpoint
+/// coordinator as `checkpoints[0]`).
+#[derive(Debug, Default)]
+struct Running(std::sync::Mutex<std::collections::BTreeSet<String>>);
+
+/// Removes its task from [`Running`] when the task's future ends or is dropped.
+struct Leaving(Arc<Running>, String);
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        if let Ok(mut r) = (self.0).0.lock() {
+            r.remove(&self.1);
+        }
+    }
+}
+
 /// A running pipeline.
 pub struct RunHandle {
     stop: Arc<watch::Sender<bool>>,
+    running: Arc<Running>,
     /// Live counters per node, in graph order, for the progress view.
     pub stats: Vec<(String, Arc<NodeStats>)>,
     join: tokio::task::JoinHandle<Result<RunReport>>,
@@ -88,17 +107,33 @@ pub struct RunHandle {
 
 /// Stops a running pipeline from anywhere (signal handlers, other pipelines).
 #[derive(Clone)]
-pub struct Stopper(Arc<watch::Sender<bool>>);
+pub struct Stopper {
+    stop: Arc<watch::Sender<bool>>,
+    running: Arc<Running>,
+}
 
 impl Stopper {
     pub fn stop(&self) {
-        let _ = self.0.send(true);
+        let _ = self.stop.send(true);
+    }
+
+    /// The pipeline's tasks that have not ended yet (`node[partition]`, sorted): what
+    /// a stop is still waiting for.
+    pub fn running(&self) -> Vec<String> {
+        self.running
+            .0
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
 impl RunHandle {
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.stop.clone())
+        Stopper {
+            stop: self.stop.clone(),
+            running: self.running.clone(),
+        }
     }
 
     /// Asks the sources to stop; the graph then drains and the sinks flush.
@@ -170,7 +205,10 @@ impl Runtime {
             }
         }
 
-        let mut tasks: JoinSet<(TaskInfo, Result<()>)> = JoinSet::new();
+        let mut tasks = Tasks {
+            set: JoinSet::new(),
+            running: Arc::new(Running::default()),
+        };
         let coordinator = match &settings.checkpoints {
             Some(c) => Some(checkpoint_coordinator(&graph, c)?),
             None => None,
@@ -276,9 +314,11 @@ impl Runtime {
         }
         stats.reverse();
         let names: Vec<(String, Arc<NodeStats>)> = stats.clone();
-        let join = tokio::spawn(supervise(tasks, names));
+        let running = tasks.running.clone();
+        let join = tokio::spawn(supervise(tasks.set, names));
         Ok(RunHandle {
             savepoints,
+            running,
             stop: Arc::new(stop_tx),
             stats,
             join,
@@ -314,14 +354,26 @@ fn flatten(r: Result<Result<RunReport>, tokio::task::JoinError>) -> Result<RunRe
     }
 }
 
+/// A run's tasks, and which of them have not ended.
+struct Tasks {
+    set: JoinSet<(TaskInfo, Result<()>)>,
+    running: Arc<Running>,
+}
+
 /// Spawns one task; a panic inside it becomes an error naming the task.
 fn spawn(
-    tasks: &mut JoinSet<(TaskInfo, Result<()>)>,
+    tasks: &mut Tasks,
     task: TaskInfo,
     fut: impl std::future::Future<Output = Result<()>> + Send + 'static,
 ) {
     use futures::FutureExt;
-    tasks.spawn(async move {
+    let name = format!("{}[{}]", task.node, task.partition);
+    if let Ok(mut r) = tasks.running.0.lock() {
+        r.insert(name.clone());
+    }
+    let leaving = Leaving(tasks.running.clone(), name);
+    tasks.set.spawn(async move {
+        let _leaving = leaving;
         let r = match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
             Ok(r) => r,
             Err(payload) => {

@@ -248,6 +248,48 @@ async fn a_slow_sink_holds_the_source_back() {
     );
 }
 
+#[tokio::test]
+async fn a_stop_lists_the_tasks_it_still_waits_for() {
+    // Five batches fit in the channels: the source ends while both sinks are blocked.
+    let (src, _) = counter(Some(5), 10, 3);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let sink = Collect {
+        gate: Some(gate.clone()),
+        ..Default::default()
+    };
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, 1);
+    g.add_sink(
+        "out",
+        Arc::new(sink.clone()),
+        2,
+        s,
+        Partitioning::RoundRobin,
+    )
+    .unwrap();
+    let handle = Runtime::start(g, RuntimeSettings::default()).unwrap();
+    let stopper = handle.stopper();
+    assert_eq!(stopper.running(), ["out[0]", "out[1]", "src[0]"]);
+    let source_ended = async {
+        while stopper.running().contains(&"src[0]".to_string()) {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), source_ended)
+        .await
+        .expect("the source ends");
+    assert_eq!(stopper.running(), ["out[0]", "out[1]"], "the blocked sinks");
+    stopper.stop();
+    assert_eq!(
+        stopper.running(),
+        ["out[0]", "out[1]"],
+        "a stop waits for them"
+    );
+    gate.add_permits(1_000_000);
+    handle.wait().await.unwrap();
+    assert!(stopper.running().is_empty(), "every task ended");
+}
+
 struct Failing;
 
 #[async_trait]

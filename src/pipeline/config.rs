@@ -25,6 +25,17 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     pub pipelines_dir: String,
+    /// How long a stop (SIGTERM, SIGINT, SIGHUP) may drain before it is abandoned (a
+    /// duration: "30s"); see [`RunConfig::stop_grace`].
+    pub stop_grace: String,
+}
+
+impl RunConfig {
+    /// `stop_grace` as a duration (validated when the configuration is loaded).
+    pub fn stop_grace(&self) -> std::time::Duration {
+        crate::connectors::parse_duration(&self.stop_grace)
+            .expect("run.stop_grace is validated by load_config")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +178,8 @@ pub fn load_config(
         })?;
     crate::connectors::parse_duration(&config.pipeline.flush_interval)
         .map_err(|e| PipelineError::Config(format!("pipeline.flush_interval: {e}")))?;
+    crate::connectors::parse_duration(&config.run.stop_grace)
+        .map_err(|e| PipelineError::Config(format!("run.stop_grace: {e}")))?;
     config.kafka.validate().map_err(PipelineError::Config)?;
     Ok(config)
 }
@@ -204,5 +217,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("flush_interval"), "{e}");
+        assert_eq!(c.run.stop_grace(), std::time::Duration::from_secs(30));
+        let c = load_config(None, vec![], &["run.stop_grace=2s".into()]).unwrap();
+        assert_eq!(c.run.stop_grace(), std::time::Duration::from_secs(2));
+        let e = load_config(None, vec![], &["run.stop_grace=forever".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.stop_grace"), "{e}");
     }
 }

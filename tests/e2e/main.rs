@@ -12,6 +12,7 @@ mod kafka;
 mod kafka_faults;
 mod lifecycle;
 mod lookup;
+mod operations;
 mod registry;
 mod sinks;
 mod sql_oracle;

@@ -16,6 +16,7 @@
 //! - A record that does not decode is a bad record (dead-letter path), never a crash.
 //!   An unreachable cluster is retried with backoff (the source pauses, it does not
 //!   fail); errors are logged at a bounded rate.
+//! - Each task reports its connection state to the health table (`probe.rs`).
 //! - With `bounded = 'true'` the source reads each partition up to its end offset at
 //!   start and then ends (tests, backfills).
 //! - Watermarks per partition: each batch holds one partition's rows and the task's
@@ -67,6 +68,7 @@ mod client;
 mod decode;
 mod domains;
 mod metadata;
+mod probe;
 mod transactions;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
@@ -367,7 +369,8 @@ impl SourceFactory for KafkaSourceFactory {
             topic: self.topic.clone(),
             start: self.start,
             bounded: self.bounded,
-            consumer,
+            consumer: Arc::new(consumer),
+            probe: probe::task_probe(task),
             meta: self.meta.clone(),
             avro: self.avro.clone(),
             reader_schema: self.reader_schema.clone(),
@@ -383,7 +386,8 @@ struct KafkaSource {
     topic: String,
     start: StartFrom,
     bounded: bool,
-    consumer: StreamConsumer<Watch>,
+    consumer: Arc<StreamConsumer<Watch>>,
+    probe: crate::health::Probe,
     meta: MetadataColumns,
     avro: Option<Arc<str>>,
     reader_schema: Option<Arc<str>>,
@@ -417,6 +421,7 @@ async fn partitions(
     topic: &str,
     task: &TaskInfo,
     stop: &crate::engine::StopSignal,
+    probe: &crate::health::Probe,
 ) -> Result<Option<Vec<i32>>> {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -431,6 +436,7 @@ async fn partitions(
                     .flat_map(|t| t.partitions().iter().map(|p| p.id()))
                     .collect();
                 if !parts.is_empty() {
+                    probe.up();
                     return Ok(Some(
                         parts
                             .into_iter()
@@ -439,6 +445,7 @@ async fn partitions(
                     ));
                 }
                 tracing::warn!(task = %task, topic, "topic not found yet; waiting for it");
+                probe.retrying(format!("topic {topic} not found"));
             }
             Err(e) => {
                 // Nothing is assigned yet, so this only serves the client's events:
@@ -446,6 +453,7 @@ async fn partitions(
                 let _ = tokio::time::timeout(Duration::from_millis(10), consumer.recv()).await;
                 refused(consumer, table)?;
                 tracing::warn!(task = %task, error = %e, "kafka unreachable; retrying");
+                probe.retrying(format!("fetching metadata: {e}"));
             }
         }
         if stop.is_raised() {
@@ -477,11 +485,17 @@ impl KafkaSource {
             &self.topic,
             &self.task,
             &ctx.stop,
+            &self.probe,
         )
         .await?
         else {
             return Ok(());
         };
+        let _recheck = probe::recheck_source(
+            self.probe.clone(),
+            self.consumer.clone(),
+            self.topic.clone(),
+        );
         // Resuming: the next offset of every partition in the checkpoint (after a
         // change of parallelism, every old task's; this task keeps its partitions).
         let mut resume: std::collections::BTreeMap<i32, i64> = Default::default();
@@ -595,6 +609,7 @@ impl KafkaSource {
             meta,
             topic,
             next,
+            probe,
             ..
         } = self;
         let consumer: &StreamConsumer<Watch> = consumer;
@@ -630,11 +645,15 @@ impl KafkaSource {
                     let Some(msgs) = msgs else { break };
                     for msg in msgs {
                         let m = match msg {
-                            Ok(m) => m,
+                            Ok(m) => {
+                                probe.up();
+                                m
+                            }
                             Err(KafkaError::PartitionEOF(p)) => {
                                 // Read up to the partition's end as it is now (past
                                 // markers and aborted records), at or beyond its end
                                 // at start: this partition is done.
+                                probe.up();
                                 if *bounded && ends.remove(&p).is_some() {
                                     decoding.drain(&mut ctx.out).await?;
                                     ctx.out.end_split(p as u64).await?;
@@ -643,6 +662,7 @@ impl KafkaSource {
                             }
                             Err(e) => {
                                 refused(consumer, &task.node)?;
+                                probe.retrying(&e);
                                 // Transient (broker down, rebalance in the cluster):
                                 // librdkafka retries; say so at most every 10 s.
                                 if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
@@ -1053,6 +1073,8 @@ impl SinkFactory for KafkaSinkFactory {
             .config
             .create()
             .map_err(|e| kafka_error(&self.table, "creating the producer", e))?;
+        let probe = probe::task_probe(task);
+        let recheck = probe::recheck_sink(probe.clone(), &producer);
         let key = self
             .key_field
             .as_ref()
@@ -1080,6 +1102,8 @@ impl SinkFactory for KafkaSinkFactory {
             commit_topic: self.commit_topic.clone(),
             txn: None,
             abort_pending: false,
+            probe,
+            _recheck: recheck,
         }))
     }
 }
@@ -1124,6 +1148,8 @@ struct KafkaSink {
     txn: Option<Transactions>,
     /// A failed transaction whose abort has not been confirmed yet.
     abort_pending: bool,
+    probe: crate::health::Probe,
+    _recheck: probe::Recheck,
 }
 
 impl KafkaSink {
@@ -1245,10 +1271,22 @@ impl KafkaSink {
     }
 
     async fn settle_raw(&mut self) -> Result<(), KafkaError> {
-        for delivery in self.pending.drain(..) {
-            match delivery.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(e),
+        for mut delivery in self.pending.drain(..) {
+            let delivered = loop {
+                match tokio::time::timeout(probe::STALLED, &mut delivery).await {
+                    Ok(delivered) => break delivered,
+                    Err(_) => self.probe.retrying(format!(
+                        "no delivery acknowledged for {} s",
+                        probe::STALLED.as_secs()
+                    )),
+                }
+            };
+            match delivered {
+                Ok(Ok(_)) => self.probe.up(),
+                Ok(Err((e, _))) => {
+                    self.probe.retrying(&e);
+                    return Err(e);
+                }
                 Err(_) => return Err(KafkaError::Canceled),
             }
         }
@@ -1343,7 +1381,10 @@ impl KafkaSink {
                         // The producer's queue is full: wait for what is in flight.
                         self.settle_raw().await?;
                     }
-                    Err((e, _)) => return Err(e),
+                    Err((e, _)) => {
+                        self.probe.retrying(&e);
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -1381,6 +1422,7 @@ impl KafkaSink {
             if !transient(&e) {
                 return Err(kafka_error(&self.table, "a transaction", e));
             }
+            self.probe.retrying(&e);
             if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                 tracing::warn!(table = %self.table, error = %e,
                     "kafka transaction failed; retrying (output held until it commits)");
