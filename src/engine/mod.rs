@@ -113,8 +113,9 @@ impl Default for BatchSettings {
 
 /// A stateless or stateful step between sources and sinks, run once per partition.
 ///
-/// The checkpoint work adds `handle_checkpoint` with a default implementation, so
-/// existing operators keep compiling.
+/// A stateful operator also implements `snapshot` (and `snapshot_changes` for deltas)
+/// and `restore`, and says so through [`OperatorFactory::state_kind`]; a stateless
+/// one keeps the defaults.
 #[async_trait]
 pub trait Operator: Send {
     /// Processes one input batch and emits any number of output batches.

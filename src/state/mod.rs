@@ -10,9 +10,9 @@
 //!   `tributary_state_bytes{operator}` and fails the task, naming it, when the size
 //!   passes `state.memory_limit` — loudly, rather than swapping the machine to death.
 //! - The in-memory backend keeps state in the operator's own structures (DataFusion
-//!   accumulators, Arrow batches, typed Rust values). The checkpoint work adds
-//!   snapshot and restore to this trait (Arrow batches per key group), so a durable
-//!   backend plugs in without changing the operators' logic.
+//!   accumulators, Arrow batches, typed Rust values); operators snapshot them as Arrow
+//!   columns (`snapshot.rs`), which the checkpoint coordinator stores, and restore
+//!   them split by key group when the parallelism changed.
 
 mod process;
 pub mod snapshot;
