@@ -12,6 +12,7 @@ mod kafka;
 mod lifecycle;
 mod lookup;
 mod registry;
+mod registry_outage;
 mod sinks;
 mod sql_oracle;
 mod windows;
