@@ -242,6 +242,9 @@ mod tests {
             "a failed refresh is reported as an outage: {:?}",
             t.probe().state()
         );
+        let err = never_loaded.snapshot().await.unwrap_err().to_string();
+        assert!(err.contains("lookup table ref"), "{err}");
+        // The source is back: the next refresh reads it and the outage ends.
         std::fs::write(dir.path().join("ref.jsonl"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
         let failed = Instant::now();
         while failed.elapsed() < Duration::from_millis(2) {
@@ -249,7 +252,5 @@ mod tests {
         }
         assert_eq!(rows(&t.snapshot().await.unwrap()), 2);
         assert_eq!(t.probe().state(), crate::health::State::Up);
-        let err = never_loaded.snapshot().await.unwrap_err().to_string();
-        assert!(err.contains("lookup table ref"), "{err}");
     }
 }
