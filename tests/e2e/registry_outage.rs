@@ -203,7 +203,9 @@ fn an_outage_longer_than_outage_timeout_fails_the_pipeline_and_loses_nothing() {
     // (The source's error is reported as its task's, ENG001, carrying REG027.)
     assert!(
         stderr.contains("\"code\":\"REG027\"")
-            && stderr.contains(&format!("table events: schema registry {url} has been unavailable"))
+            && stderr.contains(&format!(
+                "table events: schema registry {url} has been unavailable"
+            ))
             && stderr.contains("registry.outage_timeout"),
         "a clear error naming the registry and the setting:\n{stderr}"
     );
@@ -238,6 +240,38 @@ fn killed_during_an_outage_a_restart_loses_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     run.child.kill().unwrap(); // SIGKILL
     run.child.wait().unwrap();
+    assert_eq!(
+        checkpointed_offsets(&d.join("checkpoints"), "events"),
+        0,
+        "no checkpoint passed the records held during the outage"
+    );
+
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
+}
+
+/// A stop (SIGTERM) during the outage ends the source with an error (REG028) rather
+/// than a final checkpoint: nothing reported bad, no checkpoint past the records held,
+/// and a restart with the registry back reads them all.
+#[test]
+fn stopped_during_an_outage_the_records_held_are_read_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = avro_topic(d);
+    let port = free_port();
+    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+
+    let mut run = Running::start(d, &["consume.yaml"]);
+    run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
+    run.sigterm();
+    // Within a deadline far below registry.outage_timeout (5 min): the stop ends the wait.
+    let (code, stderr) = run.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("\"code\":\"REG028\""), "{stderr}");
+    assert_no_bad_records(&stderr);
     assert_eq!(
         checkpointed_offsets(&d.join("checkpoints"), "events"),
         0,
