@@ -450,9 +450,9 @@ async fn main() {
         return;
     }
     let id = u32::from_be_bytes([sample[0][1], sample[0][2], sample[0][3], sample[0][4]]);
-    let schema = tributary::registry::client::schema_by_id(&url, id)
-        .await
-        .unwrap();
+    let registry =
+        tributary::registry::client::RegistryClient::new(&url, &Default::default()).unwrap();
+    let schema = registry.schema_by_id(id).await.unwrap();
     let arrow_avro = decode_arrow_avro(&sample, id, &schema);
     let apache = decode_apache_avro(&sample, &schema);
     println!(

@@ -55,14 +55,27 @@ pub(super) enum SchemasAction {
 
 /// Checks (or registers) every `.avsc` in `dir` against the registry at `url`. Exit
 /// 0 when all pass; 1 when a schema is invalid or incompatible (each one reported with
-/// its file and the registry's reasons); 2 when the registry cannot be reached.
+/// its file and the registry's reasons); 2 when the registry cannot be reached or
+/// refuses the credentials.
 pub(super) async fn schemas(
     config: &Config,
     dir: &Path,
     url: Option<&str>,
     action: SchemasAction,
 ) -> ExitCode {
-    let url = url.unwrap_or(&config.registry.url).trim_end_matches('/');
+    let url = url.unwrap_or(&config.registry.url);
+    let client = match config
+        .registry
+        .client_settings()
+        .map_err(crate::Error::from)
+        .and_then(|s| crate::registry::client::RegistryClient::new(url, &s).map_err(Into::into))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            report(&e);
+            return ExitCode::from(2);
+        }
+    };
     let contracts = match contracts(dir) {
         Ok(c) => c,
         Err(e) => {
@@ -85,10 +98,10 @@ pub(super) async fn schemas(
             ),
             SchemasAction::Register => (format!("/subjects/{subject}/versions"), "registered"),
         };
-        let (status, reply) = match crate::registry::client::post_json(url, &route, &body).await {
+        let (status, reply) = match client.post_json(&route, &body).await {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: registry {url}: {e}");
+                report(&e.into());
                 return ExitCode::from(2);
             }
         };

@@ -97,9 +97,34 @@ async fn plan_all(
     ok.then_some(out)
 }
 
+/// Asks each table of `planned` whether the services it needs besides its data (a
+/// schema registry) answer; reports every failure. `true` when all do.
+async fn preflight(planned: &PlannedPipeline) -> bool {
+    let mut ok = true;
+    for node in &planned.graph.nodes {
+        let checked = match &node.kind {
+            NodeKind::Source(f) => f.preflight().await,
+            NodeKind::Sink(f) => f.preflight().await,
+            NodeKind::Operator(_) => Ok(()),
+        };
+        if let Err(e) = checked {
+            report(&e);
+            ok = false;
+        }
+    }
+    ok
+}
+
 pub(super) async fn check(config: &Config, args: &[String]) -> ExitCode {
     match plan_all(config, args).await {
         Some(all) => {
+            let mut reachable = true;
+            for (_, p) in &all {
+                reachable &= preflight(p).await;
+            }
+            if !reachable {
+                return ExitCode::from(2);
+            }
             for (l, p) in &all {
                 println!(
                     "ok {} ({} nodes, {})",

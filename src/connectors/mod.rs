@@ -297,6 +297,9 @@ pub struct ConnectorEnv {
     pub kafka: kafka::KafkaConfig,
     /// The registry an Avro table uses when it names none (`[registry] url`).
     pub registry_url: Option<String>,
+    /// How Avro tables talk to their registry (`[registry]`: credentials, CA file,
+    /// timeouts); a table's own options override them.
+    pub registry: crate::registry::client::ClientSettings,
 }
 
 impl ConnectorEnv {
@@ -304,6 +307,8 @@ impl ConnectorEnv {
         ConnectorEnv {
             kafka: config.kafka.clone(),
             registry_url: Some(config.registry.url.clone()).filter(|u| !u.is_empty()),
+            // Checked when the configuration was loaded.
+            registry: config.registry.client_settings().unwrap_or_default(),
         }
     }
 }

@@ -309,6 +309,11 @@ pub trait SourceFactory: Send + Sync {
     fn rescalable(&self) -> bool {
         false
     }
+    /// For `tributary check`: fails when a service the table needs besides its data
+    /// (e.g. its schema registry) does not answer or refuses it. Nothing by default.
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Rules every row of a source must satisfy (a table's `CHECK` constraints). The
@@ -345,6 +350,9 @@ impl SourceFactory for ValidatedSourceFactory {
     }
     fn rescalable(&self) -> bool {
         self.inner.rescalable()
+    }
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        self.inner.preflight()
     }
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(ValidatedSource {
@@ -430,6 +438,10 @@ pub trait SinkFactory: Send + Sync {
         false
     }
     fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>>;
+    /// For `tributary check`: see [`SourceFactory::preflight`].
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Errors of the runtime itself and of the tasks it runs.

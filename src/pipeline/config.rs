@@ -58,8 +58,47 @@ pub struct RegistryConfig {
     pub listen: String,
     /// Where it keeps its subjects, versions and ids.
     pub dir: String,
-    /// The registry `tributary schemas check` (and, later, Avro sources and sinks) talk to.
+    /// The registry Avro tables (unless they name one), `tributary schemas` and
+    /// `tributary check` talk to: `http://` or `https://`, credentials allowed in it
+    /// (`https://KEY:SECRET@host`).
     pub url: String,
+    /// Confluent's `basic.auth.user.info`: `KEY:SECRET` sent as HTTP basic
+    /// authentication ("" for none; credentials in a URL win).
+    pub basic_auth_user_info: String,
+    /// A PEM file of CA certificates trusted, for HTTPS, besides the built-in roots
+    /// ("" for none).
+    pub ca_file: String,
+    /// The longest one request to the registry may take.
+    pub request_timeout: String,
+    /// How long an Avro table waits out an unavailable registry (retrying, holding
+    /// its records) before the pipeline fails.
+    pub outage_timeout: String,
+}
+
+impl RegistryConfig {
+    /// How clients of the registry connect, authenticate and wait.
+    pub fn client_settings(
+        &self,
+    ) -> Result<crate::registry::client::ClientSettings, PipelineError> {
+        let duration = |key: &str, v: &str| {
+            crate::connectors::parse_duration(v)
+                .map_err(|e| PipelineError::Config(format!("registry.{key}: {e}")))
+        };
+        let request_timeout = duration("request_timeout", &self.request_timeout)?;
+        if request_timeout.is_zero() {
+            return Err(PipelineError::Config(
+                "registry.request_timeout: must be more than 0".into(),
+            ));
+        }
+        Ok(crate::registry::client::ClientSettings {
+            basic_auth_user_info: Some(self.basic_auth_user_info.clone()).filter(|s| !s.is_empty()),
+            ca_file: Some(self.ca_file.clone())
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+            request_timeout,
+            outage_timeout: duration("outage_timeout", &self.outage_timeout)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +220,7 @@ pub fn load_config(
     crate::connectors::parse_duration(&config.run.stop_grace)
         .map_err(|e| PipelineError::Config(format!("run.stop_grace: {e}")))?;
     config.kafka.validate().map_err(PipelineError::Config)?;
+    config.registry.client_settings()?;
     Ok(config)
 }
 
@@ -224,5 +264,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("run.stop_grace"), "{e}");
+    }
+
+    #[test]
+    fn registry_client_settings_come_from_the_registry_section() {
+        let c = load_config(None, vec![], &[]).unwrap();
+        let s = c.registry.client_settings().unwrap();
+        assert_eq!(s.basic_auth_user_info, None);
+        assert_eq!(s.ca_file, None);
+        assert_eq!(s.outage_timeout, std::time::Duration::from_secs(300));
+        assert_eq!(s.request_timeout, std::time::Duration::from_secs(10));
+        let env = vec![(
+            "TRIBUTARY__REGISTRY__BASIC_AUTH_USER_INFO".to_string(),
+            "KEY:SECRET".to_string(),
+        )];
+        let c = load_config(
+            None,
+            env,
+            &[
+                "registry.outage_timeout=2s".into(),
+                "registry.ca_file=ca.pem".into(),
+            ],
+        )
+        .unwrap();
+        let s = c.registry.client_settings().unwrap();
+        assert_eq!(s.basic_auth_user_info.as_deref(), Some("KEY:SECRET"));
+        assert_eq!(s.ca_file, Some("ca.pem".into()));
+        assert_eq!(s.outage_timeout, std::time::Duration::from_secs(2));
+        let e = load_config(None, vec![], &["registry.outage_timeout=soon".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("registry.outage_timeout"), "{e}");
     }
 }

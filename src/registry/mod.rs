@@ -186,12 +186,72 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
-    /// REG024: talking to a registry (as a client) failed.
+    /// REG024: a registry client's settings are wrong (URL, credentials, CA file, a
+    /// TLS handshake it refuses) or it got an answer it does not understand.
     #[error("schema registry client: {0}")]
     Client(String),
+    /// REG025: the registry is not reachable, does not answer in time, or answers
+    /// HTTP 5xx, 408 or 429: an outage, retried, never a bad record.
+    #[error("schema registry {url} is unavailable: {message}")]
+    Unavailable {
+        /// The registry, without credentials.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// REG026: the registry refused the credentials (HTTP 401 or 403).
+    #[error(
+        "schema registry {url} refused the credentials (HTTP {status}): {message}; check registry.basic_auth_user_info or the URL's user:password"
+    )]
+    Refused {
+        /// The registry, without credentials.
+        url: String,
+        /// 401 or 403.
+        status: u16,
+        /// The registry's message.
+        message: String,
+    },
+    /// REG027: an outage lasted longer than `registry.outage_timeout`.
+    #[error(
+        "schema registry {url} has been unavailable for {:.1}s, longer than registry.outage_timeout: {last_error}",
+        .waited.as_secs_f64()
+    )]
+    Outage {
+        /// The registry, without credentials.
+        url: String,
+        /// How long it was waited out.
+        waited: std::time::Duration,
+        /// The last failure.
+        last_error: String,
+    },
+    /// REG028: the pipeline was stopped while waiting out an outage.
+    #[error(
+        "stopped while schema registry {url} was unavailable: the records not decoded yet were neither reported bad nor checkpointed; they are read again from the last checkpoint"
+    )]
+    StoppedDuringOutage {
+        /// The registry, without credentials.
+        url: String,
+    },
+    /// A registry error of one table (its code is the inner error's).
+    #[error("table {table}: {source}")]
+    InTable {
+        /// The table whose registry it is.
+        table: String,
+        /// What failed.
+        #[source]
+        source: Box<RegistryError>,
+    },
 }
 
 impl RegistryError {
+    /// This error as one of `table`'s.
+    pub fn in_table(self, table: &str) -> RegistryError {
+        RegistryError::InTable {
+            table: table.to_string(),
+            source: Box::new(self),
+        }
+    }
+
     /// A stable code, e.g. `REG001`.
     pub fn code(&self) -> &'static str {
         match self {
@@ -219,6 +279,11 @@ impl RegistryError {
             RegistryError::AssociationsUnsupported(_) => "REG022",
             RegistryError::Bind { .. } => "REG023",
             RegistryError::Client(_) => "REG024",
+            RegistryError::Unavailable { .. } => "REG025",
+            RegistryError::Refused { .. } => "REG026",
+            RegistryError::Outage { .. } => "REG027",
+            RegistryError::StoppedDuringOutage { .. } => "REG028",
+            RegistryError::InTable { source, .. } => source.code(),
         }
     }
 
@@ -241,7 +306,12 @@ impl RegistryError {
             | RegistryError::CorruptState { .. }
             | RegistryError::DirectoryLocked(_)
             | RegistryError::Bind { .. }
-            | RegistryError::Client(_) => 50001,
+            | RegistryError::Client(_)
+            | RegistryError::Unavailable { .. }
+            | RegistryError::Refused { .. }
+            | RegistryError::Outage { .. }
+            | RegistryError::StoppedDuringOutage { .. } => 50001,
+            RegistryError::InTable { source, .. } => source.error_code(),
             RegistryError::BadRequest(_) => 400,
             RegistryError::RouteNotFound { .. } | RegistryError::AssociationsUnsupported(_) => 404,
             RegistryError::MethodNotAllowed { .. } => 405,

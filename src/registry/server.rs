@@ -153,7 +153,8 @@ fn response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn handle(
+/// Answers one request (also behind the TLS front of the client's tests).
+pub(crate) async fn handle(
     registry: Arc<Registry>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {

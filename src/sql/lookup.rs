@@ -10,8 +10,13 @@
 //! - A lookup table is loaded at most once at a time, on first use, by whichever task
 //!   needs it first; every task then shares the same snapshot.
 //! - Misses follow the SQL: `LEFT JOIN` keeps the row with NULLs, `JOIN` drops it.
-//! - A refresh that fails keeps the previous snapshot and logs the error; a first load
-//!   that fails fails the pipeline, naming the table.
+//! - A failed read is an outage, never rows dropped: a refresh that fails keeps the
+//!   whole previous snapshot and is tried again after the refresh interval, the table
+//!   reported retrying in the health table ([`Probe`], kind `lookup`) until a read
+//!   succeeds; a first load that fails fails the pipeline, naming the table (no row
+//!   was joined yet, so nothing is lost or checkpointed past). A connector waits out
+//!   its own outages inside a read (the Kafka source waits for its cluster and
+//!   schema registry), so a lookup table is never short of rows for an outage.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +31,7 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
 
 use crate::engine::SourceFactory;
+use crate::health::Probe;
 
 type Snapshot = Arc<Vec<RecordBatch>>;
 
@@ -34,6 +40,10 @@ pub(crate) struct LookupTable {
     source: Arc<dyn SourceFactory>,
     refresh: Option<Duration>,
     current: tokio::sync::Mutex<Option<(Instant, Snapshot)>>,
+    pipeline: String,
+    /// Up after a successful read, retrying while refreshes fail; made at the first
+    /// read, so a table not read yet is not listed as connecting.
+    probe: std::sync::OnceLock<Probe>,
 }
 
 impl std::fmt::Debug for LookupTable {
@@ -47,6 +57,7 @@ impl std::fmt::Debug for LookupTable {
 
 impl LookupTable {
     pub(crate) fn new(
+        pipeline: &str,
         name: &str,
         source: Arc<dyn SourceFactory>,
         refresh: Option<Duration>,
@@ -56,6 +67,8 @@ impl LookupTable {
             source,
             refresh,
             current: tokio::sync::Mutex::new(None),
+            pipeline: pipeline.into(),
+            probe: std::sync::OnceLock::new(),
         }
     }
 
@@ -68,6 +81,11 @@ impl LookupTable {
                 .map(|r| format!(", refreshed every {r:?}"))
                 .unwrap_or_default()
         )
+    }
+
+    fn probe(&self) -> &Probe {
+        self.probe
+            .get_or_init(|| Probe::new(&self.pipeline, self.name.clone(), "lookup"))
     }
 
     /// The snapshot to join with: loaded on first use, reloaded when older than the
@@ -91,10 +109,12 @@ impl LookupTable {
                         "lookup table loaded"
                     );
                     *current = Some((Instant::now(), Arc::new(batches)));
+                    self.probe().up();
                 }
                 Err(e) => match &mut *current {
                     Some((at, _)) => {
                         tracing::warn!(table = %self.name, error = %e, "lookup table refresh failed; keeping the previous data");
+                        self.probe().retrying(&e);
                         *at = Instant::now();
                     }
                     None => {
@@ -166,6 +186,7 @@ mod tests {
                 .collect(),
         );
         LookupTable::new(
+            "lookup-test",
             "ref",
             crate::connectors::source(&req, opts).unwrap(),
             refresh,
@@ -203,7 +224,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_refresh_keeps_the_previous_data_and_a_failed_first_load_names_the_table() {
+    async fn a_failed_refresh_keeps_the_previous_data_and_reports_an_outage_until_a_read_succeeds()
+    {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ref.jsonl"), "{\"id\": 1}\n").unwrap();
         let t = file_table(dir.path(), Some(Duration::from_millis(1)));
@@ -215,7 +237,20 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(rows(&t.snapshot().await.unwrap()), 1);
+        assert!(
+            matches!(t.probe().state(), crate::health::State::Retrying { .. }),
+            "a failed refresh is reported as an outage: {:?}",
+            t.probe().state()
+        );
         let err = never_loaded.snapshot().await.unwrap_err().to_string();
         assert!(err.contains("lookup table ref"), "{err}");
+        // The source is back: the next refresh reads it and the outage ends.
+        std::fs::write(dir.path().join("ref.jsonl"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+        let failed = Instant::now();
+        while failed.elapsed() < Duration::from_millis(2) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(rows(&t.snapshot().await.unwrap()), 2);
+        assert_eq!(t.probe().state(), crate::health::State::Up);
     }
 }

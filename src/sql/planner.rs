@@ -803,7 +803,7 @@ impl SqlPlanner {
                     .into());
                 }
                 let schema = factory.schema();
-                let table = Arc::new(LookupTable::new(&decl.name, factory, refresh));
+                let table = Arc::new(LookupTable::new(pipeline, &decl.name, factory, refresh));
                 lookups.push(table.describe());
                 Self::register_lookup(&ctx, table, schema)?;
                 continue;

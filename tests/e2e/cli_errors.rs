@@ -137,6 +137,41 @@ fn check_reports_every_broken_pipeline_not_just_the_first() {
     assert!(err.contains("b.yaml:3:1: unknown field `wat`"), "{err}");
 }
 
+/// `check` asks the schema registry of every Avro Kafka table: one that does not
+/// answer is an error naming the table, the URL and the cause (credentials in the URL
+/// not shown), exit code 2 like any other `check` error. (Kafka itself is not
+/// contacted: the broker address here is never used.)
+#[test]
+fn check_names_an_avro_tables_unreachable_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = crate::registry::free_port();
+    write(
+        &d.join("avro.sql"),
+        &format!(
+            "CREATE TABLE events (event_id VARCHAR) WITH (connector = 'kafka', \
+               bootstrap_servers = '127.0.0.1:1', topic = 't', format = 'avro', \
+               schema_registry_url = 'http://KEY:SECRET@127.0.0.1:{port}');\n\
+             CREATE TABLE out WITH (connector = 'stdout');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+    let (code, err) = check(d, "avro.sql");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[REG025]: table events: schema registry")
+            && err.contains(&format!("http://127.0.0.1:{port}"))
+            && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(!err.contains("SECRET"), "{err}");
+
+    // With the registry there, the same pipeline checks.
+    let (_registry, url) = crate::registry::start_registry_on(d, port);
+    let (code, err) = check(d, "avro.sql");
+    assert_eq!(code, Some(0), "{url}: {err}");
+}
+
 #[test]
 fn the_reference_pipelines_plan() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -15,6 +15,7 @@ mod lifecycle;
 mod lookup;
 mod operations;
 mod registry;
+mod registry_outage;
 mod sinks;
 mod sql_oracle;
 mod windows;

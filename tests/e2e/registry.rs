@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-struct Registry(Child);
+/// A running `tributary registry`, killed when dropped.
+pub struct Registry(Child);
 
 impl Drop for Registry {
     fn drop(&mut self) {
@@ -18,12 +19,23 @@ impl Drop for Registry {
     }
 }
 
-fn start_registry(dir: &std::path::Path) -> (Registry, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port nothing listens on now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// `tributary registry` on a free port, its state in `dir/reg`; its URL.
+pub fn start_registry(dir: &std::path::Path) -> (Registry, String) {
+    start_registry_on(dir, free_port())
+}
+
+/// `tributary registry` on `port`, its state in `dir/reg`, once it accepts
+/// connections; its URL.
+pub fn start_registry_on(dir: &std::path::Path, port: u16) -> (Registry, String) {
     let listen = format!("127.0.0.1:{port}");
     let child = tributary(dir)
         .args(["registry", "--listen", &listen, "--dir", "reg"])

@@ -20,6 +20,11 @@
 //!   before its barrier.
 //! - A record the decoder refuses is reported by its worker, through its own handle on
 //!   the task's bad-record counters, and never reaches a batch.
+//! - Only the record is ever blamed: a writer schema that cannot be fetched because
+//!   the registry is unavailable is waited for ([`Schemas`]), the worker blocking and
+//!   so back-pressuring polling and holding back checkpoints; a record is refused for
+//!   its schema only when the registry answers that the id does not exist or the
+//!   schema does not resolve.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,8 +37,11 @@ use tokio::sync::mpsc;
 use super::metadata::{MetadataColumns, RecordMeta};
 use super::{Result, kafka_error};
 use crate::dlq::{BadRecordReason, BadRecords};
-use crate::engine::Collector;
+use crate::engine::{Collector, StopSignal, TaskInfo};
 use crate::formats::json::JsonDecoder;
+use crate::health::Probe;
+use crate::registry::RegistryError;
+use crate::registry::client::RegistryClient;
 
 /// Chunks per worker sent and not yet emitted: one being decoded while the next
 /// waits, so neither side idles for the other.
@@ -269,17 +277,17 @@ pub(super) enum RecordDecoder {
 
 impl RecordDecoder {
     /// The decoder for a table whose record values have columns `value`: JSON, or
-    /// Avro with writer schemas from `avro` (a registry URL).
+    /// Avro with writer schemas from `avro` (its registry).
     pub(super) fn new(
         value: SchemaRef,
-        avro: Option<Arc<str>>,
+        avro: Option<Schemas>,
         reader_schema: Option<Arc<str>>,
         batch_size: usize,
     ) -> Result<Self> {
         Ok(match avro {
             None => RecordDecoder::Json(JsonDecoder::new(value)?),
-            Some(url) => {
-                RecordDecoder::Avro(AvroDecoder::new(url, reader_schema, value, batch_size))
+            Some(registry) => {
+                RecordDecoder::Avro(AvroDecoder::new(registry, reader_schema, value, batch_size))
             }
         })
     }
@@ -353,6 +361,54 @@ impl RecordDecoder {
     }
 }
 
+/// Where a source task's Avro decoders get writer schemas: its registry, asked while
+/// the task runs. An outage is waited out (retried with backoff, reported through the
+/// task's [`Probe`]) until it lasts `registry.outage_timeout` or the task is stopped,
+/// and both end the source with an error, never with records reported bad.
+#[derive(Clone)]
+pub(super) struct Schemas {
+    client: Arc<RegistryClient>,
+    task: TaskInfo,
+    /// The task's row in the health table, shared by its workers; made at the first
+    /// request, so a task that never needs the registry is not listed as connecting.
+    probe: Arc<std::sync::OnceLock<Probe>>,
+    stop: StopSignal,
+}
+
+impl Schemas {
+    /// Task `task`'s view of `client`.
+    pub(super) fn new(client: Arc<RegistryClient>, task: &TaskInfo, stop: &StopSignal) -> Self {
+        Schemas {
+            client,
+            task: task.clone(),
+            probe: Default::default(),
+            stop: stop.clone(),
+        }
+    }
+
+    /// The writer schema of `id`; `None` when the registry answers that no schema has
+    /// this id.
+    async fn fetch(&self, id: u32) -> Result<Option<String>> {
+        let probe = self.probe.get_or_init(|| {
+            Probe::new(
+                &self.task.pipeline,
+                format!("{}[{}]", self.task.node, self.task.partition),
+                "schema-registry",
+            )
+        });
+        let mut stop = self.stop.clone();
+        let fetched = self
+            .client
+            .wait_out(probe, stop.raised(), || self.client.schema_by_id(id))
+            .await;
+        match fetched {
+            Ok(text) => Ok(Some(text)),
+            Err(RegistryError::SchemaIdNotFound(_)) => Ok(None),
+            Err(e) => Err(e.in_table(&self.task.node).into()),
+        }
+    }
+}
+
 /// Avro records in the Confluent wire format (magic byte 0, 4-byte big-endian schema
 /// id, Avro binary body), decoded straight into Arrow by `arrow-avro` with the writer
 /// schema fetched from the registry by id (and cached). With a reader schema
@@ -366,7 +422,7 @@ impl RecordDecoder {
 /// are kept (the decoder is rebuilt and fed their bytes again, since a failed decode
 /// may leave half a row behind).
 pub(super) struct AvroDecoder {
-    registry: Arc<str>,
+    registry: Schemas,
     reader_schema: Option<Arc<str>>,
     target: SchemaRef,
     batch_size: usize,
@@ -382,7 +438,7 @@ pub(super) struct AvroDecoder {
 
 impl AvroDecoder {
     fn new(
-        registry: Arc<str>,
+        registry: Schemas,
         reader_schema: Option<Arc<str>>,
         target: SchemaRef,
         batch_size: usize,
@@ -464,12 +520,20 @@ impl AvroDecoder {
         if self.current.as_ref().map(|c| c.0) != Some(id) {
             self.drain_current()?;
             if !self.schemas.contains_key(&id) {
-                match crate::registry::client::schema_by_id(&self.registry, id).await {
-                    Ok(text) => {
+                // Waits out an outage; fails the source if it lasts.
+                match self.registry.fetch(id).await? {
+                    Some(text) => {
                         self.schemas.insert(id, text);
                     }
-                    Err(e) => {
-                        bad.report(BadRecordReason::SchemaMismatch, &e.to_string(), payload);
+                    None => {
+                        bad.report(
+                            BadRecordReason::SchemaMismatch,
+                            &format!(
+                                "schema id {id} does not exist in the registry {} (error code 40403)",
+                                self.registry.client.url()
+                            ),
+                            payload,
+                        );
                         return Ok(false);
                     }
                 }

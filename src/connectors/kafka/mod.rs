@@ -72,6 +72,7 @@ mod probe;
 mod transactions;
 use crate::engine::{Sink, SinkFactory, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
+use crate::registry::client::RegistryClient;
 use transactions::Transactions;
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
@@ -125,22 +126,40 @@ fn client_config(opts: &mut Options, env: &ConnectorEnv) -> Result<(ClientConfig
 }
 
 /// `format` (`json`, the default, or `avro`) and, for Avro in the Confluent wire
-/// format, the registry: `schema_registry_url`, else the configured one
-/// (`[registry] url`). `Some(url)` for Avro.
-fn avro_registry(opts: &mut Options, env: &ConnectorEnv) -> Result<Option<Arc<str>>> {
+/// format, the registry's client: `schema_registry_url`, else the configured one
+/// (`[registry] url`), with `[registry]`'s settings, `schema_registry_basic_auth_user_info`
+/// and `schema_registry_ca_file` overriding theirs. `Some(client)` for Avro.
+fn avro_registry(opts: &mut Options, env: &ConnectorEnv) -> Result<Option<Arc<RegistryClient>>> {
     let format = opts.get("format").unwrap_or_else(|| "json".into());
     let url = opts
         .get("schema_registry_url")
         .or_else(|| env.registry_url.clone());
+    let mut settings = env.registry.clone();
+    if let Some(info) = opts.get("schema_registry_basic_auth_user_info") {
+        settings.basic_auth_user_info = Some(info);
+    }
+    if let Some(file) = opts.get("schema_registry_ca_file") {
+        settings.ca_file = Some(file.into());
+    }
     match (format.as_str(), url) {
         ("json", _) => Ok(None),
-        ("avro", Some(url)) => Ok(Some(url.as_str().into())),
+        ("avro", Some(url)) => RegistryClient::new(&url, &settings)
+            .map(|c| Some(Arc::new(c)))
+            .map_err(|e| e.in_table(&opts.table).into()),
         ("avro", None) => Err(opts.invalid(
             "format",
             "avro",
             "Avro in the Confluent wire format needs schema_registry_url",
         )),
         (other, _) => Err(opts.invalid("format", other, "expected json or avro")),
+    }
+}
+
+/// `tributary check` of an Avro table: its registry answers and takes the credentials.
+async fn check_registry(table: &str, registry: Option<&RegistryClient>) -> Result<()> {
+    match registry {
+        Some(r) => r.check().await.map_err(|e| e.in_table(table).into()),
+        None => Ok(()),
     }
 }
 
@@ -294,8 +313,8 @@ struct KafkaSourceFactory {
     schema: SchemaRef,
     /// Columns filled from the record's key, offset, headers… (`metadata.*`).
     meta: MetadataColumns,
-    /// Avro in the Confluent wire format: the registry's URL.
-    avro: Option<Arc<str>>,
+    /// Avro in the Confluent wire format: the registry.
+    avro: Option<Arc<RegistryClient>>,
     /// The Avro schema records are read as (`schema_file`), resolving each writer's.
     reader_schema: Option<Arc<str>>,
 }
@@ -324,7 +343,7 @@ impl SourceFactory for KafkaSourceFactory {
             self.topic,
             self.config.get("bootstrap.servers").unwrap_or("?"),
             match &self.avro {
-                Some(url) => format!("Avro, schemas from {url}"),
+                Some(registry) => format!("Avro, schemas from {}", registry.url()),
                 None => "JSON".into(),
             },
             self.start,
@@ -338,6 +357,11 @@ impl SourceFactory for KafkaSourceFactory {
         } else {
             format!("; metadata: {}", self.meta.describe())
         }
+    }
+
+    /// The registry answers and takes the credentials (Avro).
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(check_registry(&self.table, self.avro.as_deref()))
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
@@ -389,7 +413,7 @@ struct KafkaSource {
     consumer: Arc<StreamConsumer<Watch>>,
     probe: crate::health::Probe,
     meta: MetadataColumns,
-    avro: Option<Arc<str>>,
+    avro: Option<Arc<RegistryClient>>,
     reader_schema: Option<Arc<str>>,
     /// The partitions this task reads: a batch holds one partition's rows, so the
     /// watermark can follow the slowest partition.
@@ -585,13 +609,17 @@ impl KafkaSource {
         // A decoding worker per partition, up to the cores there are: decoding is most
         // of a record's cost, and the polling task needs little of a core.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let schemas = self
+            .avro
+            .clone()
+            .map(|registry| decode::Schemas::new(registry, &self.task, &ctx.stop));
         let mut decoding = Decoding::start(
             &self.table,
             self.assigned.len().min(cores),
             || {
                 RecordDecoder::new(
                     self.meta.value_schema().clone(),
-                    self.avro.clone(),
+                    schemas.clone(),
                     self.reader_schema.clone(),
                     ctx.batch.size,
                 )
@@ -1022,8 +1050,8 @@ struct KafkaSinkFactory {
     upsert: bool,
     /// Create the topic (partitions, replication, configs) if it does not exist.
     create: Option<TopicSpec>,
-    /// Avro in the Confluent wire format: the registry's URL.
-    avro: Option<Arc<str>>,
+    /// Avro in the Confluent wire format: the registry.
+    avro: Option<Arc<RegistryClient>>,
     contract: Option<Contract>,
     cloudevents: Option<CloudEvents>,
     /// Transactional ids are `<prefix>-<task>`; by default the prefix is
@@ -1044,6 +1072,11 @@ impl SinkFactory for KafkaSinkFactory {
                 .map(|k| format!(", keyed by {k}"))
                 .unwrap_or_default()
         )
+    }
+
+    /// The registry answers and takes the credentials (Avro).
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(check_registry(&self.table, self.avro.as_deref()))
     }
 
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
@@ -1136,7 +1169,7 @@ struct KafkaSink {
     create: Option<TopicSpec>,
     /// Avro: the registry, and the encoder made at the first write (its schema
     /// registered under `<topic>-value`).
-    avro: Option<(Arc<str>, Option<arrow_avro::writer::Encoder>)>,
+    avro: Option<(Arc<RegistryClient>, Option<arrow_avro::writer::Encoder>)>,
     contract: Option<Contract>,
     cloudevents: Option<CloudEvents>,
     id_prefix: String,
@@ -1232,12 +1265,21 @@ impl KafkaSink {
                 )?,
             };
             let subject = format!("{}-value", self.topic);
-            let (status, reply) = crate::registry::client::post_json(
-                registry,
-                &format!("/subjects/{subject}/versions"),
-                &serde_json::json!({ "schema": schema.json_string }),
-            )
-            .await?;
+            let path = format!("/subjects/{subject}/versions");
+            let body = serde_json::json!({ "schema": schema.json_string });
+            // An outage is waited out (the sink holds its input meanwhile); only while
+            // registering, so the probe leaves the health table afterwards.
+            let probe = crate::health::Probe::new(
+                &self.task.pipeline,
+                format!("{}[{}]", self.task.node, self.task.partition),
+                "schema-registry",
+            );
+            let (status, reply) = registry
+                .wait_out(&probe, futures::future::pending(), || {
+                    registry.post_json(&path, &body)
+                })
+                .await
+                .map_err(|e| e.in_table(&self.table))?;
             let id = match (status, reply["id"].as_u64()) {
                 (200, Some(id)) => id as u32,
                 _ => {

@@ -1,0 +1,286 @@
+//! A schema registry outage is not bad data: an Avro Kafka source (checkpoints every
+//! second) whose registry is unavailable holds its records — none reported bad, no
+//! checkpoint past them — says so (log, metric), and reads every record exactly once
+//! when the registry comes; after `registry.outage_timeout` it fails naming the
+//! registry, and neither that failure nor a `kill -9` during the outage loses a record.
+//!
+//! The topic is written by a pipeline's Avro Kafka sink into a built-in registry
+//! (`tributary registry`, state in `reg/`), which is then stopped; the reading
+//! pipelines name a free port, where the same registry is started again (same state)
+//! when the test wants it back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::*;
+use crate::kafka::{bootstrap, fresh_topic};
+use crate::registry::{free_port, start_registry, start_registry_on};
+
+const ROWS: usize = 600;
+
+/// Writes `ROWS` generated order events as Avro to a new topic of 2 partitions (schema
+/// registered in a built-in registry kept in `d/reg`, stopped afterwards) and the same
+/// events as JSON lines to `d/expected/rows.jsonl`; returns the topic.
+fn avro_topic(d: &Path) -> String {
+    let servers = bootstrap();
+    let topic = fresh_topic("outage.orders");
+    let (registry, url) = start_registry(d);
+    let table = |name: &str| {
+        format!(
+            "CREATE TABLE {name} WITH (connector = 'generator', stream = 'orders', seed = '11', \
+               count = '{ROWS}', rate = '0');\n"
+        )
+    };
+    write(
+        &d.join("produce.sql"),
+        &format!(
+            "{}{}\
+             CREATE TABLE out WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
+               topic = '{topic}', partitions = '2', format = 'avro', schema_registry_url = '{url}');\n\
+             CREATE TABLE expected WITH (connector = 'file', path = 'expected/rows.jsonl');\n\
+             INSERT INTO out SELECT event_id, order_id FROM orders;\n\
+             INSERT INTO expected SELECT event_id, order_id FROM copy;\n",
+            table("orders"),
+            table("copy"),
+        ),
+    );
+    ok(&run(d, &["run", "produce.sql"]));
+    drop(registry);
+    topic
+}
+
+/// `consume.yaml`: the topic read (bounded) as Avro with schemas from `registry`,
+/// into `out/rows.jsonl`, with checkpoints every second.
+fn consume_pipeline(d: &Path, topic: &str, registry: &str) {
+    write(
+        &d.join("consume.sql"),
+        &format!(
+            "CREATE TABLE events (event_id VARCHAR, order_id BIGINT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{}', topic = '{topic}', bounded = 'true', offset = 'earliest', \
+               format = 'avro', schema_registry_url = '{registry}');\n\
+             CREATE TABLE out WITH (connector = 'file', path = 'out/rows.jsonl');\n\
+             INSERT INTO out SELECT * FROM events;\n",
+            bootstrap()
+        ),
+    );
+    write(
+        &d.join("consume.yaml"),
+        "name: consume\nsql: consume.sql\ncheckpoint: { interval: 1s, dir: checkpoints }\n",
+    );
+}
+
+/// Asserts that the pipeline's output holds every produced row exactly once.
+fn assert_every_row_once(d: &Path) {
+    let expected = json_lines(&d.join("expected/rows.jsonl"));
+    assert_eq!(expected.len(), ROWS);
+    let got = json_lines(&d.join("out/rows.jsonl"));
+    assert_eq!(
+        canonical(&got),
+        canonical(&expected),
+        "every record read exactly once"
+    );
+}
+
+/// The `pipeline finished` log line's bad-record count, asserting the pipeline ended
+/// well and no record was dropped as bad.
+fn assert_no_bad_records(stderr: &str) {
+    assert!(
+        !stderr.contains("bad record dropped"),
+        "no record is bad for an outage:\n{stderr}"
+    );
+    if let Some(done) = log_event(stderr, "pipeline finished") {
+        assert_eq!(done["bad_records"], 0, "{stderr}");
+    }
+}
+
+/// Offsets the latest committed checkpoint in `checkpoints` holds for source `node`,
+/// summed over partitions (0 without a checkpoint).
+fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
+    let Some(latest) = std::fs::read_dir(checkpoints).ok().and_then(|d| {
+        d.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| e.path().file_stem()?.to_str()?.parse::<u64>().ok())
+            .max()
+    }) else {
+        return 0;
+    };
+    std::fs::read_dir(checkpoints.join(format!("{latest:020}")).join(node))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| {
+                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&b).ok()
+                })
+                .flat_map(|m| m.into_values())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `GET /metrics` of the admin endpoint at `addr`.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn records_wait_for_an_unavailable_registry_and_each_arrives_once_when_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = avro_topic(d);
+    let port = free_port();
+    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+
+    let mut run = Running::start(d, &["consume.yaml"]);
+    let retrying = run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
+    assert_eq!(retrying["kind"], "schema-registry", "{retrying}");
+    assert_eq!(retrying["pipeline"], "consume", "{retrying}");
+    assert!(
+        retrying["component"]
+            .as_str()
+            .unwrap()
+            .starts_with("events["),
+        "{retrying}"
+    );
+    // The outage in the metrics: the component is down. (The admin endpoint's address
+    // was logged before the pipeline started.)
+    let admin = run
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin endpoint"))
+        })
+        .expect("the admin endpoint's address is logged");
+    let metrics = scrape(admin["addr"].as_str().unwrap());
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tributary_component_up{")
+                && l.contains("kind=\"schema-registry\"")
+                && l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        !run.seen.iter().any(|l| l.contains("bad record dropped")),
+        "nothing is bad while the registry is away:\n{}",
+        run.seen.join("\n")
+    );
+
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = run.wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        log_event(&stderr, "reachable again").is_some(),
+        "the end of the outage is logged:\n{stderr}"
+    );
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
+}
+
+#[test]
+fn an_outage_longer_than_outage_timeout_fails_the_pipeline_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = avro_topic(d);
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    consume_pipeline(d, &topic, &url);
+
+    let run = Running::start(d, &["--set", "registry.outage_timeout=2s", "consume.yaml"]);
+    let (code, stderr) = run.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "the pipeline fails:\n{stderr}");
+    // (The source's error is reported as its task's, ENG001, carrying REG027.)
+    assert!(
+        stderr.contains("\"code\":\"REG027\"")
+            && stderr.contains(&format!(
+                "table events: schema registry {url} has been unavailable"
+            ))
+            && stderr.contains("registry.outage_timeout"),
+        "a clear error naming the registry and the setting:\n{stderr}"
+    );
+    assert!(stderr.contains("table events"), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_eq!(
+        checkpointed_offsets(&d.join("checkpoints"), "events"),
+        0,
+        "no checkpoint passed the records not decoded"
+    );
+
+    // Run again with the registry there: nothing was skipped.
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
+}
+
+#[test]
+fn killed_during_an_outage_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = avro_topic(d);
+    let port = free_port();
+    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+
+    let mut run = Running::start(d, &["consume.yaml"]);
+    run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
+    // The outage lasts three checkpoint intervals: checkpoints fall due meanwhile (a
+    // scenario's length, not a wait for an event).
+    std::thread::sleep(Duration::from_secs(3));
+    run.child.kill().unwrap(); // SIGKILL
+    run.child.wait().unwrap();
+    assert_eq!(
+        checkpointed_offsets(&d.join("checkpoints"), "events"),
+        0,
+        "no checkpoint passed the records held during the outage"
+    );
+
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
+}
+
+/// A stop (SIGTERM) during the outage ends the source with an error (REG028) rather
+/// than a final checkpoint: nothing reported bad, no checkpoint past the records held,
+/// and a restart with the registry back reads them all.
+#[test]
+fn stopped_during_an_outage_the_records_held_are_read_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let topic = avro_topic(d);
+    let port = free_port();
+    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+
+    let mut run = Running::start(d, &["consume.yaml"]);
+    run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
+    run.sigterm();
+    // Within a deadline far below registry.outage_timeout (5 min): the stop ends the wait.
+    let (code, stderr) = run.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("\"code\":\"REG028\""), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_eq!(
+        checkpointed_offsets(&d.join("checkpoints"), "events"),
+        0,
+        "no checkpoint passed the records held during the outage"
+    );
+
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
+}
