@@ -1,0 +1,930 @@
+//! The Kafka sink: rows as records (JSON or Avro, keyed and partitioned like the Java
+//! client), appended or upserted, at-least-once or in transactions committed with
+//! checkpoints (`transactions.rs`). The invariants are in the module docs of
+//! `kafka/mod.rs`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::client::Watch;
+use super::decode::conform;
+use super::probe;
+use super::transactions::{self, Transactions};
+use super::{
+    DEFAULT_COMMIT_TOPIC, REQUEST_TIMEOUT, Result, avro_registry, check_registry, client_config,
+    kafka_error, read_avro_schema,
+};
+use crate::connectors::{ConnectorError, Options, TableRequest};
+use crate::engine::{Sink, SinkFactory, TaskInfo};
+use crate::registry::client::RegistryClient;
+
+/// Whether a failed transaction is worth another try: anything but a fatal
+/// transaction error (fenced, unauthorised) and records the cluster will never take.
+fn transient(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => !t.is_fatal(),
+        KafkaError::MessageProduction(code) => !matches!(
+            code,
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fatal
+        ),
+        // The commit topic's creation (the admin request timed out, …).
+        KafkaError::AdminOp(code) => !matches!(
+            code,
+            RDKafkaErrorCode::TopicAuthorizationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+        ),
+        KafkaError::AdminOpCreation(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the transactional producer itself is finished (fatal error, fenced).
+fn fenced(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        KafkaError::MessageProduction(code) => matches!(
+            code,
+            RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::Fatal
+        ),
+        _ => false,
+    }
+}
+
+/// Builds the sink of a `connector = 'kafka'` table.
+pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
+    let (mut config, topic) = client_config(opts, req.env)?;
+    let avro = avro_registry(opts, req.env)?;
+    let contract = match opts.get("schema_file") {
+        None => None,
+        Some(_) if avro.is_none() => {
+            return Err(opts.invalid(
+                "schema_file",
+                "",
+                "a writer schema applies to format = 'avro'",
+            ));
+        }
+        Some(file) => {
+            let text = read_avro_schema(opts, req.base_dir, &file)?;
+            Some(Contract::new(text).map_err(|e| opts.invalid("schema_file", &file, e))?)
+        }
+    };
+    let key_field = opts.get("key_field");
+    if let (Some(k), Some(schema)) = (&key_field, &req.schema)
+        && schema.index_of(k).is_err()
+    {
+        let v = k.clone();
+        return Err(opts.invalid("key_field", &v, "no such column in the table"));
+    }
+    // A changelog as written: rows with their `_op` (append), or the table's current
+    // state by key (upsert: a compacted topic's view).
+    let upsert = match opts.get("changelog").as_deref() {
+        None | Some("append") => false,
+        Some("upsert") if key_field.is_some() => true,
+        Some("upsert") => {
+            return Err(opts.invalid(
+                "changelog",
+                "upsert",
+                "an upsert topic is keyed: set key_field to the result's key",
+            ));
+        }
+        Some(other) => {
+            let v = other.to_string();
+            return Err(opts.invalid("changelog", &v, "expected append or upsert"));
+        }
+    };
+    let compression = opts.get("compression").unwrap_or_else(|| "lz4".into());
+    if !["none", "gzip", "snappy", "lz4"].contains(&compression.as_str()) {
+        let v = compression.clone();
+        return Err(opts.invalid("compression", &v, "expected none, gzip, snappy or lz4"));
+    }
+    // Java's default (murmur2 of the key bytes), so a key lands on the partition a
+    // Java or Kafka Streams producer would pick: co-partitioning across clients.
+    let partitioner = opts
+        .get("partitioner")
+        .unwrap_or_else(|| "murmur2_random".into());
+    const PARTITIONERS: [&str; 7] = [
+        "murmur2_random",
+        "murmur2",
+        "consistent_random",
+        "consistent",
+        "fnv1a_random",
+        "fnv1a",
+        "random",
+    ];
+    if !PARTITIONERS.contains(&partitioner.as_str()) {
+        let v = partitioner.clone();
+        return Err(opts.invalid(
+            "partitioner",
+            &v,
+            format!("expected one of {}", PARTITIONERS.join(", ")),
+        ));
+    }
+    let partitions: Option<i32> = match opts.get("partitions") {
+        None => None,
+        Some(v) => Some(
+            v.trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| opts.invalid("partitions", &v, "a positive number"))?,
+        ),
+    };
+    let replication = opts.parse::<i32>("replication_factor", 1)?;
+    // Topic-level settings for a topic this sink creates: `retention`, and any topic
+    // config as `topic.<name>` (e.g. `topic.cleanup.policy = 'compact'`).
+    let mut topic_configs = opts.prefixed("topic.");
+    if let Some(r) = opts.get("retention") {
+        let ms = match r.trim() {
+            "infinite" => -1,
+            v => crate::connectors::parse_duration(v)
+                .map_err(|e| opts.invalid("retention", &r, e))?
+                .as_millis() as i64,
+        };
+        topic_configs.push(("retention.ms".into(), ms.to_string()));
+    }
+    let create = match partitions {
+        Some(partitions) => Some(TopicSpec {
+            partitions,
+            replication,
+            configs: topic_configs,
+        }),
+        None if !topic_configs.is_empty() => {
+            let (k, v) = topic_configs.swap_remove(0);
+            return Err(opts.invalid(
+                if k == "retention.ms" {
+                    "retention"
+                } else {
+                    "topic."
+                },
+                &v,
+                "topic settings apply when the sink creates its topic: set partitions too",
+            ));
+        }
+        None => None,
+    };
+    // The CloudEvents Kafka protocol binding, binary mode: the event's attributes in
+    // `ce_*` headers, so consumers that do not read the payload can route on type.
+    let cloudevents = opts.get("cloudevents_type").map(|ty| CloudEvents {
+        source: format!("tributary/{}", req.table),
+        ty,
+    });
+    let cloudevents = match (cloudevents, opts.get("cloudevents_source")) {
+        (Some(ce), Some(source)) => Some(CloudEvents { source, ..ce }),
+        (ce, None) => ce,
+        (None, Some(v)) => {
+            return Err(opts.invalid(
+                "cloudevents_source",
+                &v,
+                "set cloudevents_type too (it turns the CloudEvents headers on)",
+            ));
+        }
+    };
+    // Exactly-once pipelines: the transactional ids (`<prefix>-<task>`) and the
+    // topic of the markers that say which checkpoint's output committed.
+    let transactional_id_prefix = opts.get("transactional_id_prefix");
+    let commit_topic = opts
+        .get("commit_topic")
+        .unwrap_or_else(|| DEFAULT_COMMIT_TOPIC.into());
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", compression)
+        .set("partitioner", partitioner)
+        .set("linger.ms", "5");
+    Ok(Arc::new(KafkaSinkFactory {
+        table: req.table.to_string(),
+        config,
+        topic,
+        key_field,
+        upsert,
+        create,
+        avro,
+        contract,
+        cloudevents,
+        transactional_id_prefix,
+        commit_topic,
+    }))
+}
+
+/// The Avro schema a sink writes (`schema_file`, e.g. one of `schemas/`): the
+/// contract its consumers read, registered as is, instead of a schema derived from
+/// the query's columns.
+#[derive(Debug, Clone)]
+struct Contract {
+    text: Arc<str>,
+    /// The Arrow columns the contract's fields decode into (arrow-avro's mapping),
+    /// with the contract itself under `avro.schema` so the encoder writes it verbatim.
+    arrow: SchemaRef,
+}
+
+impl Contract {
+    fn new(text: Arc<str>) -> Result<Self, String> {
+        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+        store
+            .set(Fingerprint::Id(0), AvroSchema::new(text.to_string()))
+            .map_err(|e| e.to_string())?;
+        let decoder = arrow_avro::reader::ReaderBuilder::new()
+            .with_writer_schema_store(store)
+            .with_active_fingerprint(Fingerprint::Id(0))
+            .build_decoder()
+            .map_err(|e| e.to_string())?;
+        let columns = decoder.schema();
+        let mut metadata = columns.metadata().clone();
+        metadata.insert(
+            arrow_avro::schema::SCHEMA_METADATA_KEY.into(),
+            text.to_string(),
+        );
+        Ok(Contract {
+            text,
+            arrow: Arc::new(arrow::datatypes::Schema::new_with_metadata(
+                columns.fields().clone(),
+                metadata,
+            )),
+        })
+    }
+
+    /// Refuses, at plan time, a query whose columns do not make the contract's
+    /// fields: each field needs a column of its name, of a type that casts to the
+    /// field's, and not nullable where the field is not; no other column but the key.
+    fn check(&self, table: &str, schema: &SchemaRef, key: Option<&str>) -> Result<()> {
+        let mut problems = Vec::new();
+        for f in self.arrow.fields() {
+            match schema.field_with_name(f.name()) {
+                Err(_) => problems.push(format!("no column {} ({})", f.name(), f.data_type())),
+                Ok(c) if !arrow::compute::can_cast_types(c.data_type(), f.data_type()) => problems
+                    .push(format!(
+                        "column {} is {}, the contract has {}",
+                        f.name(),
+                        c.data_type(),
+                        f.data_type()
+                    )),
+                Ok(c) if c.is_nullable() && !f.is_nullable() => problems.push(format!(
+                    "column {} may be NULL and the contract's field is not nullable (use COALESCE)",
+                    f.name()
+                )),
+                Ok(_) => {}
+            }
+        }
+        for c in schema.fields() {
+            if self.arrow.field_with_name(c.name()).is_err() && Some(c.name().as_str()) != key {
+                problems.push(format!("column {} is not in the contract", c.name()));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConnectorError::Schema {
+            table: table.into(),
+            message: format!(
+                "the query does not fit schema_file: {}",
+                problems.join("; ")
+            ),
+        }
+        .into())
+    }
+}
+
+/// CloudEvents attributes a sink puts on every record.
+#[derive(Debug, Clone)]
+struct CloudEvents {
+    ty: String,
+    source: String,
+}
+
+impl CloudEvents {
+    /// The binary-mode headers of the event with id `id`, sent now.
+    fn headers(&self, id: &str, avro: bool) -> rdkafka::message::OwnedHeaders {
+        let time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let content_type = if avro {
+            "application/avro"
+        } else {
+            "application/json"
+        };
+        [
+            ("ce_specversion", "1.0"),
+            ("ce_id", id),
+            ("ce_source", self.source.as_str()),
+            ("ce_type", self.ty.as_str()),
+            ("ce_time", time.as_str()),
+            ("content-type", content_type),
+        ]
+        .into_iter()
+        .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value),
+            })
+        })
+    }
+}
+
+struct KafkaSinkFactory {
+    table: String,
+    config: ClientConfig,
+    topic: String,
+    key_field: Option<String>,
+    /// `changelog = 'upsert'`: see [`KafkaSink::upsert`].
+    upsert: bool,
+    /// Create the topic (partitions, replication, configs) if it does not exist.
+    create: Option<TopicSpec>,
+    /// Avro in the Confluent wire format: the registry.
+    avro: Option<Arc<RegistryClient>>,
+    contract: Option<Contract>,
+    cloudevents: Option<CloudEvents>,
+    /// Transactional ids are `<prefix>-<task>`; by default the prefix is
+    /// `tributary-<pipeline>-<table>`, stable across restarts.
+    transactional_id_prefix: Option<String>,
+    commit_topic: String,
+}
+
+impl SinkFactory for KafkaSinkFactory {
+    fn describe(&self) -> String {
+        format!(
+            "kafka: topic {} at {} ({}{}, idempotent producer; transactions when exactly-once)",
+            self.topic,
+            self.config.get("bootstrap.servers").unwrap_or("?"),
+            if self.avro.is_some() { "Avro" } else { "JSON" },
+            self.key_field
+                .as_ref()
+                .map(|k| format!(", keyed by {k}"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// The registry answers and takes the credentials (Avro).
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(check_registry(&self.table, self.avro.as_deref()))
+    }
+
+    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        if let Some(k) = &self.key_field
+            && schema.index_of(k).is_err()
+        {
+            return Err(ConnectorError::Schema {
+                table: self.table.clone(),
+                message: format!("key_field {k}: the query has no such column"),
+            }
+            .into());
+        }
+        match &self.contract {
+            Some(c) => c.check(&self.table, schema, self.key_field.as_deref()),
+            None => Ok(()),
+        }
+    }
+
+    /// A changelog is written as records with their `_op`, in order per key (keyed
+    /// by `key_field`), or, with `changelog = 'upsert'`, as the latest row per key.
+    fn accepts_changelog(&self) -> bool {
+        true
+    }
+
+    fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
+        let producer: FutureProducer = self
+            .config
+            .create()
+            .map_err(|e| kafka_error(&self.table, "creating the producer", e))?;
+        let probe = probe::task_probe(task);
+        let recheck = probe::recheck_sink(probe.clone(), &producer);
+        let key = self
+            .key_field
+            .as_ref()
+            .and_then(|k| schema.index_of(k).ok());
+        Ok(Box::new(KafkaSink {
+            table: self.table.clone(),
+            topic: self.topic.clone(),
+            config: self.config.clone(),
+            producer,
+            key,
+            upsert: self.upsert,
+            pending: Vec::new(),
+            create: self.create.clone(),
+            avro: self.avro.clone().map(|url| (url, None)),
+            contract: self.contract.clone(),
+            cloudevents: self.cloudevents.clone(),
+            // Event ids: this sink instance's random prefix and a counter.
+            id_prefix: format!("{:016x}", rand::random::<u64>()),
+            sent: 0,
+            task: task.clone(),
+            transactional_id_prefix: self
+                .transactional_id_prefix
+                .clone()
+                .unwrap_or_else(|| format!("tributary-{}-{}", task.pipeline, task.node)),
+            commit_topic: self.commit_topic.clone(),
+            txn: None,
+            abort_pending: false,
+            probe,
+            _recheck: recheck,
+        }))
+    }
+}
+
+/// A topic the sink creates if it does not exist (Kafka Admin API).
+#[derive(Debug, Clone)]
+struct TopicSpec {
+    partitions: i32,
+    replication: i32,
+    /// Topic configs, e.g. `retention.ms`.
+    configs: Vec<(String, String)>,
+}
+
+struct KafkaSink {
+    table: String,
+    topic: String,
+    config: ClientConfig,
+    /// The idempotent producer (at-least-once); see [`KafkaSink::producer`].
+    producer: FutureProducer,
+    key: Option<usize>,
+    /// Upsert: a changelog's `+I`/`+U` rows are written without their `_op` and its
+    /// `-U`/`-D` rows as tombstones (no value) under their key, so a compacted topic
+    /// (and any consumer keeping the latest value per key) holds the current result.
+    /// A `-U` followed by its `+U` leaves the new row; a `-U` alone (a `HAVING` that
+    /// stopped holding) deletes the key. Replays rewrite the same values: idempotent
+    /// by key.
+    upsert: bool,
+    pending: Vec<rdkafka::producer::DeliveryFuture>,
+    /// Create the topic before the first write.
+    create: Option<TopicSpec>,
+    /// Avro: the registry, and the encoder made at the first write (its schema
+    /// registered under `<topic>-value`).
+    avro: Option<(Arc<RegistryClient>, Option<arrow_avro::writer::Encoder>)>,
+    contract: Option<Contract>,
+    cloudevents: Option<CloudEvents>,
+    id_prefix: String,
+    sent: u64,
+    task: TaskInfo,
+    transactional_id_prefix: String,
+    commit_topic: String,
+    /// Exactly-once: the transactional side (write-ahead of uncommitted output).
+    txn: Option<Transactions>,
+    /// A failed transaction whose abort has not been confirmed yet.
+    abort_pending: bool,
+    probe: crate::health::Probe,
+    _recheck: probe::Recheck,
+}
+
+impl KafkaSink {
+    async fn ensure_topic(&mut self) -> Result<()> {
+        let Some(TopicSpec {
+            partitions,
+            replication,
+            configs,
+        }) = self.create.take()
+        else {
+            return Ok(());
+        };
+        let watch = Watch::default();
+        let admin: AdminClient<Watch> = self
+            .config
+            .create_with_context(watch.clone())
+            .map_err(|e| kafka_error(&self.table, "creating the admin client", e))?;
+        let mut topic = NewTopic::new(
+            &self.topic,
+            partitions,
+            TopicReplication::Fixed(replication),
+        );
+        for (k, v) in &configs {
+            topic = topic.set(k, v);
+        }
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT)),
+            )
+            .await
+            .map_err(|e| kafka_error(&self.table, "creating the topic", watch.explain(e)))?;
+        for r in results {
+            match r {
+                Ok(_) => {
+                    tracing::info!(topic = %self.topic, partitions, replication, "created topic")
+                }
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(kafka_error(
+                        &self.table,
+                        &format!("creating topic {t}"),
+                        code,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each row of `batch` as a record value: a JSON object, or Avro in the Confluent
+    /// wire format (the batch's schema registered under `<topic>-value` at the first
+    /// write; a schema the registry refuses as incompatible fails the pipeline).
+    async fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<bytes::Bytes>> {
+        let Some((registry, encoder)) = self.avro.as_mut() else {
+            let mut buf = Vec::new();
+            crate::formats::json::encode_json_lines(batch, &mut buf)?;
+            return Ok(buf
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(bytes::Bytes::copy_from_slice)
+                .collect());
+        };
+        let avro_error = |e: arrow_avro::errors::AvroError| {
+            crate::engine::EngineError::User(format!("Avro: {e}"))
+        };
+        let contracted;
+        let batch = match &self.contract {
+            Some(c) => {
+                contracted = conform(batch, &c.arrow)?;
+                &contracted
+            }
+            None => batch,
+        };
+        if encoder.is_none() {
+            let schema = match &self.contract {
+                Some(c) => arrow_avro::schema::AvroSchema::new(c.text.to_string()),
+                None => arrow_avro::schema::AvroSchema::try_from(batch.schema().as_ref()).map_err(
+                    |e| crate::engine::EngineError::arrow("deriving the Avro schema", e),
+                )?,
+            };
+            let subject = format!("{}-value", self.topic);
+            let path = format!("/subjects/{subject}/versions");
+            let body = serde_json::json!({ "schema": schema.json_string });
+            // An outage is waited out (the sink holds its input meanwhile); only while
+            // registering, so the probe leaves the health table afterwards.
+            let probe = crate::health::Probe::new(
+                &self.task.pipeline,
+                format!("{}[{}]", self.task.node, self.task.partition),
+                "schema-registry",
+            );
+            let (status, reply) = registry
+                .wait_out(&probe, futures::future::pending(), || {
+                    registry.post_json(&path, &body)
+                })
+                .await
+                .map_err(|e| e.in_table(&self.table))?;
+            let id = match (status, reply["id"].as_u64()) {
+                (200, Some(id)) => id as u32,
+                _ => {
+                    return Err(kafka_error(
+                        &self.table,
+                        &format!("registering the schema of {subject}"),
+                        format!(
+                            "HTTP {status}: {}",
+                            reply["message"].as_str().unwrap_or("no id in the reply")
+                        ),
+                    ));
+                }
+            };
+            *encoder = Some(
+                arrow_avro::writer::WriterBuilder::new(batch.schema().as_ref().clone())
+                    .with_fingerprint_strategy(arrow_avro::schema::FingerprintStrategy::Id(id))
+                    .build_encoder::<arrow_avro::writer::format::AvroSoeFormat>()
+                    .map_err(avro_error)?,
+            );
+        }
+        let encoder = encoder.as_mut().expect("made above");
+        encoder.encode(batch).map_err(avro_error)?;
+        Ok(encoder.flush().iter().collect())
+    }
+
+    /// Waits until every record sent is acknowledged.
+    async fn settle(&mut self) -> Result<()> {
+        self.settle_raw()
+            .await
+            .map_err(|e| kafka_error(&self.table, &format!("writing to {}", self.topic), e))
+    }
+
+    async fn settle_raw(&mut self) -> Result<(), KafkaError> {
+        for mut delivery in self.pending.drain(..) {
+            let delivered = loop {
+                match tokio::time::timeout(probe::STALLED, &mut delivery).await {
+                    Ok(delivered) => break delivered,
+                    Err(_) => self.probe.retrying(format!(
+                        "no delivery acknowledged for {} s",
+                        probe::STALLED.as_secs()
+                    )),
+                }
+            };
+            match delivered {
+                Ok(Ok(_)) => self.probe.up(),
+                Ok(Err((e, _))) => {
+                    self.probe.retrying(&e);
+                    return Err(e);
+                }
+                Err(_) => return Err(KafkaError::Canceled),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// The producer records go through: the transactional one when exactly-once.
+    fn producer(&self) -> &FutureProducer {
+        self.txn.as_ref().map_or(&self.producer, |t| &t.producer)
+    }
+
+    /// `batch` encoded as records: the key column (as text) and the value.
+    async fn records(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let op = batch
+            .schema()
+            .index_of(crate::engine::OP_COLUMN)
+            .ok()
+            .filter(|_| self.upsert);
+        let Some(op) = op else {
+            let payloads = self.encode(batch).await?;
+            return self.keyed(batch, payloads.into_iter().map(Some).collect());
+        };
+        // Upsert: the rows without their op; retractions become tombstones.
+        use arrow::array::AsArray;
+        let ops = batch.column(op).as_string::<i32>();
+        let data = batch
+            .project(&(0..op).collect::<Vec<_>>())
+            .map_err(|e| crate::engine::EngineError::arrow("setting the changelog op aside", e))?;
+        let payloads = self.encode(&data).await?;
+        let values = payloads
+            .into_iter()
+            .zip(ops.iter())
+            .map(|(p, op)| matches!(op, Some("+I" | "+U")).then_some(p))
+            .collect();
+        self.keyed(&data, values)
+    }
+
+    /// Encoded records: each row's key (from `key_field`) and value (`None`: a
+    /// tombstone).
+    fn keyed(
+        &self,
+        batch: &RecordBatch,
+        payloads: Vec<Option<bytes::Bytes>>,
+    ) -> Result<RecordBatch> {
+        let keys: ArrayRef = match self.key {
+            Some(i) => arrow::compute::cast(batch.column(i), &arrow::datatypes::DataType::Utf8)
+                .map_err(|e| crate::engine::EngineError::arrow("reading the key column", e))?,
+            None => arrow::array::new_null_array(&arrow::datatypes::DataType::Utf8, payloads.len()),
+        };
+        let values: ArrayRef = Arc::new(arrow::array::BinaryArray::from_iter(
+            payloads.iter().map(|p| p.as_deref()),
+        ));
+        RecordBatch::try_new(transactions::records_schema(), vec![keys, values])
+            .map_err(|e| crate::engine::EngineError::arrow("encoding records", e))
+    }
+
+    /// Hands `records` to the producer (waiting for deliveries when its queue is
+    /// full); `settle` waits for them.
+    async fn send(&mut self, records: &RecordBatch) -> Result<()> {
+        self.send_raw(records)
+            .await
+            .map_err(|e| kafka_error(&self.table, &format!("writing to {}", self.topic), e))
+    }
+
+    async fn send_raw(&mut self, records: &RecordBatch) -> Result<(), KafkaError> {
+        for row in 0..records.num_rows() {
+            let line = transactions::value_of(records, row);
+            let key = transactions::key_of(records, row);
+            loop {
+                let mut record = FutureRecord::<str, [u8]>::to(&self.topic);
+                if let Some(line) = line {
+                    record = record.payload(line);
+                }
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                if let Some(ce) = &self.cloudevents {
+                    record = record.headers(ce.headers(
+                        &format!("{}-{}", self.id_prefix, self.sent),
+                        self.avro.is_some(),
+                    ));
+                }
+                match self.producer().send_result(record) {
+                    Ok(delivery) => {
+                        self.pending.push(delivery);
+                        self.sent += 1;
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        // The producer's queue is full: wait for what is in flight.
+                        self.settle_raw().await?;
+                    }
+                    Err((e, _)) => {
+                        self.probe.retrying(&e);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `commit` in one transaction, again and again while the failure is
+    /// transient (brokers unreachable, a transaction the coordinator aborted after its
+    /// timeout): the pipeline waits for the cluster instead of failing, and output
+    /// stays held. A fatal error (this producer fenced by a newer one with the same
+    /// transactional id; refused authorisation; a record too large) fails the sink.
+    async fn transact(&mut self, commit: transactions::Commit) -> Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        let mut logged: Option<Instant> = None;
+        let mut restarts = 0;
+        loop {
+            let e = match self.transact_once(&commit).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if fenced(&e) && restarts < 3 {
+                // The producer is dead (its epoch was bumped: a transaction the broker
+                // aborted after its timeout, or another instance with this id). A new
+                // one sends the held records again; an instance really running twice
+                // fences this one again and it fails after three restarts.
+                tracing::warn!(table = %self.table, error = %e,
+                    "kafka transactional producer fenced; starting a new one");
+                restarts += 1;
+                let txn = self.txn.as_mut().expect("transactional");
+                txn.restart_producer()?;
+                self.pending.clear();
+                self.abort_pending = false;
+                continue;
+            }
+            if !transient(&e) {
+                return Err(kafka_error(&self.table, "a transaction", e));
+            }
+            self.probe.retrying(&e);
+            if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                tracing::warn!(table = %self.table, error = %e,
+                    "kafka transaction failed; retrying (output held until it commits)");
+                logged = Some(Instant::now());
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Sends `commit`'s records and markers in one transaction and commits it; on
+    /// failure the transaction is aborted (the records are still held).
+    async fn transact_once(&mut self, commit: &transactions::Commit) -> Result<(), KafkaError> {
+        let txn = self.txn.as_mut().expect("transactional");
+        txn.ready().await?;
+        let producer = txn.producer.clone();
+        let marker_topic = txn.commit_topic().to_string();
+        if self.abort_pending {
+            // An earlier abort did not get through: finish it first.
+            tokio::task::block_in_place(|| producer.abort_transaction(REQUEST_TIMEOUT))?;
+            self.abort_pending = false;
+        }
+        producer.begin_transaction()?;
+        let sent = async {
+            for records in &commit.records {
+                self.send_raw(records).await?;
+            }
+            for marker in &commit.markers {
+                let value = marker.value();
+                let record = FutureRecord::<str, str>::to(&marker_topic)
+                    .key(&marker.id)
+                    .payload(&value);
+                let delivery = self.producer().send_result(record).map_err(|(e, _)| e)?;
+                self.pending.push(delivery);
+            }
+            self.settle_raw().await
+        }
+        .await;
+        let mut committed = sent.and_then(|()| {
+            tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT))
+        });
+        // A commit that timed out (retriable) is retried as is, not aborted: it may
+        // have gone through.
+        let mut logged = false;
+        while let Err(KafkaError::Transaction(t)) = &committed
+            && t.is_retriable()
+        {
+            if !logged {
+                tracing::warn!(table = %self.table, error = %t, "kafka commit not confirmed; retrying it");
+                logged = true;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            committed =
+                tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT));
+        }
+        if committed.is_err() {
+            self.pending.clear();
+            self.abort_pending = tokio::task::block_in_place(|| {
+                producer.abort_transaction(REQUEST_TIMEOUT).is_err()
+            });
+        }
+        committed
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.ensure_topic().await?;
+        let records = self.records(&batch).await?;
+        if let Some(txn) = self.txn.as_mut() {
+            // Held until its checkpoint commits.
+            txn.current.push(records);
+            return Ok(());
+        }
+        self.send(&records).await?;
+        if self.pending.len() >= 100_000 {
+            self.settle().await?;
+        }
+        Ok(())
+    }
+
+    /// Exactly-once: a transactional producer (`<prefix>-<task>`) takes the place
+    /// of the idempotent one; output is held and sent in the transaction of its checkpoint.
+    fn exactly_once(&mut self) -> bool {
+        match Transactions::new(
+            &self.table,
+            &self.config,
+            self.transactional_id_prefix.clone(),
+            self.task.partition,
+            self.commit_topic.clone(),
+        ) {
+            Ok(txn) => {
+                self.txn = Some(txn);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(table = %self.table, error = %e, "no transactional producer");
+                false
+            }
+        }
+    }
+
+    async fn pre_commit(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        match self.txn.as_mut() {
+            Some(txn) => txn.pre_commit(id).map(Some),
+            None => {
+                self.settle().await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn commit(&mut self, id: u64) -> Result<()> {
+        match self.txn.as_mut().and_then(|t| t.committed(id)) {
+            Some(commit) => self.transact(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
+        let Some(txn) = self.txn.as_mut() else {
+            // A checkpoint of an exactly-once run, resumed at-least-once: what it held
+            // may or may not have been committed, so it is sent (rows may repeat).
+            let held = transactions::all_held(states)?;
+            if !held.is_empty() {
+                tracing::warn!(table = %self.table, batches = held.len(),
+                    "resuming an exactly-once checkpoint at-least-once: its held output is \
+                     sent again (rows may repeat)");
+                self.ensure_topic().await?;
+                for records in &held {
+                    self.send(records).await?;
+                }
+                self.settle().await?;
+            }
+            return Ok(());
+        };
+        match txn.restore(states).await? {
+            Some(commit) => {
+                self.ensure_topic().await?;
+                self.transact(commit).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
+        match self.txn.as_mut().and_then(|t| t.stopped(committed)) {
+            Some(commit) => self.transact(commit).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        if let Some(commit) = self.txn.as_mut().and_then(|t| t.everything()) {
+            self.transact(commit).await?;
+        }
+        self.settle().await?;
+        let producer = self.producer().clone();
+        tokio::task::block_in_place(|| producer.flush(REQUEST_TIMEOUT))
+            .map_err(|e| kafka_error(&self.table, "flushing", e))
+    }
+}

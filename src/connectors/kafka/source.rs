@@ -1,0 +1,607 @@
+//! The Kafka source: a table's topic partitions read by explicit assignment into
+//! Arrow batches, with offsets (and each partition's event time) in checkpoints.
+//! The invariants are in the module docs of `kafka/mod.rs`; decoding is in
+//! `decode.rs`, record attributes in `metadata.rs`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use futures::StreamExt;
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::client::Watch;
+use super::decode::{self, Decoding, RecordDecoder};
+use super::metadata::MetadataColumns;
+use super::probe;
+use super::{
+    REQUEST_TIMEOUT, Result, avro_registry, check_registry, client_config, kafka_error,
+    read_avro_schema,
+};
+use crate::connectors::{ConnectorError, Options, TableRequest};
+use crate::engine::{Source, SourceContext, SourceFactory, TaskInfo};
+use crate::formats::json::JsonDecoder;
+use crate::registry::client::RegistryClient;
+
+/// Where a source starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartFrom {
+    Earliest,
+    Latest,
+    Group,
+    /// The first record whose timestamp is at or after this (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// `start_timestamp`: RFC 3339 (`2026-12-01T08:00:00Z`) or milliseconds since the epoch.
+fn parse_start_timestamp(s: &str) -> Option<i64> {
+    let s = s.trim();
+    s.parse::<i64>().ok().or_else(|| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis())
+    })
+}
+
+/// Builds the source of a `connector = 'kafka'` table.
+pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
+    let (config, topic) = client_config(opts, req.env)?;
+    let avro = avro_registry(opts, req.env)?;
+    let start_timestamp = opts.get("start_timestamp");
+    let start = match opts.get("offset").as_deref().map(str::trim) {
+        None | Some("earliest") => StartFrom::Earliest,
+        Some("latest") => StartFrom::Latest,
+        Some("group") => StartFrom::Group,
+        Some("timestamp") => match start_timestamp.as_deref().map(parse_start_timestamp) {
+            Some(Some(ms)) => StartFrom::Timestamp(ms),
+            Some(None) => {
+                let v = start_timestamp.unwrap_or_default();
+                return Err(opts.invalid(
+                    "start_timestamp",
+                    &v,
+                    "expected an RFC 3339 time (2026-12-01T08:00:00Z) or milliseconds since the epoch",
+                ));
+            }
+            None => {
+                return Err(opts.invalid(
+                    "offset",
+                    "timestamp",
+                    "offset = 'timestamp' needs start_timestamp",
+                ));
+            }
+        },
+        Some(other) => {
+            let v = other.to_string();
+            return Err(opts.invalid(
+                "offset",
+                &v,
+                "expected earliest, latest, group or timestamp",
+            ));
+        }
+    };
+    if start_timestamp.is_some() && !matches!(start, StartFrom::Timestamp(_)) {
+        return Err(opts.invalid(
+            "start_timestamp",
+            &start_timestamp.unwrap_or_default(),
+            "applies with offset = 'timestamp'",
+        ));
+    }
+    let group = opts
+        .get("group_id")
+        .unwrap_or_else(|| format!("tributary-{}", req.table));
+    let bounded = opts.parse_bool("bounded", false)?;
+    let schema = req.schema.clone().ok_or_else(|| -> crate::Error {
+        ConnectorError::Schema {
+            table: req.table.into(),
+            message: "the kafka connector decodes JSON into declared columns; declare them, e.g. \
+                      CREATE TABLE t (id BIGINT, ts TIMESTAMP) WITH (connector = 'kafka', …)"
+                .into(),
+        }
+        .into()
+    })?;
+    let meta = MetadataColumns::from_options(opts, &schema)?;
+    let reader_schema = match opts.get("schema_file") {
+        None => None,
+        Some(_) if avro.is_none() => {
+            return Err(opts.invalid(
+                "schema_file",
+                "",
+                "a reader schema applies to format = 'avro'",
+            ));
+        }
+        Some(file) => Some(read_avro_schema(opts, req.base_dir, &file)?),
+    };
+    JsonDecoder::new(meta.value_schema().clone()).map_err(|e| -> crate::Error {
+        ConnectorError::Schema {
+            table: req.table.into(),
+            message: e.to_string(),
+        }
+        .into()
+    })?;
+    Ok(Arc::new(KafkaSourceFactory {
+        table: req.table.to_string(),
+        config,
+        topic,
+        group,
+        start,
+        bounded,
+        schema,
+        meta,
+        avro,
+        reader_schema,
+    }))
+}
+
+struct KafkaSourceFactory {
+    table: String,
+    config: ClientConfig,
+    topic: String,
+    group: String,
+    start: StartFrom,
+    bounded: bool,
+    schema: SchemaRef,
+    /// Columns filled from the record's key, offset, headers… (`metadata.*`).
+    meta: MetadataColumns,
+    /// Avro in the Confluent wire format: the registry.
+    avro: Option<Arc<RegistryClient>>,
+    /// The Avro schema records are read as (`schema_file`), resolving each writer's.
+    reader_schema: Option<Arc<str>>,
+}
+
+impl SourceFactory for KafkaSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Positions are offsets per partition, so any task count can take them over.
+    fn checkpointable(&self) -> bool {
+        true
+    }
+
+    fn rescalable(&self) -> bool {
+        true
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "kafka: topic {} at {} ({}, from {:?}{})",
+            self.topic,
+            self.config.get("bootstrap.servers").unwrap_or("?"),
+            match &self.avro {
+                Some(registry) => format!("Avro, schemas from {}", registry.url()),
+                None => "JSON".into(),
+            },
+            self.start,
+            if self.bounded {
+                ", up to the end offsets at start"
+            } else {
+                ""
+            }
+        ) + &if self.meta.is_empty() {
+            String::new()
+        } else {
+            format!("; metadata: {}", self.meta.describe())
+        }
+    }
+
+    /// The registry answers and takes the credentials (Avro).
+    fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
+        Box::pin(check_registry(&self.table, self.avro.as_deref()))
+    }
+
+    fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
+        let mut config = self.config.clone();
+        // librdkafka (≥ 2.1) pauses a partition's fetching for this long whenever its
+        // local queue is over `queued.min.messages`; at the default (1 s) a consumer
+        // slower than the broker drains the queue and then idles for most of that
+        // second (measured: 78 s → 32 s for 9.2M JSON records). A few milliseconds
+        // keep the queue fed; a `kafka.fetch.queue.backoff.ms` option still wins.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set("fetch.queue.backoff.ms", "10");
+        }
+        config
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A bounded read ends a partition at its end-of-partition event: on a
+            // transactional topic the last offsets are commit/abort markers (and
+            // aborted records) that no record is delivered for.
+            .set(
+                "enable.partition.eof",
+                if self.bounded { "true" } else { "false" },
+            );
+        let consumer: StreamConsumer<Watch> = config
+            .create_with_context(Watch::default())
+            .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
+        Ok(Box::new(KafkaSource {
+            table: self.table.clone(),
+            topic: self.topic.clone(),
+            start: self.start,
+            bounded: self.bounded,
+            consumer: Arc::new(consumer),
+            probe: probe::task_probe(task),
+            meta: self.meta.clone(),
+            avro: self.avro.clone(),
+            reader_schema: self.reader_schema.clone(),
+            assigned: Default::default(),
+            next: Default::default(),
+            task: task.clone(),
+        }))
+    }
+}
+
+struct KafkaSource {
+    table: String,
+    topic: String,
+    start: StartFrom,
+    bounded: bool,
+    consumer: Arc<StreamConsumer<Watch>>,
+    probe: crate::health::Probe,
+    meta: MetadataColumns,
+    avro: Option<Arc<RegistryClient>>,
+    reader_schema: Option<Arc<str>>,
+    /// The partitions this task reads: a batch holds one partition's rows, so the
+    /// watermark can follow the slowest partition.
+    assigned: std::collections::BTreeSet<i32>,
+    /// The offset to resume each partition from (checkpointed); partitions not read
+    /// yet are absent.
+    next: std::collections::BTreeMap<i32, i64>,
+    task: TaskInfo,
+}
+
+/// Fails when the cluster refused the consumer's credentials: retrying does not mend
+/// that, so the source stops naming it rather than wait as for an unreachable cluster.
+fn refused(consumer: &StreamConsumer<Watch>, table: &str) -> Result<()> {
+    match consumer.context().refused() {
+        Some(why) => Err(kafka_error(
+            table,
+            "the cluster refused authentication",
+            why,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A task's partitions of `topic`, waiting (with backoff) while the cluster is
+/// unreachable or the topic does not exist yet; `None` when stopped meanwhile.
+async fn partitions(
+    consumer: &StreamConsumer<Watch>,
+    table: &str,
+    topic: &str,
+    task: &TaskInfo,
+    stop: &crate::engine::StopSignal,
+    probe: &crate::health::Probe,
+) -> Result<Option<Vec<i32>>> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let fetched =
+            tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT));
+        match fetched {
+            Ok(md) => {
+                let parts: Vec<i32> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.name() == topic && t.error().is_none())
+                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                    .collect();
+                if !parts.is_empty() {
+                    probe.up();
+                    return Ok(Some(
+                        parts
+                            .into_iter()
+                            .filter(|p| *p as usize % task.parallelism == task.partition)
+                            .collect(),
+                    ));
+                }
+                tracing::warn!(task = %task, topic, "topic not found yet; waiting for it");
+                probe.retrying(format!("topic {topic} not found"));
+            }
+            Err(e) => {
+                // Nothing is assigned yet, so this only serves the client's events:
+                // errors reach the context (`Watch`) when the queue is polled.
+                let _ = tokio::time::timeout(Duration::from_millis(10), consumer.recv()).await;
+                refused(consumer, table)?;
+                tracing::warn!(task = %task, error = %e, "kafka unreachable; retrying");
+                probe.retrying(format!("fetching metadata: {e}"));
+            }
+        }
+        if stop.is_raised() {
+            return Ok(None);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        self.read(ctx).await?;
+        // Where it ended (a bounded read, or a stop): later checkpoints resume here.
+        ctx.final_position = Some(
+            serde_json::to_vec(&self.next)
+                .map_err(|e| kafka_error(&self.table, "checkpointing offsets", e))?,
+        );
+        Ok(())
+    }
+}
+
+impl KafkaSource {
+    async fn read(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let Some(partitions) = partitions(
+            &self.consumer,
+            &self.table,
+            &self.topic,
+            &self.task,
+            &ctx.stop,
+            &self.probe,
+        )
+        .await?
+        else {
+            return Ok(());
+        };
+        let _recheck = probe::recheck_source(
+            self.probe.clone(),
+            self.consumer.clone(),
+            self.topic.clone(),
+        );
+        // Resuming: the next offset of every partition in the checkpoint (after a
+        // change of parallelism, every old task's; this task keeps its partitions).
+        let mut resume: std::collections::BTreeMap<i32, i64> = Default::default();
+        for position in ctx.restored_positions().await? {
+            let offsets: std::collections::BTreeMap<i32, i64> =
+                serde_json::from_slice(&position)
+                    .map_err(|e| kafka_error(&self.table, "reading the checkpointed offsets", e))?;
+            resume.extend(offsets);
+        }
+        // Bounded: where each partition ends (its high watermark at start).
+        let mut ends: std::collections::HashMap<i32, i64> = Default::default();
+        let mut assignment = TopicPartitionList::new();
+        let mut by_time = TopicPartitionList::new();
+        for &p in &partitions {
+            let restored = resume.get(&p).copied();
+            // A restored offset stays part of this task's position even when the
+            // partition has nothing left to read, so later checkpoints keep it.
+            if let Some(n) = restored {
+                self.next.insert(p, n);
+            }
+            if self.bounded {
+                let (low, high) = tokio::task::block_in_place(|| {
+                    self.consumer
+                        .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
+                })
+                .map_err(|e| kafka_error(&self.table, "reading end offsets", e))?;
+                let from = restored.unwrap_or(low);
+                if high <= from || (restored.is_none() && self.start == StartFrom::Latest) {
+                    continue;
+                }
+                ends.insert(p, high);
+            }
+            // A partition the checkpoint has no offset for (nothing read from it yet,
+            // or added since) starts as configured.
+            let offset = match (restored, self.start) {
+                (Some(next), _) => Offset::Offset(next),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+                (None, StartFrom::Group) => Offset::Stored,
+                (None, StartFrom::Timestamp(ms)) => Offset::Offset(ms),
+            };
+            let list = match (restored, self.start) {
+                (None, StartFrom::Timestamp(_)) => &mut by_time,
+                _ => &mut assignment,
+            };
+            list.add_partition_offset(&self.topic, p, offset)
+                .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            self.assigned.insert(p);
+        }
+        if by_time.count() > 0 {
+            // Timestamps in the list → the first offset at or after each.
+            let found = tokio::task::block_in_place(|| {
+                self.consumer.offsets_for_times(by_time, REQUEST_TIMEOUT)
+            })
+            .map_err(|e| kafka_error(&self.table, "finding offsets for start_timestamp", e))?;
+            for e in found.elements() {
+                assignment
+                    .add_partition_offset(e.topic(), e.partition(), e.offset())
+                    .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+            }
+        }
+        ctx.out
+            .register_splits(self.assigned.iter().map(|p| *p as u64));
+        if assignment.count() == 0 {
+            // Nothing to read: more tasks than partitions, or an empty bounded topic.
+            if self.bounded {
+                return Ok(());
+            }
+            tracing::info!(task = %self.task, "no partition of {} for this task", self.topic);
+            // Stay, taking part in checkpoints, until stopped.
+            let mut stop = ctx.stop.clone();
+            loop {
+                if let Some(id) = ctx.checkpoint_due() {
+                    let position = serde_json::to_vec(&self.next)
+                        .map_err(|e| kafka_error(&self.table, "checkpointing offsets", e))?;
+                    ctx.checkpoint(id, position).await?;
+                }
+                tokio::select! {
+                    _ = stop.raised() => return Ok(()),
+                    _ = tokio::time::sleep(ctx.batch.flush_interval) => {}
+                }
+            }
+        }
+        self.consumer
+            .assign(&assignment)
+            .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+        // A decoding worker per partition, up to the cores there are: decoding is most
+        // of a record's cost, and the polling task needs little of a core.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let schemas = self
+            .avro
+            .clone()
+            .map(|registry| decode::Schemas::new(registry, &self.task, &ctx.stop));
+        let mut decoding = Decoding::start(
+            &self.table,
+            self.assigned.len().min(cores),
+            || {
+                RecordDecoder::new(
+                    self.meta.value_schema().clone(),
+                    schemas.clone(),
+                    self.reader_schema.clone(),
+                    ctx.batch.size,
+                )
+            },
+            &self.meta,
+            &self.topic,
+            &ctx.bad_records,
+            ctx.batch.size,
+        )?;
+        let KafkaSource {
+            consumer,
+            assigned,
+            bounded,
+            task,
+            meta,
+            topic,
+            next,
+            probe,
+            ..
+        } = self;
+        let consumer: &StreamConsumer<Watch> = consumer;
+        // Every message already received, up to 4096, per wake-up: the loop's per-wake
+        // work (timers, checkpoint checks) is shared by many records.
+        let mut stream = consumer.stream().ready_chunks(4096);
+        let mut ticker = tokio::time::interval(ctx.batch.flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = ctx.stop.clone();
+        let mut logged: Option<Instant> = None;
+        // Offsets of the checkpoints taken, committed to the consumer group once the
+        // checkpoint is (for lag monitoring and `offset = 'group'`; never before).
+        let committed = ctx.checkpoints.as_ref().map(|c| c.committed());
+        let mut taken: std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)> =
+            Default::default();
+        loop {
+            if *bounded && ends.is_empty() {
+                break;
+            }
+            if let Some(done) = committed.as_ref().map(|c| *c.borrow()) {
+                commit_offsets(consumer, topic, &mut taken, done);
+            }
+            if let Some(id) = ctx.checkpoint_due() {
+                // Everything read so far out, then the offsets to resume from.
+                decoding.drain(&mut ctx.out).await?;
+                let position = serde_json::to_vec(&*next)
+                    .map_err(|e| kafka_error(&task.node, "checkpointing offsets", e))?;
+                ctx.checkpoint(id, position).await?;
+                taken.push_back((id, next.clone()));
+            }
+            tokio::select! {
+                msgs = stream.next() => {
+                    let Some(msgs) = msgs else { break };
+                    for msg in msgs {
+                        let m = match msg {
+                            Ok(m) => {
+                                probe.up();
+                                m
+                            }
+                            Err(KafkaError::PartitionEOF(p)) => {
+                                // Read up to the partition's end as it is now (past
+                                // markers and aborted records), at or beyond its end
+                                // at start: this partition is done.
+                                probe.up();
+                                if *bounded && ends.remove(&p).is_some() {
+                                    decoding.drain(&mut ctx.out).await?;
+                                    ctx.out.end_split(p as u64).await?;
+                                }
+                                continue;
+                            }
+                            Err(e) => {
+                                refused(consumer, &task.node)?;
+                                probe.retrying(&e);
+                                // Transient (broker down, rebalance in the cluster):
+                                // librdkafka retries; say so at most every 10 s.
+                                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                                    tracing::warn!(task = %task, error = %e, "kafka consumer error; retrying");
+                                    logged = Some(Instant::now());
+                                }
+                                continue;
+                            }
+                        };
+                        let p = m.partition();
+                        // Bounded: a partition read to its end takes nothing newer.
+                        if *bounded && !ends.contains_key(&p) {
+                            continue;
+                        }
+                        if !assigned.contains(&p) {
+                            continue;
+                        }
+                        decoding.push(&m, meta, &mut ctx.bad_records, &mut ctx.out).await?;
+                        next.insert(p, m.offset() + 1);
+                        if *bounded
+                            && ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end)
+                        {
+                            // This partition is read: its rows out, then it stops
+                            // holding the watermark back.
+                            ends.remove(&p);
+                            decoding.drain(&mut ctx.out).await?;
+                            ctx.out.end_split(p as u64).await?;
+                        }
+                    }
+                }
+                decoded = decoding.finished(), if decoding.busy() => {
+                    Decoding::emit(decoded, &mut ctx.out).await?;
+                }
+                _ = ticker.tick() => {
+                    // Credentials refused while reading (rotated, revoked): librdkafka
+                    // only reports it to the context.
+                    refused(consumer, &task.node)?;
+                    decoding.send_all(&mut ctx.out).await?;
+                    // A partition silent for the idle timeout stops holding the
+                    // watermark back.
+                    ctx.out.tick().await?;
+                }
+                _ = stop.raised() => break,
+            }
+        }
+        decoding.drain(&mut ctx.out).await
+    }
+}
+
+/// Commits to the consumer group the offsets of the newest checkpoint in `taken` that
+/// is committed (`done`), and forgets the older ones. Asynchronous: a failure is only
+/// logged (the checkpoint, not the group, is where the source resumes).
+fn commit_offsets(
+    consumer: &StreamConsumer<Watch>,
+    topic: &str,
+    taken: &mut std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)>,
+    done: u64,
+) {
+    let mut newest = None;
+    while taken.front().is_some_and(|(id, _)| *id <= done) {
+        newest = taken.pop_front();
+    }
+    let Some((_, offsets)) = newest else {
+        return;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for (p, next) in offsets {
+        if tpl
+            .add_partition_offset(topic, p, Offset::Offset(next))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if tpl.count() > 0
+        && let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
+    {
+        tracing::warn!(topic, error = %e, "committing checkpointed offsets to the group failed");
+    }
+}
