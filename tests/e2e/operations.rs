@@ -312,3 +312,33 @@ fn a_pipeline_on_a_reachable_cluster_is_ready_once_running() {
     let (code, err) = r.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A source whose cluster stays unreachable for longer than its `outage_timeout` fails
+/// the pipeline, naming the outage and the last error, instead of waiting forever.
+#[test]
+fn a_source_unreachable_for_longer_than_its_outage_timeout_fails_the_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let servers = unreachable_servers();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE events (order_id BIGINT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{servers}', topic = 'orders', outage_timeout = '2s');\n\
+             CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+    let started = Instant::now();
+    // Within a deadline: a source that waited the outage out would never exit.
+    let (code, stderr) = Running::start(d, &["p.sql"]).wait(Duration::from_secs(60));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("longer than outage_timeout"),
+        "the error names the outage: {stderr}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the outage lasted outage_timeout"
+    );
+}

@@ -95,6 +95,13 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         .get("group_id")
         .unwrap_or_else(|| format!("tributary-{}", req.table));
     let bounded = opts.parse_bool("bounded", false)?;
+    let outage_timeout = match opts.get("outage_timeout") {
+        None => None,
+        Some(v) => Some(
+            crate::connectors::parse_duration(&v)
+                .map_err(|e| opts.invalid("outage_timeout", &v, e))?,
+        ),
+    };
     let schema = req.schema.clone().ok_or_else(|| -> crate::Error {
         ConnectorError::Schema {
             table: req.table.into(),
@@ -130,6 +137,7 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         group,
         start,
         bounded,
+        outage_timeout,
         schema,
         meta,
         avro,
@@ -144,6 +152,8 @@ struct KafkaSourceFactory {
     group: String,
     start: StartFrom,
     bounded: bool,
+    /// Fail once the cluster has been unreachable this long (`None`: wait forever).
+    outage_timeout: Option<Duration>,
     schema: SchemaRef,
     /// Columns filled from the record's key, offset, headers… (`metadata.*`).
     meta: MetadataColumns,
@@ -227,6 +237,7 @@ impl SourceFactory for KafkaSourceFactory {
             topic: self.topic.clone(),
             start: self.start,
             bounded: self.bounded,
+            outage_timeout: self.outage_timeout,
             consumer: Arc::new(consumer),
             probe: probe::task_probe(task),
             meta: self.meta.clone(),
@@ -244,6 +255,7 @@ struct KafkaSource {
     topic: String,
     start: StartFrom,
     bounded: bool,
+    outage_timeout: Option<Duration>,
     consumer: Arc<StreamConsumer<Watch>>,
     probe: crate::health::Probe,
     meta: MetadataColumns,
@@ -271,6 +283,34 @@ fn refused(consumer: &StreamConsumer<Watch>, table: &str) -> Result<()> {
     }
 }
 
+/// Fails when the cluster has been unreachable for longer than `outage_timeout`: the
+/// outage is then an incident for whoever restarts the pipeline, not one to wait out
+/// silently. Nothing read is lost: the checkpoint holds what was processed.
+fn outlasted(
+    probe: &crate::health::Probe,
+    outage_timeout: Option<Duration>,
+    table: &str,
+) -> Result<()> {
+    let (Some(limit), Some(lasted)) = (outage_timeout, probe.retrying_for()) else {
+        return Ok(());
+    };
+    if lasted < limit {
+        return Ok(());
+    }
+    let last = match probe.state() {
+        crate::health::State::Retrying { last_error, .. } => last_error,
+        _ => String::new(),
+    };
+    Err(kafka_error(
+        table,
+        &format!(
+            "the cluster has been unreachable for {:.0} s, longer than outage_timeout",
+            lasted.as_secs_f64()
+        ),
+        last,
+    ))
+}
+
 /// A task's partitions of `topic`, waiting (with backoff) while the cluster is
 /// unreachable or the topic does not exist yet; `None` when stopped meanwhile.
 async fn partitions(
@@ -280,6 +320,7 @@ async fn partitions(
     task: &TaskInfo,
     stop: &crate::engine::StopSignal,
     probe: &crate::health::Probe,
+    outage_timeout: Option<Duration>,
 ) -> Result<Option<Vec<i32>>> {
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -314,6 +355,7 @@ async fn partitions(
                 probe.retrying(format!("fetching metadata: {e}"));
             }
         }
+        outlasted(probe, outage_timeout, table)?;
         if stop.is_raised() {
             return Ok(None);
         }
@@ -344,6 +386,7 @@ impl KafkaSource {
             &self.task,
             &ctx.stop,
             &self.probe,
+            self.outage_timeout,
         )
         .await?
         else {
@@ -467,6 +510,7 @@ impl KafkaSource {
             consumer,
             assigned,
             bounded,
+            outage_timeout,
             task,
             meta,
             topic,
@@ -562,6 +606,7 @@ impl KafkaSource {
                     // Credentials refused while reading (rotated, revoked): librdkafka
                     // only reports it to the context.
                     refused(consumer, &task.node)?;
+                    outlasted(probe, *outage_timeout, &task.node)?;
                     decoding.send_all(&mut ctx.out).await?;
                     // A partition silent for the idle timeout stops holding the
                     // watermark back.
