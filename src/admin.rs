@@ -57,7 +57,8 @@ pub struct Health {
 }
 
 impl Health {
-    /// Every pipeline has been started.
+    /// Every pipeline has been started and every source and sink task has built its
+    /// connector (and so registered its components).
     pub fn set_started(&self) {
         self.started.store(true, Ordering::Relaxed);
     }

@@ -416,7 +416,14 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             }
         }
     }
-    health.set_started();
+    // Started once every source and sink task has built its connector, so that each
+    // has registered its component before readiness is judged from the table.
+    let built: Vec<_> = handles.iter().map(|(_, h)| h.connectors_built()).collect();
+    let started = health.clone();
+    tokio::spawn(async move {
+        futures::future::join_all(built).await;
+        started.set_started();
+    });
     let stoppers: Vec<_> = handles
         .iter()
         .map(|(name, h)| (name.clone(), h.stopper()))

@@ -94,10 +94,23 @@ impl Drop for Leaving {
     }
 }
 
+/// How many source and sink tasks have not built their connector yet: until none is
+/// left, not every component has registered in the health table, so the pipeline is
+/// not ready whatever the table says.
+#[derive(Clone)]
+struct Unbuilt(Arc<watch::Sender<usize>>);
+
+impl Unbuilt {
+    fn built(&self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// A running pipeline.
 pub struct RunHandle {
     stop: Arc<watch::Sender<bool>>,
     running: Arc<Running>,
+    unbuilt: Unbuilt,
     /// Live counters per node, in graph order, for the progress view.
     pub stats: Vec<(String, Arc<NodeStats>)>,
     join: tokio::task::JoinHandle<Result<RunReport>>,
@@ -133,6 +146,17 @@ impl RunHandle {
         Stopper {
             stop: self.stop.clone(),
             running: self.running.clone(),
+        }
+    }
+
+    /// Resolves once every source and sink task has built its connector (each has
+    /// then registered its health probe): from then on readiness can be judged from
+    /// the health table.
+    pub fn connectors_built(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.unbuilt.0.subscribe();
+        async move {
+            // A task that failed before building never will: the pipeline fails instead.
+            let _ = rx.wait_for(|n| *n == 0).await;
         }
     }
 
@@ -209,6 +233,13 @@ impl Runtime {
             set: JoinSet::new(),
             running: Arc::new(Running::default()),
         };
+        let connectors = graph
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.kind, NodeKind::Source(_) | NodeKind::Sink(_)))
+            .map(|n| n.parallelism)
+            .sum();
+        let unbuilt = Unbuilt(Arc::new(watch::channel(connectors).0));
         let coordinator = match &settings.checkpoints {
             Some(c) => Some(checkpoint_coordinator(&graph, c)?),
             None => None,
@@ -257,9 +288,11 @@ impl Runtime {
                             checkpoints,
                             final_position: None,
                         };
+                        let unbuilt = unbuilt.clone();
                         spawn(&mut tasks, task, async move {
                             let r = async {
                                 let mut source = f.create(&ctx.task)?;
+                                unbuilt.built();
                                 source.run(&mut ctx).await
                             }
                             .await;
@@ -294,8 +327,9 @@ impl Runtime {
                             stop: StopSignal(stop_rx.clone()),
                             checkpoints,
                         };
+                        let unbuilt = unbuilt.clone();
                         spawn(&mut tasks, task, async move {
-                            run_sink(env, f.as_ref(), schema, inputs, flush).await
+                            run_sink(env, f.as_ref(), schema, inputs, flush, unbuilt).await
                         });
                     }
                 }
@@ -319,6 +353,7 @@ impl Runtime {
         Ok(RunHandle {
             savepoints,
             running,
+            unbuilt,
             stop: Arc::new(stop_tx),
             stats,
             join,
@@ -776,6 +811,7 @@ async fn run_sink(
     schema: arrow::datatypes::SchemaRef,
     inputs: Inputs,
     flush_every: Duration,
+    unbuilt: Unbuilt,
 ) -> Result<()> {
     let TaskEnv {
         task,
@@ -785,6 +821,7 @@ async fn run_sink(
     } = env;
     let task = &task;
     let mut sink = factory.create(task, schema)?;
+    unbuilt.built();
     if let Some(c) = &checkpoints {
         if c.exactly_once && !sink.exactly_once() {
             tracing::warn!(task = %task, "this sink cannot hold output back until a checkpoint \
