@@ -486,7 +486,9 @@ pub enum EngineError {
 impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::Operator { .. } => "ENG001",
+            // A failing task is reported with its cause's code (what the user looks
+            // up); the message names the task. ENG001 is the code of the wrapper alone.
+            EngineError::Operator { source, .. } => source.code(),
             EngineError::Panicked { .. } => "ENG002",
             EngineError::Graph(_) => "ENG003",
             EngineError::Arrow { .. } => "ENG004",
