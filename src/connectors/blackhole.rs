@@ -35,7 +35,7 @@ use arrow::datatypes::{
 };
 use async_trait::async_trait;
 
-use super::stdout::{check_declared_schema, describe_fields};
+use super::json_lines::{check_declared_schema, describe_fields};
 use super::{ConnectorError, Options, TableRequest};
 use crate::engine::{Sink, SinkFactory, TaskInfo};
 

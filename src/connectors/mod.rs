@@ -15,10 +15,10 @@
 pub mod blackhole;
 pub mod file;
 pub mod generator;
+pub mod json_lines;
 pub mod kafka;
 pub mod memory;
 pub mod parquet_sink;
-pub mod stdout;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -346,8 +346,8 @@ pub fn source(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn Sourc
 /// schema, if columns were given.
 pub fn sink(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn SinkFactory>> {
     let f: Arc<dyn SinkFactory> = match opts.connector.as_str() {
-        "stdout" => stdout::stdout_sink(req, &mut opts)?,
-        "file" => stdout::file_sink(req, &mut opts)?,
+        "stdout" => json_lines::stdout_sink(req, &mut opts)?,
+        "file" => json_lines::file_sink(req, &mut opts)?,
         "parquet" => parquet_sink::sink(req, &mut opts)?,
         "blackhole" => blackhole::sink(req, &mut opts)?,
         "kafka" => kafka::sink(req, &mut opts)?,

@@ -81,7 +81,7 @@ use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
-use super::stdout::{check_declared_schema, describe_fields, resolve_path};
+use super::json_lines::{check_declared_schema, describe_fields, resolve_path};
 use super::{ConnectorError, Options, TableRequest};
 use crate::engine::{Sink, SinkFactory, TaskInfo};
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-/// `src/connectors/{stdout,parquet_sink}.rs` → both paths.
+/// `src/connectors/{json_lines,parquet_sink}.rs` → both paths.
 fn expand(path: &str) -> Vec<String> {
     match (path.find('{'), path.find('}')) {
         (Some(open), Some(close)) if open < close => path[open + 1..close]
