@@ -355,20 +355,9 @@ async fn kafka_in_transactions_killed_ten_times_equals_the_batch_answer() {
 /// would leave a row retracted twice or a stale row behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch_answer() {
-    let topic = crate::kafka::fresh_topic("crash.updating");
-    killed_and_resumed(Crash {
-        streams: &[("orders", 20_000, 6000)],
-        query: "SELECT restaurant_id, n, round(total, 2) AS total FROM \
-             (SELECT restaurant_id, count(*) AS n, sum(total) AS total FROM orders GROUP BY restaurant_id)",
-        setup: &[ORDERS_VIEW],
-        oracle: "SELECT restaurant_id, count(*) AS n, round(sum(total), 2) AS total FROM orders \
-             GROUP BY restaurant_id",
-        kills: 5,
-        min_rows: 10,
-        how: Stop::Kill,
-        output: Output::Kafka(topic),
-        deltas: false,
-    })
+    updating_aggregate_killed_five_times(Output::Kafka(crate::kafka::fresh_topic(
+        "crash.updating",
+    )))
     .await;
 }
 
@@ -377,7 +366,15 @@ async fn an_updating_aggregate_into_kafka_killed_five_times_applies_to_the_batch
 /// equals the batch answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_updating_aggregate_upserted_into_kafka_killed_five_times_equals_the_batch_answer() {
-    let topic = crate::kafka::fresh_topic("crash.upsert");
+    updating_aggregate_killed_five_times(Output::KafkaUpsert(crate::kafka::fresh_topic(
+        "crash.upsert",
+    )))
+    .await;
+}
+
+/// Revenue per restaurant without a window (an updating aggregate) into `output`,
+/// killed five times; the published result equals the batch answer.
+async fn updating_aggregate_killed_five_times(output: Output) {
     killed_and_resumed(Crash {
         streams: &[("orders", 20_000, 6000)],
         query: "SELECT restaurant_id, n, round(total, 2) AS total FROM \
@@ -388,7 +385,7 @@ async fn an_updating_aggregate_upserted_into_kafka_killed_five_times_equals_the_
         kills: 5,
         min_rows: 10,
         how: Stop::Kill,
-        output: Output::KafkaUpsert(topic),
+        output,
         deltas: false,
     })
     .await;

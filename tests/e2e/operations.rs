@@ -12,10 +12,7 @@ use crate::lifecycle::http_get;
 
 /// `127.0.0.1:PORT` where nothing listens (a port the system just handed out, released).
 fn unreachable_servers() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr.to_string()
+    format!("127.0.0.1:{}", crate::registry::free_port())
 }
 
 fn signal(r: &Running, name: &str) {
@@ -189,8 +186,23 @@ fn sighup_stops_as_cleanly_as_sigterm_and_every_row_read_is_in_committed_files()
     assert_eq!(finished["rows_written"].as_u64(), Some(rows as u64));
 }
 
+/// Writes `p.sql`: a Kafka source on a cluster nobody answers for (with `options`
+/// added to its `WITH`), copied to a file.
+fn unreachable_source(d: &std::path::Path, options: &str) {
+    let servers = unreachable_servers();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE events (order_id BIGINT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{servers}', topic = 'orders'{options});\n\
+             CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+}
+
 /// The admin endpoint's address, from its log line.
-fn admin_addr(r: &mut Running) -> String {
+pub(crate) fn admin_addr(r: &mut Running) -> String {
     let ready = r.wait_for_log(
         "admin endpoint: /metrics and /healthz",
         Duration::from_secs(60),
@@ -216,16 +228,7 @@ fn component<'a>(answer: &'a serde_json::Value, name: &str) -> Option<&'a serde_
 fn a_source_on_an_unreachable_cluster_is_alive_but_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let servers = unreachable_servers();
-    write(
-        &d.join("p.sql"),
-        &format!(
-            "CREATE TABLE events (order_id BIGINT) WITH (connector = 'kafka', \
-               bootstrap_servers = '{servers}', topic = 'orders');\n\
-             CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
-             INSERT INTO out SELECT * FROM events;\n"
-        ),
-    );
+    unreachable_source(d, "");
     let mut r = Running::start(d, &["p.sql"]);
     let addr = admin_addr(&mut r);
     let mut ready = (String::new(), serde_json::Value::Null);
@@ -319,16 +322,7 @@ fn a_pipeline_on_a_reachable_cluster_is_ready_once_running() {
 fn a_source_unreachable_for_longer_than_its_outage_timeout_fails_the_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let servers = unreachable_servers();
-    write(
-        &d.join("p.sql"),
-        &format!(
-            "CREATE TABLE events (order_id BIGINT) WITH (connector = 'kafka', \
-               bootstrap_servers = '{servers}', topic = 'orders', outage_timeout = '2s');\n\
-             CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
-             INSERT INTO out SELECT * FROM events;\n"
-        ),
-    );
+    unreachable_source(d, ", outage_timeout = '2s'");
     let started = Instant::now();
     // Within a deadline: a source that waited the outage out would never exit.
     let (code, stderr) = Running::start(d, &["p.sql"]).wait(Duration::from_secs(60));

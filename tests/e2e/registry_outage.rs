@@ -12,8 +12,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::checkpoints::checkpointed_offsets;
 use crate::common::*;
 use crate::kafka::{bootstrap, fresh_topic};
+use crate::lifecycle::http_get;
+use crate::operations::admin_addr;
 use crate::registry::{free_port, start_registry, start_registry_on};
 
 const ROWS: usize = 600;
@@ -93,42 +96,14 @@ fn assert_no_bad_records(stderr: &str) {
     }
 }
 
-/// Offsets the latest committed checkpoint in `checkpoints` holds for source `node`,
-/// summed over partitions (0 without a checkpoint).
-fn checkpointed_offsets(checkpoints: &Path, node: &str) -> i64 {
-    let Some(latest) = std::fs::read_dir(checkpoints).ok().and_then(|d| {
-        d.flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-            .filter_map(|e| e.path().file_stem()?.to_str()?.parse::<u64>().ok())
-            .max()
-    }) else {
-        return 0;
-    };
-    std::fs::read_dir(checkpoints.join(format!("{latest:020}")).join(node))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read(e.path()).ok())
-                .filter_map(|b| {
-                    serde_json::from_slice::<std::collections::BTreeMap<i32, i64>>(&b).ok()
-                })
-                .flat_map(|m| m.into_values())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-/// `GET /metrics` of the admin endpoint at `addr`.
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
+/// With the registry back on `port`, the pipeline run again finishes, reports nothing
+/// bad, and every produced row arrives exactly once.
+fn with_the_registry_back_every_row_arrives_once(d: &Path, port: u16) {
+    let (_registry, _) = start_registry_on(d, port);
+    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_no_bad_records(&stderr);
+    assert_every_row_once(d);
 }
 
 #[test]
@@ -140,6 +115,8 @@ fn records_wait_for_an_unavailable_registry_and_each_arrives_once_when_it_comes(
     consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
 
     let mut run = Running::start(d, &["consume.yaml"]);
+    // Logged before the pipeline starts.
+    let admin = admin_addr(&mut run);
     let retrying = run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
     assert_eq!(retrying["kind"], "schema-registry", "{retrying}");
     assert_eq!(retrying["pipeline"], "consume", "{retrying}");
@@ -150,19 +127,8 @@ fn records_wait_for_an_unavailable_registry_and_each_arrives_once_when_it_comes(
             .starts_with("events["),
         "{retrying}"
     );
-    // The outage in the metrics: the component is down. (The admin endpoint's address
-    // was logged before the pipeline started.)
-    let admin = run
-        .seen
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| {
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("admin endpoint"))
-        })
-        .expect("the admin endpoint's address is logged");
-    let metrics = scrape(admin["addr"].as_str().unwrap());
+    // The outage in the metrics: the component is down.
+    let metrics = http_get(&admin, "/metrics").1;
     assert!(
         metrics
             .lines()
@@ -218,11 +184,7 @@ fn an_outage_longer_than_outage_timeout_fails_the_pipeline_and_loses_nothing() {
     );
 
     // Run again with the registry there: nothing was skipped.
-    let (_registry, _) = start_registry_on(d, port);
-    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_bad_records(&stderr);
-    assert_every_row_once(d);
+    with_the_registry_back_every_row_arrives_once(d, port);
 }
 
 #[test]
@@ -246,11 +208,7 @@ fn killed_during_an_outage_a_restart_loses_nothing() {
         "no checkpoint passed the records held during the outage"
     );
 
-    let (_registry, _) = start_registry_on(d, port);
-    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_bad_records(&stderr);
-    assert_every_row_once(d);
+    with_the_registry_back_every_row_arrives_once(d, port);
 }
 
 /// A stop (SIGTERM) during the outage ends the source with an error (REG028) rather
@@ -278,9 +236,5 @@ fn stopped_during_an_outage_the_records_held_are_read_on_restart() {
         "no checkpoint passed the records held during the outage"
     );
 
-    let (_registry, _) = start_registry_on(d, port);
-    let (code, stderr) = Running::start(d, &["consume.yaml"]).wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_no_bad_records(&stderr);
-    assert_every_row_once(d);
+    with_the_registry_back_every_row_arrives_once(d, port);
 }
