@@ -12,8 +12,8 @@ use std::sync::Arc;
 use arrow::array::{Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
+use tributary::operators::{KeyedProcessFunction, ProcessContext, Row};
 use tributary::pipeline::PipelineBuilder;
-use tributary::state::{KeyedProcessFunction, ProcessContext, Row};
 
 const READY_WITHIN_MS: i64 = 10 * 60 * 1000;
 

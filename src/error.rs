@@ -29,7 +29,7 @@ pub enum Error {
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
-    Sql(#[from] crate::sql::SqlError),
+    Sql(#[from] crate::planner::SqlError),
     #[error(transparent)]
     Connector(#[from] crate::connectors::ConnectorError),
     #[error(transparent)]

@@ -17,9 +17,13 @@ pub mod error;
 pub mod formats;
 pub mod health;
 pub mod metrics;
+pub mod operators;
 pub mod pipeline;
+pub mod planner;
 pub mod registry;
-pub mod sql;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod types;
 
 pub use error::{Error, Result};

@@ -19,7 +19,7 @@ use super::progress::Progress;
 use super::report;
 use crate::engine::{EngineError, NodeKind, Runtime, Stopper};
 use crate::pipeline::{Config, LoadedPipeline, PipelineError, discover, load_pipeline};
-use crate::sql::{PlannedPipeline, SqlPlanner};
+use crate::planner::{PlannedPipeline, SqlPlanner};
 
 /// Resolves pipeline arguments: a path to a file, or a name in the pipelines directory.
 fn resolve(config: &Config, args: &[String]) -> crate::Result<Vec<PathBuf>> {

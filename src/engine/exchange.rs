@@ -7,16 +7,15 @@
 //! parallelism (or spread over more instances) moves whole key groups.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use tokio::sync::mpsc::Sender;
 
-use super::{EngineError, Message, Result};
-
-/// Number of key groups: the most partitions a keyed node can ever be spread over.
-pub const KEY_GROUPS: usize = 4096;
+use crate::types::{
+    EngineError, Message, NodeStats, Result, key_groups_of, partition_of_key_group,
+};
 
 /// How a node's output is spread over the downstream node's partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,35 +42,6 @@ impl std::fmt::Display for Partitioning {
             Partitioning::Broadcast => write!(f, "broadcast"),
         }
     }
-}
-
-fn random_state() -> datafusion::common::hash_utils::RandomState {
-    // A fixed seed: routing must be the same on every instance and across restarts.
-    datafusion::common::hash_utils::RandomState::with_seed(0x7472_6962_7574_6172)
-}
-
-/// The key group of every row of `batch`, keyed by the columns `keys`.
-pub fn key_groups_of(batch: &RecordBatch, keys: &[usize]) -> Result<Vec<u64>> {
-    let arrays: Vec<ArrayRef> = keys.iter().map(|&i| batch.column(i).clone()).collect();
-    key_groups_of_arrays(&arrays, batch.num_rows())
-}
-
-/// The partition (of `parallelism`) that owns key group `kg`: consecutive ranges of
-/// key groups per partition, so rescaling moves whole key groups.
-pub fn partition_of_key_group(kg: u64, parallelism: usize) -> usize {
-    (kg as usize) * parallelism / KEY_GROUPS
-}
-
-/// The key group of each of `rows` rows of the key columns `arrays` (the hash the
-/// exchange routes by).
-pub fn key_groups_of_arrays(arrays: &[ArrayRef], rows: usize) -> Result<Vec<u64>> {
-    let mut hashes = vec![0u64; rows];
-    datafusion::common::hash_utils::create_hashes(arrays, &random_state(), &mut hashes)
-        .map_err(|e| EngineError::datafusion("hashing key columns", e))?;
-    for h in hashes.iter_mut() {
-        *h %= KEY_GROUPS as u64;
-    }
-    Ok(hashes)
 }
 
 /// One downstream edge as seen by a sending task.
@@ -109,15 +79,6 @@ impl Output {
         self.port = port;
         self
     }
-}
-
-/// Counters shared between a node's tasks and the progress view.
-#[derive(Debug, Default)]
-pub struct NodeStats {
-    pub rows_in: AtomicU64,
-    pub rows_out: AtomicU64,
-    pub batches_out: AtomicU64,
-    pub bad_records: AtomicU64,
 }
 
 /// Where a task emits its batches: routes each batch to the downstream partitions and

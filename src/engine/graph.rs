@@ -396,7 +396,8 @@ fn same_fields(a: &SchemaRef, b: &SchemaRef) -> bool {
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
-pub(crate) fn fields(schema: &SchemaRef) -> String {
+/// `(name type, …)`: a schema as error messages show it.
+pub fn fields(schema: &SchemaRef) -> String {
     let parts: Vec<String> = schema
         .fields()
         .iter()

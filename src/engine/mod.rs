@@ -18,17 +18,16 @@
 
 mod exchange;
 mod graph;
-mod operators;
 mod position;
 mod runtime;
 mod watermark;
 
-pub use exchange::{
-    Collector, KEY_GROUPS, NodeStats, Partitioning, key_groups_of, key_groups_of_arrays,
-    partition_of_key_group,
+pub use crate::types::{
+    EngineError, KEY_GROUPS, Message, NodeStats, OP_COLUMN, Result, StateKind, TaskInfo,
+    key_groups_of, key_groups_of_arrays, partition_of_key_group,
 };
-pub use graph::{Graph, NodeId, NodeKind, NodeSpec};
-pub use operators::{ArrivalTimeFactory, FilterOperator, FlatMapOperator, MapOperator};
+pub use exchange::{Collector, Partitioning};
+pub use graph::{Graph, NodeId, NodeKind, NodeSpec, fields};
 pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
 pub use watermark::{EventTime, Watermark, event_times_ms};
 
@@ -38,60 +37,6 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-
-/// The last column of a changelog (the output of a query whose results update, like a
-/// `GROUP BY` without a window): what each row does — `+I` insert, `-U` / `+U` a
-/// result's previous and new value, `-D` delete. See [`crate::sql::updating`].
-pub const OP_COLUMN: &str = "_op";
-
-/// What flows over a channel between two tasks.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum Message {
-    /// A batch of rows, with the schema of the sending node.
-    Batch(RecordBatch),
-    /// No more rows with an event time (ms since the epoch) below this are expected
-    /// from the sender. See [`watermark`](self::watermark) for how they are combined.
-    Watermark(i64),
-    /// Checkpoint barrier: everything the sender sent before it belongs to checkpoint
-    /// `n`, everything after to the next (see [`crate::checkpoint`]).
-    Barrier(u64),
-    /// The sender has sent its last batch.
-    End,
-}
-
-/// Whether an operator's state survives a restart through checkpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StateKind {
-    /// No state between batches: nothing to checkpoint.
-    Stateless,
-    /// State taken by [`Operator::snapshot`] and given back by [`Operator::restore`].
-    Checkpointed,
-    /// State that checkpoints do not cover yet: a pipeline with checkpoints refuses it.
-    NotCheckpointed,
-}
-
-/// Identity of one running task: a node's instance for one partition.
-#[derive(Debug, Clone)]
-pub struct TaskInfo {
-    pub pipeline: Arc<str>,
-    pub node: Arc<str>,
-    /// 0-based index of this task among the node's partitions.
-    pub partition: usize,
-    pub parallelism: usize,
-    /// Where a stateful operator keeps its state ([`RuntimeSettings::state`]).
-    pub state: Arc<dyn crate::state::StateBackend>,
-}
-
-impl std::fmt::Display for TaskInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}/{}[{}/{}]",
-            self.pipeline, self.node, self.partition, self.parallelism
-        )
-    }
-}
 
 /// How sources group rows into batches: a batch is emitted when it holds `size` rows or
 /// when `flush_interval` has passed since the previous one, whichever comes first, so
@@ -443,83 +388,6 @@ pub trait SinkFactory: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 }
-
-/// Errors of the runtime itself and of the tasks it runs.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("operator {task} failed: {source}")]
-    Operator {
-        task: String,
-        #[source]
-        source: Box<crate::Error>,
-    },
-    #[error("operator {task} panicked: {message}")]
-    Panicked { task: String, message: String },
-    #[error("invalid graph: {0}")]
-    Graph(String),
-    #[error("{context}: {source}")]
-    Arrow {
-        context: String,
-        #[source]
-        source: arrow::error::ArrowError,
-    },
-    #[error("{context}: {source}")]
-    DataFusion {
-        context: String,
-        #[source]
-        source: datafusion::error::DataFusionError,
-    },
-    #[error("{0}")]
-    User(String),
-    #[error("downstream task has stopped")]
-    DownstreamGone,
-    /// A stop that did not drain in time (`run.stop_grace`) or was cut short by a
-    /// second signal: the process exits without waiting for `waiting`.
-    #[error(
-        "stop abandoned ({reason}) while waiting for {waiting}; with checkpoints the next start \
-         resumes from the last committed checkpoint and replays the rest (exactly-once output \
-         is not lost); without, rows not yet written are lost"
-    )]
-    StopAbandoned { reason: String, waiting: String },
-}
-
-impl EngineError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            // A failing task is reported with its cause's code (what the user looks
-            // up); the message names the task. ENG001 is the code of the wrapper alone.
-            EngineError::Operator { source, .. } => source.code(),
-            EngineError::Panicked { .. } => "ENG002",
-            EngineError::Graph(_) => "ENG003",
-            EngineError::Arrow { .. } => "ENG004",
-            EngineError::DataFusion { .. } => "ENG005",
-            EngineError::User(_) => "ENG006",
-            EngineError::DownstreamGone => "ENG007",
-            EngineError::StopAbandoned { .. } => "ENG008",
-        }
-    }
-
-    pub fn arrow(context: impl Into<String>, source: arrow::error::ArrowError) -> crate::Error {
-        EngineError::Arrow {
-            context: context.into(),
-            source,
-        }
-        .into()
-    }
-
-    pub fn datafusion(
-        context: impl Into<String>,
-        source: datafusion::error::DataFusionError,
-    ) -> crate::Error {
-        EngineError::DataFusion {
-            context: context.into(),
-            source,
-        }
-        .into()
-    }
-}
-
-pub type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests;

@@ -11,12 +11,13 @@ use futures::stream::{BoxStream, select_all};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::exchange::{NodeStats, Output};
+use super::exchange::Output;
 use super::graph::{Graph, NodeKind};
 use super::watermark::{InputWatermarks, Watermark};
 use super::{BatchSettings, Collector, EngineError, Message, Result, SourceContext, TaskInfo};
 use crate::checkpoint::fault::Phase;
 use crate::metrics as m;
+use crate::types::NodeStats;
 
 /// Knobs of the runtime, set from the pipeline file and configuration.
 #[derive(Debug, Clone)]

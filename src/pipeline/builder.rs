@@ -25,10 +25,11 @@ use arrow::datatypes::SchemaRef;
 use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
 use crate::engine::{
-    EngineError, FilterOperator, FlatMapOperator, Graph, MapOperator, NodeId, Partitioning,
-    RunReport, Runtime, RuntimeSettings, SinkFactory, SourceFactory,
+    EngineError, Graph, NodeId, Partitioning, RunReport, Runtime, RuntimeSettings, SinkFactory,
+    SourceFactory,
 };
-use crate::sql::{SqlPlanner, SqlText, StagePlan, parse_sql};
+use crate::operators::{FilterOperator, FlatMapOperator, MapOperator};
+use crate::planner::{SqlPlanner, SqlText, StagePlan, parse_sql};
 
 /// A node's output inside a [`PipelineBuilder`], with how the next node receives it.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub struct PipelineBuilder {
     graph: Graph,
     planner: SqlPlanner,
     parallelism: usize,
-    stage_options: crate::sql::StageOptions,
+    stage_options: crate::planner::StageOptions,
     runtime: RuntimeSettings,
     /// Nodes that stamp a source's rows with their arrival time: (table name, column).
     arrivals: std::collections::HashMap<NodeId, (String, String)>,
@@ -70,7 +71,7 @@ impl PipelineBuilder {
     pub fn processing_time(&mut self, source: Stream, column: &str) -> Result<Stream> {
         let schema = self.schema(&source);
         let table = self.graph.nodes[source.node].name.clone();
-        let factory = crate::engine::ArrivalTimeFactory::new(&schema, column)?;
+        let factory = crate::operators::ArrivalTimeFactory::new(&schema, column)?;
         let parallelism = self.graph.nodes[source.node].parallelism;
         let first = self.graph.nodes.len();
         let node = self.graph.add_operator(
@@ -232,7 +233,7 @@ impl PipelineBuilder {
         self
     }
 
-    fn single_table(ddl: &str) -> Result<crate::sql::TableDecl> {
+    fn single_table(ddl: &str) -> Result<crate::planner::TableDecl> {
         // A lone CREATE TABLE is not a pipeline, so parse it with a dummy INSERT.
         let text = format!("{ddl};\nINSERT INTO x SELECT 1");
         let parsed = parse_sql(&SqlText::file(text, "<builder>"))?;
@@ -241,7 +242,7 @@ impl PipelineBuilder {
         })
     }
 
-    async fn declared(&self, decl: &crate::sql::TableDecl) -> Result<Option<SchemaRef>> {
+    async fn declared(&self, decl: &crate::planner::TableDecl) -> Result<Option<SchemaRef>> {
         let Some(stmt) = &decl.columns_ddl else {
             return Ok(None);
         };
@@ -273,7 +274,7 @@ impl PipelineBuilder {
             base_dir: &cwd,
         };
         let mut options = decl.options.clone();
-        let event_time = crate::sql::planner::take_event_time(&mut options)
+        let event_time = crate::planner::plan::take_event_time(&mut options)
             .map_err(|m| EngineError::User(format!("table {}: {m}", decl.name)))?;
         let processing_time = options.remove("processing_time_field");
         let parallelism = match options.remove("parallelism") {
@@ -442,10 +443,10 @@ impl PipelineBuilder {
         }
     }
 
-    /// A keyed process function ([`crate::state::KeyedProcessFunction`]): rows are
+    /// A keyed process function ([`crate::operators::KeyedProcessFunction`]): rows are
     /// routed by `key_by`, each key has its own typed state and event-time timers, and
     /// the function emits rows of `output`. `make` builds one function per partition.
-    pub fn process<F: crate::state::KeyedProcessFunction>(
+    pub fn process<F: crate::operators::KeyedProcessFunction>(
         &mut self,
         input: Stream,
         name: &str,
@@ -460,7 +461,7 @@ impl PipelineBuilder {
     /// function sends rows to one with `ctx.emit_to(name, row)`, and
     /// [`side_output`](Self::side_output) is the stream of its rows (alerts, rejected
     /// rows) for any further node or sink.
-    pub fn process_with_side_outputs<F: crate::state::KeyedProcessFunction>(
+    pub fn process_with_side_outputs<F: crate::operators::KeyedProcessFunction>(
         &mut self,
         input: Stream,
         name: &str,
@@ -473,7 +474,7 @@ impl PipelineBuilder {
         let Partitioning::Hash(keys) = keyed.partitioning.clone() else {
             unreachable!("key_by routes by hash")
         };
-        let op = Arc::new(crate::state::ProcessFactory {
+        let op = Arc::new(crate::operators::ProcessFactory {
             make: Arc::new(make),
             keys,
             output,

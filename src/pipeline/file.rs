@@ -25,7 +25,7 @@ use super::{Config, PipelineError};
 use crate::dlq::ErrorPolicy;
 use crate::engine::{BatchSettings, RuntimeSettings};
 use crate::error::Location;
-use crate::sql::{PlannedPipeline, SqlPlanner, SqlText};
+use crate::planner::{PlannedPipeline, SqlPlanner, SqlText};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,7 +159,7 @@ pub struct LoadedPipeline {
     pub name: String,
     pub path: PathBuf,
     pub sql: SqlText,
-    pub plan: crate::sql::PlanSettings,
+    pub plan: crate::planner::PlanSettings,
     pub runtime: RuntimeSettings,
     /// `None`: no checkpoints.
     pub checkpoint: Option<CheckpointPlan>,
@@ -238,7 +238,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         },
         ..RuntimeSettings::default()
     };
-    let mut plan = crate::sql::PlanSettings {
+    let mut plan = crate::planner::PlanSettings {
         parallelism: defaults.parallelism,
         state_memory_limit: Some(
             crate::connectors::parse_size(&defaults.state_memory_limit).map_err(|e| {

@@ -321,7 +321,7 @@ struct ProcessOperator<F: KeyedProcessFunction> {
     /// Pending timers in firing order: event time [0] and processing time [1].
     timers: [BTreeSet<(i64, OwnedRow)>; 2],
     watermark: i64,
-    state: super::StateHandle,
+    state: crate::state::StateHandle,
 }
 
 impl<F: KeyedProcessFunction> ProcessOperator<F> {
@@ -606,7 +606,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
             let (header, batches): (ProcessSnapshot, _) = crate::state::snapshot::decode(state)?;
             watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
             for columns in batches {
-                let columns = crate::sql::window::own_rows(&self.task, columns, header.keys)?;
+                let columns = crate::operators::window::own_rows(&self.task, columns, header.keys)?;
                 let (keys, rest) = columns.split_at(header.keys);
                 let corrupt =
                     || EngineError::User("restoring a process function: bad state columns".into());
@@ -822,7 +822,7 @@ mod tests {
                     ]));
                     let out = p.process(src, "sum", &["k"], output, || SumThenReport).unwrap();
                     p.collect(out, "results").unwrap();
-                    let out = crate::sql::test_support::drive_node(&p.build(), "process function", &steps, &cuts).await;
+                    let out = crate::testing::drive_node(&p.build(), "process function", &steps, &cuts).await;
                     crate::connectors::memory::sorted_json_lines(&out)
                 })
             };

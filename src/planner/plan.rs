@@ -18,18 +18,18 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::ddl::{TableDecl, parse_sql};
-use super::join::IntervalJoinFactory;
-use super::lookup::{LookupPartition, LookupTable};
-use super::rank::RankFactory;
-use super::stage::{SlotPartition, SqlOperatorFactory};
-use super::updating::UpdatingAggFactory;
-use super::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use super::{SqlError, SqlText};
 use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
 use crate::engine::EventTime;
 use crate::engine::{Graph, NodeId, Partitioning};
 use crate::error::Location;
+use crate::operators::join::IntervalJoinFactory;
+use crate::operators::lookup::{LookupPartition, LookupTable};
+use crate::operators::rank::RankFactory;
+use crate::operators::stage::{SlotPartition, SqlOperatorFactory};
+use crate::operators::updating::UpdatingAggFactory;
+use crate::operators::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Names of the lookup tables of one planning session.
@@ -259,7 +259,7 @@ impl StagePlan {
                 );
                 let (before_upper, upper_parallelism) = match gather {
                     Some(column) => {
-                        let factory = Arc::new(super::window::WindowGatherFactory {
+                        let factory = Arc::new(crate::operators::window::WindowGatherFactory {
                             schema: graph.nodes[agg].schema.clone(),
                             window_column: *column,
                         });
@@ -365,7 +365,11 @@ impl SqlPlanner {
         opts.optimizer.enable_round_robin_repartition = false;
         let config = config.with_extension(Arc::new(LookupNames::default()));
         let ctx = SessionContext::new_with_config(config);
-        for udf in self.udfs.iter().chain(super::window::window_udfs().iter()) {
+        for udf in self
+            .udfs
+            .iter()
+            .chain(crate::operators::window::window_udfs().iter())
+        {
             ctx.register_udf(udf.as_ref().clone());
         }
         for udaf in &self.udafs {
@@ -809,7 +813,7 @@ impl SqlPlanner {
                 continue;
             }
             let schema = match &processing_time {
-                Some(column) => Arc::new(crate::engine::ArrivalTimeFactory::schema(
+                Some(column) => Arc::new(crate::operators::ArrivalTimeFactory::schema(
                     &factory.schema(),
                     column,
                 )),
@@ -896,12 +900,14 @@ impl SqlPlanner {
                             })?;
                         let mut id = graph.add_source(input, factory.clone(), *parallelism);
                         if let Some(column) = processing_time {
-                            let arrival =
-                                crate::engine::ArrivalTimeFactory::new(&factory.schema(), column)
-                                    .map_err(|e| SqlError::Plan {
-                                    location: decl_location.clone(),
-                                    message: e.to_string(),
-                                })?;
+                            let arrival = crate::operators::ArrivalTimeFactory::new(
+                                &factory.schema(),
+                                column,
+                            )
+                            .map_err(|e| SqlError::Plan {
+                                location: decl_location.clone(),
+                                message: e.to_string(),
+                            })?;
                             id = graph.add_operator(
                                 &format!("{input}_arrival"),
                                 Arc::new(arrival),
@@ -1231,7 +1237,7 @@ fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
         .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
         .unwrap_or(false);
     let schema = w.input.schema();
-    let window_type = super::window::window_type();
+    let window_type = crate::operators::window::window_type();
     let by_window = |e: &Expr| {
         e.column_refs().iter().any(|c| {
             datafusion::common::ExprSchema::field_from_column(schema.as_ref(), c)
@@ -1465,7 +1471,7 @@ fn split_join(
                 .into(),
         );
     }
-    let bounds = super::join::time_bounds(filter.as_ref(), &on, [&left, &right])?;
+    let bounds = crate::operators::join::time_bounds(filter.as_ref(), &on, [&left, &right])?;
     for (table, name) in [
         (&left_table, &bounds.left.name),
         (&right_table, &bounds.right.name),
@@ -1615,7 +1621,7 @@ fn split_window_aggregate(
         lower: agg.input().clone(),
         aggregate: AggOperator::Window(WindowAggFactory {
             spec,
-            parts: super::window::FactoryParts {
+            parts: crate::operators::window::FactoryParts {
                 window_pos,
                 time,
                 keys,

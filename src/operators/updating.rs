@@ -772,7 +772,7 @@ mod tests {
                     let src = p.source("ev", Arc::new(MemorySource::new(kvt_batch(&[]).schema(), vec![]).unwrap()));
                     let out = p.sql(src, QUERIES[q]).await.unwrap();
                     p.collect(out, "results").unwrap();
-                    let out = crate::sql::test_support::drive_node(&p.build(), "updating aggregate", &steps, &cuts).await;
+                    let out = crate::testing::drive_node(&p.build(), "updating aggregate", &steps, &cuts).await;
                     // Tasks interleave their output: compare changelog rows as multisets.
                     crate::connectors::memory::sorted_json_lines(&out)
                 })
@@ -802,7 +802,7 @@ mod tests {
         p.collect(out, "results").unwrap();
         let graph = p.build();
         let (mut out, mut rx) = crate::engine::Collector::capture(1 << 10);
-        let mut op = crate::sql::test_support::operator(&graph, "updating aggregate");
+        let mut op = crate::testing::operator(&graph, "updating aggregate");
         op.process_batch(kvt_batch(&[(1, 5, 0), (2, 7, 1)]), &mut out)
             .await
             .unwrap();
@@ -815,7 +815,7 @@ mod tests {
             .unwrap();
         let delta = op.snapshot_changes().unwrap().unwrap();
         assert!(delta.is_delta(), "one changed group of one is a delta");
-        let mut restored = crate::sql::test_support::operator(&graph, "updating aggregate");
+        let mut restored = crate::testing::operator(&graph, "updating aggregate");
         restored
             .restore_chains(vec![vec![full, delta.into_bytes().unwrap()]])
             .unwrap();
@@ -826,9 +826,7 @@ mod tests {
             .unwrap();
         drop(out);
         assert_eq!(
-            crate::connectors::memory::sorted_json_lines(
-                &crate::sql::test_support::drain(rx).await
-            ),
+            crate::connectors::memory::sorted_json_lines(&crate::testing::drain(rx).await),
             [
                 r#"{"k":1,"sum(ev.v)":1,"_op":"+I"}"#,
                 r#"{"k":2,"sum(ev.v)":1,"_op":"+I"}"#,

@@ -14,21 +14,11 @@
 
 pub mod check;
 mod ddl;
-mod join;
-mod lookup;
-pub(crate) mod planner;
-pub mod rank;
-mod session;
-mod stage;
-#[cfg(test)]
-pub(crate) mod test_support;
+pub(crate) mod plan;
 pub mod udf;
-pub mod updating;
-pub mod window;
 
 pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
-pub use planner::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePlan};
-pub use stage::SqlOperatorFactory;
+pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePlan};
 
 use std::path::PathBuf;
 

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::state::KeyEncoder;
+use crate::operators::KeyEncoder;
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
 use arrow::compute::interleave;
 use arrow::datatypes::SchemaRef;
@@ -480,7 +480,7 @@ mod tests {
                     p.event_time(&src, "ts", std::time::Duration::from_millis(delay as u64)).unwrap();
                     let out = p.sql(src, QUERY).await.unwrap();
                     p.collect(out, "results").unwrap();
-                    let out = crate::sql::test_support::drive_node(&p.build(), "row_number", &steps, &cuts).await;
+                    let out = crate::testing::drive_node(&p.build(), "row_number", &steps, &cuts).await;
                     sorted_json_lines(&out)
                 })
             };

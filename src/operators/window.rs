@@ -1711,7 +1711,7 @@ mod tests {
 
     /// The rows the window operator of `query` over `ev` emits, one event per batch
     /// with the watermark `delay` ms behind the newest event, checkpointed after event
-    /// `i` as `cuts[i]` says (see [`drive_node`](crate::sql::test_support::drive_node)).
+    /// `i` as `cuts[i]` says (see [`drive_node`](crate::testing::drive_node)).
     async fn drive_window(
         events: &[Ev],
         delay: i64,
@@ -1738,9 +1738,7 @@ mod tests {
                 (0, ev_batch(std::slice::from_ref(ev)), Some(newest - delay))
             })
             .collect();
-        let out =
-            crate::sql::test_support::drive_node(&p.build(), "window aggregate", &steps, cuts)
-                .await;
+        let out = crate::testing::drive_node(&p.build(), "window aggregate", &steps, cuts).await;
         sorted_json_lines(&out)
     }
 
@@ -1816,7 +1814,7 @@ mod tests {
                 )
             });
             proptest::prop_assert_eq!(
-                crate::sql::updating::apply_changelog(&got),
+                crate::operators::updating::apply_changelog(&got),
                 Ok(sorted_json_lines(&expected))
             );
         }
@@ -1968,7 +1966,7 @@ mod tests {
             let query = "SELECT CAST(w['start'] AS BIGINT) AS ws, CAST(w['end'] AS BIGINT) AS we, k, n, s, lo, hi \
                          FROM (SELECT session(INTERVAL '20 milliseconds') AS w, k, count(*) AS n, sum(v) AS s, \
                          min(v) AS lo, max(v) AS hi FROM ev GROUP BY w, k)";
-            let islands = crate::sql::session::tests::islands(
+            let islands = crate::operators::session::tests::islands(
                 &evs.iter().map(|e| (e.key, e.ts)).collect::<Vec<_>>(),
                 GAP,
             );

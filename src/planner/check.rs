@@ -164,7 +164,7 @@ impl RowValidator for TableChecks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sql::SqlText;
+    use crate::planner::SqlText;
     use arrow::array::{Float64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
 

@@ -7,7 +7,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
-use super::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
+use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
 
 type MapFn = dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync;
 type FilterFn = dyn Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync;
@@ -39,8 +39,8 @@ fn check_schema(name: &str, expected: &SchemaRef, batch: &RecordBatch) -> Result
     if batch.schema().fields() != expected.fields() {
         return Err(EngineError::User(format!(
             "{name} returned a batch with schema {} but declared {}",
-            super::graph::fields(&batch.schema()),
-            super::graph::fields(expected)
+            crate::engine::fields(&batch.schema()),
+            crate::engine::fields(expected)
         ))
         .into());
     }

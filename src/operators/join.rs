@@ -918,7 +918,7 @@ mod tests {
                     let left = sides.pop().unwrap();
                     let out = p.join_sql(left, right, QUERIES[q]).await.unwrap();
                     p.collect(out, "results").unwrap();
-                    let out = crate::sql::test_support::drive_node(&p.build(), "interval join", &steps, &cuts).await;
+                    let out = crate::testing::drive_node(&p.build(), "interval join", &steps, &cuts).await;
                     sorted_json_lines(&out)
                 })
             };
