@@ -4,24 +4,9 @@
 //! only gathers them so that the CLI has one place that turns an error into what the
 //! user sees: `error[CODE]: message`, with the file, line and column where known.
 
-use std::fmt;
 use std::path::PathBuf;
 
-/// A position in a user's file (pipeline YAML, SQL, configuration).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-    }
-}
+pub use crate::types::Location;
 
 /// Every error Tributary reports.
 #[derive(Debug, thiserror::Error)]

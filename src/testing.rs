@@ -1,5 +1,9 @@
-//! Test support: running one stateful operator of a planned query by hand, with
-//! checkpoints and changes of parallelism where a test says.
+//! Helpers the crate's unit tests share (compiled only for tests): running one
+//! stateful operator of a planned query by hand, with checkpoints and changes of
+//! parallelism where a test says; tapping a running pipeline; comparing results
+//! whatever their order; the `(k, v, ts)` test input.
+
+use std::sync::Arc;
 
 use arrow::array::{RecordBatch, UInt32Array};
 
@@ -204,4 +208,68 @@ pub(crate) async fn drain(mut rx: tokio::sync::mpsc::Receiver<Message>) -> Vec<R
         }
     }
     batches
+}
+
+/// Ends `out` in a blackhole sink and sends each batch that reaches it to the returned
+/// channel as it passes: for tests that watch a running pipeline.
+pub(crate) fn tap(
+    p: &mut crate::pipeline::PipelineBuilder,
+    out: crate::pipeline::Stream,
+) -> tokio::sync::mpsc::UnboundedReceiver<RecordBatch> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let schema = p.schema(&out);
+    let out = p.map(out, "tap", schema, move |b| {
+        let _ = tx.send(b.clone());
+        Ok(b)
+    });
+    p.sink(
+        out,
+        "blackhole",
+        Arc::new(crate::connectors::blackhole::BlackholeSink::new(None)),
+    )
+    .expect("a blackhole takes any schema");
+    rx
+}
+
+/// Every row of `batches` as a JSON line, sorted: for comparing results whatever the
+/// order their rows arrived in.
+pub(crate) fn sorted_json_lines(batches: &[RecordBatch]) -> Vec<String> {
+    let mut buf = Vec::new();
+    for b in batches {
+        crate::formats::json::encode_json_lines(b, &mut buf).expect("test rows encode");
+    }
+    let mut lines: Vec<String> = String::from_utf8(buf)
+        .expect("JSON is UTF-8")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Test input used across the stateful operators' tests: `(k, v, ts)` rows as a batch
+/// of `k BIGINT, v BIGINT, ts TIMESTAMP(ms)`.
+pub(crate) fn kvt_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                rows.iter().map(|r| r.2),
+            )),
+        ],
+    )
+    .expect("three columns of equal length")
 }

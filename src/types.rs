@@ -8,6 +8,8 @@
 //! `checkpoint`, `engine` and `operators` can all use it without depending on each
 //! other (`tests/e2e/layout.rs` checks the module graph has no cycles).
 
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -54,7 +56,7 @@ pub struct TaskInfo {
     pub partition: usize,
     pub parallelism: usize,
     /// Where a stateful operator keeps its state ([`RuntimeSettings::state`]).
-    pub state: Arc<dyn crate::state::StateBackend>,
+    pub state: Arc<dyn StateBackend>,
 }
 
 impl std::fmt::Display for TaskInfo {
@@ -224,3 +226,19 @@ impl EngineError {
 }
 
 pub type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// A position in a user's file (pipeline YAML, SQL, configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}

@@ -68,7 +68,7 @@ async fn plan_all(
             return None;
         }
     };
-    let planner = SqlPlanner::new().with_env(crate::connectors::ConnectorEnv::from_config(config));
+    let planner = SqlPlanner::new().with_env(config.connector_env());
     let mut ok = true;
     let mut out = Vec::new();
     for path in paths {

@@ -302,17 +302,6 @@ pub struct ConnectorEnv {
     pub registry: crate::registry::client::ClientSettings,
 }
 
-impl ConnectorEnv {
-    pub fn from_config(config: &crate::pipeline::Config) -> Self {
-        ConnectorEnv {
-            kafka: config.kafka.clone(),
-            registry_url: Some(config.registry.url.clone()).filter(|u| !u.is_empty()),
-            // Checked when the configuration was loaded.
-            registry: config.registry.client_settings().unwrap_or_default(),
-        }
-    }
-}
-
 fn unknown(table: &str, name: &str) -> crate::Error {
     ConnectorError::UnknownConnector {
         table: table.into(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::engine::NodeStats;
-use crate::engine::TaskInfo;
+use crate::types::NodeStats;
+use crate::types::TaskInfo;
 
 /// Why a record was refused; a closed set so metrics labels stay bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

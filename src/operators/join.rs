@@ -762,14 +762,15 @@ impl Operator for IntervalJoinOperator {
 
 #[cfg(test)]
 mod tests {
-    use crate::connectors::memory::sorted_json_lines;
+    use crate::testing::sorted_json_lines;
     use std::sync::Arc;
 
     use arrow::array::RecordBatch;
     use datafusion::prelude::SessionContext;
 
-    use crate::connectors::memory::{MemorySource, kvt_batch};
+    use crate::connectors::memory::MemorySource;
     use crate::pipeline::PipelineBuilder;
+    use crate::testing::kvt_batch;
 
     type Rows = Vec<(i64, i64, i64)>;
 

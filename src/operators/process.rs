@@ -730,7 +730,7 @@ mod tests {
     }
 
     fn input(rows: &[(i64, i64, i64)]) -> RecordBatch {
-        crate::connectors::memory::kvt_batch(rows)
+        crate::testing::kvt_batch(rows)
     }
 
     /// Timers fire in event-time order across keys, each once, with the state of their
@@ -823,7 +823,7 @@ mod tests {
                     let out = p.process(src, "sum", &["k"], output, || SumThenReport).unwrap();
                     p.collect(out, "results").unwrap();
                     let out = crate::testing::drive_node(&p.build(), "process function", &steps, &cuts).await;
-                    crate::connectors::memory::sorted_json_lines(&out)
+                    crate::testing::sorted_json_lines(&out)
                 })
             };
             let plain = run(vec![]);
@@ -919,7 +919,7 @@ mod tests {
         let out = p
             .process(src, "alert", &["k"], output, || CountThenAlert)
             .unwrap();
-        let mut rx = crate::connectors::memory::tap(&mut p, out);
+        let mut rx = crate::testing::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let mut alerts = Vec::new();
         while alerts.len() < 2 {
@@ -1009,8 +1009,7 @@ mod tests {
         let kept = p.collect(out, "kept").unwrap();
         let dropped = p.collect(side, "dropped").unwrap();
         p.run_to_completion().await.unwrap();
-        let lines =
-            |batches: Vec<RecordBatch>| crate::connectors::memory::sorted_json_lines(&batches);
+        let lines = |batches: Vec<RecordBatch>| crate::testing::sorted_json_lines(&batches);
         assert_eq!(
             lines(kept.batches()),
             vec![r#"{"k":1,"v":5}"#, r#"{"k":3,"v":7}"#]

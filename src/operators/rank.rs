@@ -399,7 +399,7 @@ struct RankSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use crate::connectors::memory::sorted_json_lines;
+    use crate::testing::sorted_json_lines;
     use std::sync::Arc;
 
     use arrow::array::RecordBatch;
@@ -410,7 +410,7 @@ mod tests {
     use crate::pipeline::PipelineBuilder;
 
     fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
-        crate::connectors::memory::kvt_batch(rows)
+        crate::testing::kvt_batch(rows)
     }
 
     const QUERY: &str = "SELECT k, v, CAST(ts AS BIGINT) AS t, rn FROM \

@@ -688,8 +688,9 @@ mod tests {
     use arrow::array::RecordBatch;
     use datafusion::prelude::SessionContext;
 
-    use crate::connectors::memory::{MemorySource, kvt_batch};
+    use crate::connectors::memory::MemorySource;
     use crate::pipeline::PipelineBuilder;
+    use crate::testing::kvt_batch;
 
     async fn stream(
         rows: &[(i64, i64, i64)],
@@ -715,7 +716,7 @@ mod tests {
         let ctx = SessionContext::new();
         ctx.register_batch("ev", kvt_batch(rows)).unwrap();
         let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
-        crate::connectors::memory::sorted_json_lines(&out)
+        crate::testing::sorted_json_lines(&out)
     }
 
     const QUERIES: [&str; 3] = [
@@ -774,7 +775,7 @@ mod tests {
                     p.collect(out, "results").unwrap();
                     let out = crate::testing::drive_node(&p.build(), "updating aggregate", &steps, &cuts).await;
                     // Tasks interleave their output: compare changelog rows as multisets.
-                    crate::connectors::memory::sorted_json_lines(&out)
+                    crate::testing::sorted_json_lines(&out)
                 })
             };
             let plain = run(vec![]);
@@ -826,7 +827,7 @@ mod tests {
             .unwrap();
         drop(out);
         assert_eq!(
-            crate::connectors::memory::sorted_json_lines(&crate::testing::drain(rx).await),
+            crate::testing::sorted_json_lines(&crate::testing::drain(rx).await),
             [
                 r#"{"k":1,"sum(ev.v)":1,"_op":"+I"}"#,
                 r#"{"k":2,"sum(ev.v)":1,"_op":"+I"}"#,
@@ -858,7 +859,7 @@ mod tests {
             .unwrap();
         let results = p.collect(out, "results").unwrap();
         p.run_to_completion().await.unwrap();
-        let changes = crate::connectors::memory::sorted_json_lines(&results.batches());
+        let changes = crate::testing::sorted_json_lines(&results.batches());
         assert!(
             changes.contains(&r#"{"k":1,"s":5,"_op":"-D"}"#.to_string()),
             "{changes:?}"
@@ -953,7 +954,7 @@ mod tests {
             }) {
                 super::apply_changelog(&got).unwrap()
             } else {
-                crate::connectors::memory::sorted_json_lines(&got)
+                crate::testing::sorted_json_lines(&got)
             };
             assert_eq!(got, batch(&rows, expected).await, "{query}");
         }

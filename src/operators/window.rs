@@ -1507,15 +1507,16 @@ pub(crate) fn discarded(task: &TaskInfo, open: usize, what: &str) {
 
 #[cfg(test)]
 mod tests {
-    use crate::connectors::memory::sorted_json_lines;
+    use crate::testing::sorted_json_lines;
     use std::sync::{Arc, Mutex};
 
     use arrow::array::RecordBatch;
     use datafusion::prelude::SessionContext;
 
     use crate::connectors::blackhole::BlackholeSink;
-    use crate::connectors::memory::{MemorySource, kvt_batch};
+    use crate::connectors::memory::MemorySource;
     use crate::pipeline::PipelineBuilder;
+    use crate::testing::kvt_batch;
 
     /// Runs `query` over Nexmark bids (every window emitted at the end of input) and
     /// returns the input rows and the results.
@@ -1622,7 +1623,7 @@ mod tests {
 
     fn ev_batch(events: &[Ev]) -> RecordBatch {
         let rows: Vec<(i64, i64, i64)> = events.iter().map(|e| (e.key, e.value, e.ts)).collect();
-        crate::connectors::memory::kvt_batch(&rows)
+        crate::testing::kvt_batch(&rows)
     }
 
     /// The streaming result of `query` over `events`, one event per batch, watermark
@@ -1855,7 +1856,7 @@ mod tests {
                        (SELECT tumble(INTERVAL '50 milliseconds') AS w, count(*) AS n, sum(v) AS s FROM ev GROUP BY w)")
             .await
             .unwrap();
-        let mut rx = crate::connectors::memory::tap(&mut p, out);
+        let mut rx = crate::testing::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
             .await
@@ -1899,7 +1900,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut rx = crate::connectors::memory::tap(&mut p, out);
+        let mut rx = crate::testing::tap(&mut p, out);
         let handle = crate::engine::Runtime::start(p.build(), Default::default()).unwrap();
         let first = tokio::time::timeout(std::time::Duration::from_secs(20), rx.recv())
             .await

@@ -21,6 +21,19 @@ pub struct Config {
     pub kafka: crate::connectors::kafka::KafkaConfig,
 }
 
+impl Config {
+    /// What connectors read from the configuration: clusters, the registry's URL and
+    /// client settings.
+    pub fn connector_env(&self) -> crate::connectors::ConnectorEnv {
+        crate::connectors::ConnectorEnv {
+            kafka: self.kafka.clone(),
+            registry_url: Some(self.registry.url.clone()).filter(|u| !u.is_empty()),
+            // Checked when the configuration was loaded.
+            registry: self.registry.client_settings().unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {

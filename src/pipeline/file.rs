@@ -24,8 +24,8 @@ use serde::Deserialize;
 use super::{Config, PipelineError};
 use crate::dlq::ErrorPolicy;
 use crate::engine::{BatchSettings, RuntimeSettings};
-use crate::error::Location;
 use crate::planner::{PlannedPipeline, SqlPlanner, SqlText};
+use crate::types::Location;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -14,7 +14,7 @@ pub use builder::{PipelineBuilder, Stream};
 pub use config::{Config, LogFormat, load_config};
 pub use file::{LoadedPipeline, PipelineFile, discover, load_pipeline};
 
-use crate::error::Location;
+use crate::types::Location;
 
 /// Errors of pipeline files and configuration.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::Span;
 
 use super::{SqlError, SqlText};
-use crate::error::Location;
+use crate::types::Location;
 
 /// `CREATE TABLE name (cols) WITH (connector = '…', …)`.
 #[derive(Debug, Clone)]

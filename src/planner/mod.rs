@@ -22,7 +22,7 @@ pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePla
 
 use std::path::PathBuf;
 
-use crate::error::Location;
+use crate::types::Location;
 
 /// SQL text and where it came from, so errors can point into the user's file.
 #[derive(Debug, Clone)]

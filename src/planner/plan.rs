@@ -23,13 +23,13 @@ use crate::connectors::{self, Options, TableRequest};
 use crate::dlq::ErrorPolicy;
 use crate::engine::EventTime;
 use crate::engine::{Graph, NodeId, Partitioning};
-use crate::error::Location;
 use crate::operators::join::IntervalJoinFactory;
 use crate::operators::lookup::{LookupPartition, LookupTable};
 use crate::operators::rank::RankFactory;
 use crate::operators::stage::{SlotPartition, SqlOperatorFactory};
 use crate::operators::updating::UpdatingAggFactory;
 use crate::operators::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
+use crate::types::Location;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Names of the lookup tables of one planning session.

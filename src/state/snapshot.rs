@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-use crate::engine::{EngineError, Result};
+use crate::types::{EngineError, Result};
 
 /// A task's state for one checkpoint, taken on the task and turned into bytes off it.
 ///

@@ -11,6 +11,7 @@ mod cli_errors;
 mod docs;
 mod kafka;
 mod kafka_faults;
+mod layout;
 mod lifecycle;
 mod lookup;
 mod operations;
