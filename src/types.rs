@@ -139,7 +139,7 @@ impl StateHandle {
     pub fn report(&self, bytes: usize, what: impl FnOnce() -> String, advice: &str) -> Result<()> {
         self.gauge.set(bytes as f64);
         match self.limit {
-            Some(limit) if bytes as u64 > limit => Err(EngineError::User(format!(
+            Some(limit) if bytes as u64 > limit => Err(EngineError::StateLimit(format!(
                 "{} state holds {bytes} bytes {}, over the limit of {limit} (state.memory_limit): {advice}",
                 self.kind,
                 what()
@@ -175,8 +175,21 @@ pub enum EngineError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    /// A pipeline put together wrongly, found while building or running it: a
+    /// configuration value, a Rust operator's output that breaks its declaration, a
+    /// source that cannot run as asked.
     #[error("{0}")]
-    User(String),
+    Invalid(String),
+    /// State that cannot be written or read back: a checkpoint's bytes that do not
+    /// decode, or hold other columns than the operator expects.
+    #[error("{0}")]
+    State(String),
+    /// An operator task's state is over `state.memory_limit`.
+    #[error("{0}")]
+    StateLimit(String),
+    /// An invariant of ours that did not hold (a bug): the message says which.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("downstream task has stopped")]
     DownstreamGone,
     /// A stop that did not drain in time (`run.stop_grace`) or was cut short by a
@@ -199,7 +212,10 @@ impl EngineError {
             EngineError::Graph(_) => "ENG003",
             EngineError::Arrow { .. } => "ENG004",
             EngineError::DataFusion { .. } => "ENG005",
-            EngineError::User(_) => "ENG006",
+            EngineError::Invalid(_) => "ENG006",
+            EngineError::State(_) => "ENG009",
+            EngineError::StateLimit(_) => "ENG010",
+            EngineError::Internal(_) => "ENG011",
             EngineError::DownstreamGone => "ENG007",
             EngineError::StopAbandoned { .. } => "ENG008",
         }

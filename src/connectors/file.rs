@@ -463,7 +463,7 @@ impl FileSource {
     async fn checkpoint_if_due(&mut self, ctx: &mut SourceContext) -> Result<()> {
         if let Some(id) = ctx.checkpoint_due() {
             let position = serde_json::to_vec(&self.position)
-                .map_err(|e| EngineError::User(format!("file source position: {e}")))?;
+                .map_err(|e| EngineError::State(format!("file source position: {e}")))?;
             ctx.checkpoint(id, position).await?;
         }
         Ok(())
@@ -475,7 +475,7 @@ impl FileSource {
         let mut done = HashSet::new();
         for blob in ctx.restored_positions().await? {
             let p: FilePosition = serde_json::from_slice(&blob)
-                .map_err(|e| EngineError::User(format!("restoring a file source: {e}")))?;
+                .map_err(|e| EngineError::State(format!("restoring a file source: {e}")))?;
             done.extend(p.done);
             if let Some((path, rows)) = p.current {
                 self.resume.insert(path, rows);
@@ -491,7 +491,7 @@ impl Source for FileSource {
         self.read(ctx).await?;
         ctx.final_position = Some(
             serde_json::to_vec(&self.position)
-                .map_err(|e| EngineError::User(format!("file source position: {e}")))?,
+                .map_err(|e| EngineError::State(format!("file source position: {e}")))?,
         );
         Ok(())
     }

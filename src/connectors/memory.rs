@@ -26,7 +26,7 @@ impl MemorySource {
     /// `partitions.len()`. Every batch must have `schema`.
     pub fn new(schema: SchemaRef, partitions: Vec<Vec<RecordBatch>>) -> Result<Self> {
         if let Some(b) = partitions.iter().flatten().find(|b| b.schema() != schema) {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "memory source: a batch has schema {:?}, expected {:?}",
                 b.schema(),
                 schema
@@ -68,7 +68,7 @@ impl SourceFactory for MemorySource {
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         if task.parallelism != self.partitions.len() {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "memory source has {} partition(s) but runs at parallelism {}",
                 self.partitions.len(),
                 task.parallelism
@@ -151,7 +151,7 @@ impl crate::engine::Sink for MemorySink {
 pub async fn read_all(name: &str, source: Arc<dyn SourceFactory>) -> Result<Vec<RecordBatch>> {
     if !source.bounded() {
         return Err(
-            EngineError::User(format!("{name} is unbounded: it cannot be read whole")).into(),
+            EngineError::Invalid(format!("{name} is unbounded: it cannot be read whole")).into(),
         );
     }
     let sink = MemorySink::new();

@@ -702,7 +702,7 @@ impl Sink for ParquetSink {
                 .collect(),
         );
         serde_json::to_vec(&files).map(Some).map_err(|e| {
-            crate::engine::EngineError::User(format!("parquet sink state: {e}")).into()
+            crate::engine::EngineError::State(format!("parquet sink state: {e}")).into()
         })
     }
 
@@ -713,13 +713,13 @@ impl Sink for ParquetSink {
     async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
         for (partition, state) in states {
             let PendingFiles(files) = serde_json::from_slice(state).map_err(|e| {
-                crate::engine::EngineError::User(format!("restoring the parquet sink: {e}"))
+                crate::engine::EngineError::State(format!("restoring the parquet sink: {e}"))
             })?;
             for (tmp, dst) in &files {
                 if tmp.exists() {
                     reveal(tmp, dst)?;
                 } else if !dst.exists() {
-                    return Err(crate::engine::EngineError::User(format!(
+                    return Err(crate::engine::EngineError::State(format!(
                         "restoring the parquet sink: {} of the checkpoint is gone",
                         dst.display()
                     ))

@@ -125,7 +125,7 @@ pub trait Operator: Send {
     /// task, or, after a change of parallelism, on every task of the node: a keyed
     /// operator keeps the keys whose key group is now this task's.
     fn restore(&mut self, _states: &[Vec<u8>]) -> Result<()> {
-        Err(EngineError::User("this operator has no state to restore".into()).into())
+        Err(EngineError::Invalid("this operator has no state to restore".into()).into())
     }
 
     /// [`restore`](Operator::restore) for operators that write deltas: each old

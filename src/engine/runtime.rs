@@ -605,7 +605,7 @@ fn checkpoint_coordinator(
         }
     }
     if !refused.is_empty() {
-        return Err(EngineError::User(format!(
+        return Err(EngineError::Invalid(format!(
             "pipeline {} cannot take checkpoints: {}; run it without checkpoints",
             graph.pipeline,
             refused.join("; ")

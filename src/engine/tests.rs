@@ -301,7 +301,7 @@ impl Operator for Failing {
             .downcast_ref::<Int64Array>()
             .unwrap();
         if seq.values().contains(&250) {
-            return Err(EngineError::User("row 250 is poison".into()).into());
+            return Err(EngineError::Invalid("row 250 is poison".into()).into());
         }
         out.emit(batch).await
     }

@@ -48,7 +48,7 @@ pub fn event_times_ms(array: &dyn Array) -> Result<arrow::array::TimestampMillis
     let plain = match array.data_type() {
         DataType::Timestamp(_, _) => arrow::compute::cast(array, &target),
         other => {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "the event-time column must be a timestamp, not {other}"
             ))
             .into());

@@ -34,7 +34,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::{BinaryExpr, CastExpr, Column, Literal};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 
-use super::window::{LateRows, discarded, evaluate};
+use super::window::{LateRows, evaluate};
+use crate::state::keyed::{KeyedTable, NoFields};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
@@ -359,13 +360,11 @@ impl OperatorFactory for IntervalJoinFactory {
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|e| EngineError::arrow("creating the join's key encoder", e))?;
         Ok(Box::new(IntervalJoinOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "join", self.memory_limit),
             sides: [Side::default(), Side::default()],
             converter,
             key_types,
-            watermark: i64::MIN,
             late: LateRows::new(task),
-            state: task.state.open(task, "join", self.memory_limit),
             factory: IntervalJoinFactory {
                 left_keys: self.left_keys.clone(),
                 right_keys: self.right_keys.clone(),
@@ -433,16 +432,15 @@ impl Side {
 }
 
 struct IntervalJoinOperator {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, watermark, snapshots' form.
+    table: KeyedTable,
     factory: IntervalJoinFactory,
     /// Left (0) and right (1).
     sides: [Side; 2],
     converter: RowConverter,
     /// The keys' types (the left side's): right keys of another type are cast to them.
     key_types: Vec<DataType>,
-    watermark: i64,
     late: LateRows,
-    state: crate::state::StateHandle,
 }
 
 impl IntervalJoinOperator {
@@ -495,7 +493,7 @@ impl IntervalJoinOperator {
                 null_times += 1;
                 continue;
             };
-            if t < self.watermark {
+            if t < self.table.watermark() {
                 late += 1;
                 continue;
             }
@@ -520,9 +518,9 @@ impl IntervalJoinOperator {
             keep.push((i as u32, key));
         }
         self.late.report(
-            &self.task,
+            self.table.task(),
             out,
-            self.watermark,
+            self.table.watermark(),
             late,
             "older than the join's watermark",
             null_times,
@@ -626,7 +624,7 @@ impl IntervalJoinOperator {
                 result
                     .as_any()
                     .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| EngineError::User("the join condition is not a boolean".into()))?
+                    .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?
                     .clone(),
             );
         }
@@ -650,7 +648,7 @@ impl IntervalJoinOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state.report(
+        self.table.report(
             self.sides.iter().map(|s| s.bytes).sum(),
             || {
                 format!(
@@ -681,13 +679,13 @@ impl Operator for IntervalJoinOperator {
     }
 
     async fn handle_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
+        let watermark = self.table.advance(watermark);
         let b = &self.factory.bounds;
         // A left row at t matches right rows in [t − hi, t − lo]; a right row at t
         // matches left rows in [t + lo, t + hi]. Future rows are at or after the
         // watermark.
-        self.sides[0].expire(self.watermark.saturating_add(b.lo));
-        self.sides[1].expire(self.watermark.saturating_sub(b.hi));
+        self.sides[0].expire(watermark.saturating_add(b.lo));
+        self.sides[1].expire(watermark.saturating_sub(b.hi));
         self.check_state()
     }
 
@@ -706,10 +704,7 @@ impl Operator for IntervalJoinOperator {
                         .map_err(|e| EngineError::arrow("checkpointing a join side", e))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            parts.push(crate::state::snapshot::StateBlob::arrow(
-                &self.watermark,
-                batches,
-            )?);
+            parts.push(self.table.snapshot(0, NoFields::default(), batches)?);
         }
         Ok(Some(crate::state::snapshot::StateBlob::parts(parts)))
     }
@@ -717,19 +712,20 @@ impl Operator for IntervalJoinOperator {
     /// Feeds the kept rows back in, side by side, before any new row: the pairs they
     /// make with each other were emitted before the checkpoint and are discarded here.
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
-        let mut watermark = crate::engine::Watermark::START;
+        // The rows go back in before the restored watermark is taken: none is late.
+        let mut watermarks = Vec::new();
         for state in states {
             let sides = crate::state::snapshot::parts(state)?;
             if sides.len() != 2 {
-                return Err(EngineError::User(format!(
+                return Err(EngineError::State(format!(
                     "restoring a join: {} sides in its state",
                     sides.len()
                 ))
                 .into());
             }
             for (side, blob) in sides.into_iter().enumerate() {
-                let (wm, batches): (i64, _) = crate::state::snapshot::decode(blob)?;
-                watermark = watermark.max(wm);
+                let (header, batches) = self.table.decode::<NoFields>(blob)?;
+                watermarks.push(header.watermark);
                 let schema = match side {
                     0 => self.factory.left_schema.clone(),
                     _ => self.factory.right_schema.clone(),
@@ -742,19 +738,25 @@ impl Operator for IntervalJoinOperator {
                 for columns in batches {
                     let batch = RecordBatch::try_new(schema.clone(), columns)
                         .map_err(|e| EngineError::arrow("restoring a join side", e))?;
-                    let batch = super::window::own_batch(&self.task, &keys, batch)?;
+                    let key_columns = keys
+                        .iter()
+                        .map(|k| evaluate(k, &batch))
+                        .collect::<Result<Vec<_>>>()?;
+                    let batch = self.table.own_batch(&key_columns, batch)?;
                     futures::executor::block_on(self.arrive(side, batch, &mut discard))?;
                 }
             }
         }
-        self.watermark = watermark;
+        for w in watermarks {
+            self.table.restored(w);
+        }
         Ok(())
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
         let kept = self.sides.iter().filter(|s| !s.batches.is_empty()).count();
-        if self.watermark != crate::engine::Watermark::END {
-            discarded(&self.task, kept, "join side");
+        if self.table.watermark() != crate::engine::Watermark::END {
+            self.table.stopped(kept, "join side");
         }
         Ok(())
     }

@@ -118,7 +118,7 @@ impl LookupTable {
                         *at = Instant::now();
                     }
                     None => {
-                        return Err(crate::engine::EngineError::User(format!(
+                        return Err(crate::engine::EngineError::Invalid(format!(
                             "lookup table {}: {e}",
                             self.name
                         ))

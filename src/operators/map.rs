@@ -37,7 +37,7 @@ impl MapOperator {
 
 fn check_schema(name: &str, expected: &SchemaRef, batch: &RecordBatch) -> Result<()> {
     if batch.schema().fields() != expected.fields() {
-        return Err(EngineError::User(format!(
+        return Err(EngineError::Invalid(format!(
             "{name} returned a batch with schema {} but declared {}",
             crate::engine::fields(&batch.schema()),
             crate::engine::fields(expected)
@@ -95,7 +95,7 @@ impl Operator for FilterOperator {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let mask = (self.f)(&batch)?;
         if mask.len() != batch.num_rows() {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "{} returned {} flags for {} rows",
                 self.name,
                 mask.len(),

@@ -26,6 +26,5 @@ pub mod updating;
 pub mod window;
 
 pub use map::{ArrivalTimeFactory, FilterOperator, FlatMapOperator, MapOperator};
-pub(crate) use process::KeyEncoder;
 pub use process::{KeyedProcessFunction, ProcessContext, ProcessFactory, Row};
 pub use stage::SqlOperatorFactory;

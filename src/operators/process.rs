@@ -25,53 +25,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::OwnedRow;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 
+use crate::state::keyed::{KeyCodec, KeyedTable, NoFields};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, Watermark,
 };
-
-/// Encodes key columns as comparable, hashable bytes (Arrow's row format), set up
-/// from the first batch's key types.
-#[derive(Default)]
-pub(crate) struct KeyEncoder {
-    converter: Option<RowConverter>,
-}
-
-impl KeyEncoder {
-    pub(crate) fn encode(&mut self, columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
-        if self.converter.is_none() {
-            let fields = columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect();
-            self.converter = Some(
-                RowConverter::new(fields).map_err(|e| EngineError::arrow("encoding keys", e))?,
-            );
-        }
-        self.converter
-            .as_ref()
-            .expect("set above")
-            .convert_columns(columns)
-            .map_err(|e| EngineError::arrow("encoding keys", e))
-    }
-
-    /// The key columns of encoded `keys`; `None` before anything was encoded.
-    pub(crate) fn decode<'a>(
-        &self,
-        keys: impl IntoIterator<Item = &'a [u8]>,
-    ) -> Result<Option<Vec<ArrayRef>>> {
-        let Some(c) = &self.converter else {
-            return Ok(None);
-        };
-        let parser = c.parser();
-        c.convert_rows(keys.into_iter().map(|k| parser.parse(k)))
-            .map(Some)
-            .map_err(|e| EngineError::arrow("decoding keys", e))
-    }
-}
 
 /// One input row, read column by column.
 pub struct Row<'a> {
@@ -83,7 +44,7 @@ impl Row<'_> {
     /// The value of column `name` (an error names the missing column).
     pub fn get(&self, name: &str) -> Result<ScalarValue> {
         let i = self.batch.schema().index_of(name).map_err(|_| {
-            EngineError::User(format!("process function: no column {name} in the input"))
+            EngineError::Invalid(format!("process function: no column {name} in the input"))
         })?;
         ScalarValue::try_from_array(self.batch.column(i), self.index)
             .map_err(|e| EngineError::datafusion("reading a row", e))
@@ -105,7 +66,7 @@ impl Row<'_> {
         }
         match v.cast_to(&arrow::datatypes::DataType::Int64) {
             Ok(ScalarValue::Int64(x)) => Ok(x),
-            _ => Err(EngineError::User(format!("column {name}: {v} is not an integer")).into()),
+            _ => Err(EngineError::Invalid(format!("column {name}: {v} is not an integer")).into()),
         }
     }
 }
@@ -185,7 +146,7 @@ impl<'a> ProcessContext<'a> {
             .iter()
             .position(|(n, _)| n == name)
             .ok_or_else(|| {
-                EngineError::User(format!(
+                EngineError::Invalid(format!(
                     "process function: no side output {name}; declared: {}",
                     self.side_outputs
                         .iter()
@@ -290,16 +251,14 @@ impl<F: KeyedProcessFunction> OperatorFactory for ProcessFactory<F> {
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         Ok(Box::new(ProcessOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "process function", self.memory_limit),
             function: (self.make)(),
             keys: self.keys.clone(),
             output: self.output.clone(),
             side_outputs: self.side_outputs.clone(),
-            encoder: KeyEncoder::default(),
+            codec: KeyCodec::default(),
             states: HashMap::new(),
             timers: [BTreeSet::new(), BTreeSet::new()],
-            watermark: Watermark::START,
-            state: task.state.open(task, "process function", self.memory_limit),
         }))
     }
 }
@@ -311,17 +270,16 @@ struct KeyState<S> {
 }
 
 struct ProcessOperator<F: KeyedProcessFunction> {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, watermark, snapshots' form.
+    table: KeyedTable,
     function: F,
     keys: Vec<usize>,
     output: SchemaRef,
     side_outputs: Vec<(String, SchemaRef)>,
-    encoder: KeyEncoder,
+    codec: KeyCodec,
     states: HashMap<OwnedRow, KeyState<F::State>>,
     /// Pending timers in firing order: event time [0] and processing time [1].
     timers: [BTreeSet<(i64, OwnedRow)>; 2],
-    watermark: i64,
-    state: crate::state::StateHandle,
 }
 
 impl<F: KeyedProcessFunction> ProcessOperator<F> {
@@ -370,7 +328,7 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             let mut timers = Vec::new();
             let mut ctx = ProcessContext::new(
                 &entry.key,
-                self.watermark,
+                self.table.watermark(),
                 &mut emitted,
                 &mut timers,
                 &self.side_outputs,
@@ -415,7 +373,7 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
             }
         }
         let per_key = std::mem::size_of::<KeyState<F::State>>() + 64;
-        self.state.report(
+        self.table.report(
             self.states.len() * per_key + self.pending_timers() * 96,
             || {
                 format!(
@@ -445,9 +403,9 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
         }
         let width = schema.fields().len();
         if let Some(bad) = rows.iter().find(|r| r.len() != width) {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "{}: a process function emitted {} values for an output of {width} columns",
-                self.task,
+                self.table.task(),
                 bad.len()
             ))
             .into());
@@ -477,7 +435,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         let key_columns: Vec<ArrayRef> =
             self.keys.iter().map(|&i| batch.column(i).clone()).collect();
-        let rows = self.encoder.encode(&key_columns)?;
+        let rows = self.codec.encode(&key_columns)?;
         let mut emitted = Vec::new();
         for i in 0..batch.num_rows() {
             let key = rows.row(i).owned();
@@ -499,7 +457,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
             let mut timers = Vec::new();
             let mut ctx = ProcessContext::new(
                 &entry.key,
-                self.watermark,
+                self.table.watermark(),
                 &mut emitted,
                 &mut timers,
                 &self.side_outputs,
@@ -519,8 +477,8 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
     }
 
     async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        let rows = self.fire(Timer::Event(self.watermark))?;
+        let watermark = self.table.advance(watermark);
+        let rows = self.fire(Timer::Event(watermark))?;
         self.emit(rows, out).await
     }
 
@@ -534,14 +492,7 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        if self.pending_timers() > 0 {
-            tracing::warn!(
-                task = %self.task,
-                timers = self.pending_timers(),
-                keys = self.states.len(),
-                "stopped with pending timers: they do not fire; until checkpoints are kept, the state is lost"
-            );
-        }
+        self.table.stopped(self.pending_timers(), "timer");
         Ok(())
     }
 
@@ -549,10 +500,6 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
     /// processing-time timers, with the watermark.
     fn snapshot(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
         use arrow::array::{BinaryBuilder, Int64Builder, ListBuilder};
-        let header = ProcessSnapshot {
-            watermark: self.watermark,
-            keys: self.keys.len(),
-        };
         let n = self.states.len();
         let mut batches = Vec::new();
         if n > 0 {
@@ -567,9 +514,9 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                     column.push(v.clone());
                 }
                 let bytes = serde_json::to_vec(&entry.state).map_err(|e| {
-                    EngineError::User(format!(
+                    EngineError::State(format!(
                         "{}: checkpointing a process function's state: {e}",
-                        self.task
+                        self.table.task()
                     ))
                 })?;
                 states.append_value(bytes);
@@ -594,22 +541,21 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
             }
             batches.push(columns);
         }
-        crate::state::snapshot::StateBlob::arrow(&header, batches).map(Some)
+        self.table
+            .snapshot(self.keys.len(), NoFields::default(), batches)
+            .map(Some)
     }
 
     /// Restores the keys this task owns now, with their timers; the watermark is the
     /// lowest of the restored states'.
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
         use arrow::array::{Array, AsArray};
-        let mut watermark = None;
         for state in states {
-            let (header, batches): (ProcessSnapshot, _) = crate::state::snapshot::decode(state)?;
-            watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
-            for columns in batches {
-                let columns = crate::operators::window::own_rows(&self.task, columns, header.keys)?;
-                let (keys, rest) = columns.split_at(header.keys);
+            let (_, batches) = self.table.restore::<NoFields>(state)?;
+            for restored in batches {
+                let (keys, rest) = (&restored.keys, &restored.values);
                 let corrupt =
-                    || EngineError::User("restoring a process function: bad state columns".into());
+                    || EngineError::State("restoring a process function: bad state columns".into());
                 let values = rest
                     .first()
                     .and_then(|c| c.as_binary_opt::<i32>())
@@ -622,13 +568,13 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                         .and_then(|c| c.as_list_opt::<i32>())
                         .ok_or_else(corrupt)?,
                 ];
-                let rows = self.encoder.encode(keys)?;
+                let rows = self.codec.encode(keys)?;
                 for i in 0..values.len() {
                     let key = rows.row(i).owned();
                     let state: F::State = serde_json::from_slice(values.value(i)).map_err(|e| {
-                        EngineError::User(format!(
+                        EngineError::State(format!(
                             "{}: restoring a process function's state (did its type change?): {e}",
-                            self.task
+                            self.table.task()
                         ))
                     })?;
                     let key_values = keys
@@ -658,19 +604,8 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                 }
             }
         }
-        if let Some(w) = watermark {
-            self.watermark = w;
-        }
         Ok(())
     }
-}
-
-/// The header of a process function's checkpointed state: one batch of key columns,
-/// each key's state as JSON, then its event-time and processing-time timers (lists).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ProcessSnapshot {
-    watermark: i64,
-    keys: usize,
 }
 
 #[cfg(test)]

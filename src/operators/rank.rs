@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::operators::KeyEncoder;
+use crate::state::keyed::{KeyCodec, KeyedTable, NoFields};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt64Array};
 use arrow::compute::interleave;
 use arrow::datatypes::SchemaRef;
@@ -70,20 +70,18 @@ impl OperatorFactory for RankFactory {
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         let input = self.output.fields().len() - 1;
         Ok(Box::new(RankOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "row_number", self.memory_limit),
             keys: self.keys.clone(),
             time: self.time.clone(),
             output: self.output.clone(),
             input_columns: input,
-            encoder: KeyEncoder::default(),
+            codec: KeyCodec::default(),
             ttl_ms: self.ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64),
-            state: task.state.open(task, "row_number", self.memory_limit),
             batches: HashMap::new(),
             next_batch: 0,
             pending: BTreeMap::new(),
             next_seq: 0,
             ranked: HashMap::new(),
-            watermark: crate::engine::Watermark::START,
             last_expiry: crate::engine::Watermark::START,
             late: LateRows::new(task),
             buffered_bytes: 0,
@@ -103,21 +101,20 @@ struct Ranked {
 }
 
 struct RankOperator {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, watermark, snapshots' form.
+    table: KeyedTable,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     time: Arc<dyn PhysicalExpr>,
     output: SchemaRef,
     input_columns: usize,
-    encoder: KeyEncoder,
+    codec: KeyCodec,
     ttl_ms: Option<i64>,
-    state: crate::state::StateHandle,
     batches: HashMap<u64, Buffered>,
     next_batch: u64,
     /// Rows waiting for the watermark, by (event time, arrival): (batch, row, key).
     pending: BTreeMap<(i64, u64), (u64, u32, Box<[u8]>)>,
     next_seq: u64,
     ranked: HashMap<Box<[u8]>, Ranked>,
-    watermark: i64,
     last_expiry: i64,
     late: LateRows,
     buffered_bytes: usize,
@@ -131,7 +128,7 @@ impl RankOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state.report(
+        self.table.report(
             self.state_size(),
             || {
                 format!(
@@ -221,7 +218,7 @@ impl Operator for RankOperator {
             .iter()
             .map(|k| evaluate(k, &batch))
             .collect::<Result<_>>()?;
-        let rows = self.encoder.encode(&keys)?;
+        let rows = self.codec.encode(&keys)?;
         let id = self.next_batch;
         let mut waiting = 0;
         let mut late = 0u64;
@@ -232,7 +229,7 @@ impl Operator for RankOperator {
                 continue;
             }
             let ts = times.value(i);
-            if ts < self.watermark {
+            if ts < self.table.watermark() {
                 late += 1;
                 continue;
             }
@@ -244,9 +241,9 @@ impl Operator for RankOperator {
             waiting += 1;
         }
         self.late.report(
-            &self.task,
+            self.table.task(),
             out,
-            self.watermark,
+            self.table.watermark(),
             late,
             "older than the watermark, they cannot be ranked",
             null_times,
@@ -260,13 +257,14 @@ impl Operator for RankOperator {
     }
 
     async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        self.release(self.watermark, out).await?;
+        let watermark = self.table.advance(watermark);
+        self.release(watermark, out).await?;
         self.check_state()
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        super::window::discarded(&self.task, self.pending.len(), "row waiting for its rank");
+        self.table
+            .stopped(self.pending.len(), "row waiting for its rank");
         Ok(())
     }
 
@@ -274,15 +272,11 @@ impl Operator for RankOperator {
     /// columns first), with the watermark; and the rows waiting for their rank, in
     /// rank order.
     fn snapshot(&mut self) -> Result<Option<StateBlob>> {
-        let header = RankSnapshot {
-            watermark: self.watermark,
-            keys: self.keys.len(),
-        };
         let mut ranked = Vec::new();
         if !self.ranked.is_empty() {
             let (keys, counts): (Vec<&Box<[u8]>>, Vec<&Ranked>) = self.ranked.iter().unzip();
             let mut columns = self
-                .encoder
+                .codec
                 .decode(keys.into_iter().map(|k| &k[..]))?
                 .unwrap_or_default();
             columns.push(Arc::new(UInt64Array::from_iter_values(
@@ -321,7 +315,7 @@ impl Operator for RankOperator {
             waiting.push(columns);
         }
         Ok(Some(StateBlob::parts(vec![
-            StateBlob::arrow(&header, ranked)?,
+            self.table.snapshot(self.keys.len(), NoFields::default(), ranked)?,
             StateBlob::arrow(&(), waiting)?,
         ])))
     }
@@ -330,35 +324,26 @@ impl Operator for RankOperator {
     /// (none is late: each was newer than the watermark it is restored with).
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
         let mut restored = Vec::with_capacity(states.len());
-        let mut watermark: Option<i64> = None;
         for state in states {
             let parts = crate::state::snapshot::parts(state)?;
             let [ranked, waiting] = parts[..] else {
-                return Err(EngineError::User(format!(
+                return Err(EngineError::State(format!(
                     "restoring row_number: {} parts in its state",
                     parts.len()
                 ))
                 .into());
             };
-            let (header, batches): (RankSnapshot, _) = crate::state::snapshot::decode(ranked)?;
-            watermark = Some(watermark.map_or(header.watermark, |w| w.min(header.watermark)));
-            for columns in batches {
-                let columns = super::window::own_rows(&self.task, columns, header.keys)?;
-                let (keys, rest) = columns.split_at(header.keys);
-                let (Some(counts), Some(last)) = (
-                    rest.first()
-                        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>()),
-                    rest.get(1)
-                        .and_then(|c| c.as_any().downcast_ref::<Int64Array>()),
-                ) else {
-                    return Err(
-                        EngineError::User("restoring row_number: bad key counts".into()).into(),
-                    );
-                };
-                let rows = self.encoder.encode(keys)?;
+            // Before the waiting rows go back in: none of them is late against the
+            // restored watermark.
+            let (_, batches) = self.table.restore::<NoFields>(ranked)?;
+            for rows in batches {
+                let what = "restoring row_number's key counts";
+                let counts = rows.column::<UInt64Array>(0, what)?;
+                let last = rows.column::<Int64Array>(1, what)?;
+                let keys = self.codec.encode(&rows.keys)?;
                 for i in 0..counts.len() {
                     self.ranked.insert(
-                        rows.row(i).data().into(),
+                        keys.row(i).data().into(),
                         Ranked {
                             count: counts.value(i),
                             last_ts: last.value(i),
@@ -368,11 +353,7 @@ impl Operator for RankOperator {
             }
             restored.push(waiting);
         }
-        if let Some(w) = watermark {
-            // Before the waiting rows go back in: none of them is late against it.
-            self.watermark = w;
-        }
-        self.last_expiry = self.watermark;
+        self.last_expiry = self.table.watermark();
         let input = Arc::new(arrow::datatypes::Schema::new(
             self.output.fields()[..self.input_columns].to_vec(),
         ));
@@ -382,19 +363,17 @@ impl Operator for RankOperator {
             for columns in batches {
                 let batch = RecordBatch::try_new(input.clone(), columns)
                     .map_err(|e| EngineError::arrow("restoring waiting rows", e))?;
-                let batch = super::window::own_batch(&self.task, &self.keys, batch)?;
+                let keys = self
+                    .keys
+                    .iter()
+                    .map(|k| evaluate(k, &batch))
+                    .collect::<Result<Vec<_>>>()?;
+                let batch = self.table.own_batch(&keys, batch)?;
                 futures::executor::block_on(self.process_batch(batch, &mut discard))?;
             }
         }
         self.check_state()
     }
-}
-
-/// The header of the rank operator's checkpointed key counts.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct RankSnapshot {
-    watermark: i64,
-    keys: usize,
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, TimestampMillisecondArray};
-use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
@@ -26,6 +25,7 @@ use super::window::{
     AggInputs, FactoryParts, LateRows, TZ, df, evaluate, update_accumulators, window_array,
 };
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
+use crate::state::keyed::{KeyCodec, KeyedTable};
 use crate::state::snapshot::StateBlob;
 
 struct Session {
@@ -42,21 +42,20 @@ impl Session {
 }
 
 pub(crate) struct SessionAggOperator {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, watermark, snapshots' form.
+    table: KeyedTable,
     gap: i64,
     parts: FactoryParts,
     /// Encodes key columns as comparable bytes; `None` when the only `GROUP BY` is the
     /// session (one key).
-    converter: Option<RowConverter>,
+    codec: Option<KeyCodec>,
     sessions: HashMap<u64, Session>,
     by_key: HashMap<Box<[u8]>, Vec<u64>>,
     /// (end, id) of every open session, to find the ones the watermark closes.
     by_end: BTreeSet<(i64, u64)>,
     next_id: u64,
-    watermark: i64,
     bytes: usize,
     late: LateRows,
-    state: crate::state::StateHandle,
 }
 
 impl SessionAggOperator {
@@ -66,33 +65,23 @@ impl SessionAggOperator {
         parts: FactoryParts,
         memory_limit: Option<u64>,
     ) -> Result<Self> {
-        let converter = if parts.keys.is_empty() {
+        let codec = if parts.keys.is_empty() {
             None
         } else {
-            let fields = parts
-                .key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect();
-            Some(
-                RowConverter::new(fields)
-                    .map_err(|e| EngineError::arrow("encoding session keys", e))?,
-            )
+            let types = parts.key_schema.fields().iter().map(|f| f.data_type().clone());
+            Some(KeyCodec::new(types)?)
         };
         Ok(SessionAggOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "session", memory_limit),
             gap,
             parts,
-            converter,
+            codec,
             sessions: HashMap::new(),
             by_key: HashMap::new(),
             by_end: BTreeSet::new(),
             next_id: 0,
-            watermark: crate::engine::Watermark::START,
             bytes: 0,
             late: LateRows::new(task),
-            state: task.state.open(task, "session", memory_limit),
         })
     }
 
@@ -125,7 +114,7 @@ impl SessionAggOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state.report(
+        self.table.report(
             self.bytes,
             || format!("in {} open session(s)", self.sessions.len()),
             "raise the limit, use a shorter gap or fewer keys, or run at a higher parallelism",
@@ -155,11 +144,11 @@ impl SessionAggOperator {
                     .collect()
             })
             .unwrap_or_default();
-        if overlapping.is_empty() && end <= self.watermark {
+        if overlapping.is_empty() && end <= self.table.watermark() {
             self.late.note(
-                &self.task,
+                self.table.task(),
                 rows.len() as u64,
-                self.watermark,
+                self.table.watermark(),
                 "their session had already ended",
             );
             return Ok(());
@@ -209,12 +198,10 @@ impl SessionAggOperator {
                 TimestampMillisecondArray::from(starts).with_timezone(TZ),
                 TimestampMillisecondArray::from(ends).with_timezone(TZ),
             );
-            let keys: Vec<ArrayRef> = match &self.converter {
-                Some(c) => {
-                    let parser = c.parser();
-                    c.convert_rows(chunk.iter().map(|s| parser.parse(&s.key)))
-                        .map_err(|e| EngineError::arrow("decoding session keys", e))?
-                }
+            let keys: Vec<ArrayRef> = match &self.codec {
+                Some(c) => c
+                    .decode(chunk.iter().map(|s| &s.key[..]))?
+                    .unwrap_or_default(),
                 None => vec![],
             };
             let mut values = Vec::with_capacity(self.parts.aggs.len());
@@ -243,11 +230,8 @@ impl Operator for SessionAggOperator {
             args,
             filters,
         } = self.parts.inputs(&batch)?;
-        let rows = match &self.converter {
-            Some(c) => Some(
-                c.convert_columns(&keys)
-                    .map_err(|e| EngineError::arrow("encoding session keys", e))?,
-            ),
+        let rows = match &mut self.codec {
+            Some(c) => Some(c.encode(&keys)?),
             None => None,
         };
         // Rows by key, then by time within a key.
@@ -265,7 +249,7 @@ impl Operator for SessionAggOperator {
             per_key.entry(key).or_default().push(i as u32);
         }
         self.late
-            .report(&self.task, out, self.watermark, 0, "", null_times);
+            .report(self.table.task(), out, self.table.watermark(), 0, "", null_times);
         let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
         for (key, mut idx) in per_key {
             idx.sort_by_key(|&i| times.value(i as usize));
@@ -297,13 +281,13 @@ impl Operator for SessionAggOperator {
     }
 
     async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        self.fire(self.watermark, out).await?;
+        let watermark = self.table.advance(watermark);
+        self.fire(watermark, out).await?;
         self.check_state()
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        super::window::discarded(&self.task, self.sessions.len(), "session");
+        self.table.stopped(self.sessions.len(), "session");
         Ok(())
     }
 
@@ -320,60 +304,42 @@ impl Operator for SessionAggOperator {
             units.push(&mut s.accs);
         }
         let states = super::window::take_row_states(units, &self.parts.aggs)?;
-        let header = SessionSnapshot {
-            watermark: self.watermark,
-            keys: self.parts.keys.len(),
+        let fields = SessionFields {
             widths: states.iter().map(Vec::len).collect(),
         };
+        let n_keys = self.parts.keys.len();
         if keys.is_empty() {
-            return StateBlob::arrow(&header, vec![]).map(Some);
+            return self.table.snapshot(n_keys, fields, vec![]).map(Some);
         }
-        let mut columns: Vec<ArrayRef> = match &self.converter {
-            Some(c) => {
-                let parser = c.parser();
-                c.convert_rows(keys.iter().map(|k| parser.parse(k)))
-                    .map_err(|e| EngineError::arrow("checkpointing session keys", e))?
-            }
+        let mut columns: Vec<ArrayRef> = match &self.codec {
+            Some(c) => c.decode(keys.iter().map(|k| &k[..]))?.unwrap_or_default(),
             None => vec![],
         };
         columns.push(Arc::new(Int64Array::from(starts)));
         columns.push(Arc::new(Int64Array::from(ends)));
         columns.extend(states.into_iter().flatten());
-        StateBlob::arrow(&header, vec![columns]).map(Some)
+        self.table.snapshot(n_keys, fields, vec![columns]).map(Some)
     }
 
     /// Restores the sessions whose keys this task owns now; the watermark is the lowest
     /// of the restored states'.
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
-        let mut watermark = None;
         for state in states {
-            let (header, batches): (SessionSnapshot, _) = crate::state::snapshot::decode(state)?;
-            watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
-            for columns in batches {
-                let columns = super::window::own_rows(&self.task, columns, header.keys)?;
-                let (keys, rest) = columns.split_at(header.keys);
-                let int64 = |c: &ArrayRef| {
-                    c.as_any()
-                        .downcast_ref::<Int64Array>()
-                        .cloned()
-                        .ok_or_else(|| {
-                            EngineError::User("restoring sessions: bounds are not integers".into())
-                        })
-                };
-                let (starts, ends) = (int64(&rest[0])?, int64(&rest[1])?);
-                let (states, _) = super::window::split_states(&rest[2..], &header.widths);
-                let rows = match &self.converter {
-                    Some(c) => Some(
-                        c.convert_columns(keys)
-                            .map_err(|e| EngineError::arrow("restoring session keys", e))?,
-                    ),
+            let (fields, batches) = self.table.restore::<SessionFields>(state)?;
+            for rows in batches {
+                let what = "restoring sessions' bounds";
+                let starts = rows.column::<Int64Array>(0, what)?.clone();
+                let ends = rows.column::<Int64Array>(1, what)?.clone();
+                let (states, _) = super::window::split_states(&rows.values[2..], &fields.widths);
+                let keys = match &mut self.codec {
+                    Some(c) => Some(c.encode(&rows.keys)?),
                     None => None,
                 };
                 for row in 0..starts.len() {
                     let mut accs = self.new_accumulators()?;
                     super::window::merge_state_row(&mut accs, &states, row)?;
                     self.insert(Session {
-                        key: rows
+                        key: keys
                             .as_ref()
                             .map_or(Box::default(), |r| r.row(row).as_ref().into()),
                         start: starts.value(row),
@@ -383,19 +349,15 @@ impl Operator for SessionAggOperator {
                 }
             }
         }
-        if let Some(w) = watermark {
-            self.watermark = w;
-        }
         self.check_state()
     }
 }
 
-/// The header of a session operator's checkpointed state: one batch of key columns,
-/// session starts and ends (ms), then each aggregate's state columns.
+/// A session operator's own fields in its snapshots' header (with the watermark and
+/// the key columns, see [`KeyedHeader`](crate::state::keyed::KeyedHeader)): one batch
+/// of key columns, session starts and ends (ms), then each aggregate's state columns.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SessionSnapshot {
-    watermark: i64,
-    keys: usize,
+struct SessionFields {
     /// State columns of each aggregate.
     widths: Vec<usize>,
 }

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
@@ -39,6 +38,7 @@ use super::window::{AggInputs, df, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
+use crate::state::keyed::{KeyCodec, KeyedTable};
 use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
 
 /// What a changelog row does.
@@ -95,7 +95,7 @@ pub(crate) fn untag(batch: RecordBatch) -> Result<(RecordBatch, ArrayRef)> {
     let op = last
         .filter(|&i| batch.schema().field(i).name() == OP_COLUMN)
         .map(|i| batch.column(i).slice(0, batch.num_rows().min(1)))
-        .ok_or_else(|| EngineError::User(format!("a changelog batch lacks its {OP_COLUMN}")))?;
+        .ok_or_else(|| EngineError::Internal(format!("a changelog batch lacks its {OP_COLUMN}")))?;
     let data = batch
         .project(&(0..last.unwrap_or(0)).collect::<Vec<_>>())
         .map_err(|e| EngineError::arrow("setting the changelog op aside", e))?;
@@ -149,29 +149,21 @@ impl OperatorFactory for UpdatingAggFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let converter = RowConverter::new(
-            self.key_schema
-                .fields()
-                .iter()
-                .map(|f| SortField::new(f.data_type().clone()))
-                .collect(),
-        )
-        .map_err(|e| EngineError::arrow("encoding group keys", e))?;
+        let types = self.key_schema.fields().iter().map(|f| f.data_type().clone());
         Ok(Box::new(UpdatingAggOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "aggregate", self.memory_limit),
             keys: self.keys.clone(),
             aggs: self.aggs.clone(),
             filters: self.filters.clone(),
             output: self.output.clone(),
             tagged: with_op_column(&self.output),
             ttl: self.ttl,
-            converter,
+            codec: KeyCodec::new(types)?,
             groups: HashMap::new(),
             touched: VecDeque::new(),
             dropped: None,
             deltas: DeltaPolicy::default(),
             bytes: 0,
-            state: task.state.open(task, "aggregate", self.memory_limit),
         }))
     }
 }
@@ -187,19 +179,19 @@ struct Group {
 }
 
 struct UpdatingAggOperator {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, snapshots' form.
+    table: KeyedTable,
     keys: Vec<Arc<dyn PhysicalExpr>>,
     aggs: Vec<Arc<AggregateFunctionExpr>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     output: SchemaRef,
     tagged: SchemaRef,
     ttl: Option<Duration>,
-    converter: RowConverter,
+    codec: KeyCodec,
     groups: HashMap<Box<[u8]>, Group>,
     /// (time of an update, key) in update order, to find idle groups for the TTL.
     touched: VecDeque<(Instant, Box<[u8]>)>,
     bytes: usize,
-    state: crate::state::StateHandle,
     /// Keys of groups dropped by the TTL since the last snapshot; `None` until the
     /// first snapshot (without checkpoints nothing needs them).
     dropped: Option<Vec<Box<[u8]>>>,
@@ -222,10 +214,9 @@ impl UpdatingAggOperator {
         let mut columns: Vec<ArrayRef> = if self.keys.is_empty() {
             vec![]
         } else {
-            let parser = self.converter.parser();
-            self.converter
-                .convert_rows(changes.keys.iter().map(|k| parser.parse(k)))
-                .map_err(|e| EngineError::arrow("decoding group keys", e))?
+            self.codec
+                .decode(changes.keys.iter().map(|k| &k[..]))?
+                .unwrap_or_default()
         };
         for i in 0..self.aggs.len() {
             columns.push(
@@ -328,7 +319,7 @@ impl UpdatingAggOperator {
                 // Every group has emitted a result: it is created by a row and emitted
                 // at once.
                 let values = group.emitted.as_ref().ok_or_else(|| {
-                    EngineError::User("an aggregate group has no emitted result".into())
+                    EngineError::Internal("an aggregate group has no emitted result".into())
                 })?;
                 for (column, v) in emitted.iter_mut().zip(values) {
                     column.push(v.clone());
@@ -338,12 +329,11 @@ impl UpdatingAggOperator {
             }
         }
         let states = super::window::take_row_states(units, &self.aggs)?;
-        let header = UpdatingSnapshot {
-            keys: self.keys.len(),
+        let fields = UpdatingFields {
             widths: states.iter().map(Vec::len).collect(),
         };
         if keys.is_empty() {
-            return StateBlob::arrow(&header, vec![]);
+            return self.table.snapshot(self.keys.len(), fields, vec![]);
         }
         let mut columns = if self.keys.is_empty() {
             vec![]
@@ -357,24 +347,20 @@ impl UpdatingAggOperator {
                     .map_err(df("checkpointing aggregate results"))?,
             );
         }
-        StateBlob::arrow(&header, vec![columns])
+        self.table.snapshot(self.keys.len(), fields, vec![columns])
     }
 
     /// Group keys (row format) as key columns.
     fn key_columns(&self, keys: &[Box<[u8]>]) -> Result<Vec<ArrayRef>> {
-        let parser = self.converter.parser();
-        self.converter
-            .convert_rows(keys.iter().map(|k| parser.parse(k)))
-            .map_err(|e| EngineError::arrow("checkpointing group keys", e))
+        Ok(self
+            .codec
+            .decode(keys.iter().map(|k| &k[..]))?
+            .unwrap_or_default())
     }
 
     /// Key columns as group keys (row format).
-    fn row_keys(&self, columns: &[ArrayRef]) -> Result<Vec<Box<[u8]>>> {
-        let rows = self
-            .converter
-            .convert_columns(columns)
-            .map_err(|e| EngineError::arrow("restoring group keys", e))?;
-        Ok(rows.iter().map(|r| r.as_ref().into()).collect())
+    fn row_keys(&mut self, columns: &[ArrayRef]) -> Result<Vec<Box<[u8]>>> {
+        self.codec.encode_owned(columns)
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
@@ -382,7 +368,7 @@ impl UpdatingAggOperator {
     }
 
     fn check_state(&self) -> Result<()> {
-        self.state.report(
+        self.table.report(
             self.bytes,
             || format!("for {} groups", self.groups.len()),
             "set state.ttl so idle groups are dropped, aggregate per window, raise the limit or \
@@ -402,11 +388,7 @@ impl Operator for UpdatingAggOperator {
         let rows = if keys.is_empty() {
             None
         } else {
-            Some(
-                self.converter
-                    .convert_columns(&keys)
-                    .map_err(|e| EngineError::arrow("encoding group keys", e))?,
-            )
+            Some(self.codec.encode(&keys)?)
         };
         // Rows per key, keys in order of first appearance.
         let mut order: Vec<Box<[u8]>> = Vec::new();
@@ -451,7 +433,7 @@ impl Operator for UpdatingAggOperator {
                             .downcast_ref::<BooleanArray>()
                             .map(arrow::compute::prep_null_mask_filter)
                             .ok_or_else(|| {
-                                EngineError::User("FILTER must be a boolean".into()).into()
+                                EngineError::Internal("FILTER must be a boolean".into()).into()
                             })
                     })
                     .transpose()
@@ -592,7 +574,7 @@ impl Operator for UpdatingAggOperator {
                     match crate::state::snapshot::parts(link)?[..] {
                         [changes, dropped] => (changes, Some(dropped)),
                         _ => {
-                            return Err(EngineError::User(
+                            return Err(EngineError::State(
                                 "restoring aggregate state: a delta without its two parts".into(),
                             )
                             .into());
@@ -610,12 +592,12 @@ impl Operator for UpdatingAggOperator {
                         latest.remove(&key);
                     }
                 }
-                let (header, batches): (UpdatingSnapshot, _) =
-                    crate::state::snapshot::decode(changes)?;
+                let (header, batches) = self.table.decode::<UpdatingFields>(changes)?;
                 for columns in batches {
-                    let columns = super::window::own_rows(&self.task, columns, header.keys)?;
-                    let (keys, rest) = columns.split_at(header.keys);
-                    let (states, emitted) = super::window::split_states(rest, &header.widths);
+                    let rows = self.table.own(columns, header.keys)?;
+                    let keys = &rows.keys;
+                    let (states, emitted) =
+                        super::window::split_states(&rows.values, &header.operator.widths);
                     let n = emitted.first().map_or(0, |c| c.len());
                     let keys = if keys.is_empty() {
                         vec![Box::default(); n]
@@ -637,11 +619,11 @@ impl Operator for UpdatingAggOperator {
     }
 }
 
-/// The header of an updating aggregate's checkpointed state: one batch of key columns,
+/// An updating aggregate's own fields in its snapshots' header (with the key columns,
+/// see [`KeyedHeader`](crate::state::keyed::KeyedHeader)): one batch of key columns,
 /// each aggregate's state columns, then each aggregate's last emitted value.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct UpdatingSnapshot {
-    keys: usize,
+struct UpdatingFields {
     /// State columns of each aggregate.
     widths: Vec<usize>,
 }

@@ -40,6 +40,7 @@ use datafusion::physical_plan::expressions::{Column, Literal};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
+use crate::state::keyed::{KeyedHeader, KeyedTable};
 use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
 
 /// Names of the window functions allowed in `GROUP BY`.
@@ -351,11 +352,9 @@ impl OperatorFactory for WindowAggFactory {
             }
         };
         Ok(Box::new(WindowAggOperator {
-            task: task.clone(),
+            table: KeyedTable::open(task, "window", self.memory_limit),
             windows: BTreeMap::new(),
-            watermark: crate::engine::Watermark::START,
             late: LateRows::new(task),
-            state: task.state.open(task, "window", self.memory_limit),
             spec,
             factory: parts,
             allowed_lateness: self.allowed_lateness,
@@ -426,7 +425,7 @@ impl FactoryParts {
             } else {
                 columns.push(
                     keys.next().ok_or_else(|| {
-                        EngineError::User("window state lost a key column".into())
+                        EngineError::State("window state lost a key column".into())
                     })?,
                 );
             }
@@ -534,7 +533,7 @@ pub(crate) fn update_accumulators(
                 .as_any()
                 .downcast_ref::<BooleanArray>()
                 .map(prep_null_mask_filter)
-                .ok_or_else(|| EngineError::User("FILTER must be a boolean".into()))?;
+                .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))?;
             values = values
                 .iter()
                 .map(|v| filter(v.as_ref(), &mask))
@@ -667,7 +666,7 @@ impl Operator for WindowGather {
             .column(self.window_column)
             .as_any()
             .downcast_ref::<StructArray>()
-            .ok_or_else(|| EngineError::User("gather: the window column is not a struct".into()))?;
+            .ok_or_else(|| EngineError::Internal("gather: the window column is not a struct".into()))?;
         let ends = event_times_ms(windows.column(1).as_ref())?;
         let mut rows: HashMap<i64, Vec<u32>> = HashMap::new();
         for (i, end) in ends.iter().enumerate() {
@@ -701,7 +700,7 @@ impl Operator for WindowGather {
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        discarded(&self.task, self.pending.len(), "gathered window");
+        crate::state::keyed::stopped_with_open_state(&self.task, self.pending.len(), "gathered window");
         Ok(())
     }
 
@@ -887,14 +886,13 @@ impl WindowState {
 }
 
 struct WindowAggOperator {
-    task: TaskInfo,
+    /// The task's state bookkeeping: size, watermark, snapshots' form.
+    table: KeyedTable,
     spec: WindowSpec,
     factory: FactoryParts,
     /// Open windows by start.
     windows: BTreeMap<i64, WindowState>,
-    watermark: i64,
     late: LateRows,
-    state: crate::state::StateHandle,
     allowed_lateness: i64,
     /// With an allowed lateness: the output schema (with its op column).
     changelog: Option<SchemaRef>,
@@ -1077,7 +1075,7 @@ impl WindowAggOperator {
     /// Publishes the state size and fails when it is over the limit.
     fn check_state(&self) -> Result<()> {
         let bytes: usize = self.windows.values().map(WindowState::size).sum();
-        self.state.report(
+        self.table.report(
             bytes,
             || format!("in {} open window(s)", self.windows.len()),
             "raise the limit, use shorter windows or fewer keys, or run at a higher parallelism",
@@ -1120,7 +1118,7 @@ impl Operator for WindowAggOperator {
         let mut late = 0u64;
         let mut null_times = 0u64;
         let width = self.spec.width();
-        let watermark = self.watermark;
+        let watermark = self.table.watermark();
         // A window takes rows until the watermark passes its end plus the lateness.
         let open_until = width.saturating_add(self.allowed_lateness);
         for (row, t) in times.iter().enumerate() {
@@ -1142,9 +1140,9 @@ impl Operator for WindowAggOperator {
             }
         }
         self.late.report(
-            &self.task,
+            self.table.task(),
             out,
-            self.watermark,
+            watermark,
             late,
             "their window was already emitted",
             null_times,
@@ -1195,13 +1193,13 @@ impl Operator for WindowAggOperator {
     }
 
     async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
-        self.watermark = self.watermark.max(watermark);
-        self.fire(self.watermark, out).await?;
+        let watermark = self.table.advance(watermark);
+        self.fire(watermark, out).await?;
         self.check_state()
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        discarded(&self.task, self.windows.len(), "window");
+        self.table.stopped(self.windows.len(), "window");
         Ok(())
     }
 
@@ -1210,7 +1208,9 @@ impl Operator for WindowAggOperator {
     fn snapshot(&mut self) -> Result<Option<StateBlob>> {
         self.deltas.full();
         let (header, batches) = self.capture(false)?;
-        StateBlob::arrow(&header, batches).map(Some)
+        self.table
+            .snapshot(self.factory.keys.len(), header, batches)
+            .map(Some)
     }
 
     /// Only the groups changed since the last snapshot, in the windows that have any,
@@ -1226,7 +1226,10 @@ impl Operator for WindowAggOperator {
             return self.snapshot();
         }
         let (header, batches) = self.capture(true)?;
-        Ok(Some(StateBlob::delta(StateBlob::arrow(&header, batches)?)))
+        let changes = self
+            .table
+            .snapshot(self.factory.keys.len(), header, batches)?;
+        Ok(Some(StateBlob::delta(changes)))
     }
 
     fn restore(&mut self, states: &[Vec<u8>]) -> Result<()> {
@@ -1236,28 +1239,18 @@ impl Operator for WindowAggOperator {
     fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         // Several states after a change of parallelism: each key goes to the task that
         // owns its key group now; the watermark is the lowest of the old tasks'.
-        let mut watermark = None;
         for chain in chains {
             let (header, windows) = self.apply_chain(&chain)?;
-            watermark = Some(watermark.map_or(header.watermark, |w: i64| w.min(header.watermark)));
+            self.table.restored(header.watermark);
             for (start, columns) in windows {
-                let columns = own_rows(&self.task, columns, header.keys)?;
-                let (keys, rest) = columns.split_at(header.keys);
-                let n = keys.first().map_or(1, |k| k.len());
+                let rows = self.table.own(columns, header.keys)?;
+                let n = rows.keys.first().map_or(1, |k| k.len());
                 if n == 0 {
                     continue;
                 }
-                let mut intermediates = Vec::with_capacity(header.widths.len());
-                let mut at = 0;
-                for w in &header.widths {
-                    intermediates.push(rest[at..at + w].to_vec());
-                    at += w;
-                }
-                self.merge_into(start, keys, &intermediates, n)?;
+                let (states, _) = split_states(&rows.values, &header.operator.widths);
+                self.merge_into(start, &rows.keys, &states, n)?;
             }
-        }
-        if let Some(w) = watermark {
-            self.watermark = w;
         }
         if self.changelog.is_some() {
             // Every snapshot is taken with each ended window emitted and unchanged since
@@ -1265,7 +1258,7 @@ impl Operator for WindowAggOperator {
             // every task of the node holds the same watermark at a barrier: so an ended
             // window's last result is the one its restored state gives.
             let width = self.spec.width();
-            let watermark = self.watermark;
+            let watermark = self.table.watermark();
             let ended: Vec<i64> = self
                 .windows
                 .keys()
@@ -1282,72 +1275,15 @@ impl Operator for WindowAggOperator {
     }
 }
 
-/// Which rows, keyed by the columns `keys`, belong to `task`'s key groups: `None` when
-/// all do (always at parallelism 1), else their indices. Restores use it after a change
-/// of parallelism, when every task reads every old task's state.
-pub(crate) fn owned_rows(task: &TaskInfo, keys: &[ArrayRef]) -> Result<Option<UInt32Array>> {
-    let Some(n) = keys.first().map(|k| k.len()) else {
-        return Ok(None);
-    };
-    if task.parallelism == 1 {
-        return Ok(None);
-    }
-    let groups = crate::engine::key_groups_of_arrays(keys, n)?;
-    let mine: Vec<u32> = (0..n as u32)
-        .filter(|i| {
-            crate::engine::partition_of_key_group(groups[*i as usize], task.parallelism)
-                == task.partition
-        })
-        .collect();
-    Ok((mine.len() < n).then(|| UInt32Array::from(mine)))
-}
-
-/// The rows of a restored `batch` whose keys (`keys` evaluated on it) `task` owns now
-/// (see [`owned_rows`]).
-pub(crate) fn own_batch(
-    task: &TaskInfo,
-    keys: &[Arc<dyn PhysicalExpr>],
-    batch: RecordBatch,
-) -> Result<RecordBatch> {
-    let columns = keys
-        .iter()
-        .map(|k| evaluate(k, &batch))
-        .collect::<Result<Vec<_>>>()?;
-    match owned_rows(task, &columns)? {
-        Some(idx) => arrow::compute::take_record_batch(&batch, &idx)
-            .map_err(|e| EngineError::arrow("selecting restored rows", e)),
-        None => Ok(batch),
-    }
-}
-
-/// The rows of checkpointed keyed state (key columns first, `keys` of them) whose keys
-/// `task` owns now (see [`owned_rows`]).
-pub(crate) fn own_rows(
-    task: &TaskInfo,
-    columns: Vec<ArrayRef>,
-    keys: usize,
-) -> Result<Vec<ArrayRef>> {
-    let Some(idx) = owned_rows(task, &columns[..keys])? else {
-        return Ok(columns);
-    };
-    columns
-        .iter()
-        .map(|c| take(c.as_ref(), &idx, None))
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| EngineError::arrow("selecting restored keys", e))
-}
-
 impl WindowAggOperator {
     /// The open windows' keys and state columns, with the header describing them: of
     /// every group, or (`changes_only`) of the groups changed since the last snapshot,
     /// leaving out windows without any. Either way every group counts as unchanged
     /// afterwards.
-    fn capture(&mut self, changes_only: bool) -> Result<(WindowSnapshot, Vec<Vec<ArrayRef>>)> {
-        let mut header = WindowSnapshot {
-            watermark: self.watermark,
+    fn capture(&mut self, changes_only: bool) -> Result<(WindowFields, Vec<Vec<ArrayRef>>)> {
+        let mut header = WindowFields {
             starts: Vec::with_capacity(self.windows.len()),
             widths: Vec::new(),
-            keys: self.factory.keys.len(),
             open: if changes_only {
                 self.windows.keys().copied().collect()
             } else {
@@ -1391,29 +1327,30 @@ impl WindowAggOperator {
     fn apply_chain(
         &self,
         chain: &[Vec<u8>],
-    ) -> Result<(WindowSnapshot, Vec<(i64, Vec<ArrayRef>)>)> {
+    ) -> Result<(KeyedHeader<WindowFields>, Vec<(i64, Vec<ArrayRef>)>)> {
         let mut layers: BTreeMap<i64, Vec<Vec<ArrayRef>>> = BTreeMap::new();
-        let mut last: Option<WindowSnapshot> = None;
+        let mut last: Option<KeyedHeader<WindowFields>> = None;
         let mut widths = Vec::new();
         // The first link is a full snapshot, the others deltas (see `Chain`).
         for link in chain {
-            let (header, batches): (WindowSnapshot, _) = crate::state::snapshot::decode(link)?;
+            let (header, batches) = self.table.decode::<WindowFields>(link)?;
+            let fields = &header.operator;
             if last.is_some() {
-                let open: std::collections::BTreeSet<i64> = header.open.iter().copied().collect();
+                let open: std::collections::BTreeSet<i64> = fields.open.iter().copied().collect();
                 layers.retain(|start, _| open.contains(start));
             }
-            for (start, columns) in header.starts.iter().zip(batches) {
+            for (start, columns) in fields.starts.iter().zip(batches) {
                 layers.entry(*start).or_default().push(columns);
             }
-            if !header.widths.is_empty() {
-                widths = header.widths.clone();
+            if !fields.widths.is_empty() {
+                widths = fields.widths.clone();
             }
             last = Some(header);
         }
         let Some(mut header) = last else {
-            return Err(EngineError::User("restoring window state: an empty chain".into()).into());
+            return Err(EngineError::State("restoring window state: an empty chain".into()).into());
         };
-        header.widths = widths;
+        header.operator.widths = widths;
         let windows = layers
             .into_iter()
             .map(|(start, layers)| Ok((start, self.latest_per_key(layers, header.keys)?)))
@@ -1476,33 +1413,19 @@ impl WindowAggOperator {
     }
 }
 
-/// The header of a window operator's checkpointed state.
+/// A window operator's own fields in its snapshots' header (with the watermark and
+/// the key columns, see [`KeyedHeader`]).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct WindowSnapshot {
-    watermark: i64,
+struct WindowFields {
     /// Open windows' starts, in the order of the state batches.
     starts: Vec<i64>,
     /// State columns of each aggregate.
     widths: Vec<usize>,
-    /// Key columns (first in each batch).
-    keys: usize,
     /// In a delta (which holds only the groups changed since the previous snapshot, of
     /// the windows in `starts`): every open window; those not listed were emitted
     /// since.
     #[serde(default)]
     open: Vec<i64>,
-}
-
-/// Logs state left open when a pipeline is stopped (not at the end of its input).
-pub(crate) fn discarded(task: &TaskInfo, open: usize, what: &str) {
-    if open > 0 {
-        tracing::warn!(
-            task = %task,
-            open,
-            "stopped with {open} open {what}(s): they are incomplete and not emitted; \
-             until checkpoints are kept, their state is lost"
-        );
-    }
 }
 
 #[cfg(test)]

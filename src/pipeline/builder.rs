@@ -192,7 +192,7 @@ impl PipelineBuilder {
             .side_outputs
             .iter()
             .position(|(n, _)| n == name)
-            .ok_or_else(|| EngineError::User(format!("{} has no side output {name}", spec.name)))?;
+            .ok_or_else(|| EngineError::Invalid(format!("{} has no side output {name}", spec.name)))?;
         Ok(Stream {
             node: stream.node,
             partitioning: Partitioning::Forward,
@@ -238,7 +238,7 @@ impl PipelineBuilder {
         let text = format!("{ddl};\nINSERT INTO x SELECT 1");
         let parsed = parse_sql(&SqlText::file(text, "<builder>"))?;
         parsed.tables.into_iter().next().ok_or_else(|| {
-            EngineError::User("expected CREATE TABLE … WITH (connector = …)".into()).into()
+            EngineError::Invalid("expected CREATE TABLE … WITH (connector = …)".into()).into()
         })
     }
 
@@ -275,7 +275,7 @@ impl PipelineBuilder {
         };
         let mut options = decl.options.clone();
         let event_time = crate::planner::plan::take_event_time(&mut options)
-            .map_err(|m| EngineError::User(format!("table {}: {m}", decl.name)))?;
+            .map_err(|m| EngineError::Invalid(format!("table {}: {m}", decl.name)))?;
         let processing_time = options.remove("processing_time_field");
         let parallelism = match options.remove("parallelism") {
             None => self.parallelism,
@@ -285,7 +285,7 @@ impl PipelineBuilder {
                 .ok()
                 .filter(|p| *p > 0)
                 .ok_or_else(|| {
-                    EngineError::User(format!(
+                    EngineError::Invalid(format!(
                         "table {}: parallelism = '{p}' must be a positive integer",
                         decl.name
                     ))
@@ -374,7 +374,7 @@ impl PipelineBuilder {
             )
             .await?;
         let StagePlan::Join { inputs, .. } = &stage else {
-            return Err(EngineError::User(format!(
+            return Err(EngineError::Invalid(format!(
                 "join_sql: the query does not join {} with {}",
                 names[0], names[1]
             ))
@@ -411,7 +411,7 @@ impl PipelineBuilder {
             .iter()
             .map(|c| {
                 schema.index_of(c).map_err(|_| {
-                    EngineError::User(format!(
+                    EngineError::Invalid(format!(
                         "key_by: no column {c} in {}",
                         self.graph.nodes[input.node].name
                     ))

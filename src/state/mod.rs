@@ -14,6 +14,7 @@
 //!   columns (`snapshot.rs`), which the checkpoint coordinator stores, and restore
 //!   them split by key group when the parallelism changed.
 
+pub mod keyed;
 pub mod snapshot;
 
 pub use crate::types::{StateBackend, StateHandle};

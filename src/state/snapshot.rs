@@ -47,7 +47,7 @@ impl StateBlob {
     /// header is serialised now.
     pub fn arrow<H: Serialize>(header: &H, batches: Vec<Vec<ArrayRef>>) -> Result<Self> {
         let head = serde_json::to_vec(header)
-            .map_err(|e| EngineError::User(format!("encoding operator state: {e}")))?;
+            .map_err(|e| EngineError::State(format!("encoding operator state: {e}")))?;
         Ok(StateBlob(Blob::Arrow { head, batches }))
     }
 
@@ -100,7 +100,7 @@ pub fn full_snapshots(chains: Vec<Chain>) -> Result<Vec<Vec<u8>>> {
         .into_iter()
         .map(|chain| match <[Vec<u8>; 1]>::try_from(chain) {
             Ok([full]) => Ok(full),
-            Err(chain) => Err(EngineError::User(format!(
+            Err(chain) => Err(EngineError::State(format!(
                 "restoring state: {} snapshot(s) in a chain where only one full snapshot is read",
                 chain.len()
             ))
@@ -150,7 +150,7 @@ pub fn parts(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
             .get(..8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
             .and_then(|len| bytes.get(8..8usize.checked_add(len)?))
-            .ok_or_else(|| EngineError::User("restoring operator state: truncated part".into()))?;
+            .ok_or_else(|| EngineError::State("restoring operator state: truncated part".into()))?;
         bytes = &bytes[8 + part.len()..];
         parts.push(part);
     }
@@ -195,7 +195,7 @@ fn write(head: &[u8], batches: &[Vec<ArrayRef>]) -> Result<Vec<u8>> {
 
 /// Decodes what [`encode`] wrote: the header and each batch's columns.
 pub fn decode<H: DeserializeOwned>(bytes: &[u8]) -> Result<(H, Vec<Vec<ArrayRef>>)> {
-    let corrupt = |what: String| EngineError::User(format!("restoring operator state: {what}"));
+    let corrupt = |what: String| EngineError::State(format!("restoring operator state: {what}"));
     let len = bytes
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)

@@ -713,7 +713,7 @@ impl GeneratorSource {
                 .get(..8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .ok_or_else(|| {
-                    crate::engine::EngineError::User("generator position: 8 bytes expected".into())
+                    crate::engine::EngineError::State("generator position: 8 bytes expected".into())
                 })?;
             self.fast_forward(n)?;
         }

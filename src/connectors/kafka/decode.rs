@@ -484,7 +484,7 @@ impl AvroDecoder {
             self.ends.clear();
             let batch = decoder
                 .flush()
-                .map_err(|e| crate::engine::EngineError::User(format!("decoding Avro: {e}")))?;
+                .map_err(|e| crate::engine::EngineError::Internal(format!("decoding Avro: {e}")))?;
             if let Some(b) = batch {
                 self.done.push(conform(&b, &self.target)?);
             }
@@ -575,7 +575,7 @@ impl AvroDecoder {
                 let mut start = 0;
                 for &end in &self.ends {
                     Self::feed(&mut fresh, &self.raw[start..end]).map_err(|e| {
-                        crate::engine::EngineError::User(format!(
+                        crate::engine::EngineError::Internal(format!(
                             "re-decoding Avro records that decoded before: {e}"
                         ))
                     })?;

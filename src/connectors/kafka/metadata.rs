@@ -250,7 +250,7 @@ impl MetadataColumns {
         }
         let rows = value.num_rows();
         if metas.len() != rows {
-            return Err(crate::engine::EngineError::User(format!(
+            return Err(crate::engine::EngineError::Internal(format!(
                 "kafka: {} rows decoded but {} records' metadata kept",
                 rows,
                 metas.len()

@@ -543,7 +543,7 @@ impl KafkaSink {
                 .collect());
         };
         let avro_error = |e: arrow_avro::errors::AvroError| {
-            crate::engine::EngineError::User(format!("Avro: {e}"))
+            crate::engine::EngineError::Internal(format!("Avro: {e}"))
         };
         let contracted;
         let batch = match &self.contract {
