@@ -49,7 +49,7 @@ async fn main() -> tributary::Result<()> {
             .column(idx)
             .as_any()
             .downcast_ref::<Float64Array>()
-            .ok_or_else(|| EngineError::User("total is not a float".into()))?;
+            .ok_or_else(|| EngineError::Invalid("total is not a float".into()))?;
         let taxed: Float64Array = total
             .iter()
             .map(|t| t.map(|t| (t * 1.08 * 100.0).round() / 100.0))

@@ -34,11 +34,12 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::{BinaryExpr, CastExpr, Column, Literal};
 use datafusion::physical_plan::joins::utils::JoinFilter;
 
-use super::window::{LateRows, evaluate};
-use crate::state::keyed::{KeyedTable, NoFields};
+use super::late::LateRows;
+use super::support::evaluate;
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
+use crate::state::keyed::{KeyedTable, NoFields};
 
 /// Where a side's event time is read: `value of column col − shift` (DataFusion may
 /// have pushed `ts − INTERVAL …` into the side's projection as a column of its own).
@@ -209,7 +210,7 @@ fn date_bin(e: &Arc<dyn PhysicalExpr>) -> Option<(i64, &Arc<dyn PhysicalExpr>)> 
     }
     let width = width
         .downcast_ref::<Literal>()
-        .and_then(|l| super::window::interval_ms(l.value()).ok())?;
+        .and_then(|l| super::window_fn::interval_ms(l.value()).ok())?;
     Some((width, time))
 }
 
@@ -250,7 +251,7 @@ fn shifted(e: &Arc<dyn PhysicalExpr>) -> Option<(Arc<dyn PhysicalExpr>, i64)> {
     let b = e.downcast_ref::<BinaryExpr>()?;
     let constant = |e: &Arc<dyn PhysicalExpr>| {
         e.downcast_ref::<Literal>()
-            .and_then(|l| super::window::interval_value_ms(l.value()).ok())
+            .and_then(|l| super::window_fn::interval_value_ms(l.value()).ok())
     };
     match b.op() {
         BinOp::Plus => match constant(b.right()) {
@@ -320,8 +321,8 @@ impl IntervalJoinFactory {
     /// type on both sides: rows are then routed by their hash so that equal keys meet
     /// in one task. `None`: the join runs as one task.
     pub(crate) fn key_columns(&self) -> Option<(Vec<usize>, Vec<usize>)> {
-        let left = super::window::column_indices(&self.left_keys)?;
-        let right = super::window::column_indices(&self.right_keys)?;
+        let left = super::support::column_indices(&self.left_keys)?;
+        let right = super::support::column_indices(&self.right_keys)?;
         let same_types = left.iter().zip(&right).all(|(l, r)| {
             self.left_schema.field(*l).data_type() == self.right_schema.field(*r).data_type()
         });
@@ -356,7 +357,7 @@ impl OperatorFactory for IntervalJoinFactory {
             .iter()
             .map(|k| k.data_type(&self.left_schema))
             .collect::<datafusion::error::Result<_>>()
-            .map_err(super::window::df("typing join keys"))?;
+            .map_err(super::support::df("typing join keys"))?;
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|e| EngineError::arrow("creating the join's key encoder", e))?;
         Ok(Box::new(IntervalJoinOperator {
@@ -528,7 +529,7 @@ impl IntervalJoinOperator {
         if !probe.is_empty() {
             let joined = self.pairs(side, &batch, probe, &matched)?;
             if joined.num_rows() > 0 {
-                super::window::emit_in_slices(out, joined).await?;
+                super::support::emit_in_slices(out, joined).await?;
             }
         }
         if !keep.is_empty() {
@@ -624,7 +625,9 @@ impl IntervalJoinOperator {
                 result
                     .as_any()
                     .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| EngineError::Internal("the join condition is not a boolean".into()))?
+                    .ok_or_else(|| {
+                        EngineError::Internal("the join condition is not a boolean".into())
+                    })?
                     .clone(),
             );
         }
@@ -633,7 +636,7 @@ impl IntervalJoinOperator {
             Some(p) => p.iter().map(|&i| all[i].clone()).collect(),
             None => all,
         };
-        let columns = super::window::conform_columns(&self.factory.output, columns)?;
+        let columns = super::support::conform_columns(&self.factory.output, columns)?;
         let joined = RecordBatch::try_new_with_options(
             self.factory.output.clone(),
             columns,

@@ -15,15 +15,19 @@
 //! - An operator's results precede the watermark that produced them (the engine
 //!   forwards a watermark after `handle_watermark` returns).
 
+pub(crate) mod accumulate;
 pub(crate) mod join;
+pub(crate) mod late;
 pub(crate) mod lookup;
 pub mod map;
 pub mod process;
 pub mod rank;
 pub(crate) mod session;
 pub(crate) mod stage;
+pub(crate) mod support;
 pub mod updating;
 pub mod window;
+pub mod window_fn;
 
 pub use map::{ArrivalTimeFactory, FilterOperator, FlatMapOperator, MapOperator};
 pub use process::{KeyedProcessFunction, ProcessContext, ProcessFactory, Row};

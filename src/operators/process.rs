@@ -29,10 +29,8 @@ use arrow::row::OwnedRow;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 
+use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
 use crate::state::keyed::{KeyCodec, KeyedTable, NoFields};
-use crate::engine::{
-    Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, Watermark,
-};
 
 /// One input row, read column by column.
 pub struct Row<'a> {

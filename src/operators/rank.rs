@@ -23,7 +23,8 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::window::{LateRows, emit_in_slices, evaluate};
+use super::late::LateRows;
+use super::support::{emit_in_slices, evaluate};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
@@ -42,7 +43,7 @@ pub struct RankFactory {
 impl RankFactory {
     /// Input columns the keys are plain references to; `None` when one is computed.
     pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
-        super::window::column_indices(&self.keys)
+        super::support::column_indices(&self.keys)
     }
 }
 
@@ -315,7 +316,8 @@ impl Operator for RankOperator {
             waiting.push(columns);
         }
         Ok(Some(StateBlob::parts(vec![
-            self.table.snapshot(self.keys.len(), NoFields::default(), ranked)?,
+            self.table
+                .snapshot(self.keys.len(), NoFields::default(), ranked)?,
             StateBlob::arrow(&(), waiting)?,
         ])))
     }

@@ -21,10 +21,12 @@ use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::Accumulator;
 
-use super::window::{
-    AggInputs, FactoryParts, LateRows, TZ, df, evaluate, update_accumulators, window_array,
-};
-use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo, event_times_ms};
+use super::accumulate::{AggInputs, update_accumulators};
+use super::late::LateRows;
+use super::support::{df, evaluate};
+use super::window::FactoryParts;
+use super::window_fn::{TZ, window_array};
+use crate::engine::{Collector, Operator, Result, TaskInfo, event_times_ms};
 use crate::state::keyed::{KeyCodec, KeyedTable};
 use crate::state::snapshot::StateBlob;
 
@@ -68,7 +70,11 @@ impl SessionAggOperator {
         let codec = if parts.keys.is_empty() {
             None
         } else {
-            let types = parts.key_schema.fields().iter().map(|f| f.data_type().clone());
+            let types = parts
+                .key_schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().clone());
             Some(KeyCodec::new(types)?)
         };
         Ok(SessionAggOperator {
@@ -86,7 +92,7 @@ impl SessionAggOperator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        super::window::row_accumulators(&self.parts.aggs)
+        super::accumulate::row_accumulators(&self.parts.aggs)
     }
 
     /// Adds a session to every index.
@@ -248,8 +254,14 @@ impl Operator for SessionAggOperator {
             };
             per_key.entry(key).or_default().push(i as u32);
         }
-        self.late
-            .report(self.table.task(), out, self.table.watermark(), 0, "", null_times);
+        self.late.report(
+            self.table.task(),
+            out,
+            self.table.watermark(),
+            0,
+            "",
+            null_times,
+        );
         let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
         for (key, mut idx) in per_key {
             idx.sort_by_key(|&i| times.value(i as usize));
@@ -303,7 +315,7 @@ impl Operator for SessionAggOperator {
             ends.push(s.end);
             units.push(&mut s.accs);
         }
-        let states = super::window::take_row_states(units, &self.parts.aggs)?;
+        let states = super::accumulate::take_row_states(units, &self.parts.aggs)?;
         let fields = SessionFields {
             widths: states.iter().map(Vec::len).collect(),
         };
@@ -330,14 +342,15 @@ impl Operator for SessionAggOperator {
                 let what = "restoring sessions' bounds";
                 let starts = rows.column::<Int64Array>(0, what)?.clone();
                 let ends = rows.column::<Int64Array>(1, what)?.clone();
-                let (states, _) = super::window::split_states(&rows.values[2..], &fields.widths);
+                let (states, _) =
+                    super::accumulate::split_states(&rows.values[2..], &fields.widths);
                 let keys = match &mut self.codec {
                     Some(c) => Some(c.encode(&rows.keys)?),
                     None => None,
                 };
                 for row in 0..starts.len() {
                     let mut accs = self.new_accumulators()?;
-                    super::window::merge_state_row(&mut accs, &states, row)?;
+                    super::accumulate::merge_state_row(&mut accs, &states, row)?;
                     self.insert(Session {
                         key: keys
                             .as_ref()

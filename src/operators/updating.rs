@@ -34,7 +34,8 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 
-use super::window::{AggInputs, df, emit_in_slices};
+use super::accumulate::AggInputs;
+use super::support::{df, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
@@ -120,7 +121,7 @@ pub(crate) struct UpdatingAggFactory {
 
 impl UpdatingAggFactory {
     pub(crate) fn key_columns(&self) -> Option<Vec<usize>> {
-        super::window::column_indices(&self.keys)
+        super::support::column_indices(&self.keys)
     }
 }
 
@@ -149,7 +150,11 @@ impl OperatorFactory for UpdatingAggFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
-        let types = self.key_schema.fields().iter().map(|f| f.data_type().clone());
+        let types = self
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone());
         Ok(Box::new(UpdatingAggOperator {
             table: KeyedTable::open(task, "aggregate", self.memory_limit),
             keys: self.keys.clone(),
@@ -224,7 +229,7 @@ impl UpdatingAggOperator {
                     .map_err(df("assembling aggregate results"))?,
             );
         }
-        let columns = super::window::conform_columns(&self.output, columns)?;
+        let columns = super::support::conform_columns(&self.output, columns)?;
         let batch = RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| EngineError::arrow("assembling aggregate results", e))?;
         tag(batch, &op_array(op), &self.tagged).map(Some)
@@ -299,7 +304,7 @@ impl UpdatingAggOperator {
             }
         }
         let group = self.groups.get_mut(&key).expect("inserted above");
-        super::window::merge_state_row(&mut group.accs, states, row)?;
+        super::accumulate::merge_state_row(&mut group.accs, states, row)?;
         let size = key.len() + group.accs.iter().map(|a| a.size()).sum::<usize>();
         self.bytes = self.bytes + size - group.size.min(self.bytes);
         group.size = size;
@@ -328,7 +333,7 @@ impl UpdatingAggOperator {
                 units.push(&mut group.accs);
             }
         }
-        let states = super::window::take_row_states(units, &self.aggs)?;
+        let states = super::accumulate::take_row_states(units, &self.aggs)?;
         let fields = UpdatingFields {
             widths: states.iter().map(Vec::len).collect(),
         };
@@ -364,7 +369,7 @@ impl UpdatingAggOperator {
     }
 
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
-        super::window::row_accumulators(&self.aggs)
+        super::accumulate::row_accumulators(&self.aggs)
     }
 
     fn check_state(&self) -> Result<()> {
@@ -597,7 +602,7 @@ impl Operator for UpdatingAggOperator {
                     let rows = self.table.own(columns, header.keys)?;
                     let keys = &rows.keys;
                     let (states, emitted) =
-                        super::window::split_states(&rows.values, &header.operator.widths);
+                        super::accumulate::split_states(&rows.values, &header.operator.widths);
                     let n = emitted.first().map_or(0, |c| c.len());
                     let keys = if keys.is_empty() {
                         vec![Box::default(); n]

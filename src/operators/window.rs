@@ -23,164 +23,25 @@ use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray, UInt32Array,
 };
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
-use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{
-    ColumnarValue, EmitTo, GroupsAccumulator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, TypeSignature, Volatility,
-};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
-use datafusion::physical_plan::expressions::{Column, Literal};
+use datafusion::physical_plan::expressions::Literal;
 
+use super::accumulate::{AggInputs, split_states};
+use super::late::LateRows;
+use super::support::{column_indices, conform_columns, df, emit_in_slices, evaluate};
+use super::window_fn::{TZ, WINDOW_FUNCTIONS, interval_ms, window_array};
 use crate::engine::{
     Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo, event_times_ms,
 };
 use crate::state::keyed::{KeyedHeader, KeyedTable};
 use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
-
-/// Names of the window functions allowed in `GROUP BY`.
-pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
-
-pub(crate) const TZ: &str = "UTC";
-
-/// The type of a window column: `struct<start timestamp, end timestamp>`, so queries
-/// read `window.start` / `window['end']`.
-pub fn window_type() -> DataType {
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some(TZ.into()));
-    DataType::Struct(Fields::from(vec![
-        Field::new("start", ts.clone(), false),
-        Field::new("end", ts, false),
-    ]))
-}
-
-/// `tumble(width [, time])`, `hop(slide, width [, time])` and `session(gap [, time])` as
-/// DataFusion functions. The time argument defaults to the source's declared event-time
-/// column (the planner adds it). As plain scalar functions (batch SQL, tests) `tumble`
-/// returns the window of each row; `hop` and `session` exist only in a streaming
-/// `GROUP BY`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct WindowUdf {
-    name: &'static str,
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for WindowUdf {
-    fn name(&self) -> &str {
-        self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        Ok(window_type())
-    }
-
-    fn invoke_with_args(
-        &self,
-        args: ScalarFunctionArgs,
-    ) -> datafusion::error::Result<ColumnarValue> {
-        if self.name != "tumble" {
-            return Err(DataFusionError::Execution(format!(
-                "{}() places a row by looking at other rows and is only valid in the GROUP BY of a streaming query",
-                self.name
-            )));
-        }
-        let [width, time] = args.args.as_slice() else {
-            return Err(DataFusionError::Execution(
-                "tumble() needs the event-time column: tumble(interval, column)".into(),
-            ));
-        };
-        let ColumnarValue::Scalar(width) = width else {
-            return Err(DataFusionError::Execution(
-                "tumble(): the width must be a constant interval".into(),
-            ));
-        };
-        let width = interval_ms(width).map_err(DataFusionError::Execution)?;
-        let times = time.to_array(args.number_rows)?;
-        let times = event_times_ms(times.as_ref())
-            .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-        let starts: TimestampMillisecondArray = times
-            .iter()
-            .map(|t| t.map(|t| t - t.rem_euclid(width)))
-            .collect();
-        let ends: TimestampMillisecondArray = starts.iter().map(|s| s.map(|s| s + width)).collect();
-        Ok(ColumnarValue::Array(window_array(
-            starts.with_timezone(TZ),
-            ends.with_timezone(TZ),
-        )))
-    }
-}
-
-pub(crate) fn window_array(
-    starts: TimestampMillisecondArray,
-    ends: TimestampMillisecondArray,
-) -> ArrayRef {
-    let DataType::Struct(fields) = window_type() else {
-        unreachable!("window_type is a struct")
-    };
-    Arc::new(StructArray::new(
-        fields,
-        vec![Arc::new(starts), Arc::new(ends)],
-        None,
-    ))
-}
-
-/// The window functions, registered with every planner session.
-pub fn window_udfs() -> Vec<Arc<ScalarUDF>> {
-    let sig = |n: &[usize]| {
-        Signature::one_of(
-            n.iter().map(|n| TypeSignature::Any(*n)).collect(),
-            Volatility::Immutable,
-        )
-    };
-    vec![
-        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
-            name: "tumble",
-            signature: sig(&[1, 2]),
-        })),
-        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
-            name: "hop",
-            signature: sig(&[2, 3]),
-        })),
-        Arc::new(ScalarUDF::new_from_impl(WindowUdf {
-            name: "session",
-            signature: sig(&[1, 2]),
-        })),
-    ]
-}
-
-/// Milliseconds of a constant interval; months are refused (they have no fixed length).
-pub(crate) fn interval_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
-    let ms = interval_value_ms(v)?;
-    if ms <= 0 {
-        return Err(format!("a window size must be positive, got {ms} ms"));
-    }
-    Ok(ms)
-}
-
-/// Milliseconds of a constant interval or duration of any sign; months are refused.
-pub(crate) fn interval_value_ms(v: &ScalarValue) -> std::result::Result<i64, String> {
-    Ok(match v {
-        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
-            i.days as i64 * 86_400_000 + i.nanoseconds / 1_000_000
-        }
-        ScalarValue::IntervalDayTime(Some(i)) => i.days as i64 * 86_400_000 + i.milliseconds as i64,
-        ScalarValue::DurationMillisecond(Some(ms)) => *ms,
-        ScalarValue::DurationSecond(Some(s)) => s * 1000,
-        other => {
-            return Err(format!(
-                "expected a constant interval of days or less (e.g. INTERVAL '1' MINUTE), not {other}"
-            ));
-        }
-    })
-}
 
 /// Which windows a row belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,14 +154,6 @@ impl WindowAggFactory {
     }
 }
 
-/// The input column of each expression, or `None` if any is not a plain column.
-pub(crate) fn column_indices(exprs: &[Arc<dyn PhysicalExpr>]) -> Option<Vec<usize>> {
-    exprs
-        .iter()
-        .map(|k| k.downcast_ref::<Column>().map(|c| c.index()))
-        .collect()
-}
-
 impl OperatorFactory for WindowAggFactory {
     fn output_schema(&self) -> SchemaRef {
         if self.allowed_lateness > 0 {
@@ -364,46 +217,6 @@ impl OperatorFactory for WindowAggFactory {
     }
 }
 
-/// A batch's inputs to an aggregate: key columns, each aggregate's arguments and each
-/// aggregate's FILTER.
-pub(crate) struct AggInputs {
-    pub(crate) keys: Vec<ArrayRef>,
-    pub(crate) args: Vec<Vec<ArrayRef>>,
-    pub(crate) filters: Vec<Option<ArrayRef>>,
-}
-
-impl AggInputs {
-    pub(crate) fn of(
-        keys: &[Arc<dyn PhysicalExpr>],
-        aggs: &[Arc<AggregateFunctionExpr>],
-        filters: &[Option<Arc<dyn PhysicalExpr>>],
-        batch: &RecordBatch,
-    ) -> Result<AggInputs> {
-        let keys = keys
-            .iter()
-            .map(|k| evaluate(k, batch))
-            .collect::<Result<_>>()?;
-        let args = aggs
-            .iter()
-            .map(|agg| {
-                agg.expressions()
-                    .iter()
-                    .map(|e| evaluate(e, batch))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<_>>()?;
-        let filters = filters
-            .iter()
-            .map(|f| f.as_ref().map(|f| evaluate(f, batch)).transpose())
-            .collect::<Result<_>>()?;
-        Ok(AggInputs {
-            keys,
-            args,
-            filters,
-        })
-    }
-}
-
 impl FactoryParts {
     pub(crate) fn inputs(&self, batch: &RecordBatch) -> Result<AggInputs> {
         AggInputs::of(&self.keys, &self.aggs, &self.filters, batch)
@@ -434,184 +247,6 @@ impl FactoryParts {
         let columns = conform_columns(&self.output, columns)?;
         RecordBatch::try_new(self.output.clone(), columns)
             .map_err(|e| EngineError::arrow("building window results", e))
-    }
-}
-
-/// One fresh row accumulator per aggregate.
-pub(crate) fn row_accumulators(
-    aggs: &[Arc<AggregateFunctionExpr>],
-) -> Result<Vec<Box<dyn datafusion::logical_expr::Accumulator>>> {
-    aggs.iter()
-        .map(|a| a.create_accumulator().map_err(df("creating accumulators")))
-        .collect()
-}
-
-/// The intermediate state of row accumulators, one list per unit of state (a group, a
-/// session), as columns by aggregate with unit `i` at row `i`. DataFusion's row
-/// accumulators hand their state out destructively, so each unit's is put back into
-/// fresh accumulators ([`merge_state_row`], as on restore).
-pub(crate) fn take_row_states(
-    mut units: Vec<&mut Vec<Box<dyn datafusion::logical_expr::Accumulator>>>,
-    aggs: &[Arc<AggregateFunctionExpr>],
-) -> Result<Vec<Vec<ArrayRef>>> {
-    let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::with_capacity(units.len()); aggs.len()];
-    for accs in units.iter_mut() {
-        for (i, acc) in accs.iter_mut().enumerate() {
-            states[i].push(acc.state().map_err(df("reading aggregate state"))?);
-        }
-    }
-    let mut columns = Vec::with_capacity(aggs.len());
-    for per_unit in states {
-        let width = per_unit.first().map_or(0, Vec::len);
-        let agg_columns = (0..width)
-            .map(|c| {
-                ScalarValue::iter_to_array(per_unit.iter().map(|s| s[c].clone()))
-                    .map_err(df("checkpointing aggregate state"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        columns.push(agg_columns);
-    }
-    for (row, accs) in units.into_iter().enumerate() {
-        *accs = row_accumulators(aggs)?;
-        merge_state_row(accs, &columns, row)?;
-    }
-    Ok(columns)
-}
-
-/// Merges row `row` of checkpointed state columns (`states`, by aggregate) into `accs`.
-pub(crate) fn merge_state_row(
-    accs: &mut [Box<dyn datafusion::logical_expr::Accumulator>],
-    states: &[Vec<ArrayRef>],
-    row: usize,
-) -> Result<()> {
-    for (acc, state) in accs.iter_mut().zip(states) {
-        let slices: Vec<ArrayRef> = state.iter().map(|c| c.slice(row, 1)).collect();
-        acc.merge_batch(&slices)
-            .map_err(df("restoring aggregate state"))?;
-    }
-    Ok(())
-}
-
-/// Splits checkpointed state columns into each aggregate's, `widths[i]` for aggregate
-/// `i`; returns them and the columns after.
-pub(crate) fn split_states(
-    columns: &[ArrayRef],
-    widths: &[usize],
-) -> (Vec<Vec<ArrayRef>>, Vec<ArrayRef>) {
-    let mut at = 0;
-    let states = widths
-        .iter()
-        .map(|w| {
-            let part = columns[at..at + w].to_vec();
-            at += w;
-            part
-        })
-        .collect();
-    (states, columns[at..].to_vec())
-}
-
-/// Updates one group's row accumulators with rows `rows` of a batch's aggregate
-/// arguments, honouring each aggregate's FILTER.
-pub(crate) fn update_accumulators(
-    accs: &mut [Box<dyn datafusion::logical_expr::Accumulator>],
-    rows: &[u32],
-    args: &[Vec<ArrayRef>],
-    filters: &[Option<ArrayRef>],
-) -> Result<()> {
-    use arrow::compute::{filter, prep_null_mask_filter};
-    let indices = UInt32Array::from(rows.to_vec());
-    for (i, acc) in accs.iter_mut().enumerate() {
-        let mut values: Vec<ArrayRef> = args[i]
-            .iter()
-            .map(|a| take(a.as_ref(), &indices, None))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| EngineError::arrow("selecting a group's rows", e))?;
-        if let Some(f) = &filters[i] {
-            let mask = take(f.as_ref(), &indices, None)
-                .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
-            let mask = mask
-                .as_any()
-                .downcast_ref::<BooleanArray>()
-                .map(prep_null_mask_filter)
-                .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))?;
-            values = values
-                .iter()
-                .map(|v| filter(v.as_ref(), &mask))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| EngineError::arrow("aggregate FILTER", e))?;
-        }
-        acc.update_batch(&values)
-            .map_err(df("updating aggregates"))?;
-    }
-    Ok(())
-}
-
-/// Emits `batch` in slices of at most 8192 rows (a window of a million keys must not
-/// become one batch).
-pub(crate) async fn emit_in_slices(out: &mut Collector, batch: RecordBatch) -> Result<()> {
-    let mut offset = 0;
-    while offset < batch.num_rows() {
-        let len = (batch.num_rows() - offset).min(8192);
-        out.emit(batch.slice(offset, len)).await?;
-        offset += len;
-    }
-    Ok(())
-}
-
-/// Counts rows dropped as late and logs them at most every 10 seconds per task.
-pub(crate) struct LateRows {
-    counter: metrics::Counter,
-    logged: Option<std::time::Instant>,
-}
-
-impl LateRows {
-    pub(crate) fn new(task: &TaskInfo) -> Self {
-        LateRows {
-            counter: crate::metrics::late_rows(&task.pipeline, &task.node),
-            logged: None,
-        }
-    }
-
-    /// Accounts for the rows of a batch that cannot be placed: `late` ones (`why`:
-    /// the reason, for the log) and ones with a NULL event time (bad records).
-    pub(crate) fn report(
-        &mut self,
-        task: &TaskInfo,
-        out: &mut Collector,
-        watermark: i64,
-        late: u64,
-        why: &str,
-        null_times: u64,
-    ) {
-        if late > 0 {
-            self.note(task, late, watermark, why);
-        }
-        if null_times > 0 {
-            out.bad_records().report(
-                crate::dlq::BadRecordReason::Processing,
-                &format!(
-                    "{null_times} row(s) with a NULL event time: they have no place in event time"
-                ),
-                &[],
-            );
-        }
-    }
-
-    pub(crate) fn note(&mut self, task: &TaskInfo, rows: u64, watermark: i64, what: &str) {
-        self.counter.increment(rows);
-        let now = std::time::Instant::now();
-        if self
-            .logged
-            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10))
-        {
-            self.logged = Some(now);
-            tracing::warn!(
-                task = %task,
-                rows,
-                watermark,
-                "late rows dropped: {what} (raise watermark_delay to wait longer)"
-            );
-        }
     }
 }
 
@@ -666,7 +301,9 @@ impl Operator for WindowGather {
             .column(self.window_column)
             .as_any()
             .downcast_ref::<StructArray>()
-            .ok_or_else(|| EngineError::Internal("gather: the window column is not a struct".into()))?;
+            .ok_or_else(|| {
+                EngineError::Internal("gather: the window column is not a struct".into())
+            })?;
         let ends = event_times_ms(windows.column(1).as_ref())?;
         let mut rows: HashMap<i64, Vec<u32>> = HashMap::new();
         for (i, end) in ends.iter().enumerate() {
@@ -700,7 +337,11 @@ impl Operator for WindowGather {
     }
 
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
-        crate::state::keyed::stopped_with_open_state(&self.task, self.pending.len(), "gathered window");
+        crate::state::keyed::stopped_with_open_state(
+            &self.task,
+            self.pending.len(),
+            "gathered window",
+        );
         Ok(())
     }
 
@@ -899,10 +540,6 @@ struct WindowAggOperator {
     deltas: DeltaPolicy,
 }
 
-pub(crate) fn df(context: &str) -> impl Fn(DataFusionError) -> crate::Error + '_ {
-    move |e| EngineError::datafusion(context, e)
-}
-
 impl WindowAggOperator {
     fn new_window(&self) -> Result<WindowState> {
         let groups = if self.factory.keys.is_empty() {
@@ -1081,30 +718,6 @@ impl WindowAggOperator {
             "raise the limit, use shorter windows or fewer keys, or run at a higher parallelism",
         )
     }
-}
-
-/// Casts emitted columns to the planned output types where DataFusion's plan and the
-/// accumulators' results differ only in representation (e.g. timezone spelling).
-pub(crate) fn conform_columns(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
-    columns
-        .into_iter()
-        .zip(schema.fields().iter())
-        .map(|(c, f)| {
-            if c.data_type() == f.data_type() {
-                Ok(c)
-            } else {
-                arrow::compute::cast(&c, f.data_type()).map_err(|e| {
-                    EngineError::arrow(format!("window result column {}", f.name()), e)
-                })
-            }
-        })
-        .collect()
-}
-
-pub(crate) fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
-    expr.evaluate(batch)
-        .and_then(|v| v.into_array(batch.num_rows()))
-        .map_err(df("evaluating a GROUP BY or aggregate argument"))
 }
 
 #[async_trait]

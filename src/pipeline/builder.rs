@@ -192,7 +192,9 @@ impl PipelineBuilder {
             .side_outputs
             .iter()
             .position(|(n, _)| n == name)
-            .ok_or_else(|| EngineError::Invalid(format!("{} has no side output {name}", spec.name)))?;
+            .ok_or_else(|| {
+                EngineError::Invalid(format!("{} has no side output {name}", spec.name))
+            })?;
         Ok(Stream {
             node: stream.node,
             partitioning: Partitioning::Forward,

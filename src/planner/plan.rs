@@ -28,7 +28,8 @@ use crate::operators::lookup::{LookupPartition, LookupTable};
 use crate::operators::rank::RankFactory;
 use crate::operators::stage::{SlotPartition, SqlOperatorFactory};
 use crate::operators::updating::UpdatingAggFactory;
-use crate::operators::window::{WINDOW_FUNCTIONS, WindowAggFactory, WindowKind};
+use crate::operators::window::{WindowAggFactory, WindowKind};
+use crate::operators::window_fn::WINDOW_FUNCTIONS;
 use crate::types::Location;
 use datafusion::physical_plan::ExecutionPlan;
 
@@ -368,7 +369,7 @@ impl SqlPlanner {
         for udf in self
             .udfs
             .iter()
-            .chain(crate::operators::window::window_udfs().iter())
+            .chain(crate::operators::window_fn::window_udfs().iter())
         {
             ctx.register_udf(udf.as_ref().clone());
         }
@@ -1237,7 +1238,7 @@ fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
         .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
         .unwrap_or(false);
     let schema = w.input.schema();
-    let window_type = crate::operators::window::window_type();
+    let window_type = crate::operators::window_fn::window_type();
     let by_window = |e: &Expr| {
         e.column_refs().iter().any(|c| {
             datafusion::common::ExprSchema::field_from_column(schema.as_ref(), c)

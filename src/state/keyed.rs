@@ -88,7 +88,9 @@ impl KeyedRows {
         self.values
             .get(i)
             .and_then(|c| c.as_any().downcast_ref::<A>())
-            .ok_or_else(|| EngineError::State(format!("{what}: column {i} of the wrong type")).into())
+            .ok_or_else(|| {
+                EngineError::State(format!("{what}: column {i} of the wrong type")).into()
+            })
     }
 }
 
