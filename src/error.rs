@@ -1,6 +1,6 @@
 //! The crate-level error: one variant per module error, each with a stable code.
 //!
-//! Modules own their error enums (`engine::EngineError`, `sql::SqlError`, …); this type
+//! Modules own their error enums (`engine::EngineError`, `planner::SqlError`, …); this type
 //! only gathers them so that the CLI has one place that turns an error into what the
 //! user sees: `error[CODE]: message`, with the file, line and column where known.
 

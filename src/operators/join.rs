@@ -2,7 +2,7 @@
 //! `FROM o JOIN p ON o.id = p.order_id AND o.ts BETWEEN p.ts - INTERVAL '10' MINUTE AND p.ts`.
 //!
 //! Owns the join operator and reading a join's time bounds from its condition. The
-//! planner ([`super::planner`]) cuts DataFusion's physical plan at the join: each side's
+//! planner ([`crate::planner`]) cuts DataFusion's physical plan at the join: each side's
 //! subtree runs per batch as a SQL stage fed by its source, rows are routed by the hash
 //! of the equality keys to this operator, what is above the join runs per batch.
 //!

@@ -17,8 +17,9 @@
 //!   pipeline is stopped, pending timers do not fire (their time has not come).
 //! - Processing-time timers fire on the operator's tick (every 50 ms), once the wall
 //!   clock has reached them; they do not fire at the end of input.
-//! - State lives in memory (the pipeline's [`super::StateBackend`] accounts its size,
-//!   estimated shallowly per key); the checkpoint work snapshots it per key group.
+//! - State lives in memory (the pipeline's [`crate::state::StateBackend`] accounts its
+//!   size, estimated shallowly per key); checkpoints snapshot it through the keyed-state
+//!   table ([`crate::state::keyed`]), restored per key group.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //!
 //! Owns the window functions as SQL sees them and the operator that evaluates a
 //! windowed `GROUP BY` incrementally. DataFusion plans the query; the planner
-//! ([`super::planner`]) cuts the physical plan at its aggregate: what is below runs per
+//! ([`crate::planner`]) cuts the physical plan at its aggregate: what is below runs per
 //! batch as a SQL stage, the aggregate itself runs here, what is above (projection,
 //! `HAVING`) runs per emitted batch as another SQL stage.
 //!

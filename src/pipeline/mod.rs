@@ -3,7 +3,7 @@
 //! Owns: reading `pipelines/<name>.yaml` (strictly: unknown keys are refused, every
 //! error names file, line and column), layering configuration (built-in defaults,
 //! `tributary.toml`, `TRIBUTARY__SECTION__KEY` environment variables, flags), and
-//! turning a pipeline into an engine graph — from SQL through [`crate::sql`], or from
+//! turning a pipeline into an engine graph — from SQL through [`crate::planner`], or from
 //! Rust through [`PipelineBuilder`]. Both paths build the same [`Graph`](crate::engine::Graph).
 
 mod builder;

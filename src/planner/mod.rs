@@ -1,15 +1,15 @@
 //! Streaming SQL: the only place that knows SQL.
 //!
 //! Owns: parsing a pipeline's SQL (DDL for sources and sinks, views, `INSERT INTO`),
-//! planning each query with DataFusion, refusing what cannot run as a stream, and the
-//! SQL stage operator that evaluates a DataFusion physical plan batch by batch.
+//! planning each query with DataFusion, refusing what cannot run as a stream, and
+//! cutting each plan at its stateful operators (which live in [`crate::operators`]).
 //!
 //! Invariants:
 //! - Expressions are planned and evaluated by DataFusion; we write no evaluator.
 //! - Every error names the file, line and column of the statement (or of the token
 //!   DataFusion points at) it concerns.
 //! - A plan that needs to see the end of an unbounded input (unbounded `ORDER BY`,
-//!   aggregation without a window, `LIMIT`…) is refused at plan time, with what to
+//!   `LIMIT`…) is refused at plan time, with what to
 //!   write instead.
 
 pub mod check;

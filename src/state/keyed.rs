@@ -303,3 +303,129 @@ impl KeyCodec {
             .map_err(|e| EngineError::arrow("decoding keys", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+
+    fn task(partition: usize, parallelism: usize) -> TaskInfo {
+        TaskInfo {
+            pipeline: "p".into(),
+            node: "n".into(),
+            partition,
+            parallelism,
+            state: crate::state::memory_backend(),
+        }
+    }
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Fields {
+        widths: Vec<usize>,
+    }
+
+    /// 100 keys `k0..k99` with values 0..99.
+    fn rows() -> Vec<ArrayRef> {
+        let keys: StringArray = (0..100).map(|i| Some(format!("k{i}"))).collect();
+        vec![
+            Arc::new(keys),
+            Arc::new(Int64Array::from_iter_values(0..100)),
+        ]
+    }
+
+    fn bytes(table: &KeyedTable, columns: Vec<ArrayRef>) -> Vec<u8> {
+        table
+            .snapshot(1, Fields { widths: vec![1] }, vec![columns])
+            .unwrap()
+            .into_bytes()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_snapshot_restores_its_rows_header_and_watermark_at_the_same_parallelism() {
+        let mut old = KeyedTable::open(&task(0, 1), "test", None);
+        old.advance(1_000);
+        let state = bytes(&old, rows());
+        let mut new = KeyedTable::open(&task(0, 1), "test", None);
+        let (fields, batches) = new.restore::<Fields>(&state).unwrap();
+        assert_eq!(fields, Fields { widths: vec![1] });
+        assert_eq!(new.watermark(), 1_000);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].keys.len(), 1);
+        assert_eq!(batches[0].values.len(), 1);
+        assert_eq!(batches[0].len(), 100);
+    }
+
+    #[test]
+    fn at_another_parallelism_each_row_goes_to_exactly_the_task_that_owns_its_key_group() {
+        let old = KeyedTable::open(&task(0, 1), "test", None);
+        let state = bytes(&old, rows());
+        let mut seen = Vec::new();
+        for partition in 0..3 {
+            let mut new = KeyedTable::open(&task(partition, 3), "test", None);
+            let (_, batches) = new.restore::<Fields>(&state).unwrap();
+            let keys = batches[0].keys[0].clone();
+            let groups = crate::types::key_groups_of_arrays(&[keys.clone()], keys.len()).unwrap();
+            for g in groups {
+                assert_eq!(crate::types::partition_of_key_group(g, 3), partition);
+            }
+            let values = batches[0].column::<Int64Array>(0, "values").unwrap();
+            seen.extend(values.values().iter().copied());
+        }
+        seen.sort();
+        assert_eq!(seen, (0..100).collect::<Vec<_>>(), "every row once");
+    }
+
+    #[test]
+    fn restored_from_several_tasks_the_watermark_is_the_lowest_of_theirs() {
+        let mut new = KeyedTable::open(&task(0, 1), "test", None);
+        for w in [5_000, 2_000, 9_000] {
+            let mut old = KeyedTable::open(&task(0, 3), "test", None);
+            old.advance(w);
+            new.restore::<Fields>(&bytes(&old, rows())).unwrap();
+        }
+        assert_eq!(new.watermark(), 2_000);
+        // Watermarks then only advance.
+        assert_eq!(new.advance(1_000), 2_000);
+        assert_eq!(new.advance(3_000), 3_000);
+    }
+
+    #[test]
+    fn a_column_of_the_wrong_type_is_a_state_error_not_a_panic() {
+        let old = KeyedTable::open(&task(0, 1), "test", None);
+        let mut new = KeyedTable::open(&task(0, 1), "test", None);
+        let (_, batches) = new.restore::<Fields>(&bytes(&old, rows())).unwrap();
+        let err = batches[0]
+            .column::<StringArray>(0, "restoring values")
+            .unwrap_err();
+        assert_eq!(err.code(), "ENG009", "{err}");
+        assert!(err.to_string().contains("restoring values"), "{err}");
+        let err = new.own(rows(), 3).err().expect("more key columns than columns");
+        assert_eq!(err.code(), "ENG009", "{err}");
+    }
+
+    #[test]
+    fn the_state_limit_fails_with_its_own_code() {
+        let table = KeyedTable::open(&task(0, 1), "test", Some(100));
+        table.report(100, || "at the limit".into(), "").unwrap();
+        let err = table.report(101, || "over".into(), "raise it").unwrap_err();
+        assert_eq!(err.code(), "ENG010", "{err}");
+    }
+
+    #[test]
+    fn keys_survive_the_codec_round_trip() {
+        let mut codec = KeyCodec::default();
+        assert!(codec.decode([&b""[..]]).unwrap().is_none(), "nothing encoded yet");
+        let keys = rows();
+        let encoded = codec.encode_owned(&keys).unwrap();
+        let decoded = codec
+            .decode(encoded.iter().map(|k| &k[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded[0].as_ref(), keys[0].as_ref());
+        assert_eq!(decoded[1].as_ref(), keys[1].as_ref());
+    }
+}

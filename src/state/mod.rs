@@ -1,8 +1,8 @@
-//! Operator state: where it lives, how big it may grow, and the process-function API.
+//! Operator state: where it lives, how big it may grow, its byte form in checkpoints.
 //!
-//! Owns the [`StateBackend`] trait and its in-memory implementation, and
-//! [`KeyedProcessFunction`] (keyed state and timers for Rust operators, in
-//! [`process`]).
+//! Owns the in-memory [`StateBackend`] (the trait is shared vocabulary, in
+//! [`crate::types`]), the keyed-state table every keyed operator keeps its state
+//! through ([`keyed`]), and snapshots' byte form ([`snapshot`]).
 //!
 //! Invariants:
 //! - Every stateful operator task opens a [`StateHandle`] from the pipeline's backend

@@ -57,6 +57,7 @@ pub(crate) use sink::sink;
 pub(crate) use source::source;
 
 mod client;
+mod contract;
 mod decode;
 mod domains;
 mod metadata;
