@@ -21,6 +21,8 @@ mod plan;
 mod stage_plan;
 mod streamable;
 mod tables;
+#[cfg(test)]
+mod tests;
 pub mod udf;
 
 pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
