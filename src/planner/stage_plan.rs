@@ -11,8 +11,8 @@ use crate::operators::stage::SqlOperatorFactory;
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
 /// One query as the engine runs it: a stateless SQL stage, or a query with one
-/// stateful operator (windowed aggregate, row_number) cut in three: per-batch stage
-/// below it, the keyed operator, per-batch stage above it.
+/// stateful operator (an aggregate, row_number), cut by `super::cuts` in three:
+/// per-batch stage below it, the keyed operator, per-batch stage above it.
 #[derive(Clone)]
 pub enum StagePlan {
     Stateless(Arc<SqlOperatorFactory>),
