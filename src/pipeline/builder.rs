@@ -276,7 +276,7 @@ impl PipelineBuilder {
             base_dir: &cwd,
         };
         let mut options = decl.options.clone();
-        let event_time = crate::planner::plan::take_event_time(&mut options)
+        let event_time = crate::planner::event_time::take_event_time(&mut options)
             .map_err(|m| EngineError::Invalid(format!("table {}: {m}", decl.name)))?;
         let processing_time = options.remove("processing_time_field");
         let parallelism = match options.remove("parallelism") {

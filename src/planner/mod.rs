@@ -13,12 +13,21 @@
 //!   write instead.
 
 pub mod check;
+mod cuts;
 mod ddl;
-pub(crate) mod plan;
+pub(crate) mod event_time;
+mod inserts;
+mod plan;
+mod stage_plan;
+mod streamable;
+mod tables;
+#[cfg(test)]
+mod tests;
 pub mod udf;
 
 pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
-pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions, StagePlan};
+pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions};
+pub use stage_plan::StagePlan;
 
 use std::path::PathBuf;
 

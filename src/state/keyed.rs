@@ -403,7 +403,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "ENG009", "{err}");
         assert!(err.to_string().contains("restoring values"), "{err}");
-        let err = new.own(rows(), 3).err().expect("more key columns than columns");
+        let err = new
+            .own(rows(), 3)
+            .err()
+            .expect("more key columns than columns");
         assert_eq!(err.code(), "ENG009", "{err}");
     }
 
@@ -418,7 +421,10 @@ mod tests {
     #[test]
     fn keys_survive_the_codec_round_trip() {
         let mut codec = KeyCodec::default();
-        assert!(codec.decode([&b""[..]]).unwrap().is_none(), "nothing encoded yet");
+        assert!(
+            codec.decode([&b""[..]]).unwrap().is_none(),
+            "nothing encoded yet"
+        );
         let keys = rows();
         let encoded = codec.encode_owned(&keys).unwrap();
         let decoded = codec

@@ -1,0 +1,303 @@
+//! Planning a pipeline's `INSERT INTO`s into its graph, the last steps of planning a
+//! pipeline: each query's stage(s); the source nodes a query reads, added when first
+//! read (with their arrival-time step and event time); the sink node it writes, added
+//! when first written (further inserts into it add inputs); and the refusal of a
+//! changelog into a sink that only appends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::SqlError;
+use super::ddl::InsertDecl;
+use super::event_time::add_window_time_args;
+use super::plan::{Planning, StageOptions};
+use super::stage_plan::StagePlan;
+use super::tables::{SinkDecl, Tables};
+use crate::connectors::{self, Options, TableRequest};
+use crate::engine::{Graph, NodeId, Partitioning};
+use crate::operators::stage::SqlOperatorFactory;
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// The graph being built, and the tables' nodes already in it.
+pub(super) struct Wiring {
+    pub graph: Graph,
+    source_nodes: BTreeMap<String, NodeId>,
+    sink_nodes: BTreeMap<String, NodeId>,
+    /// The SQL stages added (name, stage), for `explain`.
+    pub stages: Vec<(String, Arc<SqlOperatorFactory>)>,
+}
+
+impl Wiring {
+    pub(super) fn new(pipeline: &str) -> Self {
+        Wiring {
+            graph: Graph::new(pipeline),
+            source_nodes: BTreeMap::new(),
+            sink_nodes: BTreeMap::new(),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Warns about the source tables no insert reads.
+    pub(super) fn warn_unread_sources(&self, tables: &Tables) {
+        for (name, source) in &tables.sources {
+            if !self.source_nodes.contains_key(name) {
+                tracing::warn!(table = %name, at = %source.location, "source table is never read");
+            }
+        }
+    }
+}
+
+impl Planning<'_> {
+    /// Plans one `INSERT INTO sink SELECT …` into the graph: the source nodes its query
+    /// reads, its stage(s), the sink node.
+    pub(super) async fn plan_insert(
+        &self,
+        insert: &InsertDecl,
+        tables: &Tables,
+        wiring: &mut Wiring,
+    ) -> Result<()> {
+        let Some(sink) = tables.sinks.get(&insert.sink) else {
+            return Err(SqlError::Plan {
+                location: insert.location.clone(),
+                message: format!(
+                    "INSERT INTO {}: no such table; declare it with CREATE TABLE {} (…) WITH (connector = …)",
+                    insert.sink, insert.sink
+                ),
+            }
+            .into());
+        };
+        let mut query = insert.query.clone();
+        add_window_time_args(&mut query, &tables.event_times);
+        let settings = self.settings;
+        let (stage, inputs) = self
+            .planner
+            .plan_stage(
+                &self.ctx,
+                self.sql,
+                query,
+                &insert.location,
+                sink.declared.as_ref(),
+                &insert.sink,
+                StageOptions {
+                    on_error: settings.on_processing_error,
+                    state_memory_limit: settings.state_memory_limit,
+                    state_ttl: settings.state_ttl,
+                    allowed_lateness: settings.allowed_lateness,
+                },
+                &tables.event_times,
+            )
+            .await?;
+        let input_ids = wiring.source_nodes(insert, &inputs, tables)?;
+        let (op, added) = wiring.add_stage(insert, &stage, &inputs, &input_ids)?;
+        wiring.stages.extend(added);
+        self.connect_sink(insert, sink, op, wiring)?;
+        if stage.is_changelog() {
+            wiring.check_sink_takes_changelog(insert)?;
+        }
+        Ok(())
+    }
+
+    /// Connects `op` to the insert's sink, adding the sink's node on its first insert.
+    fn connect_sink(
+        &self,
+        insert: &InsertDecl,
+        sink: &SinkDecl,
+        op: NodeId,
+        wiring: &mut Wiring,
+    ) -> Result<()> {
+        if let Some(&sink_id) = wiring.sink_nodes.get(&insert.sink) {
+            return wiring
+                .graph
+                .add_input(sink_id, op, Partitioning::Forward)
+                .map_err(|e| {
+                    SqlError::Plan {
+                        location: insert.location.clone(),
+                        message: e.to_string(),
+                    }
+                    .into()
+                });
+        }
+        let SinkDecl {
+            declared,
+            decl,
+            parallelism,
+        } = sink;
+        let req = TableRequest {
+            env: self.planner.env(),
+            table: &decl.name,
+            schema: declared.clone(),
+            base_dir: self.base_dir,
+        };
+        let mut options = decl.options.clone();
+        options.remove("parallelism");
+        let factory = connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
+            .map_err(|e| SqlError::Connector {
+                location: decl.locate(&e),
+                source: Box::new(e),
+            })?;
+        let id = wiring
+            .graph
+            .add_sink(&decl.name, factory, *parallelism, op, Partitioning::Forward)
+            .map_err(|e| SqlError::Connector {
+                location: insert.location.clone(),
+                source: Box::new(e),
+            })?;
+        wiring.sink_nodes.insert(insert.sink.clone(), id);
+        Ok(())
+    }
+}
+
+impl Wiring {
+    /// The nodes of the tables a query reads (name, node), adding a source's node on
+    /// its first read; refuses reading a sink.
+    fn source_nodes(
+        &mut self,
+        insert: &InsertDecl,
+        inputs: &[String],
+        tables: &Tables,
+    ) -> Result<Vec<(String, NodeId)>> {
+        let mut input_ids = Vec::new();
+        for input in inputs {
+            if tables.sinks.contains_key(input) {
+                return Err(SqlError::Plan {
+                    location: insert.location.clone(),
+                    message: format!(
+                        "INSERT INTO {} reads from {input}, which is a sink: a table is either read or written",
+                        insert.sink
+                    ),
+                }
+                .into());
+            }
+            let id = match self.source_nodes.get(input) {
+                Some(id) => *id,
+                None => {
+                    let id = self.add_source(insert, input, tables)?;
+                    self.source_nodes.insert(input.clone(), id);
+                    id
+                }
+            };
+            input_ids.push((input.clone(), id));
+        }
+        Ok(input_ids)
+    }
+
+    /// Adds a source table's node, and its arrival-time step when it is read in
+    /// processing time; returns the node its readers read.
+    fn add_source(&mut self, insert: &InsertDecl, input: &str, tables: &Tables) -> Result<NodeId> {
+        let graph = &mut self.graph;
+        let source = tables.sources.get(input).ok_or_else(|| SqlError::Plan {
+            location: insert.location.clone(),
+            message: format!("{input} is not a declared table"),
+        })?;
+        let mut id = graph.add_source(input, source.factory.clone(), source.parallelism);
+        if let Some(column) = &source.processing_time {
+            let arrival =
+                crate::operators::ArrivalTimeFactory::new(&source.factory.schema(), column)
+                    .map_err(|e| SqlError::Plan {
+                        location: source.location.clone(),
+                        message: e.to_string(),
+                    })?;
+            id = graph.add_operator(
+                &format!("{input}_arrival"),
+                Arc::new(arrival),
+                source.parallelism,
+                id,
+                Partitioning::Forward,
+            );
+        }
+        if let Some((et, idle)) = &source.event_time {
+            graph
+                .set_event_time(id, et.clone())
+                .map_err(|e| SqlError::Plan {
+                    location: source.location.clone(),
+                    message: e.to_string(),
+                })?;
+            if let Some(idle) = idle {
+                graph.idle_timeout = Some(graph.idle_timeout.map_or(*idle, |t| t.min(*idle)));
+            }
+        }
+        Ok(id)
+    }
+
+    /// Adds a query's stage(s) after the nodes it reads; returns the last node and the
+    /// SQL stages added. A query that reads two streams must join them.
+    fn add_stage(
+        &mut self,
+        insert: &InsertDecl,
+        stage: &StagePlan,
+        inputs: &[String],
+        input_ids: &[(String, NodeId)],
+    ) -> Result<(NodeId, Vec<(String, Arc<SqlOperatorFactory>)>)> {
+        let graph = &mut self.graph;
+        let stage_name = format!("{}_select", insert.sink);
+        match stage {
+            StagePlan::Join {
+                inputs: [left, right],
+                ..
+            } => {
+                let id_of = |t: &String| {
+                    input_ids
+                        .iter()
+                        .find(|(n, _)| n == t)
+                        .map(|(_, id)| *id)
+                        .ok_or_else(|| SqlError::Plan {
+                            location: insert.location.clone(),
+                            message: format!("{t} is not a declared table"),
+                        })
+                };
+                let (l, r) = (id_of(left)?, id_of(right)?);
+                let parallelism = graph.node(l)?.parallelism;
+                stage.add_join_to_graph(graph, &stage_name, l, r, parallelism)
+            }
+            _ => {
+                let [(_, source_id)] = input_ids else {
+                    return Err(SqlError::NotStreamable {
+                        location: insert.location.clone(),
+                        message: format!(
+                            "the query reads {} streams ({}) without joining them: combine two streams \
+                             with JOIN … ON keys AND a time condition",
+                            inputs.len(),
+                            inputs.join(", ")
+                        ),
+                    }
+                    .into());
+                };
+                let stage_parallelism = graph.node(*source_id)?.parallelism;
+                stage.add_to_graph(
+                    graph,
+                    &stage_name,
+                    *source_id,
+                    Partitioning::Forward,
+                    stage_parallelism,
+                )
+            }
+        }
+    }
+
+    /// Refuses a changelog (the results of an updating query) into a sink that only
+    /// appends.
+    fn check_sink_takes_changelog(&self, insert: &InsertDecl) -> Result<()> {
+        let sink = &self.graph.nodes[self.sink_nodes[&insert.sink]];
+        if let crate::engine::NodeKind::Sink(f) = &sink.kind
+            && !f.accepts_changelog()
+        {
+            return Err(SqlError::NotStreamable {
+                location: insert.location.clone(),
+                message: format!(
+                        "INSERT INTO {}: this query's results update as events arrive (a GROUP BY \
+                         without a window produces a changelog of inserts, updates and deletes), and \
+                         {} ({}) only appends. Write it to a sink that takes a changelog (connector \
+                         'file' or 'stdout' write each change with its {}), or aggregate per window: \
+                         GROUP BY tumble(INTERVAL '1' MINUTE), …",
+                        insert.sink,
+                        insert.sink,
+                        f.describe(),
+                        crate::engine::OP_COLUMN
+                    ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,200 @@
+//! Refusing what cannot run on an unbounded stream, on the optimized logical plan and
+//! before any cut: unbounded `ORDER BY`, `LIMIT`, `UNION`, subqueries and `DISTINCT`,
+//! `OVER (…)` other than `ROW_NUMBER()` by key or over whole windows, joins other than
+//! with a lookup table or an inner join of two streams, more than one stateful
+//! operation, and queries reading no table or more than two streams. Also finds the
+//! stream tables a query reads.
+
+use std::collections::BTreeSet;
+
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+
+use super::SqlError;
+use crate::operators::window::WINDOW_FUNCTIONS;
+use crate::types::Location;
+
+type Result<T, E = crate::Error> = std::result::Result<T, E>;
+
+/// Refuses plans that cannot run batch by batch on an unbounded stream, and returns the
+/// one input table the plan reads.
+pub(super) fn check_streamable(
+    plan: &LogicalPlan,
+    location: &Location,
+    lookups: &BTreeSet<String>,
+) -> Result<Vec<String>> {
+    use datafusion::logical_expr::JoinType;
+    let is_lookup = |side: &LogicalPlan| {
+        let mut all = true;
+        let mut any = false;
+        let _ = side.apply(|n| {
+            if let LogicalPlan::TableScan(scan) = n {
+                any = true;
+                all &= lookups.contains(scan.table_name.table());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        any && all
+    };
+    let mut refusal: Option<String> = None;
+    let mut tables: Vec<String> = Vec::new();
+    let one_stateful = ONE_STATEFUL;
+    let mut aggregates = 0;
+    let _ = plan.apply_with_subqueries(|node| {
+        let why = match node {
+            LogicalPlan::Sort(_) => Some(
+                "ORDER BY over an unbounded stream would never emit a row, since a later row may always sort first. \
+                 Remove the ORDER BY and sort where the results are read, or rank rows within a window \
+                 (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) inside a tumble window, coming with the windows work)",
+            ),
+            LogicalPlan::Aggregate(agg) if is_windowed(agg) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(one_stateful)
+            }
+            // Without a window: an updating aggregate, whose results are a changelog.
+            LogicalPlan::Aggregate(_) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(one_stateful)
+            }
+            LogicalPlan::Join(j) => {
+                let (left, right) = (is_lookup(&j.left), is_lookup(&j.right));
+                match (left, right, j.join_type) {
+                    (false, true, JoinType::Inner | JoinType::Left | JoinType::LeftSemi | JoinType::LeftAnti)
+                    | (true, false, JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti) => None,
+                    (false, true, _) | (true, false, _) => Some(
+                        "a join with a lookup table keeps the stream's rows: use JOIN or LEFT JOIN with the stream \
+                         on the left (a RIGHT or FULL join would emit the whole lookup table for every batch)",
+                    ),
+                    (false, false, JoinType::Inner) => {
+                        aggregates += 1;
+                        (aggregates > 1).then_some(one_stateful)
+                    }
+                    _ => Some(
+                        "a join between two streams is an inner interval join (JOIN … ON keys AND a time \
+                         condition); outer joins between streams are not supported yet. To enrich a stream \
+                         with reference data, declare that table with lookup = 'true'",
+                    ),
+                }
+            }
+            // Window functions over the results of a windowed GROUP BY, partitioned by
+            // the window (Top-N per window): they run once per closed window, over all of
+            // its rows (see `StagePlan::Stateful::gather`).
+            LogicalPlan::Window(w) if is_over_window_results(w) => None,
+            LogicalPlan::Window(w) if is_row_number_by_key(w) => {
+                aggregates += 1;
+                (aggregates > 1).then_some(one_stateful)
+            }
+            LogicalPlan::Window(_) => Some(
+                "on a stream, OVER (…) supports ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) \
+                 (deduplication with WHERE rn = 1, first N per key with WHERE rn <= N); other window \
+                 functions and orders need state that is not supported yet",
+            ),
+            LogicalPlan::Limit(_) => Some(
+                "LIMIT on an unbounded stream is not supported: filter rows with WHERE instead",
+            ),
+            LogicalPlan::Union(_) => Some(
+                "UNION of several inputs is not supported yet: write one INSERT INTO the same sink per input",
+            ),
+            LogicalPlan::RecursiveQuery(_) => Some("recursive queries do not run on streams"),
+            LogicalPlan::Subquery(_) | LogicalPlan::Distinct(_) => Some(
+                "subqueries and DISTINCT over a stream need state, which comes with the stateful SQL work",
+            ),
+            LogicalPlan::TableScan(scan) => {
+                tables.push(scan.table_name.table().to_string());
+                None
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            refusal = Some(why.to_string());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    if let Some(message) = refusal {
+        return Err(SqlError::NotStreamable {
+            location: location.clone(),
+            message,
+        }
+        .into());
+    }
+    tables.retain(|t| !lookups.contains(t));
+    tables.sort();
+    tables.dedup();
+    match tables.as_slice() {
+        [] => Err(SqlError::Plan {
+            location: location.clone(),
+            message: "the query reads no table: select FROM a source declared with CREATE TABLE … WITH (connector = …)".into(),
+        }
+        .into()),
+        [_] | [_, _] if aggregates <= 1 => Ok(tables),
+        many => Err(SqlError::NotStreamable {
+            location: location.clone(),
+            message: format!(
+                "the query reads {} streams ({}); a query combines at most two, with one join",
+                many.len(),
+                many.join(", ")
+            ),
+        }
+        .into()),
+    }
+}
+
+/// `true` when every window expression is partitioned by (a field of) the window
+/// column of a windowed `GROUP BY` below it.
+fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
+    let below_is_windowed = w
+        .input
+        .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
+        .unwrap_or(false);
+    let schema = w.input.schema();
+    let window_type = crate::operators::window::window_type();
+    let by_window = |e: &Expr| {
+        e.column_refs().iter().any(|c| {
+            datafusion::common::ExprSchema::field_from_column(schema.as_ref(), c)
+                .map(|f| f.data_type() == &window_type)
+                .unwrap_or(false)
+        })
+    };
+    below_is_windowed
+        && w.window_expr.iter().all(|e| {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            matches!(e, Expr::WindowFunction(f) if f.params.partition_by.iter().any(by_window))
+        })
+}
+
+/// `true` for `ROW_NUMBER() OVER (PARTITION BY … ORDER BY one column ASC)`, alone.
+fn is_row_number_by_key(w: &datafusion::logical_expr::Window) -> bool {
+    let [expr] = w.window_expr.as_slice() else {
+        return false;
+    };
+    let expr = match expr {
+        Expr::Alias(a) => a.expr.as_ref(),
+        e => e,
+    };
+    match expr {
+        Expr::WindowFunction(f) => {
+            f.fun.name() == "row_number"
+                && !f.params.partition_by.is_empty()
+                && f.params.order_by.len() == 1
+                && f.params.order_by[0].asc
+        }
+        _ => false,
+    }
+}
+
+/// `true` when an aggregate's `GROUP BY` holds a window function.
+fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
+    agg.group_expr.iter().any(|e| {
+        e.exists(|e| {
+            Ok(matches!(e, Expr::ScalarFunction(f) if WINDOW_FUNCTIONS.contains(&f.func.name())))
+        })
+        .unwrap_or(false)
+    })
+}
+
+pub(super) const ONE_STATEFUL: &str = "only one stateful operation (GROUP BY, join of two streams or ROW_NUMBER) \
+                            per query is supported";
