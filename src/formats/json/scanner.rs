@@ -1,0 +1,890 @@
+//! The schema-aware record scanner: one pass over a record's bytes that decides whether
+//! it is strict JSON and whether its values fit the schema, converting each scalar value
+//! (by the rules of [`super::rules`]) as it checks it.
+
+use std::collections::HashMap;
+
+use arrow::compute::kernels::cast_utils::parse_decimal;
+use arrow::datatypes::{
+    DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType,
+};
+
+use super::rules::{CheckFn, Leaf, LeafCtx, Slot, SlotNative, leaf_check};
+use crate::dlq::BadRecordReason;
+
+/// Deepest nesting of arrays and objects a record may have.
+pub const MAX_DEPTH: usize = 64;
+
+/// What the scanner expects of a value: the schema, compiled.
+enum Node {
+    /// Only `null`.
+    Null,
+    Bool,
+    /// Utf8, LargeUtf8, Utf8View: strings, numbers and booleans (as their text).
+    Text,
+    /// A hex string.
+    Binary,
+    /// The parse of the column's decimal type, its precision and scale.
+    Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
+    Leaf(LeafCtx, CheckFn),
+    List {
+        item: Box<Node>,
+        nullable: bool,
+    },
+    Struct(StructNode),
+    Map {
+        key: Box<Node>,
+        value: Box<Node>,
+        value_nullable: bool,
+    },
+}
+
+pub(super) struct StructNode {
+    /// Name, nullable, node.
+    fields: Vec<(String, bool, Node)>,
+    /// Field lookup for wide structs; narrow ones are searched linearly.
+    index: Option<HashMap<String, usize>>,
+    /// Whether any field is non-nullable (so presence must be tracked).
+    has_required: bool,
+    /// Whether no two fields have the same name.
+    pub(super) unique: bool,
+}
+
+impl StructNode {
+    fn find(&self, name: &str) -> Option<usize> {
+        match &self.index {
+            Some(map) => map.get(name).copied(),
+            None => self.fields.iter().position(|(n, _, _)| n == name),
+        }
+    }
+
+    /// Like [`StructNode::find`], trying field `hint` first (keys usually come in the
+    /// schema's order); the same answer, since with unique names there is only one.
+    fn find_from(&self, name: &str, hint: usize) -> Option<usize> {
+        match self.fields.get(hint) {
+            Some((n, _, _)) if self.unique && n == name => Some(hint),
+            _ => self.find(name),
+        }
+    }
+}
+
+/// Parses a decimal into `out`: whether it fits.
+fn decimal_value<T>(s: &str, precision: u8, scale: i8, out: &mut Slot) -> bool
+where
+    T: DecimalType,
+    T::Native: SlotNative,
+{
+    match parse_decimal::<T>(s, precision, scale) {
+        Ok(v) => {
+            *out = v.into_slot();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<StructNode, String> {
+    let mut out = Vec::with_capacity(fields.len());
+    for f in fields.iter() {
+        let node = compile(f.data_type()).map_err(|e| format!("{}: {e}", f.name()))?;
+        out.push((f.name().clone(), f.is_nullable(), node));
+    }
+    let index = (out.len() > 8).then(|| {
+        let mut m = HashMap::with_capacity(out.len());
+        // Arrow's decoder keeps the last field of a given name; so do we.
+        for (i, (n, _, _)) in out.iter().enumerate() {
+            m.insert(n.clone(), i);
+        }
+        m
+    });
+    let has_required = out.iter().any(|(_, nullable, _)| !nullable);
+    let mut names: Vec<&str> = out.iter().map(|(n, _, _)| n.as_str()).collect();
+    names.sort_unstable();
+    let unique = names.windows(2).all(|w| w[0] != w[1]);
+    Ok(StructNode {
+        fields: out,
+        index,
+        has_required,
+        unique,
+    })
+}
+
+fn compile(dt: &DataType) -> Result<Node, String> {
+    if let Some((ctx, check)) = leaf_check(dt).map_err(|e| e.to_string())? {
+        return Ok(Node::Leaf(ctx, check));
+    }
+    Ok(match dt {
+        DataType::Null => Node::Null,
+        DataType::Boolean => Node::Bool,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Node::Text,
+        DataType::Binary | DataType::LargeBinary => Node::Binary,
+        DataType::Decimal32(p, s) => Node::Decimal(decimal_value::<Decimal32Type>, *p, *s),
+        DataType::Decimal64(p, s) => Node::Decimal(decimal_value::<Decimal64Type>, *p, *s),
+        DataType::Decimal128(p, s) => Node::Decimal(decimal_value::<Decimal128Type>, *p, *s),
+        DataType::Decimal256(p, s) => Node::Decimal(decimal_value::<Decimal256Type>, *p, *s),
+        DataType::List(item) | DataType::LargeList(item) => Node::List {
+            item: Box::new(compile(item.data_type())?),
+            nullable: item.is_nullable(),
+        },
+        DataType::Struct(fields) => Node::Struct(compile_struct(fields)?),
+        DataType::Map(entries, _) => {
+            let DataType::Struct(kv) = entries.data_type() else {
+                return Err(format!("map entries of type {} are not supported", entries));
+            };
+            if kv.len() != 2 {
+                return Err("map entries must have a key and a value".into());
+            }
+            Node::Map {
+                key: Box::new(compile(kv[0].data_type())?),
+                value: Box::new(compile(kv[1].data_type())?),
+                value_nullable: kv[1].is_nullable(),
+            }
+        }
+        other => return Err(format!("type {other} is not supported by the JSON decoder")),
+    })
+}
+
+/// Why the scanner refused a record.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) reason: BadRecordReason,
+    message: String,
+    /// Byte offset in the record.
+    at: usize,
+    /// Where in the value, innermost first.
+    path: Vec<PathSeg>,
+}
+
+#[derive(Debug)]
+enum PathSeg {
+    Field(String),
+    Index(usize),
+}
+
+impl Refusal {
+    pub(super) fn detail(&self) -> String {
+        if self.path.is_empty() {
+            return format!("{} (at byte {})", self.message, self.at);
+        }
+        let mut p = String::new();
+        for seg in self.path.iter().rev() {
+            match seg {
+                PathSeg::Field(f) if p.is_empty() => p.push_str(f),
+                PathSeg::Field(f) => {
+                    p.push('.');
+                    p.push_str(f);
+                }
+                PathSeg::Index(i) => p.push_str(&format!("[{i}]")),
+            }
+        }
+        format!("field '{p}': {} (at byte {})", self.message, self.at)
+    }
+
+    fn within(mut self: Box<Self>, seg: PathSeg) -> Box<Self> {
+        self.path.push(seg);
+        self
+    }
+}
+
+/// A scan's result; refusals are boxed to keep the good path's results small.
+pub(super) type Scan<T = ()> = Result<T, Box<Refusal>>;
+
+/// A strict JSON scanner over one record, checking values against a schema.
+struct Scanner<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    /// Unescaped text of the last string that had escapes.
+    scratch: String,
+}
+
+/// Which fields of an object had a non-null value (tracked only when some are required).
+enum Present {
+    Untracked,
+    Bits(u128),
+    Many(Vec<bool>),
+}
+
+impl Present {
+    fn new(node: &StructNode) -> Self {
+        match (node.has_required, node.fields.len()) {
+            (false, _) => Present::Untracked,
+            (true, n) if n <= 128 => Present::Bits(0),
+            (true, n) => Present::Many(vec![false; n]),
+        }
+    }
+
+    fn set(&mut self, i: usize, v: bool) {
+        match self {
+            Present::Untracked => {}
+            Present::Bits(b) if v => *b |= 1 << i,
+            Present::Bits(b) => *b &= !(1 << i),
+            Present::Many(m) => m[i] = v,
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Present::Untracked => true,
+            Present::Bits(b) => b & (1 << i) != 0,
+            Present::Many(m) => m[i],
+        }
+    }
+}
+
+/// Where the run of plain string bytes at the start of `b` ends: the index of the
+/// first `"`, `\\` or control character, or `b.len()`. Reads 8 bytes at a time.
+fn string_stop(b: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    /// The high bit of each byte of `w` below `n` (`n` <= 0x80), exact for the lowest
+    /// such byte: a byte at or above `n` borrows nothing from the next one.
+    fn below(w: u64, n: u8) -> u64 {
+        w.wrapping_sub(ONES * n as u64) & !w & HIGHS
+    }
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let hits = below(w ^ (ONES * b'"' as u64), 1)
+            | below(w ^ (ONES * b'\\' as u64), 1)
+            | below(w, 0x20);
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + b[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+        .unwrap_or(b.len() - i)
+}
+
+/// A string just scanned: borrowed from the record, or in the scratch buffer.
+enum Str {
+    Borrowed(usize, usize),
+    Scratch,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(s: &'a str) -> Self {
+        Scanner {
+            s,
+            b: s.as_bytes(),
+            i: 0,
+            scratch: String::new(),
+        }
+    }
+
+    fn text(&self, s: &Str) -> &str {
+        match *s {
+            Str::Borrowed(a, b) => &self.s[a..b],
+            Str::Scratch => &self.scratch,
+        }
+    }
+
+    /// The text of `s`, surviving later scans (copied only if it had escapes).
+    fn keep(&self, s: &Str) -> std::borrow::Cow<'a, str> {
+        let whole: &'a str = self.s;
+        match *s {
+            Str::Borrowed(a, b) => std::borrow::Cow::Borrowed(&whole[a..b]),
+            Str::Scratch => std::borrow::Cow::Owned(self.scratch.clone()),
+        }
+    }
+
+    fn syntax(&self, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
+            reason: BadRecordReason::Malformed,
+            message: message.into(),
+            at: self.i,
+            path: vec![],
+        })
+    }
+
+    fn mismatch(&self, at: usize, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
+            reason: BadRecordReason::SchemaMismatch,
+            message: message.into(),
+            at,
+            path: vec![],
+        })
+    }
+
+    fn unexpected(&self, what: &str) -> Box<Refusal> {
+        match self.b.get(self.i) {
+            None => self.syntax(format!("unexpected end of input, expected {what}")),
+            Some(_) => {
+                let c = self.s[self.i..].chars().next().unwrap_or('?');
+                self.syntax(format!("unexpected {c:?}, expected {what}"))
+            }
+        }
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8, what: &str) -> Scan {
+        if self.b.get(self.i) == Some(&c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.unexpected(what))
+        }
+    }
+
+    fn literal(&mut self, word: &'static str) -> Scan {
+        if self.b[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.unexpected(&format!("'{word}'")))
+        }
+    }
+
+    fn hex4(&mut self) -> Scan<u32> {
+        let mut v = 0u32;
+        for _ in 0..4 {
+            let d = match self.b.get(self.i) {
+                Some(c @ b'0'..=b'9') => c - b'0',
+                Some(c @ b'a'..=b'f') => c - b'a' + 10,
+                Some(c @ b'A'..=b'F') => c - b'A' + 10,
+                _ => return Err(self.unexpected("a hex digit")),
+            };
+            v = (v << 4) | d as u32;
+            self.i += 1;
+        }
+        Ok(v)
+    }
+
+    /// Scans a string; `self.i` is on the opening quote.
+    fn string(&mut self) -> Scan<Str> {
+        self.i += 1;
+        let start = self.i;
+        self.i = start + string_stop(&self.b[start..]);
+        match self.b.get(self.i) {
+            None => return Err(self.syntax("unterminated string")),
+            Some(b'"') => {
+                self.i += 1;
+                return Ok(Str::Borrowed(start, self.i - 1));
+            }
+            Some(b'\\') => {}
+            Some(_) => return Err(self.syntax("control character in string")),
+        }
+        // Slow path: the string has escapes.
+        self.scratch.clear();
+        self.scratch.push_str(&self.s[start..self.i]);
+        loop {
+            let run = self.i;
+            while let Some(c) = self.b.get(self.i) {
+                if *c == b'"' || *c == b'\\' || *c < 0x20 {
+                    break;
+                }
+                self.i += 1;
+            }
+            self.scratch.push_str(&self.s[run..self.i]);
+            match self.b.get(self.i) {
+                None => return Err(self.syntax("unterminated string")),
+                Some(b'"') => {
+                    self.i += 1;
+                    return Ok(Str::Scratch);
+                }
+                Some(b'\\') => {
+                    self.i += 1;
+                    let c = match self.b.get(self.i) {
+                        Some(b'"') => '"',
+                        Some(b'\\') => '\\',
+                        Some(b'/') => '/',
+                        Some(b'b') => '\u{8}',
+                        Some(b'f') => '\u{c}',
+                        Some(b'n') => '\n',
+                        Some(b'r') => '\r',
+                        Some(b't') => '\t',
+                        Some(b'u') => {
+                            self.i += 1;
+                            let hi = self.hex4()?;
+                            let code = if (0xD800..0xDC00).contains(&hi) {
+                                if !self.b[self.i..].starts_with(b"\\u") {
+                                    return Err(self.syntax("unpaired surrogate in \\u escape"));
+                                }
+                                self.i += 2;
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return Err(self.syntax("invalid surrogate pair in \\u escape"));
+                                }
+                                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+                            } else {
+                                hi
+                            };
+                            match char::from_u32(code) {
+                                Some(c) => {
+                                    self.scratch.push(c);
+                                    continue;
+                                }
+                                None => {
+                                    return Err(self.syntax("unpaired surrogate in \\u escape"));
+                                }
+                            }
+                        }
+                        _ => return Err(self.unexpected("an escape sequence")),
+                    };
+                    self.i += 1;
+                    self.scratch.push(c);
+                }
+                Some(_) => return Err(self.syntax("control character in string")),
+            }
+        }
+    }
+
+    /// Scans a number; `self.i` is on its first character. Returns its text.
+    fn number(&mut self) -> Scan<&'a str> {
+        let start = self.i;
+        if self.b.get(self.i) == Some(&b'-') {
+            self.i += 1;
+        }
+        match self.b.get(self.i) {
+            Some(b'0') => self.i += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.unexpected("a digit")),
+        }
+        if self.b.get(self.i) == Some(&b'.') {
+            self.i += 1;
+            if !matches!(self.b.get(self.i), Some(b'0'..=b'9')) {
+                return Err(self.unexpected("a digit"));
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.b.get(self.i) {
+            self.i += 1;
+            if let Some(b'+' | b'-') = self.b.get(self.i) {
+                self.i += 1;
+            }
+            if !matches!(self.b.get(self.i), Some(b'0'..=b'9')) {
+                return Err(self.unexpected("a digit"));
+            }
+            self.digits();
+        }
+        Ok(&self.s[start..self.i])
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    /// Scans any value without checking it against a schema.
+    fn skip(&mut self, depth: usize) -> Scan {
+        self.ws();
+        match self.b.get(self.i) {
+            Some(b'{') => {
+                if depth >= MAX_DEPTH {
+                    return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+                }
+                self.i += 1;
+                self.ws();
+                if self.b.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    if self.b.get(self.i) != Some(&b'"') {
+                        return Err(self.unexpected("a string key"));
+                    }
+                    self.string()?;
+                    self.ws();
+                    self.eat(b':', "':'")?;
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.b.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b'}') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.unexpected("',' or '}'")),
+                    }
+                }
+            }
+            Some(b'[') => {
+                if depth >= MAX_DEPTH {
+                    return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+                }
+                self.i += 1;
+                self.ws();
+                if self.b.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip(depth + 1)?;
+                    self.ws();
+                    match self.b.get(self.i) {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.unexpected("',' or ']'")),
+                    }
+                }
+            }
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.number().map(|_| ()),
+            _ => Err(self.unexpected("a value")),
+        }
+    }
+
+    /// Checks a scalar value against `node` and converts it into `out`; `Ok(false)`
+    /// (and `out` untouched) for the columns that keep the value's text as it is
+    /// (strings, hex binary), which the caller locates.
+    fn check_leaf(&self, node: &Node, leaf: Leaf<'_>, at: usize, out: &mut Slot) -> Scan<bool> {
+        let r = match node {
+            Node::Leaf(ctx, check) => check(leaf, ctx, out).map(|_| true),
+            Node::Text => match leaf {
+                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(false),
+                _ => Err(format!("expected a string, found {}", leaf.describe())),
+            },
+            Node::Bool => match leaf {
+                Leaf::Bool(b) => {
+                    *out = Slot::Bool(b);
+                    Ok(true)
+                }
+                _ => Err(format!("expected a boolean, found {}", leaf.describe())),
+            },
+            Node::Binary => match leaf {
+                Leaf::Str(s) if s.bytes().all(|c| c.is_ascii_hexdigit()) => Ok(false),
+                _ => Err(format!("expected a hex string, found {}", leaf.describe())),
+            },
+            Node::Decimal(parse, p, s) => match leaf {
+                Leaf::Str(t) | Leaf::Num(t) if parse(t, *p, *s, out) => Ok(true),
+                Leaf::Str(_) | Leaf::Num(_) => Err(format!(
+                    "expected Decimal({p}, {s}), found {}",
+                    leaf.describe()
+                )),
+                _ => Err(format!(
+                    "expected Decimal({p}, {s}), found {}",
+                    leaf.describe()
+                )),
+            },
+            Node::Null => Err(format!("expected null, found {}", leaf.describe())),
+            Node::List { .. } => Err(format!("expected an array, found {}", leaf.describe())),
+            Node::Struct(_) | Node::Map { .. } => {
+                Err(format!("expected an object, found {}", leaf.describe()))
+            }
+        };
+        r.map_err(|m| self.mismatch(at, m))
+    }
+
+    /// Scans a value and checks it against `node`. A null is refused unless `nullable`.
+    fn value(&mut self, node: &Node, nullable: bool, depth: usize) -> Scan {
+        self.ws();
+        match (self.b.get(self.i), node) {
+            (Some(b'{'), Node::Struct(s)) => self.object(s, depth, None),
+            (
+                Some(b'{'),
+                Node::Map {
+                    key,
+                    value,
+                    value_nullable,
+                },
+            ) => self.map(key, value, *value_nullable, depth),
+            (Some(b'['), Node::List { item, nullable }) => self.array(item, *nullable, depth),
+            _ => self.leaf(node, nullable, depth, &mut Slot::Null),
+        }
+    }
+
+    /// Scans a value that is not a struct, list or map of `node` (those are refused as
+    /// mismatches here; [`Scanner::value`] descends into them), checks it against
+    /// `node` and converts it into `out` (left as it was if the value is refused). A
+    /// null is refused unless `nullable`.
+    fn leaf(&mut self, node: &Node, nullable: bool, depth: usize, out: &mut Slot) -> Scan {
+        self.ws();
+        let at = self.i;
+        let converted = match self.b.get(self.i) {
+            Some(b'n') => {
+                self.literal("null")?;
+                if !nullable {
+                    return Err(self.mismatch(at, "null in a non-nullable field"));
+                }
+                *out = Slot::Null;
+                return Ok(());
+            }
+            // No scalar column takes an object or an array: the check words the refusal.
+            Some(b'{') => {
+                self.skip(depth)?;
+                self.check_leaf(node, Leaf::Object, at, out)?;
+                return Err(self.mismatch(at, "expected a scalar, found an object"));
+            }
+            Some(b'[') => {
+                self.skip(depth)?;
+                self.check_leaf(node, Leaf::Array, at, out)?;
+                return Err(self.mismatch(at, "expected a scalar, found an array"));
+            }
+            Some(b'"') => {
+                let s = self.string()?;
+                if !self.check_leaf(node, Leaf::Str(self.text(&s)), at, out)? {
+                    *out = match s {
+                        Str::Borrowed(a, b) => Slot::Span(a, b),
+                        Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
+                    };
+                }
+                return Ok(());
+            }
+            Some(b't') => {
+                self.literal("true")?;
+                self.check_leaf(node, Leaf::Bool(true), at, out)?
+            }
+            Some(b'f') => {
+                self.literal("false")?;
+                self.check_leaf(node, Leaf::Bool(false), at, out)?
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let n = self.number()?;
+                self.check_leaf(node, Leaf::Num(n), at, out)?
+            }
+            _ => return Err(self.unexpected("a value")),
+        };
+        if !converted {
+            // A number or boolean kept as text: its text in the record.
+            *out = Slot::Span(at, self.i);
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, item: &Node, nullable: bool, depth: usize) -> Scan {
+        if depth >= MAX_DEPTH {
+            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        self.i += 1;
+        self.ws();
+        if self.b.get(self.i) == Some(&b']') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut n = 0usize;
+        loop {
+            self.value(item, nullable, depth + 1)
+                .map_err(|r| r.within(PathSeg::Index(n)))?;
+            n += 1;
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b']') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.unexpected("',' or ']'")),
+            }
+        }
+    }
+
+    fn map(&mut self, key: &Node, value: &Node, value_nullable: bool, depth: usize) -> Scan {
+        if depth >= MAX_DEPTH {
+            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        self.i += 1;
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws();
+            if self.b.get(self.i) != Some(&b'"') {
+                return Err(self.unexpected("a string key"));
+            }
+            let at = self.i;
+            let k = self.string()?;
+            let name = self.keep(&k);
+            self.check_leaf(key, Leaf::Str(&name), at, &mut Slot::Null)
+                .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
+            self.ws();
+            self.eat(b':', "':'")?;
+            self.value(value, value_nullable, depth + 1)
+                .map_err(|r| r.within(PathSeg::Field(name.into_owned())))?;
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.unexpected("',' or '}'")),
+            }
+        }
+    }
+
+    /// Scans an object of `node`. With `slots` (one per field, all [`Slot::Null`], and
+    /// every field a leaf), also keeps each field's converted value there: the last
+    /// one when a key is repeated, as arrow-json does.
+    fn object(&mut self, node: &StructNode, depth: usize, mut slots: Option<&mut [Slot]>) -> Scan {
+        if depth >= MAX_DEPTH {
+            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        let start = self.i;
+        self.i += 1;
+        // Fields whose last value was present and not null, when some are required.
+        let mut present = Present::new(node);
+        // The field expected next.
+        let mut hint = 0;
+        self.ws();
+        if self.b.get(self.i) == Some(&b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                if self.b.get(self.i) != Some(&b'"') {
+                    return Err(self.unexpected("a string key"));
+                }
+                let k = self.string()?;
+                let field = node.find_from(self.text(&k), hint);
+                self.ws();
+                self.eat(b':', "':'")?;
+                match field {
+                    None => self.skip(depth + 1)?,
+                    Some(f) => {
+                        hint = f + 1;
+                        let (name, nullable, child) = &node.fields[f];
+                        self.ws();
+                        let is_null = self.b.get(self.i) == Some(&b'n');
+                        let r = match slots.as_deref_mut() {
+                            Some(slots) => self.leaf(child, *nullable, depth + 1, &mut slots[f]),
+                            None => self.value(child, *nullable, depth + 1),
+                        };
+                        r.map_err(|r| r.within(PathSeg::Field(name.clone())))?;
+                        present.set(f, !is_null);
+                    }
+                }
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("',' or '}'")),
+                }
+            }
+        }
+        if node.has_required {
+            for (f, (name, nullable, _)) in node.fields.iter().enumerate() {
+                if !nullable && !present.get(f) {
+                    return Err(self
+                        .mismatch(start, "missing value for a non-nullable field")
+                        .within(PathSeg::Field(name.clone())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a whole record: one object, surrounded by whitespace only. Returns the
+    /// byte range of the object. `slots` as for [`Scanner::object`].
+    fn record(&mut self, root: &StructNode, slots: Option<&mut [Slot]>) -> Scan<(usize, usize)> {
+        self.ws();
+        let start = self.i;
+        match self.b.get(self.i) {
+            None => return Err(self.syntax("empty record")),
+            Some(b'{') => self.object(root, 0, slots)?,
+            Some(_) => {
+                self.skip(0)?;
+                self.ws();
+                if self.i < self.b.len() {
+                    return Err(self.unexpected("end of record"));
+                }
+                let kind = match self.b[start] {
+                    b'[' => "an array",
+                    b'"' => "a string",
+                    b'n' => "null",
+                    b't' | b'f' => "a boolean",
+                    _ => "a number",
+                };
+                return Err(self.mismatch(start, format!("expected a JSON object, found {kind}")));
+            }
+        }
+        let end = self.i;
+        self.ws();
+        if self.i < self.b.len() {
+            return Err(self.unexpected("end of record"));
+        }
+        Ok((start, end))
+    }
+}
+
+/// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
+pub(super) fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
+    scan_text(utf8(record)?, root, None)
+}
+
+/// `record` as text, or the refusal of a record that is not UTF-8.
+pub(super) fn utf8(record: &[u8]) -> Scan<&str> {
+    std::str::from_utf8(record).map_err(|e| {
+        Box::new(Refusal {
+            reason: BadRecordReason::Malformed,
+            message: "not valid UTF-8".into(),
+            at: e.valid_up_to(),
+            path: vec![],
+        })
+    })
+}
+
+/// Like [`scan`], on a record known to be text. With `slots` (one per root field, every
+/// root field a leaf), also leaves there the record's converted values; their contents
+/// are unspecified if the record is refused.
+pub(super) fn scan_text(
+    text: &str,
+    root: &StructNode,
+    mut slots: Option<&mut [Slot]>,
+) -> Scan<(usize, usize)> {
+    if let Some(slots) = slots.as_deref_mut() {
+        slots.fill(Slot::Null);
+    }
+    let mut sc = Scanner::new(text);
+    match sc.record(root, slots) {
+        Ok(r) => Ok(r),
+        Err(r) if r.reason == BadRecordReason::SchemaMismatch => {
+            // A schema mismatch in a record that is not JSON at all is malformed.
+            let mut syntax = Scanner::new(text);
+            syntax.ws();
+            match syntax.skip(0).and_then(|_| {
+                syntax.ws();
+                if syntax.i < syntax.b.len() {
+                    Err(syntax.unexpected("end of record"))
+                } else {
+                    Ok(())
+                }
+            }) {
+                Ok(()) => Err(r),
+                Err(syntax_error) => Err(syntax_error),
+            }
+        }
+        Err(r) => Err(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The word-at-a-time search agrees with a byte-at-a-time one.
+        #[test]
+        fn string_stop_finds_the_first_quote_backslash_or_control(
+            b in prop::collection::vec(prop_oneof![
+                4 => 0x20u8..=0xff,
+                1 => prop::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x20, 0x21, 0x7f, 0x80, 0xa2, 0xdc]),
+            ], 0..40),
+        ) {
+            let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
+            prop_assert_eq!(string_stop(&b), naive);
+        }
+    }
+}
