@@ -11,7 +11,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 
 use super::SqlError;
-use crate::operators::window::WINDOW_FUNCTIONS;
+use crate::operators::window_fn::WINDOW_FUNCTIONS;
 use crate::types::Location;
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
@@ -148,7 +148,7 @@ fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
         .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
         .unwrap_or(false);
     let schema = w.input.schema();
-    let window_type = crate::operators::window::window_type();
+    let window_type = crate::operators::window_fn::window_type();
     let by_window = |e: &Expr| {
         e.column_refs().iter().any(|c| {
             datafusion::common::ExprSchema::field_from_column(schema.as_ref(), c)

@@ -368,7 +368,9 @@ mod tests {
             let mut new = KeyedTable::open(&task(partition, 3), "test", None);
             let (_, batches) = new.restore::<Fields>(&state).unwrap();
             let keys = batches[0].keys[0].clone();
-            let groups = crate::types::key_groups_of_arrays(&[keys.clone()], keys.len()).unwrap();
+            let groups =
+                crate::types::key_groups_of_arrays(std::slice::from_ref(&keys), keys.len())
+                    .unwrap();
             for g in groups {
                 assert_eq!(crate::types::partition_of_key_group(g, 3), partition);
             }
