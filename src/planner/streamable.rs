@@ -45,7 +45,8 @@ pub(super) fn check_streamable(
             LogicalPlan::Sort(_) => Some(
                 "ORDER BY over an unbounded stream would never emit a row, since a later row may always sort first. \
                  Remove the ORDER BY and sort where the results are read, or rank rows within a window \
-                 (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) inside a tumble window, coming with the windows work)",
+                 (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) over a windowed GROUP BY for a Top-N per window, \
+                 or by event time per key for the first rows of each key: see docs/pipelines.md)",
             ),
             LogicalPlan::Aggregate(agg) if is_windowed(agg) => {
                 aggregates += 1;
@@ -97,7 +98,8 @@ pub(super) fn check_streamable(
             ),
             LogicalPlan::RecursiveQuery(_) => Some("recursive queries do not run on streams"),
             LogicalPlan::Subquery(_) | LogicalPlan::Distinct(_) => Some(
-                "subqueries and DISTINCT over a stream need state, which comes with the stateful SQL work",
+                "subqueries and DISTINCT over a stream are not supported: write the subquery as a join \
+                 (with a lookup table, or between streams within a time bound) and DISTINCT as a GROUP BY",
             ),
             LogicalPlan::TableScan(scan) => {
                 tables.push(scan.table_name.table().to_string());

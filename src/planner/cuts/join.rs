@@ -151,7 +151,8 @@ fn split_join(
     };
     if stateful(&left) || stateful(&right) {
         return Err(
-            "the inputs of a join between streams must be per-row (filters, projections);              aggregate or join them in another pipeline"
+            "the inputs of a join between streams must be per-row (filters, projections); \
+             aggregate or join them in another pipeline"
                 .into(),
         );
     }
