@@ -20,19 +20,25 @@ pub(super) struct Contract {
     pub(super) arrow: SchemaRef,
 }
 
+/// The Arrow columns the records of the Avro schema `text` decode into (arrow-avro's
+/// mapping, as the Kafka source's Avro decoder reads them).
+pub(crate) fn avro_columns(text: &str) -> Result<SchemaRef, String> {
+    use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
+    let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
+    store
+        .set(Fingerprint::Id(0), AvroSchema::new(text.to_string()))
+        .map_err(|e| e.to_string())?;
+    let decoder = arrow_avro::reader::ReaderBuilder::new()
+        .with_writer_schema_store(store)
+        .with_active_fingerprint(Fingerprint::Id(0))
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    Ok(decoder.schema())
+}
+
 impl Contract {
     pub(super) fn new(text: Arc<str>) -> Result<Self, String> {
-        use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaStore};
-        let mut store = SchemaStore::new_with_type(FingerprintAlgorithm::Id);
-        store
-            .set(Fingerprint::Id(0), AvroSchema::new(text.to_string()))
-            .map_err(|e| e.to_string())?;
-        let decoder = arrow_avro::reader::ReaderBuilder::new()
-            .with_writer_schema_store(store)
-            .with_active_fingerprint(Fingerprint::Id(0))
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        let columns = decoder.schema();
+        let columns = avro_columns(&text)?;
         let mut metadata = columns.metadata().clone();
         metadata.insert(
             arrow_avro::schema::SCHEMA_METADATA_KEY.into(),

@@ -57,7 +57,7 @@ pub(crate) use sink::sink;
 pub(crate) use source::source;
 
 mod client;
-mod contract;
+pub(crate) mod contract;
 mod decode;
 mod domains;
 mod metadata;
