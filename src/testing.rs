@@ -273,3 +273,30 @@ pub(crate) fn kvt_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
     )
     .expect("three columns of equal length")
 }
+
+/// One change to a record's bytes, for property tests that feed decoders damaged
+/// input (each format picks the bytes worth trying).
+#[derive(Debug, Clone)]
+pub(crate) enum Edit {
+    Flip(usize, u8),
+    Insert(usize, u8),
+    Delete(usize),
+    Truncate(usize),
+}
+
+/// `bytes` with `edits` applied in turn (positions taken modulo the length).
+pub(crate) fn apply_edits(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for e in edits {
+        let n = bytes.len().max(1);
+        match *e {
+            Edit::Flip(i, b) if !bytes.is_empty() => bytes[i % n] = b,
+            Edit::Insert(i, b) => bytes.insert(i % (bytes.len() + 1), b),
+            Edit::Delete(i) if !bytes.is_empty() => {
+                bytes.remove(i % n);
+            }
+            Edit::Truncate(i) => bytes.truncate(i % (bytes.len() + 1)),
+            _ => {}
+        }
+    }
+    bytes
+}

@@ -132,6 +132,21 @@ fn counter(batches: Option<u64>, rows: usize, keys: i64) -> (Arc<CounterFactory>
     )
 }
 
+/// `src` at `sources` tasks straight into `sink` at `sinks` tasks, over `edge`.
+fn source_into(
+    src: Arc<CounterFactory>,
+    sources: usize,
+    sink: &Collect,
+    sinks: usize,
+    edge: Partitioning,
+) -> Graph {
+    let mut g = Graph::new("t");
+    let s = g.add_source("src", src, sources);
+    g.add_sink("out", Arc::new(sink.clone()), sinks, s, edge)
+        .unwrap();
+    g
+}
+
 fn rows(got: &[(usize, RecordBatch)]) -> Vec<(usize, i64, i64)> {
     let mut out = vec![];
     for (p, b) in got {
@@ -148,16 +163,7 @@ fn rows(got: &[(usize, RecordBatch)]) -> Vec<(usize, i64, i64)> {
 async fn bounded_pipeline_delivers_every_row_and_finishes() {
     let (src, _) = counter(Some(20), 100, 7);
     let sink = Collect::default();
-    let mut g = Graph::new("t");
-    let s = g.add_source("src", src, 2);
-    g.add_sink(
-        "out",
-        Arc::new(sink.clone()),
-        3,
-        s,
-        Partitioning::RoundRobin,
-    )
-    .unwrap();
+    let g = source_into(src, 2, &sink, 3, Partitioning::RoundRobin);
     let report = Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
         .await
         .unwrap();
@@ -176,16 +182,7 @@ async fn bounded_pipeline_delivers_every_row_and_finishes() {
 async fn hash_partitioning_sends_each_key_to_one_partition() {
     let (src, _) = counter(Some(10), 500, 97);
     let sink = Collect::default();
-    let mut g = Graph::new("t");
-    let s = g.add_source("src", src, 2);
-    g.add_sink(
-        "out",
-        Arc::new(sink.clone()),
-        4,
-        s,
-        Partitioning::Hash(vec![0]),
-    )
-    .unwrap();
+    let g = source_into(src, 2, &sink, 4, Partitioning::Hash(vec![0]));
     Runtime::run(g, RuntimeSettings::default(), futures::future::pending())
         .await
         .unwrap();
@@ -213,10 +210,7 @@ async fn a_slow_sink_holds_the_source_back() {
         gate: Some(gate.clone()),
         ..Default::default()
     };
-    let mut g = Graph::new("t");
-    let s = g.add_source("src", src, 1);
-    g.add_sink("out", Arc::new(sink.clone()), 1, s, Partitioning::Forward)
-        .unwrap();
+    let g = source_into(src, 1, &sink, 1, Partitioning::Forward);
     let settings = RuntimeSettings {
         channel_capacity: 2,
         ..Default::default()
@@ -257,16 +251,7 @@ async fn a_stop_lists_the_tasks_it_still_waits_for() {
         gate: Some(gate.clone()),
         ..Default::default()
     };
-    let mut g = Graph::new("t");
-    let s = g.add_source("src", src, 1);
-    g.add_sink(
-        "out",
-        Arc::new(sink.clone()),
-        2,
-        s,
-        Partitioning::RoundRobin,
-    )
-    .unwrap();
+    let g = source_into(src, 1, &sink, 2, Partitioning::RoundRobin);
     let handle = Runtime::start(g, RuntimeSettings::default()).unwrap();
     let stopper = handle.stopper();
     assert_eq!(stopper.running(), ["out[0]", "out[1]", "src[0]"]);

@@ -383,6 +383,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::testing::{Edit, apply_edits};
 
     const SCHEMA: &str = r#"{
         "type": "record", "name": "Event", "fields": [
@@ -549,30 +550,6 @@ pub(crate) mod tests {
         assert!(r.next().is_none());
     }
 
-    #[derive(Debug, Clone)]
-    enum Edit {
-        Flip(usize, u8),
-        Insert(usize, u8),
-        Delete(usize),
-        Truncate(usize),
-    }
-
-    fn apply(mut b: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
-        for e in edits {
-            let n = b.len().max(1);
-            match *e {
-                Edit::Flip(i, v) if !b.is_empty() => b[i % n] = v,
-                Edit::Insert(i, v) => b.insert(i % (b.len() + 1), v),
-                Edit::Delete(i) if !b.is_empty() => {
-                    b.remove(i % n);
-                }
-                Edit::Truncate(i) => b.truncate(i % (b.len() + 1)),
-                _ => {}
-            }
-        }
-        b
-    }
-
     fn edit() -> impl Strategy<Value = Edit> {
         prop_oneof![
             (any::<usize>(), any::<u8>()).prop_map(|(i, v)| Edit::Flip(i, v)),
@@ -623,7 +600,7 @@ pub(crate) mod tests {
         ) {
             let codec = if deflate { Codec::Deflate(DeflateSettings::default()) } else { Codec::Null };
             let good = write_avro(20, codec, 7);
-            check_robust(&apply(good, &edits))?;
+            check_robust(&apply_edits(good, &edits))?;
         }
     }
 }

@@ -52,9 +52,13 @@ fn avro_topic(d: &Path) -> String {
     topic
 }
 
-/// `consume.yaml`: the topic read (bounded) as Avro with schemas from `registry`,
-/// into `out/rows.jsonl`, with checkpoints every second.
-fn consume_pipeline(d: &Path, topic: &str, registry: &str) {
+/// Produces the Avro topic (`avro_topic`), then writes `consume.yaml`: the topic read
+/// (bounded) as Avro with schemas from a registry on a free port where none runs yet,
+/// into `out/rows.jsonl`, with checkpoints every second. Returns that port.
+fn consume_pipeline_without_its_registry(d: &Path) -> u16 {
+    let topic = avro_topic(d);
+    let port = free_port();
+    let registry = format!("http://127.0.0.1:{port}");
     write(
         &d.join("consume.sql"),
         &format!(
@@ -70,6 +74,7 @@ fn consume_pipeline(d: &Path, topic: &str, registry: &str) {
         &d.join("consume.yaml"),
         "name: consume\nsql: consume.sql\ncheckpoint: { interval: 1s, dir: checkpoints }\n",
     );
+    port
 }
 
 /// Asserts that the pipeline's output holds every produced row exactly once.
@@ -110,9 +115,7 @@ fn with_the_registry_back_every_row_arrives_once(d: &Path, port: u16) {
 fn records_wait_for_an_unavailable_registry_and_each_arrives_once_when_it_comes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let topic = avro_topic(d);
-    let port = free_port();
-    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+    let port = consume_pipeline_without_its_registry(d);
 
     let mut run = Running::start(d, &["consume.yaml"]);
     // Logged before the pipeline starts.
@@ -158,10 +161,8 @@ fn records_wait_for_an_unavailable_registry_and_each_arrives_once_when_it_comes(
 fn an_outage_longer_than_outage_timeout_fails_the_pipeline_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let topic = avro_topic(d);
-    let port = free_port();
+    let port = consume_pipeline_without_its_registry(d);
     let url = format!("http://127.0.0.1:{port}");
-    consume_pipeline(d, &topic, &url);
 
     let run = Running::start(d, &["--set", "registry.outage_timeout=2s", "consume.yaml"]);
     let (code, stderr) = run.wait(Duration::from_secs(60));
@@ -191,9 +192,7 @@ fn an_outage_longer_than_outage_timeout_fails_the_pipeline_and_loses_nothing() {
 fn killed_during_an_outage_a_restart_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let topic = avro_topic(d);
-    let port = free_port();
-    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+    let port = consume_pipeline_without_its_registry(d);
 
     let mut run = Running::start(d, &["consume.yaml"]);
     run.wait_for_log("unreachable; retrying", Duration::from_secs(60));
@@ -218,9 +217,7 @@ fn killed_during_an_outage_a_restart_loses_nothing() {
 fn stopped_during_an_outage_the_records_held_are_read_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let topic = avro_topic(d);
-    let port = free_port();
-    consume_pipeline(d, &topic, &format!("http://127.0.0.1:{port}"));
+    let port = consume_pipeline_without_its_registry(d);
 
     let mut run = Running::start(d, &["consume.yaml"]);
     run.wait_for_log("unreachable; retrying", Duration::from_secs(60));

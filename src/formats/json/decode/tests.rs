@@ -20,6 +20,7 @@ use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::json::encode_json_lines;
 use crate::formats::json::rules::Slot;
 use crate::formats::json::scanner::{compile_struct, scan, scan_text, utf8};
+use crate::testing::{Edit, apply_edits};
 
 /// Counts bad-record reports by reason, through the metrics they increment.
 #[derive(Default, Clone)]
@@ -668,14 +669,6 @@ fn check_robust(records: &[Vec<u8>]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-#[derive(Debug, Clone)]
-enum Edit {
-    Flip(usize, u8),
-    Insert(usize, u8),
-    Delete(usize),
-    Truncate(usize),
-}
-
 fn edit() -> impl Strategy<Value = Edit> {
     let interesting = prop::sample::select(vec![
         b'{', b'}', b'[', b']', b'"', b'\\', b':', b',', b'0', b'-', b'e', b'.', b'n', b' ', 0xff,
@@ -688,22 +681,6 @@ fn edit() -> impl Strategy<Value = Edit> {
         any::<usize>().prop_map(Edit::Delete),
         any::<usize>().prop_map(Edit::Truncate),
     ]
-}
-
-fn apply(mut r: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
-    for e in edits {
-        let n = r.len().max(1);
-        match *e {
-            Edit::Flip(i, b) if !r.is_empty() => r[i % n] = b,
-            Edit::Insert(i, b) => r.insert(i % (r.len() + 1), b),
-            Edit::Delete(i) if !r.is_empty() => {
-                r.remove(i % n);
-            }
-            Edit::Truncate(i) => r.truncate(i % (r.len() + 1)),
-            _ => {}
-        }
-    }
-    r
 }
 
 /// The scalar types of the differential tests, time zones and odd decimals included.
@@ -955,7 +932,7 @@ fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
                 .map(|(k, v)| format!("\"{k}\": {v}"))
                 .collect();
             let r = format!("{{{}}}", body.join(", ")).into_bytes();
-            if mutate { apply(r, &edits) } else { r }
+            if mutate { apply_edits(r, &edits) } else { r }
         })
         .boxed()
 }
@@ -1035,7 +1012,7 @@ proptest! {
     ) {
         let records: Vec<Vec<u8>> = picks
             .iter()
-            .map(|(i, edits)| apply(VALID[*i].as_bytes().to_vec(), edits))
+            .map(|(i, edits)| apply_edits(VALID[*i].as_bytes().to_vec(), edits))
             .collect();
         check_robust(&records)?;
     }
