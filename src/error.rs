@@ -25,6 +25,8 @@ pub enum Error {
     Registry(#[from] crate::registry::RegistryError),
     #[error(transparent)]
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Dlq(#[from] crate::dlq::DlqError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,6 +46,7 @@ impl Error {
             Error::Pipeline(e) => e.code(),
             Error::Registry(e) => e.code(),
             Error::Checkpoint(e) => e.code(),
+            Error::Dlq(e) => e.code(),
             Error::Io { .. } => "IO001",
         }
     }

@@ -11,7 +11,10 @@
 //! | `tributary_processing_seconds` | histogram | time to process one batch |
 //! | `tributary_channel_fill_ratio` | gauge | fill of an operator's input channels (0–1): backpressure |
 //! | `tributary_source_lag_seconds` | gauge | how far a source is behind its schedule or input |
-//! | `tributary_bad_records_total` | counter | records dropped as malformed, by reason |
+//! | `tributary_bad_records_total` | counter | records refused, by reason (failure class), whatever the policy did with them |
+//! | `tributary_dead_letters_total` | counter | records sent to the dead-letter queue (`pipeline`, `class`) |
+//! | `tributary_dead_letter_queue_size` | gauge | pending dead letters of a pipeline (`pipeline`), set by its dead-letter sink |
+//! | `tributary_dead_letter_oldest_age_seconds` | gauge | age of a pipeline's oldest pending dead letter (0 when none) |
 //! | `tributary_sink_latency_seconds` | histogram | event time to sink, where the sink measures it |
 //! | `tributary_watermark_seconds` | gauge | an operator's combined input watermark (seconds since the epoch) |
 //! | `tributary_late_rows_total` | counter | rows dropped because their window was already emitted |
@@ -72,6 +75,22 @@ pub fn bad_records(pipeline: &str, operator: &str, reason: &'static str) -> Coun
         "operator" => operator.to_string(),
         "reason" => reason
     )
+}
+
+pub fn dead_letters(pipeline: &str, class: &'static str) -> Counter {
+    counter!(
+        "tributary_dead_letters_total",
+        "pipeline" => pipeline.to_string(),
+        "class" => class
+    )
+}
+
+pub fn dead_letter_queue_size(pipeline: &str) -> Gauge {
+    gauge!("tributary_dead_letter_queue_size", "pipeline" => pipeline.to_string())
+}
+
+pub fn dead_letter_oldest_age(pipeline: &str) -> Gauge {
+    gauge!("tributary_dead_letter_oldest_age_seconds", "pipeline" => pipeline.to_string())
 }
 
 pub fn watermark(pipeline: &str, operator: &str) -> Gauge {

@@ -1,21 +1,40 @@
-//! Bad records: what happens to a record that cannot be decoded or processed.
+//! Bad records and the dead-letter queue.
 //!
-//! Owns the [`BadRecords`] handle every source and operator reports bad records to.
-//! Today a bad record is dropped, counted (`tributary_bad_records_total{reason}`) and
-//! logged at a bounded rate (at most one log line per second per task, with the count
-//! of records suppressed since). The dead-letter issue routes the same reports to a
-//! dead-letter store without changing any caller: the handle is the per-stage error
-//! policy's single entry point.
+//! Owns what happens to a record a pipeline cannot handle, whatever the failure class
+//! ([`BadRecordReason`]): every source, operator and sink reports it to its task's
+//! [`BadRecords`] handle, which applies the stage's [`ErrorPolicy`]:
+//! - `dead-letter` (the default): the record, untouched, with its metadata becomes a
+//!   [`DeadLetter`](record::DeadLetter) buffered in the task; the task's collector sends
+//!   the buffer to the pipeline's dead-letter sink (`engine::DEAD_LETTER_PORT`) before
+//!   its next batch, watermark or checkpoint barrier, so dead letters follow the
+//!   checkpoint's guarantees like any other output;
+//! - `drop`: counted and logged at a bounded rate (one line per second per task);
+//! - `fail`: the task stops at its next emit with an error naming the record's class
+//!   and message (DLQ007).
+//!
+//! Every report counts in `tributary_bad_records_total{reason}`. The stores
+//! ([`store::DeadLetterStore`]: `local.rs` on SQLite, a Kafka topic) keep dead letters
+//! for the admin workflow (`tributary dlq …`, the admin endpoint).
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+pub mod record;
+pub mod store;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+
+pub use record::{DeadLetter, Origin, PayloadFormat, Status};
+pub use store::{DeadLetterStore, DlqError};
 
 use crate::types::NodeStats;
 use crate::types::TaskInfo;
 
-/// Why a record was refused; a closed set so metrics labels stay bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a record was refused (a dead letter's failure class); a closed set so metrics
+/// labels stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BadRecordReason {
     /// Not valid in its format (broken JSON, truncated Avro…).
     Malformed,
@@ -23,52 +42,170 @@ pub enum BadRecordReason {
     SchemaMismatch,
     /// Decoded, but breaks one of the table's `CHECK` constraints.
     Constraint,
-    /// Rejected by an operator while processing.
+    /// A row SQL or a UDF cannot evaluate, or an operator cannot place (a NULL event
+    /// time).
     Processing,
+    /// Later than the watermark allows: its window was already emitted.
+    Late,
+    /// A lookup table has no row for its key, and the table says that is an error.
+    LookupMiss,
+    /// Refused by a Rust process function (`ctx.dead_letter`), e.g. an impossible
+    /// order transition.
+    Rejected,
+    /// Refused for good by a sink's destination (too large, rejected).
+    Sink,
 }
 
 impl BadRecordReason {
+    pub const ALL: [BadRecordReason; 8] = [
+        BadRecordReason::Malformed,
+        BadRecordReason::SchemaMismatch,
+        BadRecordReason::Constraint,
+        BadRecordReason::Processing,
+        BadRecordReason::Late,
+        BadRecordReason::LookupMiss,
+        BadRecordReason::Rejected,
+        BadRecordReason::Sink,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BadRecordReason::Malformed => "malformed",
             BadRecordReason::SchemaMismatch => "schema_mismatch",
             BadRecordReason::Constraint => "constraint",
             BadRecordReason::Processing => "processing",
+            BadRecordReason::Late => "late",
+            BadRecordReason::LookupMiss => "lookup_miss",
+            BadRecordReason::Rejected => "rejected",
+            BadRecordReason::Sink => "sink",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// What a stage does with a record it cannot handle: the error policy, one per
+/// pipeline (`errors: { policy }`), overridable per table (`errors: { tables }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorPolicy {
+    /// Keep the record and its metadata in the dead-letter queue and go on.
+    #[default]
+    DeadLetter,
+    /// Drop the record, count it and log it at a bounded rate.
+    Drop,
+    /// Stop the pipeline with an error naming the record's class and message.
+    Fail,
+}
+
+impl ErrorPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorPolicy::DeadLetter => "dead-letter",
+            ErrorPolicy::Drop => "drop",
+            ErrorPolicy::Fail => "fail",
         }
     }
 }
 
-/// Where a task reports the records it could not handle. A clone reports into the
-/// same counters (for a task's helper, such as a decoding worker); each clone limits
-/// its own log rate.
+/// What one report carries besides its class and message.
+pub struct Report<'a> {
+    pub reason: BadRecordReason,
+    pub detail: &'a str,
+    pub payload: &'a [u8],
+    pub format: PayloadFormat,
+    pub event_time: Option<i64>,
+}
+
+/// Besides the [`Origin`], what a source knows about the record it is decoding.
+#[derive(Debug, Clone, Default)]
+pub struct RecordContext {
+    pub schema_id: Option<i32>,
+    /// A replayed dead letter: its id and how many times it has failed, so that if it
+    /// fails again it returns under the same id with one more attempt.
+    pub replay_of: Option<(String, i32)>,
+}
+
+/// The dead letters of one task, shared by every clone of its handle.
+#[derive(Default)]
+struct Pending {
+    letters: Mutex<Vec<DeadLetter>>,
+    count: AtomicUsize,
+    failure: Mutex<Option<DlqError>>,
+}
+
+/// Where a task reports the records it could not handle. A clone (for a task's
+/// helper, such as a decoding worker) reports into the same counters and dead-letter
+/// buffer; each clone limits its own log rate and has its own [`Origin`].
 #[derive(Clone)]
 pub struct BadRecords {
     pipeline: Arc<str>,
     operator: Arc<str>,
     stats: Arc<NodeStats>,
+    policy: ErrorPolicy,
+    /// Whether the pipeline has a dead-letter sink; without one `dead-letter` drops.
+    routed: bool,
+    pending: Arc<Pending>,
+    origin: Origin,
+    context: RecordContext,
     last_log: Option<Instant>,
     suppressed: u64,
 }
 
 impl BadRecords {
-    pub fn new(task: &TaskInfo, stats: Arc<NodeStats>) -> Self {
+    /// The handle of `task`. `policy` is its stage's; `routed` says whether the
+    /// pipeline has a dead-letter sink; `table` is the source table whose records the
+    /// task sees as they were read (a source, or a stage right after one), which makes
+    /// its dead letters replayable.
+    pub fn new(
+        task: &TaskInfo,
+        stats: Arc<NodeStats>,
+        policy: ErrorPolicy,
+        routed: bool,
+        table: Option<&str>,
+    ) -> Self {
         BadRecords {
             pipeline: task.pipeline.clone(),
             operator: task.node.clone(),
             stats,
+            policy,
+            routed,
+            pending: Arc::default(),
+            origin: Origin {
+                table: table.map(str::to_string),
+                ..Origin::default()
+            },
+            context: RecordContext::default(),
             last_log: None,
             suppressed: 0,
         }
     }
 
-    /// A handle that only counts into a private counter (tests, `generate`).
+    /// A handle that only counts into a private counter and drops (tests, `generate`).
     pub fn detached(name: &str) -> Self {
         BadRecords {
             pipeline: "-".into(),
             operator: name.into(),
             stats: Arc::default(),
+            policy: ErrorPolicy::Drop,
+            routed: false,
+            pending: Arc::default(),
+            origin: Origin::default(),
+            context: RecordContext::default(),
             last_log: None,
             suppressed: 0,
+        }
+    }
+
+    /// A detached handle that keeps dead letters, for tests of what a component
+    /// reports (read them with [`BadRecords::take_letters`]).
+    pub fn collecting(name: &str) -> Self {
+        BadRecords {
+            policy: ErrorPolicy::DeadLetter,
+            routed: true,
+            ..BadRecords::detached(name)
         }
     }
 
@@ -77,25 +214,99 @@ impl BadRecords {
         self.stats.bad_records.load(Ordering::Relaxed)
     }
 
-    /// Reports one bad record. `raw` is the offending input (shown truncated in the
-    /// log); `detail` says what is wrong with it, e.g. the decoder's message.
+    pub fn policy(&self) -> ErrorPolicy {
+        self.policy
+    }
+
+    /// Where the records reported next come from; sources update it as they read
+    /// (a Kafka offset, a file line). The replay table stays.
+    pub fn origin_mut(&mut self) -> &mut Origin {
+        &mut self.origin
+    }
+
+    /// What else is known about the records reported next: the schema id they were
+    /// written with, and whether they are a replay of a dead letter.
+    pub fn context_mut(&mut self) -> &mut RecordContext {
+        &mut self.context
+    }
+
+    /// Reports one bad input record: `raw` is the offending input, untouched;
+    /// `detail` says what is wrong with it, e.g. the decoder's message.
     pub fn report(&mut self, reason: BadRecordReason, detail: &str, raw: &[u8]) {
+        self.report_with(Report {
+            reason,
+            detail,
+            payload: raw,
+            format: PayloadFormat::Bytes,
+            event_time: None,
+        });
+    }
+
+    /// Reports row `row` of `batch` (a decoded row an operator refused), kept as a
+    /// JSON object.
+    pub fn report_row(
+        &mut self,
+        reason: BadRecordReason,
+        detail: &str,
+        batch: &RecordBatch,
+        row: usize,
+        event_time: Option<i64>,
+    ) {
+        let mut raw = Vec::new();
+        if crate::formats::json::encode_json_lines(&batch.slice(row, 1), &mut raw).is_err() {
+            raw.clear();
+        }
+        while raw.last() == Some(&b'\n') {
+            raw.pop();
+        }
+        self.report_with(Report {
+            reason,
+            detail,
+            payload: &raw,
+            format: PayloadFormat::Row,
+            event_time,
+        });
+    }
+
+    pub fn report_with(&mut self, r: Report<'_>) {
         self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::bad_records(&self.pipeline, &self.operator, reason.as_str()).increment(1);
+        crate::metrics::bad_records(&self.pipeline, &self.operator, r.reason.as_str()).increment(1);
+        let kept = match self.policy {
+            ErrorPolicy::DeadLetter if self.routed => {
+                self.keep(&r);
+                true
+            }
+            ErrorPolicy::Fail => {
+                let mut failure = self.pending.failure.lock().expect("dlq lock");
+                failure.get_or_insert_with(|| DlqError::Failed {
+                    node: self.operator.to_string(),
+                    class: r.reason.as_str(),
+                    message: r.detail.to_string(),
+                });
+                true
+            }
+            _ => false,
+        };
         let now = Instant::now();
         let due = self
             .last_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
         if due {
-            let shown = &raw[..raw.len().min(200)];
+            let shown = &r.payload[..r.payload.len().min(200)];
+            let what = match (self.policy, kept) {
+                (ErrorPolicy::Fail, _) => "bad record: stopping (policy fail)",
+                (_, true) => "bad record dead-lettered",
+                _ => "bad record dropped",
+            };
             tracing::warn!(
                 pipeline = %self.pipeline,
                 operator = %self.operator,
-                reason = reason.as_str(),
-                detail,
+                reason = r.reason.as_str(),
+                detail = r.detail,
                 record = %String::from_utf8_lossy(shown),
+                source = %self.origin.describe(),
                 suppressed = self.suppressed,
-                "bad record dropped"
+                "{what}"
             );
             self.last_log = Some(now);
             self.suppressed = 0;
@@ -103,16 +314,63 @@ impl BadRecords {
             self.suppressed += 1;
         }
     }
-}
 
-/// What a stage does with a record it cannot handle: the per-stage error policy.
-/// The dead-letter issue adds `DeadLetter`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorPolicy {
-    /// Stop the pipeline with an error naming the stage (processing errors' default).
-    #[default]
-    Fail,
-    /// Drop the record, count it and log it at a bounded rate (bad input's default).
-    Drop,
+    fn keep(&mut self, r: &Report<'_>) {
+        crate::metrics::dead_letters(&self.pipeline, r.reason.as_str()).increment(1);
+        let now = record::now_ms();
+        let origin = self.origin.clone();
+        let (id, attempts) = match self.context.replay_of.as_ref() {
+            Some((id, attempts)) => (id.clone(), attempts + 1),
+            None => (DeadLetter::new_id(), 1),
+        };
+        let letter = DeadLetter {
+            id,
+            pipeline: self.pipeline.to_string(),
+            node: self.operator.to_string(),
+            failure_class: r.reason,
+            message: r.detail.to_string(),
+            payload: r.payload.to_vec(),
+            payload_format: r.format,
+            source: origin,
+            schema_id: self.context.schema_id,
+            event_time: r.event_time,
+            first_failure: now,
+            last_failure: now,
+            attempts,
+            status: Status::Pending,
+            status_reason: None,
+            original_payload: None,
+        };
+        self.pending.letters.lock().expect("dlq lock").push(letter);
+        self.pending.count.fetch_add(1, Ordering::Release);
+    }
+
+    /// Whether dead letters wait to be sent (cheap; checked on every emit).
+    pub fn has_pending(&self) -> bool {
+        self.pending.count.load(Ordering::Acquire) > 0
+    }
+
+    /// The dead letters reported since the last call.
+    pub fn take_letters(&self) -> Vec<DeadLetter> {
+        let mut letters = self.pending.letters.lock().expect("dlq lock");
+        self.pending.count.store(0, Ordering::Release);
+        std::mem::take(&mut *letters)
+    }
+
+    /// Under the `fail` policy, the first bad record's error, once reported.
+    pub fn failure(&self) -> Option<DlqError> {
+        let failure = self.pending.failure.lock().expect("dlq lock");
+        failure.as_ref().map(|f| match f {
+            DlqError::Failed {
+                node,
+                class,
+                message,
+            } => DlqError::Failed {
+                node: node.clone(),
+                class,
+                message: message.clone(),
+            },
+            other => DlqError::BadRequest(other.to_string()),
+        })
+    }
 }

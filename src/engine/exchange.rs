@@ -171,6 +171,7 @@ impl Collector {
     /// Sends a watermark to every downstream partition, unless it does not advance
     /// the last one sent.
     pub async fn emit_watermark(&mut self, watermark: i64) -> Result<()> {
+        self.flush_dead_letters().await?;
         if watermark <= self.last_watermark {
             return Ok(());
         }
@@ -253,11 +254,39 @@ impl Collector {
         self.send(port, 0, batch).await
     }
 
+    /// Sends the dead letters reported since the last call to the pipeline's
+    /// dead-letter sink ([`DEAD_LETTER_PORT`](super::DEAD_LETTER_PORT)); under the
+    /// `fail` policy, fails with the first bad record instead. Called before every
+    /// batch, watermark, barrier and end this task sends, so a checkpoint covers the
+    /// dead letters of the records before its barrier.
+    pub async fn flush_dead_letters(&mut self) -> Result<()> {
+        if let Some(failure) = self.bad.failure() {
+            return Err(failure.into());
+        }
+        if !self.bad.has_pending() {
+            return Ok(());
+        }
+        let letters = self.bad.take_letters();
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let batch = crate::dlq::record::to_batch(&letters);
+        for output in self
+            .outputs
+            .iter_mut()
+            .filter(|o| o.port == super::DEAD_LETTER_PORT)
+        {
+            route(output, &batch).await?;
+        }
+        Ok(())
+    }
+
     async fn send(&mut self, port: usize, split: u64, batch: RecordBatch) -> Result<()> {
         let batch = match &self.validator {
             Some(v) if batch.num_rows() > 0 => v.validate(batch, &mut self.bad)?,
             _ => batch,
         };
+        self.flush_dead_letters().await?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -282,6 +311,7 @@ impl Collector {
     /// Sends checkpoint barrier `id` to every downstream partition of every output,
     /// after everything emitted so far.
     pub(crate) async fn emit_barrier(&mut self, id: u64) -> Result<()> {
+        self.flush_dead_letters().await?;
         for output in &self.outputs {
             for s in &output.senders {
                 s.send(Message::Barrier(id))
@@ -296,6 +326,10 @@ impl Collector {
     pub(crate) async fn close(&mut self) {
         if self.closed {
             return;
+        }
+        if let Err(e) = self.flush_dead_letters().await {
+            // A task that ends normally has flushed already; this one is failing.
+            tracing::debug!(error = %e, "dead letters not sent at close");
         }
         self.closed = true;
         for output in &self.outputs {

@@ -37,6 +37,12 @@ pub struct NodeSpec {
     pub input_ports: Vec<usize>,
     /// The side outputs this node emits besides its main output: (name, schema).
     pub side_outputs: Vec<(String, SchemaRef)>,
+    /// Its error policy, when it differs from the graph's (a table's own).
+    pub on_error: Option<crate::dlq::ErrorPolicy>,
+    /// The source table whose records, as read, this node's tasks see: set on a
+    /// table's source node, inherited by the nodes reading it directly. Their dead
+    /// letters can be replayed into that table.
+    pub replay_table: Option<String>,
 }
 
 impl NodeSpec {
@@ -55,7 +61,16 @@ pub struct Graph {
     /// the task reading it, until it sends again (sources' `idle_timeout`; the
     /// shortest applies). `None`: inputs are never considered idle.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The error policy of every node that has none of its own.
+    pub errors: crate::dlq::ErrorPolicy,
+    /// Where the pipeline's dead letters go: a sink of `dlq::record::schema()` that the
+    /// runtime adds as node `dead_letters`, fed by every task ([`DEAD_LETTER_PORT`]).
+    /// `None`: the `dead-letter` policy drops (counted, logged).
+    pub dead_letters: Option<Arc<dyn SinkFactory>>,
 }
+
+/// The output port every task sends its dead letters on.
+pub const DEAD_LETTER_PORT: usize = usize::MAX;
 
 impl Graph {
     pub fn new(pipeline: impl Into<String>) -> Self {
@@ -63,6 +78,8 @@ impl Graph {
             pipeline: pipeline.into(),
             nodes: Vec::new(),
             idle_timeout: None,
+            errors: crate::dlq::ErrorPolicy::default(),
+            dead_letters: None,
         }
     }
 
@@ -99,6 +116,8 @@ impl Graph {
             event_time: None,
             input_ports: vec![],
             side_outputs: vec![],
+            on_error: None,
+            replay_table: None,
         })
     }
 
@@ -121,6 +140,8 @@ impl Graph {
             schema,
             event_time: None,
             input_ports: vec![],
+            on_error: None,
+            replay_table: None,
         })
     }
 
@@ -145,6 +166,8 @@ impl Graph {
             event_time: None,
             input_ports: vec![],
             side_outputs: vec![],
+            on_error: None,
+            replay_table: None,
         })
     }
 
@@ -180,6 +203,8 @@ impl Graph {
             event_time: None,
             input_ports: vec![port],
             side_outputs: vec![],
+            on_error: None,
+            replay_table: None,
         }))
     }
 
@@ -188,6 +213,7 @@ impl Graph {
         let spec = self.node(node)?;
         match port {
             0 => Ok(spec.schema.clone()),
+            DEAD_LETTER_PORT => Ok(crate::dlq::record::schema()),
             p => spec
                 .side_outputs
                 .get(p - 1)
@@ -318,6 +344,45 @@ impl Graph {
             }
         }
         Ok(())
+    }
+
+    /// Adds the `dead_letters` sink fed by every node's [`DEAD_LETTER_PORT`] (when the
+    /// graph has a dead-letter sink), and passes each source's replay table on to the
+    /// nodes that read it directly. Called by the runtime after `finalize`.
+    pub(crate) fn attach_dead_letters(&mut self) {
+        for id in 0..self.nodes.len() {
+            if self.nodes[id].replay_table.is_some() {
+                continue;
+            }
+            let inherited = match self.nodes[id].inputs.as_slice() {
+                [(input, _)] if matches!(self.nodes[id].kind, NodeKind::Operator(_)) => {
+                    let up = &self.nodes[*input];
+                    match up.kind {
+                        NodeKind::Source(_) => up.replay_table.clone(),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            self.nodes[id].replay_table = inherited;
+        }
+        let Some(factory) = self.dead_letters.clone() else {
+            return;
+        };
+        let n = self.nodes.len();
+        let name = self.unique_name("dead_letters");
+        self.nodes.push(NodeSpec {
+            name,
+            kind: NodeKind::Sink(factory),
+            parallelism: 1,
+            inputs: (0..n).map(|i| (i, Partitioning::Forward)).collect(),
+            schema: crate::dlq::record::schema(),
+            event_time: None,
+            input_ports: vec![DEAD_LETTER_PORT; n],
+            side_outputs: vec![],
+            on_error: Some(crate::dlq::ErrorPolicy::Fail),
+            replay_table: None,
+        });
     }
 
     /// The ids of the nodes reading from `id`.

@@ -27,7 +27,7 @@ pub use crate::types::{
     key_groups_of, key_groups_of_arrays, partition_of_key_group,
 };
 pub use exchange::{Collector, Partitioning};
-pub use graph::{Graph, NodeId, NodeKind, NodeSpec, fields};
+pub use graph::{DEAD_LETTER_PORT, Graph, NodeId, NodeKind, NodeSpec, fields};
 pub use runtime::{RunHandle, RunReport, Runtime, RuntimeSettings, StopSignal, Stopper};
 pub use watermark::{EventTime, Watermark, event_times_ms};
 
@@ -324,6 +324,11 @@ impl Source for ValidatedSource {
 #[async_trait]
 pub trait Sink: Send {
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Called once before the first write: where to report rows the destination
+    /// refuses for good (too large, rejected), which go to the dead-letter queue
+    /// under the default policy. Transient errors are retried instead.
+    fn report_refusals_to(&mut self, _bad: crate::dlq::BadRecords) {}
     /// Called every flush interval while running: push buffered output out.
     async fn flush(&mut self) -> Result<()> {
         Ok(())

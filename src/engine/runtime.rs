@@ -188,6 +188,8 @@ impl Runtime {
     /// Starts every task of `graph` and returns at once.
     pub fn start(mut graph: Graph, settings: RuntimeSettings) -> Result<RunHandle> {
         graph.finalize()?;
+        graph.attach_dead_letters();
+        let routed = graph.dead_letters.is_some();
         let (stop_tx, stop_rx) = watch::channel(false);
         let pipeline: Arc<str> = graph.pipeline.as_str().into();
         let cap = settings.channel_capacity.max(1);
@@ -258,12 +260,19 @@ impl Runtime {
                     parallelism: node.parallelism,
                     state: settings.state.clone(),
                 };
+                let bad = crate::dlq::BadRecords::new(
+                    &task,
+                    node_stats.clone(),
+                    node.on_error.unwrap_or(graph.errors),
+                    routed,
+                    node.replay_table.as_deref(),
+                );
                 let mut out = Collector::new(
                     std::mem::take(&mut outputs[id][p]),
                     node_stats.clone(),
                     m::rows_out(&pipeline, &node.name),
                     m::batches_out(&pipeline, &node.name),
-                    crate::dlq::BadRecords::new(&task, node_stats.clone()),
+                    bad.clone(),
                 );
                 if let Some(et) = &node.event_time {
                     let column = node.schema.index_of(&et.column).map_err(|_| {
@@ -285,7 +294,7 @@ impl Runtime {
                             out,
                             batch: settings.batch,
                             stop: StopSignal(stop_rx.clone()),
-                            bad_records: crate::dlq::BadRecords::new(&task, stats),
+                            bad_records: bad,
                             checkpoints,
                             final_position: None,
                         };
@@ -294,7 +303,8 @@ impl Runtime {
                             let r = async {
                                 let mut source = f.create(&ctx.task)?;
                                 unbuilt.built();
-                                source.run(&mut ctx).await
+                                source.run(&mut ctx).await?;
+                                ctx.out.flush_dead_letters().await
                             }
                             .await;
                             let last = ctx.take_final_position();
@@ -330,7 +340,7 @@ impl Runtime {
                         };
                         let unbuilt = unbuilt.clone();
                         spawn(&mut tasks, task, async move {
-                            run_sink(env, f.as_ref(), schema, inputs, flush, unbuilt).await
+                            run_sink(env, f.as_ref(), schema, inputs, out, flush, unbuilt).await
                         });
                     }
                 }
@@ -748,6 +758,7 @@ async fn run_operator(
         out.emit_watermark(Watermark::END).await?;
     }
     op.on_end(&mut out).await?;
+    out.flush_dead_letters().await?;
     if let Some(c) = &checkpoints {
         // Its state once everything is emitted: what later checkpoints hold for it.
         c.finished(Some(op.snapshot()?));
@@ -811,6 +822,7 @@ async fn run_sink(
     factory: &dyn super::SinkFactory,
     schema: arrow::datatypes::SchemaRef,
     inputs: Inputs,
+    mut out: Collector,
     flush_every: Duration,
     unbuilt: Unbuilt,
 ) -> Result<()> {
@@ -822,6 +834,7 @@ async fn run_sink(
     } = env;
     let task = &task;
     let mut sink = factory.create(task, schema)?;
+    sink.report_refusals_to(out.bad_records().clone());
     unbuilt.built();
     if let Some(c) = &checkpoints {
         if c.exactly_once && !sink.exactly_once() {
@@ -856,6 +869,7 @@ async fn run_sink(
                     let t = Instant::now();
                     sink.write(batch).await?;
                     latency.record(t.elapsed().as_secs_f64());
+                    out.flush_dead_letters().await?;
                     None
                 }
                 Some((i, Message::Barrier(id))) => alignment.barrier(i, id),
@@ -865,6 +879,7 @@ async fn run_sink(
             },
             _ = ticker.tick() => {
                 sink.flush().await?;
+                out.flush_dead_letters().await?;
                 None
             }
             Ok(()) = async { committed.as_mut().expect("guarded").changed().await },
@@ -886,6 +901,8 @@ async fn run_sink(
                 c.fault_point(Phase::PreCommit, Some(id));
                 c.ack(id, state.map(Into::into));
             }
+            // Its dead letters (refusals up to this barrier), then the barrier.
+            out.emit_barrier(id).await?;
             if exactly_once {
                 uncommitted = Some(id);
             } else {
@@ -894,6 +911,10 @@ async fn run_sink(
             alignment.release(id);
         }
     }
+    // No more refusals: the dead-letter sink may end (and take part in the final
+    // checkpoint below).
+    out.flush_dead_letters().await?;
+    out.close().await;
     if let Some(c) = checkpoints.as_mut()
         && !stop.is_raised()
     {

@@ -1,0 +1,211 @@
+//! Where dead letters are kept: the [`DeadLetterStore`] trait every store implements
+//! (the local SQLite store, a Kafka topic), and the types of its admin operations.
+//!
+//! A store has two sides. Pipelines write into it through the sink it builds
+//! ([`DeadLetterStore::sink`]), with the checkpoint's guarantees: exactly once when the
+//! pipeline has checkpoints. Admins read and change it through the other methods; every
+//! change is recorded in the store's audit log in the same transaction as the change
+//! itself, and a replay sends a record back to its source and marks it replayed in one
+//! transaction, so an interrupted and repeated replay never sends a record twice.
+//! `src/dlq/conformance.rs` holds what every store must do.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::BadRecordReason;
+use super::record::{DeadLetter, Status};
+use crate::engine::SinkFactory;
+
+/// The dead-letter module's errors, each with a stable code (docs/errors.md).
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    /// The store cannot be read or written (a file, a database, a broker).
+    #[error("dead-letter store {store}: {message}")]
+    Store { store: String, message: String },
+    #[error("no dead letter {0}")]
+    NotFound(String),
+    /// The record cannot be replayed: it is not a record of a source table, or it was
+    /// discarded.
+    #[error("dead letter {id} cannot be replayed: {reason}")]
+    NotReplayable { id: String, reason: String },
+    /// An edited record that its table refuses.
+    #[error("the edited record is refused: {0}")]
+    InvalidEdit(String),
+    /// An operation that changes data without the admin token, or with a wrong one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A filter or argument that means nothing (an unknown class, a bad time).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A bad record under the `fail` policy: the pipeline stops, naming it.
+    #[error("bad record ({class}) at {node}: {message}")]
+    Failed {
+        node: String,
+        class: &'static str,
+        message: String,
+    },
+}
+
+impl DlqError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DlqError::Store { .. } => "DLQ001",
+            DlqError::NotFound(_) => "DLQ002",
+            DlqError::NotReplayable { .. } => "DLQ003",
+            DlqError::InvalidEdit(_) => "DLQ004",
+            DlqError::Unauthorized(_) => "DLQ005",
+            DlqError::BadRequest(_) => "DLQ006",
+            DlqError::Failed { .. } => "DLQ007",
+        }
+    }
+
+    pub fn store(store: &str, message: impl std::fmt::Display) -> Self {
+        DlqError::Store {
+            store: store.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = DlqError> = std::result::Result<T, E>;
+
+/// Which dead letters an operation applies to. Every field narrows; the default
+/// selects everything.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub pipeline: Option<String>,
+    /// The domain of the record's source: the first dot-separated part of its topic,
+    /// or of its table's name.
+    pub domain: Option<String>,
+    pub class: Option<BadRecordReason>,
+    pub status: Option<Status>,
+    /// First failure at or after this time (ms since the epoch).
+    pub since: Option<i64>,
+    /// First failure before this time (ms since the epoch).
+    pub until: Option<i64>,
+    /// Text the message contains (case-insensitive).
+    pub text: Option<String>,
+}
+
+impl Filter {
+    /// Whether `l` passes this filter; stores that cannot filter on the server apply it.
+    pub fn matches(&self, l: &DeadLetter) -> bool {
+        self.pipeline.as_ref().is_none_or(|p| *p == l.pipeline)
+            && self.domain.as_ref().is_none_or(|d| domain_of(l) == *d)
+            && self.class.is_none_or(|c| c == l.failure_class)
+            && self.status.is_none_or(|s| s == l.status)
+            && self.since.is_none_or(|t| l.first_failure >= t)
+            && self.until.is_none_or(|t| l.first_failure < t)
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|t| l.message.to_lowercase().contains(&t.to_lowercase()))
+    }
+}
+
+/// The domain of a dead letter's source (see [`Filter::domain`]).
+pub fn domain_of(l: &DeadLetter) -> String {
+    let name = l
+        .source
+        .topic
+        .as_deref()
+        .or(l.source.table.as_deref())
+        .unwrap_or(&l.node);
+    name.split(['.', '_']).next().unwrap_or(name).to_string()
+}
+
+/// A page of a listing: records in order of first failure, then id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            offset: 0,
+            limit: 100,
+        }
+    }
+}
+
+/// Counts of one pipeline, class and status.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StatsRow {
+    pub pipeline: String,
+    pub failure_class: BadRecordReason,
+    pub status: Status,
+    pub count: u64,
+    /// The first failure of the oldest record in this group (ms since the epoch).
+    pub oldest: i64,
+}
+
+/// One admin action, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When (ms since the epoch).
+    pub at: i64,
+    /// Who: the name the admin gave (`--actor`, the `x-tributary-actor` header), else
+    /// the OS user.
+    pub actor: String,
+    /// `replay`, `edit` or `discard`.
+    pub action: String,
+    /// The reason given (discard), or what changed (edit).
+    pub detail: String,
+    /// The dead letters it applied to.
+    pub ids: Vec<String>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayOutcome {
+    /// Sent back to their source and marked replayed.
+    pub replayed: u64,
+    /// Already replayed or discarded when the replay reached them (an earlier,
+    /// interrupted replay had sent them): not sent again.
+    pub skipped: u64,
+}
+
+/// A place dead letters are kept. See the module documentation.
+#[async_trait]
+pub trait DeadLetterStore: Send + Sync {
+    /// For logs and errors: `local data/dlq.sqlite`, `kafka orders.dlq`, …
+    fn describe(&self) -> String;
+
+    /// The sink pipeline `pipeline` writes its dead letters through. It takes batches
+    /// of [`record::schema`](super::record::schema); with checkpoints it holds them back
+    /// until the checkpoint commits (`Sink::exactly_once`), and after a crash keeps
+    /// exactly the dead letters of the restored checkpoint.
+    fn sink(&self, pipeline: &str) -> Result<Arc<dyn SinkFactory>>;
+
+    /// The dead letters `filter` selects, in order of first failure then id.
+    async fn list(&self, filter: &Filter, page: Page) -> Result<Vec<DeadLetter>>;
+
+    async fn get(&self, id: &str) -> Result<Option<DeadLetter>>;
+
+    /// Counts per pipeline, class and status of what `filter` selects.
+    async fn stats(&self, filter: &Filter) -> Result<Vec<StatsRow>>;
+
+    /// Sends each pending record of `ids` back into its pipeline's input (its source
+    /// table's replay inbox, or its source topic with the original key and headers)
+    /// and marks it replayed, with an audit entry, atomically: a record already
+    /// replayed or discarded is skipped. Fails without changing anything when one of
+    /// them is not replayable.
+    async fn replay(&self, ids: &[String], actor: &str) -> Result<ReplayOutcome>;
+
+    /// Replaces the payload of pending record `id` (keeping the original the first
+    /// time). The caller has validated it against the record's table.
+    async fn edit(&self, id: &str, payload: Vec<u8>, actor: &str) -> Result<()>;
+
+    /// Marks the pending records of `ids` discarded with `reason`; returns how many.
+    async fn discard(&self, ids: &[String], reason: &str, actor: &str) -> Result<u64>;
+
+    /// The newest `limit` audit entries, newest first.
+    async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+}
+
+/// A shared store.
+pub type Store = Arc<dyn DeadLetterStore>;
