@@ -19,6 +19,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub kafka: crate::connectors::kafka::KafkaConfig,
+    pub dlq: DlqConfig,
 }
 
 impl Config {
@@ -112,6 +113,24 @@ impl RegistryConfig {
             outage_timeout: duration("outage_timeout", &self.outage_timeout)?,
         })
     }
+}
+
+/// Where dead letters are kept and who may change them (`[dlq]`, default.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    pub store: DlqStoreKind,
+    pub path: String,
+    pub topic: String,
+    pub cluster: String,
+    pub admin_token: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlqStoreKind {
+    Local,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
