@@ -77,6 +77,7 @@ impl Status {
 /// Where the record came from. Which fields are set depends on the source: a Kafka
 /// topic, partition, offset, key and headers; a file and line; a generator position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Origin {
     /// The pipeline's source table the payload can be replayed into; `None` when the
     /// payload is not one of its records (a row an operator produced).
@@ -96,7 +97,7 @@ pub struct Origin {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<i64>,
     /// The Kafka record key, kept for a replay into the topic.
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_base64", default)]
     pub key: Option<Vec<u8>>,
     /// The Kafka record headers, kept for a replay into the topic.
     #[serde(
