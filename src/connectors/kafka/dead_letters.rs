@@ -11,13 +11,17 @@
 //!   non-empty text), so it needs no list of pipelines.
 //! - **Records.** One record per dead letter, keyed by its id. A change of status
 //!   (replay, edit, discard) is another record under the same id, written by the admin
-//!   side; the latest record of an id is its current state. Both producers partition
+//!   side; the records of an id, in order, fold into its current state. Both producers partition
 //!   like the Java client (murmur2 of the key), so an id's records share a partition
 //!   and their offsets order them. A replayed record that fails again comes back from
 //!   the pipeline under its id, after its `replayed` record, and is pending again.
-//!   The topics are created with `cleanup.policy=compact`: compaction keeps the latest
-//!   record of each id, which is all the store reads; the history of changes is the
-//!   audit topic's.
+//!   An admin change's record carries the header `tributary-dlq-change` and is the
+//!   whole new state; a record without it is a failure, and one of a known id (a
+//!   replay that failed again) updates what the failure says but keeps the first
+//!   failure, origin and original payload of the known state (as the local store's
+//!   upsert). Folding needs those earlier records, so the topics keep every record
+//!   (`retention.ms=-1`, no compaction: compaction would leave a re-failure without
+//!   its first failure).
 //! - **The sink** is the Kafka sink (`sink.rs`) with the contract embedded in the
 //!   binary, keyed by `id`; its transactions (`transactions.rs`) make the dead letters
 //!   of an exactly-once pipeline visible once their checkpoint commits.
@@ -73,6 +77,24 @@ pub const ADMIN_TRANSACTIONAL_ID: &str = "tributary-dlq-admin";
 /// its id with one more attempt.
 pub const ID_HEADER: &str = "tributary-dlq-id";
 pub const ATTEMPTS_HEADER: &str = "tributary-dlq-attempts";
+/// The header of an admin change's record (its action): the record is the dead
+/// letter's whole new state. A record without it is a failure from a pipeline.
+pub const CHANGE_HEADER: &str = "tributary-dlq-change";
+
+/// A known dead letter failed again (a replay that failed, under the same id): what
+/// the new failure says replaces the old, and it is pending again; its first
+/// failure, origin and original payload stay (as the local store's upsert).
+fn failed_again(known: &mut DeadLetter, again: DeadLetter) {
+    known.node = again.node;
+    known.failure_class = again.failure_class;
+    known.message = again.message;
+    known.payload = again.payload;
+    known.payload_format = again.payload_format;
+    known.last_failure = again.last_failure;
+    known.attempts = again.attempts;
+    known.status = Status::Pending;
+    known.status_reason = None;
+}
 
 /// How a [`KafkaDeadLetterStore`] reaches its cluster and registry and names its
 /// topics.
@@ -89,6 +111,8 @@ pub struct KafkaStoreSettings {
     pub domains: BTreeMap<String, String>,
     pub audit_topic: String,
     pub admin_transactional_id: String,
+    /// The sinks' transactional ids are `<prefix>-<pipeline>-dead_letters-<task>`.
+    pub sink_transactional_prefix: String,
     /// Partitions and replication of a dead-letter topic the sink creates.
     pub partitions: i32,
     pub replication: i32,
@@ -109,6 +133,7 @@ impl KafkaStoreSettings {
             domains: BTreeMap::new(),
             audit_topic: AUDIT_TOPIC.to_string(),
             admin_transactional_id: ADMIN_TRANSACTIONAL_ID.to_string(),
+            sink_transactional_prefix: "tributary".to_string(),
             partitions: 1,
             replication: -1,
             // A transaction a crashed producer left open ends within its timeout
@@ -159,8 +184,6 @@ struct Raw {
     topic: String,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    /// Read by the tests (a replayed record's headers).
-    #[cfg_attr(not(test), allow(dead_code))]
     headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -364,7 +387,13 @@ impl KafkaDeadLetterStore {
                 tracing::warn!(topic = %raw.topic, id = %letter.id,
                     "dead-letter topic: a record whose key is not its id");
             }
-            state.insert(letter.id.clone(), (raw.topic.clone(), letter));
+            let change = raw.headers.iter().any(|(k, _)| k == CHANGE_HEADER);
+            match state.get_mut(&letter.id) {
+                Some((_, known)) if !change => failed_again(known, letter),
+                _ => {
+                    state.insert(letter.id.clone(), (raw.topic.clone(), letter));
+                }
+            }
         }
         Ok(())
     }
@@ -531,6 +560,7 @@ impl KafkaDeadLetterStore {
         letters: &[(String, DeadLetter)],
         entry: &AuditEntry,
     ) -> Result<Vec<Out>> {
+        let change = vec![(CHANGE_HEADER.to_string(), entry.action.clone().into_bytes())];
         let mut by_topic: BTreeMap<&str, Vec<DeadLetter>> = BTreeMap::new();
         for (topic, l) in letters {
             by_topic.entry(topic).or_default().push(l.clone());
@@ -543,7 +573,7 @@ impl KafkaDeadLetterStore {
                     topic: topic.to_string(),
                     key: Some(l.id.clone().into_bytes()),
                     value,
-                    headers: Vec::new(),
+                    headers: change.clone(),
                 });
             }
         }
@@ -708,7 +738,14 @@ impl DeadLetterStore for KafkaDeadLetterStore {
                 "replication_factor".to_string(),
                 self.s.replication.to_string(),
             ),
-            ("topic.cleanup.policy".to_string(), "compact".to_string()),
+            ("retention".to_string(), "infinite".to_string()),
+            (
+                "transactional_id_prefix".to_string(),
+                format!(
+                    "{}-{pipeline}-dead_letters",
+                    self.s.sink_transactional_prefix
+                ),
+            ),
         ]);
         for (k, v) in &self.s.properties {
             values.insert(format!("kafka.{k}"), v.clone());

@@ -43,6 +43,7 @@ fn settings(servers: &str, url: &str, unique: &str) -> KafkaStoreSettings {
     let mut s = KafkaStoreSettings::new(servers, url, &format!("dlqtest.{unique}.{{domain}}.dlq"));
     s.audit_topic = format!("dlqtest.{unique}.audit");
     s.admin_transactional_id = format!("dlqtest-{unique}-admin");
+    s.sink_transactional_prefix = format!("dlqtest-{unique}");
     s
 }
 
@@ -94,6 +95,8 @@ pub(crate) async fn fresh_store() -> (tempfile::TempDir, Store) {
     let store = KafkaDeadLetterStore::new(settings(&bootstrap(), &url, &unique())).unwrap();
     (dir, Arc::new(store))
 }
+
+crate::dlq::conformance::conformance_tests!(multi_thread; fresh_store().await);
 
 fn task(pipeline: &str) -> TaskInfo {
     TaskInfo {
