@@ -71,10 +71,26 @@ fn fenced(e: &KafkaError) -> bool {
 
 /// Builds the sink of a `connector = 'kafka'` table.
 pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
+    sink_with_contract(req, opts, None)
+}
+
+/// [`sink`], with the Avro contract given as text (a schema compiled into the
+/// binary, e.g. the dead-letter topics') instead of read from `schema_file`.
+pub(super) fn sink_with_contract(
+    req: &TableRequest<'_>,
+    opts: &mut Options,
+    embedded: Option<Arc<str>>,
+) -> Result<Arc<dyn SinkFactory>> {
     let (mut config, topic) = client_config(opts, req.env)?;
     let avro = avro_registry(opts, req.env)?;
     let contract = match opts.get("schema_file") {
-        None => None,
+        None => match embedded {
+            Some(_) if avro.is_none() => {
+                return Err(opts.invalid("format", "json", "this sink writes Avro"));
+            }
+            Some(text) => Some(Contract::new(text).map_err(|e| opts.invalid("format", "avro", e))?),
+            None => None,
+        },
         Some(_) if avro.is_none() => {
             return Err(opts.invalid(
                 "schema_file",
