@@ -325,8 +325,11 @@ async fn stop_on_signals(
 /// Sends `graph`'s dead letters to the configured store (`[dlq]`) and, with the local
 /// store, gives its source tables their replay inboxes.
 fn route_dead_letters(config: &Config, graph: &mut crate::engine::Graph) -> crate::Result<()> {
-    let store = crate::dlq::local::LocalStore::open(&config.dlq.path)?;
-    graph.dead_letters = Some(crate::dlq::DeadLetterStore::sink(&store, &graph.pipeline)?);
+    let store = crate::connectors::dead_letters::local::LocalStore::open(&config.dlq.path)?;
+    graph.dead_letters = Some(crate::connectors::dead_letters::DeadLetterStore::sink(
+        &store,
+        &graph.pipeline,
+    )?);
     if config.dlq.store == crate::pipeline::DlqStoreKind::Local {
         crate::connectors::replay_inbox::add_replay_inboxes(
             graph,

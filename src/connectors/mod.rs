@@ -13,6 +13,7 @@
 //!   [`BadRecords`](crate::dlq::BadRecords) and skipped.
 
 pub mod blackhole;
+pub mod dead_letters;
 pub mod file;
 pub mod generator;
 pub mod json_lines;

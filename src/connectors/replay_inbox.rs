@@ -22,7 +22,7 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
-use crate::dlq::local::LocalStore;
+use crate::connectors::dead_letters::local::LocalStore;
 use crate::engine::{Graph, NodeKind, Result, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::json::JsonDecoder;
 

@@ -12,15 +12,13 @@
 //! - `fail`: the task stops at its next emit with an error naming the record's class
 //!   and message (DLQ007).
 //!
-//! Every report counts in `tributary_bad_records_total{reason}`. The stores
-//! ([`store::DeadLetterStore`]: `local.rs` on SQLite, a Kafka topic) keep dead letters
-//! for the admin workflow (`tributary dlq …`, the admin endpoint).
+//! Every report counts in `tributary_bad_records_total{reason}`. The stores that keep
+//! dead letters for the admin workflow (`tributary dlq …`, the admin endpoint) are
+//! connectors: `connectors::dead_letters` (the `DeadLetterStore` trait, the local
+//! SQLite store, their conformance suite) and `connectors/kafka/dead_letters.rs`.
 
-#[cfg(test)]
-pub(crate) mod conformance;
-pub mod local;
+mod error;
 pub mod record;
-pub mod store;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,9 +26,8 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
-pub use local::LocalStore;
+pub use error::DlqError;
 pub use record::{DeadLetter, Origin, PayloadFormat, Status};
-pub use store::{DeadLetterStore, DlqError};
 
 use crate::types::NodeStats;
 use crate::types::TaskInfo;
@@ -262,15 +259,11 @@ impl BadRecords {
         row: usize,
         event_time: Option<i64>,
     ) {
-        let mut raw = Vec::new();
-        if self.keeps_rows()
-            && crate::formats::json::encode_json_lines(&batch.slice(row, 1), &mut raw).is_err()
-        {
-            raw.clear();
-        }
-        while raw.last() == Some(&b'\n') {
-            raw.pop();
-        }
+        let raw = if self.keeps_rows() {
+            row_json(batch, row)
+        } else {
+            Vec::new()
+        };
         self.report_with(Report {
             reason,
             detail,
@@ -384,5 +377,21 @@ impl BadRecords {
             },
             other => DlqError::BadRequest(other.to_string()),
         })
+    }
+}
+
+/// Row `row` of `batch` as one JSON object (Arrow's JSON writer: timestamps as RFC
+/// 3339 text, NULLs left out), the payload of a dead letter of a decoded row.
+fn row_json(batch: &RecordBatch, row: usize) -> Vec<u8> {
+    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+    match w.write(&batch.slice(row, 1)).and_then(|_| w.finish()) {
+        Ok(()) => {
+            let mut raw = w.into_inner();
+            while raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
+            raw
+        }
+        Err(_) => Vec::new(),
     }
 }

@@ -522,10 +522,12 @@ impl IntervalJoinOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            &batch,
-            &late,
+            super::late::Unplaced {
+                batch: &batch,
+                late: &late,
+                null_times: &null_times,
+            },
             &|_| "older than the join's watermark".to_string(),
-            &null_times,
         );
         if !probe.is_empty() {
             let joined = self.pairs(side, &batch, probe, &matched)?;

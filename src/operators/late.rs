@@ -3,6 +3,15 @@
 
 use crate::engine::{Collector, TaskInfo};
 
+/// The rows of a batch an operator could not place in event time.
+pub(crate) struct Unplaced<'a> {
+    pub batch: &'a arrow::array::RecordBatch,
+    /// Late rows: (row, event time).
+    pub late: &'a [(u32, i64)],
+    /// Rows with a NULL event time.
+    pub null_times: &'a [u32],
+}
+
 /// Counts rows dropped as late and logs them at most every 10 seconds per task.
 pub(crate) struct LateRows {
     counter: metrics::Counter,
@@ -27,11 +36,14 @@ impl LateRows {
         task: &TaskInfo,
         out: &mut Collector,
         watermark: i64,
-        batch: &arrow::array::RecordBatch,
-        late: &[(u32, i64)],
+        rows: Unplaced<'_>,
         why: &dyn Fn(i64) -> String,
-        null_times: &[u32],
     ) {
+        let Unplaced {
+            batch,
+            late,
+            null_times,
+        } = rows;
         if !late.is_empty() {
             if out.bad_records().keeps_rows() {
                 for &(row, t) in late {

@@ -245,10 +245,12 @@ impl Operator for RankOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            &batch,
-            &late,
+            super::late::Unplaced {
+                batch: &batch,
+                late: &late,
+                null_times: &null_times,
+            },
             &|_| "older than the watermark, it cannot be ranked".to_string(),
-            &null_times,
         );
         if waiting > 0 {
             self.buffered_bytes += batch.get_array_memory_size();

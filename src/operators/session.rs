@@ -258,10 +258,12 @@ impl Operator for SessionAggOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            &batch,
-            &[],
+            super::late::Unplaced {
+                batch: &batch,
+                late: &[],
+                null_times: &null_times,
+            },
             &|_| String::new(),
-            &null_times,
         );
         let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
         for (key, mut idx) in per_key {

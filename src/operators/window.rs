@@ -765,10 +765,12 @@ impl Operator for WindowAggOperator {
                 self.table.task(),
                 out,
                 watermark,
-                &batch,
-                &late,
+                super::late::Unplaced {
+                    batch: &batch,
+                    late: &late,
+                    null_times: &null_times,
+                },
                 &why,
-                &null_times,
             );
         }
         if by_window.is_empty() {

@@ -88,7 +88,7 @@ impl Planning<'_> {
                 &tables.event_times,
             )
             .await?;
-        let input_ids = wiring.source_nodes(insert, &inputs, tables, &settings)?;
+        let input_ids = wiring.source_nodes(insert, &inputs, tables, settings)?;
         let (op, added) = wiring.add_stage(insert, &stage, &inputs, &input_ids)?;
         wiring.stages.extend(added);
         self.connect_sink(insert, sink, op, wiring)?;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use tributary::dlq::local::LocalStore;
-use tributary::dlq::store::{DeadLetterStore, Filter, Page};
+use tributary::connectors::dead_letters::local::LocalStore;
+use tributary::connectors::dead_letters::{DeadLetterStore, Filter, Page};
 use tributary::dlq::{BadRecordReason, DeadLetter, PayloadFormat};
 
 use crate::common::*;
@@ -62,7 +62,10 @@ async fn every_failure_class_is_dead_lettered_once_with_its_metadata_and_good_ro
     }
     let mismatched = [60usize, 70, 80, 90];
     for &at in &mismatched {
-        lines.insert(at, r#"{"order_id":"x","total":1.0,"event_time":"2026-01-01T00:00:01Z"}"#.into());
+        lines.insert(
+            at,
+            r#"{"order_id":"x","total":1.0,"event_time":"2026-01-01T00:00:01Z"}"#.into(),
+        );
     }
     for k in 0..3 {
         lines.insert(100 + k, line(900 + k as i64, -1.0, T0 + 100_000));
@@ -115,9 +118,20 @@ async fn every_failure_class_is_dead_lettered_once_with_its_metadata_and_good_ro
         })
         .collect();
     malformed_lines.sort();
-    assert_eq!(malformed_lines, vec![11, 21, 31, 41, 51], "1-based line numbers");
-    for l in got.iter().filter(|l| l.failure_class == BadRecordReason::Constraint) {
-        assert!(l.message.contains("non_negative"), "names the check: {}", l.message);
+    assert_eq!(
+        malformed_lines,
+        vec![11, 21, 31, 41, 51],
+        "1-based line numbers"
+    );
+    for l in got
+        .iter()
+        .filter(|l| l.failure_class == BadRecordReason::Constraint)
+    {
+        assert!(
+            l.message.contains("non_negative"),
+            "names the check: {}",
+            l.message
+        );
         assert_eq!(l.payload_format, PayloadFormat::Row);
         let row: serde_json::Value = serde_json::from_slice(&l.payload).unwrap();
         assert_eq!(row["total"], -1.0);
@@ -127,7 +141,11 @@ async fn every_failure_class_is_dead_lettered_once_with_its_metadata_and_good_ro
         .iter()
         .filter(|l| l.failure_class == BadRecordReason::Processing)
         .map(|l| {
-            assert!(l.message.to_lowercase().contains("divide by zero"), "{}", l.message);
+            assert!(
+                l.message.to_lowercase().contains("divide by zero"),
+                "{}",
+                l.message
+            );
             assert_eq!(l.node, "quotients_select");
             let row: serde_json::Value = serde_json::from_slice(&l.payload).unwrap();
             row["order_id"].as_i64().unwrap()
@@ -135,14 +153,20 @@ async fn every_failure_class_is_dead_lettered_once_with_its_metadata_and_good_ro
         .collect();
     failed_ids.sort();
     assert_eq!(failed_ids, vec![50, 100, 150, 200]);
-    for l in got.iter().filter(|l| l.failure_class == BadRecordReason::Late) {
+    for l in got
+        .iter()
+        .filter(|l| l.failure_class == BadRecordReason::Late)
+    {
         assert!(
             l.message.contains("window") && l.message.contains("watermark"),
             "{}",
             l.message
         );
         assert_eq!(l.event_time, Some(T0));
-        assert_eq!(l.source.table, None, "an operator's row is not a record of the table");
+        assert_eq!(
+            l.source.table, None,
+            "an operator's row is not a record of the table"
+        );
     }
     let ids: std::collections::BTreeSet<&str> = got.iter().map(|l| l.id.as_str()).collect();
     assert_eq!(ids.len(), got.len(), "ids are unique");
@@ -206,9 +230,15 @@ async fn an_abort_in_every_checkpoint_phase_leaves_each_bad_record_in_the_queue_
             .output()
             .unwrap();
         let err = stderr(&o);
-        assert_eq!(o.status.code(), None, "aborted by {fault}, not finished:\n{err}");
+        assert_eq!(
+            o.status.code(),
+            None,
+            "aborted by {fault}, not finished:\n{err}"
+        );
         assert!(
-            err.contains(&format!("\"message\":\"fault injected\",\"phase\":\"{phase}\"")),
+            err.contains(&format!(
+                "\"message\":\"fault injected\",\"phase\":\"{phase}\""
+            )),
             "the abort came from {fault}:\n{err}"
         );
     }
@@ -280,8 +310,16 @@ async fn an_abort_in_every_checkpoint_phase_leaves_each_bad_record_in_the_queue_
     );
     assert!(payloads == expected, "the undecodable records, each once");
     let by = count_by_class(&got);
-    assert_eq!(by.get("constraint").copied().unwrap_or(0), big, "CHECK refusals, each once");
-    assert_eq!(by.get("processing").copied().unwrap_or(0), zero, "failed rows, each once");
+    assert_eq!(
+        by.get("constraint").copied().unwrap_or(0),
+        big,
+        "CHECK refusals, each once"
+    );
+    assert_eq!(
+        by.get("processing").copied().unwrap_or(0),
+        zero,
+        "failed rows, each once"
+    );
     // The good rows too: exactly once.
     let mut out: Vec<String> = json_lines(&d.join("out.jsonl"))
         .iter()
@@ -291,5 +329,8 @@ async fn an_abort_in_every_checkpoint_phase_leaves_each_bad_record_in_the_queue_
     let n = out.len();
     out.dedup();
     assert_eq!(n, out.len(), "no good row twice");
-    assert_eq!(out.into_iter().collect::<std::collections::BTreeSet<_>>(), good_events);
+    assert_eq!(
+        out.into_iter().collect::<std::collections::BTreeSet<_>>(),
+        good_events
+    );
 }

@@ -59,11 +59,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::REQUEST_TIMEOUT;
 use super::contract::Contract;
 use super::decode::conform;
-use crate::connectors::{ConnectorEnv, Options, TableRequest};
-use crate::dlq::record::{self, DeadLetter, Status};
-use crate::dlq::store::{
+use crate::connectors::dead_letters::{
     AuditEntry, DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Result, StatsRow,
 };
+use crate::connectors::{ConnectorEnv, Options, TableRequest};
+use crate::dlq::record::{self, DeadLetter, Status};
 use crate::engine::SinkFactory;
 use crate::registry::client::{ClientSettings, RegistryClient};
 

@@ -495,7 +495,7 @@ impl KafkaSink {
             }
         }
         arrow::compute::filter_record_batch(&records, &keep.into())
-            .map_err(|e| crate::engine::EngineError::arrow("leaving out refused records", e).into())
+            .map_err(|e| crate::engine::EngineError::arrow("leaving out refused records", e))
     }
     async fn ensure_topic(&mut self) -> Result<()> {
         let Some(TopicSpec {

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 
 use super::*;
+use crate::connectors::dead_letters::{
+    DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Store,
+};
 use crate::dlq::record::{DeadLetter, Origin, Status, sample};
-use crate::dlq::store::{DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Store};
 use crate::engine::{Sink, TaskInfo};
 
 #[test]
@@ -96,7 +98,7 @@ pub(crate) async fn fresh_store() -> (tempfile::TempDir, Store) {
     (dir, Arc::new(store))
 }
 
-crate::dlq::conformance::conformance_tests!(multi_thread; fresh_store().await);
+crate::connectors::dead_letters::conformance::conformance_tests!(multi_thread; fresh_store().await);
 
 fn task(pipeline: &str) -> TaskInfo {
     TaskInfo {

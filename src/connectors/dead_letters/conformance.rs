@@ -14,9 +14,9 @@
 //!   ([`DlqError::NotReplayable`]);
 //! - an admin operation that changes nothing leaves no audit entry.
 
-use super::BadRecordReason;
-use super::record::{self, DeadLetter, Origin, PayloadFormat, Status};
-use super::store::{DlqError, Filter, Page, ReplayOutcome, StatsRow, Store};
+use super::{DlqError, Filter, Page, ReplayOutcome, StatsRow, Store};
+use crate::dlq::BadRecordReason;
+use crate::dlq::record::{self, DeadLetter, Origin, PayloadFormat, Status};
 use crate::engine::{Sink, TaskInfo};
 
 /// Defines one `#[tokio::test]` per property in the calling module. `$new_store` is
@@ -26,14 +26,14 @@ use crate::engine::{Sink, TaskInfo};
 /// runtime, for stores whose sink blocks in place (the Kafka sink's transactions).
 macro_rules! conformance_tests {
     (multi_thread; $new_store:expr) => {
-        $crate::dlq::conformance::conformance_tests!(@list
+        $crate::connectors::dead_letters::conformance::conformance_tests!(@list
             [tokio::test(flavor = "multi_thread", worker_threads = 2)] $new_store);
     };
     ($new_store:expr) => {
-        $crate::dlq::conformance::conformance_tests!(@list [tokio::test] $new_store);
+        $crate::connectors::dead_letters::conformance::conformance_tests!(@list [tokio::test] $new_store);
     };
     (@list [$attr:meta] $new_store:expr) => {
-        $crate::dlq::conformance::conformance_tests!(@each [$attr] $new_store;
+        $crate::connectors::dead_letters::conformance::conformance_tests!(@each [$attr] $new_store;
             sink_without_checkpoints_lists_what_it_wrote,
             two_phase_restore_keeps_only_the_restored_checkpoint,
             two_phase_restore_commits_a_pre_committed_checkpoint,
@@ -53,7 +53,7 @@ macro_rules! conformance_tests {
             #[$attr]
             async fn $name() {
                 let (_guard, store) = $new_store;
-                $crate::dlq::conformance::$name(store).await;
+                $crate::connectors::dead_letters::conformance::$name(store).await;
             }
         )*
     };

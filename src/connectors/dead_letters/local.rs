@@ -13,7 +13,7 @@
 //! Tables:
 //! - `dead_letters`: one row per dead letter id, every field its own column; `source`
 //!   is the [`Origin`](super::Origin) as JSON, with `source_table`, `source_topic`,
-//!   `domain` ([`store::domain_of`]) and `message_lower` (the message lowercased)
+//!   `domain` ([`domain_of`](super::domain_of)) and `message_lower` (the message lowercased)
 //!   beside it for filtering in SQL.
 //! - `staged`: dead letters a pipeline wrote under exactly-once whose checkpoint has
 //!   not committed yet: the same columns, plus `seq` (write order) and `checkpoint`
@@ -44,11 +44,9 @@ use async_trait::async_trait;
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params, params_from_iter};
 
-use super::BadRecordReason;
-use super::record::{self, DeadLetter, Origin, PayloadFormat, Status};
-use super::store::{
-    self, AuditEntry, DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Result, StatsRow,
-};
+use super::{AuditEntry, DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Result, StatsRow};
+use crate::dlq::BadRecordReason;
+use crate::dlq::record::{self, DeadLetter, Origin, PayloadFormat, Status};
 use crate::engine::{EngineError, Sink, SinkFactory, TaskInfo};
 
 /// How long a writer waits for another process's write transaction to end.
@@ -339,7 +337,7 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, l: &DeadLetter) -> Op<()> {
         source,
         l.source.table,
         l.source.topic,
-        store::domain_of(l),
+        super::domain_of(l),
         l.schema_id,
         l.event_time,
         l.first_failure,
@@ -969,9 +967,9 @@ impl Sink for LocalSink {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Store;
+    use super::super::conformance::{self, all, ids, letter, sink, write, write_finished};
     use super::*;
-    use crate::dlq::conformance::{self, all, ids, letter, sink, write, write_finished};
-    use crate::dlq::store::Store;
 
     fn fresh() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -7,66 +7,22 @@
 //! change is recorded in the store's audit log in the same transaction as the change
 //! itself, and a replay sends a record back to its source and marks it replayed in one
 //! transaction, so an interrupted and repeated replay never sends a record twice.
-//! `src/dlq/conformance.rs` holds what every store must do.
+//! `conformance.rs` holds what every store must do; `local.rs` is the embedded store
+//! (SQLite), `connectors/kafka/dead_letters.rs` the Kafka one.
+
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod local;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::BadRecordReason;
-use super::record::{DeadLetter, Status};
+use crate::dlq::BadRecordReason;
+use crate::dlq::record::{DeadLetter, Status};
 use crate::engine::SinkFactory;
 
-/// The dead-letter module's errors, each with a stable code (docs/errors.md).
-#[derive(Debug, thiserror::Error)]
-pub enum DlqError {
-    /// The store cannot be read or written (a file, a database, a broker).
-    #[error("dead-letter store {store}: {message}")]
-    Store { store: String, message: String },
-    #[error("no dead letter {0}")]
-    NotFound(String),
-    /// The record cannot be replayed: it is not a record of a source table, or it was
-    /// discarded.
-    #[error("dead letter {id} cannot be replayed: {reason}")]
-    NotReplayable { id: String, reason: String },
-    /// An edited record that its table refuses.
-    #[error("the edited record is refused: {0}")]
-    InvalidEdit(String),
-    /// An operation that changes data without the admin token, or with a wrong one.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// A filter or argument that means nothing (an unknown class, a bad time).
-    #[error("{0}")]
-    BadRequest(String),
-    /// A bad record under the `fail` policy: the pipeline stops, naming it.
-    #[error("bad record ({class}) at {node}: {message}")]
-    Failed {
-        node: String,
-        class: &'static str,
-        message: String,
-    },
-}
-
-impl DlqError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            DlqError::Store { .. } => "DLQ001",
-            DlqError::NotFound(_) => "DLQ002",
-            DlqError::NotReplayable { .. } => "DLQ003",
-            DlqError::InvalidEdit(_) => "DLQ004",
-            DlqError::Unauthorized(_) => "DLQ005",
-            DlqError::BadRequest(_) => "DLQ006",
-            DlqError::Failed { .. } => "DLQ007",
-        }
-    }
-
-    pub fn store(store: &str, message: impl std::fmt::Display) -> Self {
-        DlqError::Store {
-            store: store.to_string(),
-            message: message.to_string(),
-        }
-    }
-}
+pub use crate::dlq::DlqError;
 
 pub type Result<T, E = DlqError> = std::result::Result<T, E>;
 
@@ -176,7 +132,7 @@ pub trait DeadLetterStore: Send + Sync {
     fn describe(&self) -> String;
 
     /// The sink pipeline `pipeline` writes its dead letters through. It takes batches
-    /// of [`record::schema`](super::record::schema); with checkpoints it holds them back
+    /// of [`record::schema`](crate::dlq::record::schema); with checkpoints it holds them back
     /// until the checkpoint commits (`Sink::exactly_once`), and after a crash keeps
     /// exactly the dead letters of the restored checkpoint.
     fn sink(&self, pipeline: &str) -> Result<Arc<dyn SinkFactory>>;
