@@ -30,6 +30,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::dlq::record::now_ms;
+use crate::dlq::store::Store;
+use crate::dlq::workflow::{self, EditValidator, Target, Unset, Workflow, authorize, parse_params};
+use crate::dlq::{DeadLetter, DlqError};
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn install_metrics() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
@@ -207,85 +212,385 @@ impl Savepoints {
     }
 }
 
-/// The value of `key` in a query string (no percent-decoding: names are plain).
+/// The value of `key` in a query string, percent-decoded.
 fn query_value(query: &str, key: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_string())
+    query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
         .filter(|v| !v.is_empty())
 }
 
+/// The pairs of a query string, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The largest request body accepted (an edited dead letter): 1 MiB.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The largest request head accepted.
+const MAX_HEAD: usize = 8192;
+
+/// One request, read.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The query string, not decoded.
+    pub query: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: (HTTP status line, content type, body).
+pub type Answer = (&'static str, &'static str, String);
+
+/// What the `/dlq` routes need: the store (opened at the first request that needs it),
+/// the admin token, and the check of edited records (planning the record's pipeline).
+pub struct DlqAccess {
+    open: Box<dyn Fn() -> Result<Store, DlqError> + Send + Sync>,
+    opened: tokio::sync::OnceCell<Workflow>,
+    admin_token: String,
+    validator: Arc<dyn EditValidator>,
+}
+
+impl DlqAccess {
+    pub fn new(
+        open: Box<dyn Fn() -> Result<Store, DlqError> + Send + Sync>,
+        admin_token: String,
+        validator: Arc<dyn EditValidator>,
+    ) -> Self {
+        DlqAccess {
+            open,
+            opened: tokio::sync::OnceCell::new(),
+            admin_token,
+            validator,
+        }
+    }
+
+    async fn workflow(&self) -> Result<&Workflow, DlqError> {
+        self.opened
+            .get_or_try_init(|| async { (self.open)().map(Workflow::new) })
+            .await
+    }
+}
+
+/// Everything the endpoint answers from.
+pub struct Routes {
+    pub metrics: Option<PrometheusHandle>,
+    pub health: Arc<Health>,
+    pub savepoints: Arc<Savepoints>,
+    pub dlq: Option<DlqAccess>,
+}
+
+const ROUTES: &str = "GET /metrics, GET /livez, GET /readyz, GET /healthz, POST /savepoint, \
+                      GET /dlq, GET /dlq/stats, GET /dlq/audit, GET /dlq/ID, POST /dlq/replay, \
+                      POST /dlq/ID/edit, POST /dlq/discard\n";
+
+impl Routes {
+    /// The answer to `req`.
+    pub async fn handle(&self, req: &Request) -> Answer {
+        let (method, path, query) = (req.method.as_str(), req.path.as_str(), req.query.as_str());
+        if path == "/dlq" || path.starts_with("/dlq/") {
+            return match &self.dlq {
+                Some(access) => dlq_route(access, req).await,
+                None => error_answer(
+                    "404 Not Found",
+                    "DLQ006",
+                    "this process serves no dead-letter routes",
+                ),
+            };
+        }
+        match (method, path) {
+            ("POST", "/savepoint") => match query_value(query, "pipeline") {
+                Some(p) => {
+                    let (status, body) = self.savepoints.take(&p, query_value(query, "name")).await;
+                    (status, "application/json", body + "\n")
+                }
+                None => (
+                    "400 Bad Request",
+                    "application/json",
+                    "{\"error\":\"pipeline=NAME is required\"}\n".to_string(),
+                ),
+            },
+            ("GET", "/metrics") => match &self.metrics {
+                Some(m) => {
+                    crate::health::refresh_gauges();
+                    ("200 OK", "text/plain; version=0.0.4", m.render())
+                }
+                None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            },
+            ("GET", "/livez" | "/readyz" | "/healthz") => {
+                let (status, body) = self.health.probe(path);
+                (status, "application/json", body)
+            }
+            ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            _ => ("405 Method Not Allowed", "text/plain", ROUTES.to_string()),
+        }
+    }
+}
+
+fn error_answer(status: &'static str, code: &str, message: &str) -> Answer {
+    (
+        status,
+        "application/json",
+        serde_json::json!({ "error": message, "code": code }).to_string() + "\n",
+    )
+}
+
+/// The HTTP status of a dead-letter error; `Unauthorized` is 403 when no token is
+/// configured (nothing the client sends can help), else 401.
+fn dlq_error(e: &DlqError, token_configured: bool) -> Answer {
+    let status = match e {
+        DlqError::Unauthorized(_) if !token_configured => "403 Forbidden",
+        DlqError::Unauthorized(_) => "401 Unauthorized",
+        DlqError::NotFound(_) => "404 Not Found",
+        DlqError::NotReplayable { .. } => "409 Conflict",
+        DlqError::InvalidEdit(_) => "422 Unprocessable Entity",
+        DlqError::BadRequest(_) => "400 Bad Request",
+        DlqError::Store { .. } => "503 Service Unavailable",
+        DlqError::Failed { .. } => "500 Internal Server Error",
+    };
+    error_answer(status, e.code(), &e.to_string())
+}
+
+fn json_answer(v: &impl serde::Serialize) -> Answer {
+    (
+        "200 OK",
+        "application/json",
+        serde_json::to_string(v).unwrap_or_default() + "\n",
+    )
+}
+
+fn json_lines<T>(items: &[T], line: impl Fn(&T) -> serde_json::Value) -> Answer {
+    let body: String = items.iter().map(|i| line(i).to_string() + "\n").collect();
+    ("200 OK", "application/x-ndjson", body)
+}
+
+/// The `/dlq` routes (see [`crate::dlq::workflow`]).
+async fn dlq_route(access: &DlqAccess, req: &Request) -> Answer {
+    let configured = !access.admin_token.is_empty();
+    match dlq_operation(access, req).await {
+        Ok(answer) => answer,
+        Err(e) => dlq_error(&e, configured),
+    }
+}
+
+async fn dlq_operation(access: &DlqAccess, req: &Request) -> Result<Answer, DlqError> {
+    let rest = req.path.trim_start_matches("/dlq").trim_start_matches('/');
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let pairs = query_pairs(&req.query);
+    let params = || parse_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms());
+    let changes = req.method == "POST";
+    if changes {
+        let bearer = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim);
+        authorize(&access.admin_token, bearer, Unset::Closed)?;
+    }
+    let actor = req
+        .header("x-tributary-actor")
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or("admin-http")
+        .to_string();
+    let method_not_allowed = || {
+        Ok((
+            "405 Method Not Allowed",
+            "text/plain",
+            ROUTES.to_string(),
+        ))
+    };
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", []) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let letters = flow.store().list(&p.filter, p.page).await?;
+            Ok(json_lines(&letters, DeadLetter::summary_json))
+        }
+        ("GET", ["stats"]) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let rows = flow.store().stats(&p.filter).await?;
+            Ok(json_answer(&workflow::stats_json(&rows, now_ms())))
+        }
+        ("GET", ["audit"]) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let entries = flow.store().audit(p.limit.unwrap_or(50)).await?;
+            Ok(json_lines(&entries, |e| {
+                serde_json::to_value(e).unwrap_or_default()
+            }))
+        }
+        ("GET", [id]) => {
+            let flow = access.workflow().await?;
+            Ok(json_answer(&workflow::show_json(&flow.get(id).await?)))
+        }
+        ("POST", ["replay"]) => {
+            let p = params()?;
+            let target = Target::from_params(&p)?;
+            let flow = access.workflow().await?;
+            Ok(json_answer(&flow.replay(&target, &actor, p.dry_run).await?))
+        }
+        ("POST", ["discard"]) => {
+            let p = params()?;
+            let target = Target::from_params(&p)?;
+            let reason = p
+                .reason
+                .clone()
+                .ok_or_else(|| DlqError::BadRequest("reason=TEXT is required".into()))?;
+            let flow = access.workflow().await?;
+            Ok(json_answer(
+                &flow.discard(&target, &reason, &actor, p.dry_run).await?,
+            ))
+        }
+        ("POST", [id, "edit"]) => {
+            let flow = access.workflow().await?;
+            flow.edit(id, req.body.clone(), &actor, access.validator.as_ref())
+                .await?;
+            Ok(json_answer(&serde_json::json!({ "edited": id })))
+        }
+        ("GET" | "POST", _) => Err(DlqError::NotFound(format!(
+            "route {} {} (routes: {})",
+            req.method,
+            req.path,
+            ROUTES.trim_end()
+        ))),
+        _ => method_not_allowed(),
+    }
+}
+
+/// Reads one request from `sock`: its head (at most [`MAX_HEAD`] bytes) and a body of
+/// `content-length` bytes (at most [`MAX_BODY`]). `Err` is the answer to send instead.
+async fn read_request<S: AsyncReadExt + Unpin>(
+    sock: &mut S,
+) -> std::io::Result<Result<Request, Answer>> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    let head_end = loop {
+        if let Some(at) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if len == buf.len() {
+            return Ok(Err((
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n".into(),
+            )));
+        }
+        let n = sock.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Vec::new(),
+    };
+    let length = match req.header("content-length") {
+        None => 0,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                return Ok(Err((
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad content-length\n".into(),
+                )));
+            }
+        },
+    };
+    if length > MAX_BODY {
+        return Ok(Err((
+            "413 Payload Too Large",
+            "application/json",
+            serde_json::json!({ "error": format!("the body is over {MAX_BODY} bytes") })
+                .to_string()
+                + "\n",
+        )));
+    }
+    let mut body = buf[head_end..len].to_vec();
+    body.truncate(length);
+    if body.len() < length {
+        let already = body.len();
+        body.resize(length, 0);
+        sock.read_exact(&mut body[already..]).await?;
+    }
+    req.body = body;
+    Ok(Ok(req))
+}
+
 /// Binds `addr` and serves until the process ends. Returns the bound address.
-pub async fn serve(
-    addr: &str,
-    metrics: PrometheusHandle,
-    health: Arc<Health>,
-    savepoints: Arc<Savepoints>,
-) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: &str, routes: Routes) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let routes = Arc::new(routes);
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
-            let health = health.clone();
-            let savepoints = savepoints.clone();
+            let routes = routes.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut len = 0;
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while len < buf.len() {
-                        let n = sock.read(&mut buf[len..]).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return;
-                }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let mut parts = head.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let (status, ctype, body) = match (method, path) {
-                    ("POST", "/savepoint") => match query_value(query, "pipeline") {
-                        Some(p) => {
-                            let (status, body) =
-                                savepoints.take(&p, query_value(query, "name")).await;
-                            (status, "application/json", body + "\n")
-                        }
-                        None => (
-                            "400 Bad Request",
-                            "application/json",
-                            "{\"error\":\"pipeline=NAME is required\"}\n".to_string(),
-                        ),
-                    },
-                    ("GET", "/metrics") => {
-                        crate::health::refresh_gauges();
-                        ("200 OK", "text/plain; version=0.0.4", metrics.render())
-                    }
-                    ("GET", "/livez" | "/readyz" | "/healthz") => {
-                        let (status, body) = health.probe(path);
-                        (status, "application/json", body)
-                    }
-                    ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                    _ => (
-                        "405 Method Not Allowed",
-                        "text/plain",
-                        "GET /metrics, GET /livez, GET /readyz, GET /healthz, POST /savepoint\n"
-                            .to_string(),
-                    ),
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), read_request(&mut sock)).await;
+                let (status, ctype, body) = match read {
+                    Ok(Ok(Ok(req))) => routes.handle(&req).await,
+                    Ok(Ok(Err(refused))) => refused,
+                    _ => return,
                 };
                 let response = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

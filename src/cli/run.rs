@@ -332,15 +332,14 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     let health = Arc::new(crate::admin::Health::default());
     let savepoints = Arc::new(crate::admin::Savepoints::default());
     if !config.admin.listen.is_empty() {
-        match crate::admin::serve(
-            &config.admin.listen,
-            metrics,
-            health.clone(),
-            savepoints.clone(),
-        )
-        .await
-        {
-            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz",
+        let routes = crate::admin::Routes {
+            metrics: Some(metrics),
+            health: health.clone(),
+            savepoints: savepoints.clone(),
+            dlq: Some(super::dlq::http_access(config)),
+        };
+        match crate::admin::serve(&config.admin.listen, routes).await {
+            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz /savepoint /dlq",
                 "admin endpoint: /metrics and /healthz"),
             Err(e) => {
                 eprintln!(

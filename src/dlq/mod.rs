@@ -18,6 +18,7 @@
 
 pub mod record;
 pub mod store;
+pub mod workflow;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

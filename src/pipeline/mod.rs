@@ -11,7 +11,7 @@ mod config;
 mod file;
 
 pub use builder::{PipelineBuilder, Stream};
-pub use config::{Config, LogFormat, load_config};
+pub use config::{Config, DlqStoreKind, LogFormat, load_config};
 pub use file::{LoadedPipeline, PipelineFile, discover, load_pipeline};
 
 use crate::types::Location;
