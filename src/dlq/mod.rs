@@ -16,6 +16,9 @@
 //! ([`store::DeadLetterStore`]: `local.rs` on SQLite, a Kafka topic) keep dead letters
 //! for the admin workflow (`tributary dlq …`, the admin endpoint).
 
+#[cfg(test)]
+pub(crate) mod conformance;
+pub mod local;
 pub mod record;
 pub mod store;
 pub mod workflow;
@@ -26,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 
+pub use local::LocalStore;
 pub use record::{DeadLetter, Origin, PayloadFormat, Status};
 pub use store::{DeadLetterStore, DlqError};
 
