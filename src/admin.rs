@@ -1,7 +1,9 @@
 //! The admin endpoint: `GET /metrics` (Prometheus text format), the probes
-//! `GET /livez`, `GET /readyz` and `GET /healthz`, and
+//! `GET /livez`, `GET /readyz` and `GET /healthz`,
 //! `POST /savepoint?pipeline=NAME[&name=LABEL]` (a savepoint of a running pipeline
-//! with checkpoints; replies with its checkpoint id once committed).
+//! with checkpoints; replies with its checkpoint id once committed), and the
+//! dead-letter queue's admin routes under `/dlq` ([`DlqAccess`]; the operations are
+//! [`crate::dlq::workflow`]'s, shared with `tributary dlq`; docs/operations.md).
 //!
 //! Probes (Kubernetes' liveness and readiness):
 //! - `/livez`: 200 while the process serves and no pipeline has failed; 503 once one
@@ -17,9 +19,16 @@
 //! `state` (`connecting`, `up`, `retrying`) with, when retrying, `retrying_since`
 //! (RFC 3339), `retrying_for_s` and `last_error`.
 //!
-//! A deliberately small HTTP/1.1 responder on tokio (GET only, one request per
-//! connection, bounded request size and read time) so the binary does not carry a web
-//! framework for two read-only routes; the HTTP gateway work brings a real server.
+//! The `/dlq` routes that change dead letters (POST) need `Authorization: Bearer
+//! TOKEN` equal to `dlq.admin_token`: 401 when it is missing or wrong, 403 when no token
+//! is configured (changes over HTTP are then disabled). The actor is the
+//! `x-tributary-actor` header (default `admin-http`).
+//!
+//! A deliberately small HTTP/1.1 responder on tokio (one request per connection; a
+//! head of at most 8 KiB, a body of at most `content-length` ≤ 1 MiB, else 413; 5 s to
+//! read it) so the binary does not carry a web framework for a few routes; the HTTP
+//! gateway work brings a real server. [`Routes::handle`] answers a parsed [`Request`],
+//! so the routes are tested without a socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -241,7 +250,10 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match (b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push(h << 4 | l);
                     i += 2;
@@ -420,12 +432,20 @@ async fn dlq_operation(access: &DlqAccess, req: &Request) -> Result<Answer, DlqE
     let rest = req.path.trim_start_matches("/dlq").trim_start_matches('/');
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let pairs = query_pairs(&req.query);
-    let params = || parse_params(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())), now_ms());
+    let params = || {
+        parse_params(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            now_ms(),
+        )
+    };
     let changes = req.method == "POST";
     if changes {
         let bearer = req
             .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim);
         authorize(&access.admin_token, bearer, Unset::Closed)?;
     }
@@ -434,13 +454,7 @@ async fn dlq_operation(access: &DlqAccess, req: &Request) -> Result<Answer, DlqE
         .filter(|a| !a.trim().is_empty())
         .unwrap_or("admin-http")
         .to_string();
-    let method_not_allowed = || {
-        Ok((
-            "405 Method Not Allowed",
-            "text/plain",
-            ROUTES.to_string(),
-        ))
-    };
+    let method_not_allowed = || Ok(("405 Method Not Allowed", "text/plain", ROUTES.to_string()));
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", []) => {
             let p = params()?;
@@ -680,5 +694,250 @@ mod tests {
             answer("/readyz", true, false, vec!["p".into()], up()).0,
             "503 Service Unavailable"
         );
+    }
+
+    // ---- the /dlq routes, against a real local store ----
+
+    use crate::dlq::conformance::{letter, write_finished};
+    use crate::dlq::record::DeadLetter;
+
+    const TOKEN: &str = "s3cret";
+
+    /// A local store in `dir` holding `letters`, and the routes over it with `token`;
+    /// edits are checked against the pipelines of `dir/pipelines`.
+    async fn routes(dir: &std::path::Path, token: &str, letters: &[DeadLetter]) -> Routes {
+        let store: Store = Arc::new(crate::dlq::LocalStore::open(dir.join("dlq.sqlite")).unwrap());
+        if !letters.is_empty() {
+            write_finished(&store, letters).await;
+        }
+        let config = crate::pipeline::load_config(
+            None,
+            vec![],
+            &[format!(
+                "run.pipelines_dir={}",
+                dir.join("pipelines").display()
+            )],
+        )
+        .unwrap();
+        Routes {
+            metrics: None,
+            health: Arc::default(),
+            savepoints: Arc::default(),
+            dlq: Some(DlqAccess::new(
+                Box::new(move || Ok(store.clone())),
+                token.to_string(),
+                Arc::new(crate::cli::dlq::PipelineValidator::new(config)),
+            )),
+        }
+    }
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    const BEARER: (&str, &str) = ("authorization", "Bearer s3cret");
+
+    #[tokio::test]
+    async fn dlq_reads_are_open_and_changes_need_the_bearer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters: Vec<DeadLetter> = (0..3).map(letter).collect();
+        let r = routes(dir.path(), TOKEN, &letters).await;
+        let (status, ctype, body) = r.handle(&request("GET", "/dlq", &[], b"")).await;
+        assert_eq!((status, ctype), ("200 OK", "application/x-ndjson"));
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["id"], letters[0].id);
+        assert_eq!(lines[0]["failure_class"], "malformed");
+        let one = format!("/dlq/replay?ids={}", letters[0].id);
+        let (status, _, body) = r.handle(&request("POST", &one, &[], b"")).await;
+        assert_eq!(status, "401 Unauthorized", "{body}");
+        assert_eq!(json(&body)["code"], "DLQ005");
+        let wrong = [("authorization", "Bearer nope")];
+        let (status, _, body) = r.handle(&request("POST", &one, &wrong, b"")).await;
+        assert_eq!(status, "401 Unauthorized");
+        assert_eq!(json(&body)["error"], "the admin token is wrong");
+        let (status, _, body) = r
+            .handle(&request(
+                "POST",
+                &one,
+                &[BEARER, ("x-tributary-actor", "carol")],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["replayed"], 1);
+        let (_, _, body) = r
+            .handle(&request(
+                "GET",
+                &format!("/dlq/{}", letters[0].id),
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(json(&body)["status"], "replayed");
+        // A discard by filter, with its reason percent-encoded; the rest stay.
+        let (status, _, body) = r
+            .handle(&request(
+                "POST",
+                "/dlq/discard?status=pending&text=bad%20record%201&reason=known+bug",
+                &[BEARER],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["discarded"], 1);
+        let (_, _, body) = r
+            .handle(&request("GET", "/dlq/audit?limit=10", &[], b""))
+            .await;
+        let audit: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(audit.len(), 2, "{body}");
+        assert_eq!(audit[0]["action"], "discard");
+        assert_eq!(audit[0]["actor"], "admin-http");
+        assert_eq!(audit[0]["ids"][0], letters[1].id.as_str());
+        assert_eq!(audit[1]["action"], "replay");
+        assert_eq!(audit[1]["actor"], "carol");
+        let (_, _, body) = r.handle(&request("GET", "/dlq/stats", &[], b"")).await;
+        assert_eq!(json(&body)["pending"], 1);
+        for (target, status) in [
+            ("/dlq?class=nope", "400 Bad Request"),
+            ("/dlq/ffff", "404 Not Found"),
+        ] {
+            assert_eq!(r.handle(&request("GET", target, &[], b"")).await.0, status);
+        }
+        let (status, _, body) = r
+            .handle(&request("POST", "/dlq/discard?ids=x", &[BEARER], b""))
+            .await;
+        assert_eq!(status, "400 Bad Request");
+        assert!(body.contains("reason=TEXT is required"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn without_a_configured_token_dlq_changes_are_forbidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters = [letter(0)];
+        let r = routes(dir.path(), "", &letters).await;
+        for headers in [&[][..], &[BEARER][..]] {
+            let (status, _, body) = r
+                .handle(&request("POST", "/dlq/replay?status=pending", headers, b""))
+                .await;
+            assert_eq!(status, "403 Forbidden");
+            assert!(body.contains("no admin token is configured"), "{body}");
+        }
+        let (status, _, body) = r
+            .handle(&request(
+                "GET",
+                &format!("/dlq/{}", letters[0].id),
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK");
+        assert_eq!(json(&body)["status"], "pending", "nothing changed");
+    }
+
+    #[tokio::test]
+    async fn an_edit_over_http_is_checked_against_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "").unwrap();
+        std::fs::write(
+            dir.path().join("pipelines/shop.yaml"),
+            format!(
+                "name: shop\nsql: |\n  CREATE TABLE orders (order_id BIGINT NOT NULL, total DOUBLE CHECK (total >= 0))\n    WITH (connector = 'file', path = '{}', format = 'json');\n  CREATE TABLE out WITH (connector = 'stdout');\n  INSERT INTO out SELECT * FROM orders;\n",
+                input.display()
+            ),
+        )
+        .unwrap();
+        let l = DeadLetter {
+            pipeline: "shop".into(),
+            ..letter(0)
+        };
+        let r = routes(dir.path(), TOKEN, std::slice::from_ref(&l)).await;
+        let edit = format!("/dlq/{}/edit", l.id);
+        for (body, why) in [
+            (&b"{\"order_id\": 1, \"total\": "[..], "not valid JSON"),
+            (b"{\"order_id\": \"one\"}", "schema_mismatch"),
+            (
+                b"{\"order_id\": 1, \"total\": -2}",
+                "CHECK (total >= 0) failed",
+            ),
+        ] {
+            let (status, _, answer) = r.handle(&request("POST", &edit, &[BEARER], body)).await;
+            assert_eq!(status, "422 Unprocessable Entity", "{answer}");
+            assert_eq!(json(&answer)["code"], "DLQ004");
+            assert!(answer.contains(why), "{why}: {answer}");
+        }
+        let (status, _, answer) = r.handle(&request("POST", &edit, &[], b"{}")).await;
+        assert_eq!(status, "401 Unauthorized", "{answer}");
+        let good = b"{\"order_id\": 1, \"total\": 2.5}";
+        let (status, _, answer) = r.handle(&request("POST", &edit, &[BEARER], good)).await;
+        assert_eq!(status, "200 OK", "{answer}");
+        let (_, _, shown) = r
+            .handle(&request("GET", &format!("/dlq/{}", l.id), &[], b""))
+            .await;
+        let shown = json(&shown);
+        assert_eq!(shown["payload_decoded"]["total"], 2.5);
+        assert!(shown["original_payload"].is_string(), "{shown}");
+    }
+
+    /// Sends `raw` to the server and returns its answer's status line and body.
+    async fn exchange(addr: SocketAddr, raw: &[&[u8]]) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for part in raw {
+            s.write_all(part).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_server_reads_request_bodies_and_refuses_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = letter(0);
+        let r = routes(dir.path(), TOKEN, std::slice::from_ref(&l)).await;
+        let addr = serve("127.0.0.1:0", r).await.unwrap();
+        let (status, body) = exchange(addr, &[b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"]).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(json(&body)["status"], "ok");
+        let big = format!(
+            "POST /dlq/{}/edit HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n\r\n",
+            l.id,
+            MAX_BODY + 1
+        );
+        let (status, _) = exchange(addr, &[big.as_bytes()]).await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+        // A body sent after the head, in two parts, is read whole (here: refused by
+        // the validator because there is no pipeline `p`, which names it).
+        let body = b"{\"order_id\": 1}";
+        let head = format!(
+            "POST /dlq/{}/edit HTTP/1.1\r\nauthorization: Bearer s3cret\r\ncontent-length: {}\r\n\r\n",
+            l.id,
+            body.len()
+        );
+        let (status, answer) = exchange(addr, &[head.as_bytes(), &body[..5], &body[5..]]).await;
+        assert_eq!(status, "HTTP/1.1 422 Unprocessable Entity", "{answer}");
+        assert!(answer.contains("no pipeline named p"), "{answer}");
+        let (status, _) = exchange(addr, &[b"DELETE /dlq HTTP/1.1\r\n\r\n"]).await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     }
 }

@@ -20,7 +20,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::report;
 use crate::dlq::record::now_ms;
-use crate::dlq::store::{Page, Store};
+use crate::dlq::store::Store;
 use crate::dlq::workflow::{self, EditValidator, Params, Target, Unset, Workflow};
 use crate::dlq::{BadRecords, DeadLetter, DlqError, LocalStore};
 use crate::engine::NodeKind;
@@ -35,7 +35,12 @@ pub(crate) struct DlqArgs {
     actor: Option<String>,
     /// The admin token (dlq.admin_token) that replay, edit and discard need when one
     /// is configured.
-    #[arg(long, global = true, env = "TRIBUTARY_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// Where to find pipeline files by name, to check edited records (default:
     /// run.pipelines_dir).
@@ -46,6 +51,7 @@ pub(crate) struct DlqArgs {
 /// Which dead letters: every flag narrows.
 #[derive(Debug, Clone, Default, Args)]
 struct FilterArgs {
+    /// The pipeline's name.
     #[arg(long)]
     pipeline: Option<String>,
     /// The first part of the source's topic or table name (`orders` for
@@ -197,7 +203,9 @@ fn find_pipeline(config: &Config, name: &str) -> Result<crate::pipeline::LoadedP
         .map(|ext| dir.join(format!("{name}.{ext}")))
         .filter(|p| p.exists())
         .collect();
-    candidates.extend(discover(dir).map_err(|e| e.to_string())?);
+    if dir.is_dir() {
+        candidates.extend(discover(dir).map_err(|e| e.to_string())?);
+    }
     for path in candidates {
         if let Ok(loaded) = load_pipeline(&path, config)
             && loaded.name == name
@@ -224,7 +232,7 @@ pub(crate) async fn validate_record(
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Err(e) => return Err(format!("not valid JSON: {e}")),
         Ok(v) if !v.is_object() => {
-            return Err("a record is one JSON object".into());
+            return Err(format!("a record of table {table} is one JSON object"));
         }
         Ok(_) => {}
     }
@@ -248,16 +256,17 @@ pub(crate) async fn validate_record(
             .first()
             .map(|l| format!("{} ({})", l.message, l.failure_class.as_str()))
     };
+    let not_a_row = |why: String| format!("not a record of table {table}: {why}");
     let mut decoder =
         crate::formats::json::JsonDecoder::new(schema.clone()).map_err(|e| e.to_string())?;
     decoder.push(bytes, &mut bad);
     let batch = decoder.flush().map_err(|e| e.to_string())?;
     decoder.report_late(&mut bad);
     if let Some(why) = refusal(&bad) {
-        return Err(why);
+        return Err(not_a_row(why));
     }
     let Some(batch) = batch.filter(|b| b.num_rows() == 1) else {
-        return Err("the record does not decode as one row".into());
+        return Err(not_a_row("it does not decode as one row".into()));
     };
     let parsed = crate::planner::parse_sql(&loaded.sql).map_err(|e| e.to_string())?;
     let checks = parsed
@@ -343,7 +352,8 @@ pub(super) async fn dlq(config: &Config, args: DlqArgs) -> ExitCode {
 
 async fn execute(config: &Config, args: DlqArgs) -> Result<(), DlqError> {
     let actor = actor(args.actor.as_deref());
-    let authorize = || workflow::authorize(&config.dlq.admin_token, args.token.as_deref(), Unset::Open);
+    let authorize =
+        || workflow::authorize(&config.dlq.admin_token, args.token.as_deref(), Unset::Open);
     // Refuse a change before touching the store.
     if matches!(
         args.action,
@@ -361,9 +371,11 @@ async fn execute(config: &Config, args: DlqArgs) -> Result<(), DlqError> {
             limit,
             format,
         } => {
-            let params = filter.params(&[])?;
-            let page = Page { offset, limit };
-            let letters = flow.store().list(&params.filter, page).await?;
+            let (offset_s, limit_s) = (offset.to_string(), limit.to_string());
+            let mut pairs = filter.pairs();
+            pairs.extend([("offset", offset_s.as_str()), ("limit", limit_s.as_str())]);
+            let params = workflow::parse_params(pairs, now_ms())?;
+            let letters = flow.store().list(&params.filter, params.page).await?;
             match format {
                 TableOrJson::Json => {
                     for l in &letters {
@@ -393,7 +405,13 @@ async fn execute(config: &Config, args: DlqArgs) -> Result<(), DlqError> {
             match format {
                 TableOrJson::Json => println!("{summary}"),
                 TableOrJson::Table => {
-                    let mut t = vec![row(&["PIPELINE", "CLASS", "STATUS", "COUNT", "OLDEST (UTC)"])];
+                    let mut t = vec![row(&[
+                        "PIPELINE",
+                        "CLASS",
+                        "STATUS",
+                        "COUNT",
+                        "OLDEST (UTC)",
+                    ])];
                     for r in &rows {
                         t.push(vec![
                             r.pipeline.clone(),
@@ -486,8 +504,12 @@ async fn execute(config: &Config, args: DlqArgs) -> Result<(), DlqError> {
                             time(e.at),
                             e.actor.clone(),
                             e.action.clone(),
-                            e.ids.join(","),
-                            e.detail.clone(),
+                            match e.ids.as_slice() {
+                                [] => "-".into(),
+                                [one] => one.clone(),
+                                [first, rest @ ..] => format!("{first} +{} more", rest.len()),
+                            },
+                            truncate(&e.detail, 80),
                         ]);
                     }
                     print_table(&t);

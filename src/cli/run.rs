@@ -339,7 +339,7 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             dlq: Some(super::dlq::http_access(config)),
         };
         match crate::admin::serve(&config.admin.listen, routes).await {
-            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz /savepoint /dlq",
+            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz /dlq",
                 "admin endpoint: /metrics and /healthz"),
             Err(e) => {
                 eprintln!(

@@ -170,13 +170,17 @@ fn parse_ago(s: &str) -> Option<i64> {
         return None;
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return None;
         }
         let n: i64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "s" => 1_000,
             "m" | "min" => 60_000,
@@ -247,9 +251,7 @@ impl Target {
     /// must be `pending` (only pending records are replayed or discarded).
     pub fn from_params(p: &Params) -> Result<Self> {
         match (p.ids.is_empty(), p.filtered) {
-            (false, true) => Err(DlqError::BadRequest(
-                "give ids or filters, not both".into(),
-            )),
+            (false, true) => Err(DlqError::BadRequest("give ids or filters, not both".into())),
             (false, false) => Ok(Target::Ids(p.ids.clone())),
             (true, false) => Err(DlqError::BadRequest(
                 "name the dead letters: ids, or at least one filter (every pending record: \
@@ -346,7 +348,12 @@ impl Workflow {
     /// Replays `target`: its ids as given (the store refuses the lot when one is not
     /// replayable), or the replayable pending records of a filter. A dry run reads and
     /// counts, and changes nothing.
-    pub async fn replay(&self, target: &Target, actor: &str, dry_run: bool) -> Result<ReplayReport> {
+    pub async fn replay(
+        &self,
+        target: &Target,
+        actor: &str,
+        dry_run: bool,
+    ) -> Result<ReplayReport> {
         let mut report = ReplayReport {
             dry_run,
             ..ReplayReport::default()
@@ -397,9 +404,7 @@ impl Workflow {
         dry_run: bool,
     ) -> Result<DiscardReport> {
         if reason.trim().is_empty() {
-            return Err(DlqError::BadRequest(
-                "a discard needs a reason".into(),
-            ));
+            return Err(DlqError::BadRequest("a discard needs a reason".into()));
         }
         let (ids, selected): (Vec<String>, u64) = match target {
             Target::Ids(ids) => {
@@ -450,18 +455,18 @@ impl Workflow {
                 letter.status.as_str()
             )));
         }
-        let Some(table) = letter.source.table.as_deref() else {
+        if letter.source.table.is_none() {
             return Err(DlqError::InvalidEdit(format!(
                 "dead letter {id} has no source table (it is a row node {} produced, not \
                  one of the pipeline's input records), so it cannot be replayed: \
                  discard it instead",
                 letter.node
             )));
-        };
+        }
         validator
             .validate(&letter, &payload)
             .await
-            .map_err(|why| DlqError::InvalidEdit(format!("table {table}: {why}")))?;
+            .map_err(DlqError::InvalidEdit)?;
         self.store.edit(id, payload, actor).await
     }
 }
@@ -605,10 +610,18 @@ mod tests {
             Some(BadRecordReason::LookupMiss)
         );
         let e = parse(&[("status", "done")]).unwrap_err();
-        assert!(e.to_string().contains("pending, replayed, discarded"), "{e}");
+        assert!(
+            e.to_string().contains("pending, replayed, discarded"),
+            "{e}"
+        );
         let e = parse(&[("colour", "red")]).unwrap_err();
         assert!(e.to_string().starts_with("unknown parameter colour"), "{e}");
-        for (k, v) in [("limit", "0"), ("limit", "x"), ("offset", "-1"), ("dry_run", "maybe")] {
+        for (k, v) in [
+            ("limit", "0"),
+            ("limit", "x"),
+            ("offset", "-1"),
+            ("dry_run", "maybe"),
+        ] {
             assert_eq!(parse(&[(k, v)]).unwrap_err().code(), "DLQ006", "{k}={v}");
         }
     }
@@ -616,9 +629,18 @@ mod tests {
     #[test]
     fn targets_are_ids_or_filters_of_pending_records() {
         let t = |pairs: &[(&str, &str)]| Target::from_params(&parse(pairs).unwrap());
-        assert_eq!(t(&[("ids", "a,b")]).unwrap(), Target::Ids(vec!["a".into(), "b".into()]));
-        assert!(matches!(t(&[("class", "late")]).unwrap(), Target::Filter(_)));
-        assert!(matches!(t(&[("status", "pending")]).unwrap(), Target::Filter(_)));
+        assert_eq!(
+            t(&[("ids", "a,b")]).unwrap(),
+            Target::Ids(vec!["a".into(), "b".into()])
+        );
+        assert!(matches!(
+            t(&[("class", "late")]).unwrap(),
+            Target::Filter(_)
+        ));
+        assert!(matches!(
+            t(&[("status", "pending")]).unwrap(),
+            Target::Filter(_)
+        ));
         for refused in [
             &[][..],
             &[("ids", "a"), ("class", "late")],
@@ -634,14 +656,19 @@ mod tests {
         assert!(authorize("", Some("anything"), Unset::Open).is_ok());
         let e = authorize("", Some("s3cret"), Unset::Closed).unwrap_err();
         assert_eq!(e.code(), "DLQ005");
-        assert!(e.to_string().contains("no admin token is configured"), "{e}");
+        assert!(
+            e.to_string().contains("no admin token is configured"),
+            "{e}"
+        );
         for unset in [Unset::Open, Unset::Closed] {
             assert!(authorize("s3cret", Some("s3cret"), unset).is_ok());
             let missing = authorize("s3cret", None, unset).unwrap_err();
             assert_eq!(missing.code(), "DLQ005");
             assert!(missing.to_string().contains("needs the admin token"));
             assert_eq!(
-                authorize("s3cret", Some(""), unset).unwrap_err().to_string(),
+                authorize("s3cret", Some(""), unset)
+                    .unwrap_err()
+                    .to_string(),
                 missing.to_string()
             );
             for wrong in ["s3cre", "s3cret ", "S3CRET"] {
@@ -686,6 +713,9 @@ mod tests {
         assert_eq!(v["pending"], 3);
         assert_eq!(v["oldest_pending"], NOW - 120_000);
         assert_eq!(v["oldest_pending_age_s"], 120);
-        assert_eq!(stats_json(&[], NOW)["oldest_pending"], serde_json::Value::Null);
+        assert_eq!(
+            stats_json(&[], NOW)["oldest_pending"],
+            serde_json::Value::Null
+        );
     }
 }
