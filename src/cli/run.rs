@@ -322,6 +322,20 @@ async fn stop_on_signals(
     }
 }
 
+/// Sends `graph`'s dead letters to the configured store (`[dlq]`) and, with the local
+/// store, gives its source tables their replay inboxes.
+fn route_dead_letters(config: &Config, graph: &mut crate::engine::Graph) -> crate::Result<()> {
+    let store = crate::dlq::local::LocalStore::open(&config.dlq.path)?;
+    graph.dead_letters = Some(crate::dlq::DeadLetterStore::sink(&store, &graph.pipeline)?);
+    if config.dlq.store == crate::pipeline::DlqStoreKind::Local {
+        crate::connectors::replay_inbox::add_replay_inboxes(
+            graph,
+            std::path::Path::new(&config.dlq.path),
+        )?;
+    }
+    Ok(())
+}
+
 pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> ExitCode {
     let Some(all) = plan_all(config, args).await else {
         return ExitCode::from(2);
@@ -354,7 +368,11 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     let mut view = Progress::new(progress);
     let mut sink_names: Vec<(String, Vec<String>)> = Vec::new();
     let mut source_names: Vec<(String, Vec<String>)> = Vec::new();
-    for (loaded, planned) in all {
+    for (loaded, mut planned) in all {
+        if let Err(e) = route_dead_letters(config, &mut planned.graph) {
+            report(&e);
+            return ExitCode::from(2);
+        }
         let kinds: Vec<bool> = planned
             .graph
             .nodes

@@ -742,6 +742,11 @@ impl JsonLines {
                 path: &self.path,
                 line: self.line_no,
             };
+            let at = bad.origin_mut();
+            if at.file.is_none() {
+                at.file = Some(self.path.display().to_string());
+            }
+            at.line = Some(self.line_no as i64);
             match read {
                 Line::End => self.done = true,
                 Line::TooLong(len) => {
@@ -767,6 +772,8 @@ impl JsonLines {
             }
         }
         let batch = self.decoder.flush()?;
+        // Records refused while flushing name their line in their message.
+        bad.origin_mut().line = None;
         self.decoder.report_late(bad);
         Ok(batch)
     }

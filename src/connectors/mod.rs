@@ -19,6 +19,7 @@ pub mod json_lines;
 pub mod kafka;
 pub mod memory;
 pub mod parquet_sink;
+pub mod replay_inbox;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;

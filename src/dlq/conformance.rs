@@ -20,11 +20,20 @@ use super::store::{DlqError, Filter, Page, ReplayOutcome, StatsRow, Store};
 use crate::engine::{Sink, TaskInfo};
 
 /// Defines one `#[tokio::test]` per property in the calling module. `$new_store` is
-/// evaluated once per test and gives `(guard, store)`: a fresh, empty store and what
-/// must live as long as it (a temporary directory).
+/// evaluated once per test, inside the test's async body (it may `.await`), and gives
+/// `(guard, store)`: a fresh, empty store and what must live as long as it (a
+/// temporary directory). `multi_thread;` before it runs the tests on a multi-threaded
+/// runtime, for stores whose sink blocks in place (the Kafka sink's transactions).
 macro_rules! conformance_tests {
+    (multi_thread; $new_store:expr) => {
+        $crate::dlq::conformance::conformance_tests!(@list
+            [tokio::test(flavor = "multi_thread", worker_threads = 2)] $new_store);
+    };
     ($new_store:expr) => {
-        $crate::dlq::conformance::conformance_tests!(@each $new_store;
+        $crate::dlq::conformance::conformance_tests!(@list [tokio::test] $new_store);
+    };
+    (@list [$attr:meta] $new_store:expr) => {
+        $crate::dlq::conformance::conformance_tests!(@each [$attr] $new_store;
             sink_without_checkpoints_lists_what_it_wrote,
             two_phase_restore_keeps_only_the_restored_checkpoint,
             two_phase_restore_commits_a_pre_committed_checkpoint,
@@ -39,9 +48,9 @@ macro_rules! conformance_tests {
             audit_is_newest_first_and_limited
         );
     };
-    (@each $new_store:expr; $($name:ident),*) => {
+    (@each [$attr:meta] $new_store:expr; $($name:ident),*) => {
         $(
-            #[tokio::test]
+            #[$attr]
             async fn $name() {
                 let (_guard, store) = $new_store;
                 $crate::dlq::conformance::$name(store).await;

@@ -247,6 +247,12 @@ impl BadRecords {
         });
     }
 
+    /// Whether a report keeps the record (the `dead-letter` policy with a dead-letter
+    /// sink): callers may skip preparing a payload otherwise.
+    pub fn keeps_rows(&self) -> bool {
+        self.policy == ErrorPolicy::DeadLetter && self.routed
+    }
+
     /// Reports row `row` of `batch` (a decoded row an operator refused), kept as a
     /// JSON object.
     pub fn report_row(
@@ -258,7 +264,9 @@ impl BadRecords {
         event_time: Option<i64>,
     ) {
         let mut raw = Vec::new();
-        if crate::formats::json::encode_json_lines(&batch.slice(row, 1), &mut raw).is_err() {
+        if self.keeps_rows()
+            && crate::formats::json::encode_json_lines(&batch.slice(row, 1), &mut raw).is_err()
+        {
             raw.clear();
         }
         while raw.last() == Some(&b'\n') {

@@ -77,6 +77,7 @@ impl Status {
 /// Where the record came from. Which fields are set depends on the source: a Kafka
 /// topic, partition, offset, key and headers; a file and line; a generator position.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Origin {
     /// The pipeline's source table the payload can be replayed into; `None` when the
     /// payload is not one of its records (a row an operator produced).

@@ -39,6 +39,12 @@ pub struct NodeSpec {
     pub side_outputs: Vec<(String, SchemaRef)>,
     /// Its error policy, when it differs from the graph's (a table's own).
     pub on_error: Option<crate::dlq::ErrorPolicy>,
+    /// Sources only: its rows hold no watermark back downstream (a replay inbox).
+    pub passive: bool,
+    /// Which of the node's inputs each graph input feeds, by input position; missing
+    /// entries feed their own position. A replay inbox joins the input of the table
+    /// it replays into (see [`Graph::add_replay_source`]).
+    pub input_sides: Vec<usize>,
     /// The source table whose records, as read, this node's tasks see: set on a
     /// table's source node, inherited by the nodes reading it directly. Their dead
     /// letters can be replayed into that table.
@@ -49,6 +55,11 @@ impl NodeSpec {
     /// The output of input `i` this node reads.
     pub fn port_of(&self, i: usize) -> usize {
         self.input_ports.get(i).copied().unwrap_or(0)
+    }
+
+    /// The node input (its side, for a join) graph input `i` feeds.
+    pub fn side_of(&self, i: usize) -> usize {
+        self.input_sides.get(i).copied().unwrap_or(i)
     }
 }
 
@@ -117,6 +128,8 @@ impl Graph {
             input_ports: vec![],
             side_outputs: vec![],
             on_error: None,
+            passive: false,
+            input_sides: vec![],
             replay_table: None,
         })
     }
@@ -141,6 +154,8 @@ impl Graph {
             event_time: None,
             input_ports: vec![],
             on_error: None,
+            passive: false,
+            input_sides: vec![],
             replay_table: None,
         })
     }
@@ -167,6 +182,8 @@ impl Graph {
             input_ports: vec![],
             side_outputs: vec![],
             on_error: None,
+            passive: false,
+            input_sides: vec![],
             replay_table: None,
         })
     }
@@ -204,6 +221,8 @@ impl Graph {
             input_ports: vec![port],
             side_outputs: vec![],
             on_error: None,
+            passive: false,
+            input_sides: vec![],
             replay_table: None,
         }))
     }
@@ -326,9 +345,16 @@ impl Graph {
                     .is_some_and(|f| f.name() == super::OP_COLUMN)
             })
             .collect();
+        let sources: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| matches!(n.kind, NodeKind::Source(_)))
+            .collect();
         for (id, node) in self.nodes.iter_mut().enumerate() {
             for (input, partitioning) in node.inputs.iter_mut() {
-                if *input >= id {
+                // A source reads nothing, so it may come anywhere (a replay inbox is
+                // added after the nodes that read it).
+                if *input >= id && !sources.get(*input).copied().unwrap_or(false) {
                     return Err(EngineError::Graph(format!(
                         "{} reads from a node defined after it",
                         node.name
@@ -354,13 +380,22 @@ impl Graph {
             if self.nodes[id].replay_table.is_some() {
                 continue;
             }
-            let inherited = match self.nodes[id].inputs.as_slice() {
-                [(input, _)] if matches!(self.nodes[id].kind, NodeKind::Operator(_)) => {
-                    let up = &self.nodes[*input];
-                    match up.kind {
-                        NodeKind::Source(_) => up.replay_table.clone(),
-                        _ => None,
-                    }
+            // An operator reading only the sources of one table sees its records.
+            let node = &self.nodes[id];
+            let mut tables = node.inputs.iter().map(|(input, _)| {
+                let up = &self.nodes[*input];
+                match up.kind {
+                    NodeKind::Source(_) => up.replay_table.clone(),
+                    _ => None,
+                }
+            });
+            let first = tables.next().flatten();
+            let inherited = match first {
+                Some(t)
+                    if matches!(node.kind, NodeKind::Operator(_))
+                        && tables.all(|o| o.as_deref() == Some(t.as_str())) =>
+                {
+                    Some(t)
                 }
                 _ => None,
             };
@@ -381,8 +416,62 @@ impl Graph {
             input_ports: vec![DEAD_LETTER_PORT; n],
             side_outputs: vec![],
             on_error: Some(crate::dlq::ErrorPolicy::Fail),
+            passive: false,
+            input_sides: vec![],
             replay_table: None,
         });
+    }
+
+    /// Adds `factory` as a second source of the table `source` reads (its replay
+    /// inbox): every node reading `source`'s main output reads the new node too, as
+    /// the same input (side) and with the same partitioning. Returns its id.
+    pub fn add_replay_source(
+        &mut self,
+        source: NodeId,
+        factory: Arc<dyn SourceFactory>,
+    ) -> Result<NodeId> {
+        let spec = self.node(source)?.clone();
+        if !same_fields(&factory.schema(), &spec.schema) {
+            return Err(EngineError::Graph(format!(
+                "{}: a replay source must have the table's columns {}; it has {}",
+                spec.name,
+                fields(&spec.schema),
+                fields(&factory.schema())
+            ))
+            .into());
+        }
+        let id = self.push(NodeSpec {
+            name: format!("{}_replay", spec.name),
+            kind: NodeKind::Source(factory),
+            parallelism: 1,
+            inputs: vec![],
+            schema: spec.schema.clone(),
+            event_time: None,
+            input_ports: vec![],
+            side_outputs: vec![],
+            on_error: spec.on_error,
+            passive: true,
+            input_sides: vec![],
+            replay_table: spec.replay_table.clone(),
+        });
+        for node in self.nodes.iter_mut().take(id) {
+            let readers: Vec<(usize, Partitioning)> = node
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(i, (input, _))| *input == source && node.port_of(*i) == 0)
+                .map(|(i, (_, p))| (i, p.clone()))
+                .collect();
+            for (side, partitioning) in readers {
+                let n = node.inputs.len();
+                node.input_ports.resize(n, 0);
+                node.input_sides = (0..n).map(|i| node.side_of(i)).collect();
+                node.inputs.push((id, partitioning));
+                node.input_ports.push(0);
+                node.input_sides.push(side);
+            }
+        }
+        Ok(id)
     }
 
     /// The ids of the nodes reading from `id`.

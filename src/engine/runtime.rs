@@ -200,6 +200,12 @@ impl Runtime {
             .iter()
             .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
             .collect();
+        // passive[node][partition] = per receiver: whether it holds no watermark back.
+        let mut passive: Vec<Vec<Vec<bool>>> = graph
+            .nodes
+            .iter()
+            .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
+            .collect();
         // outputs[node][partition] = the senders of each downstream edge.
         let mut outputs: Vec<Vec<Vec<Output>>> = graph
             .nodes
@@ -222,7 +228,8 @@ impl Runtime {
                     for d in targets {
                         let (tx, rx) = mpsc::channel(cap);
                         senders.push(tx);
-                        receivers[id][d].push((side, rx));
+                        receivers[id][d].push((node.side_of(side), rx));
+                        passive[id][d].push(up.passive);
                     }
                     up_outputs.push(
                         Output::new(partitioning.clone(), senders, fill.clone(), cap, u)
@@ -284,6 +291,7 @@ impl Runtime {
                     out.generate_watermarks(column, et.delay, graph.idle_timeout);
                 }
                 let inputs = std::mem::take(&mut receivers[id][p]);
+                let passive_inputs = std::mem::take(&mut passive[id][p]);
                 let stats = node_stats.clone();
                 let checkpoints = coordinator.as_ref().map(|c| c.task(&node.name, p));
                 match &node.kind {
@@ -325,7 +333,7 @@ impl Runtime {
                         };
                         let idle = graph.idle_timeout;
                         spawn(&mut tasks, task, async move {
-                            run_operator(env, f.as_ref(), inputs, out, idle).await
+                            run_operator(env, f.as_ref(), inputs, passive_inputs, out, idle).await
                         });
                     }
                     NodeKind::Sink(f) => {
@@ -670,6 +678,7 @@ async fn run_operator(
     env: TaskEnv,
     factory: &dyn super::OperatorFactory,
     inputs: Inputs,
+    passive: Vec<bool>,
     mut out: Collector,
     idle_timeout: Option<Duration>,
 ) -> Result<()> {
@@ -692,6 +701,9 @@ async fn run_operator(
     let latency = m::processing_latency(&task.pipeline, &task.node);
     let watermark_gauge = m::watermark(&task.pipeline, &task.node);
     let mut watermarks = InputWatermarks::new(inputs.len(), idle_timeout);
+    for (i, _) in passive.iter().enumerate().filter(|(_, p)| **p) {
+        watermarks.set_passive(i);
+    }
     let sides: Vec<usize> = inputs.iter().map(|(side, _)| *side).collect();
     let mut input = merge(inputs, alignment.gate());
     // Idleness is re-evaluated on a timer; without a timeout the timer never fires.

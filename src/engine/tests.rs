@@ -371,3 +371,134 @@ fn forward_between_different_parallelism_becomes_round_robin() {
     assert_eq!(g.nodes[id].inputs[0].1, Partitioning::RoundRobin);
     assert!(g.explain().contains("sink out [parallelism 3]"));
 }
+
+/// Emits `batches` batches of two rows and reports one bad record per batch, through
+/// the source's handle and (for the second half) through a clone of it, as a decoding
+/// worker would.
+struct BadEvery {
+    batches: i64,
+}
+
+#[async_trait]
+impl Source for BadEvery {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let mut worker = ctx.bad_records.clone();
+        for b in 0..self.batches {
+            let bad = if b % 2 == 0 {
+                &mut ctx.bad_records
+            } else {
+                &mut worker
+            };
+            bad.origin_mut().offset = Some(b);
+            bad.report(
+                crate::dlq::BadRecordReason::Malformed,
+                &format!("bad {b}"),
+                format!("{{broken {b}").as_bytes(),
+            );
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(Int64Array::from(vec![b, b])),
+                    Arc::new(Int64Array::from(vec![2 * b, 2 * b + 1])),
+                ],
+            )
+            .unwrap();
+            ctx.out.emit(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+struct BadEveryFactory(i64);
+
+impl SourceFactory for BadEveryFactory {
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+    fn bounded(&self) -> bool {
+        true
+    }
+    fn describe(&self) -> String {
+        "bad every batch".into()
+    }
+    fn create(&self, _task: &TaskInfo) -> Result<Box<dyn Source>> {
+        Ok(Box::new(BadEvery { batches: self.0 }))
+    }
+}
+
+fn dead_letter_graph(
+    policy: crate::dlq::ErrorPolicy,
+) -> (
+    Graph,
+    crate::connectors::memory::MemorySink,
+    crate::connectors::memory::MemorySink,
+) {
+    let mut graph = Graph::new("dlq");
+    let src = graph.add_source("orders", Arc::new(BadEveryFactory(10)), 1);
+    graph.nodes[src].replay_table = Some("orders".into());
+    let out = crate::connectors::memory::MemorySink::new();
+    let letters = crate::connectors::memory::MemorySink::new();
+    graph
+        .add_sink("out", Arc::new(out.clone()), 1, src, Partitioning::Forward)
+        .unwrap();
+    graph.errors = policy;
+    graph.dead_letters = Some(Arc::new(letters.clone()));
+    (graph, out, letters)
+}
+
+#[tokio::test]
+async fn bad_records_reach_the_dead_letter_sink_once_each_and_good_rows_go_on() {
+    let (graph, out, letters) = dead_letter_graph(crate::dlq::ErrorPolicy::DeadLetter);
+    let report = Runtime::run(graph, RuntimeSettings::default(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.bad_records, 10);
+    let rows: usize = out.batches().iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 20, "every good row is written");
+    let mut got: Vec<crate::dlq::DeadLetter> = letters
+        .batches()
+        .iter()
+        .flat_map(|b| crate::dlq::record::from_batch(b).unwrap())
+        .collect();
+    got.sort_by_key(|l| l.source.offset);
+    assert_eq!(got.len(), 10, "one dead letter per bad record");
+    for (b, l) in got.iter().enumerate() {
+        assert_eq!(l.payload, format!("{{broken {b}").into_bytes());
+        assert_eq!(l.message, format!("bad {b}"));
+        assert_eq!(l.source.offset, Some(b as i64));
+        assert_eq!(l.source.table.as_deref(), Some("orders"));
+        assert_eq!((l.pipeline.as_str(), l.node.as_str()), ("dlq", "orders"));
+        assert_eq!(l.failure_class, crate::dlq::BadRecordReason::Malformed);
+        assert_eq!((l.attempts, l.status), (1, crate::dlq::Status::Pending));
+    }
+    let ids: std::collections::BTreeSet<_> = got.iter().map(|l| l.id.clone()).collect();
+    assert_eq!(ids.len(), 10, "ids are unique");
+}
+
+#[tokio::test]
+async fn the_fail_policy_stops_the_pipeline_naming_the_bad_record() {
+    let (graph, _, letters) = dead_letter_graph(crate::dlq::ErrorPolicy::Fail);
+    let err = Runtime::run(graph, RuntimeSettings::default(), std::future::pending())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("bad 0") && text.contains("malformed"),
+        "{text}"
+    );
+    assert!(letters.batches().is_empty());
+}
+
+#[tokio::test]
+async fn the_drop_policy_counts_and_keeps_nothing() {
+    let (graph, out, letters) = dead_letter_graph(crate::dlq::ErrorPolicy::Drop);
+    let report = Runtime::run(graph, RuntimeSettings::default(), std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.bad_records, 10);
+    assert!(letters.batches().is_empty());
+    assert_eq!(
+        out.batches().iter().map(|b| b.num_rows()).sum::<usize>(),
+        20
+    );
+}

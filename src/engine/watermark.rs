@@ -195,6 +195,8 @@ pub(crate) struct InputWatermarks {
 struct InputState {
     watermark: i64,
     ended: bool,
+    /// Holds no watermark back (a replay inbox, whose records are late by nature).
+    passive: bool,
     last_activity: Instant,
 }
 
@@ -205,6 +207,7 @@ impl InputWatermarks {
                 InputState {
                     watermark: Watermark::START,
                     ended: false,
+                    passive: false,
                     last_activity: Instant::now(),
                 };
                 inputs
@@ -212,6 +215,12 @@ impl InputWatermarks {
             idle_timeout,
             current: Watermark::START,
         }
+    }
+
+    /// Input `input` holds no watermark back and never moves it (see
+    /// `Graph::add_replay_source`).
+    pub(crate) fn set_passive(&mut self, input: usize) {
+        self.inputs[input].passive = true;
     }
 
     pub(crate) fn current(&self) -> i64 {
@@ -242,6 +251,7 @@ impl InputWatermarks {
         let active: Vec<i64> = self
             .inputs
             .iter()
+            .filter(|s| !s.passive)
             .filter(|s| {
                 s.ended
                     || self
@@ -254,7 +264,12 @@ impl InputWatermarks {
         // the furthest any input has promised (as Flink's watermark valve does).
         let candidate = match active.into_iter().min() {
             Some(min) => min,
-            None => self.inputs.iter().map(|s| s.watermark).max()?,
+            None => self
+                .inputs
+                .iter()
+                .filter(|s| !s.passive)
+                .map(|s| s.watermark)
+                .max()?,
         };
         if candidate > self.current {
             self.current = candidate;

@@ -487,15 +487,15 @@ impl IntervalJoinOperator {
         let mut probe: Vec<u32> = Vec::new();
         let mut matched: Vec<(u64, u32)> = Vec::new();
         let mut keep: Vec<(u32, Box<[u8]>)> = Vec::new();
-        let (mut late, mut null_times) = (0u64, 0u64);
+        let (mut late, mut null_times): (Vec<(u32, i64)>, Vec<u32>) = (vec![], vec![]);
         let mut max_time = i64::MIN;
         for i in 0..batch.num_rows() {
             let Some(t) = times.is_valid(i).then(|| times.value(i) - shift) else {
-                null_times += 1;
+                null_times.push(i as u32);
                 continue;
             };
             if t < self.table.watermark() {
-                late += 1;
+                late.push((i as u32, t));
                 continue;
             }
             if null_key(i) {
@@ -522,9 +522,10 @@ impl IntervalJoinOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            late,
-            "older than the join's watermark",
-            null_times,
+            &batch,
+            &late,
+            &|_| "older than the join's watermark".to_string(),
+            &null_times,
         );
         if !probe.is_empty() {
             let joined = self.pairs(side, &batch, probe, &matched)?;

@@ -17,27 +17,45 @@ impl LateRows {
         }
     }
 
-    /// Accounts for the rows of a batch that cannot be placed: `late` ones (`why`:
-    /// the reason, for the log) and ones with a NULL event time (bad records).
+    /// Accounts for the rows of `batch` that cannot be placed: `late` ones (row, event
+    /// time; `why(t)`: what the row missed, for the log and its dead letter) and ones
+    /// with a NULL event time (bad records, class `processing`). Under the
+    /// `dead-letter` policy each late row becomes a dead letter (class `late`); under
+    /// the others it is counted and dropped as late.
     pub(crate) fn report(
         &mut self,
         task: &TaskInfo,
         out: &mut Collector,
         watermark: i64,
-        late: u64,
-        why: &str,
-        null_times: u64,
+        batch: &arrow::array::RecordBatch,
+        late: &[(u32, i64)],
+        why: &dyn Fn(i64) -> String,
+        null_times: &[u32],
     ) {
-        if late > 0 {
-            self.note(task, late, watermark, why);
+        if !late.is_empty() {
+            if out.bad_records().keeps_rows() {
+                for &(row, t) in late {
+                    let message = format!("late: {}; watermark {watermark} ms", why(t));
+                    out.bad_records().report_row(
+                        crate::dlq::BadRecordReason::Late,
+                        &message,
+                        batch,
+                        row as usize,
+                        Some(t),
+                    );
+                }
+                self.counter.increment(late.len() as u64);
+            } else {
+                self.note(task, late.len() as u64, watermark, &why(late[0].1));
+            }
         }
-        if null_times > 0 {
-            out.bad_records().report(
+        for &row in null_times {
+            out.bad_records().report_row(
                 crate::dlq::BadRecordReason::Processing,
-                &format!(
-                    "{null_times} row(s) with a NULL event time: they have no place in event time"
-                ),
-                &[],
+                "a NULL event time: the row has no place in event time",
+                batch,
+                row as usize,
+                None,
             );
         }
     }

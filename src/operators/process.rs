@@ -30,6 +30,7 @@ use arrow::row::OwnedRow;
 use async_trait::async_trait;
 use datafusion::common::ScalarValue;
 
+use crate::dlq::BadRecordReason;
 use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
 use crate::state::keyed::{KeyCodec, KeyedTable, NoFields};
 
@@ -76,6 +77,8 @@ pub struct ProcessContext<'a> {
     watermark: i64,
     /// Rows emitted by the call, with their output (0 main, `i` side output `i`).
     emitted: &'a mut Vec<(usize, Vec<ScalarValue>)>,
+    /// Input rows the call refused (`dead_letter`): (row of the batch, reason).
+    rejected: Vec<(usize, String)>,
     timers: &'a mut Vec<Timer>,
     clear: bool,
     side_outputs: &'a [(String, SchemaRef)],
@@ -116,6 +119,7 @@ impl<'a> ProcessContext<'a> {
             key,
             watermark,
             emitted,
+            rejected: Vec::new(),
             timers,
             clear: false,
             side_outputs,
@@ -135,6 +139,14 @@ impl<'a> ProcessContext<'a> {
     /// Emits one output row: one value per column of the output schema, in order.
     pub fn emit(&mut self, row: Vec<ScalarValue>) {
         self.emitted.push((0, row));
+    }
+
+    /// Refuses `row`, the row being processed: it goes to the dead-letter queue (class
+    /// `rejected`, with `reason`, e.g. an impossible order transition) under the
+    /// pipeline's error policy, and the rest of the batch goes on. The function should
+    /// leave its state as if the row had not come.
+    pub fn dead_letter(&mut self, row: &Row<'_>, reason: impl Into<String>) {
+        self.rejected.push((row.index, reason.into()));
     }
 
     /// Emits one row to the side output `name` (declared with
@@ -469,6 +481,10 @@ impl<F: KeyedProcessFunction> Operator for ProcessOperator<F> {
                 &mut entry.state,
                 &mut ctx,
             )?;
+            for (row, reason) in std::mem::take(&mut ctx.rejected) {
+                out.bad_records()
+                    .report_row(BadRecordReason::Rejected, &reason, &batch, row, None);
+            }
             let clear = ctx.clear;
             self.settle(&key, timers, clear);
         }

@@ -222,16 +222,16 @@ impl Operator for RankOperator {
         let rows = self.codec.encode(&keys)?;
         let id = self.next_batch;
         let mut waiting = 0;
-        let mut late = 0u64;
-        let mut null_times = 0u64;
+        let mut late: Vec<(u32, i64)> = Vec::new();
+        let mut null_times: Vec<u32> = Vec::new();
         for i in 0..batch.num_rows() {
             if times.is_null(i) {
-                null_times += 1;
+                null_times.push(i as u32);
                 continue;
             }
             let ts = times.value(i);
             if ts < self.table.watermark() {
-                late += 1;
+                late.push((i as u32, ts));
                 continue;
             }
             self.pending.insert(
@@ -245,9 +245,10 @@ impl Operator for RankOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            late,
-            "older than the watermark, they cannot be ranked",
-            null_times,
+            &batch,
+            &late,
+            &|_| "older than the watermark, it cannot be ranked".to_string(),
+            &null_times,
         );
         if waiting > 0 {
             self.buffered_bytes += batch.get_array_memory_size();

@@ -242,10 +242,10 @@ impl Operator for SessionAggOperator {
         };
         // Rows by key, then by time within a key.
         let mut per_key: HashMap<&[u8], Vec<u32>> = HashMap::new();
-        let mut null_times = 0u64;
+        let mut null_times: Vec<u32> = Vec::new();
         for i in 0..batch.num_rows() {
             if times.is_null(i) {
-                null_times += 1;
+                null_times.push(i as u32);
                 continue;
             }
             let key: &[u8] = match &rows {
@@ -258,9 +258,10 @@ impl Operator for SessionAggOperator {
             self.table.task(),
             out,
             self.table.watermark(),
-            0,
-            "",
-            null_times,
+            &batch,
+            &[],
+            &|_| String::new(),
+            &null_times,
         );
         let mut work: Vec<(Box<[u8]>, i64, i64, Vec<u32>)> = Vec::new();
         for (key, mut idx) in per_key {

@@ -202,7 +202,7 @@ impl SqlOperator {
         Ok(out)
     }
 
-    /// Under the `drop` policy: finds the rows that make evaluation fail by halving the
+    /// Under the `dead-letter` and `drop` policies: finds the rows that make evaluation fail by halving the
     /// batch, reports each of them, and emits the results of all the others.
     async fn isolate(
         &self,
@@ -215,10 +215,13 @@ impl SqlOperator {
             match self.eval(b.clone()).await {
                 Ok(results) => self.emit(results, op, out).await?,
                 Err(e) if b.num_rows() <= 1 => {
-                    let mut raw = Vec::new();
-                    let _ = crate::formats::json::encode_json_lines(&b, &mut raw);
-                    out.bad_records()
-                        .report(BadRecordReason::Processing, &e.to_string(), &raw);
+                    out.bad_records().report_row(
+                        BadRecordReason::Processing,
+                        &e.to_string(),
+                        &b,
+                        0,
+                        None,
+                    );
                 }
                 Err(_) => {
                     let half = b.num_rows() / 2;
@@ -242,7 +245,7 @@ impl Operator for SqlOperator {
             }
             None => (batch, None),
         };
-        let input = (self.on_error == ErrorPolicy::Drop).then(|| batch.clone());
+        let input = (self.on_error != ErrorPolicy::Fail).then(|| batch.clone());
         match self.eval(batch).await {
             Ok(results) => self.emit(results, op.as_ref(), out).await,
             Err(_) if input.is_some() => {

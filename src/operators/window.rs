@@ -728,15 +728,15 @@ impl Operator for WindowAggOperator {
         let times = event_times_ms(times.as_ref())?;
         // Rows of each window, by window start.
         let mut by_window: HashMap<i64, Vec<u32>> = HashMap::new();
-        let mut late = 0u64;
-        let mut null_times = 0u64;
+        let mut late: Vec<(u32, i64)> = Vec::new();
+        let mut null_times: Vec<u32> = Vec::new();
         let width = self.spec.width();
         let watermark = self.table.watermark();
         // A window takes rows until the watermark passes its end plus the lateness.
         let open_until = width.saturating_add(self.allowed_lateness);
         for (row, t) in times.iter().enumerate() {
             let Some(t) = t else {
-                null_times += 1;
+                null_times.push(row as u32);
                 continue;
             };
             let mut placed = false;
@@ -749,17 +749,28 @@ impl Operator for WindowAggOperator {
                 }
             });
             if any && !placed {
-                late += 1;
+                late.push((row as u32, t));
             }
         }
-        self.late.report(
-            self.table.task(),
-            out,
-            watermark,
-            late,
-            "their window was already emitted",
-            null_times,
-        );
+        if !late.is_empty() || !null_times.is_empty() {
+            let spec = &self.spec;
+            let why = |t: i64| {
+                let mut missed = Vec::new();
+                spec.starts(t, |start| {
+                    missed.push(format!("[{start}, {})", start + width))
+                });
+                format!("its window {} (ms) was already emitted", missed.join(", "))
+            };
+            self.late.report(
+                self.table.task(),
+                out,
+                watermark,
+                &batch,
+                &late,
+                &why,
+                &null_times,
+            );
+        }
         if by_window.is_empty() {
             return Ok(());
         }

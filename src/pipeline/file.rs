@@ -6,9 +6,11 @@
 //! parallelism: 2                # default from configuration
 //! batch: { size: 8192, flush_interval: 100ms }
 //! channel_capacity: 8           # batches per channel between two tasks
-//! errors:
-//!   on_bad_record: drop         # undecodable input (the dead-letter work adds dead-letter)
-//!   on_processing_error: fail   # a row SQL cannot evaluate: fail | drop
+//! errors:                      # dead-letter (default) | drop | fail
+//!   policy: dead-letter         # every failure class
+//!   on_bad_record: drop         # sources' classes: malformed, schema_mismatch, constraint
+//!   on_processing_error: fail   # operators' and sinks' classes: processing, late, …
+//!   tables: { orders: fail }    # a table's own (its source, or its sink's refusals)
 //! state: { memory_limit: 1GB, ttl: 1h }  # per task of a stateful operator; key TTL (dedup)
 //! windows: { allowed_lateness: 30s }      # late rows update emitted windows (a changelog)
 //! connectors:                   # per-table options, added to / overriding WITH (…)
@@ -118,18 +120,20 @@ pub struct BatchFile {
     pub flush_interval: Option<String>,
 }
 
-/// Until the dead-letter work lands, undecodable records can only be dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BadRecordPolicy {
-    Drop,
-}
-
+/// `errors:` — what the pipeline does with a record it cannot handle.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorsFile {
-    pub on_bad_record: Option<BadRecordPolicy>,
+    /// Every failure class (default `dead-letter`).
+    pub policy: Option<ErrorPolicy>,
+    /// Sources' classes (malformed, schema_mismatch, constraint), over `policy`.
+    pub on_bad_record: Option<ErrorPolicy>,
+    /// Operators' and sinks' classes (processing, late, lookup_miss, rejected, sink),
+    /// over `policy`.
     pub on_processing_error: Option<ErrorPolicy>,
+    /// A table's own policy (its source or its sink), over the others.
+    #[serde(default)]
+    pub tables: BTreeMap<String, ErrorPolicy>,
 }
 
 /// A connector option value: YAML strings, numbers and booleans are all accepted.
@@ -163,6 +167,8 @@ pub struct LoadedPipeline {
     pub runtime: RuntimeSettings,
     /// `None`: no checkpoints.
     pub checkpoint: Option<CheckpointPlan>,
+    /// Where `errors: { tables }` was written, for an error about a table it names.
+    pub errors_at: Option<Location>,
 }
 
 impl LoadedPipeline {
@@ -170,9 +176,37 @@ impl LoadedPipeline {
     /// resolved against the working directory.
     pub async fn plan(&self, planner: &SqlPlanner) -> crate::Result<PlannedPipeline> {
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
-        planner
+        let planned = planner
             .plan_pipeline(&self.name, &self.sql, &cwd, &self.plan)
-            .await
+            .await?;
+        for table in self.plan.table_errors.keys() {
+            if planned.graph.find(table).is_none() {
+                let tables: Vec<&str> = planned
+                    .graph
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        matches!(
+                            n.kind,
+                            crate::engine::NodeKind::Source(_) | crate::engine::NodeKind::Sink(_)
+                        )
+                    })
+                    .map(|n| n.name.as_str())
+                    .collect();
+                return Err(invalid(
+                    self.errors_at.clone().unwrap_or_else(|| Location {
+                        file: self.path.clone(),
+                        line: 1,
+                        column: 1,
+                    }),
+                    format!(
+                        "errors.tables names {table}, which is not a table the pipeline reads or writes ({})",
+                        tables.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(planned)
     }
 }
 
@@ -270,6 +304,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             plan,
             runtime,
             checkpoint: None,
+            errors_at: None,
         });
     }
     let file: PipelineFile = serde_yaml_ng::from_str(&text).map_err(|e| {
@@ -292,6 +327,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         )
     })?;
     let at = |key: &str| key_location(path, &text, key);
+    let mut errors_at = None;
     if file.name.is_empty()
         || !file
             .name
@@ -342,10 +378,12 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         }
         runtime.channel_capacity = c;
     }
-    if let Some(errors) = &file.errors
-        && let Some(p) = errors.on_processing_error
-    {
-        plan.on_processing_error = p;
+    if let Some(errors) = &file.errors {
+        let all = errors.policy.unwrap_or_default();
+        plan.on_bad_record = errors.on_bad_record.unwrap_or(all);
+        plan.on_processing_error = errors.on_processing_error.unwrap_or(all);
+        plan.table_errors = errors.tables.clone();
+        errors_at = Some(at("tables"));
     }
     if let Some(limit) = file.state.as_ref().and_then(|s| s.memory_limit.as_ref()) {
         let bytes = crate::connectors::parse_size(limit)
@@ -440,6 +478,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         plan,
         runtime,
         checkpoint,
+        errors_at,
     })
 }
 

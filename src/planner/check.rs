@@ -95,21 +95,6 @@ fn row_failure(check: &Check, batch: &RecordBatch, i: usize) -> Option<String> {
     }
 }
 
-/// One row as a JSON object, the raw form of a row that broke a check.
-fn row_json(batch: &RecordBatch, i: usize) -> Vec<u8> {
-    let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
-    match w.write(&batch.slice(i, 1)).and_then(|_| w.finish()) {
-        Ok(()) => {
-            let mut out = w.into_inner();
-            if out.last() == Some(&b'\n') {
-                out.pop();
-            }
-            out
-        }
-        Err(e) => format!("(row {i} not printable: {e})").into_bytes(),
-    }
-}
-
 impl RowValidator for TableChecks {
     fn validate(&self, batch: RecordBatch, bad: &mut BadRecords) -> crate::Result<RecordBatch> {
         let n = batch.num_rows();
@@ -147,7 +132,7 @@ impl RowValidator for TableChecks {
         for (i, f) in failures.iter().enumerate() {
             if let Some(why) = f {
                 let detail = format!("table {}: {why}", self.table);
-                bad.report(BadRecordReason::Constraint, &detail, &row_json(&batch, i));
+                bad.report_row(BadRecordReason::Constraint, &detail, &batch, i, None);
             }
         }
         let keep: BooleanArray = failures.iter().map(|f| Some(f.is_none())).collect();

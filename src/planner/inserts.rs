@@ -88,7 +88,7 @@ impl Planning<'_> {
                 &tables.event_times,
             )
             .await?;
-        let input_ids = wiring.source_nodes(insert, &inputs, tables)?;
+        let input_ids = wiring.source_nodes(insert, &inputs, tables, &settings)?;
         let (op, added) = wiring.add_stage(insert, &stage, &inputs, &input_ids)?;
         wiring.stages.extend(added);
         self.connect_sink(insert, sink, op, wiring)?;
@@ -143,6 +143,7 @@ impl Planning<'_> {
                 location: insert.location.clone(),
                 source: Box::new(e),
             })?;
+        wiring.graph.nodes[id].on_error = self.settings.table_errors.get(&decl.name).copied();
         wiring.sink_nodes.insert(insert.sink.clone(), id);
         Ok(())
     }
@@ -156,6 +157,7 @@ impl Wiring {
         insert: &InsertDecl,
         inputs: &[String],
         tables: &Tables,
+        settings: &crate::planner::PlanSettings,
     ) -> Result<Vec<(String, NodeId)>> {
         let mut input_ids = Vec::new();
         for input in inputs {
@@ -172,7 +174,7 @@ impl Wiring {
             let id = match self.source_nodes.get(input) {
                 Some(id) => *id,
                 None => {
-                    let id = self.add_source(insert, input, tables)?;
+                    let id = self.add_source(insert, input, tables, settings)?;
                     self.source_nodes.insert(input.clone(), id);
                     id
                 }
@@ -184,13 +186,27 @@ impl Wiring {
 
     /// Adds a source table's node, and its arrival-time step when it is read in
     /// processing time; returns the node its readers read.
-    fn add_source(&mut self, insert: &InsertDecl, input: &str, tables: &Tables) -> Result<NodeId> {
+    fn add_source(
+        &mut self,
+        insert: &InsertDecl,
+        input: &str,
+        tables: &Tables,
+        settings: &crate::planner::PlanSettings,
+    ) -> Result<NodeId> {
         let graph = &mut self.graph;
         let source = tables.sources.get(input).ok_or_else(|| SqlError::Plan {
             location: insert.location.clone(),
             message: format!("{input} is not a declared table"),
         })?;
         let mut id = graph.add_source(input, source.factory.clone(), source.parallelism);
+        graph.nodes[id].on_error = Some(
+            settings
+                .table_errors
+                .get(input)
+                .copied()
+                .unwrap_or(settings.on_bad_record),
+        );
+        graph.nodes[id].replay_table = Some(input.to_string());
         if let Some(column) = &source.processing_time {
             let arrival =
                 crate::operators::ArrivalTimeFactory::new(&source.factory.schema(), column)

@@ -42,8 +42,13 @@ struct LookupNames(std::sync::Mutex<std::collections::BTreeSet<String>>);
 pub struct PlanSettings {
     /// Default parallelism of every node; a table's `parallelism` option overrides it.
     pub parallelism: usize,
-    /// What a SQL stage does with a row whose evaluation fails.
+    /// What operators and sinks do with a row they cannot handle (a row SQL cannot
+    /// evaluate, a late row, a lookup miss, a refusal).
     pub on_processing_error: ErrorPolicy,
+    /// What sources do with a record they cannot decode or whose `CHECK` fails.
+    pub on_bad_record: ErrorPolicy,
+    /// A table's own policy (its source's or its sink's), overriding the two above.
+    pub table_errors: BTreeMap<String, ErrorPolicy>,
     /// Connector options by table, added to (and overriding) the SQL `WITH (…)`, from
     /// the pipeline file's `connectors:` section.
     pub table_options: BTreeMap<String, BTreeMap<String, String>>,
@@ -83,7 +88,9 @@ impl Default for PlanSettings {
     fn default() -> Self {
         PlanSettings {
             parallelism: 1,
-            on_processing_error: ErrorPolicy::Fail,
+            on_processing_error: ErrorPolicy::DeadLetter,
+            on_bad_record: ErrorPolicy::DeadLetter,
+            table_errors: BTreeMap::new(),
             table_options: BTreeMap::new(),
             table_options_origin: None,
             state_memory_limit: None,
@@ -341,6 +348,7 @@ impl SqlPlanner {
         let tables = planning.declare_tables(&parsed).await?;
         planning.plan_views(&parsed.views).await?;
         let mut wiring = Wiring::new(pipeline);
+        wiring.graph.errors = settings.on_processing_error;
         for insert in &parsed.inserts {
             planning.plan_insert(insert, &tables, &mut wiring).await?;
         }

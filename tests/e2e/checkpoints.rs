@@ -41,19 +41,6 @@ fn exactly_once_pipeline_every(d: &Path, name: &str, sql: &str, interval: &str) 
     );
 }
 
-/// The latest committed checkpoint's id in `dir` (0: none).
-fn committed(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .filter_map(|e| e.path().file_stem()?.to_str()?.parse::<u64>().ok())
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
 /// Whether `tributary checkpoints` lists, for the pipeline `p.yaml` in `d`, a
 /// checkpoint that builds on earlier ones (a task's state as a full snapshot and
 /// deltas on it). It runs while the pipeline does.

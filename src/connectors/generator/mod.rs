@@ -753,6 +753,8 @@ impl GeneratorSource {
                         break;
                     }
                 }
+                // The record's place in the generated sequence names it in a dead letter.
+                ctx.bad_records.origin_mut().position = Some(self.consumed as i64);
                 self.gen_.push_next(&mut ctx.bad_records)?;
                 self.consumed += 1;
                 if let Some(r) = &mut self.remaining {

@@ -55,13 +55,18 @@ pub(super) struct RawRecords {
     bytes: Vec<u8>,
     ends: Vec<usize>,
     metas: Vec<RecordMeta>,
+    /// Each record's offset and key, for the dead letter of a record refused.
+    offsets: Vec<i64>,
+    keys: Vec<Option<Vec<u8>>>,
 }
 
 impl RawRecords {
-    fn push(&mut self, value: &[u8], meta: Option<RecordMeta>) {
+    fn push(&mut self, value: &[u8], meta: Option<RecordMeta>, offset: i64, key: Option<&[u8]>) {
         self.bytes.extend_from_slice(value);
         self.ends.push(self.bytes.len());
         self.metas.extend(meta);
+        self.offsets.push(offset);
+        self.keys.push(key.map(<[u8]>::to_vec));
     }
 
     fn len(&self) -> usize {
@@ -72,6 +77,8 @@ impl RawRecords {
         self.bytes.clear();
         self.ends.clear();
         self.metas.clear();
+        self.offsets.clear();
+        self.keys.clear();
     }
 }
 
@@ -147,6 +154,10 @@ impl Decoding {
         out: &mut Collector,
     ) -> Result<()> {
         let p = m.partition();
+        let origin = bad.origin_mut();
+        origin.partition = Some(p);
+        origin.offset = Some(m.offset());
+        origin.key = m.key().map(<[u8]>::to_vec);
         let Some(value) = m.payload() else {
             let detail = format!(
                 "partition {p} offset {}: a record without a value",
@@ -165,7 +176,7 @@ impl Decoding {
             }
         };
         let raw = self.pending.entry(p).or_default();
-        raw.push(value, attributes);
+        raw.push(value, attributes, m.offset(), m.key());
         if raw.len() >= self.batch_size {
             self.send(p, out).await?;
         }
@@ -261,6 +272,7 @@ async fn decode_chunks(
     results: mpsc::UnboundedSender<(Decoded, RawRecords)>,
 ) {
     while let Some((p, mut raw)) = chunks.recv().await {
+        bad.origin_mut().partition = Some(p);
         let rows = decoder.decode(&mut raw, &meta, &topic, &mut bad).await;
         raw.clear();
         if results.send(((p, rows), raw)).is_err() {
@@ -301,11 +313,21 @@ impl RecordDecoder {
         topic: &str,
         bad: &mut BadRecords,
     ) -> Result<Option<RecordBatch>> {
-        let RawRecords { bytes, ends, metas } = raw;
+        let RawRecords {
+            bytes,
+            ends,
+            metas,
+            offsets,
+            keys,
+        } = raw;
         let mut metas = metas.drain(..);
         let mut kept = Vec::new();
         let mut start = 0;
-        for &end in ends.iter() {
+        bad.origin_mut().topic = Some(topic.to_string());
+        for (i, &end) in ends.iter().enumerate() {
+            let origin = bad.origin_mut();
+            origin.offset = offsets.get(i).copied();
+            origin.key = keys.get_mut(i).and_then(Option::take);
             let accepted = self.push(&bytes[start..end], bad).await?;
             start = end;
             if let Some(m) = metas.next()
@@ -314,6 +336,9 @@ impl RecordDecoder {
                 kept.push(m);
             }
         }
+        // Records refused while flushing are not tied to one offset here.
+        let origin = bad.origin_mut();
+        (origin.offset, origin.key) = (None, None);
         let batch = self.flush(bad)?;
         let dropped = self.take_dropped();
         let Some(batch) = batch else {

@@ -6,7 +6,8 @@
 //! This file holds what source and sink share (cluster and registry settings, errors);
 //! the source is `source.rs`, the sink `sink.rs`, their transactions
 //! `transactions.rs`, decoding `decode.rs`, record attributes `metadata.rs`, health
-//! reporting `probe.rs`, domains and clusters `domains.rs`.
+//! reporting `probe.rs`, domains and clusters `domains.rs`; the Kafka dead-letter store
+//! (`DeadLetterStore` on a topic per domain, built on the sink) `dead_letters.rs`.
 //!
 //! Source invariants:
 //! - The topic's partitions are spread over the source tasks (partition `i` to task
@@ -58,6 +59,7 @@ pub(crate) use source::source;
 
 mod client;
 pub(crate) mod contract;
+pub mod dead_letters;
 mod decode;
 mod domains;
 mod metadata;

@@ -71,10 +71,26 @@ fn fenced(e: &KafkaError) -> bool {
 
 /// Builds the sink of a `connector = 'kafka'` table.
 pub(crate) fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
+    sink_with_contract(req, opts, None)
+}
+
+/// [`sink`], with the Avro contract given as text (a schema compiled into the
+/// binary, e.g. the dead-letter topics') instead of read from `schema_file`.
+pub(super) fn sink_with_contract(
+    req: &TableRequest<'_>,
+    opts: &mut Options,
+    embedded: Option<Arc<str>>,
+) -> Result<Arc<dyn SinkFactory>> {
     let (mut config, topic) = client_config(opts, req.env)?;
     let avro = avro_registry(opts, req.env)?;
     let contract = match opts.get("schema_file") {
-        None => None,
+        None => match embedded {
+            Some(_) if avro.is_none() => {
+                return Err(opts.invalid("format", "json", "this sink writes Avro"));
+            }
+            Some(text) => Some(Contract::new(text).map_err(|e| opts.invalid("format", "avro", e))?),
+            None => None,
+        },
         Some(_) if avro.is_none() => {
             return Err(opts.invalid(
                 "schema_file",
@@ -355,6 +371,8 @@ impl SinkFactory for KafkaSinkFactory {
             abort_pending: false,
             probe,
             _recheck: recheck,
+            refusals: None,
+            max_record_bytes: None,
         }))
     }
 }
@@ -401,9 +419,84 @@ struct KafkaSink {
     abort_pending: bool,
     probe: crate::health::Probe,
     _recheck: probe::Recheck,
+    /// Where records the topic would refuse for good (too large) go.
+    refusals: Option<crate::dlq::BadRecords>,
+    /// The largest record the topic takes (`None`: not looked up yet).
+    max_record_bytes: Option<usize>,
 }
 
 impl KafkaSink {
+    /// The largest record (key + value) the topic takes: the smaller of the
+    /// producer's `message.max.bytes` and the topic's `max.message.bytes`, looked up
+    /// once (the producer's alone when the topic's cannot be read).
+    async fn record_limit(&mut self) -> usize {
+        if let Some(limit) = self.max_record_bytes {
+            return limit;
+        }
+        let producer_limit: usize = self
+            .config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1_000_000);
+        let topic_limit = async {
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                self.config.create().ok()?;
+            let results = admin
+                .describe_configs(
+                    [&rdkafka::admin::ResourceSpecifier::Topic(&self.topic)],
+                    &AdminOptions::new().request_timeout(Some(REQUEST_TIMEOUT)),
+                )
+                .await
+                .ok()?;
+            let resource = results.into_iter().next()?.ok()?;
+            resource
+                .get("max.message.bytes")?
+                .value
+                .as_deref()?
+                .parse::<usize>()
+                .ok()
+        }
+        .await;
+        let limit = topic_limit.map_or(producer_limit, |t| t.min(producer_limit));
+        self.max_record_bytes = Some(limit);
+        limit
+    }
+
+    /// `records` without those larger than the topic takes, which are reported (class
+    /// `sink`) with their encoded bytes: a record the topic refuses would fail every
+    /// retry, so it goes to the dead-letter queue instead of stopping the pipeline.
+    async fn refuse_oversized(&mut self, records: RecordBatch) -> Result<RecordBatch> {
+        let limit = self.record_limit().await;
+        let size = |row: usize| {
+            transactions::value_of(&records, row).map_or(0, <[u8]>::len)
+                + transactions::key_of(&records, row).map_or(0, str::len)
+        };
+        if (0..records.num_rows()).all(|row| size(row) <= limit) {
+            return Ok(records);
+        }
+        let mut keep = Vec::with_capacity(records.num_rows());
+        for row in 0..records.num_rows() {
+            let n = size(row);
+            keep.push(n <= limit);
+            if n > limit
+                && let Some(bad) = self.refusals.as_mut()
+            {
+                bad.origin_mut().topic = Some(self.topic.clone());
+                bad.origin_mut().key =
+                    transactions::key_of(&records, row).map(|k| k.as_bytes().to_vec());
+                bad.report(
+                    crate::dlq::BadRecordReason::Sink,
+                    &format!(
+                        "a record of {n} bytes is larger than topic {} takes ({limit} bytes)",
+                        self.topic
+                    ),
+                    transactions::value_of(&records, row).unwrap_or_default(),
+                );
+            }
+        }
+        arrow::compute::filter_record_batch(&records, &keep.into())
+            .map_err(|e| crate::engine::EngineError::arrow("leaving out refused records", e).into())
+    }
     async fn ensure_topic(&mut self) -> Result<()> {
         let Some(TopicSpec {
             partitions,
@@ -753,6 +846,7 @@ impl Sink for KafkaSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.ensure_topic().await?;
         let records = self.records(&batch).await?;
+        let records = self.refuse_oversized(records).await?;
         if let Some(txn) = self.txn.as_mut() {
             // Held until its checkpoint commits.
             txn.current.push(records);
@@ -763,6 +857,10 @@ impl Sink for KafkaSink {
             self.settle().await?;
         }
         Ok(())
+    }
+
+    fn report_refusals_to(&mut self, bad: crate::dlq::BadRecords) {
+        self.refusals = Some(bad);
     }
 
     /// Exactly-once: a transactional producer (`<prefix>-<task>`) takes the place

@@ -183,8 +183,13 @@ mod tests {
         ("kitchen", "kitchen.ticket_timing", None),
         ("app", "app.engagement", None),
     ];
-    /// Contracts of pipelines' outputs (`sql/`), not of a generator stream.
-    const PIPELINE_CONTRACTS: &[&str] = &["offers.offer_triggered", "orders.order_status"];
+    /// Contracts of pipelines' outputs (`sql/`) and of the platform itself (the
+    /// dead-letter topics' records, `src/dlq/record.rs`), not of a generator stream.
+    const PIPELINE_CONTRACTS: &[&str] = &[
+        "offers.offer_triggered",
+        "orders.order_status",
+        "tributary.dead_letter",
+    ];
     /// Generator streams without a contract.
     const UNCONTRACTED: &[&str] = &["restaurants", "menu_items", "customers"];
 

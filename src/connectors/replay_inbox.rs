@@ -1,0 +1,155 @@
+//! The replay inbox of a source table, on the embedded default: dead letters an admin
+//! replays (`tributary dlq replay`) are put in the local store's inbox, in the same
+//! transaction that marks them replayed; this source reads them back into the
+//! pipeline as records of their table.
+//!
+//! `tributary run` adds one per source table of an unbounded pipeline whose dead
+//! letters are kept locally ([`add_replay_inboxes`]), as a second input of the nodes
+//! reading the table ([`Graph::add_replay_source`]). Invariants:
+//! - Its position (the inbox sequence number it has read up to) is in the pipeline's
+//!   checkpoints: a replayed record enters the pipeline exactly once, and a crash
+//!   re-reads from the checkpoint.
+//! - Its records are decoded as the table's (JSON: a replayed input line, or a row a
+//!   check refused); one that fails again returns to the queue under its id with one
+//!   more attempt (`RecordContext::replay_of`).
+//! - It holds no watermark back (`NodeSpec::passive`): replayed records are late by
+//!   nature, and windows they missed stay emitted.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+
+use crate::dlq::local::LocalStore;
+use crate::engine::{Graph, NodeKind, Result, Source, SourceContext, SourceFactory, TaskInfo};
+use crate::formats::json::JsonDecoder;
+
+/// How often an empty inbox is read again.
+const POLL: Duration = Duration::from_millis(250);
+
+/// Gives every source table of `graph` that can take replays (an unbounded pipeline's
+/// tables with a replay table) its inbox in the local store at `path`.
+pub fn add_replay_inboxes(graph: &mut Graph, path: &std::path::Path) -> Result<()> {
+    if graph.bounded() {
+        return Ok(());
+    }
+    let tables: Vec<(usize, String, SchemaRef)> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| matches!(n.kind, NodeKind::Source(_)) && !n.passive)
+        .filter_map(|(id, n)| Some((id, n.replay_table.clone()?, n.schema.clone())))
+        .collect();
+    for (id, table, schema) in tables {
+        let factory = InboxSourceFactory {
+            path: path.to_path_buf(),
+            pipeline: graph.pipeline.clone(),
+            table,
+            schema,
+        };
+        graph.add_replay_source(id, Arc::new(factory))?;
+    }
+    Ok(())
+}
+
+/// Reads the inbox of one table of one pipeline.
+pub struct InboxSourceFactory {
+    pub path: PathBuf,
+    pub pipeline: String,
+    pub table: String,
+    pub schema: SchemaRef,
+}
+
+impl SourceFactory for InboxSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+    fn bounded(&self) -> bool {
+        false
+    }
+    fn describe(&self) -> String {
+        format!("replay inbox of {} in {}", self.table, self.path.display())
+    }
+    fn checkpointable(&self) -> bool {
+        true
+    }
+    fn create(&self, _task: &TaskInfo) -> Result<Box<dyn Source>> {
+        Ok(Box::new(InboxSource {
+            path: self.path.clone(),
+            pipeline: self.pipeline.clone(),
+            table: self.table.clone(),
+            schema: self.schema.clone(),
+        }))
+    }
+}
+
+struct InboxSource {
+    path: PathBuf,
+    pipeline: String,
+    table: String,
+    schema: SchemaRef,
+}
+
+fn store_error(e: crate::dlq::DlqError) -> crate::Error {
+    e.into()
+}
+
+#[async_trait]
+impl Source for InboxSource {
+    async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
+        let store = Arc::new(LocalStore::open(&self.path).map_err(store_error)?);
+        let mut after: i64 = ctx
+            .restored_positions()
+            .await?
+            .iter()
+            .filter_map(|p| Some(i64::from_le_bytes(p.get(..8)?.try_into().ok()?)))
+            .max()
+            .unwrap_or(0);
+        let mut decoder = JsonDecoder::new(self.schema.clone())?;
+        let limit = ctx.batch.size.max(1);
+        loop {
+            if let Some(id) = ctx.checkpoint_due() {
+                ctx.checkpoint(id, after.to_le_bytes().to_vec()).await?;
+            }
+            if ctx.stop.is_raised() {
+                break;
+            }
+            let (s, pipeline, table) = (store.clone(), self.pipeline.clone(), self.table.clone());
+            let records =
+                tokio::task::spawn_blocking(move || s.inbox(&pipeline, &table, after, limit))
+                    .await
+                    .map_err(|e| crate::engine::EngineError::Internal(format!("inbox read: {e}")))?
+                    .map_err(store_error)?;
+            if records.is_empty() {
+                let stop = &mut ctx.stop;
+                let checkpoints = &mut ctx.checkpoints;
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = stop.raised() => {}
+                    _ = async {
+                        match checkpoints.as_mut() {
+                            Some(c) => { c.triggered().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => {}
+                }
+                continue;
+            }
+            for r in records {
+                ctx.bad_records.context_mut().replay_of = Some((r.dlq_id, r.attempts));
+                decoder.push(&r.payload, &mut ctx.bad_records);
+                after = r.seq;
+            }
+            ctx.bad_records.context_mut().replay_of = None;
+            let batch = decoder.flush()?;
+            decoder.report_late(&mut ctx.bad_records);
+            if let Some(batch) = batch {
+                ctx.out.emit(batch).await?;
+            }
+        }
+        ctx.final_position = Some(after.to_le_bytes().to_vec());
+        Ok(())
+    }
+}
