@@ -1,7 +1,9 @@
 //! The admin endpoint: `GET /metrics` (Prometheus text format), the probes
-//! `GET /livez`, `GET /readyz` and `GET /healthz`, and
+//! `GET /livez`, `GET /readyz` and `GET /healthz`,
 //! `POST /savepoint?pipeline=NAME[&name=LABEL]` (a savepoint of a running pipeline
-//! with checkpoints; replies with its checkpoint id once committed).
+//! with checkpoints; replies with its checkpoint id once committed), and the
+//! dead-letter queue's admin routes under `/dlq` ([`DlqAccess`]; the operations are
+//! [`crate::connectors::dead_letters::workflow`]'s, shared with `tributary dlq`; docs/operations.md).
 //!
 //! Probes (Kubernetes' liveness and readiness):
 //! - `/livez`: 200 while the process serves and no pipeline has failed; 503 once one
@@ -17,9 +19,16 @@
 //! `state` (`connecting`, `up`, `retrying`) with, when retrying, `retrying_since`
 //! (RFC 3339), `retrying_for_s` and `last_error`.
 //!
-//! A deliberately small HTTP/1.1 responder on tokio (GET only, one request per
-//! connection, bounded request size and read time) so the binary does not carry a web
-//! framework for two read-only routes; the HTTP gateway work brings a real server.
+//! The `/dlq` routes that change dead letters (POST) need `Authorization: Bearer
+//! TOKEN` equal to `dlq.admin_token`: 401 when it is missing or wrong, 403 when no token
+//! is configured (changes over HTTP are then disabled). The actor is the
+//! `x-tributary-actor` header (default `admin-http`).
+//!
+//! A deliberately small HTTP/1.1 responder on tokio (one request per connection; a
+//! head of at most 8 KiB, a body of at most `content-length` ≤ 1 MiB, else 413; 5 s to
+//! read it) so the binary does not carry a web framework for a few routes; the HTTP
+//! gateway work brings a real server. [`Routes::handle`] answers a parsed [`Request`],
+//! so the routes are tested without a socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +38,13 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+use crate::connectors::dead_letters::Store;
+use crate::connectors::dead_letters::workflow::{
+    self, EditValidator, Target, Unset, Workflow, authorize, parse_params,
+};
+use crate::dlq::record::now_ms;
+use crate::dlq::{DeadLetter, DlqError};
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn install_metrics() -> PrometheusHandle {
@@ -207,85 +223,390 @@ impl Savepoints {
     }
 }
 
-/// The value of `key` in a query string (no percent-decoding: names are plain).
+/// The value of `key` in a query string, percent-decoded.
 fn query_value(query: &str, key: &str) -> Option<String> {
-    query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_string())
+    query_pairs(query)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
         .filter(|v| !v.is_empty())
 }
 
+/// The pairs of a query string, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).and_then(|c| hex(*c)),
+                b.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The largest request body accepted (an edited dead letter): 1 MiB.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The largest request head accepted.
+const MAX_HEAD: usize = 8192;
+
+/// One request, read.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The query string, not decoded.
+    pub query: String,
+    /// Names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: (HTTP status line, content type, body).
+pub type Answer = (&'static str, &'static str, String);
+
+/// What the `/dlq` routes need: the store (opened at the first request that needs it),
+/// the admin token, and the check of edited records (planning the record's pipeline).
+pub struct DlqAccess {
+    open: Box<dyn Fn() -> Result<Store, DlqError> + Send + Sync>,
+    opened: tokio::sync::OnceCell<Workflow>,
+    admin_token: String,
+    validator: Arc<dyn EditValidator>,
+}
+
+impl DlqAccess {
+    pub fn new(
+        open: Box<dyn Fn() -> Result<Store, DlqError> + Send + Sync>,
+        admin_token: String,
+        validator: Arc<dyn EditValidator>,
+    ) -> Self {
+        DlqAccess {
+            open,
+            opened: tokio::sync::OnceCell::new(),
+            admin_token,
+            validator,
+        }
+    }
+
+    async fn workflow(&self) -> Result<&Workflow, DlqError> {
+        self.opened
+            .get_or_try_init(|| async { (self.open)().map(Workflow::new) })
+            .await
+    }
+}
+
+/// Everything the endpoint answers from.
+pub struct Routes {
+    pub metrics: Option<PrometheusHandle>,
+    pub health: Arc<Health>,
+    pub savepoints: Arc<Savepoints>,
+    pub dlq: Option<DlqAccess>,
+}
+
+const ROUTES: &str = "GET /metrics, GET /livez, GET /readyz, GET /healthz, POST /savepoint, \
+                      GET /dlq, GET /dlq/stats, GET /dlq/audit, GET /dlq/ID, POST /dlq/replay, \
+                      POST /dlq/ID/edit, POST /dlq/discard\n";
+
+impl Routes {
+    /// The answer to `req`.
+    pub async fn handle(&self, req: &Request) -> Answer {
+        let (method, path, query) = (req.method.as_str(), req.path.as_str(), req.query.as_str());
+        if path == "/dlq" || path.starts_with("/dlq/") {
+            return match &self.dlq {
+                Some(access) => dlq_route(access, req).await,
+                None => error_answer(
+                    "404 Not Found",
+                    "DLQ006",
+                    "this process serves no dead-letter routes",
+                ),
+            };
+        }
+        match (method, path) {
+            ("POST", "/savepoint") => match query_value(query, "pipeline") {
+                Some(p) => {
+                    let (status, body) = self.savepoints.take(&p, query_value(query, "name")).await;
+                    (status, "application/json", body + "\n")
+                }
+                None => (
+                    "400 Bad Request",
+                    "application/json",
+                    "{\"error\":\"pipeline=NAME is required\"}\n".to_string(),
+                ),
+            },
+            ("GET", "/metrics") => match &self.metrics {
+                Some(m) => {
+                    crate::health::refresh_gauges();
+                    ("200 OK", "text/plain; version=0.0.4", m.render())
+                }
+                None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            },
+            ("GET", "/livez" | "/readyz" | "/healthz") => {
+                let (status, body) = self.health.probe(path);
+                (status, "application/json", body)
+            }
+            ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            _ => ("405 Method Not Allowed", "text/plain", ROUTES.to_string()),
+        }
+    }
+}
+
+fn error_answer(status: &'static str, code: &str, message: &str) -> Answer {
+    (
+        status,
+        "application/json",
+        serde_json::json!({ "error": message, "code": code }).to_string() + "\n",
+    )
+}
+
+/// The HTTP status of a dead-letter error; `Unauthorized` is 403 when no token is
+/// configured (nothing the client sends can help), else 401.
+fn dlq_error(e: &DlqError, token_configured: bool) -> Answer {
+    let status = match e {
+        DlqError::Unauthorized(_) if !token_configured => "403 Forbidden",
+        DlqError::Unauthorized(_) => "401 Unauthorized",
+        DlqError::NotFound(_) => "404 Not Found",
+        DlqError::NotReplayable { .. } => "409 Conflict",
+        DlqError::InvalidEdit(_) => "422 Unprocessable Entity",
+        DlqError::BadRequest(_) => "400 Bad Request",
+        DlqError::Store { .. } => "503 Service Unavailable",
+        DlqError::Failed { .. } => "500 Internal Server Error",
+    };
+    error_answer(status, e.code(), &e.to_string())
+}
+
+fn json_answer(v: &impl serde::Serialize) -> Answer {
+    (
+        "200 OK",
+        "application/json",
+        serde_json::to_string(v).unwrap_or_default() + "\n",
+    )
+}
+
+fn json_lines<T>(items: &[T], line: impl Fn(&T) -> serde_json::Value) -> Answer {
+    let body: String = items.iter().map(|i| line(i).to_string() + "\n").collect();
+    ("200 OK", "application/x-ndjson", body)
+}
+
+/// The `/dlq` routes (see [`crate::connectors::dead_letters::workflow`]).
+async fn dlq_route(access: &DlqAccess, req: &Request) -> Answer {
+    let configured = !access.admin_token.is_empty();
+    match dlq_operation(access, req).await {
+        Ok(answer) => answer,
+        Err(e) => dlq_error(&e, configured),
+    }
+}
+
+async fn dlq_operation(access: &DlqAccess, req: &Request) -> Result<Answer, DlqError> {
+    let rest = req.path.trim_start_matches("/dlq").trim_start_matches('/');
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let pairs = query_pairs(&req.query);
+    let params = || {
+        parse_params(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            now_ms(),
+        )
+    };
+    let changes = req.method == "POST";
+    if changes {
+        let bearer = req
+            .header("authorization")
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        authorize(&access.admin_token, bearer, Unset::Closed)?;
+    }
+    let actor = req
+        .header("x-tributary-actor")
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or("admin-http")
+        .to_string();
+    let method_not_allowed = || Ok(("405 Method Not Allowed", "text/plain", ROUTES.to_string()));
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", []) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let letters = flow.store().list(&p.filter, p.page).await?;
+            Ok(json_lines(&letters, DeadLetter::summary_json))
+        }
+        ("GET", ["stats"]) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let rows = flow.store().stats(&p.filter).await?;
+            Ok(json_answer(&workflow::stats_json(&rows, now_ms())))
+        }
+        ("GET", ["audit"]) => {
+            let p = params()?;
+            let flow = access.workflow().await?;
+            let entries = flow.store().audit(p.limit.unwrap_or(50)).await?;
+            Ok(json_lines(&entries, |e| {
+                serde_json::to_value(e).unwrap_or_default()
+            }))
+        }
+        ("GET", [id]) => {
+            let flow = access.workflow().await?;
+            Ok(json_answer(&workflow::show_json(&flow.get(id).await?)))
+        }
+        ("POST", ["replay"]) => {
+            let p = params()?;
+            let target = Target::from_params(&p)?;
+            let flow = access.workflow().await?;
+            Ok(json_answer(&flow.replay(&target, &actor, p.dry_run).await?))
+        }
+        ("POST", ["discard"]) => {
+            let p = params()?;
+            let target = Target::from_params(&p)?;
+            let reason = p
+                .reason
+                .clone()
+                .ok_or_else(|| DlqError::BadRequest("reason=TEXT is required".into()))?;
+            let flow = access.workflow().await?;
+            Ok(json_answer(
+                &flow.discard(&target, &reason, &actor, p.dry_run).await?,
+            ))
+        }
+        ("POST", [id, "edit"]) => {
+            let flow = access.workflow().await?;
+            flow.edit(id, req.body.clone(), &actor, access.validator.as_ref())
+                .await?;
+            Ok(json_answer(&serde_json::json!({ "edited": id })))
+        }
+        ("GET" | "POST", _) => Err(DlqError::NotFound(format!(
+            "route {} {} (routes: {})",
+            req.method,
+            req.path,
+            ROUTES.trim_end()
+        ))),
+        _ => method_not_allowed(),
+    }
+}
+
+/// Reads one request from `sock`: its head (at most [`MAX_HEAD`] bytes) and a body of
+/// `content-length` bytes (at most [`MAX_BODY`]). `Err` is the answer to send instead.
+async fn read_request<S: AsyncReadExt + Unpin>(
+    sock: &mut S,
+) -> std::io::Result<Result<Request, Answer>> {
+    let mut buf = vec![0u8; MAX_HEAD];
+    let mut len = 0;
+    let head_end = loop {
+        if let Some(at) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if len == buf.len() {
+            return Ok(Err((
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n".into(),
+            )));
+        }
+        let n = sock.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Vec::new(),
+    };
+    let length = match req.header("content-length") {
+        None => 0,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) => n,
+            Err(_) => {
+                return Ok(Err((
+                    "400 Bad Request",
+                    "text/plain",
+                    "bad content-length\n".into(),
+                )));
+            }
+        },
+    };
+    if length > MAX_BODY {
+        return Ok(Err((
+            "413 Payload Too Large",
+            "application/json",
+            serde_json::json!({ "error": format!("the body is over {MAX_BODY} bytes") })
+                .to_string()
+                + "\n",
+        )));
+    }
+    let mut body = buf[head_end..len].to_vec();
+    body.truncate(length);
+    if body.len() < length {
+        let already = body.len();
+        body.resize(length, 0);
+        sock.read_exact(&mut body[already..]).await?;
+    }
+    req.body = body;
+    Ok(Ok(req))
+}
+
 /// Binds `addr` and serves until the process ends. Returns the bound address.
-pub async fn serve(
-    addr: &str,
-    metrics: PrometheusHandle,
-    health: Arc<Health>,
-    savepoints: Arc<Savepoints>,
-) -> std::io::Result<SocketAddr> {
+pub async fn serve(addr: &str, routes: Routes) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let routes = Arc::new(routes);
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 continue;
             };
-            let metrics = metrics.clone();
-            let health = health.clone();
-            let savepoints = savepoints.clone();
+            let routes = routes.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut len = 0;
-                let read = tokio::time::timeout(Duration::from_secs(5), async {
-                    while len < buf.len() {
-                        let n = sock.read(&mut buf[len..]).await?;
-                        if n == 0 {
-                            break;
-                        }
-                        len += n;
-                        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                    Ok::<_, std::io::Error>(())
-                })
-                .await;
-                if !matches!(read, Ok(Ok(()))) {
-                    return;
-                }
-                let head = String::from_utf8_lossy(&buf[..len]);
-                let mut parts = head.split_whitespace();
-                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let (status, ctype, body) = match (method, path) {
-                    ("POST", "/savepoint") => match query_value(query, "pipeline") {
-                        Some(p) => {
-                            let (status, body) =
-                                savepoints.take(&p, query_value(query, "name")).await;
-                            (status, "application/json", body + "\n")
-                        }
-                        None => (
-                            "400 Bad Request",
-                            "application/json",
-                            "{\"error\":\"pipeline=NAME is required\"}\n".to_string(),
-                        ),
-                    },
-                    ("GET", "/metrics") => {
-                        crate::health::refresh_gauges();
-                        ("200 OK", "text/plain; version=0.0.4", metrics.render())
-                    }
-                    ("GET", "/livez" | "/readyz" | "/healthz") => {
-                        let (status, body) = health.probe(path);
-                        (status, "application/json", body)
-                    }
-                    ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-                    _ => (
-                        "405 Method Not Allowed",
-                        "text/plain",
-                        "GET /metrics, GET /livez, GET /readyz, GET /healthz, POST /savepoint\n"
-                            .to_string(),
-                    ),
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), read_request(&mut sock)).await;
+                let (status, ctype, body) = match read {
+                    Ok(Ok(Ok(req))) => routes.handle(&req).await,
+                    Ok(Ok(Err(refused))) => refused,
+                    _ => return,
                 };
                 let response = format!(
                     "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -375,5 +696,253 @@ mod tests {
             answer("/readyz", true, false, vec!["p".into()], up()).0,
             "503 Service Unavailable"
         );
+    }
+
+    // ---- the /dlq routes, against a real local store ----
+
+    use crate::connectors::dead_letters::conformance::{letter, write_finished};
+    use crate::dlq::record::DeadLetter;
+
+    const TOKEN: &str = "s3cret";
+
+    /// A local store in `dir` holding `letters`, and the routes over it with `token`;
+    /// edits are checked against the pipelines of `dir/pipelines`.
+    async fn routes(dir: &std::path::Path, token: &str, letters: &[DeadLetter]) -> Routes {
+        let store: Store = Arc::new(
+            crate::connectors::dead_letters::local::LocalStore::open(dir.join("dlq.sqlite"))
+                .unwrap(),
+        );
+        if !letters.is_empty() {
+            write_finished(&store, letters).await;
+        }
+        let config = crate::pipeline::load_config(
+            None,
+            vec![],
+            &[format!(
+                "run.pipelines_dir={}",
+                dir.join("pipelines").display()
+            )],
+        )
+        .unwrap();
+        Routes {
+            metrics: None,
+            health: Arc::default(),
+            savepoints: Arc::default(),
+            dlq: Some(DlqAccess::new(
+                Box::new(move || Ok(store.clone())),
+                token.to_string(),
+                Arc::new(crate::cli::dlq::PipelineValidator::new(config)),
+            )),
+        }
+    }
+
+    fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    const BEARER: (&str, &str) = ("authorization", "Bearer s3cret");
+
+    #[tokio::test]
+    async fn dlq_reads_are_open_and_changes_need_the_bearer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters: Vec<DeadLetter> = (0..3).map(letter).collect();
+        let r = routes(dir.path(), TOKEN, &letters).await;
+        let (status, ctype, body) = r.handle(&request("GET", "/dlq", &[], b"")).await;
+        assert_eq!((status, ctype), ("200 OK", "application/x-ndjson"));
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0]["id"], letters[0].id);
+        assert_eq!(lines[0]["failure_class"], "malformed");
+        let one = format!("/dlq/replay?ids={}", letters[0].id);
+        let (status, _, body) = r.handle(&request("POST", &one, &[], b"")).await;
+        assert_eq!(status, "401 Unauthorized", "{body}");
+        assert_eq!(json(&body)["code"], "DLQ005");
+        let wrong = [("authorization", "Bearer nope")];
+        let (status, _, body) = r.handle(&request("POST", &one, &wrong, b"")).await;
+        assert_eq!(status, "401 Unauthorized");
+        assert_eq!(json(&body)["error"], "the admin token is wrong");
+        let (status, _, body) = r
+            .handle(&request(
+                "POST",
+                &one,
+                &[BEARER, ("x-tributary-actor", "carol")],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["replayed"], 1);
+        let (_, _, body) = r
+            .handle(&request(
+                "GET",
+                &format!("/dlq/{}", letters[0].id),
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(json(&body)["status"], "replayed");
+        // A discard by filter, with its reason percent-encoded; the rest stay.
+        let (status, _, body) = r
+            .handle(&request(
+                "POST",
+                "/dlq/discard?status=pending&text=bad%20record%201&reason=known+bug",
+                &[BEARER],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["discarded"], 1);
+        let (_, _, body) = r
+            .handle(&request("GET", "/dlq/audit?limit=10", &[], b""))
+            .await;
+        let audit: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(audit.len(), 2, "{body}");
+        assert_eq!(audit[0]["action"], "discard");
+        assert_eq!(audit[0]["actor"], "admin-http");
+        assert_eq!(audit[0]["ids"][0], letters[1].id.as_str());
+        assert_eq!(audit[1]["action"], "replay");
+        assert_eq!(audit[1]["actor"], "carol");
+        let (_, _, body) = r.handle(&request("GET", "/dlq/stats", &[], b"")).await;
+        assert_eq!(json(&body)["pending"], 1);
+        for (target, status) in [
+            ("/dlq?class=nope", "400 Bad Request"),
+            ("/dlq/ffff", "404 Not Found"),
+        ] {
+            assert_eq!(r.handle(&request("GET", target, &[], b"")).await.0, status);
+        }
+        let (status, _, body) = r
+            .handle(&request("POST", "/dlq/discard?ids=x", &[BEARER], b""))
+            .await;
+        assert_eq!(status, "400 Bad Request");
+        assert!(body.contains("reason=TEXT is required"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn without_a_configured_token_dlq_changes_are_forbidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let letters = [letter(0)];
+        let r = routes(dir.path(), "", &letters).await;
+        for headers in [&[][..], &[BEARER][..]] {
+            let (status, _, body) = r
+                .handle(&request("POST", "/dlq/replay?status=pending", headers, b""))
+                .await;
+            assert_eq!(status, "403 Forbidden");
+            assert!(body.contains("no admin token is configured"), "{body}");
+        }
+        let (status, _, body) = r
+            .handle(&request(
+                "GET",
+                &format!("/dlq/{}", letters[0].id),
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "200 OK");
+        assert_eq!(json(&body)["status"], "pending", "nothing changed");
+    }
+
+    #[tokio::test]
+    async fn an_edit_over_http_is_checked_against_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, "").unwrap();
+        std::fs::write(
+            dir.path().join("pipelines/shop.yaml"),
+            format!(
+                "name: shop\nsql: |\n  CREATE TABLE orders (order_id BIGINT NOT NULL, total DOUBLE CHECK (total >= 0))\n    WITH (connector = 'file', path = '{}', format = 'json');\n  CREATE TABLE out WITH (connector = 'stdout');\n  INSERT INTO out SELECT * FROM orders;\n",
+                input.display()
+            ),
+        )
+        .unwrap();
+        let l = DeadLetter {
+            pipeline: "shop".into(),
+            ..letter(0)
+        };
+        let r = routes(dir.path(), TOKEN, std::slice::from_ref(&l)).await;
+        let edit = format!("/dlq/{}/edit", l.id);
+        for (body, why) in [
+            (&b"{\"order_id\": 1, \"total\": "[..], "not valid JSON"),
+            (b"{\"order_id\": \"one\"}", "schema_mismatch"),
+            (
+                b"{\"order_id\": 1, \"total\": -2}",
+                "CHECK (total >= 0) failed",
+            ),
+        ] {
+            let (status, _, answer) = r.handle(&request("POST", &edit, &[BEARER], body)).await;
+            assert_eq!(status, "422 Unprocessable Entity", "{answer}");
+            assert_eq!(json(&answer)["code"], "DLQ004");
+            assert!(answer.contains(why), "{why}: {answer}");
+        }
+        let (status, _, answer) = r.handle(&request("POST", &edit, &[], b"{}")).await;
+        assert_eq!(status, "401 Unauthorized", "{answer}");
+        let good = b"{\"order_id\": 1, \"total\": 2.5}";
+        let (status, _, answer) = r.handle(&request("POST", &edit, &[BEARER], good)).await;
+        assert_eq!(status, "200 OK", "{answer}");
+        let (_, _, shown) = r
+            .handle(&request("GET", &format!("/dlq/{}", l.id), &[], b""))
+            .await;
+        let shown = json(&shown);
+        assert_eq!(shown["payload_decoded"]["total"], 2.5);
+        assert!(shown["original_payload"].is_string(), "{shown}");
+    }
+
+    /// Sends `raw` to the server and returns its answer's status line and body.
+    async fn exchange(addr: SocketAddr, raw: &[&[u8]]) -> (String, String) {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for part in raw {
+            s.write_all(part).await.unwrap();
+            s.flush().await.unwrap();
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn the_server_reads_request_bodies_and_refuses_large_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = letter(0);
+        let r = routes(dir.path(), TOKEN, std::slice::from_ref(&l)).await;
+        let addr = serve("127.0.0.1:0", r).await.unwrap();
+        let (status, body) = exchange(addr, &[b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"]).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(json(&body)["status"], "ok");
+        let big = format!(
+            "POST /dlq/{}/edit HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nContent-Length: {}\r\n\r\n",
+            l.id,
+            MAX_BODY + 1
+        );
+        let (status, _) = exchange(addr, &[big.as_bytes()]).await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+        // A body sent after the head, in two parts, is read whole (here: refused by
+        // the validator because there is no pipeline `p`, which names it).
+        let body = b"{\"order_id\": 1}";
+        let head = format!(
+            "POST /dlq/{}/edit HTTP/1.1\r\nauthorization: Bearer s3cret\r\ncontent-length: {}\r\n\r\n",
+            l.id,
+            body.len()
+        );
+        let (status, answer) = exchange(addr, &[head.as_bytes(), &body[..5], &body[5..]]).await;
+        assert_eq!(status, "HTTP/1.1 422 Unprocessable Entity", "{answer}");
+        assert!(answer.contains("no pipeline named p"), "{answer}");
+        let (status, _) = exchange(addr, &[b"DELETE /dlq HTTP/1.1\r\n\r\n"]).await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
     }
 }

@@ -1,10 +1,11 @@
-//! The command line: `run`, `check`, `explain`, `generate`.
+//! The command line: `run`, `check`, `explain`, `generate`, `dlq`, …
 //!
 //! Owns argument parsing, logging setup, and the one place where errors become what the
 //! user sees (`error[CODE]: file:line:column: message`) and an exit code: 0 success,
 //! 1 a pipeline failed while running, 2 invalid input (configuration, pipeline, SQL),
 //! 3 a stop abandoned (`run.stop_grace` over, or a second signal).
 
+pub(crate) mod dlq;
 mod generate;
 mod progress;
 mod registry;
@@ -73,6 +74,8 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// The dead-letter queue: list, show, stats, replay, edit, discard, audit.
+    Dlq(dlq::DlqArgs),
     /// The Avro contracts in schemas/: check them against a registry, or register them.
     Schemas {
         #[command(subcommand)]
@@ -170,6 +173,7 @@ pub fn main() -> ExitCode {
                 run::savepoint(&config, &pipeline, name.as_deref()).await
             }
             Command::Generate(_) => unreachable!("handled above"),
+            Command::Dlq(args) => dlq::dlq(&config, args).await,
             Command::Registry { listen, dir } => {
                 registry::serve(&config, listen.as_deref(), dir.as_deref()).await
             }

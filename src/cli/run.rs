@@ -325,11 +325,9 @@ async fn stop_on_signals(
 /// Sends `graph`'s dead letters to the configured store (`[dlq]`) and, with the local
 /// store, gives its source tables their replay inboxes.
 fn route_dead_letters(config: &Config, graph: &mut crate::engine::Graph) -> crate::Result<()> {
-    let store = crate::connectors::dead_letters::local::LocalStore::open(&config.dlq.path)?;
-    graph.dead_letters = Some(crate::connectors::dead_letters::DeadLetterStore::sink(
-        &store,
-        &graph.pipeline,
-    )?);
+    let domain = pipeline_domain(graph);
+    let store = super::dlq::open_store_for(config, Some((&graph.pipeline, &domain)))?;
+    graph.dead_letters = Some(store.sink(&graph.pipeline)?);
     if config.dlq.store == crate::pipeline::DlqStoreKind::Local {
         crate::connectors::replay_inbox::add_replay_inboxes(
             graph,
@@ -337,6 +335,25 @@ fn route_dead_letters(config: &Config, graph: &mut crate::engine::Graph) -> crat
         )?;
     }
     Ok(())
+}
+
+/// The business domain of a pipeline, which names its dead-letter topic: the first
+/// part of its first Kafka source's topic (`orders.order_placed` → `orders`), else the
+/// pipeline's name.
+fn pipeline_domain(graph: &crate::engine::Graph) -> String {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Source(f) => {
+                let d = f.describe();
+                let topic = d.strip_prefix("kafka: topic ")?.split_whitespace().next()?;
+                Some(topic.split('.').next().unwrap_or(topic).to_string())
+            }
+            _ => None,
+        })
+        .next()
+        .unwrap_or_else(|| graph.pipeline.clone())
 }
 
 pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> ExitCode {
@@ -349,15 +366,14 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     let health = Arc::new(crate::admin::Health::default());
     let savepoints = Arc::new(crate::admin::Savepoints::default());
     if !config.admin.listen.is_empty() {
-        match crate::admin::serve(
-            &config.admin.listen,
-            metrics,
-            health.clone(),
-            savepoints.clone(),
-        )
-        .await
-        {
-            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz",
+        let routes = crate::admin::Routes {
+            metrics: Some(metrics),
+            health: health.clone(),
+            savepoints: savepoints.clone(),
+            dlq: Some(super::dlq::http_access(config)),
+        };
+        match crate::admin::serve(&config.admin.listen, routes).await {
+            Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz /dlq",
                 "admin endpoint: /metrics and /healthz"),
             Err(e) => {
                 eprintln!(

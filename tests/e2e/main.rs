@@ -9,6 +9,7 @@ mod common;
 mod checkpoints;
 mod cli_errors;
 mod dead_letter_classes;
+mod dead_letters;
 mod docs;
 mod kafka;
 mod kafka_faults;

@@ -13,6 +13,7 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod local;
+pub mod workflow;
 
 use std::sync::Arc;
 
