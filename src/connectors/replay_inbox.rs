@@ -3,8 +3,8 @@
 //! transaction that marks them replayed; this source reads them back into the
 //! pipeline as records of their table.
 //!
-//! `tributary run` adds one per source table of an unbounded pipeline whose dead
-//! letters are kept locally ([`add_replay_inboxes`]), as a second input of the nodes
+//! `tributary run` adds one per source table of a pipeline whose dead letters are
+//! kept locally (in a bounded pipeline it reads what the inbox holds, then ends) ([`add_replay_inboxes`]), as a second input of the nodes
 //! reading the table ([`Graph::add_replay_source`]). Invariants:
 //! - Its position (the inbox sequence number it has read up to) is in the pipeline's
 //!   checkpoints: a replayed record enters the pipeline exactly once, and a crash
@@ -29,12 +29,11 @@ use crate::formats::json::JsonDecoder;
 /// How often an empty inbox is read again.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Gives every source table of `graph` that can take replays (an unbounded pipeline's
-/// tables with a replay table) its inbox in the local store at `path`.
+/// Gives every source table of `graph` its inbox in the local store at `path`.
 pub fn add_replay_inboxes(graph: &mut Graph, path: &std::path::Path) -> Result<()> {
-    if graph.bounded() {
-        return Ok(());
-    }
+    // A bounded pipeline reads what its inboxes hold when it starts, and ends; its
+    // graph (and so its checkpoints) is the same as when it runs unbounded.
+    let bounded = graph.bounded();
     let tables: Vec<(usize, String, SchemaRef)> = graph
         .nodes
         .iter()
@@ -48,6 +47,7 @@ pub fn add_replay_inboxes(graph: &mut Graph, path: &std::path::Path) -> Result<(
             pipeline: graph.pipeline.clone(),
             table,
             schema,
+            bounded,
         };
         graph.add_replay_source(id, Arc::new(factory))?;
     }
@@ -60,6 +60,8 @@ pub struct InboxSourceFactory {
     pub pipeline: String,
     pub table: String,
     pub schema: SchemaRef,
+    /// Read up to the end of the inbox as it is at the start, then end.
+    pub bounded: bool,
 }
 
 impl SourceFactory for InboxSourceFactory {
@@ -67,7 +69,7 @@ impl SourceFactory for InboxSourceFactory {
         self.schema.clone()
     }
     fn bounded(&self) -> bool {
-        false
+        self.bounded
     }
     fn describe(&self) -> String {
         format!("replay inbox of {} in {}", self.table, self.path.display())
@@ -81,6 +83,7 @@ impl SourceFactory for InboxSourceFactory {
             pipeline: self.pipeline.clone(),
             table: self.table.clone(),
             schema: self.schema.clone(),
+            bounded: self.bounded,
         }))
     }
 }
@@ -90,6 +93,7 @@ struct InboxSource {
     pipeline: String,
     table: String,
     schema: SchemaRef,
+    bounded: bool,
 }
 
 fn store_error(e: crate::dlq::DlqError) -> crate::Error {
@@ -123,6 +127,9 @@ impl Source for InboxSource {
                     .map_err(|e| crate::engine::EngineError::Internal(format!("inbox read: {e}")))?
                     .map_err(store_error)?;
             if records.is_empty() {
+                if self.bounded {
+                    break;
+                }
                 let stop = &mut ctx.stop;
                 let checkpoints = &mut ctx.checkpoints;
                 tokio::select! {

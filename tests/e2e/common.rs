@@ -296,3 +296,21 @@ pub fn committed(dir: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Every row of the published (not hidden) Parquet files under `dir`, as JSON.
+pub fn published_rows(dir: &Path) -> Vec<serde_json::Value> {
+    let mut batches = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || !name.ends_with(".parquet") {
+            continue;
+        }
+        let file = std::fs::File::open(entry.path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        batches.extend(reader.map(|b| b.unwrap()));
+    }
+    batches_as_json(&batches)
+}

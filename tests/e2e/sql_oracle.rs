@@ -223,7 +223,7 @@ async fn check_constraints_divert_rows_before_they_count_toward_the_watermark() 
         Some(3 + negative_in_generated),
         "the three rule breakers (and any negative generated total) are bad records"
     );
-    let first = log_event(&err, "bad record dropped").expect("a bad record log");
+    let first = log_event(&err, "bad record dead-lettered").expect("a bad record log");
     assert_eq!(first["reason"], "constraint");
     let detail = first["detail"].as_str().unwrap();
     assert!(
