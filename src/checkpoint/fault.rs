@@ -14,6 +14,7 @@
 //! | `metadata-committed` | the checkpoint is committed, before any sink publishes its output |
 //! | `sink-committed` | one sink task has published the checkpoint's output (others may not have) |
 //! | `restore` | a sink has restored its state (resent or published what a crash left), before reading input |
+//! | `dlq-replay-chunk` | `tributary dlq replay` has replayed chunk N (`@N`: from the Nth) of a bulk replay, before the next |
 //!
 //! Unset, each check is one atomic load.
 
@@ -28,16 +29,19 @@ pub enum Phase {
     MetadataCommitted,
     SinkCommitted,
     Restore,
+    /// Not a checkpoint's: a bulk dead-letter replay between two chunks.
+    ReplayChunk,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] = [
+    const ALL: [Phase; 7] = [
         Phase::Snapshot,
         Phase::PreCommit,
         Phase::BlobsWritten,
         Phase::MetadataCommitted,
         Phase::SinkCommitted,
         Phase::Restore,
+        Phase::ReplayChunk,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Phase {
             Phase::MetadataCommitted => "metadata-committed",
             Phase::SinkCommitted => "sink-committed",
             Phase::Restore => "restore",
+            Phase::ReplayChunk => "dlq-replay-chunk",
         }
     }
 }

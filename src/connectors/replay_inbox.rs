@@ -23,7 +23,10 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use crate::connectors::dead_letters::local::LocalStore;
-use crate::engine::{Graph, NodeKind, Result, Source, SourceContext, SourceFactory, TaskInfo};
+use crate::engine::{
+    Graph, NodeKind, Result, RowValidator, Source, SourceContext, SourceFactory, TaskInfo,
+    ValidatedSourceFactory,
+};
 use crate::formats::json::JsonDecoder;
 
 /// How often an empty inbox is read again.
@@ -34,22 +37,35 @@ pub fn add_replay_inboxes(graph: &mut Graph, path: &std::path::Path) -> Result<(
     // A bounded pipeline reads what its inboxes hold when it starts, and ends; its
     // graph (and so its checkpoints) is the same as when it runs unbounded.
     let bounded = graph.bounded();
-    let tables: Vec<(usize, String, SchemaRef)> = graph
+    let tables: Vec<(usize, String, SchemaRef, Option<Arc<dyn RowValidator>>)> = graph
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| matches!(n.kind, NodeKind::Source(_)) && !n.passive)
-        .filter_map(|(id, n)| Some((id, n.replay_table.clone()?, n.schema.clone())))
+        .filter(|(_, n)| !n.passive)
+        .filter_map(|(id, n)| match &n.kind {
+            NodeKind::Source(f) => {
+                Some((id, n.replay_table.clone()?, n.schema.clone(), f.validator()))
+            }
+            _ => None,
+        })
         .collect();
-    for (id, table, schema) in tables {
-        let factory = InboxSourceFactory {
+    for (id, table, schema, validator) in tables {
+        let inbox: Arc<dyn SourceFactory> = Arc::new(InboxSourceFactory {
             path: path.to_path_buf(),
             pipeline: graph.pipeline.clone(),
             table,
             schema,
             bounded,
+        });
+        // Replayed records keep the table's contract: its CHECKs apply to them too.
+        let factory: Arc<dyn SourceFactory> = match validator {
+            Some(validator) => Arc::new(ValidatedSourceFactory {
+                inner: inbox,
+                validator,
+            }),
+            None => inbox,
         };
-        graph.add_replay_source(id, Arc::new(factory))?;
+        graph.add_replay_source(id, factory)?;
     }
     Ok(())
 }

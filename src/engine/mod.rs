@@ -259,6 +259,11 @@ pub trait SourceFactory: Send + Sync {
     fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// The rules its rows must satisfy (a table's `CHECK`s), which another source of
+    /// the same table (its replay inbox) applies too.
+    fn validator(&self) -> Option<Arc<dyn RowValidator>> {
+        None
+    }
 }
 
 /// Rules every row of a source must satisfy (a table's `CHECK` constraints). The
@@ -298,6 +303,9 @@ impl SourceFactory for ValidatedSourceFactory {
     }
     fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
         self.inner.preflight()
+    }
+    fn validator(&self) -> Option<Arc<dyn RowValidator>> {
+        Some(self.validator.clone())
     }
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(ValidatedSource {

@@ -341,3 +341,143 @@ async fn an_abort_in_every_checkpoint_phase_leaves_each_bad_record_in_the_queue_
         good_events.len()
     );
 }
+
+/// The replay workflow on the embedded default, end to end: a running pipeline (a
+/// followed directory, checkpoints, exactly-once Parquet) refuses half its orders
+/// through a `CHECK`; the contract is then relaxed (the cause fixed), and a bulk
+/// replay — aborted after its first chunk (`dlq-replay-chunk`) and run again — sends
+/// each refused order back exactly once: the output ends with every order once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let n = 1200i64;
+    // Even orders have a negative total: refused by the first contract.
+    let text: String = (1..=2 * n)
+        .map(|i| {
+            let total = if i % 2 == 0 { -1.0 } else { 1.0 };
+            format!("{}\n", line(i, total, T0 + i))
+        })
+        .collect();
+    write(&d.join("in/part-1.jsonl"), &text);
+    let pipeline = |check: &str| {
+        write(
+            &d.join("p.sql"),
+            &format!(
+                "CREATE TABLE orders (order_id BIGINT, total DOUBLE, event_time TIMESTAMP, \
+                   CONSTRAINT valid_total CHECK ({check})) \
+                 WITH (connector = 'file', path = 'in', format = 'json', follow = 'true', \
+                       poll_interval = '50ms');\n\
+                 CREATE TABLE out WITH (connector = 'parquet', path = 'out');\n\
+                 INSERT INTO out SELECT order_id, total FROM orders;\n"
+            ),
+        );
+    };
+    pipeline("total >= 0");
+    write(
+        &d.join("p.yaml"),
+        "name: shop\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
+         delivery: exactly-once\n",
+    );
+    let published = |d: &Path| -> Vec<i64> {
+        if !d.join("out").exists() {
+            return vec![];
+        }
+        let mut ids: Vec<i64> = published_rows(&d.join("out"))
+            .iter()
+            .map(|r| r["order_id"].as_i64().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let run = Running::start(d, &["p.yaml"]);
+    eventually("the odd orders published", Duration::from_secs(60), || {
+        published(d).len() == n as usize
+    });
+    let store = LocalStore::open(d.join("data/dlq.sqlite")).unwrap();
+    let pending = |store: &LocalStore| {
+        let store = store.clone();
+        async move { store.pending_summary("shop").unwrap().0 }
+    };
+    assert_eq!(
+        pending(&store).await,
+        n as u64,
+        "every even order is a dead letter"
+    );
+    run.sigterm();
+    let (code, err) = run.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+
+    // The cause fixed: the contract takes a total of -1 (a refund).
+    pipeline("total >= -1");
+    let mut replay = tributary(d);
+    replay.env("TRIBUTARY_FAULT_INJECT", "dlq-replay-chunk@1");
+    let o = replay
+        .args([
+            "dlq",
+            "replay",
+            "--pipeline",
+            "shop",
+            "--class",
+            "constraint",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        None,
+        "aborted after a chunk: {}",
+        stderr(&o)
+    );
+    let after_abort = pending(&store).await;
+    assert!(
+        after_abort > 0 && after_abort < n as u64,
+        "the abort came between chunks: {after_abort} still pending"
+    );
+    let o = run_args(
+        d,
+        &[
+            "dlq",
+            "replay",
+            "--pipeline",
+            "shop",
+            "--class",
+            "constraint",
+        ],
+    );
+    ok(&o);
+    assert_eq!(
+        pending(&store).await,
+        0,
+        "the repeated replay sent the rest"
+    );
+    let inbox = store.inbox("shop", "orders", 0, 10 * n as usize).unwrap();
+    let mut replayed: Vec<&str> = inbox.iter().map(|r| r.dlq_id.as_str()).collect();
+    replayed.sort();
+    replayed.dedup();
+    assert_eq!(
+        (inbox.len(), replayed.len()),
+        (n as usize, n as usize),
+        "each dead letter in the inbox once"
+    );
+
+    let run = Running::start(d, &["p.yaml"]);
+    eventually("every order published", Duration::from_secs(60), || {
+        published(d).len() >= 2 * n as usize
+    });
+    run.sigterm();
+    let (code, err) = run.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        published(d),
+        (1..=2 * n).collect::<Vec<_>>(),
+        "every order exactly once"
+    );
+    assert_eq!(pending(&store).await, 0, "nothing failed again");
+}
+
+/// `tributary ARGS…` in `d` (no admin endpoint of its own).
+fn run_args(d: &Path, args: &[&str]) -> std::process::Output {
+    tributary(d).args(args).output().unwrap()
+}

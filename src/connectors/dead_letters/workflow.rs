@@ -387,10 +387,16 @@ impl Workflow {
                 replayable.into_iter().map(|l| l.id).collect()
             }
         };
-        for chunk in ids.chunks(CHUNK) {
+        for (i, chunk) in ids.chunks(CHUNK).enumerate() {
             let o = self.store.replay(chunk, actor).await?;
             report.outcome.replayed += o.replayed;
             report.outcome.skipped += o.skipped;
+            // Crash tests: abort between two chunks, each replayed and marked at once.
+            crate::checkpoint::fault::point(
+                crate::checkpoint::fault::Phase::ReplayChunk,
+                Some(i as u64 + 1),
+                &"dlq replay",
+            );
         }
         Ok(report)
     }
