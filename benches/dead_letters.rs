@@ -94,7 +94,8 @@ fn letter(i: usize) -> DeadLetter {
         node: "bids".into(),
         failure_class: BadRecordReason::Malformed,
         message: "unterminated string (at byte 61)".into(),
-        payload: format!("{{\"auction\":{i},\"bidder\":7,\"price\":100,\"channel\":\"Goo").into_bytes(),
+        payload: format!("{{\"auction\":{i},\"bidder\":7,\"price\":100,\"channel\":\"Goo")
+            .into_bytes(),
         payload_format: PayloadFormat::Bytes,
         source: Origin {
             table: Some("bids".into()),

@@ -9,7 +9,9 @@
 //! Invariants:
 //! - A lookup table is loaded at most once at a time, on first use, by whichever task
 //!   needs it first; every task then shares the same snapshot.
-//! - Misses follow the SQL: `LEFT JOIN` keeps the row with NULLs, `JOIN` drops it.
+//! - Misses follow the SQL: `LEFT JOIN` keeps the row with NULLs, `JOIN` drops it;
+//!   with `on_miss = 'dead-letter'` each missed stream row is also a dead letter
+//!   (class `lookup_miss`, found by an anti join of the same keys: `misses`).
 //! - A failed read is an outage, never rows dropped: a refresh that fails keeps the
 //!   whole previous snapshot and is tried again after the refresh interval, the table
 //!   reported retrying in the health table ([`Probe`], kind `lookup`) until a read
@@ -37,6 +39,9 @@ type Snapshot = Arc<Vec<RecordBatch>>;
 
 pub(crate) struct LookupTable {
     pub(crate) name: String,
+    /// `on_miss = 'dead-letter'`: a stream row the join finds no row of this table for
+    /// is a dead letter (class `lookup_miss`), whatever the join then does with it.
+    pub(crate) dead_letter_misses: bool,
     source: Arc<dyn SourceFactory>,
     refresh: Option<Duration>,
     current: tokio::sync::Mutex<Option<(Instant, Snapshot)>>,
@@ -51,6 +56,7 @@ impl std::fmt::Debug for LookupTable {
         f.debug_struct("LookupTable")
             .field("name", &self.name)
             .field("refresh", &self.refresh)
+            .field("dead_letter_misses", &self.dead_letter_misses)
             .finish()
     }
 }
@@ -64,6 +70,7 @@ impl LookupTable {
     ) -> Self {
         LookupTable {
             name: name.into(),
+            dead_letter_misses: false,
             source,
             refresh,
             current: tokio::sync::Mutex::new(None),
@@ -160,6 +167,64 @@ impl PartitionStream for LookupPartition {
         });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
     }
+}
+
+/// For each join of `plan` with a lookup table whose misses are dead letters: the
+/// table's name and a plan of the stream side's rows that find no row in it (the same
+/// join, anti). Each runs over the stage's batch like the stage's own plan.
+pub(crate) fn misses(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Vec<(String, Arc<dyn datafusion::physical_plan::ExecutionPlan>)> {
+    use datafusion::common::JoinType;
+    use datafusion::physical_plan::joins::HashJoinExec;
+    let mut out = Vec::new();
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>()
+        && matches!(
+            join.join_type(),
+            JoinType::Inner | JoinType::Left | JoinType::Right
+        )
+    {
+        let (left, right) = (lookup_in(join.left()), lookup_in(join.right()));
+        let anti = match (left, right) {
+            (Some(t), None) => Some((t, JoinType::RightAnti)),
+            (None, Some(t)) => Some((t, JoinType::LeftAnti)),
+            _ => None,
+        };
+        if let Some((table, join_type)) = anti
+            && let Ok(miss) = join
+                .builder()
+                .with_type(join_type)
+                .with_projection(None)
+                .reset_state()
+                .build_exec()
+        {
+            out.push((table, miss));
+        }
+    }
+    for child in plan.children() {
+        out.extend(misses(child));
+    }
+    out
+}
+
+/// The name of the lookup table (with `on_miss = 'dead-letter'`) a subtree scans.
+fn lookup_in(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> {
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        return scan.partitions().iter().find_map(|p| {
+            let d = format!("{p:?}");
+            if !d.contains("dead_letter_misses: true") {
+                return None;
+            }
+            let name = d
+                .split("LookupTable { name: \"")
+                .nth(1)?
+                .split('"')
+                .next()?;
+            Some(name.to_string())
+        });
+    }
+    plan.children().into_iter().find_map(lookup_in)
 }
 
 #[cfg(test)]

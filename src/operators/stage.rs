@@ -85,6 +85,9 @@ pub struct SqlOperatorFactory {
     /// column is set aside, the plan runs on the other columns and its output rows get
     /// the op back.
     pub(crate) changelog: bool,
+    /// Joins with lookup tables whose misses are dead letters: (table, plan of the
+    /// stream rows without a match); see `lookup::misses`.
+    pub(crate) misses: Vec<(String, Arc<dyn ExecutionPlan>)>,
 }
 
 impl SqlOperatorFactory {
@@ -139,6 +142,7 @@ impl OperatorFactory for SqlOperatorFactory {
             task: task.to_string(),
             on_error: self.on_error,
             changelog: self.changelog.then(|| self.output_schema()),
+            misses: self.misses.clone(),
         }))
     }
 }
@@ -159,6 +163,7 @@ struct SqlOperator {
     on_error: ErrorPolicy,
     /// Over a changelog: the output schema, with its op column.
     changelog: Option<SchemaRef>,
+    misses: Vec<(String, Arc<dyn ExecutionPlan>)>,
 }
 
 impl SqlOperator {
@@ -181,14 +186,44 @@ impl SqlOperator {
     /// Evaluates the plan over `batch`, collecting every output batch (nothing is
     /// emitted when evaluation fails half way).
     async fn eval(&self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        self.run(&self.plan, batch).await
+    }
+
+    /// Reports the rows of `batch` a lookup join finds no row for, where the lookup
+    /// table says misses are dead letters.
+    async fn report_misses(&self, batch: &RecordBatch, out: &mut Collector) -> Result<()> {
+        for (table, plan) in &self.misses {
+            // Rows whose evaluation fails are the stage's own plan's to report.
+            let Ok(missed) = self.run(plan, batch.clone()).await else {
+                continue;
+            };
+            for missed in missed {
+                for row in 0..missed.num_rows() {
+                    out.bad_records().report_row(
+                        BadRecordReason::LookupMiss,
+                        &format!("lookup table {table} has no row for this row's key"),
+                        &missed,
+                        row,
+                        None,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        batch: RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
         *self.slot.0.lock().expect("slot lock") = Some(batch);
         let plan = if self.fresh_plan_per_batch {
-            datafusion::physical_plan::execution_plan::reset_plan_states(self.plan.clone())
-                .map_err(|e| {
-                    EngineError::datafusion(format!("{}: resetting the plan", self.task), e)
-                })?
+            datafusion::physical_plan::execution_plan::reset_plan_states(plan.clone()).map_err(
+                |e| EngineError::datafusion(format!("{}: resetting the plan", self.task), e),
+            )?
         } else {
-            self.plan.clone()
+            plan.clone()
         };
         let mut stream = plan
             .execute(0, self.ctx.clone())
@@ -245,6 +280,9 @@ impl Operator for SqlOperator {
             }
             None => (batch, None),
         };
+        if !self.misses.is_empty() {
+            self.report_misses(&batch, out).await?;
+        }
         let input = (self.on_error != ErrorPolicy::Fail).then(|| batch.clone());
         match self.eval(batch).await {
             Ok(results) => self.emit(results, op.as_ref(), out).await,

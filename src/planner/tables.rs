@@ -61,8 +61,8 @@ struct TableOptions {
     connector: BTreeMap<String, String>,
     parallelism: usize,
     event_time: Option<(EventTime, Option<Duration>)>,
-    /// `Some(refresh)`: a lookup table.
-    lookup: Option<Option<Duration>>,
+    /// `Some((refresh, misses are dead letters))`: a lookup table.
+    lookup: Option<(Option<Duration>, bool)>,
     processing_time: Option<String>,
 }
 
@@ -214,7 +214,9 @@ impl Planning<'_> {
             });
         }
         match options.lookup {
-            Some(refresh) => self.declare_lookup(decl, factory, refresh, &options, tables),
+            Some((refresh, on_miss)) => {
+                self.declare_lookup(decl, factory, (refresh, on_miss), &options, tables)
+            }
             None => self.declare_stream(decl, factory, options, tables),
         }
     }
@@ -224,7 +226,7 @@ impl Planning<'_> {
         &self,
         decl: &TableDecl,
         factory: Arc<dyn SourceFactory>,
-        refresh: Option<Duration>,
+        (refresh, dead_letter_misses): (Option<Duration>, bool),
         options: &TableOptions,
         tables: &mut Tables,
     ) -> Result<()> {
@@ -241,12 +243,9 @@ impl Planning<'_> {
             .into());
         }
         let schema = factory.schema();
-        let table = Arc::new(LookupTable::new(
-            self.pipeline,
-            &decl.name,
-            factory,
-            refresh,
-        ));
+        let mut table = LookupTable::new(self.pipeline, &decl.name, factory, refresh);
+        table.dead_letter_misses = dead_letter_misses;
+        let table = Arc::new(table);
         tables.lookups.push(table.describe());
         SqlPlanner::register_lookup(&self.ctx, table, schema)
     }
@@ -358,9 +357,19 @@ async fn declared_schema(
 /// `refresh_interval`. `None`: not a lookup table; `Some(refresh)`: a lookup table.
 fn take_lookup(
     options: &mut BTreeMap<String, String>,
-) -> std::result::Result<Option<Option<std::time::Duration>>, String> {
+) -> std::result::Result<Option<(Option<std::time::Duration>, bool)>, String> {
     let lookup = options.remove("lookup");
     let refresh = options.remove("refresh_interval");
+    let on_miss = match options.remove("on_miss").as_deref().map(str::trim) {
+        None | Some("ignore") => None,
+        Some("dead-letter") => Some(true),
+        Some(other) => {
+            return Err(format!(
+                "on_miss = '{other}': expected 'dead-letter' (a stream row without a match \
+                 is a dead letter, class lookup_miss) or 'ignore' (the join decides)"
+            ));
+        }
+    };
     let is_lookup = match lookup.as_deref().map(str::trim) {
         None => false,
         Some("true") => true,
@@ -368,9 +377,12 @@ fn take_lookup(
         Some(other) => return Err(format!("lookup = '{other}': expected 'true' or 'false'")),
     };
     if !is_lookup {
-        return match refresh {
-            Some(_) => Err("refresh_interval applies to lookup tables (lookup = 'true')".into()),
-            None => Ok(None),
+        return match (refresh, on_miss) {
+            (Some(_), _) => {
+                Err("refresh_interval applies to lookup tables (lookup = 'true')".into())
+            }
+            (_, Some(_)) => Err("on_miss applies to lookup tables (lookup = 'true')".into()),
+            _ => Ok(None),
         };
     }
     let refresh = refresh
@@ -386,5 +398,5 @@ fn take_lookup(
                 })
         })
         .transpose()?;
-    Ok(Some(refresh))
+    Ok(Some((refresh, on_miss.unwrap_or(false))))
 }

@@ -371,6 +371,24 @@ async fn a_lookup_option_that_is_not_a_boolean_is_refused() {
 }
 
 #[tokio::test]
+async fn an_on_miss_without_lookup_or_of_an_unknown_kind_is_refused() {
+    assert_refused(
+        &orders_with("on_miss = 'dead-letter'"),
+        PLAN,
+        (1, 14),
+        &["on_miss applies to lookup tables (lookup = 'true')"],
+    )
+    .await;
+    assert_refused(
+        &orders_with("lookup = 'true', on_miss = 'panic'"),
+        PLAN,
+        (1, 14),
+        &["on_miss = 'panic': expected 'dead-letter'"],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn a_refresh_interval_without_lookup_is_refused() {
     assert_refused(
         &orders_with("refresh_interval = '1m'"),

@@ -481,3 +481,50 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
 fn run_args(d: &Path, args: &[&str]) -> std::process::Output {
     tributary(d).args(args).output().unwrap()
 }
+
+/// A lookup table with `on_miss = 'dead-letter'`: each order whose restaurant the
+/// table does not know is a dead letter of class `lookup_miss` (the inner join drops
+/// it); the others are enriched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_miss_is_a_dead_letter_where_the_table_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("restaurants.jsonl"),
+        "{\"restaurant_id\":0,\"name\":\"Harbour\"}\n{\"restaurant_id\":1,\"name\":\"Station\"}\n",
+    );
+    let orders: String = (0..30)
+        .map(|i| format!("{{\"order_id\":{i},\"restaurant_id\":{}}}\n", i % 3))
+        .collect();
+    write(&d.join("orders.jsonl"), &orders);
+    write(
+        &d.join("p.sql"),
+        "CREATE TABLE restaurants (restaurant_id BIGINT, name VARCHAR) WITH (connector = 'file', \
+           path = 'restaurants.jsonl', format = 'json', lookup = 'true', on_miss = 'dead-letter');\n\
+         CREATE TABLE orders (order_id BIGINT, restaurant_id BIGINT) WITH (connector = 'file', \
+           path = 'orders.jsonl', format = 'json');\n\
+         CREATE TABLE out WITH (connector = 'file', path = 'out.jsonl');\n\
+         INSERT INTO out SELECT o.order_id, r.name FROM orders o \
+           JOIN restaurants r ON o.restaurant_id = r.restaurant_id;\n",
+    );
+    ok(&run(d, &["run", "p.sql"]));
+    let mut enriched: Vec<i64> = json_lines(&d.join("out.jsonl"))
+        .iter()
+        .map(|r| r["order_id"].as_i64().unwrap())
+        .collect();
+    enriched.sort();
+    assert_eq!(enriched, (0..30).filter(|i| i % 3 != 2).collect::<Vec<_>>());
+    let got = letters(d).await;
+    let mut missed: Vec<i64> = got
+        .iter()
+        .map(|l| {
+            assert_eq!(l.failure_class, BadRecordReason::LookupMiss);
+            assert!(l.message.contains("restaurants"), "{}", l.message);
+            let row: serde_json::Value = serde_json::from_slice(&l.payload).unwrap();
+            assert_eq!(row["restaurant_id"], 2);
+            row["order_id"].as_i64().unwrap()
+        })
+        .collect();
+    missed.sort();
+    assert_eq!(missed, (0..30).filter(|i| i % 3 == 2).collect::<Vec<_>>());
+}

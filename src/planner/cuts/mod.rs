@@ -79,6 +79,7 @@ impl Query<'_> {
     ) -> Arc<SqlOperatorFactory> {
         Arc::new(SqlOperatorFactory {
             sql,
+            misses: crate::operators::lookup::misses(&plan),
             schema: plan.schema(),
             plan,
             task_ctx: self.state.task_ctx(),
