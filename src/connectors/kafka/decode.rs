@@ -57,16 +57,36 @@ pub(super) struct RawRecords {
     metas: Vec<RecordMeta>,
     /// Each record's offset and key, for the dead letter of a record refused.
     offsets: Vec<i64>,
-    keys: Vec<Option<Vec<u8>>>,
+    /// Keys, one after the other in `key_bytes` (no allocation per record).
+    key_bytes: Vec<u8>,
+    keys: Vec<Option<(usize, usize)>>,
+    /// Each record's headers (empty: none), kept for a replay of a refused one.
+    headers: Vec<Vec<(String, Vec<u8>)>>,
+}
+
+/// A record's headers as (name, value) pairs (a header without a value: empty).
+fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
+    use rdkafka::message::Headers;
+    m.headers().map_or_else(Vec::new, |h| {
+        h.iter()
+            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+            .collect()
+    })
 }
 
 impl RawRecords {
-    fn push(&mut self, value: &[u8], meta: Option<RecordMeta>, offset: i64, key: Option<&[u8]>) {
+    fn push<M: Message>(&mut self, value: &[u8], meta: Option<RecordMeta>, m: &M) {
         self.bytes.extend_from_slice(value);
         self.ends.push(self.bytes.len());
         self.metas.extend(meta);
-        self.offsets.push(offset);
-        self.keys.push(key.map(<[u8]>::to_vec));
+        self.offsets.push(m.offset());
+        let key = m.key().map(|k| {
+            let start = self.key_bytes.len();
+            self.key_bytes.extend_from_slice(k);
+            (start, self.key_bytes.len())
+        });
+        self.keys.push(key);
+        self.headers.push(headers_of(m));
     }
 
     fn len(&self) -> usize {
@@ -79,6 +99,8 @@ impl RawRecords {
         self.metas.clear();
         self.offsets.clear();
         self.keys.clear();
+        self.key_bytes.clear();
+        self.headers.clear();
     }
 }
 
@@ -158,6 +180,7 @@ impl Decoding {
         origin.partition = Some(p);
         origin.offset = Some(m.offset());
         origin.key = m.key().map(<[u8]>::to_vec);
+        origin.headers = headers_of(m);
         let Some(value) = m.payload() else {
             let detail = format!(
                 "partition {p} offset {}: a record without a value",
@@ -176,7 +199,7 @@ impl Decoding {
             }
         };
         let raw = self.pending.entry(p).or_default();
-        raw.push(value, attributes, m.offset(), m.key());
+        raw.push(value, attributes, m);
         if raw.len() >= self.batch_size {
             self.send(p, out).await?;
         }
@@ -318,7 +341,9 @@ impl RecordDecoder {
             ends,
             metas,
             offsets,
+            key_bytes,
             keys,
+            headers,
         } = raw;
         let mut metas = metas.drain(..);
         let mut kept = Vec::new();
@@ -327,7 +352,16 @@ impl RecordDecoder {
         for (i, &end) in ends.iter().enumerate() {
             let origin = bad.origin_mut();
             origin.offset = offsets.get(i).copied();
-            origin.key = keys.get_mut(i).and_then(Option::take);
+            // Reusing the key buffer: no allocation per record.
+            match keys.get(i).copied().flatten() {
+                Some((a, b)) => {
+                    let key = origin.key.get_or_insert_with(Vec::new);
+                    key.clear();
+                    key.extend_from_slice(&key_bytes[a..b]);
+                }
+                None => origin.key = None,
+            }
+            origin.headers = headers.get_mut(i).map(std::mem::take).unwrap_or_default();
             let accepted = self.push(&bytes[start..end], bad).await?;
             start = end;
             if let Some(m) = metas.next()
@@ -339,6 +373,7 @@ impl RecordDecoder {
         // Records refused while flushing are not tied to one offset here.
         let origin = bad.origin_mut();
         (origin.offset, origin.key) = (None, None);
+        origin.headers.clear();
         let batch = self.flush(bad)?;
         let dropped = self.take_dropped();
         let Some(batch) = batch else {
