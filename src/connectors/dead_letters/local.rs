@@ -101,7 +101,6 @@ static DDL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "CREATE TABLE IF NOT EXISTS dead_letters (\n  {}\n);
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, status, first_failure);
-CREATE INDEX IF NOT EXISTS dead_letters_class ON dead_letters (failure_class);
 CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (first_failure, id);
 CREATE TABLE IF NOT EXISTS staged (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -809,6 +808,8 @@ impl SinkFactory for LocalSinkFactory {
             buffer: Vec::new(),
             two_phase: false,
             clean_start: false,
+            inflight: None,
+            gauges_at: None,
         }))
     }
 }
@@ -829,6 +830,11 @@ pub struct LocalSink {
     /// rows of an earlier run belong to no checkpoint that will ever commit; the first
     /// write to `staged` deletes them.
     clean_start: bool,
+    /// The write of the previous flush, still running on a blocking thread while the
+    /// pipeline goes on (one at a time, in order; every commit point waits for it).
+    inflight: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// When the queue gauges were last set (at most once a second; they count rows).
+    gauges_at: Option<std::time::Instant>,
 }
 
 impl LocalSink {
@@ -836,17 +842,44 @@ impl LocalSink {
         self.pipeline.clone()
     }
 
-    /// Writes the buffer (visible, or staged and then tagged with `tag`).
+    /// Waits for the write in flight, if any.
+    async fn settle_inflight(&mut self) -> crate::Result<()> {
+        if let Some(write) = self.inflight.take() {
+            write
+                .await
+                .map_err(|e| DlqError::store(&self.store.inner.name, e))??;
+        }
+        Ok(())
+    }
+
+    /// Whether the gauges are due (and marks them set).
+    fn gauges_due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let due = self
+            .gauges_at
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            self.gauges_at = Some(now);
+        }
+        due
+    }
+
+    /// Writes the buffer (visible, or staged and then tagged with `tag`). A write
+    /// without a tag runs while the pipeline goes on (the next call, a flush or any
+    /// commit point waits for it); a tagged one (a pre-commit) is durable on return.
     async fn write_out(&mut self, tag: Option<i64>) -> crate::Result<()> {
+        self.settle_inflight().await?;
         if self.buffer.is_empty() && tag.is_none() {
             return Ok(());
         }
         let letters = std::mem::take(&mut self.buffer);
         let pipeline = self.pipeline();
-        if self.two_phase {
+        let gauges = self.gauges_due();
+        let store = self.store.clone();
+        let write = if self.two_phase {
             let clear = std::mem::take(&mut self.clean_start);
-            self.store
-                .run(move |conn| {
+            tokio::task::spawn_blocking(move || {
+                store.blocking(move |conn| {
                     let s = Staging {
                         clear,
                         letters: &letters,
@@ -854,19 +887,27 @@ impl LocalSink {
                     };
                     stage(conn, &pipeline, s)
                 })
-                .await?;
+            })
         } else {
-            self.store
-                .run(move |conn| {
+            tokio::task::spawn_blocking(move || {
+                store.blocking(move |conn| {
                     write_visible(conn, &letters)?;
-                    update_gauges(conn, &pipeline)
+                    if gauges {
+                        update_gauges(conn, &pipeline)?;
+                    }
+                    Ok(())
                 })
-                .await?;
+            })
+        };
+        self.inflight = Some(write);
+        if tag.is_some() {
+            self.settle_inflight().await?;
         }
         Ok(())
     }
 
     async fn settle(&mut self, upto: Upto, discard_rest: bool) -> crate::Result<()> {
+        self.settle_inflight().await?;
         let pipeline = self.pipeline();
         let clear = std::mem::take(&mut self.clean_start);
         self.store
@@ -896,8 +937,11 @@ impl Sink for LocalSink {
         Ok(())
     }
 
+    /// Makes what it was given visible (or staged): a full buffer is written in the
+    /// background by `write`, and the flush waits for it.
     async fn flush(&mut self) -> crate::Result<()> {
-        self.write_out(None).await
+        self.write_out(None).await?;
+        self.settle_inflight().await
     }
 
     /// At the end of the input: everything becomes visible. Under exactly-once the
@@ -906,6 +950,7 @@ impl Sink for LocalSink {
     /// as the trait asks, as the other two-phase sinks do (`parquet`).
     async fn finish(&mut self) -> crate::Result<()> {
         self.write_out(None).await?;
+        self.settle_inflight().await?;
         if self.two_phase {
             self.settle(Upto::All, false).await?;
         }
@@ -921,6 +966,7 @@ impl Sink for LocalSink {
     async fn pre_commit(&mut self, id: u64) -> crate::Result<Option<Vec<u8>>> {
         if !self.two_phase {
             self.write_out(None).await?;
+            self.settle_inflight().await?;
             return Ok(None);
         }
         self.write_out(Some(checkpoint_id(id)?)).await?;
@@ -957,6 +1003,7 @@ impl Sink for LocalSink {
     async fn close_uncommitted(&mut self, committed: u64) -> crate::Result<()> {
         // Not written: they came after the last checkpoint, which the restart replays.
         self.buffer.clear();
+        self.settle_inflight().await?;
         if !self.two_phase {
             return self.finish().await;
         }
