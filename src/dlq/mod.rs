@@ -153,6 +153,9 @@ pub struct BadRecords {
     context: RecordContext,
     last_log: Option<Instant>,
     suppressed: u64,
+    /// `tributary_bad_records_total` and `tributary_dead_letters_total` by class,
+    /// looked up once each (a lookup builds its labels).
+    counters: [Option<(metrics::Counter, metrics::Counter)>; BadRecordReason::ALL.len()],
 }
 
 impl BadRecords {
@@ -181,6 +184,7 @@ impl BadRecords {
             context: RecordContext::default(),
             last_log: None,
             suppressed: 0,
+            counters: Default::default(),
         }
     }
 
@@ -197,6 +201,7 @@ impl BadRecords {
             context: RecordContext::default(),
             last_log: None,
             suppressed: 0,
+            counters: Default::default(),
         }
     }
 
@@ -275,7 +280,7 @@ impl BadRecords {
 
     pub fn report_with(&mut self, r: Report<'_>) {
         self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::bad_records(&self.pipeline, &self.operator, r.reason.as_str()).increment(1);
+        self.counters(r.reason).0.increment(1);
         let kept = match self.policy {
             ErrorPolicy::DeadLetter if self.routed => {
                 self.keep(&r);
@@ -320,8 +325,23 @@ impl BadRecords {
         }
     }
 
+    /// The counters of class `reason`.
+    fn counters(&mut self, reason: BadRecordReason) -> &(metrics::Counter, metrics::Counter) {
+        let i = BadRecordReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL");
+        let (pipeline, operator) = (&self.pipeline, &self.operator);
+        self.counters[i].get_or_insert_with(|| {
+            (
+                crate::metrics::bad_records(pipeline, operator, reason.as_str()),
+                crate::metrics::dead_letters(pipeline, reason.as_str()),
+            )
+        })
+    }
+
     fn keep(&mut self, r: &Report<'_>) {
-        crate::metrics::dead_letters(&self.pipeline, r.reason.as_str()).increment(1);
+        self.counters(r.reason).1.increment(1);
         let now = record::now_ms();
         let origin = self.origin.clone();
         let (id, attempts) = match self.context.replay_of.as_ref() {
