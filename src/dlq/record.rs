@@ -163,7 +163,9 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// A fresh id: 128 random bits as 32 hex digits.
+    /// A fresh id: 32 hex digits, the time in ms then 80 unpredictable bits, so ids
+    /// sort by creation (stores append to their indexes instead of inserting at random
+    /// places) and never collide.
     pub fn new_id() -> String {
         use std::hash::{BuildHasher, Hasher};
         use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,7 +178,8 @@ impl DeadLetter {
             h.write_u64(n);
             h.finish()
         };
-        format!("{:016x}{:016x}", half(), half())
+        let now = now_ms().max(0) as u64 & 0xffff_ffff_ffff;
+        format!("{now:012x}{:04x}{:016x}", half() & 0xffff, half())
     }
 
     /// The payload as text when it is UTF-8 (JSON), else as base64.
