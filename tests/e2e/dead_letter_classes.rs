@@ -23,6 +23,7 @@ async fn letters(d: &Path) -> Vec<DeadLetter> {
             Page {
                 offset: 0,
                 limit: 1_000_000,
+                after: None,
             },
         )
         .await

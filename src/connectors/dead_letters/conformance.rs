@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             two_phase_close_uncommitted_keeps_committed_checkpoints,
             two_phase_start_without_a_checkpoint_drops_earlier_staged_letters,
             list_filters_and_pages,
+            a_cursor_pages_like_offsets,
             stats_count_and_oldest,
             discard_needs_a_reason_and_a_pending_record,
             edit_keeps_the_first_original_payload,
@@ -99,7 +100,14 @@ pub(crate) async fn all(store: &Store) -> Vec<DeadLetter> {
 
 async fn list(store: &Store, filter: &Filter, offset: usize, limit: usize) -> Vec<DeadLetter> {
     store
-        .list(filter, Page { offset, limit })
+        .list(
+            filter,
+            Page {
+                offset,
+                limit,
+                after: None,
+            },
+        )
         .await
         .expect("list")
 }
@@ -398,6 +406,37 @@ fn filter_letters() -> Vec<DeadLetter> {
             "late by 50 s",
         ),
     ]
+}
+
+/// Paging by the last record of the previous page (`Page::after`) gives the pages an
+/// offset gives.
+pub(crate) async fn a_cursor_pages_like_offsets(store: Store) {
+    let letters = filter_letters();
+    write_finished(&store, &letters).await;
+    let by_offset = |offset| Page {
+        offset,
+        limit: 3,
+        after: None,
+    };
+    let mut by_cursor: Vec<DeadLetter> = Vec::new();
+    loop {
+        let page = Page {
+            offset: 0,
+            limit: 3,
+            after: by_cursor.last().map(|l| (l.first_failure, l.id.clone())),
+        };
+        let got = store.list(&Filter::default(), page).await.expect("list");
+        let expected = store
+            .list(&Filter::default(), by_offset(by_cursor.len()))
+            .await
+            .expect("list");
+        assert_eq!(got, expected, "the page after {} records", by_cursor.len());
+        if got.is_empty() {
+            break;
+        }
+        by_cursor.extend(got);
+    }
+    assert_eq!(by_cursor.len(), letters.len(), "every record once");
 }
 
 pub(crate) async fn list_filters_and_pages(store: Store) {

@@ -101,7 +101,6 @@ static DDL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "CREATE TABLE IF NOT EXISTS dead_letters (\n  {}\n);
 CREATE INDEX IF NOT EXISTS dead_letters_pipeline ON dead_letters (pipeline, status, first_failure);
-CREATE INDEX IF NOT EXISTS dead_letters_order ON dead_letters (first_failure, id);
 CREATE TABLE IF NOT EXISTS staged (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   checkpoint INTEGER,
@@ -556,7 +555,13 @@ impl DeadLetterStore for LocalStore {
     }
 
     async fn list(&self, filter: &Filter, page: Page) -> Result<Vec<DeadLetter>> {
-        let (cond, mut values) = where_of(filter);
+        let (mut cond, mut values) = where_of(filter);
+        if let Some((t, id)) = &page.after {
+            values.push(Value::Integer(*t));
+            values.push(Value::Text(id.clone()));
+            let n = values.len();
+            cond.push_str(&format!(" AND (first_failure, id) > (?{}, ?{n})", n - 1));
+        }
         values.push(Value::Integer(limit_of(page.limit)));
         values.push(Value::Integer(limit_of(page.offset)));
         let n = values.len();

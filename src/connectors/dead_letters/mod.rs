@@ -74,10 +74,14 @@ pub fn domain_of(l: &DeadLetter) -> String {
 }
 
 /// A page of a listing: records in order of first failure, then id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub offset: usize,
     pub limit: usize,
+    /// Only records after this (first failure, id) in that order: paging through a
+    /// large queue by the last record of the previous page costs the same for every
+    /// page, where an offset costs the records it skips.
+    pub after: Option<(i64, String)>,
 }
 
 impl Default for Page {
@@ -85,7 +89,17 @@ impl Default for Page {
         Page {
             offset: 0,
             limit: 100,
+            after: None,
         }
+    }
+}
+
+impl Page {
+    /// Whether `l` comes after the page's cursor (always without one).
+    pub fn is_after(&self, l: &DeadLetter) -> bool {
+        self.after
+            .as_ref()
+            .is_none_or(|(t, id)| (l.first_failure, l.id.as_str()) > (*t, id.as_str()))
     }
 }
 

@@ -22,6 +22,8 @@ use crate::dlq::{BadRecordReason, DlqError};
 
 /// How many ids one store call changes at most.
 pub const CHUNK: usize = 500;
+/// Records read per page when a filter selects what to change.
+const PAGE: usize = 10_000;
 
 /// The most records one listing returns.
 pub const MAX_LIMIT: usize = 10_000;
@@ -321,16 +323,17 @@ impl Workflow {
             status: Some(Status::Pending),
             ..filter.clone()
         };
-        let mut all = Vec::new();
+        let mut all: Vec<DeadLetter> = Vec::new();
         loop {
             let page = Page {
-                offset: all.len(),
-                limit: CHUNK,
+                offset: 0,
+                limit: PAGE,
+                after: all.last().map(|l| (l.first_failure, l.id.clone())),
             };
             let got = self.store.list(&filter, page).await?;
             let n = got.len();
             all.extend(got);
-            if n < CHUNK {
+            if n < PAGE {
                 return Ok(all);
             }
         }
@@ -572,7 +575,8 @@ mod tests {
             p.page,
             Page {
                 offset: 10,
-                limit: 20
+                limit: 20,
+                after: None,
             }
         );
         let p = parse(&[("ids", "a, b,,c"), ("dry_run", "true"), ("reason", "dup")]).unwrap();

@@ -689,6 +689,7 @@ fn sorted_page(mut letters: Vec<DeadLetter>, page: Page) -> Vec<DeadLetter> {
     letters.sort_by(|a, b| (a.first_failure, &a.id).cmp(&(b.first_failure, &b.id)));
     letters
         .into_iter()
+        .filter(|l| page.is_after(l))
         .skip(page.offset)
         .take(page.limit)
         .collect()

@@ -142,6 +142,7 @@ async fn all(store: &Store) -> Vec<DeadLetter> {
             Page {
                 offset: 0,
                 limit: usize::MAX,
+                after: None,
             },
         )
         .await
@@ -227,6 +228,7 @@ async fn letters_written_in_a_checkpoint_transaction_list_with_every_field() {
             Page {
                 offset: 1,
                 limit: 1,
+                after: None,
             },
         )
         .await
