@@ -146,18 +146,7 @@ impl Source for InboxSource {
                 if self.bounded {
                     break;
                 }
-                let stop = &mut ctx.stop;
-                let checkpoints = &mut ctx.checkpoints;
-                tokio::select! {
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = stop.raised() => {}
-                    _ = async {
-                        match checkpoints.as_mut() {
-                            Some(c) => { c.triggered().await; }
-                            None => std::future::pending::<()>().await,
-                        }
-                    } => {}
-                }
+                ctx.pause_until(tokio::time::Instant::now() + POLL).await;
                 continue;
             }
             for r in records {

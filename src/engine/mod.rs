@@ -203,6 +203,23 @@ impl SourceContext {
         Some(position::encode(&p, self.out.split_event_times()))
     }
 
+    /// Waits until `deadline`, the stop signal or the next checkpoint trigger,
+    /// whichever comes first: how a source waiting for input stays responsive.
+    pub async fn pause_until(&mut self, deadline: tokio::time::Instant) {
+        let stop = &mut self.stop;
+        let checkpoints = &mut self.checkpoints;
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = stop.raised() => {}
+            _ = async {
+                match checkpoints.as_mut() {
+                    Some(c) => { c.triggered().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    }
+
     /// Waits for the next checkpoint trigger; never resolves without checkpoints.
     pub async fn checkpoint_triggered(&mut self) -> u64 {
         match self.checkpoints.as_mut() {

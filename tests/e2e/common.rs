@@ -314,3 +314,43 @@ pub fn published_rows(dir: &Path) -> Vec<serde_json::Value> {
     }
     batches_as_json(&batches)
 }
+
+/// Runs the pipeline `p.yaml` in `d` (checkpoints under `d/checkpoints`) once per phase
+/// of a checkpoint, each run aborted (`TRIBUTARY_FAULT_INJECT`, as abruptly as
+/// `kill -9`) in that phase two checkpoints after the latest committed one, so mid-run
+/// with input arriving; then lets a last run finish, resumed from a checkpoint.
+pub fn abort_in_every_checkpoint_phase_then_resume(d: &Path) {
+    let checkpoints = d.join("checkpoints");
+    for phase in [
+        "snapshot",
+        "pre-commit",
+        "blobs-written",
+        "metadata-committed",
+        "restore",
+        "sink-committed",
+    ] {
+        // Two checkpoints after the latest committed one: mid-run, input arriving.
+        let fault = format!("{phase}@{}", committed(&checkpoints) + 2);
+        let mut cmd = tributary(d);
+        cmd.env("TRIBUTARY_FAULT_INJECT", &fault);
+        let o = cmd
+            .args(["run", "--set", "admin.listen=127.0.0.1:0", "p.yaml"])
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            None,
+            "the run with {fault} was aborted, not finished:\n{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "\"message\":\"fault injected\",\"phase\":\"{phase}\""
+            )),
+            "the abort came from {fault}:\n{err}"
+        );
+    }
+    let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+}

@@ -214,38 +214,7 @@ async fn an_abort_in_every_checkpoint_phase_leaves_each_bad_record_in_the_queue_
         "name: phases\nsql: p.sql\ncheckpoint: { interval: 100ms, dir: checkpoints }\n\
          delivery: exactly-once\n",
     );
-    let checkpoints = d.join("checkpoints");
-    for phase in [
-        "snapshot",
-        "pre-commit",
-        "blobs-written",
-        "metadata-committed",
-        "restore",
-        "sink-committed",
-    ] {
-        let fault = format!("{phase}@{}", committed(&checkpoints) + 2);
-        let mut cmd = tributary(d);
-        cmd.env("TRIBUTARY_FAULT_INJECT", &fault);
-        let o = cmd
-            .args(["run", "--set", "admin.listen=127.0.0.1:0", "p.yaml"])
-            .output()
-            .unwrap();
-        let err = stderr(&o);
-        assert_eq!(
-            o.status.code(),
-            None,
-            "aborted by {fault}, not finished:\n{err}"
-        );
-        assert!(
-            err.contains(&format!(
-                "\"message\":\"fault injected\",\"phase\":\"{phase}\""
-            )),
-            "the abort came from {fault}:\n{err}"
-        );
-    }
-    let (code, stderr) = Running::start(d, &["p.yaml"]).wait(Duration::from_secs(120));
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+    abort_in_every_checkpoint_phase_then_resume(d);
 
     // The oracle: the same records, decoded one by one.
     generate(

@@ -11,25 +11,14 @@ when repeated.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kafka_kit import BIN, read_all
-
-
-@pytest.fixture(scope="module")
-def servers() -> str:
-    s = os.environ.get("TRIBUTARY_TEST_KAFKA")
-    if not s:
-        pytest.fail("no broker: run scripts/test, or export TRIBUTARY_TEST_KAFKA=$(scripts/kafka start | tail -n 1)")
-    if not BIN.exists():
-        pytest.fail(f"no tributary binary at {BIN}")
-    return s
+from test_kafka_interop import servers  # noqa: F401 (the broker fixture)
 
 
 def tributary(tmp: Path, *args: str, settings: list[str]) -> subprocess.CompletedProcess:

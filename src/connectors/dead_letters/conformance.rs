@@ -63,7 +63,8 @@ pub(crate) use conformance_tests;
 
 const T0: i64 = 1_700_000_000_000;
 
-fn task(pipeline: &str) -> TaskInfo {
+/// The task of a pipeline's dead-letter sink.
+pub(crate) fn task(pipeline: &str) -> TaskInfo {
     TaskInfo {
         pipeline: pipeline.into(),
         node: "dead_letters".into(),

@@ -808,18 +808,7 @@ impl GeneratorSource {
             } else {
                 next_due
             };
-            let stop = &mut ctx.stop;
-            let checkpoints = &mut ctx.checkpoints;
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = stop.raised() => {}
-                _ = async {
-                    match checkpoints.as_mut() {
-                        Some(c) => { c.triggered().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
+            ctx.pause_until(wake).await;
         }
     }
 }

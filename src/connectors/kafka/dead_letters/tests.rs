@@ -11,7 +11,7 @@ use crate::connectors::dead_letters::{
     DeadLetterStore, DlqError, Filter, Page, ReplayOutcome, Store,
 };
 use crate::dlq::record::{DeadLetter, Origin, Status, sample};
-use crate::engine::{Sink, TaskInfo};
+use crate::engine::Sink;
 
 #[test]
 fn dead_letter_contract_matches_the_record_schema() {
@@ -100,15 +100,7 @@ pub(crate) async fn fresh_store() -> (tempfile::TempDir, Store) {
 
 crate::connectors::dead_letters::conformance::conformance_tests!(multi_thread; fresh_store().await);
 
-fn task(pipeline: &str) -> TaskInfo {
-    TaskInfo {
-        pipeline: pipeline.into(),
-        node: "dead_letters".into(),
-        partition: 0,
-        parallelism: 1,
-        state: crate::state::memory_backend(),
-    }
-}
+use crate::connectors::dead_letters::conformance::task;
 
 fn sink(store: &Store, pipeline: &str) -> Box<dyn Sink> {
     store
