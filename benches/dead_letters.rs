@@ -8,8 +8,12 @@
 //!    workflow's, in chunks: each chunk into the replay inbox and marked in one
 //!    transaction): dead letters/s.
 //!
+//! 3. With `TRIBUTARY_BENCH_KAFKA` (bootstrap servers): the same on the Kafka store
+//!    (a registry started from the binary): letters written through its sink, then a
+//!    bulk replay (each chunk into the source topic and marked in one transaction).
+//!
 //! `cargo bench --bench dead_letters` (`TRIBUTARY_BENCH_EVENTS`, default 2,000,000
-//! lines; `TRIBUTARY_BENCH_LETTERS`, default 1,000,000).
+//! lines; `TRIBUTARY_BENCH_LETTERS`, default 1,000,000, for both stores).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -114,6 +118,52 @@ fn letter(i: usize) -> DeadLetter {
     }
 }
 
+/// Writes `n` letters of pipeline `replay` through `store`'s sink, then replays them
+/// all by filter; (write letters/s, replay letters/s, seconds of each).
+async fn write_and_replay(store: Store, n: usize, topic: Option<&str>) -> (f64, f64, f64, f64) {
+    let factory = store.sink("replay").unwrap();
+    let task = TaskInfo {
+        pipeline: "replay".into(),
+        node: "dead_letters".into(),
+        partition: 0,
+        parallelism: 1,
+        state: tributary::state::memory_backend(),
+    };
+    let mut sink = factory
+        .create(&task, tributary::dlq::record::schema())
+        .unwrap();
+    let t = Instant::now();
+    for start in (0..n).step_by(10_000) {
+        let batch: Vec<DeadLetter> = (start..(start + 10_000).min(n))
+            .map(|i| {
+                let mut l = letter(i);
+                l.source.topic = topic.map(str::to_string);
+                l
+            })
+            .collect();
+        sink.write(tributary::dlq::record::to_batch(&batch))
+            .await
+            .unwrap();
+    }
+    sink.finish().await.unwrap();
+    let stored = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let report = Workflow::new(store)
+        .replay(
+            &Target::Filter(Filter {
+                pipeline: Some("replay".into()),
+                ..Filter::default()
+            }),
+            "bench",
+            false,
+        )
+        .await
+        .unwrap();
+    let replayed = t.elapsed().as_secs_f64();
+    assert_eq!(report.outcome.replayed, n as u64);
+    (n as f64 / stored, n as f64 / replayed, stored, replayed)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,40 +193,7 @@ async fn main() {
     let n = env_count("TRIBUTARY_BENCH_LETTERS", 1_000_000);
     let store = LocalStore::open(dir.path().join("replay.sqlite")).unwrap();
     let shared: Store = Arc::new(store.clone());
-    let factory = shared.sink("replay").unwrap();
-    let task = TaskInfo {
-        pipeline: "replay".into(),
-        node: "dead_letters".into(),
-        partition: 0,
-        parallelism: 1,
-        state: tributary::state::memory_backend(),
-    };
-    let mut sink = factory
-        .create(&task, tributary::dlq::record::schema())
-        .unwrap();
-    let t = Instant::now();
-    for start in (0..n).step_by(10_000) {
-        let batch: Vec<DeadLetter> = (start..(start + 10_000).min(n)).map(letter).collect();
-        sink.write(tributary::dlq::record::to_batch(&batch))
-            .await
-            .unwrap();
-    }
-    sink.finish().await.unwrap();
-    let stored = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let report = Workflow::new(shared.clone())
-        .replay(
-            &Target::Filter(Filter {
-                pipeline: Some("replay".into()),
-                ..Filter::default()
-            }),
-            "bench",
-            false,
-        )
-        .await
-        .unwrap();
-    let replayed = t.elapsed().as_secs_f64();
-    assert_eq!(report.outcome.replayed, n as u64);
+    let (write_rate, replay_rate, stored, replayed) = write_and_replay(shared, n, None).await;
     assert_eq!(store.pending_summary("replay").unwrap().0, 0);
     println!(
         "\n{:<28} {:>14} {:>10}",
@@ -185,13 +202,65 @@ async fn main() {
     println!(
         "{:<28} {:>14.0} {:>10.1}",
         format!("write {n} (sink)"),
-        n as f64 / stored,
+        write_rate,
         stored
     );
     println!(
         "{:<28} {:>14.0} {:>10.1}",
         format!("bulk replay {n}"),
-        n as f64 / replayed,
+        replay_rate,
+        replayed
+    );
+
+    let Ok(bootstrap) = std::env::var("TRIBUTARY_BENCH_KAFKA") else {
+        println!("\n(Kafka store: set TRIBUTARY_BENCH_KAFKA to measure it)");
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut registry = std::process::Command::new(env!("CARGO_BIN_EXE_tributary"))
+        .args(["registry", "--listen", &listen, "--dir"])
+        .arg(dir.path().join("registry"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(&listen).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    use tributary::connectors::kafka::dead_letters::{KafkaDeadLetterStore, KafkaStoreSettings};
+    let run = format!("{:x}", std::process::id());
+    let mut settings = KafkaStoreSettings::new(
+        &bootstrap,
+        &format!("http://{listen}"),
+        &format!("bench{run}{{domain}}.dlq"),
+    );
+    settings.audit_topic = format!("bench{run}.dlq-audit");
+    settings.admin_transactional_id = format!("bench{run}-admin");
+    settings.sink_transactional_prefix = format!("bench{run}");
+    let kafka: Store = Arc::new(KafkaDeadLetterStore::new(settings).unwrap());
+    let source = format!("bench{run}.source");
+    let (write_rate, replay_rate, stored, replayed) =
+        write_and_replay(kafka, n, Some(&source)).await;
+    let _ = registry.kill();
+    println!(
+        "\n{:<28} {:>14} {:>10}",
+        "Kafka store", "letters/s", "seconds"
+    );
+    println!(
+        "{:<28} {:>14.0} {:>10.1}",
+        format!("write {n} (sink)"),
+        write_rate,
+        stored
+    );
+    println!(
+        "{:<28} {:>14.0} {:>10.1}",
+        format!("bulk replay {n}"),
+        replay_rate,
         replayed
     );
 }

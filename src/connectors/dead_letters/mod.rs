@@ -160,6 +160,12 @@ pub trait DeadLetterStore: Send + Sync {
     /// Counts per pipeline, class and status of what `filter` selects.
     async fn stats(&self, filter: &Filter) -> Result<Vec<StatsRow>>;
 
+    /// How many ids a bulk replay hands to one [`replay`](Self::replay) call (each
+    /// call is one transaction). 500 by default.
+    fn replay_chunk(&self) -> usize {
+        500
+    }
+
     /// Sends each pending record of `ids` back into its pipeline's input (its source
     /// table's replay inbox, or its source topic with the original key and headers)
     /// and marks it replayed, with an audit entry, atomically: a record already

@@ -9,7 +9,7 @@
 //! - the admin token check ([`authorize`]);
 //! - replay and discard by id or by filter ([`Workflow`]): a filter selects the pending
 //!   records it matches, read page by page before anything changes, then changed in
-//!   chunks of [`CHUNK`] ids;
+//!   chunks (replay: the store's `replay_chunk`; discard: [`CHUNK`] ids);
 //! - editing: the corrected record passes an [`EditValidator`] (the record's table,
 //!   planned by the caller: this module knows no pipeline) before the store sees it;
 //! - the JSON shapes both sides print (`list`, `show`, `stats`).
@@ -390,7 +390,7 @@ impl Workflow {
                 replayable.into_iter().map(|l| l.id).collect()
             }
         };
-        for (i, chunk) in ids.chunks(CHUNK).enumerate() {
+        for (i, chunk) in ids.chunks(self.store.replay_chunk().max(1)).enumerate() {
             let o = self.store.replay(chunk, actor).await?;
             report.outcome.replayed += o.replayed;
             report.outcome.skipped += o.skipped;

@@ -177,7 +177,13 @@ pub struct KafkaDeadLetterStore {
     value_ids: tokio::sync::Mutex<HashMap<String, u32>>,
     /// One admin change at a time in this process (others are fenced anyway).
     changing: tokio::sync::Mutex<()>,
+    /// The folded state and the offsets it was read up to: the next read folds only
+    /// what was appended since (the topics are append-only, `retention.ms=-1`).
+    folded: tokio::sync::Mutex<(Offsets, State)>,
 }
+
+/// The next offset to read, by topic and partition.
+type Offsets = BTreeMap<(String, i32), i64>;
 
 /// A record read from a topic: where it is, key, value.
 struct Raw {
@@ -217,6 +223,7 @@ impl KafkaDeadLetterStore {
             writer_schemas: Default::default(),
             value_ids: Default::default(),
             changing: Default::default(),
+            folded: Default::default(),
         })
     }
 
@@ -262,6 +269,16 @@ impl KafkaDeadLetterStore {
     /// Every record of `topics` (those that exist; all this store's dead-letter
     /// topics when `None`) as committed: see the module docs.
     async fn read(&self, topics: Option<Vec<String>>) -> Result<Vec<Raw>> {
+        Ok(self.read_from(topics, Offsets::new()).await?.0)
+    }
+
+    /// [`read`](Self::read) from `from` (the start of a partition not in it); also
+    /// answers where each partition read ends.
+    async fn read_from(
+        &self,
+        topics: Option<Vec<String>>,
+        from: Offsets,
+    ) -> Result<(Vec<Raw>, Offsets)> {
         let config = self.client_config();
         let dlq_topics = |names: Vec<String>| -> Vec<String> {
             names.into_iter().filter(|t| self.is_dlq_topic(t)).collect()
@@ -305,17 +322,21 @@ impl KafkaDeadLetterStore {
             .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
             .collect();
         if partitions.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), from));
         }
-        tokio::task::spawn_blocking(move || read_partitions(config, partitions, patience, err))
-            .await
-            .map_err(|e| self.error("reading", e))?
+        tokio::task::spawn_blocking(move || {
+            read_partitions(config, partitions, &from, patience, err)
+        })
+        .await
+        .map_err(|e| self.error("reading", e))?
     }
 
     /// The current state of every dead letter (see the module docs).
     async fn state(&self) -> Result<State> {
-        let raws = self.read(None).await?;
-        let mut state = State::new();
+        let mut folded = self.folded.lock().await;
+        let (raws, ends) = self.read_from(None, folded.0.clone()).await?;
+        // A read that fails half way leaves the cache as it was.
+        let mut state = folded.1.clone();
         // Consecutive records of one topic and writer schema are decoded together.
         let mut run: Vec<&Raw> = Vec::new();
         let mut run_id = None;
@@ -339,6 +360,7 @@ impl KafkaDeadLetterStore {
         if let Some(id) = run_id {
             self.fold(&mut state, id, &run).await?;
         }
+        *folded = (ends, state.clone());
         Ok(state)
     }
 
@@ -603,9 +625,10 @@ impl KafkaDeadLetterStore {
 fn read_partitions(
     config: ClientConfig,
     partitions: Vec<(String, i32)>,
+    from: &Offsets,
     patience: Duration,
     err: impl Fn(&str, &dyn std::fmt::Display) -> DlqError,
-) -> Result<Vec<Raw>> {
+) -> Result<(Vec<Raw>, Offsets)> {
     let consumer = |isolation: &str| -> Result<BaseConsumer> {
         let mut c = config.clone();
         c.set("group.id", "tributary-dlq-reader")
@@ -617,20 +640,23 @@ fn read_partitions(
     // see `transactions.rs` `markers`.
     let uncommitted = consumer("read_uncommitted")?;
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut reached = from.clone();
     let mut tpl = TopicPartitionList::new();
     for (t, p) in &partitions {
         let (low, high) = uncommitted
             .fetch_watermarks(t, *p, REQUEST_TIMEOUT)
             .map_err(|e| err(&format!("reading the offsets of {t}[{p}]"), &e))?;
-        if high > low {
+        let start = from.get(&(t.clone(), *p)).copied().unwrap_or(low).max(low);
+        reached.insert((t.clone(), *p), high.max(start));
+        if high > start {
             ends.insert((t.clone(), *p), high);
-            tpl.add_partition_offset(t, *p, Offset::Offset(low))
+            tpl.add_partition_offset(t, *p, Offset::Offset(start))
                 .map_err(|e| err("assigning", &e))?;
         }
     }
     let mut out: BTreeMap<(String, i32), Vec<Raw>> = BTreeMap::new();
     if ends.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), reached));
     }
     let consumer = consumer("read_committed")?;
     consumer.assign(&tpl).map_err(|e| err("assigning", &e))?;
@@ -682,7 +708,7 @@ fn read_partitions(
                     .unwrap_or_default(),
             });
     }
-    Ok(out.into_values().flatten().collect())
+    Ok((out.into_values().flatten().collect(), reached))
 }
 
 fn sorted_page(mut letters: Vec<DeadLetter>, page: Page) -> Vec<DeadLetter> {
@@ -712,6 +738,13 @@ fn audit_entry(v: &[u8]) -> Option<AuditEntry> {
 
 #[async_trait]
 impl DeadLetterStore for KafkaDeadLetterStore {
+    /// A replay call costs a transaction and a read of what was appended since the
+    /// last: large chunks (the audit record of one lists its ids, well under a
+    /// record's 1 MB).
+    fn replay_chunk(&self) -> usize {
+        10_000
+    }
+
     fn describe(&self) -> String {
         format!(
             "kafka {} at {}",

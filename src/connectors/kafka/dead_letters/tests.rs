@@ -164,13 +164,18 @@ async fn committed(topic: &str) -> Vec<Raw> {
             .iter()
             .map(|p| (topic.clone(), p.id()))
             .collect();
-        read_partitions(config, partitions, Duration::from_secs(30), |w, e| {
-            DlqError::store("test", format!("{w}: {e}"))
-        })
+        read_partitions(
+            config,
+            partitions,
+            &Default::default(),
+            Duration::from_secs(30),
+            |w, e| DlqError::store("test", format!("{w}: {e}")),
+        )
     })
     .await
     .unwrap()
     .unwrap()
+    .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
