@@ -247,6 +247,7 @@ async fn main() {
     let (write_rate, replay_rate, stored, replayed) =
         write_and_replay(kafka, n, Some(&source)).await;
     let _ = registry.kill();
+    let _ = registry.wait();
     println!(
         "\n{:<28} {:>14} {:>10}",
         "Kafka store", "letters/s", "seconds"
