@@ -65,7 +65,7 @@ pub(super) struct RawRecords {
 }
 
 /// A record's headers as (name, value) pairs (a header without a value: empty).
-fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
+pub(super) fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
     use rdkafka::message::Headers;
     m.headers().map_or_else(Vec::new, |h| {
         h.iter()
