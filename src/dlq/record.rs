@@ -253,30 +253,36 @@ mod opt_base64 {
     }
 }
 
+/// One Kafka header as the JSON form keeps it: `{"key", "value"}` (base64).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HeaderJson {
+    key: String,
+    #[serde(with = "base64_bytes")]
+    value: Vec<u8>,
+}
+
+/// Headers in their JSON form (the `source_headers` column, `source.headers`).
+fn headers_json(h: &[(String, Vec<u8>)]) -> Vec<HeaderJson> {
+    h.iter()
+        .map(|(key, value)| HeaderJson {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 mod headers_base64 {
-    use std::collections::BTreeMap;
     pub(super) fn serialize<S: serde::Serializer>(
         h: &[(String, Vec<u8>)],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let m: Vec<BTreeMap<&str, String>> = h
-            .iter()
-            .map(|(k, v)| BTreeMap::from([("key", k.clone()), ("value", super::b64(v))]))
-            .collect();
-        serde::Serialize::serialize(&m, s)
+        serde::Serialize::serialize(&super::headers_json(h), s)
     }
     pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
-        let m: Vec<BTreeMap<String, String>> = serde::Deserialize::deserialize(d)?;
-        m.into_iter()
-            .map(|e| {
-                let key = e.get("key").cloned().unwrap_or_default();
-                let value = super::unb64(e.get("value").map(String::as_str).unwrap_or(""))
-                    .map_err(serde::de::Error::custom)?;
-                Ok((key, value))
-            })
-            .collect()
+        let h: Vec<super::HeaderJson> = serde::Deserialize::deserialize(d)?;
+        Ok(h.into_iter().map(|h| (h.key, h.value)).collect())
     }
 }
 
@@ -357,10 +363,7 @@ pub fn to_batch(letters: &[DeadLetter]) -> RecordBatch {
         .iter()
         .map(|l| {
             (!l.source.headers.is_empty()).then(|| {
-                serde_json::to_value(&l.source)
-                    .ok()
-                    .and_then(|v| v.get("headers").map(|h| h.to_string()))
-                    .unwrap_or_default()
+                serde_json::to_string(&headers_json(&l.source.headers)).unwrap_or_default()
             })
         })
         .collect();
@@ -438,11 +441,11 @@ pub fn from_batch(batch: &RecordBatch) -> Result<Vec<DeadLetter>, String> {
     (0..batch.num_rows())
         .map(|i| {
             let headers = match opt_s(headers, i) {
-                Some(h) => {
-                    let o: Origin = serde_json::from_str(&format!("{{\"headers\":{h}}}"))
-                        .map_err(|e| format!("source_headers of {}: {e}", id.value(i)))?;
-                    o.headers
-                }
+                Some(h) => serde_json::from_str::<Vec<HeaderJson>>(&h)
+                    .map_err(|e| format!("source_headers of {}: {e}", id.value(i)))?
+                    .into_iter()
+                    .map(|h| (h.key, h.value))
+                    .collect(),
                 None => vec![],
             };
             Ok(DeadLetter {
