@@ -1,7 +1,7 @@
 //! The dead-letter module's error type.
 
 /// The dead-letter module's errors, each with a stable code (docs/errors.md).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DlqError {
     /// The store cannot be read or written (a file, a database, a broker).
     #[error("dead-letter store {store}: {message}")]

@@ -134,7 +134,9 @@ pub struct RecordContext {
 struct Pending {
     letters: Mutex<Vec<DeadLetter>>,
     count: AtomicUsize,
-    failure: Mutex<Option<DlqError>>,
+    /// Under the `fail` policy, the first bad record's error (read on every emit: a
+    /// `OnceLock` is one atomic load).
+    failure: std::sync::OnceLock<DlqError>,
 }
 
 /// Where a task reports the records it could not handle. A clone (for a task's
@@ -287,8 +289,7 @@ impl BadRecords {
                 true
             }
             ErrorPolicy::Fail => {
-                let mut failure = self.pending.failure.lock().expect("dlq lock");
-                failure.get_or_insert_with(|| DlqError::Failed {
+                self.pending.failure.get_or_init(|| DlqError::Failed {
                     node: self.operator.to_string(),
                     class: r.reason.as_str(),
                     message: r.detail.to_string(),
@@ -384,19 +385,7 @@ impl BadRecords {
 
     /// Under the `fail` policy, the first bad record's error, once reported.
     pub fn failure(&self) -> Option<DlqError> {
-        let failure = self.pending.failure.lock().expect("dlq lock");
-        failure.as_ref().map(|f| match f {
-            DlqError::Failed {
-                node,
-                class,
-                message,
-            } => DlqError::Failed {
-                node: node.clone(),
-                class,
-                message: message.clone(),
-            },
-            other => DlqError::BadRequest(other.to_string()),
-        })
+        self.pending.failure.get().cloned()
     }
 }
 
