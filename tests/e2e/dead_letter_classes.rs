@@ -361,7 +361,7 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
         ids.sort();
         ids
     };
-    let run = Running::start(d, &["p.yaml"]);
+    let running = Running::start(d, &["p.yaml"]);
     eventually("the odd orders published", Duration::from_secs(60), || {
         published(d).len() == n as usize
     });
@@ -375,8 +375,8 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
         n as u64,
         "every even order is a dead letter"
     );
-    run.sigterm();
-    let (code, err) = run.wait(Duration::from_secs(60));
+    running.sigterm();
+    let (code, err) = running.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
 
     // The cause fixed: the contract takes a total of -1 (a refund).
@@ -405,7 +405,7 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
         after_abort > 0 && after_abort < n as u64,
         "the abort came between chunks: {after_abort} still pending"
     );
-    let o = run_args(
+    let o = run(
         d,
         &[
             "dlq",
@@ -432,12 +432,12 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
         "each dead letter in the inbox once"
     );
 
-    let run = Running::start(d, &["p.yaml"]);
+    let running = Running::start(d, &["p.yaml"]);
     eventually("every order published", Duration::from_secs(60), || {
         published(d).len() >= 2 * n as usize
     });
-    run.sigterm();
-    let (code, err) = run.wait(Duration::from_secs(60));
+    running.sigterm();
+    let (code, err) = running.wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         published(d),
@@ -445,11 +445,6 @@ async fn a_bulk_replay_aborted_and_repeated_adds_exactly_the_missing_results() {
         "every order exactly once"
     );
     assert_eq!(pending(&store).await, 0, "nothing failed again");
-}
-
-/// `tributary ARGS…` in `d` (no admin endpoint of its own).
-fn run_args(d: &Path, args: &[&str]) -> std::process::Output {
-    tributary(d).args(args).output().unwrap()
 }
 
 /// A lookup table with `on_miss = 'dead-letter'`: each order whose restaurant the
