@@ -118,6 +118,27 @@ fn letter(i: usize) -> DeadLetter {
     }
 }
 
+/// Prints what [`write_and_replay`] measured of a store.
+fn print_store(
+    store: &str,
+    n: usize,
+    (write_rate, replay_rate, stored, replayed): (f64, f64, f64, f64),
+) {
+    println!("\n{:<28} {:>14} {:>10}", store, "letters/s", "seconds");
+    println!(
+        "{:<28} {:>14.0} {:>10.1}",
+        format!("write {n} (sink)"),
+        write_rate,
+        stored
+    );
+    println!(
+        "{:<28} {:>14.0} {:>10.1}",
+        format!("bulk replay {n}"),
+        replay_rate,
+        replayed
+    );
+}
+
 /// Writes `n` letters of pipeline `replay` through `store`'s sink, then replays them
 /// all by filter; (write letters/s, replay letters/s, seconds of each).
 async fn write_and_replay(store: Store, n: usize, topic: Option<&str>) -> (f64, f64, f64, f64) {
@@ -193,24 +214,9 @@ async fn main() {
     let n = env_count("TRIBUTARY_BENCH_LETTERS", 1_000_000);
     let store = LocalStore::open(dir.path().join("replay.sqlite")).unwrap();
     let shared: Store = Arc::new(store.clone());
-    let (write_rate, replay_rate, stored, replayed) = write_and_replay(shared, n, None).await;
+    let measured = write_and_replay(shared, n, None).await;
     assert_eq!(store.pending_summary("replay").unwrap().0, 0);
-    println!(
-        "\n{:<28} {:>14} {:>10}",
-        "local store", "letters/s", "seconds"
-    );
-    println!(
-        "{:<28} {:>14.0} {:>10.1}",
-        format!("write {n} (sink)"),
-        write_rate,
-        stored
-    );
-    println!(
-        "{:<28} {:>14.0} {:>10.1}",
-        format!("bulk replay {n}"),
-        replay_rate,
-        replayed
-    );
+    print_store("local store", n, measured);
 
     let Ok(bootstrap) = std::env::var("TRIBUTARY_BENCH_KAFKA") else {
         println!("\n(Kafka store: set TRIBUTARY_BENCH_KAFKA to measure it)");
@@ -229,7 +235,12 @@ async fn main() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let started = Instant::now();
     while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the registry did not listen on {listen}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     use tributary::connectors::kafka::dead_letters::{KafkaDeadLetterStore, KafkaStoreSettings};
@@ -244,24 +255,8 @@ async fn main() {
     settings.sink_transactional_prefix = format!("bench{run}");
     let kafka: Store = Arc::new(KafkaDeadLetterStore::new(settings).unwrap());
     let source = format!("bench{run}.source");
-    let (write_rate, replay_rate, stored, replayed) =
-        write_and_replay(kafka, n, Some(&source)).await;
+    let measured = write_and_replay(kafka, n, Some(&source)).await;
     let _ = registry.kill();
     let _ = registry.wait();
-    println!(
-        "\n{:<28} {:>14} {:>10}",
-        "Kafka store", "letters/s", "seconds"
-    );
-    println!(
-        "{:<28} {:>14.0} {:>10.1}",
-        format!("write {n} (sink)"),
-        write_rate,
-        stored
-    );
-    println!(
-        "{:<28} {:>14.0} {:>10.1}",
-        format!("bulk replay {n}"),
-        replay_rate,
-        replayed
-    );
+    print_store("Kafka store", n, measured);
 }
