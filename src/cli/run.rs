@@ -346,9 +346,8 @@ fn pipeline_domain(graph: &crate::engine::Graph) -> String {
         .iter()
         .filter_map(|n| match &n.kind {
             NodeKind::Source(f) => {
-                let d = f.describe();
-                let topic = d.strip_prefix("kafka: topic ")?.split_whitespace().next()?;
-                Some(topic.split('.').next().unwrap_or(topic).to_string())
+                let topic = f.topic()?;
+                Some(topic.split('.').next().unwrap_or(&topic).to_string())
             }
             _ => None,
         })

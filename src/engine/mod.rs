@@ -276,6 +276,11 @@ pub trait SourceFactory: Send + Sync {
     fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
+    /// The topic it reads, for a source that reads one (Kafka): a pipeline's domain
+    /// (its dead-letter topic) is named after its first source's topic.
+    fn topic(&self) -> Option<String> {
+        None
+    }
     /// The rules its rows must satisfy (a table's `CHECK`s), which another source of
     /// the same table (its replay inbox) applies too.
     fn validator(&self) -> Option<Arc<dyn RowValidator>> {
@@ -323,6 +328,9 @@ impl SourceFactory for ValidatedSourceFactory {
     }
     fn validator(&self) -> Option<Arc<dyn RowValidator>> {
         Some(self.validator.clone())
+    }
+    fn topic(&self) -> Option<String> {
+        self.inner.topic()
     }
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
         Ok(Box::new(ValidatedSource {

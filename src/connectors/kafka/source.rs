@@ -164,6 +164,9 @@ struct KafkaSourceFactory {
 }
 
 impl SourceFactory for KafkaSourceFactory {
+    fn topic(&self) -> Option<String> {
+        Some(self.topic.clone())
+    }
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
