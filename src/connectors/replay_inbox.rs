@@ -112,14 +112,10 @@ struct InboxSource {
     bounded: bool,
 }
 
-fn store_error(e: crate::dlq::DlqError) -> crate::Error {
-    e.into()
-}
-
 #[async_trait]
 impl Source for InboxSource {
     async fn run(&mut self, ctx: &mut SourceContext) -> Result<()> {
-        let store = Arc::new(LocalStore::open(&self.path).map_err(store_error)?);
+        let store = Arc::new(LocalStore::open(&self.path)?);
         let mut after: i64 = ctx
             .restored_positions()
             .await?
@@ -140,8 +136,9 @@ impl Source for InboxSource {
             let records =
                 tokio::task::spawn_blocking(move || s.inbox(&pipeline, &table, after, limit))
                     .await
-                    .map_err(|e| crate::engine::EngineError::Internal(format!("inbox read: {e}")))?
-                    .map_err(store_error)?;
+                    .map_err(|e| {
+                        crate::engine::EngineError::Internal(format!("inbox read: {e}"))
+                    })??;
             if records.is_empty() {
                 if self.bounded {
                     break;
