@@ -267,12 +267,15 @@ pub(crate) async fn validate_record(
         .plan(&planner)
         .await
         .map_err(|e| format!("pipeline {pipeline_name} does not plan: {e}"))?;
-    let schema = planned
+    // The table's source node: its schema and its `CHECK`s, as the pipeline runs them.
+    let (schema, checks) = planned
         .graph
         .nodes
         .iter()
-        .find(|n| n.name == table && matches!(n.kind, NodeKind::Source(_)))
-        .map(|n| n.schema.clone())
+        .find_map(|n| match &n.kind {
+            NodeKind::Source(f) if n.name == table => Some((n.schema.clone(), f.validator())),
+            _ => None,
+        })
         .ok_or_else(|| format!("pipeline {pipeline_name} reads no source table {table}"))?;
     let mut bad = BadRecords::collecting("edit");
     let refusal = |bad: &BadRecords| {
@@ -293,18 +296,7 @@ pub(crate) async fn validate_record(
     let Some(batch) = batch.filter(|b| b.num_rows() == 1) else {
         return Err(not_a_row("it does not decode as one row".into()));
     };
-    let parsed = crate::planner::parse_sql(&loaded.sql).map_err(|e| e.to_string())?;
-    let checks = parsed
-        .tables
-        .iter()
-        .find(|t| t.name == table)
-        .map(|t| t.checks.clone())
-        .unwrap_or_default();
-    if !checks.is_empty() {
-        use crate::engine::RowValidator;
-        let checks =
-            crate::planner::check::TableChecks::plan(&planner.session(), table, &schema, &checks)
-                .map_err(|e| e.to_string())?;
+    if let Some(checks) = checks {
         checks
             .validate(batch, &mut bad)
             .map_err(|e| e.to_string())?;

@@ -157,7 +157,7 @@ impl SqlPlanner {
         self.udafs.push(Arc::new(udaf));
     }
 
-    pub(crate) fn session(&self) -> SessionContext {
+    fn session(&self) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(1)
             .with_coalesce_batches(false)
