@@ -160,40 +160,76 @@ fn component_json(c: &crate::health::Status) -> serde_json::Value {
 }
 
 /// The running pipelines that take checkpoints, by name: where to ask for savepoints.
+///
+/// A pipeline is announced ([`Savepoints::expect`]) before the admin endpoint listens
+/// and registered once its coordinator runs; a request that arrives in between waits
+/// for it (up to [`Savepoints::STARTING`]) instead of being told the pipeline is unknown.
 #[derive(Debug, Default)]
 pub struct Savepoints {
-    pipelines: std::sync::Mutex<
-        std::collections::HashMap<
-            String,
-            tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>,
-        >,
-    >,
+    pipelines: std::sync::Mutex<std::collections::HashMap<String, SavepointSlot>>,
 }
 
+type SavepointSlot = tokio::sync::watch::Sender<
+    Option<tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>>,
+>;
+
 impl Savepoints {
+    /// How long a savepoint request waits for an announced pipeline to start.
+    pub const STARTING: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn slot(&self, pipeline: &str) -> Option<SavepointSlot> {
+        let mut m = self.pipelines.lock().ok()?;
+        Some(
+            m.entry(pipeline.to_string())
+                .or_insert_with(|| tokio::sync::watch::channel(None).0)
+                .clone(),
+        )
+    }
+
+    /// Announces a pipeline with checkpoints that is starting.
+    pub fn expect(&self, pipeline: &str) {
+        self.slot(pipeline);
+    }
+
     pub fn register(
         &self,
         pipeline: &str,
         tx: tokio::sync::mpsc::Sender<crate::checkpoint::SavepointRequest>,
     ) {
-        if let Ok(mut m) = self.pipelines.lock() {
-            m.insert(pipeline.to_string(), tx);
+        if let Some(slot) = self.slot(pipeline) {
+            slot.send_replace(Some(tx));
         }
     }
 
     /// Takes a savepoint of `pipeline`: (HTTP status, JSON body).
     async fn take(&self, pipeline: &str, name: Option<String>) -> (&'static str, String) {
-        let tx = self
+        let slot = self
             .pipelines
             .lock()
             .ok()
-            .and_then(|m| m.get(pipeline).cloned());
-        let Some(tx) = tx else {
+            .and_then(|m| m.get(pipeline).map(|s| s.subscribe()));
+        let Some(mut slot) = slot else {
             return (
                 "404 Not Found",
                 serde_json::json!({ "error": format!("no running pipeline {pipeline} with checkpoints") })
                     .to_string(),
             );
+        };
+        let started = tokio::time::timeout(Self::STARTING, slot.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|tx| tx.clone()));
+        let tx = match started {
+            Some(tx) => tx,
+            None => {
+                return (
+                    "503 Service Unavailable",
+                    serde_json::json!({ "error": format!(
+                        "pipeline {pipeline} has not started its checkpoints within {}s",
+                        Self::STARTING.as_secs()) })
+                    .to_string(),
+                );
+            }
         };
         let (reply, rx) = tokio::sync::oneshot::channel();
         let sent = tx
@@ -637,6 +673,27 @@ mod tests {
 
     fn json(body: &str) -> serde_json::Value {
         serde_json::from_str(body).unwrap()
+    }
+
+    /// A savepoint asked for while an announced pipeline is still starting waits for
+    /// its coordinator; an unknown pipeline is a 404.
+    #[tokio::test]
+    async fn a_savepoint_request_waits_for_an_announced_pipeline_to_start() {
+        let savepoints = Arc::new(Savepoints::default());
+        savepoints.expect("sp");
+        let asking = {
+            let s = savepoints.clone();
+            tokio::spawn(async move { s.take("sp", Some("before".into())).await })
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        savepoints.register("sp", tx);
+        let request: crate::checkpoint::SavepointRequest = rx.recv().await.unwrap();
+        assert_eq!(request.name.as_deref(), Some("before"));
+        request.reply.send(Ok(7)).unwrap();
+        let (status, body) = asking.await.unwrap();
+        assert_eq!(status, "200 OK");
+        assert_eq!(json(&body)["checkpoint"], 7);
+        assert_eq!(savepoints.take("other", None).await.0, "404 Not Found");
     }
 
     #[test]

@@ -364,6 +364,9 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     let metrics = crate::admin::install_metrics();
     let health = Arc::new(crate::admin::Health::default());
     let savepoints = Arc::new(crate::admin::Savepoints::default());
+    for (loaded, _) in all.iter().filter(|(l, _)| l.checkpoint.is_some()) {
+        savepoints.expect(&loaded.name);
+    }
     if !config.admin.listen.is_empty() {
         let routes = crate::admin::Routes {
             metrics: Some(metrics),
