@@ -502,7 +502,7 @@ impl Coordinator {
 /// Deletes committed checkpoints beyond the newest `retain` (savepoints stay), then
 /// the blobs of deleted checkpoints and abandoned attempts, except those a kept
 /// checkpoint's state still builds on; failures are logged, never fatal.
-async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
+pub(crate) async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) {
     let result = async {
         let mut all = store.list().await?;
         let newest = all.last().map(|m| m.id);
@@ -556,55 +556,4 @@ fn describe_difference(
         out.push(format!("operator {node} is new"));
     }
     out.join("; ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::checkpoint::LocalCheckpointStore;
-
-    fn meta(id: u64, chain: &[u64]) -> CheckpointMeta {
-        CheckpointMeta::for_test(id, "w", chain)
-    }
-
-    /// Checkpoint 4's state is a chain (full snapshot in 2, deltas in 3 and 4): keeping
-    /// only the newest checkpoint keeps those three blobs; once a full snapshot (5)
-    /// replaces the chain, they go.
-    #[tokio::test]
-    async fn garbage_collection_keeps_the_blobs_a_kept_chain_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalCheckpointStore::new(dir.path());
-        let chains: [&[u64]; 4] = [&[], &[], &[2, 3], &[2, 3, 4]];
-        let mut previous = None;
-        for (id, chain) in (1..=4).zip(chains) {
-            store.put_blob(id, "w/0", vec![id as u8]).await.unwrap();
-            store.commit(&meta(id, chain), previous).await.unwrap();
-            previous = Some(id);
-        }
-        // Checkpoint 5 in flight: its blob is newer than any committed checkpoint.
-        store.put_blob(5, "w/0", vec![5]).await.unwrap();
-        collect_garbage(&store, 1).await;
-        let ids: Vec<u64> = store.list().await.unwrap().iter().map(|m| m.id).collect();
-        assert_eq!(ids, [4]);
-        for id in [2, 3, 4, 5] {
-            assert_eq!(
-                store.get_blob(id, "w/0").await.unwrap(),
-                [id as u8],
-                "blob of {id}"
-            );
-        }
-        assert!(
-            store.get_blob(1, "w/0").await.is_err(),
-            "no chain names checkpoint 1"
-        );
-        store.commit(&meta(5, &[]), Some(4)).await.unwrap();
-        collect_garbage(&store, 1).await;
-        for id in [2, 3, 4] {
-            assert!(
-                store.get_blob(id, "w/0").await.is_err(),
-                "blob of {id} kept"
-            );
-        }
-        assert_eq!(store.get_blob(5, "w/0").await.unwrap(), [5]);
-    }
 }

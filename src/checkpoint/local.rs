@@ -165,41 +165,15 @@ impl CheckpointStore for LocalCheckpointStore {
 mod tests {
     use super::*;
 
-    fn meta(id: u64) -> CheckpointMeta {
-        CheckpointMeta::for_test(id, "src", &[])
+    /// A store in a fresh directory, and the directory (kept while the test runs).
+    async fn fresh() -> (Box<dyn CheckpointStore>, std::sync::Arc<tempfile::TempDir>) {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        (Box::new(LocalCheckpointStore::new(dir.path())), dir)
     }
 
-    #[tokio::test]
-    async fn only_committed_checkpoints_are_listed_and_commits_are_conditional() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = LocalCheckpointStore::new(dir.path());
-        assert!(store.list().await.unwrap().is_empty());
-        store.put_blob(1, "src/0", b"abc".to_vec()).await.unwrap();
-        assert!(
-            store.list().await.unwrap().is_empty(),
-            "blobs alone are no checkpoint"
-        );
-        assert_eq!(store.orphans().await.unwrap(), vec![1]);
-        store.commit(&meta(1), None).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec![meta(1)]);
-        assert_eq!(store.get_blob(1, "src/0").await.unwrap(), b"abc");
-        assert!(store.orphans().await.unwrap().is_empty());
-        // On top of the wrong previous checkpoint: refused.
-        let e = store.commit(&meta(2), None).await.unwrap_err();
-        assert_eq!(e.code(), "CHK002", "{e}");
-        store.commit(&meta(2), Some(1)).await.unwrap();
-        let e = store.commit(&meta(2), Some(2)).await.unwrap_err();
-        assert_eq!(e.code(), "CHK002", "committed twice: {e}");
-        store.delete_meta(1).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec![meta(2)]);
-        assert_eq!(
-            store.get_blob(1, "src/0").await.unwrap(),
-            b"abc",
-            "blobs outlive their metadata"
-        );
-        assert_eq!(store.orphans().await.unwrap(), vec![1]);
-        store.delete_blobs(1).await.unwrap();
-        assert!(store.get_blob(1, "src/0").await.is_err());
-        assert!(store.orphans().await.unwrap().is_empty());
+    async fn twin(dir: &std::sync::Arc<tempfile::TempDir>) -> Box<dyn CheckpointStore> {
+        Box::new(LocalCheckpointStore::new(dir.path()))
     }
+
+    crate::checkpoint::conformance::checkpoint_store_conformance!(fresh(), twin);
 }

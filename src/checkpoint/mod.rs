@@ -1,8 +1,9 @@
 //! Checkpoints: consistent snapshots of a running pipeline, taken while it runs, from
 //! which it resumes after a crash with nothing lost and nothing doubled.
 //!
-//! Owns the [`CheckpointStore`] trait (where checkpoints are kept: a local directory
-//! now, DynamoDB later), checkpoint metadata, and the coordinator that triggers a
+//! Owns the [`CheckpointStore`] trait (where checkpoints are kept: a local directory,
+//! `local.rs`, or DynamoDB, `dynamodb.rs`; both pass the properties in
+//! `conformance.rs`), checkpoint metadata, and the coordinator that triggers a
 //! checkpoint, collects every task's snapshot and commits it
 //! ([`coordinator`]). The engine carries the barriers (`engine::Message::Barrier`).
 //!
@@ -20,11 +21,15 @@
 //!   committed, `Sink::restore` on recovery commits what the restored checkpoint
 //!   pre-committed and discards the rest).
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod coordinator;
+mod dynamodb;
 pub mod fault;
 mod local;
 
 pub use coordinator::{CheckpointSettings, Coordinator, SavepointRequest, Share, TaskCheckpoints};
+pub use dynamodb::{BlobPlacement, DynamoCheckpointStore};
 pub use local::LocalCheckpointStore;
 
 use std::collections::BTreeMap;

@@ -431,7 +431,7 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
                 Ok(settings) => {
                     if let Some(m) = &settings.restore {
                         tracing::info!(pipeline = %loaded.name, checkpoint = m.id,
-                            dir = %plan.dir.display(), "resuming from checkpoint");
+                            store = %plan.location(), "resuming from checkpoint");
                     }
                     runtime.checkpoints = Some(settings);
                 }
@@ -552,12 +552,12 @@ pub(super) async fn checkpoints(config: &Config, arg: &str) -> ExitCode {
             .into());
         };
         let all = plan.store().list().await?;
-        Ok::<_, crate::Error>((loaded.name.clone(), plan.dir.clone(), all))
+        Ok::<_, crate::Error>((loaded.name.clone(), plan.location(), all))
     }
     .await;
     match listed {
         Ok((name, dir, all)) => {
-            println!("{name}: {} checkpoint(s) in {}", all.len(), dir.display());
+            println!("{name}: {} checkpoint(s) in {dir}", all.len());
             println!(
                 "{:>8}  {:<24}  {:>9}  {:>12}  {:<10}  {:<16}  savepoint",
                 "id", "taken (UTC)", "took ms", "bytes", "tasks", "builds on"

@@ -14,6 +14,7 @@
 
 pub mod blackhole;
 pub mod dead_letters;
+pub mod dynamodb;
 pub mod file;
 pub mod generator;
 pub mod json_lines;
@@ -82,6 +83,8 @@ pub enum ConnectorError {
         connector: &'static str,
         message: String,
     },
+    #[error(transparent)]
+    Dynamo(dynamodb::DynamoError),
 }
 
 impl ConnectorError {
@@ -95,6 +98,7 @@ impl ConnectorError {
             ConnectorError::Schema { .. } => "CON006",
             ConnectorError::Io { .. } => "CON007",
             ConnectorError::Other { .. } => "CON008",
+            ConnectorError::Dynamo(e) => e.code(),
         }
     }
 }
@@ -279,6 +283,7 @@ pub const CONNECTORS: &[&str] = &[
     "stdout",
     "parquet",
     "blackhole",
+    "dynamodb",
 ];
 
 /// What the planner knows about a table when it asks for its source.
@@ -302,6 +307,8 @@ pub struct ConnectorEnv {
     /// How Avro tables talk to their registry (`[registry]`: credentials, CA file,
     /// timeouts); a table's own options override them.
     pub registry: crate::registry::client::ClientSettings,
+    /// How DynamoDB tables reach DynamoDB (`[dynamodb]`).
+    pub dynamodb: dynamodb::DynamoConfig,
 }
 
 fn unknown(table: &str, name: &str) -> crate::Error {
@@ -319,7 +326,7 @@ pub fn source(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn Sourc
         "generator" => generator::source(req, &mut opts)?,
         "file" => file::source(req, &mut opts)?,
         "kafka" => kafka::source(req, &mut opts)?,
-        "stdout" | "parquet" | "blackhole" => {
+        "stdout" | "parquet" | "blackhole" | "dynamodb" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),
                 connector: opts.connector.clone(),
@@ -342,6 +349,7 @@ pub fn sink(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn SinkFac
         "parquet" => parquet_sink::sink(req, &mut opts)?,
         "blackhole" => blackhole::sink(req, &mut opts)?,
         "kafka" => kafka::sink(req, &mut opts)?,
+        "dynamodb" => dynamodb::sink(req, &mut opts)?,
         "generator" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),

@@ -211,6 +211,7 @@ impl Graph {
     ) -> Result<NodeId> {
         let schema = self.output_schema(input, port)?;
         factory.check_schema(&schema)?;
+        let partitioning = keyed(factory.as_ref(), &schema, partitioning)?;
         Ok(self.push(NodeSpec {
             name: name.into(),
             kind: NodeKind::Sink(factory),
@@ -262,6 +263,10 @@ impl Graph {
             ))
             .into());
         }
+        let partitioning = match &target.kind {
+            NodeKind::Sink(factory) => keyed(factory.as_ref(), &got, partitioning)?,
+            _ => partitioning,
+        };
         self.nodes[node].inputs.push((input, partitioning));
         Ok(())
     }
@@ -558,4 +563,30 @@ pub fn fields(schema: &SchemaRef) -> String {
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect();
     format!("({})", parts.join(", "))
+}
+
+/// A sink's input routing: by the hash of the sink's [`SinkFactory::partition_by`]
+/// columns when it names some (rows of one key reach one task, in order), else as
+/// asked.
+fn keyed(
+    factory: &dyn SinkFactory,
+    schema: &SchemaRef,
+    partitioning: Partitioning,
+) -> Result<Partitioning> {
+    let columns = factory.partition_by();
+    if columns.is_empty() || partitioning != Partitioning::Forward {
+        return Ok(partitioning);
+    }
+    let indices = columns
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| {
+                EngineError::Graph(format!(
+                    "{}: no column {c} to route its rows by",
+                    factory.describe()
+                ))
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(Partitioning::Hash(indices))
 }

@@ -420,6 +420,12 @@ pub trait SinkFactory: Send + Sync {
     fn accepts_changelog(&self) -> bool {
         false
     }
+    /// Columns whose rows must reach the same sink task (a key-value store's key):
+    /// the planner routes the sink's input by their hash. Empty (the default): rows
+    /// go forward from the task that made them.
+    fn partition_by(&self) -> Vec<String> {
+        Vec::new()
+    }
     fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>>;
     /// For `tributary check`: see [`SourceFactory::preflight`].
     fn preflight(&self) -> futures::future::BoxFuture<'_, Result<()>> {

@@ -6,6 +6,12 @@
 //! inside the per-batch SQL stage. With `refresh_interval`, the snapshot is read again
 //! when it is older than that, so a changed file is picked up without a restart.
 //!
+//! A table too large to read whole (a DynamoDB table) is read by key instead: it
+//! implements [`PointLookup`], and before each batch the stage evaluates the stream
+//! side's join key ([`key_plans`]), fetches the rows of those keys (through the
+//! table's own cache) and puts them in the task's [`LookupRows`]; the same join then
+//! runs over them, so misses follow the SQL exactly as with a snapshot.
+//!
 //! Invariants:
 //! - A lookup table is loaded at most once at a time, on first use, by whichever task
 //!   needs it first; every task then shares the same snapshot.
@@ -37,12 +43,44 @@ use crate::health::Probe;
 
 type Snapshot = Arc<Vec<RecordBatch>>;
 
+/// A lookup table read by key rather than whole.
+#[async_trait::async_trait]
+pub(crate) trait PointLookup: Send + Sync {
+    fn describe(&self) -> String;
+    /// The column point reads are keyed by (the stream joins on it).
+    fn key_column(&self) -> &str;
+    /// The table's rows whose key is one of `keys` (a column of key values; NULLs and
+    /// repeats allowed): at most one per distinct key, none for a key without one.
+    /// An unreachable store is waited out here (retried, reported), never a miss.
+    async fn get(&self, keys: &arrow::array::ArrayRef) -> crate::Result<RecordBatch>;
+}
+
+/// The rows each keyed lookup table has for the batch a task is evaluating, by
+/// table; put there by the stage before it runs the plan.
+#[derive(Debug, Default)]
+pub(crate) struct LookupRows(std::sync::Mutex<std::collections::HashMap<String, RecordBatch>>);
+
+impl LookupRows {
+    pub(crate) fn set(&self, table: &str, rows: RecordBatch) {
+        self.0
+            .lock()
+            .expect("lookup rows")
+            .insert(table.to_string(), rows);
+    }
+
+    fn get(&self, table: &str) -> Option<RecordBatch> {
+        self.0.lock().expect("lookup rows").get(table).cloned()
+    }
+}
+
 pub(crate) struct LookupTable {
     pub(crate) name: String,
     /// `on_miss = 'dead-letter'`: a stream row the join finds no row of this table for
     /// is a dead letter (class `lookup_miss`), whatever the join then does with it.
     pub(crate) dead_letter_misses: bool,
-    source: Arc<dyn SourceFactory>,
+    /// Read by key (`Some`) instead of whole from `source`.
+    pub(crate) keyed: Option<Arc<dyn PointLookup>>,
+    source: Option<Arc<dyn SourceFactory>>,
     refresh: Option<Duration>,
     current: tokio::sync::Mutex<Option<(Instant, Snapshot)>>,
     pipeline: String,
@@ -57,6 +95,7 @@ impl std::fmt::Debug for LookupTable {
             .field("name", &self.name)
             .field("refresh", &self.refresh)
             .field("dead_letter_misses", &self.dead_letter_misses)
+            .field("keyed", &self.keyed.is_some())
             .finish()
     }
 }
@@ -71,7 +110,8 @@ impl LookupTable {
         LookupTable {
             name: name.into(),
             dead_letter_misses: false,
-            source,
+            keyed: None,
+            source: Some(source),
             refresh,
             current: tokio::sync::Mutex::new(None),
             pipeline: pipeline.into(),
@@ -79,11 +119,31 @@ impl LookupTable {
         }
     }
 
+    /// A lookup table read by key.
+    pub(crate) fn keyed(pipeline: &str, name: &str, lookup: Arc<dyn PointLookup>) -> Self {
+        LookupTable {
+            name: name.into(),
+            dead_letter_misses: false,
+            keyed: Some(lookup),
+            source: None,
+            refresh: None,
+            current: tokio::sync::Mutex::new(None),
+            pipeline: pipeline.into(),
+            probe: std::sync::OnceLock::new(),
+        }
+    }
+
     pub(crate) fn describe(&self) -> String {
+        if let Some(k) = &self.keyed {
+            return format!("lookup table {}: {}", self.name, k.describe());
+        }
         format!(
             "lookup table {}: {}{}",
             self.name,
-            self.source.describe(),
+            self.source
+                .as_ref()
+                .map(|s| s.describe())
+                .unwrap_or_default(),
             self.refresh
                 .map(|r| format!(", refreshed every {r:?}"))
                 .unwrap_or_default()
@@ -106,7 +166,10 @@ impl LookupTable {
         };
         if due {
             let t = Instant::now();
-            match crate::connectors::memory::read_all(&self.name, self.source.clone()).await {
+            let Some(source) = self.source.clone() else {
+                return Ok(Arc::new(Vec::new()));
+            };
+            match crate::connectors::memory::read_all(&self.name, source).await {
                 Ok(batches) => {
                     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                     tracing::info!(
@@ -150,7 +213,20 @@ impl PartitionStream for LookupPartition {
         &self.schema
     }
 
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        if self.table.keyed.is_some() {
+            // The rows the stage fetched for this batch's keys.
+            let rows = ctx
+                .session_config()
+                .get_extension::<LookupRows>()
+                .and_then(|r| r.get(&self.table.name));
+            let items: Vec<datafusion::error::Result<RecordBatch>> =
+                rows.into_iter().map(Ok).collect();
+            return Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::iter(items),
+            ));
+        }
         let table = self.table.clone();
         let batches = futures::stream::once(async move {
             table
@@ -205,6 +281,96 @@ pub(crate) fn misses(
         out.extend(misses(child));
     }
     out
+}
+
+/// For each join of `plan` with a lookup table read by key: the table and a plan of
+/// the stream side's key values (the join's key expression over the stream side),
+/// which the stage runs over each batch to know which rows to fetch. A join that is
+/// not an equality on the table's key column is refused: it could not be answered
+/// by point reads.
+pub(crate) fn key_plans(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    tables: &std::collections::BTreeMap<String, Arc<LookupTable>>,
+) -> std::result::Result<
+    Vec<(
+        Arc<LookupTable>,
+        Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    )>,
+    String,
+> {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::joins::HashJoinExec;
+    use datafusion::physical_plan::projection::ProjectionExec;
+    let mut out = Vec::new();
+    let keyed = |side: &Arc<dyn datafusion::physical_plan::ExecutionPlan>| {
+        scanned_lookup(side)
+            .and_then(|name| tables.get(&name).cloned())
+            .filter(|t| t.keyed.is_some())
+    };
+    if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+        let sides = (keyed(join.left()), keyed(join.right()));
+        let found = match sides {
+            (Some(t), None) => Some((t, false)),
+            (None, Some(t)) => Some((t, true)),
+            _ => None,
+        };
+        if let Some((table, lookup_on_right)) = found {
+            let key = table
+                .keyed
+                .as_ref()
+                .expect("keyed")
+                .key_column()
+                .to_string();
+            let stream_side = if lookup_on_right {
+                join.left()
+            } else {
+                join.right()
+            };
+            let pair = join.on().iter().find(|(l, r)| {
+                let lookup_expr = if lookup_on_right { r } else { l };
+                lookup_expr
+                    .downcast_ref::<Column>()
+                    .is_some_and(|c| c.name() == key)
+            });
+            let Some((l, r)) = pair else {
+                return Err(format!(
+                    "lookup table {} is read by key: join it with an equality on its key column {key}                      (e.g. ON s.{key} = {}.{key})",
+                    table.name, table.name
+                ));
+            };
+            let stream_expr = if lookup_on_right { l } else { r };
+            let keys = ProjectionExec::try_new(
+                vec![(stream_expr.clone(), "key".to_string())],
+                stream_side.clone(),
+            )
+            .map_err(|e| format!("lookup table {}: {e}", table.name))?;
+            out.push((
+                table,
+                Arc::new(keys) as Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+            ));
+        }
+    }
+    for child in plan.children() {
+        out.extend(key_plans(child, tables)?);
+    }
+    Ok(out)
+}
+
+/// The name of the lookup table a subtree scans, if any.
+fn scanned_lookup(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> {
+    use datafusion::physical_plan::streaming::StreamingTableExec;
+    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
+        return scan.partitions().iter().find_map(|p| {
+            let d = format!("{p:?}");
+            let name = d
+                .split("LookupTable { name: \"")
+                .nth(1)?
+                .split('"')
+                .next()?;
+            Some(name.to_string())
+        });
+    }
+    plan.children().into_iter().find_map(scanned_lookup)
 }
 
 /// The name of the lookup table (with `on_miss = 'dead-letter'`) a subtree scans.

@@ -18,6 +18,7 @@ use datafusion::physical_plan::streaming::PartitionStream;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream, displayable};
 use futures::StreamExt;
 
+use super::lookup::{LookupRows, LookupTable};
 use crate::dlq::{BadRecordReason, ErrorPolicy};
 use crate::engine::{Collector, EngineError, Operator, OperatorFactory, Result, TaskInfo};
 
@@ -88,6 +89,9 @@ pub struct SqlOperatorFactory {
     /// Joins with lookup tables whose misses are dead letters: (table, plan of the
     /// stream rows without a match); see `lookup::misses`.
     pub(crate) misses: Vec<(String, Arc<dyn ExecutionPlan>)>,
+    /// Joins with lookup tables read by key: (table, plan of the stream side's keys);
+    /// see `lookup::key_plans`.
+    pub(crate) prefetch: Vec<(Arc<LookupTable>, Arc<dyn ExecutionPlan>)>,
 }
 
 impl SqlOperatorFactory {
@@ -122,8 +126,13 @@ impl OperatorFactory for SqlOperatorFactory {
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         let slot = Arc::new(BatchSlot::default());
+        let lookup_rows = Arc::new(LookupRows::default());
         let base = &self.task_ctx;
-        let config = base.session_config().clone().with_extension(slot.clone());
+        let config = base
+            .session_config()
+            .clone()
+            .with_extension(slot.clone())
+            .with_extension(lookup_rows.clone());
         let ctx = TaskContext::new(
             Some(task.to_string()),
             base.session_id(),
@@ -143,6 +152,8 @@ impl OperatorFactory for SqlOperatorFactory {
             on_error: self.on_error,
             changelog: self.changelog.then(|| self.output_schema()),
             misses: self.misses.clone(),
+            prefetch: self.prefetch.clone(),
+            lookup_rows,
         }))
     }
 }
@@ -164,9 +175,31 @@ struct SqlOperator {
     /// Over a changelog: the output schema, with its op column.
     changelog: Option<SchemaRef>,
     misses: Vec<(String, Arc<dyn ExecutionPlan>)>,
+    prefetch: Vec<(Arc<LookupTable>, Arc<dyn ExecutionPlan>)>,
+    lookup_rows: Arc<LookupRows>,
 }
 
 impl SqlOperator {
+    /// Fetches, for each lookup table read by key, the rows of this batch's keys, for
+    /// every evaluation of the plan over the batch (or parts of it) to join with.
+    async fn fetch_lookups(&self, batch: &RecordBatch) -> Result<()> {
+        for (table, keys) in &self.prefetch {
+            let lookup = table.keyed.as_ref().expect("key plans are of keyed tables");
+            let key_batches = self.run(keys, batch.clone()).await?;
+            let key_arrays: Vec<&dyn arrow::array::Array> =
+                key_batches.iter().map(|b| b.column(0).as_ref()).collect();
+            let keys = if key_arrays.is_empty() {
+                arrow::array::new_empty_array(&arrow::datatypes::DataType::Null)
+            } else {
+                arrow::compute::concat(&key_arrays)
+                    .map_err(|e| EngineError::Invalid(format!("{}: lookup keys: {e}", self.task)))?
+            };
+            let rows = lookup.get(&keys).await?;
+            self.lookup_rows.set(&table.name, rows);
+        }
+        Ok(())
+    }
+
     /// Emits results, with the input batch's changelog op when there is one.
     async fn emit(
         &self,
@@ -280,6 +313,9 @@ impl Operator for SqlOperator {
             }
             None => (batch, None),
         };
+        if !self.prefetch.is_empty() {
+            self.fetch_lookups(&batch).await?;
+        }
         if !self.misses.is_empty() {
             self.report_misses(&batch, out).await?;
         }

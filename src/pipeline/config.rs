@@ -20,6 +20,7 @@ pub struct Config {
     pub log: LogConfig,
     pub kafka: crate::connectors::kafka::KafkaConfig,
     pub dlq: DlqConfig,
+    pub dynamodb: crate::connectors::dynamodb::DynamoConfig,
 }
 
 impl Config {
@@ -31,6 +32,7 @@ impl Config {
             registry_url: Some(self.registry.url.clone()).filter(|u| !u.is_empty()),
             // Checked when the configuration was loaded.
             registry: self.registry.client_settings().unwrap_or_default(),
+            dynamodb: self.dynamodb.clone(),
         }
     }
 }
@@ -253,6 +255,10 @@ pub fn load_config(
         .map_err(|e| PipelineError::Config(format!("run.stop_grace: {e}")))?;
     config.kafka.validate().map_err(PipelineError::Config)?;
     config.registry.client_settings()?;
+    config
+        .dynamodb
+        .settings()
+        .map_err(|e| PipelineError::Config(e.to_string()))?;
     Ok(config)
 }
 

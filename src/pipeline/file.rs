@@ -56,8 +56,29 @@ pub struct CheckpointFile {
     pub interval: String,
     /// Completed checkpoints kept (default 3).
     pub retain: Option<usize>,
-    /// Where they are kept (default: `pipeline.checkpoint_dir`/<name>).
+    /// Where they are kept (default: `pipeline.checkpoint_dir`/<name>); with
+    /// `store: dynamodb` and `blobs: local`, where the state blobs are.
     pub dir: Option<String>,
+    /// `local` (the default: files in `dir`) or `dynamodb` (the `[dynamodb]`
+    /// connection; any machine can resume).
+    pub store: Option<CheckpointStoreKind>,
+    /// With `store: dynamodb`: state blobs in the table (`table`, the default, in
+    /// chunks under the item limit) or in `dir` (`local`).
+    pub blobs: Option<BlobsKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStoreKind {
+    Local,
+    Dynamodb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobsKind {
+    Table,
+    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,11 +95,34 @@ pub struct CheckpointPlan {
     pub retain: usize,
     pub dir: PathBuf,
     pub exactly_once: bool,
+    /// `Some`: checkpoints in DynamoDB (the pipeline's name, the connection, where
+    /// blobs go); `None`: in `dir`.
+    pub dynamodb: Option<(
+        String,
+        crate::connectors::dynamodb::DynamoSettings,
+        crate::checkpoint::BlobPlacement,
+    )>,
 }
 
 impl CheckpointPlan {
     pub fn store(&self) -> std::sync::Arc<dyn crate::checkpoint::CheckpointStore> {
-        std::sync::Arc::new(crate::checkpoint::LocalCheckpointStore::new(&self.dir))
+        match &self.dynamodb {
+            Some((pipeline, settings, blobs)) => std::sync::Arc::new(
+                crate::checkpoint::DynamoCheckpointStore::new(pipeline, settings, blobs.clone()),
+            ),
+            None => std::sync::Arc::new(crate::checkpoint::LocalCheckpointStore::new(&self.dir)),
+        }
+    }
+
+    /// Where checkpoints are, for messages: the directory or the DynamoDB table.
+    pub fn location(&self) -> String {
+        match &self.dynamodb {
+            Some((pipeline, settings, _)) => format!(
+                "dynamodb table {}tributary_checkpoints (pipeline {pipeline})",
+                settings.table_prefix
+            ),
+            None => self.dir.display().to_string(),
+        }
     }
 
     /// The runtime's checkpoint settings, resuming from the latest checkpoint.
@@ -431,14 +475,38 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
             if c.retain == Some(0) {
                 return Err(invalid(at("retain"), "retain must be at least 1"));
             }
+            let dir = match &c.dir {
+                Some(d) => PathBuf::from(d),
+                None => PathBuf::from(&defaults.checkpoint_dir).join(&file.name),
+            };
+            let dynamodb = match (c.store, c.blobs) {
+                (None | Some(CheckpointStoreKind::Local), Some(_)) => {
+                    return Err(invalid(
+                        at("blobs"),
+                        "blobs applies to store: dynamodb (a local store keeps everything in dir)",
+                    ));
+                }
+                (None | Some(CheckpointStoreKind::Local), None) => None,
+                (Some(CheckpointStoreKind::Dynamodb), blobs) => {
+                    let settings = config
+                        .dynamodb
+                        .settings()
+                        .map_err(|e| invalid(at("store"), e.to_string()))?;
+                    let blobs = match blobs {
+                        None | Some(BlobsKind::Table) => crate::checkpoint::BlobPlacement::Table,
+                        Some(BlobsKind::Local) => {
+                            crate::checkpoint::BlobPlacement::Local(dir.clone())
+                        }
+                    };
+                    Some((file.name.clone(), settings, blobs))
+                }
+            };
             Some(CheckpointPlan {
                 interval,
                 retain: c.retain.unwrap_or(3),
-                dir: match &c.dir {
-                    Some(d) => PathBuf::from(d),
-                    None => PathBuf::from(&defaults.checkpoint_dir).join(&file.name),
-                },
+                dir,
                 exactly_once: delivery != Some(Delivery::AtLeastOnce),
+                dynamodb,
             })
         }
     };

@@ -33,9 +33,24 @@ use crate::operators::lookup::{LookupPartition, LookupTable};
 use crate::operators::stage::{SlotPartition, SqlOperatorFactory};
 use crate::types::Location;
 
-/// Names of the lookup tables of one planning session.
+/// The lookup tables of one planning session, by name.
 #[derive(Debug, Default)]
-struct LookupNames(std::sync::Mutex<std::collections::BTreeSet<String>>);
+pub(crate) struct LookupNames(
+    std::sync::Mutex<std::collections::BTreeMap<String, Arc<LookupTable>>>,
+);
+
+impl LookupNames {
+    /// The lookup tables registered in a session's state.
+    pub(crate) fn of(
+        state: &datafusion::execution::SessionState,
+    ) -> std::collections::BTreeMap<String, Arc<LookupTable>> {
+        state
+            .config()
+            .get_extension::<LookupNames>()
+            .map(|l| l.0.lock().expect("lookup names").clone())
+            .unwrap_or_default()
+    }
+}
 
 /// Settings the planner applies to every node it creates.
 #[derive(Debug, Clone)]
@@ -190,11 +205,7 @@ impl SqlPlanner {
 
     /// The lookup tables registered in `ctx`.
     fn lookups_in(&self, ctx: &SessionContext) -> std::collections::BTreeSet<String> {
-        ctx.state()
-            .config()
-            .get_extension::<LookupNames>()
-            .map(|l| l.0.lock().expect("lookup names").clone())
-            .unwrap_or_default()
+        LookupNames::of(&ctx.state()).into_keys().collect()
     }
 
     pub(super) fn register_lookup(
@@ -205,14 +216,14 @@ impl SqlPlanner {
         let name = table.name.clone();
         let part: Arc<dyn PartitionStream> = Arc::new(LookupPartition {
             schema: schema.clone(),
-            table,
+            table: table.clone(),
         });
         let provider = StreamingTable::try_new(schema, vec![part])
             .map_err(|e| crate::engine::EngineError::datafusion("registering lookup table", e))?;
         ctx.register_table(name.as_str(), Arc::new(provider))
             .map_err(|e| crate::engine::EngineError::datafusion("registering lookup table", e))?;
         if let Some(names) = ctx.state().config().get_extension::<LookupNames>() {
-            names.0.lock().expect("lookup names").insert(name);
+            names.0.lock().expect("lookup names").insert(name, table);
         }
         Ok(())
     }
@@ -269,6 +280,13 @@ impl SqlPlanner {
             .create_physical_plan(&plan)
             .await
             .map_err(|e| plan_error(sql, location, e))?;
+        // A lookup table read by key must be joined on its key.
+        crate::operators::lookup::key_plans(&physical, &LookupNames::of(&state)).map_err(
+            |message| SqlError::Plan {
+                location: location.clone(),
+                message,
+            },
+        )?;
         let planned = cuts::plan(&cuts::Query {
             physical: &physical,
             text: &text,

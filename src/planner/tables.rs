@@ -189,6 +189,11 @@ impl Planning<'_> {
             schema: declared,
             base_dir: self.base_dir,
         };
+        if decl.connector == "dynamodb"
+            && let Some((refresh, on_miss)) = options.lookup
+        {
+            return self.declare_keyed_lookup(decl, &req, options, (refresh, on_miss), tables);
+        }
         let mut factory = connectors::source(
             &req,
             Options::new(
@@ -219,6 +224,56 @@ impl Planning<'_> {
             }
             None => self.declare_stream(decl, factory, options, tables),
         }
+    }
+
+    /// Registers a lookup table read by key (DynamoDB) with the session.
+    fn declare_keyed_lookup(
+        &self,
+        decl: &TableDecl,
+        req: &TableRequest<'_>,
+        mut options: TableOptions,
+        (refresh, dead_letter_misses): (Option<Duration>, bool),
+        tables: &mut Tables,
+    ) -> Result<()> {
+        let at = |message: String| -> crate::Error {
+            SqlError::Plan {
+                location: decl.location.clone(),
+                message,
+            }
+            .into()
+        };
+        if refresh.is_some() {
+            return Err(at(format!(
+                "table {}: a dynamodb lookup table is read by key through a cache: set cache_ttl, not refresh_interval",
+                decl.name
+            )));
+        }
+        if options.event_time.is_some()
+            || options.processing_time.is_some()
+            || !decl.checks.is_empty()
+        {
+            return Err(at(format!(
+                "table {}: a lookup table has no event time, processing time or CHECKs",
+                decl.name
+            )));
+        }
+        let mut opts = Options::new(
+            &decl.name,
+            &decl.connector,
+            std::mem::take(&mut options.connector),
+        );
+        let lookup = connectors::dynamodb::lookup_table(self.pipeline, req, &mut opts)
+            .and_then(|l| opts.finish().map(|()| l))
+            .map_err(|e| SqlError::Connector {
+                location: decl.locate(&e),
+                source: Box::new(e),
+            })?;
+        let schema = req.schema.clone().expect("checked by lookup_table");
+        let mut table = LookupTable::keyed(self.pipeline, &decl.name, lookup);
+        table.dead_letter_misses = dead_letter_misses;
+        let table = Arc::new(table);
+        tables.lookups.push(table.describe());
+        SqlPlanner::register_lookup(&self.ctx, table, schema)
     }
 
     /// Registers a lookup table (bounded, without event time) with the session.

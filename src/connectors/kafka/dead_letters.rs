@@ -214,6 +214,7 @@ impl KafkaDeadLetterStore {
             kafka: Default::default(),
             registry_url: Some(settings.registry_url.clone()),
             registry: settings.registry.clone(),
+            dynamodb: Default::default(),
         };
         Ok(KafkaDeadLetterStore {
             s: settings,

@@ -80,6 +80,12 @@ impl Query<'_> {
         Arc::new(SqlOperatorFactory {
             sql,
             misses: crate::operators::lookup::misses(&plan),
+            // Refused at plan time when not joined on the key (see `plan_stage`).
+            prefetch: crate::operators::lookup::key_plans(
+                &plan,
+                &crate::planner::plan::LookupNames::of(self.state),
+            )
+            .unwrap_or_default(),
             schema: plan.schema(),
             plan,
             task_ctx: self.state.task_ctx(),

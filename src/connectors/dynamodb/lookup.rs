@@ -1,0 +1,292 @@
+//! A DynamoDB table as a lookup table (`connector = 'dynamodb', lookup = 'true'`): read
+//! by key with `BatchGetItem` for the keys of each batch, through a bounded cache with
+//! a time to live, instead of being loaded whole.
+//!
+//! Invariants:
+//! - A key is read at most once per `cache_ttl` (found or not: a miss is cached too),
+//!   so a changed or added item is seen at most `cache_ttl` after it changed; the
+//!   cache holds at most `cache_size` keys (least recently used go first).
+//! - An unreachable or throttling table is an outage: the batch waits (retried with
+//!   backoff, reported in the health table) and no row is joined without its item;
+//!   unprocessed keys are asked again until none is left.
+//! - An item whose attributes do not fit the declared columns is left out (a miss
+//!   for the join), logged and counted (`tributary_lookup_bad_items_total`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use futures::StreamExt;
+
+use super::types::{self, Item};
+use super::{Dynamo, DynamoError, DynamoSettings, describe, retriable};
+use crate::connectors::{Options, Result, TableRequest};
+use crate::operators::lookup::PointLookup;
+
+/// Keys per `BatchGetItem` (DynamoDB's limit).
+const GET_BATCH: usize = 100;
+/// `BatchGetItem`s in flight at once.
+const GET_CONCURRENCY: usize = 8;
+
+pub(crate) struct DynamoLookup {
+    table: String,
+    table_name: String,
+    key: String,
+    schema: SchemaRef,
+    consistent: bool,
+    ttl: Duration,
+    settings: DynamoSettings,
+    dynamo: tokio::sync::OnceCell<Dynamo>,
+    /// Encoded key → the item, or `None` for no item.
+    cache: moka::sync::Cache<String, Option<Arc<Item>>>,
+    probe: std::sync::OnceLock<crate::health::Probe>,
+    pipeline: String,
+    hits: metrics::Counter,
+    fetched: metrics::Counter,
+    not_found: metrics::Counter,
+    bad_items: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+/// Builds a DynamoDB lookup table: its columns are declared, `key` names the
+/// partition key column the stream joins on.
+pub(crate) fn lookup_table(
+    pipeline: &str,
+    req: &TableRequest<'_>,
+    opts: &mut Options,
+) -> Result<Arc<dyn PointLookup>> {
+    let settings = req.env.dynamodb.settings()?;
+    let table = opts.required("table")?;
+    let key = opts.required("key")?.trim().to_string();
+    let cache_size: u64 = opts.parse("cache_size", 100_000)?;
+    let ttl = opts.parse_duration("cache_ttl", Duration::from_secs(60))?;
+    let consistent = opts.parse_bool("consistent_read", false)?;
+    let schema = req.schema.clone().ok_or_else(|| {
+        crate::connectors::ConnectorError::Schema {
+            table: req.table.to_string(),
+            message: "a dynamodb lookup table declares its columns: CREATE TABLE name (col TYPE, …) WITH (…)"
+                .into(),
+        }
+    })?;
+    types::key_type(&schema, &key).map_err(|e| opts.invalid("key", &key, e))?;
+    for f in schema.fields() {
+        types::check_type(f.name(), f.data_type()).map_err(|message| {
+            crate::connectors::ConnectorError::Schema {
+                table: req.table.to_string(),
+                message,
+            }
+        })?;
+    }
+    let labels = [
+        ("pipeline", pipeline.to_string()),
+        ("table", req.table.to_string()),
+    ];
+    Ok(Arc::new(DynamoLookup {
+        table: req.table.to_string(),
+        table_name: format!("{}{}", settings.table_prefix, table.trim()),
+        key,
+        schema,
+        consistent,
+        ttl,
+        cache: moka::sync::Cache::builder()
+            .max_capacity(if ttl.is_zero() { 0 } else { cache_size })
+            .time_to_live(ttl.max(Duration::from_millis(1)))
+            .build(),
+        settings,
+        dynamo: tokio::sync::OnceCell::new(),
+        probe: std::sync::OnceLock::new(),
+        pipeline: pipeline.to_string(),
+        hits: metrics::counter!("tributary_lookup_cache_hits_total", &labels),
+        fetched: metrics::counter!("tributary_lookup_cache_misses_total", &labels),
+        not_found: metrics::counter!("tributary_lookup_not_found_total", &labels),
+        bad_items: metrics::counter!("tributary_lookup_bad_items_total", &labels),
+        latency: metrics::histogram!("tributary_lookup_seconds", &labels),
+    }))
+}
+
+impl DynamoLookup {
+    fn probe(&self) -> &crate::health::Probe {
+        self.probe
+            .get_or_init(|| crate::health::Probe::new(&self.pipeline, self.table.clone(), "lookup"))
+    }
+
+    async fn dynamo(&self) -> std::result::Result<&Dynamo, DynamoError> {
+        self.dynamo
+            .get_or_try_init(|| Dynamo::connect(&self.settings))
+            .await
+    }
+
+    /// Reads `keys` (distinct) with `BatchGetItem`s; returns encoded key → item for
+    /// the keys that have one.
+    async fn fetch(
+        &self,
+        keys: Vec<(String, AttributeValue)>,
+    ) -> std::result::Result<std::collections::HashMap<String, Item>, DynamoError> {
+        let dynamo = self.dynamo().await?;
+        let chunks: Vec<Vec<(String, AttributeValue)>> =
+            keys.chunks(GET_BATCH).map(|c| c.to_vec()).collect();
+        let results = futures::stream::iter(chunks)
+            .map(|chunk| self.fetch_chunk(dynamo, chunk))
+            .buffer_unordered(GET_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let mut found = std::collections::HashMap::new();
+        for r in results {
+            found.extend(r?);
+        }
+        Ok(found)
+    }
+
+    async fn fetch_chunk(
+        &self,
+        dynamo: &Dynamo,
+        chunk: Vec<(String, AttributeValue)>,
+    ) -> std::result::Result<Vec<(String, Item)>, DynamoError> {
+        let mut wanted: Vec<Item> = chunk
+            .iter()
+            .map(|(_, v)| [(self.key.clone(), v.clone())].into())
+            .collect();
+        let mut found = Vec::new();
+        let mut backoff = Duration::from_millis(25);
+        while !wanted.is_empty() {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(wanted.clone()))
+                .consistent_read(self.consistent)
+                .build()
+                .expect("keys set");
+            let t = Instant::now();
+            let out = dynamo
+                .call(Some(self.probe()), || async {
+                    dynamo
+                        .client
+                        .batch_get_item()
+                        .request_items(&self.table_name, request.clone())
+                        .send()
+                        .await
+                        .map_err(|e| DynamoError::Request {
+                            table: self.table_name.clone(),
+                            what: "BatchGetItem",
+                            retriable: retriable(&e),
+                            message: describe(&e),
+                        })
+                })
+                .await?;
+            self.latency.record(t.elapsed().as_secs_f64());
+            for item in out
+                .responses
+                .and_then(|mut r| r.remove(&self.table_name))
+                .unwrap_or_default()
+            {
+                if let Some(k) = item.get(&self.key).and_then(encode) {
+                    found.push((k, item));
+                }
+            }
+            wanted = out
+                .unprocessed_keys
+                .and_then(|mut u| u.remove(&self.table_name))
+                .map(|k| k.keys)
+                .unwrap_or_default();
+            if !wanted.is_empty() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(dynamo.settings.max_backoff.max(backoff));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A key value as a cache key (its type and text).
+fn encode(v: &AttributeValue) -> Option<String> {
+    match v {
+        AttributeValue::S(s) => Some(format!("S{s}")),
+        AttributeValue::N(n) => Some(format!("N{}", canonical_number(n))),
+        AttributeValue::B(b) => Some(format!("B{}", String::from_utf8_lossy(b.as_ref()))),
+        _ => None,
+    }
+}
+
+/// DynamoDB returns numbers normalised (`1.50` → `1.5`); compare them that way.
+fn canonical_number(n: &str) -> String {
+    if n.contains('.') && !n.contains(['e', 'E']) {
+        let t = n.trim_end_matches('0').trim_end_matches('.');
+        if t.is_empty() || t == "-" {
+            "0".into()
+        } else {
+            t.to_string()
+        }
+    } else {
+        n.to_string()
+    }
+}
+
+#[async_trait::async_trait]
+impl PointLookup for DynamoLookup {
+    fn describe(&self) -> String {
+        format!(
+            "dynamodb table {} read by {} (cache {}, ttl {:?})",
+            self.table_name,
+            self.key,
+            self.cache.policy().max_capacity().unwrap_or(0),
+            self.ttl
+        )
+    }
+
+    fn key_column(&self) -> &str {
+        &self.key
+    }
+
+    async fn get(&self, keys: &ArrayRef) -> crate::Result<RecordBatch> {
+        // The stream's key as the table's key column type (the join may have coerced it).
+        let want = self
+            .schema
+            .field_with_name(&self.key)
+            .map(|f| f.data_type().clone())
+            .expect("checked at plan time");
+        let keys = arrow::compute::cast(keys, &want).map_err(|e| {
+            crate::engine::EngineError::Invalid(format!("lookup table {}: keys: {e}", self.table))
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        let mut items: Vec<Arc<Item>> = Vec::new();
+        let mut missing: Vec<(String, AttributeValue)> = Vec::new();
+        for row in 0..keys.len() {
+            let Ok(Some(v)) = types::value(keys.as_ref(), row) else {
+                continue;
+            };
+            let Some(k) = encode(&v) else { continue };
+            if !seen.insert(k.clone()) {
+                continue;
+            }
+            match self.cache.get(&k) {
+                Some(hit) => {
+                    self.hits.increment(1);
+                    items.extend(hit);
+                }
+                None => missing.push((k, v)),
+            }
+        }
+        if !missing.is_empty() {
+            self.fetched.increment(missing.len() as u64);
+            let mut found = self.fetch(missing.clone()).await?;
+            for (k, _) in missing {
+                let item = found.remove(&k).map(Arc::new);
+                if item.is_none() {
+                    self.not_found.increment(1);
+                }
+                if !self.ttl.is_zero() {
+                    self.cache.insert(k, item.clone());
+                }
+                items.extend(item);
+            }
+        }
+        let refs: Vec<&Item> = items.iter().map(|i| i.as_ref()).collect();
+        let (batch, bad) = types::batch(&self.schema, &refs);
+        for (i, why) in bad {
+            self.bad_items.increment(1);
+            tracing::warn!(table = %self.table, key = ?refs[i].get(&self.key), error = %why,
+                "a lookup item does not fit the table's columns; joined as a miss");
+        }
+        Ok(batch)
+    }
+}
