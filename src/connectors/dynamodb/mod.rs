@@ -19,6 +19,8 @@
 //! - Conditional-check failures are answers, not errors: callers see them as such.
 
 pub(crate) mod lookup;
+#[cfg(test)]
+mod chaos;
 pub(crate) mod sink;
 pub mod types;
 
