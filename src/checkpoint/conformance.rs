@@ -79,6 +79,24 @@ pub(crate) async fn a_second_writer_is_fenced(a: &dyn CheckpointStore, b: &dyn C
     assert_eq!(ids, [1, 2]);
 }
 
+/// Two processes checkpointing the same id write the same blob names: the committed
+/// checkpoint reads its own writer's state, whichever wrote last.
+pub(crate) async fn the_committed_writers_blobs_are_read(
+    a: &dyn CheckpointStore,
+    b: &dyn CheckpointStore,
+) {
+    a.put_blob(4, "op/0", b"from a".to_vec()).await.unwrap();
+    b.put_blob(4, "op/0", b"from b".to_vec()).await.unwrap();
+    a.put_blob(4, "op/0", b"from a, again".to_vec())
+        .await
+        .unwrap();
+    b.commit(&CheckpointMeta::for_test(4, "op", &[]), None)
+        .await
+        .unwrap();
+    assert_eq!(a.get_blob(4, "op/0").await.unwrap(), b"from b");
+    assert_eq!(b.get_blob(4, "op/0").await.unwrap(), b"from b");
+}
+
 /// Checkpoint 4's state is a chain (full snapshot in 2, deltas in 3 and 4): keeping
 /// only the newest checkpoint keeps those three blobs; once a full snapshot (5)
 /// replaces the chain, they go.
@@ -147,6 +165,13 @@ macro_rules! checkpoint_store_conformance {
             let (store, keep) = $make.await;
             let twin = $twin(&keep).await;
             $crate::checkpoint::conformance::a_second_writer_is_fenced(&*store, &*twin).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_committed_writers_blobs_are_read() {
+            let (store, keep) = $make.await;
+            let twin = $twin(&keep).await;
+            $crate::checkpoint::conformance::the_committed_writers_blobs_are_read(&*store, &*twin).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,10 +5,11 @@
 //! `item`, both strings) holds every pipeline's checkpoints:
 //! - `head`: the latest committed id (`latest`) and its metadata (`meta`, JSON);
 //! - `meta|{id:020}`: each committed checkpoint's metadata;
-//! - `blob|{id:020}|{task}|n`: a blob's chunk count, and
-//!   `blob|{id:020}|{task}|c{i:06}`: its chunks (`data`, at most [`CHUNK`] bytes,
-//!   under DynamoDB's 400 KB item limit) — or, with `blobs: local`, the blobs in the
-//!   local directory as the local store keeps them.
+//! - `blob|{id:020}|{task}|{writer}|n`: a blob's chunk count, and
+//!   `blob|{id:020}|{task}|{writer}|c{i:06}`: its chunks (`data`, at most [`CHUNK`]
+//!   bytes, under DynamoDB's 400 KB item limit) — or, with `blobs: local`, the blobs
+//!   in the local directory as the local store keeps them;
+//! - `writer|{id:020}`: which writer's blobs checkpoint `id` committed.
 //!
 //! Invariants:
 //! - The commit is one conditional write of `head` (`latest = previous AND latest <
@@ -19,6 +20,10 @@
 //! - A blob's chunks are written before its chunk count, and a rewrite writes its
 //!   count last too, so a reader never mixes two attempts (only the first `n` chunks
 //!   are read).
+//! - Blobs are kept per writer (a random token per store handle, so per process):
+//!   two processes of one pipeline checkpointing the same id never overwrite each
+//!   other's state; the commit records the winner's token (in `head` and
+//!   `writer|id`), and reads take that writer's blobs.
 //! - Every read is strongly consistent.
 
 use std::collections::{BTreeSet, HashMap};
@@ -57,6 +62,8 @@ pub struct DynamoCheckpointStore {
     table: String,
     blobs: BlobPlacement,
     dynamo: std::sync::Arc<tokio::sync::OnceCell<Dynamo>>,
+    /// This handle's blob namespace.
+    writer: String,
 }
 
 fn storage(e: impl std::fmt::Display) -> crate::Error {
@@ -75,6 +82,7 @@ impl DynamoCheckpointStore {
             settings: settings.clone(),
             blobs,
             dynamo: Default::default(),
+            writer: super::local::writer_token(),
         }
     }
 
@@ -98,7 +106,9 @@ impl DynamoCheckpointStore {
 
     fn local(&self) -> Option<LocalCheckpointStore> {
         match &self.blobs {
-            BlobPlacement::Local(dir) => Some(LocalCheckpointStore::new(dir)),
+            BlobPlacement::Local(dir) => {
+                Some(LocalCheckpointStore::with_writer(dir, self.writer.clone()))
+            }
             BlobPlacement::Table => None,
         }
     }
@@ -216,6 +226,31 @@ impl DynamoCheckpointStore {
         format!("blob|{id:020}|{name}|")
     }
 
+    /// The writer whose blobs checkpoint `id` committed, if it is committed.
+    async fn committed_writer(&self, id: u64) -> Result<Option<String>> {
+        let writer = |item: Option<HashMap<String, AttributeValue>>| match item
+            .as_ref()
+            .and_then(|i| i.get("writer"))
+        {
+            Some(AttributeValue::S(w)) => Some(w.clone()),
+            _ => None,
+        };
+        if let Some(w) = writer(self.get_item(&format!("writer|{id:020}")).await?) {
+            return Ok(Some(w));
+        }
+        // Committed, but the process stopped before writing `writer|id`.
+        let head = self.get_item("head").await?;
+        let latest = match head.as_ref().and_then(|h| h.get("latest")) {
+            Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+            _ => None,
+        };
+        Ok(if latest == Some(id) {
+            writer(head)
+        } else {
+            None
+        })
+    }
+
     fn parse_meta(&self, item: &HashMap<String, AttributeValue>) -> Result<Option<CheckpointMeta>> {
         let Some(AttributeValue::S(json)) = item.get("meta") else {
             return Ok(None);
@@ -232,7 +267,7 @@ impl CheckpointStore for DynamoCheckpointStore {
         if let Some(local) = self.local() {
             return local.put_blob(id, name, bytes).await;
         }
-        let prefix = Self::blob_prefix(id, name);
+        let prefix = format!("{}{}|", Self::blob_prefix(id, name), self.writer);
         let chunks: Vec<&[u8]> = bytes.chunks(CHUNK).collect();
         let requests = chunks
             .iter()
@@ -271,14 +306,44 @@ impl CheckpointStore for DynamoCheckpointStore {
 
     async fn get_blob(&self, id: u64, name: &str) -> Result<Vec<u8>> {
         if let Some(local) = self.local() {
-            return local.get_blob(id, name).await;
+            // The committed writer's, when several wrote it.
+            return match local.get_blob_of(id, name, None).await {
+                Ok(b) => Ok(b),
+                Err(e) => match self.committed_writer(id).await? {
+                    Some(w) => local.get_blob_of(id, name, Some(&w)).await,
+                    None => Err(e),
+                },
+            };
         }
         let prefix = Self::blob_prefix(id, name);
-        let header = self
-            .get_item(&format!("{prefix}n"))
-            .await?
-            .ok_or_else(|| storage(format!("checkpoint {id} has no blob {name}")))?;
-        let count: usize = match header.get("chunks") {
+        // Every writer's items of this blob, grouped by writer: "{writer}|n" or
+        // "{writer}|c000012" after the prefix.
+        let mut writers: std::collections::BTreeMap<String, Vec<HashMap<String, AttributeValue>>> =
+            Default::default();
+        for item in self.query(&prefix, "").await? {
+            if let Some(AttributeValue::S(k)) = item.get("item")
+                && let Some((writer, _)) = k[prefix.len()..].split_once('|')
+            {
+                writers.entry(writer.to_string()).or_default().push(item);
+            }
+        }
+        let items = match writers.len() {
+            0 => return Err(storage(format!("checkpoint {id} has no blob {name}"))),
+            1 => writers.into_values().next().expect("one"),
+            _ => {
+                let w = self.committed_writer(id).await?.ok_or_else(|| {
+                    storage(format!(
+                        "blob {name} of checkpoint {id} was written by {} processes and none committed it",
+                        writers.len()
+                    ))
+                })?;
+                writers.remove(&w).ok_or_else(|| {
+                    storage(format!("checkpoint {id} has no blob {name} of its writer"))
+                })?
+            }
+        };
+        // Sorted by key: the chunks (c…), then the count (n).
+        let count: usize = match items.last().and_then(|h| h.get("chunks")) {
             Some(AttributeValue::N(n)) => n.parse().map_err(storage)?,
             _ => {
                 return Err(storage(format!(
@@ -287,25 +352,15 @@ impl CheckpointStore for DynamoCheckpointStore {
             }
         };
         let mut out = Vec::new();
-        let items = self.query(&format!("{prefix}c"), "").await?;
-        for (i, item) in items.iter().take(count).enumerate() {
-            let want = format!("{prefix}c{i:06}");
-            match (item.get("item"), item.get("data")) {
-                (Some(AttributeValue::S(k)), Some(AttributeValue::B(b))) if *k == want => {
-                    out.extend_from_slice(b.as_ref())
-                }
+        for i in 0..count {
+            match items.get(i).and_then(|c| c.get("data")) {
+                Some(AttributeValue::B(b)) => out.extend_from_slice(b.as_ref()),
                 _ => {
                     return Err(storage(format!(
-                        "blob {name} of checkpoint {id}: chunk {i} missing"
+                        "blob {name} of checkpoint {id}: chunk {i} of {count} missing"
                     )));
                 }
             }
-        }
-        if items.len() < count {
-            return Err(storage(format!(
-                "blob {name} of checkpoint {id}: {} of {count} chunks",
-                items.len()
-            )));
         }
         Ok(out)
     }
@@ -324,6 +379,7 @@ impl CheckpointStore for DynamoCheckpointStore {
                         let mut head = self.key("head");
                         head.insert("latest".into(), id.clone());
                         head.insert("meta".into(), s(&json));
+                        head.insert("writer".into(), s(&self.writer));
                         head
                     }))
                     .expression_attribute_names("#l", "latest");
@@ -362,20 +418,26 @@ impl CheckpointStore for DynamoCheckpointStore {
             }
             .into());
         }
+        let mut writer = self.key(&format!("writer|{:020}", meta.id));
+        writer.insert("writer".into(), s(&self.writer));
         let mut item = self.key(&format!("meta|{:020}", meta.id));
         item.insert("meta".into(), s(json));
-        d.call(None, || async {
-            d.client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item.clone()))
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| self.request_error("PutItem")(describe(&e), retriable(&e)))
-        })
+        self.batch(
+            [writer, item]
+                .into_iter()
+                .map(|i| {
+                    WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(i))
+                                .build()
+                                .expect("item"),
+                        )
+                        .build()
+                })
+                .collect(),
+        )
         .await
-        .map_err(storage)
     }
 
     async fn list(&self) -> Result<Vec<CheckpointMeta>> {
@@ -441,11 +503,8 @@ impl CheckpointStore for DynamoCheckpointStore {
         if let Some(local) = self.local() {
             return local.delete_blobs(id).await;
         }
-        let items = self.query(&format!("blob|{id:020}|"), "#i").await;
-        let items = match items {
-            Ok(i) => i,
-            Err(e) => return Err(e),
-        };
+        let mut items = self.query(&format!("blob|{id:020}|"), "#i").await?;
+        items.extend(self.get_item(&format!("writer|{id:020}")).await?);
         let requests = items
             .into_iter()
             .filter_map(|i| i.get("item").cloned())

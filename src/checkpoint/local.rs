@@ -1,9 +1,12 @@
 //! Checkpoints in a local directory (the embedded default):
-//! `DIR/<id>/<node>/<partition>` blobs and `DIR/<id>.json` metadata.
+//! `DIR/<id>/<node>/<partition>@<writer>` blobs, `DIR/<id>.writer` (whose blobs the
+//! checkpoint committed) and `DIR/<id>.json` metadata.
 //!
 //! Every file is written to a temporary name, synced and renamed into place, so a
 //! crash leaves either the old state or the new one; the metadata file is created
-//! only if absent, after checking which checkpoint is latest.
+//! only if absent, after checking which checkpoint is latest. Blobs are kept per
+//! writer (a random token per store handle), so two processes of one pipeline that
+//! checkpoint the same id never overwrite each other's state.
 
 use std::path::{Path, PathBuf};
 
@@ -14,11 +17,33 @@ use super::{CheckpointError, CheckpointMeta, CheckpointStore, Result};
 #[derive(Debug, Clone)]
 pub struct LocalCheckpointStore {
     dir: PathBuf,
+    writer: String,
+}
+
+/// A random token naming one store handle's blobs.
+pub(super) fn writer_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
 }
 
 impl LocalCheckpointStore {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        LocalCheckpointStore { dir: dir.into() }
+        Self::with_writer(dir, writer_token())
+    }
+
+    /// A handle writing blobs as `writer`.
+    pub(super) fn with_writer(dir: impl Into<PathBuf>, writer: String) -> Self {
+        LocalCheckpointStore {
+            dir: dir.into(),
+            writer,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -31,6 +56,49 @@ impl LocalCheckpointStore {
 
     fn blob_dir(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{id:020}"))
+    }
+
+    /// Blob `name` of checkpoint `id` as `writer` wrote it; with `None`, the only
+    /// writer's, or the one whose blobs the checkpoint committed.
+    pub(super) async fn get_blob_of(
+        &self,
+        id: u64,
+        name: &str,
+        writer: Option<&str>,
+    ) -> Result<Vec<u8>> {
+        let path = self.blob_dir(id).join(name);
+        let (parent, file) = match (path.parent(), path.file_name().and_then(|f| f.to_str())) {
+            (Some(p), Some(f)) => (p.to_path_buf(), format!("{f}@")),
+            _ => return Err(storage(&path, "not a blob name")),
+        };
+        // Every writer's version of the blob.
+        let mut found = Vec::new();
+        if let Ok(mut entries) = tokio::fs::read_dir(&parent).await {
+            while let Some(e) = entries
+                .next_entry()
+                .await
+                .map_err(|e| storage(&parent, e))?
+            {
+                if let Some(w) = e.file_name().to_str().and_then(|n| n.strip_prefix(&file))
+                    && !w.ends_with(".tmp")
+                {
+                    found.push(w.to_string());
+                }
+            }
+        }
+        let writer = match (writer, found.len()) {
+            (Some(w), _) => w.to_string(),
+            (None, 0) => return Err(storage(&path, "no such blob")),
+            (None, 1) => found.remove(0),
+            (None, _) => {
+                let marker = self.dir.join(format!("{id:020}.writer"));
+                tokio::fs::read_to_string(&marker).await.map_err(|e| {
+                    storage(&marker, format!("several writers and none committed: {e}"))
+                })?
+            }
+        };
+        let path = parent.join(format!("{file}{}", writer.trim()));
+        tokio::fs::read(&path).await.map_err(|e| storage(&path, e))
     }
 }
 
@@ -59,12 +127,15 @@ async fn write_atomic(path: PathBuf, bytes: Vec<u8>) -> Result<()> {
 #[async_trait]
 impl CheckpointStore for LocalCheckpointStore {
     async fn put_blob(&self, id: u64, name: &str, bytes: Vec<u8>) -> Result<()> {
-        write_atomic(self.blob_dir(id).join(name), bytes).await
+        write_atomic(
+            self.blob_dir(id).join(format!("{name}@{}", self.writer)),
+            bytes,
+        )
+        .await
     }
 
     async fn get_blob(&self, id: u64, name: &str) -> Result<Vec<u8>> {
-        let path = self.blob_dir(id).join(name);
-        tokio::fs::read(&path).await.map_err(|e| storage(&path, e))
+        self.get_blob_of(id, name, None).await
     }
 
     async fn commit(&self, meta: &CheckpointMeta, previous: Option<u64>) -> Result<()> {
@@ -87,6 +158,11 @@ impl CheckpointStore for LocalCheckpointStore {
             .into());
         }
         let json = serde_json::to_vec_pretty(meta).map_err(|e| storage(&path, e))?;
+        write_atomic(
+            self.dir.join(format!("{:020}.writer", meta.id)),
+            self.writer.clone().into_bytes(),
+        )
+        .await?;
         write_atomic(path, json).await
     }
 
@@ -129,6 +205,7 @@ impl CheckpointStore for LocalCheckpointStore {
     }
 
     async fn delete_blobs(&self, id: u64) -> Result<()> {
+        let _ = tokio::fs::remove_file(self.dir.join(format!("{id:020}.writer"))).await;
         let blobs = self.blob_dir(id);
         match tokio::fs::remove_dir_all(&blobs).await {
             Ok(()) => Ok(()),

@@ -40,7 +40,8 @@ pub(crate) async fn start(upstream: &str, throttle_every: u64) -> (String, Arc<I
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| handle(req, upstream, throttle_every, state.clone()));
+                let service =
+                    service_fn(move |req| handle(req, upstream, throttle_every, state.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -100,7 +101,9 @@ async fn handle(
             };
             if list.len() > 1 {
                 let rest = list.split_off(list.len().div_ceil(2));
-                state.unprocessed.fetch_add(rest.len() as u64, Ordering::Relaxed);
+                state
+                    .unprocessed
+                    .fetch_add(rest.len() as u64, Ordering::Relaxed);
                 let back = if out_field == "UnprocessedKeys" {
                     let mut r = requests.clone();
                     r["Keys"] = Value::Array(rest);
@@ -116,7 +119,9 @@ async fn handle(
     let stream = tokio::net::TcpStream::connect(upstream).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut forward = hyper::Request::builder().method(parts.method).uri(parts.uri);
+    let mut forward = hyper::Request::builder()
+        .method(parts.method)
+        .uri(parts.uri);
     for (k, v) in parts.headers.iter() {
         if k != "content-length" {
             forward = forward.header(k, v);

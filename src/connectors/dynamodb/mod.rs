@@ -18,9 +18,9 @@
 //!   without `create_tables`) is returned at once, naming the table.
 //! - Conditional-check failures are answers, not errors: callers see them as such.
 
-pub(crate) mod lookup;
 #[cfg(test)]
 mod chaos;
+pub(crate) mod lookup;
 pub(crate) mod sink;
 pub mod types;
 

@@ -24,11 +24,17 @@ fn schema(changelog: bool) -> SchemaRef {
 
 fn rows(rows: &[(Option<i64>, &str, &str)], changelog: bool) -> RecordBatch {
     let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        )),
     ];
     if changelog {
-        cols.push(Arc::new(StringArray::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())));
+        cols.push(Arc::new(StringArray::from(
+            rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        )));
     }
     RecordBatch::try_new(schema(changelog), cols).unwrap()
 }
@@ -115,37 +121,67 @@ async fn the_table_holds_committed_epochs_and_no_write_replaces_a_newer_version(
     let f = factory(&settings, &[]);
     let mut a = f.create(&task(), schema(false)).unwrap();
     assert!(a.exactly_once());
-    a.write(rows(&[(Some(1), "placed", ""), (Some(2), "placed", ""), (Some(1), "paid", "")], false))
-        .await
-        .unwrap();
+    a.write(rows(
+        &[
+            (Some(1), "placed", ""),
+            (Some(2), "placed", ""),
+            (Some(1), "paid", ""),
+        ],
+        false,
+    ))
+    .await
+    .unwrap();
     let one = a.pre_commit(1).await.unwrap().unwrap();
-    assert!(table(&settings).await.is_empty(), "nothing before the commit");
+    assert!(
+        table(&settings).await.is_empty(),
+        "nothing before the commit"
+    );
     a.commit(1).await.unwrap();
     let after_one = table(&settings).await;
-    assert_eq!(statuses(&after_one), [(1, "paid"), (2, "placed")].into(), "a key's last change per epoch");
+    assert_eq!(
+        statuses(&after_one),
+        [(1, "paid"), (2, "placed")].into(),
+        "a key's last change per epoch"
+    );
     // Epoch 2 is pre-committed but its checkpoint never commits (a crash).
-    a.write(rows(&[(Some(2), "ready", "")], false)).await.unwrap();
+    a.write(rows(&[(Some(2), "ready", "")], false))
+        .await
+        .unwrap();
     let two = a.pre_commit(2).await.unwrap().unwrap();
     drop(a);
     // Restart from checkpoint 1: its epoch is written again, unchanged.
     let mut b = f.create(&task(), schema(false)).unwrap();
     b.exactly_once();
     b.restore(&[(0, one.clone())]).await.unwrap();
-    assert_eq!(table(&settings).await, after_one, "rewriting a committed epoch changes nothing");
-    b.write(rows(&[(Some(2), "preparing", ""), (Some(3), "placed", "")], false))
-        .await
-        .unwrap();
+    assert_eq!(
+        table(&settings).await,
+        after_one,
+        "rewriting a committed epoch changes nothing"
+    );
+    b.write(rows(
+        &[(Some(2), "preparing", ""), (Some(3), "placed", "")],
+        false,
+    ))
+    .await
+    .unwrap();
     b.pre_commit(2).await.unwrap();
     b.commit(2).await.unwrap();
     let now = table(&settings).await;
-    assert_eq!(statuses(&now), [(1, "paid"), (2, "preparing"), (3, "placed")].into());
+    assert_eq!(
+        statuses(&now),
+        [(1, "paid"), (2, "preparing"), (3, "placed")].into()
+    );
     // The first writer's checkpoint 2 (fenced, never committed) held `ready`; a late
     // restore of an older checkpoint (1) would write `placed`: neither may land over
     // the newer versions. Here the older epoch 1 is written again late.
     let mut zombie = f.create(&task(), schema(false)).unwrap();
     zombie.exactly_once();
     zombie.restore(&[(0, one)]).await.unwrap();
-    assert_eq!(table(&settings).await, now, "an older epoch written late is refused");
+    assert_eq!(
+        table(&settings).await,
+        now,
+        "an older epoch written late is refused"
+    );
     let _ = two;
     // The version is generation × 10¹² + epoch, the same generation across restores.
     let v = |id: i64| now[&id].1.parse::<u128>().unwrap();
@@ -161,13 +197,28 @@ async fn a_changelog_is_applied_by_key() {
     let settings = test_settings();
     let f = factory(&settings, &[]);
     let mut s = f.create(&task(), schema(true)).unwrap();
-    s.write(rows(&[(Some(1), "a", "+I"), (Some(2), "a", "+I"), (Some(3), "a", "+I")], true))
-        .await
-        .unwrap();
-    s.flush().await.unwrap();
-    assert_eq!(statuses(&table(&settings).await), [(1, "a"), (2, "a"), (3, "a")].into());
     s.write(rows(
-        &[(Some(1), "a", "-U"), (Some(1), "b", "+U"), (Some(2), "a", "-D"), (Some(3), "a", "-U")],
+        &[
+            (Some(1), "a", "+I"),
+            (Some(2), "a", "+I"),
+            (Some(3), "a", "+I"),
+        ],
+        true,
+    ))
+    .await
+    .unwrap();
+    s.flush().await.unwrap();
+    assert_eq!(
+        statuses(&table(&settings).await),
+        [(1, "a"), (2, "a"), (3, "a")].into()
+    );
+    s.write(rows(
+        &[
+            (Some(1), "a", "-U"),
+            (Some(1), "b", "+U"),
+            (Some(2), "a", "-D"),
+            (Some(3), "a", "-U"),
+        ],
         true,
     ))
     .await
@@ -176,7 +227,10 @@ async fn a_changelog_is_applied_by_key() {
     assert_eq!(statuses(&table(&settings).await), [(1, "b")].into());
     s.write(rows(&[(Some(2), "c", "+I")], true)).await.unwrap();
     s.finish().await.unwrap();
-    assert_eq!(statuses(&table(&settings).await), [(1, "b"), (2, "c")].into());
+    assert_eq!(
+        statuses(&table(&settings).await),
+        [(1, "b"), (2, "c")].into()
+    );
 }
 
 /// Rows that cannot be items are dead letters (class sink), the others are written.
@@ -186,19 +240,49 @@ async fn rows_that_cannot_be_items_are_refused_one_by_one() {
     let f = factory(&settings, &[]);
     let t = task();
     let mut s = f.create(&t, schema(false)).unwrap();
-    let bad = BadRecords::new(&t, Arc::default(), crate::dlq::ErrorPolicy::DeadLetter, true, None);
+    let bad = BadRecords::new(
+        &t,
+        Arc::default(),
+        crate::dlq::ErrorPolicy::DeadLetter,
+        true,
+        None,
+    );
     s.report_refusals_to(bad.clone());
     let huge = "x".repeat(MAX_ITEM_BYTES);
-    s.write(rows(&[(Some(1), "ok", ""), (None, "no key", ""), (Some(2), &huge, ""), (Some(3), "ok", "")], false))
-        .await
-        .unwrap();
+    s.write(rows(
+        &[
+            (Some(1), "ok", ""),
+            (None, "no key", ""),
+            (Some(2), &huge, ""),
+            (Some(3), "ok", ""),
+        ],
+        false,
+    ))
+    .await
+    .unwrap();
     s.finish().await.unwrap();
-    assert_eq!(statuses(&table(&settings).await), [(1, "ok"), (3, "ok")].into());
+    assert_eq!(
+        statuses(&table(&settings).await),
+        [(1, "ok"), (3, "ok")].into()
+    );
     let letters = bad.take_letters();
     assert_eq!(letters.len(), 2, "{letters:?}");
-    assert!(letters.iter().all(|l| l.failure_class == BadRecordReason::Sink), "{letters:?}");
-    assert!(letters[0].message.contains("key attribute id is NULL"), "{}", letters[0].message);
-    assert!(letters[1].message.contains("over DynamoDB's limit"), "{}", letters[1].message);
+    assert!(
+        letters
+            .iter()
+            .all(|l| l.failure_class == BadRecordReason::Sink),
+        "{letters:?}"
+    );
+    assert!(
+        letters[0].message.contains("key attribute id is NULL"),
+        "{}",
+        letters[0].message
+    );
+    assert!(
+        letters[1].message.contains("over DynamoDB's limit"),
+        "{}",
+        letters[1].message
+    );
 }
 
 /// Throttled requests and unprocessed batch items (injected by a proxy) are sent
@@ -221,8 +305,9 @@ async fn throttling_and_unprocessed_items_are_retried_with_nothing_lost() {
         let mut s = f.create(&task(), schema(false)).unwrap();
         let n = 600;
         let statuses_in: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
-        let input: Vec<(Option<i64>, &str, &str)> =
-            (0..n).map(|i| (Some(i), statuses_in[i as usize].as_str(), "")).collect();
+        let input: Vec<(Option<i64>, &str, &str)> = (0..n)
+            .map(|i| (Some(i), statuses_in[i as usize].as_str(), ""))
+            .collect();
         s.write(rows(&input, false)).await.unwrap();
         s.finish().await.unwrap();
         let direct = DynamoSettings {
@@ -231,8 +316,21 @@ async fn throttling_and_unprocessed_items_are_retried_with_nothing_lost() {
         };
         let got = table(&direct).await;
         assert_eq!(got.len(), n as usize, "{mode}: every item written");
-        assert!(got.iter().all(|(k, (s, _))| *s == format!("s{k}")), "{mode}");
+        assert!(
+            got.iter().all(|(k, (s, _))| *s == format!("s{k}")),
+            "{mode}"
+        );
     }
-    assert!(injected.throttled.load(std::sync::atomic::Ordering::Relaxed) > 10);
-    assert!(injected.unprocessed.load(std::sync::atomic::Ordering::Relaxed) > 100);
+    assert!(
+        injected
+            .throttled
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 10
+    );
+    assert!(
+        injected
+            .unprocessed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 100
+    );
 }
