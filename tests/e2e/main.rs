@@ -11,6 +11,7 @@ mod cli_errors;
 mod dead_letter_classes;
 mod dead_letters;
 mod docs;
+mod dynamodb;
 mod kafka;
 mod kafka_faults;
 mod layout;

@@ -290,3 +290,140 @@ impl PointLookup for DynamoLookup {
         Ok(batch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn lookup(settings: &DynamoSettings, ttl: &str) -> Arc<dyn PointLookup> {
+        let env = crate::connectors::ConnectorEnv {
+            dynamodb: crate::connectors::dynamodb::DynamoConfig {
+                region: "us-east-1".into(),
+                endpoint: settings.endpoint.clone().unwrap(),
+                table_prefix: settings.table_prefix.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let req = TableRequest {
+            table: "ref",
+            env: &env,
+            schema: Some(schema),
+            base_dir: std::path::Path::new("."),
+        };
+        let mut opts = Options::new(
+            "ref",
+            "dynamodb",
+            [("table", "ref"), ("key", "id"), ("cache_ttl", ttl)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let l = lookup_table("lookup-test", &req, &mut opts).unwrap();
+        opts.finish().unwrap();
+        l
+    }
+
+    async fn put(d: &Dynamo, id: i64, name: &str) {
+        d.client
+            .put_item()
+            .table_name(d.table_name("ref"))
+            .item("id", AttributeValue::N(id.to_string()))
+            .item("name", AttributeValue::S(name.into()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    fn names(b: &RecordBatch) -> Vec<(i64, String)> {
+        let mut out: Vec<(i64, String)> = (0..b.num_rows())
+            .map(|i| {
+                (
+                    b.column(0)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .value(i),
+                    b.column(1).as_string::<i32>().value(i).to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Keys are read once per TTL, found or not: a changed item (and a new one) is
+    /// seen only after the TTL since it was read; repeats and NULLs in the keys are
+    /// fine; unprocessed keys and throttling (injected) are asked again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn items_are_read_by_key_and_a_change_is_seen_after_the_ttl() {
+        let real = crate::connectors::dynamodb::test_settings();
+        let d = Dynamo::connect(&real).await.unwrap();
+        d.ensure_table(&super::super::TableSpec {
+            name: d.table_name("ref"),
+            partition_key: ("id".into(), aws_sdk_dynamodb::types::ScalarAttributeType::N),
+            sort_key: None,
+            indexes: vec![],
+        })
+        .await
+        .unwrap();
+        for id in 0..300 {
+            put(&d, id, &format!("r{id}")).await;
+        }
+        let (proxy, injected) =
+            super::super::chaos::start(real.endpoint.as_deref().unwrap(), 5).await;
+        let through = DynamoSettings {
+            endpoint: Some(proxy),
+            ..real.clone()
+        };
+        let ttl = Duration::from_millis(400);
+        let l = lookup(&through, "400ms");
+        let keys: ArrayRef = Arc::new(Int64Array::from(
+            (0..250)
+                .map(|i| if i == 7 { None } else { Some(i % 240) })
+                .chain([Some(1000)])
+                .collect::<Vec<_>>(),
+        ));
+        let first = names(&l.get(&keys).await.unwrap());
+        // Items are cached as their reads come back.
+        let read_at = Instant::now();
+        assert_eq!(first.len(), 240, "distinct keys found, 1000 missing");
+        assert_eq!(first[5], (5, "r5".to_string()));
+        assert!(
+            injected
+                .unprocessed
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        assert!(
+            injected
+                .throttled
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        );
+        put(&d, 5, "renamed").await;
+        put(&d, 1000, "new").await;
+        let one: ArrayRef = Arc::new(Int64Array::from(vec![5, 1000]));
+        let cached = names(&l.get(&one).await.unwrap());
+        if read_at.elapsed() < ttl {
+            assert_eq!(
+                cached,
+                [(5, "r5".to_string())],
+                "within the TTL: the cached item, the cached miss"
+            );
+        }
+        // The TTL is a time: let it pass, measured from the read.
+        while read_at.elapsed() < ttl + Duration::from_millis(50) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let fresh = names(&l.get(&one).await.unwrap());
+        assert_eq!(
+            fresh,
+            [(5, "renamed".to_string()), (1000, "new".to_string())]
+        );
+    }
+}
