@@ -126,3 +126,38 @@ pub fn checkpoints(pipeline: &str) -> CheckpointMetrics {
         age: gauge!("tributary_checkpoint_age_seconds", &l),
     }
 }
+
+/// Items a DynamoDB sink wrote (puts and deletes), by DynamoDB table.
+pub fn dynamodb_writes(pipeline: &str, table: &str) -> Counter {
+    counter!("tributary_dynamodb_writes_total", "pipeline" => pipeline.to_string(), "table" => table.to_string())
+}
+
+/// Writes a DynamoDB sink skipped because the item held a newer version (a replay,
+/// a fenced process's late write).
+pub fn dynamodb_stale_writes(pipeline: &str, table: &str) -> Counter {
+    counter!("tributary_dynamodb_stale_writes_total", "pipeline" => pipeline.to_string(), "table" => table.to_string())
+}
+
+/// A lookup table read by key: cache hits, keys read, keys without an item, items
+/// that did not fit the columns, and the latency of each read request.
+pub struct LookupMetrics {
+    pub hits: Counter,
+    pub fetched: Counter,
+    pub not_found: Counter,
+    pub bad_items: Counter,
+    pub latency: Histogram,
+}
+
+pub fn lookup(pipeline: &str, table: &str) -> LookupMetrics {
+    let labels = [
+        ("pipeline", pipeline.to_string()),
+        ("table", table.to_string()),
+    ];
+    LookupMetrics {
+        hits: counter!("tributary_lookup_cache_hits_total", &labels),
+        fetched: counter!("tributary_lookup_cache_misses_total", &labels),
+        not_found: counter!("tributary_lookup_not_found_total", &labels),
+        bad_items: counter!("tributary_lookup_bad_items_total", &labels),
+        latency: histogram!("tributary_lookup_seconds", &labels),
+    }
+}

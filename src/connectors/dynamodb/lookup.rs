@@ -43,11 +43,7 @@ pub(crate) struct DynamoLookup {
     cache: moka::sync::Cache<String, Option<Arc<Item>>>,
     probe: std::sync::OnceLock<crate::health::Probe>,
     pipeline: String,
-    hits: metrics::Counter,
-    fetched: metrics::Counter,
-    not_found: metrics::Counter,
-    bad_items: metrics::Counter,
-    latency: metrics::Histogram,
+    metrics: crate::metrics::LookupMetrics,
 }
 
 /// Builds a DynamoDB lookup table: its columns are declared, `key` names the
@@ -79,10 +75,6 @@ pub(crate) fn lookup_table(
             }
         })?;
     }
-    let labels = [
-        ("pipeline", pipeline.to_string()),
-        ("table", req.table.to_string()),
-    ];
     Ok(Arc::new(DynamoLookup {
         table: req.table.to_string(),
         table_name: format!("{}{}", settings.table_prefix, table.trim()),
@@ -98,11 +90,7 @@ pub(crate) fn lookup_table(
         dynamo: tokio::sync::OnceCell::new(),
         probe: std::sync::OnceLock::new(),
         pipeline: pipeline.to_string(),
-        hits: metrics::counter!("tributary_lookup_cache_hits_total", &labels),
-        fetched: metrics::counter!("tributary_lookup_cache_misses_total", &labels),
-        not_found: metrics::counter!("tributary_lookup_not_found_total", &labels),
-        bad_items: metrics::counter!("tributary_lookup_bad_items_total", &labels),
-        latency: metrics::histogram!("tributary_lookup_seconds", &labels),
+        metrics: crate::metrics::lookup(pipeline, req.table),
     }))
 }
 
@@ -173,7 +161,7 @@ impl DynamoLookup {
                         })
                 })
                 .await?;
-            self.latency.record(t.elapsed().as_secs_f64());
+            self.metrics.latency.record(t.elapsed().as_secs_f64());
             for item in out
                 .responses
                 .and_then(|mut r| r.remove(&self.table_name))
@@ -260,19 +248,19 @@ impl PointLookup for DynamoLookup {
             }
             match self.cache.get(&k) {
                 Some(hit) => {
-                    self.hits.increment(1);
+                    self.metrics.hits.increment(1);
                     items.extend(hit);
                 }
                 None => missing.push((k, v)),
             }
         }
         if !missing.is_empty() {
-            self.fetched.increment(missing.len() as u64);
+            self.metrics.fetched.increment(missing.len() as u64);
             let mut found = self.fetch(missing.clone()).await?;
             for (k, _) in missing {
                 let item = found.remove(&k).map(Arc::new);
                 if item.is_none() {
-                    self.not_found.increment(1);
+                    self.metrics.not_found.increment(1);
                 }
                 if !self.ttl.is_zero() {
                     self.cache.insert(k, item.clone());
@@ -283,7 +271,7 @@ impl PointLookup for DynamoLookup {
         let refs: Vec<&Item> = items.iter().map(|i| i.as_ref()).collect();
         let (batch, bad) = types::batch(&self.schema, &refs);
         for (i, why) in bad {
-            self.bad_items.increment(1);
+            self.metrics.bad_items.increment(1);
             tracing::warn!(table = %self.table, key = ?refs[i].get(&self.key), error = %why,
                 "a lookup item does not fit the table's columns; joined as a miss");
         }

@@ -155,15 +155,19 @@ pub enum DynamoError {
     /// The table is missing (and not created) or its key schema does not fit.
     #[error("dynamodb table {table}: {message}")]
     Table { table: String, message: String },
+    /// Unavailable for longer than `outage_timeout`.
+    #[error("dynamodb unavailable for longer than dynamodb.outage_timeout ({timeout:?}): {last}")]
+    Outage {
+        timeout: Duration,
+        last: Box<DynamoError>,
+    },
 }
 
 impl DynamoError {
     pub fn code(&self) -> &'static str {
         match self {
             DynamoError::Config(_) => "DDB001",
-            DynamoError::Request {
-                retriable: true, ..
-            } => "DDB002",
+            DynamoError::Outage { .. } => "DDB002",
             DynamoError::Request { .. } => "DDB003",
             DynamoError::Table { .. } => "DDB004",
         }
@@ -360,14 +364,9 @@ impl Dynamo {
                     backoff = (backoff * 2).min(self.settings.max_backoff.max(backoff));
                 }
                 Err(e) if e.is_retriable() => {
-                    return Err(DynamoError::Request {
-                        table: String::new(),
-                        what: "outage",
-                        message: format!(
-                            "unavailable for longer than dynamodb.outage_timeout ({:?}): {e}",
-                            self.settings.outage_timeout
-                        ),
-                        retriable: false,
+                    return Err(DynamoError::Outage {
+                        timeout: self.settings.outage_timeout,
+                        last: Box::new(e),
                     });
                 }
                 Err(e) => return Err(e),
@@ -563,5 +562,104 @@ pub(crate) fn test_settings() -> DynamoSettings {
         max_backoff: Duration::from_millis(200),
         request_timeout: Duration::from_secs(10),
         outage_timeout: Duration::from_secs(30),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_naming_the_key() {
+        let ok = DynamoConfig::default().settings().unwrap();
+        assert_eq!(ok.region, None);
+        assert_eq!(ok.outage_timeout, Duration::from_secs(300));
+        for (bad, key) in [
+            (
+                DynamoConfig {
+                    max_attempts: 0,
+                    ..Default::default()
+                },
+                "dynamodb.max_attempts",
+            ),
+            (
+                DynamoConfig {
+                    endpoint: "localhost:8000".into(),
+                    ..Default::default()
+                },
+                "dynamodb.endpoint",
+            ),
+            (
+                DynamoConfig {
+                    table_prefix: "a b".into(),
+                    ..Default::default()
+                },
+                "dynamodb.table_prefix",
+            ),
+            (
+                DynamoConfig {
+                    max_backoff: "soon".into(),
+                    ..Default::default()
+                },
+                "dynamodb.max_backoff",
+            ),
+            (
+                DynamoConfig {
+                    request_timeout: "0s".into(),
+                    ..Default::default()
+                },
+                "dynamodb.request_timeout",
+            ),
+        ] {
+            let e = bad.settings().unwrap_err();
+            assert_eq!(e.code(), "DDB001");
+            assert!(e.to_string().starts_with(key), "{e}");
+        }
+    }
+
+    /// An unreachable endpoint is an outage (retried, then DDB002), not a refusal.
+    #[tokio::test]
+    async fn an_unreachable_endpoint_is_retried_until_the_outage_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let settings = DynamoSettings {
+            endpoint: Some(format!("http://{addr}")),
+            region: Some("us-east-1".into()),
+            max_attempts: 1,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(20),
+            outage_timeout: Duration::from_millis(200),
+            ..DynamoConfig::default().settings().unwrap()
+        };
+        let d = Dynamo::connect(&settings).await.unwrap();
+        let probe = crate::health::Probe::detached("dynamodb");
+        let mut attempts = 0;
+        let e = d
+            .call(Some(&probe), || {
+                attempts += 1;
+                async {
+                    d.client
+                        .list_tables()
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| DynamoError::Request {
+                            table: "-".into(),
+                            what: "ListTables",
+                            retriable: retriable(&e),
+                            message: describe(&e),
+                        })
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(attempts > 2, "{attempts}");
+        assert_eq!(e.code(), "DDB002", "{e}");
+        assert!(e.to_string().contains("outage_timeout"), "{e}");
+        assert!(matches!(
+            probe.state(),
+            crate::health::State::Retrying { .. }
+        ));
     }
 }

@@ -239,10 +239,8 @@ impl SinkFactory for DynamoSinkFactory {
             last_epoch: 0,
             bad: None,
             probe,
-            writes: metrics::counter!("tributary_dynamodb_writes_total",
-                "pipeline" => task.pipeline.to_string(), "table" => self.table_name.clone()),
-            stale: metrics::counter!("tributary_dynamodb_stale_writes_total",
-                "pipeline" => task.pipeline.to_string(), "table" => self.table_name.clone()),
+            writes: crate::metrics::dynamodb_writes(&task.pipeline, &self.table_name),
+            stale: crate::metrics::dynamodb_stale_writes(&task.pipeline, &self.table_name),
             latency: crate::metrics::sink_latency(&task.pipeline, &task.node),
         }))
     }
@@ -600,7 +598,7 @@ impl DynamoSink {
         let results = futures::stream::iter(chunks)
             .map(|chunk| async move {
                 let requests: Vec<WriteRequest> = chunk.iter().map(|(_, r)| r.clone()).collect();
-                match batch_write(dynamo, &self.factory.table_name, &self.probe, requests).await {
+                match batch_write(dynamo, &self.factory.table_name, &self.probe, requests).await? {
                     Ok(()) => Ok(Vec::new()),
                     Err(BatchRefused(_)) => {
                         // Find the item at fault: each on its own.
@@ -612,7 +610,7 @@ impl DynamoSink {
                                 &self.probe,
                                 vec![request],
                             )
-                            .await
+                            .await?
                             {
                                 refused.push((change, why));
                             }
@@ -636,13 +634,14 @@ impl DynamoSink {
 struct BatchRefused(String);
 
 /// One `BatchWriteItem`, its unprocessed items sent again (with backoff) until none
-/// is left. Outages are retried by [`Dynamo::call`]; a refusal is returned.
+/// is left. Outages are retried by [`Dynamo::call`] (an outage past its timeout is the
+/// outer error: the pipeline fails, nothing is dropped); a refusal is the inner one.
 async fn batch_write(
     dynamo: &Dynamo,
     table: &str,
     probe: &crate::health::Probe,
     mut requests: Vec<WriteRequest>,
-) -> std::result::Result<(), BatchRefused> {
+) -> Result<std::result::Result<(), BatchRefused>> {
     let mut backoff = Duration::from_millis(25);
     while !requests.is_empty() {
         let sent = dynamo
@@ -683,12 +682,11 @@ async fn batch_write(
                 }
                 requests = unprocessed;
             }
-            Ok(Err(why)) => return Err(BatchRefused(why)),
-            // Past the outage timeout: nothing more can be done here.
-            Err(e) => return Err(BatchRefused(e.to_string())),
+            Ok(Err(why)) => return Ok(Err(BatchRefused(why))),
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// DynamoDB JSON (`{"S": "…"}`) of an item, for the checkpoint and dead letters.
