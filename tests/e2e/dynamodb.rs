@@ -204,11 +204,10 @@ fn a_changelog_killed_ten_times_equals_the_batch_answer_and_no_read_goes_back() 
                 for item in rt.block_on(scan(&dynamo, &table)) {
                     let (k, v) = (n(&item, "restaurant_id"), version(&item));
                     let now = (v, n(&item, "orders"), n(&item, "customers"));
-                    if let Some(before) = seen.get(&k) {
-                        if now.0 < before.0 || (now.0 == before.0 && now != *before) {
-                            violations
-                                .push(format!("restaurant {k}: read {now:?} after {before:?}"));
-                        }
+                    if let Some(before) = seen.get(&k)
+                        && (now.0 < before.0 || (now.0 == before.0 && now != *before))
+                    {
+                        violations.push(format!("restaurant {k}: read {now:?} after {before:?}"));
                     }
                     if seen.get(&k).is_none_or(|b| now.0 >= b.0) {
                         seen.insert(k, now);

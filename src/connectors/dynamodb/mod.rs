@@ -100,8 +100,9 @@ impl DynamoConfig {
                 "dynamodb.max_attempts: must be at least 1".into(),
             ));
         }
-        if !self.endpoint.is_empty()
-            && !(self.endpoint.starts_with("http://") || self.endpoint.starts_with("https://"))
+        if !(self.endpoint.is_empty()
+            || self.endpoint.starts_with("http://")
+            || self.endpoint.starts_with("https://"))
         {
             return Err(DynamoError::Config(format!(
                 "dynamodb.endpoint: '{}' is not an http:// or https:// URL",
@@ -412,6 +413,28 @@ impl Dynamo {
                         "its key is {keys:?}, expected {want:?} (partition key, then sort key)"
                     ),
                 });
+            }
+            // And of the types the columns make (a string id in an N key would make
+            // every row a refusal).
+            for (attribute, want) in std::iter::once(&spec.partition_key).chain(&spec.sort_key) {
+                let found = table
+                    .attribute_definitions()
+                    .iter()
+                    .find(|d| d.attribute_name() == attribute)
+                    .map(|d| d.attribute_type().clone());
+                if let Some(found) = found
+                    && found != *want
+                {
+                    return Err(DynamoError::Table {
+                        table: name,
+                        message: format!(
+                            "key attribute {attribute} is of type {}, but its column makes {} \
+                             (cast the column in the query, or recreate the table)",
+                            found.as_str(),
+                            want.as_str()
+                        ),
+                    });
+                }
             }
             return self.wait_active(&name).await;
         }

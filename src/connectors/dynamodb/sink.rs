@@ -4,7 +4,7 @@
 //! deletes it).
 //!
 //! Writes are grouped into *epochs* and collapsed by key: within an epoch only a
-//! key's last change is written, with the version `generation × 10¹² + epoch` in the
+//! key's last change is written, with the version `generation × 10⁹ + epoch` in the
 //! version attribute (`_version` by default) and the condition
 //! `attribute_not_exists(v) OR v <= :version`, so no write ever replaces a newer
 //! version of an item (ADR 0015).
@@ -269,20 +269,23 @@ impl SinkFactory for DynamoSinkFactory {
     }
 }
 
-/// The generation of items this process writes afresh: its start, in ms. One value
-/// per process, so every task of a pipeline shares it.
+/// The generation of items this process writes afresh: its start, in seconds since
+/// 2025-01-01 UTC. One value per process, so every task of a pipeline shares it.
 fn run_generation() -> u64 {
+    /// 2025-01-01T00:00:00Z.
+    const SINCE: u64 = 1_735_689_600;
     static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *STARTED.get_or_init(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| d.as_secs().saturating_sub(SINCE).max(1))
             .unwrap_or(1)
     })
 }
 
-/// Epochs fit below this; the version is `generation × EPOCHS + epoch`.
-const EPOCHS: u128 = 1_000_000_000_000;
+/// Epochs fit below this; the version is `generation × EPOCHS + epoch`, which stays
+/// below 2⁶³ (a signed 64-bit integer, Java's `long`) for the next 290 years.
+const EPOCHS: u64 = 1_000_000_000;
 
 /// A key's last change in an epoch.
 #[derive(Debug, Clone, PartialEq)]
@@ -371,7 +374,10 @@ impl DynamoSink {
     }
 
     fn version(&self, epoch: u64) -> AttributeValue {
-        AttributeValue::N((self.generation as u128 * EPOCHS + epoch as u128).to_string())
+        AttributeValue::N(
+            // 10⁹ epochs are 3 years of checkpoints every 100 ms.
+            (self.generation * EPOCHS + epoch.min(EPOCHS - 1)).to_string(),
+        )
     }
 
     fn refuse(&mut self, batch: &RecordBatch, row: usize, why: &str) {

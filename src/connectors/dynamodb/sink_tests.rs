@@ -183,8 +183,9 @@ async fn the_table_holds_committed_epochs_and_no_write_replaces_a_newer_version(
         "an older epoch written late is refused"
     );
     let _ = two;
-    // The version is generation × 10¹² + epoch, the same generation across restores.
-    let v = |id: i64| now[&id].1.parse::<u128>().unwrap();
+    // The version is generation × 10⁹ + epoch, the same generation across restores,
+    // and fits a signed 64-bit integer.
+    let v = |id: i64| now[&id].1.parse::<i64>().unwrap() as u64;
     assert_eq!(v(2) % EPOCHS, 2);
     assert_eq!(v(1) % EPOCHS, 1);
     assert_eq!(v(1) / EPOCHS, v(2) / EPOCHS);
@@ -332,5 +333,33 @@ async fn throttling_and_unprocessed_items_are_retried_with_nothing_lost() {
             .unprocessed
             .load(std::sync::atomic::Ordering::Relaxed)
             > 100
+    );
+}
+
+/// An existing table whose key has another type than the key column makes is refused
+/// at start (DDB004), instead of every row becoming a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_whose_key_type_differs_is_refused_at_start() {
+    let settings = test_settings();
+    let d = Dynamo::connect(&settings).await.unwrap();
+    d.ensure_table(&TableSpec {
+        name: d.table_name("status"),
+        partition_key: ("id".into(), aws_sdk_dynamodb::types::ScalarAttributeType::S),
+        sort_key: None,
+        indexes: vec![],
+    })
+    .await
+    .unwrap();
+    let f = factory(&settings, &[]);
+    let mut s = f.create(&task(), schema(false)).unwrap();
+    let e = s
+        .write(rows(&[(Some(1), "placed", "")], false))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "DDB004", "{e}");
+    assert!(
+        e.to_string()
+            .contains("key attribute id is of type S, but its column makes N"),
+        "{e}"
     );
 }
