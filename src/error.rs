@@ -27,6 +27,8 @@ pub enum Error {
     Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error(transparent)]
     Dlq(#[from] crate::dlq::DlqError),
+    #[error(transparent)]
+    Dynamo(#[from] crate::dynamodb::DynamoError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -47,6 +49,7 @@ impl Error {
             Error::Registry(e) => e.code(),
             Error::Checkpoint(e) => e.code(),
             Error::Dlq(e) => e.code(),
+            Error::Dynamo(e) => e.code(),
             Error::Io { .. } => "IO001",
         }
     }

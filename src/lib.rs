@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod connectors;
 pub mod dlq;
+pub mod dynamodb;
 pub mod engine;
 pub mod error;
 pub mod formats;

@@ -36,7 +36,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{CheckpointError, CheckpointMeta, CheckpointStore, LocalCheckpointStore, Result};
-use crate::connectors::dynamodb::{
+use crate::dynamodb::{
     Dynamo, DynamoError, DynamoSettings, TableSpec, describe, error_code, retriable,
 };
 
@@ -555,7 +555,7 @@ mod tests {
 
     /// A store for a new pipeline on the test server (`TRIBUTARY_TEST_DYNAMODB`).
     async fn fresh_in(local: bool) -> (Box<dyn CheckpointStore>, Keep) {
-        let settings = crate::connectors::dynamodb::test_settings();
+        let settings = crate::dynamodb::test_settings();
         let pipeline = format!("p{}", settings.table_prefix);
         let dir = local.then(|| std::sync::Arc::new(tempfile::tempdir().unwrap()));
         let blobs = match &dir {

@@ -83,8 +83,6 @@ pub enum ConnectorError {
         connector: &'static str,
         message: String,
     },
-    #[error(transparent)]
-    Dynamo(dynamodb::DynamoError),
 }
 
 impl ConnectorError {
@@ -98,7 +96,6 @@ impl ConnectorError {
             ConnectorError::Schema { .. } => "CON006",
             ConnectorError::Io { .. } => "CON007",
             ConnectorError::Other { .. } => "CON008",
-            ConnectorError::Dynamo(e) => e.code(),
         }
     }
 }

@@ -433,5 +433,19 @@ pub trait SinkFactory: Send + Sync {
     }
 }
 
+/// A lookup table read by key rather than whole (a DynamoDB table): a connector
+/// provides it, the SQL stage asks it for the keys of each batch
+/// (`operators::lookup`).
+#[async_trait]
+pub trait PointLookup: Send + Sync {
+    fn describe(&self) -> String;
+    /// The column point reads are keyed by (the stream joins on it).
+    fn key_column(&self) -> &str;
+    /// The table's rows whose key is one of `keys` (a column of key values; NULLs and
+    /// repeats allowed): at most one per distinct key, none for a key without one.
+    /// An unreachable store is waited out here (retried, reported), never a miss.
+    async fn get(&self, keys: &arrow::array::ArrayRef) -> crate::Result<RecordBatch>;
+}
+
 #[cfg(test)]
 mod tests;

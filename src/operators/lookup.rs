@@ -43,17 +43,7 @@ use crate::health::Probe;
 
 type Snapshot = Arc<Vec<RecordBatch>>;
 
-/// A lookup table read by key rather than whole.
-#[async_trait::async_trait]
-pub(crate) trait PointLookup: Send + Sync {
-    fn describe(&self) -> String;
-    /// The column point reads are keyed by (the stream joins on it).
-    fn key_column(&self) -> &str;
-    /// The table's rows whose key is one of `keys` (a column of key values; NULLs and
-    /// repeats allowed): at most one per distinct key, none for a key without one.
-    /// An unreachable store is waited out here (retried, reported), never a miss.
-    async fn get(&self, keys: &arrow::array::ArrayRef) -> crate::Result<RecordBatch>;
-}
+pub(crate) use crate::engine::PointLookup;
 
 /// The rows each keyed lookup table has for the batch a task is evaluating, by
 /// table; put there by the stage before it runs the plan.

@@ -21,9 +21,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use futures::StreamExt;
 
 use super::types::{self, Item};
-use super::{Dynamo, DynamoError, DynamoSettings, describe, retriable};
+use super::{Dynamo, DynamoError, DynamoSettings};
 use crate::connectors::{Options, Result, TableRequest};
-use crate::operators::lookup::PointLookup;
+use crate::dynamodb::{describe, retriable};
+use crate::engine::PointLookup;
 
 /// Keys per `BatchGetItem` (DynamoDB's limit).
 const GET_BATCH: usize = 100;
@@ -349,9 +350,9 @@ mod tests {
     /// fine; unprocessed keys and throttling (injected) are asked again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn items_are_read_by_key_and_a_change_is_seen_after_the_ttl() {
-        let real = crate::connectors::dynamodb::test_settings();
+        let real = crate::dynamodb::test_settings();
         let d = Dynamo::connect(&real).await.unwrap();
-        d.ensure_table(&super::super::TableSpec {
+        d.ensure_table(&crate::dynamodb::TableSpec {
             name: d.table_name("ref"),
             partition_key: ("id".into(), aws_sdk_dynamodb::types::ScalarAttributeType::N),
             sort_key: None,
@@ -363,7 +364,7 @@ mod tests {
             put(&d, id, &format!("r{id}")).await;
         }
         let (proxy, injected) =
-            super::super::chaos::start(real.endpoint.as_deref().unwrap(), 5).await;
+            crate::dynamodb::chaos::start(real.endpoint.as_deref().unwrap(), 5).await;
         let through = DynamoSettings {
             endpoint: Some(proxy),
             ..real.clone()

@@ -44,9 +44,10 @@ use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRe
 use futures::StreamExt;
 
 use super::types::{self, Item, MAX_ITEM_BYTES};
-use super::{Dynamo, DynamoError, DynamoSettings, TableSpec, describe, error_code, retriable};
+use super::{Dynamo, DynamoError, DynamoSettings, TableSpec};
 use crate::connectors::{Options, Result, TableRequest};
 use crate::dlq::{BadRecordReason, BadRecords};
+use crate::dynamodb::{describe, error_code, retriable};
 use crate::engine::{OP_COLUMN, Sink, SinkFactory, TaskInfo};
 
 /// How items are written.

@@ -9,7 +9,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::*;
-use crate::connectors::dynamodb::{Dynamo, DynamoSettings, test_settings};
+use crate::dynamodb::{Dynamo, DynamoSettings, test_settings};
 
 fn schema(changelog: bool) -> SchemaRef {
     let mut fields = vec![
@@ -291,7 +291,8 @@ async fn rows_that_cannot_be_items_are_refused_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_unprocessed_items_are_retried_with_nothing_lost() {
     let real = test_settings();
-    let (proxy, injected) = super::super::chaos::start(real.endpoint.as_deref().unwrap(), 4).await;
+    let (proxy, injected) =
+        crate::dynamodb::chaos::start(real.endpoint.as_deref().unwrap(), 4).await;
     let through = DynamoSettings {
         endpoint: Some(proxy),
         ..real.clone()
