@@ -293,7 +293,7 @@ pub(crate) fn key_plans(
     use datafusion::physical_plan::projection::ProjectionExec;
     let mut out = Vec::new();
     let keyed = |side: &Arc<dyn datafusion::physical_plan::ExecutionPlan>| {
-        scanned_lookup(side)
+        scanned_lookup(side, |_| true)
             .and_then(|name| tables.get(&name).cloned())
             .filter(|t| t.keyed.is_some())
     };
@@ -346,30 +346,18 @@ pub(crate) fn key_plans(
     Ok(out)
 }
 
-/// The name of the lookup table a subtree scans, if any.
-fn scanned_lookup(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> {
+/// The name of the first lookup table a subtree scans whose description `wanted`
+/// accepts (`PartitionStream` offers no downcast: the partition's `Debug` text is what
+/// tells a lookup scan apart).
+fn scanned_lookup(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    wanted: fn(&str) -> bool,
+) -> Option<String> {
     use datafusion::physical_plan::streaming::StreamingTableExec;
     if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
         return scan.partitions().iter().find_map(|p| {
             let d = format!("{p:?}");
-            let name = d
-                .split("LookupTable { name: \"")
-                .nth(1)?
-                .split('"')
-                .next()?;
-            Some(name.to_string())
-        });
-    }
-    plan.children().into_iter().find_map(scanned_lookup)
-}
-
-/// The name of the lookup table (with `on_miss = 'dead-letter'`) a subtree scans.
-fn lookup_in(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> {
-    use datafusion::physical_plan::streaming::StreamingTableExec;
-    if let Some(scan) = plan.downcast_ref::<StreamingTableExec>() {
-        return scan.partitions().iter().find_map(|p| {
-            let d = format!("{p:?}");
-            if !d.contains("dead_letter_misses: true") {
+            if !wanted(&d) {
                 return None;
             }
             let name = d
@@ -380,7 +368,14 @@ fn lookup_in(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option
             Some(name.to_string())
         });
     }
-    plan.children().into_iter().find_map(lookup_in)
+    plan.children()
+        .into_iter()
+        .find_map(|c| scanned_lookup(c, wanted))
+}
+
+/// The name of the lookup table (with `on_miss = 'dead-letter'`) a subtree scans.
+fn lookup_in(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> Option<String> {
+    scanned_lookup(plan, |d| d.contains("dead_letter_misses: true"))
 }
 
 #[cfg(test)]

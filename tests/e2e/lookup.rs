@@ -9,11 +9,11 @@ use datafusion::prelude::SessionContext;
 
 use crate::common::*;
 
-const Q_LEFT: &str = "SELECT o.event_id, o.order_id, o.restaurant_id, r.name AS restaurant, r.time_zone \
+pub const Q_LEFT: &str = "SELECT o.event_id, o.order_id, o.restaurant_id, r.name AS restaurant, r.time_zone \
     FROM orders o LEFT JOIN restaurants r ON o.restaurant_id = r.restaurant_id \
     WHERE o.event_type = 'order_placed'";
 
-const Q_INNER: &str = "SELECT o.event_id, upper(r.name) AS restaurant, o.total \
+pub const Q_INNER: &str = "SELECT o.event_id, upper(r.name) AS restaurant, o.total \
     FROM orders o JOIN restaurants r ON o.restaurant_id = r.restaurant_id AND o.total > 10";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,27 +88,7 @@ async fn lookup_joins_match_datafusion_batch_with_misses() {
     )
     .unwrap();
 
-    let expected = batches_as_json(&batch_sql(&ctx, Q_LEFT).await);
-    let misses = expected
-        .iter()
-        .filter(|r| r["restaurant"].is_null())
-        .count();
-    assert!(
-        misses > 100 && misses < expected.len() - 100,
-        "{misses} misses of {}",
-        expected.len()
-    );
-    assert_eq!(
-        canonical(&json_lines_in(&d.join("left"))),
-        canonical(&expected)
-    );
-
-    let expected = batches_as_json(&batch_sql(&ctx, Q_INNER).await);
-    assert!(expected.len() > 500, "{}", expected.len());
-    assert_eq!(
-        canonical(&json_lines_in(&d.join("inner"))),
-        canonical(&expected)
-    );
+    assert_joins_match_batch(&ctx, d).await;
 
     let loaded = log_event(&stderr(&o), "lookup table loaded").expect("load logged");
     assert_eq!(loaded["rows"].as_u64(), Some(even.lines().count() as u64));
@@ -160,5 +140,31 @@ fn joins_that_cannot_run_on_a_stream_are_refused() {
             && stderr(&o).contains("must be a bounded source"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// The outputs of `Q_LEFT` (in `d/left`) and `Q_INNER` (in `d/inner`) equal DataFusion
+/// batch over `ctx` (tables `orders` and `restaurants`), with misses on both sides.
+pub async fn assert_joins_match_batch(ctx: &SessionContext, d: &std::path::Path) {
+    let expected = batches_as_json(&batch_sql(ctx, Q_LEFT).await);
+    let misses = expected
+        .iter()
+        .filter(|r| r["restaurant"].is_null())
+        .count();
+    assert!(
+        misses > 100 && misses < expected.len() - 100,
+        "{misses} misses of {}",
+        expected.len()
+    );
+    assert_eq!(
+        canonical(&json_lines_in(&d.join("left"))),
+        canonical(&expected)
+    );
+
+    let expected = batches_as_json(&batch_sql(ctx, Q_INNER).await);
+    assert!(expected.len() > 500, "{}", expected.len());
+    assert_eq!(
+        canonical(&json_lines_in(&d.join("inner"))),
+        canonical(&expected)
     );
 }

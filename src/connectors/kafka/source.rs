@@ -381,6 +381,42 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// Where partition `p` starts and ends now. A cluster that cannot answer (down,
+    /// electing a leader: `NotLeaderForPartition` just after it comes back) is an
+    /// outage: retried with backoff, reported, until `outage_timeout`; `None` when
+    /// stopped meanwhile.
+    async fn end_offsets(
+        &self,
+        p: i32,
+        stop: &crate::engine::StopSignal,
+    ) -> Result<Option<(i64, i64)>> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let fetched = tokio::task::block_in_place(|| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
+            });
+            match fetched {
+                Ok(w) => {
+                    self.probe.up();
+                    return Ok(Some(w));
+                }
+                Err(e) => {
+                    refused(&self.consumer, &self.table)?;
+                    tracing::warn!(task = %self.task, partition = p, error = %e,
+                        "reading end offsets failed; retrying");
+                    self.probe.retrying(format!("reading end offsets: {e}"));
+                }
+            }
+            outlasted(&self.probe, self.outage_timeout, &self.table)?;
+            if stop.is_raised() {
+                return Ok(None);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
     async fn read(&mut self, ctx: &mut SourceContext) -> Result<()> {
         let Some(partitions) = partitions(
             &self.consumer,
@@ -421,11 +457,9 @@ impl KafkaSource {
                 self.next.insert(p, n);
             }
             if self.bounded {
-                let (low, high) = tokio::task::block_in_place(|| {
-                    self.consumer
-                        .fetch_watermarks(&self.topic, p, REQUEST_TIMEOUT)
-                })
-                .map_err(|e| kafka_error(&self.table, "reading end offsets", e))?;
+                let Some((low, high)) = self.end_offsets(p, &ctx.stop).await? else {
+                    return Ok(());
+                };
                 let from = restored.unwrap_or(low);
                 if high <= from || (restored.is_none() && self.start == StartFrom::Latest) {
                     continue;
