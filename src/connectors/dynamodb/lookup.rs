@@ -40,8 +40,9 @@ pub(crate) struct DynamoLookup {
     ttl: Duration,
     settings: DynamoSettings,
     dynamo: tokio::sync::OnceCell<Dynamo>,
-    /// Encoded key → the item, or `None` for no item.
-    cache: moka::sync::Cache<String, Option<Arc<Item>>>,
+    /// The key (in the row format) → its item as a row of a decoded batch, or `None`
+    /// for no item.
+    cache: moka::sync::Cache<Vec<u8>, Option<Cached>>,
     probe: std::sync::OnceLock<crate::health::Probe>,
     pipeline: String,
     metrics: crate::metrics::LookupMetrics,
@@ -227,58 +228,103 @@ impl PointLookup for DynamoLookup {
     }
 
     async fn get(&self, keys: &ArrayRef) -> crate::Result<RecordBatch> {
-        // The stream's key as the table's key column type (the join may have coerced it).
+        let invalid = |e: String| -> crate::Error {
+            crate::engine::EngineError::Invalid(format!("lookup table {}: keys: {e}", self.table))
+                .into()
+        };
+        // The stream's key as the table's key column type (the join may have coerced it),
+        // in the row format: its bytes are the cache key, so repeats are found without
+        // building a DynamoDB value per row.
         let want = self
             .schema
             .field_with_name(&self.key)
             .map(|f| f.data_type().clone())
             .expect("checked at plan time");
-        let keys = arrow::compute::cast(keys, &want).map_err(|e| {
-            crate::engine::EngineError::Invalid(format!("lookup table {}: keys: {e}", self.table))
-        })?;
+        let keys = arrow::compute::cast(keys, &want).map_err(|e| invalid(e.to_string()))?;
+        let converter = arrow::row::RowConverter::new(vec![arrow::row::SortField::new(want)])
+            .map_err(|e| invalid(e.to_string()))?;
+        let rows = converter
+            .convert_columns(std::slice::from_ref(&keys))
+            .map_err(|e| invalid(e.to_string()))?;
         let mut seen = std::collections::HashSet::new();
-        let mut items: Vec<Arc<Item>> = Vec::new();
-        let mut missing: Vec<(String, AttributeValue)> = Vec::new();
-        for row in 0..keys.len() {
-            let Ok(Some(v)) = types::value(keys.as_ref(), row) else {
-                continue;
-            };
-            let Some(k) = encode(&v) else { continue };
-            if !seen.insert(k.clone()) {
+        let mut hits: Vec<Cached> = Vec::new();
+        let mut missing: Vec<(Vec<u8>, AttributeValue)> = Vec::new();
+        for (row, key) in rows.iter().enumerate() {
+            let bytes = key.data();
+            if keys.is_null(row) || !seen.insert(bytes) {
                 continue;
             }
-            match self.cache.get(&k) {
+            match self.cache.get(bytes) {
                 Some(hit) => {
                     self.metrics.hits.increment(1);
-                    items.extend(hit);
+                    hits.extend(hit);
                 }
-                None => missing.push((k, v)),
+                None => {
+                    if let Ok(Some(v)) = types::value(keys.as_ref(), row) {
+                        missing.push((bytes.to_vec(), v));
+                    }
+                }
             }
         }
         if !missing.is_empty() {
             self.metrics.fetched.increment(missing.len() as u64);
-            let mut found = self.fetch(missing.clone()).await?;
-            for (k, _) in missing {
-                let item = found.remove(&k).map(Arc::new);
-                if item.is_none() {
+            let wanted: Vec<(String, AttributeValue)> = missing
+                .iter()
+                .filter_map(|(_, v)| Some((encode(v)?, v.clone())))
+                .collect();
+            let found = self.fetch(wanted).await?;
+            // The items found, decoded once into one batch that the cache points into.
+            let mut order: Vec<&String> = found.keys().collect();
+            order.sort();
+            let items: Vec<&Item> = order.iter().map(|k| &found[*k]).collect();
+            let (decoded, bad) = types::batch(&self.schema, &items);
+            let decoded = Arc::new(decoded);
+            let mut row_of = std::collections::HashMap::new();
+            let mut next = 0;
+            for (i, k) in order.iter().enumerate() {
+                if let Some((_, why)) = bad.iter().find(|(b, _)| *b == i) {
+                    self.metrics.bad_items.increment(1);
+                    tracing::warn!(table = %self.table, key = %k, error = %why,
+                        "a lookup item does not fit the table's columns; joined as a miss");
+                    continue;
+                }
+                row_of.insert(k.as_str(), next);
+                next += 1;
+            }
+            for (bytes, v) in missing {
+                let cached = encode(&v)
+                    .and_then(|k| row_of.get(k.as_str()).copied())
+                    .map(|row| (decoded.clone(), row));
+                if cached.is_none() {
                     self.metrics.not_found.increment(1);
                 }
                 if !self.ttl.is_zero() {
-                    self.cache.insert(k, item.clone());
+                    self.cache.insert(bytes, cached.clone());
                 }
-                items.extend(item);
+                hits.extend(cached);
             }
         }
-        let refs: Vec<&Item> = items.iter().map(|i| i.as_ref()).collect();
-        let (batch, bad) = types::batch(&self.schema, &refs);
-        for (i, why) in bad {
-            self.metrics.bad_items.increment(1);
-            tracing::warn!(table = %self.table, key = ?refs[i].get(&self.key), error = %why,
-                "a lookup item does not fit the table's columns; joined as a miss");
+        // One batch of the rows found, taken from the batches they were decoded into.
+        let mut batches: Vec<&RecordBatch> = Vec::new();
+        let mut index_of: std::collections::HashMap<*const RecordBatch, usize> = Default::default();
+        let mut picks = Vec::with_capacity(hits.len());
+        for (batch, row) in &hits {
+            let i = *index_of.entry(Arc::as_ptr(batch)).or_insert_with(|| {
+                batches.push(batch.as_ref());
+                batches.len() - 1
+            });
+            picks.push((i, *row));
         }
-        Ok(batch)
+        if picks.is_empty() {
+            return Ok(RecordBatch::new_empty(self.schema.clone()));
+        }
+        arrow::compute::interleave_record_batch(&batches, &picks)
+            .map_err(|e| invalid(e.to_string()))
     }
 }
+
+/// A cached item: the batch it was decoded into and its row there.
+type Cached = (Arc<RecordBatch>, usize);
 
 #[cfg(test)]
 mod tests {
