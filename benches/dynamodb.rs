@@ -269,6 +269,11 @@ async fn commit_ms(store: &dyn CheckpointStore, n: u64) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0 / n as f64
 }
 
+/// The restaurants as a DynamoDB lookup table.
+const KEYED_RESTAURANTS: &str = "CREATE TABLE restaurants (restaurant_id BIGINT, name VARCHAR) \
+    WITH (connector = 'dynamodb', table = 'restaurants', key = 'restaurant_id', lookup = 'true', \
+    cache_ttl = '10m');";
+
 fn main() {
     if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
         eprintln!(
@@ -353,8 +358,7 @@ fn main() {
         let keyed = join_rate(
             dir.path(),
             env_for(&s),
-            "CREATE TABLE restaurants (restaurant_id BIGINT, name VARCHAR) WITH (connector = 'dynamodb', \
-             table = 'restaurants', key = 'restaurant_id', lookup = 'true', cache_ttl = '10m');",
+            KEYED_RESTAURANTS,
             rows,
         )
         .await;
@@ -362,8 +366,7 @@ fn main() {
         let hot = join_rate(
             dir.path(),
             env_for(&s),
-            "CREATE TABLE restaurants (restaurant_id BIGINT, name VARCHAR) WITH (connector = 'dynamodb', \
-             table = 'restaurants', key = 'restaurant_id', lookup = 'true', cache_ttl = '10m');",
+            KEYED_RESTAURANTS,
             rows,
         )
         .await;
