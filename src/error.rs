@@ -29,6 +29,8 @@ pub enum Error {
     Dlq(#[from] crate::dlq::DlqError),
     #[error(transparent)]
     Dynamo(#[from] crate::dynamodb::DynamoError),
+    #[error(transparent)]
+    Fallback(#[from] crate::fallback::FallbackError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -50,6 +52,7 @@ impl Error {
             Error::Checkpoint(e) => e.code(),
             Error::Dlq(e) => e.code(),
             Error::Dynamo(e) => e.code(),
+            Error::Fallback(e) => e.code(),
             Error::Io { .. } => "IO001",
         }
     }

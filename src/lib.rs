@@ -15,6 +15,7 @@ pub mod dlq;
 pub mod dynamodb;
 pub mod engine;
 pub mod error;
+pub mod fallback;
 pub mod formats;
 pub mod health;
 pub mod metrics;
