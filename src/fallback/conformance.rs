@@ -125,6 +125,9 @@ pub(crate) async fn deleting_through_a_sequence_keeps_newer_records_and_other_st
     assert_eq!(store.streams("p").await.unwrap(), vec![b[0].stream.clone()]);
     let backlog = store.backlog(None).await.unwrap();
     assert_eq!((backlog[0].records, backlog[0].keys), (5, 1));
+    // Emptied, then written again: listed again.
+    store.append(&a[..1]).await.unwrap();
+    assert_eq!(store.streams("p").await.unwrap().len(), 2);
 }
 
 /// Two handles (two processes) on one store see each other's records.

@@ -20,6 +20,7 @@
 pub mod breaker;
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod dynamodb;
 pub mod local;
 
 use async_trait::async_trait;
