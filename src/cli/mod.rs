@@ -6,6 +6,7 @@
 //! 3 a stop abandoned (`run.stop_grace` over, or a second signal).
 
 pub(crate) mod dlq;
+mod fallback;
 mod generate;
 mod progress;
 mod registry;
@@ -76,6 +77,8 @@ enum Command {
     },
     /// The dead-letter queue: list, show, stats, replay, edit, discard, audit.
     Dlq(dlq::DlqArgs),
+    /// The broker-outage fallback: what waits to be sent to Kafka.
+    Fallback(fallback::FallbackArgs),
     /// The Avro contracts in schemas/: check them against a registry, or register them.
     Schemas {
         #[command(subcommand)]
@@ -174,6 +177,7 @@ pub fn main() -> ExitCode {
             }
             Command::Generate(_) => unreachable!("handled above"),
             Command::Dlq(args) => dlq::dlq(&config, args).await,
+            Command::Fallback(args) => fallback::fallback(&config, args).await,
             Command::Registry { listen, dir } => {
                 registry::serve(&config, listen.as_deref(), dir.as_deref()).await
             }

@@ -21,6 +21,60 @@ pub struct Config {
     pub kafka: crate::connectors::kafka::KafkaConfig,
     pub dlq: DlqConfig,
     pub dynamodb: crate::connectors::dynamodb::DynamoConfig,
+    pub fallback: FallbackConfig,
+}
+
+/// Where Kafka output waits while its cluster is down, and when a cluster counts as
+/// down (`[fallback]`, default.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    pub store: FallbackStoreKind,
+    pub path: String,
+    pub failures: u32,
+    pub open_after: String,
+    pub probe_interval: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackStoreKind {
+    Local,
+    Dynamodb,
+}
+
+impl FallbackConfig {
+    /// The breaker's settings; errors name the key.
+    pub fn breaker(&self) -> Result<crate::fallback::BreakerSettings, PipelineError> {
+        let duration = |key: &str, v: &str| {
+            crate::connectors::parse_duration(v)
+                .map_err(|e| PipelineError::Config(format!("fallback.{key}: {e}")))
+        };
+        let settings = crate::fallback::BreakerSettings {
+            failures: self.failures,
+            open_after: duration("open_after", &self.open_after)?,
+            probe_interval: duration("probe_interval", &self.probe_interval)?,
+        };
+        settings
+            .check()
+            .map_err(|e| PipelineError::Config(e.to_string()))?;
+        Ok(settings)
+    }
+
+    /// Opens the configured fallback store.
+    pub fn open(
+        &self,
+        dynamodb: &crate::connectors::dynamodb::DynamoConfig,
+    ) -> crate::Result<std::sync::Arc<dyn crate::fallback::FallbackStore>> {
+        Ok(match self.store {
+            FallbackStoreKind::Local => std::sync::Arc::new(
+                crate::fallback::local::LocalFallbackStore::open(&self.path)?,
+            ),
+            FallbackStoreKind::Dynamodb => std::sync::Arc::new(
+                crate::fallback::dynamodb::DynamoFallbackStore::new(&dynamodb.settings()?),
+            ),
+        })
+    }
 }
 
 impl Config {
@@ -259,6 +313,7 @@ pub fn load_config(
         .dynamodb
         .settings()
         .map_err(|e| PipelineError::Config(e.to_string()))?;
+    config.fallback.breaker()?;
     Ok(config)
 }
 

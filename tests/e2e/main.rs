@@ -12,6 +12,7 @@ mod dead_letter_classes;
 mod dead_letters;
 mod docs;
 mod dynamodb;
+mod fallback;
 mod kafka;
 mod kafka_faults;
 mod layout;
