@@ -1,7 +1,7 @@
 //! The properties every [`FallbackStore`] keeps, written once and run against each
 //! store (`fallback_store_conformance!` in the store's tests).
 
-use super::{FallbackRecord, FallbackStore, Seq, StreamId};
+use super::{DeliveryMark, FallbackRecord, FallbackStore, Seq, StreamId};
 
 /// A record of `pipeline`'s `topic` under `key`, at (`checkpoint`, `index`).
 pub(crate) fn record(
@@ -139,6 +139,36 @@ pub(crate) async fn two_handles_share_the_store(a: &dyn FallbackStore, b: &dyn F
     assert!(a.streams("p").await.unwrap().is_empty());
 }
 
+/// A writer's delivery mark only goes forward within its lineage; a new lineage (a
+/// pipeline started afresh) replaces it; writers and pipelines are apart.
+pub(crate) async fn delivery_marks_go_forward_within_a_lineage(store: &dyn FallbackStore) {
+    let mark = |writer: &str, lineage: &str, checkpoint: u64| DeliveryMark {
+        pipeline: "p".into(),
+        writer: writer.into(),
+        lineage: lineage.into(),
+        checkpoint,
+    };
+    assert!(store.marks("p").await.unwrap().is_empty());
+    store.mark(&mark("tx-0", "a", 5)).await.unwrap();
+    store.mark(&mark("tx-0", "a", 3)).await.unwrap();
+    store.mark(&mark("tx-1", "a", 2)).await.unwrap();
+    assert_eq!(
+        store.marks("p").await.unwrap(),
+        vec![mark("tx-0", "a", 5), mark("tx-1", "a", 2)]
+    );
+    store.mark(&mark("tx-0", "a", 7)).await.unwrap();
+    store.mark(&mark("tx-1", "b", 1)).await.unwrap();
+    assert_eq!(
+        store.marks("p").await.unwrap(),
+        vec![mark("tx-0", "a", 7), mark("tx-1", "b", 1)]
+    );
+    assert!(store.marks("q").await.unwrap().is_empty());
+    assert!(
+        store.streams("p").await.unwrap().is_empty(),
+        "marks are no streams"
+    );
+}
+
 /// Runs every property against the stores `$make` builds (an async expression giving
 /// a fresh store and what keeps it alive); `$twin` gives a second handle on the same
 /// store.
@@ -160,6 +190,12 @@ macro_rules! fallback_store_conformance {
         async fn deleting_through_a_sequence_keeps_newer_records_and_other_streams() {
             let (store, _keep) = $make.await;
             $crate::fallback::conformance::deleting_through_a_sequence_keeps_newer_records_and_other_streams(&*store).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn delivery_marks_go_forward_within_a_lineage() {
+            let (store, _keep) = $make.await;
+            $crate::fallback::conformance::delivery_marks_go_forward_within_a_lineage(&*store).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

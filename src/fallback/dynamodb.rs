@@ -5,6 +5,9 @@
 //! - a record: partition key `stream` (pipeline, topic and key, encoded by
 //!   [`stream_key`]), sort key `seq` (`{checkpoint:020}.{index:020}`, so the sort
 //!   order is the sequence's), its value, headers, timestamps;
+//! - a writer's delivery mark: partition key `\u{1e}mark\u{1f}{pipeline}` (no stream's
+//!   key starts so), sort key the writer (a transactional id), its lineage and
+//!   checkpoint, written only over an older one of the same lineage;
 //! - a stream's marker: the same partition key, sort key `~` (after every sequence),
 //!   with `waiting_pipeline` (the sparse index `waiting` lists a pipeline's streams
 //!   through it) and `appends`, a counter every append adds to.
@@ -28,7 +31,9 @@ use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, PutRequest, ScalarAttributeType, WriteRequest,
 };
 
-use super::{Backlog, FallbackError, FallbackRecord, FallbackStore, Result, Seq, StreamId};
+use super::{
+    Backlog, DeliveryMark, FallbackError, FallbackRecord, FallbackStore, Result, Seq, StreamId,
+};
 use crate::dynamodb::{Dynamo, DynamoSettings, TableSpec, describe, error_code, retriable};
 
 const STORE: &str = "dynamodb";
@@ -68,6 +73,11 @@ pub(crate) fn stream_key(stream: &StreamId) -> String {
         None => "-".to_string(),
     };
     format!("{}\u{1f}{}\u{1f}{key}", stream.pipeline, stream.topic)
+}
+
+/// The partition key of a pipeline's delivery marks.
+fn marks_key(pipeline: &str) -> String {
+    format!("\u{1e}mark\u{1f}{pipeline}")
 }
 
 fn seq_key(seq: Seq) -> String {
@@ -513,6 +523,86 @@ impl FallbackStore for DynamoFallbackStore {
             };
         }
         Ok(by.into_values().collect())
+    }
+
+    async fn mark(&self, mark: &DeliveryMark) -> Result<()> {
+        let d = self.dynamo().await?;
+        d.call(None, || async {
+            match d
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("stream", s(marks_key(&mark.pipeline)))
+                .item("seq", s(&mark.writer))
+                .item("lineage", s(&mark.lineage))
+                .item("checkpoint", AttributeValue::N(mark.checkpoint.to_string()))
+                .condition_expression(
+                    "attribute_not_exists(checkpoint) OR lineage <> :l OR checkpoint < :c",
+                )
+                .expression_attribute_values(":l", s(&mark.lineage))
+                .expression_attribute_values(":c", AttributeValue::N(mark.checkpoint.to_string()))
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                // The writer has a newer mark already.
+                Err(e) if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") => {
+                    Ok(())
+                }
+                Err(e) => Err(crate::dynamodb::DynamoError::Request {
+                    table: self.table.clone(),
+                    what: "PutItem",
+                    retriable: retriable(&e),
+                    message: describe(&e),
+                }),
+            }
+        })
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn marks(&self, pipeline: &str) -> Result<Vec<DeliveryMark>> {
+        let d = self.dynamo().await?;
+        let key = marks_key(pipeline);
+        let items = d
+            .call(None, || async {
+                d.client
+                    .query()
+                    .table_name(&self.table)
+                    .consistent_read(true)
+                    .key_condition_expression("#s = :s")
+                    .expression_attribute_names("#s", "stream")
+                    .expression_attribute_values(":s", s(&key))
+                    .send()
+                    .await
+                    .map(|o| o.items.unwrap_or_default())
+                    .map_err(|e| crate::dynamodb::DynamoError::Request {
+                        table: self.table.clone(),
+                        what: "Query",
+                        retriable: retriable(&e),
+                        message: describe(&e),
+                    })
+            })
+            .await
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        for i in items {
+            let text = |k: &str| match i.get(k) {
+                Some(AttributeValue::S(v)) => Ok(v.clone()),
+                other => Err(corrupt(format!("mark attribute {k}: {other:?}"))),
+            };
+            out.push(DeliveryMark {
+                pipeline: pipeline.to_string(),
+                writer: text("seq")?,
+                lineage: text("lineage")?,
+                checkpoint: match i.get("checkpoint") {
+                    Some(AttributeValue::N(n)) => n.parse().map_err(corrupt)?,
+                    other => return Err(corrupt(format!("mark checkpoint: {other:?}"))),
+                },
+            });
+        }
+        out.sort_by(|a, b| a.writer.cmp(&b.writer));
+        Ok(out)
     }
 }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, params};
 
-use super::{Backlog, FallbackError, FallbackRecord, FallbackStore, Result, Seq, StreamId};
+use super::{
+    Backlog, DeliveryMark, FallbackError, FallbackRecord, FallbackStore, Result, Seq, StreamId,
+};
 
 const STORE: &str = "local";
 /// How long a writer waits for another process's write transaction.
@@ -59,6 +61,13 @@ impl LocalFallbackStore {
                 timestamp_ms INTEGER,
                 stored_ms INTEGER NOT NULL,
                 PRIMARY KEY (pipeline, topic, has_key, key, checkpoint, idx)
+            ) WITHOUT ROWID;
+            CREATE TABLE IF NOT EXISTS marks (
+                pipeline TEXT NOT NULL,
+                writer TEXT NOT NULL,
+                lineage TEXT NOT NULL,
+                checkpoint INTEGER NOT NULL,
+                PRIMARY KEY (pipeline, writer)
             ) WITHOUT ROWID;",
         )
         .map_err(unavailable)?;
@@ -242,6 +251,40 @@ impl FallbackStore for LocalFallbackStore {
                     records: r.get::<_, i64>(2)? as u64,
                     keys: r.get::<_, i64>(3)? as u64,
                     oldest_stored_ms: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn mark(&self, mark: &DeliveryMark) -> Result<()> {
+        let m = mark.clone();
+        self.blocking(move |conn| {
+            conn.execute(
+                "INSERT INTO marks (pipeline, writer, lineage, checkpoint) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (pipeline, writer) DO UPDATE
+                 SET lineage = excluded.lineage, checkpoint = excluded.checkpoint
+                 WHERE excluded.lineage <> marks.lineage OR excluded.checkpoint > marks.checkpoint",
+                params![m.pipeline, m.writer, m.lineage, as_i64(m.checkpoint)],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn marks(&self, pipeline: &str) -> Result<Vec<DeliveryMark>> {
+        let pipeline = pipeline.to_string();
+        self.blocking(move |conn| {
+            let mut q = conn.prepare_cached(
+                "SELECT writer, lineage, checkpoint FROM marks WHERE pipeline = ?1 ORDER BY writer",
+            )?;
+            let rows = q.query_map(params![pipeline], |r| {
+                Ok(DeliveryMark {
+                    pipeline: pipeline.clone(),
+                    writer: r.get(0)?,
+                    lineage: r.get(1)?,
+                    checkpoint: r.get::<_, i64>(2)? as u64,
                 })
             })?;
             rows.collect()

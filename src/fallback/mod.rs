@@ -100,6 +100,19 @@ pub struct Backlog {
     pub oldest_stored_ms: Option<i64>,
 }
 
+/// A sink task's output up to `checkpoint` (of `lineage`, see
+/// `connectors/kafka/transactions.rs`) is stored in the fallback: the fallback's
+/// counterpart of the commit marker the sink writes to Kafka, so a restore never sends
+/// to Kafka what the fallback holds (ADR 0016).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryMark {
+    pub pipeline: String,
+    /// The sink task's transactional id.
+    pub writer: String,
+    pub lineage: String,
+    pub checkpoint: u64,
+}
+
 /// Where a pipeline's Kafka output waits while its cluster is down.
 #[async_trait]
 pub trait FallbackStore: Send + Sync + std::fmt::Debug {
@@ -114,4 +127,9 @@ pub trait FallbackStore: Send + Sync + std::fmt::Debug {
     async fn delete_through(&self, stream: &StreamId, through: Seq) -> Result<()>;
     /// What waits, per pipeline and topic (every pipeline's when `None`).
     async fn backlog(&self, pipeline: Option<&str>) -> Result<Vec<Backlog>>;
+    /// Records `mark` as its writer's latest, unless the writer has a newer one of
+    /// the same lineage (a late mark never takes a writer back).
+    async fn mark(&self, mark: &DeliveryMark) -> Result<()>;
+    /// The latest mark of each writer of `pipeline`.
+    async fn marks(&self, pipeline: &str) -> Result<Vec<DeliveryMark>>;
 }
