@@ -339,14 +339,7 @@ fn main() {
         })
         .await
         .unwrap();
-        for chunk in requests.chunks(25) {
-            let mut left = chunk.to_vec();
-            while !left.is_empty() {
-                let table = d.table_name("restaurants");
-                let out = d.client.batch_write_item().request_items(&table, left).send().await.unwrap();
-                left = out.unprocessed_items.and_then(|mut m| m.remove(&table)).unwrap_or_default();
-            }
-        }
+        d.batch_write(&d.table_name("restaurants"), requests).await.unwrap();
         let memory = join_rate(
             dir.path(),
             ConnectorEnv::default(),

@@ -36,9 +36,7 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{CheckpointError, CheckpointMeta, CheckpointStore, LocalCheckpointStore, Result};
-use crate::dynamodb::{
-    Dynamo, DynamoError, DynamoSettings, TableSpec, describe, error_code, retriable,
-};
+use crate::dynamodb::{Dynamo, DynamoError, DynamoSettings, TableSpec, conditional};
 
 /// Bytes per blob chunk: under the item limit with the keys and names.
 pub(crate) const CHUNK: usize = 350 * 1024;
@@ -121,15 +119,6 @@ impl DynamoCheckpointStore {
         .into()
     }
 
-    fn request_error(&self, what: &'static str) -> impl Fn(String, bool) -> DynamoError + '_ {
-        move |message, retriable| DynamoError::Request {
-            table: self.table.clone(),
-            what,
-            message,
-            retriable,
-        }
-    }
-
     /// Every item whose sort key starts with `prefix` (consistent; all pages), with
     /// only the attributes in `projection` (all when empty).
     async fn query(
@@ -138,37 +127,28 @@ impl DynamoCheckpointStore {
         projection: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>> {
         let d = self.dynamo().await?;
-        let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = d
-                .call(None, || async {
-                    let mut q = d
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .consistent_read(true)
-                        .key_condition_expression("#p = :p AND begins_with(#i, :prefix)")
-                        .expression_attribute_names("#p", "pipeline")
-                        .expression_attribute_names("#i", "item")
-                        .expression_attribute_values(":p", s(&self.pipeline))
-                        .expression_attribute_values(":prefix", s(prefix))
-                        .set_exclusive_start_key(start.clone());
-                    if !projection.is_empty() {
-                        q = q.projection_expression(projection);
-                    }
-                    q.send()
-                        .await
-                        .map_err(|e| self.request_error("Query")(describe(&e), retriable(&e)))
-                })
-                .await
-                .map_err(storage)?;
-            out.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(out);
+        d.pages(None, |start, _| async {
+            let mut q = d
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#p = :p AND begins_with(#i, :prefix)")
+                .expression_attribute_names("#p", "pipeline")
+                .expression_attribute_names("#i", "item")
+                .expression_attribute_values(":p", s(&self.pipeline))
+                .expression_attribute_values(":prefix", s(prefix))
+                .set_exclusive_start_key(start);
+            if !projection.is_empty() {
+                q = q.projection_expression(projection);
             }
-        }
+            q.send()
+                .await
+                .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
+                .map_err(|e| DynamoError::request(&self.table, "Query", &e))
+        })
+        .await
+        .map_err(storage)
     }
 
     async fn get_item(&self, item: &str) -> Result<Option<HashMap<String, AttributeValue>>> {
@@ -182,44 +162,16 @@ impl DynamoCheckpointStore {
                 .send()
                 .await
                 .map(|o| o.item)
-                .map_err(|e| self.request_error("GetItem")(describe(&e), retriable(&e)))
+                .map_err(|e| DynamoError::request(&self.table, "GetItem", &e))
         })
         .await
         .map_err(storage)
     }
 
     /// Writes (or deletes) items 25 at a time, unprocessed ones again.
-    async fn batch(&self, mut requests: Vec<WriteRequest>) -> Result<()> {
+    async fn batch(&self, requests: Vec<WriteRequest>) -> Result<()> {
         let d = self.dynamo().await?;
-        while !requests.is_empty() {
-            let rest = requests.split_off(requests.len().min(25));
-            let mut chunk = std::mem::replace(&mut requests, rest);
-            let mut backoff = std::time::Duration::from_millis(20);
-            while !chunk.is_empty() {
-                let out = d
-                    .call(None, || async {
-                        d.client
-                            .batch_write_item()
-                            .request_items(&self.table, chunk.clone())
-                            .send()
-                            .await
-                            .map_err(|e| {
-                                self.request_error("BatchWriteItem")(describe(&e), retriable(&e))
-                            })
-                    })
-                    .await
-                    .map_err(storage)?;
-                chunk = out
-                    .unprocessed_items
-                    .and_then(|mut m| m.remove(&self.table))
-                    .unwrap_or_default();
-                if !chunk.is_empty() {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                }
-            }
-        }
-        Ok(())
+        d.batch_write(&self.table, requests).await.map_err(storage)
     }
 
     fn blob_prefix(id: u64, name: &str) -> String {
@@ -298,7 +250,7 @@ impl CheckpointStore for DynamoCheckpointStore {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.request_error("PutItem")(describe(&e), retriable(&e)))
+                .map_err(|e| DynamoError::request(&self.table, "PutItem", &e))
         })
         .await
         .map_err(storage)
@@ -390,15 +342,7 @@ impl CheckpointStore for DynamoCheckpointStore {
                         .expression_attribute_values(":p", AttributeValue::N(p.to_string()))
                         .expression_attribute_values(":id", id.clone()),
                 };
-                match put.send().await {
-                    Ok(_) => Ok(true),
-                    Err(e)
-                        if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") =>
-                    {
-                        Ok(false)
-                    }
-                    Err(e) => Err(self.request_error("PutItem")(describe(&e), retriable(&e))),
-                }
+                conditional(&self.table, "PutItem", put.send().await)
             })
             .await
             .map_err(storage)?;
@@ -466,13 +410,13 @@ impl CheckpointStore for DynamoCheckpointStore {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.request_error("DeleteItem")(describe(&e), retriable(&e)))
+                .map_err(|e| DynamoError::request(&self.table, "DeleteItem", &e))
         })
         .await
         .map_err(storage)?;
         // The head keeps `latest` (commits build on it) but no longer lists it.
         d.call(None, || async {
-            match d
+            let sent = d
                 .client
                 .update_item()
                 .table_name(&self.table)
@@ -483,17 +427,9 @@ impl CheckpointStore for DynamoCheckpointStore {
                 .expression_attribute_names("#l", "latest")
                 .expression_attribute_values(":id", AttributeValue::N(id.to_string()))
                 .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                Err(e) if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") => {
-                    Ok(())
-                }
-                Err(e) => Err(self.request_error("UpdateItem")(
-                    describe(&e),
-                    retriable(&e),
-                )),
-            }
+                .await;
+            // Another checkpoint is the latest by now: nothing to unlist.
+            conditional(&self.table, "UpdateItem", sent).map(|_| ())
         })
         .await
         .map_err(storage)

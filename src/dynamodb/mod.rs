@@ -26,6 +26,7 @@ pub(crate) mod chaos;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
     ProjectionType, ScalarAttributeType,
@@ -77,6 +78,24 @@ impl DynamoError {
             DynamoError::Outage { .. } => "DDB002",
             DynamoError::Request { .. } => "DDB003",
             DynamoError::Table { .. } => "DDB004",
+        }
+    }
+
+    /// A request to `table` (`what`: the operation) that failed with `e`: retriable
+    /// or not as [`retriable`] judges it, described by [`describe`].
+    pub(crate) fn request<E>(
+        table: &str,
+        what: &'static str,
+        e: &aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    ) -> DynamoError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        DynamoError::Request {
+            table: table.to_string(),
+            what,
+            retriable: retriable(e),
+            message: describe(e),
         }
     }
 
@@ -151,6 +170,29 @@ where
         source = s.source();
     }
     out
+}
+
+/// One DynamoDB item: attribute name → value.
+pub(crate) type Item = std::collections::HashMap<String, AttributeValue>;
+
+/// The outcome of a conditional write: `Ok(true)` when it was made, `Ok(false)` when
+/// its condition did not hold (an answer, not an error), else the request's error.
+pub(crate) fn conditional<O, E>(
+    table: &str,
+    what: &'static str,
+    sent: Result<
+        O,
+        aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    >,
+) -> Result<bool, DynamoError>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match sent {
+        Ok(_) => Ok(true),
+        Err(e) if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") => Ok(false),
+        Err(e) => Err(DynamoError::request(table, what, &e)),
+    }
 }
 
 /// A table's key and indexes, for creating it on first use.
@@ -275,6 +317,68 @@ impl Dynamo {
         }
     }
 
+    /// Every page of a query or scan, up to `limit` items (all without one):
+    /// `page(start, left)` sends one page's request from the key to start after, with
+    /// at most `left` items wanted, and returns its items and the key to go on from.
+    /// Each page goes through [`Dynamo::call`].
+    pub(crate) async fn pages<F, Fut>(
+        &self,
+        limit: Option<usize>,
+        mut page: F,
+    ) -> Result<Vec<Item>, DynamoError>
+    where
+        F: FnMut(Option<Item>, Option<usize>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Vec<Item>, Option<Item>), DynamoError>>,
+    {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let left = limit.map(|l| l - out.len());
+            let (items, next) = self.call(None, || page(start.clone(), left)).await?;
+            out.extend(items);
+            start = next.filter(|k| !k.is_empty());
+            if start.is_none() || limit.is_some_and(|l| out.len() >= l) {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Writes (or deletes) `requests` on `table` with `BatchWriteItem`s of 25, the
+    /// items DynamoDB leaves unprocessed sent again with backoff, outages waited out
+    /// ([`Dynamo::call`]). For items whose writes need no condition (a batch takes
+    /// none): each is named by its key alone, so writing it again changes nothing.
+    pub async fn batch_write(
+        &self,
+        table: &str,
+        requests: Vec<aws_sdk_dynamodb::types::WriteRequest>,
+    ) -> Result<(), DynamoError> {
+        for chunk in requests.chunks(25) {
+            let mut left = chunk.to_vec();
+            let mut backoff = Duration::from_millis(20);
+            while !left.is_empty() {
+                let out = self
+                    .call(None, || async {
+                        self.client
+                            .batch_write_item()
+                            .request_items(table, left.clone())
+                            .send()
+                            .await
+                            .map_err(|e| DynamoError::request(table, "BatchWriteItem", &e))
+                    })
+                    .await?;
+                left = out
+                    .unprocessed_items
+                    .and_then(|mut m| m.remove(table))
+                    .unwrap_or_default();
+                if !left.is_empty() {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.settings.max_backoff.max(backoff));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Makes sure `spec`'s table exists: described, or created (on-demand billing)
     /// when missing and `create_tables` is on; waits until it is active. A table
     /// whose key schema differs from `spec` is refused.
@@ -287,12 +391,7 @@ impl Dynamo {
                     Err(e) if error_code(&e).as_deref() == Some("ResourceNotFoundException") => {
                         Ok(None)
                     }
-                    Err(e) => Err(DynamoError::Request {
-                        table: name.clone(),
-                        what: "DescribeTable",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    }),
+                    Err(e) => Err(DynamoError::request(&name, "DescribeTable", &e)),
                 }
             })
             .await?;
@@ -404,12 +503,7 @@ impl Dynamo {
                 Ok(_) => Ok(()),
                 // Another task or process created it meanwhile.
                 Err(e) if error_code(&e).as_deref() == Some("ResourceInUseException") => Ok(()),
-                Err(e) => Err(DynamoError::Request {
-                    table: name.clone(),
-                    what: "CreateTable",
-                    retriable: retriable(&e),
-                    message: describe(&e),
-                }),
+                Err(e) => Err(DynamoError::request(&name, "CreateTable", &e)),
             }
         })
         .await?;
@@ -430,12 +524,7 @@ impl Dynamo {
                         .send()
                         .await
                         .map(|o| o.table.and_then(|t| t.table_status))
-                        .map_err(|e| DynamoError::Request {
-                            table: name.to_string(),
-                            what: "DescribeTable",
-                            retriable: retriable(&e),
-                            message: describe(&e),
-                        })
+                        .map_err(|e| DynamoError::request(name, "DescribeTable", &e))
                 })
                 .await?;
             if status == Some(TableStatus::Active) {
@@ -521,12 +610,7 @@ mod tests {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| DynamoError::Request {
-                            table: "-".into(),
-                            what: "ListTables",
-                            retriable: retriable(&e),
-                            message: describe(&e),
-                        })
+                        .map_err(|e| DynamoError::request("-", "ListTables", &e))
                 }
             })
             .await

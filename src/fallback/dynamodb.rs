@@ -34,7 +34,7 @@ use aws_sdk_dynamodb::types::{
 use super::{
     Backlog, DeliveryMark, FallbackError, FallbackRecord, FallbackStore, Result, Seq, StreamId,
 };
-use crate::dynamodb::{Dynamo, DynamoSettings, TableSpec, describe, error_code, retriable};
+use crate::dynamodb::{Dynamo, DynamoError, DynamoSettings, TableSpec, conditional};
 
 const STORE: &str = "dynamodb";
 /// The table's name, before the prefix.
@@ -132,37 +132,9 @@ impl DynamoFallbackStore {
     /// Writes (or deletes) items 25 at a time, unprocessed ones again.
     async fn batch(&self, requests: Vec<WriteRequest>) -> Result<()> {
         let d = self.dynamo().await?;
-        for chunk in requests.chunks(25) {
-            let mut left = chunk.to_vec();
-            let mut backoff = std::time::Duration::from_millis(20);
-            while !left.is_empty() {
-                let out = d
-                    .call(None, || async {
-                        d.client
-                            .batch_write_item()
-                            .request_items(&self.table, left.clone())
-                            .send()
-                            .await
-                            .map_err(|e| crate::dynamodb::DynamoError::Request {
-                                table: self.table.clone(),
-                                what: "BatchWriteItem",
-                                retriable: retriable(&e),
-                                message: describe(&e),
-                            })
-                    })
-                    .await
-                    .map_err(unavailable)?;
-                left = out
-                    .unprocessed_items
-                    .and_then(|mut m| m.remove(&self.table))
-                    .unwrap_or_default();
-                if !left.is_empty() {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
-                }
-            }
-        }
-        Ok(())
+        d.batch_write(&self.table, requests)
+            .await
+            .map_err(unavailable)
     }
 
     /// One page after another of a query of `stream`'s records (sort key below the
@@ -176,94 +148,65 @@ impl DynamoFallbackStore {
     ) -> Result<Vec<Item>> {
         let d = self.dynamo().await?;
         let upper = through.map(seq_key).unwrap_or_else(|| "9".repeat(41));
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = d
-                .call(None, || async {
-                    let mut q = d
-                        .client
-                        .query()
-                        .table_name(&self.table)
-                        .consistent_read(true)
-                        .key_condition_expression("#s = :s AND #q <= :upper")
-                        .expression_attribute_names("#s", "stream")
-                        .expression_attribute_names("#q", "seq")
-                        .expression_attribute_values(":s", s(stream))
-                        .expression_attribute_values(":upper", s(&upper))
-                        .set_exclusive_start_key(start.clone());
-                    if let Some(l) = limit {
-                        q = q.limit((l - out.len()).min(1000) as i32);
-                    }
-                    if let Some(p) = projection {
-                        q = q.projection_expression(p);
-                    }
-                    q.send()
-                        .await
-                        .map_err(|e| crate::dynamodb::DynamoError::Request {
-                            table: self.table.clone(),
-                            what: "Query",
-                            retriable: retriable(&e),
-                            message: describe(&e),
-                        })
-                })
-                .await
-                .map_err(unavailable)?;
-            out.extend(page.items.unwrap_or_default());
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() || limit.is_some_and(|l| out.len() >= l) {
-                return Ok(out);
+        let upper = &upper;
+        d.pages(limit, |start, left| async move {
+            let mut q = d
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("#s = :s AND #q <= :upper")
+                .expression_attribute_names("#s", "stream")
+                .expression_attribute_names("#q", "seq")
+                .expression_attribute_values(":s", s(stream))
+                .expression_attribute_values(":upper", s(upper))
+                .set_exclusive_start_key(start);
+            if let Some(l) = left {
+                q = q.limit(l.min(1000) as i32);
             }
-        }
+            if let Some(p) = projection {
+                q = q.projection_expression(p);
+            }
+            q.send()
+                .await
+                .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
+                .map_err(|e| DynamoError::request(&self.table, "Query", &e))
+        })
+        .await
+        .map_err(unavailable)
     }
 
     /// The markers of `pipeline`'s streams (every pipeline's when `None`).
     async fn markers(&self, pipeline: Option<&str>) -> Result<Vec<Item>> {
         let d = self.dynamo().await?;
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let (items, next) = d
-                .call(None, || async {
-                    let failed = |e: String, r: bool| crate::dynamodb::DynamoError::Request {
-                        table: self.table.clone(),
-                        what: "Query",
-                        retriable: r,
-                        message: e,
-                    };
-                    match pipeline {
-                        Some(p) => d
-                            .client
-                            .query()
-                            .table_name(&self.table)
-                            .index_name("waiting")
-                            .key_condition_expression("waiting_pipeline = :p")
-                            .expression_attribute_values(":p", s(p))
-                            .set_exclusive_start_key(start.clone())
-                            .send()
-                            .await
-                            .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
-                            .map_err(|e| failed(describe(&e), retriable(&e))),
-                        None => d
-                            .client
-                            .scan()
-                            .table_name(&self.table)
-                            .index_name("waiting")
-                            .set_exclusive_start_key(start.clone())
-                            .send()
-                            .await
-                            .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
-                            .map_err(|e| failed(describe(&e), retriable(&e))),
-                    }
-                })
-                .await
-                .map_err(unavailable)?;
-            out.extend(items);
-            start = next.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(out);
+        d.pages(None, |start, _| async {
+            match pipeline {
+                Some(p) => d
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name("waiting")
+                    .key_condition_expression("waiting_pipeline = :p")
+                    .expression_attribute_values(":p", s(p))
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
+                    .map_err(|e| DynamoError::request(&self.table, "Query", &e)),
+                None => d
+                    .client
+                    .scan()
+                    .table_name(&self.table)
+                    .index_name("waiting")
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map(|o| (o.items.unwrap_or_default(), o.last_evaluated_key))
+                    .map_err(|e| DynamoError::request(&self.table, "Scan", &e)),
             }
-        }
+        })
+        .await
+        .map_err(unavailable)
     }
 }
 
@@ -374,12 +317,7 @@ impl FallbackStore for DynamoFallbackStore {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| crate::dynamodb::DynamoError::Request {
-                        table: self.table.clone(),
-                        what: "UpdateItem",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    })
+                    .map_err(|e| DynamoError::request(&self.table, "UpdateItem", &e))
             })
             .await
             .map_err(unavailable)?;
@@ -423,12 +361,7 @@ impl FallbackStore for DynamoFallbackStore {
                     .send()
                     .await
                     .map(|o| o.item)
-                    .map_err(|e| crate::dynamodb::DynamoError::Request {
-                        table: self.table.clone(),
-                        what: "GetItem",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    })
+                    .map_err(|e| DynamoError::request(&self.table, "GetItem", &e))
             })
             .await
             .map_err(unavailable)?;
@@ -461,7 +394,7 @@ impl FallbackStore for DynamoFallbackStore {
             return Ok(());
         }
         d.call(None, || async {
-            match d
+            let sent = d
                 .client
                 .delete_item()
                 .table_name(&self.table)
@@ -470,20 +403,9 @@ impl FallbackStore for DynamoFallbackStore {
                 .condition_expression("appends = :n")
                 .expression_attribute_values(":n", appends.clone())
                 .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                // An append came meanwhile: its stream stays listed.
-                Err(e) if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") => {
-                    Ok(())
-                }
-                Err(e) => Err(crate::dynamodb::DynamoError::Request {
-                    table: self.table.clone(),
-                    what: "DeleteItem",
-                    retriable: retriable(&e),
-                    message: describe(&e),
-                }),
-            }
+                .await;
+            // Not deleted: an append came meanwhile, its stream stays listed.
+            conditional(&self.table, "DeleteItem", sent).map(|_| ())
         })
         .await
         .map_err(unavailable)
@@ -528,7 +450,7 @@ impl FallbackStore for DynamoFallbackStore {
     async fn mark(&self, mark: &DeliveryMark) -> Result<()> {
         let d = self.dynamo().await?;
         d.call(None, || async {
-            match d
+            let sent = d
                 .client
                 .put_item()
                 .table_name(&self.table)
@@ -542,20 +464,9 @@ impl FallbackStore for DynamoFallbackStore {
                 .expression_attribute_values(":l", s(&mark.lineage))
                 .expression_attribute_values(":c", AttributeValue::N(mark.checkpoint.to_string()))
                 .send()
-                .await
-            {
-                Ok(_) => Ok(()),
-                // The writer has a newer mark already.
-                Err(e) if error_code(&e).as_deref() == Some("ConditionalCheckFailedException") => {
-                    Ok(())
-                }
-                Err(e) => Err(crate::dynamodb::DynamoError::Request {
-                    table: self.table.clone(),
-                    what: "PutItem",
-                    retriable: retriable(&e),
-                    message: describe(&e),
-                }),
-            }
+                .await;
+            // Not written: the writer has a newer mark already.
+            conditional(&self.table, "PutItem", sent).map(|_| ())
         })
         .await
         .map_err(unavailable)
@@ -576,12 +487,7 @@ impl FallbackStore for DynamoFallbackStore {
                     .send()
                     .await
                     .map(|o| o.items.unwrap_or_default())
-                    .map_err(|e| crate::dynamodb::DynamoError::Request {
-                        table: self.table.clone(),
-                        what: "Query",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    })
+                    .map_err(|e| DynamoError::request(&self.table, "Query", &e))
             })
             .await
             .map_err(unavailable)?;

@@ -23,7 +23,6 @@ use futures::StreamExt;
 use super::types::{self, Item};
 use super::{Dynamo, DynamoError, DynamoSettings};
 use crate::connectors::{Options, Result, TableRequest};
-use crate::dynamodb::{describe, retriable};
 use crate::engine::PointLookup;
 
 /// Keys per `BatchGetItem` (DynamoDB's limit).
@@ -155,12 +154,7 @@ impl DynamoLookup {
                         .request_items(&self.table_name, request.clone())
                         .send()
                         .await
-                        .map_err(|e| DynamoError::Request {
-                            table: self.table_name.clone(),
-                            what: "BatchGetItem",
-                            retriable: retriable(&e),
-                            message: describe(&e),
-                        })
+                        .map_err(|e| DynamoError::request(&self.table_name, "BatchGetItem", &e))
                 })
                 .await?;
             self.metrics.latency.record(t.elapsed().as_secs_f64());

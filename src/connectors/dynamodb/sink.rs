@@ -258,13 +258,7 @@ impl SinkFactory for DynamoSinkFactory {
                 .map(|_| ())
                 .or_else(|e| match error_code(&e).as_deref() {
                     Some("ResourceNotFoundException") if self.settings.create_tables => Ok(()),
-                    _ => Err(DynamoError::Request {
-                        table: self.table_name.clone(),
-                        what: "DescribeTable",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    }
-                    .into()),
+                    _ => Err(DynamoError::request(&self.table_name, "DescribeTable", &e).into()),
                 })
         })
     }
@@ -667,12 +661,7 @@ async fn batch_write(
                     Err(e) if error_code(&e).as_deref() == Some("ValidationException") => {
                         Ok(Err(describe(&e)))
                     }
-                    Err(e) => Err(DynamoError::Request {
-                        table: table.to_string(),
-                        what: "BatchWriteItem",
-                        retriable: retriable(&e),
-                        message: describe(&e),
-                    }),
+                    Err(e) => Err(DynamoError::request(table, "BatchWriteItem", &e)),
                 }
             })
             .await;
