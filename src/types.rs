@@ -47,6 +47,28 @@ pub enum StateKind {
     NotCheckpointed,
 }
 
+/// The generation of what this process writes afresh (a new lineage of checkpoints):
+/// its start, in seconds since 2025-01-01 UTC. One value per process, so every task of
+/// a pipeline shares it; kept in a checkpoint, so a restored task keeps its own. A
+/// value ordered across runs is `generation × GENERATION_EPOCHS + checkpoint`: the
+/// DynamoDB sink's item versions and the fallback's record sequences.
+pub fn run_generation() -> u64 {
+    /// 2025-01-01T00:00:00Z.
+    const SINCE: u64 = 1_735_689_600;
+    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs().saturating_sub(SINCE).max(1))
+            .unwrap_or(1)
+    })
+}
+
+/// Checkpoints of one generation fit below this; `generation × GENERATION_EPOCHS +
+/// checkpoint` stays below 2⁶³ (a signed 64-bit integer, Java's `long`) for the next
+/// 290 years.
+pub const GENERATION_EPOCHS: u64 = 1_000_000_000;
+
 /// Identity of one running task: a node's instance for one partition.
 #[derive(Debug, Clone)]
 pub struct TaskInfo {

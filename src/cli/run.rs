@@ -61,6 +61,15 @@ async fn plan_all(
     config: &Config,
     args: &[String],
 ) -> Option<Vec<(LoadedPipeline, PlannedPipeline)>> {
+    plan_all_with(config, args, config.connector_env()).await
+}
+
+/// [`plan_all`] with the connectors' environment given (`run` adds the fallback).
+async fn plan_all_with(
+    config: &Config,
+    args: &[String],
+    env: crate::connectors::ConnectorEnv,
+) -> Option<Vec<(LoadedPipeline, PlannedPipeline)>> {
     let paths = match resolve(config, args) {
         Ok(p) => p,
         Err(e) => {
@@ -68,7 +77,7 @@ async fn plan_all(
             return None;
         }
     };
-    let planner = SqlPlanner::new().with_env(config.connector_env());
+    let planner = SqlPlanner::new().with_env(env);
     let mut ok = true;
     let mut out = Vec::new();
     for path in paths {
@@ -356,7 +365,18 @@ fn pipeline_domain(graph: &crate::engine::Graph) -> String {
 }
 
 pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> ExitCode {
-    let Some(all) = plan_all(config, args).await else {
+    let fallback = match config.fallback.runtime(&config.dynamodb) {
+        Ok(f) => f,
+        Err(e) => {
+            report(&e);
+            return ExitCode::from(2);
+        }
+    };
+    let env = crate::connectors::ConnectorEnv {
+        fallback: fallback.clone(),
+        ..config.connector_env()
+    };
+    let Some(all) = plan_all_with(config, args, env).await else {
         return ExitCode::from(2);
     };
     // From here on a stop signal is ours (not the default action), even while starting.
@@ -373,6 +393,7 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             health: health.clone(),
             savepoints: savepoints.clone(),
             dlq: Some(super::dlq::http_access(config)),
+            fallback: fallback.clone(),
         };
         match crate::admin::serve(&config.admin.listen, routes).await {
             Ok(addr) => tracing::info!(%addr, routes = "/metrics /livez /readyz /healthz /dlq",

@@ -306,6 +306,9 @@ pub struct ConnectorEnv {
     pub registry: crate::registry::client::ClientSettings,
     /// How DynamoDB tables reach DynamoDB (`[dynamodb]`).
     pub dynamodb: dynamodb::DynamoConfig,
+    /// Where exactly-once Kafka sinks keep their output while their cluster is down
+    /// (`[fallback]`; `None`: they wait for the cluster).
+    pub fallback: Option<std::sync::Arc<crate::fallback::Fallback>>,
 }
 
 fn unknown(table: &str, name: &str) -> crate::Error {

@@ -3,8 +3,10 @@
 //! Owns the circuit breaker per Kafka cluster ([`breaker`]) and the fallback stores
 //! that keep what a checkpoint commits while the breaker is open ([`FallbackStore`]:
 //! the local SQLite store `local.rs` on the embedded default; the DynamoDB store for
-//! production), with one conformance suite (`conformance.rs`). The Kafka sink's
-//! fallback path and the drainer that sends the backlog to Kafka build on these.
+//! production), with one conformance suite (`conformance.rs`), and the process's
+//! [`Fallback`] (`runtime.rs`: the store, the breakers, the waiting keys and the drain
+//! controls the Kafka sink tasks share). The Kafka sink's fallback path and its drain
+//! are in `connectors/kafka/sink/fallback.rs`.
 //!
 //! Invariants of every store:
 //! - Records are grouped by *stream* — pipeline, destination topic and Kafka key (a
@@ -22,11 +24,13 @@ pub mod breaker;
 pub(crate) mod conformance;
 pub mod dynamodb;
 pub mod local;
+pub mod runtime;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub use breaker::{Breaker, BreakerSettings, BreakerState};
+pub use breaker::{Breaker, BreakerSettings, BreakerState, Route};
+pub use runtime::{DrainControl, DrainMode, Fallback, FallbackSettings, FallbackStatus, Waiting};
 
 /// Errors of the fallback stores and the breaker's settings.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -29,11 +29,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackConfig {
+    pub enabled: bool,
     pub store: FallbackStoreKind,
     pub path: String,
     pub failures: u32,
     pub open_after: String,
     pub probe_interval: String,
+    pub attempt_timeout: String,
+    pub drain_rate: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -59,6 +62,43 @@ impl FallbackConfig {
             .check()
             .map_err(|e| PipelineError::Config(e.to_string()))?;
         Ok(settings)
+    }
+
+    /// The fallback's settings; errors name the key.
+    pub fn settings(&self) -> Result<crate::fallback::FallbackSettings, PipelineError> {
+        let attempt_timeout = crate::connectors::parse_duration(&self.attempt_timeout)
+            .map_err(|e| PipelineError::Config(format!("fallback.attempt_timeout: {e}")))?;
+        if attempt_timeout.is_zero() {
+            return Err(PipelineError::Config(
+                "fallback.attempt_timeout: must be more than 0".into(),
+            ));
+        }
+        Ok(crate::fallback::FallbackSettings {
+            breaker: self.breaker()?,
+            attempt_timeout,
+            drain_rate: self.drain_rate,
+        })
+    }
+
+    /// The process's fallback (its store opened at first use), unless disabled.
+    pub fn runtime(
+        &self,
+        dynamodb: &crate::connectors::dynamodb::DynamoConfig,
+    ) -> crate::Result<Option<std::sync::Arc<crate::fallback::Fallback>>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let settings = self.settings()?;
+        let (config, dynamodb) = (self.clone(), dynamodb.clone());
+        let opener: crate::fallback::runtime::Opener = Box::new(move || {
+            config.open(&dynamodb).map_err(|e| match e {
+                crate::Error::Fallback(e) => e,
+                other => crate::fallback::FallbackError::Config(other.to_string()),
+            })
+        });
+        Ok(Some(std::sync::Arc::new(crate::fallback::Fallback::new(
+            settings, opener,
+        ))))
     }
 
     /// Opens the configured fallback store.
@@ -87,6 +127,7 @@ impl Config {
             // Checked when the configuration was loaded.
             registry: self.registry.client_settings().unwrap_or_default(),
             dynamodb: self.dynamodb.clone(),
+            fallback: None,
         }
     }
 }
@@ -313,7 +354,7 @@ pub fn load_config(
         .dynamodb
         .settings()
         .map_err(|e| PipelineError::Config(e.to_string()))?;
-    config.fallback.breaker()?;
+    config.fallback.settings()?;
     Ok(config)
 }
 

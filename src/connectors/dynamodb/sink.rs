@@ -234,7 +234,7 @@ impl SinkFactory for DynamoSinkFactory {
             op_column,
             dynamo: None,
             exactly_once: false,
-            generation: run_generation(),
+            generation: crate::types::run_generation(),
             pending: Changes::default(),
             sealed: Vec::new(),
             last_epoch: 0,
@@ -264,23 +264,8 @@ impl SinkFactory for DynamoSinkFactory {
     }
 }
 
-/// The generation of items this process writes afresh: its start, in seconds since
-/// 2025-01-01 UTC. One value per process, so every task of a pipeline shares it.
-fn run_generation() -> u64 {
-    /// 2025-01-01T00:00:00Z.
-    const SINCE: u64 = 1_735_689_600;
-    static STARTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs().saturating_sub(SINCE).max(1))
-            .unwrap_or(1)
-    })
-}
-
-/// Epochs fit below this; the version is `generation × EPOCHS + epoch`, which stays
-/// below 2⁶³ (a signed 64-bit integer, Java's `long`) for the next 290 years.
-const EPOCHS: u64 = 1_000_000_000;
+/// Epochs fit below this (see [`crate::types::GENERATION_EPOCHS`]).
+const EPOCHS: u64 = crate::types::GENERATION_EPOCHS;
 
 /// A key's last change in an epoch.
 #[derive(Debug, Clone, PartialEq)]

@@ -215,6 +215,7 @@ impl KafkaDeadLetterStore {
             registry_url: Some(settings.registry_url.clone()),
             registry: settings.registry.clone(),
             dynamodb: Default::default(),
+            fallback: None,
         };
         Ok(KafkaDeadLetterStore {
             s: settings,

@@ -28,6 +28,8 @@ use crate::connectors::{ConnectorError, Options, TableRequest};
 use crate::engine::{Sink, SinkFactory, TaskInfo};
 use crate::registry::client::RegistryClient;
 
+mod fallback;
+
 /// Whether a failed transaction is worth another try: anything but a fatal
 /// transaction error (fenced, unauthorised) and records the cluster will never take.
 fn transient(e: &KafkaError) -> bool {
@@ -238,6 +240,7 @@ pub(super) fn sink_with_contract(
         cloudevents,
         transactional_id_prefix,
         commit_topic,
+        fallback: req.env.fallback.clone(),
     }))
 }
 
@@ -292,6 +295,8 @@ struct KafkaSinkFactory {
     /// `tributary-<pipeline>-<table>`, stable across restarts.
     transactional_id_prefix: Option<String>,
     commit_topic: String,
+    /// Where exactly-once output waits while the cluster is down.
+    fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 impl SinkFactory for KafkaSinkFactory {
@@ -335,6 +340,12 @@ impl SinkFactory for KafkaSinkFactory {
         true
     }
 
+    /// A key's rows reach one task: its records keep their order across the sink's
+    /// tasks, and one task holds back and drains the key's fallback backlog.
+    fn partition_by(&self) -> Vec<String> {
+        self.key_field.iter().cloned().collect()
+    }
+
     fn create(&self, task: &TaskInfo, schema: SchemaRef) -> Result<Box<dyn Sink>> {
         let producer: FutureProducer = self
             .config
@@ -373,6 +384,15 @@ impl SinkFactory for KafkaSinkFactory {
             _recheck: recheck,
             refusals: None,
             max_record_bytes: None,
+            fallback: self.fallback.clone().map(|shared| {
+                fallback::SinkFallback::new(
+                    shared,
+                    self.config.get("bootstrap.servers").unwrap_or(""),
+                    &task.pipeline,
+                    &self.table,
+                )
+            }),
+            stall_limit: None,
         }))
     }
 }
@@ -423,6 +443,10 @@ struct KafkaSink {
     refusals: Option<crate::dlq::BadRecords>,
     /// The largest record the topic takes (`None`: not looked up yet).
     max_record_bytes: Option<usize>,
+    /// Exactly-once output while the cluster is down (`sink/fallback.rs`).
+    fallback: Option<fallback::SinkFallback>,
+    /// During a fallback attempt: how long the cluster may stay silent.
+    stall_limit: Option<Duration>,
 }
 
 impl KafkaSink {
@@ -624,14 +648,26 @@ impl KafkaSink {
     }
 
     async fn settle_raw(&mut self) -> Result<(), KafkaError> {
+        let step = self
+            .stall_limit
+            .map_or(probe::STALLED, |l| l.min(probe::STALLED));
         for mut delivery in self.pending.drain(..) {
+            let mut waited = Duration::ZERO;
             let delivered = loop {
-                match tokio::time::timeout(probe::STALLED, &mut delivery).await {
+                match tokio::time::timeout(step, &mut delivery).await {
                     Ok(delivered) => break delivered,
-                    Err(_) => self.probe.retrying(format!(
-                        "no delivery acknowledged for {} s",
-                        probe::STALLED.as_secs()
-                    )),
+                    Err(_) => {
+                        waited += step;
+                        self.probe.retrying(format!(
+                            "no delivery acknowledged for {} s",
+                            waited.as_secs()
+                        ));
+                        if self.stall_limit.is_some_and(|l| waited >= l) {
+                            return Err(KafkaError::MessageProduction(
+                                RDKafkaErrorCode::MessageTimedOut,
+                            ));
+                        }
+                    }
                 }
             };
             match delivered {
@@ -789,13 +825,41 @@ impl KafkaSink {
     /// Sends `commit`'s records and markers in one transaction and commits it; on
     /// failure the transaction is aborted (the records are still held).
     async fn transact_once(&mut self, commit: &transactions::Commit) -> Result<(), KafkaError> {
+        self.transact_once_within(commit, None).await
+    }
+
+    /// [`Self::transact_once`], given up (a timeout, the transaction aborted) when the
+    /// cluster does not answer for `limit`: no delivery acknowledged, the producer not
+    /// started, an abort not confirmed. The fallback's attempts, which the breaker
+    /// counts. A commit once requested is never given up (it may have gone through).
+    async fn transact_once_within(
+        &mut self,
+        commit: &transactions::Commit,
+        limit: Option<Duration>,
+    ) -> Result<(), KafkaError> {
+        self.stall_limit = limit;
+        let result = self.transact_attempt(commit).await;
+        self.stall_limit = None;
+        result
+    }
+
+    async fn transact_attempt(&mut self, commit: &transactions::Commit) -> Result<(), KafkaError> {
+        let limit = self.stall_limit;
+        let call_timeout = limit.unwrap_or(REQUEST_TIMEOUT);
         let txn = self.txn.as_mut().expect("transactional");
-        txn.ready().await?;
+        match limit {
+            None => txn.ready().await?,
+            Some(limit) => tokio::time::timeout(limit, txn.ready())
+                .await
+                .unwrap_or(Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut,
+                )))?,
+        }
         let producer = txn.producer.clone();
         let marker_topic = txn.commit_topic().to_string();
         if self.abort_pending {
             // An earlier abort did not get through: finish it first.
-            tokio::task::block_in_place(|| producer.abort_transaction(REQUEST_TIMEOUT))?;
+            tokio::task::block_in_place(|| producer.abort_transaction(call_timeout))?;
             self.abort_pending = false;
         }
         producer.begin_transaction()?;
@@ -808,6 +872,13 @@ impl KafkaSink {
                 let record = FutureRecord::<str, str>::to(&marker_topic)
                     .key(&marker.id)
                     .payload(&value);
+                let delivery = self.producer().send_result(record).map_err(|(e, _)| e)?;
+                self.pending.push(delivery);
+            }
+            for (key, value) in &commit.extra {
+                let record = FutureRecord::<str, str>::to(&marker_topic)
+                    .key(key)
+                    .payload(value);
                 let delivery = self.producer().send_result(record).map_err(|(e, _)| e)?;
                 self.pending.push(delivery);
             }
@@ -834,7 +905,7 @@ impl KafkaSink {
         if committed.is_err() {
             self.pending.clear();
             self.abort_pending = tokio::task::block_in_place(|| {
-                producer.abort_transaction(REQUEST_TIMEOUT).is_err()
+                producer.abort_transaction(call_timeout).is_err()
             });
         }
         committed
@@ -896,13 +967,13 @@ impl Sink for KafkaSink {
 
     async fn commit(&mut self, id: u64) -> Result<()> {
         match self.txn.as_mut().and_then(|t| t.committed(id)) {
-            Some(commit) => self.transact(commit).await,
+            Some(commit) => self.deliver(commit).await,
             None => Ok(()),
         }
     }
 
     async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
-        let Some(txn) = self.txn.as_mut() else {
+        if self.txn.is_none() {
             // A checkpoint of an exactly-once run, resumed at-least-once: what it held
             // may or may not have been committed, so it is sent (rows may repeat).
             let held = transactions::all_held(states)?;
@@ -917,11 +988,13 @@ impl Sink for KafkaSink {
                 self.settle().await?;
             }
             return Ok(());
-        };
-        match txn.restore(states).await? {
+        }
+        let delivered = self.delivered_marks().await?;
+        let txn = self.txn.as_mut().expect("transactional");
+        match txn.restore(states, &delivered).await? {
             Some(commit) => {
                 self.ensure_topic().await?;
-                self.transact(commit).await
+                self.deliver(commit).await
             }
             None => Ok(()),
         }
@@ -929,7 +1002,7 @@ impl Sink for KafkaSink {
 
     async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
         match self.txn.as_mut().and_then(|t| t.stopped(committed)) {
-            Some(commit) => self.transact(commit).await,
+            Some(commit) => self.deliver(commit).await,
             None => Ok(()),
         }
     }
@@ -940,7 +1013,10 @@ impl Sink for KafkaSink {
 
     async fn finish(&mut self) -> Result<()> {
         if let Some(commit) = self.txn.as_mut().and_then(|t| t.everything()) {
-            self.transact(commit).await?;
+            self.deliver(commit).await?;
+        }
+        if self.txn.is_some() {
+            self.drain_rest().await?;
         }
         self.settle().await?;
         let producer = self.producer().clone();

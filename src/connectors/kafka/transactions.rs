@@ -67,6 +67,11 @@ pub(super) fn records_schema() -> SchemaRef {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
     lineage: String,
+    /// The lineage's generation ([`crate::types::run_generation`]): orders its
+    /// checkpoints after every earlier lineage's in the fallback's sequences (0 in
+    /// states written before it was kept).
+    #[serde(default)]
+    generation: u64,
     intervals: Vec<(u64, usize)>,
 }
 
@@ -85,7 +90,7 @@ impl Marker {
         format!("{}:{}", self.lineage, self.checkpoint)
     }
 
-    fn parse(id: &str, value: &str) -> Option<Marker> {
+    pub(super) fn parse(id: &str, value: &str) -> Option<Marker> {
         let (lineage, checkpoint) = value.rsplit_once(':')?;
         Some(Marker {
             id: id.to_string(),
@@ -103,8 +108,9 @@ pub(super) struct Transactions {
     prefix: String,
     task: usize,
     commit_topic: String,
-    /// This task's lineage (see the module docs).
+    /// This task's lineage (see the module docs) and its generation.
     lineage: String,
+    generation: u64,
     /// The transactional producer; `init_transactions` has run once `ready`.
     pub(super) producer: FutureProducer,
     ready: bool,
@@ -114,10 +120,74 @@ pub(super) struct Transactions {
     pending: Vec<(u64, Vec<RecordBatch>)>,
 }
 
-/// A batch of work for one transaction: records, and the markers that commit them.
+/// A batch of work for one transaction: records (with where each batch came from),
+/// and the markers that commit them.
 pub(super) struct Commit {
     pub(super) records: Vec<RecordBatch>,
+    /// Where `records[i]` came from: what gives its rows their fallback sequences.
+    pub(super) origins: Vec<Origin>,
     pub(super) markers: Vec<Marker>,
+    /// Other commit-topic records of the transaction (key, value): the drain's.
+    pub(super) extra: Vec<(String, String)>,
+}
+
+/// Where a batch of held records came from: the task that wrote it, its checkpoint
+/// interval (as an epoch ordered across lineages: `generation × 10⁹ + checkpoint`) and
+/// the index of its first row among the interval's records. A record's fallback
+/// sequence is `(epoch, task × 2⁴⁰ + index)`: the same however often it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Origin {
+    pub(super) task: usize,
+    pub(super) epoch: u64,
+    pub(super) first: u64,
+}
+
+impl Origin {
+    /// The fallback sequence of row `row` of the batch.
+    pub(super) fn seq(&self, row: usize) -> crate::fallback::Seq {
+        crate::fallback::Seq {
+            checkpoint: self.epoch,
+            index: ((self.task as u64) << 40) | (self.first + row as u64),
+        }
+    }
+}
+
+/// The origins of an interval's batches, in order.
+fn origins(task: usize, generation: u64, checkpoint: u64, batches: &[RecordBatch]) -> Vec<Origin> {
+    let epoch = generation * crate::types::GENERATION_EPOCHS
+        + checkpoint.min(crate::types::GENERATION_EPOCHS - 1);
+    let mut first = 0;
+    batches
+        .iter()
+        .map(|b| {
+            let o = Origin { task, epoch, first };
+            first += b.num_rows() as u64;
+            o
+        })
+        .collect()
+}
+
+impl Commit {
+    pub(super) fn empty() -> Commit {
+        Commit {
+            records: Vec::new(),
+            origins: Vec::new(),
+            markers: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds an interval's batches.
+    fn interval(&mut self, task: usize, generation: u64, checkpoint: u64, batches: Vec<RecordBatch>) {
+        self.origins
+            .extend(origins(task, generation, checkpoint, &batches));
+        self.records.extend(batches);
+    }
+
+    /// How many records.
+    pub(super) fn len(&self) -> usize {
+        self.records.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
 impl Transactions {
@@ -136,6 +206,7 @@ impl Transactions {
             task,
             commit_topic,
             lineage: format!("{:016x}", rand::random::<u64>()),
+            generation: crate::types::run_generation(),
             producer,
             ready: false,
             current: Vec::new(),
@@ -180,6 +251,7 @@ impl Transactions {
         self.pending.push((id, records));
         let header = Header {
             lineage: self.lineage.clone(),
+            generation: self.generation,
             intervals: self.pending.iter().map(|(id, b)| (*id, b.len())).collect(),
         };
         let batches: Vec<Vec<ArrayRef>> = self
@@ -199,10 +271,12 @@ impl Transactions {
         }
         let done: Vec<_> = self.pending.drain(..upto).collect();
         let last = done.last().map(|(i, _)| *i).unwrap_or(id);
-        Some(Commit {
-            records: done.into_iter().flat_map(|(_, b)| b).collect(),
-            markers: vec![self.marker(last)],
-        })
+        let mut commit = Commit::empty();
+        for (interval, batches) in done {
+            commit.interval(self.task, self.generation, interval, batches);
+        }
+        commit.markers.push(self.marker(last));
+        Some(commit)
     }
 
     fn marker(&self, checkpoint: u64) -> Marker {
@@ -216,15 +290,18 @@ impl Transactions {
     /// The end of input: everything held, committed with the newest marker.
     pub(super) fn everything(&mut self) -> Option<Commit> {
         let last = self.pending.last().map(|(i, _)| *i);
-        let mut records: Vec<RecordBatch> = self.pending.drain(..).flat_map(|(_, b)| b).collect();
-        records.append(&mut self.current);
-        if records.is_empty() {
+        let mut commit = Commit::empty();
+        for (interval, batches) in std::mem::take(&mut self.pending) {
+            commit.interval(self.task, self.generation, interval, batches);
+        }
+        // The records after the last barrier: the interval after it.
+        let current = std::mem::take(&mut self.current);
+        commit.interval(self.task, self.generation, last.unwrap_or(0) + 1, current);
+        if commit.len() == 0 {
             return None;
         }
-        Some(Commit {
-            records,
-            markers: last.map(|l| vec![self.marker(l)]).unwrap_or_default(),
-        })
+        commit.markers = last.map(|l| vec![self.marker(l)]).unwrap_or_default();
+        Some(commit)
     }
 
     /// Stopped mid-input: intervals up to `committed` out, the rest dropped (the
@@ -237,9 +314,14 @@ impl Transactions {
     }
 
     /// Restoring from a checkpoint's states: fences the producers of the tasks that
-    /// wrote them (their open transactions are aborted), reads the markers, and
-    /// returns the intervals whose transaction did not commit, to send again.
-    pub(super) async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<Option<Commit>> {
+    /// wrote them (their open transactions are aborted), reads the markers (the
+    /// commit topic's, and `delivered`: those of the fallback store, ADR 0016), and
+    /// returns the intervals neither says were delivered, to send again.
+    pub(super) async fn restore(
+        &mut self,
+        states: &[(usize, Vec<u8>)],
+        delivered: &[Marker],
+    ) -> Result<Option<Commit>> {
         for (q, _) in states {
             if *q != self.task {
                 let other = transactional(&self.table, &self.config, &self.id_of(*q))?;
@@ -255,8 +337,10 @@ impl Transactions {
         // This task's own state (same task index) carries on its lineage.
         if let Some(own) = held.iter().find(|h| h.task == self.task) {
             self.lineage = own.lineage.clone();
+            self.generation = own.generation;
         }
-        let markers = self.markers()?;
+        let mut markers: Vec<Marker> = self.markers()?.into_values().collect();
+        markers.extend(delivered.iter().cloned());
         let (commit, intervals) = self.unmarked(&held, &markers);
         tracing::info!(
             table = %self.table,
@@ -269,24 +353,24 @@ impl Transactions {
         Ok((!commit.markers.is_empty()).then_some(commit))
     }
 
-    /// The intervals of the restored states newer than their task's marker, with the
-    /// markers that commit them; and how many intervals that is.
-    fn unmarked(&self, held: &[Held], markers: &HashMap<String, Marker>) -> (Commit, usize) {
-        let mut commit = Commit {
-            records: Vec::new(),
-            markers: Vec::new(),
-        };
+    /// The intervals of the restored states newer than their task's newest marker of
+    /// their lineage, with the markers that commit them; and how many intervals that
+    /// is.
+    fn unmarked(&self, held: &[Held], markers: &[Marker]) -> (Commit, usize) {
+        let mut commit = Commit::empty();
         let mut intervals = 0;
         for h in held {
             let id = self.id_of(h.task);
             let done = markers
-                .get(&id)
-                .filter(|m| m.lineage == h.lineage)
-                .map_or(0, |m| m.checkpoint);
+                .iter()
+                .filter(|m| m.id == id && m.lineage == h.lineage)
+                .map(|m| m.checkpoint)
+                .max()
+                .unwrap_or(0);
             for (interval, records) in &h.intervals {
                 if *interval > done {
                     intervals += 1;
-                    commit.records.extend(records.iter().cloned());
+                    commit.interval(h.task, h.generation, *interval, records.clone());
                 }
             }
             if let Some(last) = h.intervals.last().map(|(i, _)| *i).filter(|l| *l > done) {
@@ -309,15 +393,35 @@ impl Transactions {
     /// missed (and their output sent twice). So the read waits for such transactions
     /// to end, which they do within the producers' transaction timeout at most.
     fn markers(&self) -> Result<HashMap<String, Marker>> {
+        Ok(self
+            .commit_log()?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Marker::parse(k, v)?)))
+            .collect())
+    }
+
+    /// The commit topic as committed: the last value of each key (commit markers,
+    /// and the drain's records), waiting for open transactions as [`Self::markers`]
+    /// says.
+    pub(super) fn commit_log(&self) -> Result<HashMap<String, String>> {
         let timeout = self
             .config
             .get("transaction.timeout.ms")
             .and_then(|ms| ms.parse().ok())
             .map_or(DEFAULT_TRANSACTION_TIMEOUT, Duration::from_millis);
-        self.markers_within(timeout + REQUEST_TIMEOUT)
+        self.commit_log_within(timeout + REQUEST_TIMEOUT)
     }
 
+    #[cfg(test)]
     fn markers_within(&self, patience: Duration) -> Result<HashMap<String, Marker>> {
+        Ok(self
+            .commit_log_within(patience)?
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), Marker::parse(k, v)?)))
+            .collect())
+    }
+
+    fn commit_log_within(&self, patience: Duration) -> Result<HashMap<String, String>> {
         let topic = &self.commit_topic;
         let error = |e| kafka_error(&self.table, "reading the commit topic", e);
         let consumer = |isolation: &str| -> Result<BaseConsumer> {
@@ -385,9 +489,7 @@ impl Transactions {
                 let (Ok(k), Ok(v)) = (std::str::from_utf8(k), std::str::from_utf8(v)) else {
                     continue;
                 };
-                if let Some(marker) = Marker::parse(k, v) {
-                    markers.insert(k.to_string(), marker);
-                }
+                markers.insert(k.to_string(), v.to_string());
             }
         })?;
         Ok(markers)
@@ -399,6 +501,7 @@ impl Transactions {
 struct Held {
     task: usize,
     lineage: String,
+    generation: u64,
     intervals: Vec<(u64, Vec<RecordBatch>)>,
 }
 
@@ -424,6 +527,7 @@ fn held(states: &[(usize, Vec<u8>)]) -> Result<Vec<Held>> {
             Ok(Held {
                 task: *task,
                 lineage: header.lineage,
+                generation: header.generation,
                 intervals,
             })
         })
@@ -581,7 +685,7 @@ mod tests {
             )
         };
         // Task 0 committed interval 7 before the crash, task 1 nothing of interval 8.
-        let markers = HashMap::from([marker(&old0, 7), marker(&old1, 5)]);
+        let markers = vec![marker(&old0, 7).1, marker(&old1, 5).1];
         let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!(intervals, 2);
         assert_eq!(keys(&c.records), ["b", "c"]);
@@ -592,7 +696,7 @@ mod tests {
         );
 
         // Everything committed: nothing to send, no marker to write.
-        let markers = HashMap::from([marker(&old0, 8), marker(&old1, 8)]);
+        let markers = vec![marker(&old0, 8).1, marker(&old1, 8).1];
         let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!((c.records.len(), c.markers.len(), intervals), (0, 0, 0));
 
@@ -600,10 +704,46 @@ mod tests {
         // checkpoint ids went higher) does not count.
         let mut stale = marker(&old0, 80);
         stale.1.lineage = "earlier".into();
-        let markers = HashMap::from([stale, marker(&old1, 8)]);
+        let markers = vec![stale.1, marker(&old1, 8).1];
         let (c, intervals) = t.unmarked(&held, &markers);
         assert_eq!(intervals, 2);
         assert_eq!(keys(&c.records), ["a", "b"]);
+
+        // The fallback's mark of interval 8 (stored there, not in Kafka) beside an
+        // older Kafka marker: the newer counts, nothing is sent again.
+        let markers = vec![marker(&old0, 7).1, marker(&old1, 8).1, marker(&old0, 8).1];
+        let (c, intervals) = t.unmarked(&held, &markers);
+        assert_eq!((c.records.len(), intervals), (0, 0));
+    }
+
+    #[test]
+    fn a_record_keeps_its_fallback_sequence_however_it_is_sent_again() {
+        let mut t = transactions(2);
+        t.current.push(records(&["a", "b"]));
+        t.current.push(records(&["c"]));
+        let state = t.pre_commit(3).unwrap();
+        let first = t.committed(3).unwrap();
+        let seqs = |c: &Commit| -> Vec<crate::fallback::Seq> {
+            c.records
+                .iter()
+                .zip(&c.origins)
+                .flat_map(|(b, o)| (0..b.num_rows()).map(move |r| o.seq(r)))
+                .collect()
+        };
+        let sent = seqs(&first);
+        assert_eq!(sent.len(), 3);
+        assert!(sent.windows(2).all(|w| w[0] < w[1]), "in production order");
+        assert_eq!(sent[0].index, 2 << 40, "the writer task is in the index");
+        // Restored from the checkpoint (no marker anywhere): the same sequences.
+        let again = transactions(0);
+        let (c, _) = again.unmarked(&held(&[(2, state)]).unwrap(), &[]);
+        assert_eq!(seqs(&c), sent);
+        // A later lineage's interval 1 sorts after this lineage's interval 3.
+        let mut later = transactions(2);
+        later.generation = t.generation + 1;
+        later.current.push(records(&["a"]));
+        later.pre_commit(1).unwrap();
+        assert!(seqs(&later.committed(1).unwrap())[0] > sent[2]);
     }
 
     #[test]
