@@ -3,7 +3,17 @@
 //! `POST /savepoint?pipeline=NAME[&name=LABEL]` (a savepoint of a running pipeline
 //! with checkpoints; replies with its checkpoint id once committed), and the
 //! dead-letter queue's admin routes under `/dlq` ([`DlqAccess`]; the operations are
-//! [`crate::connectors::dead_letters::workflow`]'s, shared with `tributary dlq`; docs/operations.md).
+//! [`crate::connectors::dead_letters::workflow`]'s, shared with `tributary dlq`; docs/operations.md),
+//! and the broker-outage fallback's routes under `/fallback` ([`crate::fallback::Fallback`];
+//! `tributary fallback status|drain|pause|resume` call them):
+//! - `GET /fallback`: the breakers, each pipeline's drain mode and counters, and
+//!   `backlog`, what waits in the store per pipeline and topic (`backlog_error`
+//!   instead when the store cannot be read).
+//! - `POST /fallback/drain?pipeline=NAME` (drain without the rate limit until the
+//!   backlog is empty), `POST /fallback/pause?pipeline=NAME`, `POST
+//!   /fallback/resume?pipeline=NAME` (back to the rate-limited drain): they answer
+//!   `{"pipeline", "mode"}`. A process without a fallback (`[fallback] enabled =
+//!   false`) answers 404.
 //!
 //! Probes (Kubernetes' liveness and readiness):
 //! - `/livez`: 200 while the process serves and no pipeline has failed; 503 once one
@@ -22,7 +32,9 @@
 //! The `/dlq` routes that change dead letters (POST) need `Authorization: Bearer
 //! TOKEN` equal to `dlq.admin_token`: 401 when it is missing or wrong, 403 when no token
 //! is configured (changes over HTTP are then disabled). The actor is the
-//! `x-tributary-actor` header (default `admin-http`).
+//! `x-tributary-actor` header (default `admin-http`). The `/fallback` POST routes need
+//! the same token when one is configured (401 otherwise); with none they are open, as
+//! `POST /savepoint` is: they change no data, only how fast the backlog drains.
 //!
 //! A deliberately small HTTP/1.1 responder on tokio (one request per connection; a
 //! head of at most 8 KiB, a body of at most `content-length` ≤ 1 MiB, else 413; 5 s to
@@ -45,6 +57,7 @@ use crate::connectors::dead_letters::workflow::{
 };
 use crate::dlq::record::now_ms;
 use crate::dlq::{DeadLetter, DlqError};
+use crate::fallback::DrainControl;
 
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 pub fn install_metrics() -> PrometheusHandle {
@@ -371,11 +384,14 @@ pub struct Routes {
     pub health: Arc<Health>,
     pub savepoints: Arc<Savepoints>,
     pub dlq: Option<DlqAccess>,
+    /// The broker-outage fallback's routes (`/fallback`), when the process has one.
+    pub fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 const ROUTES: &str = "GET /metrics, GET /livez, GET /readyz, GET /healthz, POST /savepoint, \
                       GET /dlq, GET /dlq/stats, GET /dlq/audit, GET /dlq/ID, POST /dlq/replay, \
-                      POST /dlq/ID/edit, POST /dlq/discard\n";
+                      POST /dlq/ID/edit, POST /dlq/discard, GET /fallback, \
+                      POST /fallback/drain, POST /fallback/pause, POST /fallback/resume\n";
 
 impl Routes {
     /// The answer to `req`.
@@ -390,6 +406,9 @@ impl Routes {
                     "this process serves no dead-letter routes",
                 ),
             };
+        }
+        if path == "/fallback" || path.starts_with("/fallback/") {
+            return self.fallback_route(req).await;
         }
         match (method, path) {
             ("POST", "/savepoint") => match query_value(query, "pipeline") {
@@ -418,6 +437,91 @@ impl Routes {
             _ => ("405 Method Not Allowed", "text/plain", ROUTES.to_string()),
         }
     }
+
+    /// The admin token (`dlq.admin_token`) the operator routes need when it is set;
+    /// held by the `/dlq` routes' access, empty without them.
+    fn admin_token(&self) -> &str {
+        self.dlq.as_ref().map_or("", |d| d.admin_token.as_str())
+    }
+
+    /// The `/fallback` routes (see the module docs).
+    async fn fallback_route(&self, req: &Request) -> Answer {
+        let Some(fallback) = &self.fallback else {
+            return message_answer(
+                "404 Not Found",
+                "this process has no fallback: [fallback] enabled = false",
+            );
+        };
+        let action: fn(&DrainControl) = match (req.method.as_str(), req.path.as_str()) {
+            ("GET", "/fallback") => return json_answer(&fallback_status(fallback).await),
+            ("POST", "/fallback/drain") => DrainControl::drain_now,
+            ("POST", "/fallback/pause") => DrainControl::pause,
+            ("POST", "/fallback/resume") => DrainControl::resume,
+            ("GET" | "POST", _) => {
+                return message_answer(
+                    "404 Not Found",
+                    &format!(
+                        "route {} {} (routes: {})",
+                        req.method,
+                        req.path,
+                        ROUTES.trim_end()
+                    ),
+                );
+            }
+            _ => return ("405 Method Not Allowed", "text/plain", ROUTES.to_string()),
+        };
+        let token = self.admin_token();
+        if let Err(e) = authorize(token, bearer(req), Unset::Open) {
+            let message = match bearer(req).filter(|b| !b.is_empty()) {
+                Some(_) => e.to_string(),
+                None => "draining, pausing and resuming the fallback need the admin token \
+                         (dlq.admin_token): Authorization: Bearer TOKEN (command line: --token \
+                         or TRIBUTARY_ADMIN_TOKEN)"
+                    .to_string(),
+            };
+            return error_answer("401 Unauthorized", e.code(), &message);
+        }
+        let Some(pipeline) = query_value(&req.query, "pipeline") else {
+            return message_answer("400 Bad Request", "pipeline=NAME is required");
+        };
+        let control = fallback.control(&pipeline);
+        action(&control);
+        json_answer(&serde_json::json!({ "pipeline": pipeline, "mode": control.mode() }))
+    }
+}
+
+/// `GET /fallback`: the process's [`crate::fallback::FallbackStatus`] and, under
+/// `backlog`, what waits in the store (`backlog_error` when it cannot be read).
+async fn fallback_status(fallback: &crate::fallback::Fallback) -> serde_json::Value {
+    let mut v = serde_json::to_value(fallback.status()).unwrap_or_default();
+    let backlog = match fallback.store().await {
+        Ok(store) => store.backlog(None).await,
+        Err(e) => Err(e),
+    };
+    match backlog {
+        Ok(rows) => v["backlog"] = serde_json::to_value(rows).unwrap_or_default(),
+        Err(e) => v["backlog_error"] = e.to_string().into(),
+    }
+    v
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+fn bearer(req: &Request) -> Option<&str> {
+    req.header("authorization")
+        .and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// An error as the routes without an error code answer it: `{"error": message}`.
+fn message_answer(status: &'static str, message: &str) -> Answer {
+    (
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string() + "\n",
+    )
 }
 
 fn error_answer(status: &'static str, code: &str, message: &str) -> Answer {
@@ -478,14 +582,7 @@ async fn dlq_operation(access: &DlqAccess, req: &Request) -> Result<Answer, DlqE
     };
     let changes = req.method == "POST";
     if changes {
-        let bearer = req
-            .header("authorization")
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        authorize(&access.admin_token, bearer, Unset::Closed)?;
+        authorize(&access.admin_token, bearer(req), Unset::Closed)?;
     }
     let actor = req
         .header("x-tributary-actor")
@@ -790,6 +887,7 @@ mod tests {
                 token.to_string(),
                 Arc::new(crate::cli::dlq::PipelineValidator::new(config)),
             )),
+            fallback: None,
         }
     }
 
@@ -957,6 +1055,206 @@ mod tests {
         let shown = json(&shown);
         assert_eq!(shown["payload_decoded"]["total"], 2.5);
         assert!(shown["original_payload"].is_string(), "{shown}");
+    }
+
+    // ---- the /fallback routes, against a real local fallback store ----
+
+    use crate::fallback::local::LocalFallbackStore;
+    use crate::fallback::{Fallback, FallbackRecord, FallbackStore, Seq, StreamId};
+
+    /// The routes of [`routes`] (admin token `token`) with a fallback whose local store
+    /// in `dir` holds two records of `orders` under one key, and a breaker that saw a
+    /// failure.
+    async fn fallback_routes(dir: &std::path::Path, token: &str) -> (Routes, Arc<Fallback>) {
+        let store = LocalFallbackStore::open(dir.join("fallback.sqlite")).unwrap();
+        let records: Vec<FallbackRecord> = (0..2)
+            .map(|index| FallbackRecord {
+                stream: StreamId {
+                    pipeline: "orders".into(),
+                    topic: "orders.tracking".into(),
+                    key: Some(b"o1".to_vec()),
+                },
+                seq: Seq {
+                    checkpoint: 3,
+                    index,
+                },
+                value: Some(b"{}".to_vec()),
+                headers: Vec::new(),
+                timestamp_ms: None,
+                stored_ms: 1_000,
+            })
+            .collect();
+        store.append(&records).await.unwrap();
+        let fallback = Arc::new(Fallback::with_store(Default::default(), Arc::new(store)));
+        fallback
+            .breaker("kafka-1:9092")
+            .failure("connection refused");
+        let mut r = routes(dir, token, &[]).await;
+        r.fallback = Some(fallback.clone());
+        (r, fallback)
+    }
+
+    #[tokio::test]
+    async fn fallback_status_shows_the_breakers_the_drains_and_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, fallback) = fallback_routes(dir.path(), "").await;
+        fallback.control("orders").pause();
+        let (status, ctype, body) = r.handle(&request("GET", "/fallback", &[], b"")).await;
+        assert_eq!((status, ctype), ("200 OK", "application/json"), "{body}");
+        let v = json(&body);
+        assert_eq!(
+            v["breakers"],
+            serde_json::json!([{ "cluster": "kafka-1:9092", "state": "closed",
+                "last_error": "connection refused" }])
+        );
+        assert_eq!(
+            v["pipelines"],
+            serde_json::json!([{ "pipeline": "orders", "mode": "paused",
+                "drained": 0, "stored": 0 }])
+        );
+        assert_eq!(
+            v["backlog"],
+            serde_json::json!([{ "pipeline": "orders", "topic": "orders.tracking",
+                "records": 2, "keys": 1, "oldest_stored_ms": 1_000 }])
+        );
+        assert!(v.get("backlog_error").is_none(), "{v}");
+    }
+
+    /// A store that cannot be opened leaves the status readable, saying why the
+    /// backlog is missing.
+    #[tokio::test]
+    async fn fallback_status_without_its_store_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = routes(dir.path(), "", &[]).await;
+        let fallback = Fallback::new(
+            Default::default(),
+            Box::new(|| {
+                Err(crate::fallback::FallbackError::Unavailable {
+                    store: "local",
+                    message: "disk on fire".into(),
+                })
+            }),
+        );
+        fallback.control("orders").drain_now();
+        r.fallback = Some(Arc::new(fallback));
+        let (status, _, body) = r.handle(&request("GET", "/fallback", &[], b"")).await;
+        assert_eq!(status, "200 OK", "{body}");
+        let v = json(&body);
+        assert_eq!(v["pipelines"][0]["mode"], "unlimited");
+        assert!(v.get("backlog").is_none(), "{v}");
+        assert_eq!(
+            v["backlog_error"],
+            "fallback store local unavailable: disk on fire"
+        );
+    }
+
+    #[tokio::test]
+    async fn fallback_pause_drain_and_resume_set_a_pipelines_drain_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, fallback) = fallback_routes(dir.path(), "").await;
+        for (action, mode) in [
+            ("pause", "paused"),
+            ("drain", "unlimited"),
+            ("pause", "paused"),
+            ("resume", "rate-limited"),
+        ] {
+            let target = format!("/fallback/{action}?pipeline=orders");
+            let (status, ctype, body) = r.handle(&request("POST", &target, &[], b"")).await;
+            assert_eq!((status, ctype), ("200 OK", "application/json"), "{body}");
+            assert_eq!(
+                json(&body),
+                serde_json::json!({ "pipeline": "orders", "mode": mode }),
+                "{action}"
+            );
+            assert_eq!(
+                serde_json::to_value(fallback.control("orders").mode()).unwrap(),
+                mode
+            );
+        }
+        // A pipeline the process does not know gets its control on demand.
+        let (status, _, body) = r
+            .handle(&request("POST", "/fallback/pause?pipeline=later", &[], b""))
+            .await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["mode"], "paused");
+        for target in ["/fallback/drain", "/fallback/drain?pipeline="] {
+            let (status, _, body) = r.handle(&request("POST", target, &[], b"")).await;
+            assert_eq!(status, "400 Bad Request", "{target}");
+            assert_eq!(json(&body)["error"], "pipeline=NAME is required");
+        }
+        let (status, _, body) = r
+            .handle(&request(
+                "POST",
+                "/fallback/flush?pipeline=orders",
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "404 Not Found");
+        assert!(body.contains("POST /fallback/drain"), "{body}");
+        let (status, _, _) = r
+            .handle(&request(
+                "DELETE",
+                "/fallback/pause?pipeline=orders",
+                &[],
+                b"",
+            ))
+            .await;
+        assert_eq!(status, "405 Method Not Allowed");
+        assert_eq!(
+            fallback.control("orders").mode(),
+            crate::fallback::DrainMode::RateLimited,
+            "refused requests changed nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_fallback_its_routes_answer_404() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = routes(dir.path(), "", &[]).await;
+        for (method, target) in [
+            ("GET", "/fallback"),
+            ("POST", "/fallback/drain?pipeline=orders"),
+            ("POST", "/fallback/pause?pipeline=orders"),
+            ("POST", "/fallback/resume?pipeline=orders"),
+        ] {
+            let (status, ctype, body) = r.handle(&request(method, target, &[], b"")).await;
+            assert_eq!(
+                (status, ctype),
+                ("404 Not Found", "application/json"),
+                "{target}"
+            );
+            assert_eq!(
+                json(&body)["error"],
+                "this process has no fallback: [fallback] enabled = false"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn fallback_changes_need_the_admin_token_when_one_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, fallback) = fallback_routes(dir.path(), TOKEN).await;
+        let pause = "/fallback/pause?pipeline=orders";
+        let (status, _, body) = r.handle(&request("POST", pause, &[], b"")).await;
+        assert_eq!(status, "401 Unauthorized", "{body}");
+        assert_eq!(json(&body)["code"], "DLQ005");
+        assert!(body.contains("Authorization: Bearer TOKEN"), "{body}");
+        let wrong = [("authorization", "Bearer nope")];
+        let (status, _, body) = r.handle(&request("POST", pause, &wrong, b"")).await;
+        assert_eq!(status, "401 Unauthorized");
+        assert_eq!(json(&body)["error"], "the admin token is wrong");
+        assert_eq!(
+            fallback.control("orders").mode(),
+            crate::fallback::DrainMode::RateLimited,
+            "refused: nothing changed"
+        );
+        // Reading stays open; the right token changes the mode.
+        let (status, _, _) = r.handle(&request("GET", "/fallback", &[], b"")).await;
+        assert_eq!(status, "200 OK");
+        let (status, _, body) = r.handle(&request("POST", pause, &[BEARER], b"")).await;
+        assert_eq!(status, "200 OK", "{body}");
+        assert_eq!(json(&body)["mode"], "paused");
     }
 
     /// Sends `raw` to the server and returns its answer's status line and body.

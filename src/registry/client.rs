@@ -567,9 +567,23 @@ pub(crate) async fn post_json(
     path: &str,
     body: &serde_json::Value,
 ) -> Result<(u16, serde_json::Value), RegistryError> {
-    RegistryClient::new(url, &ClientSettings::default())?
-        .exchange(hyper::Method::POST, path, Some(body))
-        .await
+    admin_request(url, hyper::Method::POST, path, Some(body), None).await
+}
+
+/// [`post_json`] with any method, and `Authorization: Bearer TOKEN` when `bearer` is
+/// given (the admin endpoint's `/fallback` routes, for `tributary fallback`).
+pub(crate) async fn admin_request(
+    url: &str,
+    method: hyper::Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    bearer: Option<&str>,
+) -> Result<(u16, serde_json::Value), RegistryError> {
+    let mut client = RegistryClient::new(url, &ClientSettings::default())?;
+    if let Some(token) = bearer.filter(|t| !t.is_empty()) {
+        client.authorization = Some(format!("Bearer {token}"));
+    }
+    client.exchange(method, path, body).await
 }
 
 #[cfg(test)]

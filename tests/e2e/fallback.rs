@@ -1,5 +1,8 @@
 //! The broker-outage fallback seen from the CLI: `tributary fallback status` over the
-//! local store, and the `[fallback]` configuration checked at start.
+//! local store, `fallback drain|pause|resume` on a running process, and the
+//! `[fallback]` configuration checked at start.
+
+use std::time::Duration;
 
 use tributary::fallback::local::LocalFallbackStore;
 use tributary::fallback::{FallbackRecord, FallbackStore, Seq, StreamId};
@@ -116,4 +119,96 @@ fn fallback_configuration_is_checked() {
             "{set}: {err}"
         );
     }
+}
+
+/// `fallback pause|resume|drain` act on the running process's drain control of a
+/// pipeline (created on demand, so any name is accepted), and `fallback status` shows
+/// the mode it is in while the process answers; once it is gone, status shows the
+/// store alone and the controls say it is unreachable.
+#[test]
+fn drain_pause_and_resume_act_on_the_running_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', rate = '200');\n\
+         CREATE TABLE out WITH (connector = 'blackhole');\n\
+         INSERT INTO out SELECT * FROM orders;\n",
+    );
+    write(&d.join("p.yaml"), "name: fb\nsql: p.sql\n");
+    let mut pipeline = Running::start(d, &["p.yaml"]);
+    let admin = pipeline.wait_for_log(
+        "admin endpoint: /metrics and /healthz",
+        Duration::from_secs(30),
+    );
+    let listen = format!("admin.listen={}", admin["addr"].as_str().unwrap());
+    let fallback = |args: &[&str]| {
+        tributary(d)
+            .arg("fallback")
+            .args(args)
+            .args(["--set", &listen])
+            .output()
+            .unwrap()
+    };
+    let drain_mode = |name: &str| -> Option<String> {
+        let o = fallback(&["status", "--format", "json"]);
+        ok(&o);
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["drain"]["pipeline"] == name)
+            .map(|v| v["drain"]["mode"].as_str().unwrap().to_string())
+    };
+    assert_eq!(drain_mode("fb"), None, "no control before the first action");
+    for (action, mode, said) in [
+        (
+            "pause",
+            "paused",
+            "pipeline fb: drain paused: its waiting keys keep going to the fallback store",
+        ),
+        (
+            "resume",
+            "rate-limited",
+            "pipeline fb: drain rate-limited (fallback.drain_rate)",
+        ),
+        (
+            "drain",
+            "unlimited",
+            "pipeline fb: drain unlimited until the backlog is empty",
+        ),
+    ] {
+        let o = fallback(&[action, "--pipeline", "fb"]);
+        ok(&o);
+        assert_eq!(stdout(&o).trim(), said, "{action}");
+        assert_eq!(drain_mode("fb").as_deref(), Some(mode), "after {action}");
+    }
+    // The table shows the drain beside the (empty) store.
+    let o = fallback(&["status"]);
+    ok(&o);
+    let table = stdout(&o);
+    assert!(table.contains("nothing waits"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("fb "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("unlimited"), "{table}");
+    // A pipeline the process does not run is accepted: its control is made on demand.
+    ok(&fallback(&["pause", "--pipeline", "elsewhere"]));
+    assert_eq!(drain_mode("elsewhere").as_deref(), Some("paused"));
+    let o = fallback(&["drain"]);
+    assert_eq!(o.status.code(), Some(2), "--pipeline is required");
+
+    pipeline.sigterm();
+    let (code, err) = pipeline.wait(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{err}");
+    let o = fallback(&["pause", "--pipeline", "fb"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("(is the pipeline running? admin.listen?)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = fallback(&["status", "--format", "json"]);
+    ok(&o);
+    assert_eq!(stdout(&o), "", "no process answers: the store alone, empty");
 }

@@ -904,9 +904,8 @@ impl KafkaSink {
         }
         if committed.is_err() {
             self.pending.clear();
-            self.abort_pending = tokio::task::block_in_place(|| {
-                producer.abort_transaction(call_timeout).is_err()
-            });
+            self.abort_pending =
+                tokio::task::block_in_place(|| producer.abort_transaction(call_timeout).is_err());
         }
         committed
     }

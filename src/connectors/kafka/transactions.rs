@@ -178,7 +178,13 @@ impl Commit {
     }
 
     /// Adds an interval's batches.
-    fn interval(&mut self, task: usize, generation: u64, checkpoint: u64, batches: Vec<RecordBatch>) {
+    fn interval(
+        &mut self,
+        task: usize,
+        generation: u64,
+        checkpoint: u64,
+        batches: Vec<RecordBatch>,
+    ) {
         self.origins
             .extend(origins(task, generation, checkpoint, &batches));
         self.records.extend(batches);

@@ -132,7 +132,10 @@ fn drain_key(stream: &StreamId) -> String {
         None => "-".to_string(),
         Some(k) => k.iter().map(|b| format!("{b:02x}")).collect(),
     };
-    format!("drain\u{1f}{}\u{1f}{}\u{1f}{key}", stream.pipeline, stream.topic)
+    format!(
+        "drain\u{1f}{}\u{1f}{}\u{1f}{key}",
+        stream.pipeline, stream.topic
+    )
 }
 
 /// The key of a stream from its drain record's key (the part after the prefix).
@@ -140,7 +143,7 @@ fn key_of_drain(hex: &str) -> Option<Option<Vec<u8>>> {
     if hex == "-" {
         return Some(None);
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())
@@ -210,7 +213,10 @@ impl KafkaSink {
                         tracing::warn!(table = %self.table, error = %e,
                             "kafka transactional producer fenced; starting a new one");
                         restarts += 1;
-                        self.txn.as_mut().expect("transactional").restart_producer()?;
+                        self.txn
+                            .as_mut()
+                            .expect("transactional")
+                            .restart_producer()?;
                         self.pending.clear();
                         self.abort_pending = false;
                         continue;
@@ -305,11 +311,7 @@ impl KafkaSink {
     /// To Kafka: the records of waiting keys to the store first, the rest (and, with
     /// the breaker closed, a drain) in one transaction.
     async fn send_direct(&mut self, commit: &Commit, route: Route) -> Result<(), Failure> {
-        let timeout = self
-            .fallback
-            .as_ref()
-            .expect("fallback")
-            .attempt_timeout();
+        let timeout = self.fallback.as_ref().expect("fallback").attempt_timeout();
         if route == Route::Probe {
             // A metadata request first: a cluster still down fails it within the
             // attempt timeout, without a transaction to abort.
@@ -341,9 +343,10 @@ impl KafkaSink {
                     })
                     .collect();
                 let kept = arrow::compute::filter_record_batch(batch, &keep).map_err(|e| {
-                    Failure::Fatal(
-                        crate::engine::EngineError::arrow("holding back waiting keys", e).into(),
-                    )
+                    Failure::Fatal(crate::engine::EngineError::arrow(
+                        "holding back waiting keys",
+                        e,
+                    ))
                 })?;
                 if kept.num_rows() > 0 {
                     direct.push(kept);
@@ -490,7 +493,10 @@ impl KafkaSink {
                 ],
             )
             .map_err(|e| {
-                Failure::Fatal(crate::engine::EngineError::arrow("draining the fallback", e).into())
+                Failure::Fatal(crate::engine::EngineError::arrow(
+                    "draining the fallback",
+                    e,
+                ))
             })?;
             drain.records.push(batch);
         }
@@ -566,10 +572,7 @@ impl KafkaSink {
                 .keys()
                 .iter()
                 .any(|k| owner(k.as_deref(), parallelism) == task);
-            if !mine
-                || control.mode() == DrainMode::Paused
-                || fb.breaker.route() != Route::Direct
-            {
+            if !mine || control.mode() == DrainMode::Paused || fb.breaker.route() != Route::Direct {
                 if mine {
                     tracing::warn!(table = %self.table, keys = waiting.len(),
                         "input ended with records waiting in the fallback store; the next run drains them");
@@ -605,7 +608,14 @@ mod tests {
             };
             let k = drain_key(&s);
             assert!(
-                Marker::parse(&k, &seq_value(Seq { checkpoint: 3, index: 4 })).is_none(),
+                Marker::parse(
+                    &k,
+                    &seq_value(Seq {
+                        checkpoint: 3,
+                        index: 4
+                    })
+                )
+                .is_none(),
                 "a drain record is not a commit marker"
             );
             let hex = k.strip_prefix("drain\u{1f}p\u{1f}t\u{1f}").unwrap();
