@@ -13,6 +13,7 @@ mod dead_letters;
 mod docs;
 mod dynamodb;
 mod fallback;
+mod fallback_chaos;
 mod kafka;
 mod kafka_faults;
 mod layout;
