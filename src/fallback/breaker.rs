@@ -213,6 +213,18 @@ impl Breaker {
         self.enter(&mut inner, BreakerState::Closed, now);
     }
 
+    /// The probe handed out by [`Breaker::route`] ended without telling anything of
+    /// the cluster (its caller failed elsewhere, or started over): open again, with
+    /// the next call a probe, so the breaker never waits on a probe that is gone.
+    pub fn probe_abandoned(&self) {
+        let mut inner = self.lock();
+        if inner.state == BreakerState::HalfOpen {
+            inner.state = BreakerState::Open;
+            inner.opened_at = None;
+            self.state_gauge.set(BreakerState::Open.gauge());
+        }
+    }
+
     /// A call to Kafka failed (an error, a timeout).
     pub fn failure(&self, error: impl std::fmt::Display) {
         self.failure_at(Instant::now(), error)
@@ -297,6 +309,23 @@ mod tests {
         b.success_at(t + Duration::from_secs(11));
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.route_at(t + Duration::from_secs(11)), Route::Direct);
+    }
+
+    #[test]
+    fn an_abandoned_probe_is_handed_out_again() {
+        let b = Breaker::new("t4", settings());
+        let t = Instant::now();
+        for _ in 0..3 {
+            b.failure_at(t, "down");
+        }
+        assert_eq!(b.route_at(t + Duration::from_secs(5)), Route::Probe);
+        b.probe_abandoned();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.route_at(t + Duration::from_secs(5)), Route::Probe);
+        // Only a half-open breaker is affected.
+        b.success_at(t + Duration::from_secs(5));
+        b.probe_abandoned();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

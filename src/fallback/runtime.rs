@@ -192,6 +192,22 @@ impl Waiting {
         }
     }
 
+    /// What was last appended for `key` (`Some(None)`: waiting since the start;
+    /// `None`: not waiting).
+    pub fn last(&self, key: Option<&[u8]>) -> Option<Option<Seq>> {
+        lock(&self.keys).get(&key.map(<[u8]>::to_vec)).copied()
+    }
+
+    /// `key` has nothing in the store (a read found none): it leaves, unless
+    /// something was appended since `seen` ([`Waiting::last`] before the read).
+    pub fn forget(&self, key: Option<&[u8]>, seen: Option<Seq>) {
+        let mut keys = lock(&self.keys);
+        let key = key.map(<[u8]>::to_vec);
+        if keys.get(&key) == Some(&seen) {
+            keys.remove(&key);
+        }
+    }
+
     /// `key`'s records up to `through` are in Kafka and deleted from the store, and
     /// the read that found them found no more (`whole`): the key leaves unless
     /// something newer was appended meanwhile. `true` when it left.
@@ -313,6 +329,14 @@ mod tests {
         w.appended(None, seq(4, 0));
         assert!(!w.drained(None, seq(4, 0), true));
         assert!(w.drained(None, seq(5, 0), true));
+        // An empty read forgets a key only if nothing was appended since.
+        w.appended(Some(b"e"), seq(6, 0));
+        let seen = w.last(Some(b"e")).unwrap();
+        w.appended(Some(b"e"), seq(7, 0));
+        w.forget(Some(b"e"), seen);
+        assert!(w.contains(Some(b"e")));
+        w.forget(Some(b"e"), w.last(Some(b"e")).unwrap());
+        assert!(!w.contains(Some(b"e")));
     }
 
     #[test]

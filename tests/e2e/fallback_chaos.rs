@@ -922,7 +922,7 @@ fn broker_and_store_down_together(label: &str, first: BackFirst) {
         &mut run,
         "the sink to say the fallback store is unavailable",
         Duration::from_secs(60),
-        |r| r.logged("fallback store unavailable while kafka is down; output held (back-pressure)"),
+        |r| r.logged("fallback store unavailable; output held (back-pressure)"),
     );
     let (code, ready) = http_get(&run.admin, "/readyz").expect("the process answers");
     assert_eq!(code, 503, "not ready while output is held: {ready}");

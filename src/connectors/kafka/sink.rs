@@ -53,6 +53,8 @@ fn transient(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::ClusterAuthorizationFailed
         ),
         KafkaError::AdminOpCreation(_) => true,
+        // The cluster did not answer a metadata request (a probe, the producer's start).
+        KafkaError::MetadataFetch(_) => true,
         _ => false,
     }
 }

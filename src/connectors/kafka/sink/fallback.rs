@@ -48,6 +48,8 @@ const PER_STREAM: usize = 1_000;
 const READS_IN_FLIGHT: usize = 16;
 /// Records per append to the store.
 const APPEND_CHUNK: usize = 5_000;
+/// The longest time the drain's rate counts back over.
+const MAX_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 
 /// A sink task's handle on the process's fallback.
 pub(super) struct SinkFallback {
@@ -194,17 +196,24 @@ impl KafkaSink {
                 Route::Direct | Route::Probe => self.send_direct(&commit, route).await,
             };
             let mut wait = true;
+            let breaker = self.fallback.as_ref().expect("checked").breaker.clone();
+            // A probe that ends without a word on the cluster is handed out again.
+            let reported = match &outcome {
+                Ok(()) => true,
+                Err(Failure::Kafka(e)) => !fenced(e),
+                Err(_) => false,
+            };
+            if route == Route::Probe && !reported {
+                breaker.probe_abandoned();
+            }
             match outcome {
-                Ok(()) => {
-                    self.probe.up();
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Store(e)) => {
                     self.probe.retrying(&e);
                     if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(table = %self.table, error = %e, code = e.code(),
-                            "fallback store unavailable while kafka is down; output held (back-pressure)");
+                            "fallback store unavailable; output held (back-pressure)");
                         logged = Some(Instant::now());
                     }
                 }
@@ -224,7 +233,6 @@ impl KafkaSink {
                     if !transient(&e) {
                         return Err(kafka_error(&self.table, "a transaction", e));
                     }
-                    let breaker = &self.fallback.as_ref().expect("checked").breaker;
                     breaker.failure(&e);
                     self.probe.retrying(&e);
                     // Open now: straight to the store.
@@ -275,11 +283,14 @@ impl KafkaSink {
         let fb = self.fallback.as_mut().expect("fallback");
         let store = fb.shared.store().await.map_err(Failure::Store)?;
         let waiting = fb.waiting(&topic).await.map_err(Failure::Store)?;
-        for chunk in records.chunks(APPEND_CHUNK) {
-            store.append(chunk).await.map_err(Failure::Store)?;
-        }
+        // Waiting before the append: an append that fails part-way may have stored
+        // some of them, so their keys go to the store from now on (the retry appends
+        // them all again, completing it) and never straight to Kafka.
         for r in records {
             waiting.appended(r.stream.key.as_deref(), r.seq);
+        }
+        for chunk in records.chunks(APPEND_CHUNK) {
+            store.append(chunk).await.map_err(Failure::Store)?;
         }
         fb.stored.increment(records.len() as u64);
         fb.control
@@ -290,6 +301,8 @@ impl KafkaSink {
 
     /// The breaker is open: all of `commit` to the store, then its marks.
     async fn store_all(&mut self, commit: &Commit) -> Result<(), Failure> {
+        // No drain while the cluster is down: the drain's rate counts from its return.
+        self.fallback.as_mut().expect("fallback").last_drain = Instant::now();
         let records = self.fallback_records(commit, |_| true);
         self.append(&records).await?;
         let fb = self.fallback.as_ref().expect("fallback");
@@ -370,6 +383,7 @@ impl KafkaSink {
         self.transact_once_within(&txn, Some(timeout))
             .await
             .map_err(Failure::Kafka)?;
+        self.probe.up();
         let fb = self.fallback.as_mut().expect("fallback");
         fb.breaker.success();
         if drain.done.is_empty() {
@@ -400,21 +414,28 @@ impl KafkaSink {
     async fn drain_batch(&mut self, waiting: &Waiting) -> Result<Drain, Failure> {
         let mut drain = Drain::default();
         if waiting.is_empty() {
+            self.fallback.as_mut().expect("fallback").last_drain = Instant::now();
             return Ok(drain);
         }
         let (task, parallelism) = (self.task.partition, self.task.parallelism);
         let fb = self.fallback.as_mut().expect("fallback");
         let rate = fb.shared.settings().drain_rate;
+        // The rate counts from the last commit (a drain or not), at most
+        // `MAX_DRAIN_WINDOW` back: a backlog met after an outage or a restart drains
+        // at the rate, not all at once.
+        let window = fb.last_drain.elapsed().min(MAX_DRAIN_WINDOW);
         let budget = match fb.control.mode() {
-            DrainMode::Paused => return Ok(drain),
+            DrainMode::Paused => 0,
             DrainMode::Unlimited => DRAIN_CHUNK,
             DrainMode::RateLimited if rate == 0 => DRAIN_CHUNK,
             DrainMode::RateLimited => {
-                let due = fb.last_drain.elapsed().as_secs_f64() * rate as f64;
-                (due as usize).min(DRAIN_CHUNK)
+                ((window.as_secs_f64() * rate as f64) as usize).min(DRAIN_CHUNK)
             }
         };
         if budget == 0 {
+            if window >= MAX_DRAIN_WINDOW {
+                fb.last_drain = Instant::now();
+            }
             return Ok(drain);
         }
         fb.last_drain = Instant::now();
@@ -444,16 +465,19 @@ impl KafkaSink {
             .collect();
         let mut reads = futures::stream::iter(streams.into_iter().map(|stream| {
             let store = store.clone();
+            // What was appended before the read: an empty read forgets the key only
+            // if nothing came since.
+            let before = waiting.last(stream.key.as_deref());
             async move {
                 let read = store.oldest(&stream, per_stream).await;
-                (stream, read)
+                (stream, before, read)
             }
         }))
         .buffered(READS_IN_FLIGHT);
         let sent = fb.sent.as_ref().expect("read above");
         let mut keys_col = arrow::array::StringBuilder::new();
         let mut values_col = arrow::array::BinaryBuilder::new();
-        while let Some((stream, read)) = reads.next().await {
+        while let Some((stream, before, read)) = reads.next().await {
             if drain.count as usize >= budget {
                 break;
             }
@@ -466,6 +490,11 @@ impl KafkaSink {
             };
             let whole = records.len() < per_stream;
             let Some(last) = records.last().map(|r| r.seq) else {
+                // Nothing stored (drained by an earlier run, or an append that failed
+                // and was not retried): the key is direct again.
+                if let Some(before) = before {
+                    waiting.forget(stream.key.as_deref(), before);
+                }
                 continue;
             };
             let done = sent.get(&stream.key).copied();
@@ -572,7 +601,10 @@ impl KafkaSink {
                 .keys()
                 .iter()
                 .any(|k| owner(k.as_deref(), parallelism) == task);
-            if !mine || control.mode() == DrainMode::Paused || fb.breaker.route() != Route::Direct {
+            if !mine
+                || control.mode() == DrainMode::Paused
+                || fb.breaker.state() != crate::fallback::BreakerState::Closed
+            {
                 if mine {
                     tracing::warn!(table = %self.table, keys = waiting.len(),
                         "input ended with records waiting in the fallback store; the next run drains them");
