@@ -395,6 +395,7 @@ impl SinkFactory for KafkaSinkFactory {
                 )
             }),
             stall_limit: None,
+            in_doubt: false,
         }))
     }
 }
@@ -449,6 +450,9 @@ struct KafkaSink {
     fallback: Option<fallback::SinkFallback>,
     /// During a fallback attempt: how long the cluster may stay silent.
     stall_limit: Option<Duration>,
+    /// The last attempt's commit was requested and not confirmed within the stall
+    /// limit: it may or may not have gone through.
+    in_doubt: bool,
 }
 
 impl KafkaSink {
@@ -888,21 +892,29 @@ impl KafkaSink {
         }
         .await;
         let mut committed = sent.and_then(|()| {
-            tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT))
+            tokio::task::block_in_place(|| producer.commit_transaction(call_timeout))
         });
         // A commit that timed out (retriable) is retried as is, not aborted: it may
-        // have gone through.
+        // have gone through. With a fallback, it is given up after the stall limit and
+        // left in doubt (`sink/fallback.rs` settles it once the cluster answers).
         let mut logged = false;
+        let requested = Instant::now();
         while let Err(KafkaError::Transaction(t)) = &committed
             && t.is_retriable()
         {
+            if self.stall_limit.is_some_and(|l| requested.elapsed() >= l) {
+                tracing::warn!(table = %self.table, error = %t,
+                    "kafka commit not confirmed; it is in doubt until the cluster answers");
+                self.in_doubt = true;
+                self.pending.clear();
+                return committed;
+            }
             if !logged {
                 tracing::warn!(table = %self.table, error = %t, "kafka commit not confirmed; retrying it");
                 logged = true;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            committed =
-                tokio::task::block_in_place(|| producer.commit_transaction(REQUEST_TIMEOUT));
+            committed = tokio::task::block_in_place(|| producer.commit_transaction(call_timeout));
         }
         if committed.is_err() {
             self.pending.clear();

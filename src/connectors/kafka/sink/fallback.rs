@@ -63,6 +63,8 @@ pub(super) struct SinkFallback {
     /// read at the first drain.
     sent: Option<HashMap<Option<Vec<u8>>, Seq>>,
     last_drain: Instant,
+    /// A transaction whose outcome is not known yet.
+    in_doubt: Option<InDoubt>,
     stored: metrics::Counter,
     drained: metrics::Counter,
 }
@@ -75,6 +77,15 @@ enum Failure {
     Store(FallbackError),
     /// Neither is worth another try.
     Fatal(crate::Error),
+}
+
+/// A transaction whose commit was requested but not confirmed before the cluster
+/// went away (ADR 0016): its direct records, kept in the store meanwhile, are deleted
+/// from it if the commit went through, and its drained records too.
+struct InDoubt {
+    markers: Vec<Marker>,
+    direct: Vec<(StreamId, Seq)>,
+    drained: Vec<(StreamId, Seq, bool)>,
 }
 
 /// What one drain sends: records and drain records, and per stream what to do once
@@ -101,6 +112,7 @@ impl SinkFallback {
             waiting: None,
             sent: None,
             last_drain: Instant::now(),
+            in_doubt: None,
             stored: labels("stored"),
             drained: labels("drained"),
         }
@@ -117,6 +129,14 @@ impl SinkFallback {
         let w = self.shared.waiting(&self.pipeline, topic).await?;
         self.waiting = Some(w.clone());
         Ok(w)
+    }
+
+    fn stream_of(&self, topic: &str, key: Option<Vec<u8>>) -> StreamId {
+        StreamId {
+            pipeline: self.pipeline.clone(),
+            topic: topic.to_string(),
+            key,
+        }
     }
 
     fn stream(&self, topic: &str, key: Option<&str>) -> StreamId {
@@ -343,6 +363,23 @@ impl KafkaSink {
             let fb = self.fallback.as_mut().expect("fallback");
             fb.waiting(&topic).await.map_err(Failure::Store)?
         };
+        if self.settle_in_doubt(commit, &waiting).await? {
+            // This very commit went through before the cluster went away.
+            return Ok(());
+        }
+        // Where each key's records of this commit go straight to Kafka (kept in case
+        // the commit ends in doubt).
+        let mut direct_streams: HashMap<Option<Vec<u8>>, Seq> = HashMap::new();
+        for (batch, origin) in commit.records.iter().zip(&commit.origins) {
+            for row in 0..batch.num_rows() {
+                let key = transactions::key_of(batch, row).map(str::as_bytes);
+                if !waiting.contains(key) {
+                    let seq = origin.seq(row);
+                    let last = direct_streams.entry(key.map(<[u8]>::to_vec)).or_insert(seq);
+                    *last = (*last).max(seq);
+                }
+            }
+        }
         let direct = if waiting.is_empty() {
             commit.records.clone()
         } else {
@@ -380,9 +417,29 @@ impl KafkaSink {
             markers: commit.markers.clone(),
             extra: drain.extra,
         };
-        self.transact_once_within(&txn, Some(timeout))
-            .await
-            .map_err(Failure::Kafka)?;
+        if let Err(e) = self.transact_once_within(&txn, Some(timeout)).await {
+            if std::mem::take(&mut self.in_doubt) {
+                // The commit may have gone through: a new producer settles it when the
+                // cluster answers (its start completes or aborts the old transaction),
+                // and until then this commit goes to the store like any other.
+                self.txn
+                    .as_mut()
+                    .expect("transactional")
+                    .restart_producer()
+                    .map_err(Failure::Fatal)?;
+                self.abort_pending = false;
+                let fb = self.fallback.as_mut().expect("fallback");
+                fb.in_doubt = Some(InDoubt {
+                    markers: commit.markers.clone(),
+                    direct: direct_streams
+                        .into_iter()
+                        .map(|(key, seq)| (fb.stream_of(&topic, key), seq))
+                        .collect(),
+                    drained: drain.done,
+                });
+            }
+            return Err(Failure::Kafka(e));
+        }
         self.probe.up();
         let fb = self.fallback.as_mut().expect("fallback");
         fb.breaker.success();
@@ -407,6 +464,69 @@ impl KafkaSink {
             fb.control.emptied();
         }
         Ok(())
+    }
+
+    /// Settles a transaction left in doubt, before anything else goes to Kafka: starts
+    /// the new producer (which completes or aborts it) and reads the commit markers.
+    /// Committed: its records are deleted from the store (they are in Kafka), and
+    /// `true` if `commit` is that transaction itself. Not committed: what the store
+    /// holds of it drains as any backlog.
+    async fn settle_in_doubt(
+        &mut self,
+        commit: &Commit,
+        waiting: &Waiting,
+    ) -> Result<bool, Failure> {
+        let Some(doubt) = self.fallback.as_ref().and_then(|f| f.in_doubt.as_ref()) else {
+            return Ok(false);
+        };
+        let same = doubt.markers == commit.markers;
+        let limit = self.fallback.as_ref().expect("fallback").attempt_timeout();
+        let txn = self.txn.as_mut().expect("transactional");
+        tokio::time::timeout(limit, txn.ready())
+            .await
+            .unwrap_or(Err(KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
+            )))
+            .map_err(Failure::Kafka)?;
+        let log = txn.commit_log().map_err(|e| {
+            tracing::warn!(table = %self.table, error = %e, "reading the commit markers");
+            Failure::Kafka(KafkaError::MetadataFetch(
+                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+            ))
+        })?;
+        let fb = self.fallback.as_mut().expect("fallback");
+        let doubt = fb.in_doubt.as_ref().expect("checked");
+        // No marker (the end of input without a checkpoint): it cannot be told, so it
+        // counts as not committed — a record may repeat, none is lost.
+        let committed = !doubt.markers.is_empty()
+            && doubt.markers.iter().all(|m| {
+                log.get(&m.id)
+                    .and_then(|v| Marker::parse(&m.id, v))
+                    .is_some_and(|k| k.lineage == m.lineage && k.checkpoint >= m.checkpoint)
+            });
+        tracing::info!(table = %self.table, committed,
+            "kafka commit in doubt settled once the cluster answered");
+        if committed {
+            let store = fb.shared.store().await.map_err(Failure::Store)?;
+            for (stream, through) in &doubt.direct {
+                store
+                    .delete_through(stream, *through)
+                    .await
+                    .map_err(Failure::Store)?;
+                waiting.drained(stream.key.as_deref(), *through, true);
+            }
+            let sent = fb.sent.get_or_insert_with(HashMap::new);
+            for (stream, through, whole) in &doubt.drained {
+                sent.insert(stream.key.clone(), *through);
+                store
+                    .delete_through(stream, *through)
+                    .await
+                    .map_err(Failure::Store)?;
+                waiting.drained(stream.key.as_deref(), *through, *whole);
+            }
+        }
+        fb.in_doubt = None;
+        Ok(committed && same)
     }
 
     /// The oldest waiting records of the streams this task owns, as many as the
