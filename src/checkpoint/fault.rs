@@ -14,6 +14,7 @@
 //! | `metadata-committed` | the checkpoint is committed, before any sink publishes its output |
 //! | `sink-committed` | one sink task has published the checkpoint's output (others may not have) |
 //! | `restore` | a sink has restored its state (resent or published what a crash left), before reading input |
+//! | `fallback-drain-committed` | a Kafka sink's transaction with records drained from the broker-outage fallback has committed, before they are deleted from the store |
 //! | `dlq-replay-chunk` | `tributary dlq replay` has replayed chunk N (`@N`: from the Nth) of a bulk replay, before the next |
 //!
 //! Unset, each check is one atomic load.
@@ -31,10 +32,13 @@ pub enum Phase {
     Restore,
     /// Not a checkpoint's: a bulk dead-letter replay between two chunks.
     ReplayChunk,
+    /// Not a checkpoint's: a fallback drain committed to Kafka, not yet deleted from
+    /// the store.
+    DrainCommitted,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 8] = [
         Phase::Snapshot,
         Phase::PreCommit,
         Phase::BlobsWritten,
@@ -42,6 +46,7 @@ impl Phase {
         Phase::SinkCommitted,
         Phase::Restore,
         Phase::ReplayChunk,
+        Phase::DrainCommitted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +58,7 @@ impl Phase {
             Phase::SinkCommitted => "sink-committed",
             Phase::Restore => "restore",
             Phase::ReplayChunk => "dlq-replay-chunk",
+            Phase::DrainCommitted => "fallback-drain-committed",
         }
     }
 }

@@ -183,10 +183,16 @@ struct Run {
 
 impl Run {
     fn start(d: &Path, n: usize) -> Run {
+        Run::start_with(d, n, &[])
+    }
+
+    /// [`Run::start`] with extra environment (a fault to inject).
+    fn start_with(d: &Path, n: usize, env: &[(&str, &str)]) -> Run {
         let log = d.join(format!("run-{n}.log"));
         let err = std::fs::File::create(&log).unwrap();
         let mut child = tributary(d)
             .args(["run", "--set", "admin.listen=127.0.0.1:0", "p.yaml"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -720,9 +726,20 @@ fn wait_until(
 // The tests
 // ------------------------------------------------------------------------------------
 
+/// How the pipeline dies in the middle of the drain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MidDrain {
+    /// `kill -9` once the drain has sent some records and others still wait.
+    Kill,
+    /// Aborted by the fault point right after a drain's transaction committed and
+    /// before its records are deleted from the store (the window where a resend would
+    /// double them).
+    Fault,
+}
+
 /// The issue's scenario: the broker killed for a while and restarted, the pipeline
 /// killed in the middle of the drain and restarted; everything once, in order per key.
-fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store) {
+fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store, how: MidDrain) {
     let started = Instant::now();
     let work = Workdir::new();
     let d = work.path();
@@ -731,7 +748,11 @@ fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store) {
     let expected = oracle(d);
     let checkpoints = d.join("checkpoints");
 
-    let mut first = Run::start(d, 1);
+    let fault: &[(&str, &str)] = match how {
+        MidDrain::Kill => &[],
+        MidDrain::Fault => &[("TRIBUTARY_FAULT_INJECT", "fallback-drain-committed")],
+    };
+    let mut first = Run::start_with(d, 1, fault);
     wait_until(
         &mut first,
         "records committed to kafka",
@@ -772,25 +793,38 @@ fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store) {
     // The broker back: the drain starts; the pipeline is killed in its middle.
     cluster.restart();
     let mut peak = first.last.backlog.unwrap_or(0);
-    wait_until(
-        &mut first,
-        "the drain to start, with records still waiting",
-        Duration::from_secs(60),
-        |r| {
-            let Some(s) = r.status() else { return false };
-            let backlog = s.backlog.unwrap_or(0);
-            peak = peak.max(backlog);
-            assert!(
-                s.drained == 0 || backlog > 0,
-                "the drain sent the whole backlog (up to {peak} records) before a kill could \
+    if how == MidDrain::Fault {
+        let code = first.finish(Duration::from_secs(60));
+        let log = first.log_text();
+        assert!(
+            code.is_none() && log.contains("\"phase\":\"fallback-drain-committed\""),
+            "the run aborts at the fault point ({code:?}):\n{}",
+            tail(&log)
+        );
+    }
+    if how == MidDrain::Kill {
+        wait_until(
+            &mut first,
+            "the drain to start, with records still waiting",
+            Duration::from_secs(60),
+            |r| {
+                let Some(s) = r.status() else { return false };
+                let backlog = s.backlog.unwrap_or(0);
+                peak = peak.max(backlog);
+                assert!(
+                    s.drained == 0 || backlog > 0,
+                    "the drain sent the whole backlog (up to {peak} records) before a kill could \
                  land in its middle: {s:?}; drain_rate = {DRAIN_RATE}/s:\n{}",
-                tail(&r.log_text())
-            );
-            s.drained > 0
-        },
-    );
+                    tail(&r.log_text())
+                );
+                s.drained > 0
+            },
+        );
+    }
     let at_kill = first.last;
-    first.kill();
+    if how == MidDrain::Kill {
+        first.kill();
+    }
     println!(
         "fallback_chaos[{label}]: killed mid-drain: stored {} drained {} backlog {:?}",
         at_kill.stored, at_kill.drained, at_kill.backlog
@@ -822,7 +856,12 @@ fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store) {
 
 #[test]
 fn a_broker_outage_and_a_kill_mid_drain_lose_and_reorder_nothing_with_the_local_store() {
-    broker_outage_then_a_kill_mid_drain("local", Store::Local);
+    broker_outage_then_a_kill_mid_drain("local", Store::Local, MidDrain::Kill);
+}
+
+#[test]
+fn an_abort_between_a_drain_commit_and_its_delete_doubles_nothing() {
+    broker_outage_then_a_kill_mid_drain("local-fault", Store::Local, MidDrain::Fault);
 }
 
 #[test]
@@ -834,6 +873,7 @@ fn a_broker_outage_and_a_kill_mid_drain_lose_and_reorder_nothing_with_the_dynamo
             table_prefix: table_prefix("chaos"),
             outage_timeout: "5m",
         },
+        MidDrain::Kill,
     );
 }
 

@@ -446,6 +446,11 @@ impl KafkaSink {
         if drain.done.is_empty() {
             return Ok(());
         }
+        crate::checkpoint::fault::point(
+            crate::checkpoint::fault::Phase::DrainCommitted,
+            None,
+            &self.task,
+        );
         let store = fb.shared.store().await.map_err(Failure::Store)?;
         let sent = fb.sent.get_or_insert_with(HashMap::new);
         for (stream, through, whole) in drain.done {
