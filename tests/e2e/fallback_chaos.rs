@@ -65,7 +65,12 @@ const OUTAGE_BACKLOG: u64 = 500;
 struct Cluster {
     dir: PathBuf,
     servers: String,
+    /// One private cluster at a time: two starting together can pick the same free
+    /// ports (the script looks for a free block, then binds it).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn kafka_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka")
@@ -73,6 +78,9 @@ fn kafka_script() -> PathBuf {
 
 impl Cluster {
     fn start(dir: &Path) -> Cluster {
+        let serial = ONE_CLUSTER_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut tries = 0;
         loop {
             tries += 1;
@@ -89,6 +97,7 @@ impl Cluster {
                 return Cluster {
                     dir: dir.to_path_buf(),
                     servers,
+                    _serial: serial,
                 };
             }
             // The script fails a start now and then on a slow machine (the broker is

@@ -471,6 +471,15 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// The commit topic could not be read (the cluster went away again): a Kafka
+    /// failure like any other, for the breaker.
+    fn unreadable_log(&self, e: crate::Error) -> Failure {
+        tracing::warn!(table = %self.table, error = %e, "reading the commit topic; retrying");
+        Failure::Kafka(KafkaError::MetadataFetch(
+            rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+        ))
+    }
+
     /// Settles a transaction left in doubt, before anything else goes to Kafka: starts
     /// the new producer (which completes or aborts it) and reads the commit markers.
     /// Committed: its records are deleted from the store (they are in Kafka), and
@@ -493,12 +502,10 @@ impl KafkaSink {
                 rdkafka::types::RDKafkaErrorCode::MessageTimedOut,
             )))
             .map_err(Failure::Kafka)?;
-        let log = txn.commit_log().map_err(|e| {
-            tracing::warn!(table = %self.table, error = %e, "reading the commit markers");
-            Failure::Kafka(KafkaError::MetadataFetch(
-                rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
-            ))
-        })?;
+        let log = match txn.commit_log() {
+            Ok(log) => log,
+            Err(e) => return Err(self.unreadable_log(e)),
+        };
         let fb = self.fallback.as_mut().expect("fallback");
         let doubt = fb.in_doubt.as_ref().expect("checked");
         // No marker (the end of input without a checkpoint): it cannot be told, so it
@@ -574,7 +581,7 @@ impl KafkaSink {
         }
         keys.sort();
         if fb.sent.is_none() {
-            let sent = self.drain_records().map_err(Failure::Fatal)?;
+            let sent = self.drain_records().map_err(|e| self.unreadable_log(e))?;
             self.fallback.as_mut().expect("fallback").sent = Some(sent);
         }
         let fb = self.fallback.as_ref().expect("fallback");
