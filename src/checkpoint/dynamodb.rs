@@ -87,16 +87,16 @@ impl DynamoCheckpointStore {
     /// The client, with the table made sure of on first use.
     async fn dynamo(&self) -> Result<&Dynamo> {
         self.dynamo
-            .get_or_try_init(|| async {
-                let d = Dynamo::connect(&self.settings).await?;
-                d.ensure_table(&TableSpec {
-                    name: self.table.clone(),
-                    partition_key: ("pipeline".into(), ScalarAttributeType::S),
-                    sort_key: Some(("item".into(), ScalarAttributeType::S)),
-                    indexes: Vec::new(),
-                })
-                .await?;
-                Ok::<_, DynamoError>(d)
+            .get_or_try_init(|| {
+                Dynamo::connect_to(
+                    &self.settings,
+                    TableSpec {
+                        name: self.table.clone(),
+                        partition_key: ("pipeline".into(), ScalarAttributeType::S),
+                        sort_key: Some(("item".into(), ScalarAttributeType::S)),
+                        indexes: Vec::new(),
+                    },
+                )
             })
             .await
             .map_err(storage)

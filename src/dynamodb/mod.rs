@@ -218,6 +218,17 @@ pub struct Dynamo {
 }
 
 impl Dynamo {
+    /// [`Dynamo::connect`], then [`Dynamo::ensure_table`] for `spec`: the client of a
+    /// store that keeps everything in one table.
+    pub async fn connect_to(
+        settings: &DynamoSettings,
+        spec: TableSpec,
+    ) -> Result<Dynamo, DynamoError> {
+        let d = Dynamo::connect(settings).await?;
+        d.ensure_table(&spec).await?;
+        Ok(d)
+    }
+
     /// Builds the client: the SDK's default credential chain, the configured region
     /// (or the chain's; `us-east-1` for a local endpoint without one), HTTPS through
     /// rustls with ring (no aws-lc build), the SDK's standard retries.

@@ -110,20 +110,20 @@ impl DynamoFallbackStore {
 
     async fn dynamo(&self) -> Result<&Dynamo> {
         self.dynamo
-            .get_or_try_init(|| async {
-                let d = Dynamo::connect(&self.settings).await?;
-                d.ensure_table(&TableSpec {
-                    name: self.table.clone(),
-                    partition_key: ("stream".into(), ScalarAttributeType::S),
-                    sort_key: Some(("seq".into(), ScalarAttributeType::S)),
-                    indexes: vec![(
-                        "waiting".into(),
-                        ("waiting_pipeline".into(), ScalarAttributeType::S),
-                        Some(("stream".into(), ScalarAttributeType::S)),
-                    )],
-                })
-                .await?;
-                Ok::<_, crate::dynamodb::DynamoError>(d)
+            .get_or_try_init(|| {
+                Dynamo::connect_to(
+                    &self.settings,
+                    TableSpec {
+                        name: self.table.clone(),
+                        partition_key: ("stream".into(), ScalarAttributeType::S),
+                        sort_key: Some(("seq".into(), ScalarAttributeType::S)),
+                        indexes: vec![(
+                            "waiting".into(),
+                            ("waiting_pipeline".into(), ScalarAttributeType::S),
+                            Some(("stream".into(), ScalarAttributeType::S)),
+                        )],
+                    },
+                )
             })
             .await
             .map_err(unavailable)
