@@ -690,6 +690,18 @@ impl KafkaSink {
 }
 
 impl KafkaSink {
+    /// A new transactional producer in place of one that is finished (fenced, or its
+    /// transaction left in doubt): nothing in flight or to abort is the old one's.
+    fn new_producer(&mut self) -> Result<()> {
+        self.txn
+            .as_mut()
+            .expect("transactional")
+            .restart_producer()?;
+        self.pending.clear();
+        self.abort_pending = false;
+        Ok(())
+    }
+
     /// The producer records go through: the transactional one when exactly-once.
     fn producer(&self) -> &FutureProducer {
         self.txn.as_ref().map_or(&self.producer, |t| &t.producer)
@@ -808,10 +820,7 @@ impl KafkaSink {
                 tracing::warn!(table = %self.table, error = %e,
                     "kafka transactional producer fenced; starting a new one");
                 restarts += 1;
-                let txn = self.txn.as_mut().expect("transactional");
-                txn.restart_producer()?;
-                self.pending.clear();
-                self.abort_pending = false;
+                self.new_producer()?;
                 continue;
             }
             if !transient(&e) {

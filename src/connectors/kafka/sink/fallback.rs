@@ -242,12 +242,7 @@ impl KafkaSink {
                         tracing::warn!(table = %self.table, error = %e,
                             "kafka transactional producer fenced; starting a new one");
                         restarts += 1;
-                        self.txn
-                            .as_mut()
-                            .expect("transactional")
-                            .restart_producer()?;
-                        self.pending.clear();
-                        self.abort_pending = false;
+                        self.new_producer()?;
                         continue;
                     }
                     if !transient(&e) {
@@ -422,12 +417,7 @@ impl KafkaSink {
                 // The commit may have gone through: a new producer settles it when the
                 // cluster answers (its start completes or aborts the old transaction),
                 // and until then this commit goes to the store like any other.
-                self.txn
-                    .as_mut()
-                    .expect("transactional")
-                    .restart_producer()
-                    .map_err(Failure::Fatal)?;
-                self.abort_pending = false;
+                self.new_producer().map_err(Failure::Fatal)?;
                 let fb = self.fallback.as_mut().expect("fallback");
                 fb.in_doubt = Some(InDoubt {
                     markers: commit.markers.clone(),
