@@ -168,6 +168,15 @@ impl Collector {
         }
     }
 
+    /// The source cannot reach what it reads (an outage): its splits' silence is not
+    /// idleness (see `WatermarkGen::unreachable`). Sources call this on their timer
+    /// instead of [`Collector::tick`] while they are retrying.
+    pub fn unreachable(&mut self) {
+        if let Some(g) = self.watermarks.as_mut() {
+            g.unreachable(std::time::Instant::now());
+        }
+    }
+
     /// Sends a watermark to every downstream partition, unless it does not advance
     /// the last one sent.
     pub async fn emit_watermark(&mut self, watermark: i64) -> Result<()> {

@@ -133,6 +133,16 @@ impl WatermarkGen {
             .collect()
     }
 
+    /// The source cannot read its splits now (its cluster is unreachable): their
+    /// silence is not idleness, so none of them goes idle, and each idle clock starts
+    /// again from `now`. Otherwise the splits that come back last would find their
+    /// rows made late by those that came back first.
+    pub(crate) fn unreachable(&mut self, now: Instant) {
+        for (_, active) in self.splits.values_mut() {
+            *active = now;
+        }
+    }
+
     /// A split has no more rows: it stops holding the watermark back.
     pub(crate) fn end(&mut self, split: u64, now: Instant) -> Option<i64> {
         self.splits.remove(&split);
@@ -351,6 +361,35 @@ mod tests {
     /// Restored event times count for registered splits, so a split that sends
     /// nothing after a restore does not hold the watermark back; merged states keep
     /// the oldest time per split.
+    /// Silence while the source cannot reach its cluster is not idleness: a split
+    /// that has not sent since the outage still holds the watermark back after it.
+    #[test]
+    fn unreachable_splits_do_not_go_idle() {
+        let t = Instant::now();
+        let idle = Duration::from_secs(1);
+        let mut g = WatermarkGen::new(0, Duration::ZERO, Some(idle));
+        g.register([0, 1], t);
+        assert_eq!(g.observe(0, &batch(&[1000]), t).unwrap(), None);
+        assert_eq!(g.observe(1, &batch(&[900]), t).unwrap(), Some(900));
+        // Three idle timeouts of outage, reported every half timeout.
+        for step in 1..=6 {
+            g.unreachable(t + idle * step / 2);
+        }
+        let back = t + idle * 3;
+        // Split 0 comes back first; split 1 has not sent yet, and still counts.
+        assert_eq!(g.observe(0, &batch(&[5000]), back).unwrap(), None);
+        assert_eq!(g.advance(back + idle / 2), None);
+        assert_eq!(
+            g.observe(1, &batch(&[4000]), back + idle / 2).unwrap(),
+            Some(4000)
+        );
+        // Without the outage report, split 1 would have gone idle long before.
+        let mut h = WatermarkGen::new(0, Duration::ZERO, Some(idle));
+        h.register([0, 1], t);
+        h.observe(1, &batch(&[900]), t).unwrap();
+        assert_eq!(h.observe(0, &batch(&[5000]), back).unwrap(), Some(5000));
+    }
+
     #[test]
     fn restored_event_times_let_a_quiet_split_release_the_watermark() {
         let t = Instant::now();

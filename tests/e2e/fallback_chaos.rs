@@ -45,7 +45,7 @@ use tributary::fallback::dynamodb::DynamoFallbackStore;
 use crate::common::*;
 
 /// The pipeline's name (each test has its own cluster and store).
-const NAME: &str = "chaos";
+pub(crate) const NAME: &str = "chaos";
 const SEED: &str = "23";
 /// Events, and the generator's `rate`: about 43 s of input (the order events come at
 /// about 100 a second at first, 230 once orders are under way).
@@ -62,9 +62,9 @@ const OUTAGE_BACKLOG: u64 = 500;
 // ------------------------------------------------------------------------------------
 
 /// A one-broker cluster of this test's own (`scripts/kafka … --dir`), stopped on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
-    servers: String,
+    pub(crate) servers: String,
     /// One private cluster at a time: two starting together can pick the same free
     /// ports (the script looks for a free block, then binds it).
     _serial: std::sync::MutexGuard<'static, ()>,
@@ -77,7 +77,7 @@ fn kafka_script() -> PathBuf {
 }
 
 impl Cluster {
-    fn start(dir: &Path) -> Cluster {
+    pub(crate) fn start(dir: &Path) -> Cluster {
         let serial = ONE_CLUSTER_AT_A_TIME
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -124,12 +124,12 @@ impl Cluster {
     }
 
     /// `kill -9` of the broker; returns once its ports are closed.
-    fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.script(&["kill", "1"]);
     }
 
     /// The broker again, on the same port; returns once it is registered.
-    fn restart(&self) {
+    pub(crate) fn restart(&self) {
         self.script(&["restart", "1"]);
     }
 }
@@ -146,14 +146,14 @@ impl Drop for Cluster {
 }
 
 /// The test's directory, kept (and named) when the test fails, for its logs.
-struct Workdir(Option<tempfile::TempDir>);
+pub(crate) struct Workdir(Option<tempfile::TempDir>);
 
 impl Workdir {
-    fn new() -> Workdir {
+    pub(crate) fn new() -> Workdir {
         Workdir(Some(tempfile::tempdir().unwrap()))
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.0.as_ref().expect("until dropped").path()
     }
 }
@@ -173,25 +173,25 @@ impl Drop for Workdir {
 
 /// What `GET /fallback` says of the pipeline.
 #[derive(Debug, Clone, Copy, Default)]
-struct Status {
+pub(crate) struct Status {
     /// Records this process stored in the fallback, and drained from it.
-    stored: u64,
-    drained: u64,
+    pub(crate) stored: u64,
+    pub(crate) drained: u64,
     /// Records waiting in the store (`None`: the store could not be read).
-    backlog: Option<u64>,
+    pub(crate) backlog: Option<u64>,
 }
 
 /// One `tributary run p.yaml` in `d`, its stderr (JSON log lines) in `d/run-N.log`.
-struct Run {
-    child: Child,
+pub(crate) struct Run {
+    pub(crate) child: Child,
     log: PathBuf,
-    admin: String,
+    pub(crate) admin: String,
     /// The last `GET /fallback` answered.
     last: Status,
 }
 
 impl Run {
-    fn start(d: &Path, n: usize) -> Run {
+    pub(crate) fn start(d: &Path, n: usize) -> Run {
         Run::start_with(d, n, &[])
     }
 
@@ -230,20 +230,20 @@ impl Run {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn logged(&self, message: &str) -> bool {
+    pub(crate) fn logged(&self, message: &str) -> bool {
         log_event(&self.log_text(), message).is_some()
     }
 
-    fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
 
     /// `GET /fallback`, for this pipeline (`None` if the process does not answer).
-    fn status(&mut self) -> Option<Status> {
+    pub(crate) fn status(&mut self) -> Option<Status> {
         let (code, body) = http_get(&self.admin, "/fallback")?;
         if code != 200 {
             return None;
@@ -268,7 +268,7 @@ impl Run {
     }
 
     /// `kill -9`.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
@@ -303,13 +303,13 @@ impl Drop for Run {
 
 /// The last lines of a log, for failure messages (without librdkafka's own lines,
 /// which an unreachable broker makes many of).
-fn tail(text: &str) -> String {
+pub(crate) fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.contains("librdkafka")).collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
 /// `GET path` on the admin endpoint: (status code, body); `None` when nothing answers.
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let addr: SocketAddr = addr.parse().ok()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
@@ -521,7 +521,7 @@ fn oracle(d: &Path) -> Vec<Event> {
 }
 
 /// Whether a `read_committed` consumer finds any record in `topic` now.
-fn any_committed(servers: &str, topic: &str) -> bool {
+pub(crate) fn any_committed(servers: &str, topic: &str) -> bool {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", servers)
@@ -707,7 +707,7 @@ fn report(label: &str, f: &Figures, elapsed: Duration) {
 
 /// Polls `cond` every 20 ms until it holds; panics after `timeout` with `what` and the
 /// run's log.
-fn wait_until(
+pub(crate) fn wait_until(
     run: &mut Run,
     what: &str,
     timeout: Duration,

@@ -20,7 +20,7 @@ use crate::kafka::{bootstrap, fresh_topic};
 const T0: i64 = 1_790_000_000_000;
 
 /// Creates `topic` with `partitions` partitions.
-fn create_topic(servers: &str, topic: &str, partitions: i32) {
+pub(crate) fn create_topic(servers: &str, topic: &str, partitions: i32) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<_> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", servers)

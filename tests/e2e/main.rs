@@ -23,5 +23,6 @@ mod operations;
 mod registry;
 mod registry_outage;
 mod sinks;
+mod source_outage;
 mod sql_oracle;
 mod windows;

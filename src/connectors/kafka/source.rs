@@ -563,6 +563,8 @@ impl KafkaSource {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = ctx.stop.clone();
         let mut logged: Option<Instant> = None;
+        // Whether the cluster has answered a fetch yet (records or a partition's end).
+        let mut reading = false;
         // Offsets of the checkpoints taken, committed to the consumer group once the
         // checkpoint is (for lag monitoring and `offset = 'group'`; never before).
         let committed = ctx.checkpoints.as_ref().map(|c| c.committed());
@@ -590,6 +592,7 @@ impl KafkaSource {
                         let m = match msg {
                             Ok(m) => {
                                 probe.up();
+                                reading = true;
                                 m
                             }
                             Err(KafkaError::PartitionEOF(p)) => {
@@ -597,6 +600,7 @@ impl KafkaSource {
                                 // markers and aborted records), at or beyond its end
                                 // at start: this partition is done.
                                 probe.up();
+                                reading = true;
                                 if *bounded && ends.remove(&p).is_some() {
                                     decoding.drain(&mut ctx.out).await?;
                                     ctx.out.end_split(p as u64).await?;
@@ -646,8 +650,15 @@ impl KafkaSource {
                     outlasted(probe, *outage_timeout, &task.node)?;
                     decoding.send_all(&mut ctx.out).await?;
                     // A partition silent for the idle timeout stops holding the
-                    // watermark back.
-                    ctx.out.tick().await?;
+                    // watermark back. Silent because nothing is read yet, or because
+                    // the cluster is unreachable, it is not idle: its records are
+                    // only delayed, and would be made late by the partitions that
+                    // happen to come first.
+                    if reading && probe.state() == crate::health::State::Up {
+                        ctx.out.tick().await?;
+                    } else {
+                        ctx.out.unreachable();
+                    }
                 }
                 _ = stop.raised() => break,
             }
