@@ -1,17 +1,18 @@
 //! The Kafka source through a broker outage (issue 18 §6), against real Apache Kafka
 //! (a private one-broker cluster, killed with `kill -9` and restarted on its port).
 //!
-//! The test produces keyed records into a three-partition topic at a steady pace,
-//! from before the pipeline starts until after the last kill (its producer buffers
-//! while the broker is down and delivers in order when it is back). The pipeline
-//! copies every record to an exactly-once Kafka topic and counts them per one-second
-//! window of event time (watermark delay 0, `idle_timeout` 5 s) into another. The
-//! broker is killed while input arrives: the source must wait without a busy loop
+//! The test produces keyed records into a three-partition topic at a steady pace, from
+//! before the pipeline starts until after the last kill (its producer buffers while the
+//! broker is down and delivers in order when it is back). The pipeline copies every
+//! record to an exactly-once Kafka topic and counts them per one-second window of event
+//! time (watermark delay 0, `idle_timeout` 10 s, shorter than the outage) into another.
+//! The broker is killed while input arrives: the source must wait without a busy loop
 //! (the process's CPU time over the outage is measured), report the outage (log,
-//! readiness), keep completing checkpoints, and not take the silence of its
-//! partitions for idleness — otherwise the partitions that come back last find their
-//! records late, and the window counts come out short. The broker comes back; the
-//! pipeline is killed with `kill -9` while input is still arriving and started again
+//! readiness), keep completing checkpoints, and not take the silence of its partitions
+//! for idleness — otherwise the partitions that come back last find their records late,
+//! and the window counts come out short. The pipeline is killed with `kill -9` during
+//! the outage and started again: its restore waits for the cluster. The broker comes
+//! back; the pipeline is killed again while input is still arriving, and started again
 //! from its checkpoint. A `read_committed` consumer then checks every record once and
 //! in order per key, and every window's count against the test's own (the oracle: it
 //! knows what it produced). The test prints its figures.
@@ -26,9 +27,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use crate::common::*;
 use crate::fallback_chaos::{Cluster, NAME, Run, Workdir, any_committed, http_get, wait_until};
 
-/// Records produced (besides one end marker per partition), and how fast: 50 s of
-/// input, so it is still arriving after the outage and the pipeline's restart.
-const N: usize = 10_000;
+/// Records produced (besides one end marker per partition), and how fast: 70 s of
+/// input, so it is still arriving after the outage and the pipeline's restarts.
+const N: usize = 14_000;
 const PER_SECOND: u64 = 200;
 const KEYS: usize = 40;
 const PARTITIONS: i32 = 3;
@@ -127,7 +128,7 @@ fn a_source_whose_broker_is_killed_waits_reports_and_resumes_losing_nothing() {
         &format!(
             "CREATE TABLE events (id BIGINT, k VARCHAR, ts TIMESTAMP) WITH (connector = 'kafka', \
                bootstrap_servers = '{servers}', topic = '{input}', offset = 'earliest', \
-               event_time_field = 'ts', watermark_delay = '0s', idle_timeout = '5s');\n\
+               event_time_field = 'ts', watermark_delay = '0s', idle_timeout = '10s');\n\
              CREATE TABLE copy WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
                topic = '{copy}', partitions = '3', key_field = 'k');\n\
              CREATE TABLE counts WITH (connector = 'kafka', bootstrap_servers = '{servers}', \
@@ -199,19 +200,31 @@ fn a_source_whose_broker_is_killed_waits_reports_and_resumes_losing_nothing() {
         "the source waits without a busy loop: {busy:.2} of a core"
     );
 
+    // Killed during the outage and started again: its restore waits for the cluster.
+    first.kill();
+    let mut second = Run::start(d, 2);
+    wait_until(
+        &mut second,
+        "the restore to wait for the cluster",
+        Duration::from_secs(60),
+        |r| {
+            r.logged("kafka unreachable while restoring; waiting for it (fencing and the commit topic need the cluster)")
+        },
+    );
+
     // The broker back; the pipeline killed while input still arrives, and restarted.
     cluster.restart();
     let resumed_at = sent.load(Ordering::SeqCst);
     wait_until(
-        &mut first,
+        &mut second,
         "the pipeline to read again after the outage",
         Duration::from_secs(60),
         |r| matches!(http_get(&r.admin, "/readyz"), Some((200, _))),
     );
     let at_kill = sent.load(Ordering::SeqCst);
     assert!(at_kill < N, "input still arriving at the pipeline's kill");
-    first.kill();
-    let mut second = Run::start(d, 2);
+    second.kill();
+    let mut second = Run::start(d, 3);
     wait_until(
         &mut second,
         "the restart to resume from its checkpoint",
@@ -273,7 +286,7 @@ fn a_source_whose_broker_is_killed_waits_reports_and_resumes_losing_nothing() {
         .collect();
     println!(
         "source_outage: produced={} (broker killed at {killed_at}, back at {resumed_at}, \
-         pipeline killed at {at_kill}) copied={} duplicates={duplicates} \
+         pipeline killed in the outage and at {at_kill}) copied={} duplicates={duplicates} \
          order_violations={order_violations} missing={missing} windows={} wrong_windows={} \
          ({:.1} s)",
         N + PARTITIONS as usize,

@@ -456,6 +456,33 @@ struct KafkaSink {
 }
 
 impl KafkaSink {
+    /// Waits, with backoff and reported as `retrying`, until the cluster answers a
+    /// metadata request. A restore needs the cluster (fencing the earlier producers,
+    /// reading the commit topic): a pipeline restarted during a broker outage waits
+    /// for it instead of failing, and a supervisor does not restart it in a loop.
+    async fn wait_for_cluster(&self) {
+        let mut backoff = Duration::from_millis(200);
+        let mut told = false;
+        loop {
+            let producer = self.producer().clone();
+            match tokio::task::block_in_place(|| {
+                producer.client().fetch_metadata(None, REQUEST_TIMEOUT)
+            }) {
+                Ok(_) => return,
+                Err(e) => {
+                    if !told {
+                        tracing::warn!(table = %self.table, task = self.task.partition, error = %e,
+                            "kafka unreachable while restoring; waiting for it (fencing and the \
+                             commit topic need the cluster)");
+                        told = true;
+                    }
+                    self.probe.retrying(format!("restoring: {e}"));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
     /// The largest record (key + value) the topic takes: the smaller of the
     /// producer's `message.max.bytes` and the topic's `max.message.bytes`, looked up
     /// once (the producer's alone when the topic's cannot be read).
@@ -1011,6 +1038,7 @@ impl Sink for KafkaSink {
             }
             return Ok(());
         }
+        self.wait_for_cluster().await;
         let delivered = self.delivered_marks().await?;
         let txn = self.txn.as_mut().expect("transactional");
         match txn.restore(states, &delivered).await? {
