@@ -10,6 +10,7 @@ mod checkpoints;
 mod cli_errors;
 mod dead_letter_classes;
 mod dead_letters;
+mod docker_config;
 mod docs;
 mod dynamodb;
 mod fallback;
