@@ -30,6 +30,22 @@
 //!
 //! Writes are synchronous on the sink's task: the buffers keep system calls few and
 //! large, and a slow disk slows the pipeline down through backpressure.
+//!
+//! ### Exactly once, with checkpoints
+//!
+//! In a pipeline with `checkpoint:` (and `delivery: exactly-once`, its default) the
+//! file sink is two-phase, like the Kafka sink:
+//! rows are held in memory until the checkpoint that covers them is committed, then
+//! appended and synced ([`HeldFile`]). What a checkpoint has not committed yet is in
+//! its state (the bytes, and the file's committed length before them), so a restore
+//! truncates the file to that length and appends them again — the same bytes whether
+//! or not the commit had happened before the crash. A restored run does not
+//! truncate the file (`append = false` means a fresh run starts it empty): it goes on
+//! appending, so the file holds every row once across restarts. A file shorter than
+//! its checkpoint says was changed outside the pipeline: the restore refuses it. With
+//! `delivery: at-least-once` rows are written through, and a checkpoint keeps the
+//! file's length: a restore cuts off what came after it (the restart writes it again),
+//! so the file ends the same, though a reader may have seen rows that were cut.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -322,20 +338,268 @@ impl SinkFactory for FileSinkFactory {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| io_error("file", parent, e))?;
         }
-        let mut open = std::fs::OpenOptions::new();
-        open.create(true);
-        if self.append {
-            open.append(true);
-        } else {
-            open.write(true).truncate(true);
-        }
-        let file = open.open(&path).map_err(|e| io_error("file", &path, e))?;
-        Ok(Box::new(JsonLinesSink {
-            connector: "file",
-            target: path,
-            out: BufWriter::with_capacity(FILE_BUFFER, file),
-            buf: Vec::new(),
+        // Appends always; a fresh run (not restored) without `append` empties the
+        // file before its first row (`HeldFile::start`).
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error("file", &path, e))?;
+        Ok(Box::new(HeldFile {
+            lines: JsonLinesSink {
+                connector: "file",
+                target: path,
+                out: BufWriter::with_capacity(FILE_BUFFER, file),
+                buf: Vec::new(),
+            },
+            append: self.append,
+            started: false,
+            restored: false,
+            held: None,
         }))
+    }
+}
+
+/// The `file` sink of one partition: writes through when the pipeline is
+/// at-least-once, holds rows until their checkpoint commits when it is exactly-once
+/// (see the module docs).
+struct HeldFile {
+    lines: JsonLinesSink<BufWriter<File>>,
+    /// `append = true`: never empty the file.
+    append: bool,
+    /// Whether the file was emptied (or kept) for this run yet.
+    started: bool,
+    /// Whether the sink's own file was restored from a checkpoint (then it is kept).
+    restored: bool,
+    /// Exactly-once: what is held back; `None` when at-least-once.
+    held: Option<Held>,
+}
+
+/// The rows an exactly-once file sink holds back.
+#[derive(Default)]
+struct Held {
+    /// The file's length with every committed checkpoint's rows in it.
+    committed_len: u64,
+    /// The rows of checkpoints taken but not yet committed, oldest first.
+    intervals: Vec<(u64, Vec<u8>)>,
+    /// The rows since the last checkpoint.
+    open: Vec<u8>,
+}
+
+/// The checkpoint state of an exactly-once file sink: the file, its committed length,
+/// and the bytes of every checkpoint not yet committed when it was taken.
+struct FileState {
+    path: PathBuf,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+/// Version byte of [`FileState`]'s encoding.
+const FILE_STATE_V1: u8 = 1;
+
+impl FileState {
+    fn encode(&self) -> Vec<u8> {
+        let path = self.path.to_string_lossy();
+        let mut out = Vec::with_capacity(1 + 4 + path.len() + 8 + self.bytes.len());
+        out.push(FILE_STATE_V1);
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(&self.base.to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    fn decode(state: &[u8]) -> Option<FileState> {
+        let (&version, rest) = state.split_first()?;
+        if version != FILE_STATE_V1 || rest.len() < 4 {
+            return None;
+        }
+        let (len, rest) = rest.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+        if rest.len() < len + 8 {
+            return None;
+        }
+        let (path, rest) = rest.split_at(len);
+        let (base, bytes) = rest.split_at(8);
+        Some(FileState {
+            path: PathBuf::from(std::str::from_utf8(path).ok()?),
+            base: u64::from_le_bytes(base.try_into().ok()?),
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
+impl HeldFile {
+    fn io(&self, e: std::io::Error) -> crate::Error {
+        self.lines.io(e)
+    }
+
+    /// Before the first row or checkpoint of the run: a fresh run without `append`
+    /// starts the file empty; a restored one keeps it.
+    fn start(&mut self) -> Result<()> {
+        if self.started {
+            return Ok(());
+        }
+        self.started = true;
+        let file = self.lines.out.get_ref();
+        if !self.append && !self.restored {
+            file.set_len(0).map_err(|e| self.io(e))?;
+        }
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if let Some(h) = self.held.as_mut() {
+            h.committed_len = len;
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` to the file and makes them durable.
+    fn append_durably(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = &mut self.lines.out;
+        let r = out
+            .write_all(bytes)
+            .and_then(|()| Write::flush(out))
+            .and_then(|()| out.get_ref().sync_data());
+        r.map_err(|e| self.io(e))
+    }
+
+    /// Appends the held intervals up to checkpoint `id` (all of them with `None`).
+    fn release(&mut self, through: Option<u64>) -> Result<()> {
+        let Some(h) = self.held.as_mut() else {
+            return Ok(());
+        };
+        let n = h
+            .intervals
+            .iter()
+            .take_while(|(i, _)| through.is_none_or(|t| *i <= t))
+            .count();
+        if n == 0 {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = h.intervals.drain(..n).flat_map(|(_, b)| b).collect();
+        h.committed_len += bytes.len() as u64;
+        self.append_durably(&bytes)
+    }
+}
+
+/// Truncates `path` to `base` and appends `bytes`: the file as checkpoint `state`
+/// committed it, whether or not that commit had happened.
+fn restore_file(state: &FileState) -> Result<u64> {
+    let io = |e| io_error("file", &state.path, e);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&state.path)
+        .map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len < state.base {
+        return Err(ConnectorError::Io {
+            connector: "file",
+            path: state.path.display().to_string(),
+            source: std::io::Error::other(format!(
+                "the file has {len} bytes, fewer than the {} its checkpoint committed: it \
+                 was changed outside the pipeline (move it away to start afresh)",
+                state.base
+            )),
+        }
+        .into());
+    }
+    file.set_len(state.base).map_err(io)?;
+    file.write_all(&state.bytes).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(state.base + state.bytes.len() as u64)
+}
+
+#[async_trait]
+impl Sink for HeldFile {
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        self.start()?;
+        match self.held.as_mut() {
+            Some(h) => {
+                if batch.num_rows() > 0 {
+                    crate::formats::json::encode_json_lines(&batch, &mut h.open)?;
+                }
+                Ok(())
+            }
+            None => self.lines.write(batch).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.start()?;
+        match self.held {
+            // Held rows wait for their checkpoint's commit.
+            Some(_) => Ok(()),
+            None => self.lines.flush().await,
+        }
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.start()?;
+        // The end of the input: every row is final.
+        if let Some(h) = self.held.as_mut() {
+            let open = std::mem::take(&mut h.open);
+            h.intervals.push((u64::MAX, open));
+            self.release(None)?;
+        }
+        self.lines.finish().await
+    }
+
+    fn exactly_once(&mut self) -> bool {
+        self.held = Some(Held::default());
+        true
+    }
+
+    async fn close_uncommitted(&mut self, committed: u64) -> Result<()> {
+        self.start()?;
+        self.release(Some(committed))?;
+        self.lines.finish().await
+    }
+
+    async fn pre_commit(&mut self, id: u64) -> Result<Option<Vec<u8>>> {
+        self.start()?;
+        let Some(h) = self.held.as_mut() else {
+            // At-least-once: the rows are in the file already; a restore cuts it
+            // back to what this checkpoint covers (the rest is replayed).
+            self.lines.flush().await?;
+            let file = self.lines.out.get_ref();
+            let state = FileState {
+                path: self.lines.target.clone(),
+                base: file.metadata().map_err(|e| self.io(e))?.len(),
+                bytes: Vec::new(),
+            };
+            return Ok(Some(state.encode()));
+        };
+        let open = std::mem::take(&mut h.open);
+        h.intervals.push((id, open));
+        let state = FileState {
+            path: self.lines.target.clone(),
+            base: h.committed_len,
+            bytes: h
+                .intervals
+                .iter()
+                .flat_map(|(_, b)| b.iter().copied())
+                .collect(),
+        };
+        Ok(Some(state.encode()))
+    }
+
+    async fn commit(&mut self, id: u64) -> Result<()> {
+        self.release(Some(id))
+    }
+
+    async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
+        for (_, raw) in states {
+            let state = FileState::decode(raw).ok_or_else(|| ConnectorError::Io {
+                connector: "file",
+                path: self.lines.target.display().to_string(),
+                source: std::io::Error::other("unreadable checkpoint state"),
+            })?;
+            restore_file(&state)?;
+            if state.path == self.lines.target {
+                self.restored = true;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -438,6 +702,137 @@ mod tests {
             .map(|v| v["id"].as_i64().unwrap())
             .collect();
         assert_eq!(ids, vec![0, 1, 2, 3, 4]);
+    }
+
+    fn ids(path: &Path) -> Vec<i64> {
+        lines(path)
+            .iter()
+            .map(|v| v["id"].as_i64().unwrap())
+            .collect()
+    }
+
+    /// Exactly-once: rows appear when their checkpoint commits; a restore from a
+    /// checkpoint whose commit did or did not happen leaves each row once, and the
+    /// restored run appends instead of emptying the file.
+    #[tokio::test]
+    async fn exactly_once_file_sink_holds_rows_until_commit_and_restores_each_once() {
+        for committed_before_crash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("o.jsonl");
+            let f = file_factory(dir.path(), &[("path", "o.jsonl")]);
+            let mut s = f.create(&task(0, 1), schema()).unwrap();
+            assert!(s.exactly_once());
+            s.write(batch(0, 3)).await.unwrap();
+            let _ = s.pre_commit(1).await.unwrap();
+            assert_eq!(ids(&path), Vec::<i64>::new(), "held until the commit");
+            s.commit(1).await.unwrap();
+            assert_eq!(ids(&path), vec![0, 1, 2]);
+            s.write(batch(3, 2)).await.unwrap();
+            let state = s.pre_commit(2).await.unwrap().expect("a state");
+            if committed_before_crash {
+                s.commit(2).await.unwrap();
+            }
+            // Rows after the checkpoint, then a crash.
+            s.write(batch(5, 4)).await.unwrap();
+            drop(s);
+
+            let mut s = f.create(&task(0, 1), schema()).unwrap();
+            assert!(s.exactly_once());
+            s.restore(&[(0, state)]).await.unwrap();
+            assert_eq!(
+                ids(&path),
+                vec![0, 1, 2, 3, 4],
+                "commit before crash: {committed_before_crash}"
+            );
+            s.write(batch(5, 4)).await.unwrap();
+            let _ = s.pre_commit(3).await.unwrap();
+            s.commit(3).await.unwrap();
+            s.finish().await.unwrap();
+            assert_eq!(ids(&path), (0..9).collect::<Vec<_>>());
+        }
+    }
+
+    /// Checkpoints not yet committed when the next is taken are all in its state; a
+    /// stop keeps only the committed ones; the end of input releases everything.
+    #[tokio::test]
+    async fn exactly_once_file_sink_commits_in_order_and_stops_at_the_committed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let f = file_factory(dir.path(), &[("path", "o.jsonl")]);
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        assert!(s.exactly_once());
+        s.write(batch(0, 1)).await.unwrap();
+        let _ = s.pre_commit(1).await.unwrap();
+        s.write(batch(1, 1)).await.unwrap();
+        let both = s.pre_commit(2).await.unwrap().unwrap();
+        s.write(batch(2, 1)).await.unwrap();
+        s.close_uncommitted(1).await.unwrap();
+        assert_eq!(ids(&path), vec![0]);
+        // Restored from checkpoint 2 (1 had committed): 1 is not written twice.
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        assert!(s.exactly_once());
+        s.restore(&[(0, both)]).await.unwrap();
+        assert_eq!(ids(&path), vec![0, 1]);
+        s.write(batch(2, 2)).await.unwrap();
+        s.finish().await.unwrap();
+        assert_eq!(ids(&path), vec![0, 1, 2, 3]);
+    }
+
+    /// At-least-once: rows are written through, and a restore cuts the file back to
+    /// the checkpoint (what came after is replayed).
+    #[tokio::test]
+    async fn at_least_once_file_sink_is_cut_back_to_its_checkpoint_on_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.jsonl");
+        let f = file_factory(dir.path(), &[("path", "o.jsonl")]);
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        s.write(batch(0, 2)).await.unwrap();
+        let state = s.pre_commit(1).await.unwrap().unwrap();
+        s.write(batch(2, 2)).await.unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(ids(&path), vec![0, 1, 2, 3]);
+        drop(s);
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        s.restore(&[(0, state)]).await.unwrap();
+        assert_eq!(ids(&path), vec![0, 1]);
+        s.write(batch(2, 2)).await.unwrap();
+        s.finish().await.unwrap();
+        assert_eq!(ids(&path), vec![0, 1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_file_shorter_than_its_checkpoint_is_refused_on_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = file_factory(dir.path(), &[("path", "o.jsonl")]);
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        s.write(batch(0, 2)).await.unwrap();
+        let state = s.pre_commit(1).await.unwrap().unwrap();
+        s.finish().await.unwrap();
+        std::fs::write(dir.path().join("o.jsonl"), b"").unwrap();
+        let mut s = f.create(&task(0, 1), schema()).unwrap();
+        let e = s.restore(&[(0, state)]).await.unwrap_err().to_string();
+        assert!(e.contains("changed outside the pipeline"), "{e}");
+    }
+
+    #[test]
+    fn file_state_round_trips_and_garbage_is_refused() {
+        let st = FileState {
+            path: PathBuf::from("/x/o.jsonl"),
+            base: 42,
+            bytes: b"{\"id\":1}\n".to_vec(),
+        };
+        let back = FileState::decode(&st.encode()).unwrap();
+        assert_eq!(
+            (back.path, back.base, back.bytes),
+            (st.path, st.base, st.bytes)
+        );
+        for bad in [
+            &b""[..],
+            &[2u8, 0, 0, 0, 0][..],
+            &[1u8, 9, 0, 0, 0, b'a'][..],
+        ] {
+            assert!(FileState::decode(bad).is_none());
+        }
     }
 
     #[tokio::test]

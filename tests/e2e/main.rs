@@ -23,6 +23,7 @@ mod lookup;
 mod operations;
 mod registry;
 mod registry_outage;
+mod scripts_run;
 mod sinks;
 mod source_outage;
 mod sql_oracle;
