@@ -5,7 +5,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `path` | required | a file, or a directory; relative paths are resolved from the SQL file's directory |
+//! | `path` | required | a file, or a directory; relative paths are resolved from the working directory (where `tributary run` runs) |
 //! | `format` | from the file's extension | `json` (JSON lines), `avro` (object container files) or `parquet`; required for a directory |
 //! | `follow` | `false` | `true`: keep polling the directory for new files until the pipeline stops |
 //! | `poll_interval` | `1s` | how often a followed directory is listed |

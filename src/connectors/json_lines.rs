@@ -17,7 +17,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `path` | required | the file to write; relative paths are resolved from the SQL file's directory |
+//! | `path` | required | the file to write; relative paths are resolved from the working directory (where `tributary run` runs) |
 //! | `append` | `false` | `false`: the file is truncated when the sink starts; `true`: rows are appended |
 //!
 //! With parallelism 1 the sink writes `path` itself. With parallelism `n > 1` each
@@ -92,7 +92,7 @@ pub fn file_sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn S
     }))
 }
 
-/// Resolves a path option against the directory of the SQL file.
+/// Resolves a path option against `base_dir` (the working directory).
 pub(crate) fn resolve_path(base_dir: &Path, raw: &str) -> PathBuf {
     let p = Path::new(raw.trim());
     if p.is_absolute() {

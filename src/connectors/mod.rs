@@ -112,6 +112,8 @@ pub struct Options {
     known: BTreeSet<&'static str>,
     /// Prefixes of options passed through (e.g. `kafka.` for librdkafka properties).
     known_prefixes: BTreeSet<&'static str>,
+    /// The directory of the SQL file that declares the table (see [`Options::sql_dir`]).
+    sql_dir: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -122,7 +124,21 @@ impl Options {
             values,
             known: BTreeSet::new(),
             known_prefixes: BTreeSet::new(),
+            sql_dir: None,
         }
+    }
+
+    /// These options, declared by a SQL file in `dir`.
+    pub fn declared_in(mut self, dir: &std::path::Path) -> Self {
+        self.sql_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The directory of the SQL file that declares the table, when it has one: files
+    /// that belong with the SQL (a Kafka table's `schema_file`) are resolved from it,
+    /// unlike data paths (relative to the working directory, [`TableRequest::base_dir`]).
+    pub fn sql_dir(&self) -> Option<&std::path::Path> {
+        self.sql_dir.as_deref()
     }
 
     /// Every option starting with `prefix`, without it: properties passed through to a
@@ -290,7 +306,9 @@ pub struct TableRequest<'a> {
     pub env: &'a ConnectorEnv,
     /// Columns declared in the DDL, if any; the source must produce exactly these.
     pub schema: Option<SchemaRef>,
-    /// Where relative paths in options are resolved from (the SQL file's directory).
+    /// Where relative data paths in options (`path`) are resolved from: the working
+    /// directory. Files that belong with the SQL (`schema_file`) are resolved from
+    /// [`Options::sql_dir`] instead, when known.
     pub base_dir: &'a std::path::Path,
 }
 

@@ -9,7 +9,7 @@
 //!
 //! | option | default | meaning |
 //! |---|---|---|
-//! | `path` | required | the output directory; relative paths are resolved from the SQL file's directory |
+//! | `path` | required | the output directory; relative paths are resolved from the working directory (where `tributary run` runs) |
 //! | `partition_by` | none | comma-separated input columns whose values name the directories |
 //! | `rollover_size` | `128MB` | a file is completed once its (estimated) size reaches this |
 //! | `rollover_interval` | `5m` | a file is completed once it has been open this long |

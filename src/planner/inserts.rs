@@ -131,11 +131,12 @@ impl Planning<'_> {
         };
         let mut options = decl.options.clone();
         options.remove("parallelism");
-        let factory = connectors::sink(&req, Options::new(&decl.name, &decl.connector, options))
-            .map_err(|e| SqlError::Connector {
-                location: decl.locate(&e),
-                source: Box::new(e),
-            })?;
+        let options =
+            Options::new(&decl.name, &decl.connector, options).declared_in(self.sql_dir());
+        let factory = connectors::sink(&req, options).map_err(|e| SqlError::Connector {
+            location: decl.locate(&e),
+            source: Box::new(e),
+        })?;
         let id = wiring
             .graph
             .add_sink(&decl.name, factory, *parallelism, op, Partitioning::Forward)

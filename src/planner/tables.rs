@@ -67,6 +67,12 @@ struct TableOptions {
 }
 
 impl Planning<'_> {
+    /// The directory of the pipeline's SQL file (of the pipeline file for inline SQL):
+    /// where a table's `schema_file` is resolved from.
+    pub(super) fn sql_dir(&self) -> &std::path::Path {
+        self.sql.file.parent().unwrap_or(std::path::Path::new(""))
+    }
+
     /// Refuses connector options (from the pipeline file) for a table the SQL does not
     /// declare.
     pub(super) fn check_table_options(&self, parsed: &ParsedSql) -> Result<()> {
@@ -200,7 +206,8 @@ impl Planning<'_> {
                 &decl.name,
                 &decl.connector,
                 std::mem::take(&mut options.connector),
-            ),
+            )
+            .declared_in(self.sql_dir()),
         )
         .map_err(|e| SqlError::Connector {
             location: decl.locate(&e),
@@ -261,7 +268,8 @@ impl Planning<'_> {
             &decl.name,
             &decl.connector,
             std::mem::take(&mut options.connector),
-        );
+        )
+        .declared_in(self.sql_dir());
         let lookup = connectors::dynamodb::lookup_table(self.pipeline, req, &mut opts)
             .and_then(|l| opts.finish().map(|()| l))
             .map_err(|e| SqlError::Connector {

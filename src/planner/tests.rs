@@ -747,3 +747,50 @@ async fn a_pipeline_without_insert_is_refused() {
     )
     .await;
 }
+
+/// Plans a Kafka Avro source whose `schema_file` is `file`, in the SQL file `sql_file`,
+/// with the working directory (`base_dir`) elsewhere.
+async fn plan_schema_file(sql_file: &Path, file: &str) -> crate::Result<()> {
+    let text = format!(
+        "CREATE TABLE orders (id BIGINT) WITH (connector = 'kafka', \
+         bootstrap_servers = '127.0.0.1:1', topic = 'orders', format = 'avro', \
+         schema_registry_url = 'http://127.0.0.1:1', schema_file = '{file}');\n\
+         CREATE TABLE out WITH (connector = 'stdout');\n\
+         INSERT INTO out SELECT id FROM orders;\n"
+    );
+    SqlPlanner::new()
+        .plan_pipeline(
+            "p",
+            &SqlText::file(text, sql_file),
+            Path::new("."),
+            &PlanSettings::default(),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// A Kafka table's `schema_file` is resolved from the directory of the SQL file that
+/// names it (not the working directory); an absolute path is kept as it is.
+#[tokio::test]
+async fn a_relative_schema_file_is_read_next_to_the_sql_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sql")).unwrap();
+    std::fs::create_dir_all(dir.path().join("schemas")).unwrap();
+    let schema = dir.path().join("schemas/order.avsc");
+    std::fs::write(
+        &schema,
+        r#"{"type": "record", "name": "order", "fields": [{"name": "id", "type": "long"}]}"#,
+    )
+    .unwrap();
+    let sql_file = dir.path().join("sql/p.sql");
+    plan_schema_file(&sql_file, "../schemas/order.avsc")
+        .await
+        .expect("relative to sql/p.sql");
+    plan_schema_file(&sql_file, &schema.display().to_string())
+        .await
+        .expect("an absolute path");
+    let e = plan_schema_file(&sql_file, "schemas/order.avsc")
+        .await
+        .expect_err("not relative to the SQL file: not found");
+    assert!(e.to_string().contains("schema_file"), "{e}");
+}

@@ -56,3 +56,67 @@ fn every_path_the_architecture_map_names_exists() {
         "docs/architecture.md names paths that do not exist: {missing:?}"
     );
 }
+
+/// Every error code `src/` can print (a code as a string literal, `"SQL003"`, or
+/// printed as is, `error[PIP005]`) has a row `| CODE | meaning |` in `docs/errors.md`.
+#[test]
+fn every_error_code_in_the_source_is_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut codes = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                codes.extend(error_codes(&std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    assert!(
+        codes.len() > 50 && codes.contains("IO001") && codes.contains("PIP005"),
+        "only {} codes found: {codes:?}",
+        codes.len()
+    );
+    let text = std::fs::read_to_string(root.join("docs/errors.md")).unwrap();
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !text.contains(&format!("\n| {c} |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "error codes defined in src/ without a row in docs/errors.md: {missing:?}"
+    );
+}
+
+/// The codes in `text`: two to four capital letters and three digits, quoted
+/// (`"REG024"`) or bracketed (`error[ADM001]`).
+fn error_codes(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut found = Vec::new();
+    for (i, &open) in b.iter().enumerate() {
+        if open != b'"' && open != b'[' {
+            continue;
+        }
+        let letters = b[i + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase())
+            .count();
+        let start = i + 1 + letters;
+        let digits = b[start..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let close = if open == b'"' { b'"' } else { b']' };
+        if (2..=4).contains(&letters) && digits == 3 && b.get(start + 3) == Some(&close) {
+            found.push(text[i + 1..start + 3].to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn error_codes_are_found_quoted_or_bracketed() {
+    let found = error_codes(
+        r#"Error::Io { .. } => "IO001", eprintln!("error[PIP005]: …"); "SQL0031" [AB12] "x""#,
+    );
+    assert_eq!(found, ["IO001", "PIP005"]);
+}

@@ -143,13 +143,15 @@ pub(super) async fn check_registry(table: &str, registry: Option<&RegistryClient
     }
 }
 
-/// Reads and checks the Avro schema of `schema_file` (relative to the SQL file).
+/// Reads and checks the Avro schema of `schema_file`: a relative path is resolved from
+/// the directory of the SQL file that declares the table (else from `base`, the working
+/// directory, for a table declared without one); an absolute path is kept.
 pub(super) fn read_avro_schema(
     opts: &Options,
     base: &std::path::Path,
     file: &str,
 ) -> Result<Arc<str>> {
-    let path = base.join(file);
+    let path = opts.sql_dir().unwrap_or(base).join(file);
     let text = std::fs::read_to_string(&path)
         .map_err(|e| opts.invalid("schema_file", file, format!("{}: {e}", path.display())))?;
     crate::registry::schema::AvroSchema::parse(&text)

@@ -50,6 +50,10 @@ fn parse_start_timestamp(s: &str) -> Option<i64> {
 
 /// Builds the source of a `connector = 'kafka'` table.
 pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SourceFactory>> {
+    Ok(Arc::new(factory(req, opts)?))
+}
+
+fn factory(req: &TableRequest<'_>, opts: &mut Options) -> Result<KafkaSourceFactory> {
     let (config, topic) = client_config(opts, req.env)?;
     let avro = avro_registry(opts, req.env)?;
     let start_timestamp = opts.get("start_timestamp");
@@ -91,9 +95,7 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
             "applies with offset = 'timestamp'",
         ));
     }
-    let group = opts
-        .get("group_id")
-        .unwrap_or_else(|| format!("tributary-{}", req.table));
+    let group = opts.get("group_id");
     let bounded = opts.parse_bool("bounded", false)?;
     let outage_timeout = match opts.get("outage_timeout") {
         None => None,
@@ -130,7 +132,7 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         }
         .into()
     })?;
-    Ok(Arc::new(KafkaSourceFactory {
+    Ok(KafkaSourceFactory {
         table: req.table.to_string(),
         config,
         topic,
@@ -142,14 +144,15 @@ pub(crate) fn source(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<d
         meta,
         avro,
         reader_schema,
-    }))
+    })
 }
 
 struct KafkaSourceFactory {
     table: String,
     config: ClientConfig,
     topic: String,
-    group: String,
+    /// `group_id`; `None`: [`default_group_id`], known once the pipeline is.
+    group: Option<String>,
     start: StartFrom,
     bounded: bool,
     /// Fail once the cluster has been unreachable this long (`None`: wait forever).
@@ -212,27 +215,8 @@ impl SourceFactory for KafkaSourceFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
-        let mut config = self.config.clone();
-        // librdkafka (≥ 2.1) pauses a partition's fetching for this long whenever its
-        // local queue is over `queued.min.messages`; at the default (1 s) a consumer
-        // slower than the broker drains the queue and then idles for most of that
-        // second (measured: 78 s → 32 s for 9.2M JSON records). A few milliseconds
-        // keep the queue fed; a `kafka.fetch.queue.backoff.ms` option still wins.
-        if config.get("fetch.queue.backoff.ms").is_none() {
-            config.set("fetch.queue.backoff.ms", "10");
-        }
-        config
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            // A bounded read ends a partition at its end-of-partition event: on a
-            // transactional topic the last offsets are commit/abort markers (and
-            // aborted records) that no record is delivered for.
-            .set(
-                "enable.partition.eof",
-                if self.bounded { "true" } else { "false" },
-            );
-        let consumer: StreamConsumer<Watch> = config
+        let consumer: StreamConsumer<Watch> = self
+            .consumer_config(task)
             .create_with_context(Watch::default())
             .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
         Ok(Box::new(KafkaSource {
@@ -250,6 +234,45 @@ impl SourceFactory for KafkaSourceFactory {
             next: Default::default(),
             task: task.clone(),
         }))
+    }
+}
+
+/// The consumer group of a table read without `group_id`: `tributary-<pipeline>-<table>`,
+/// so two pipelines reading tables of the same name do not share a group (and its
+/// committed offsets), and stable across restarts.
+fn default_group_id(pipeline: &str, table: &str) -> String {
+    format!("tributary-{pipeline}-{table}")
+}
+
+impl KafkaSourceFactory {
+    /// The consumer's settings for `task`: the table's client settings, its group
+    /// (`group_id`, else [`default_group_id`]) and the source's fixed settings.
+    fn consumer_config(&self, task: &TaskInfo) -> ClientConfig {
+        let mut config = self.config.clone();
+        let group = match &self.group {
+            Some(group) => group.clone(),
+            None => default_group_id(&task.pipeline, &self.table),
+        };
+        // librdkafka (≥ 2.1) pauses a partition's fetching for this long whenever its
+        // local queue is over `queued.min.messages`; at the default (1 s) a consumer
+        // slower than the broker drains the queue and then idles for most of that
+        // second (measured: 78 s → 32 s for 9.2M JSON records). A few milliseconds
+        // keep the queue fed; a `kafka.fetch.queue.backoff.ms` option still wins.
+        if config.get("fetch.queue.backoff.ms").is_none() {
+            config.set("fetch.queue.backoff.ms", "10");
+        }
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            // A bounded read ends a partition at its end-of-partition event: on a
+            // transactional topic the last offsets are commit/abort markers (and
+            // aborted records) that no record is delivered for.
+            .set(
+                "enable.partition.eof",
+                if self.bounded { "true" } else { "false" },
+            );
+        config
     }
 }
 
@@ -696,5 +719,68 @@ fn commit_offsets(
         && let Err(e) = consumer.commit(&tpl, rdkafka::consumer::CommitMode::Async)
     {
         tracing::warn!(topic, error = %e, "committing checkpointed offsets to the group failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+    use crate::connectors::ConnectorEnv;
+
+    fn group_of(pipeline: &str, table: &str, extra: &[(&str, &str)]) -> String {
+        let values: BTreeMap<String, String> =
+            [("bootstrap_servers", "127.0.0.1:1"), ("topic", "orders")]
+                .iter()
+                .chain(extra)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let mut opts = Options::new(table, "kafka", values);
+        let env = ConnectorEnv::default();
+        let req = TableRequest {
+            table,
+            env: &env,
+            schema: Some(Arc::new(Schema::new(vec![Field::new(
+                "id",
+                DataType::Int64,
+                true,
+            )]))),
+            base_dir: std::path::Path::new("."),
+        };
+        let factory = factory(&req, &mut opts).unwrap();
+        let task = TaskInfo {
+            pipeline: pipeline.into(),
+            node: table.into(),
+            partition: 0,
+            parallelism: 1,
+            state: crate::state::memory_backend(),
+        };
+        factory
+            .consumer_config(&task)
+            .get("group.id")
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn pipelines_reading_tables_of_the_same_name_get_different_default_groups() {
+        let a = group_of("billing", "orders", &[]);
+        let b = group_of("shipping", "orders", &[]);
+        assert_eq!(a, "tributary-billing-orders");
+        assert_eq!(b, "tributary-shipping-orders");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_explicit_group_id_is_kept() {
+        for pipeline in ["billing", "shipping"] {
+            assert_eq!(
+                group_of(pipeline, "orders", &[("group_id", "legacy-orders")]),
+                "legacy-orders"
+            );
+        }
     }
 }
