@@ -4,7 +4,9 @@ CREATE TABLE kitchen WITH (
     connector = 'generator',
     world = 'restaurant',
     stream = 'kitchen',
-    rate = '200'
+    rate = '200',
+    -- The first 10 minutes of event time at once: orders at every stage from the start.
+    warmup = '10m'
 );
 
 CREATE TABLE slow_tickets WITH (

@@ -4,7 +4,9 @@ CREATE TABLE app WITH (
     connector = 'generator',
     world = 'restaurant',
     stream = 'app',
-    rate = '300'
+    rate = '300',
+    -- The first 10 minutes of event time at once: orders at every stage from the start.
+    warmup = '10m'
 );
 
 CREATE TABLE offer_events WITH (

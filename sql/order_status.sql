@@ -5,6 +5,8 @@ CREATE TABLE orders WITH (
     world = 'restaurant',
     stream = 'orders',
     rate = '200',
+    -- The first 10 minutes of event time at once: orders at every stage from the start.
+    warmup = '10m',
     out_of_order = '2s',
     duplicate_fraction = '0.001',
     malformed_fraction = '0.001'

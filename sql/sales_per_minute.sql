@@ -6,6 +6,8 @@ CREATE TABLE orders WITH (
     world = 'restaurant',
     stream = 'orders',
     rate = '200',
+    -- The first 10 minutes of event time at once: orders at every stage from the start.
+    warmup = '10m',
     out_of_order = '3s',
     event_time_field = 'event_time',
     watermark_delay = '5s'

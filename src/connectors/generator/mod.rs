@@ -24,7 +24,11 @@
 //! - Each record has a schedule (its emission time on the event-time axis). With a rate,
 //!   event time advances at wall-clock speed from the run's start and a record is
 //!   emitted once its schedule is due; without one (`rate = 0`) records are produced as
-//!   fast as downstream takes them.
+//!   fast as downstream takes them. With `warmup`, a fresh run starts that far into its
+//!   schedule: the first `warmup` of event time is emitted at once (as a consumer
+//!   catching up on a topic would read it), so the streams are at their steady rate —
+//!   orders at every stage of their lifecycle — from the start, instead of ramping up
+//!   over the lifecycles' length (up to ~40 minutes for a delivery).
 
 mod nexmark;
 mod restaurant;
@@ -170,6 +174,8 @@ pub struct GeneratorSettings {
     pub duplicate_fraction: f64,
     /// Fraction of records corrupted (restaurant only): broken JSON, wrong types.
     pub malformed_fraction: f64,
+    /// With a rate: how much event time a fresh run emits at once before pacing.
+    pub warmup: Duration,
 }
 
 impl GeneratorSettings {
@@ -190,6 +196,7 @@ impl GeneratorSettings {
             late_fraction: 0.0,
             duplicate_fraction: 0.0,
             malformed_fraction: 0.0,
+            warmup: Duration::ZERO,
         }
     }
 
@@ -255,6 +262,7 @@ impl GeneratorSettings {
         let late_fraction = fraction(opts, "late_fraction")?;
         let duplicate_fraction = fraction(opts, "duplicate_fraction")?;
         let malformed_fraction = fraction(opts, "malformed_fraction")?;
+        let warmup = opts.parse_duration("warmup", d.warmup)?;
         if world == World::Nexmark && malformed_fraction > 0.0 {
             return Err(opts.invalid(
                 "malformed_fraction",
@@ -269,6 +277,7 @@ impl GeneratorSettings {
             late_fraction,
             duplicate_fraction,
             malformed_fraction,
+            warmup,
         })
     }
 }
@@ -589,6 +598,9 @@ impl SourceFactory for GeneratorFactory {
                 s.push_str(&format!(" count={c}"));
             }
             s.push_str(&format!(" start_time={}", self.settings.start_time));
+            if !self.settings.warmup.is_zero() {
+                s.push_str(&format!(" warmup={:?}", self.settings.warmup));
+            }
             if !self.settings.out_of_order.is_zero() {
                 s.push_str(&format!(" out_of_order={:?}", self.settings.out_of_order));
             }
@@ -621,6 +633,7 @@ impl SourceFactory for GeneratorFactory {
             paced,
             rate_per_task: self.settings.rate / n as f64,
             origin_ms: self.origin_ms,
+            warmup: self.settings.warmup,
             projection: self.projection.clone(),
             consumed: 0,
         }))
@@ -640,6 +653,8 @@ struct GeneratorSource {
     paced: bool,
     rate_per_task: f64,
     origin_ms: i64,
+    /// Event time a fresh run emits at once before pacing (see the module docs).
+    warmup: Duration,
     projection: Arc<Projection>,
     /// Records consumed from the sequence and emitted (the checkpointed position).
     consumed: u64,
@@ -722,7 +737,10 @@ impl GeneratorSource {
             Some(sched) if self.consumed > 0 => Instant::now()
                 .checked_sub(self.due_offset(sched))
                 .unwrap_or_else(Instant::now),
-            _ => Instant::now(),
+            // A fresh run: `warmup` of the schedule is already due.
+            _ => Instant::now()
+                .checked_sub(self.warmup)
+                .unwrap_or_else(Instant::now),
         };
         let mut last_emit = t0;
         loop {
@@ -1239,6 +1257,49 @@ mod tests {
         assert_eq!(rows(&out), 600);
         // Batches are cut by the flush interval, not only by size.
         assert!(out.len() >= 10, "{} batches", out.len());
+    }
+
+    /// `warmup` of event time is emitted at once; the rest is paced as before.
+    #[tokio::test]
+    async fn warmup_emits_its_event_time_at_once_then_paces() {
+        // 600 events at 2/s are 300 s of schedule: inside a 10-minute warmup.
+        let f = plan(
+            &[
+                ("stream", "orders"),
+                ("rate", "2"),
+                ("count", "600"),
+                ("warmup", "10m"),
+            ],
+            None,
+        )
+        .unwrap();
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            run_to_end(f, 1, BatchSettings::default()),
+        )
+        .await
+        .expect("not paced over 300 s");
+        assert_eq!(rows(&out), 600);
+        // 40 events at 20/s with 1 s of warmup: the second half is paced.
+        let f = plan(
+            &[
+                ("world", "nexmark"),
+                ("stream", "events"),
+                ("rate", "20"),
+                ("count", "40"),
+                ("warmup", "1s"),
+            ],
+            None,
+        )
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        let out = run_to_end(f, 1, BatchSettings::default()).await;
+        assert_eq!(rows(&out), 40);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            t0.elapsed()
+        );
     }
 
     #[tokio::test]
