@@ -69,6 +69,13 @@ pub(super) fn generate(args: &GenerateArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        // The reader closed standard output (`tributary generate | head`): it has what
+        // it wanted; a quiet success, as for any Unix filter.
+        Err(crate::Error::Io { source, .. })
+            if args.output.is_none() && source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             super::report(&e);
             ExitCode::from(2)

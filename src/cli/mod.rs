@@ -11,6 +11,7 @@ mod generate;
 mod progress;
 mod registry;
 mod run;
+mod term;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,9 +117,11 @@ fn init_logging(config: &Config) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    // Through the terminal writer shared with `run`'s live view: log lines are written
+    // above the view; with none on screen their bytes go to stderr unchanged.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(term::LogLine::default);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
@@ -126,17 +129,20 @@ fn init_logging(config: &Config) {
     };
 }
 
-/// Prints an error the one way errors are shown.
+/// Prints an error the one way errors are shown, through the terminal writer (above
+/// `run`'s live view if one is on screen).
 pub(crate) fn report(e: &crate::Error) {
-    eprintln!("error[{}]: {e}", e.code());
+    use std::fmt::Write;
+    let mut out = format!("error[{}]: {e}\n", e.code());
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let text = s.to_string();
         if !e.to_string().contains(&text) {
-            eprintln!("  caused by: {text}");
+            let _ = writeln!(out, "  caused by: {text}");
         }
         source = s.source();
     }
+    term::log(out.as_bytes());
 }
 
 pub fn main() -> ExitCode {

@@ -1,12 +1,14 @@
 //! The live progress view of `tributary run`: one line per pipeline on a terminal
-//! (rows/s in and out, rows written, bad records), redrawn every second; a periodic
-//! structured log line per pipeline otherwise.
+//! (rows/s in and out, rows written, bad records), redrawn every second below the log
+//! lines through the shared terminal writer ([`term`]) and cleared at the end; a
+//! periodic structured log line per pipeline otherwise.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::term;
 use crate::engine::NodeStats;
 
 struct Line {
@@ -92,7 +94,6 @@ impl Progress {
             };
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
-            let mut drawn = 0usize;
             let mut at = Instant::now();
             loop {
                 let last_round = tokio::select! {
@@ -101,25 +102,30 @@ impl Progress {
                 };
                 let secs = at.elapsed().as_secs_f64().max(1e-3);
                 at = Instant::now();
-                if self.terminal {
-                    let mut err = std::io::stderr().lock();
-                    if drawn > 0 {
-                        let _ = write!(err, "\x1b[{drawn}A");
-                    }
-                    for l in &mut self.lines {
-                        let (i, o, bad) = l.totals();
-                        let _ = writeln!(
-                            err,
-                            "\x1b[2K{:<24} in {:>10.0}/s  out {:>10.0}/s  written {:>12}  bad {:>8}",
-                            l.name,
-                            (i - l.last.0) as f64 / secs,
-                            (o - l.last.1) as f64 / secs,
-                            o,
-                            bad
-                        );
-                        l.last = (i, o);
-                    }
-                    drawn = self.lines.len();
+                if self.terminal && last_round {
+                    // Cleared once; the stop summaries logged above it stay.
+                    term::clear();
+                } else if self.terminal {
+                    let lines = self
+                        .lines
+                        .iter_mut()
+                        .map(|l| {
+                            let (i, o, bad) = l.totals();
+                            let line = format!(
+                                "{:<24} in {:>10.0}/s  out {:>10.0}/s  written {:>12}  bad {:>8}",
+                                l.name,
+                                (i - l.last.0) as f64 / secs,
+                                (o - l.last.1) as f64 / secs,
+                                o,
+                                bad
+                            );
+                            l.last = (i, o);
+                            line
+                        })
+                        .collect();
+                    // `stty` may run: off the async workers.
+                    let width = tokio::task::spawn_blocking(term::width).await;
+                    term::draw(lines, width.unwrap_or(80));
                 } else {
                     for l in &mut self.lines {
                         let (i, o, bad) = l.totals();

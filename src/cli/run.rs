@@ -70,15 +70,39 @@ async fn plan_all_with(
     args: &[String],
     env: crate::connectors::ConnectorEnv,
 ) -> Option<Vec<(LoadedPipeline, PlannedPipeline)>> {
-    let paths = match resolve(config, args) {
-        Ok(p) => p,
-        Err(e) => {
-            report(&e);
-            return None;
-        }
-    };
-    let planner = SqlPlanner::new().with_env(env);
+    let (out, ok) = plan_each(config, args, env).await;
+    ok.then_some(out)
+}
+
+/// Loads and plans every pipeline it can, going on after each error and reporting it
+/// (a name not found, a file that does not load or plan, two pipelines of one name):
+/// the pipelines that planned, and whether every one did.
+async fn plan_each(
+    config: &Config,
+    args: &[String],
+    env: crate::connectors::ConnectorEnv,
+) -> (Vec<(LoadedPipeline, PlannedPipeline)>, bool) {
     let mut ok = true;
+    let mut paths = Vec::new();
+    if args.is_empty() {
+        match resolve(config, args) {
+            Ok(p) => paths = p,
+            Err(e) => {
+                report(&e);
+                return (Vec::new(), false);
+            }
+        }
+    }
+    for a in args {
+        match resolve(config, std::slice::from_ref(a)) {
+            Ok(p) => paths.extend(p),
+            Err(e) => {
+                report(&e);
+                ok = false;
+            }
+        }
+    }
+    let planner = SqlPlanner::new().with_env(env);
     let mut out = Vec::new();
     for path in paths {
         let planned = async {
@@ -103,7 +127,7 @@ async fn plan_all_with(
         eprintln!("error[PIP005]: two pipelines are named {}", w[0]);
         ok = false;
     }
-    ok.then_some(out)
+    (out, ok)
 }
 
 /// Asks each table of `planned` whether the services it needs besides its data (a
@@ -125,30 +149,29 @@ async fn preflight(planned: &PlannedPipeline) -> bool {
 }
 
 pub(super) async fn check(config: &Config, args: &[String]) -> ExitCode {
-    match plan_all(config, args).await {
-        Some(all) => {
-            let mut reachable = true;
-            for (_, p) in &all {
-                reachable &= preflight(p).await;
-            }
-            if !reachable {
-                return ExitCode::from(2);
-            }
-            for (l, p) in &all {
-                println!(
-                    "ok {} ({} nodes, {})",
-                    l.name,
-                    p.graph.nodes.len(),
-                    if p.graph.bounded() {
-                        "bounded"
-                    } else {
-                        "unbounded"
-                    }
-                );
-            }
-            ExitCode::SUCCESS
+    // Every pipeline that planned is also checked against what it connects to, even
+    // when another did not plan: one run of `check` shows every error.
+    let (all, mut ok) = plan_each(config, args, config.connector_env()).await;
+    for (l, p) in &all {
+        if !preflight(p).await {
+            ok = false;
+            continue;
         }
-        None => ExitCode::from(2),
+        println!(
+            "ok {} ({} nodes, {})",
+            l.name,
+            p.graph.nodes.len(),
+            if p.graph.bounded() {
+                "bounded"
+            } else {
+                "unbounded"
+            }
+        );
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 
@@ -540,7 +563,7 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
             Err(e) => {
                 failed = true;
                 health.set_failed(&name);
-                eprintln!("pipeline {name} failed:");
+                super::term::eprintln_above!("pipeline {name} failed:");
                 report(&e);
                 for s in &stoppers {
                     s.stop();

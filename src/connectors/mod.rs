@@ -35,20 +35,24 @@ use crate::engine::{SinkFactory, SourceFactory};
 /// Errors of connectors: configuration and I/O.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    #[error("unknown connector '{name}' for table {table}; known connectors: {known}")]
+    #[error("unknown connector '{name}' for table {table}{hint}; known connectors: {known}")]
     UnknownConnector {
         table: String,
         name: String,
         known: String,
+        /// ` (did you mean 'kafka'?)` for a likely typo, else empty.
+        hint: String,
     },
     #[error(
-        "connector '{connector}' of table {table} has no option '{option}'; its options are: {known}"
+        "connector '{connector}' of table {table} has no option '{option}'{hint}; its options are: {known}"
     )]
     UnknownOption {
         table: String,
         connector: String,
         option: String,
         known: String,
+        /// ` (did you mean 'rate'?)` for a likely typo, else empty.
+        hint: String,
     },
     #[error("table {table}: option '{option}' is required by connector '{connector}'")]
     MissingOption {
@@ -230,6 +234,7 @@ impl Options {
                     connector: self.connector.clone(),
                     option: key.clone(),
                     known: known.join(", "),
+                    hint: did_you_mean_hint(key, known.iter().copied()),
                 }
                 .into());
             }
@@ -334,8 +339,17 @@ fn unknown(table: &str, name: &str) -> crate::Error {
         table: table.into(),
         name: name.into(),
         known: CONNECTORS.join(", "),
+        hint: did_you_mean_hint(name, CONNECTORS.iter().copied()),
     }
     .into()
+}
+
+/// ` (did you mean 'x'?)` when one of `candidates` is a likely typo of `name` (the same
+/// suggestion as for unknown keys of pipeline files), else empty.
+fn did_you_mean_hint<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    crate::error::did_you_mean(name, candidates)
+        .map(|m| format!(" (did you mean '{m}'?)"))
+        .unwrap_or_default()
 }
 
 /// Builds the source of a table declared with `connector = …`.

@@ -341,7 +341,7 @@ pub fn load_config(
         .map_err(|e: toml::de::Error| {
             PipelineError::Config(format!(
                 "{} (from the merged configuration layers)",
-                e.message()
+                crate::error::with_did_you_mean(e.message().to_string())
             ))
         })?;
     crate::connectors::parse_duration(&config.pipeline.flush_interval)

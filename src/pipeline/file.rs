@@ -367,7 +367,7 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
                 line,
                 column,
             },
-            message,
+            crate::error::with_did_you_mean(message),
         )
     })?;
     let at = |key: &str| key_location(path, &text, key);

@@ -30,12 +30,12 @@ fn sql_errors_name_file_line_and_column() {
         (
             "connector.sql",
             "CREATE TABLE orders WITH (connector = 'kafkaa');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
-            "connector.sql:1:39: unknown connector 'kafkaa'",
+            "connector.sql:1:39: unknown connector 'kafkaa' for table orders (did you mean 'kafka'?)",
         ),
         (
             "option.sql",
             "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', rat = '5');\nCREATE TABLE out WITH (connector = 'stdout');\nINSERT INTO out SELECT * FROM orders;\n".to_string(),
-            "option.sql:1:71: connector 'generator' of table orders has no option 'rat'",
+            "option.sql:1:71: connector 'generator' of table orders has no option 'rat' (did you mean 'rate'?)",
         ),
         (
             "check.sql",
@@ -89,7 +89,7 @@ fn pipeline_file_errors_name_file_line_and_column() {
         (
             "unknown_key.yaml",
             "name: p\nsql: p.sql\nparalelism: 2\n",
-            "unknown_key.yaml:3:1: unknown field `paralelism`",
+            "unknown_key.yaml:3:1: unknown field `paralelism` (did you mean `parallelism`?)",
         ),
         (
             "bad_value.yaml",
@@ -135,6 +135,41 @@ fn check_reports_every_broken_pipeline_not_just_the_first() {
     let err = stderr(&o);
     assert!(err.contains("a.yaml:2:1: cannot read SQL file"), "{err}");
     assert!(err.contains("b.yaml:3:1: unknown field `wat`"), "{err}");
+}
+
+/// Named on the command line, a name not found, a file that does not plan and a table
+/// whose schema registry does not answer are each reported, the pipeline that is fine
+/// is said to be, and the exit code is 2.
+#[test]
+fn check_goes_on_after_each_failing_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = crate::registry::free_port();
+    write(
+        &d.join("bad.sql"),
+        &format!("{SRC}INSERT INTO out\nSELECT order_id, no_such_column FROM orders;\n"),
+    );
+    write(
+        &d.join("good.sql"),
+        &format!("{SRC}INSERT INTO out SELECT order_id FROM orders;\n"),
+    );
+    write(
+        &d.join("avro.sql"),
+        &format!(
+            "CREATE TABLE events (event_id VARCHAR) WITH (connector = 'kafka', \
+               bootstrap_servers = '127.0.0.1:1', topic = 't', format = 'avro', \
+               schema_registry_url = 'http://127.0.0.1:{port}');\n\
+             CREATE TABLE out WITH (connector = 'stdout');\n\
+             INSERT INTO out SELECT * FROM events;\n"
+        ),
+    );
+    let o = run(d, &["check", "bad.sql", "missing", "good.sql", "avro.sql"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.sql:4:18:"), "{err}");
+    assert!(err.contains("missing"), "{err}");
+    assert!(err.contains("error[REG025]: table events"), "{err}");
+    assert!(stdout(&o).contains("ok good"), "{}", stdout(&o));
 }
 
 /// `check` asks the schema registry of every Avro Kafka table: one that does not

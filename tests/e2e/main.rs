@@ -8,6 +8,7 @@ mod common;
 
 mod checkpoints;
 mod cli_errors;
+mod cli_pipes;
 mod dead_letter_classes;
 mod dead_letters;
 mod docker_config;

@@ -1,11 +1,11 @@
 //! `scripts/run` as a new user runs it (issue 20): the reference pipelines of the
 //! clone's `pipelines/` and `sql/`, on the embedded default, with nothing configured.
 //! Run in a directory of its own (`TRIBUTARY_RUN_DIR`, a copy of the layout; the build
-//! is the clone's). Outputs must appear; SIGTERM must stop it cleanly (exit 0, every
-//! pipeline finished); a second run resumes from the checkpoints and is killed with
-//! `kill -9`; a third resumes again. The order-status files must then hold the first
-//! run's rows unchanged at their start (appended, not rewritten), and no event twice
-//! beyond the generator's own duplicates (`duplicate_fraction = 0.001`).
+//! is the clone's). Every reference output must get rows; SIGTERM must stop it cleanly
+//! (exit 0, every pipeline finished); a second run resumes from the checkpoints and is
+//! killed with `kill -9`; a third resumes again. The order-status files must then hold
+//! the first run's rows unchanged at their start (appended, not rewritten), and no
+//! event twice beyond the generator's own duplicates (`duplicate_fraction = 0.001`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -164,21 +164,31 @@ fn scripts_run_shows_outputs_stops_on_sigterm_and_resumes_appending_exactly_once
         copy_dir(&repo.join(sub), &d.join(sub));
     }
 
-    // First run: outputs appear (the order statuses, the offer events, the sales
-    // items' Parquet), then SIGTERM.
+    // First run: every reference pipeline's output gets rows (the generators' warmup
+    // puts orders at every stage from the start), then SIGTERM.
     let (mut child, log) = start(d, 1);
+    let started = Instant::now();
+    let has_rows = |file: &str| {
+        std::fs::read_to_string(d.join("data").join(file)).is_ok_and(|t| t.lines().count() > 0)
+    };
     wait(
-        "outputs",
+        "every output",
         &mut child,
         &log,
         Duration::from_secs(600),
         || {
             rows(&order_status(d)) > 0
-                && std::fs::read_to_string(d.join("data/offer_events.jsonl"))
-                    .is_ok_and(|t| t.lines().count() > 0)
+                && has_rows("offer_events.jsonl")
+                && has_rows("slow_tickets.jsonl")
+                && (has_rows("sales_per_minute-0.jsonl") || has_rows("sales_per_minute-1.jsonl"))
+                && (has_rows("order_prep_times-0.jsonl") || has_rows("order_prep_times-1.jsonl"))
                 && std::fs::read_dir(d.join("data/sales_items"))
                     .is_ok_and(|mut r| r.next().is_some())
         },
+    );
+    println!(
+        "scripts_run: every output has rows {:.1} s after the start (build check included)",
+        started.elapsed().as_secs_f64()
     );
     let text = sigterm_and_wait(&mut child, &log);
     for p in PIPELINES {
