@@ -934,12 +934,8 @@ async fn main() {
 
     // 2. Breaker open: the local store, then DynamoDB.
     let down = down_cluster();
-    let mut open = Vec::new();
-    let local_dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(LocalFallbackStore::open(local_dir.path().join("f.sqlite")).unwrap());
-    let name = format!("fbl{run_id}");
-    let m = run(
-        &name,
+    // Every breaker-open row: the same pipeline against the unreachable cluster.
+    let down_sql = |events| {
         pipeline_sql(
             &down,
             "bench.fallback.down",
@@ -948,7 +944,15 @@ async fn main() {
             0.0,
             keys,
             false,
-        ),
+        )
+    };
+    let mut open = Vec::new();
+    let local_dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalFallbackStore::open(local_dir.path().join("f.sqlite")).unwrap());
+    let name = format!("fbl{run_id}");
+    let m = run(
+        &name,
+        down_sql(events),
         outage_settings(),
         Timed::new(store),
     )
@@ -962,15 +966,7 @@ async fn main() {
         let name = format!("fbx{run_id}");
         let m = run(
             &name,
-            pipeline_sql(
-                &down,
-                "bench.fallback.down",
-                &commit_topic,
-                events,
-                0.0,
-                keys,
-                false,
-            ),
+            down_sql(events),
             FallbackSettings::default(),
             Timed::new(store),
         )
@@ -1001,15 +997,7 @@ async fn main() {
         let name = format!("fbd{run_id}");
         let m = run(
             &name,
-            pipeline_sql(
-                &down,
-                "bench.fallback.down",
-                &commit_topic,
-                dynamo_events,
-                0.0,
-                keys,
-                false,
-            ),
+            down_sql(dynamo_events),
             outage_settings(),
             Timed::new(store),
         )

@@ -340,11 +340,7 @@ impl SinkFactory for FileSinkFactory {
         }
         // Appends always; a fresh run (not restored) without `append` empties the
         // file before its first row (`HeldFile::start`).
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error("file", &path, e))?;
+        let file = open_appending(&path)?;
         Ok(Box::new(HeldFile {
             lines: JsonLinesSink {
                 connector: "file",
@@ -481,32 +477,32 @@ impl HeldFile {
     }
 }
 
-/// Truncates `path` to `base` and appends `bytes`: the file as checkpoint `state`
-/// committed it, whether or not that commit had happened.
-fn restore_file(state: &FileState) -> Result<u64> {
-    let io = |e| io_error("file", &state.path, e);
-    let mut file = std::fs::OpenOptions::new()
+/// `path` opened for appending, created if missing (the file sink's one way in).
+fn open_appending(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&state.path)
-        .map_err(io)?;
+        .open(path)
+        .map_err(|e| io_error("file", path, e))
+}
+
+/// Truncates `path` to `base` and appends `bytes`: the file as checkpoint `state`
+/// committed it, whether or not that commit had happened.
+fn restore_file(state: &FileState) -> Result<()> {
+    let io = |e| io_error("file", &state.path, e);
+    let mut file = open_appending(&state.path)?;
     let len = file.metadata().map_err(io)?.len();
     if len < state.base {
-        return Err(ConnectorError::Io {
-            connector: "file",
-            path: state.path.display().to_string(),
-            source: std::io::Error::other(format!(
-                "the file has {len} bytes, fewer than the {} its checkpoint committed: it \
-                 was changed outside the pipeline (move it away to start afresh)",
-                state.base
-            )),
-        }
-        .into());
+        return Err(io(std::io::Error::other(format!(
+            "the file has {len} bytes, fewer than the {} its checkpoint committed: it was \
+             changed outside the pipeline (move it away to start afresh)",
+            state.base
+        ))));
     }
     file.set_len(state.base).map_err(io)?;
     file.write_all(&state.bytes).map_err(io)?;
     file.sync_data().map_err(io)?;
-    Ok(state.base + state.bytes.len() as u64)
+    Ok(())
 }
 
 #[async_trait]
@@ -589,11 +585,8 @@ impl Sink for HeldFile {
 
     async fn restore(&mut self, states: &[(usize, Vec<u8>)]) -> Result<()> {
         for (_, raw) in states {
-            let state = FileState::decode(raw).ok_or_else(|| ConnectorError::Io {
-                connector: "file",
-                path: self.lines.target.display().to_string(),
-                source: std::io::Error::other("unreadable checkpoint state"),
-            })?;
+            let state = FileState::decode(raw)
+                .ok_or_else(|| self.io(std::io::Error::other("unreadable checkpoint state")))?;
             restore_file(&state)?;
             if state.path == self.lines.target {
                 self.restored = true;
