@@ -64,14 +64,17 @@ pub fn install_metrics() -> PrometheusHandle {
     static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(&[
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0,
                 ])
                 .expect("static buckets are valid")
                 .install_recorder()
-                .expect("metrics recorder installed once")
+                .expect("metrics recorder installed once");
+            // `# HELP` text and units for every series.
+            crate::metrics::describe();
+            handle
         })
         .clone()
 }

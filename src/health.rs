@@ -84,19 +84,10 @@ impl Probe {
     /// Registers `component` of `pipeline`, talking to `kind`, as connecting.
     pub fn new(pipeline: &str, component: impl Into<String>, kind: &'static str) -> Probe {
         let component = component.into();
-        let up = metrics::gauge!(
-            "tributary_component_up",
-            "pipeline" => pipeline.to_string(),
-            "component" => component.clone(),
-            "kind" => kind,
-        );
+        let up = crate::metrics::component_up(pipeline, &component, kind);
         up.set(0.0);
-        let retrying_seconds = metrics::gauge!(
-            "tributary_component_retrying_seconds",
-            "pipeline" => pipeline.to_string(),
-            "component" => component.clone(),
-            "kind" => kind,
-        );
+        let retrying_seconds =
+            crate::metrics::component_retrying_seconds(pipeline, &component, kind);
         retrying_seconds.set(0.0);
         let entry = Arc::new(Entry {
             pipeline: pipeline.to_string(),

@@ -119,8 +119,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(cluster: &str, settings: BreakerSettings) -> Breaker {
-        let state_gauge =
-            metrics::gauge!("tributary_kafka_breaker_state", "cluster" => cluster.to_string());
+        let state_gauge = crate::metrics::kafka_breaker_state(cluster);
         state_gauge.set(0.0);
         Breaker {
             cluster: cluster.to_string(),
@@ -133,7 +132,7 @@ impl Breaker {
                 last_error: None,
             }),
             state_gauge,
-            transitions: metrics::counter!("tributary_kafka_breaker_transitions_total", "cluster" => cluster.to_string()),
+            transitions: crate::metrics::kafka_breaker_transitions(cluster),
         }
     }
 

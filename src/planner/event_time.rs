@@ -2,6 +2,7 @@
 //! `event_time_field`, `watermark_delay` and `idle_timeout`, and giving `tumble`, `hop`
 //! and `session` calls without a time argument the event-time column of the table read.
 
+use datafusion::sql::sqlparser::tokenizer::Span;
 use std::collections::BTreeMap;
 
 use datafusion::sql::sqlparser::ast::Statement;
@@ -44,11 +45,16 @@ pub(crate) fn take_event_time(
 }
 
 /// Gives `tumble(width)` and `hop(slide, width)` calls without a time argument the
-/// event-time column of the table the query reads (`times`: table → column).
-pub(super) fn add_window_time_args(query: &mut Statement, times: &BTreeMap<String, String>) {
+/// event-time column of the table the query reads (`times`: table → column). With no
+/// such column, the first such call is refused (its message and place): a window
+/// without a time would otherwise fail on every row.
+pub(super) fn add_window_time_args(
+    query: &mut Statement,
+    times: &BTreeMap<String, String>,
+) -> std::result::Result<(), (String, Span)> {
     use datafusion::sql::sqlparser::ast::{
-        Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
-        visit_expressions_mut, visit_relations,
+        Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, Spanned,
+        visit_expressions, visit_expressions_mut, visit_relations,
     };
     let mut read: Vec<String> = Vec::new();
     let _ = visit_relations(query, |name| {
@@ -65,14 +71,32 @@ pub(super) fn add_window_time_args(query: &mut Statement, times: &BTreeMap<Strin
             all.all(|c| c == first).then_some(first)
         })
         .cloned();
-    let Some(column) = column else { return };
+    let Some(column) = column else {
+        let untimed = visit_expressions(query, |e| match e {
+            SqlExpr::Function(f)
+                if matches!(&f.args, FunctionArguments::List(l)
+                    if l.args.len() == window_args(&f.name.to_string()).unwrap_or(usize::MAX)) =>
+            {
+                std::ops::ControlFlow::Break((f.name.to_string().to_lowercase(), e.span()))
+            }
+            _ => std::ops::ControlFlow::Continue(()),
+        });
+        return match untimed {
+            std::ops::ControlFlow::Break((name, span)) => Err((
+                format!(
+                    "{name}() has no time to place rows by: declare event_time_field on the table \
+                     it reads ({}), or pass the time column as its last argument",
+                    read.join(", ")
+                ),
+                span,
+            )),
+            std::ops::ControlFlow::Continue(()) => Ok(()),
+        };
+    };
     let _ = visit_expressions_mut(query, |e| {
         if let SqlExpr::Function(f) = e {
-            let name = f.name.to_string().to_lowercase();
-            let wanted = match name.as_str() {
-                "tumble" | "session" => 1,
-                "hop" => 2,
-                _ => return std::ops::ControlFlow::<()>::Continue(()),
+            let Some(wanted) = window_args(&f.name.to_string()) else {
+                return std::ops::ControlFlow::<()>::Continue(());
             };
             if let FunctionArguments::List(list) = &mut f.args
                 && list.args.len() == wanted
@@ -84,4 +108,15 @@ pub(super) fn add_window_time_args(query: &mut Statement, times: &BTreeMap<Strin
         }
         std::ops::ControlFlow::Continue(())
     });
+    Ok(())
+}
+
+/// How many arguments a window function takes before its time: `tumble(width)`,
+/// `session(gap)`, `hop(slide, width)`.
+fn window_args(name: &str) -> Option<usize> {
+    match name.to_lowercase().as_str() {
+        "tumble" | "session" => Some(1),
+        "hop" => Some(2),
+        _ => None,
+    }
 }

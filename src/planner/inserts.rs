@@ -68,7 +68,12 @@ impl Planning<'_> {
             .into());
         };
         let mut query = insert.query.clone();
-        add_window_time_args(&mut query, &tables.event_times);
+        add_window_time_args(&mut query, &tables.event_times).map_err(|(message, span)| {
+            SqlError::Plan {
+                location: super::ddl::span_location(self.sql, span),
+                message,
+            }
+        })?;
         let settings = self.settings;
         let (stage, inputs) = self
             .planner

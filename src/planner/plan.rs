@@ -325,7 +325,10 @@ impl SqlPlanner {
             .iter()
             .filter_map(|(name, _, et)| et.map(|c| (name.to_string(), c.to_string())))
             .collect();
-        add_window_time_args(&mut parsed, &times);
+        add_window_time_args(&mut parsed, &times).map_err(|(message, span)| SqlError::Plan {
+            location: super::ddl::span_location(&sql, span),
+            message,
+        })?;
         let ctx = self.session();
         for (name, schema, _) in inputs {
             Self::register_input(&ctx, name, schema.clone())?;

@@ -794,3 +794,17 @@ async fn a_relative_schema_file_is_read_next_to_the_sql_file() {
         .expect_err("not relative to the SQL file: not found");
     assert!(e.to_string().contains("schema_file"), "{e}");
 }
+
+#[tokio::test]
+async fn a_window_without_a_time_is_refused_at_its_call() {
+    let text = "CREATE TABLE kitchen WITH (connector = 'generator', stream = 'kitchen');\n\
+         CREATE TABLE out WITH (connector = 'stdout');\n\
+         INSERT INTO out SELECT w.start, count(*) AS n FROM (\n  SELECT tumble(INTERVAL '1' MINUTE) AS w FROM kitchen\n) GROUP BY w;\n";
+    assert_refused(
+        text,
+        PLAN,
+        (4, 10),
+        &["tumble() has no time to place rows by: declare event_time_field on the table it reads (kitchen)"],
+    )
+    .await;
+}

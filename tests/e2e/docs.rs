@@ -120,3 +120,116 @@ fn error_codes_are_found_quoted_or_bracketed() {
     );
     assert_eq!(found, ["IO001", "PIP005"]);
 }
+
+/// Names `tributary_…` in `src/` that are not metrics: DynamoDB tables (after a prefix).
+const NOT_METRICS: [&str; 2] = ["tributary_checkpoints", "tributary_fallback"];
+
+/// Every metric name in `src/` (a `tributary_…` word, histogram sample suffixes
+/// aside) is described for `/metrics` (`tributary::metrics::SERIES`, whose `# HELP`
+/// lines `describe` installs) and named in `docs/operations.md`; and every described
+/// series is documented there with its type.
+#[test]
+fn every_metric_in_the_source_is_described_and_documented() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut names = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                names.extend(metric_names(&std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    for n in NOT_METRICS {
+        assert!(
+            names.remove(n),
+            "{n} is no longer in src/: drop it from NOT_METRICS"
+        );
+    }
+    let described: std::collections::BTreeSet<String> = tributary::metrics::SERIES
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert!(
+        names.len() >= 30
+            && names.contains("tributary_rows_in_total")
+            && names.contains("tributary_component_up")
+            && names.contains("tributary_kafka_breaker_state")
+            && names.contains("tributary_fallback_records_total"),
+        "only {} metric names found: {names:?}",
+        names.len()
+    );
+    let undescribed: Vec<&String> = names.difference(&described).collect();
+    assert!(
+        undescribed.is_empty(),
+        "metric names in src/ missing from tributary::metrics::SERIES (no # HELP): {undescribed:?}"
+    );
+    let docs = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let documented = metric_names(&docs);
+    let undocumented: Vec<&String> = names
+        .union(&described)
+        .filter(|n| !documented.contains(*n))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "metric names not in docs/operations.md: {undocumented:?}"
+    );
+    for s in tributary::metrics::SERIES {
+        let kind = format!("{:?}", s.kind).to_lowercase();
+        let row = format!("\n| `{}` | {kind} |", s.name);
+        assert!(
+            docs.contains(&row),
+            "docs/operations.md has no row `| `{}` | {kind} |`",
+            s.name
+        );
+    }
+}
+
+/// The words `tributary_[a-z_]+` of `text` (not inside a longer word such as
+/// `_tributary_commits`), without the `_bucket`, `_sum` and `_count` of histogram samples.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let b = text.as_bytes();
+    let mut found = std::collections::BTreeSet::new();
+    let mut from = 0;
+    while let Some(at) = text[from..].find("tributary_").map(|i| i + from) {
+        let end = at
+            + b[at..]
+                .iter()
+                .take_while(|&&c| c.is_ascii_lowercase() || c == b'_')
+                .count();
+        from = end.max(at + 1);
+        if at > 0 && is_word(b[at - 1]) || b.get(end).is_some_and(|&c| is_word(c)) {
+            continue;
+        }
+        let name = text[at..end].trim_end_matches('_');
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        if name.len() > "tributary_".len() {
+            found.insert(name.to_string());
+        }
+    }
+    found
+}
+
+#[test]
+fn metric_names_are_whole_words_without_sample_suffixes() {
+    let found = metric_names(
+        "counter!(\"tributary_rows_in_total\"); _tributary_commits tributary_x1 \
+         {prefix}tributary_fallback tributary_lookup_seconds_bucket{le=\"1\"} tributary_",
+    );
+    let found: Vec<&str> = found.iter().map(String::as_str).collect();
+    assert_eq!(
+        found,
+        [
+            "tributary_fallback",
+            "tributary_lookup_seconds",
+            "tributary_rows_in_total"
+        ]
+    );
+}

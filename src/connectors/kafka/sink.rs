@@ -359,6 +359,19 @@ impl SinkFactory for KafkaSinkFactory {
             .key_field
             .as_ref()
             .and_then(|k| schema.index_of(k).ok());
+        // Avro without schema_file: the contract derived from the query's columns.
+        let contract = match (&self.contract, &self.avro) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(_)) => Some(
+                Contract::derived(&schema, &self.table, &task.pipeline).map_err(|e| {
+                    ConnectorError::Schema {
+                        table: self.table.clone(),
+                        message: format!("no Avro schema for the query's columns: {e}"),
+                    }
+                })?,
+            ),
+            (None, None) => None,
+        };
         Ok(Box::new(KafkaSink {
             table: self.table.clone(),
             topic: self.topic.clone(),
@@ -369,7 +382,7 @@ impl SinkFactory for KafkaSinkFactory {
             pending: Vec::new(),
             create: self.create.clone(),
             avro: self.avro.clone().map(|url| (url, None)),
-            contract: self.contract.clone(),
+            contract,
             cloudevents: self.cloudevents.clone(),
             // Event ids: this sink instance's random prefix and a counter.
             id_prefix: format!("{:016x}", rand::random::<u64>()),
@@ -554,6 +567,41 @@ impl KafkaSink {
         arrow::compute::filter_record_batch(&records, &keep.into())
             .map_err(|e| crate::engine::EngineError::arrow("leaving out refused records", e))
     }
+    /// `batch` without the rows that are NULL in a field the contract says is not
+    /// nullable, which are reported (class `schema_mismatch`) as rows: they cannot be
+    /// encoded, and would fail every retry.
+    fn refuse_nulls(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some(contract) = &self.contract else {
+            return Ok(batch);
+        };
+        let nulls = contract.nulls(&batch);
+        if nulls.is_empty() {
+            return Ok(batch);
+        }
+        let mut keep = vec![true; batch.num_rows()];
+        let record = contract.record_name();
+        for (row, field) in nulls {
+            keep[row] = false;
+            if let Some(bad) = self.refusals.as_mut() {
+                bad.origin_mut().topic = Some(self.topic.clone());
+                bad.origin_mut().key = self.key.and_then(|k| {
+                    arrow::util::display::array_value_to_string(batch.column(k), row)
+                        .ok()
+                        .map(String::into_bytes)
+                });
+                bad.report_row(
+                    crate::dlq::BadRecordReason::SchemaMismatch,
+                    &format!("{field} is NULL and {record} requires it"),
+                    &batch,
+                    row,
+                    None,
+                );
+            }
+        }
+        arrow::compute::filter_record_batch(&batch, &keep.into())
+            .map_err(|e| crate::engine::EngineError::arrow("leaving out refused rows", e))
+    }
+
     async fn ensure_topic(&mut self) -> Result<()> {
         let Some(TopicSpec {
             partitions,
@@ -617,21 +665,13 @@ impl KafkaSink {
         let avro_error = |e: arrow_avro::errors::AvroError| {
             crate::engine::EngineError::Internal(format!("Avro: {e}"))
         };
-        let contracted;
-        let batch = match &self.contract {
-            Some(c) => {
-                contracted = conform(batch, &c.arrow)?;
-                &contracted
-            }
-            None => batch,
-        };
+        let contract = self
+            .contract
+            .as_ref()
+            .expect("an Avro sink has a contract: schema_file or derived");
+        let batch = &conform(batch, &contract.arrow)?;
         if encoder.is_none() {
-            let schema = match &self.contract {
-                Some(c) => arrow_avro::schema::AvroSchema::new(c.text.to_string()),
-                None => arrow_avro::schema::AvroSchema::try_from(batch.schema().as_ref()).map_err(
-                    |e| crate::engine::EngineError::arrow("deriving the Avro schema", e),
-                )?,
-            };
+            let schema = arrow_avro::schema::AvroSchema::new(contract.text.to_string());
             let subject = format!("{}-value", self.topic);
             let path = format!("/subjects/{subject}/versions");
             let body = serde_json::json!({ "schema": schema.json_string });
@@ -965,6 +1005,7 @@ impl KafkaSink {
 impl Sink for KafkaSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.ensure_topic().await?;
+        let batch = self.refuse_nulls(batch)?;
         let records = self.records(&batch).await?;
         let records = self.refuse_oversized(records).await?;
         if let Some(txn) = self.txn.as_mut() {

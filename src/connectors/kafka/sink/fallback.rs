@@ -100,10 +100,7 @@ struct Drain {
 
 impl SinkFallback {
     pub(super) fn new(shared: Arc<Fallback>, cluster: &str, pipeline: &str, table: &str) -> Self {
-        let labels = |path: &'static str| {
-            metrics::counter!("tributary_fallback_records_total",
-                "pipeline" => pipeline.to_string(), "table" => table.to_string(), "path" => path)
-        };
+        let labels = |path: &'static str| crate::metrics::fallback_records(pipeline, table, path);
         SinkFallback {
             breaker: shared.breaker(cluster),
             control: shared.control(pipeline),
