@@ -40,6 +40,25 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Several independent errors found in one pass (every failing `INSERT` of a
+    /// pipeline), so `check` reports them all; shown one per line.
+    #[error("{}", several(.0))]
+    Several(Vec<Error>),
+}
+
+fn several(errors: &[Error]) -> String {
+    errors
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if i == 0 {
+                e.to_string()
+            } else {
+                format!("error[{}]: {e}", e.code())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Error {
@@ -57,6 +76,16 @@ impl Error {
             Error::Dynamo(e) => e.code(),
             Error::Fallback(e) => e.code(),
             Error::Io { .. } => "IO001",
+            Error::Several(all) => all.first().map_or("IO001", Error::code),
+        }
+    }
+
+    /// One error, or [`Error::Several`]; `None` for none.
+    pub fn from_all(mut all: Vec<Error>) -> Option<Error> {
+        match all.len() {
+            0 => None,
+            1 => all.pop(),
+            _ => Some(Error::Several(all)),
         }
     }
 

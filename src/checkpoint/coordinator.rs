@@ -516,22 +516,50 @@ pub(crate) async fn collect_garbage(store: &dyn CheckpointStore, retain: usize) 
             store.delete_meta(*id).await?;
         }
         all.retain(|m| !old.contains(&m.id));
-        let kept: std::collections::BTreeSet<u64> = all
-            .iter()
-            .flat_map(|m| m.chains.values().flatten().copied())
-            .collect();
-        for id in store.orphans().await? {
-            // Blobs of the checkpoint in flight are newer than the newest committed.
-            if newest.is_some_and(|n| id < n) && !kept.contains(&id) {
-                store.delete_blobs(id).await?;
-            }
-        }
+        // Blobs of the checkpoint in flight are newer than the newest committed.
+        let orphans = store.orphans().await?;
+        let done = orphans
+            .into_iter()
+            .filter(|id| newest.is_some_and(|n| *id < n));
+        delete_unreferenced_blobs(store, &all, done).await?;
         Ok::<_, crate::Error>(())
     }
     .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "deleting old checkpoints failed");
     }
+}
+
+/// Deletes the blobs of checkpoints `ids`, which have no metadata any more (deleted
+/// checkpoints, abandoned attempts), except those of an id whose blobs a checkpoint of
+/// `kept` (the committed ones) still builds on (its [`CheckpointMeta::chains`]).
+/// Returns the ids kept for that reason, each with the checkpoints building on it.
+/// The one rule for deleting blobs: the retention above and `tributary savepoint
+/// delete` both use it.
+pub(crate) async fn delete_unreferenced_blobs(
+    store: &dyn CheckpointStore,
+    kept: &[CheckpointMeta],
+    ids: impl IntoIterator<Item = u64>,
+) -> Result<BTreeMap<u64, Vec<u64>>> {
+    let mut users: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for m in kept {
+        let mut bases: Vec<u64> = m.chains.values().flatten().copied().collect();
+        bases.sort_unstable();
+        bases.dedup();
+        for base in bases {
+            users.entry(base).or_default().push(m.id);
+        }
+    }
+    let mut still_used = BTreeMap::new();
+    for id in ids {
+        match users.get(&id) {
+            Some(by) => {
+                still_used.insert(id, by.clone());
+            }
+            None => store.delete_blobs(id).await?,
+        }
+    }
+    Ok(still_used)
 }
 
 /// Why a checkpoint taken with `then` does not fit a pipeline with `now` (empty when
@@ -556,4 +584,44 @@ fn describe_difference(
         out.push(format!("operator {node} is new"));
     }
     out.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::LocalCheckpointStore;
+
+    /// Blobs a kept checkpoint's chain names stay (reported with who builds on them);
+    /// the others go.
+    #[tokio::test]
+    async fn only_blobs_nothing_builds_on_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalCheckpointStore::new(dir.path());
+        let chains: [&[u64]; 3] = [&[], &[1, 2], &[]];
+        let mut previous = None;
+        for (id, chain) in (1..=3).zip(chains) {
+            store.put_blob(id, "w/0", vec![id as u8]).await.unwrap();
+            store
+                .commit(&CheckpointMeta::for_test(id, "w", chain), previous)
+                .await
+                .unwrap();
+            previous = Some(id);
+        }
+        store.delete_meta(1).await.unwrap();
+        let kept = store.list().await.unwrap();
+        let used = delete_unreferenced_blobs(&store, &kept, [1]).await.unwrap();
+        assert_eq!(used, BTreeMap::from([(1, vec![2])]));
+        assert_eq!(store.get_blob(1, "w/0").await.unwrap(), [1]);
+
+        store.delete_meta(2).await.unwrap();
+        let kept = store.list().await.unwrap();
+        let used = delete_unreferenced_blobs(&store, &kept, [1, 2])
+            .await
+            .unwrap();
+        assert!(used.is_empty(), "{used:?}");
+        for id in [1, 2] {
+            assert!(store.get_blob(id, "w/0").await.is_err(), "blob of {id}");
+        }
+        assert_eq!(store.get_blob(3, "w/0").await.unwrap(), [3]);
+    }
 }

@@ -56,6 +56,31 @@ pub enum CheckpointError {
     Incompatible { id: u64, reason: String },
     #[error("checkpoint {0}: {1}")]
     Corrupt(u64, String),
+    /// `savepoint delete` named a regular checkpoint: the retention deletes those.
+    #[error(
+        "checkpoint {id} of {pipeline} is not a savepoint: regular checkpoints are deleted by the retention (checkpoint.retain), not by hand"
+    )]
+    NotASavepoint { pipeline: String, id: u64 },
+    /// `savepoint delete` named no savepoint (or a name several savepoints share).
+    #[error("{reason}; the savepoints of {pipeline} in {location}: {savepoints}")]
+    SavepointNotFound {
+        pipeline: String,
+        reason: String,
+        location: String,
+        /// `name (checkpoint id)`, comma-separated, or `none`.
+        savepoints: String,
+    },
+    /// `savepoint delete` without `--force` of the checkpoint a restart resumes from.
+    #[error(
+        "savepoint {name} (checkpoint {id}) is the latest checkpoint of {pipeline}: a restart would resume from it, and deleting it would lose that state ({fallback}); let a newer checkpoint commit first, or pass --force"
+    )]
+    SavepointInUse {
+        pipeline: String,
+        id: u64,
+        name: String,
+        /// What a restart would resume from instead.
+        fallback: String,
+    },
 }
 
 impl CheckpointError {
@@ -65,6 +90,9 @@ impl CheckpointError {
             CheckpointError::Conflict { .. } => "CHK002",
             CheckpointError::Incompatible { .. } => "CHK003",
             CheckpointError::Corrupt(..) => "CHK004",
+            CheckpointError::NotASavepoint { .. } => "CHK005",
+            CheckpointError::SavepointNotFound { .. } => "CHK006",
+            CheckpointError::SavepointInUse { .. } => "CHK007",
         }
     }
 }

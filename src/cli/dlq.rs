@@ -54,18 +54,18 @@ pub(crate) struct DlqArgs {
 /// Which dead letters: every flag narrows.
 #[derive(Debug, Clone, Default, Args)]
 struct FilterArgs {
-    /// The pipeline's name.
+    /// Only this pipeline's dead letters (its name).
     #[arg(long)]
     pipeline: Option<String>,
     /// The first part of the source's topic or table name (`orders` for
     /// `orders.order_placed`).
     #[arg(long)]
     domain: Option<String>,
-    /// malformed, schema_mismatch, constraint, processing, late, lookup_miss,
-    /// rejected or sink.
+    /// The failure class: malformed, schema_mismatch, constraint, processing, late,
+    /// lookup_miss, rejected or sink.
     #[arg(long)]
     class: Option<String>,
-    /// pending, replayed or discarded.
+    /// The record's status: pending, replayed or discarded.
     #[arg(long)]
     status: Option<String>,
     /// First failed at or after: an RFC 3339 time, or a duration ago (2h, 30m, 7d).
@@ -122,8 +122,10 @@ enum Action {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// Skip this many of the selected records first (for paging).
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Show at most this many records.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// table, or json (one JSON object per line).
@@ -132,7 +134,9 @@ enum Action {
     },
     /// One dead letter: its metadata and its payload (decoded when it is JSON).
     Show {
+        /// The dead letter's id (as `dlq list` shows it).
         id: String,
+        /// text (metadata, then the payload) or json (one JSON object).
         #[arg(long, value_enum, default_value = "text")]
         format: TextOrJson,
     },
@@ -140,12 +144,15 @@ enum Action {
     Stats {
         #[command(flatten)]
         filter: FilterArgs,
+        /// table, or json (one JSON object per line).
         #[arg(long, value_enum, default_value = "table")]
         format: TableOrJson,
     },
     /// Send dead letters back into their pipeline's input: the ids given, or every
     /// pending record the filters select.
     Replay {
+        /// Ids of the dead letters to replay (none: every pending record the filters
+        /// select).
         ids: Vec<String>,
         #[command(flatten)]
         filter: FilterArgs,
@@ -156,6 +163,7 @@ enum Action {
     /// Replace a pending record's payload with a corrected one (checked against its
     /// source table first; the original is kept).
     Edit {
+        /// The id of the pending dead letter to correct.
         id: String,
         /// The corrected record (one JSON object).
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
@@ -167,6 +175,8 @@ enum Action {
     /// Give up on dead letters, with a reason: the ids given, or every pending record
     /// the filters select.
     Discard {
+        /// Ids of the dead letters to discard (none: every pending record the filters
+        /// select).
         ids: Vec<String>,
         #[command(flatten)]
         filter: FilterArgs,
@@ -179,8 +189,10 @@ enum Action {
     },
     /// The admin changes, newest first: who, when, what, which records.
     Audit {
+        /// Show at most this many changes.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// table, or json (one JSON object per line).
         #[arg(long, value_enum, default_value = "table")]
         format: TableOrJson,
     },

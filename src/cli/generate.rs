@@ -11,18 +11,21 @@ use crate::connectors::generator::{GeneratorSettings, write_events};
 
 #[derive(Debug, Args)]
 pub(super) struct GenerateArgs {
-    /// restaurant or nexmark.
+    /// The generated world: restaurant or nexmark.
     #[arg(long, default_value = "restaurant")]
     world: String,
     /// Which stream of the world: orders, kitchen, app, restaurants, menu_items,
     /// customers (restaurant); bids, auctions, persons, events (nexmark).
     #[arg(long, default_value = "orders")]
     stream: String,
+    /// The random seed: the same seed and options give byte-identical
+    /// events, as the generator connector's `seed` option does.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// How many events to write.
     #[arg(long, default_value_t = 1000)]
     count: u64,
-    /// Write to this file instead of standard output.
+    /// Write to this file instead of standard output (the default).
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Generator options as in SQL, e.g. --option out_of_order=5s (repeatable).

@@ -83,6 +83,11 @@ pub(super) async fn schemas(
             return ExitCode::from(2);
         }
     };
+    // Exit 1 says "incompatible": only a registry can say that.
+    if let Err(e) = client.check().await {
+        report(&e.into());
+        return ExitCode::from(2);
+    }
     let mut failed = 0;
     for (subject, path, text) in &contracts {
         if let Err(e) = AvroSchema::parse(text) {

@@ -179,7 +179,7 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
     let Some(all) = plan_all(config, &[arg.to_string()]).await else {
         return ExitCode::from(2);
     };
-    for (_, planned) in all {
+    for (loaded, planned) in all {
         let mut g = planned.graph.clone();
         if let Err(e) = g.finalize() {
             report(&e);
@@ -189,6 +189,10 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
         for lookup in &planned.lookups {
             println!("  {lookup}");
         }
+        println!("\nwrites:");
+        for line in writes(config, &loaded, &g) {
+            println!("  {line}");
+        }
         for (name, stage) in &planned.stages {
             println!("\nSQL stage {name}, DataFusion physical plan (evaluated per batch):");
             for line in stage.physical_plan().lines() {
@@ -197,6 +201,62 @@ pub(super) async fn explain(config: &Config, arg: &str) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `path` made absolute against the working directory (as the stores resolve it).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// For `explain`: what a run of `loaded` (graph `g`, finalized) writes besides its
+/// logs, with the real paths: each file sink's files (one per task), each Parquet
+/// sink's directory pattern, the dead-letter store, and the checkpoint store.
+fn writes(config: &Config, loaded: &LoadedPipeline, g: &crate::engine::Graph) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &g.nodes {
+        let NodeKind::Sink(f) = &node.kind else {
+            continue;
+        };
+        let exactly_once = loaded.checkpoint.as_ref().is_some_and(|c| c.exactly_once);
+        let what = f
+            .writes(node.parallelism, exactly_once)
+            .unwrap_or_else(|| f.describe());
+        out.push(format!("sink {}: {what}", node.name));
+    }
+    match config.dlq.store {
+        crate::pipeline::DlqStoreKind::Local => out.push(format!(
+            "dead letters: {} (dlq.store = local: SQLite, shared by every pipeline; \
+             `tributary dlq` reads it)",
+            absolute(Path::new(&config.dlq.path)).display()
+        )),
+        crate::pipeline::DlqStoreKind::Kafka => out.push(format!(
+            "dead letters: Kafka topic {} on cluster {} (dlq.store = kafka)",
+            config.dlq.topic.replace("{domain}", &pipeline_domain(g)),
+            config.dlq.cluster
+        )),
+    }
+    match &loaded.checkpoint {
+        None => out.push("checkpoints: none (no checkpoint: section)".to_string()),
+        Some(plan) if plan.dynamodb.is_some() => out.push(format!(
+            "checkpoints: {}, every {:?}; the newest {} kept, and savepoints",
+            plan.location(),
+            plan.interval,
+            plan.retain
+        )),
+        Some(plan) => {
+            let dir = absolute(&plan.dir);
+            out.push(format!(
+                "checkpoints: {}/<id>.json (metadata) and {}/<id>/<node>/<task>@<writer> \
+                 (state), <id> zero-padded to 20 digits, every {:?}; the newest {} kept, \
+                 and savepoints",
+                dir.display(),
+                dir.display(),
+                plan.interval,
+                plan.retain
+            ));
+        }
+    }
+    out
 }
 
 /// The signals that stop a run: SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal
@@ -580,21 +640,32 @@ pub(super) async fn run(config: &Config, args: &[String], progress: &str) -> Exi
     }
 }
 
+/// The pipeline `arg` names and where its checkpoints are; an error when it has no
+/// `checkpoint:` section.
+fn with_checkpoints(config: &Config, arg: &str) -> crate::Result<LoadedPipeline> {
+    let path = resolve(config, &[arg.to_string()])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| PipelineError::Config(format!("no pipeline {arg}")))?;
+    let loaded = load_pipeline(&path, config)?;
+    if loaded.checkpoint.is_none() {
+        return Err(PipelineError::Config(format!(
+            "pipeline {} has no checkpoint: section",
+            loaded.name
+        ))
+        .into());
+    }
+    Ok(loaded)
+}
+
 /// `tributary checkpoints PIPELINE`: the committed checkpoints and savepoints.
 pub(super) async fn checkpoints(config: &Config, arg: &str) -> ExitCode {
     let listed = async {
-        let path = resolve(config, &[arg.to_string()])?
-            .into_iter()
-            .next()
-            .ok_or_else(|| PipelineError::Config(format!("no pipeline {arg}")))?;
-        let loaded = load_pipeline(&path, config)?;
-        let Some(plan) = &loaded.checkpoint else {
-            return Err(PipelineError::Config(format!(
-                "pipeline {} has no checkpoint: section",
-                loaded.name
-            ))
-            .into());
-        };
+        let loaded = with_checkpoints(config, arg)?;
+        let plan = loaded
+            .checkpoint
+            .clone()
+            .expect("with_checkpoints checked it");
         let all = plan.store().list().await?;
         Ok::<_, crate::Error>((loaded.name.clone(), plan.location(), all))
     }
@@ -682,6 +753,141 @@ pub(super) async fn savepoint(config: &Config, pipeline: &str, name: Option<&str
         Err(e) => {
             eprintln!("error: cannot reach {url} (is the pipeline running? admin.listen?): {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tributary savepoint delete PIPELINE SAVEPOINT [--force]`: deletes a savepoint (by
+/// name or checkpoint id) from the pipeline's checkpoint store, then its blobs unless a
+/// kept checkpoint builds on them (the retention's rule,
+/// [`delete_unreferenced_blobs`](crate::checkpoint::coordinator::delete_unreferenced_blobs)).
+pub(super) async fn delete_savepoint(
+    config: &Config,
+    arg: &str,
+    which: &str,
+    force: bool,
+) -> ExitCode {
+    use crate::checkpoint::CheckpointError;
+    let deleted = async {
+        let loaded = with_checkpoints(config, arg)?;
+        let plan = loaded
+            .checkpoint
+            .clone()
+            .expect("with_checkpoints checked it");
+        let store = plan.store();
+        let all = store.list().await?;
+        let not_found = |reason: String| -> crate::Error {
+            let listed: Vec<String> = all
+                .iter()
+                .filter_map(|m| Some(format!("{} (checkpoint {})", m.savepoint.as_ref()?, m.id)))
+                .collect();
+            CheckpointError::SavepointNotFound {
+                pipeline: loaded.name.clone(),
+                reason,
+                location: plan.location(),
+                savepoints: if listed.is_empty() {
+                    "none".to_string()
+                } else {
+                    listed.join(", ")
+                },
+            }
+            .into()
+        };
+        // By name first (a label may look like a number), then by checkpoint id.
+        let named: Vec<_> = all
+            .iter()
+            .filter(|m| m.savepoint.as_deref() == Some(which))
+            .collect();
+        let target = match named.as_slice() {
+            [m] => *m,
+            [] => match which
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| all.iter().find(|m| m.id == id))
+            {
+                Some(m) => m,
+                None => {
+                    return Err(not_found(format!(
+                        "no savepoint of {} is named or numbered {which}",
+                        loaded.name
+                    )));
+                }
+            },
+            several => {
+                let ids: Vec<String> = several.iter().map(|m| m.id.to_string()).collect();
+                return Err(not_found(format!(
+                    "{} savepoints are named {which} (checkpoints {}): give the checkpoint id",
+                    several.len(),
+                    ids.join(", ")
+                )));
+            }
+        };
+        let Some(name) = target.savepoint.clone() else {
+            return Err(CheckpointError::NotASavepoint {
+                pipeline: loaded.name.clone(),
+                id: target.id,
+            }
+            .into());
+        };
+        // A restart resumes from the latest committed checkpoint (`checkpoint::latest`).
+        let before = all.iter().rev().find(|m| m.id < target.id).map(|m| m.id);
+        let resumes = match before {
+            Some(id) => format!("a restart would resume from checkpoint {id} instead"),
+            None => "with no checkpoint before it, a restart would start over".to_string(),
+        };
+        if all.last().map(|m| m.id) == Some(target.id) && !force {
+            return Err(CheckpointError::SavepointInUse {
+                pipeline: loaded.name.clone(),
+                id: target.id,
+                name,
+                fallback: resumes,
+            }
+            .into());
+        }
+        store.delete_meta(target.id).await?;
+        let kept = store.list().await?;
+        let still_used = crate::checkpoint::coordinator::delete_unreferenced_blobs(
+            store.as_ref(),
+            &kept,
+            [target.id],
+        )
+        .await?;
+        let latest = crate::checkpoint::latest(store.as_ref())
+            .await?
+            .map(|m| m.id);
+        Ok::<_, crate::Error>((
+            loaded.name.clone(),
+            plan.location(),
+            target.id,
+            name,
+            still_used.get(&target.id).cloned(),
+            latest,
+        ))
+    }
+    .await;
+    match deleted {
+        Ok((pipeline, location, id, name, still_used, latest)) => {
+            println!("deleted savepoint {name} (checkpoint {id}) of {pipeline} from {location}");
+            match still_used {
+                None => println!("  its state blobs are deleted"),
+                Some(by) => {
+                    let by: Vec<String> = by.iter().map(u64::to_string).collect();
+                    println!(
+                        "  its state blobs are kept: checkpoint(s) {} build on them; the \
+                         retention deletes them once those are gone",
+                        by.join(", ")
+                    );
+                }
+            }
+            match latest {
+                Some(l) => println!("  a restart resumes from checkpoint {l}"),
+                None => println!("  no checkpoint is left: a restart starts over"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(2)
         }
     }
 }

@@ -329,6 +329,27 @@ impl SinkFactory for FileSinkFactory {
         )
     }
 
+    fn writes(&self, tasks: usize, _exactly_once: bool) -> Option<String> {
+        let path = std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone());
+        let files: Vec<String> = (0..tasks)
+            .map(|p| partition_file(&path, p, tasks).display().to_string())
+            .collect();
+        Some(format!(
+            "{} (JSON lines, {}; {})",
+            files.join(", "),
+            if tasks == 1 {
+                "one task".to_string()
+            } else {
+                format!("one file per task of {tasks}")
+            },
+            if self.append {
+                "appended to (append = true)"
+            } else {
+                "emptied at a fresh start, appended to when resuming from a checkpoint"
+            }
+        ))
+    }
+
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
         check_declared_schema(&self.table, self.declared.as_ref(), schema)
     }

@@ -321,6 +321,29 @@ impl SinkFactory for ParquetSinkFactory {
         )
     }
 
+    fn writes(&self, tasks: usize, exactly_once: bool) -> Option<String> {
+        let c = &self.cfg;
+        let mut pattern = std::path::absolute(&c.dir).unwrap_or_else(|_| c.dir.clone());
+        for col in &c.partition_by {
+            pattern.push(format!("{col}=<{col}>"));
+        }
+        let task = if tasks == 1 {
+            "0".to_string()
+        } else {
+            format!("<task 0-{}>", tasks - 1)
+        };
+        Some(format!(
+            "{} (Parquet; <n> counts the task's files; written as hidden \
+             .part-{task}-<n>.parquet.inprogress, renamed when complete{})",
+            pattern.join(format!("part-{task}-<n>.parquet")).display(),
+            if exactly_once {
+                " and its checkpoint has committed"
+            } else {
+                ""
+            }
+        ))
+    }
+
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
         check_declared_schema(&self.cfg.table, self.cfg.declared.as_ref(), schema)?;
         self.layout(schema).map(|_| ())

@@ -410,6 +410,13 @@ pub trait Sink: Send {
 /// Builds one [`Sink`] per partition.
 pub trait SinkFactory: Send + Sync {
     fn describe(&self) -> String;
+    /// For `tributary explain`: the files a run with `tasks` tasks writes, with
+    /// their real paths, when the sink writes files (`None`: [`Self::describe`] says
+    /// where its output goes). `exactly_once`: the pipeline checkpoints with
+    /// exactly-once sinks.
+    fn writes(&self, _tasks: usize, _exactly_once: bool) -> Option<String> {
+        None
+    }
     /// Refuses, at plan time, an input schema the sink cannot write.
     fn check_schema(&self, _schema: &SchemaRef) -> Result<()> {
         Ok(())

@@ -304,7 +304,12 @@ pub fn load_config(
     env: impl IntoIterator<Item = (String, String)>,
     sets: &[String],
 ) -> Result<Config, PipelineError> {
-    let mut table: toml::Table = DEFAULTS.parse().expect("built-in defaults are valid TOML");
+    let defaults: toml::Table = DEFAULTS.parse().expect("built-in defaults are valid TOML");
+    let mut table = defaults.clone();
+    // Where each key given by a layer was set (dotted path → place), so an error
+    // names the layer and place that caused it: `tributary.toml:3:1`, an environment
+    // variable, a --set flag.
+    let mut origins: Vec<(String, String)> = Vec::new();
     let default_file = Path::new("tributary.toml");
     let chosen = match file {
         Some(f) => Some(f),
@@ -314,48 +319,173 @@ pub fn load_config(
     if let Some(path) = chosen {
         let text = std::fs::read_to_string(path)
             .map_err(|e| PipelineError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let place = |offset: usize| {
+            let (line, column) = line_column(&text, offset);
+            format!("{}:{line}:{column}", path.display())
+        };
         let layer: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            PipelineError::Config(format!("{}: {}", path.display(), e.message()))
+            let at = e
+                .span()
+                .map_or_else(|| path.display().to_string(), |s| place(s.start));
+            PipelineError::Config(format!("{at}: {}", e.message()))
         })?;
-        merge(&mut table, layer);
+        let leaves = leaf_offsets(&text);
+        merge(&mut table, layer.clone());
+        if let Err(message) = deserialize(&table) {
+            // The first key of the file that is wrong on its own, else the file.
+            let culprit = leaves.iter().find(|(key, _)| {
+                let mut alone = defaults.clone();
+                leaf(&layer, key).is_some_and(|v| {
+                    insert_path(&mut alone, key, v.clone());
+                    deserialize(&alone).is_err()
+                })
+            });
+            let at = culprit.map_or_else(
+                || path.display().to_string(),
+                |(key, offset)| format!("{}: {}", place(*offset), key.join(".")),
+            );
+            return Err(PipelineError::Config(format!("{at}: {message}")));
+        }
+        origins.extend(
+            leaves
+                .iter()
+                .map(|(key, offset)| (key.join("."), place(*offset))),
+        );
     }
     let mut env: Vec<(String, String)> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with("TRIBUTARY__"))
         .collect();
     env.sort();
-    for (k, v) in env {
-        let path = k["TRIBUTARY__".len()..].to_lowercase().replace("__", ".");
-        set_path(&mut table, &path, &v, &format!("environment variable {k}"))?;
-    }
+    let mut layers: Vec<(String, String, String)> = env
+        .into_iter()
+        .map(|(k, v)| {
+            let path = k["TRIBUTARY__".len()..].to_lowercase().replace("__", ".");
+            (path, v, format!("environment variable {k}"))
+        })
+        .collect();
     for s in sets {
         let Some((path, value)) = s.split_once('=') else {
             return Err(PipelineError::Config(format!(
                 "--set {s}: expected section.key=value"
             )));
         };
-        set_path(&mut table, path.trim(), value.trim(), &format!("--set {s}"))?;
+        layers.push((
+            path.trim().to_string(),
+            value.trim().to_string(),
+            format!("--set {s}"),
+        ));
     }
-    let config: Config = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            PipelineError::Config(format!(
-                "{} (from the merged configuration layers)",
-                crate::error::with_did_you_mean(e.message().to_string())
-            ))
-        })?;
-    crate::connectors::parse_duration(&config.pipeline.flush_interval)
-        .map_err(|e| PipelineError::Config(format!("pipeline.flush_interval: {e}")))?;
-    crate::connectors::parse_duration(&config.run.stop_grace)
-        .map_err(|e| PipelineError::Config(format!("run.stop_grace: {e}")))?;
-    config.kafka.validate().map_err(PipelineError::Config)?;
-    config.registry.client_settings()?;
+    for (path, value, origin) in layers {
+        set_path(&mut table, &path, &value, &origin)?;
+        if let Err(message) = deserialize(&table) {
+            return Err(PipelineError::Config(format!("{origin}: {message}")));
+        }
+        origins.push((path, origin));
+    }
+    let config = deserialize(&table).map_err(PipelineError::Config)?;
+    // Checks of values: their messages name the key, which names the place.
+    let placed = |e: PipelineError| match e {
+        PipelineError::Config(m) => PipelineError::Config(at_origin(m, &origins)),
+        other => other,
+    };
+    let duration = |key: &str, v: &str| {
+        crate::connectors::parse_duration(v)
+            .map_err(|e| PipelineError::Config(format!("{key}: {e}")))
+    };
+    duration("pipeline.flush_interval", &config.pipeline.flush_interval).map_err(placed)?;
+    duration("run.stop_grace", &config.run.stop_grace).map_err(placed)?;
+    config
+        .kafka
+        .validate()
+        .map_err(|m| placed(PipelineError::Config(m)))?;
+    config.registry.client_settings().map_err(placed)?;
     config
         .dynamodb
         .settings()
-        .map_err(|e| PipelineError::Config(e.to_string()))?;
-    config.fallback.settings()?;
+        .map_err(|e| placed(PipelineError::Config(e.to_string())))?;
+    config.fallback.settings().map_err(placed)?;
     Ok(config)
+}
+
+/// The merged layers as a [`Config`], or what is wrong (with did-you-mean for keys).
+fn deserialize(table: &toml::Table) -> Result<Config, String> {
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| crate::error::with_did_you_mean(e.message().to_string()))
+}
+
+/// `message` prefixed with the place that set the key it names (the longest key
+/// given by a layer that it mentions), if any.
+fn at_origin(message: String, origins: &[(String, String)]) -> String {
+    let named = origins
+        .iter()
+        .rev()
+        .filter(|(key, _)| message.contains(key.as_str()))
+        .max_by_key(|(key, _)| key.len());
+    match named {
+        Some((_, origin)) => format!("{origin}: {message}"),
+        None => message,
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Every leaf key of a TOML text (a value that is not a table), in the order
+/// written, with the byte offset of its key.
+fn leaf_offsets(text: &str) -> Vec<(Vec<String>, usize)> {
+    fn walk(
+        table: &toml::de::DeTable<'_>,
+        prefix: &mut Vec<String>,
+        out: &mut Vec<(Vec<String>, usize)>,
+    ) {
+        for (key, value) in table {
+            prefix.push(key.get_ref().to_string());
+            match value.get_ref() {
+                toml::de::DeValue::Table(t) if !t.is_empty() => walk(t, prefix, out),
+                _ => out.push((prefix.clone(), key.span().start)),
+            }
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(doc) = toml::de::DeTable::parse(text) {
+        walk(doc.get_ref(), &mut Vec::new(), &mut out);
+    }
+    out.sort_by_key(|(_, offset)| *offset);
+    out
+}
+
+fn leaf<'t>(table: &'t toml::Table, key: &[String]) -> Option<&'t toml::Value> {
+    let (last, parents) = key.split_last()?;
+    let mut t = table;
+    for p in parents {
+        t = t.get(p)?.as_table()?;
+    }
+    t.get(last)
+}
+
+fn insert_path(table: &mut toml::Table, key: &[String], value: toml::Value) {
+    let Some((last, parents)) = key.split_last() else {
+        return;
+    };
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("made a table above");
+    }
+    t.insert(last.clone(), value);
 }
 
 #[cfg(test)]
@@ -398,6 +528,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("run.stop_grace"), "{e}");
+    }
+
+    /// Each error names the layer and the place that caused it.
+    #[test]
+    fn errors_name_the_layer_and_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tributary.toml");
+        let file = f.display().to_string();
+        let err = |file: Option<&Path>, env: &[(&str, &str)], sets: &[&str]| {
+            let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            load_config(file, env, &sets).unwrap_err().to_string()
+        };
+        std::fs::write(&f, "[run]\nstop_grace = \"5s\"\n\n[kafka]\nbogus = 1\n").unwrap();
+        let e = err(Some(&f), &[], &[]);
+        assert!(
+            e.contains(&format!("{file}:5:1: kafka.bogus: unknown field `bogus`")),
+            "{e}"
+        );
+        std::fs::write(&f, "[admin]\n  listen = 5\n").unwrap();
+        let e = err(Some(&f), &[], &[]);
+        assert!(
+            e.contains(&format!("{file}:2:3: admin.listen: invalid type")),
+            "{e}"
+        );
+        std::fs::write(&f, "[admin]\nlisten = \n").unwrap();
+        let e = err(Some(&f), &[], &[]);
+        assert!(e.contains(&format!("{file}:2:")), "{e}");
+        std::fs::write(&f, "[run]\n\nstop_grace = \"forever\"\n").unwrap();
+        let e = err(Some(&f), &[], &[]);
+        assert!(
+            e.contains(&format!("{file}:3:1: run.stop_grace: expected a duration")),
+            "{e}"
+        );
+        let e = err(None, &[("TRIBUTARY__ADMIN__LISTEN", "5")], &[]);
+        assert!(
+            e.contains("environment variable TRIBUTARY__ADMIN__LISTEN: invalid type"),
+            "{e}"
+        );
+        let e = err(None, &[("TRIBUTARY__RUN__STOP_GRACE", "soon")], &[]);
+        assert!(
+            e.contains("environment variable TRIBUTARY__RUN__STOP_GRACE: run.stop_grace"),
+            "{e}"
+        );
+        let e = err(None, &[], &["run.pipelines_dirr=x"]);
+        assert!(e.contains("--set run.pipelines_dirr=x: unknown field `pipelines_dirr` (did you mean `pipelines_dir`?)"), "{e}");
     }
 
     #[test]

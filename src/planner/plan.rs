@@ -370,8 +370,15 @@ impl SqlPlanner {
         planning.plan_views(&parsed.views).await?;
         let mut wiring = Wiring::new(pipeline);
         wiring.graph.errors = settings.on_processing_error;
+        // Every INSERT is planned, so that one pass reports each one that fails.
+        let mut failed = Vec::new();
         for insert in &parsed.inserts {
-            planning.plan_insert(insert, &tables, &mut wiring).await?;
+            if let Err(e) = planning.plan_insert(insert, &tables, &mut wiring).await {
+                failed.push(e);
+            }
+        }
+        if let Some(e) = crate::Error::from_all(failed) {
+            return Err(e);
         }
         wiring.warn_unread_sources(&tables);
         Ok(PlannedPipeline {

@@ -455,12 +455,14 @@ impl RegistryClient {
         }
     }
 
-    /// Whether the registry answers, and accepts the credentials (`GET /subjects`):
-    /// `tributary check`.
+    /// Whether the URL is a schema registry's that answers and accepts the
+    /// credentials (`GET /subjects` is a JSON list): `tributary check` and `tributary
+    /// schemas`, so a URL that is something else is said to be so, not taken for a
+    /// registry that finds every schema incompatible.
     pub async fn check(&self) -> Result<(), RegistryError> {
         let (status, reply) = self.call(hyper::Method::GET, "/subjects", None).await?;
         match status {
-            200 => Ok(()),
+            200 if reply.is_array() => Ok(()),
             _ => Err(self.not_understood("/subjects", status, &reply)),
         }
     }

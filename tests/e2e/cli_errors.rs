@@ -302,3 +302,67 @@ fn generate_is_deterministic_for_a_seed() {
     let bids = stdout(&o1).lines().count();
     assert!((440..=470).contains(&bids), "{bids} bids out of 500 events");
 }
+
+/// One pipeline file with several broken INSERTs: each is reported with its place,
+/// in one pass.
+#[test]
+fn check_reports_every_failing_insert_of_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("two.sql"),
+        &format!(
+            "{SRC}INSERT INTO out SELECT nope FROM orders;\n\
+             INSERT INTO out SELECT order_id FROM orders;\n\
+             INSERT INTO out SELECT order_idd FROM orders;\n\
+             INSERT INTO out3 SELECT order_id FROM orders;\n"
+        ),
+    );
+    let (code, err) = check(d, "two.sql");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[SQL002]: two.sql:3:24: Schema error: No field named nope"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error[SQL002]: two.sql:5:24: Schema error: No field named order_idd"),
+        "{err}"
+    );
+    assert!(
+        err.contains("error[SQL002]: two.sql:6:1: INSERT INTO out3: no such table"),
+        "{err}"
+    );
+    assert_eq!(err.matches("error[").count(), 3, "{err}");
+}
+
+/// A configuration error names the layer and the place that caused it.
+#[test]
+fn configuration_errors_name_their_file_line_or_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("tributary.toml"),
+        "[run]\nstop_grace = \"5s\"\n\n[kafka]\nbogus = 1\n",
+    );
+    let o = run(d, &["check"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(
+            "error[PIP003]: configuration: tributary.toml:5:1: kafka.bogus: unknown field `bogus`"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_file(d.join("tributary.toml")).unwrap();
+    let o = tributary(d)
+        .args(["check"])
+        .env("TRIBUTARY__ADMIN__LISTEN", "5")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("environment variable TRIBUTARY__ADMIN__LISTEN: invalid type"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -8,9 +8,11 @@ mod common;
 
 mod checkpoints;
 mod cli_errors;
+mod cli_help;
 mod cli_pipes;
 mod dead_letter_classes;
 mod dead_letters;
+mod doc_examples;
 mod docker_config;
 mod docs;
 mod dynamodb;

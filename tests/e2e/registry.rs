@@ -91,6 +91,20 @@ fn contracts_register_check_and_refuse_an_incompatible_change() {
         &["schemas", "check", "--dir", schemas, "--registry", &url],
     );
     ok(&o);
+    // A URL that is not the registry's (a wrong path): said so, exit 2, not
+    // "incompatible" with exit 1.
+    let wrong = format!("{url}/nope");
+    let o = run(
+        d,
+        &["schemas", "check", "--dir", schemas, "--registry", &wrong],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is the URL a schema registry's?"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("not compatible"), "{}", stderr(&o));
 
     // A new field without a default: old events cannot be read with it (BACKWARD).
     let mut placed: serde_json::Value = serde_json::from_str(

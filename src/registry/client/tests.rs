@@ -459,3 +459,67 @@ async fn an_outage_longer_than_the_outage_timeout_fails_and_a_stop_ends_the_wait
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Serves the built-in registry under the path `prefix` (as behind a proxy that
+/// routes `/registry/…` to it); anything else is a plain 404 page.
+async fn serve_under(prefix: &'static str, registry: Arc<Registry>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<_>| {
+                    let registry = registry.clone();
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let Some(rest) = parts
+                            .uri
+                            .path_and_query()
+                            .and_then(|p| p.as_str().strip_prefix(prefix).map(str::to_string))
+                        else {
+                            return Ok(fixed(404, "<html>Not Found</html>"));
+                        };
+                        parts.uri = rest.parse().unwrap();
+                        crate::registry::server::handle(registry, Request::from_parts(parts, body))
+                            .await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_registry_under_a_path_is_reached_and_a_url_that_is_no_registry_is_said_to_be() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, id) = registry_with_order(dir.path()).await;
+    let addr = serve_under("/registry", registry).await;
+    for url in [
+        format!("http://{addr}/registry"),
+        format!("http://{addr}/registry/"),
+    ] {
+        let c = RegistryClient::new(&url, &settings()).unwrap();
+        c.check().await.unwrap();
+        assert!(c.schema_by_id(id).await.unwrap().contains("Order"), "{url}");
+    }
+    // The server's root is not the registry: check says so instead of succeeding.
+    let c = RegistryClient::new(&format!("http://{addr}"), &settings()).unwrap();
+    match c.check().await {
+        Err(e @ RegistryError::Client(_)) => {
+            assert!(
+                e.to_string().contains("is the URL a schema registry's?"),
+                "{e}"
+            )
+        }
+        other => panic!("expected not a registry, got {other:?}"),
+    }
+    // A web server that answers 200 with a page is no registry either.
+    let page = answering(200, "<html>hello</html>").await;
+    let c = RegistryClient::new(&format!("http://{page}"), &settings()).unwrap();
+    assert!(matches!(c.check().await, Err(RegistryError::Client(_))));
+}
