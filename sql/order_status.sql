@@ -1,5 +1,8 @@
--- Order tracking for the mobile backend: every lifecycle event of a mobile order
--- becomes the status the app shows ("where is my order, when will it be ready").
+-- Order tracking for the mobile backend: where each order is, since when, and when it
+-- will be ready ("where is my order?"). The SQL enriches the order events with the
+-- restaurant; two Rust operators the pipeline file deploys (pipelines/order_status.yaml,
+-- src/library/order_tracking.rs) keep each restaurant's rolling preparation time and
+-- each order's lifecycle; the SQL writes their results.
 CREATE TABLE orders WITH (
     connector = 'generator',
     world = 'restaurant',
@@ -9,33 +12,52 @@ CREATE TABLE orders WITH (
     warmup = '10m',
     out_of_order = '2s',
     duplicate_fraction = '0.001',
-    malformed_fraction = '0.001'
+    malformed_fraction = '0.001',
+    -- Events arrive up to 2 s out of order: the operators put them back in order once
+    -- the watermark (3 s behind the latest event) has passed them.
+    event_time_field = 'event_time',
+    watermark_delay = '3s'
 );
 
+-- The restaurants (reference data, kept in memory): name and time zone.
+CREATE TABLE restaurants WITH (
+    connector = 'generator',
+    world = 'restaurant',
+    stream = 'restaurants',
+    lookup = 'true'
+);
+
+-- What the operators read: each order event with its restaurant.
+CREATE VIEW order_events AS
+SELECT
+    o.event_id,
+    o.event_type,
+    o.event_time,
+    o.order_id,
+    o.customer_id,
+    o.restaurant_id,
+    r.name AS restaurant_name,
+    r.time_zone,
+    o.channel,
+    o.cancel_reason,
+    o.estimated_ready_time
+FROM orders o
+LEFT JOIN restaurants r ON o.restaurant_id = r.restaurant_id;
+
+-- The current status of every order, one row per change (the app shows the latest
+-- row per order_id): status, the time of each step, and the ETA.
 CREATE TABLE order_status WITH (
     connector = 'file',
     path = 'data/order_status.jsonl'
 );
 
-INSERT INTO order_status
-SELECT
-    order_id,
-    customer_id,
-    restaurant_id,
-    channel,
-    CASE event_type
-        WHEN 'order_placed' THEN 'received'
-        WHEN 'order_paid' THEN 'paid'
-        WHEN 'order_preparing' THEN 'preparing'
-        WHEN 'order_ready' THEN 'ready_for_pickup'
-        WHEN 'order_picked_up' THEN 'completed'
-        WHEN 'order_delivered' THEN 'completed'
-        WHEN 'order_cancelled' THEN 'cancelled'
-        ELSE 'unknown'
-    END AS status,
-    event_time AS status_time,
-    estimated_ready_time,
-    cancel_reason,
-    event_type IN ('order_picked_up', 'order_delivered', 'order_cancelled') AS is_final,
-    event_id
-FROM orders;
+-- Orders paid 6 minutes ago (event time) and still not ready (the SLA in the pipeline file).
+CREATE TABLE order_sla_alerts WITH (
+    connector = 'file',
+    path = 'data/order_sla_alerts.jsonl'
+);
+
+-- `order_tracking` is the operator's output, `order_tracking_sla_alerts` its alerts.
+INSERT INTO order_status SELECT * FROM order_tracking;
+
+INSERT INTO order_sla_alerts SELECT * FROM order_tracking_sla_alerts;

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fallback;
 pub mod formats;
 pub mod health;
+pub mod library;
 pub mod metrics;
 pub mod operators;
 pub mod pipeline;

@@ -50,6 +50,11 @@ impl Row<'_> {
             .map_err(|e| EngineError::datafusion("reading a row", e))
     }
 
+    /// Whether the input has column `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.batch.schema().index_of(name).is_ok()
+    }
+
     /// A string column's value, `None` when NULL.
     pub fn str(&self, name: &str) -> Result<Option<String>> {
         Ok(match self.get(name)? {
@@ -102,6 +107,10 @@ impl Timer {
     }
 }
 
+/// Where [`ProcessContext::dead_letter_kept`] puts a refused kept row among the
+/// emitted ones: (row as JSON, event time, reason), reported by `emit`.
+const REFUSED_PORT: usize = usize::MAX;
+
 /// The wall clock in ms since the epoch.
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -147,6 +156,26 @@ impl<'a> ProcessContext<'a> {
     /// leave its state as if the row had not come.
     pub fn dead_letter(&mut self, row: &Row<'_>, reason: impl Into<String>) {
         self.rejected.push((row.index, reason.into()));
+    }
+
+    /// Refuses a row the function kept in its state (a row buffered until the
+    /// watermark, refused when its turn comes, e.g. in `on_timer`): `row` is the row as
+    /// the function kept it, as JSON; it goes to the dead-letter queue (class
+    /// `rejected`, with `reason` and its event time) under the pipeline's error policy.
+    pub fn dead_letter_kept(
+        &mut self,
+        row: &serde_json::Value,
+        event_time: Option<i64>,
+        reason: impl Into<String>,
+    ) {
+        self.emitted.push((
+            REFUSED_PORT,
+            vec![
+                ScalarValue::Utf8(Some(row.to_string())),
+                ScalarValue::Int64(event_time),
+                ScalarValue::Utf8(Some(reason.into())),
+            ],
+        ));
     }
 
     /// Emits one row to the side output `name` (declared with
@@ -371,6 +400,24 @@ impl<F: KeyedProcessFunction> ProcessOperator<F> {
         let mut per_port: Vec<Vec<Vec<ScalarValue>>> =
             vec![Vec::new(); self.side_outputs.len() + 1];
         for (port, row) in rows {
+            if port == REFUSED_PORT {
+                let text = |v: &ScalarValue| match v {
+                    ScalarValue::Utf8(Some(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let event_time = match row[1] {
+                    ScalarValue::Int64(t) => t,
+                    _ => None,
+                };
+                out.bad_records().report_with(crate::dlq::Report {
+                    reason: BadRecordReason::Rejected,
+                    detail: &text(&row[2]),
+                    payload: text(&row[0]).as_bytes(),
+                    format: crate::dlq::PayloadFormat::Row,
+                    event_time,
+                });
+                continue;
+            }
             per_port[port].push(row);
         }
         let mut batches = Vec::new();

@@ -47,6 +47,36 @@ pub struct PipelineFile {
     pub delivery: Option<Delivery>,
     #[serde(default)]
     pub connectors: BTreeMap<String, BTreeMap<String, Scalar>>,
+    /// Rust operators between the SQL's tables, in order (see `crate::library`).
+    #[serde(default)]
+    pub operators: Vec<OperatorFile>,
+}
+
+/// `operators:` — a named Rust operator deployed by the pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorFile {
+    /// Its output: a table the SQL reads (side outputs: `<name>_<side>`).
+    pub name: String,
+    /// The registered operator, e.g. `order_tracking`.
+    pub function: String,
+    /// The table of the SQL it reads: a source or a view.
+    pub input: String,
+    /// The column(s) its rows are routed by; each key has its own state and timers.
+    pub key: KeyColumns,
+    /// The operator's own options (durations, numbers, words).
+    #[serde(default)]
+    pub options: BTreeMap<String, Scalar>,
+    /// Its tasks (default: the pipeline's parallelism).
+    pub parallelism: Option<usize>,
+}
+
+/// One key column, or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyColumns {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +285,19 @@ impl LoadedPipeline {
 }
 
 /// The line and column of the first `key:` in a YAML text, for errors about values.
+/// Where `name: <value>` is written (an `operators:` entry), if it is.
+fn name_location(path: &Path, text: &str, value: &str) -> Option<Location> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        let rest = trimmed.strip_prefix("name:")?;
+        (rest.trim().trim_matches(['"', '\'']) == value).then(|| Location {
+            file: path.to_path_buf(),
+            line: i + 1,
+            column: line.len() - line.trim_start().len() + 1,
+        })
+    })
+}
+
 fn key_location(path: &Path, text: &str, key: &str) -> Location {
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
@@ -520,6 +563,26 @@ pub fn load_pipeline(path: &Path, config: &Config) -> crate::Result<LoadedPipeli
         );
     }
     plan.table_options_origin = Some(at("connectors"));
+    plan.operators = file
+        .operators
+        .iter()
+        .map(|o| crate::planner::OperatorDecl {
+            name: o.name.to_lowercase(),
+            function: o.function.clone(),
+            input: o.input.to_lowercase(),
+            key: match &o.key {
+                KeyColumns::One(k) => vec![k.to_lowercase()],
+                KeyColumns::Many(ks) => ks.iter().map(|k| k.to_lowercase()).collect(),
+            },
+            options: o
+                .options
+                .iter()
+                .map(|(k, v)| (k.to_lowercase(), v.to_string()))
+                .collect(),
+            parallelism: o.parallelism,
+            location: name_location(path, &text, &o.name).unwrap_or_else(|| at("operators")),
+        })
+        .collect();
     let sql_value = file.sql.trim();
     let sql = if !sql_value.contains('\n') && sql_value.ends_with(".sql") {
         let sql_path = path.parent().unwrap_or(Path::new(".")).join(sql_value);

@@ -23,6 +23,9 @@ type Result<T, E = crate::Error> = std::result::Result<T, E>;
 pub(super) struct Wiring {
     pub graph: Graph,
     source_nodes: BTreeMap<String, NodeId>,
+    /// The output of its node a table is, when not the main one (a Rust operator's
+    /// side output).
+    ports: BTreeMap<String, usize>,
     sink_nodes: BTreeMap<String, NodeId>,
     /// The SQL stages added (name, stage), for `explain`.
     pub stages: Vec<(String, Arc<SqlOperatorFactory>)>,
@@ -33,9 +36,50 @@ impl Wiring {
         Wiring {
             graph: Graph::new(pipeline),
             source_nodes: BTreeMap::new(),
+            ports: BTreeMap::new(),
             sink_nodes: BTreeMap::new(),
             stages: Vec::new(),
         }
+    }
+
+    /// Makes output `port` of `node` the table `table` queries read (a Rust
+    /// operator's output).
+    pub(super) fn add_table_output(&mut self, table: String, node: NodeId, port: usize) {
+        if port != 0 {
+            self.ports.insert(table.clone(), port);
+        }
+        self.source_nodes.insert(table, node);
+    }
+
+    /// Adds a planned query's stage(s) reading `inputs` (their nodes added when first
+    /// read); returns the node of its result.
+    pub(super) fn wire_stage(
+        &mut self,
+        insert: &InsertDecl,
+        stage: &StagePlan,
+        inputs: &[String],
+        tables: &Tables,
+        settings: &crate::planner::PlanSettings,
+    ) -> Result<NodeId> {
+        let input_ids = self.source_nodes(insert, inputs, tables, settings)?;
+        let first = self.graph.nodes.len();
+        let (op, added) = self.add_stage(insert, stage, inputs, &input_ids)?;
+        self.stages.extend(added);
+        // Read the right output of each input node.
+        for (name, id) in &input_ids {
+            let Some(&port) = self.ports.get(name) else {
+                continue;
+            };
+            for spec in &mut self.graph.nodes[first..] {
+                for i in 0..spec.inputs.len() {
+                    if spec.inputs[i].0 == *id {
+                        spec.input_ports.resize(spec.inputs.len(), 0);
+                        spec.input_ports[i] = port;
+                    }
+                }
+            }
+        }
+        Ok(op)
     }
 
     /// Warns about the source tables no insert reads.
@@ -93,9 +137,7 @@ impl Planning<'_> {
                 &tables.event_times,
             )
             .await?;
-        let input_ids = wiring.source_nodes(insert, &inputs, tables, settings)?;
-        let (op, added) = wiring.add_stage(insert, &stage, &inputs, &input_ids)?;
-        wiring.stages.extend(added);
+        let op = wiring.wire_stage(insert, &stage, &inputs, tables, settings)?;
         self.connect_sink(insert, sink, op, wiring)?;
         if stage.is_changelog() {
             wiring.check_sink_takes_changelog(insert)?;

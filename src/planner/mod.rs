@@ -17,6 +17,7 @@ mod cuts;
 mod ddl;
 pub(crate) mod event_time;
 mod inserts;
+mod operators;
 mod plan;
 mod stage_plan;
 mod streamable;
@@ -27,6 +28,7 @@ pub mod udf;
 
 pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
 pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions};
+pub use operators::OperatorDecl;
 pub use stage_plan::StagePlan;
 
 use std::path::PathBuf;

@@ -77,6 +77,8 @@ pub struct PlanSettings {
     pub state_ttl: Option<std::time::Duration>,
     /// How long after its end a window takes late rows, updating its result.
     pub allowed_lateness: Option<std::time::Duration>,
+    /// The pipeline file's Rust operators, planned before the inserts, in order.
+    pub operators: Vec<super::operators::OperatorDecl>,
 }
 
 /// What a SQL stage is told besides its query.
@@ -111,6 +113,7 @@ impl Default for PlanSettings {
             state_memory_limit: None,
             state_ttl: None,
             allowed_lateness: None,
+            operators: Vec::new(),
         }
     }
 }
@@ -366,10 +369,13 @@ impl SqlPlanner {
             settings,
         };
         planning.check_table_options(&parsed)?;
-        let tables = planning.declare_tables(&parsed).await?;
+        let mut tables = planning.declare_tables(&parsed).await?;
         planning.plan_views(&parsed.views).await?;
         let mut wiring = Wiring::new(pipeline);
         wiring.graph.errors = settings.on_processing_error;
+        for op in &settings.operators {
+            planning.plan_operator(op, &mut tables, &mut wiring).await?;
+        }
         // Every INSERT is planned, so that one pass reports each one that fails.
         let mut failed = Vec::new();
         for insert in &parsed.inserts {
