@@ -57,7 +57,21 @@ CREATE TABLE order_sla_alerts WITH (
     path = 'data/order_sla_alerts.jsonl'
 );
 
+-- Each order's latest status, served on the admin port for the mobile backend:
+-- GET /orders/<order_id>, and a customer's orders: GET /orders?customer_id=<id>&is_final=false.
+-- (In production the same rows go to a DynamoDB table and a compacted Kafka topic:
+-- docker/pipelines/order_tracking.sql.)
+CREATE TABLE orders_served WITH (
+    connector = 'serving',
+    key_field = 'order_id',
+    route = 'orders',
+    -- An order not updated for an hour is no longer served.
+    expire_after = '1h'
+);
+
 -- `order_tracking` is the operator's output, `order_tracking_sla_alerts` its alerts.
 INSERT INTO order_status SELECT * FROM order_tracking;
 
 INSERT INTO order_sla_alerts SELECT * FROM order_tracking_sla_alerts;
+
+INSERT INTO orders_served SELECT * FROM order_tracking;

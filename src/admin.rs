@@ -276,6 +276,47 @@ impl Savepoints {
 }
 
 /// The value of `key` in a query string, percent-decoded.
+/// `GET /<route>/<key>` and `GET /<route>?column=value&…` of a `serving` sink's table
+/// (`crate::connectors::serving`); `None` when no table serves the route.
+fn served_route(path: &str, query: &str) -> Option<Answer> {
+    let rest = path.strip_prefix('/')?;
+    let (route, key) = match rest.split_once('/') {
+        Some((r, k)) => (r, Some(percent_decode(k))),
+        None => (rest, None),
+    };
+    let table = crate::connectors::serving::served(route)?;
+    Some(match key {
+        Some(key) => match table.get(&key) {
+            Some(row) => ("200 OK", "application/json", row + "\n"),
+            None => message_answer(
+                "404 Not Found",
+                &format!("no row with {} {key} in /{route}", table.key_field()),
+            ),
+        },
+        None => {
+            let mut filters = query_pairs(query);
+            let limit = match filters.iter().position(|(k, _)| k == "limit") {
+                Some(i) => match filters.remove(i).1.parse::<usize>() {
+                    Ok(n) if (1..=10_000).contains(&n) => n,
+                    _ => {
+                        return Some(message_answer(
+                            "400 Bad Request",
+                            "limit: give a number from 1 to 10000",
+                        ));
+                    }
+                },
+                None => 1000,
+            };
+            let rows = table.find(&filters, limit);
+            (
+                "200 OK",
+                "application/x-ndjson",
+                rows.iter().map(|r| format!("{r}\n")).collect(),
+            )
+        }
+    })
+}
+
 fn query_value(query: &str, key: &str) -> Option<String> {
     query_pairs(query)
         .into_iter()
@@ -436,7 +477,10 @@ impl Routes {
                 let (status, body) = self.health.probe(path);
                 (status, "application/json", body)
             }
-            ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            ("GET", _) => match served_route(path, query) {
+                Some(answer) => answer,
+                None => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            },
             _ => ("405 Method Not Allowed", "text/plain", ROUTES.to_string()),
         }
     }

@@ -34,6 +34,8 @@ pub enum Error {
     Dynamo(#[from] crate::dynamodb::DynamoError),
     #[error(transparent)]
     Fallback(#[from] crate::fallback::FallbackError),
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,6 +77,7 @@ impl Error {
             Error::Dlq(e) => e.code(),
             Error::Dynamo(e) => e.code(),
             Error::Fallback(e) => e.code(),
+            Error::Query(e) => e.code(),
             Error::Io { .. } => "IO001",
             Error::Several(all) => all.first().map_or("IO001", Error::code),
         }

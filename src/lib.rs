@@ -18,11 +18,13 @@ pub mod error;
 pub mod fallback;
 pub mod formats;
 pub mod health;
+pub mod http;
 pub mod library;
 pub mod metrics;
 pub mod operators;
 pub mod pipeline;
 pub mod planner;
+pub mod query;
 pub mod registry;
 pub mod state;
 #[cfg(test)]

@@ -64,6 +64,7 @@ pub const SERIES: &[Series] = &[
     series("tributary_component_up", Kind::Gauge, None, "1 while a component reaches its infrastructure, 0 while connecting or retrying."),
     series("tributary_component_retrying_seconds", Kind::Gauge, S, "Length of a component's current outage, set at scrape time (0 when not retrying)."),
     series("tributary_dynamodb_writes_total", Kind::Counter, None, "Items a DynamoDB sink put or deleted."),
+    series("tributary_webhook_requests_total", Kind::Counter, None, "Requests of a webhook sink by outcome: delivered (2xx), retried (an outage: no connection, timeout, 408, 429, 5xx), refused (another 4xx: dead-lettered)."),
     series("tributary_dynamodb_stale_writes_total", Kind::Counter, None, "DynamoDB writes skipped because the item held a newer version (a replay, a fenced process)."),
     series("tributary_lookup_cache_hits_total", Kind::Counter, None, "Keys a lookup table found in its cache."),
     series("tributary_lookup_cache_misses_total", Kind::Counter, None, "Keys a lookup table read from DynamoDB."),
@@ -192,6 +193,12 @@ pub fn dynamodb_writes(pipeline: &str, table: &str) -> Counter {
     counter!("tributary_dynamodb_writes_total", "pipeline" => pipeline.to_string(), "table" => table.to_string())
 }
 
+/// Requests of a webhook sink, by table and outcome (`delivered`, `retried`,
+/// `refused`).
+pub fn webhook_requests(pipeline: &str, table: &str, outcome: &'static str) -> Counter {
+    counter!("tributary_webhook_requests_total", "pipeline" => pipeline.to_string(), "table" => table.to_string(), "outcome" => outcome)
+}
+
 /// Writes a DynamoDB sink skipped because the item held a newer version (a replay,
 /// a fenced process's late write).
 pub fn dynamodb_stale_writes(pipeline: &str, table: &str) -> Counter {
@@ -308,6 +315,7 @@ mod tests {
         kafka_breaker_state("c").set(0.0);
         kafka_breaker_transitions("c").increment(1);
         fallback_records(p, "t", "stored").increment(1);
+        webhook_requests(p, "t", "delivered").increment(1);
     }
 
     /// The rendered `/metrics` of every series: each `tributary_` family that has a

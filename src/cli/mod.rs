@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `explain`, `generate`, `dlq`, …
+//! The command line: `run`, `check`, `explain`, `generate`, `query`, `dlq`, …
 //!
 //! Owns argument parsing, logging setup, and the one place where errors become what the
 //! user sees (`error[CODE]: file:line:column: message`) and an exit code: 0 success,
@@ -9,6 +9,7 @@ pub(crate) mod dlq;
 mod fallback;
 mod generate;
 mod progress;
+mod query;
 mod registry;
 mod run;
 mod term;
@@ -102,6 +103,9 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// The broker-outage fallback: what waits to be sent to Kafka.
     Fallback(fallback::FallbackArgs),
+    /// SQL over the pipelines' file outputs (Parquet and JSON-lines sinks, as tables
+    /// named after them): print the rows, or serve them over Arrow Flight SQL.
+    Query(query::QueryArgs),
     /// The Avro contracts in schemas/: check them against a registry, or register them.
     Schemas {
         #[command(subcommand)]
@@ -263,6 +267,7 @@ pub fn main() -> ExitCode {
             Command::Generate(_) => unreachable!("handled above"),
             Command::Dlq(args) => dlq::dlq(&config, args).await,
             Command::Fallback(args) => fallback::fallback(&config, args).await,
+            Command::Query(args) => query::query(&config, args).await,
             Command::Registry { listen, dir } => {
                 registry::serve(&config, listen.as_deref(), dir.as_deref()).await
             }

@@ -77,7 +77,7 @@ async fn plan_all_with(
 /// Loads and plans every pipeline it can, going on after each error and reporting it
 /// (a name not found, a file that does not load or plan, two pipelines of one name):
 /// the pipelines that planned, and whether every one did.
-async fn plan_each(
+pub(super) async fn plan_each(
     config: &Config,
     args: &[String],
     env: crate::connectors::ConnectorEnv,
@@ -734,7 +734,9 @@ pub(super) async fn savepoint(config: &Config, pipeline: &str, name: Option<&str
     if let Some(n) = name {
         path.push_str(&format!("&name={n}"));
     }
-    match crate::registry::client::post_json(&url, &path, &serde_json::json!({})).await {
+    // A savepoint is answered when its checkpoint commits: large state takes a while.
+    let wait = std::time::Duration::from_secs(600);
+    match crate::registry::client::post_json(&url, &path, &serde_json::json!({}), wait).await {
         Ok((200, reply)) => {
             println!(
                 "savepoint {} of {pipeline}: checkpoint {}",

@@ -8,7 +8,11 @@
 //! - `parquet`: read back with the parquet crate's Arrow reader;
 //! - `parquet_partitioned`: `partition_by = 'day,region'`, read back like a Hive-aware
 //!   reader: the partition columns, dropped from the files, are rebuilt from the
-//!   `col=value` directory names.
+//!   `col=value` directory names;
+//! - `webhook` (at-least-once, nothing on disk): POSTed to a receiver on loopback that
+//!   verifies each signature, fails some requests (503, closed connections) and reads
+//!   the delivered bodies back once per idempotency key with `arrow_json`. The
+//!   scenarios about files (hidden in-progress files, rollover) do not apply.
 //!
 //! Rows are compared as multisets: each row is rendered to a canonical string (every
 //! column displayed by Arrow, nulls marked) and the sorted lists must be equal; the
@@ -206,6 +210,70 @@ fn visible_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     out.sort();
     out
+}
+
+/// `webhook`, POSTing to a [`Receiver`](super::webhook::tests::Receiver).
+struct Webhook {
+    receiver: super::webhook::tests::Receiver,
+}
+
+impl Webhook {
+    async fn start() -> Webhook {
+        use super::webhook::tests::{Receiver, Reply};
+        // Every third request fails once: 503, or the connection closed.
+        let rule =
+            std::sync::Arc::new(
+                |n: usize, _: &super::webhook::tests::Received| match n % 6 {
+                    0 => Reply::Status(503, "busy"),
+                    3 => Reply::Close,
+                    _ => Reply::Status(200, "ok"),
+                },
+            );
+        Webhook {
+            receiver: Receiver::start(Some(b"conformance"), rule).await,
+        }
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let bad = self
+            .receiver
+            .bad_signatures
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if !std::thread::panicking() {
+            assert_eq!(bad, 0, "requests with a bad signature");
+        }
+    }
+}
+
+impl ReadableSink for Webhook {
+    fn factory(&self, dir: &Path, extra: &[(&str, &str)]) -> Arc<dyn SinkFactory> {
+        let url = self.receiver.url();
+        let opts = [
+            ("url", url.as_str()),
+            ("secret", "conformance"),
+            ("backoff", "1ms"),
+        ];
+        build(dir, "webhook", &opts, extra)
+    }
+
+    fn read_back(&self, _dir: &Path, schema: &SchemaRef) -> Vec<RecordBatch> {
+        let mut lines = Vec::new();
+        for body in self.receiver.delivered().values() {
+            lines.extend_from_slice(body);
+            lines.push(b'\n');
+        }
+        arrow::json::ReaderBuilder::new(schema.clone())
+            .build(std::io::Cursor::new(lines))
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
+    fn empty_run_leaves_a_file(&self) -> bool {
+        false
+    }
 }
 
 /// Every file under `dir`, hidden or not.
@@ -683,5 +751,24 @@ mod parquet_partitioned {
                 "day=2026-01-01/region=us/part-0-1.parquet",
             ]
         );
+    }
+}
+
+mod webhook {
+    use super::*;
+
+    #[tokio::test]
+    async fn rows_survive_flushes_and_finish() {
+        super::rows_survive_flushes_and_finish(&Webhook::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn empty_input() {
+        super::empty_input(&Webhook::start().await).await;
+    }
+
+    #[tokio::test]
+    async fn nested_types_and_timestamps_survive() {
+        super::nested_types_and_timestamps_survive(&Webhook::start().await).await;
     }
 }

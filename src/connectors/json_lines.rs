@@ -57,7 +57,7 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use super::{ConnectorError, Options, TableRequest};
-use crate::engine::{Sink, SinkFactory, TaskInfo};
+use crate::engine::{Sink, SinkFactory, SinkOutput, TaskInfo};
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
@@ -327,6 +327,14 @@ impl SinkFactory for FileSinkFactory {
             self.path.display(),
             if self.append { ", append" } else { "" }
         )
+    }
+
+    fn output(&self, tasks: usize) -> Option<SinkOutput> {
+        Some(SinkOutput::JsonLines {
+            files: (0..tasks.max(1))
+                .map(|p| partition_file(&self.path, p, tasks))
+                .collect(),
+        })
     }
 
     fn writes(&self, tasks: usize, _exactly_once: bool) -> Option<String> {

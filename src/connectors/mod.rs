@@ -22,6 +22,8 @@ pub mod kafka;
 pub mod memory;
 pub mod parquet_sink;
 pub mod replay_inbox;
+pub mod serving;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -87,6 +89,21 @@ pub enum ConnectorError {
         connector: &'static str,
         message: String,
     },
+    #[error("table {table}: webhook {url} refused the sink itself (HTTP {status}): {reason}")]
+    WebhookRefused {
+        table: String,
+        url: String,
+        status: u16,
+        reason: String,
+    },
+    #[error(
+        "table {table}: webhook {url}: tls handshake refused: {message} (a private CA? set ca_file)"
+    )]
+    WebhookTls {
+        table: String,
+        url: String,
+        message: String,
+    },
 }
 
 impl ConnectorError {
@@ -100,6 +117,8 @@ impl ConnectorError {
             ConnectorError::Schema { .. } => "CON006",
             ConnectorError::Io { .. } => "CON007",
             ConnectorError::Other { .. } => "CON008",
+            ConnectorError::WebhookRefused { .. } => "CON009",
+            ConnectorError::WebhookTls { .. } => "CON010",
         }
     }
 }
@@ -302,6 +321,8 @@ pub const CONNECTORS: &[&str] = &[
     "parquet",
     "blackhole",
     "dynamodb",
+    "webhook",
+    "serving",
 ];
 
 /// What the planner knows about a table when it asks for its source.
@@ -358,7 +379,7 @@ pub fn source(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn Sourc
         "generator" => generator::source(req, &mut opts)?,
         "file" => file::source(req, &mut opts)?,
         "kafka" => kafka::source(req, &mut opts)?,
-        "stdout" | "parquet" | "blackhole" | "dynamodb" => {
+        "stdout" | "parquet" | "blackhole" | "dynamodb" | "webhook" | "serving" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),
                 connector: opts.connector.clone(),
@@ -382,6 +403,8 @@ pub fn sink(req: &TableRequest<'_>, mut opts: Options) -> Result<Arc<dyn SinkFac
         "blackhole" => blackhole::sink(req, &mut opts)?,
         "kafka" => kafka::sink(req, &mut opts)?,
         "dynamodb" => dynamodb::sink(req, &mut opts)?,
+        "webhook" => webhook::sink(req, &mut opts)?,
+        "serving" => serving::sink(req, &mut opts)?,
         "generator" => {
             return Err(ConnectorError::WrongRole {
                 table: req.table.into(),

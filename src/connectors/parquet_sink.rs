@@ -83,7 +83,7 @@ use parquet::file::properties::WriterProperties;
 
 use super::json_lines::{check_declared_schema, describe_fields, resolve_path};
 use super::{ConnectorError, Options, TableRequest};
-use crate::engine::{Sink, SinkFactory, TaskInfo};
+use crate::engine::{Sink, SinkFactory, SinkOutput, TaskInfo};
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
@@ -342,6 +342,13 @@ impl SinkFactory for ParquetSinkFactory {
                 ""
             }
         ))
+    }
+
+    fn output(&self, _tasks: usize) -> Option<SinkOutput> {
+        Some(SinkOutput::Parquet {
+            dir: self.cfg.dir.clone(),
+            partition_by: self.cfg.partition_by.clone(),
+        })
     }
 
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {

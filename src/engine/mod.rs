@@ -407,6 +407,21 @@ pub trait Sink: Send {
     }
 }
 
+/// What a sink that writes files leaves for readers ([`SinkFactory::output`]), with
+/// paths as the sink resolved them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkOutput {
+    /// A directory of Parquet files, in Hive-style `col=value/` directories for the
+    /// `partition_by` columns (in that order), which the files do not hold. Files being
+    /// written are hidden (`.part-….parquet.inprogress`).
+    Parquet {
+        dir: std::path::PathBuf,
+        partition_by: Vec<String>,
+    },
+    /// JSON-lines files, one per task.
+    JsonLines { files: Vec<std::path::PathBuf> },
+}
+
 /// Builds one [`Sink`] per partition.
 pub trait SinkFactory: Send + Sync {
     fn describe(&self) -> String;
@@ -415,6 +430,11 @@ pub trait SinkFactory: Send + Sync {
     /// where its output goes). `exactly_once`: the pipeline checkpoints with
     /// exactly-once sinks.
     fn writes(&self, _tasks: usize, _exactly_once: bool) -> Option<String> {
+        None
+    }
+    /// For `tributary query`: the files a run with `tasks` tasks leaves for readers,
+    /// in machine-readable form, when the sink writes files (`None`: it does not).
+    fn output(&self, _tasks: usize) -> Option<SinkOutput> {
         None
     }
     /// Refuses, at plan time, an input schema the sink cannot write.

@@ -23,12 +23,15 @@ use arrow::datatypes::SchemaRef;
 use crate::engine::{EngineError, OperatorFactory, Result};
 use crate::operators::KeyedProcessFunction;
 
+pub mod offers;
 pub mod order_tracking;
 
 /// The operators every binary has.
 const BUILT_IN: &[(&str, Constructor)] = &[
     ("order_tracking", order_tracking::order_tracking),
     ("rolling_prep_time", order_tracking::rolling_prep_time),
+    ("offer_rules", offers::offer_rules),
+    ("cart_nudge", offers::cart_nudge),
 ];
 
 /// What a named operator is built from: the pipeline file's entry.

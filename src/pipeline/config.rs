@@ -22,6 +22,17 @@ pub struct Config {
     pub dlq: DlqConfig,
     pub dynamodb: crate::connectors::dynamodb::DynamoConfig,
     pub fallback: FallbackConfig,
+    pub query: QueryConfig,
+}
+
+/// `tributary query --serve`: the Arrow Flight SQL endpoint (`[query]`, default.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Where the Flight SQL endpoint listens (`--listen` wins).
+    pub listen: String,
+    /// The bearer token every Flight SQL call must carry ("" for none).
+    pub token: String,
 }
 
 /// Where Kafka output waits while its cluster is down, and when a cluster counts as

@@ -293,7 +293,7 @@ fn name_location(path: &Path, text: &str, value: &str) -> Option<Location> {
         (rest.trim().trim_matches(['"', '\'']) == value).then(|| Location {
             file: path.to_path_buf(),
             line: i + 1,
-            column: line.len() - line.trim_start().len() + 1,
+            column: line.len() - trimmed.len() + 1,
         })
     })
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::SqlError;
 use super::ddl::InsertDecl;
 use super::event_time::add_window_time_args;
-use super::plan::{Planning, StageOptions};
+use super::plan::Planning;
 use super::stage_plan::StagePlan;
 use super::tables::{SinkDecl, Tables};
 use crate::connectors::{self, Options, TableRequest};
@@ -94,13 +94,15 @@ impl Wiring {
 
 impl Planning<'_> {
     /// Plans one `INSERT INTO sink SELECT …` into the graph: the source nodes its query
-    /// reads, its stage(s), the sink node.
+    /// reads, its stage(s). Returns the node of its result and whether that is a
+    /// changelog; [`Planning::connect_sink`] adds the sink once every insert is
+    /// planned, so a sink several inserts write comes after all of their stages.
     pub(super) async fn plan_insert(
         &self,
         insert: &InsertDecl,
         tables: &Tables,
         wiring: &mut Wiring,
-    ) -> Result<()> {
+    ) -> Result<(NodeId, bool)> {
         let Some(sink) = tables.sinks.get(&insert.sink) else {
             return Err(SqlError::Plan {
                 location: insert.location.clone(),
@@ -120,33 +122,37 @@ impl Planning<'_> {
         })?;
         let settings = self.settings;
         let (stage, inputs) = self
-            .planner
-            .plan_stage(
-                &self.ctx,
-                self.sql,
+            .plan_query_stage(
                 query,
                 &insert.location,
                 sink.declared.as_ref(),
                 &insert.sink,
-                StageOptions {
-                    on_error: settings.on_processing_error,
-                    state_memory_limit: settings.state_memory_limit,
-                    state_ttl: settings.state_ttl,
-                    allowed_lateness: settings.allowed_lateness,
-                },
                 &tables.event_times,
             )
             .await?;
         let op = wiring.wire_stage(insert, &stage, &inputs, tables, settings)?;
-        self.connect_sink(insert, sink, op, wiring)?;
-        if stage.is_changelog() {
+        Ok((op, stage.is_changelog()))
+    }
+
+    /// Connects `op` (an insert's result) to the insert's sink, adding the sink's node
+    /// on its first insert; refuses a changelog into a sink that only appends.
+    pub(super) fn connect_sink(
+        &self,
+        insert: &InsertDecl,
+        tables: &Tables,
+        (op, changelog): (NodeId, bool),
+        wiring: &mut Wiring,
+    ) -> Result<()> {
+        let sink = &tables.sinks[&insert.sink];
+        self.add_sink(insert, sink, op, wiring)?;
+        if changelog {
             wiring.check_sink_takes_changelog(insert)?;
         }
         Ok(())
     }
 
     /// Connects `op` to the insert's sink, adding the sink's node on its first insert.
-    fn connect_sink(
+    fn add_sink(
         &self,
         insert: &InsertDecl,
         sink: &SinkDecl,

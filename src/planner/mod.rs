@@ -27,8 +27,8 @@ mod tests;
 pub mod udf;
 
 pub use ddl::{CheckDecl, InsertDecl, ParsedSql, TableDecl, parse_sql};
-pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions};
 pub use operators::OperatorDecl;
+pub use plan::{PlanSettings, PlannedPipeline, SqlPlanner, StageOptions};
 pub use stage_plan::StagePlan;
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::SqlError;
 use super::ddl::InsertDecl;
 use super::inserts::Wiring;
-use super::plan::{Planning, StageOptions};
+use super::plan::Planning;
 use super::tables::Tables;
 use crate::engine::Partitioning;
 use crate::types::Location;
@@ -83,22 +83,7 @@ impl Planning<'_> {
         };
         let settings = self.settings;
         let (stage, inputs) = self
-            .planner
-            .plan_stage(
-                &self.ctx,
-                self.sql,
-                query,
-                &op.location,
-                None,
-                &op.name,
-                StageOptions {
-                    on_error: settings.on_processing_error,
-                    state_memory_limit: settings.state_memory_limit,
-                    state_ttl: settings.state_ttl,
-                    allowed_lateness: settings.allowed_lateness,
-                },
-                &tables.event_times,
-            )
+            .plan_query_stage(query, &op.location, None, &op.name, &tables.event_times)
             .await?;
         let stage_node = wiring.wire_stage(&feed, &stage, &inputs, tables, settings)?;
         let input = wiring.graph.node(stage_node)?.schema.clone();

@@ -370,16 +370,37 @@ impl SqlPlanner {
         };
         planning.check_table_options(&parsed)?;
         let mut tables = planning.declare_tables(&parsed).await?;
-        planning.plan_views(&parsed.views).await?;
+        let mut deferred: Vec<_> = planning
+            .plan_views(&parsed.views, !settings.operators.is_empty())
+            .await?
+            .into_iter()
+            .cloned()
+            .collect();
         let mut wiring = Wiring::new(pipeline);
         wiring.graph.errors = settings.on_processing_error;
         for op in &settings.operators {
+            // Views over the outputs of the operators planned so far.
+            deferred = planning
+                .plan_views(&deferred, true)
+                .await?
+                .into_iter()
+                .cloned()
+                .collect();
             planning.plan_operator(op, &mut tables, &mut wiring).await?;
         }
-        // Every INSERT is planned, so that one pass reports each one that fails.
+        planning.plan_views(&deferred, false).await?;
+        // Every INSERT is planned, so that one pass reports each one that fails; then
+        // the sinks, after every stage that feeds them.
         let mut failed = Vec::new();
+        let mut results = Vec::new();
         for insert in &parsed.inserts {
-            if let Err(e) = planning.plan_insert(insert, &tables, &mut wiring).await {
+            match planning.plan_insert(insert, &tables, &mut wiring).await {
+                Ok(result) => results.push((insert, result)),
+                Err(e) => failed.push(e),
+            }
+        }
+        for (insert, result) in results {
+            if let Err(e) = planning.connect_sink(insert, &tables, result, &mut wiring) {
                 failed.push(e);
             }
         }
@@ -407,16 +428,55 @@ pub(super) struct Planning<'a> {
 }
 
 impl Planning<'_> {
+    /// Plans one query of the pipeline (an `INSERT`'s, or what feeds a Rust operator)
+    /// into a SQL stage with the pipeline's settings; see [`SqlPlanner::plan_stage`].
+    pub(super) async fn plan_query_stage(
+        &self,
+        query: Statement,
+        location: &Location,
+        target: Option<&SchemaRef>,
+        target_name: &str,
+        event_times: &BTreeMap<String, String>,
+    ) -> Result<(StagePlan, Vec<String>)> {
+        let settings = self.settings;
+        self.planner
+            .plan_stage(
+                &self.ctx,
+                self.sql,
+                query,
+                location,
+                target,
+                target_name,
+                StageOptions {
+                    on_error: settings.on_processing_error,
+                    state_memory_limit: settings.state_memory_limit,
+                    state_ttl: settings.state_ttl,
+                    allowed_lateness: settings.allowed_lateness,
+                },
+                event_times,
+            )
+            .await
+    }
+
     /// Registers the pipeline's views with the session.
-    async fn plan_views(&self, views: &[(String, Statement, Location)]) -> Result<()> {
-        for (name, stmt, location) in views {
-            self.ctx
-                .sql(&stmt.to_string())
-                .await
-                .map_err(|e| plan_error(self.sql, location, e))?;
-            let _ = name;
+    /// Registers the pipeline's views with the session, in order. With `defer`, a
+    /// view that does not plan yet is returned instead of refused: it may read a Rust
+    /// operator's output, which exists once the operators are planned.
+    async fn plan_views<'v>(
+        &self,
+        views: &'v [(String, Statement, Location)],
+        defer: bool,
+    ) -> Result<Vec<&'v (String, Statement, Location)>> {
+        let mut deferred = Vec::new();
+        for view in views {
+            let (_, stmt, location) = view;
+            match self.ctx.sql(&stmt.to_string()).await {
+                Ok(_) => {}
+                Err(_) if defer => deferred.push(view),
+                Err(e) => return Err(plan_error(self.sql, location, e)),
+            }
         }
-        Ok(())
+        Ok(deferred)
     }
 }
 

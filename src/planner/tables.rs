@@ -109,7 +109,10 @@ impl Planning<'_> {
             let declared = declared_schema(&self.ctx, decl, self.sql).await?;
             let options = self.table_options(decl)?;
             let is_sink = sink_names.contains(&decl.name.as_str());
-            let sink_only = matches!(decl.connector.as_str(), "stdout" | "parquet" | "blackhole");
+            let sink_only = matches!(
+                decl.connector.as_str(),
+                "stdout" | "parquet" | "blackhole" | "webhook" | "serving"
+            );
             if is_sink || sink_only {
                 refuse_source_options(decl, &options)?;
                 let mut decl = decl.clone();

@@ -808,3 +808,69 @@ async fn a_window_without_a_time_is_refused_at_its_call() {
     )
     .await;
 }
+
+/// Several INSERTs into one sink plan into a valid graph: the sink after every stage.
+#[tokio::test]
+async fn several_inserts_write_one_sink() {
+    let text = "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders');\n\
+         CREATE TABLE out WITH (connector = 'stdout');\n\
+         INSERT INTO out SELECT order_id, event_time FROM orders WHERE total > 10;\n\
+         INSERT INTO out SELECT order_id, event_time FROM orders WHERE total < 5;\n";
+    let planned = SqlPlanner::new()
+        .plan_pipeline(
+            "p",
+            &SqlText::file(text, "p.sql"),
+            Path::new("."),
+            &PlanSettings::default(),
+        )
+        .await
+        .unwrap();
+    let g = planned.graph;
+    let sink = g.nodes.iter().position(|n| n.name == "out").unwrap();
+    assert_eq!(g.nodes[sink].inputs.len(), 2);
+    assert!(g.nodes[sink].inputs.iter().all(|(i, _)| *i < sink));
+    let mut g = g;
+    g.finalize().unwrap();
+}
+
+/// A pipeline file's Rust operator reads a view of the SQL, and a view reads the
+/// operator's side output: both plan, the view after the operator.
+#[tokio::test]
+async fn views_feed_and_read_rust_operators() {
+    let text = "CREATE TABLE orders WITH (connector = 'generator', stream = 'orders', event_time_field = 'event_time');\n\
+         CREATE VIEW events AS SELECT event_id, event_type, event_time, order_id, customer_id, restaurant_id FROM orders;\n\
+         CREATE VIEW alerted AS SELECT order_id, status FROM tracked_sla_alerts;\n\
+         CREATE TABLE out WITH (connector = 'stdout');\n\
+         CREATE TABLE alerts WITH (connector = 'stdout');\n\
+         INSERT INTO out SELECT order_id, status FROM tracked;\n\
+         INSERT INTO alerts SELECT * FROM alerted;\n";
+    let settings = PlanSettings {
+        operators: vec![crate::planner::OperatorDecl {
+            name: "tracked".into(),
+            function: "order_tracking".into(),
+            input: "events".into(),
+            key: vec!["order_id".into()],
+            options: Default::default(),
+            parallelism: Some(2),
+            location: SqlText::file("", "p.yaml").locate(1, 1),
+        }],
+        ..PlanSettings::default()
+    };
+    let planned = SqlPlanner::new()
+        .plan_pipeline(
+            "p",
+            &SqlText::file(text, "p.sql"),
+            Path::new("."),
+            &settings,
+        )
+        .await
+        .unwrap();
+    let g = planned.graph;
+    let op = g.nodes.iter().position(|n| n.name == "tracked").unwrap();
+    assert_eq!(g.nodes[op].parallelism, 2);
+    let alerts = g.nodes.iter().position(|n| n.name == "alerts").unwrap();
+    // The alerts' stage reads the operator's side output (port 1).
+    let stage = g.nodes[alerts].inputs[0].0;
+    assert_eq!(g.nodes[stage].inputs[0].0, op);
+    assert_eq!(g.nodes[stage].port_of(0), 1);
+}

@@ -4,9 +4,9 @@
 //! Owns talking to one registry: its URL (credentials written in it,
 //! `https://KEY:SECRET@host`, are taken out of it), HTTP basic authentication
 //! (Confluent's `basic.auth.user.info`, `KEY:SECRET`, as Confluent Cloud's API keys
-//! use), TLS (rustls with the ring provider, Mozilla's roots from `webpki-roots`, plus
-//! the CA certificates of an optional PEM file), a timeout on every request, and what
-//! an answer means.
+//! use), and what an answer means. The request itself — TLS (rustls with the ring
+//! provider, Mozilla's roots, an optional CA file) and its timeout — is
+//! [`crate::http`]'s, shared with the webhook sink.
 //!
 //! Invariants:
 //! - Every request succeeds or fails within the request timeout.
@@ -19,13 +19,12 @@
 //! - Credentials never appear in messages or logs: the URL shown is without them.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use tokio_rustls::rustls;
+
+use crate::http::{Endpoint, HttpError, Target, redact};
 
 use super::RegistryError;
 use crate::health::Probe;
@@ -61,119 +60,13 @@ impl Default for ClientSettings {
     }
 }
 
-/// A registry's URL taken apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    https: bool,
-    /// The host as written (an IPv6 address in brackets).
-    host: String,
-    port: u16,
-    /// `host[:port]` as written: the `Host` header.
-    authority: String,
-    /// A path prefix the registry is served under, without the trailing `/` (often "").
-    base: String,
-    /// `user:password` from the URL, percent-decoded.
-    user_info: Option<String>,
-}
-
-impl Target {
-    /// The URL as shown in messages: without credentials.
-    fn shown(&self) -> String {
-        format!(
-            "{}://{}{}",
-            if self.https { "https" } else { "http" },
-            self.authority,
-            self.base
-        )
-    }
-}
-
-/// Parses `http[s]://[user:password@]host[:port][/path]`.
+/// Parses `http[s]://[user:password@]host[:port][/path]` (`crate::http::parse_url`),
+/// without a query or fragment: the URL is the registry's base.
 fn parse_url(url: &str) -> Result<Target, String> {
-    let url = url.trim();
-    let lower = url.to_ascii_lowercase();
-    let (https, rest) = if lower.starts_with("https://") {
-        (true, &url["https://".len()..])
-    } else if lower.starts_with("http://") {
-        (false, &url["http://".len()..])
-    } else {
-        return Err("expected an http:// or https:// URL".into());
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let (user_info, host_port) = match authority.rsplit_once('@') {
-        Some((info, hp)) => (Some(percent_decode(info)?), hp),
-        None => (None, authority),
-    };
-    let (host, port) = if let Some(inner) = host_port.strip_prefix('[') {
-        let (addr, after) = inner
-            .split_once(']')
-            .ok_or("an IPv6 address needs its closing ]")?;
-        (format!("[{addr}]"), after.strip_prefix(':'))
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (host_port.to_string(), None),
-        }
-    };
-    if host.is_empty() || host == "[]" {
-        return Err("no host".into());
-    }
-    let port = match port {
-        None | Some("") => {
-            if https {
-                443
-            } else {
-                80
-            }
-        }
-        Some(p) => p.parse().map_err(|_| format!("bad port '{p}'"))?,
-    };
-    if path.contains(['?', '#']) {
+    if url.contains(['?', '#']) {
         return Err("no query or fragment: the URL is the registry's base".into());
     }
-    Ok(Target {
-        https,
-        authority: host_port.to_string(),
-        host,
-        port,
-        base: path.trim_end_matches('/').to_string(),
-        user_info,
-    })
-}
-
-/// `url` with any credentials in it masked, for a message about a URL that does not
-/// parse.
-fn redact(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find('/').unwrap_or(rest.len());
-    match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
-        None => url.to_string(),
-    }
-}
-
-/// `%XX` escapes decoded (credentials in a URL escape `@`, `:`, `/`…).
-fn percent_decode(s: &str) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad percent-encoding in the URL's credentials")?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the URL's credentials are not UTF-8".into())
+    crate::http::parse_url(url)
 }
 
 /// The `Authorization` header of Confluent's `basic.auth.user.info` (`KEY:SECRET`).
@@ -188,62 +81,12 @@ fn basic_authorization(user_info: &str) -> Result<String, String> {
     ))
 }
 
-/// rustls with the ring provider, trusting Mozilla's roots and those in `ca_file`.
-fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let shown = path.display();
-        let mut added = 0;
-        for cert in
-            CertificateDer::pem_file_iter(path).map_err(|e| format!("ca_file {shown}: {e}"))?
-        {
-            let cert = cert.map_err(|e| format!("ca_file {shown}: {e}"))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("ca_file {shown}: {e}"))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("ca_file {shown}: no PEM certificate in it"));
-        }
-    }
-    // rustls 0.23.48 deprecates the ring provider (no post-quantum key exchange);
-    // kept on purpose to stay off aws-lc-rs's build (ADR 0011).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// Aborts a spawned task when dropped (a request given up on takes its connection
-/// with it).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// One schema registry: where it is, how to authenticate, how long to wait. Built once
 /// per table (or command) and shared; cheap to clone.
 #[derive(Clone)]
 pub struct RegistryClient {
-    target: Target,
+    endpoint: Endpoint,
     shown: String,
-    /// TLS settings and the server's name (HTTPS only).
-    tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
     /// `Basic …`, when credentials were given.
     authorization: Option<String>,
     request_timeout: Duration,
@@ -277,21 +120,10 @@ impl RegistryClient {
             Some(info) => Some(basic_authorization(info).map_err(invalid)?),
             None => None,
         };
-        let tls = if target.https {
-            let name = target.host.trim_start_matches('[').trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(name.to_string())
-                .map_err(|e| invalid(format!("host {name}: {e}")))?;
-            Some((
-                tls_config(settings.ca_file.as_deref()).map_err(invalid)?,
-                name,
-            ))
-        } else {
-            None
-        };
+        let endpoint = Endpoint::new(target, settings.ca_file.as_deref()).map_err(invalid)?;
         Ok(RegistryClient {
-            target,
+            endpoint,
             shown,
-            tls,
             authorization,
             request_timeout: settings.request_timeout,
             outage_timeout: settings.outage_timeout,
@@ -325,77 +157,46 @@ impl RegistryClient {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, serde_json::Value), RegistryError> {
-        let within =
-            tokio::time::timeout(self.request_timeout, self.exchange_now(method, path, body));
-        match within.await {
-            Ok(r) => r,
-            Err(_) => Err(self.unavailable(format_args!(
-                "no answer within {:?} (registry.request_timeout)",
-                self.request_timeout
-            ))),
-        }
-    }
-
-    async fn exchange_now(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<(u16, serde_json::Value), RegistryError> {
-        let mut builder = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.target.base))
-            .header("host", &self.target.authority)
-            .header("accept", "application/vnd.schemaregistry.v1+json")
-            .header(
+        const JSON: &str = "application/vnd.schemaregistry.v1+json";
+        let mut headers = vec![
+            ("accept", JSON),
+            (
                 "user-agent",
                 concat!("tributary/", env!("CARGO_PKG_VERSION")),
-            );
+            ),
+        ];
         if let Some(auth) = &self.authorization {
-            builder = builder.header("authorization", auth);
+            headers.push(("authorization", auth));
         }
         let body = match body {
             Some(b) => {
-                builder = builder.header("content-type", "application/vnd.schemaregistry.v1+json");
+                headers.push(("content-type", JSON));
                 Bytes::from(b.to_string())
             }
             None => Bytes::new(),
         };
-        let request = builder
-            .body(Full::new(body))
-            .map_err(|e| RegistryError::Client(format!("{}{path}: {e}", self.shown)))?;
-        let addr = format!("{}:{}", self.target.host, self.target.port);
-        let tcp = tokio::net::TcpStream::connect(&addr)
+        let response = self
+            .endpoint
+            .send(method, path, &headers, body, self.request_timeout)
             .await
-            .map_err(|e| self.unavailable(format_args!("cannot connect to {addr}: {e}")))?;
-        let _ = tcp.set_nodelay(true);
-        let (status, bytes) = match &self.tls {
-            None => send(hyper_util::rt::TokioIo::new(tcp), request).await,
-            Some((config, name)) => {
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| self.tls_failure(e))?;
-                send(hyper_util::rt::TokioIo::new(tls), request).await
-            }
-        }
-        .map_err(|e| self.unavailable(format_args!("{path}: {e}")))?;
+            .map_err(|e| match e {
+                HttpError::Timeout(_) => self.unavailable(format_args!(
+                    "no answer within {:?} (registry.request_timeout)",
+                    self.request_timeout
+                )),
+                HttpError::Tls(tls) => RegistryError::Client(format!(
+                    "{}: tls handshake refused: {tls} (a private CA? set registry.ca_file)",
+                    self.shown
+                )),
+                HttpError::Request(m) => {
+                    RegistryError::Client(format!("{}{path}: {m}", self.shown))
+                }
+                HttpError::Unreachable(m) => self.unavailable(m),
+            })?;
         Ok((
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            response.status,
+            serde_json::from_slice(&response.body).unwrap_or(serde_json::Value::Null),
         ))
-    }
-
-    /// A failed TLS handshake: refused by rustls (certificate not trusted, wrong name,
-    /// no common protocol) is a setting to fix; the connection dropping is an outage.
-    fn tls_failure(&self, e: std::io::Error) -> RegistryError {
-        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            Some(tls) => RegistryError::Client(format!(
-                "{}: tls handshake refused: {tls} (a private CA? set registry.ca_file)",
-                self.shown
-            )),
-            None => self.unavailable(format_args!("tls handshake: {e}")),
-        }
     }
 
     /// [`RegistryClient::exchange`], with the statuses every call treats alike: 401
@@ -544,32 +345,23 @@ impl RegistryClient {
     }
 }
 
-/// Sends `request` over a fresh HTTP/1.1 connection on `io`; the status and body.
-async fn send<IO>(
-    io: IO,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<(u16, Bytes), hyper::Error>
-where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    let _conn = AbortOnDrop(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    Ok((status, bytes))
-}
-
-/// POSTs a JSON body to a plain-HTTP endpoint with default settings and returns the
-/// status and reply as they are (the admin endpoint's savepoint request).
+/// POSTs a JSON body to a plain-HTTP endpoint and returns the status and reply as
+/// they are, waiting up to `timeout` for the answer (the admin endpoint's savepoint
+/// request, answered once the savepoint's checkpoint has committed).
 pub(crate) async fn post_json(
     url: &str,
     path: &str,
     body: &serde_json::Value,
+    timeout: Duration,
 ) -> Result<(u16, serde_json::Value), RegistryError> {
-    admin_request(url, hyper::Method::POST, path, Some(body), None).await
+    let client = RegistryClient::new(
+        url,
+        &ClientSettings {
+            request_timeout: timeout,
+            ..ClientSettings::default()
+        },
+    )?;
+    client.exchange(hyper::Method::POST, path, Some(body)).await
 }
 
 /// [`post_json`] with any method, and `Authorization: Bearer TOKEN` when `bearer` is

@@ -254,7 +254,17 @@ fn the_compose_environment_is_accepted_and_every_mounted_pipeline_checks() {
         "the service configures Tributary through TRIBUTARY__* variables"
     );
     let (files, _) = svc.pipelines();
-    let o = svc.check(&[]);
+    // The compose stack's registry service, here a built-in registry on a free port:
+    // `check` asks it about the Avro sinks' contracts.
+    let registry_dir = tempfile::tempdir().unwrap();
+    let (_registry, url) = crate::registry::start_registry(registry_dir.path());
+    // and the dynamodb service, the tests' DynamoDB-API server (its tables looked up).
+    let dynamodb = std::env::var("TRIBUTARY_TEST_DYNAMODB")
+        .expect("TRIBUTARY_TEST_DYNAMODB: run scripts/test, or scripts/dynamodb start");
+    let o = svc.check(&[
+        ("TRIBUTARY__REGISTRY__URL", url.as_str()),
+        ("TRIBUTARY__DYNAMODB__ENDPOINT", dynamodb.as_str()),
+    ]);
     println!(
         "tributary check with {} TRIBUTARY__* variables ({vars:?}) of {} files:\n{}",
         svc.env

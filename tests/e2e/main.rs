@@ -6,10 +6,12 @@
 
 mod common;
 
+mod analytics;
 mod checkpoints;
 mod cli_errors;
 mod cli_help;
 mod cli_pipes;
+mod custom_operator;
 mod dead_letter_classes;
 mod dead_letters;
 mod doc_examples;
@@ -24,10 +26,13 @@ mod layout;
 mod lifecycle;
 mod lookup;
 mod operations;
+mod query;
 mod registry;
 mod registry_outage;
 mod scripts_run;
+mod serving;
 mod sinks;
 mod source_outage;
 mod sql_oracle;
+mod webhook;
 mod windows;

@@ -14,14 +14,29 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-const PIPELINES: [&str; 6] = [
+const PIPELINES: [&str; 9] = [
     "kitchen_slow_tickets",
+    "offer_conversion",
     "offer_engagement",
+    "offer_targeting",
     "order_prep_times",
     "order_status",
     "sales_items",
     "sales_per_minute",
+    "sales_top_items",
 ];
+
+/// Whether a Parquet output directory holds a published file (in any partition).
+fn has_parquet(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|r| {
+        r.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            !name.starts_with('.')
+                && (name.ends_with(".parquet")
+                    || e.file_type().is_ok_and(|t| t.is_dir()) && has_parquet(&e.path()))
+        })
+    })
+}
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -178,12 +193,20 @@ fn scripts_run_shows_outputs_stops_on_sigterm_and_resumes_appending_exactly_once
         Duration::from_secs(600),
         || {
             rows(&order_status(d)) > 0
+                && (has_rows("order_sla_alerts-0.jsonl") || has_rows("order_sla_alerts-1.jsonl"))
+                && has_rows("offer_triggers.jsonl")
                 && has_rows("offer_events.jsonl")
                 && has_rows("slow_tickets.jsonl")
-                && (has_rows("sales_per_minute-0.jsonl") || has_rows("sales_per_minute-1.jsonl"))
-                && (has_rows("order_prep_times-0.jsonl") || has_rows("order_prep_times-1.jsonl"))
-                && std::fs::read_dir(d.join("data/sales_items"))
-                    .is_ok_and(|mut r| r.next().is_some())
+                && [
+                    "sales_items",
+                    "sales_per_minute",
+                    "sales_top_items",
+                    "order_prep_times",
+                    "offer_triggers",
+                    "offer_conversions",
+                ]
+                .iter()
+                .all(|o| has_parquet(&d.join("data").join(o)))
         },
     );
     println!(

@@ -248,7 +248,7 @@ fn window_without_event_time_and_a_changelog_into_parquet_are_refused_with_posit
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
-        e.contains("b.sql:3:1") && e.contains("event_time_field"),
+        e.contains("b.sql:4:8") && e.contains("event_time_field"),
         "{e}"
     );
 }

@@ -164,6 +164,15 @@ def track(events, restaurants):
     return rows, alerts, refused
 
 
+def generated_restaurants() -> dict:
+    """The generator's restaurants (the default seed, as the pipelines' lookup reads
+    them), by id."""
+    ref = subprocess.run([str(BIN), "generate", "--stream", "restaurants", "--count", "100000"],
+                         capture_output=True, text=True, check=True, timeout=60)
+    rows = (json.loads(line) for line in ref.stdout.splitlines())
+    return {r["restaurant_id"]: r for r in rows}
+
+
 def test_order_tracking_equals_the_oracle(tmp_path: Path):
     out = subprocess.run(
         [str(BIN), "generate", "--stream", "orders", "--seed", str(SEED), "--count", str(COUNT),
@@ -198,12 +207,7 @@ def test_order_tracking_equals_the_oracle(tmp_path: Path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    restaurants = {}
-    ref = subprocess.run([str(BIN), "generate", "--stream", "restaurants", "--count", "100000"],
-                         capture_output=True, text=True, check=True, timeout=60)
-    for line in ref.stdout.splitlines():
-        r = json.loads(line)
-        restaurants[r["restaurant_id"]] = r
+    restaurants = generated_restaurants()
     events = []
     for line in written:
         try:

@@ -397,6 +397,7 @@ def test_avro_serializer_round_trip(registry: Registry):
         "channel": "kiosk",
         "items": [{"menu_item_id": 3, "name": "Fries", "quantity": 2, "unit_price": 2.5}],
         "total": 5.0,
+        "offer_id": None,
     }
     data = serializer(record, ctx)
 

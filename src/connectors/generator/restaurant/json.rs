@@ -68,6 +68,8 @@ struct OrderEventJson {
     estimated_ready_time: Option<Ts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cancel_reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offer_id: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -175,6 +177,7 @@ pub(super) fn render_order_event(w: &World, o: &Order, k: usize, millis: bool) -
         amount: None,
         estimated_ready_time: None,
         cancel_reason: None,
+        offer_id: None,
     };
     match step {
         Step::Placed => {
@@ -193,6 +196,7 @@ pub(super) fn render_order_event(w: &World, o: &Order, k: usize, millis: bool) -
                     .collect(),
             );
             e.total = Some(dollars(o.total_cents));
+            e.offer_id = o.offer_id;
         }
         Step::Paid => {
             e.payment_method = Some(o.payment_method);

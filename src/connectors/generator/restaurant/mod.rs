@@ -6,6 +6,9 @@
 //! - `orders`: mobile, kiosk, drive-thru and delivery order lifecycles:
 //!   `order_placed → order_paid → order_preparing → order_ready → order_picked_up` (or
 //!   `order_delivered`), about 4% ending in `order_cancelled` before `order_ready`.
+//!   An app order may follow an app session of the `app` stream (with the same seed,
+//!   start and rate) whose customer clicked an offer and converted: it is then that
+//!   customer's, and its `order_placed` carries the offer's `offer_id`.
 //! - `kitchen`: one ticket per order and kitchen station, from the same per-order draws,
 //!   so tickets agree with the orders: `queued_at` is the payment time, the earliest
 //!   `started_at` is the `order_preparing` time and `order_ready` follows the last
@@ -73,6 +76,7 @@ const TAG_SESSION_JITTER: u64 = 0x7265_7374_0007;
 const TAG_ORDER_EVENT_ID: u64 = 0x7265_7374_0008;
 const TAG_APP_EVENT_ID: u64 = 0x7265_7374_0009;
 const TAG_SESSION_ID: u64 = 0x7265_7374_000a;
+const TAG_ORDER_OFFER: u64 = 0x7265_7374_000b;
 const TAG_EMIT_ORDERS: u64 = 0x7265_7374_0010;
 const TAG_EMIT_KITCHEN: u64 = 0x7265_7374_0011;
 const TAG_EMIT_APP: u64 = 0x7265_7374_0012;

@@ -4,9 +4,10 @@
 
 use rand::Rng;
 
-use super::TAG_ORDER;
 use super::catalog::{Category, Station};
+use super::sessions::AppAction;
 use super::world::{N_RESTAURANTS, World, pick, secs};
+use super::{TAG_ORDER, TAG_ORDER_OFFER};
 use crate::connectors::generator::rng_for;
 
 impl World {
@@ -258,11 +259,23 @@ impl World {
             }
         }
         let cancelled_at = cancel.map(|(_, at, _)| at);
+        let mut restaurant_id = restaurant.id;
+        let mut customer_id = customer_id;
+        let offer = if channel == Channel::App {
+            self.offer_used(idx, placed)
+        } else {
+            None
+        };
+        if let Some(used) = offer {
+            customer_id = Some(used.customer_id);
+            restaurant_id = used.restaurant_id;
+        }
         Order {
             idx,
             id: idx as i64 + 1,
             customer_id,
-            restaurant_id: restaurant.id,
+            restaurant_id,
+            offer_id: offer.map(|u| u.offer_id),
             channel,
             lines,
             total_cents,
@@ -272,6 +285,48 @@ impl World {
             tickets,
             cancelled_at,
         }
+    }
+}
+
+/// An app order that redeems an offer: the session it follows, whose customer clicked
+/// the offer, then ended the session with an order (`converted`).
+#[derive(Debug, Clone, Copy)]
+struct OfferUse {
+    offer_id: i64,
+    customer_id: i64,
+    restaurant_id: i64,
+}
+
+impl World {
+    /// Whether app order `idx`, placed at `placed`, follows an app session that clicked
+    /// an offer and converted: half of the app orders look at the session that started
+    /// 0–15 minutes before; if that session clicked an offer and ended converted before
+    /// `placed`, the order is that session's customer's, at its restaurant, with the
+    /// offer last clicked. Drawn from its own random stream, so every other draw of the
+    /// order is the same as without offers.
+    fn offer_used(&self, idx: u64, placed: i64) -> Option<OfferUse> {
+        let mut rng = rng_for(self.seed, TAG_ORDER_OFFER, idx);
+        if !rng.random_bool(0.5) {
+            return None;
+        }
+        let lag = secs(&mut rng, 0.0, 900.0);
+        let s = self.session(self.session_at(placed - lag)?);
+        let (ended, converted) = match s.events.last() {
+            Some(&(t, AppAction::Ended { converted, .. })) => (t, converted),
+            _ => return None,
+        };
+        if !converted || ended >= placed {
+            return None;
+        }
+        let offer = s.events.iter().rev().find_map(|(_, a)| match a {
+            AppAction::OfferClicked(o) => Some(*o),
+            _ => None,
+        })?;
+        Some(OfferUse {
+            offer_id: offer as i64 + 1,
+            customer_id: s.customer_id,
+            restaurant_id: s.restaurant_id,
+        })
     }
 }
 
@@ -359,6 +414,8 @@ pub(super) struct Order {
     pub(super) id: i64,
     pub(super) customer_id: Option<i64>,
     pub(super) restaurant_id: i64,
+    /// The app offer the order redeems (`offer_id` of the offer events), if any.
+    pub(super) offer_id: Option<i64>,
     pub(super) channel: Channel,
     pub(super) lines: Vec<Line>,
     pub(super) total_cents: i64,
@@ -450,5 +507,51 @@ mod tests {
             "{cancelled} cancellations of 5000"
         );
         assert_eq!(channels.len(), 4);
+    }
+
+    #[test]
+    fn offers_used_by_app_orders_were_clicked_before_by_their_customer() {
+        use crate::connectors::generator::restaurant::testing::{ms, parsed};
+        // 20 events a second: the orders span 1,000 s of event time, most of them with
+        // app sessions up to 15 minutes before.
+        let p = params(5, |s| s.rate = 20.0);
+        let orders = parsed("orders", &p, 20_000);
+        let app = parsed("app", &p, 30_000);
+        // (customer, offer) -> click times; sessions that ended converted.
+        let mut clicks: std::collections::HashMap<(i64, i64), Vec<i64>> = Default::default();
+        for e in app.iter().filter(|e| e["event_type"] == "offer_clicked") {
+            clicks
+                .entry((
+                    e["customer_id"].as_i64().unwrap(),
+                    e["offer_id"].as_i64().unwrap(),
+                ))
+                .or_default()
+                .push(ms(&e["event_time"]));
+        }
+        let mut used = 0;
+        let mut app_orders = 0;
+        for o in orders.iter().filter(|o| o["event_type"] == "order_placed") {
+            app_orders += usize::from(o["channel"] == "app");
+            let Some(offer) = o.get("offer_id").and_then(|v| v.as_i64()) else {
+                continue;
+            };
+            used += 1;
+            assert_eq!(o["channel"], "app", "{o:?}");
+            let customer = o["customer_id"].as_i64().unwrap();
+            let placed = ms(&o["event_time"]);
+            let before = clicks.get(&(customer, offer)).into_iter().flatten();
+            assert!(
+                before
+                    .into_iter()
+                    .any(|t| *t < placed && placed - t <= 900_000),
+                "order {o:?}: no click on offer {offer} by customer {customer} in the 15 minutes before"
+            );
+        }
+        // About half the app orders look for a session; a fraction of those converted
+        // after clicking an offer.
+        assert!(
+            used * 50 > app_orders && used * 4 < app_orders,
+            "{used} of {app_orders} app orders use an offer"
+        );
     }
 }

@@ -39,6 +39,7 @@ pub(super) fn orders_schema() -> Schema {
         Field::new("amount", DataType::Float64, true),
         Field::new("estimated_ready_time", ts_type(), true),
         Field::new("cancel_reason", DataType::Utf8, true),
+        Field::new("offer_id", DataType::Int64, true),
     ])
 }
 

@@ -166,6 +166,11 @@ impl World {
         self.origin_ms + ((idx as f64 + jitter) * self.order_spacing) as i64
     }
 
+    /// The app session whose slot in event time holds `t` (none before the origin).
+    pub(super) fn session_at(&self, t: i64) -> Option<u64> {
+        (t >= self.origin_ms).then(|| ((t - self.origin_ms) as f64 / self.session_spacing) as u64)
+    }
+
     pub(super) fn session_started_at(&self, idx: u64) -> i64 {
         let jitter = unit_f64(mix(self.seed, TAG_SESSION_JITTER, idx));
         self.origin_ms + ((idx as f64 + jitter) * self.session_spacing) as i64
