@@ -123,6 +123,91 @@ impl OperatorSpec<'_> {
     }
 }
 
+/// The time zone of the timestamps the library's operators emit (the generator's).
+pub(crate) const TZ: &str = "+00:00";
+
+/// The type of the timestamps the library's operators emit.
+pub(crate) fn ts_type() -> arrow::datatypes::DataType {
+    arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, Some(TZ.into()))
+}
+
+/// A timestamp the library's operators emit, from ms since the epoch.
+pub(crate) fn ts(ms: Option<i64>) -> datafusion::common::ScalarValue {
+    datafusion::common::ScalarValue::TimestampMillisecond(ms, Some(TZ.into()))
+}
+
+/// The unit of an input's `event_time` column, to read its values as ms.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTimeUnit {
+    /// Input units per ms; `-1000` for seconds (1,000 ms each).
+    per_ms: i64,
+}
+
+impl EventTimeUnit {
+    /// `v`, in the input's unit, as ms since the epoch.
+    pub fn ms(self, v: i64) -> i64 {
+        if self.per_ms < 0 {
+            v * -self.per_ms
+        } else {
+            v.div_euclid(self.per_ms)
+        }
+    }
+}
+
+impl OperatorSpec<'_> {
+    /// The unit of the input's `event_time`, refusing an input without the `required`
+    /// columns (`what` says what the operator reads; `event_time` must be required)
+    /// or whose `event_time` is not a timestamp.
+    pub fn event_time_unit(&self, required: &[&str], what: &str) -> Result<EventTimeUnit> {
+        use arrow::datatypes::{DataType, TimeUnit};
+        for c in required {
+            if self.input.field_with_name(c).is_err() {
+                return Err(EngineError::Invalid(format!(
+                    "operator {}: its input needs column {c} ({what})",
+                    self.name
+                ))
+                .into());
+            }
+        }
+        let per_ms = match self
+            .input
+            .field_with_name("event_time")
+            .map(|f| f.data_type())
+        {
+            Ok(DataType::Timestamp(TimeUnit::Second, _)) => -1000,
+            Ok(DataType::Timestamp(TimeUnit::Millisecond, _)) | Ok(DataType::Int64) => 1,
+            Ok(DataType::Timestamp(TimeUnit::Microsecond, _)) => 1000,
+            Ok(DataType::Timestamp(TimeUnit::Nanosecond, _)) => 1_000_000,
+            Ok(other) => {
+                return Err(EngineError::Invalid(format!(
+                    "operator {}: event_time is {other}, expected a timestamp",
+                    self.name
+                ))
+                .into());
+            }
+            Err(_) => {
+                return Err(EngineError::Invalid(format!(
+                    "operator {}: its input needs column event_time ({what})",
+                    self.name
+                ))
+                .into());
+            }
+        };
+        Ok(EventTimeUnit { per_ms })
+    }
+
+    /// Option `key` (or `default`) as a duration in ms; an error names the option.
+    pub fn duration_ms(&self, key: &str, default: &str) -> Result<i64> {
+        let text = self.option(key, default);
+        crate::connectors::parse_duration(text)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|e| {
+                EngineError::Invalid(format!("operator {}: {key} = '{text}': {e}", self.name))
+                    .into()
+            })
+    }
+}
+
 /// Builds a named operator's factory from its pipeline-file entry.
 pub type Constructor = fn(&OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>>;
 

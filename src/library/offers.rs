@@ -34,21 +34,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use chrono::{TimeZone, Timelike};
 use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::OperatorSpec;
+use super::{EventTimeUnit, OperatorSpec, ts, ts_type};
 use crate::engine::{EngineError, OperatorFactory, Result};
 use crate::operators::{KeyedProcessFunction, ProcessContext, Row};
-
-const TZ: &str = "+00:00";
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some(TZ.into()))
-}
 
 /// The schema both operators emit.
 pub fn trigger_schema() -> SchemaRef {
@@ -82,7 +76,7 @@ fn trigger(
         ScalarValue::Int64(Some(customer)),
         ScalarValue::from(rule),
         ScalarValue::from(offer),
-        ScalarValue::TimestampMillisecond(Some(at), Some(TZ.into())),
+        ts(Some(at)),
         ScalarValue::from(iso(at)[..10].to_string()),
         ScalarValue::from(evidence.to_string()),
     ]
@@ -99,62 +93,16 @@ fn customer(ctx: &ProcessContext<'_>) -> i64 {
     }
 }
 
-/// Milliseconds per unit of the input's `event_time`, refusing inputs without the
-/// `required` columns.
-fn event_time_unit(spec: &OperatorSpec<'_>, required: &[&str], what: &str) -> Result<i64> {
-    for c in required {
-        if spec.input.field_with_name(c).is_err() {
-            return Err(EngineError::Invalid(format!(
-                "operator {}: its input needs column {c} ({what})",
-                spec.name
-            ))
-            .into());
-        }
-    }
-    Ok(
-        match spec
-            .input
-            .field_with_name("event_time")
-            .map(|f| f.data_type())
-        {
-            Ok(DataType::Timestamp(TimeUnit::Second, _)) => -1000,
-            Ok(DataType::Timestamp(TimeUnit::Millisecond, _)) | Ok(DataType::Int64) => 1,
-            Ok(DataType::Timestamp(TimeUnit::Microsecond, _)) => 1000,
-            Ok(DataType::Timestamp(TimeUnit::Nanosecond, _)) => 1_000_000,
-            Ok(other) => {
-                return Err(EngineError::Invalid(format!(
-                    "operator {}: event_time is {other}, expected a timestamp",
-                    spec.name
-                ))
-                .into());
-            }
-            Err(_) => unreachable!("checked above"),
-        },
-    )
-}
-
-fn to_ms(per_ms: i64, v: i64) -> i64 {
-    if per_ms < 0 {
-        v * -per_ms
-    } else {
-        v.div_euclid(per_ms)
-    }
-}
-
+/// Option `key` as a duration in ms, more than zero.
 fn duration_option(spec: &OperatorSpec<'_>, key: &str, default: &str) -> Result<i64> {
-    let text = spec.option(key, default);
-    match crate::connectors::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d.as_millis() as i64),
-        Ok(_) => Err(EngineError::Invalid(format!(
-            "operator {}: {key} = '{text}': must be more than zero",
-            spec.name
+    match spec.duration_ms(key, default)? {
+        0 => Err(EngineError::Invalid(format!(
+            "operator {}: {key} = '{}': must be more than zero",
+            spec.name,
+            spec.option(key, default)
         ))
         .into()),
-        Err(e) => Err(EngineError::Invalid(format!(
-            "operator {}: {key} = '{text}': {e}",
-            spec.name
-        ))
-        .into()),
+        ms => Ok(ms),
     }
 }
 
@@ -211,7 +159,7 @@ struct Orders {
 
 #[derive(Clone)]
 struct OfferRules {
-    per_ms: i64,
+    unit: EventTimeUnit,
     nth: usize,
     within: i64,
     loyalty_offer: String,
@@ -329,7 +277,7 @@ impl KeyedProcessFunction for OfferRules {
         {
             return Ok(());
         }
-        let at = to_ms(self.per_ms, at);
+        let at = self.unit.ms(at);
         if at <= ctx.watermark() {
             ctx.dead_letter(
                 row,
@@ -394,11 +342,7 @@ pub fn offer_rules(spec: &OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>> 
         "winback_check",
         "winback_offer",
     ])?;
-    let per_ms = event_time_unit(
-        spec,
-        &["event_id", "event_time", "order_id"],
-        "placed orders",
-    )?;
+    let unit = spec.event_time_unit(&["event_id", "event_time", "order_id"], "placed orders")?;
     let until = spec.option("breakfast_until", "10:30");
     let breakfast_until = until
         .split_once(':')
@@ -412,7 +356,7 @@ pub fn offer_rules(spec: &OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>> 
             )))
         })?;
     let rules = OfferRules {
-        per_ms,
+        unit,
         nth: count_option(spec, "loyalty_nth", "3")?,
         within: duration_option(spec, "loyalty_within", "7d")?,
         loyalty_offer: spec
@@ -453,7 +397,7 @@ struct Cart {
 }
 
 struct CartNudge {
-    per_ms: i64,
+    unit: EventTimeUnit,
     after: i64,
     offer: String,
 }
@@ -476,7 +420,7 @@ impl KeyedProcessFunction for CartNudge {
         if kind != "cart_updated" && kind != "session_ended" {
             return Ok(());
         }
-        let at = to_ms(self.per_ms, at);
+        let at = self.unit.ms(at);
         if at <= ctx.watermark() {
             ctx.dead_letter(
                 row,
@@ -557,15 +501,11 @@ impl KeyedProcessFunction for CartNudge {
 /// `nudge_after`, `nudge_offer` (CART_NUDGE).
 pub fn cart_nudge(spec: &OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>> {
     spec.only_options(&["nudge_after", "nudge_offer"])?;
-    let per_ms = event_time_unit(
-        spec,
-        &["event_id", "event_type", "event_time"],
-        "app events",
-    )?;
+    let unit = spec.event_time_unit(&["event_id", "event_type", "event_time"], "app events")?;
     let after = duration_option(spec, "nudge_after", "20m")?;
     let offer = spec.option("nudge_offer", "CART_NUDGE").to_string();
     spec.process(trigger_schema(), &[], move || CartNudge {
-        per_ms,
+        unit,
         after,
         offer: offer.clone(),
     })

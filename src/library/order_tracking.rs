@@ -26,24 +26,13 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 
-use super::OperatorSpec;
-use crate::engine::{EngineError, OperatorFactory, Result};
+use super::{EventTimeUnit, OperatorSpec, ts, ts_type};
+use crate::engine::{OperatorFactory, Result};
 use crate::operators::{KeyedProcessFunction, ProcessContext, Row};
-
-/// The time zone of the timestamps these operators emit (the generator's).
-const TZ: &str = "+00:00";
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some(TZ.into()))
-}
-
-fn ts(ms: Option<i64>) -> ScalarValue {
-    ScalarValue::TimestampMillisecond(ms, Some(TZ.into()))
-}
 
 /// The steps of an order, in lifecycle order (ties in event time are applied in this
 /// order).
@@ -137,43 +126,20 @@ impl Event {
 /// How the input's columns are read: the timestamp unit of its event time (to ms).
 #[derive(Clone, Copy)]
 struct Reader {
-    per_ms: i64,
+    unit: EventTimeUnit,
 }
 
 impl Reader {
     fn new(spec: &OperatorSpec<'_>) -> Result<Reader> {
-        let field = |name: &str| spec.input.field_with_name(name).ok();
-        for required in ["event_id", "event_type", "event_time", "order_id"] {
-            if field(required).is_none() {
-                return Err(EngineError::Invalid(format!(
-                    "operator {}: its input needs column {required} (order events)",
-                    spec.name
-                ))
-                .into());
-            }
-        }
-        let per_ms = match field("event_time").map(|f| f.data_type()) {
-            Some(DataType::Timestamp(TimeUnit::Second, _)) => -1000,
-            Some(DataType::Timestamp(TimeUnit::Millisecond, _)) | Some(DataType::Int64) => 1,
-            Some(DataType::Timestamp(TimeUnit::Microsecond, _)) => 1000,
-            Some(DataType::Timestamp(TimeUnit::Nanosecond, _)) => 1_000_000,
-            Some(other) => {
-                return Err(EngineError::Invalid(format!(
-                    "operator {}: event_time is {other}, expected a timestamp",
-                    spec.name
-                ))
-                .into());
-            }
-            None => unreachable!("checked above"),
-        };
-        Ok(Reader { per_ms })
+        let unit = spec.event_time_unit(
+            &["event_id", "event_type", "event_time", "order_id"],
+            "order events",
+        )?;
+        Ok(Reader { unit })
     }
 
     fn ms(&self, v: i64) -> i64 {
-        match self.per_ms {
-            -1000 => v * 1000,
-            d => v.div_euclid(d),
-        }
+        self.unit.ms(v)
     }
 
     fn optional<'r, T>(
@@ -261,15 +227,6 @@ fn due(pending: &mut Vec<Event>, time: i64) -> Vec<Event> {
     *pending = later;
     now.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
     now
-}
-
-fn duration_option(spec: &OperatorSpec<'_>, key: &str, default: &str) -> Result<i64> {
-    let text = spec.option(key, default);
-    crate::connectors::parse_duration(text)
-        .map(|d| d.as_millis() as i64)
-        .map_err(|e| {
-            EngineError::Invalid(format!("operator {}: {key} = '{text}': {e}", spec.name)).into()
-        })
 }
 
 /// The columns [`Event`] carries, as the rolling preparation time emits them.
@@ -383,7 +340,7 @@ impl KeyedProcessFunction for RollingPrepTime {
 pub fn rolling_prep_time(spec: &OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>> {
     spec.only_options(&["window"])?;
     let reader = Reader::new(spec)?;
-    let window = duration_option(spec, "window", "30m")?;
+    let window = spec.duration_ms("window", "30m")?;
     spec.process(Arc::new(Schema::new(event_fields())), &[], move || {
         RollingPrepTime { reader, window }
     })
@@ -611,8 +568,8 @@ impl KeyedProcessFunction for OrderTracking {
 pub fn order_tracking(spec: &OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>> {
     spec.only_options(&["sla", "retain"])?;
     let reader = Reader::new(spec)?;
-    let sla = duration_option(spec, "sla", "15m")?;
-    let retain = duration_option(spec, "retain", "1h")?;
+    let sla = spec.duration_ms("sla", "15m")?;
+    let retain = spec.duration_ms("retain", "1h")?;
     spec.process(
         status_schema(),
         &[("sla_alerts", alert_schema())],
