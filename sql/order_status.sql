@@ -13,6 +13,8 @@ CREATE TABLE orders WITH (
     out_of_order = '2s',
     duplicate_fraction = '0.001',
     malformed_fraction = '0.001',
+    -- Now and then an event after an order's end: dead-lettered as an impossible transition.
+    impossible_fraction = '0.001',
     -- Events arrive up to 2 s out of order: the operators put them back in order once
     -- the watermark (3 s behind the latest event) has passed them.
     event_time_field = 'event_time',

@@ -177,7 +177,7 @@ def test_order_tracking_equals_the_oracle(tmp_path: Path):
     out = subprocess.run(
         [str(BIN), "generate", "--stream", "orders", "--seed", str(SEED), "--count", str(COUNT),
          "--option", "rate=20", "--option", "warmup=2h", "--option", "out_of_order=2s",
-         "--option", "duplicate_fraction=0.02"],
+         "--option", "duplicate_fraction=0.02", "--option", "impossible_fraction=0.03"],
         capture_output=True, text=True, check=True, timeout=120)
     lines = out.stdout.splitlines()
     # Impossible transitions: a ready right after every 97th placement, a payment for an
@@ -250,4 +250,6 @@ def test_order_tracking_equals_the_oracle(tmp_path: Path):
     rejected = [l for l in letters if l["failure_class"] == "rejected"]
     assert all("impossible transition" in l["message"] for l in rejected), rejected[:2]
     assert len(rejected) == len(refused) and len(refused) >= injected, (len(rejected), len(refused), injected)
+    # The generator's own impossible transitions (impossible_fraction) are among them.
+    assert sum(not str(e["event_id"]).startswith("bad-") for e in refused) > 10
     assert sum(l["failure_class"] == "malformed" for l in letters) == garbage

@@ -174,6 +174,9 @@ pub struct GeneratorSettings {
     pub duplicate_fraction: f64,
     /// Fraction of records corrupted (restaurant only): broken JSON, wrong types.
     pub malformed_fraction: f64,
+    /// Fraction of orders (restaurant `orders` only) given one extra event after their
+    /// last one: a step their lifecycle cannot take (an impossible transition).
+    pub impossible_fraction: f64,
     /// With a rate: how much event time a fresh run emits at once before pacing.
     pub warmup: Duration,
 }
@@ -196,12 +199,14 @@ impl GeneratorSettings {
             late_fraction: 0.0,
             duplicate_fraction: 0.0,
             malformed_fraction: 0.0,
+            impossible_fraction: 0.0,
             warmup: Duration::ZERO,
         }
     }
 
     /// Reads `rate`, `start_time`, `out_of_order`, `late_fraction`,
-    /// `duplicate_fraction` and `malformed_fraction` from `opts` (marking them known).
+    /// `duplicate_fraction`, `malformed_fraction` and `impossible_fraction` from `opts`
+    /// (marking them known).
     pub fn from_options(world: &str, opts: &mut Options) -> crate::Result<Self> {
         let world = World::parse(world).ok_or_else(|| {
             opts.invalid(
@@ -262,12 +267,20 @@ impl GeneratorSettings {
         let late_fraction = fraction(opts, "late_fraction")?;
         let duplicate_fraction = fraction(opts, "duplicate_fraction")?;
         let malformed_fraction = fraction(opts, "malformed_fraction")?;
+        let impossible_fraction = fraction(opts, "impossible_fraction")?;
         let warmup = opts.parse_duration("warmup", d.warmup)?;
         if world == World::Nexmark && malformed_fraction > 0.0 {
             return Err(opts.invalid(
                 "malformed_fraction",
                 &malformed_fraction.to_string(),
                 "only the restaurant world produces malformed records",
+            ));
+        }
+        if world == World::Nexmark && impossible_fraction > 0.0 {
+            return Err(opts.invalid(
+                "impossible_fraction",
+                &impossible_fraction.to_string(),
+                "only the restaurant world's orders have a lifecycle to break",
             ));
         }
         Ok(GeneratorSettings {
@@ -277,6 +290,7 @@ impl GeneratorSettings {
             late_fraction,
             duplicate_fraction,
             malformed_fraction,
+            impossible_fraction,
             warmup,
         })
     }
@@ -310,6 +324,7 @@ struct Params {
     late: f64,
     dup: f64,
     malformed: f64,
+    impossible: f64,
     partition: u64,
     parallelism: u64,
 }
@@ -330,6 +345,7 @@ impl Params {
             late: s.late_fraction,
             dup: s.duplicate_fraction,
             malformed: s.malformed_fraction,
+            impossible: s.impossible_fraction,
             partition,
             parallelism: parallelism.max(1),
         }
@@ -608,6 +624,7 @@ impl SourceFactory for GeneratorFactory {
                 ("late_fraction", self.settings.late_fraction),
                 ("duplicate_fraction", self.settings.duplicate_fraction),
                 ("malformed_fraction", self.settings.malformed_fraction),
+                ("impossible_fraction", self.settings.impossible_fraction),
             ] {
                 if v > 0.0 {
                     s.push_str(&format!(" {name}={v}"));

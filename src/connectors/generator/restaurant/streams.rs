@@ -13,8 +13,11 @@ use super::json::{
     CustomerJson, MenuItemJson, RestaurantJson, Ts, corrupt, dollars, render_app_event,
     render_order_event, render_ticket, to_json,
 };
+use super::orders::{Order, Step};
 use super::world::{N_CUSTOMERS, N_RESTAURANTS, World};
-use super::{TAG_EMIT_APP, TAG_EMIT_KITCHEN, TAG_EMIT_ORDERS, TAG_EMIT_REFERENCE};
+use super::{
+    TAG_EMIT_APP, TAG_EMIT_KITCHEN, TAG_EMIT_ORDERS, TAG_EMIT_REFERENCE, TAG_ORDER_IMPOSSIBLE,
+};
 use crate::connectors::generator::{Params, mix, rng_for, splitmix64};
 
 /// Records in emission order, each with its schedule (emission time).
@@ -34,21 +37,42 @@ trait UnitModel: Send + Sync {
     fn numeric_field(&self) -> &'static str;
 }
 
-struct OrdersModel(Arc<World>);
+/// The orders' lifecycles; with `impossible` > 0, that fraction of orders has one more
+/// event a minute after its last: a step no order takes after its final state.
+struct OrdersModel {
+    world: Arc<World>,
+    impossible: f64,
+}
 struct KitchenModel(Arc<World>);
 struct AppModel(Arc<World>);
 
+impl OrdersModel {
+    /// Order `idx`, with its impossible extra event when it has one.
+    fn order(&self, idx: u64) -> Order {
+        let mut o = self.world.order(idx);
+        if self.impossible > 0.0 {
+            let mut rng = rng_for(self.world.seed, TAG_ORDER_IMPOSSIBLE, idx);
+            if rng.random::<f64>() < self.impossible {
+                let last = o.events.last().map_or(0, |(t, _)| *t);
+                let step = [Step::Paid, Step::Preparing, Step::Ready][rng.random_range(0..3)];
+                o.events.push((last + 60_000, step));
+            }
+        }
+        o
+    }
+}
+
 impl UnitModel for OrdersModel {
     fn start(&self, idx: u64) -> i64 {
-        self.0.order_placed_at(idx)
+        self.world.order_placed_at(idx)
     }
 
     fn times(&self, idx: u64, out: &mut Vec<i64>) {
-        out.extend(self.0.order(idx).events.iter().map(|(t, _)| *t));
+        out.extend(self.order(idx).events.iter().map(|(t, _)| *t));
     }
 
     fn render(&self, idx: u64, k: usize, millis: bool) -> Vec<u8> {
-        render_order_event(&self.0, &self.0.order(idx), k, millis)
+        render_order_event(&self.world, &self.order(idx), k, millis)
     }
 
     fn numeric_field(&self) -> &'static str {
@@ -317,7 +341,10 @@ pub(super) fn records(stream: &str, p: &Params) -> crate::Result<Box<dyn Records
     };
     Ok(match stream {
         "orders" => Box::new(Timeline::new(
-            Box::new(OrdersModel(world.clone())),
+            Box::new(OrdersModel {
+                world: world.clone(),
+                impossible: p.impossible,
+            }),
             p,
             TAG_EMIT_ORDERS,
         )),
@@ -408,6 +435,65 @@ mod tests {
         assert_eq!(placed.first(), Some(&1));
         assert!(text > 0 && millis > 0, "both timestamp styles are used");
         assert!(millis * 2 < text);
+    }
+
+    #[test]
+    fn impossible_fraction_adds_one_step_after_an_orders_final_state() {
+        // A slow rate, so that the first 20,000 records hold many complete orders.
+        let clean = parsed("orders", &params(5, |s| s.rate = 5.0), 20_000);
+        let broken = parsed(
+            "orders",
+            &params(5, |s| {
+                s.rate = 5.0;
+                s.impossible_fraction = 0.05;
+            }),
+            20_000,
+        );
+        let per_order = |recs: &[serde_json::Map<String, Value>]| {
+            let mut m: HashMap<i64, Vec<(i64, usize)>> = HashMap::new();
+            for r in recs {
+                m.entry(r["order_id"].as_i64().unwrap()).or_default().push((
+                    ms(&r["event_time"]),
+                    rank(r["event_type"].as_str().unwrap()),
+                ));
+            }
+            m
+        };
+        let (clean, broken_orders) = (per_order(&clean), per_order(&broken));
+        let ids: HashSet<&str> = broken
+            .iter()
+            .map(|r| r["event_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), broken.len(), "event ids stay unique");
+        let mut impossible = 0;
+        for (order, steps) in &broken_orders {
+            let Some(expected) = clean.get(order) else {
+                continue;
+            };
+            // Both runs cut the stream after 20,000 records: compare complete orders.
+            let is_final = |s: &[(i64, usize)]| s.last().is_some_and(|(_, r)| *r >= 4);
+            if !is_final(expected) || steps.len() < expected.len() {
+                continue;
+            }
+            assert_eq!(&steps[..expected.len()], &expected[..], "order {order}");
+            if let Some(&(t, r)) = steps.get(expected.len()) {
+                impossible += 1;
+                assert_eq!(steps.len(), expected.len() + 1, "order {order}: {steps:?}");
+                assert_eq!(t, expected.last().unwrap().0 + 60_000);
+                assert!(
+                    (1..=3).contains(&r),
+                    "order {order}: step {r} after the end"
+                );
+            }
+        }
+        let complete = broken_orders
+            .values()
+            .filter(|s| s.iter().any(|(_, r)| *r >= 4))
+            .count() as f64;
+        assert!(
+            (0.02 * complete..0.08 * complete).contains(&(impossible as f64)),
+            "{impossible} impossible of {complete} orders"
+        );
     }
 
     #[test]
