@@ -68,7 +68,9 @@ CREATE TABLE orders_served WITH (
     key_field = 'order_id',
     route = 'orders',
     -- An order not updated for an hour is no longer served.
-    expire_after = '1h'
+    expire_after = '1h',
+    -- Freshness (event time to readable) in tributary_sink_latency_seconds.
+    latency_column = 'event_time'
 );
 
 -- `order_tracking` is the operator's output, `order_tracking_sla_alerts` its alerts.

@@ -25,33 +25,22 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::min;
-use arrow::datatypes::{
-    DataType, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
-use super::json_lines::{check_declared_schema, describe_fields};
-use super::{ConnectorError, Options, TableRequest};
+use super::json_lines::check_declared_schema;
+use super::{Options, TableRequest};
 use crate::engine::{Sink, SinkFactory, TaskInfo};
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
 /// Builds the `blackhole` sink from its options (`latency_column`).
 pub fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
-    let column = opts.get("latency_column");
-    if let Some(c) = &column
-        && c.trim().is_empty()
-    {
-        return Err(opts.invalid("latency_column", c, "expected a column name"));
-    }
     let sink = BlackholeSink {
         table: req.table.to_string(),
-        latency_column: column.map(|c| c.trim().to_string()),
+        latency_column: super::latency::option(opts)?,
         declared: req.schema.clone(),
         stats: Arc::new(Stats::default()),
     };
@@ -229,29 +218,7 @@ impl LatencyHistogram {
 impl BlackholeSink {
     /// The index of the latency column in `schema`, checked to be a timestamp.
     fn latency_index(&self, schema: &SchemaRef) -> Result<Option<usize>> {
-        let Some(column) = &self.latency_column else {
-            return Ok(None);
-        };
-        let Ok(i) = schema.index_of(column) else {
-            return Err(ConnectorError::Schema {
-                table: self.table.clone(),
-                message: format!(
-                    "latency_column '{column}' is not a column of the rows written ({})",
-                    describe_fields(schema)
-                ),
-            }
-            .into());
-        };
-        match schema.field(i).data_type() {
-            DataType::Timestamp(..) => Ok(Some(i)),
-            other => Err(ConnectorError::Schema {
-                table: self.table.clone(),
-                message: format!(
-                    "latency_column '{column}' has type {other}; expected a timestamp"
-                ),
-            }
-            .into()),
-        }
+        super::latency::index(&self.table, self.latency_column.as_deref(), schema)
     }
 }
 
@@ -293,36 +260,6 @@ struct Blackhole {
     rows: u64,
 }
 
-/// The oldest value of a timestamp column, in nanoseconds since the epoch.
-fn oldest_nanos(column: &dyn Array) -> Option<i128> {
-    let DataType::Timestamp(unit, _) = column.data_type() else {
-        return None;
-    };
-    let (v, per_unit) = match unit {
-        TimeUnit::Second => (
-            min(column.as_primitive::<TimestampSecondType>())?,
-            1_000_000_000,
-        ),
-        TimeUnit::Millisecond => (
-            min(column.as_primitive::<TimestampMillisecondType>())?,
-            1_000_000,
-        ),
-        TimeUnit::Microsecond => (
-            min(column.as_primitive::<TimestampMicrosecondType>())?,
-            1_000,
-        ),
-        TimeUnit::Nanosecond => (min(column.as_primitive::<TimestampNanosecondType>())?, 1),
-    };
-    Some(v as i128 * per_unit)
-}
-
-fn now_nanos() -> i128 {
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
 #[async_trait]
 impl Sink for Blackhole {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
@@ -335,9 +272,8 @@ impl Sink for Blackhole {
         self.stats.rows.fetch_add(n, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         if let Some(i) = self.latency_column
-            && let Some(oldest) = oldest_nanos(batch.column(i).as_ref())
+            && let Some(seconds) = super::latency::age_of_oldest(&batch, i)
         {
-            let seconds = ((now_nanos() - oldest).max(0) as f64) / 1e9;
             self.metric.record(seconds);
             self.stats.latency.record(seconds);
         }
@@ -355,7 +291,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use arrow::array::{Int64Array, TimestampMillisecondArray};
-    use arrow::datatypes::{Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
 
@@ -381,7 +317,7 @@ mod tests {
     }
 
     fn now_millis() -> i64 {
-        (now_nanos() / 1_000_000) as i64
+        chrono::Utc::now().timestamp_millis()
     }
 
     fn batch(ts: Vec<Option<i64>>) -> RecordBatch {

@@ -19,6 +19,7 @@ pub mod file;
 pub mod generator;
 pub mod json_lines;
 pub mod kafka;
+mod latency;
 pub mod memory;
 pub mod parquet_sink;
 pub mod replay_inbox;

@@ -98,7 +98,9 @@ pub fn served(route: &str) -> Option<Arc<Served>> {
 }
 
 /// `connector = 'serving'`: options `key_field` (required), `route` (default: the
-/// table's name), `expire_after` (default: never).
+/// table's name), `expire_after` (default: never), `latency_column` (default: none;
+/// each batch's event-time age when it becomes readable, see
+/// [`latency`](super::latency)).
 pub fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFactory>> {
     let Some(key_field) = opts.get("key_field") else {
         return Err(opts.invalid("key_field", "", "give the column rows are served by"));
@@ -134,6 +136,7 @@ pub fn sink(req: &TableRequest<'_>, opts: &mut Options) -> Result<Arc<dyn SinkFa
         key_field,
         route,
         expire_after,
+        latency_column: super::latency::option(opts)?,
         served: Mutex::new(None),
     }))
 }
@@ -143,6 +146,7 @@ struct ServingFactory {
     key_field: String,
     route: String,
     expire_after: Option<Duration>,
+    latency_column: Option<String>,
     /// The table this factory's tasks fill, registered at the first task.
     served: Mutex<Option<Arc<Served>>>,
 }
@@ -198,7 +202,7 @@ impl SinkFactory for ServingFactory {
             }
             .into());
         }
-        Ok(())
+        super::latency::index(&self.table, self.latency_column.as_deref(), schema).map(|_| ())
     }
 
     fn accepts_changelog(&self) -> bool {
@@ -229,6 +233,8 @@ impl SinkFactory for ServingFactory {
             partition,
             expire_after: self.expire_after,
             writes: 0,
+            latency: super::latency::index(&self.table, self.latency_column.as_deref(), &schema)?
+                .map(|i| (i, crate::metrics::sink_latency(&task.pipeline, &task.node))),
         }))
     }
 }
@@ -239,6 +245,8 @@ struct ServingSink {
     partition: Arc<Mutex<Partition>>,
     expire_after: Option<Duration>,
     writes: u64,
+    /// The `latency_column` and the histogram its ages go to.
+    latency: Option<(usize, metrics::Histogram)>,
 }
 
 #[async_trait]
@@ -285,6 +293,13 @@ impl Sink for ServingSink {
             && self.writes.is_multiple_of(64)
         {
             p.retain(|_, (_, at)| now.duration_since(*at) < ttl);
+        }
+        drop(p);
+        // Readable from here on: the age of the batch's oldest event.
+        if let Some((i, histogram)) = &self.latency
+            && let Some(seconds) = super::latency::age_of_oldest(&batch, *i)
+        {
+            histogram.record(seconds);
         }
         Ok(())
     }

@@ -208,6 +208,48 @@ impl OperatorSpec<'_> {
     }
 }
 
+/// Holding a key's events until the watermark passes them, then applying them in
+/// event-time order, as the library's operators do: results do not depend on arrival
+/// order within the watermark's delay.
+pub(crate) mod in_order {
+    use crate::operators::{ProcessContext, Row};
+
+    /// Whether an event at `at` (ms) can still be applied in order. A late one (at or
+    /// behind the watermark) is dead-lettered, the message saying that `later` (the
+    /// key's later events) were applied already; otherwise a timer is set at `at`,
+    /// whose firing makes the event due.
+    pub(crate) fn admit(row: &Row<'_>, at: i64, later: &str, ctx: &mut ProcessContext<'_>) -> bool {
+        if at <= ctx.watermark() {
+            ctx.dead_letter(
+                row,
+                format!(
+                    "late: event time {at} ms is behind the watermark ({} ms); {later} were applied already",
+                    ctx.watermark()
+                ),
+            );
+            return false;
+        }
+        ctx.register_timer(at);
+        true
+    }
+
+    /// The events of `pending` at or before `time` (by `at`), sorted by `order`; the
+    /// others stay pending.
+    pub(crate) fn due<T>(
+        pending: &mut Vec<T>,
+        time: i64,
+        at: impl Fn(&T) -> i64,
+        order: impl FnMut(&T, &T) -> std::cmp::Ordering,
+    ) -> Vec<T> {
+        let (mut now, later): (Vec<T>, Vec<T>) = std::mem::take(pending)
+            .into_iter()
+            .partition(|e| at(e) <= time);
+        *pending = later;
+        now.sort_by(order);
+        now
+    }
+}
+
 /// Builds a named operator's factory from its pipeline-file entry.
 pub type Constructor = fn(&OperatorSpec<'_>) -> Result<Arc<dyn OperatorFactory>>;
 

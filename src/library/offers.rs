@@ -278,14 +278,7 @@ impl KeyedProcessFunction for OfferRules {
             return Ok(());
         }
         let at = self.unit.ms(at);
-        if at <= ctx.watermark() {
-            ctx.dead_letter(
-                row,
-                format!(
-                    "late: event time {at} ms is behind the watermark ({} ms); the customer's later orders were applied already",
-                    ctx.watermark()
-                ),
-            );
+        if !super::in_order::admit(row, at, "the customer's later orders", ctx) {
             return Ok(());
         }
         let zone = if row.has("time_zone") {
@@ -293,7 +286,6 @@ impl KeyedProcessFunction for OfferRules {
         } else {
             None
         };
-        ctx.register_timer(at);
         o.pending.push(Placed {
             order_id,
             at,
@@ -304,11 +296,12 @@ impl KeyedProcessFunction for OfferRules {
     }
 
     fn on_timer(&mut self, time: i64, o: &mut Orders, ctx: &mut ProcessContext<'_>) -> Result<()> {
-        let (mut now, later): (Vec<Placed>, Vec<Placed>) = std::mem::take(&mut o.pending)
-            .into_iter()
-            .partition(|p| p.at <= time);
-        o.pending = later;
-        now.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        let now = super::in_order::due(
+            &mut o.pending,
+            time,
+            |p| p.at,
+            |a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)),
+        );
         for p in now {
             self.apply(o, p, ctx);
         }
@@ -421,14 +414,7 @@ impl KeyedProcessFunction for CartNudge {
             return Ok(());
         }
         let at = self.unit.ms(at);
-        if at <= ctx.watermark() {
-            ctx.dead_letter(
-                row,
-                format!(
-                    "late: event time {at} ms is behind the watermark ({} ms); the customer's later app events were applied already",
-                    ctx.watermark()
-                ),
-            );
+        if !super::in_order::admit(row, at, "the customer's later app events", ctx) {
             return Ok(());
         }
         let session_id = if row.has("session_id") {
@@ -447,7 +433,6 @@ impl KeyedProcessFunction for CartNudge {
         };
         let converted = row.has("converted")
             && matches!(row.get("converted")?, ScalarValue::Boolean(Some(true)));
-        ctx.register_timer(at);
         c.pending.push(AppEvent {
             event_id,
             kind,
@@ -460,11 +445,12 @@ impl KeyedProcessFunction for CartNudge {
     }
 
     fn on_timer(&mut self, time: i64, c: &mut Cart, ctx: &mut ProcessContext<'_>) -> Result<()> {
-        let (mut now, later): (Vec<AppEvent>, Vec<AppEvent>) = std::mem::take(&mut c.pending)
-            .into_iter()
-            .partition(|e| e.at <= time);
-        c.pending = later;
-        now.sort_by(|a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)));
+        let mut now = super::in_order::due(
+            &mut c.pending,
+            time,
+            |e| e.at,
+            |a, b| (a.at, &a.event_id).cmp(&(b.at, &b.event_id)),
+        );
         // A duplicate is due with its first copy (or arrives behind the watermark).
         now.dedup_by(|a, b| a.event_id == b.event_id);
         for e in now {

@@ -203,30 +203,20 @@ fn buffer(
         );
         return Ok(());
     };
-    if event.at <= ctx.watermark() {
-        ctx.dead_letter(
-            row,
-            format!(
-                "late: event time {} ms is behind the watermark ({} ms); the order's later events were applied already",
-                event.at,
-                ctx.watermark()
-            ),
-        );
-        return Ok(());
+    if super::in_order::admit(row, event.at, "the order's later events", ctx) {
+        pending.push(event);
     }
-    ctx.register_timer(event.at);
-    pending.push(event);
     Ok(())
 }
 
 /// The events of `pending` at or before `time`, in application order.
 fn due(pending: &mut Vec<Event>, time: i64) -> Vec<Event> {
-    let (mut now, later): (Vec<Event>, Vec<Event>) = std::mem::take(pending)
-        .into_iter()
-        .partition(|e| e.at <= time);
-    *pending = later;
-    now.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
-    now
+    super::in_order::due(
+        pending,
+        time,
+        |e| e.at,
+        |a, b| a.order_key().cmp(&b.order_key()),
+    )
 }
 
 /// The columns [`Event`] carries, as the rolling preparation time emits them.

@@ -79,6 +79,16 @@ fn order_status_is_served_by_id_and_customer_and_survives_a_kill() {
     assert!(mine.iter().all(|r| r["customer_id"] == customer));
     let (status, _) = get_json(&addr, "/orders/999999999999");
     assert!(status.contains("404"), "{status}");
+    // Freshness (latency_column): every served batch's event-time age is recorded.
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let served_batches = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tributary_sink_latency_seconds_count") && l.contains("orders_served")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(served_batches > 0.0, "no freshness samples in /metrics");
 
     // Two checkpoints after those rows were served: they are in both.
     let checkpoints = d.join("data/checkpoints/order_status");
