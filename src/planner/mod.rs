@@ -1,8 +1,9 @@
 //! Streaming SQL: the only place that knows SQL.
 //!
 //! Owns: parsing a pipeline's SQL (DDL for sources and sinks, views, `INSERT INTO`),
-//! planning each query with DataFusion, refusing what cannot run as a stream, and
-//! cutting each plan at its stateful operators (which live in [`crate::operators`]).
+//! planning each query with DataFusion, refusing what cannot run as a stream, splitting
+//! a query with several stateful operations into a chain of stages, and cutting each
+//! stage at its stateful operator (which live in [`crate::operators`]).
 //!
 //! Invariants:
 //! - Expressions are planned and evaluated by DataFusion; we write no evaluator.
@@ -12,6 +13,7 @@
 //!   `LIMIT`…) is refused at plan time, with what to
 //!   write instead.
 
+mod chain;
 pub mod check;
 mod cuts;
 mod ddl;
@@ -22,6 +24,8 @@ mod plan;
 mod stage_plan;
 mod streamable;
 mod tables;
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod tests;
 pub mod udf;
