@@ -466,10 +466,19 @@ fn expose_window(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, Column)>> {
                 return Ok(None);
             };
             let mut exprs = p.expr.clone();
-            exprs.push(Expr::Column(column).alias("_window"));
+            let (expr, out) = if column.name == "_window" {
+                // Passed through from a projection below: keep its name (and qualifier).
+                (Expr::Column(column.clone()), column)
+            } else {
+                (
+                    Expr::Column(column).alias("_window"),
+                    Column::new_unqualified("_window"),
+                )
+            };
+            exprs.push(expr);
             Some((
                 LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(input)).map_err(df)?),
-                Column::new_unqualified("_window"),
+                out,
             ))
         }
         LogicalPlan::Filter(f) => {

@@ -156,7 +156,15 @@ fn split_join(
                 .into(),
         );
     }
-    let bounds = crate::operators::join::time_bounds(filter.as_ref(), &on, [&left, &right])?;
+    let bounds = crate::operators::join::time_bounds(
+        filter.as_ref(),
+        &on,
+        [&left, &right],
+        [
+            event_times.get(&left_table).map(String::as_str),
+            event_times.get(&right_table).map(String::as_str),
+        ],
+    )?;
     for (table, name) in [
         (&left_table, &bounds.left.name),
         (&right_table, &bounds.right.name),
