@@ -704,6 +704,13 @@ impl IntervalJoinOperator {
 
 #[async_trait]
 impl Operator for IntervalJoinOperator {
+    /// A pair is emitted when its later row arrives (not late: at or after the
+    /// watermark); its earlier row is at most `−lo` (left) or `hi` (right) older.
+    fn watermark_holdback(&self) -> i64 {
+        let b = &self.factory.bounds;
+        0i64.max(b.lo.saturating_neg()).max(b.hi)
+    }
+
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         self.arrive(0, batch, out).await
     }

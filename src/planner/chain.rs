@@ -52,7 +52,10 @@ enum Origin {
     /// A windowed link's `_window_time`.
     Time,
     /// A column of a table, unchanged.
-    Plain { table: String, column: String },
+    Plain {
+        table: String,
+        column: String,
+    },
 }
 
 /// One stage of a chain: a subtree of the query, planned on its own, whose output is
@@ -250,13 +253,10 @@ impl<'a> Splitter<'a> {
         });
         let table = StreamingTable::try_new(table_schema.clone(), vec![part]).map_err(df)?;
         let reference = TableReference::bare(name.clone());
-        let scan = LogicalPlanBuilder::scan(
-            reference.clone(),
-            provider_as_source(Arc::new(table)),
-            None,
-        )
-        .and_then(|b| b.build())
-        .map_err(df)?;
+        let scan =
+            LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::new(table)), None)
+                .and_then(|b| b.build())
+                .map_err(df)?;
         let mut exprs: Vec<Expr> = (0..count)
             .map(|i| {
                 let (q, f) = original.qualified_field(i);
@@ -265,7 +265,10 @@ impl<'a> Splitter<'a> {
             })
             .collect();
         if window.is_some() {
-            exprs.push(Expr::Column(Column::new(Some(reference.clone()), WINDOW_TIME)));
+            exprs.push(Expr::Column(Column::new(
+                Some(reference.clone()),
+                WINDOW_TIME,
+            )));
         }
         let replaced =
             LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan)).map_err(df)?);
@@ -285,7 +288,8 @@ impl<'a> Splitter<'a> {
     /// columns as a 1 ms window over `_window_time`; a join on window columns as a
     /// window join (equal `_window_time`s).
     fn over_windows(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
-        let is_window = |o: Option<Origin>| matches!(o, Some(Origin::Window | Origin::Start | Origin::End));
+        let is_window =
+            |o: Option<Origin>| matches!(o, Some(Origin::Window | Origin::Start | Origin::End));
         match &plan {
             LogicalPlan::Aggregate(a) if !is_windowed(a) => {
                 let Some(time) = self.time_column(&a.input) else {
@@ -322,8 +326,7 @@ impl<'a> Splitter<'a> {
                 ))
             }
             LogicalPlan::Join(j) => {
-                let (Some(lt), Some(rt)) =
-                    (self.time_column(&j.left), self.time_column(&j.right))
+                let (Some(lt), Some(rt)) = (self.time_column(&j.left), self.time_column(&j.right))
                 else {
                     return Ok(plan);
                 };
@@ -455,7 +458,11 @@ fn with_children(plan: &LogicalPlan, children: Vec<LogicalPlan>) -> Result<Logic
 fn expose_window(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, Column)>> {
     Ok(match plan {
         LogicalPlan::Aggregate(a) if is_windowed(a) => {
-            let Some(i) = a.group_expr.iter().position(|g| is_window_call(unaliased(g))) else {
+            let Some(i) = a
+                .group_expr
+                .iter()
+                .position(|g| is_window_call(unaliased(g)))
+            else {
                 return Ok(None);
             };
             let (q, f) = a.schema.qualified_field(i);

@@ -159,7 +159,10 @@ async fn top_n_per_window_with_the_event_time_in_the_group_by_is_planned() {
          WHERE rk = 1",
     )
     .await;
-    assert_has(&nodes, &["out_select_window", "out_select_gather", "out_select"]);
+    assert_has(
+        &nodes,
+        &["out_select_window", "out_select_gather", "out_select"],
+    );
 }
 
 #[tokio::test]
@@ -218,17 +221,3 @@ pub(crate) const Q7: &str = "SELECT B.auction, B.price, B.bidder, B.date_time, B
           (SELECT tumble(INTERVAL '10' SECOND) AS w, max(price) AS maxprice FROM bids GROUP BY w)) B1 \
     ON B.price = B1.maxprice \
     WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time";
-
-#[tokio::test]
-async fn debug_plans() {
-    let ctx = SqlPlanner::new().session_for_debug();
-    for q in [Q5, "SELECT auction, bidder, price, date_time FROM \
-         (SELECT *, RANK() OVER (PARTITION BY w ORDER BY price DESC) AS rk FROM \
-          (SELECT tumble(INTERVAL '10' SECOND, date_time) AS w, auction, bidder, price, date_time FROM bids \
-           GROUP BY w, auction, bidder, price, date_time)) \
-         WHERE rk = 1"] {
-        let plan = ctx.state().create_logical_plan(q).await.unwrap();
-        let opt = ctx.state().optimize(&plan).unwrap();
-        println!("{}", opt.display_indent());
-    }
-}

@@ -150,10 +150,17 @@ impl Planning<'_> {
                 query: insert.query.clone(),
                 location: insert.location.clone(),
             };
-            let node = wiring.wire_stage(&feed, &link.stage, &link.inputs, tables, self.settings)?;
+            let node =
+                wiring.wire_stage(&feed, &link.stage, &link.inputs, tables, self.settings)?;
             wiring.add_table_output(link.table.clone(), node, 0);
         }
-        wiring.wire_stage(insert, &planned.stage, &planned.inputs, tables, self.settings)
+        wiring.wire_stage(
+            insert,
+            &planned.stage,
+            &planned.inputs,
+            tables,
+            self.settings,
+        )
     }
 
     /// Connects `op` (an insert's result) to the insert's sink, adding the sink's node

@@ -14,6 +14,8 @@
 //!   write instead.
 
 mod chain;
+#[cfg(test)]
+mod chain_tests;
 pub mod check;
 mod cuts;
 mod ddl;
@@ -24,8 +26,6 @@ mod plan;
 mod stage_plan;
 mod streamable;
 mod tables;
-#[cfg(test)]
-mod chain_tests;
 #[cfg(test)]
 mod tests;
 pub mod udf;

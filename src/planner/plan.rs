@@ -191,14 +191,6 @@ impl SqlPlanner {
         self.udafs.push(Arc::new(udaf));
     }
 
-    #[cfg(test)]
-    pub(super) fn session_for_debug(&self) -> SessionContext {
-        let ctx = self.session();
-        let schema = crate::connectors::generator::stream_schema("nexmark", "bids").unwrap();
-        Self::register_input(&ctx, "bids", schema).unwrap();
-        ctx
-    }
-
     fn session(&self) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(1)

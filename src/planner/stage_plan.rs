@@ -62,7 +62,9 @@ impl StagePlan {
             StagePlan::Join { .. } => "a join of two streams",
             StagePlan::Stateful { node_suffix, .. } => match *node_suffix {
                 "aggregate" => "a GROUP BY without a window",
-                "window" if self.is_changelog() => "a windowed GROUP BY with windows.allowed_lateness",
+                "window" if self.is_changelog() => {
+                    "a windowed GROUP BY with windows.allowed_lateness"
+                }
                 "window" => "a windowed GROUP BY",
                 _ => "ROW_NUMBER()",
             },

@@ -58,6 +58,14 @@ pub(super) fn check_streamable(
             // its rows (see `StagePlan::Stateful::gather`).
             LogicalPlan::Window(w) if is_over_window_results(w) => None,
             LogicalPlan::Window(w) if is_row_number_by_key(w) => None,
+            LogicalPlan::Window(w) if is_row_number(w) => Some(
+                "ROW_NUMBER() on a stream ranks rows by event time, ascending (PARTITION BY key \
+                 ORDER BY event_time: the first N rows of each key, final once the watermark passes \
+                 them). Ordered otherwise (by another column, or the latest first) a row's rank \
+                 changes as later rows arrive, which makes the results a changelog: not supported \
+                 yet. For the top rows of a time span, rank the results of a windowed GROUP BY \
+                 (ROW_NUMBER() OVER (PARTITION BY the window ORDER BY …))",
+            ),
             LogicalPlan::Window(_) => Some(
                 "on a stream, OVER (…) supports ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) \
                  (deduplication with WHERE rn = 1, first N per key with WHERE rn <= N); other window \
@@ -169,6 +177,17 @@ fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
             };
             matches!(e, Expr::WindowFunction(f) if f.params.partition_by.iter().any(by_window))
         })
+}
+
+/// `true` for window expressions that are all `ROW_NUMBER()`.
+fn is_row_number(w: &datafusion::logical_expr::Window) -> bool {
+    w.window_expr.iter().all(|e| {
+        let e = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        matches!(e, Expr::WindowFunction(f) if f.fun.name() == "row_number")
+    })
 }
 
 /// `true` for `ROW_NUMBER() OVER (PARTITION BY … ORDER BY one column ASC)`, alone.

@@ -188,7 +188,10 @@ fn split_join(
     }
     let upper = replace_with_slot(plan, &node)?;
     if stateful(&upper) {
-        return Err("the steps above this join between streams could not be cut into a stage of their own".into());
+        return Err(
+            "the steps above this join between streams could not be cut into a stage of their own"
+                .into(),
+        );
     }
     let (left_keys, right_keys) = on.into_iter().unzip();
     Ok(Some(JoinSplit {
