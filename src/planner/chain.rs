@@ -171,7 +171,7 @@ impl<'a> Splitter<'a> {
             n += 1;
         };
         let windowed = input
-            .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(&a))))
+            .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
             .unwrap_or(false);
         let exposed = if windowed {
             expose_window(input)?
