@@ -221,3 +221,24 @@ pub(crate) const Q7: &str = "SELECT B.auction, B.price, B.bidder, B.date_time, B
           (SELECT tumble(INTERVAL '10' SECOND) AS w, max(price) AS maxprice FROM bids GROUP BY w)) B1 \
     ON B.price = B1.maxprice \
     WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time";
+
+#[tokio::test]
+async fn the_builder_api_plans_one_stateful_operation_per_stage() {
+    let bids = crate::connectors::generator::stream_schema("nexmark", "bids").unwrap();
+    let e = SqlPlanner::new()
+        .plan_query(
+            "SELECT n, count(*) AS c FROM (SELECT tumble(INTERVAL '1' SECOND) AS w, auction, count(*) AS n \
+             FROM bids GROUP BY w, auction) GROUP BY n",
+            &[("bids", bids, Some("date_time"))],
+            Default::default(),
+        )
+        .await
+        .err()
+        .expect("refused");
+    let shown = e.to_string();
+    assert_eq!(e.code(), "SQL003", "{shown}");
+    assert!(
+        shown.contains("a stage of the Rust builder API holds one stateful operation"),
+        "{shown}"
+    );
+}
