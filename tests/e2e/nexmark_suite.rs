@@ -242,7 +242,7 @@ const QUERIES: &[Query] = &[
                    ELSE 'otherTime' END AS bid_time_type, \
               date_time, extra, length(extra) - length(replace(extra, 'c', '')) AS c_counts \
               FROM bids WHERE 0.908 * price > 1000000 AND 0.908 * price < 50000000",
-            min_rows: 0,
+            min_rows: 1000,
         },
     },
     Query {
