@@ -87,6 +87,14 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// How far (ms) the watermark this operator forwards trails the one it was handed.
+    /// An operator that emits rows older than its watermark (an interval join's pair,
+    /// timed by its earlier row) holds the watermark back by as much, so that those rows
+    /// are not late for a stateful operator downstream. `0` by default.
+    fn watermark_holdback(&self) -> i64 {
+        0
+    }
+
     /// Called once after every input has ended; emit what is still buffered.
     async fn on_end(&mut self, _out: &mut Collector) -> Result<()> {
         Ok(())

@@ -757,7 +757,12 @@ async fn run_operator(
         };
         if let Some(wm) = advanced {
             op.handle_watermark(wm, &mut out).await?;
-            out.emit_watermark(wm).await?;
+            let forwarded = if wm == Watermark::END {
+                wm
+            } else {
+                wm.saturating_sub(op.watermark_holdback())
+            };
+            out.emit_watermark(forwarded).await?;
             if wm != Watermark::END {
                 watermark_gauge.set(wm as f64 / 1000.0);
             }

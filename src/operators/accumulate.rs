@@ -136,7 +136,7 @@ pub(crate) fn update_accumulators(
     args: &[Vec<ArrayRef>],
     filters: &[Option<ArrayRef>],
 ) -> Result<()> {
-    use arrow::compute::{filter, prep_null_mask_filter};
+    use arrow::compute::filter;
     let indices = UInt32Array::from(rows.to_vec());
     for (i, acc) in accs.iter_mut().enumerate() {
         let mut values: Vec<ArrayRef> = args[i]
@@ -150,7 +150,7 @@ pub(crate) fn update_accumulators(
             let mask = mask
                 .as_any()
                 .downcast_ref::<BooleanArray>()
-                .map(prep_null_mask_filter)
+                .map(filter_mask)
                 .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))?;
             values = values
                 .iter()
@@ -162,4 +162,13 @@ pub(crate) fn update_accumulators(
             .map_err(df("updating aggregates"))?;
     }
     Ok(())
+}
+
+/// A `FILTER (WHERE …)` result as a mask: NULL counts as false. (Arrow's
+/// `prep_null_mask_filter` expects a null buffer; a mask without one is taken as it is.)
+pub(crate) fn filter_mask(f: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
+    match f.nulls() {
+        Some(_) => arrow::compute::prep_null_mask_filter(f),
+        None => f.clone(),
+    }
 }

@@ -62,11 +62,14 @@ pub(crate) struct TimeBounds {
 
 /// Reads the time bounds of a join condition: comparisons between a timestamp column
 /// of each side, each possibly shifted by a constant interval, joined by `AND`.
-/// `sides` are the join's left and right input plans. `Err` says what is missing.
+/// `sides` are the join's left and right input plans; `times` their event-time
+/// columns, when known: a key of equal times bounds the join only on those. `Err` says
+/// what is missing.
 pub(crate) fn time_bounds(
     filter: Option<&JoinFilter>,
     on: &[(Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>)],
     sides: [&Arc<dyn ExecutionPlan>; 2],
+    times: [Option<&str>; 2],
 ) -> std::result::Result<TimeBounds, String> {
     const HOW: &str = "a join between two streams needs its time bounded on both ends, e.g. \
                        ON o.id = p.order_id AND o.ts BETWEEN p.ts - INTERVAL '10' MINUTE AND p.ts \
@@ -79,6 +82,19 @@ pub(crate) fn time_bounds(
     // tumbling window) bounds `l − r` to (−w, w). DataFusion makes such an equality a
     // join key, so it is read from the keys, not the filter.
     for (l, r) in on {
+        // Equal times, `l.ts = r.ts` (a join of two windowed results on their window
+        // time): `l − r` is the difference of the columns' shifts.
+        let is_time = |t: &SideTime, side: usize| times[side].is_none_or(|n| n == t.name);
+        if let (Some(a), Some(c)) = (time_key(l, sides[0]), time_key(r, sides[1]))
+            && is_time(&a, 0)
+            && is_time(&c, 1)
+        {
+            let k = c.shift - a.shift;
+            found.get_or_insert((a, c));
+            lo = lo.max(k);
+            hi = hi.min(k);
+            continue;
+        }
         if let (Some((wl, a)), Some((wr, c))) = (window_key(l, sides[0]), window_key(r, sides[1]))
             && wl == wr
         {
@@ -216,6 +232,23 @@ fn date_bin(e: &Arc<dyn PhysicalExpr>) -> Option<(i64, &Arc<dyn PhysicalExpr>)> 
 
 /// An equality key `date_bin(width, ts)` of one side (possibly computed by the side's
 /// projection): the width in ms and a column of the side's output holding `ts`.
+/// A join key that is a timestamp column of `side`, traced back to a source column.
+fn time_key(e: &Arc<dyn PhysicalExpr>, side: &Arc<dyn ExecutionPlan>) -> Option<SideTime> {
+    let c = e.downcast_ref::<Column>()?;
+    if !matches!(
+        side.schema().fields().get(c.index())?.data_type(),
+        DataType::Timestamp(_, _)
+    ) {
+        return None;
+    }
+    let (name, shift) = trace(side, c.index())?;
+    Some(SideTime {
+        col: c.index(),
+        shift,
+        name,
+    })
+}
+
 fn window_key(e: &Arc<dyn PhysicalExpr>, side: &Arc<dyn ExecutionPlan>) -> Option<(i64, SideTime)> {
     fn base(e: &Arc<dyn PhysicalExpr>, plan: &Arc<dyn ExecutionPlan>) -> Option<(i64, String)> {
         use datafusion::physical_plan::projection::ProjectionExec;
@@ -671,6 +704,13 @@ impl IntervalJoinOperator {
 
 #[async_trait]
 impl Operator for IntervalJoinOperator {
+    /// A pair is emitted when its later row arrives (not late: at or after the
+    /// watermark); its earlier row is at most `−lo` (left) or `hi` (right) older.
+    fn watermark_holdback(&self) -> i64 {
+        let b = &self.factory.bounds;
+        0i64.max(b.lo.saturating_neg()).max(b.hi)
+    }
+
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
         self.arrive(0, batch, out).await
     }

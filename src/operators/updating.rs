@@ -436,7 +436,7 @@ impl Operator for UpdatingAggOperator {
                         let f = regroup(f)?;
                         f.as_any()
                             .downcast_ref::<BooleanArray>()
-                            .map(arrow::compute::prep_null_mask_filter)
+                            .map(super::accumulate::filter_mask)
                             .ok_or_else(|| {
                                 EngineError::Internal("FILTER must be a boolean".into()).into()
                             })

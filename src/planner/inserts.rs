@@ -1,5 +1,6 @@
 //! Planning a pipeline's `INSERT INTO`s into its graph, the last steps of planning a
-//! pipeline: each query's stage(s); the source nodes a query reads, added when first
+//! pipeline: each query's stage(s) (a chain's stages first, each read by the next as a
+//! table); the source nodes a query reads, added when first
 //! read (with their arrival-time step and event time); the sink node it writes, added
 //! when first written (further inserts into it add inputs); and the refusal of a
 //! changelog into a sink that only appends.
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use super::SqlError;
 use super::ddl::InsertDecl;
 use super::event_time::add_window_time_args;
-use super::plan::Planning;
+use super::plan::{PlannedQuery, Planning};
 use super::stage_plan::StagePlan;
 use super::tables::{SinkDecl, Tables};
 use crate::connectors::{self, Options, TableRequest};
@@ -120,8 +121,7 @@ impl Planning<'_> {
                 message,
             }
         })?;
-        let settings = self.settings;
-        let (stage, inputs) = self
+        let planned = self
             .plan_query_stage(
                 query,
                 &insert.location,
@@ -130,8 +130,37 @@ impl Planning<'_> {
                 &tables.event_times,
             )
             .await?;
-        let op = wiring.wire_stage(insert, &stage, &inputs, tables, settings)?;
-        Ok((op, stage.is_changelog()))
+        let op = self.wire_query(insert, &planned, tables, wiring)?;
+        Ok((op, planned.stage.is_changelog()))
+    }
+
+    /// Adds a planned query's stages to the graph: each stage of its chain, whose
+    /// output becomes the table the next reads, then its own; returns the node of its
+    /// result.
+    pub(super) fn wire_query(
+        &self,
+        insert: &InsertDecl,
+        planned: &PlannedQuery,
+        tables: &Tables,
+        wiring: &mut Wiring,
+    ) -> Result<NodeId> {
+        for link in &planned.links {
+            let feed = InsertDecl {
+                sink: link.table.clone(),
+                query: insert.query.clone(),
+                location: insert.location.clone(),
+            };
+            let node =
+                wiring.wire_stage(&feed, &link.stage, &link.inputs, tables, self.settings)?;
+            wiring.add_table_output(link.table.clone(), node, 0);
+        }
+        wiring.wire_stage(
+            insert,
+            &planned.stage,
+            &planned.inputs,
+            tables,
+            self.settings,
+        )
     }
 
     /// Connects `op` (an insert's result) to the insert's sink, adding the sink's node

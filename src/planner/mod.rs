@@ -1,8 +1,9 @@
 //! Streaming SQL: the only place that knows SQL.
 //!
 //! Owns: parsing a pipeline's SQL (DDL for sources and sinks, views, `INSERT INTO`),
-//! planning each query with DataFusion, refusing what cannot run as a stream, and
-//! cutting each plan at its stateful operators (which live in [`crate::operators`]).
+//! planning each query with DataFusion, refusing what cannot run as a stream, splitting
+//! a query with several stateful operations into a chain of stages, and cutting each
+//! stage at its stateful operator (which live in [`crate::operators`]).
 //!
 //! Invariants:
 //! - Expressions are planned and evaluated by DataFusion; we write no evaluator.
@@ -12,6 +13,9 @@
 //!   `LIMIT`…) is refused at plan time, with what to
 //!   write instead.
 
+mod chain;
+#[cfg(test)]
+mod chain_tests;
 pub mod check;
 mod cuts;
 mod ddl;

@@ -82,10 +82,11 @@ impl Planning<'_> {
             location: op.location.clone(),
         };
         let settings = self.settings;
-        let (stage, inputs) = self
+        let planned = self
             .plan_query_stage(query, &op.location, None, &op.name, &tables.event_times)
             .await?;
-        let stage_node = wiring.wire_stage(&feed, &stage, &inputs, tables, settings)?;
+        let inputs = planned.inputs.clone();
+        let stage_node = self.wire_query(&feed, &planned, tables, wiring)?;
         let input = wiring.graph.node(stage_node)?.schema.clone();
         let spec = crate::library::OperatorSpec {
             name: &op.name,

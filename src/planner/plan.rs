@@ -118,6 +118,22 @@ impl Default for PlanSettings {
     }
 }
 
+/// One query planned: the stages of its chain, if it holds several stateful
+/// operations (each reads the tables of those before it), then its own stage.
+pub(super) struct PlannedQuery {
+    pub links: Vec<PlannedLink>,
+    pub stage: StagePlan,
+    /// The stream tables (or links' tables) its own stage reads.
+    pub inputs: Vec<String>,
+}
+
+/// A stage of a query's chain, whose output is the internal table `table`.
+pub(super) struct PlannedLink {
+    pub table: String,
+    pub stage: StagePlan,
+    pub inputs: Vec<String>,
+}
+
 /// A pipeline's graph and its SQL stages (for `explain`).
 pub struct PlannedPipeline {
     pub graph: Graph,
@@ -203,6 +219,12 @@ impl SqlPlanner {
         // COUNT(DISTINCT x) must stay one aggregate (with a distinct accumulator), not
         // be rewritten into two GROUP BYs: the window operator is one aggregate.
         ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
+        // A window function of another GROUP BY key (`tumble(…, date_time)` grouped with
+        // `date_time`) is not redundant on a stream: it is what closes the group.
+        ctx.remove_optimizer_rule("eliminate_group_by_constant");
+        // An inner join whose right side is unique on the keys is not a semi join on a
+        // stream (Nexmark q5): the interval join emits each pair once as it is.
+        ctx.remove_optimizer_rule("eliminate_join");
         ctx
     }
 
@@ -247,10 +269,12 @@ impl SqlPlanner {
         Ok(())
     }
 
-    /// Plans one query reading the given inputs (name, schema) into a SQL stage. When
+    /// Plans one query reading the given inputs (name, schema) into SQL stages. When
     /// `target` is given, the result is cast to it column by column (by position).
-    /// Refuses what cannot run on a stream (`check_streamable`), then asks the cuts in
-    /// their order (`cuts::plan`); returns the plan and the stream tables it reads.
+    /// Refuses what cannot run on a stream (`check_streamable`); splits a query with
+    /// several stateful operations into a chain of stages (`super::chain`), each
+    /// reading the internal table of the one before; then asks the cuts in their order
+    /// (`cuts::plan`) for each stage.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn plan_stage(
         &self,
@@ -262,7 +286,7 @@ impl SqlPlanner {
         target_name: &str,
         options: StageOptions,
         event_times: &BTreeMap<String, String>,
-    ) -> Result<(StagePlan, Vec<String>)> {
+    ) -> Result<PlannedQuery> {
         let text = query.to_string();
         let state = ctx.state();
         let plan = state
@@ -278,13 +302,129 @@ impl SqlPlanner {
         let optimized = state
             .optimize(&plan)
             .map_err(|e| plan_error(sql, location, e))?;
-        let inputs = check_streamable(&optimized, location, &self.lookups_in(ctx))?;
+        let lookups = self.lookups_in(ctx);
+        let inputs = check_streamable(&optimized, location, &lookups)?;
+        let refuse = |message: String| -> crate::Error {
+            SqlError::Plan {
+                location: location.clone(),
+                message,
+            }
+            .into()
+        };
+        let taken = |name: &str| ctx.table_exist(name).unwrap_or(true);
+        let tumble = datafusion::execution::FunctionRegistry::udf(ctx, "tumble")
+            .map_err(|e| crate::engine::EngineError::datafusion("finding tumble", e))?;
+        let (last, links) = {
+            let mut splitter =
+                super::chain::Splitter::new(target_name, &lookups, event_times, &taken, tumble);
+            let last = splitter.split(&optimized).map_err(refuse)?;
+            (last, splitter.links)
+        };
+        let mut times = event_times.clone();
+        let mut window_ends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut planned_links = Vec::new();
+        for link in links {
+            Self::register_input(ctx, &link.name, link.schema.clone())?;
+            let link_inputs = check_streamable(&link.plan, location, &lookups)?;
+            let stage = self
+                .cut(
+                    sql,
+                    &state,
+                    &link.plan,
+                    &format!("(stage {} of) {text}", link.name),
+                    options,
+                    &times,
+                    &window_ends,
+                    &link_inputs,
+                    location,
+                )
+                .await?;
+            if stage.is_changelog() {
+                return Err(SqlError::NotStreamable {
+                    location: location.clone(),
+                    message: format!(
+                        "{} reads the results of {}, which update as rows arrive (a changelog); \
+                         {} only takes rows that append. Aggregate per window in the inner query \
+                         (GROUP BY tumble(…), …): a window's results are final once emitted",
+                        link.reader,
+                        stage.stateful_name(),
+                        link.reader
+                    ),
+                }
+                .into());
+            }
+            if let Some(column) = &link.event_time {
+                times.insert(link.name.clone(), column.clone());
+            }
+            window_ends.insert(link.name.clone(), link.window_ends.clone());
+            planned_links.push(PlannedLink {
+                table: link.name,
+                stage,
+                inputs: link_inputs,
+            });
+        }
+        if planned_links.is_empty() {
+            // One stage: planned from the query as written (the optimizer runs again).
+            let stage = self
+                .cut(
+                    sql,
+                    &state,
+                    &plan,
+                    &text,
+                    options,
+                    event_times,
+                    &window_ends,
+                    &inputs,
+                    location,
+                )
+                .await?;
+            return Ok(PlannedQuery {
+                links: planned_links,
+                stage,
+                inputs,
+            });
+        }
+        let last_inputs = check_streamable(&last, location, &lookups)?;
+        let stage = self
+            .cut(
+                sql,
+                &state,
+                &last,
+                &text,
+                options,
+                &times,
+                &window_ends,
+                &last_inputs,
+                location,
+            )
+            .await?;
+        Ok(PlannedQuery {
+            links: planned_links,
+            stage,
+            inputs: last_inputs,
+        })
+    }
+
+    /// Plans one stage's logical plan physically and cuts it at its stateful operator.
+    #[allow(clippy::too_many_arguments)]
+    async fn cut(
+        &self,
+        sql: &SqlText,
+        state: &datafusion::execution::SessionState,
+        plan: &LogicalPlan,
+        text: &str,
+        options: StageOptions,
+        event_times: &BTreeMap<String, String>,
+        window_ends: &BTreeMap<String, Vec<String>>,
+        inputs: &[String],
+        location: &Location,
+    ) -> Result<StagePlan> {
         let physical = state
-            .create_physical_plan(&plan)
+            .create_physical_plan(plan)
             .await
             .map_err(|e| plan_error(sql, location, e))?;
         // A lookup table read by key must be joined on its key.
-        crate::operators::lookup::key_plans(&physical, &LookupNames::of(&state)).map_err(
+        crate::operators::lookup::key_plans(&physical, &LookupNames::of(state)).map_err(
             |message| SqlError::Plan {
                 location: location.clone(),
                 message,
@@ -292,17 +432,18 @@ impl SqlPlanner {
         )?;
         let planned = cuts::plan(&cuts::Query {
             physical: &physical,
-            text: &text,
+            text,
             options,
             event_times,
-            inputs: &inputs,
-            state: &state,
+            window_ends,
+            inputs,
+            state,
         })
         .map_err(|message| SqlError::Plan {
             location: location.clone(),
             message,
         })?;
-        Ok((planned, inputs))
+        Ok(planned)
     }
 
     /// Plans a query over named inputs (name, schema, event-time column), for the Rust
@@ -336,7 +477,7 @@ impl SqlPlanner {
         for (name, schema, _) in inputs {
             Self::register_input(&ctx, name, schema.clone())?;
         }
-        let (stage, _) = self
+        let planned = self
             .plan_stage(
                 &ctx,
                 &sql,
@@ -348,7 +489,17 @@ impl SqlPlanner {
                 &times,
             )
             .await?;
-        Ok(stage)
+        if !planned.links.is_empty() {
+            return Err(SqlError::NotStreamable {
+                location: sql.locate(1, 1),
+                message: "a stage of the Rust builder API holds one stateful operation (GROUP BY, \
+                          join of two streams or ROW_NUMBER): plan one stage per operation, each \
+                          reading the one before, or write the query in a pipeline's SQL"
+                    .into(),
+            }
+            .into());
+        }
+        Ok(planned.stage)
     }
 
     /// Plans a whole pipeline SQL text: tables, views and inserts.
@@ -437,7 +588,7 @@ impl Planning<'_> {
         target: Option<&SchemaRef>,
         target_name: &str,
         event_times: &BTreeMap<String, String>,
-    ) -> Result<(StagePlan, Vec<String>)> {
+    ) -> Result<PlannedQuery> {
         let settings = self.settings;
         self.planner
             .plan_stage(

@@ -55,6 +55,22 @@ impl StagePlan {
         }
     }
 
+    /// What its stateful operator is, for messages.
+    pub(super) fn stateful_name(&self) -> &'static str {
+        match self {
+            StagePlan::Stateless(_) => "per-row steps",
+            StagePlan::Join { .. } => "a join of two streams",
+            StagePlan::Stateful { node_suffix, .. } => match *node_suffix {
+                "aggregate" => "a GROUP BY without a window",
+                "window" if self.is_changelog() => {
+                    "a windowed GROUP BY with windows.allowed_lateness"
+                }
+                "window" => "a windowed GROUP BY",
+                _ => "ROW_NUMBER()",
+            },
+        }
+    }
+
     /// Adds a join's nodes to `graph`, its sides reading `left` and `right`; returns
     /// the last node and the SQL stages added (name, stage) for `explain`.
     pub fn add_join_to_graph(

@@ -1,9 +1,10 @@
 //! Refusing what cannot run on an unbounded stream, on the optimized logical plan and
 //! before any cut: unbounded `ORDER BY`, `LIMIT`, `UNION`, subqueries and `DISTINCT`,
 //! `OVER (…)` other than `ROW_NUMBER()` by key or over whole windows, joins other than
-//! with a lookup table or an inner join of two streams, more than one stateful
-//! operation, and queries reading no table or more than two streams. Also finds the
-//! stream tables a query reads.
+//! with a lookup table or an inner join of two streams, and queries reading no table.
+//! Also finds the stream tables a query reads, and tells its stateful operations
+//! ([`is_stateful`]) apart for `super::chain`, which plans a query holding several as
+//! a chain of stages.
 
 use std::collections::BTreeSet;
 
@@ -16,30 +17,17 @@ use crate::types::Location;
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
-/// Refuses plans that cannot run batch by batch on an unbounded stream, and returns the
-/// one input table the plan reads.
+/// Refuses plans that cannot run on an unbounded stream, and returns the stream tables
+/// the plan reads (sorted).
 pub(super) fn check_streamable(
     plan: &LogicalPlan,
     location: &Location,
     lookups: &BTreeSet<String>,
 ) -> Result<Vec<String>> {
     use datafusion::logical_expr::JoinType;
-    let is_lookup = |side: &LogicalPlan| {
-        let mut all = true;
-        let mut any = false;
-        let _ = side.apply(|n| {
-            if let LogicalPlan::TableScan(scan) = n {
-                any = true;
-                all &= lookups.contains(scan.table_name.table());
-            }
-            Ok(TreeNodeRecursion::Continue)
-        });
-        any && all
-    };
+    let is_lookup = |side: &LogicalPlan| reads_lookups_only(side, lookups);
     let mut refusal: Option<String> = None;
     let mut tables: Vec<String> = Vec::new();
-    let one_stateful = ONE_STATEFUL;
-    let mut aggregates = 0;
     let _ = plan.apply_with_subqueries(|node| {
         let why = match node {
             LogicalPlan::Sort(_) => Some(
@@ -48,15 +36,6 @@ pub(super) fn check_streamable(
                  (ROW_NUMBER() OVER (PARTITION BY … ORDER BY …) over a windowed GROUP BY for a Top-N per window, \
                  or by event time per key for the first rows of each key: see docs/pipelines.md)",
             ),
-            LogicalPlan::Aggregate(agg) if is_windowed(agg) => {
-                aggregates += 1;
-                (aggregates > 1).then_some(one_stateful)
-            }
-            // Without a window: an updating aggregate, whose results are a changelog.
-            LogicalPlan::Aggregate(_) => {
-                aggregates += 1;
-                (aggregates > 1).then_some(one_stateful)
-            }
             LogicalPlan::Join(j) => {
                 let (left, right) = (is_lookup(&j.left), is_lookup(&j.right));
                 match (left, right, j.join_type) {
@@ -66,10 +45,7 @@ pub(super) fn check_streamable(
                         "a join with a lookup table keeps the stream's rows: use JOIN or LEFT JOIN with the stream \
                          on the left (a RIGHT or FULL join would emit the whole lookup table for every batch)",
                     ),
-                    (false, false, JoinType::Inner) => {
-                        aggregates += 1;
-                        (aggregates > 1).then_some(one_stateful)
-                    }
+                    (false, false, JoinType::Inner) => None,
                     _ => Some(
                         "a join between two streams is an inner interval join (JOIN … ON keys AND a time \
                          condition); outer joins between streams are not supported yet. To enrich a stream \
@@ -81,10 +57,15 @@ pub(super) fn check_streamable(
             // the window (Top-N per window): they run once per closed window, over all of
             // its rows (see `StagePlan::Stateful::gather`).
             LogicalPlan::Window(w) if is_over_window_results(w) => None,
-            LogicalPlan::Window(w) if is_row_number_by_key(w) => {
-                aggregates += 1;
-                (aggregates > 1).then_some(one_stateful)
-            }
+            LogicalPlan::Window(w) if is_row_number_by_key(w) => None,
+            LogicalPlan::Window(w) if is_row_number(w) => Some(
+                "ROW_NUMBER() on a stream ranks rows by event time, ascending (PARTITION BY key \
+                 ORDER BY event_time: the first N rows of each key, final once the watermark passes \
+                 them). Ordered otherwise (by another column, or the latest first) a row's rank \
+                 changes as later rows arrive, which makes the results a changelog: not supported \
+                 yet. For the top rows of a time span, rank the results of a windowed GROUP BY \
+                 (ROW_NUMBER() OVER (PARTITION BY the window ORDER BY …))",
+            ),
             LogicalPlan::Window(_) => Some(
                 "on a stream, OVER (…) supports ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) \
                  (deduplication with WHERE rn = 1, first N per key with WHERE rn <= N); other window \
@@ -123,22 +104,52 @@ pub(super) fn check_streamable(
     tables.retain(|t| !lookups.contains(t));
     tables.sort();
     tables.dedup();
-    match tables.as_slice() {
-        [] => Err(SqlError::Plan {
+    if tables.is_empty() {
+        return Err(SqlError::Plan {
             location: location.clone(),
             message: "the query reads no table: select FROM a source declared with CREATE TABLE … WITH (connector = …)".into(),
         }
-        .into()),
-        [_] | [_, _] if aggregates <= 1 => Ok(tables),
-        many => Err(SqlError::NotStreamable {
-            location: location.clone(),
-            message: format!(
-                "the query reads {} streams ({}); a query combines at most two, with one join",
-                many.len(),
-                many.join(", ")
-            ),
+        .into());
+    }
+    Ok(tables)
+}
+
+/// `true` when `plan` reads only lookup tables.
+fn reads_lookups_only(plan: &LogicalPlan, lookups: &BTreeSet<String>) -> bool {
+    let mut all = true;
+    let mut any = false;
+    let _ = plan.apply(|n| {
+        if let LogicalPlan::TableScan(scan) = n {
+            any = true;
+            all &= lookups.contains(scan.table_name.table());
         }
-        .into()),
+        Ok(TreeNodeRecursion::Continue)
+    });
+    any && all
+}
+
+/// `true` for a node that keeps state across batches, each its own stage in a chain:
+/// an aggregate (windowed or updating), a join of two streams, `ROW_NUMBER()` by key.
+/// Window functions over whole windows (Top-N) run with the windowed aggregate below
+/// them and are not one.
+pub(super) fn is_stateful(node: &LogicalPlan, lookups: &BTreeSet<String>) -> bool {
+    match node {
+        LogicalPlan::Aggregate(_) => true,
+        LogicalPlan::Join(j) => {
+            !reads_lookups_only(&j.left, lookups) && !reads_lookups_only(&j.right, lookups)
+        }
+        LogicalPlan::Window(w) => !is_over_window_results(w) && is_row_number_by_key(w),
+        _ => false,
+    }
+}
+
+/// What a stateful node is, for messages.
+pub(super) fn stateful_name(node: &LogicalPlan) -> &'static str {
+    match node {
+        LogicalPlan::Aggregate(a) if is_windowed(a) => "a windowed GROUP BY",
+        LogicalPlan::Aggregate(_) => "a GROUP BY",
+        LogicalPlan::Join(_) => "a join of two streams",
+        _ => "ROW_NUMBER()",
     }
 }
 
@@ -168,6 +179,17 @@ fn is_over_window_results(w: &datafusion::logical_expr::Window) -> bool {
         })
 }
 
+/// `true` for window expressions that are all `ROW_NUMBER()`.
+fn is_row_number(w: &datafusion::logical_expr::Window) -> bool {
+    w.window_expr.iter().all(|e| {
+        let e = match e {
+            Expr::Alias(a) => a.expr.as_ref(),
+            e => e,
+        };
+        matches!(e, Expr::WindowFunction(f) if f.fun.name() == "row_number")
+    })
+}
+
 /// `true` for `ROW_NUMBER() OVER (PARTITION BY … ORDER BY one column ASC)`, alone.
 fn is_row_number_by_key(w: &datafusion::logical_expr::Window) -> bool {
     let [expr] = w.window_expr.as_slice() else {
@@ -189,7 +211,7 @@ fn is_row_number_by_key(w: &datafusion::logical_expr::Window) -> bool {
 }
 
 /// `true` when an aggregate's `GROUP BY` holds a window function.
-fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
+pub(super) fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
     agg.group_expr.iter().any(|e| {
         e.exists(|e| {
             Ok(matches!(e, Expr::ScalarFunction(f) if WINDOW_FUNCTIONS.contains(&f.func.name())))
@@ -197,6 +219,3 @@ fn is_windowed(agg: &datafusion::logical_expr::Aggregate) -> bool {
         .unwrap_or(false)
     })
 }
-
-pub(super) const ONE_STATEFUL: &str = "only one stateful operation (GROUP BY, join of two streams or ROW_NUMBER) \
-                            per query is supported";

@@ -264,6 +264,33 @@ async fn top_n_per_window_killed_five_times_equals_the_batch_answer() {
     .await;
 }
 
+/// A query with two stateful operations — a deduplication by event (`ROW_NUMBER()`)
+/// then a window per restaurant — runs as a chain of two stages; across kills both
+/// stages' state is checkpointed and restored, and the output equals the batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_stateful_stages_killed_five_times_equals_the_batch_answer() {
+    killed_and_resumed(Crash {
+        streams: &[("orders", 20_000, 6000)],
+        query: "SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, restaurant_id, n FROM \
+            (SELECT tumble(INTERVAL '1' SECOND) AS w, restaurant_id, count(*) AS n FROM \
+             (SELECT restaurant_id, event_time, \
+               ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY event_time) AS rn FROM orders) \
+             WHERE rn = 1 GROUP BY w, restaurant_id)",
+        setup: &["CREATE VIEW orders AS SELECT event_id, restaurant_id, \
+            CAST(event_time AS TIMESTAMP) AS event_time FROM orders_raw"],
+        oracle: "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+            restaurant_id, count(*) AS n FROM \
+            (SELECT event_id, min(restaurant_id) AS restaurant_id, min(event_time) AS event_time \
+             FROM orders GROUP BY event_id) GROUP BY 1, 2",
+        kills: 5,
+        min_rows: 100,
+        how: Stop::Kill,
+        output: Output::Parquet,
+        deltas: false,
+    })
+    .await;
+}
+
 /// The interval join of orders and kitchen tickets across kills: both sides' kept rows
 /// are checkpointed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

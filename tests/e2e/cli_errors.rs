@@ -58,7 +58,7 @@ fn sql_errors_name_file_line_and_column() {
                 "{SRC}INSERT INTO out SELECT n, count(*) FROM \
                  (SELECT restaurant_id, count(*) AS n FROM orders GROUP BY restaurant_id) GROUP BY n;\n"
             ),
-            "group_by.sql:3:1: not supported on a stream: only one stateful operation",
+            "group_by.sql:3:1: not supported on a stream: a GROUP BY reads the results of a GROUP BY without a window, which update",
         ),
         (
             "no_sink.sql",

@@ -25,6 +25,7 @@ mod kafka_faults;
 mod layout;
 mod lifecycle;
 mod lookup;
+mod nexmark_suite;
 mod operations;
 mod query;
 mod registry;

@@ -13,7 +13,6 @@ use super::{Cut, Query, replace_with_slot};
 use crate::operators::join::IntervalJoinFactory;
 use crate::operators::stage::SlotPartition;
 use crate::planner::stage_plan::StagePlan;
-use crate::planner::streamable::ONE_STATEFUL;
 
 /// Cuts at a join whose both sides read streams: node `{name}_join` between
 /// `{name}_left` and `{name}_right`.
@@ -21,7 +20,7 @@ pub(super) struct StreamJoin;
 
 impl Cut for StreamJoin {
     fn cut(&self, query: &Query<'_>) -> Result<Option<StagePlan>, String> {
-        let Some(split) = split_join(query.physical, query.event_times)? else {
+        let Some(split) = split_join(query.physical, query.event_times, query.window_ends)? else {
             return Ok(None);
         };
         let text = query.text;
@@ -81,6 +80,7 @@ fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
 fn split_join(
     plan: &Arc<dyn ExecutionPlan>,
     event_times: &BTreeMap<String, String>,
+    window_ends: &BTreeMap<String, Vec<String>>,
 ) -> std::result::Result<Option<JoinSplit>, String> {
     use datafusion::common::NullEquality;
     use datafusion::logical_expr::JoinType;
@@ -149,20 +149,29 @@ fn split_join(
         })
         .unwrap_or(false)
     };
+    // `super::super::chain` made every stateful input a stage of its own.
     if stateful(&left) || stateful(&right) {
         return Err(
-            "the inputs of a join between streams must be per-row (filters, projections); \
-             aggregate or join them in another pipeline"
+            "the inputs of this join between streams could not be cut into stages of their own"
                 .into(),
         );
     }
-    let bounds = crate::operators::join::time_bounds(filter.as_ref(), &on, [&left, &right])?;
+    let bounds = crate::operators::join::time_bounds(
+        filter.as_ref(),
+        &on,
+        [&left, &right],
+        [
+            event_times.get(&left_table).map(String::as_str),
+            event_times.get(&right_table).map(String::as_str),
+        ],
+    )?;
     for (table, name) in [
         (&left_table, &bounds.left.name),
         (&right_table, &bounds.right.name),
     ] {
+        let window_end = window_ends.get(table).is_some_and(|e| e.contains(name));
         match event_times.get(table) {
-            Some(et) if et == name => {}
+            Some(et) if et == name || window_end => {}
             Some(et) => {
                 return Err(format!(
                     "the join's time condition uses {table}.{name}, but {table}'s event time is {et}: \
@@ -179,7 +188,10 @@ fn split_join(
     }
     let upper = replace_with_slot(plan, &node)?;
     if stateful(&upper) {
-        return Err(ONE_STATEFUL.into());
+        return Err(
+            "the steps above this join between streams could not be cut into a stage of their own"
+                .into(),
+        );
     }
     let (left_keys, right_keys) = on.into_iter().unzip();
     Ok(Some(JoinSplit {

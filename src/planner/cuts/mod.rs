@@ -30,10 +30,10 @@ pub(super) trait Cut: Sync {
 }
 
 /// The cuts in the order they are asked; the first whose operator the plan holds makes
-/// the stage. [`check_streamable`](super::streamable::check_streamable) has admitted at
-/// most one stateful operation, except window functions over a windowed aggregate's
-/// results (Top-N per window): the aggregate is cut before `ROW_NUMBER()` so that they
-/// stay above it.
+/// the stage. A query with several stateful operations has been split into a chain of
+/// stages with one each (`super::chain`), except window functions over a windowed
+/// aggregate's results (Top-N per window): the aggregate is cut before `ROW_NUMBER()`
+/// so that they stay above it.
 const CUTS: &[&dyn Cut] = &[
     &join::StreamJoin,
     &aggregate::Aggregate,
@@ -63,6 +63,9 @@ pub(super) struct Query<'a> {
     pub options: StageOptions,
     /// The event-time column of each stream table that has one.
     pub event_times: &'a BTreeMap<String, String>,
+    /// Columns of a chain's internal tables holding a window's end, which bound a join
+    /// as their event time does (see `super::chain`).
+    pub window_ends: &'a BTreeMap<String, Vec<String>>,
     /// The stream tables the query reads (sorted).
     pub inputs: &'a [String],
     pub state: &'a SessionState,
