@@ -150,6 +150,12 @@ impl OperatorFactory for UpdatingAggFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
+        if self.ttl.is_none() {
+            // Without a TTL no group is ever dropped: the vectorised path.
+            return Ok(Box::new(super::updating_groups::GroupedUpdatingOperator::new(
+                task, self,
+            )?));
+        }
         let types = self
             .key_schema
             .fields()
@@ -628,9 +634,9 @@ impl Operator for UpdatingAggOperator {
 /// see [`KeyedHeader`](crate::state::keyed::KeyedHeader)): one batch of key columns,
 /// each aggregate's state columns, then each aggregate's last emitted value.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct UpdatingFields {
+pub(crate) struct UpdatingFields {
     /// State columns of each aggregate.
-    widths: Vec<usize>,
+    pub(crate) widths: Vec<usize>,
 }
 
 /// Applies a changelog in order: `+` rows are added, each `-` row removes one equal
