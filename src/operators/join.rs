@@ -507,6 +507,38 @@ impl Side {
         (b, (n - self.batches[b].start) as usize)
     }
 
+    /// Appends to `out` the (batch, row) of every kept row with key hash `hash`, a
+    /// time in `[lo, hi]` and the key `key` (`None`: no equality keys), newest first.
+    fn matches(
+        &self,
+        hash: u64,
+        (lo, hi): (i64, i64),
+        key: Option<arrow::row::Row<'_>>,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        let Some(&head) = self.heads.get(&hash) else {
+            return;
+        };
+        let mut next = head;
+        // Rows numbered below `first` have expired, and so have all older ones.
+        while next > self.first {
+            let at = (next - 1 - self.first) as usize;
+            next = self.prev[at];
+            let t = self.times[at];
+            if t < lo || t > hi {
+                continue;
+            }
+            let (b, r) = self.locate(self.first + at as u64);
+            let same_key = match (key, &self.batches[b].keys) {
+                (Some(mine), Some(theirs)) => mine == theirs.row(r),
+                _ => true,
+            };
+            if same_key {
+                out.push((b, r));
+            }
+        }
+    }
+
     /// Keeps `batch` (every row kept): indexes its rows under `hashes`.
     fn keep(
         &mut self,
@@ -672,28 +704,13 @@ impl IntervalJoinOperator {
             let mut matched: Vec<(usize, usize)> = Vec::new();
             if !other.prev.is_empty() {
                 for (i, (&h, &t)) in hashes.iter().zip(&live).enumerate() {
-                    let Some(&head) = other.heads.get(&h) else {
-                        continue;
-                    };
-                    let (lo, hi) = (t.saturating_add(from), t.saturating_add(to));
-                    let mut next = head;
-                    while next > other.first {
-                        let at = (next - 1 - other.first) as usize;
-                        next = other.prev[at];
-                        let ot = other.times[at];
-                        if ot < lo || ot > hi {
-                            continue;
-                        }
-                        let (b, r) = other.locate(other.first + at as u64);
-                        let same_key = match (&rows, &other.batches[b].keys) {
-                            (Some(mine), Some(theirs)) => mine.row(i) == theirs.row(r),
-                            _ => true,
-                        };
-                        if same_key {
-                            probe_rows.push(i as u32);
-                            matched.push((b, r));
-                        }
-                    }
+                    other.matches(
+                        h,
+                        (t.saturating_add(from), t.saturating_add(to)),
+                        rows.as_ref().map(|r| r.row(i)),
+                        &mut matched,
+                    );
+                    probe_rows.resize(matched.len(), i as u32);
                 }
             }
             if !probe_rows.is_empty() {
@@ -1071,6 +1088,106 @@ mod tests {
             let plain = run(vec![]);
             proptest::prop_assert_eq!(run(cuts), plain);
         }
+    }
+
+    /// One side's kept rows: 200 batches of 50 rows, five keys touched ten times in
+    /// every batch, the keys sharing two hashes (so every probe meets rows of other
+    /// keys under its hash).
+    fn colliding_side() -> (super::Side, arrow::row::RowConverter, Vec<(u64, i64, i64)>) {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::DataType;
+        use arrow::row::{RowConverter, SortField};
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut side = super::Side::default();
+        // (row number, key, time) of every row.
+        let mut all = Vec::new();
+        for b in 0..200i64 {
+            let keys: Vec<i64> = (0..50).map(|j| j % 5).collect();
+            let times: Vec<i64> = (0..50).map(|j| b * 10 + j % 10).collect();
+            let hashes: Vec<u64> = keys.iter().map(|k| (k % 2) as u64).collect();
+            let column: arrow::array::ArrayRef = Arc::new(Int64Array::from(keys.clone()));
+            let rows = converter.convert_columns(&[column.clone()]).unwrap();
+            let batch = RecordBatch::try_from_iter([("k", column)]).unwrap();
+            for (j, (k, t)) in keys.iter().zip(&times).enumerate() {
+                all.push(((b * 50) as u64 + j as u64, *k, *t));
+            }
+            side.keep(batch, Some(rows), &hashes, &times);
+        }
+        (side, converter, all)
+    }
+
+    /// A probe finds exactly the kept rows of its key and time range, newest first —
+    /// never a row of another key under the same hash — and after the watermark
+    /// passes half the batches, never an expired row: expiry drops those 100 batches
+    /// whole.
+    #[test]
+    fn a_side_finds_its_rows_by_key_and_time_and_expires_whole_batches() {
+        use arrow::array::Int64Array;
+        let (mut side, converter, all) = colliding_side();
+        let probe = |side: &super::Side, key: i64, range: (i64, i64)| {
+            let column: arrow::array::ArrayRef = Arc::new(Int64Array::from(vec![key]));
+            let rows = converter.convert_columns(&[column]).unwrap();
+            let mut out = Vec::new();
+            side.matches((key % 2) as u64, range, Some(rows.row(0)), &mut out);
+            out.into_iter()
+                .map(|(b, r)| side.batches[b].start + r as u64)
+                .collect::<Vec<u64>>()
+        };
+        let expected = |first: u64, key: i64, (lo, hi): (i64, i64)| {
+            let mut rows: Vec<u64> = all
+                .iter()
+                .filter(|(n, k, t)| *n >= first && *k == key && *t >= lo && *t <= hi)
+                .map(|(n, _, _)| *n)
+                .collect();
+            rows.reverse();
+            rows
+        };
+        for (key, range) in [(2, (1500, 1520)), (3, (0, 2000)), (0, (995, 1005))] {
+            let got = probe(&side, key, range);
+            assert!(!got.is_empty());
+            assert_eq!(got, expected(0, key, range), "key {key} in {range:?}");
+        }
+        // Batch b's newest row is at b·10 + 9: batches 0..=99 are below 1000.
+        side.expire(1000);
+        assert_eq!(side.batches.len(), 100);
+        assert_eq!(side.rows(), 100 * 50);
+        assert_eq!(side.first, 100 * 50);
+        for (key, range) in [(2, (1500, 1520)), (3, (0, 2000)), (0, (995, 1005))] {
+            assert_eq!(
+                probe(&side, key, range),
+                expected(5000, key, range),
+                "key {key} in {range:?} after expiry"
+            );
+        }
+        assert!(probe(&side, 1, (0, 999)).is_empty());
+    }
+
+    /// Expiry in bulk across many batches keeps the index bounded: hashes whose rows
+    /// have all expired are swept once they outnumber the kept rows, and kept rows are
+    /// still found.
+    #[test]
+    fn expired_hashes_are_swept_from_the_index() {
+        let mut side = super::Side::default();
+        for b in 0..100i64 {
+            let hashes: Vec<u64> = (0..100).map(|j| (b * 100 + j) as u64).collect();
+            let times = vec![b; 100];
+            let batch = kvt_batch(&(0..100).map(|j| (j, 0, b)).collect::<Vec<_>>());
+            side.keep(batch, None, &hashes, &times);
+            side.expire(b - 5);
+        }
+        // Batches 94..=99 are kept.
+        assert_eq!(side.rows(), 600);
+        assert!(
+            side.heads.len() <= 2 * 600 + 1024,
+            "{} hashes indexed for 600 rows",
+            side.heads.len()
+        );
+        let mut found = Vec::new();
+        side.matches(9_950, (i64::MIN, i64::MAX), None, &mut found);
+        assert_eq!(found, [(5, 50)]);
+        found.clear();
+        side.matches(50, (i64::MIN, i64::MAX), None, &mut found);
+        assert!(found.is_empty());
     }
 
     /// The state is bounded: rows the watermark has passed are dropped while the
