@@ -422,7 +422,11 @@ fn cpu_secs() -> f64 {
     // the 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -447,7 +451,10 @@ async fn joins_and_updating(bids: &[RecordBatch], events: u64) {
     println!(
         "  CPU-seconds per million input rows: streaming {join_cpu:.3}, batch {join_df_cpu:.3}"
     );
-    assert_eq!(join_rows, join_df_rows, "the streaming join's rows differ from batch");
+    assert_eq!(
+        join_rows, join_df_rows,
+        "the streaming join's rows differ from batch"
+    );
     let updating = "SELECT auction % 100000 AS k, count(*) AS n, max(price) AS m FROM bids GROUP BY auction % 100000";
     let cpu = cpu_secs();
     let upd_mem = median(3, || from_memory(bids, events, 1, updating, false)).await;
@@ -462,7 +469,5 @@ async fn joins_and_updating(bids: &[RecordBatch], events: u64) {
         m(upd_df),
         upd_mem / upd_df
     );
-    println!(
-        "  CPU-seconds per million events: streaming {upd_cpu:.3}, batch {upd_df_cpu:.3}"
-    );
+    println!("  CPU-seconds per million events: streaming {upd_cpu:.3}, batch {upd_df_cpu:.3}");
 }

@@ -7,10 +7,12 @@
 //! of the equality keys to this operator, what is above the join runs per batch.
 //!
 //! Invariants:
-//! - Each side keeps the rows it has seen, indexed by key. A row arriving on one side is
-//!   matched against the other side's rows (key equality, then DataFusion's evaluation of
-//!   the whole join condition) and then kept; so every matching pair is emitted exactly
-//!   once, when the later of its two rows arrives.
+//! - Each side keeps the rows it has seen (the Arrow batches they came in, without the
+//!   rows it does not keep), indexed by key hash (`Side`). A batch arriving on one
+//!   side is matched against the other side's rows (key hash, time bound and key
+//!   equality per row; then DataFusion's evaluation of the whole join condition over
+//!   the candidate pairs, column at a time) and then kept; so every matching pair is
+//!   emitted exactly once, when the later of its two rows arrives.
 //! - The condition bounds `left time − right time` to `[lo, hi]`. A row no future row of
 //!   the other side can match is dropped once the watermark passes it: a left row at
 //!   `t` when `watermark > t − lo`, a right row at `t` when `watermark > t + hi`. A join
@@ -361,7 +363,10 @@ impl OperatorFactory for IntervalJoinFactory {
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|e| EngineError::arrow("creating the join's key encoder", e))?;
         // The columns each side's pairs need: those the condition and the output read.
-        let widths = [self.left_schema.fields().len(), self.right_schema.fields().len()];
+        let widths = [
+            self.left_schema.fields().len(),
+            self.right_schema.fields().len(),
+        ];
         let mut needed = [vec![false; widths[0]], vec![false; widths[1]]];
         match &self.projection {
             Some(p) => {
@@ -680,12 +685,8 @@ impl IntervalJoinOperator {
         let rows = if key_cols.is_empty() {
             None
         } else {
-            datafusion::common::hash_utils::create_hashes(
-                &key_cols,
-                &self.hash_state,
-                &mut hashes,
-            )
-            .map_err(super::support::df("hashing join keys"))?;
+            datafusion::common::hash_utils::create_hashes(&key_cols, &self.hash_state, &mut hashes)
+                .map_err(super::support::df("hashing join keys"))?;
             Some(
                 self.converter
                     .convert_columns(&key_cols)
@@ -795,7 +796,10 @@ impl IntervalJoinOperator {
         }
         let all: Vec<Option<ArrayRef>> = left.into_iter().chain(right).collect();
         let columns: Vec<ArrayRef> = match &self.factory.projection {
-            Some(p) => p.iter().map(|&i| gathered(&all[i])).collect::<Result<_>>()?,
+            Some(p) => p
+                .iter()
+                .map(|&i| gathered(&all[i]))
+                .collect::<Result<_>>()?,
             None => all.iter().map(gathered).collect::<Result<_>>()?,
         };
         let columns = super::support::conform_columns(&self.factory.output, columns)?;
@@ -1106,7 +1110,9 @@ mod tests {
             let times: Vec<i64> = (0..50).map(|j| b * 10 + j % 10).collect();
             let hashes: Vec<u64> = keys.iter().map(|k| (k % 2) as u64).collect();
             let column: arrow::array::ArrayRef = Arc::new(Int64Array::from(keys.clone()));
-            let rows = converter.convert_columns(&[column.clone()]).unwrap();
+            let rows = converter
+                .convert_columns(std::slice::from_ref(&column))
+                .unwrap();
             let batch = RecordBatch::try_from_iter([("k", column)]).unwrap();
             for (j, (k, t)) in keys.iter().zip(&times).enumerate() {
                 all.push(((b * 50) as u64 + j as u64, *k, *t));

@@ -21,6 +21,11 @@
 //!   of the TTL (checked on a processing-time tick, and as rows arrive).
 //! - Sinks declare whether they take a changelog; the planner refuses to write one to
 //!   an append-only sink.
+//!
+//! Two paths emit the same changelog from the same snapshots: without `state.ttl`,
+//! `operators::updating_groups` (DataFusion's groups accumulators over the groups each
+//! batch touched); with it, the row accumulators per group here, which can drop any
+//! group.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -82,9 +87,10 @@ pub(crate) fn tag(batch: RecordBatch, op: &ArrayRef, schema: &SchemaRef) -> Resu
         .as_any()
         .downcast_ref::<StringArray>()
         .filter(|a| !a.is_empty())
-        .map(|a| a.value(0).to_string())
-        .unwrap_or_else(|| Op::Insert.as_str().to_string());
-    columns.push(Arc::new(StringArray::from(vec![op; n])));
+        .map_or(Op::Insert.as_str(), |a| a.value(0));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        std::iter::repeat_n(op, n),
+    )));
     RecordBatch::try_new(schema.clone(), columns)
         .map_err(|e| EngineError::arrow("tagging changelog rows", e))
 }
@@ -152,9 +158,9 @@ impl OperatorFactory for UpdatingAggFactory {
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Operator>> {
         if self.ttl.is_none() {
             // Without a TTL no group is ever dropped: the vectorised path.
-            return Ok(Box::new(super::updating_groups::GroupedUpdatingOperator::new(
-                task, self,
-            )?));
+            return Ok(Box::new(
+                super::updating_groups::GroupedUpdatingOperator::new(task, self)?,
+            ));
         }
         let types = self
             .key_schema

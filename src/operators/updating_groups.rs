@@ -66,7 +66,10 @@ impl Store {
             self.loc[g] = (c, row as u32);
         }
         self.rows += groups.len();
-        self.bytes += chunk.iter().map(|a| a.get_array_memory_size()).sum::<usize>();
+        self.bytes += chunk
+            .iter()
+            .map(|a| a.get_array_memory_size())
+            .sum::<usize>();
         self.chunks.push(chunk);
     }
 
@@ -296,11 +299,13 @@ impl GroupedUpdatingOperator {
     }
 
     /// The changelog rows `keys ++ results` tagged with `op`; `None` when empty.
-    fn rows(&self, keys: Vec<ArrayRef>, results: Vec<ArrayRef>, op: Op) -> Result<Option<RecordBatch>> {
-        let n = results
-            .first()
-            .or(keys.first())
-            .map_or(0, |c| c.len());
+    fn rows(
+        &self,
+        keys: Vec<ArrayRef>,
+        results: Vec<ArrayRef>,
+        op: Op,
+    ) -> Result<Option<RecordBatch>> {
+        let n = results.first().or(keys.first()).map_or(0, |c| c.len());
         if n == 0 {
             return Ok(None);
         }
@@ -380,7 +385,10 @@ impl GroupedUpdatingOperator {
                 .map_err(|e| EngineError::arrow("restoring aggregate state", e))
         };
         let keys = columns[..k].iter().map(pick).collect::<Result<Vec<_>>>()?;
-        let mut emitted = columns[col..].iter().map(pick).collect::<Result<Vec<_>>>()?;
+        let mut emitted = columns[col..]
+            .iter()
+            .map(pick)
+            .collect::<Result<Vec<_>>>()?;
         if !existing.is_empty() {
             // Groups already present keep the result they emitted.
             let old_locs: Vec<(usize, usize)> = existing
@@ -452,9 +460,10 @@ impl Operator for GroupedUpdatingOperator {
             let filter = filters[i]
                 .as_ref()
                 .map(|f| {
+                    // A NULL condition counts as false.
                     f.as_any()
                         .downcast_ref::<BooleanArray>()
-                        .cloned()
+                        .map(arrow::compute::prep_null_mask_filter)
                         .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))
                 })
                 .transpose()?;
@@ -491,7 +500,8 @@ impl Operator for GroupedUpdatingOperator {
                         .map_err(|e| EngineError::arrow("comparing aggregate results", e))?,
                 });
             }
-            let changed = changed.unwrap_or_else(|| BooleanArray::from(vec![false; old_locs.len()]));
+            let changed =
+                changed.unwrap_or_else(|| BooleanArray::from(vec![false; old_locs.len()]));
             if changed.true_count() > 0 {
                 let keep = |cols: &[ArrayRef]| {
                     cols.iter()
@@ -510,9 +520,8 @@ impl Operator for GroupedUpdatingOperator {
             for &(l, _) in &existing {
                 is_new[l] = false;
             }
-            let inserted = UInt32Array::from_iter_values(
-                (0..m as u32).filter(|&l| is_new[l as usize]),
-            );
+            let inserted =
+                UInt32Array::from_iter_values((0..m as u32).filter(|&l| is_new[l as usize]));
             let pick = |a: &ArrayRef| {
                 take(a.as_ref(), &inserted, None)
                     .map_err(|e| EngineError::arrow("selecting new groups", e))
@@ -625,8 +634,7 @@ impl Operator for GroupedUpdatingOperator {
             }
             let columns = (0..self.width())
                 .map(|c| {
-                    let arrays: Vec<&dyn Array> =
-                        restored.iter().map(|b| b[c].as_ref()).collect();
+                    let arrays: Vec<&dyn Array> = restored.iter().map(|b| b[c].as_ref()).collect();
                     interleave(&arrays, &picks)
                         .map_err(|e| EngineError::arrow("restoring aggregate state", e))
                 })
