@@ -128,6 +128,15 @@ pub(crate) fn split_states(
     (states, columns[at..].to_vec())
 }
 
+/// A `FILTER` condition with NULL counting as false (arrow's `prep_null_mask_filter`,
+/// which needs a null buffer, only when there is one).
+pub(crate) fn null_as_false(condition: &BooleanArray) -> BooleanArray {
+    match condition.nulls() {
+        Some(n) if n.null_count() > 0 => arrow::compute::prep_null_mask_filter(condition),
+        _ => condition.clone(),
+    }
+}
+
 /// Updates one group's row accumulators with rows `rows` of a batch's aggregate
 /// arguments, honouring each aggregate's FILTER.
 pub(crate) fn update_accumulators(
@@ -136,7 +145,7 @@ pub(crate) fn update_accumulators(
     args: &[Vec<ArrayRef>],
     filters: &[Option<ArrayRef>],
 ) -> Result<()> {
-    use arrow::compute::{filter, prep_null_mask_filter};
+    use arrow::compute::filter;
     let indices = UInt32Array::from(rows.to_vec());
     for (i, acc) in accs.iter_mut().enumerate() {
         let mut values: Vec<ArrayRef> = args[i]
@@ -150,7 +159,7 @@ pub(crate) fn update_accumulators(
             let mask = mask
                 .as_any()
                 .downcast_ref::<BooleanArray>()
-                .map(prep_null_mask_filter)
+                .map(null_as_false)
                 .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))?;
             values = values
                 .iter()

@@ -448,7 +448,7 @@ impl Operator for UpdatingAggOperator {
                         let f = regroup(f)?;
                         f.as_any()
                             .downcast_ref::<BooleanArray>()
-                            .map(arrow::compute::prep_null_mask_filter)
+                            .map(super::accumulate::null_as_false)
                             .ok_or_else(|| {
                                 EngineError::Internal("FILTER must be a boolean".into()).into()
                             })
@@ -877,8 +877,8 @@ mod tests {
     /// operator then emits what one that never stopped emits.
     #[tokio::test]
     async fn snapshots_of_either_path_restore_into_the_other() {
-        let query = "SELECT k, count(*) AS n, avg(v) AS a, count(DISTINCT v) AS d, max(v) AS m \
-                     FROM ev GROUP BY k";
+        let query = "SELECT k, count(*) AS n, avg(v) AS a, count(DISTINCT v) AS d, max(v) AS m, \
+                     sum(v) FILTER (WHERE v > 1) AS big FROM ev GROUP BY k";
         let first = kvt_batch(&[(1, 5, 0), (2, 1, 1), (1, 2, 2), (3, 3, 3)]);
         let second = kvt_batch(&[(1, 1, 4), (2, 1, 5), (4, 4, 6), (1, 9, 7)]);
         for (from_ttl, to_ttl) in [(true, false), (false, true)] {

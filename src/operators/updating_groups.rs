@@ -463,7 +463,7 @@ impl Operator for GroupedUpdatingOperator {
                     // A NULL condition counts as false.
                     f.as_any()
                         .downcast_ref::<BooleanArray>()
-                        .map(arrow::compute::prep_null_mask_filter)
+                        .map(super::accumulate::null_as_false)
                         .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))
                 })
                 .transpose()?;
