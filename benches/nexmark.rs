@@ -12,8 +12,9 @@
 //!   DataFusion batch over the same rows in memory.
 //!
 //! Run: `cargo bench --bench nexmark` (release profile). Environment: `NEXMARK_EVENTS`
-//! (default 10,000,000), `NEXMARK_LATENCY_SECS` (default 10). Not part of the test
-//! suite; figures go to docs/benchmarks.md.
+//! (default 10,000,000), `NEXMARK_LATENCY_SECS` (default 10), `NEXMARK_ONLY` (`join`:
+//! only the interval join and the changelog `GROUP BY`, each also in CPU-seconds per
+//! million input rows). Not part of the test suite; figures go to docs/benchmarks.md.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -344,6 +345,11 @@ async fn main() {
     let bids = collect_stream("bids", events).await;
     let bid_rows: usize = bids.iter().map(|b| b.num_rows()).sum();
     println!("bids in memory for the batch baseline: {bid_rows}\n");
+    let only_join = std::env::var("NEXMARK_ONLY").is_ok_and(|v| v == "join");
+    if only_join {
+        joins_and_updating(&bids, events).await;
+        return;
+    }
     println!("generator: generator -> blackhole; tributary: generator -> SQL -> blackhole;");
     println!(
         "from mem: the same bids from memory -> SQL -> blackhole; df batch: DataFusion over them"
@@ -395,26 +401,7 @@ async fn main() {
         );
     }
 
-    let auctions = collect_stream("auctions", events).await;
-    let (join_mem, join_rows) = join_from_memory(&bids, &auctions).await;
-    let (join_df, join_df_rows) = join_batch(&bids, &auctions).await;
-    println!(
-        "\ninterval join bids x auctions (10 s), p1, from memory: {} rows/s, DataFusion batch \
-         hash join: {} rows/s, ratio {:.2} ({join_rows} joined rows; batch {join_df_rows})",
-        m(join_mem),
-        m(join_df),
-        join_mem / join_df
-    );
-    let updating = "SELECT auction % 100000 AS k, count(*) AS n, max(price) AS m FROM bids GROUP BY auction % 100000";
-    let upd_mem = median(3, || from_memory(&bids, events, 1, updating, false)).await;
-    let upd_df = median(3, || batch(&bids, events, 1, updating)).await;
-    println!(
-        "GROUP BY without a window (changelog, 100k keys), p1, from memory: {} events/s, \
-         DataFusion batch: {} events/s, ratio {:.2}",
-        m(upd_mem),
-        m(upd_df),
-        upd_mem / upd_df
-    );
+    joins_and_updating(&bids, events).await;
 
     let rate = max_q1 / 2.0;
     let (p50, p99, n) = latency(rate, latency_secs, QUERIES[1].1).await;
@@ -425,4 +412,62 @@ async fn main() {
         p50 * 1000.0,
         p99 * 1000.0
     );
+}
+
+/// CPU time of the whole process so far (user + system, every thread), in seconds:
+/// `/proc/self/stat` in clock ticks of 1/100 s (Linux).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime is the 12th, stime
+    // the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The interval join and the changelog `GROUP BY`, each against DataFusion batch over
+/// the same rows, with CPU-seconds per million input rows.
+async fn joins_and_updating(bids: &[RecordBatch], events: u64) {
+    let auctions = collect_stream("auctions", events).await;
+    let n: usize = bids.iter().chain(&auctions).map(|b| b.num_rows()).sum();
+    let cpu = cpu_secs();
+    let (join_mem, join_rows) = join_from_memory(bids, &auctions).await;
+    let join_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
+    let cpu = cpu_secs();
+    let (join_df, join_df_rows) = join_batch(bids, &auctions).await;
+    let join_df_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
+    println!(
+        "\ninterval join bids x auctions (10 s), p1, from memory: {} rows/s, DataFusion batch \
+         hash join: {} rows/s, ratio {:.2} ({join_rows} joined rows; batch {join_df_rows})",
+        m(join_mem),
+        m(join_df),
+        join_mem / join_df
+    );
+    println!(
+        "  CPU-seconds per million input rows: streaming {join_cpu:.3}, batch {join_df_cpu:.3}"
+    );
+    assert_eq!(
+        join_rows, join_df_rows,
+        "the streaming join's rows differ from batch"
+    );
+    let updating = "SELECT auction % 100000 AS k, count(*) AS n, max(price) AS m FROM bids GROUP BY auction % 100000";
+    let cpu = cpu_secs();
+    let upd_mem = median(3, || from_memory(bids, events, 1, updating, false)).await;
+    let upd_cpu = (cpu_secs() - cpu) / 3.0 / (events as f64 / 1e6);
+    let cpu = cpu_secs();
+    let upd_df = median(3, || batch(bids, events, 1, updating)).await;
+    let upd_df_cpu = (cpu_secs() - cpu) / 3.0 / (events as f64 / 1e6);
+    println!(
+        "GROUP BY without a window (changelog, 100k keys), p1, from memory: {} events/s, \
+         DataFusion batch: {} events/s, ratio {:.2}",
+        m(upd_mem),
+        m(upd_df),
+        upd_mem / upd_df
+    );
+    println!("  CPU-seconds per million events: streaming {upd_cpu:.3}, batch {upd_df_cpu:.3}");
 }

@@ -128,6 +128,15 @@ pub(crate) fn split_states(
     (states, columns[at..].to_vec())
 }
 
+/// A `FILTER` condition with NULL counting as false (arrow's `prep_null_mask_filter`,
+/// which needs a null buffer, only when there is one).
+pub(crate) fn null_as_false(condition: &BooleanArray) -> BooleanArray {
+    match condition.nulls() {
+        Some(n) if n.null_count() > 0 => arrow::compute::prep_null_mask_filter(condition),
+        _ => condition.clone(),
+    }
+}
+
 /// Updates one group's row accumulators with rows `rows` of a batch's aggregate
 /// arguments, honouring each aggregate's FILTER.
 pub(crate) fn update_accumulators(
@@ -150,7 +159,7 @@ pub(crate) fn update_accumulators(
             let mask = mask
                 .as_any()
                 .downcast_ref::<BooleanArray>()
-                .map(filter_mask)
+                .map(null_as_false)
                 .ok_or_else(|| EngineError::Internal("FILTER must be a boolean".into()))?;
             values = values
                 .iter()
@@ -164,11 +173,3 @@ pub(crate) fn update_accumulators(
     Ok(())
 }
 
-/// A `FILTER (WHERE …)` result as a mask: NULL counts as false. (Arrow's
-/// `prep_null_mask_filter` expects a null buffer; a mask without one is taken as it is.)
-pub(crate) fn filter_mask(f: &arrow::array::BooleanArray) -> arrow::array::BooleanArray {
-    match f.nulls() {
-        Some(_) => arrow::compute::prep_null_mask_filter(f),
-        None => f.clone(),
-    }
-}

@@ -7,10 +7,12 @@
 //! of the equality keys to this operator, what is above the join runs per batch.
 //!
 //! Invariants:
-//! - Each side keeps the rows it has seen, indexed by key. A row arriving on one side is
-//!   matched against the other side's rows (key equality, then DataFusion's evaluation of
-//!   the whole join condition) and then kept; so every matching pair is emitted exactly
-//!   once, when the later of its two rows arrives.
+//! - Each side keeps the rows it has seen (the Arrow batches they came in, without the
+//!   rows it does not keep), indexed by key hash (`Side`). A batch arriving on one
+//!   side is matched against the other side's rows (key hash, time bound and key
+//!   equality per row; then DataFusion's evaluation of the whole join condition over
+//!   the candidate pairs, column at a time) and then kept; so every matching pair is
+//!   emitted exactly once, when the later of its two rows arrives.
 //! - The condition bounds `left time − right time` to `[lo, hi]`. A row no future row of
 //!   the other side can match is dropped once the watermark passes it: a left row at
 //!   `t` when `watermark > t − lo`, a right row at `t` when `watermark > t + hi`. A join
@@ -393,12 +395,39 @@ impl OperatorFactory for IntervalJoinFactory {
             .map_err(super::support::df("typing join keys"))?;
         let converter = RowConverter::new(key_types.iter().cloned().map(SortField::new).collect())
             .map_err(|e| EngineError::arrow("creating the join's key encoder", e))?;
+        // The columns each side's pairs need: those the condition and the output read.
+        let widths = [
+            self.left_schema.fields().len(),
+            self.right_schema.fields().len(),
+        ];
+        let mut needed = [vec![false; widths[0]], vec![false; widths[1]]];
+        match &self.projection {
+            Some(p) => {
+                for &i in p {
+                    match i.checked_sub(widths[0]) {
+                        None => needed[0][i] = true,
+                        Some(r) => needed[1][r] = true,
+                    }
+                }
+            }
+            None => needed = [vec![true; widths[0]], vec![true; widths[1]]],
+        }
+        if let Some(filter) = &self.filter {
+            for c in filter.column_indices() {
+                match c.side {
+                    JoinSide::Left => needed[0][c.index] = true,
+                    _ => needed[1][c.index] = true,
+                }
+            }
+        }
         Ok(Box::new(IntervalJoinOperator {
             table: KeyedTable::open(task, "join", self.memory_limit),
             sides: [Side::default(), Side::default()],
             converter,
             key_types,
             late: LateRows::new(task),
+            hash_state: key_hash_state(),
+            needed,
             factory: IntervalJoinFactory {
                 left_keys: self.left_keys.clone(),
                 right_keys: self.right_keys.clone(),
@@ -415,22 +444,65 @@ impl OperatorFactory for IntervalJoinFactory {
     }
 }
 
+/// A hasher for keys that already are hashes (DataFusion's `create_hashes`).
+#[derive(Default, Clone, Copy)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Key hash → 1 + number of the newest kept row with that hash (0: none).
+type Heads = HashMap<u64, u64, std::hash::BuildHasherDefault<PreHashed>>;
+
+/// The seed of the join's key hashes: fixed, and not the exchange's (whose hashes of
+/// one task's rows share their key-group bits).
+fn key_hash_state() -> datafusion::common::hash_utils::RandomState {
+    datafusion::common::hash_utils::RandomState::with_seed(0x6a6f_696e_6b65_7973)
+}
+
 /// The rows one side has kept, oldest batch first.
+///
+/// Rows are numbered in arrival order over the side's life; `first` is the number of
+/// the oldest kept row. The index is DataFusion's `JoinHashMap` shape over a sliding
+/// range of rows: `heads` maps a key hash to its newest row, `prev` chains each row
+/// to the previous row with the same hash, so a key's rows are walked newest first
+/// and the walk stops at the first number below `first` (an expired row: every row
+/// older than it is expired too). Expiry pops whole batches from the front and their
+/// `prev`/`times` entries with them; `heads` entries left pointing below `first` are
+/// dead and are swept once they outnumber the kept rows.
 #[derive(Default)]
 struct Side {
     batches: VecDeque<Kept>,
-    /// Sequence number of `batches[0]`.
-    base: u64,
-    /// Key → (batch sequence number, row), in arrival order.
-    index: HashMap<Box<[u8]>, VecDeque<(u64, u32)>>,
+    first: u64,
+    heads: Heads,
+    /// By kept row (`number − first`): 1 + number of the previous row with the same
+    /// key hash, 0 for none.
+    prev: VecDeque<u64>,
+    /// By kept row: its event time (ms, shift applied).
+    times: VecDeque<i64>,
     bytes: usize,
 }
 
 struct Kept {
+    /// Only rows that are kept (not late, with a time and a key).
     batch: RecordBatch,
-    times: Vec<i64>,
-    /// The rows indexed, with their keys (rows with a NULL key or time are not).
-    keys: Vec<(u32, Box<[u8]>)>,
+    /// The rows' keys in arrow's row format (`None` without equality keys).
+    keys: Option<arrow::row::Rows>,
+    /// Number of the batch's first row.
+    start: u64,
     max_time: i64,
     bytes: usize,
 }
@@ -445,23 +517,90 @@ impl Side {
             .is_some_and(|front| front.max_time < threshold)
         {
             let kept = self.batches.pop_front().expect("checked above");
-            for (row, key) in &kept.keys {
-                if let Some(entries) = self.index.get_mut(key) {
-                    // Entries are in arrival order, so this batch's are at the front.
-                    debug_assert_eq!(entries.front(), Some(&(self.base, *row)));
-                    entries.pop_front();
-                    if entries.is_empty() {
-                        self.index.remove(key);
-                    }
-                }
-            }
+            let n = kept.batch.num_rows();
+            self.prev.drain(..n);
+            self.times.drain(..n);
+            self.first += n as u64;
             self.bytes -= kept.bytes;
-            self.base += 1;
+        }
+        if self.heads.len() > 2 * self.prev.len() + 1024 {
+            let first = self.first;
+            self.heads.retain(|_, head| *head > first);
+            self.heads.shrink_to_fit();
         }
     }
 
     fn rows(&self) -> usize {
-        self.batches.iter().map(|b| b.times.len()).sum()
+        self.prev.len()
+    }
+
+    /// Bytes held, the index included.
+    fn size(&self) -> usize {
+        self.bytes + self.heads.capacity() * 16 + (self.prev.capacity() + self.times.capacity()) * 8
+    }
+
+    /// The batch (position in `batches`) and row of kept row number `n`.
+    fn locate(&self, n: u64) -> (usize, usize) {
+        let b = self.batches.partition_point(|k| k.start <= n) - 1;
+        (b, (n - self.batches[b].start) as usize)
+    }
+
+    /// Appends to `out` the (batch, row) of every kept row with key hash `hash`, a
+    /// time in `[lo, hi]` and the key `key` (`None`: no equality keys), newest first.
+    fn matches(
+        &self,
+        hash: u64,
+        (lo, hi): (i64, i64),
+        key: Option<arrow::row::Row<'_>>,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        let Some(&head) = self.heads.get(&hash) else {
+            return;
+        };
+        let mut next = head;
+        // Rows numbered below `first` have expired, and so have all older ones.
+        while next > self.first {
+            let at = (next - 1 - self.first) as usize;
+            next = self.prev[at];
+            let t = self.times[at];
+            if t < lo || t > hi {
+                continue;
+            }
+            let (b, r) = self.locate(self.first + at as u64);
+            let same_key = match (key, &self.batches[b].keys) {
+                (Some(mine), Some(theirs)) => mine == theirs.row(r),
+                _ => true,
+            };
+            if same_key {
+                out.push((b, r));
+            }
+        }
+    }
+
+    /// Keeps `batch` (every row kept): indexes its rows under `hashes`.
+    fn keep(
+        &mut self,
+        batch: RecordBatch,
+        keys: Option<arrow::row::Rows>,
+        hashes: &[u64],
+        times: &[i64],
+    ) {
+        let start = self.first + self.prev.len() as u64;
+        for (i, &h) in hashes.iter().enumerate() {
+            let number = start + i as u64;
+            self.prev
+                .push_back(self.heads.insert(h, number + 1).unwrap_or(0));
+        }
+        self.times.extend(times.iter().copied());
+        let bytes = batch.get_array_memory_size() + keys.as_ref().map_or(0, |k| k.size());
+        self.bytes += bytes;
+        self.batches.push_back(Kept {
+            batch,
+            keys,
+            start,
+            max_time: times.iter().copied().max().unwrap_or(i64::MIN),
+            bytes,
+        });
     }
 }
 
@@ -475,12 +614,21 @@ struct IntervalJoinOperator {
     /// The keys' types (the left side's): right keys of another type are cast to them.
     key_types: Vec<DataType>,
     late: LateRows,
+    hash_state: datafusion::common::hash_utils::RandomState,
+    /// By side, by column: whether the join condition or the output reads it.
+    needed: [Vec<bool>; 2],
 }
 
 impl IntervalJoinOperator {
-    /// Joins a batch from `side` with the other side's kept rows, emits the pairs and
-    /// keeps the batch's rows.
-    async fn arrive(&mut self, side: usize, batch: RecordBatch, out: &mut Collector) -> Result<()> {
+    /// Joins a batch from `side` with the other side's kept rows, emits the pairs
+    /// (unless `probe` is false: restoring) and keeps the batch's rows.
+    async fn arrive(
+        &mut self,
+        side: usize,
+        batch: RecordBatch,
+        out: &mut Collector,
+        probe: bool,
+    ) -> Result<()> {
         let f = &self.factory;
         let (keys, time) = match side {
             0 => (&f.left_keys, &f.bounds.left),
@@ -499,62 +647,49 @@ impl IntervalJoinOperator {
             };
             key_cols.push(col);
         }
-        // Without an equality key every row has the same (empty) key.
-        let rows = if key_cols.is_empty() {
+        // The rows kept: with a time, not late, and (unless NULLs are equal) without a
+        // NULL key.
+        let (mut late, mut null_times): (Vec<(u32, i64)>, Vec<u32>) = (vec![], vec![]);
+        let watermark = self.table.watermark();
+        let key_nulls = if f.nulls_equal {
             None
         } else {
-            Some(
-                self.converter
-                    .convert_columns(&key_cols)
-                    .map_err(|e| EngineError::arrow("encoding join keys", e))?,
-            )
+            key_cols
+                .iter()
+                .filter_map(|c| c.logical_nulls())
+                .reduce(|a, b| arrow::buffer::NullBuffer::union(Some(&a), Some(&b)).expect("both"))
         };
-        let null_key = |i: usize| !f.nulls_equal && key_cols.iter().any(|c| c.is_null(i));
-
-        // `other time` must lie in [t + from, t + to] for a row at `t` of this side.
-        let (from, to) = match side {
-            0 => (-f.bounds.hi, -f.bounds.lo),
-            _ => (f.bounds.lo, f.bounds.hi),
-        };
-        let other = &self.sides[1 - side];
-        let mut probe: Vec<u32> = Vec::new();
-        let mut matched: Vec<(u64, u32)> = Vec::new();
-        let mut keep: Vec<(u32, Box<[u8]>)> = Vec::new();
-        let (mut late, mut null_times): (Vec<(u32, i64)>, Vec<u32>) = (vec![], vec![]);
-        let mut max_time = i64::MIN;
+        let mut live: Vec<i64> = Vec::with_capacity(batch.num_rows());
+        let mut skipped = false;
+        let mut mask = Vec::new();
         for i in 0..batch.num_rows() {
-            let Some(t) = times.is_valid(i).then(|| times.value(i) - shift) else {
+            let keep = if times.is_null(i) {
                 null_times.push(i as u32);
-                continue;
-            };
-            if t < self.table.watermark() {
-                late.push((i as u32, t));
-                continue;
-            }
-            if null_key(i) {
-                continue;
-            }
-            let key: Box<[u8]> = rows
-                .as_ref()
-                .map_or(Box::default(), |r| r.row(i).as_ref().into());
-            if let Some(entries) = other.index.get(&key) {
-                let (lo, hi) = (t.saturating_add(from), t.saturating_add(to));
-                for &(seq, row) in entries {
-                    let kept = &other.batches[(seq - other.base) as usize];
-                    let ot = kept.times[row as usize];
-                    if ot >= lo && ot <= hi {
-                        probe.push(i as u32);
-                        matched.push((seq, row));
-                    }
+                false
+            } else {
+                let t = times.value(i) - shift;
+                if t < watermark {
+                    late.push((i as u32, t));
+                    false
+                } else if key_nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    false
+                } else {
+                    live.push(t);
+                    true
                 }
+            };
+            if !keep && !skipped {
+                skipped = true;
+                mask = vec![true; i];
             }
-            max_time = max_time.max(t);
-            keep.push((i as u32, key));
+            if skipped {
+                mask.push(keep);
+            }
         }
         self.late.report(
             self.table.task(),
             out,
-            self.table.watermark(),
+            watermark,
             super::late::Unplaced {
                 batch: &batch,
                 late: &late,
@@ -562,86 +697,111 @@ impl IntervalJoinOperator {
             },
             &|_| "older than the join's watermark".to_string(),
         );
-        if !probe.is_empty() {
-            let joined = self.pairs(side, &batch, probe, &matched)?;
-            if joined.num_rows() > 0 {
-                super::support::emit_in_slices(out, joined).await?;
+        let (batch, key_cols) = if skipped {
+            let mask = BooleanArray::from(mask);
+            let batch = filter_record_batch(&batch, &mask)
+                .map_err(|e| EngineError::arrow("selecting the rows a join keeps", e))?;
+            let key_cols = key_cols
+                .iter()
+                .map(|c| arrow::compute::filter(c.as_ref(), &mask))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::arrow("selecting the rows a join keeps", e))?;
+            (batch, key_cols)
+        } else {
+            (batch, key_cols)
+        };
+        if batch.num_rows() == 0 {
+            return self.check_state();
+        }
+        // Without an equality key every row has the same (empty) key and hash.
+        let mut hashes = vec![0u64; batch.num_rows()];
+        let rows = if key_cols.is_empty() {
+            None
+        } else {
+            datafusion::common::hash_utils::create_hashes(&key_cols, &self.hash_state, &mut hashes)
+                .map_err(super::support::df("hashing join keys"))?;
+            Some(
+                self.converter
+                    .convert_columns(&key_cols)
+                    .map_err(|e| EngineError::arrow("encoding join keys", e))?,
+            )
+        };
+
+        if probe {
+            // `other time` must lie in [t + from, t + to] for a row at `t` of this side.
+            let (from, to) = match side {
+                0 => (-f.bounds.hi, -f.bounds.lo),
+                _ => (f.bounds.lo, f.bounds.hi),
+            };
+            let other = &self.sides[1 - side];
+            let mut probe_rows: Vec<u32> = Vec::new();
+            let mut matched: Vec<(usize, usize)> = Vec::new();
+            if !other.prev.is_empty() {
+                for (i, (&h, &t)) in hashes.iter().zip(&live).enumerate() {
+                    other.matches(
+                        h,
+                        (t.saturating_add(from), t.saturating_add(to)),
+                        rows.as_ref().map(|r| r.row(i)),
+                        &mut matched,
+                    );
+                    probe_rows.resize(matched.len(), i as u32);
+                }
+            }
+            if !probe_rows.is_empty() {
+                let joined = self.pairs(side, &batch, probe_rows, &matched)?;
+                if joined.num_rows() > 0 {
+                    super::support::emit_in_slices(out, joined).await?;
+                }
             }
         }
-        if !keep.is_empty() {
-            let this = &mut self.sides[side];
-            let seq = this.base + this.batches.len() as u64;
-            for (row, key) in &keep {
-                this.index
-                    .entry(key.clone())
-                    .or_default()
-                    .push_back((seq, *row));
-            }
-            let bytes = batch.get_array_memory_size()
-                + times.len() * 8
-                + keep.iter().map(|(_, k)| k.len() + 48).sum::<usize>();
-            this.bytes += bytes;
-            this.batches.push_back(Kept {
-                times: (0..times.len())
-                    .map(|i| {
-                        if times.is_valid(i) {
-                            times.value(i) - shift
-                        } else {
-                            i64::MIN
-                        }
-                    })
-                    .collect(),
-                batch,
-                keys: keep,
-                max_time,
-                bytes,
-            });
-        }
+        self.sides[side].keep(batch, rows, &hashes, &live);
         self.check_state()
     }
 
-    /// The output rows of candidate pairs (`probe[i]` of `batch` with `matched[i]` of
-    /// the other side) that satisfy the whole join condition.
+    /// The output rows of candidate pairs (`probe[i]` of `batch` with row
+    /// `matched[i].1` of the other side's kept batch `matched[i].0`) that satisfy the
+    /// whole join condition. Only columns the condition or the output reads are
+    /// gathered.
     fn pairs(
         &self,
         side: usize,
         batch: &RecordBatch,
         probe: Vec<u32>,
-        matched: &[(u64, u32)],
+        matched: &[(usize, usize)],
     ) -> Result<RecordBatch> {
         let arrow_err = |what: &'static str| move |e| EngineError::arrow(what, e);
         let probe = UInt32Array::from(probe);
-        let this_cols: Vec<ArrayRef> = batch
+        let this_cols: Vec<Option<ArrayRef>> = batch
             .columns()
             .iter()
-            .map(|c| take(c.as_ref(), &probe, None))
+            .zip(&self.needed[side])
+            .map(|(c, &needed)| needed.then(|| take(c.as_ref(), &probe, None)).transpose())
             .collect::<std::result::Result<_, _>>()
             .map_err(arrow_err("taking a join side's rows"))?;
         let other = &self.sides[1 - side];
-        // The other side's batches the pairs refer to, and (batch, row) per pair.
-        let mut used: HashMap<u64, usize> = HashMap::new();
-        let mut sources: Vec<&RecordBatch> = Vec::new();
-        let picks: Vec<(usize, usize)> = matched
-            .iter()
-            .map(|&(seq, row)| {
-                let at = *used.entry(seq).or_insert_with(|| {
-                    sources.push(&other.batches[(seq - other.base) as usize].batch);
-                    sources.len() - 1
-                });
-                (at, row as usize)
-            })
-            .collect();
-        let other_width = sources[0].num_columns();
-        let mut other_cols = Vec::with_capacity(other_width);
-        for c in 0..other_width {
-            let arrays: Vec<&dyn Array> = sources.iter().map(|b| b.column(c).as_ref()).collect();
-            other_cols.push(
-                interleave(&arrays, &picks).map_err(arrow_err("taking the other side's rows"))?,
-            );
+        let mut other_cols = Vec::with_capacity(self.needed[1 - side].len());
+        for (c, &needed) in self.needed[1 - side].iter().enumerate() {
+            if !needed {
+                other_cols.push(None);
+                continue;
+            }
+            let arrays: Vec<&dyn Array> = other
+                .batches
+                .iter()
+                .map(|k| k.batch.column(c).as_ref())
+                .collect();
+            other_cols.push(Some(
+                interleave(&arrays, matched).map_err(arrow_err("taking the other side's rows"))?,
+            ));
         }
         let (left, right) = match side {
             0 => (this_cols, other_cols),
             _ => (other_cols, this_cols),
+        };
+        let gathered = |c: &Option<ArrayRef>| -> Result<ArrayRef> {
+            c.clone().ok_or_else(|| {
+                EngineError::Internal("a join column was not gathered".into()).into()
+            })
         };
         let rows = probe.len();
         let mut keep: Option<BooleanArray> = None;
@@ -650,10 +810,10 @@ impl IntervalJoinOperator {
                 .column_indices()
                 .iter()
                 .map(|c| match c.side {
-                    JoinSide::Left => left[c.index].clone(),
-                    _ => right[c.index].clone(),
+                    JoinSide::Left => gathered(&left[c.index]),
+                    _ => gathered(&right[c.index]),
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let input = RecordBatch::try_new(filter.schema().clone(), columns)
                 .map_err(arrow_err("assembling the join condition's input"))?;
             let result = evaluate(filter.expression(), &input)?;
@@ -667,10 +827,13 @@ impl IntervalJoinOperator {
                     .clone(),
             );
         }
-        let all: Vec<ArrayRef> = left.into_iter().chain(right).collect();
+        let all: Vec<Option<ArrayRef>> = left.into_iter().chain(right).collect();
         let columns: Vec<ArrayRef> = match &self.factory.projection {
-            Some(p) => p.iter().map(|&i| all[i].clone()).collect(),
-            None => all,
+            Some(p) => p
+                .iter()
+                .map(|&i| gathered(&all[i]))
+                .collect::<Result<_>>()?,
+            None => all.iter().map(gathered).collect::<Result<_>>()?,
         };
         let columns = super::support::conform_columns(&self.factory.output, columns)?;
         let joined = RecordBatch::try_new_with_options(
@@ -688,7 +851,7 @@ impl IntervalJoinOperator {
 
     fn check_state(&self) -> Result<()> {
         self.table.report(
-            self.sides.iter().map(|s| s.bytes).sum(),
+            self.sides.iter().map(Side::size).sum(),
             || {
                 format!(
                     "({} left and {} right rows)",
@@ -712,7 +875,7 @@ impl Operator for IntervalJoinOperator {
     }
 
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
-        self.arrive(0, batch, out).await
+        self.arrive(0, batch, out, true).await
     }
 
     async fn process_input(
@@ -721,7 +884,7 @@ impl Operator for IntervalJoinOperator {
         batch: RecordBatch,
         out: &mut Collector,
     ) -> Result<()> {
-        self.arrive(input.min(1), batch, out).await
+        self.arrive(input.min(1), batch, out, true).await
     }
 
     async fn handle_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
@@ -743,13 +906,8 @@ impl Operator for IntervalJoinOperator {
             let batches = side
                 .batches
                 .iter()
-                .map(|k| {
-                    let rows = UInt32Array::from_iter_values(k.keys.iter().map(|(r, _)| *r));
-                    arrow::compute::take_record_batch(&k.batch, &rows)
-                        .map(|b| b.columns().to_vec())
-                        .map_err(|e| EngineError::arrow("checkpointing a join side", e))
-                })
-                .collect::<Result<Vec<_>>>()?;
+                .map(|k| k.batch.columns().to_vec())
+                .collect();
             parts.push(self.table.snapshot(0, NoFields::default(), batches)?);
         }
         Ok(Some(crate::state::snapshot::StateBlob::parts(parts)))
@@ -789,7 +947,7 @@ impl Operator for IntervalJoinOperator {
                         .map(|k| evaluate(k, &batch))
                         .collect::<Result<Vec<_>>>()?;
                     let batch = self.table.own_batch(&key_columns, batch)?;
-                    futures::executor::block_on(self.arrive(side, batch, &mut discard))?;
+                    futures::executor::block_on(self.arrive(side, batch, &mut discard, false))?;
                 }
             }
         }
@@ -974,6 +1132,108 @@ mod tests {
             let plain = run(vec![]);
             proptest::prop_assert_eq!(run(cuts), plain);
         }
+    }
+
+    /// One side's kept rows: 200 batches of 50 rows, five keys touched ten times in
+    /// every batch, the keys sharing two hashes (so every probe meets rows of other
+    /// keys under its hash).
+    fn colliding_side() -> (super::Side, arrow::row::RowConverter, Vec<(u64, i64, i64)>) {
+        use arrow::array::Int64Array;
+        use arrow::datatypes::DataType;
+        use arrow::row::{RowConverter, SortField};
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut side = super::Side::default();
+        // (row number, key, time) of every row.
+        let mut all = Vec::new();
+        for b in 0..200i64 {
+            let keys: Vec<i64> = (0..50).map(|j| j % 5).collect();
+            let times: Vec<i64> = (0..50).map(|j| b * 10 + j % 10).collect();
+            let hashes: Vec<u64> = keys.iter().map(|k| (k % 2) as u64).collect();
+            let column: arrow::array::ArrayRef = Arc::new(Int64Array::from(keys.clone()));
+            let rows = converter
+                .convert_columns(std::slice::from_ref(&column))
+                .unwrap();
+            let batch = RecordBatch::try_from_iter([("k", column)]).unwrap();
+            for (j, (k, t)) in keys.iter().zip(&times).enumerate() {
+                all.push(((b * 50) as u64 + j as u64, *k, *t));
+            }
+            side.keep(batch, Some(rows), &hashes, &times);
+        }
+        (side, converter, all)
+    }
+
+    /// A probe finds exactly the kept rows of its key and time range, newest first —
+    /// never a row of another key under the same hash — and after the watermark
+    /// passes half the batches, never an expired row: expiry drops those 100 batches
+    /// whole.
+    #[test]
+    fn a_side_finds_its_rows_by_key_and_time_and_expires_whole_batches() {
+        use arrow::array::Int64Array;
+        let (mut side, converter, all) = colliding_side();
+        let probe = |side: &super::Side, key: i64, range: (i64, i64)| {
+            let column: arrow::array::ArrayRef = Arc::new(Int64Array::from(vec![key]));
+            let rows = converter.convert_columns(&[column]).unwrap();
+            let mut out = Vec::new();
+            side.matches((key % 2) as u64, range, Some(rows.row(0)), &mut out);
+            out.into_iter()
+                .map(|(b, r)| side.batches[b].start + r as u64)
+                .collect::<Vec<u64>>()
+        };
+        let expected = |first: u64, key: i64, (lo, hi): (i64, i64)| {
+            let mut rows: Vec<u64> = all
+                .iter()
+                .filter(|(n, k, t)| *n >= first && *k == key && *t >= lo && *t <= hi)
+                .map(|(n, _, _)| *n)
+                .collect();
+            rows.reverse();
+            rows
+        };
+        for (key, range) in [(2, (1500, 1520)), (3, (0, 2000)), (0, (995, 1005))] {
+            let got = probe(&side, key, range);
+            assert!(!got.is_empty());
+            assert_eq!(got, expected(0, key, range), "key {key} in {range:?}");
+        }
+        // Batch b's newest row is at b·10 + 9: batches 0..=99 are below 1000.
+        side.expire(1000);
+        assert_eq!(side.batches.len(), 100);
+        assert_eq!(side.rows(), 100 * 50);
+        assert_eq!(side.first, 100 * 50);
+        for (key, range) in [(2, (1500, 1520)), (3, (0, 2000)), (0, (995, 1005))] {
+            assert_eq!(
+                probe(&side, key, range),
+                expected(5000, key, range),
+                "key {key} in {range:?} after expiry"
+            );
+        }
+        assert!(probe(&side, 1, (0, 999)).is_empty());
+    }
+
+    /// Expiry in bulk across many batches keeps the index bounded: hashes whose rows
+    /// have all expired are swept once they outnumber the kept rows, and kept rows are
+    /// still found.
+    #[test]
+    fn expired_hashes_are_swept_from_the_index() {
+        let mut side = super::Side::default();
+        for b in 0..100i64 {
+            let hashes: Vec<u64> = (0..100).map(|j| (b * 100 + j) as u64).collect();
+            let times = vec![b; 100];
+            let batch = kvt_batch(&(0..100).map(|j| (j, 0, b)).collect::<Vec<_>>());
+            side.keep(batch, None, &hashes, &times);
+            side.expire(b - 5);
+        }
+        // Batches 94..=99 are kept.
+        assert_eq!(side.rows(), 600);
+        assert!(
+            side.heads.len() <= 2 * 600 + 1024,
+            "{} hashes indexed for 600 rows",
+            side.heads.len()
+        );
+        let mut found = Vec::new();
+        side.matches(9_950, (i64::MIN, i64::MAX), None, &mut found);
+        assert_eq!(found, [(5, 50)]);
+        found.clear();
+        side.matches(50, (i64::MIN, i64::MAX), None, &mut found);
+        assert!(found.is_empty());
     }
 
     /// The state is bounded: rows the watermark has passed are dropped while the

@@ -26,6 +26,7 @@ pub(crate) mod session;
 pub(crate) mod stage;
 pub(crate) mod support;
 pub mod updating;
+pub(crate) mod updating_groups;
 pub mod window;
 pub mod window_fn;
 
