@@ -46,7 +46,6 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -711,6 +710,7 @@ fn in_file(path: &Path, e: crate::Error) -> crate::Error {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::fs::File;
     use std::io::Write;
     use std::sync::Mutex;
 

@@ -140,18 +140,37 @@ impl Columns {
         for ((b, (_, kind, _)), v) in self.builders.iter_mut().zip(&self.fields).zip(vals) {
             let any = b.as_any_mut();
             match (kind, v) {
-                (Kind::I64, Val::Int(n)) => any.downcast_mut::<Int64Builder>().unwrap().append_value(*n),
+                (Kind::I64, Val::Int(n)) => {
+                    any.downcast_mut::<Int64Builder>().unwrap().append_value(*n)
+                }
                 (Kind::I64, _) => any.downcast_mut::<Int64Builder>().unwrap().append_null(),
-                (Kind::I32, Val::Int(n)) => any.downcast_mut::<Int32Builder>().unwrap().append_value(*n as i32),
+                (Kind::I32, Val::Int(n)) => any
+                    .downcast_mut::<Int32Builder>()
+                    .unwrap()
+                    .append_value(*n as i32),
                 (Kind::I32, _) => any.downcast_mut::<Int32Builder>().unwrap().append_null(),
-                (Kind::F64, Val::Float(x)) => any.downcast_mut::<Float64Builder>().unwrap().append_value(*x),
-                (Kind::F64, Val::Int(n)) => any.downcast_mut::<Float64Builder>().unwrap().append_value(*n as f64),
+                (Kind::F64, Val::Float(x)) => any
+                    .downcast_mut::<Float64Builder>()
+                    .unwrap()
+                    .append_value(*x),
+                (Kind::F64, Val::Int(n)) => any
+                    .downcast_mut::<Float64Builder>()
+                    .unwrap()
+                    .append_value(*n as f64),
                 (Kind::F64, _) => any.downcast_mut::<Float64Builder>().unwrap().append_null(),
-                (Kind::Bool, Val::Bool(x)) => any.downcast_mut::<BooleanBuilder>().unwrap().append_value(*x),
+                (Kind::Bool, Val::Bool(x)) => any
+                    .downcast_mut::<BooleanBuilder>()
+                    .unwrap()
+                    .append_value(*x),
                 (Kind::Bool, _) => any.downcast_mut::<BooleanBuilder>().unwrap().append_null(),
-                (Kind::Str, Val::Str(s)) => any.downcast_mut::<StringBuilder>().unwrap().append_value(s),
+                (Kind::Str, Val::Str(s)) => {
+                    any.downcast_mut::<StringBuilder>().unwrap().append_value(s)
+                }
                 (Kind::Str, _) => any.downcast_mut::<StringBuilder>().unwrap().append_null(),
-                (Kind::Ts, Val::Null) => any.downcast_mut::<TimestampMillisecondBuilder>().unwrap().append_null(),
+                (Kind::Ts, Val::Null) => any
+                    .downcast_mut::<TimestampMillisecondBuilder>()
+                    .unwrap()
+                    .append_null(),
                 (Kind::Ts, _) => any
                     .downcast_mut::<TimestampMillisecondBuilder>()
                     .unwrap()
@@ -274,7 +293,9 @@ fn cpu_time() -> Duration {
 }
 
 fn main() {
-    let dir = std::env::args().nth(1).expect("usage: json_candidates <dir>");
+    let dir = std::env::args()
+        .nth(1)
+        .expect("usage: json_candidates <dir>");
     const RUNS: usize = 3;
     type Candidate = (&'static str, fn(&str, &[u8]) -> usize);
     let candidates: [Candidate; 2] = [("simd-json", simd_json), ("sonic-rs", sonic_rs)];
