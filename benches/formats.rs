@@ -1,163 +1,337 @@
-//! JSON decoding of Nexmark-like bids (flat objects of integers, strings and an RFC 3339
-//! timestamp), one record at a time as the Kafka and file sources do, through
-//! `JsonDecoder`'s flat path and through its arrow-json path, in one run over the same
-//! bytes.
+//! JSON lines → Arrow: the generator's Nexmark bids and restaurant streams (`orders`,
+//! `kitchen`, `app`) as JSON lines, decoded in one run over the same bytes by:
+//! - `tributary`: `JsonDecoder::push`, one record at a time with per-record error
+//!   isolation (what the file and Kafka sources run), lines found with `memchr`;
+//! - `tributary/arrow-json`: `JsonDecoder` forced onto its arrow-json path (the scanner
+//!   checks each record, then arrow-json's tape decoder decodes the accepted ones: the
+//!   path of schemas with structs, lists or maps);
+//! - `arrow-json tape`: arrow-json's `Decoder` over the whole buffer, without the
+//!   scanner (no per-record isolation: one bad line fails the batch);
+//! - `dom->arrow (serde_json)`: each line parsed into serde_json's DOM, its values
+//!   appended to Arrow builders by the schema (flat schemas only: the streams without
+//!   lists). simd-json and sonic-rs, the same way, are measured by
+//!   `benches/json_candidates` (a crate of its own: as dev-dependencies they change
+//!   shared dependencies' features, and with them every build of this crate).
 //!
-//! `cargo bench --bench formats` (`TRIBUTARY_BENCH_EVENTS`, default 1,000,000).
+//! MB/s per core: input bytes over the CPU time of the decoding thread. Runs alternate
+//! between the candidates; the best and the median of the runs are shown.
+//!
+//! `cargo bench --bench formats` (`TRIBUTARY_BENCH_EVENTS`, default 1,000,000 bids and
+//! as many restaurant records per stream; `TRIBUTARY_BENCH_DUMP=<dir>` also writes each
+//! stream's bytes to `<dir>/<stream>.jsonl` for `benches/json_candidates`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::{
-    ArrayRef, Int64Builder, RecordBatch, StringBuilder, TimestampMillisecondBuilder,
+use arrow::array::builder::{
+    ArrayBuilder, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::array::timezone::Tz;
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::kernels::cast_utils::string_to_datetime;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::json::ReaderBuilder;
+use tributary::connectors::generator::{GeneratorSettings, stream_schema, write_events};
 use tributary::dlq::BadRecords;
-use tributary::formats::json::{JsonDecoder, encode_json_lines};
+use tributary::formats::json::JsonDecoder;
 
 /// Rows per flush, as the sources' default batch size.
 const BATCH: usize = 8192;
-/// Timed runs of each path, alternating; the best and the median are shown.
-const RUNS: usize = 5;
-
-fn bid_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("auction", DataType::Int64, false),
-        Field::new("bidder", DataType::Int64, false),
-        Field::new("price", DataType::Int64, false),
-        Field::new("channel", DataType::Utf8, false),
-        Field::new("url", DataType::Utf8, false),
-        Field::new(
-            "date_time",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new("extra", DataType::Utf8, false),
-    ]))
-}
-
-/// `n` bids as JSON lines, with values shaped like the Nexmark generator's.
-fn bid_lines(schema: &SchemaRef, n: usize) -> Vec<u8> {
-    const CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < n {
-        let rows = BATCH.min(n - start);
-        let mut auction = Int64Builder::new();
-        let mut bidder = Int64Builder::new();
-        let mut price = Int64Builder::new();
-        let mut channel = StringBuilder::new();
-        let mut url = StringBuilder::new();
-        let mut date_time = TimestampMillisecondBuilder::new();
-        let mut extra = StringBuilder::new();
-        for i in start..start + rows {
-            let i = i as i64;
-            auction.append_value(1000 + (i * 7919) % 5000);
-            bidder.append_value(1000 + (i * 104_729) % 100_000);
-            price.append_value(100 + (i * 2_654_435_761) % 10_000_000);
-            let c = CHANNELS[i as usize % CHANNELS.len()];
-            channel.append_value(c);
-            url.append_value(format!(
-                "https://www.nexmark.com/{c}/item.htm?query=1&channel_id={}",
-                (i * 31) % 1024
-            ));
-            date_time.append_value(1_436_918_400_000 + i * 10 + (i % 7));
-            extra.append_value(if i % 5 == 0 { "[extra]" } else { "" });
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(auction.finish()),
-            Arc::new(bidder.finish()),
-            Arc::new(price.finish()),
-            Arc::new(channel.finish()),
-            Arc::new(url.finish()),
-            Arc::new(date_time.finish()),
-            Arc::new(extra.finish()),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), columns).expect("bid batch");
-        encode_json_lines(&batch, &mut out).expect("encode");
-        start += rows;
-    }
-    out
-}
+/// Timed runs of each candidate, alternating.
+const RUNS: usize = 3;
 
 /// CPU time of the calling thread (the machine may be shared: wall time would count
-/// other processes' turns), from `/proc/thread-self/schedstat`; wall time elsewhere.
-fn cpu_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+/// other processes' turns), from `/proc/thread-self/schedstat`.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let ns = stat
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Duration::from_nanos(ns)
 }
 
-/// Decodes every line, flushing every `BATCH` records; the CPU time taken (wall time
-/// if unknown), the wall time and the rows.
-fn decode(mut d: JsonDecoder, lines: &[&[u8]]) -> (Duration, Duration, usize) {
+/// The lines of `bytes` (without their `\n`), found with `memchr`.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', bytes)
+        .chain(std::iter::once(bytes.len()))
+        .filter_map(move |end| {
+            let l = &bytes[start..end];
+            start = end + 1;
+            (!l.is_empty()).then_some(l)
+        })
+}
+
+fn tributary(schema: &SchemaRef, bytes: &[u8], via_arrow: bool) -> usize {
+    let mut d = if via_arrow {
+        JsonDecoder::with_capacity_through_arrow_json(schema.clone(), BATCH)
+    } else {
+        JsonDecoder::with_capacity(schema.clone(), BATCH)
+    }
+    .expect("decoder");
     let mut bad = BadRecords::detached("bench");
     let mut rows = 0;
-    let cpu = cpu_time();
-    let t = Instant::now();
-    for chunk in lines.chunks(BATCH) {
-        for line in chunk {
-            d.push(line, &mut bad);
+    for line in lines(bytes) {
+        d.push(line, &mut bad);
+        if d.buffered() >= BATCH {
+            rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
         }
+    }
+    rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
+    assert_eq!(bad.count(), 0, "no bad records expected");
+    rows
+}
+
+fn arrow_tape(schema: &SchemaRef, bytes: &[u8]) -> usize {
+    let mut d = ReaderBuilder::new(schema.clone())
+        .with_batch_size(BATCH)
+        .build_decoder()
+        .expect("decoder");
+    let mut rows = 0;
+    let mut pos = 0;
+    while pos < bytes.len() {
+        pos += d.decode(&bytes[pos..]).expect("decode");
         rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
     }
-    let wall = t.elapsed();
-    let cpu = cpu.zip(cpu_time()).map_or(wall, |(a, b)| b - a);
-    assert_eq!(bad.count(), 0, "no bad records expected");
-    (cpu, wall, rows)
+    rows + d.flush().expect("flush").map_or(0, |b| b.num_rows())
+}
+
+/// One value taken from a DOM, checked before any column is appended to.
+enum Val<'a> {
+    Null,
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(&'a str),
+}
+
+/// Builders of a flat schema, filled from DOM values.
+struct Columns {
+    schema: SchemaRef,
+    names: Vec<String>,
+    builders: Vec<Box<dyn ArrayBuilder>>,
+    tz: Vec<Option<Tz>>,
+    vals: Vec<i64>,
+    rows: usize,
+}
+
+impl Columns {
+    /// `None` if the schema has a type the DOM candidates do not handle.
+    fn new(schema: &SchemaRef) -> Option<Self> {
+        let mut builders: Vec<Box<dyn ArrayBuilder>> = Vec::new();
+        let mut tz = Vec::new();
+        for f in schema.fields() {
+            let (b, z): (Box<dyn ArrayBuilder>, _) = match f.data_type() {
+                DataType::Int64 => (Box::new(Int64Builder::new()), None),
+                DataType::Int32 => (Box::new(Int32Builder::new()), None),
+                DataType::Float64 => (Box::new(Float64Builder::new()), None),
+                DataType::Boolean => (Box::new(BooleanBuilder::new()), None),
+                DataType::Utf8 => (Box::new(StringBuilder::new()), None),
+                DataType::Timestamp(TimeUnit::Millisecond, z) => (
+                    Box::new(
+                        TimestampMillisecondBuilder::new().with_data_type(f.data_type().clone()),
+                    ),
+                    z.as_ref().map(|z| z.parse::<Tz>().expect("tz")),
+                ),
+                _ => return None,
+            };
+            builders.push(b);
+            tz.push(z);
+        }
+        Some(Columns {
+            schema: schema.clone(),
+            names: schema.fields().iter().map(|f| f.name().clone()).collect(),
+            builders,
+            tz,
+            vals: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// Appends one record's values (in schema order) if they all fit; whether they did.
+    fn append(&mut self, vals: &[Val<'_>]) -> bool {
+        // Check (and convert timestamps) first, so a bad record leaves nothing behind.
+        self.vals.clear();
+        for (i, v) in vals.iter().enumerate() {
+            let f = self.schema.field(i);
+            let ok = match (f.data_type(), v) {
+                (_, Val::Null) => f.is_nullable(),
+                (DataType::Timestamp(..), Val::Str(s)) => {
+                    let t = match &self.tz[i] {
+                        Some(tz) => string_to_datetime(tz, s).map(|d| d.timestamp_millis()),
+                        None => string_to_datetime(&chrono::Utc, s).map(|d| d.timestamp_millis()),
+                    };
+                    match t {
+                        Ok(t) => {
+                            self.vals.push(t);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+                (DataType::Timestamp(..), Val::Int(n)) => {
+                    self.vals.push(*n);
+                    true
+                }
+                (DataType::Int64, Val::Int(_)) => true,
+                (DataType::Int32, Val::Int(n)) => i32::try_from(*n).is_ok(),
+                (DataType::Float64, Val::Float(_) | Val::Int(_)) => true,
+                (DataType::Boolean, Val::Bool(_)) => true,
+                (DataType::Utf8, Val::Str(_)) => true,
+                _ => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        let mut ts = self.vals.iter();
+        for (b, v) in self.builders.iter_mut().zip(vals) {
+            let any = b.as_any_mut();
+            if let Some(b) = any.downcast_mut::<Int64Builder>() {
+                match v {
+                    Val::Int(n) => b.append_value(*n),
+                    _ => b.append_null(),
+                }
+            } else if let Some(b) = any.downcast_mut::<StringBuilder>() {
+                match v {
+                    Val::Str(s) => b.append_value(s),
+                    _ => b.append_null(),
+                }
+            } else if let Some(b) = any.downcast_mut::<TimestampMillisecondBuilder>() {
+                match v {
+                    Val::Null => b.append_null(),
+                    _ => b.append_value(*ts.next().expect("converted")),
+                }
+            } else if let Some(b) = any.downcast_mut::<Float64Builder>() {
+                match v {
+                    Val::Float(x) => b.append_value(*x),
+                    Val::Int(n) => b.append_value(*n as f64),
+                    _ => b.append_null(),
+                }
+            } else if let Some(b) = any.downcast_mut::<Int32Builder>() {
+                match v {
+                    Val::Int(n) => b.append_value(*n as i32),
+                    _ => b.append_null(),
+                }
+            } else if let Some(b) = any.downcast_mut::<BooleanBuilder>() {
+                match v {
+                    Val::Bool(x) => b.append_value(*x),
+                    _ => b.append_null(),
+                }
+            }
+        }
+        self.rows += 1;
+        true
+    }
+
+    fn flush(&mut self) -> usize {
+        let columns: Vec<ArrayRef> = self.builders.iter_mut().map(|b| b.finish()).collect();
+        let batch = RecordBatch::try_new(self.schema.clone(), columns).expect("batch");
+        self.rows = 0;
+        batch.num_rows()
+    }
+}
+
+fn serde_json_dom(schema: &SchemaRef, bytes: &[u8]) -> usize {
+    let mut cols = Columns::new(schema).expect("flat schema");
+    let mut rows = 0;
+    for line in lines(bytes) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
+            continue;
+        };
+        let vals: Vec<Val<'_>> = cols
+            .names
+            .iter()
+            .map(|n| match v.get(n.as_str()) {
+                None | Some(serde_json::Value::Null) => Val::Null,
+                Some(serde_json::Value::Bool(b)) => Val::Bool(*b),
+                Some(serde_json::Value::String(s)) => Val::Str(s),
+                Some(serde_json::Value::Number(x)) => match x.as_i64() {
+                    Some(i) => Val::Int(i),
+                    None => Val::Float(x.as_f64().unwrap_or(f64::NAN)),
+                },
+                Some(_) => Val::Null,
+            })
+            .collect();
+        cols.append(&vals);
+        if cols.rows >= BATCH {
+            rows += cols.flush();
+        }
+    }
+    rows + cols.flush()
+}
+
+type Candidate = (&'static str, fn(&SchemaRef, &[u8]) -> usize);
+
+const CANDIDATES: &[Candidate] = &[
+    ("tributary", |s, b| tributary(s, b, false)),
+    ("tributary/arrow-json", |s, b| tributary(s, b, true)),
+    ("arrow-json tape", arrow_tape),
+    ("dom->arrow (serde_json)", serde_json_dom),
+];
+
+fn input(world: &str, stream: &str, n: u64) -> (SchemaRef, Vec<u8>) {
+    let schema = stream_schema(world, stream).expect("schema");
+    let settings = GeneratorSettings::defaults(world).expect("settings");
+    let mut bytes = Vec::new();
+    write_events(stream, world, 7, n, &settings, &mut bytes).expect("events");
+    (schema, bytes)
 }
 
 fn main() {
-    let n: usize = std::env::var("TRIBUTARY_BENCH_EVENTS")
+    let n: u64 = std::env::var("TRIBUTARY_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let schema = bid_schema();
-    let bytes = bid_lines(&schema, n);
-    let lines: Vec<&[u8]> = bytes
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
     println!(
-        "{} bids as JSON lines, {:.1} MB, e.g. {}",
-        lines.len(),
-        bytes.len() as f64 / 1e6,
-        String::from_utf8_lossy(lines[1])
+        "JSON lines -> Arrow, MB/s per core (input bytes / CPU seconds of the decoding thread); best and median of {RUNS} runs"
     );
-    let mut times: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for run in 0..RUNS {
-        for (i, flat) in [true, false].into_iter().enumerate() {
-            let d = if flat {
-                JsonDecoder::with_capacity(schema.clone(), BATCH)
-            } else {
-                JsonDecoder::with_capacity_through_arrow_json(schema.clone(), BATCH)
-            }
-            .expect("decoder");
-            let (t, wall, rows) = decode(d, &lines);
-            assert_eq!(rows, lines.len());
-            println!(
-                "run {run} {:<10} {:>6.0} ns/record CPU ({:.0} wall)",
-                if flat { "flat" } else { "arrow-json" },
-                t.as_nanos() as f64 / rows as f64,
-                wall.as_nanos() as f64 / rows as f64
-            );
-            times[i].push(t);
+    println!(
+        "{:<10} {:>8} {:>8}  {:<22} {:>8} {:>8} {:>9}",
+        "stream", "records", "MB", "candidate", "best", "median", "ns/rec"
+    );
+    for (world, stream) in [
+        ("nexmark", "bids"),
+        ("restaurant", "orders"),
+        ("restaurant", "kitchen"),
+        ("restaurant", "app"),
+    ] {
+        let (schema, bytes) = input(world, stream, n);
+        if let Ok(dir) = std::env::var("TRIBUTARY_BENCH_DUMP") {
+            std::fs::write(format!("{dir}/{stream}.jsonl"), &bytes).expect("dump");
         }
-    }
-    for t in &mut times {
-        t.sort();
-    }
-    let rate = |t: Duration| lines.len() as f64 / t.as_secs_f64();
-    let per = |t: Duration| t.as_nanos() as f64 / lines.len() as f64;
-    for (what, pick) in [("best", 0), ("median", RUNS / 2)] {
-        let (flat, arrow) = (times[0][pick], times[1][pick]);
-        println!(
-            "{what} of {RUNS}, CPU time: flat {:.0} records/s ({:.0} ns/record), arrow-json {:.0} records/s ({:.0} ns/record): flat {:.2}x faster",
-            rate(flat),
-            per(flat),
-            rate(arrow),
-            per(arrow),
-            arrow.as_secs_f64() / flat.as_secs_f64()
-        );
+        let records = lines(&bytes).count();
+        let flat = Columns::new(&schema).is_some();
+        let candidates: Vec<&Candidate> = CANDIDATES
+            .iter()
+            .filter(|(name, _)| flat || !name.starts_with("dom"))
+            .collect();
+        let mut times = vec![Vec::new(); candidates.len()];
+        for _ in 0..RUNS {
+            for (i, (name, f)) in candidates.iter().enumerate() {
+                let t = cpu_time();
+                let rows = f(&schema, &bytes);
+                times[i].push(cpu_time() - t);
+                assert_eq!(rows, records, "{name} on {stream}");
+            }
+        }
+        for (i, (name, _)) in candidates.iter().enumerate() {
+            let t = &mut times[i];
+            t.sort();
+            let mbs = |d: Duration| bytes.len() as f64 / 1e6 / d.as_secs_f64();
+            println!(
+                "{:<10} {:>8} {:>8.1}  {:<22} {:>8.0} {:>8.0} {:>9.0}",
+                stream,
+                records,
+                bytes.len() as f64 / 1e6,
+                name,
+                mbs(t[0]),
+                mbs(t[RUNS / 2]),
+                t[RUNS / 2].as_nanos() as f64 / records as f64
+            );
+        }
     }
 }

@@ -26,23 +26,26 @@
 //! (file `i` goes to partition `i % parallelism`); files found later by `follow` by a
 //! hash of their name, so that every partition agrees without talking to the others.
 //!
-//! Reading is streaming and off the async runtime: each batch is read in a blocking
-//! task (`spawn_blocking`), in batches of the runtime's batch size. A JSON line that is
-//! not JSON or does not fit the columns is reported as a bad record and skipped; a line
-//! longer than [`MAX_LINE`] is refused as a bad record without being loaded. An Avro or
+//! Reading is streaming and off the async runtime. A JSON lines file is cut, in order,
+//! into chunks of the runtime's batch size in lines ([`chunks`]); up to one chunk per
+//! core is decoded at once on the blocking pool (`spawn_blocking`), and the batches are
+//! emitted in the file's order, so one file keeps every core busy. Avro and Parquet
+//! files are read a batch at a time in a blocking task. A JSON line that is not JSON or
+//! does not fit the columns is reported as a bad record (naming file and line) and
+//! skipped; a line longer than [`MAX_LINE`] is refused as a bad record without being
+//! loaded. An Avro or
 //! Parquet file that cannot be read fails the source, naming the file (and, for Avro,
 //! the block's offset). The `tributary_source_lag_seconds` gauge is the age (from its
 //! modification time) of the file being read when following a directory, 0 when idle.
 //!
 //! Checkpoints: a task's position is the files it has read whole and the rows it has
-//! emitted from the one it is reading; resuming skips the former and the rows already
+//! emitted from the one it is reading (rows of chunks still being decoded are not
+//! counted: a position is never past a row not yet emitted); resuming skips the former and the rows already
 //! emitted of the latter (its bad lines are reported again). Positions are by file
 //! name, so they move between tasks when the parallelism changes.
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -52,21 +55,22 @@ use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 
 use super::{ConnectorError, Options, TableRequest};
-use crate::dlq::{BadRecordReason, BadRecords};
+use crate::dlq::BadRecords;
 use crate::engine::{EngineError, Source, SourceContext, SourceFactory, TaskInfo};
 use crate::formats::avro::AvroReader;
 use crate::formats::json::JsonDecoder;
 use crate::formats::parquet::ParquetReader;
 use crate::formats::{check_conform, conform};
 
+mod chunks;
+
+use chunks::{LineChunks, decode_piece};
+
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
 /// Longest JSON line accepted; longer lines are bad records, skipped without being
 /// held in memory.
 pub const MAX_LINE: usize = 16 << 20;
-
-/// How much of a refused over-long line is kept for the bad-record report.
-const SAMPLE: usize = 256;
 
 /// The formats the `file` source reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -338,6 +342,11 @@ impl SourceFactory for FileSourceFactory {
     }
 }
 
+/// How many chunks of a JSON lines file one source task decodes at once: the cores.
+fn decoding_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 /// A stable hash of a file name, the same on every instance: which partition reads a
 /// file found while following.
 fn name_hash(path: &Path) -> u64 {
@@ -416,6 +425,9 @@ impl FileSource {
                 .unwrap_or_default();
             lag.set(age.as_secs_f64());
         }
+        if self.spec.format == Format::Json {
+            return self.read_json(path, ctx).await;
+        }
         let spec = self.spec.clone();
         let owned = path.to_path_buf();
         let batch_size = ctx.batch.size.max(1);
@@ -432,8 +444,8 @@ impl FileSource {
                 return Ok(());
             }
             self.checkpoint_if_due(ctx).await?;
-            let (r, back) = blocking(ctx, move |bad| {
-                let r = reader.next_batch(bad);
+            let (r, back) = blocking(ctx, move |_| {
+                let r = reader.next_batch();
                 (r, reader)
             })
             .await?;
@@ -456,6 +468,78 @@ impl FileSource {
                     self.position.done.push(path.to_path_buf());
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Reads a JSON lines file: chunks of `batch.size` lines are cut off the file in
+    /// order and decoded on the blocking pool, up to [`decoding_workers`] at once; their
+    /// batches are emitted in the file's order, so the position (rows emitted) counts
+    /// only rows that were emitted, whatever is still being decoded.
+    async fn read_json(&mut self, path: &Path, ctx: &mut SourceContext) -> Result<()> {
+        let batch_size = ctx.batch.size.max(1);
+        let owned = path.to_path_buf();
+        let mut chunks = blocking(ctx, move |_| LineChunks::open(&owned, batch_size, MAX_LINE))
+            .await?
+            .map_err(|e| io_error(path, e))?;
+        let path_buf = Arc::new(path.to_path_buf());
+        let mut skip = self.resume.remove(path).unwrap_or(0);
+        self.position.current = Some((path.to_path_buf(), skip));
+        let workers = decoding_workers();
+        let mut decoders: Vec<JsonDecoder> = Vec::new();
+        let mut pending = std::collections::VecDeque::new();
+        let mut end = false;
+        loop {
+            if ctx.stop.is_raised() {
+                return Ok(());
+            }
+            self.checkpoint_if_due(ctx).await?;
+            while !end && pending.len() < workers {
+                let (piece, back) = blocking(ctx, move |_| (chunks.next_piece(), chunks)).await?;
+                chunks = back;
+                let Some(piece) = piece.map_err(|e| io_error(path, e))? else {
+                    end = true;
+                    break;
+                };
+                let mut decoder = match decoders.pop() {
+                    Some(d) => d,
+                    None => JsonDecoder::with_capacity(self.spec.schema.clone(), batch_size)?,
+                };
+                let mut bad = ctx.bad_records.clone();
+                let at = path_buf.clone();
+                pending.push_back(tokio::task::spawn_blocking(move || {
+                    let r = decode_piece(piece, &at, &mut decoder, batch_size, MAX_LINE, &mut bad);
+                    (r, decoder)
+                }));
+            }
+            let Some(next) = pending.pop_front() else {
+                self.position.current = None;
+                self.position.done.push(path.to_path_buf());
+                return Ok(());
+            };
+            let (batches, decoder) = next.await.map_err(|e| EngineError::Panicked {
+                task: ctx.task.to_string(),
+                message: format!("decoding {}: {e}", path.display()),
+            })?;
+            decoders.push(decoder);
+            for mut batch in batches? {
+                if skip > 0 {
+                    let n = (skip as usize).min(batch.num_rows());
+                    batch = batch.slice(n, batch.num_rows() - n);
+                    skip -= n as u64;
+                    if batch.num_rows() == 0 {
+                        continue;
+                    }
+                }
+                let rows = batch.num_rows() as u64;
+                ctx.out.emit(batch).await?;
+                if let Some((_, emitted)) = self.position.current.as_mut() {
+                    *emitted += rows;
+                }
+                if ctx.stop.is_raised() {
+                    return Ok(());
+                }
+                self.checkpoint_if_due(ctx).await?;
             }
         }
     }
@@ -571,7 +655,6 @@ impl FileSource {
 
 /// One open file of any format, yielding batches of the source's schema.
 enum FileReader {
-    Json(Box<JsonLines>),
     Avro {
         reader: Box<AvroReader>,
         schema: SchemaRef,
@@ -585,11 +668,7 @@ enum FileReader {
 impl FileReader {
     fn open(path: &Path, spec: &Spec, batch_size: usize) -> Result<FileReader> {
         Ok(match spec.format {
-            Format::Json => FileReader::Json(Box::new(JsonLines::open(
-                path,
-                spec.schema.clone(),
-                batch_size,
-            )?)),
+            Format::Json => unreachable!("JSON lines are read in chunks (read_json)"),
             Format::Avro => FileReader::Avro {
                 reader: Box::new(AvroReader::open(path, batch_size)?),
                 schema: spec.schema.clone(),
@@ -601,10 +680,9 @@ impl FileReader {
         })
     }
 
-    /// The next batch, `None` at the end of the file; bad JSON lines go to `bad`.
-    fn next_batch(&mut self, bad: &mut BadRecords) -> Result<Option<RecordBatch>> {
+    /// The next batch, `None` at the end of the file.
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         match self {
-            FileReader::Json(j) => j.next_batch(bad),
             FileReader::Avro { reader, schema } => match reader.next_batch()? {
                 Some(b) => conform(&b, schema)
                     .map(Some)
@@ -629,159 +707,10 @@ fn in_file(path: &Path, e: crate::Error) -> crate::Error {
     .into()
 }
 
-/// What [`read_line`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Line {
-    /// A line is in the buffer (without its `\n`).
-    Read,
-    /// A line longer than the limit, of this many bytes; the buffer holds its start.
-    TooLong(u64),
-    End,
-}
-
-/// Reads the next line of `input` into `line` (without the `\n`), holding at most
-/// `max` bytes of it: a longer line is consumed to its end but only its first 256
-/// bytes are kept.
-pub fn read_line(
-    input: &mut impl BufRead,
-    line: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<Line> {
-    line.clear();
-    let mut total: u64 = 0;
-    let mut any = false;
-    let mut too_long = false;
-    loop {
-        let buf = match input.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if buf.is_empty() {
-            return Ok(match (any, too_long) {
-                (false, _) => Line::End,
-                (true, false) => Line::Read,
-                (true, true) => Line::TooLong(total),
-            });
-        }
-        any = true;
-        let (chunk, ends) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (&buf[..i], true),
-            None => (buf, false),
-        };
-        let n = chunk.len();
-        if !too_long && line.len() + n > max {
-            too_long = true;
-            line.truncate(SAMPLE);
-        }
-        if !too_long {
-            line.extend_from_slice(chunk);
-        } else if line.len() < SAMPLE {
-            // Keep the start of the line, for the bad-record report.
-            let keep = (SAMPLE - line.len()).min(n);
-            line.extend_from_slice(&chunk[..keep]);
-        }
-        total += n as u64;
-        input.consume(n + ends as usize);
-        if ends {
-            return Ok(if too_long {
-                Line::TooLong(total)
-            } else {
-                Line::Read
-            });
-        }
-    }
-}
-
-/// Where a JSON line came from, for bad-record details.
-struct LineOrigin<'a> {
-    path: &'a Path,
-    line: u64,
-}
-
-impl fmt::Display for LineOrigin<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.path.display(), self.line)
-    }
-}
-
-/// A JSON lines file being read.
-pub struct JsonLines {
-    path: PathBuf,
-    input: BufReader<File>,
-    decoder: JsonDecoder,
-    batch_size: usize,
-    max_line: usize,
-    line: Vec<u8>,
-    line_no: u64,
-    done: bool,
-}
-
-impl JsonLines {
-    pub fn open(path: &Path, schema: SchemaRef, batch_size: usize) -> Result<Self> {
-        let file = File::open(path).map_err(|e| io_error(path, e))?;
-        Ok(JsonLines {
-            path: path.to_path_buf(),
-            input: BufReader::with_capacity(256 << 10, file),
-            decoder: JsonDecoder::with_capacity(schema, batch_size)?,
-            batch_size: batch_size.max(1),
-            max_line: MAX_LINE,
-            line: Vec::new(),
-            line_no: 0,
-            done: false,
-        })
-    }
-
-    /// The next batch of up to `batch_size` good records; `None` at the end of the file.
-    pub fn next_batch(&mut self, bad: &mut BadRecords) -> Result<Option<RecordBatch>> {
-        while !self.done && self.decoder.buffered() < self.batch_size {
-            let read = read_line(&mut self.input, &mut self.line, self.max_line)
-                .map_err(|e| io_error(&self.path, e))?;
-            self.line_no += 1;
-            let origin = LineOrigin {
-                path: &self.path,
-                line: self.line_no,
-            };
-            let at = bad.origin_mut();
-            if at.file.is_none() {
-                at.file = Some(self.path.display().to_string());
-            }
-            at.line = Some(self.line_no as i64);
-            match read {
-                Line::End => self.done = true,
-                Line::TooLong(len) => {
-                    let detail = format!(
-                        "{origin}: line of {len} bytes is longer than the {} byte limit",
-                        self.max_line
-                    );
-                    bad.report(BadRecordReason::Malformed, &detail, &self.line);
-                }
-                Line::Read => {
-                    let mut rec: &[u8] = &self.line;
-                    if self.line_no == 1 {
-                        rec = rec.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rec);
-                    }
-                    if rec.last() == Some(&b'\r') {
-                        rec = &rec[..rec.len() - 1];
-                    }
-                    if rec.iter().all(|b| b.is_ascii_whitespace()) {
-                        continue;
-                    }
-                    self.decoder.push_from(rec, Some(&origin), bad);
-                }
-            }
-        }
-        let batch = self.decoder.flush()?;
-        // Records refused while flushing name their line in their message.
-        bad.origin_mut().line = None;
-        self.decoder.report_late(bad);
-        Ok(batch)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+    use std::fs::File;
     use std::io::Write;
     use std::sync::Mutex;
 
@@ -1135,40 +1064,5 @@ mod tests {
         let (code, e) = err(&[("path", "e.avro")], Some(needs));
         assert_eq!(code, "CON006");
         assert!(e.contains("'nope'"), "{e}");
-    }
-
-    #[test]
-    fn read_line_bounds_what_it_holds() {
-        let input = b"short\r\n0123456789abcdefghij\nnext\nlast".to_vec();
-        let mut r = BufReader::with_capacity(4, &input[..]);
-        let mut line = Vec::new();
-        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
-        assert_eq!(line, b"short\r");
-        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::TooLong(20));
-        assert_eq!(line, b"0123456789abcdefghij");
-        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
-        assert_eq!(line, b"next");
-        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::Read);
-        assert_eq!(line, b"last");
-        assert_eq!(read_line(&mut r, &mut line, 8).unwrap(), Line::End);
-    }
-
-    #[test]
-    fn a_line_over_the_limit_is_a_bad_record_and_reading_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.jsonl");
-        let long = format!(r#"{{"id": 1, "name": "{}"}}"#, "x".repeat(5000));
-        std::fs::write(&path, format!("{{\"id\": 0}}\n{long}\n{{\"id\": 2}}\n")).unwrap();
-        let mut j = JsonLines::open(&path, json_schema(), 10).unwrap();
-        j.max_line = 1000;
-        let mut bad = BadRecords::detached("test");
-        let b = j.next_batch(&mut bad).unwrap().unwrap();
-        assert_eq!(
-            b.column(0).as_primitive::<Int64Type>().values().to_vec(),
-            vec![0, 2]
-        );
-        assert_eq!(bad.count(), 1);
-        assert!(j.line.capacity() < 5000);
-        assert!(j.next_batch(&mut bad).unwrap().is_none());
     }
 }

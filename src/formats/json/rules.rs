@@ -279,7 +279,13 @@ fn datetime_to<T: TimeZone>(d: DateTime<T>, unit: TimeUnit) -> Option<i64> {
 /// the epoch, anything else an RFC 3339 / ISO 8601 timestamp (read in `tz`, or UTC,
 /// when it has no offset).
 pub(super) fn timestamp_text(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result<i64, String> {
-    if let Some(v) = epoch_ms_to(s, unit) {
+    let b = s.as_bytes();
+    // `YYYY-MM-DD…` is no number: go straight to the timestamp parsers.
+    let dated = b.len() >= 10 && b[4] == b'-' && b[7] == b'-';
+    if dated && let Some(v) = rfc3339_fast(b, unit, tz.is_none()) {
+        return v.ok_or_else(|| format!("\"{}\" is out of range", clip(s)));
+    }
+    if !dated && let Some(v) = epoch_ms_to(s, unit) {
         return v.map_err(|_| format!("{} milliseconds since the epoch is out of range", clip(s)));
     }
     let parsed = match tz {
@@ -294,6 +300,76 @@ pub(super) fn timestamp_text(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result
             clip(s)
         )),
     }
+}
+
+/// The common shape of RFC 3339 timestamps, `YYYY-MM-DDTHH:MM:SS[.f](Z|±HH:MM)` (`T`,
+/// `t` or a space between date and time; 1 to 9 digits of fraction; no offset only if
+/// `utc`, the column having no time zone), converted without chrono: `None` for any
+/// other text (then [`string_to_datetime`] decides), else the value in `unit`
+/// (`Some(None)` if out of range). Gives the values `string_to_datetime` gives: it
+/// accepts a subset of what that accepts (a property test compares them).
+fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool) -> Option<Option<i64>> {
+    fn two(b: &[u8], i: usize) -> Option<u32> {
+        let (h, l) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
+        (h < 10 && l < 10).then_some(h as u32 * 10 + l as u32)
+    }
+    if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let year = two(b, 0)? as i64 * 100 + two(b, 2)? as i64;
+    let (month, day) = (two(b, 5)?, two(b, 8)?);
+    let (hour, minute, second) = (two(b, 11)?, two(b, 14)?, two(b, 17)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // A leap second (60) is left to chrono.
+    if day == 0 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos = 0u32;
+    if b[i] == b'.' {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=9).contains(&digits) {
+            return None;
+        }
+        for &c in &b[i + 1..i + 1 + digits] {
+            nanos = nanos * 10 + (c - b'0') as u32;
+        }
+        nanos *= 10u32.pow(9 - digits as u32);
+        i += 1 + digits;
+    }
+    let offset: i64 = match &b[i..] {
+        [] if utc => 0,
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let secs = (two(b, i + 1)? * 3600 + two(b, i + 4)? * 60) as i64;
+            if secs >= 86_400 {
+                return None;
+            }
+            if *sign == b'+' { secs } else { -secs }
+        }
+        _ => return None,
+    };
+    // Days since the epoch of a proleptic Gregorian date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((month as i64 + 9) % 12) + 2) / 5 + day as i64 - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset;
+    let nanos = nanos as i64;
+    Some(match unit {
+        TimeUnit::Second => Some(secs),
+        TimeUnit::Millisecond => Some(secs * 1000 + nanos / 1_000_000),
+        TimeUnit::Microsecond => Some(secs * 1_000_000 + nanos / 1000),
+        TimeUnit::Nanosecond => i64::try_from(secs as i128 * 1_000_000_000 + nanos as i128).ok(),
+    })
 }
 
 fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), String> {
@@ -349,4 +425,95 @@ pub(super) fn leaf_check(dt: &DataType) -> Result<Option<(LeafCtx, CheckFn)>, Ar
         tz,
     };
     Ok(Some((ctx, check)))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The slow path of [`timestamp_text`]: chrono through arrow's parser.
+    fn slow(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result<i64, String> {
+        let parsed = match tz {
+            Some(tz) => string_to_datetime(tz, s).map(|d| datetime_to(d, unit)),
+            None => string_to_datetime(&Utc, s).map(|d| datetime_to(d, unit)),
+        };
+        match parsed {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err("out of range".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn stamp() -> impl Strategy<Value = String> {
+        let sep = prop::sample::select(vec!["T", "t", " ", "x"]);
+        let frac = prop::option::of(prop::collection::vec(0..10u8, 0..12));
+        let offset = prop::sample::select(vec![
+            "Z", "z", "", "+00:00", "-00:00", "+05:30", "-08:00", "+23:59", "+24:00", "+0530",
+            " +05:30", "+05", "-99:99", "Zx", "+05:3a",
+        ]);
+        (
+            0..10_000u32,
+            0..14u32,
+            0..33u32,
+            sep,
+            0..26u32,
+            0..62u32,
+            0..62u32,
+            frac,
+            offset,
+        )
+            .prop_map(|(y, mo, d, sep, h, mi, s, frac, off)| {
+                let frac = match frac {
+                    None => String::new(),
+                    Some(f) => {
+                        let digits: String = f.iter().map(|d| char::from(b'0' + d)).collect();
+                        format!(".{digits}")
+                    }
+                };
+                format!("{y:04}-{mo:02}-{d:02}{sep}{h:02}:{mi:02}:{s:02}{frac}{off}")
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the fast parser accepts, it reads as chrono does through arrow.
+        #[test]
+        fn the_fast_timestamp_parser_agrees_with_arrow(s in stamp(), zoned: bool) {
+            let tz: Option<Tz> = zoned.then(|| "+02:00".parse().unwrap());
+            for unit in [TimeUnit::Second, TimeUnit::Millisecond, TimeUnit::Microsecond, TimeUnit::Nanosecond] {
+                if let Some(fast) = rfc3339_fast(s.as_bytes(), unit, tz.is_none()) {
+                    let slow = slow(&s, unit, tz.as_ref());
+                    match fast {
+                        Some(v) => prop_assert_eq!(Ok(v), slow, "{} {:?}", s, unit),
+                        None => prop_assert!(slow.is_err(), "{} {:?}", s, unit),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_timestamp_parser_takes_the_usual_shapes() {
+        let ms = TimeUnit::Millisecond;
+        for s in [
+            "2015-07-15T00:00:00.123Z",
+            "2015-07-15T00:00:00.123+00:00",
+            "2024-02-29 23:59:59-08:00",
+            "2024-02-29T23:59:59.123456789",
+        ] {
+            let fast = rfc3339_fast(s.as_bytes(), ms, true).unwrap().unwrap();
+            assert_eq!(Ok(fast), slow(s, ms, None), "{s}");
+        }
+        for s in [
+            "2015-07-15T00:00:60Z",
+            "2023-02-29T00:00:00Z",
+            "2015-07-15",
+            "2015-07-15T00:00:00.Z",
+        ] {
+            assert!(rfc3339_fast(s.as_bytes(), ms, true).is_none(), "{s}");
+        }
+    }
 }

@@ -48,6 +48,9 @@ pub(super) struct StructNode {
     has_required: bool,
     /// Whether no two fields have the same name.
     pub(super) unique: bool,
+    /// Each field's key as it is written without escapes, quotes included (`"name"`),
+    /// for matching keys in place; `None` for names that need escaping.
+    quoted: Vec<Option<Box<[u8]>>>,
 }
 
 impl StructNode {
@@ -55,6 +58,17 @@ impl StructNode {
         match &self.index {
             Some(map) => map.get(name).copied(),
             None => self.fields.iter().position(|(n, _, _)| n == name),
+        }
+    }
+
+    /// The field whose key, written without escapes, starts `b`: field `hint` (keys
+    /// usually come in the schema's order) if its quoted name is a prefix of `b`, with
+    /// the length of that key. A key matched in place is the whole JSON string: the
+    /// name has no quote or backslash, so the string ends at the quote that closes it.
+    fn key_at(&self, b: &[u8], hint: usize) -> Option<(usize, usize)> {
+        match self.quoted.get(hint) {
+            Some(Some(q)) if self.unique && b.starts_with(q) => Some((hint, q.len())),
+            _ => None,
         }
     }
 
@@ -101,11 +115,19 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
     let mut names: Vec<&str> = out.iter().map(|(n, _, _)| n.as_str()).collect();
     names.sort_unstable();
     let unique = names.windows(2).all(|w| w[0] != w[1]);
+    let quoted = out
+        .iter()
+        .map(|(n, _, _)| {
+            let plain = n.bytes().all(|c| c != b'"' && c != b'\\' && c >= 0x20);
+            plain.then(|| format!("\"{n}\"").into_bytes().into_boxed_slice())
+        })
+        .collect();
     Ok(StructNode {
         fields: out,
         index,
         has_required,
         unique,
+        quoted,
     })
 }
 
@@ -742,8 +764,16 @@ impl<'a> Scanner<'a> {
                 if self.b.get(self.i) != Some(&b'"') {
                     return Err(self.unexpected("a string key"));
                 }
-                let k = self.string()?;
-                let field = node.find_from(self.text(&k), hint);
+                let field = match node.key_at(&self.b[self.i..], hint) {
+                    Some((f, len)) => {
+                        self.i += len;
+                        Some(f)
+                    }
+                    None => {
+                        let k = self.string()?;
+                        node.find_from(self.text(&k), hint)
+                    }
+                };
                 self.ws();
                 self.eat(b':', "':'")?;
                 match field {

@@ -1,0 +1,129 @@
+//! Nexmark bids read as JSON lines from a file through the `file` source: q0, q1, q2
+//! and a tumbling count into `blackhole`, at parallelism 1 and 2, printed side by side
+//! with the figures before the source decoded in parallel (issue 21).
+//!
+//! The generator's bids (seed 7) are written once to a temporary file; each run reads
+//! it whole. Events/s and MB/s are wall-clock; CPU-seconds per million events is the
+//! process's user + system time over the run (every thread, the decoding pool
+//! included).
+//!
+//! `cargo bench --bench json_file` (release profile). Environment:
+//! `TRIBUTARY_BENCH_BIDS` (default 8,000,000).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tributary::connectors::blackhole::BlackholeSink;
+use tributary::connectors::generator::{GeneratorSettings, write_events};
+use tributary::engine::{BatchSettings, RuntimeSettings};
+use tributary::pipeline::PipelineBuilder;
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "q0 pass-through",
+        "SELECT auction, bidder, price, date_time, extra FROM bids",
+    ),
+    (
+        "q1 currency",
+        "SELECT auction, bidder, 0.908 * price AS price, date_time, extra FROM bids",
+    ),
+    (
+        "q2 filter",
+        "SELECT auction, price FROM bids WHERE auction % 123 = 0",
+    ),
+    (
+        "tumble count",
+        "SELECT tumble(INTERVAL '10' SECOND) AS w, count(*) AS n FROM bids GROUP BY w",
+    ),
+];
+
+/// Events/s of the same pipelines before this bench's change (docs/benchmarks.md):
+/// every query ran at 2.2–2.4M events/s, bound by the decoder (~400 MB/s).
+const BEFORE: &str = "2.2-2.4M";
+
+fn settings() -> RuntimeSettings {
+    RuntimeSettings {
+        channel_capacity: 8,
+        batch: BatchSettings {
+            size: 8192,
+            flush_interval: Duration::from_millis(10),
+        },
+        ..RuntimeSettings::default()
+    }
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat`.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Clock ticks are 1/100 s on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+async fn run(path: &str, parallelism: usize, query: &str) -> (Duration, Duration) {
+    let mut p = PipelineBuilder::new("bench")
+        .parallelism(parallelism)
+        .runtime_settings(settings());
+    let src = p
+        .source_sql(&format!(
+            "CREATE TABLE bids (auction BIGINT NOT NULL, bidder BIGINT NOT NULL, \
+             price BIGINT NOT NULL, channel VARCHAR NOT NULL, url VARCHAR NOT NULL, \
+             date_time TIMESTAMP NOT NULL, extra VARCHAR NOT NULL) \
+             WITH (connector = 'file', path = '{path}', format = 'json', \
+             event_time_field = 'date_time', watermark_delay = '1s')"
+        ))
+        .unwrap();
+    let out = p.sql(src, query).await.unwrap();
+    p.sink(out, "blackhole", Arc::new(BlackholeSink::new(None)))
+        .unwrap();
+    let cpu = process_cpu();
+    let t = Instant::now();
+    p.run_to_completion().await.unwrap();
+    (t.elapsed(), process_cpu() - cpu)
+}
+
+#[tokio::main]
+async fn main() {
+    let n: u64 = std::env::var("TRIBUTARY_BENCH_BIDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bids.jsonl");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let settings = GeneratorSettings::defaults("nexmark").unwrap();
+        write_events("bids", "nexmark", 7, n, &settings, &mut f).unwrap();
+        f.flush().unwrap();
+    }
+    let bytes = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "{n} bids as JSON lines, {:.2} GB, file -> SQL -> blackhole; {} cores",
+        bytes as f64 / 1e9,
+        std::thread::available_parallelism().map_or(0, |c| c.get())
+    );
+    println!(
+        "{:<16} {:>4} {:>12} {:>9} {:>14} {:>14}",
+        "query", "par", "events/s", "MB/s", "CPU-s/M events", "before ev/s"
+    );
+    let path = path.to_str().unwrap().to_string();
+    for &(name, query) in QUERIES {
+        for parallelism in [1, 2] {
+            let (wall, cpu) = run(&path, parallelism, query).await;
+            println!(
+                "{:<16} {:>4} {:>11.2}M {:>9.0} {:>14.2} {:>14}",
+                name,
+                parallelism,
+                n as f64 / wall.as_secs_f64() / 1e6,
+                bytes as f64 / 1e6 / wall.as_secs_f64(),
+                cpu.as_secs_f64() / (n as f64 / 1e6),
+                BEFORE
+            );
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! JSON lines files cut into chunks of whole lines, so that several chunks of one file
+//! can be decoded at once (on the blocking pool) while the source emits their batches
+//! in file order.
+//!
+//! [`LineChunks`] reads a file in large blocks and cuts it after every `lines`-th
+//! newline (found with `memchr`); a chunk knows the number of its first line, so bad
+//! records name their line wherever the chunk is decoded. A line longer than the limit
+//! is never held whole: once the unfinished line in hand passes the limit, the rest of
+//! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
+//! in the file's order. [`decode_piece`] turns a piece into batches of at most the
+//! batch size; it is what a decoding worker runs.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use arrow::array::RecordBatch;
+
+use crate::dlq::{BadRecordReason, BadRecords};
+use crate::formats::json::JsonDecoder;
+
+/// How much of a refused over-long line is kept for the bad-record report.
+pub(super) const SAMPLE: usize = 256;
+
+/// The smallest read from the file.
+const MIN_READ: usize = 64 << 10;
+
+/// A part of a JSON lines file, in the file's order.
+#[derive(Debug)]
+pub(super) enum Piece {
+    /// Whole lines (the last one may lack its `\n` at the end of the file); `first` is
+    /// the number (from 1) of the first one.
+    Lines { bytes: Vec<u8>, first: u64 },
+    /// A line longer than the limit: its number, its length and its first bytes.
+    TooLong {
+        line: u64,
+        len: u64,
+        sample: Vec<u8>,
+    },
+}
+
+/// A JSON lines file being cut into [`Piece`]s.
+pub(super) struct LineChunks<R = File> {
+    input: R,
+    /// Bytes read after the last piece: the start of the next one.
+    carry: Vec<u8>,
+    eof: bool,
+    /// Lines in the pieces so far.
+    lines: u64,
+    /// Lines per chunk.
+    per_chunk: usize,
+    max_line: usize,
+    /// Bytes per line seen so far, for sizing reads.
+    avg_line: usize,
+    /// Bounds of one read from `input`.
+    min_read: usize,
+    max_read: usize,
+}
+
+impl LineChunks<File> {
+    pub(super) fn open(path: &Path, per_chunk: usize, max_line: usize) -> std::io::Result<Self> {
+        Ok(Self::new(File::open(path)?, per_chunk, max_line))
+    }
+}
+
+impl<R: Read> LineChunks<R> {
+    pub(super) fn new(input: R, per_chunk: usize, max_line: usize) -> Self {
+        LineChunks {
+            input,
+            carry: Vec::new(),
+            eof: false,
+            lines: 0,
+            per_chunk: per_chunk.max(1),
+            max_line: max_line.max(1),
+            avg_line: 256,
+            min_read: MIN_READ,
+            max_read: 64 << 20,
+        }
+    }
+
+    /// Reads of exactly `n` bytes (tests: long lines met across reads).
+    #[cfg(test)]
+    fn with_reads(mut self, n: usize) -> Self {
+        self.min_read = n;
+        self.max_read = n;
+        self
+    }
+
+    /// Reads up to `want` more bytes at the end of `buf`; whether any came.
+    fn fill(&mut self, buf: &mut Vec<u8>, want: usize) -> std::io::Result<bool> {
+        loop {
+            match (&mut self.input).take(want as u64).read_to_end(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next piece of the file, `None` at its end.
+    pub(super) fn next_piece(&mut self) -> std::io::Result<Option<Piece>> {
+        let mut buf = std::mem::take(&mut self.carry);
+        // Newlines found so far in `buf[..scanned]`, and where the line after the last
+        // of them starts.
+        let mut found = 0usize;
+        let mut scanned = 0usize;
+        let mut line_start = 0usize;
+        loop {
+            for p in memchr::memchr_iter(b'\n', &buf[scanned..]) {
+                found += 1;
+                line_start = scanned + p + 1;
+                if found == self.per_chunk {
+                    break;
+                }
+            }
+            scanned = if found == self.per_chunk {
+                line_start
+            } else {
+                buf.len()
+            };
+            if found == self.per_chunk {
+                return Ok(Some(self.cut(buf, line_start, found as u64)));
+            }
+            if self.eof {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let first = self.lines + 1;
+                self.lines += found as u64 + u64::from(buf.len() > line_start);
+                return Ok(Some(Piece::Lines { bytes: buf, first }));
+            }
+            if buf.len() - line_start > self.max_line {
+                if line_start > 0 {
+                    // The whole lines first; the long one is the next piece.
+                    return Ok(Some(self.cut(buf, line_start, found as u64)));
+                }
+                return self.too_long(buf).map(Some);
+            }
+            let missing = self.per_chunk - found;
+            let want = (missing.saturating_mul(self.avg_line) + self.avg_line)
+                .clamp(self.min_read, self.max_read);
+            self.fill(&mut buf, want)?;
+        }
+    }
+
+    /// The first `lines` lines of `buf`, which end at `end`; the rest is carried over.
+    fn cut(&mut self, mut buf: Vec<u8>, end: usize, lines: u64) -> Piece {
+        self.carry = buf[end..].to_vec();
+        buf.truncate(end);
+        if lines > 0 {
+            self.avg_line = (end / lines as usize).max(1);
+        }
+        let first = self.lines + 1;
+        self.lines += lines;
+        Piece::Lines { bytes: buf, first }
+    }
+
+    /// `buf` is the start of a line already longer than the limit: reads and drops the
+    /// rest of it, keeping what follows.
+    fn too_long(&mut self, mut buf: Vec<u8>) -> std::io::Result<Piece> {
+        let mut len = buf.len() as u64;
+        buf.truncate(SAMPLE);
+        let sample = buf;
+        let mut block = Vec::with_capacity(self.min_read);
+        loop {
+            block.clear();
+            if !self.fill(&mut block, self.min_read)? {
+                break;
+            }
+            match memchr::memchr(b'\n', &block) {
+                Some(p) => {
+                    len += p as u64;
+                    self.carry = block[p + 1..].to_vec();
+                    break;
+                }
+                None => len += block.len() as u64,
+            }
+        }
+        self.lines += 1;
+        Ok(Piece::TooLong {
+            line: self.lines,
+            len,
+            sample,
+        })
+    }
+}
+
+/// Where a JSON line came from, for bad-record details.
+struct LineOrigin<'a> {
+    path: &'a Path,
+    line: u64,
+}
+
+impl fmt::Display for LineOrigin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+/// Decodes `piece` of the file at `path` into batches of at most `batch_size` rows,
+/// reporting its bad lines (naming file and line) to `bad`. Lines longer than
+/// `max_line` are bad records; blank lines are skipped; a byte-order mark on line 1 and
+/// a `\r` before a `\n` are ignored.
+pub(super) fn decode_piece(
+    piece: Piece,
+    path: &PathBuf,
+    decoder: &mut JsonDecoder,
+    batch_size: usize,
+    max_line: usize,
+    bad: &mut BadRecords,
+) -> crate::Result<Vec<RecordBatch>> {
+    let at = bad.origin_mut();
+    at.file = Some(path.display().to_string());
+    let (bytes, first) = match piece {
+        Piece::TooLong { line, len, sample } => {
+            bad.origin_mut().line = Some(line as i64);
+            let origin = LineOrigin { path, line };
+            let detail =
+                format!("{origin}: line of {len} bytes is longer than the {max_line} byte limit");
+            bad.report(BadRecordReason::Malformed, &detail, &sample);
+            return Ok(Vec::new());
+        }
+        Piece::Lines { bytes, first } => (bytes, first),
+    };
+    let mut batches = Vec::new();
+    let mut line = first;
+    let mut start = 0;
+    let mut lines = memchr::memchr_iter(b'\n', &bytes).chain(std::iter::once(bytes.len()));
+    while start < bytes.len() {
+        let end = lines.next().unwrap_or(bytes.len());
+        let mut rec = &bytes[start..end];
+        start = end + 1;
+        let no = line;
+        line += 1;
+        if no == 1 {
+            rec = rec.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rec);
+        }
+        if rec.last() == Some(&b'\r') {
+            rec = &rec[..rec.len() - 1];
+        }
+        if rec.iter().all(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        bad.origin_mut().line = Some(no as i64);
+        let origin = LineOrigin { path, line: no };
+        if rec.len() > max_line {
+            let detail = format!(
+                "{origin}: line of {} bytes is longer than the {max_line} byte limit",
+                rec.len()
+            );
+            bad.report(
+                BadRecordReason::Malformed,
+                &detail,
+                &rec[..rec.len().min(SAMPLE)],
+            );
+            continue;
+        }
+        decoder.push_from(rec, Some(&origin), bad);
+        if decoder.buffered() >= batch_size {
+            batches.extend(flush(decoder, bad)?);
+        }
+    }
+    batches.extend(flush(decoder, bad)?);
+    Ok(batches)
+}
+
+fn flush(decoder: &mut JsonDecoder, bad: &mut BadRecords) -> crate::Result<Option<RecordBatch>> {
+    let batch = decoder.flush()?;
+    // Records refused while flushing name their line in their message.
+    bad.origin_mut().line = None;
+    decoder.report_late(bad);
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every piece of `input` cut `per_chunk` lines at a time with `max_line`.
+    fn pieces(input: &[u8], per_chunk: usize, max_line: usize, reads: usize) -> Vec<Piece> {
+        let mut c = LineChunks::new(input, per_chunk, max_line).with_reads(reads);
+        let mut out = Vec::new();
+        while let Some(p) = c.next_piece().unwrap() {
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn chunks_hold_whole_lines_and_long_lines_are_pieces_of_their_own() {
+        let input = b"a\nbb\n0123456789abcdefghij\nccc\r\nlast";
+        let got: Vec<String> = pieces(input, 2, 8, 4)
+            .into_iter()
+            .map(|p| match p {
+                Piece::Lines { bytes, first } => {
+                    format!("{first}:{}", String::from_utf8(bytes).unwrap())
+                }
+                Piece::TooLong { line, len, sample } => {
+                    format!("{line}:long {len} {}", String::from_utf8(sample).unwrap())
+                }
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec!["1:a\nbb\n", "3:long 20 0123456789a", "4:ccc\r\nlast"]
+        );
+    }
+
+    proptest! {
+        /// Cutting never loses, reorders or splits a line, and numbers lines from 1.
+        #[test]
+        fn pieces_are_the_lines_in_order(
+            lines in prop::collection::vec(prop::collection::vec(prop_oneof![Just(b'x'), Just(b'\r')], 0..40), 0..30),
+            end_newline: bool,
+            per_chunk in 1..5usize,
+            max_line in 1..50usize,
+            reads in 1..70usize,
+        ) {
+            let mut input = lines.join(&b'\n');
+            if end_newline && !lines.is_empty() {
+                input.push(b'\n');
+            }
+            let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut want: Vec<&[u8]> = input.split(|b| *b == b'\n').collect();
+            if want.last().is_some_and(|l| l.is_empty()) {
+                want.pop();
+            }
+            for p in pieces(&input, per_chunk, max_line, reads) {
+                match p {
+                    Piece::Lines { bytes, first } => {
+                        let mut body = &bytes[..];
+                        if body.last() == Some(&b'\n') {
+                            body = &body[..body.len() - 1];
+                        }
+                        let n = body.split(|b| *b == b'\n').count();
+                        prop_assert!(n <= per_chunk || bytes.is_empty());
+                        for (i, l) in body.split(|b| *b == b'\n').enumerate() {
+                            got.push((first + i as u64, l.to_vec()));
+                        }
+                    }
+                    Piece::TooLong { line, len, sample } => {
+                        prop_assert!(len as usize > max_line);
+                        prop_assert!(sample.len() <= SAMPLE);
+                        got.push((line, want[line as usize - 1].to_vec()));
+                    }
+                }
+            }
+            let want: Vec<(u64, Vec<u8>)> =
+                want.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.to_vec())).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
