@@ -20,7 +20,6 @@
 //! as many restaurant records per stream; `TRIBUTARY_BENCH_DUMP=<dir>` also writes each
 //! stream's bytes to `<dir>/<stream>.jsonl` for `benches/json_candidates`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::builder::{
