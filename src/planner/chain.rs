@@ -352,7 +352,8 @@ impl<'a> Splitter<'a> {
             None => Some(format!(
                 "its input is a UNION ALL whose inputs do not all pass an event-time column \
                  through at the same position (its columns: {}); select each input's \
-                 event-time column (or its window's end) at the same position",
+                 event-time column at the same position (a windowed aggregate's window \
+                 time does not pass through a UNION ALL yet)",
                 names.join(", ")
             )),
         };
