@@ -71,28 +71,20 @@ CREATE TABLE offer_triggers WITH (
     path = 'data/offer_triggers.jsonl'
 );
 
--- The operators' triggers (the tables offer_rules and cart_nudges) of opted-in
--- customers (lookup join), at most one order offer and one cart nudge per customer
--- and UTC day: the first of the day (state.ttl in the pipeline file forgets a
--- customer's day after it).
+-- Every rule's triggers (the operators' tables offer_rules and cart_nudges: the
+-- same columns) as one stream.
+CREATE VIEW rule_triggers AS
+SELECT customer_id, rule, offer, event_time, day, evidence FROM offer_rules
+UNION ALL
+SELECT customer_id, rule, offer, event_time, day, evidence FROM cart_nudges;
+
+-- The triggers of opted-in customers (lookup join), at most one offer per customer
+-- and UTC day across all rules: the first of the day by event time (state.ttl in the
+-- pipeline file forgets a customer's day after it).
 INSERT INTO offer_triggers
 SELECT customer_id, rule, offer, event_time, day, evidence FROM (
     SELECT t.*, ROW_NUMBER() OVER (PARTITION BY t.customer_id, t.day ORDER BY t.event_time) AS rn
-    FROM offer_rules t
-    JOIN customers c ON t.customer_id = c.customer_id
-    WHERE c.marketing_opt_in)
-WHERE rn = 1;
-
--- (Its own file: two INSERTs into one sink are refused today, ENG003.)
-CREATE TABLE offer_triggers_cart WITH (
-    connector = 'file',
-    path = 'data/offer_triggers_cart.jsonl'
-);
-
-INSERT INTO offer_triggers_cart
-SELECT customer_id, rule, offer, event_time, day, evidence FROM (
-    SELECT t.*, ROW_NUMBER() OVER (PARTITION BY t.customer_id, t.day ORDER BY t.event_time) AS rn
-    FROM cart_nudges t
+    FROM rule_triggers t
     JOIN customers c ON t.customer_id = c.customer_id
     WHERE c.marketing_opt_in)
 WHERE rn = 1;

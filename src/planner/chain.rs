@@ -30,7 +30,7 @@ use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
     Aggregate, BinaryExpr, Expr, Filter, Join, LogicalPlan, LogicalPlanBuilder, Operator,
-    Projection, ScalarUDF, SubqueryAlias, Window, lit,
+    Projection, ScalarUDF, SubqueryAlias, Union, Window, lit,
 };
 use datafusion::physical_plan::streaming::PartitionStream;
 
@@ -72,6 +72,12 @@ pub(super) struct Link {
     pub window_ends: Vec<String>,
     /// The operation that reads it (`a windowed GROUP BY`…), for refusals.
     pub reader: &'static str,
+    /// The base of its graph nodes' names: its table's, or, for one input of a
+    /// `UNION ALL` (several links writing one table), `{table}_{n}`.
+    pub node: String,
+    /// Why its table has no event time, when a stage reading it may need one (the
+    /// inputs of a `UNION ALL` that do not pass one through).
+    pub no_event_time: Option<String>,
 }
 
 /// Cuts a plan into links; see the module docs.
@@ -85,6 +91,8 @@ pub(super) struct Splitter<'a> {
     tumble: Arc<ScalarUDF>,
     /// The origin of each column of each link's table.
     origins: BTreeMap<String, BTreeMap<String, Origin>>,
+    /// The event-time column of each `UNION ALL`'s table.
+    union_times: BTreeMap<String, String>,
     /// The links made, in the order they run (each reads only earlier ones).
     pub links: Vec<Link>,
 }
@@ -110,6 +118,7 @@ impl<'a> Splitter<'a> {
             taken,
             tumble,
             origins: BTreeMap::new(),
+            union_times: BTreeMap::new(),
             links: Vec::new(),
         }
     }
@@ -134,6 +143,9 @@ impl<'a> Splitter<'a> {
         } else {
             plan.clone()
         };
+        if let LogicalPlan::Union(union) = &plan {
+            return self.union_link(union);
+        }
         if !is_stateful(&plan, self.lookups) {
             return Ok(plan);
         }
@@ -162,14 +174,7 @@ impl<'a> Splitter<'a> {
     /// Makes `input` a link; returns the scan of its table that replaces it, its
     /// columns qualified as `input`'s were.
     fn link(&mut self, input: &LogicalPlan, reader: &'static str) -> Result<LogicalPlan> {
-        let mut n = self.links.len() + 1;
-        let name = loop {
-            let name = format!("{}_stage{n}", self.base);
-            if !(self.taken)(&name) && !self.origins.contains_key(&name) {
-                break name;
-            }
-            n += 1;
-        };
+        let name = self.fresh_name();
         let windowed = input
             .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(a) if is_windowed(a))))
             .unwrap_or(false);
@@ -184,21 +189,7 @@ impl<'a> Splitter<'a> {
         };
         let original = input.schema();
         let count = original.fields().len();
-        // Column names of the table: unqualified, made unique.
-        let mut names: Vec<String> = Vec::new();
-        for (q, f) in original.iter() {
-            let mut name = f.name().clone();
-            if names.contains(&name) {
-                name = format!("{}_{}", q.map(|q| q.table()).unwrap_or("col"), f.name());
-            }
-            let base = name.clone();
-            let mut k = 2;
-            while names.contains(&name) || name == WINDOW_TIME {
-                name = format!("{base}_{k}");
-                k += 1;
-            }
-            names.push(name);
-        }
+        let mut names = table_names(original);
         let schema = plan.schema().clone();
         let mut exprs = Vec::new();
         let mut origins = BTreeMap::new();
@@ -235,10 +226,8 @@ impl<'a> Splitter<'a> {
             .iter()
             .find(|n| match origins.get(*n) {
                 Some(Origin::Time) => true,
-                Some(Origin::Plain { table, column }) => {
-                    self.event_times.get(table) == Some(column)
-                }
-                _ => false,
+                Some(o) => self.is_event_time(o),
+                None => false,
             })
             .cloned();
         let window_ends = names
@@ -274,14 +263,149 @@ impl<'a> Splitter<'a> {
             LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan)).map_err(df)?);
         self.origins.insert(name.clone(), origins);
         self.links.push(Link {
+            node: name.clone(),
             name,
             plan,
             schema: table_schema,
             event_time,
             window_ends,
             reader,
+            no_event_time: None,
         });
         Ok(replaced)
+    }
+
+    /// A name for a link's table, unused in the session and by other links.
+    fn fresh_name(&self) -> String {
+        let mut n = self.links.len() + 1;
+        loop {
+            let name = format!("{}_stage{n}", self.base);
+            if !(self.taken)(&name) && !self.origins.contains_key(&name) {
+                return name;
+            }
+            n += 1;
+        }
+    }
+
+    /// `true` when a column of this origin holds its rows' event time.
+    fn is_event_time(&self, origin: &Origin) -> bool {
+        match origin {
+            Origin::Time => true,
+            Origin::Plain { table, column } => {
+                self.event_times.get(table) == Some(column)
+                    || self.union_times.get(table) == Some(column)
+            }
+            _ => false,
+        }
+    }
+
+    /// Makes each input of a `UNION ALL` a link writing one table (the engine merges
+    /// their rows into the stage that reads it); returns the scan of that table that
+    /// replaces the union. The table's event time is the column every input passes
+    /// its event time through at (same position); a column whose inputs all come
+    /// from the same place (a window, a table's column) keeps that origin.
+    fn union_link(&mut self, union: &Union) -> Result<LogicalPlan> {
+        let name = self.fresh_name();
+        let out = union.schema.clone();
+        let count = out.fields().len();
+        let names = table_names(&out);
+        let table_schema: SchemaRef = Arc::new(Schema::new(
+            (0..count)
+                .map(|i| {
+                    out.field(i)
+                        .as_ref()
+                        .clone()
+                        .with_name(&names[i])
+                        .with_nullable(true)
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let branch_origins: Vec<Vec<Option<Origin>>> = union
+            .inputs
+            .iter()
+            .map(|input| (0..count).map(|i| self.origin(input, i)).collect())
+            .collect();
+        let is_time = |o: &Option<Origin>| o.as_ref().is_some_and(|o| self.is_event_time(o));
+        let time_at = (0..count).find(|&i| branch_origins.iter().all(|b| is_time(&b[i])));
+        let mut origins = BTreeMap::new();
+        for (i, column) in names.iter().enumerate() {
+            if Some(i) == time_at {
+                origins.insert(
+                    column.clone(),
+                    Origin::Plain {
+                        table: name.clone(),
+                        column: column.clone(),
+                    },
+                );
+            } else if let Some(first) = &branch_origins[0][i]
+                && branch_origins.iter().all(|b| b[i].as_ref() == Some(first))
+            {
+                origins.insert(column.clone(), first.clone());
+            }
+        }
+        let event_time = time_at.map(|i| names[i].clone());
+        let no_event_time = match &event_time {
+            Some(column) => {
+                self.union_times.insert(name.clone(), column.clone());
+                None
+            }
+            None => Some(format!(
+                "its input is a UNION ALL whose inputs do not all pass an event-time column \
+                 through at the same position (its columns: {}); select each input's \
+                 event-time column at the same position (a windowed aggregate's window \
+                 time does not pass through a UNION ALL yet)",
+                names.join(", ")
+            )),
+        };
+        for (b, input) in union.inputs.iter().enumerate() {
+            let schema = input.schema();
+            let exprs = (0..count)
+                .map(|i| {
+                    let (q, f) = schema.qualified_field(i);
+                    let column = Expr::Column(Column::new(q.cloned(), f.name()));
+                    let want = table_schema.field(i).data_type();
+                    let column = if f.data_type() == want {
+                        column
+                    } else {
+                        datafusion::logical_expr::cast(column, want.clone())
+                    };
+                    column.alias(&names[i])
+                })
+                .collect();
+            let plan =
+                LogicalPlan::Projection(Projection::try_new(exprs, input.clone()).map_err(df)?);
+            self.links.push(Link {
+                name: name.clone(),
+                plan,
+                schema: table_schema.clone(),
+                event_time: event_time.clone(),
+                window_ends: Vec::new(),
+                reader: "UNION ALL",
+                node: format!("{name}_{}", b + 1),
+                no_event_time: no_event_time.clone(),
+            });
+        }
+        self.origins.insert(name.clone(), origins);
+        let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
+            schema: table_schema.clone(),
+            table: Some(name.as_str().into()),
+        });
+        let table = StreamingTable::try_new(table_schema.clone(), vec![part]).map_err(df)?;
+        let reference = TableReference::bare(name.clone());
+        let scan =
+            LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::new(table)), None)
+                .and_then(|b| b.build())
+                .map_err(df)?;
+        let exprs: Vec<Expr> = (0..count)
+            .map(|i| {
+                let (q, f) = out.qualified_field(i);
+                Expr::Column(Column::new(Some(reference.clone()), &names[i]))
+                    .alias_qualified(q.cloned(), f.name())
+            })
+            .collect();
+        Ok(LogicalPlan::Projection(
+            Projection::try_new(exprs, Arc::new(scan)).map_err(df)?,
+        ))
     }
 
     /// Plans what reads windowed results by their window: a `GROUP BY` of window
@@ -429,6 +553,25 @@ impl<'a> Splitter<'a> {
             _ => None,
         }
     }
+}
+
+/// Column names of a link's table for a plan's output: unqualified, made unique.
+fn table_names(schema: &datafusion::common::DFSchema) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (q, f) in schema.iter() {
+        let mut name = f.name().clone();
+        if names.contains(&name) {
+            name = format!("{}_{}", q.map(|q| q.table()).unwrap_or("col"), f.name());
+        }
+        let base = name.clone();
+        let mut k = 2;
+        while names.contains(&name) || name == WINDOW_TIME {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        names.push(name);
+    }
+    names
 }
 
 fn unaliased(mut e: &Expr) -> &Expr {

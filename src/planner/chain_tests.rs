@@ -45,6 +45,33 @@ async fn refusal(query: &str) -> SqlError {
     }
 }
 
+/// The graph `query` (inserted into `out`) plans into.
+async fn graph(query: &str) -> crate::engine::Graph {
+    let text = format!("{NEXMARK}INSERT INTO out {query};\n");
+    SqlPlanner::new()
+        .plan_pipeline(
+            "p",
+            &SqlText::file(text.as_str(), "p.sql"),
+            Path::new("."),
+            &PlanSettings::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{query}"))
+        .graph
+}
+
+/// The names of the nodes node `name` of `graph` reads, in order.
+fn inputs_of(graph: &crate::engine::Graph, name: &str) -> Vec<String> {
+    let id = graph
+        .find(name)
+        .unwrap_or_else(|| panic!("no node {name} in {}", graph.explain()));
+    graph.nodes[id]
+        .inputs
+        .iter()
+        .map(|(i, _)| graph.nodes[*i].name.clone())
+        .collect()
+}
+
 fn assert_has(nodes: &[String], wanted: &[&str]) {
     for w in wanted {
         assert!(nodes.iter().any(|n| n == w), "no node {w} in {nodes:?}");
@@ -240,5 +267,143 @@ async fn the_builder_api_plans_one_stateful_operation_per_stage() {
     assert!(
         shown.contains("a stage of the Rust builder API holds one stateful operation"),
         "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_union_all_of_two_streams_is_one_stage_per_input_feeding_its_reader() {
+    let graph = graph(
+        "SELECT auction, date_time FROM bids WHERE price > 10 \
+         UNION ALL SELECT id, date_time FROM auctions",
+    )
+    .await;
+    assert_eq!(
+        inputs_of(&graph, "out_stage1_1_select"),
+        ["bids"],
+        "{}",
+        graph.explain()
+    );
+    assert_eq!(inputs_of(&graph, "out_stage1_2_select"), ["auctions"]);
+    // The reader reads both inputs' stages, as one side.
+    assert_eq!(
+        inputs_of(&graph, "out_select"),
+        ["out_stage1_1_select", "out_stage1_2_select"]
+    );
+    let reader = &graph.nodes[graph.find("out_select").unwrap()];
+    assert_eq!(reader.side_of(0), reader.side_of(1));
+}
+
+#[tokio::test]
+async fn a_dedup_over_a_union_all_reading_one_table_twice_is_a_rank_stage_over_both_inputs() {
+    let graph = graph(
+        "SELECT auction, bidder, date_time FROM \
+         (SELECT auction, bidder, date_time, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY date_time) AS rn FROM \
+          (SELECT auction, bidder, date_time FROM bids WHERE price > 100 \
+           UNION ALL SELECT auction, bidder, date_time FROM bids WHERE bidder % 2 = 0)) \
+         WHERE rn = 1",
+    )
+    .await;
+    assert_eq!(inputs_of(&graph, "out_stage1_1_select"), ["bids"]);
+    assert_eq!(inputs_of(&graph, "out_stage1_2_select"), ["bids"]);
+    assert_eq!(
+        inputs_of(&graph, "out_select_pre"),
+        ["out_stage1_1_select", "out_stage1_2_select"],
+        "{}",
+        graph.explain()
+    );
+    assert_has(&nodes_of(&graph), &["out_select_rank", "out_select"]);
+}
+
+#[tokio::test]
+async fn a_window_over_a_union_all_of_chains_is_planned() {
+    // One input deduplicates its stream (a stage of its own); a window counts both.
+    let graph = graph(
+        "SELECT tumble(INTERVAL '10' SECOND) AS w, count(*) AS n FROM \
+         (SELECT auction AS id, date_time FROM \
+           (SELECT auction, date_time, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY date_time) AS rn FROM bids) \
+           WHERE rn = 1 \
+          UNION ALL SELECT id, date_time FROM auctions) \
+         GROUP BY w",
+    )
+    .await;
+    let nodes = nodes_of(&graph);
+    assert_has(
+        &nodes,
+        &[
+            "out_stage1_1_select_rank",
+            "out_stage1_1_select",
+            "out_stage1_2_select",
+            "out_select_window",
+        ],
+    );
+    assert_eq!(
+        inputs_of(&graph, "out_select_pre"),
+        ["out_stage1_1_select", "out_stage1_2_select"],
+        "{}",
+        graph.explain()
+    );
+}
+
+#[tokio::test]
+async fn a_dedup_over_a_union_all_without_a_common_event_time_is_refused_for_that_reason() {
+    let e = refusal(
+        "SELECT t, auction FROM \
+         (SELECT t, auction, ROW_NUMBER() OVER (PARTITION BY auction ORDER BY t) AS rn FROM \
+          (SELECT date_time AS t, auction FROM bids UNION ALL SELECT expires AS t, id FROM auctions)) \
+         WHERE rn = 1",
+    )
+    .await;
+    let shown = e.to_string();
+    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    assert!(
+        shown.contains("UNION ALL whose inputs do not all pass an event-time column"),
+        "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn a_union_all_of_a_changelog_is_refused_for_that_reason() {
+    let e = refusal(
+        "SELECT auction, count(*) AS n FROM bids GROUP BY auction \
+         UNION ALL SELECT id, 1 FROM auctions",
+    )
+    .await;
+    let shown = e.to_string();
+    assert_eq!(e.code(), "SQL003", "{shown}");
+    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    assert!(
+        shown.contains("UNION ALL reads the results of a GROUP BY without a window"),
+        "{shown}"
+    );
+}
+
+fn nodes_of(graph: &crate::engine::Graph) -> Vec<String> {
+    graph.nodes.iter().map(|n| n.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_union_all_of_an_input_holding_a_chain_is_planned() {
+    // The first input is a chain itself: a windowed count over a dedup.
+    let graph = graph(
+        "SELECT auction, n FROM \
+          (SELECT tumble(INTERVAL '10' SECOND) AS w, auction, count(*) AS n FROM \
+           (SELECT auction, date_time, ROW_NUMBER() OVER (PARTITION BY auction, bidder ORDER BY date_time) AS rn FROM bids) \
+           WHERE rn = 1 GROUP BY w, auction) \
+         UNION ALL SELECT id, 1 FROM auctions",
+    )
+    .await;
+    assert_has(
+        &nodes_of(&graph),
+        &[
+            "out_stage1_select_rank",
+            "out_stage2_1_select_window",
+            "out_stage2_2_select",
+        ],
+    );
+    assert_eq!(
+        inputs_of(&graph, "out_select"),
+        ["out_stage2_1_select", "out_stage2_2_select"],
+        "{}",
+        graph.explain()
     );
 }

@@ -30,6 +30,9 @@ pub(super) struct Wiring {
     sink_nodes: BTreeMap<String, NodeId>,
     /// The SQL stages added (name, stage), for `explain`.
     pub stages: Vec<(String, Arc<SqlOperatorFactory>)>,
+    /// The further nodes whose output is a table besides its node in `source_nodes`
+    /// (the inputs of a `UNION ALL`): its readers read them all, as one input.
+    more_nodes: BTreeMap<String, Vec<NodeId>>,
 }
 
 impl Wiring {
@@ -40,12 +43,19 @@ impl Wiring {
             ports: BTreeMap::new(),
             sink_nodes: BTreeMap::new(),
             stages: Vec::new(),
+            more_nodes: BTreeMap::new(),
         }
     }
 
     /// Makes output `port` of `node` the table `table` queries read (a Rust
     /// operator's output).
+    /// When the table has a node already (a `UNION ALL` of several queries), `node`
+    /// is one more that its readers read.
     pub(super) fn add_table_output(&mut self, table: String, node: NodeId, port: usize) {
+        if self.source_nodes.contains_key(&table) {
+            self.more_nodes.entry(table).or_default().push(node);
+            return;
+        }
         if port != 0 {
             self.ports.insert(table.clone(), port);
         }
@@ -66,6 +76,30 @@ impl Wiring {
         let first = self.graph.nodes.len();
         let (op, added) = self.add_stage(insert, stage, inputs, &input_ids)?;
         self.stages.extend(added);
+        // Read each further node of a table (a UNION ALL's inputs) where its first
+        // node is read: same routing, same side.
+        for (name, id) in &input_ids {
+            let Some(more) = self.more_nodes.get(name) else {
+                continue;
+            };
+            for spec in &mut self.graph.nodes[first..] {
+                let n = spec.inputs.len();
+                for i in 0..n {
+                    if spec.inputs[i].0 != *id {
+                        continue;
+                    }
+                    let partitioning = spec.inputs[i].1.clone();
+                    spec.input_ports.resize(spec.inputs.len(), 0);
+                    spec.input_sides = (0..spec.inputs.len()).map(|k| spec.side_of(k)).collect();
+                    let side = spec.side_of(i);
+                    for &node in more {
+                        spec.inputs.push((node, partitioning.clone()));
+                        spec.input_ports.push(0);
+                        spec.input_sides.push(side);
+                    }
+                }
+            }
+        }
         // Read the right output of each input node.
         for (name, id) in &input_ids {
             let Some(&port) = self.ports.get(name) else {
@@ -146,7 +180,7 @@ impl Planning<'_> {
     ) -> Result<NodeId> {
         for link in &planned.links {
             let feed = InsertDecl {
-                sink: link.table.clone(),
+                sink: link.node.clone(),
                 query: insert.query.clone(),
                 location: insert.location.clone(),
             };

@@ -130,6 +130,8 @@ pub(super) struct PlannedQuery {
 /// A stage of a query's chain, whose output is the internal table `table`.
 pub(super) struct PlannedLink {
     pub table: String,
+    /// The base of its nodes' names (several links write the table of a `UNION ALL`).
+    pub node: String,
     pub stage: StagePlan,
     pub inputs: Vec<String>,
 }
@@ -322,23 +324,27 @@ impl SqlPlanner {
         };
         let mut times = event_times.clone();
         let mut window_ends: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut notes: BTreeMap<String, String> = BTreeMap::new();
         let mut planned_links = Vec::new();
         for link in links {
-            Self::register_input(ctx, &link.name, link.schema.clone())?;
+            if !ctx.table_exist(link.name.as_str()).unwrap_or(false) {
+                Self::register_input(ctx, &link.name, link.schema.clone())?;
+            }
             let link_inputs = check_streamable(&link.plan, location, &lookups)?;
             let stage = self
                 .cut(
                     sql,
                     &state,
                     &link.plan,
-                    &format!("(stage {} of) {text}", link.name),
+                    &format!("(stage {} of) {text}", link.node),
                     options,
                     &times,
                     &window_ends,
                     &link_inputs,
                     location,
                 )
-                .await?;
+                .await
+                .map_err(|e| with_notes(e, &link_inputs, &notes))?;
             if stage.is_changelog() {
                 return Err(SqlError::NotStreamable {
                     location: location.clone(),
@@ -356,8 +362,12 @@ impl SqlPlanner {
             if let Some(column) = &link.event_time {
                 times.insert(link.name.clone(), column.clone());
             }
+            if let Some(note) = &link.no_event_time {
+                notes.insert(link.name.clone(), note.clone());
+            }
             window_ends.insert(link.name.clone(), link.window_ends.clone());
             planned_links.push(PlannedLink {
+                node: link.node,
                 table: link.name,
                 stage,
                 inputs: link_inputs,
@@ -397,7 +407,8 @@ impl SqlPlanner {
                 &last_inputs,
                 location,
             )
-            .await?;
+            .await
+            .map_err(|e| with_notes(e, &last_inputs, &notes))?;
         Ok(PlannedQuery {
             links: planned_links,
             stage,
@@ -628,6 +639,33 @@ impl Planning<'_> {
             }
         }
         Ok(deferred)
+    }
+}
+
+/// A stage's refusal, with why the tables it reads lack an event time (the inputs
+/// of a `UNION ALL` that pass none through) when that may be its cause.
+fn with_notes(
+    e: crate::Error,
+    inputs: &[String],
+    notes: &BTreeMap<String, String>,
+) -> crate::Error {
+    let Some(note) = inputs.iter().find_map(|i| notes.get(i)) else {
+        return e;
+    };
+    match e {
+        crate::Error::Sql(SqlError::Plan { location, message }) => SqlError::Plan {
+            location,
+            message: format!("{message} ({note})"),
+        }
+        .into(),
+        crate::Error::Sql(SqlError::NotStreamable { location, message }) => {
+            SqlError::NotStreamable {
+                location,
+                message: format!("{message} ({note})"),
+            }
+            .into()
+        }
+        e => e,
     }
 }
 

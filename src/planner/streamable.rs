@@ -1,5 +1,5 @@
 //! Refusing what cannot run on an unbounded stream, on the optimized logical plan and
-//! before any cut: unbounded `ORDER BY`, `LIMIT`, `UNION`, subqueries and `DISTINCT`,
+//! before any cut: unbounded `ORDER BY`, `LIMIT`, `UNION` without `ALL`, subqueries and `DISTINCT`,
 //! `OVER (…)` other than `ROW_NUMBER()` by key or over whole windows, joins other than
 //! with a lookup table or an inner join of two streams, and queries reading no table.
 //! Also finds the stream tables a query reads, and tells its stateful operations
@@ -74,8 +74,10 @@ pub(super) fn check_streamable(
             LogicalPlan::Limit(_) => Some(
                 "LIMIT on an unbounded stream is not supported: filter rows with WHERE instead",
             ),
-            LogicalPlan::Union(_) => Some(
-                "UNION of several inputs is not supported yet: write one INSERT INTO the same sink per input",
+            LogicalPlan::Aggregate(a) if is_union_distinct(a) => Some(
+                "UNION (without ALL) removes duplicate rows over the whole stream, which would keep \
+                 every row forever: write UNION ALL, and deduplicate its rows if needed with \
+                 ROW_NUMBER() OVER (PARTITION BY key ORDER BY event_time) … WHERE rn = 1",
             ),
             LogicalPlan::RecursiveQuery(_) => Some("recursive queries do not run on streams"),
             LogicalPlan::Subquery(_) | LogicalPlan::Distinct(_) => Some(
@@ -112,6 +114,17 @@ pub(super) fn check_streamable(
         .into());
     }
     Ok(tables)
+}
+
+/// `true` for what DataFusion makes of `UNION` (distinct): a `GROUP BY` of every
+/// column of a union, without aggregates.
+fn is_union_distinct(a: &datafusion::logical_expr::Aggregate) -> bool {
+    let mut input = a.input.as_ref();
+    while let LogicalPlan::Projection(p) = input {
+        input = p.input.as_ref();
+    }
+    a.aggr_expr.is_empty()
+        && matches!(input, LogicalPlan::Union(u) if u.schema.fields().len() == a.group_expr.len())
 }
 
 /// `true` when `plan` reads only lookup tables.

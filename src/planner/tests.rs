@@ -99,15 +99,15 @@ async fn limit_over_a_stream_is_refused() {
 }
 
 #[tokio::test]
-async fn union_is_refused() {
+async fn union_without_all_is_refused() {
     let text = format!(
-        "{SRC}INSERT INTO out SELECT order_id FROM orders UNION ALL SELECT order_id FROM orders;\n"
+        "{SRC}INSERT INTO out SELECT order_id FROM orders UNION SELECT order_id FROM orders;\n"
     );
     assert_refused(
         &text,
         NOT_STREAMABLE,
         (3, 1),
-        &["UNION", "write one INSERT INTO the same sink per input"],
+        &["UNION (without ALL)", "write UNION ALL", "WHERE rn = 1"],
     )
     .await;
 }

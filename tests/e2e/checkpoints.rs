@@ -291,6 +291,37 @@ async fn a_chain_of_stateful_stages_killed_five_times_equals_the_batch_answer() 
     .await;
 }
 
+/// A `UNION ALL` of orders and kitchen tickets counted per second and stream: each
+/// input is a stage of its own writing the table the window reads; across kills the
+/// barriers are aligned over both inputs of that reader, so the output equals the
+/// batch answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_over_a_union_all_killed_five_times_equals_the_batch_answer() {
+    killed_and_resumed(Crash {
+        // Paced orders keep the pipeline running; kitchen tickets are read at once.
+        streams: &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
+        query: "SELECT CAST(to_unixtime(w.start) AS BIGINT) AS start, src, n FROM \
+            (SELECT tumble(INTERVAL '1' SECOND) AS w, src, count(*) AS n FROM \
+             (SELECT 'order' AS src, event_time FROM orders \
+              UNION ALL SELECT 'ticket' AS src, event_time FROM kitchen) \
+             GROUP BY w, src)",
+        setup: &[
+            "CREATE VIEW orders AS SELECT CAST(event_time AS TIMESTAMP) AS event_time FROM orders_raw",
+            "CREATE VIEW kitchen AS SELECT CAST(event_time AS TIMESTAMP) AS event_time FROM kitchen_raw",
+        ],
+        oracle: "SELECT CAST(to_unixtime(date_bin(INTERVAL '1' SECOND, event_time)) AS BIGINT) AS start, \
+            src, count(*) AS n FROM \
+            (SELECT 'order' AS src, event_time FROM orders UNION ALL SELECT 'ticket' AS src, event_time FROM kitchen) \
+            GROUP BY 1, 2",
+        kills: 5,
+        min_rows: 10,
+        how: Stop::Kill,
+        output: Output::Parquet,
+        deltas: false,
+    })
+    .await;
+}
+
 /// The interval join of orders and kitchen tickets across kills: both sides' kept rows
 /// are checkpointed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
