@@ -172,4 +172,3 @@ pub(crate) fn update_accumulators(
     }
     Ok(())
 }
-
