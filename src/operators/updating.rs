@@ -44,7 +44,7 @@ use super::support::{df, emit_in_slices};
 use crate::engine::{
     Collector, EngineError, OP_COLUMN, Operator, OperatorFactory, Result, TaskInfo,
 };
-use crate::state::keyed::{KeyCodec, KeyedTable};
+use crate::state::keyed::{KeyCodec, KeyedRows, KeyedTable};
 use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
 
 /// What a changelog row does.
@@ -375,11 +375,6 @@ impl UpdatingAggOperator {
             .unwrap_or_default())
     }
 
-    /// Key columns as group keys (row format).
-    fn row_keys(&mut self, columns: &[ArrayRef]) -> Result<Vec<Box<[u8]>>> {
-        self.codec.encode_owned(columns)
-    }
-
     fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
         super::accumulate::row_accumulators(&self.aggs)
     }
@@ -580,53 +575,13 @@ impl Operator for UpdatingAggOperator {
     fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         let now = Instant::now();
         for chain in chains {
-            // Every state batch of the chain's links, in order, and key → (batch, row)
-            // of its latest state.
-            let mut restored = Vec::new();
-            let mut latest: HashMap<Box<[u8]>, (usize, usize)> = HashMap::new();
-            for (i, link) in chain.iter().enumerate() {
-                let (changes, dropped) = if i == 0 {
-                    (link.as_slice(), None)
-                } else {
-                    match crate::state::snapshot::parts(link)?[..] {
-                        [changes, dropped] => (changes, Some(dropped)),
-                        _ => {
-                            return Err(EngineError::State(
-                                "restoring aggregate state: a delta without its two parts".into(),
-                            )
-                            .into());
-                        }
-                    }
-                };
-                if let Some(dropped) = dropped {
-                    let (count, columns): (usize, Vec<Vec<ArrayRef>>) =
-                        crate::state::snapshot::decode(dropped)?;
-                    let keys = match columns.first() {
-                        Some(keys) => self.row_keys(keys)?,
-                        None => vec![Box::default(); count],
-                    };
-                    for key in keys {
-                        latest.remove(&key);
-                    }
-                }
-                let (header, batches) = self.table.decode::<UpdatingFields>(changes)?;
-                for columns in batches {
-                    let rows = self.table.own(columns, header.keys)?;
-                    let keys = &rows.keys;
-                    let (states, emitted) =
-                        super::accumulate::split_states(&rows.values, &header.operator.widths);
-                    let n = emitted.first().map_or(0, |c| c.len());
-                    let keys = if keys.is_empty() {
-                        vec![Box::default(); n]
-                    } else {
-                        self.row_keys(keys)?
-                    };
-                    for (row, key) in keys.into_iter().enumerate() {
-                        latest.insert(key, (restored.len(), row));
-                    }
-                    restored.push((states, emitted));
-                }
-            }
+            let (restored, latest) =
+                walk_chain(&self.table, &mut self.codec, &chain, |fields, rows| {
+                    Ok(super::accumulate::split_states(
+                        &rows.values,
+                        &fields.widths,
+                    ))
+                })?;
             for (key, (batch, row)) in latest {
                 let (states, emitted) = &restored[batch];
                 self.restore_group(key, states, emitted, row, now)?;
@@ -634,6 +589,61 @@ impl Operator for UpdatingAggOperator {
         }
         self.check_state()
     }
+}
+
+/// Walks one chain of an updating aggregate's snapshots (its base, then its deltas)
+/// in order. Returns every state batch, as `each` makes it from the batch's owned
+/// rows, and key → (batch, row) of each live key's latest state: a delta's rows
+/// replace its base's, and its dropped keys are removed. Without key columns (no
+/// `GROUP BY`) every row has the empty key.
+pub(super) fn walk_chain<T>(
+    table: &KeyedTable,
+    codec: &mut KeyCodec,
+    chain: &Chain,
+    mut each: impl FnMut(&UpdatingFields, KeyedRows) -> Result<T>,
+) -> Result<(Vec<T>, HashMap<Box<[u8]>, (usize, usize)>)> {
+    let mut restored = Vec::new();
+    let mut latest: HashMap<Box<[u8]>, (usize, usize)> = HashMap::new();
+    for (i, link) in chain.iter().enumerate() {
+        let (changes, dropped) = if i == 0 {
+            (link.as_slice(), None)
+        } else {
+            match crate::state::snapshot::parts(link)?[..] {
+                [changes, dropped] => (changes, Some(dropped)),
+                _ => {
+                    return Err(EngineError::State(
+                        "restoring aggregate state: a delta without its two parts".into(),
+                    )
+                    .into());
+                }
+            }
+        };
+        if let Some(dropped) = dropped {
+            let (count, columns): (usize, Vec<Vec<ArrayRef>>) =
+                crate::state::snapshot::decode(dropped)?;
+            let keys = match columns.first() {
+                Some(keys) => codec.encode_owned(keys)?,
+                None => vec![Box::default(); count],
+            };
+            for key in keys {
+                latest.remove(&key);
+            }
+        }
+        let (header, batches) = table.decode::<UpdatingFields>(changes)?;
+        for columns in batches {
+            let rows = table.own(columns, header.keys)?;
+            let keys = if rows.keys.is_empty() {
+                vec![Box::default(); rows.len()]
+            } else {
+                codec.encode_owned(&rows.keys)?
+            };
+            for (row, key) in keys.into_iter().enumerate() {
+                latest.insert(key, (restored.len(), row));
+            }
+            restored.push(each(&header.operator, rows)?);
+        }
+    }
+    Ok((restored, latest))
 }
 
 /// An updating aggregate's own fields in its snapshots' header (with the key columns,

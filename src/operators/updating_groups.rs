@@ -24,7 +24,6 @@
 //!   state columns, each aggregate's last emitted value; deltas with the keys dropped
 //!   since — none here), so either path restores the other's.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
@@ -39,7 +38,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::accumulate::AggInputs;
 use super::support::{df, emit_in_slices};
-use super::updating::{Op, UpdatingFields, op_array, tag};
+use super::updating::{Op, UpdatingFields, op_array, tag, walk_chain};
 use crate::engine::{Collector, EngineError, Operator, Result, TaskInfo};
 use crate::state::keyed::{KeyCodec, KeyedTable};
 use crate::state::snapshot::{Chain, DeltaPolicy, StateBlob};
@@ -574,59 +573,20 @@ impl Operator for GroupedUpdatingOperator {
     /// (no `GROUP BY` key) merge.
     fn restore_chains(&mut self, chains: Vec<Chain>) -> Result<()> {
         for chain in chains {
-            // Every state batch of the chain's links, in order, and key → (batch, row)
-            // of its latest state.
-            let mut restored: Vec<Vec<ArrayRef>> = Vec::new();
-            let mut latest: HashMap<Box<[u8]>, (usize, usize)> = HashMap::new();
-            for (i, link) in chain.iter().enumerate() {
-                let (changes, dropped) = if i == 0 {
-                    (link.as_slice(), None)
-                } else {
-                    match crate::state::snapshot::parts(link)?[..] {
-                        [changes, dropped] => (changes, Some(dropped)),
-                        _ => {
-                            return Err(EngineError::State(
-                                "restoring aggregate state: a delta without its two parts".into(),
-                            )
-                            .into());
-                        }
+            let widths = &self.widths;
+            let (restored, latest) =
+                walk_chain(&self.table, &mut self.codec, &chain, |fields, rows| {
+                    if &fields.widths != widths {
+                        return Err(EngineError::State(format!(
+                            "restoring aggregate state: state widths {:?}, expected {:?}",
+                            fields.widths, widths
+                        ))
+                        .into());
                     }
-                };
-                if let Some(dropped) = dropped {
-                    let (count, columns): (usize, Vec<Vec<ArrayRef>>) =
-                        crate::state::snapshot::decode(dropped)?;
-                    let keys = match columns.first() {
-                        Some(keys) => self.codec.encode_owned(keys)?,
-                        None => vec![Box::default(); count],
-                    };
-                    for key in keys {
-                        latest.remove(&key);
-                    }
-                }
-                let (header, batches) = self.table.decode::<UpdatingFields>(changes)?;
-                if header.operator.widths != self.widths {
-                    return Err(EngineError::State(format!(
-                        "restoring aggregate state: state widths {:?}, expected {:?}",
-                        header.operator.widths, self.widths
-                    ))
-                    .into());
-                }
-                for columns in batches {
-                    let rows = self.table.own(columns, header.keys)?;
-                    let mut columns = rows.keys.clone();
-                    columns.extend(rows.values.iter().cloned());
-                    let n = columns.last().map_or(0, |c| c.len());
-                    let keys = if rows.keys.is_empty() {
-                        vec![Box::default(); n]
-                    } else {
-                        self.codec.encode_owned(&rows.keys)?
-                    };
-                    for (row, key) in keys.into_iter().enumerate() {
-                        latest.insert(key, (restored.len(), row));
-                    }
-                    restored.push(columns);
-                }
-            }
+                    let mut columns = rows.keys;
+                    columns.extend(rows.values);
+                    Ok(columns)
+                })?;
             let mut picks: Vec<(usize, usize)> = latest.into_values().collect();
             picks.sort_unstable();
             if picks.is_empty() {
