@@ -52,11 +52,28 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How the copies' generator streams run: `rate` gives the options that replace a
+/// stream's `rate = '…'` (from its rate), `warmup` the value of its `warmup`.
+struct Generators<'a> {
+    rate: &'a dyn Fn(&str) -> String,
+    warmup: &'a str,
+}
+
+/// Replaces the quoted value of `key = '…'` at the start of `line` (trimmed) with
+/// `with(value)`, keeping the indent and what follows the value (a comma, a comment).
+fn rewrite(line: &str, key: &str, with: &dyn Fn(&str) -> String) -> Option<String> {
+    let t = line.trim_start();
+    let rest = t.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim_start();
+    let rest = rest.strip_prefix('\'')?;
+    let (value, after) = rest.split_once('\'')?;
+    let indent = &line[..line.len() - t.len()];
+    Some(format!("{indent}{}{after}", with(value)))
+}
+
 /// Copies the reference pipelines (`pipelines/`, `sql/`, `schemas/`) into `dir`, each
-/// generator event stream rewritten by `generator(rate)`: the options that replace its
-/// `rate` (reference tables, which have none, are left alone). Returns the event
-/// streams rewritten per pipeline.
-fn layout(dir: &Path, only: Option<&str>, generator: &dyn Fn(&str) -> String) -> usize {
+/// generator event stream rewritten by `streams_as` (reference tables, which have no
+/// `rate`, are left alone). Returns the event streams of the pipelines copied.
+fn layout(dir: &Path, only: Option<&str>, streams_as: &Generators) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut streams = 0;
     for sub in ["pipelines", "sql", "schemas"] {
@@ -74,19 +91,22 @@ fn layout(dir: &Path, only: Option<&str>, generator: &dyn Fn(&str) -> String) ->
             if sub == "sql" {
                 let mut out = String::new();
                 for line in text.lines() {
-                    let t = line.trim_start();
-                    if t.starts_with("warmup =") || t.starts_with("start_time =") {
-                        continue;
-                    }
-                    if let Some(v) = t.strip_prefix("rate = '") {
-                        let rate = v.split('\'').next().unwrap();
-                        out.push_str(&format!("    {},\n", generator(rate)));
+                    if let Some(l) = rewrite(line, "rate", streams_as.rate) {
                         if only.is_none_or(|o| name == format!("{o}.sql")) {
                             streams += 1;
                         }
-                        continue;
+                        out.push_str(&l);
+                    } else if let Some(l) = rewrite(line, "warmup", &|_| {
+                        format!("warmup = '{}'", streams_as.warmup)
+                    }) {
+                        out.push_str(&l);
+                    } else {
+                        assert!(
+                            !line.trim_start().starts_with("start_time"),
+                            "{name}: a start_time the bench does not rewrite"
+                        );
+                        out.push_str(line);
                     }
-                    out.push_str(line);
                     out.push('\n');
                 }
                 text = out;
@@ -187,9 +207,14 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 
 /// `order_status` paced at `rate` events/s from now, for `secs`: its freshness.
 fn order_status_freshness(dir: &Path, rate: f64, secs: u64) -> Option<(f64, f64, f64)> {
-    layout(dir, Some("order_status"), &|_| {
-        format!("rate = '{rate:.0}', start_time = 'now'")
-    });
+    layout(
+        dir,
+        Some("order_status"),
+        &Generators {
+            rate: &|_| format!("rate = '{rate:.0}', start_time = 'now'"),
+            warmup: "0s",
+        },
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(BIN)
         .current_dir(dir)
@@ -292,7 +317,12 @@ fn main() {
     let hours = knob("PLATFORM_HOURS", 24);
     let fresh_secs = knob("PLATFORM_FRESHNESS_SECS", 20);
     let count = rate * 3600 * hours;
-    let unpaced = move |_: &str| format!("rate = '{rate}', count = '{count}', warmup = '3650d'");
+    // A day of event time from the default start, all of it due at once.
+    let unpaced_rate = move |_: &str| format!("rate = '{rate}', count = '{count}'");
+    let unpaced = Generators {
+        rate: &unpaced_rate,
+        warmup: "3650d",
+    };
 
     println!(
         "platform: every reference pipeline, {hours} h of event time at {rate} events/s per stream ({count} events each), unpaced"
@@ -341,6 +371,16 @@ fn main() {
     println!(
         "{:<24} {:>16} {:>16} {:>8}  same answer",
         "query", "tributary query", "DataFusion", "ratio"
+    );
+    // What every `tributary query` pays before its query: starting the process,
+    // reading the configuration and the pipelines, registering the tables.
+    let (start, _) = median(5, || tributary_query(all.path(), "SELECT 1"));
+    println!(
+        "{:<24} {:>13.1} ms {:>16} {:>8}",
+        "(start: SELECT 1)",
+        start.as_secs_f64() * 1e3,
+        "-",
+        "-"
     );
     for (name, sql) in QUERIES {
         let (trib, trib_out) = median(5, || tributary_query(all.path(), sql));

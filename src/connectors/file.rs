@@ -342,9 +342,11 @@ impl SourceFactory for FileSourceFactory {
     }
 }
 
-/// How many chunks of a JSON lines file one source task decodes at once: the cores.
+/// How many chunks of a JSON lines file one source task has out for decoding at once:
+/// twice the cores, so that the cores still decode while the source waits for the
+/// oldest chunk and emits its batches (with one per core, they idle in between).
 fn decoding_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// A stable hash of a file name, the same on every instance: which partition reads a

@@ -193,6 +193,12 @@ impl Columns {
 
 const BATCH: usize = 8192;
 
+/// `vals`' allocation, emptied, for values of another lifetime (one record's parse).
+fn recycle<'b>(mut vals: Vec<Val<'_>>) -> Vec<Val<'b>> {
+    vals.clear();
+    vals.into_iter().map(|_| Val::Null).collect()
+}
+
 fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = 0;
     memchr::memchr_iter(b'\n', bytes)
@@ -210,14 +216,14 @@ fn simd_json(stream: &str, bytes: &[u8]) -> usize {
     let mut buffers = simd_json::Buffers::new(1024);
     let mut scratch = Vec::new();
     let mut rows = 0;
-    let mut vals = Vec::new();
+    let mut spare: Vec<Val<'static>> = Vec::new();
     for line in lines(bytes) {
         scratch.clear();
         scratch.extend_from_slice(line);
         let Ok(v) = simd_json::borrowed::to_value_with_buffers(&mut scratch, &mut buffers) else {
             continue;
         };
-        vals.clear();
+        let mut vals = recycle(std::mem::take(&mut spare));
         for (n, _, _) in &cols.fields {
             vals.push(match v.get(*n) {
                 None => Val::Null,
@@ -238,6 +244,7 @@ fn simd_json(stream: &str, bytes: &[u8]) -> usize {
             });
         }
         cols.append(&vals);
+        spare = recycle(vals);
         if cols.rows >= BATCH {
             rows += cols.flush();
         }
@@ -249,12 +256,12 @@ fn sonic_rs(stream: &str, bytes: &[u8]) -> usize {
     use sonic_rs::JsonValueTrait;
     let mut cols = Columns::new(stream);
     let mut rows = 0;
-    let mut vals = Vec::new();
+    let mut spare: Vec<Val<'static>> = Vec::new();
     for line in lines(bytes) {
         let Ok(v) = sonic_rs::from_slice::<sonic_rs::Value>(line) else {
             continue;
         };
-        vals.clear();
+        let mut vals = recycle(std::mem::take(&mut spare));
         for (n, _, _) in &cols.fields {
             vals.push(match v.get(*n) {
                 None => Val::Null,
@@ -275,6 +282,7 @@ fn sonic_rs(stream: &str, bytes: &[u8]) -> usize {
             });
         }
         cols.append(&vals);
+        spare = recycle(vals);
         if cols.rows >= BATCH {
             rows += cols.flush();
         }
