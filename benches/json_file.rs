@@ -8,11 +8,18 @@
 //! process's user + system time over the run (every thread, the decoding pool
 //! included).
 //!
+//! Then q0 over the same bids as Parquet (one row group, decoded on one core, against
+//! row groups of 1,048,576 rows, decoded several at once) and as an Avro object
+//! container file (blocks of 8,192 rows, cut into runs of blocks decoded several at
+//! once).
+//!
 //! `cargo bench --bench json_file` (release profile). Environment:
-//! `TRIBUTARY_BENCH_BIDS` (default 8,000,000).
+//! `TRIBUTARY_BENCH_BIDS` (default 8,000,000), `TRIBUTARY_BENCH_ONLY` (the queries whose
+//! name starts with it, e.g. `q0`).
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tributary::connectors::generator::{GeneratorSettings, write_events};
@@ -91,14 +98,20 @@ fn process_cpu() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Plans `query` as a pipeline's SQL (the bids file, a `blackhole` sink) at
-/// `parallelism` and runs it to the end of the file: (wall, CPU).
-async fn run(dir: &Path, path: &str, parallelism: usize, query: &str) -> (Duration, Duration) {
+/// Plans `query` as a pipeline's SQL (the bids file read as `format`, a `blackhole`
+/// sink) at `parallelism` and runs it to the end of the file: (wall, CPU).
+async fn run(
+    dir: &Path,
+    path: &str,
+    format: &str,
+    parallelism: usize,
+    query: &str,
+) -> (Duration, Duration) {
     let sql = format!(
         "CREATE TABLE bids (auction BIGINT NOT NULL, bidder BIGINT NOT NULL, \
          price BIGINT NOT NULL, channel VARCHAR NOT NULL, url VARCHAR NOT NULL, \
          date_time TIMESTAMP NOT NULL, extra VARCHAR NOT NULL) \
-         WITH (connector = 'file', path = '{path}', format = 'json', \
+         WITH (connector = 'file', path = '{path}', format = '{format}', \
          event_time_field = 'date_time', watermark_delay = '1s');\n\
          CREATE TABLE out WITH (connector = 'blackhole');\n\
          INSERT INTO out {query};\n"
@@ -148,9 +161,13 @@ async fn main() {
         "query", "par", "events/s", "MB/s", "CPU-s/M events", "before ev/s"
     );
     let path = path.to_str().unwrap().to_string();
+    let only = std::env::var("TRIBUTARY_BENCH_ONLY").ok();
     for &(name, query) in QUERIES {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+            continue;
+        }
         for parallelism in [1, 2] {
-            let (wall, cpu) = run(dir.path(), &path, parallelism, query).await;
+            let (wall, cpu) = run(dir.path(), &path, "json", parallelism, query).await;
             println!(
                 "{:<16} {:>4} {:>11.2}M {:>9.0} {:>14.2} {:>14}",
                 name,
@@ -162,4 +179,75 @@ async fn main() {
             );
         }
     }
+
+    // The same bids in columnar files (Snappy): Parquet with one row group, read on
+    // one core, against row groups of 1,048,576 rows, decoded several at once; Avro in
+    // blocks of 8,192 rows, cut into runs of blocks decoded several at once.
+    println!("\nthe same bids in Parquet and Avro files (Snappy), q0 at parallelism 1:");
+    println!(
+        "{:<34} {:>10} {:>12} {:>14}",
+        "file", "MB", "events/s", "CPU-s/M events"
+    );
+    let files = [
+        ("parquet", "Parquet, one row group", n as usize),
+        ("parquet", "Parquet, row groups of 1,048,576", 1 << 20),
+        ("avro", "Avro, blocks of 8,192", 8192),
+    ];
+    for (format, name, rows) in files {
+        let file = dir.path().join(format!("bids-{rows}.{format}"));
+        write_columnar(Path::new(&path), &file, format, rows);
+        let mb = std::fs::metadata(&file).unwrap().len() as f64 / 1e6;
+        let (wall, cpu) = run(dir.path(), file.to_str().unwrap(), format, 1, QUERIES[0].1).await;
+        println!(
+            "{:<34} {:>10.0} {:>11.2}M {:>14.2}",
+            name,
+            mb,
+            n as f64 / wall.as_secs_f64() / 1e6,
+            cpu.as_secs_f64() / (n as f64 / 1e6),
+        );
+    }
+}
+
+/// Writes the JSON lines bids at `json` to `out` (Snappy) as `format`: Parquet with row
+/// groups of `rows` rows, or an Avro object container file with blocks of `rows` rows.
+fn write_columnar(json: &Path, out: &Path, format: &str, rows: usize) {
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("auction", DataType::Int64, false),
+        Field::new("bidder", DataType::Int64, false),
+        Field::new("price", DataType::Int64, false),
+        Field::new("channel", DataType::Utf8, false),
+        Field::new("url", DataType::Utf8, false),
+        Field::new(
+            "date_time",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new("extra", DataType::Utf8, false),
+    ]));
+    let reader = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_batch_size(if format == "avro" { rows } else { 65536 })
+        .build(std::io::BufReader::new(std::fs::File::open(json).unwrap()))
+        .unwrap();
+    let file = std::io::BufWriter::new(std::fs::File::create(out).unwrap());
+    if format == "avro" {
+        let mut w = arrow_avro::writer::WriterBuilder::new(schema.as_ref().clone())
+            .with_compression(Some(arrow_avro::compression::CompressionCodec::Snappy))
+            .build::<_, arrow_avro::writer::format::AvroOcfFormat>(file)
+            .unwrap();
+        for batch in reader {
+            w.write(&batch.unwrap()).unwrap();
+        }
+        w.finish().unwrap();
+        return;
+    }
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(rows))
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).unwrap();
+    for batch in reader {
+        w.write(&batch.unwrap()).unwrap();
+    }
+    w.close().unwrap();
 }

@@ -63,7 +63,11 @@ struct Generators<'a> {
 /// `with(value)`, keeping the indent and what follows the value (a comma, a comment).
 fn rewrite(line: &str, key: &str, with: &dyn Fn(&str) -> String) -> Option<String> {
     let t = line.trim_start();
-    let rest = t.strip_prefix(key)?.trim_start().strip_prefix('=')?.trim_start();
+    let rest = t
+        .strip_prefix(key)?
+        .trim_start()
+        .strip_prefix('=')?
+        .trim_start();
     let rest = rest.strip_prefix('\'')?;
     let (value, after) = rest.split_once('\'')?;
     let indent = &line[..line.len() - t.len()];

@@ -29,8 +29,10 @@
 //! Reading is streaming and off the async runtime. A JSON lines file is cut, in order,
 //! into chunks of the runtime's batch size in lines ([`chunks`]); up to one chunk per
 //! core is decoded at once on the blocking pool (`spawn_blocking`), and the batches are
-//! emitted in the file's order, so one file keeps every core busy. Avro and Parquet
-//! files are read a batch at a time in a blocking task. A JSON line that is not JSON or
+//! emitted in the file's order, so one file keeps every core busy. A Parquet file's row
+//! groups are decoded the same way, several at once, each into a bounded channel of
+//! batches, emitted row group after row group; an Avro file likewise, cut into runs of
+//! whole blocks. A JSON line that is not JSON or
 //! does not fit the columns is reported as a bad record (naming file and line) and
 //! skipped; a line longer than [`MAX_LINE`] is refused as a bad record without being
 //! loaded. An Avro or
@@ -342,9 +344,10 @@ impl SourceFactory for FileSourceFactory {
     }
 }
 
-/// How many chunks of a JSON lines file one source task has out for decoding at once:
-/// twice the cores, so that the cores still decode while the source waits for the
-/// oldest chunk and emits its batches (with one per core, they idle in between).
+/// How many chunks of a JSON lines file (or parts of an Avro or Parquet file) one source
+/// task has out for decoding at once: twice the cores, so that the cores still decode
+/// while the source waits for the oldest one and emits its batches (with one per core,
+/// they idle in between).
 fn decoding_workers() -> usize {
     2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -430,46 +433,72 @@ impl FileSource {
         if self.spec.format == Format::Json {
             return self.read_json(path, ctx).await;
         }
+        self.read_parts(path, ctx).await
+    }
+
+    /// Reads an Avro or Parquet file by its parts (a Parquet file's row groups, an Avro
+    /// file's runs of blocks): each part is decoded on the blocking pool into a bounded
+    /// channel, up to [`decoding_workers`] parts at once, and the batches are emitted
+    /// part after part, in the file's order. The position (rows emitted) counts only
+    /// rows that were emitted, whatever is still being decoded.
+    async fn read_parts(&mut self, path: &Path, ctx: &mut SourceContext) -> Result<()> {
         let spec = self.spec.clone();
         let owned = path.to_path_buf();
         let batch_size = ctx.batch.size.max(1);
-        let mut reader: Box<FileReader> = blocking(ctx, move |_| {
-            FileReader::open(&owned, &spec, batch_size).map(Box::new)
-        })
-        .await??;
+        let parts = blocking(ctx, move |_| FileReader::parts(&owned, &spec)).await??;
+        let mut parts = parts.into_iter();
         // Resuming inside this file: skip the rows emitted before the checkpoint
-        // (the file is read the same way again; its bad lines are reported again).
+        // (the file is read the same way again).
         let mut skip = self.resume.remove(path).unwrap_or(0);
         self.position.current = Some((path.to_path_buf(), skip));
+        let workers = decoding_workers();
+        let mut lanes = std::collections::VecDeque::new();
         loop {
             if ctx.stop.is_raised() {
                 return Ok(());
             }
             self.checkpoint_if_due(ctx).await?;
-            let (r, back) = blocking(ctx, move |_| {
-                let r = reader.next_batch();
-                (r, reader)
-            })
-            .await?;
-            reader = back;
-            match r? {
-                Some(mut batch) => {
-                    if skip > 0 {
-                        let n = (skip as usize).min(batch.num_rows());
-                        batch = batch.slice(n, batch.num_rows() - n);
-                        skip -= n as u64;
-                    }
-                    let rows = batch.num_rows() as u64;
-                    ctx.out.emit(batch).await?;
-                    if let Some((_, emitted)) = self.position.current.as_mut() {
-                        *emitted += rows;
-                    }
+            while lanes.len() < workers {
+                let Some(part) = parts.next() else { break };
+                lanes.push_back(FileReader::decode(
+                    path.to_path_buf(),
+                    self.spec.clone(),
+                    batch_size,
+                    part,
+                ));
+            }
+            let Some(lane) = lanes.front_mut() else {
+                self.position.current = None;
+                self.position.done.push(path.to_path_buf());
+                return Ok(());
+            };
+            let mut batch = match lane.recv().await {
+                Some(Ok(Some(batch))) => batch,
+                Some(Ok(None)) => {
+                    lanes.pop_front();
+                    continue;
                 }
+                Some(Err(e)) => return Err(e),
                 None => {
-                    self.position.current = None;
-                    self.position.done.push(path.to_path_buf());
-                    return Ok(());
+                    return Err(EngineError::Panicked {
+                        task: ctx.task.to_string(),
+                        message: format!("decoding {}: the worker ended early", path.display()),
+                    }
+                    .into());
                 }
+            };
+            if skip > 0 {
+                let n = (skip as usize).min(batch.num_rows());
+                batch = batch.slice(n, batch.num_rows() - n);
+                skip -= n as u64;
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+            }
+            let rows = batch.num_rows() as u64;
+            ctx.out.emit(batch).await?;
+            if let Some((_, emitted)) = self.position.current.as_mut() {
+                *emitted += rows;
             }
         }
     }
@@ -667,19 +696,111 @@ enum FileReader {
     },
 }
 
+/// What one part of a file sends: a batch, `None` once the part is read whole (so
+/// that a worker that vanished is never taken for a part read to its end), or the
+/// error that ended it.
+type PartBatch = Result<Option<RecordBatch>>;
+
+/// Batches one decoding worker holds ready ahead of the source.
+const PART_BATCHES: usize = 2;
+
+/// A part of an Avro or Parquet file that decodes on its own ([`FileReader::parts`]).
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Whole,
+    /// One row group of a Parquet file.
+    RowGroup(usize),
+    /// A run of whole blocks of an Avro file: the bytes they span.
+    Blocks(std::ops::Range<u64>),
+}
+
+/// The size an Avro file's parts are cut to: big enough that a part is several batches
+/// (so decoding it outweighs opening the file again), small enough that a file of tens
+/// of megabytes already spreads over the cores. Unit tests cut finer, so that a small
+/// file is several parts.
+#[cfg(not(test))]
+const AVRO_PART_BYTES: u64 = 8 << 20;
+#[cfg(test)]
+const AVRO_PART_BYTES: u64 = 16 << 10;
+
 impl FileReader {
-    fn open(path: &Path, spec: &Spec, batch_size: usize) -> Result<FileReader> {
-        Ok(match spec.format {
-            Format::Json => unreachable!("JSON lines are read in chunks (read_json)"),
-            Format::Avro => FileReader::Avro {
-                reader: Box::new(AvroReader::open(path, batch_size)?),
-                schema: spec.schema.clone(),
+    /// The parts of the file at `path` that decode independently, in the file's order:
+    /// a Parquet file's row groups, an Avro file's runs of blocks of about
+    /// [`AVRO_PART_BYTES`], or the whole file when it has only one.
+    fn parts(path: &Path, spec: &Spec) -> Result<Vec<Part>> {
+        let parts: Vec<Part> = match spec.format {
+            Format::Parquet => (0..crate::formats::parquet::row_groups(path)?)
+                .map(Part::RowGroup)
+                .collect(),
+            Format::Avro => crate::formats::avro::block_parts(path, AVRO_PART_BYTES)?
+                .into_iter()
+                .map(Part::Blocks)
+                .collect(),
+            Format::Json => vec![],
+        };
+        Ok(if parts.len() > 1 {
+            parts
+        } else {
+            vec![Part::Whole]
+        })
+    }
+
+    /// Opens `part` of the file at `path` (see [`FileReader::parts`]).
+    fn open(path: &Path, spec: &Spec, batch_size: usize, part: Part) -> Result<Self> {
+        let schema = spec.schema.clone();
+        Ok(match (spec.format, part) {
+            (Format::Json, _) => unreachable!("JSON lines are read in chunks (read_json)"),
+            (Format::Avro, Part::Blocks(range)) => FileReader::Avro {
+                reader: Box::new(AvroReader::open_range(path, batch_size, Some(range))?),
+                schema,
             },
-            Format::Parquet => FileReader::Parquet {
-                reader: Box::new(ParquetReader::open(path, batch_size)?),
-                schema: spec.schema.clone(),
+            (Format::Avro, _) => FileReader::Avro {
+                reader: Box::new(AvroReader::open(path, batch_size)?),
+                schema,
+            },
+            (Format::Parquet, Part::RowGroup(g)) => FileReader::Parquet {
+                reader: Box::new(ParquetReader::open_row_groups(path, batch_size, Some(g))?),
+                schema,
+            },
+            (Format::Parquet, _) => FileReader::Parquet {
+                reader: Box::new(ParquetReader::open_row_groups(path, batch_size, None)?),
+                schema,
             },
         })
+    }
+
+    /// Decodes `part` of the file at `path` on the blocking pool: its batches in order,
+    /// then `None`, or the error that stops it (a panic included). The worker stops
+    /// when the receiver is dropped.
+    fn decode(
+        path: PathBuf,
+        spec: Arc<Spec>,
+        batch_size: usize,
+        part: Part,
+    ) -> tokio::sync::mpsc::Receiver<PartBatch> {
+        let (tx, rx) = tokio::sync::mpsc::channel(PART_BATCHES);
+        tokio::task::spawn_blocking(move || {
+            let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut reader = FileReader::open(&path, &spec, batch_size, part)?;
+                while let Some(batch) = reader.next_batch()? {
+                    if tx.blocking_send(Ok(Some(batch))).is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(())
+            }));
+            let last = match read {
+                Ok(Ok(())) => Ok(None),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ConnectorError::Other {
+                    connector: "file",
+                    message: format!("{}: the decoder panicked", path.display()),
+                }
+                .into()),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        rx
     }
 
     /// The next batch, `None` at the end of the file.
@@ -976,6 +1097,50 @@ mod tests {
         let run = start(f, 2, 1000);
         run.handle.wait().await.unwrap();
         assert_eq!(ids(&run.captured.batches()), (0..100).collect::<Vec<_>>());
+    }
+
+    /// A Parquet file's row groups are decoded several at once, yet its rows arrive in
+    /// the file's order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn row_groups_decoded_at_once_arrive_in_the_files_order() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("p.parquet");
+        let sample = crate::formats::parquet::tests::sample(1000);
+        // Row groups of 300 rows: 4 parts, more than the workers of a 1-core machine.
+        crate::formats::parquet::tests::write_parquet(&path, &sample);
+        assert_eq!(crate::formats::parquet::row_groups(&path).unwrap(), 4);
+        let f = plan(base.path(), &[("path", "p.parquet")], None).unwrap();
+        let run = start(f, 1, 64);
+        run.handle.wait().await.unwrap();
+        let batches = run.captured.batches();
+        let in_order: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(in_order, (0..1000).collect::<Vec<_>>());
+        assert!(batches.iter().all(|b| b.num_rows() <= 64));
+    }
+
+    /// An Avro file cut into runs of blocks is decoded several parts at once, yet its
+    /// rows arrive in the file's order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn avro_block_runs_decoded_at_once_arrive_in_the_files_order() {
+        let base = tempfile::tempdir().unwrap();
+        let path = base.path().join("e.avro");
+        let n = 20_000;
+        let bytes = crate::formats::avro::tests::write_avro(n, apache_avro::Codec::Null, 100);
+        std::fs::write(&path, bytes).unwrap();
+        let parts = crate::formats::avro::block_parts(&path, AVRO_PART_BYTES).unwrap();
+        assert!(parts.len() > decoding_workers(), "{parts:?}");
+        let f = plan(base.path(), &[("path", "e.avro")], None).unwrap();
+        let run = start(f, 1, 64);
+        run.handle.wait().await.unwrap();
+        let batches = run.captured.batches();
+        let in_order: Vec<i64> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(in_order, (0..n as i64).collect::<Vec<_>>());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,10 +14,17 @@
 //! cannot see: bytes left over at the end of a block's data after its last record are
 //! ignored.
 //!
+//! A file can also be read in parts, each a run of whole blocks ([`block_parts`],
+//! [`AvroReader::open_range`]): the parts of one file decode on several cores at once,
+//! and read one after the other they give the file's rows in its order. Cutting a file
+//! reads only the blocks' framing; a part is checked as it is read, so a corrupt block
+//! is reported with its offset whichever part it falls in.
+//!
 //! Supported codecs: null, deflate, snappy.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -44,6 +51,8 @@ pub struct AvroReader<R = BufReader<File>> {
     offset: u64,
     /// File length when opened.
     len: u64,
+    /// Where reading stops: the end of the file, or of the range being read.
+    end: u64,
     schema: SchemaRef,
     out: BatchCoalescer,
     finished: bool,
@@ -151,6 +160,78 @@ impl AvroReader<BufReader<File>> {
             .len();
         AvroReader::new(path, BufReader::new(file), len, batch_size)
     }
+
+    /// Opens the file at `path` to read only the blocks that start in `range` (one of
+    /// [`block_parts`]); `None` reads the whole file.
+    pub fn open_range(
+        path: &Path,
+        batch_size: usize,
+        range: Option<Range<u64>>,
+    ) -> crate::Result<Self> {
+        let mut reader = AvroReader::open(path, batch_size)?;
+        if let Some(range) = range {
+            if range.start < reader.offset || range.start > reader.len {
+                return Err(decode_error(
+                    path,
+                    format!(
+                        "blocks from offset {} in a file whose blocks span {}..{}",
+                        range.start, reader.offset, reader.len
+                    ),
+                ));
+            }
+            reader
+                .input
+                .seek(SeekFrom::Start(range.start))
+                .map_err(|e| crate::Error::io(path, e))?;
+            reader.offset = range.start;
+            reader.end = range.end.min(reader.len);
+        }
+        Ok(reader)
+    }
+}
+
+/// Cuts the Avro file at `path` into runs of whole blocks of at least `min_bytes`
+/// each (the last may be shorter), in the file's order; together they cover every
+/// block. Only the framing is read (each block's count and size), so cutting costs a
+/// seek per block. Where the framing stops making sense, the rest of the file is one
+/// last part: its reader reports the corrupt block with its offset.
+pub fn block_parts(path: &Path, min_bytes: u64) -> crate::Result<Vec<Range<u64>>> {
+    let mut reader = AvroReader::open(path, 1)?;
+    let mut parts = Vec::new();
+    let mut start = reader.offset;
+    let mut at = start;
+    while at < reader.len {
+        let skipped = (|| -> std::io::Result<Option<u64>> {
+            let (Some(count), Some(size)) =
+                (read_long(&mut reader.input)?, read_long(&mut reader.input)?)
+            else {
+                return Ok(None);
+            };
+            let framing = varint_len(count) + varint_len(size);
+            if count < 0 || size < 0 || at + framing + size as u64 + 16 > reader.len {
+                return Ok(None);
+            }
+            reader.input.seek_relative(size + 16)?;
+            Ok(Some(framing + size as u64 + 16))
+        })();
+        let Ok(Some(block)) = skipped else { break };
+        at += block;
+        if at - start >= min_bytes {
+            parts.push(start..at);
+            start = at;
+        }
+    }
+    if start < reader.len || parts.is_empty() {
+        parts.push(start..reader.len);
+    }
+    Ok(parts)
+}
+
+/// Bytes of `v` as an Avro zig-zag long.
+fn varint_len(v: i64) -> u64 {
+    let mut out = Vec::with_capacity(10);
+    write_long(&mut out, v);
+    out.len() as u64
 }
 
 impl<R: BufRead> AvroReader<R> {
@@ -201,6 +282,7 @@ impl<R: BufRead> AvroReader<R> {
             snappy,
             offset: header_len,
             len,
+            end: len,
             out: BatchCoalescer::new(schema.clone(), batch_size.max(1)),
             schema,
             finished: false,
@@ -269,6 +351,9 @@ impl<R: BufRead> AvroReader<R> {
     /// bytes re-framed (count, size, data, sync); `None` at the end of the file.
     fn read_block(&mut self) -> crate::Result<Option<(u64, u64, Vec<u8>)>> {
         let start = self.offset;
+        if start >= self.end {
+            return Ok(None);
+        }
         let count = match read_long(&mut self.input) {
             Ok(None) => return Ok(None),
             Ok(Some(c)) => c,
@@ -485,6 +570,55 @@ pub(crate) mod tests {
         std::fs::write(&empty, write_avro(0, Codec::Null, 1)).unwrap();
         let mut r = AvroReader::open(&empty, 10).unwrap();
         assert!(r.next_batch().unwrap().is_none());
+    }
+
+    /// Reads the parts of `path` one after the other, each with its own reader.
+    fn read_parts(path: &Path, parts: &[Range<u64>]) -> crate::Result<Vec<RecordBatch>> {
+        let mut batches = Vec::new();
+        for part in parts {
+            for b in AvroReader::open_range(path, 64, Some(part.clone()))? {
+                batches.push(b?);
+            }
+        }
+        Ok(batches)
+    }
+
+    #[test]
+    fn block_parts_read_alone_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.avro");
+        for codec in [Codec::Null, Codec::Deflate(DeflateSettings::default())] {
+            std::fs::write(&path, write_avro(1000, codec, 37)).unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            let parts = block_parts(&path, 1000).unwrap();
+            assert!(parts.len() > 3, "{parts:?}");
+            assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
+            assert_eq!(parts.last().unwrap().end, len);
+            check_events(&read_parts(&path, &parts).unwrap(), 1000, 64);
+            // One part when the parts would be larger than the file.
+            assert_eq!(block_parts(&path, len).unwrap().len(), 1);
+        }
+        // A file without blocks is one empty part.
+        std::fs::write(&path, write_avro(0, Codec::Null, 1)).unwrap();
+        let parts = block_parts(&path, 1).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert!(read_parts(&path, &parts).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_corrupt_block_is_reported_by_the_part_it_falls_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.avro");
+        let good = write_avro(1000, Codec::Null, 37);
+        // Cut inside the last block: the framing of the blocks before it still holds.
+        std::fs::write(&path, &good[..good.len() - 20]).unwrap();
+        let parts = block_parts(&path, 1000).unwrap();
+        assert!(parts.len() > 3, "{parts:?}");
+        let e = read_parts(&path, &parts).unwrap_err().to_string();
+        assert!(e.contains("corrupt block at offset"), "{e}");
+        // A range outside the file's blocks is refused, naming it.
+        let e = AvroReader::open_range(&path, 64, Some(0..10)).unwrap_err();
+        assert!(e.to_string().contains("blocks from offset 0"), "{e}");
     }
 
     fn read_err(bytes: &[u8]) -> String {

@@ -1,6 +1,8 @@
 //! Parquet files to Arrow, with the parquet crate's Arrow reader.
 //!
-//! Reading streams row group by row group in batches of the configured size. A file
+//! Reading streams row group by row group in batches of the configured size; a reader
+//! may also read one row group alone, so that a file's row groups can be decoded at
+//! once on several cores (the file source does). A file
 //! that cannot be read (not Parquet, corrupt pages, unsupported encoding) is an error
 //! naming the file; a panic inside the reader on a corrupt file is caught and reported
 //! the same way.
@@ -59,7 +61,27 @@ fn builder(path: &Path) -> crate::Result<ParquetRecordBatchReaderBuilder<File>> 
 impl ParquetReader {
     /// Opens `path` and reads its footer (schema and row groups).
     pub fn open(path: &Path, batch_size: usize) -> crate::Result<Self> {
-        let b = builder(path)?;
+        Self::open_row_groups(path, batch_size, None)
+    }
+
+    /// Opens `path` to read only its row group `group` (numbered from 0), or every
+    /// row group with `None`.
+    pub fn open_row_groups(
+        path: &Path,
+        batch_size: usize,
+        group: Option<usize>,
+    ) -> crate::Result<Self> {
+        let mut b = builder(path)?;
+        if let Some(g) = group {
+            let groups = b.metadata().num_row_groups();
+            if g >= groups {
+                return Err(decode_error(
+                    path,
+                    format!("row group {g} of a file with {groups}"),
+                ));
+            }
+            b = b.with_row_groups(vec![g]);
+        }
         let schema = b.schema().clone();
         let reader = b
             .with_batch_size(batch_size.max(1))
@@ -120,6 +142,11 @@ impl Iterator for ParquetReader {
 /// The Arrow schema of the Parquet file at `path` (read from its footer).
 pub fn read_schema(path: &Path) -> crate::Result<SchemaRef> {
     Ok(builder(path)?.schema().clone())
+}
+
+/// How many row groups the Parquet file at `path` has (read from its footer).
+pub fn row_groups(path: &Path) -> crate::Result<usize> {
+    Ok(builder(path)?.metadata().num_row_groups())
 }
 
 #[cfg(test)]
@@ -185,6 +212,29 @@ pub(crate) mod tests {
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
         w.write(batch).unwrap();
         w.close().unwrap();
+    }
+
+    #[test]
+    fn row_groups_read_alone_make_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let batch = sample(1000);
+        write_parquet(&path, &batch);
+        let groups = row_groups(&path).unwrap();
+        assert_eq!(groups, 4);
+        let mut rows = Vec::new();
+        for g in 0..groups {
+            for b in ParquetReader::open_row_groups(&path, 128, Some(g)).unwrap() {
+                rows.push(b.unwrap());
+            }
+        }
+        let whole = arrow::compute::concat_batches(&batch.schema(), &rows).unwrap();
+        assert_eq!(whole, batch);
+        let e = ParquetReader::open_row_groups(&path, 128, Some(4)).unwrap_err();
+        assert!(
+            e.to_string().contains("row group 4 of a file with 4"),
+            "{e}"
+        );
     }
 
     #[test]

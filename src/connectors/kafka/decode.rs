@@ -104,6 +104,17 @@ impl RawRecords {
     }
 }
 
+/// `bad` with record `m`'s origin (partition, offset, key, headers) filled in, for
+/// reporting `m`. Only a refused record pays for copying its key and headers.
+fn blame<'a, M: Message>(bad: &'a mut BadRecords, m: &M) -> &'a mut BadRecords {
+    let origin = bad.origin_mut();
+    origin.partition = Some(m.partition());
+    origin.offset = Some(m.offset());
+    origin.key = m.key().map(<[u8]>::to_vec);
+    origin.headers = headers_of(m);
+    bad
+}
+
 /// A decoded chunk: its partition and rows (`None` when every record was refused).
 pub(super) type Decoded = (i32, Result<Option<RecordBatch>>);
 
@@ -176,17 +187,12 @@ impl Decoding {
         out: &mut Collector,
     ) -> Result<()> {
         let p = m.partition();
-        let origin = bad.origin_mut();
-        origin.partition = Some(p);
-        origin.offset = Some(m.offset());
-        origin.key = m.key().map(<[u8]>::to_vec);
-        origin.headers = headers_of(m);
         let Some(value) = m.payload() else {
             let detail = format!(
                 "partition {p} offset {}: a record without a value",
                 m.offset()
             );
-            bad.report(BadRecordReason::Malformed, &detail, &[]);
+            blame(bad, m).report(BadRecordReason::Malformed, &detail, &[]);
             return Ok(());
         };
         let attributes = match meta.capture(m) {
@@ -194,7 +200,7 @@ impl Decoding {
             Ok(captured) => Some(captured),
             Err(why) => {
                 let detail = format!("partition {p} offset {}: {why}", m.offset());
-                bad.report(BadRecordReason::SchemaMismatch, &detail, value);
+                blame(bad, m).report(BadRecordReason::SchemaMismatch, &detail, value);
                 return Ok(());
             }
         };
