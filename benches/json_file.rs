@@ -14,8 +14,8 @@
 //! once).
 //!
 //! `cargo bench --bench json_file` (release profile). Environment:
-//! `TRIBUTARY_BENCH_BIDS` (default 8,000,000), `TRIBUTARY_BENCH_ONLY` (the queries whose
-//! name starts with it, e.g. `q0`).
+//! `TRIBUTARY_BENCH_BIDS` (default 8,000,000), `TRIBUTARY_BENCH_ONLY` (only the rows
+//! whose query or file format starts with it: `q0`, `parquet`, `avro`).
 
 use std::io::Write;
 use std::path::Path;
@@ -194,6 +194,9 @@ async fn main() {
         ("avro", "Avro, blocks of 8,192", 8192),
     ];
     for (format, name, rows) in files {
+        if only.as_deref().is_some_and(|o| !format.starts_with(o)) {
+            continue;
+        }
         let file = dir.path().join(format!("bids-{rows}.{format}"));
         write_columnar(Path::new(&path), &file, format, rows);
         let mb = std::fs::metadata(&file).unwrap().len() as f64 / 1e6;
