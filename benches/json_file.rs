@@ -22,7 +22,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tributary::connectors::generator::{GeneratorSettings, write_events};
+use tributary::connectors::generator::{
+    GeneratorSettings, Q5_HOT_ITEMS, Q7_HIGHEST_BID, write_events,
+};
 use tributary::engine::{BatchSettings, Runtime, RuntimeSettings};
 use tributary::planner::{PlanSettings, SqlPlanner, SqlText};
 
@@ -47,27 +49,12 @@ const QUERIES: &[(&str, &str)] = &[
         // Hot items: a join of two windowed aggregates on the window (as in
         // tests/e2e/nexmark_suite.rs).
         "q5 hot items",
-        "SELECT AuctionBids.auction, AuctionBids.num FROM \
-         (SELECT auction, num, w.start AS starttime, w['end'] AS endtime FROM \
-          (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
-           FROM bids GROUP BY w, auction)) AS AuctionBids \
-         JOIN \
-         (SELECT max(num) AS maxn, starttime, endtime FROM \
-          (SELECT w.start AS starttime, w['end'] AS endtime, num FROM \
-           (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
-            FROM bids GROUP BY w, auction)) \
-          GROUP BY starttime, endtime) AS MaxBids \
-         ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime \
-         AND AuctionBids.num >= MaxBids.maxn",
+        Q5_HOT_ITEMS,
     ),
     (
         // Highest bid: a join with the window's maximum.
         "q7 highest bid",
-        "SELECT B.auction, B.price, B.bidder, B.date_time, B.extra FROM bids B \
-         JOIN (SELECT w['end'] AS date_time, maxprice FROM \
-               (SELECT tumble(INTERVAL '10' SECOND) AS w, max(price) AS maxprice FROM bids GROUP BY w)) B1 \
-         ON B.price = B1.maxprice \
-         WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+        Q7_HIGHEST_BID,
     ),
 ];
 

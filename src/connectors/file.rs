@@ -472,7 +472,7 @@ impl FileSource {
                 self.position.done.push(path.to_path_buf());
                 return Ok(());
             };
-            let mut batch = match lane.recv().await {
+            let batch = match lane.recv().await {
                 Some(Ok(Some(batch))) => batch,
                 Some(Ok(None)) => {
                     lanes.pop_front();
@@ -487,20 +487,32 @@ impl FileSource {
                     .into());
                 }
             };
-            if skip > 0 {
-                let n = (skip as usize).min(batch.num_rows());
-                batch = batch.slice(n, batch.num_rows() - n);
-                skip -= n as u64;
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-            }
-            let rows = batch.num_rows() as u64;
-            ctx.out.emit(batch).await?;
-            if let Some((_, emitted)) = self.position.current.as_mut() {
-                *emitted += rows;
+            self.emit_after(&mut skip, batch, ctx).await?;
+        }
+    }
+
+    /// Emits `batch` less the first `skip` rows (those emitted before the checkpoint
+    /// being resumed, counted down), and counts what it emitted in the position.
+    async fn emit_after(
+        &mut self,
+        skip: &mut u64,
+        mut batch: RecordBatch,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
+        if *skip > 0 {
+            let n = (*skip as usize).min(batch.num_rows());
+            batch = batch.slice(n, batch.num_rows() - n);
+            *skip -= n as u64;
+            if batch.num_rows() == 0 {
+                return Ok(());
             }
         }
+        let rows = batch.num_rows() as u64;
+        ctx.out.emit(batch).await?;
+        if let Some((_, emitted)) = self.position.current.as_mut() {
+            *emitted += rows;
+        }
+        Ok(())
     }
 
     /// Reads a JSON lines file: chunks of `batch.size` lines are cut off the file in
@@ -553,20 +565,8 @@ impl FileSource {
                 message: format!("decoding {}: {e}", path.display()),
             })?;
             decoders.push(decoder);
-            for mut batch in batches? {
-                if skip > 0 {
-                    let n = (skip as usize).min(batch.num_rows());
-                    batch = batch.slice(n, batch.num_rows() - n);
-                    skip -= n as u64;
-                    if batch.num_rows() == 0 {
-                        continue;
-                    }
-                }
-                let rows = batch.num_rows() as u64;
-                ctx.out.emit(batch).await?;
-                if let Some((_, emitted)) = self.position.current.as_mut() {
-                    *emitted += rows;
-                }
+            for batch in batches? {
+                self.emit_after(&mut skip, batch, ctx).await?;
                 if ctx.stop.is_raised() {
                     return Ok(());
                 }
@@ -1109,16 +1109,24 @@ mod tests {
         // Row groups of 300 rows: 4 parts, more than the workers of a 1-core machine.
         crate::formats::parquet::tests::write_parquet(&path, &sample);
         assert_eq!(crate::formats::parquet::row_groups(&path).unwrap(), 4);
-        let f = plan(base.path(), &[("path", "p.parquet")], None).unwrap();
+        assert_eq!(
+            read_in_order(base.path(), "p.parquet").await,
+            (0..1000).collect::<Vec<_>>()
+        );
+    }
+
+    /// The first column of every row the source read from `file` under `base` (one
+    /// task, batches of 64), in the order emitted; every batch holds at most 64 rows.
+    async fn read_in_order(base: &Path, file: &str) -> Vec<i64> {
+        let f = plan(base, &[("path", file)], None).unwrap();
         let run = start(f, 1, 64);
         run.handle.wait().await.unwrap();
         let batches = run.captured.batches();
-        let in_order: Vec<i64> = batches
+        assert!(batches.iter().all(|b| b.num_rows() <= 64));
+        batches
             .iter()
             .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-            .collect();
-        assert_eq!(in_order, (0..1000).collect::<Vec<_>>());
-        assert!(batches.iter().all(|b| b.num_rows() <= 64));
+            .collect()
     }
 
     /// An Avro file cut into runs of blocks is decoded several parts at once, yet its
@@ -1132,15 +1140,10 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let parts = crate::formats::avro::block_parts(&path, AVRO_PART_BYTES).unwrap();
         assert!(parts.len() > decoding_workers(), "{parts:?}");
-        let f = plan(base.path(), &[("path", "e.avro")], None).unwrap();
-        let run = start(f, 1, 64);
-        run.handle.wait().await.unwrap();
-        let batches = run.captured.batches();
-        let in_order: Vec<i64> = batches
-            .iter()
-            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
-            .collect();
-        assert_eq!(in_order, (0..n as i64).collect::<Vec<_>>());
+        assert_eq!(
+            read_in_order(base.path(), "e.avro").await,
+            (0..n as i64).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

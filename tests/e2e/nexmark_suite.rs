@@ -94,18 +94,7 @@ const QUERIES: &[Query] = &[
     },
     Query {
         name: "q5",
-        sql: "SELECT AuctionBids.auction, AuctionBids.num FROM \
-              (SELECT auction, num, w.start AS starttime, w['end'] AS endtime FROM \
-               (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
-                FROM bids GROUP BY w, auction)) AS AuctionBids \
-              JOIN \
-              (SELECT max(num) AS maxn, starttime, endtime FROM \
-               (SELECT w.start AS starttime, w['end'] AS endtime, num FROM \
-                (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
-                 FROM bids GROUP BY w, auction)) \
-               GROUP BY starttime, endtime) AS MaxBids \
-              ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime \
-              AND AuctionBids.num >= MaxBids.maxn",
+        sql: tributary::connectors::generator::Q5_HOT_ITEMS,
         expect: Expect::Runs {
             oracle: "WITH w AS (SELECT auction, date_bin(INTERVAL '2' SECOND, date_time) - k.d AS starttime \
                      FROM bids CROSS JOIN (VALUES (INTERVAL '0' SECOND), (INTERVAL '2' SECOND), \
@@ -131,11 +120,7 @@ const QUERIES: &[Query] = &[
     },
     Query {
         name: "q7",
-        sql: "SELECT B.auction, B.price, B.bidder, B.date_time, B.extra FROM bids B \
-              JOIN (SELECT w['end'] AS date_time, maxprice FROM \
-                    (SELECT tumble(INTERVAL '10' SECOND) AS w, max(price) AS maxprice FROM bids GROUP BY w)) B1 \
-              ON B.price = B1.maxprice \
-              WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+        sql: tributary::connectors::generator::Q7_HIGHEST_BID,
         expect: Expect::Runs {
             oracle: "WITH m AS (SELECT date_bin(INTERVAL '10' SECOND, date_time) + INTERVAL '10' SECOND AS date_time, \
                      max(price) AS maxprice FROM bids GROUP BY 1) \

@@ -33,6 +33,8 @@
 mod nexmark;
 mod restaurant;
 
+pub use nexmark::{Q5_HOT_ITEMS, Q7_HIGHEST_BID};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

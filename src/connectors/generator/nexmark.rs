@@ -19,6 +19,30 @@
 //! column per kind), `bids`, `auctions`, `persons` (that kind's fields as columns; the
 //! other kinds' events are counted by `count` but not emitted).
 
+/// Nexmark q5 (hot items) as the published suites write it, on a `bids` table: a join
+/// of two hopping-window aggregates on the window. The benchmark and the Nexmark suite
+/// (`tests/e2e/nexmark_suite.rs`) run this text.
+pub const Q5_HOT_ITEMS: &str = "SELECT AuctionBids.auction, AuctionBids.num FROM \
+     (SELECT auction, num, w.start AS starttime, w['end'] AS endtime FROM \
+      (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
+       FROM bids GROUP BY w, auction)) AS AuctionBids \
+     JOIN \
+     (SELECT max(num) AS maxn, starttime, endtime FROM \
+      (SELECT w.start AS starttime, w['end'] AS endtime, num FROM \
+       (SELECT hop(INTERVAL '2' SECOND, INTERVAL '10' SECOND) AS w, auction, count(*) AS num \
+        FROM bids GROUP BY w, auction)) \
+      GROUP BY starttime, endtime) AS MaxBids \
+     ON AuctionBids.starttime = MaxBids.starttime AND AuctionBids.endtime = MaxBids.endtime \
+     AND AuctionBids.num >= MaxBids.maxn";
+
+/// Nexmark q7 (highest bid) as the published suites write it, on a `bids` table: a
+/// join with each tumbling window's maximum price.
+pub const Q7_HIGHEST_BID: &str = "SELECT B.auction, B.price, B.bidder, B.date_time, B.extra FROM bids B \
+     JOIN (SELECT w['end'] AS date_time, maxprice FROM \
+           (SELECT tumble(INTERVAL '10' SECOND) AS w, max(price) AS maxprice FROM bids GROUP BY w)) B1 \
+     ON B.price = B1.maxprice \
+     WHERE B.date_time BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time";
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt::Write as _;
