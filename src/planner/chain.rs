@@ -25,7 +25,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::common::{Column, ScalarValue, TableReference};
+use datafusion::common::{Column, DFSchema, ScalarValue, TableReference};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
@@ -235,32 +235,9 @@ impl<'a> Splitter<'a> {
             .filter(|n| origins.get(*n) == Some(&Origin::End))
             .cloned()
             .collect();
-        // The scan that replaces the subtree.
-        let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
-            schema: table_schema.clone(),
-            table: Some(name.as_str().into()),
-        });
-        let table = StreamingTable::try_new(table_schema.clone(), vec![part]).map_err(df)?;
-        let reference = TableReference::bare(name.clone());
-        let scan =
-            LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::new(table)), None)
-                .and_then(|b| b.build())
-                .map_err(df)?;
-        let mut exprs: Vec<Expr> = (0..count)
-            .map(|i| {
-                let (q, f) = original.qualified_field(i);
-                Expr::Column(Column::new(Some(reference.clone()), &names[i]))
-                    .alias_qualified(q.cloned(), f.name())
-            })
-            .collect();
-        if window.is_some() {
-            exprs.push(Expr::Column(Column::new(
-                Some(reference.clone()),
-                WINDOW_TIME,
-            )));
-        }
-        let replaced =
-            LogicalPlan::Projection(Projection::try_new(exprs, Arc::new(scan)).map_err(df)?);
+        // The scan that replaces the subtree, with the window's time when it has one.
+        let extra = window.as_ref().map(|_| WINDOW_TIME);
+        let replaced = read_link(&name, &table_schema, original, &names[..count], extra)?;
         self.origins.insert(name.clone(), origins);
         self.links.push(Link {
             node: name.clone(),
@@ -386,26 +363,7 @@ impl<'a> Splitter<'a> {
             });
         }
         self.origins.insert(name.clone(), origins);
-        let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
-            schema: table_schema.clone(),
-            table: Some(name.as_str().into()),
-        });
-        let table = StreamingTable::try_new(table_schema.clone(), vec![part]).map_err(df)?;
-        let reference = TableReference::bare(name.clone());
-        let scan =
-            LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::new(table)), None)
-                .and_then(|b| b.build())
-                .map_err(df)?;
-        let exprs: Vec<Expr> = (0..count)
-            .map(|i| {
-                let (q, f) = out.qualified_field(i);
-                Expr::Column(Column::new(Some(reference.clone()), &names[i]))
-                    .alias_qualified(q.cloned(), f.name())
-            })
-            .collect();
-        Ok(LogicalPlan::Projection(
-            Projection::try_new(exprs, Arc::new(scan)).map_err(df)?,
-        ))
+        read_link(&name, &table_schema, &out, &names, None)
     }
 
     /// Plans what reads windowed results by their window: a `GROUP BY` of window
@@ -555,8 +513,44 @@ impl<'a> Splitter<'a> {
     }
 }
 
+/// The plan that stands where link `name`'s input was: a scan of its table
+/// (`table_schema`), whose columns `names` are renamed back to `replaced`'s qualified
+/// columns, so that the plan above reads them as before; then the table's column
+/// `extra`, as it is.
+fn read_link(
+    name: &str,
+    table_schema: &SchemaRef,
+    replaced: &DFSchema,
+    names: &[String],
+    extra: Option<&str>,
+) -> Result<LogicalPlan> {
+    let part: Arc<dyn PartitionStream> = Arc::new(SlotPartition {
+        schema: table_schema.clone(),
+        table: Some(name.into()),
+    });
+    let table = StreamingTable::try_new(table_schema.clone(), vec![part]).map_err(df)?;
+    let reference = TableReference::bare(name);
+    let scan =
+        LogicalPlanBuilder::scan(reference.clone(), provider_as_source(Arc::new(table)), None)
+            .and_then(|b| b.build())
+            .map_err(df)?;
+    let mut exprs: Vec<Expr> = names
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            let (q, f) = replaced.qualified_field(i);
+            Expr::Column(Column::new(Some(reference.clone()), column))
+                .alias_qualified(q.cloned(), f.name())
+        })
+        .collect();
+    exprs.extend(extra.map(|c| Expr::Column(Column::new(Some(reference.clone()), c))));
+    Ok(LogicalPlan::Projection(
+        Projection::try_new(exprs, Arc::new(scan)).map_err(df)?,
+    ))
+}
+
 /// Column names of a link's table for a plan's output: unqualified, made unique.
-fn table_names(schema: &datafusion::common::DFSchema) -> Vec<String> {
+fn table_names(schema: &DFSchema) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (q, f) in schema.iter() {
         let mut name = f.name().clone();
