@@ -45,6 +45,15 @@ async fn refusal(query: &str) -> SqlError {
     }
 }
 
+/// `e`'s text, once checked to have `code` and to name the INSERT of [`refusal`]'s file
+/// (`p.sql`, line 5, column 1).
+fn refused_at_the_insert(e: &SqlError, code: &str) -> String {
+    let shown = e.to_string();
+    assert_eq!(e.code(), code, "{shown}");
+    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    shown
+}
+
 /// The graph `query` (inserted into `out`) plans into.
 async fn graph(query: &str) -> crate::engine::Graph {
     let text = format!("{NEXMARK}INSERT INTO out {query};\n");
@@ -199,9 +208,7 @@ async fn a_window_over_the_changelog_of_a_group_by_is_refused_for_that_reason() 
          (SELECT auction, max(date_time) AS date_time FROM bids GROUP BY auction) GROUP BY w",
     )
     .await;
-    let shown = e.to_string();
-    assert_eq!(e.code(), "SQL003", "{shown}");
-    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    let shown = refused_at_the_insert(&e, "SQL003");
     assert!(
         shown.contains(
             "a windowed GROUP BY reads the results of a GROUP BY without a window, which update"
@@ -215,9 +222,7 @@ async fn a_window_over_the_changelog_of_a_group_by_is_refused_for_that_reason() 
 async fn an_unbounded_inner_join_of_two_streams_is_refused_for_its_missing_time_bound() {
     // Nexmark q3: an inner join, refused because nothing bounds its state in time.
     let e = refusal(Q3).await;
-    let shown = e.to_string();
-    assert_eq!(e.code(), "SQL002", "{shown}");
-    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    let shown = refused_at_the_insert(&e, "SQL002");
     assert!(
         shown.contains("needs its time bounded on both ends"),
         "{shown}"
@@ -368,9 +373,7 @@ async fn a_union_all_of_a_changelog_is_refused_for_that_reason() {
          UNION ALL SELECT id, 1 FROM auctions",
     )
     .await;
-    let shown = e.to_string();
-    assert_eq!(e.code(), "SQL003", "{shown}");
-    assert!(shown.starts_with("p.sql:5:1: "), "{shown}");
+    let shown = refused_at_the_insert(&e, "SQL003");
     assert!(
         shown.contains("UNION ALL reads the results of a GROUP BY without a window"),
         "{shown}"
