@@ -2,10 +2,11 @@
 //! consumer.
 //!
 //! Owns the record decoders (JSON, or Avro in the Confluent wire format) and the
-//! workers that run them. The source task copies each record's value, and the
-//! attributes its metadata columns need, into a chunk per partition ([`RawRecords`])
-//! and hands full chunks to [`Decoding`]; workers decode them while the source task
-//! goes on polling, so polling and decoding run on different cores.
+//! workers that run them. The polling thread (`poll.rs`) copies each record's value,
+//! and the attributes its metadata columns need, into a chunk per partition
+//! ([`RawRecords`]); the source task hands each chunk it receives to [`Decoding`],
+//! whose workers decode chunks while the next ones are polled, so polling, decoding
+//! and emitting run on different cores.
 //!
 //! Invariants:
 //! - A partition's chunks all go to one worker (its lane), which decodes them in the
@@ -14,7 +15,7 @@
 //!   of cores.
 //! - At most [`MAX_IN_FLIGHT`] chunks per worker are out at once; sending another
 //!   first waits for a result and emits it (back-pressure on polling, bounded memory).
-//! - [`Decoding::drain`] returns once every record pushed has been emitted or refused.
+//! - [`Decoding::drain`] returns once every chunk sent has been emitted or refused.
 //!   The source drains before a checkpoint barrier, at the end of a bounded partition
 //!   and at the end, so a checkpoint's offsets never run ahead of the rows emitted
 //!   before its barrier.
@@ -75,6 +76,31 @@ pub(super) fn headers_of<M: Message>(m: &M) -> Vec<(String, Vec<u8>)> {
 }
 
 impl RawRecords {
+    /// Adds record `m` (its value, and its attributes when the table has metadata
+    /// columns). A record without a value, or with an attribute its column cannot
+    /// hold, is reported to `bad` instead.
+    pub(super) fn take<M: Message>(&mut self, m: &M, meta: &MetadataColumns, bad: &mut BadRecords) {
+        let Some(value) = m.payload() else {
+            let detail = format!(
+                "partition {} offset {}: a record without a value",
+                m.partition(),
+                m.offset()
+            );
+            blame(bad, m).report(BadRecordReason::Malformed, &detail, &[]);
+            return;
+        };
+        let attributes = match meta.capture(m) {
+            Ok(_) if meta.is_empty() => None,
+            Ok(captured) => Some(captured),
+            Err(why) => {
+                let detail = format!("partition {} offset {}: {why}", m.partition(), m.offset());
+                blame(bad, m).report(BadRecordReason::SchemaMismatch, &detail, value);
+                return;
+            }
+        };
+        self.push(value, attributes, m);
+    }
+
     fn push<M: Message>(&mut self, value: &[u8], meta: Option<RecordMeta>, m: &M) {
         self.bytes.extend_from_slice(value);
         self.ends.push(self.bytes.len());
@@ -89,11 +115,11 @@ impl RawRecords {
         self.headers.push(headers_of(m));
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.ends.len()
     }
 
-    fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
         self.metas.clear();
@@ -121,9 +147,6 @@ pub(super) type Decoded = (i32, Result<Option<RecordBatch>>);
 /// The source task's side of the decoding workers.
 pub(super) struct Decoding {
     table: String,
-    batch_size: usize,
-    /// Per partition, the records read and not sent yet.
-    pending: BTreeMap<i32, RawRecords>,
     /// One worker per lane, each with its own decoder; a partition stays on the lane
     /// it was first given, so its chunks are decoded and returned in order.
     lanes: Vec<mpsc::UnboundedSender<(i32, RawRecords)>>,
@@ -131,14 +154,15 @@ pub(super) struct Decoding {
     /// Results, each with its chunk emptied for reuse.
     done: mpsc::UnboundedReceiver<(Decoded, RawRecords)>,
     in_flight: usize,
-    /// Emptied chunks: their buffers are filled again rather than grown anew (a chunk
-    /// is megabytes; growing one per batch cost allocations, copies and page faults).
-    spare: Vec<RawRecords>,
+    /// Emptied chunks go back to the polling thread, which fills their buffers again
+    /// rather than grow new ones (a chunk is megabytes; growing one per batch cost
+    /// allocations, copies and page faults).
+    recycle: std::sync::mpsc::Sender<RawRecords>,
 }
 
 impl Decoding {
     /// Starts `lanes` workers, each with a decoder from `decoder`; `bad` is their
-    /// handle for reporting refused records.
+    /// handle for reporting refused records; emptied chunks go to `recycle`.
     pub(super) fn start(
         table: &str,
         lanes: usize,
@@ -146,7 +170,7 @@ impl Decoding {
         meta: &MetadataColumns,
         topic: &str,
         bad: &BadRecords,
-        batch_size: usize,
+        recycle: std::sync::mpsc::Sender<RawRecords>,
     ) -> Result<Self> {
         let (results, done) = mpsc::unbounded_channel();
         let mut senders = Vec::new();
@@ -166,59 +190,26 @@ impl Decoding {
         }
         Ok(Decoding {
             table: table.to_string(),
-            batch_size: batch_size.max(1),
-            pending: BTreeMap::new(),
             lanes: senders,
             lane_of: BTreeMap::new(),
             done,
             in_flight: 0,
-            spare: Vec::new(),
+            recycle,
         })
     }
 
-    /// Adds record `m` (its value, and its attributes when the table has metadata
-    /// columns); a full chunk goes to its worker. A record without a value, or with
-    /// an attribute its column cannot hold, is reported to `bad` here.
-    pub(super) async fn push<M: Message>(
+    /// Sends partition `p`'s chunk `raw` to its worker, first emitting results while
+    /// [`MAX_IN_FLIGHT`] chunks per worker are out. An empty chunk is only recycled.
+    pub(super) async fn send(
         &mut self,
-        m: &M,
-        meta: &MetadataColumns,
-        bad: &mut BadRecords,
+        p: i32,
+        raw: RawRecords,
         out: &mut Collector,
     ) -> Result<()> {
-        let p = m.partition();
-        let Some(value) = m.payload() else {
-            let detail = format!(
-                "partition {p} offset {}: a record without a value",
-                m.offset()
-            );
-            blame(bad, m).report(BadRecordReason::Malformed, &detail, &[]);
+        if raw.len() == 0 {
+            let _ = self.recycle.send(raw);
             return Ok(());
-        };
-        let attributes = match meta.capture(m) {
-            Ok(_) if meta.is_empty() => None,
-            Ok(captured) => Some(captured),
-            Err(why) => {
-                let detail = format!("partition {p} offset {}: {why}", m.offset());
-                blame(bad, m).report(BadRecordReason::SchemaMismatch, &detail, value);
-                return Ok(());
-            }
-        };
-        let raw = self.pending.entry(p).or_default();
-        raw.push(value, attributes, m);
-        if raw.len() >= self.batch_size {
-            self.send(p, out).await?;
         }
-        Ok(())
-    }
-
-    /// Sends partition `p`'s pending records to its worker, first emitting results
-    /// while [`MAX_IN_FLIGHT`] chunks per worker are out.
-    async fn send(&mut self, p: i32, out: &mut Collector) -> Result<()> {
-        let Some(raw) = self.pending.get_mut(&p).filter(|r| r.len() > 0) else {
-            return Ok(());
-        };
-        let raw = std::mem::replace(raw, self.spare.pop().unwrap_or_default());
         while self.in_flight >= MAX_IN_FLIGHT * self.lanes.len() {
             self.emit_next(out).await?;
         }
@@ -228,16 +219,6 @@ impl Decoding {
             .send((p, raw))
             .map_err(|_| self.stopped())?;
         self.in_flight += 1;
-        Ok(())
-    }
-
-    /// Sends every partition's pending records to its worker (the flush interval has
-    /// passed); their rows are emitted as they come back.
-    pub(super) async fn send_all(&mut self, out: &mut Collector) -> Result<()> {
-        let partitions: Vec<i32> = self.pending.keys().copied().collect();
-        for p in partitions {
-            self.send(p, out).await?;
-        }
         Ok(())
     }
 
@@ -253,7 +234,9 @@ impl Decoding {
         match self.done.recv().await {
             Some((decoded, spent)) => {
                 self.in_flight -= 1;
-                self.spare.push(spent);
+                // The polling thread may have ended (a bounded read): then the chunk
+                // is simply freed.
+                let _ = self.recycle.send(spent);
                 decoded
             }
             None => (-1, Err(self.stopped())),
@@ -280,10 +263,9 @@ impl Decoding {
         }
     }
 
-    /// Sends everything pending and emits every result: when this returns, each
-    /// record pushed is in a batch emitted or was refused.
+    /// Emits every result: when this returns, each record of the chunks sent is in a
+    /// batch emitted or was refused.
     pub(super) async fn drain(&mut self, out: &mut Collector) -> Result<()> {
-        self.send_all(out).await?;
         while self.busy() {
             self.emit_next(out).await?;
         }

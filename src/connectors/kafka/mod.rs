@@ -4,8 +4,8 @@
 //! Owns reading topic partitions into Arrow batches (JSON, or Avro in the Confluent
 //! wire format with writer schemas from a registry) and writing batches as records.
 //! This file holds what source and sink share (cluster and registry settings, errors);
-//! the source is `source.rs`, the sink `sink.rs`, their transactions
-//! `transactions.rs`, decoding `decode.rs`, record attributes `metadata.rs`, health
+//! the source is `source.rs` (its polling thread `poll.rs`), the sink `sink.rs`, their
+//! transactions `transactions.rs`, decoding `decode.rs`, record attributes `metadata.rs`, health
 //! reporting `probe.rs`, domains and clusters `domains.rs`; the Kafka dead-letter store
 //! (`DeadLetterStore` on a topic per domain, built on the sink) `dead_letters.rs`.
 //!
@@ -27,9 +27,11 @@
 //! - Watermarks per partition: each batch holds one partition's rows and the task's
 //!   watermark follows its slowest partition (`Collector::emit_split`), so a partition
 //!   that is behind does not have its rows made late by one that is ahead.
-//! - Record values are decoded off the polling task, by workers that keep each
-//!   partition's order and are drained before every checkpoint barrier
-//!   (`decode.rs`, ADR 0010).
+//! - A thread of the task polls its consumer and hands chunks of records, each with
+//!   the offsets to resume from after it, to the source task (`poll.rs`); record
+//!   values are decoded by workers that keep each partition's order and are drained
+//!   before every checkpoint barrier (`decode.rs`, ADR 0010). A checkpoint holds the
+//!   offsets of the chunks received, never of records still being polled.
 //! - Record attributes (key, offset, headers…) reach columns only through
 //!   `metadata.*` options (`metadata.rs`); domains and clusters resolve through the
 //!   configuration (`domains.rs`).
@@ -63,6 +65,7 @@ pub mod dead_letters;
 mod decode;
 mod domains;
 mod metadata;
+mod poll;
 mod probe;
 mod sink;
 mod source;

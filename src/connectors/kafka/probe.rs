@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -109,7 +109,7 @@ pub(super) fn recheck(
 /// A source's re-check: its own consumer asks for its topic's metadata.
 pub(super) fn recheck_source(
     probe: Probe,
-    consumer: Arc<StreamConsumer<Watch>>,
+    consumer: Arc<BaseConsumer<Watch>>,
     topic: String,
 ) -> Recheck {
     recheck(probe, EVERY, Until::TaskEnds, move |timeout| {

@@ -4,20 +4,18 @@
 //! `decode.rs`, record attributes in `metadata.rs`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use futures::StreamExt;
 use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::client::Watch;
 use super::decode::{self, Decoding, RecordDecoder};
 use super::metadata::MetadataColumns;
+use super::poll::{PollSettings, Polled, Poller};
 use super::probe;
 use super::{
     REQUEST_TIMEOUT, Result, avro_registry, check_registry, client_config, kafka_error,
@@ -215,7 +213,7 @@ impl SourceFactory for KafkaSourceFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
-        let consumer: StreamConsumer<Watch> = self
+        let consumer: BaseConsumer<Watch> = self
             .consumer_config(task)
             .create_with_context(Watch::default())
             .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
@@ -282,7 +280,8 @@ struct KafkaSource {
     start: StartFrom,
     bounded: bool,
     outage_timeout: Option<Duration>,
-    consumer: Arc<StreamConsumer<Watch>>,
+    /// Polled by the thread of [`Poller`] once assigned.
+    consumer: Arc<BaseConsumer<Watch>>,
     probe: crate::health::Probe,
     meta: MetadataColumns,
     avro: Option<Arc<RegistryClient>>,
@@ -298,15 +297,15 @@ struct KafkaSource {
 
 /// Fails when the cluster refused the consumer's credentials: retrying does not mend
 /// that, so the source stops naming it rather than wait as for an unreachable cluster.
-fn refused(consumer: &StreamConsumer<Watch>, table: &str) -> Result<()> {
+fn refused(consumer: &BaseConsumer<Watch>, table: &str) -> Result<()> {
     match consumer.context().refused() {
-        Some(why) => Err(kafka_error(
-            table,
-            "the cluster refused authentication",
-            why,
-        )),
+        Some(why) => Err(refusal(table, why)),
         None => Ok(()),
     }
+}
+
+fn refusal(table: &str, why: String) -> crate::Error {
+    kafka_error(table, "the cluster refused authentication", why)
 }
 
 /// Fails when the cluster has been unreachable for longer than `outage_timeout`: the
@@ -340,7 +339,7 @@ fn outlasted(
 /// A task's partitions of `topic`, waiting (with backoff) while the cluster is
 /// unreachable or the topic does not exist yet; `None` when stopped meanwhile.
 async fn partitions(
-    consumer: &StreamConsumer<Watch>,
+    consumer: &BaseConsumer<Watch>,
     table: &str,
     topic: &str,
     task: &TaskInfo,
@@ -375,7 +374,11 @@ async fn partitions(
             Err(e) => {
                 // Nothing is assigned yet, so this only serves the client's events:
                 // errors reach the context (`Watch`) when the queue is polled.
-                let _ = tokio::time::timeout(Duration::from_millis(10), consumer.recv()).await;
+                let _ = tokio::task::block_in_place(|| {
+                    consumer
+                        .poll(Duration::from_millis(10))
+                        .map(|r| r.map(|_| ()))
+                });
                 refused(consumer, table)?;
                 tracing::warn!(task = %task, error = %e, "kafka unreachable; retrying");
                 probe.retrying(format!("fetching metadata: {e}"));
@@ -543,16 +546,50 @@ impl KafkaSource {
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
+        let started = self.start_polling(&ends, ctx)?;
+        let (read, poller) = self.read_polled(started, ends, ctx).await;
+        if !poller.stop() {
+            read?;
+            return Err(kafka_error(
+                &self.table,
+                "polling",
+                "the polling thread panicked",
+            ));
+        }
+        read
+    }
+
+    /// Starts the polling thread and the decoding workers.
+    fn start_polling(
+        &self,
+        ends: &std::collections::HashMap<i32, i64>,
+        ctx: &SourceContext,
+    ) -> Result<(Poller, Decoding)> {
         // A decoding worker per partition, up to the cores there are: decoding is most
-        // of a record's cost, and the polling task needs little of a core.
+        // of a record's cost, and polling needs little of a core.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lanes = self.assigned.len().min(cores);
+        let poller = Poller::start(
+            self.consumer.clone(),
+            PollSettings {
+                assigned: self.assigned.clone(),
+                ends: self.bounded.then(|| ends.clone()),
+                meta: self.meta.clone(),
+                bad: ctx.bad_records.clone(),
+                probe: self.probe.clone(),
+                batch_size: ctx.batch.size.max(1),
+                task: self.task.to_string(),
+            },
+            decode::MAX_IN_FLIGHT * lanes,
+        )
+        .map_err(|e| kafka_error(&self.table, "starting the polling thread", e))?;
         let schemas = self
             .avro
             .clone()
             .map(|registry| decode::Schemas::new(registry, &self.task, &ctx.stop));
-        let mut decoding = Decoding::start(
+        let decoding = Decoding::start(
             &self.table,
-            self.assigned.len().min(cores),
+            lanes,
             || {
                 RecordDecoder::new(
                     self.meta.value_schema().clone(),
@@ -564,30 +601,54 @@ impl KafkaSource {
             &self.meta,
             &self.topic,
             &ctx.bad_records,
-            ctx.batch.size,
-        )?;
+            poller.recycle(),
+        );
+        match decoding {
+            Ok(decoding) => Ok((poller, decoding)),
+            Err(e) => {
+                poller.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Emits what the polling thread reads, taking checkpoints, until the end of a
+    /// bounded read or a stop; gives the poller back to be stopped.
+    async fn read_polled(
+        &mut self,
+        (mut poller, mut decoding): (Poller, Decoding),
+        mut ends: std::collections::HashMap<i32, i64>,
+        ctx: &mut SourceContext,
+    ) -> (Result<()>, Poller) {
+        let result = self
+            .emit_polled(&mut poller, &mut decoding, &mut ends, ctx)
+            .await;
+        // Whatever was sent to the workers is emitted (or the first error kept).
+        let drained = decoding.drain(&mut ctx.out).await;
+        (result.and(drained), poller)
+    }
+
+    async fn emit_polled(
+        &mut self,
+        poller: &mut Poller,
+        decoding: &mut Decoding,
+        ends: &mut std::collections::HashMap<i32, i64>,
+        ctx: &mut SourceContext,
+    ) -> Result<()> {
         let KafkaSource {
             consumer,
-            assigned,
             bounded,
             outage_timeout,
             task,
-            meta,
             topic,
             next,
             probe,
             ..
         } = self;
-        let consumer: &StreamConsumer<Watch> = consumer;
-        // Every message already received, up to 4096, per wake-up: the loop's per-wake
-        // work (timers, checkpoint checks) is shared by many records.
-        let mut stream = consumer.stream().ready_chunks(4096);
+        let consumer: &BaseConsumer<Watch> = consumer;
         let mut ticker = tokio::time::interval(ctx.batch.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop = ctx.stop.clone();
-        let mut logged: Option<Instant> = None;
-        // Whether the cluster has answered a fetch yet (records or a partition's end).
-        let mut reading = false;
         // Offsets of the checkpoints taken, committed to the consumer group once the
         // checkpoint is (for lag monitoring and `offset = 'group'`; never before).
         let committed = ctx.checkpoints.as_ref().map(|c| c.committed());
@@ -595,13 +656,14 @@ impl KafkaSource {
             Default::default();
         loop {
             if *bounded && ends.is_empty() {
-                break;
+                return Ok(());
             }
             if let Some(done) = committed.as_ref().map(|c| *c.borrow()) {
                 commit_offsets(consumer, topic, &mut taken, done);
             }
             if let Some(id) = ctx.checkpoint_due() {
-                // Everything read so far out, then the offsets to resume from.
+                // Every chunk received out, then the offsets to resume from: records
+                // still in the polling thread come after them.
                 decoding.drain(&mut ctx.out).await?;
                 let position = serde_json::to_vec(&*next)
                     .map_err(|e| kafka_error(&task.node, "checkpointing offsets", e))?;
@@ -609,60 +671,23 @@ impl KafkaSource {
                 taken.push_back((id, next.clone()));
             }
             tokio::select! {
-                msgs = stream.next() => {
-                    let Some(msgs) = msgs else { break };
-                    for msg in msgs {
-                        let m = match msg {
-                            Ok(m) => {
-                                probe.up();
-                                reading = true;
-                                m
-                            }
-                            Err(KafkaError::PartitionEOF(p)) => {
-                                // Read up to the partition's end as it is now (past
-                                // markers and aborted records), at or beyond its end
-                                // at start: this partition is done.
-                                probe.up();
-                                reading = true;
-                                if *bounded && ends.remove(&p).is_some() {
-                                    decoding.drain(&mut ctx.out).await?;
-                                    ctx.out.end_split(p as u64).await?;
-                                }
-                                continue;
-                            }
-                            Err(e) => {
-                                refused(consumer, &task.node)?;
-                                probe.retrying(&e);
-                                // Transient (broker down, rebalance in the cluster):
-                                // librdkafka retries; say so at most every 10 s.
-                                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                                    tracing::warn!(task = %task, error = %e, "kafka consumer error; retrying");
-                                    logged = Some(Instant::now());
-                                }
-                                continue;
-                            }
-                        };
-                        let p = m.partition();
-                        // Bounded: a partition read to its end takes nothing newer.
-                        if *bounded && !ends.contains_key(&p) {
-                            continue;
-                        }
-                        if !assigned.contains(&p) {
-                            continue;
-                        }
-                        decoding.push(&m, meta, &mut ctx.bad_records, &mut ctx.out).await?;
-                        next.insert(p, m.offset() + 1);
-                        if *bounded
-                            && ends.get(&p).is_some_and(|end| m.offset() + 1 >= *end)
-                        {
-                            // This partition is read: its rows out, then it stops
-                            // holding the watermark back.
-                            ends.remove(&p);
-                            decoding.drain(&mut ctx.out).await?;
-                            ctx.out.end_split(p as u64).await?;
-                        }
+                polled = poller.next() => match polled {
+                    Some(Polled::Records { partition, raw, next: after }) => {
+                        decoding.send(partition, raw, &mut ctx.out).await?;
+                        next.insert(partition, after);
                     }
-                }
+                    Some(Polled::End(p)) => {
+                        // This partition is read: its rows out, then it stops holding
+                        // the watermark back.
+                        ends.remove(&p);
+                        decoding.drain(&mut ctx.out).await?;
+                        ctx.out.end_split(p as u64).await?;
+                    }
+                    Some(Polled::Refused(why)) => return Err(refusal(&task.node, why)),
+                    None => {
+                        return Err(kafka_error(&task.node, "polling", "the polling thread stopped"));
+                    }
+                },
                 decoded = decoding.finished(), if decoding.busy() => {
                     Decoding::emit(decoded, &mut ctx.out).await?;
                 }
@@ -671,22 +696,21 @@ impl KafkaSource {
                     // only reports it to the context.
                     refused(consumer, &task.node)?;
                     outlasted(probe, *outage_timeout, &task.node)?;
-                    decoding.send_all(&mut ctx.out).await?;
+                    poller.flush();
                     // A partition silent for the idle timeout stops holding the
                     // watermark back. Silent because nothing is read yet, or because
                     // the cluster is unreachable, it is not idle: its records are
                     // only delayed, and would be made late by the partitions that
                     // happen to come first.
-                    if reading && probe.state() == crate::health::State::Up {
+                    if poller.reading() && probe.state() == crate::health::State::Up {
                         ctx.out.tick().await?;
                     } else {
                         ctx.out.unreachable();
                     }
                 }
-                _ = stop.raised() => break,
+                _ = stop.raised() => return Ok(()),
             }
         }
-        decoding.drain(&mut ctx.out).await
     }
 }
 
@@ -694,7 +718,7 @@ impl KafkaSource {
 /// is committed (`done`), and forgets the older ones. Asynchronous: a failure is only
 /// logged (the checkpoint, not the group, is where the source resumes).
 fn commit_offsets(
-    consumer: &StreamConsumer<Watch>,
+    consumer: &BaseConsumer<Watch>,
     topic: &str,
     taken: &mut std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)>,
     done: u64,
