@@ -17,7 +17,8 @@
 //! between the candidates; the best and the median of the runs are shown.
 //!
 //! `cargo bench --bench formats` (`TRIBUTARY_BENCH_EVENTS`, default 1,000,000 bids and
-//! as many restaurant records per stream; `TRIBUTARY_BENCH_DUMP=<dir>` also writes each
+//! as many restaurant records per stream; `TRIBUTARY_BENCH_ONLY=<stream>[,<candidate>]`
+//! runs one stream, or one candidate on it, e.g. under a profiler; `TRIBUTARY_BENCH_DUMP=<dir>` also writes each
 //! stream's bytes to `<dir>/<stream>.jsonl` for `benches/json_candidates`).
 
 use std::time::Duration;
@@ -285,6 +286,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let only = std::env::var("TRIBUTARY_BENCH_ONLY").unwrap_or_default();
+    let (only_stream, only_candidate) = only.split_once(',').unwrap_or((&only, ""));
     println!(
         "JSON lines -> Arrow, MB/s per core (input bytes / CPU seconds of the decoding thread); best and median of {RUNS} runs"
     );
@@ -298,6 +301,9 @@ fn main() {
         ("restaurant", "kitchen"),
         ("restaurant", "app"),
     ] {
+        if !only_stream.is_empty() && only_stream != stream {
+            continue;
+        }
         let (schema, bytes) = input(world, stream, n);
         if let Ok(dir) = std::env::var("TRIBUTARY_BENCH_DUMP") {
             std::fs::write(format!("{dir}/{stream}.jsonl"), &bytes).expect("dump");
@@ -307,6 +313,7 @@ fn main() {
         let candidates: Vec<&Candidate> = CANDIDATES
             .iter()
             .filter(|(name, _)| flat || !name.starts_with("dom"))
+            .filter(|(name, _)| only_candidate.is_empty() || *name == only_candidate)
             .collect();
         let mut times = vec![Vec::new(); candidates.len()];
         for _ in 0..RUNS {
