@@ -18,8 +18,9 @@ use chrono::{DateTime, TimeZone, Utc};
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Leaf<'a> {
     Str(&'a str),
-    /// The text of a JSON number.
-    Num(&'a str),
+    /// The text of a JSON number, and its value when it is an integer of at most 18
+    /// digits (found while scanning it; any such value fits an i64).
+    Num(&'a str, Option<i64>),
     Bool(bool),
     Object,
     Array,
@@ -29,7 +30,7 @@ impl Leaf<'_> {
     pub(super) fn describe(&self) -> String {
         match self {
             Leaf::Str(s) => format!("\"{}\"", clip(s)),
-            Leaf::Num(s) => clip(s).to_string(),
+            Leaf::Num(s, _) => clip(s).to_string(),
             Leaf::Bool(b) => b.to_string(),
             Leaf::Object => "an object".into(),
             Leaf::Array => "an array".into(),
@@ -199,6 +200,11 @@ other_slot!(f32 => F32, f64 => F64);
 /// exactly what arrow's parser accepts. The value is the one arrow-json decodes.
 trait NativeLeaf: ArrowPrimitiveType + Parser {
     fn from_number(s: &str) -> Option<Self::Native>;
+    /// From a number whose text `s` is the integer `v`: the same as
+    /// [`NativeLeaf::from_number`], without reading the text again where it can.
+    fn from_integer(s: &str, _v: i64) -> Option<Self::Native> {
+        Self::from_number(s)
+    }
 }
 
 macro_rules! integral_leaf {
@@ -210,6 +216,10 @@ macro_rules! integral_leaf {
                     Some(v) => Native::try_from(v).ok(),
                     None => int_text(s).and_then(|v| Native::try_from(v).ok()),
                 }
+            }
+
+            fn from_integer(_: &str, v: i64) -> Option<Self::Native> {
+                <$t as ArrowPrimitiveType>::Native::try_from(v).ok()
             }
         }
     )+};
@@ -257,7 +267,8 @@ where
     T::Native: SlotNative,
 {
     let v = match leaf {
-        Leaf::Num(s) => T::from_number(s),
+        Leaf::Num(s, Some(v)) => T::from_integer(s, v),
+        Leaf::Num(s, None) => T::from_number(s),
         Leaf::Str(s) => <T as Parser>::parse(s),
         _ => None,
     };
@@ -274,13 +285,7 @@ where
 /// of range.
 fn epoch_ms_to(s: &str, unit: TimeUnit) -> Option<Result<i64, ()>> {
     if let Some(ms) = short_int(s).or_else(|| s.parse::<i64>().ok()) {
-        let v = match unit {
-            TimeUnit::Second => Some(ms.div_euclid(1000)),
-            TimeUnit::Millisecond => Some(ms),
-            TimeUnit::Microsecond => ms.checked_mul(1000),
-            TimeUnit::Nanosecond => ms.checked_mul(1_000_000),
-        };
-        return Some(v.ok_or(()));
+        return Some(epoch_ms_int(ms, unit));
     }
     if !s.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
         return None;
@@ -294,6 +299,17 @@ fn epoch_ms_to(s: &str, unit: TimeUnit) -> Option<Result<i64, ()>> {
     };
     let in_range = v.is_finite() && v >= i64::MIN as f64 && v < i64::MAX as f64;
     Some(if in_range { Ok(v as i64) } else { Err(()) })
+}
+
+/// Integer epoch milliseconds to `unit` (`Err` if out of range).
+fn epoch_ms_int(ms: i64, unit: TimeUnit) -> Result<i64, ()> {
+    match unit {
+        TimeUnit::Second => Some(ms.div_euclid(1000)),
+        TimeUnit::Millisecond => Some(ms),
+        TimeUnit::Microsecond => ms.checked_mul(1000),
+        TimeUnit::Nanosecond => ms.checked_mul(1_000_000),
+    }
+    .ok_or(())
 }
 
 fn datetime_to<T: TimeZone>(d: DateTime<T>, unit: TimeUnit) -> Option<i64> {
@@ -407,7 +423,13 @@ fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), 
         return Err(expected(ctx, leaf));
     };
     match leaf {
-        Leaf::Str(s) | Leaf::Num(s) => {
+        Leaf::Num(s, Some(ms)) => {
+            let v = epoch_ms_int(ms, unit)
+                .map_err(|_| format!("{} milliseconds since the epoch is out of range", clip(s)))?;
+            *out = v.into_slot();
+            Ok(())
+        }
+        Leaf::Str(s) | Leaf::Num(s, None) => {
             *out = timestamp_text(s, unit, ctx.tz.as_ref())?.into_slot();
             Ok(())
         }

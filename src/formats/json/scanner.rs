@@ -459,16 +459,32 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans a number; `self.i` is on its first character. Returns its text.
-    fn number(&mut self) -> Scan<&'a str> {
+    /// Scans a number; `self.i` is on its first character. Returns its text, and its
+    /// value if it is an integer of at most 18 digits (see [`Leaf::Num`]).
+    fn number(&mut self) -> Scan<(&'a str, Option<i64>)> {
         let start = self.i;
-        if self.b.get(self.i) == Some(&b'-') {
+        let negative = self.b.get(self.i) == Some(&b'-');
+        if negative {
             self.i += 1;
         }
+        let int_start = self.i;
+        let mut v = 0i64;
         match self.b.get(self.i) {
             Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => self.digits(),
+            Some(b'1'..=b'9') => {
+                // The value as the digits go by; it wraps past 18 digits, and is then
+                // not used.
+                while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
+                    v = v.wrapping_mul(10).wrapping_add((c - b'0') as i64);
+                    self.i += 1;
+                }
+            }
             _ => return Err(self.unexpected("a digit")),
+        }
+        let short = self.i - int_start <= 18;
+        if !matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+            let int = short.then(|| if negative { -v } else { v });
+            return Ok((&self.s[start..self.i], int));
         }
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
@@ -487,7 +503,7 @@ impl<'a> Scanner<'a> {
             }
             self.digits();
         }
-        Ok(&self.s[start..self.i])
+        Ok((&self.s[start..self.i], None))
     }
 
     fn digits(&mut self) {
@@ -569,7 +585,7 @@ impl<'a> Scanner<'a> {
         let r = match node {
             Node::Leaf(ctx, check) => check(leaf, ctx, out).map(|_| true),
             Node::Text => match leaf {
-                Leaf::Str(_) | Leaf::Num(_) | Leaf::Bool(_) => Ok(false),
+                Leaf::Str(_) | Leaf::Num(..) | Leaf::Bool(_) => Ok(false),
                 _ => Err(format!("expected a string, found {}", leaf.describe())),
             },
             Node::Bool => match leaf {
@@ -584,8 +600,8 @@ impl<'a> Scanner<'a> {
                 _ => Err(format!("expected a hex string, found {}", leaf.describe())),
             },
             Node::Decimal(parse, p, s) => match leaf {
-                Leaf::Str(t) | Leaf::Num(t) if parse(t, *p, *s, out) => Ok(true),
-                Leaf::Str(_) | Leaf::Num(_) => Err(format!(
+                Leaf::Str(t) | Leaf::Num(t, _) if parse(t, *p, *s, out) => Ok(true),
+                Leaf::Str(_) | Leaf::Num(..) => Err(format!(
                     "expected Decimal({p}, {s}), found {}",
                     leaf.describe()
                 )),
@@ -667,8 +683,8 @@ impl<'a> Scanner<'a> {
                 self.check_leaf(node, Leaf::Bool(false), at, out)?
             }
             Some(b'-' | b'0'..=b'9') => {
-                let n = self.number()?;
-                self.check_leaf(node, Leaf::Num(n), at, out)?
+                let (n, int) = self.number()?;
+                self.check_leaf(node, Leaf::Num(n, int), at, out)?
             }
             _ => return Err(self.unexpected("a value")),
         };
