@@ -199,15 +199,18 @@ impl PollThread {
                 Some(Ok(m)) => {
                     self.answered();
                     let p = m.partition();
-                    let wanted = self.settings.assigned.contains(&p)
-                        && self
-                            .settings
-                            .ends
-                            .as_ref()
-                            .is_none_or(|e| e.contains_key(&p));
-                    if !wanted {
+                    if !self.settings.assigned.contains(&p) {
                         continue;
                     }
+                    // Bounded: the partition's end; one read to its end takes nothing
+                    // newer.
+                    let end = match &self.settings.ends {
+                        None => None,
+                        Some(ends) => match ends.get(&p) {
+                            Some(end) => Some(*end),
+                            None => continue,
+                        },
+                    };
                     let next = m.offset() + 1;
                     let spare = &self.spare;
                     let pending = self.pending.entry(p).or_insert_with(|| Pending {
@@ -218,11 +221,7 @@ impl PollThread {
                     pending.raw.take(&m, &s.meta, &mut s.bad);
                     pending.next = Some(next);
                     let full = pending.raw.len() >= s.batch_size;
-                    let ended = s
-                        .ends
-                        .as_ref()
-                        .and_then(|e| e.get(&p))
-                        .is_some_and(|end| next >= *end);
+                    let ended = end.is_some_and(|end| next >= end);
                     if full || ended {
                         self.send(p)?;
                     }

@@ -546,8 +546,8 @@ impl KafkaSource {
         self.consumer
             .assign(&assignment)
             .map_err(|e| kafka_error(&self.table, "assigning partitions", e))?;
-        let started = self.start_polling(&ends, ctx)?;
-        let (read, poller) = self.read_polled(started, ends, ctx).await;
+        let started = self.start_polling(ends, ctx)?;
+        let (read, poller) = self.read_polled(started, ctx).await;
         if !poller.stop() {
             read?;
             return Err(kafka_error(
@@ -562,7 +562,7 @@ impl KafkaSource {
     /// Starts the polling thread and the decoding workers.
     fn start_polling(
         &self,
-        ends: &std::collections::HashMap<i32, i64>,
+        ends: std::collections::HashMap<i32, i64>,
         ctx: &SourceContext,
     ) -> Result<(Poller, Decoding)> {
         // A decoding worker per partition, up to the cores there are: decoding is most
@@ -573,7 +573,7 @@ impl KafkaSource {
             self.consumer.clone(),
             PollSettings {
                 assigned: self.assigned.clone(),
-                ends: self.bounded.then(|| ends.clone()),
+                ends: self.bounded.then_some(ends),
                 meta: self.meta.clone(),
                 bad: ctx.bad_records.clone(),
                 probe: self.probe.clone(),
@@ -617,12 +617,9 @@ impl KafkaSource {
     async fn read_polled(
         &mut self,
         (mut poller, mut decoding): (Poller, Decoding),
-        mut ends: std::collections::HashMap<i32, i64>,
         ctx: &mut SourceContext,
     ) -> (Result<()>, Poller) {
-        let result = self
-            .emit_polled(&mut poller, &mut decoding, &mut ends, ctx)
-            .await;
+        let result = self.emit_polled(&mut poller, &mut decoding, ctx).await;
         // Whatever was sent to the workers is emitted (or the first error kept).
         let drained = decoding.drain(&mut ctx.out).await;
         (result.and(drained), poller)
@@ -632,7 +629,6 @@ impl KafkaSource {
         &mut self,
         poller: &mut Poller,
         decoding: &mut Decoding,
-        ends: &mut std::collections::HashMap<i32, i64>,
         ctx: &mut SourceContext,
     ) -> Result<()> {
         let KafkaSource {
@@ -655,9 +651,6 @@ impl KafkaSource {
         let mut taken: std::collections::VecDeque<(u64, std::collections::BTreeMap<i32, i64>)> =
             Default::default();
         loop {
-            if *bounded && ends.is_empty() {
-                return Ok(());
-            }
             if let Some(done) = committed.as_ref().map(|c| *c.borrow()) {
                 commit_offsets(consumer, topic, &mut taken, done);
             }
@@ -679,11 +672,13 @@ impl KafkaSource {
                     Some(Polled::End(p)) => {
                         // This partition is read: its rows out, then it stops holding
                         // the watermark back.
-                        ends.remove(&p);
                         decoding.drain(&mut ctx.out).await?;
                         ctx.out.end_split(p as u64).await?;
                     }
                     Some(Polled::Refused(why)) => return Err(refusal(&task.node, why)),
+                    // A bounded read's thread ends once every partition has (a thread
+                    // that panicked is found when it is joined).
+                    None if *bounded => return Ok(()),
                     None => {
                         return Err(kafka_error(&task.node, "polling", "the polling thread stopped"));
                     }

@@ -56,35 +56,9 @@ fn expected(ctx: &LeafCtx, leaf: Leaf<'_>) -> String {
     format!("expected {}, found {}", ctx.data_type, leaf.describe())
 }
 
-/// The value of a JSON integer of at most 18 digits (any of which fits an i64, so no
-/// step can overflow): the common case, without `str::parse`'s checks per digit.
-/// `None` for anything else (longer, a fraction or an exponent: [`int_text`] decides).
-fn short_int(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let (negative, digits) = match b {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, b),
-    };
-    if digits.is_empty() || digits.len() > 18 {
-        return None;
-    }
-    let mut v = 0i64;
-    for &c in digits {
-        let d = c.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        v = v * 10 + d as i64;
-    }
-    Some(if negative { -v } else { v })
-}
-
 /// An integer from the text of a JSON number: an exact integer, or a float with no
 /// fraction (`1e3`, `2.0`).
 fn int_text(s: &str) -> Option<i128> {
-    if let Some(v) = short_int(s) {
-        return Some(v.into());
-    }
     // Most integers fit an i64, which parses faster.
     if let Ok(v) = s.parse::<i64>() {
         return Some(v.into());
@@ -211,11 +185,7 @@ macro_rules! integral_leaf {
     ($($t:ty),+) => {$(
         impl NativeLeaf for $t {
             fn from_number(s: &str) -> Option<Self::Native> {
-                type Native = <$t as ArrowPrimitiveType>::Native;
-                match short_int(s) {
-                    Some(v) => Native::try_from(v).ok(),
-                    None => int_text(s).and_then(|v| Native::try_from(v).ok()),
-                }
+                int_text(s).and_then(|v| <Self as ArrowPrimitiveType>::Native::try_from(v).ok())
             }
 
             fn from_integer(_: &str, v: i64) -> Option<Self::Native> {
@@ -284,7 +254,7 @@ where
 /// Epoch milliseconds to `unit`: `None` if `s` is not a number, `Some(Err)` if it is out
 /// of range.
 fn epoch_ms_to(s: &str, unit: TimeUnit) -> Option<Result<i64, ()>> {
-    if let Some(ms) = short_int(s).or_else(|| s.parse::<i64>().ok()) {
+    if let Ok(ms) = s.parse::<i64>() {
         return Some(epoch_ms_int(ms, unit));
     }
     if !s.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
@@ -299,6 +269,10 @@ fn epoch_ms_to(s: &str, unit: TimeUnit) -> Option<Result<i64, ()>> {
     };
     let in_range = v.is_finite() && v >= i64::MIN as f64 && v < i64::MAX as f64;
     Some(if in_range { Ok(v as i64) } else { Err(()) })
+}
+
+fn epoch_out_of_range(s: &str) -> String {
+    format!("{} milliseconds since the epoch is out of range", clip(s))
 }
 
 /// Integer epoch milliseconds to `unit` (`Err` if out of range).
@@ -332,7 +306,7 @@ pub(super) fn timestamp_text(s: &str, unit: TimeUnit, tz: Option<&Tz>) -> Result
         return v.ok_or_else(|| format!("\"{}\" is out of range", clip(s)));
     }
     if !dated && let Some(v) = epoch_ms_to(s, unit) {
-        return v.map_err(|_| format!("{} milliseconds since the epoch is out of range", clip(s)));
+        return v.map_err(|_| epoch_out_of_range(s));
     }
     let parsed = match tz {
         Some(tz) => string_to_datetime(tz, s).map(|d| datetime_to(d, unit)),
@@ -424,8 +398,7 @@ fn check_timestamp(leaf: Leaf<'_>, ctx: &LeafCtx, out: &mut Slot) -> Result<(), 
     };
     match leaf {
         Leaf::Num(s, Some(ms)) => {
-            let v = epoch_ms_int(ms, unit)
-                .map_err(|_| format!("{} milliseconds since the epoch is out of range", clip(s)))?;
+            let v = epoch_ms_int(ms, unit).map_err(|_| epoch_out_of_range(s))?;
             *out = v.into_slot();
             Ok(())
         }
@@ -543,19 +516,6 @@ mod tests {
                         None => prop_assert!(slow.is_err(), "{} {:?}", s, unit),
                     }
                 }
-            }
-        }
-
-        /// The short integer parser reads what `str::parse` reads, and declines only
-        /// what it leaves to `int_text` (over 18 digits, fractions, exponents).
-        #[test]
-        fn the_short_integer_parser_agrees_with_str_parse(
-            s in "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,2})?",
-        ) {
-            let digits = s.trim_start_matches('-').len();
-            match short_int(&s) {
-                Some(v) => prop_assert_eq!(Ok(v), s.parse::<i64>()),
-                None => prop_assert!(digits > 18 || s.contains(['.', 'e', 'E']), "{}", s),
             }
         }
     }

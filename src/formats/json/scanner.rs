@@ -932,5 +932,22 @@ mod tests {
             let naive = b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(b.len());
             prop_assert_eq!(string_stop(&b), naive);
         }
+
+        /// A number's value, found as its digits are scanned, is what `str::parse`
+        /// reads, for every integer of up to 18 digits; longer ones, fractions and
+        /// exponents have none (their text decides).
+        #[test]
+        fn a_short_integer_is_valued_as_str_parse_values_it(
+            s in "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,2})?",
+        ) {
+            let mut sc = Scanner::new(&s);
+            let (text, int) = sc.number().unwrap();
+            prop_assert_eq!(text, s.as_str());
+            let digits = s.trim_start_matches('-').len();
+            match int {
+                Some(v) => prop_assert_eq!(Ok(v), s.parse::<i64>()),
+                None => prop_assert!(digits > 18 || s.contains(['.', 'e', 'E']), "{}", s),
+            }
+        }
     }
 }
