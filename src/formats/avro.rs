@@ -466,10 +466,7 @@ impl<R: BufRead> AvroReader<R> {
         if count == 0 {
             return Ok(None);
         }
-        // Count, size and sync take at least 2 + 16 bytes around the data.
-        if self.snappy && framed.len() < 2 + 4 + 16 {
-            return Err(self.corrupt(start, "snappy block shorter than its checksum"));
-        }
+        // A snappy block too short for its checksum is refused by `unsnap`.
         let unsnapped;
         let framed = if self.snappy {
             unsnapped = unsnap(framed, count, &self.sync).map_err(|e| self.corrupt(start, e))?;
