@@ -1,5 +1,6 @@
 //! Decoding: [`JsonDecoder`], which scans each record and appends the accepted ones to
-//! Arrow builders (flat schemas) or has arrow-json decode them in bulk (other schemas).
+//! Arrow builders, or has arrow-json decode them in bulk (schemas with a struct of two
+//! fields of the same name).
 
 use std::sync::Arc;
 
@@ -10,12 +11,13 @@ use arrow::array::builder::{
 use arrow::array::timezone::Tz;
 use arrow::array::{
     Array, ArrayRef, ArrowPrimitiveType, AsArray, LargeListArray, ListArray, MapArray, NullArray,
-    OffsetSizeTrait, RecordBatch, RecordBatchOptions, StructArray,
+    NullBufferBuilder, OffsetSizeTrait, RecordBatch, RecordBatchOptions, StructArray,
 };
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type,
     DurationMicrosecondType, DurationMillisecondType, DurationNanosecondType, DurationSecondType,
-    FieldRef, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
+    FieldRef, Fields, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
     SchemaRef, Time32MillisecondType, Time32SecondType, Time64MicrosecondType,
     Time64NanosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
     TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
@@ -24,7 +26,7 @@ use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
 use super::rules::{Slot, SlotNative, timestamp_text};
-use super::scanner::{Scan, StructNode, compile_struct, scan, scan_text, utf8};
+use super::scanner::{Event, Scan, StructNode, Tape, compile_struct, scan, scan_text, utf8};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -341,45 +343,284 @@ fn flat_column(dt: &DataType, capacity: usize) -> Option<Box<dyn FlatColumn>> {
     })
 }
 
-/// The rows of a flat schema: every root field a leaf, no two with the same name.
+// ------------------------------------------------------------------------------------
+// Lists, structs and maps: built from the scanner's tape
+// ------------------------------------------------------------------------------------
+
+/// A column built from the scanner's values: a scalar one, or a list, struct or map of
+/// columns (built from the events the scanner recorded on its [`Tape`]). A map is a list
+/// of entries whose keys and values are two columns.
+enum Column {
+    Leaf(Box<dyn FlatColumn>),
+    List(Box<ListColumn>),
+    Struct(Box<StructColumn>),
+}
+
+/// Lists and maps: an offset per value, then the items (key, value pairs for maps).
+struct ListColumn {
+    /// The item field (a map's entries field).
+    item: FieldRef,
+    large: bool,
+    offsets: Vec<i64>,
+    nulls: NullBufferBuilder,
+    /// Items, or a map's keys.
+    child: Column,
+    /// A map's values, and whether its keys are sorted.
+    map: Option<(Column, bool)>,
+}
+
+struct StructColumn {
+    fields: Fields,
+    nulls: NullBufferBuilder,
+    children: Vec<Column>,
+    len: usize,
+}
+
+/// A column given events it was not compiled for: a bug, since a column and its
+/// scanner node are compiled from the same type.
+#[cold]
+fn wrong_event(event: &Event) -> ! {
+    unreachable!("a JSON column was given an event of another kind: {event:?}")
+}
+
+impl Column {
+    /// The column of a field of type `dt`; `None` for types [`compile_struct`] refuses.
+    fn new(dt: &DataType, capacity: usize) -> Option<Column> {
+        if let Some(leaf) = flat_column(dt, capacity) {
+            return Some(Column::Leaf(leaf));
+        }
+        let list = |item: &FieldRef, large, child, map| {
+            let mut offsets = Vec::with_capacity(capacity + 1);
+            offsets.push(0);
+            Column::List(Box::new(ListColumn {
+                item: item.clone(),
+                large,
+                offsets,
+                nulls: NullBufferBuilder::new(capacity),
+                child,
+                map,
+            }))
+        };
+        Some(match dt {
+            DataType::List(item) => {
+                list(item, false, Column::new(item.data_type(), capacity)?, None)
+            }
+            DataType::LargeList(item) => {
+                list(item, true, Column::new(item.data_type(), capacity)?, None)
+            }
+            DataType::Map(entries, sorted) => {
+                let DataType::Struct(kv) = entries.data_type() else {
+                    return None;
+                };
+                let [key, value] = kv.iter().collect::<Vec<_>>()[..] else {
+                    return None;
+                };
+                let keys = Column::new(key.data_type(), capacity)?;
+                let values = Column::new(value.data_type(), capacity)?;
+                list(entries, false, keys, Some((values, *sorted)))
+            }
+            DataType::Struct(fields) => Column::Struct(Box::new(StructColumn {
+                fields: fields.clone(),
+                nulls: NullBufferBuilder::new(capacity),
+                children: fields
+                    .iter()
+                    .map(|f| Column::new(f.data_type(), capacity))
+                    .collect::<Option<_>>()?,
+                len: 0,
+            })),
+            _ => return None,
+        })
+    }
+
+    /// Appends a root field's value: `slot` as the scanner left it (a scalar, a null,
+    /// or the range of `tape` a list, struct or map took).
+    fn append(&mut self, slot: &Slot, record: &str, tape: &Tape) {
+        match (self, slot) {
+            (Column::Leaf(c), _) => c.append(slot, record),
+            (column, Slot::Null) => column.append_null(),
+            (column, Slot::Span(from, _)) => {
+                column.replay(record, tape, *from);
+            }
+            (_, slot) => wrong_slot(slot),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Column::Leaf(c) => c.append(&Slot::Null, ""),
+            Column::List(l) => {
+                let last = l.offsets[l.offsets.len() - 1];
+                l.offsets.push(last);
+                l.nulls.append_null();
+            }
+            Column::Struct(s) => {
+                s.children.iter_mut().for_each(Column::append_null);
+                s.nulls.append_null();
+                s.len += 1;
+            }
+        }
+    }
+
+    /// Appends the value recorded at event `at` of `tape`; returns the event after it.
+    fn replay(&mut self, record: &str, tape: &Tape, at: usize) -> usize {
+        let event = &tape.events[at];
+        match (self, event) {
+            (Column::Leaf(c), Event::Value(slot)) => c.append(slot, record),
+            (column, Event::Value(Slot::Null)) => column.append_null(),
+            (Column::List(l), &Event::Open { end, .. }) => {
+                let mut next = at + 1;
+                let mut n = 0;
+                while next < end {
+                    next = l.child.replay(record, tape, next);
+                    if let Some((values, _)) = &mut l.map {
+                        next = values.replay(record, tape, next);
+                    }
+                    n += 1;
+                }
+                let last = l.offsets[l.offsets.len() - 1];
+                l.offsets.push(last + n);
+                l.nulls.append_non_null();
+                return end;
+            }
+            (Column::Struct(s), &Event::Open { end, fields }) => {
+                for (child, &(a, b)) in s.children.iter_mut().zip(&tape.fields[fields..]) {
+                    if a == b {
+                        child.append_null();
+                    } else {
+                        child.replay(record, tape, a);
+                    }
+                }
+                s.nulls.append_non_null();
+                s.len += 1;
+                return end;
+            }
+            _ => wrong_event(event),
+        }
+        at + 1
+    }
+
+    /// The values appended since the last call.
+    fn finish(&mut self) -> Result<ArrayRef, String> {
+        Ok(match self {
+            Column::Leaf(c) => c.finish(),
+            Column::List(l) => {
+                let child = l.child.finish()?;
+                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
+                let nulls = l.nulls.finish();
+                match &mut l.map {
+                    Some((values, sorted)) => {
+                        let DataType::Struct(kv) = l.item.data_type() else {
+                            return Err(format!("map entries of type {}", l.item.data_type()));
+                        };
+                        let entries =
+                            StructArray::try_new(kv.clone(), vec![child, values.finish()?], None)
+                                .map_err(|e| e.to_string())?;
+                        Arc::new(
+                            MapArray::try_new(
+                                l.item.clone(),
+                                offsets32(offsets)?,
+                                entries,
+                                nulls,
+                                *sorted,
+                            )
+                            .map_err(|e| e.to_string())?,
+                        )
+                    }
+                    None if l.large => Arc::new(
+                        LargeListArray::try_new(
+                            l.item.clone(),
+                            OffsetBuffer::new(offsets.into()),
+                            child,
+                            nulls,
+                        )
+                        .map_err(|e| e.to_string())?,
+                    ),
+                    None => Arc::new(
+                        ListArray::try_new(l.item.clone(), offsets32(offsets)?, child, nulls)
+                            .map_err(|e| e.to_string())?,
+                    ),
+                }
+            }
+            Column::Struct(s) => {
+                let nulls = s.nulls.finish();
+                let len = std::mem::take(&mut s.len);
+                if s.fields.is_empty() {
+                    Arc::new(StructArray::new_empty_fields(len, nulls))
+                } else {
+                    let children = s
+                        .children
+                        .iter_mut()
+                        .map(Column::finish)
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Arc::new(
+                        StructArray::try_new(s.fields.clone(), children, nulls)
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+            }
+        })
+    }
+}
+
+fn offsets32(offsets: Vec<i64>) -> Result<OffsetBuffer<i32>, String> {
+    let offsets = offsets
+        .into_iter()
+        .map(i32::try_from)
+        .collect::<Result<Vec<i32>, _>>()
+        .map_err(|_| "more list items in one batch than a List holds".to_string())?;
+    Ok(OffsetBuffer::new(offsets.into()))
+}
+
+/// The rows of a schema whose structs (the root's and the nested ones) have no two
+/// fields of the same name: built from what the scanner converted, with no second
+/// decoder.
 ///
-/// The scanner converts a record's values into `slots` while it checks them; they are
-/// appended to `columns` only once the whole record is accepted, so a refused record
-/// leaves nothing behind and an accepted one is never refused afterwards.
-struct FlatRows {
+/// The scanner converts a record's values into `slots` (and its lists, structs and
+/// maps onto `tape`) while it checks them; they are appended to `columns` only once
+/// the whole record is accepted, so a refused record leaves nothing behind and an
+/// accepted one is never refused afterwards.
+struct ScannedRows {
     /// One per root field, in order.
-    columns: Vec<Box<dyn FlatColumn>>,
+    columns: Vec<Column>,
     /// The values of the record being scanned, one per column.
     slots: Vec<Slot>,
+    /// The lists, structs and maps of the record being scanned; `None` for a flat
+    /// schema (every root field a scalar).
+    tape: Option<Tape>,
     /// Rows appended since the last flush.
     rows: usize,
 }
 
-impl FlatRows {
-    /// `None` unless `schema` (compiled into `root`) is flat. A schema without columns
-    /// is left to arrow-json, whose batches of no columns have no rows either.
+impl ScannedRows {
+    /// `None` unless `schema` (compiled into `root`) has no struct with two fields of
+    /// the same name. A schema without columns is left to arrow-json, whose batches of
+    /// no columns have no rows either.
     fn new(schema: &Schema, root: &StructNode, capacity: usize) -> Option<Self> {
-        if !root.unique || schema.fields().is_empty() {
+        if !root.all_unique() || schema.fields().is_empty() {
             return None;
         }
         let capacity = capacity.min(DEFAULT_CAPACITY);
         let columns = schema
             .fields()
             .iter()
-            .map(|f| flat_column(f.data_type(), capacity))
+            .map(|f| Column::new(f.data_type(), capacity))
             .collect::<Option<Vec<_>>>()?;
-        Some(FlatRows {
+        let nested = columns.iter().any(|c| !matches!(c, Column::Leaf(_)));
+        Some(ScannedRows {
             slots: vec![Slot::Null; columns.len()],
             columns,
+            tape: nested.then(Tape::default),
             rows: 0,
         })
     }
 
     fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
         let text = utf8(record)?;
-        scan_text(text, root, Some(&mut self.slots))?;
+        scan_text(text, root, Some(&mut self.slots), self.tape.as_mut())?;
+        let empty = Tape::default();
+        let tape = self.tape.as_ref().unwrap_or(&empty);
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
-            column.append(slot, text);
+            column.append(slot, text, tape);
         }
         self.rows += 1;
         Ok(())
@@ -389,7 +630,12 @@ impl FlatRows {
         if self.rows == 0 {
             return Ok(None);
         }
-        let columns = self.columns.iter_mut().map(|c| c.finish()).collect();
+        let columns = self
+            .columns
+            .iter_mut()
+            .map(Column::finish)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(decode_err)?;
         let options =
             RecordBatchOptions::new().with_row_count(Some(std::mem::take(&mut self.rows)));
         RecordBatch::try_new_with_options(schema.clone(), columns, &options)
@@ -416,7 +662,7 @@ struct Late {
     raw: Vec<u8>,
 }
 
-/// The records of schemas that are not flat, accepted by the scanner: decoded by
+/// The records of schemas with a struct of two fields of the same name, accepted by the scanner: decoded by
 /// arrow-json in runs of `capacity`, behind the safety net described at
 /// [`JsonDecoder`].
 struct Bulk {
@@ -709,14 +955,15 @@ impl Bulk {
 /// let batch = d.flush()?;                          // every good record, in order
 /// ```
 ///
-/// Flat schemas (every column a scalar: numbers, strings, booleans, timestamps, dates,
-/// times, durations, decimals, binary; no two columns of the same name) take one pass:
-/// the scanner converts each value while it checks it, and the values of an accepted
-/// record are appended to Arrow builders. Nothing is refused after `push` accepted it.
+/// Schemas whose structs have no two fields of the same name take one pass: the
+/// scanner converts each value while it checks it, and the values of an accepted
+/// record are appended to Arrow builders (a list's, struct's or map's values through
+/// the scanner's tape). Nothing is refused after `push` accepted it.
 ///
-/// Other schemas (with structs, lists or maps): each record is scanned once by the
-/// scanner and decoded once by arrow-json in bulk; its bytes are also copied once into
-/// a buffer kept until the next flush (the material of the safety net below).
+/// Other schemas (a struct with two fields of the same name, or no columns): each
+/// record is scanned once by the scanner and decoded once by arrow-json in bulk; its
+/// bytes are also copied once into a buffer kept until the next flush (the material of
+/// the safety net below).
 ///
 /// Safety net (other schemas only): should arrow-json refuse a buffer of records the
 /// scanner accepted, the buffer is split in halves and re-decoded until the refused
@@ -735,7 +982,7 @@ pub struct JsonDecoder {
 // One per decoder, chosen once: the size of the unused variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 enum Rows {
-    Flat(FlatRows),
+    Scanned(ScannedRows),
     Bulk(Bulk),
 }
 
@@ -743,7 +990,7 @@ impl std::fmt::Debug for JsonDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JsonDecoder")
             .field("schema", &self.schema)
-            .field("flat", &matches!(self.rows, Rows::Flat(_)))
+            .field("scanned", &matches!(self.rows, Rows::Scanned(_)))
             .field("buffered", &self.buffered())
             .finish()
     }
@@ -757,14 +1004,14 @@ impl JsonDecoder {
     }
 
     /// Like [`JsonDecoder::new`], sized for flushes of about `capacity` rows (more can be
-    /// pushed; with structs, lists or maps they are decoded in runs of `capacity`).
+    /// pushed; on the arrow-json path they are decoded in runs of `capacity`).
     pub fn with_capacity(schema: SchemaRef, capacity: usize) -> crate::Result<Self> {
         Self::build(schema, capacity, true)
     }
 
     /// Like [`JsonDecoder::with_capacity`], but always through arrow-json, as schemas
-    /// with structs, lists or maps are (the same batches and refusals, at a higher
-    /// cost): for comparing the two ways.
+    /// with a struct of two fields of the same name are (the same batches and refusals,
+    /// at a higher cost): for comparing the two ways.
     #[doc(hidden)]
     pub fn with_capacity_through_arrow_json(
         schema: SchemaRef,
@@ -773,15 +1020,15 @@ impl JsonDecoder {
         Self::build(schema, capacity, false)
     }
 
-    fn build(schema: SchemaRef, capacity: usize, flat: bool) -> crate::Result<Self> {
+    fn build(schema: SchemaRef, capacity: usize, scanned: bool) -> crate::Result<Self> {
         let capacity = capacity.clamp(1, 1 << 20);
         let root =
             compile_struct(schema.fields()).map_err(|e| decode_err(format!("column {e}")))?;
-        let rows = match flat
-            .then(|| FlatRows::new(&schema, &root, capacity))
+        let rows = match scanned
+            .then(|| ScannedRows::new(&schema, &root, capacity))
             .flatten()
         {
-            Some(flat) => Rows::Flat(flat),
+            Some(scanned) => Rows::Scanned(scanned),
             None => Rows::Bulk(Bulk::new(schema.clone(), capacity)?),
         };
         Ok(JsonDecoder {
@@ -814,7 +1061,7 @@ impl JsonDecoder {
         bad: &mut BadRecords,
     ) -> bool {
         let refusal = match &mut self.rows {
-            Rows::Flat(flat) => match flat.push(record, &self.root) {
+            Rows::Scanned(rows) => match rows.push(record, &self.root) {
                 Ok(()) => return true,
                 Err(refusal) => refusal,
             },
@@ -837,7 +1084,7 @@ impl JsonDecoder {
     /// Number of good records pushed since the last flush.
     pub fn buffered(&self) -> usize {
         match &self.rows {
-            Rows::Flat(flat) => flat.rows,
+            Rows::Scanned(rows) => rows.rows,
             Rows::Bulk(bulk) => bulk.buffered(),
         }
     }
@@ -846,19 +1093,19 @@ impl JsonDecoder {
     /// exactly the decoder's schema; `None` when there are none.
     pub fn flush(&mut self) -> crate::Result<Option<RecordBatch>> {
         match &mut self.rows {
-            Rows::Flat(flat) => flat.flush(&self.schema),
+            Rows::Scanned(rows) => rows.flush(&self.schema),
             Rows::Bulk(bulk) => bulk.flush(),
         }
     }
 
     /// Which records, counted from 0 at the last flush in the order `push` accepted
     /// them, the safety net refused afterwards: the rows of that flush are the accepted
-    /// records without these (always none for flat schemas). Call after `flush`;
+    /// records without these (always none off the arrow-json path). Call after `flush`;
     /// callers that pair each record with data of their own (a Kafka record's key,
     /// offset) use it to stay aligned.
     pub fn take_dropped(&mut self) -> Vec<usize> {
         match &mut self.rows {
-            Rows::Flat(_) => Vec::new(),
+            Rows::Scanned(_) => Vec::new(),
             Rows::Bulk(bulk) => {
                 let mut d = std::mem::take(&mut bulk.dropped);
                 d.sort_unstable();
@@ -876,13 +1123,13 @@ impl JsonDecoder {
     }
 
     /// Test hook: feed a record to the bulk decoder without the scanner, to exercise
-    /// the safety net. A decoder on the flat path moves to the arrow-json path first,
+    /// the safety net. A decoder on the scanned path moves to the arrow-json path first,
     /// the rows it holds becoming its first decoded batch.
     #[cfg(test)]
     fn push_unchecked(&mut self, record: &[u8]) {
-        if let Rows::Flat(flat) = &mut self.rows {
+        if let Rows::Scanned(rows) = &mut self.rows {
             let mut bulk = Bulk::new(self.schema.clone(), self.capacity).unwrap();
-            if let Some(batch) = flat.flush(&self.schema).unwrap() {
+            if let Some(batch) = rows.flush(&self.schema).unwrap() {
                 bulk.accepted = batch.num_rows();
                 bulk.done_rows = batch.num_rows();
                 bulk.done.push(batch);

@@ -39,6 +39,22 @@ enum Node {
     },
 }
 
+impl Node {
+    /// A list, struct or map: a value the decoder builds from the tape, not a slot.
+    fn is_nested(&self) -> bool {
+        matches!(self, Node::List { .. } | Node::Struct(_) | Node::Map { .. })
+    }
+
+    fn all_unique(&self) -> bool {
+        match self {
+            Node::List { item, .. } => item.all_unique(),
+            Node::Struct(s) => s.all_unique(),
+            Node::Map { key, value, .. } => key.all_unique() && value.all_unique(),
+            _ => true,
+        }
+    }
+}
+
 pub(super) struct StructNode {
     /// Name, nullable, node.
     fields: Vec<(String, bool, Node)>,
@@ -54,6 +70,12 @@ pub(super) struct StructNode {
 }
 
 impl StructNode {
+    /// Whether no struct of this one's type, its own fields' or theirs, has two fields
+    /// of the same name (what building rows from the tape needs: one column per name).
+    pub(super) fn all_unique(&self) -> bool {
+        self.unique && self.fields.iter().all(|(_, _, n)| n.all_unique())
+    }
+
     fn find(&self, name: &str) -> Option<usize> {
         match &self.index {
             Some(map) => map.get(name).copied(),
@@ -211,6 +233,37 @@ impl Refusal {
 /// A scan's result; refusals are boxed to keep the good path's results small.
 pub(super) type Scan<T = ()> = Result<T, Box<Refusal>>;
 
+/// The nested values (lists, structs, maps) of one record, as the scanner converted
+/// them, in the order they were written: what the decoder appends to its columns once
+/// the record is accepted (see [`scan_text`]). Reused from record to record.
+#[derive(Debug, Default)]
+pub(super) struct Tape {
+    pub(super) events: Vec<Event>,
+    /// For each struct value, the event range of each of its fields in schema order
+    /// (empty for a field that was absent; the last one when a key was repeated),
+    /// starting at its [`Event::Open`]'s `fields`.
+    pub(super) fields: Vec<(usize, usize)>,
+}
+
+/// One step of a [`Tape`].
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A scalar value, or a null list, struct or map.
+    Value(Slot),
+    /// A list, struct or map, up to event `end` (exclusive): a list's items or a map's
+    /// keys and values follow, alternating; a struct's fields are found through the
+    /// tape's `fields`, from index `fields` on.
+    Open { end: usize, fields: usize },
+}
+
+/// Where the scanner is in a list, struct or map it records on the tape: its
+/// [`Event::Open`] and its first entry in [`Tape::fields`].
+#[derive(Clone, Copy)]
+struct Opened {
+    event: usize,
+    fields: usize,
+}
+
 /// A strict JSON scanner over one record, checking values against a schema.
 struct Scanner<'a> {
     s: &'a str,
@@ -218,6 +271,8 @@ struct Scanner<'a> {
     i: usize,
     /// Unescaped text of the last string that had escapes.
     scratch: String,
+    /// Where nested values are recorded, if they are.
+    tape: Option<Tape>,
 }
 
 /// Which fields of an object had a non-null value (tracked only when some are required).
@@ -294,6 +349,42 @@ impl<'a> Scanner<'a> {
             b: s.as_bytes(),
             i: 0,
             scratch: String::new(),
+            tape: None,
+        }
+    }
+
+    /// Starts recording a list, struct or map of `fields` fields (0 for lists and
+    /// maps) on the tape, if there is one.
+    fn open(&mut self, fields: usize) -> Option<Opened> {
+        let t = self.tape.as_mut()?;
+        let opened = Opened {
+            event: t.events.len(),
+            fields: t.fields.len(),
+        };
+        t.fields.resize(opened.fields + fields, (0, 0));
+        t.events.push(Event::Open { end: 0, fields: 0 });
+        Some(opened)
+    }
+
+    /// Ends the list, struct or map `opened` at the tape's current end.
+    fn close(&mut self, opened: Option<Opened>) {
+        if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
+            t.events[o.event] = Event::Open {
+                end: t.events.len(),
+                fields: o.fields,
+            };
+        }
+    }
+
+    /// The number of events on the tape (0 without one).
+    fn taped(&self) -> usize {
+        self.tape.as_ref().map_or(0, |t| t.events.len())
+    }
+
+    /// Records a scalar value (or a null) on the tape, if there is one.
+    fn tape_value(&mut self, slot: Slot) {
+        if let Some(t) = self.tape.as_mut() {
+            t.events.push(Event::Value(slot));
         }
     }
 
@@ -619,7 +710,8 @@ impl<'a> Scanner<'a> {
         r.map_err(|m| self.mismatch(at, m))
     }
 
-    /// Scans a value and checks it against `node`. A null is refused unless `nullable`.
+    /// Scans a value and checks it against `node`, recording it on the tape if there is
+    /// one. A null is refused unless `nullable`.
     fn value(&mut self, node: &Node, nullable: bool, depth: usize) -> Scan {
         self.ws();
         match (self.b.get(self.i), node) {
@@ -633,7 +725,12 @@ impl<'a> Scanner<'a> {
                 },
             ) => self.map(key, value, *value_nullable, depth),
             (Some(b'['), Node::List { item, nullable }) => self.array(item, *nullable, depth),
-            _ => self.leaf(node, nullable, depth, &mut Slot::Null),
+            _ => {
+                let mut slot = Slot::Null;
+                self.leaf(node, nullable, depth, &mut slot)?;
+                self.tape_value(slot);
+                Ok(())
+            }
         }
     }
 
@@ -700,9 +797,11 @@ impl<'a> Scanner<'a> {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         self.i += 1;
+        let opened = self.open(0);
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
+            self.close(opened);
             return Ok(());
         }
         let mut n = 0usize;
@@ -715,6 +814,7 @@ impl<'a> Scanner<'a> {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
+                    self.close(opened);
                     return Ok(());
                 }
                 _ => return Err(self.unexpected("',' or ']'")),
@@ -727,9 +827,11 @@ impl<'a> Scanner<'a> {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         self.i += 1;
+        let opened = self.open(0);
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
+            self.close(opened);
             return Ok(());
         }
         loop {
@@ -740,8 +842,19 @@ impl<'a> Scanner<'a> {
             let at = self.i;
             let k = self.string()?;
             let name = self.keep(&k);
-            self.check_leaf(key, Leaf::Str(&name), at, &mut Slot::Null)
+            let mut slot = Slot::Null;
+            let converted = self
+                .check_leaf(key, Leaf::Str(&name), at, &mut slot)
                 .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
+            if self.tape.is_some() {
+                if !converted {
+                    slot = match k {
+                        Str::Borrowed(a, b) => Slot::Span(a, b),
+                        Str::Scratch => Slot::Unescaped(name.as_ref().into()),
+                    };
+                }
+                self.tape_value(slot);
+            }
             self.ws();
             self.eat(b':', "':'")?;
             self.value(value, value_nullable, depth + 1)
@@ -751,6 +864,7 @@ impl<'a> Scanner<'a> {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
+                    self.close(opened);
                     return Ok(());
                 }
                 _ => return Err(self.unexpected("',' or '}'")),
@@ -758,15 +872,21 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans an object of `node`. With `slots` (one per field, all [`Slot::Null`], and
-    /// every field a leaf), also keeps each field's converted value there: the last
-    /// one when a key is repeated, as arrow-json does.
+    /// Scans an object of `node`. With `slots` (one per field, all [`Slot::Null`]), also
+    /// keeps each field's value there: a scalar's converted value, or the range of
+    /// events a list, struct or map took on the tape (which there must then be); the
+    /// last one when a key is repeated, as arrow-json does. Without `slots`, the
+    /// object is recorded on the tape if there is one.
     fn object(&mut self, node: &StructNode, depth: usize, mut slots: Option<&mut [Slot]>) -> Scan {
         if depth >= MAX_DEPTH {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         let start = self.i;
         self.i += 1;
+        let opened = match slots {
+            Some(_) => None,
+            None => self.open(node.fields.len()),
+        };
         // Fields whose last value was present and not null, when some are required.
         let mut present = Present::new(node);
         // The field expected next.
@@ -799,9 +919,23 @@ impl<'a> Scanner<'a> {
                         let (name, nullable, child) = &node.fields[f];
                         self.ws();
                         let is_null = self.b.get(self.i) == Some(&b'n');
+                        let from = self.taped();
                         let r = match slots.as_deref_mut() {
-                            Some(slots) => self.leaf(child, *nullable, depth + 1, &mut slots[f]),
-                            None => self.value(child, *nullable, depth + 1),
+                            Some(slots) if !child.is_nested() => {
+                                self.leaf(child, *nullable, depth + 1, &mut slots[f])
+                            }
+                            Some(slots) => {
+                                let r = self.value(child, *nullable, depth + 1);
+                                slots[f] = Slot::Span(from, self.taped());
+                                r
+                            }
+                            None => {
+                                let r = self.value(child, *nullable, depth + 1);
+                                if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
+                                    t.fields[o.fields + f] = (from, t.events.len());
+                                }
+                                r
+                            }
                         };
                         r.map_err(|r| r.within(PathSeg::Field(name.clone())))?;
                         present.set(f, !is_null);
@@ -827,6 +961,7 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
+        self.close(opened);
         Ok(())
     }
 
@@ -865,7 +1000,7 @@ impl<'a> Scanner<'a> {
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
 pub(super) fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
-    scan_text(utf8(record)?, root, None)
+    scan_text(utf8(record)?, root, None, None)
 }
 
 /// `record` as text, or the refusal of a record that is not UTF-8.
@@ -880,19 +1015,32 @@ pub(super) fn utf8(record: &[u8]) -> Scan<&str> {
     })
 }
 
-/// Like [`scan`], on a record known to be text. With `slots` (one per root field, every
-/// root field a leaf), also leaves there the record's converted values; their contents
-/// are unspecified if the record is refused.
+/// Like [`scan`], on a record known to be text. With `slots` (one per root field), also
+/// leaves there the record's values: a scalar field's converted value, or the range of
+/// `tape`'s events that a list, struct or map field took (`tape` is cleared first, and
+/// must be given if any root field is nested). Their contents are unspecified if the
+/// record is refused.
 pub(super) fn scan_text(
     text: &str,
     root: &StructNode,
     mut slots: Option<&mut [Slot]>,
+    tape: Option<&mut Tape>,
 ) -> Scan<(usize, usize)> {
     if let Some(slots) = slots.as_deref_mut() {
         slots.fill(Slot::Null);
     }
     let mut sc = Scanner::new(text);
-    match sc.record(root, slots) {
+    let mut tape = tape;
+    if let Some(t) = tape.as_deref_mut() {
+        t.events.clear();
+        t.fields.clear();
+        sc.tape = Some(std::mem::take(t));
+    }
+    let scanned = sc.record(root, slots);
+    if let (Some(t), Some(back)) = (sc.tape.take(), tape) {
+        *back = t;
+    }
+    match scanned {
         Ok(r) => Ok(r),
         Err(r) if r.reason == BadRecordReason::SchemaMismatch => {
             // A schema mismatch in a record that is not JSON at all is malformed.

@@ -1,6 +1,6 @@
 //! Tests of the decoder, and through it of the value rules and the scanner: round trips
 //! with the encoder, refusals, the safety net, robustness to arbitrary input and the
-//! flat path against arrow-json.
+//! scanned path (flat and nested schemas) against arrow-json.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +19,7 @@ use super::{JsonDecoder, Rows};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::json::encode_json_lines;
 use crate::formats::json::rules::Slot;
-use crate::formats::json::scanner::{compile_struct, scan, scan_text, utf8};
+use crate::formats::json::scanner::{Tape, compile_struct, scan, scan_text, utf8};
 use crate::testing::{Edit, apply_edits};
 
 /// Counts bad-record reports by reason, through the metrics they increment.
@@ -537,6 +537,47 @@ fn deep_nesting_is_refused_not_overflowed() {
     assert_eq!(reasons, vec!["malformed"]);
 }
 
+/// Lists of structs, as the restaurant's orders carry line items: keys out of order, a
+/// key repeated (the last value counts), a field absent, a null item, a null list, a
+/// refused record between good ones leaving nothing behind.
+#[test]
+fn lists_of_structs_are_built_from_the_scanner() {
+    let item = Fields::from(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("name", DataType::Utf8, true),
+    ]);
+    let items = DataType::List(Arc::new(Field::new("item", DataType::Struct(item), true)));
+    let s = schema(vec![
+        field("order", DataType::Int64, false),
+        field("items", items, true),
+    ]);
+    let input: [&[u8]; 4] = [
+        br#"{"items": [{"name": "fries", "id": 1}, {"id": 2, "id": 3}, null], "order": 10}"#,
+        br#"{"order": 11, "items": [{"id": 4, "name": "shake"}, {"id": "x"}]}"#,
+        br#"{"order": 12, "items": null}"#,
+        br#"{"order": 13, "items": [{"id": 5, "name": "cola\u0021"}]}"#,
+    ];
+    let mut d = JsonDecoder::new(s).unwrap();
+    assert!(matches!(d.rows, Rows::Scanned(_)));
+    let mut bad = BadRecords::detached("test");
+    let accepted: Vec<bool> = input.iter().map(|r| d.push(r, &mut bad)).collect();
+    assert_eq!(accepted, vec![true, false, true, true]);
+    let batch = d.flush().unwrap().unwrap();
+    let orders = batch.column(0).as_primitive::<Int64Type>();
+    assert_eq!(orders.values(), &[10, 12, 13]);
+    let lists = batch.column(1).as_list::<i32>();
+    assert!(lists.is_null(1));
+    assert_eq!(lists.value_offsets(), &[0, 3, 3, 4]);
+    let structs = lists.values().as_struct();
+    assert!(structs.is_null(2));
+    let ids = structs.column(0).as_primitive::<Int64Type>();
+    assert_eq!((ids.value(0), ids.value(1), ids.value(3)), (1, 3, 5));
+    let names = structs.column(1).as_string::<i32>();
+    assert_eq!(names.value(0), "fries");
+    assert!(names.is_null(1));
+    assert_eq!(names.value(3), "cola!");
+}
+
 #[test]
 fn many_records_are_decoded_in_runs_of_the_capacity() {
     let s = schema(vec![field("n", DataType::Int64, false)]);
@@ -894,6 +935,138 @@ fn fitting_value(dt: &DataType) -> BoxedStrategy<String> {
     }
 }
 
+/// A value of the kind column type `dt` takes; for lists, structs and maps, one whose
+/// items, fields or values are such values (in range or not), or odd ones.
+fn nested_value(dt: &DataType) -> BoxedStrategy<String> {
+    let item = |dt: &DataType| prop_oneof![6 => nested_value(dt), 1 => diff_value()].boxed();
+    match dt {
+        DataType::List(f) | DataType::LargeList(f) => {
+            prop::collection::vec(item(f.data_type()), 0..4)
+                .prop_map(|v| format!("[{}]", v.join(", ")))
+                .boxed()
+        }
+        DataType::Map(entries, _) => {
+            let DataType::Struct(kv) = entries.data_type() else {
+                unreachable!("map entries are structs")
+            };
+            let key = prop::sample::select(vec!["k", "\\\"j\\\"", "k", "", "\\u00e9"]);
+            prop::collection::vec((key, item(kv[1].data_type())), 0..4)
+                .prop_map(|kv| {
+                    let body: Vec<String> =
+                        kv.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect();
+                    format!("{{{}}}", body.join(", "))
+                })
+                .boxed()
+        }
+        DataType::Struct(fields) => {
+            let entries: Vec<BoxedStrategy<Option<(String, String)>>> = fields
+                .iter()
+                .map(|f| {
+                    let name = f.name().clone();
+                    prop::option::weighted(
+                        0.85,
+                        item(f.data_type()).prop_map(move |v| (name.clone(), v)),
+                    )
+                    .boxed()
+                })
+                .collect();
+            (
+                entries,
+                any::<bool>(),
+                prop::option::of((0..fields.len().max(1), diff_value())),
+            )
+                .prop_map(|(entries, reverse, repeat)| {
+                    let mut entries: Vec<(String, String)> =
+                        entries.into_iter().flatten().collect();
+                    if reverse {
+                        entries.reverse();
+                    }
+                    // A key repeated: the last value counts.
+                    if let Some((i, v)) = repeat.filter(|(i, _)| *i < entries.len()) {
+                        let k = entries[i].0.clone();
+                        entries.insert(0, (k, v));
+                    }
+                    let body: Vec<String> = entries
+                        .iter()
+                        .map(|(k, v)| format!("\"{k}\": {v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(", "))
+                })
+                .boxed()
+        }
+        dt => fitting_value(dt),
+    }
+}
+
+/// Lists, structs and maps of the scalar types (and of each other), nullable or not;
+/// with `dup`, the struct fields are all called `a` (which keeps such schemas off the
+/// scanned path).
+fn nested_type() -> impl Strategy<Value = DataType> {
+    let leaf = (flat_type(), any::<bool>());
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|(dt, nullable)| (
+                DataType::List(Arc::new(Field::new("item", dt, nullable))),
+                nullable
+            )),
+            inner.clone().prop_map(|(dt, nullable)| (
+                DataType::LargeList(Arc::new(Field::new("element", dt, nullable))),
+                !nullable
+            )),
+            (
+                prop::collection::vec(inner.clone(), 0..4),
+                prop::bool::weighted(0.1)
+            )
+                .prop_map(|(fields, dup)| {
+                    let fields: Vec<Field> = fields
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (dt, nullable))| {
+                            let name = if dup {
+                                "a".to_string()
+                            } else {
+                                format!("f{i}")
+                            };
+                            Field::new(name, dt, nullable)
+                        })
+                        .collect();
+                    (DataType::Struct(fields.into()), true)
+                }),
+            inner.prop_map(|(dt, nullable)| {
+                let entries = Field::new(
+                    "entries",
+                    DataType::Struct(Fields::from(vec![
+                        Field::new("keys", DataType::Utf8, false),
+                        Field::new("values", dt, nullable),
+                    ])),
+                    false,
+                );
+                (DataType::Map(Arc::new(entries), false), nullable)
+            }),
+        ]
+    })
+    .prop_map(|(dt, _)| dt)
+}
+
+/// Up to 4 columns `c0`, `c1`, …, scalars, lists, structs and maps.
+fn nested_schema() -> impl Strategy<Value = SchemaRef> {
+    prop::collection::vec(
+        (
+            prop_oneof![1 => flat_type(), 2 => nested_type()],
+            any::<bool>(),
+        ),
+        1..5,
+    )
+    .prop_map(|cols| {
+        let fields = cols
+            .into_iter()
+            .enumerate()
+            .map(|(i, (dt, nullable))| field(&format!("c{i}"), dt, nullable))
+            .collect();
+        schema(fields)
+    })
+}
+
 /// A record for `s`: its columns (most of them) with fitting values or odd ones, in
 /// order or not, a key repeated or unknown now and then, sometimes mutated.
 fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
@@ -903,7 +1076,7 @@ fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
         .map(|f| {
             let name = f.name().clone();
             let value = prop_oneof![
-                6 => fitting_value(f.data_type()),
+                6 => nested_value(f.data_type()),
                 1 => diff_value(),
             ];
             prop::option::weighted(0.85, value.prop_map(move |v| (name.clone(), v))).boxed()
@@ -993,7 +1166,12 @@ fn run_path(
             dropped.extend(d.take_dropped());
         }
         d.report_late(&mut bad);
-        (matches!(d.rows, Rows::Flat(_)), accepted, batches, dropped)
+        (
+            matches!(d.rows, Rows::Scanned(_)),
+            accepted,
+            batches,
+            dropped,
+        )
     });
     (on_flat, accepted, batches, dropped, rec.take(), bad.count())
 }
@@ -1017,7 +1195,7 @@ proptest! {
         check_robust(&records)?;
     }
 
-    /// The flat path and the arrow-json path agree on every record of every flat
+    /// The scanned path and the arrow-json path agree on every record of every flat
     /// schema: the same answers, batches, refusal reasons and refusal details.
     #[test]
     fn flat_path_equals_the_arrow_json_path(
@@ -1027,39 +1205,67 @@ proptest! {
         }),
         capacity in 1..6usize,
     ) {
-        let root = compile_struct(s.fields()).unwrap();
-        let run = |flat| {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run_path(&s, &records, capacity, flat)
-            }))
-        };
-        let (new, old) = match (run(true), run(false)) {
-            (Ok(new), Ok(old)) => (new, old),
-            // arrow-cast's `parse_decimal` overflows (a panic with debug assertions)
-            // on exponents near 32767, on either path alike.
-            (Err(_), Err(_)) => return Ok(()),
-            (new, _) => {
-                return Err(TestCaseError::fail(format!(
-                    "only the {} path panicked",
-                    if new.is_err() { "flat" } else { "arrow-json" }
-                )));
-            }
-        };
-        let flat = root.unique && !s.fields().is_empty();
-        prop_assert_eq!(new.0, flat, "the flat path is taken when it can be");
-        prop_assert!(!old.0);
-        prop_assert_eq!(&new.1, &old.1, "accepted");
-        prop_assert_eq!(&new.2, &old.2, "batches");
-        prop_assert_eq!(&new.3, &old.3, "dropped");
-        prop_assert_eq!(&new.4, &old.4, "reasons");
-        prop_assert_eq!(new.5, old.5, "bad records");
-        let mut slots = vec![Slot::Null; s.fields().len()];
-        for r in &records {
-            let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
-            let new = utf8(r)
-                .and_then(|t| scan_text(t, &root, Some(&mut slots)))
-                .map_err(|e| (e.reason, e.detail()));
-            prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));
-        }
+        scanned_path_equals_the_arrow_json_path(&s, &records, capacity)?;
     }
+
+    /// The same for schemas with lists, structs and maps, nested in each other.
+    #[test]
+    fn nested_path_equals_the_arrow_json_path(
+        (s, records) in nested_schema().prop_flat_map(|s| {
+            let records = prop::collection::vec(diff_record(&s), 1..12);
+            (Just(s), records)
+        }),
+        capacity in 1..6usize,
+    ) {
+        scanned_path_equals_the_arrow_json_path(&s, &records, capacity)?;
+    }
+}
+
+/// Runs `records` through the scanned path and the arrow-json path: the same answers,
+/// batches, refusal reasons and refusal details.
+fn scanned_path_equals_the_arrow_json_path(
+    s: &SchemaRef,
+    records: &[Vec<u8>],
+    capacity: usize,
+) -> Result<(), TestCaseError> {
+    let root = compile_struct(s.fields()).unwrap();
+    let run = |flat| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_path(s, records, capacity, flat)
+        }))
+    };
+    let (new, old) = match (run(true), run(false)) {
+        (Ok(new), Ok(old)) => (new, old),
+        // arrow-cast's `parse_decimal` overflows (a panic with debug assertions)
+        // on exponents near 32767, on either path alike.
+        (Err(_), Err(_)) => return Ok(()),
+        (new, _) => {
+            return Err(TestCaseError::fail(format!(
+                "only the {} path panicked",
+                if new.is_err() {
+                    "scanned"
+                } else {
+                    "arrow-json"
+                }
+            )));
+        }
+    };
+    let scanned = root.all_unique() && !s.fields().is_empty();
+    prop_assert_eq!(new.0, scanned, "the scanned path is taken when it can be");
+    prop_assert!(!old.0);
+    prop_assert_eq!(&new.1, &old.1, "accepted");
+    prop_assert_eq!(&new.2, &old.2, "batches");
+    prop_assert_eq!(&new.3, &old.3, "dropped");
+    prop_assert_eq!(&new.4, &old.4, "reasons");
+    prop_assert_eq!(new.5, old.5, "bad records");
+    let mut slots = vec![Slot::Null; s.fields().len()];
+    let mut tape = Tape::default();
+    for r in records {
+        let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
+        let new = utf8(r)
+            .and_then(|t| scan_text(t, &root, Some(&mut slots), Some(&mut tape)))
+            .map_err(|e| (e.reason, e.detail()));
+        prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));
+    }
+    Ok(())
 }
