@@ -3,7 +3,8 @@
 //! in file order.
 //!
 //! [`LineChunks`] reads a file in large blocks and cuts it after every `lines`-th
-//! newline (found with `memchr`); a chunk knows the number of its first line, so bad
+//! newline (found with `memchr`, once: a chunk carries where its newlines are); a chunk
+//! knows the number of its first line, so bad
 //! records name their line wherever the chunk is decoded. A line longer than the limit
 //! is never held whole: once the unfinished line in hand passes the limit, the rest of
 //! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
@@ -30,8 +31,13 @@ const MIN_READ: usize = 64 << 10;
 #[derive(Debug)]
 pub(super) enum Piece {
     /// Whole lines (the last one may lack its `\n` at the end of the file); `first` is
-    /// the number (from 1) of the first one.
-    Lines { bytes: Vec<u8>, first: u64 },
+    /// the number (from 1) of the first one; `newlines` where their `\n`s are in
+    /// `bytes` (found when the chunk was cut, so its decoder need not search again).
+    Lines {
+        bytes: Vec<u8>,
+        first: u64,
+        newlines: Vec<usize>,
+    },
     /// A line longer than the limit: its number, its length and its first bytes.
     TooLong {
         line: u64,
@@ -105,14 +111,16 @@ impl<R: Read> LineChunks<R> {
     /// The next piece of the file, `None` at its end.
     pub(super) fn next_piece(&mut self) -> std::io::Result<Option<Piece>> {
         let mut buf = std::mem::take(&mut self.carry);
-        // Newlines found so far in `buf[..scanned]`, and where the line after the last
-        // of them starts.
+        // Newlines found so far in `buf[..scanned]` (`newlines` holds where), and where
+        // the line after the last of them starts.
+        let mut newlines = Vec::with_capacity(self.per_chunk.min(1 << 16));
         let mut found = 0usize;
         let mut scanned = 0usize;
         let mut line_start = 0usize;
         loop {
             for p in memchr::memchr_iter(b'\n', &buf[scanned..]) {
                 found += 1;
+                newlines.push(scanned + p);
                 line_start = scanned + p + 1;
                 if found == self.per_chunk {
                     break;
@@ -124,7 +132,7 @@ impl<R: Read> LineChunks<R> {
                 buf.len()
             };
             if found == self.per_chunk {
-                return Ok(Some(self.cut(buf, line_start, found as u64)));
+                return Ok(Some(self.cut(buf, line_start, newlines)));
             }
             if self.eof {
                 if buf.is_empty() {
@@ -132,12 +140,16 @@ impl<R: Read> LineChunks<R> {
                 }
                 let first = self.lines + 1;
                 self.lines += found as u64 + u64::from(buf.len() > line_start);
-                return Ok(Some(Piece::Lines { bytes: buf, first }));
+                return Ok(Some(Piece::Lines {
+                    bytes: buf,
+                    first,
+                    newlines,
+                }));
             }
             if buf.len() - line_start > self.max_line {
                 if line_start > 0 {
                     // The whole lines first; the long one is the next piece.
-                    return Ok(Some(self.cut(buf, line_start, found as u64)));
+                    return Ok(Some(self.cut(buf, line_start, newlines)));
                 }
                 return self.too_long(buf).map(Some);
             }
@@ -148,16 +160,22 @@ impl<R: Read> LineChunks<R> {
         }
     }
 
-    /// The first `lines` lines of `buf`, which end at `end`; the rest is carried over.
-    fn cut(&mut self, mut buf: Vec<u8>, end: usize, lines: u64) -> Piece {
+    /// The lines of `buf` up to `end`, whose `\n`s are at `newlines`; the rest is
+    /// carried over.
+    fn cut(&mut self, mut buf: Vec<u8>, end: usize, newlines: Vec<usize>) -> Piece {
         self.carry = buf[end..].to_vec();
         buf.truncate(end);
+        let lines = newlines.len();
         if lines > 0 {
-            self.avg_line = (end / lines as usize).max(1);
+            self.avg_line = (end / lines).max(1);
         }
         let first = self.lines + 1;
-        self.lines += lines;
-        Piece::Lines { bytes: buf, first }
+        self.lines += lines as u64;
+        Piece::Lines {
+            bytes: buf,
+            first,
+            newlines,
+        }
     }
 
     /// `buf` is the start of a line already longer than the limit: reads and drops the
@@ -216,7 +234,7 @@ pub(super) fn decode_piece(
 ) -> crate::Result<Vec<RecordBatch>> {
     let at = bad.origin_mut();
     at.file = Some(path.display().to_string());
-    let (bytes, first) = match piece {
+    let (bytes, first, newlines) = match piece {
         Piece::TooLong { line, len, sample } => {
             bad.origin_mut().line = Some(line as i64);
             let origin = LineOrigin { path, line };
@@ -225,12 +243,16 @@ pub(super) fn decode_piece(
             bad.report(BadRecordReason::Malformed, &detail, &sample);
             return Ok(Vec::new());
         }
-        Piece::Lines { bytes, first } => (bytes, first),
+        Piece::Lines {
+            bytes,
+            first,
+            newlines,
+        } => (bytes, first, newlines),
     };
     let mut batches = Vec::new();
     let mut line = first;
     let mut start = 0;
-    let mut lines = memchr::memchr_iter(b'\n', &bytes).chain(std::iter::once(bytes.len()));
+    let mut lines = newlines.into_iter().chain(std::iter::once(bytes.len()));
     while start < bytes.len() {
         let end = lines.next().unwrap_or(bytes.len());
         let mut rec = &bytes[start..end];
@@ -293,13 +315,23 @@ mod tests {
         out
     }
 
+    /// Where the `\n`s of `bytes` are, found the plain way.
+    fn newlines_of(bytes: &[u8]) -> Vec<usize> {
+        (0..bytes.len()).filter(|&i| bytes[i] == b'\n').collect()
+    }
+
     #[test]
     fn chunks_hold_whole_lines_and_long_lines_are_pieces_of_their_own() {
         let input = b"a\nbb\n0123456789abcdefghij\nccc\r\nlast";
         let got: Vec<String> = pieces(input, 2, 8, 4)
             .into_iter()
             .map(|p| match p {
-                Piece::Lines { bytes, first } => {
+                Piece::Lines {
+                    bytes,
+                    first,
+                    newlines,
+                } => {
+                    assert_eq!(newlines, newlines_of(&bytes));
                     format!("{first}:{}", String::from_utf8(bytes).unwrap())
                 }
                 Piece::TooLong { line, len, sample } => {
@@ -334,7 +366,8 @@ mod tests {
             }
             for p in pieces(&input, per_chunk, max_line, reads) {
                 match p {
-                    Piece::Lines { bytes, first } => {
+                    Piece::Lines { bytes, first, newlines } => {
+                        prop_assert_eq!(newlines, newlines_of(&bytes));
                         let mut body = &bytes[..];
                         if body.last() == Some(&b'\n') {
                             body = &body[..body.len() - 1];
