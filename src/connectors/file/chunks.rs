@@ -166,8 +166,8 @@ impl<R: Read> LineChunks<R> {
         self.carry = buf[end..].to_vec();
         buf.truncate(end);
         let lines = newlines.len();
-        if lines > 0 {
-            self.avg_line = (end / lines).max(1);
+        if let Some(avg) = end.checked_div(lines) {
+            self.avg_line = avg.max(1);
         }
         let first = self.lines + 1;
         self.lines += lines as u64;
