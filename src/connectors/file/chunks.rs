@@ -3,9 +3,9 @@
 //! in file order.
 //!
 //! [`LineChunks`] reads a file in large blocks and cuts it after every `lines`-th
-//! newline (found with `memchr`, once: a chunk carries where its newlines are); a chunk
-//! knows the number of its first line, so bad
-//! records name their line wherever the chunk is decoded. A line longer than the limit
+//! newline (found with `memchr`, once: a chunk carries where its newlines are); a
+//! chunk knows the number of its first line, so bad records name their line wherever
+//! the chunk is decoded. A line longer than the limit
 //! is never held whole: once the unfinished line in hand passes the limit, the rest of
 //! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
 //! in the file's order. [`decode_piece`] turns a piece into batches of at most the
@@ -111,29 +111,23 @@ impl<R: Read> LineChunks<R> {
     /// The next piece of the file, `None` at its end.
     pub(super) fn next_piece(&mut self) -> std::io::Result<Option<Piece>> {
         let mut buf = std::mem::take(&mut self.carry);
-        // Newlines found so far in `buf[..scanned]` (`newlines` holds where), and where
-        // the line after the last of them starts.
+        // Where the newlines found so far in `buf[..scanned]` are.
         let mut newlines = Vec::with_capacity(self.per_chunk.min(1 << 16));
-        let mut found = 0usize;
         let mut scanned = 0usize;
-        let mut line_start = 0usize;
         loop {
             for p in memchr::memchr_iter(b'\n', &buf[scanned..]) {
-                found += 1;
                 newlines.push(scanned + p);
-                line_start = scanned + p + 1;
-                if found == self.per_chunk {
+                if newlines.len() == self.per_chunk {
                     break;
                 }
             }
-            scanned = if found == self.per_chunk {
-                line_start
-            } else {
-                buf.len()
-            };
+            let found = newlines.len();
+            // Where the line after the last newline found starts.
+            let line_start = newlines.last().map_or(0, |p| p + 1);
             if found == self.per_chunk {
                 return Ok(Some(self.cut(buf, line_start, newlines)));
             }
+            scanned = buf.len();
             if self.eof {
                 if buf.is_empty() {
                     return Ok(None);

@@ -584,9 +584,10 @@ struct ScannedRows {
     columns: Vec<Column>,
     /// The values of the record being scanned, one per column.
     slots: Vec<Slot>,
-    /// The lists, structs and maps of the record being scanned; `None` for a flat
-    /// schema (every root field a scalar).
-    tape: Option<Tape>,
+    /// The lists, structs and maps of the record being scanned.
+    tape: Tape,
+    /// Whether a root field is a list, struct or map (else the tape stays empty).
+    nested: bool,
     /// Rows appended since the last flush.
     rows: usize,
 }
@@ -609,18 +610,18 @@ impl ScannedRows {
         Some(ScannedRows {
             slots: vec![Slot::Null; columns.len()],
             columns,
-            tape: nested.then(Tape::default),
+            tape: Tape::default(),
+            nested,
             rows: 0,
         })
     }
 
     fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
         let text = utf8(record)?;
-        scan_text(text, root, Some(&mut self.slots), self.tape.as_mut())?;
-        let empty = Tape::default();
-        let tape = self.tape.as_ref().unwrap_or(&empty);
+        let tape = self.nested.then_some(&mut self.tape);
+        scan_text(text, root, Some(&mut self.slots), tape)?;
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
-            column.append(slot, text, tape);
+            column.append(slot, text, &self.tape);
         }
         self.rows += 1;
         Ok(())
@@ -662,9 +663,9 @@ struct Late {
     raw: Vec<u8>,
 }
 
-/// The records of schemas with a struct of two fields of the same name, accepted by the scanner: decoded by
-/// arrow-json in runs of `capacity`, behind the safety net described at
-/// [`JsonDecoder`].
+/// The records of schemas with a struct of two fields of the same name, accepted by
+/// the scanner: decoded by arrow-json in runs of `capacity`, behind the safety net
+/// described at [`JsonDecoder`].
 struct Bulk {
     schema: SchemaRef,
     /// The schema arrow-json decodes (see [`wire_type`]).

@@ -395,6 +395,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The slot of a string kept as its text: where it is in the record, or its
+    /// unescaped copy. Only valid until the next string is scanned (the scratch).
+    fn text_slot(&self, s: &Str) -> Slot {
+        match *s {
+            Str::Borrowed(a, b) => Slot::Span(a, b),
+            Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
+        }
+    }
+
     /// The text of `s`, surviving later scans (copied only if it had escapes).
     fn keep(&self, s: &Str) -> std::borrow::Cow<'a, str> {
         let whole: &'a str = self.s;
@@ -764,10 +773,7 @@ impl<'a> Scanner<'a> {
             Some(b'"') => {
                 let s = self.string()?;
                 if !self.check_leaf(node, Leaf::Str(self.text(&s)), at, out)? {
-                    *out = match s {
-                        Str::Borrowed(a, b) => Slot::Span(a, b),
-                        Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
-                    };
+                    *out = self.text_slot(&s);
                 }
                 return Ok(());
             }
@@ -848,10 +854,7 @@ impl<'a> Scanner<'a> {
                 .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
             if self.tape.is_some() {
                 if !converted {
-                    slot = match k {
-                        Str::Borrowed(a, b) => Slot::Span(a, b),
-                        Str::Scratch => Slot::Unescaped(name.as_ref().into()),
-                    };
+                    slot = self.text_slot(&k);
                 }
                 self.tape_value(slot);
             }
