@@ -4,7 +4,8 @@
 //!   isolation (what the file and Kafka sources run), lines found with `memchr`;
 //! - `tributary/arrow-json`: `JsonDecoder` forced onto its arrow-json path (the scanner
 //!   checks each record, then arrow-json's tape decoder decodes the accepted ones: the
-//!   path of schemas with structs, lists or maps);
+//!   path of schemas with a struct of two fields of the same name, and of every schema
+//!   with structs, lists or maps before ADR 0018's addendum);
 //! - `arrow-json tape`: arrow-json's `Decoder` over the whole buffer, without the
 //!   scanner (no per-record isolation: one bad line fails the batch);
 //! - `dom->arrow (serde_json)`: each line parsed into serde_json's DOM, its values
