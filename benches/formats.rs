@@ -1,7 +1,8 @@
 //! JSON lines → Arrow: the generator's Nexmark bids and restaurant streams (`orders`,
 //! `kitchen`, `app`) as JSON lines, decoded in one run over the same bytes by:
-//! - `tributary`: `JsonDecoder::push`, one record at a time with per-record error
-//!   isolation (what the file and Kafka sources run), lines found with `memchr`;
+//! - `tributary`: `JsonDecoder::push_text_from`, one record at a time with per-record
+//!   error isolation, as the file and Kafka sources run it: the bytes checked as UTF-8
+//!   whole, lines found with `memchr`;
 //! - `tributary/arrow-json`: `JsonDecoder` forced onto its arrow-json path (the scanner
 //!   checks each record, then arrow-json's tape decoder decodes the accepted ones: the
 //!   path of schemas with a struct of two fields of the same name, and of every schema
@@ -75,8 +76,12 @@ fn tributary(schema: &SchemaRef, bytes: &[u8], via_arrow: bool) -> usize {
     .expect("decoder");
     let mut bad = BadRecords::detached("bench");
     let mut rows = 0;
+    // As the sources do: the bytes are checked as UTF-8 whole, then each line is
+    // pushed as text.
+    let text = simdutf8::basic::from_utf8(bytes).expect("the streams are UTF-8");
     for line in lines(bytes) {
-        d.push(line, &mut bad);
+        let at = line.as_ptr() as usize - bytes.as_ptr() as usize;
+        d.push_text_from(&text[at..at + line.len()], None, &mut bad);
         if d.buffered() >= BATCH {
             rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
         }

@@ -243,22 +243,26 @@ pub(super) fn decode_piece(
             newlines,
         } => (bytes, first, newlines),
     };
+    // The chunk is checked as UTF-8 whole, once: then each line is too (a line ends
+    // at an ASCII `\n`), and is pushed as text. A chunk that is not checks each line.
+    let text = simdutf8::basic::from_utf8(&bytes).ok();
     let mut batches = Vec::new();
     let mut line = first;
     let mut start = 0;
     let mut lines = newlines.into_iter().chain(std::iter::once(bytes.len()));
     while start < bytes.len() {
         let end = lines.next().unwrap_or(bytes.len());
-        let mut rec = &bytes[start..end];
+        let (mut a, mut b) = (start, end);
         start = end + 1;
         let no = line;
         line += 1;
-        if no == 1 {
-            rec = rec.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rec);
+        if no == 1 && bytes[a..b].starts_with(b"\xEF\xBB\xBF") {
+            a += 3;
         }
-        if rec.last() == Some(&b'\r') {
-            rec = &rec[..rec.len() - 1];
+        if bytes[a..b].last() == Some(&b'\r') {
+            b -= 1;
         }
+        let rec = &bytes[a..b];
         if rec.iter().all(|b| b.is_ascii_whitespace()) {
             continue;
         }
@@ -276,7 +280,10 @@ pub(super) fn decode_piece(
             );
             continue;
         }
-        decoder.push_from(rec, Some(&origin), bad);
+        match text.and_then(|t| t.get(a..b)) {
+            Some(rec) => decoder.push_text_from(rec, Some(&origin), bad),
+            None => decoder.push_from(rec, Some(&origin), bad),
+        };
         if decoder.buffered() >= batch_size {
             batches.extend(flush(decoder, bad)?);
         }
@@ -295,6 +302,10 @@ fn flush(decoder: &mut JsonDecoder, bad: &mut BadRecords) -> crate::Result<Optio
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
     use proptest::prelude::*;
 
     use super::*;
@@ -337,6 +348,77 @@ mod tests {
             got,
             vec!["1:a\nbb\n", "3:long 20 0123456789a", "4:ccc\r\nlast"]
         );
+    }
+
+    /// What each line of `input` gives pushed on its own (the UTF-8 checked per line):
+    /// the rows' `n` values and the dead letters' (line, reason, message, payload).
+    fn line_by_line(input: &[u8]) -> (Vec<i64>, Vec<(Option<i64>, String, Vec<u8>)>) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let mut d = JsonDecoder::new(schema).unwrap();
+        let mut bad = BadRecords::collecting("test");
+        let path = PathBuf::from("f.jsonl");
+        for (i, mut rec) in input.split(|b| *b == b'\n').enumerate() {
+            let no = i as u64 + 1;
+            if no == 1 {
+                rec = rec.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(rec);
+            }
+            rec = rec.strip_suffix(b"\r").unwrap_or(rec);
+            if rec.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            bad.origin_mut().line = Some(no as i64);
+            d.push_from(rec, Some(&LineOrigin { path: &path, line: no }), &mut bad);
+        }
+        let batch = d.flush().unwrap();
+        (ns(batch.into_iter().collect()), letters(&bad))
+    }
+
+    fn ns(batches: Vec<RecordBatch>) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                n.values().to_vec()
+            })
+            .collect()
+    }
+
+    fn letters(bad: &BadRecords) -> Vec<(Option<i64>, String, Vec<u8>)> {
+        bad.take_letters()
+            .into_iter()
+            .map(|l| (l.source.line, l.message, l.payload))
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_checked_as_utf8_whole_decodes_as_its_lines_one_by_one() {
+        let valid: &[u8] = "\u{feff}{\"n\": 1, \"s\": \"caf\u{e9}\"}\r\n\n  \n{\"n\": 2}\n{\"n\": \"x\"}\n{\"n\": 3, \"s\": \"\u{1f354}\"}".as_bytes();
+        // The same with a line that is not UTF-8: the chunk is then checked line by line.
+        let mut invalid = valid.to_vec();
+        invalid.extend_from_slice(b"\n{\"n\": 4, \"s\": \"\xff\"}\n{\"n\": 5}\n");
+        for input in [valid, &invalid[..]] {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("n", DataType::Int64, false),
+                Field::new("s", DataType::Utf8, true),
+            ]));
+            let mut d = JsonDecoder::new(schema).unwrap();
+            let mut bad = BadRecords::collecting("test");
+            let piece = Piece::Lines {
+                bytes: input.to_vec(),
+                first: 1,
+                newlines: newlines_of(input),
+            };
+            let path = PathBuf::from("f.jsonl");
+            let batches = decode_piece(piece, &path, &mut d, 3, 1 << 20, &mut bad).unwrap();
+            assert_eq!((ns(batches), letters(&bad)), line_by_line(input));
+        }
+        let (rows, refused) = line_by_line(&invalid);
+        assert_eq!(rows, vec![1, 2, 3, 5]);
+        let reasons: Vec<_> = refused.iter().map(|(line, m, _)| (*line, m.contains("UTF-8"))).collect();
+        assert_eq!(reasons, vec![(Some(5), false), (Some(7), true)]);
     }
 
     proptest! {

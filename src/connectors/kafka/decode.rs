@@ -335,6 +335,13 @@ impl RecordDecoder {
         } = raw;
         let mut metas = metas.drain(..);
         let mut kept = Vec::new();
+        // JSON values are checked as UTF-8 all at once: a record that starts on a
+        // character boundary of valid text is valid text itself, and is pushed as such
+        // (cheaper than a check per record); the others are checked one by one.
+        let text = match self {
+            RecordDecoder::Json(_) => simdutf8::basic::from_utf8(bytes).ok(),
+            RecordDecoder::Avro(_) => None,
+        };
         let mut start = 0;
         bad.origin_mut().topic = Some(topic.to_string());
         for (i, &end) in ends.iter().enumerate() {
@@ -350,7 +357,10 @@ impl RecordDecoder {
                 None => origin.key = None,
             }
             origin.headers = headers.get_mut(i).map(std::mem::take).unwrap_or_default();
-            let accepted = self.push(&bytes[start..end], bad).await?;
+            let accepted = match (&mut *self, text.and_then(|t| t.get(start..end))) {
+                (RecordDecoder::Json(d), Some(value)) => d.push_text_from(value, None, bad),
+                _ => self.push(&bytes[start..end], bad).await?,
+            };
             start = end;
             if let Some(m) = metas.next()
                 && accepted

@@ -26,7 +26,7 @@ use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
 use super::rules::{Slot, SlotNative, timestamp_text};
-use super::scanner::{Event, Scan, StructNode, Tape, compile_struct, scan, scan_text, utf8};
+use super::scanner::{Event, Refusal, Scan, StructNode, Tape, compile_struct, scan_text, utf8};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -616,8 +616,7 @@ impl ScannedRows {
         })
     }
 
-    fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
-        let text = utf8(record)?;
+    fn push(&mut self, text: &str, root: &StructNode) -> Scan {
         let tape = self.nested.then_some(&mut self.tape);
         scan_text(text, root, Some(&mut self.slots), tape)?;
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
@@ -1061,6 +1060,21 @@ impl JsonDecoder {
         origin: Option<&dyn std::fmt::Display>,
         bad: &mut BadRecords,
     ) -> bool {
+        match utf8(record) {
+            Ok(text) => self.push_text_from(text, origin, bad),
+            Err(refusal) => Self::refuse(&refusal, record, origin, bad),
+        }
+    }
+
+    /// Like [`JsonDecoder::push_from`], for a record already known to be UTF-8 (a line
+    /// of a chunk whose bytes were checked whole, which is cheaper than checking each
+    /// record): the same answers and refusals, without the UTF-8 check.
+    pub fn push_text_from(
+        &mut self,
+        record: &str,
+        origin: Option<&dyn std::fmt::Display>,
+        bad: &mut BadRecords,
+    ) -> bool {
         let refusal = match &mut self.rows {
             Rows::Scanned(rows) => match rows.push(record, &self.root) {
                 Ok(()) => return true,
@@ -1068,12 +1082,22 @@ impl JsonDecoder {
             },
             Rows::Bulk(bulk) => {
                 bulk.report_late(bad);
-                match scan(record, &self.root) {
-                    Ok(range) => return bulk.push(record, range, bad),
+                match scan_text(record, &self.root, None, None) {
+                    Ok(range) => return bulk.push(record.as_bytes(), range, bad),
                     Err(refusal) => refusal,
                 }
             }
         };
+        Self::refuse(&refusal, record.as_bytes(), origin, bad)
+    }
+
+    /// Reports a refused record; `false`.
+    fn refuse(
+        refusal: &Refusal,
+        record: &[u8],
+        origin: Option<&dyn std::fmt::Display>,
+        bad: &mut BadRecords,
+    ) -> bool {
         let detail = match origin {
             Some(o) => format!("{o}: {}", refusal.detail()),
             None => refusal.detail(),

@@ -1002,6 +1002,7 @@ impl<'a> Scanner<'a> {
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
+#[cfg(test)]
 pub(super) fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
     scan_text(utf8(record)?, root, None, None)
 }
