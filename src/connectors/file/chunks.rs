@@ -370,7 +370,14 @@ mod tests {
                 continue;
             }
             bad.origin_mut().line = Some(no as i64);
-            d.push_from(rec, Some(&LineOrigin { path: &path, line: no }), &mut bad);
+            d.push_from(
+                rec,
+                Some(&LineOrigin {
+                    path: &path,
+                    line: no,
+                }),
+                &mut bad,
+            );
         }
         let batch = d.flush().unwrap();
         (ns(batch.into_iter().collect()), letters(&bad))
@@ -417,7 +424,10 @@ mod tests {
         }
         let (rows, refused) = line_by_line(&invalid);
         assert_eq!(rows, vec![1, 2, 3, 5]);
-        let reasons: Vec<_> = refused.iter().map(|(line, m, _)| (*line, m.contains("UTF-8"))).collect();
+        let reasons: Vec<_> = refused
+            .iter()
+            .map(|(line, m, _)| (*line, m.contains("UTF-8")))
+            .collect();
         assert_eq!(reasons, vec![(Some(5), false), (Some(7), true)]);
     }
 

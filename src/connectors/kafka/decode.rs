@@ -681,3 +681,75 @@ pub(super) fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordB
         crate::engine::EngineError::arrow("matching Avro fields to the table's columns", e)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    use super::*;
+    use crate::connectors::Options;
+
+    /// The `n` of each row and the offsets of the records refused.
+    async fn decode(values: &[&[u8]]) -> (Vec<i64>, Vec<Option<i64>>) {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let meta = MetadataColumns::from_options(
+            &mut Options::new("t", "kafka", BTreeMap::new()),
+            &schema,
+        )
+        .unwrap();
+        let mut raw = RawRecords::default();
+        let mut bad = BadRecords::collecting("test");
+        for (offset, v) in values.iter().enumerate() {
+            let m = OwnedMessage::new(
+                Some(v.to_vec()),
+                None,
+                "t".into(),
+                Timestamp::NotAvailable,
+                0,
+                offset as i64,
+                None,
+            );
+            raw.take(&m, &meta, &mut bad);
+        }
+        let mut d = RecordDecoder::new(schema, None, None, 1024).unwrap();
+        let batch = d.decode(&mut raw, &meta, "t", &mut bad).await.unwrap();
+        let rows = batch.map_or_else(Vec::new, |b| {
+            let n = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            n.values().to_vec()
+        });
+        let refused = bad.take_letters().iter().map(|l| l.source.offset).collect();
+        (rows, refused)
+    }
+
+    #[tokio::test]
+    async fn values_checked_as_utf8_together_are_still_refused_one_by_one() {
+        // All valid: checked together.
+        let ok: [&[u8]; 2] = [
+            br#"{"n": 1}"#,
+            "{\"n\": 2, \"s\": \"caf\u{e9}\"}".as_bytes(),
+        ];
+        assert_eq!(decode(&ok).await, (vec![1, 2], vec![]));
+        // Offsets 1 and 2 are one character cut in two: the bytes are valid text
+        // together, but neither record is on its own.
+        let cut: [&[u8]; 4] = [
+            br#"{"n": 1}"#,
+            b"{\"n\": 2, \"s\": \"\xc3",
+            b"\xa9\"}",
+            br#"{"n": 4}"#,
+        ];
+        assert!(std::str::from_utf8(&cut.concat()).is_ok());
+        assert_eq!(decode(&cut).await, (vec![1, 4], vec![Some(1), Some(2)]));
+        // A record that is not UTF-8 among good ones: each is checked alone.
+        let bad: [&[u8]; 3] = [
+            br#"{"n": 1}"#,
+            b"{\"n\": 2, \"s\": \"\xff\"}",
+            br#"{"n": 3}"#,
+        ];
+        assert_eq!(decode(&bad).await, (vec![1, 3], vec![Some(1)]));
+    }
+}
