@@ -9,7 +9,8 @@
 //! is never held whole: once the unfinished line in hand passes the limit, the rest of
 //! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
 //! in the file's order. [`decode_piece`] turns a piece into batches of at most the
-//! batch size; it is what a decoding worker runs.
+//! batch size; it is what a decoding worker runs. It checks a chunk as UTF-8 whole (a
+//! line of valid text is valid text) and only a chunk that is not line by line.
 
 use std::fmt;
 use std::fs::File;

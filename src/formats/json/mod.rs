@@ -22,6 +22,10 @@
 //! text and are converted by the very function the scanner checks them with. A
 //! property test holds the two ways to the same batches and refusals.
 //!
+//! A record must be UTF-8: [`JsonDecoder::push`] checks it; a source that checked a
+//! whole chunk of records at once passes each one as text
+//! ([`JsonDecoder::push_text_from`]), which is cheaper than a check per record.
+//!
 //! Value rules:
 //! - Integers: a JSON number with an integral value in range (`1e3` and `2.0` are
 //!   accepted, `1.5` is a schema mismatch) or a string holding an integer (`"42"`).
