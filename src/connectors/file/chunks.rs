@@ -351,14 +351,18 @@ mod tests {
         );
     }
 
+    /// The columns of the UTF-8 tests' records.
+    fn schema() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("s", DataType::Utf8, true),
+        ]))
+    }
+
     /// What each line of `input` gives pushed on its own (the UTF-8 checked per line):
     /// the rows' `n` values and the dead letters' (line, reason, message, payload).
     fn line_by_line(input: &[u8]) -> (Vec<i64>, Vec<(Option<i64>, String, Vec<u8>)>) {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("n", DataType::Int64, false),
-            Field::new("s", DataType::Utf8, true),
-        ]));
-        let mut d = JsonDecoder::new(schema).unwrap();
+        let mut d = JsonDecoder::new(schema()).unwrap();
         let mut bad = BadRecords::collecting("test");
         let path = PathBuf::from("f.jsonl");
         for (i, mut rec) in input.split(|b| *b == b'\n').enumerate() {
@@ -408,11 +412,7 @@ mod tests {
         let mut invalid = valid.to_vec();
         invalid.extend_from_slice(b"\n{\"n\": 4, \"s\": \"\xff\"}\n{\"n\": 5}\n");
         for input in [valid, &invalid[..]] {
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("n", DataType::Int64, false),
-                Field::new("s", DataType::Utf8, true),
-            ]));
-            let mut d = JsonDecoder::new(schema).unwrap();
+            let mut d = JsonDecoder::new(schema()).unwrap();
             let mut bad = BadRecords::collecting("test");
             let piece = Piece::Lines {
                 bytes: input.to_vec(),
