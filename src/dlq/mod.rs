@@ -158,6 +158,9 @@ pub struct BadRecords {
     /// `tributary_bad_records_total` and `tributary_dead_letters_total` by class,
     /// looked up once each (a lookup builds its labels).
     counters: [Option<(metrics::Counter, metrics::Counter)>; BadRecordReason::ALL.len()],
+    /// Letters this handle kept but has not released yet (see
+    /// [`BadRecords::hold_letters`]); `None`: letters go out at once.
+    held: Option<Vec<DeadLetter>>,
 }
 
 impl BadRecords {
@@ -187,6 +190,7 @@ impl BadRecords {
             last_log: None,
             suppressed: 0,
             counters: Default::default(),
+            held: None,
         }
     }
 
@@ -204,6 +208,7 @@ impl BadRecords {
             last_log: None,
             suppressed: 0,
             counters: Default::default(),
+            held: None,
         }
     }
 
@@ -367,8 +372,38 @@ impl BadRecords {
             status_reason: None,
             original_payload: None,
         };
-        self.pending.letters.lock().expect("dlq lock").push(letter);
-        self.pending.count.fetch_add(1, Ordering::Release);
+        match self.held.as_mut() {
+            Some(held) => held.push(letter),
+            None => self.release(vec![letter]),
+        }
+    }
+
+    /// From now on, letters this handle keeps wait in it until
+    /// [`BadRecords::take_held`] and [`BadRecords::release`]: for a source that
+    /// completes a letter's origin after the report (the Kafka source reads a refused
+    /// record's headers again). Counters, logs and the `fail` policy still act at the
+    /// report.
+    pub fn hold_letters(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// The letters kept and held since the last call (none unless holding).
+    pub fn take_held(&mut self) -> Vec<DeadLetter> {
+        self.held.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Sends letters taken with [`BadRecords::take_held`] on, as if kept now.
+    pub fn release(&self, letters: Vec<DeadLetter>) {
+        if letters.is_empty() {
+            return;
+        }
+        let n = letters.len();
+        self.pending
+            .letters
+            .lock()
+            .expect("dlq lock")
+            .extend(letters);
+        self.pending.count.fetch_add(n, Ordering::Release);
     }
 
     /// Whether dead letters wait to be sent (cheap; checked on every emit).
@@ -402,5 +437,40 @@ fn row_json(batch: &RecordBatch, row: usize) -> Vec<u8> {
             raw
         }
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_letters_wait_in_their_handle_until_released_and_counters_act_at_the_report() {
+        let shared = BadRecords::collecting("op");
+        let mut worker = shared.clone();
+        worker.hold_letters();
+        worker.origin_mut().offset = Some(7);
+        worker.report(BadRecordReason::Malformed, "cut short", b"{");
+        worker.origin_mut().offset = Some(9);
+        worker.report(BadRecordReason::Malformed, "cut short", b"[");
+        assert_eq!(shared.count(), 2, "counted at the report");
+        assert!(!shared.has_pending(), "not sent while held");
+
+        let mut held = worker.take_held();
+        assert_eq!(held.len(), 2);
+        assert!(worker.take_held().is_empty(), "taken once");
+        held[0].source.headers = vec![("trace".into(), b"t".to_vec())];
+        worker.release(held);
+        assert!(shared.has_pending());
+        let sent = shared.take_letters();
+        let at: Vec<_> = sent.iter().map(|l| l.source.offset).collect();
+        assert_eq!(at, [Some(7), Some(9)]);
+        assert_eq!(sent[0].source.headers, [("trace".into(), b"t".to_vec())]);
+
+        // A handle that does not hold sends its letters at once.
+        let mut direct = shared.clone();
+        direct.report(BadRecordReason::Malformed, "x", b"x");
+        assert!(direct.take_held().is_empty());
+        assert_eq!(shared.take_letters().len(), 1);
     }
 }

@@ -289,3 +289,126 @@ fn a_missing_option_and_an_unknown_one_are_refused_at_plan_time() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("offset_reset"), "{}", stderr(&o));
 }
+
+/// What a record produced by [`records_with_headers`] carries: its key and headers.
+type Sent = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Produces 300 records to each of `topic`'s 2 partitions, every 23rd of them broken
+/// JSON; each has a key and headers of its own (some none, some several, one without
+/// a value). Returns the broken records' (partition, offset) → (key, headers), and the
+/// number of good ones.
+fn records_with_headers(servers: &str, topic: &str) -> (BTreeMap<(i32, i64), Sent>, usize) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        // Records of a partition land in the order sent, retries included.
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let (mut broken, mut good) = (BTreeMap::new(), 0);
+    for p in 0..2i32 {
+        for i in 0..300i64 {
+            let key = format!("k{p}-{i}").into_bytes();
+            let mut sent: Vec<(String, Vec<u8>)> = Vec::new();
+            let mut headers = OwnedHeaders::new();
+            for h in 0..(i % 4) {
+                let value = vec![p as u8, i as u8, h as u8, 0xff];
+                headers = headers.insert(Header {
+                    key: &format!("h{h}"),
+                    value: Some(&value),
+                });
+                sent.push((format!("h{h}"), value));
+            }
+            if i % 5 == 0 {
+                headers = headers.insert(Header::<&[u8]> {
+                    key: "empty",
+                    value: None,
+                });
+                sent.push(("empty".into(), Vec::new()));
+            }
+            let bad = i % 23 == 7;
+            let value = if bad {
+                format!("{{\"id\": \"{p}-{i}\", \"ts\": ")
+            } else {
+                good += 1;
+                format!(
+                    "{{\"id\": \"{p}-{i}\", \"ts\": {}}}",
+                    1_790_000_000_000i64 + i
+                )
+            };
+            producer
+                .send(
+                    BaseRecord::to(topic)
+                        .partition(p)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers),
+                )
+                .unwrap();
+            if bad {
+                // A fresh topic, one idempotent producer: offsets follow the order
+                // sent.
+                broken.insert((p, i), (key, sent));
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    (broken, good)
+}
+
+/// The Kafka source does not copy the headers of every record it reads (librdkafka
+/// parses them only when asked); a record refused while decoding is read again from
+/// the topic for them. Each dead letter carries its own record's key and headers, at
+/// its own offset, among many refused in the same chunks of both partitions.
+#[test]
+fn records_refused_while_decoding_are_dead_lettered_with_their_own_key_and_headers() {
+    use tributary::connectors::dead_letters::local::LocalStore;
+    use tributary::connectors::dead_letters::{DeadLetterStore, Filter, Page};
+    let servers = bootstrap();
+    let topic = fresh_topic("kafka.headers");
+    crate::kafka_faults::create_topic(&servers, &topic, 2);
+    let (broken, good) = records_with_headers(&servers, &topic);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE events (id VARCHAR, ts BIGINT) WITH (connector = 'kafka', \
+               bootstrap_servers = '{servers}', topic = '{topic}', offset = 'earliest', \
+               bounded = 'true');\n\
+             CREATE TABLE out WITH (connector = 'file', path = 'out/rows.jsonl');\n\
+             INSERT INTO out SELECT id, ts FROM events;\n"
+        ),
+    );
+    ok(&run(
+        d,
+        &["run", "--set", "pipeline.batch_size=64", "p.sql"],
+    ));
+    assert_eq!(
+        json_lines_in(&d.join("out")).len(),
+        good,
+        "every good record"
+    );
+
+    let store = LocalStore::open(d.join("data/dlq.sqlite")).unwrap();
+    let page = Page {
+        offset: 0,
+        limit: 10_000,
+        after: None,
+    };
+    let letters = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(store.list(&Filter::default(), page))
+        .unwrap();
+    let got: BTreeMap<(i32, i64), Sent> = letters
+        .iter()
+        .map(|l| {
+            let s = &l.source;
+            let at = (s.partition.unwrap(), s.offset.unwrap());
+            (at, (s.key.clone().unwrap(), s.headers.clone()))
+        })
+        .collect();
+    assert_eq!(letters.len(), broken.len(), "one letter per broken record");
+    assert_eq!(got, broken);
+}

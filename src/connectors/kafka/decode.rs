@@ -32,9 +32,10 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use rdkafka::Message;
+use rdkafka::{ClientConfig, Message};
 use tokio::sync::mpsc;
 
+use super::headers::HeaderReader;
 use super::metadata::{MetadataColumns, RecordMeta};
 use super::{Result, kafka_error};
 use crate::dlq::{BadRecordReason, BadRecords};
@@ -61,8 +62,8 @@ pub(super) struct RawRecords {
     /// Keys, one after the other in `key_bytes` (no allocation per record).
     key_bytes: Vec<u8>,
     keys: Vec<Option<(usize, usize)>>,
-    /// Each record's headers (empty: none), kept for a replay of a refused one.
-    headers: Vec<Vec<(String, Vec<u8>)>>,
+    // Not the headers: librdkafka parses a record's header block only when asked,
+    // and a refused record's are read again (`headers.rs`).
 }
 
 /// A record's headers as (name, value) pairs (a header without a value: empty).
@@ -112,7 +113,6 @@ impl RawRecords {
             (start, self.key_bytes.len())
         });
         self.keys.push(key);
-        self.headers.push(headers_of(m));
     }
 
     pub(super) fn len(&self) -> usize {
@@ -126,7 +126,6 @@ impl RawRecords {
         self.offsets.clear();
         self.keys.clear();
         self.key_bytes.clear();
-        self.headers.clear();
     }
 }
 
@@ -162,7 +161,9 @@ pub(super) struct Decoding {
 
 impl Decoding {
     /// Starts `lanes` workers, each with a decoder from `decoder`; `bad` is their
-    /// handle for reporting refused records; emptied chunks go to `recycle`.
+    /// handle for reporting refused records, and `client` the source's client settings,
+    /// to read refused records' headers again with; emptied chunks go to `recycle`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         table: &str,
         lanes: usize,
@@ -170,6 +171,7 @@ impl Decoding {
         meta: &MetadataColumns,
         topic: &str,
         bad: &BadRecords,
+        client: &ClientConfig,
         recycle: std::sync::mpsc::Sender<RawRecords>,
     ) -> Result<Self> {
         let (results, done) = mpsc::unbounded_channel();
@@ -182,7 +184,7 @@ impl Decoding {
                 decoder()?,
                 meta.clone(),
                 topic.to_string(),
-                bad.clone(),
+                (bad.clone(), HeaderReader::new(client.clone(), topic)),
                 chunks,
                 results.clone(),
             ));
@@ -273,19 +275,43 @@ impl Decoding {
     }
 }
 
-/// A worker: decodes each chunk into rows of the table's columns, in order.
+/// A worker: decodes each chunk into rows of the table's columns, in order. The dead
+/// letters of a chunk's refused records are held until `reader` has read their
+/// headers again, and released before the chunk's result is sent: a checkpoint
+/// barrier, which waits for every result, comes after them.
 async fn decode_chunks(
     mut decoder: RecordDecoder,
     meta: MetadataColumns,
     topic: String,
-    mut bad: BadRecords,
+    (mut bad, reader): (BadRecords, HeaderReader),
     mut chunks: mpsc::UnboundedReceiver<(i32, RawRecords)>,
     results: mpsc::UnboundedSender<(Decoded, RawRecords)>,
 ) {
+    bad.hold_letters();
+    let mut reader = Some(reader);
     while let Some((p, mut raw)) = chunks.recv().await {
         bad.origin_mut().partition = Some(p);
         let rows = decoder.decode(&mut raw, &meta, &topic, &mut bad).await;
         raw.clear();
+        let mut held = bad.take_held();
+        if !held.is_empty() {
+            let Some(mut r) = reader.take() else { return };
+            // The reader blocks on the cluster: off the runtime's threads.
+            match tokio::task::spawn_blocking(move || {
+                r.fill(p, &mut held);
+                (r, held)
+            })
+            .await
+            {
+                Ok((r, letters)) => {
+                    reader = Some(r);
+                    bad.release(letters);
+                }
+                // It panicked: the worker ends, and the source with it, before any
+                // checkpoint passes these records.
+                Err(_) => return,
+            }
+        }
         if results.send(((p, rows), raw)).is_err() {
             return;
         }
@@ -331,7 +357,6 @@ impl RecordDecoder {
             offsets,
             key_bytes,
             keys,
-            headers,
         } = raw;
         let mut metas = metas.drain(..);
         let mut kept = Vec::new();
@@ -356,7 +381,6 @@ impl RecordDecoder {
                 }
                 None => origin.key = None,
             }
-            origin.headers = headers.get_mut(i).map(std::mem::take).unwrap_or_default();
             let accepted = match (&mut *self, text.and_then(|t| t.get(start..end))) {
                 (RecordDecoder::Json(d), Some(value)) => d.push_text_from(value, None, bad),
                 _ => self.push(&bytes[start..end], bad).await?,
@@ -371,7 +395,6 @@ impl RecordDecoder {
         // Records refused while flushing are not tied to one offset here.
         let origin = bad.origin_mut();
         (origin.offset, origin.key) = (None, None);
-        origin.headers.clear();
         let batch = self.flush(bad)?;
         let dropped = self.take_dropped();
         let Some(batch) = batch else {

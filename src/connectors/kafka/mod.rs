@@ -64,6 +64,7 @@ pub(crate) mod contract;
 pub mod dead_letters;
 mod decode;
 mod domains;
+mod headers;
 mod metadata;
 mod poll;
 mod probe;

@@ -213,8 +213,8 @@ impl SourceFactory for KafkaSourceFactory {
     }
 
     fn create(&self, task: &TaskInfo) -> Result<Box<dyn Source>> {
-        let consumer: BaseConsumer<Watch> = self
-            .consumer_config(task)
+        let config = self.consumer_config(task);
+        let consumer: BaseConsumer<Watch> = config
             .create_with_context(Watch::default())
             .map_err(|e| kafka_error(&self.table, "creating the consumer", e))?;
         Ok(Box::new(KafkaSource {
@@ -224,6 +224,7 @@ impl SourceFactory for KafkaSourceFactory {
             bounded: self.bounded,
             outage_timeout: self.outage_timeout,
             consumer: Arc::new(consumer),
+            config,
             probe: probe::task_probe(task),
             meta: self.meta.clone(),
             avro: self.avro.clone(),
@@ -282,6 +283,8 @@ struct KafkaSource {
     outage_timeout: Option<Duration>,
     /// Polled by the thread of [`Poller`] once assigned.
     consumer: Arc<BaseConsumer<Watch>>,
+    /// The consumer's settings, for reading refused records' headers again.
+    config: ClientConfig,
     probe: crate::health::Probe,
     meta: MetadataColumns,
     avro: Option<Arc<RegistryClient>>,
@@ -601,6 +604,7 @@ impl KafkaSource {
             &self.meta,
             &self.topic,
             &ctx.bad_records,
+            &self.config,
             poller.recycle(),
         );
         match decoding {
