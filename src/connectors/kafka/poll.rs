@@ -99,7 +99,7 @@ impl Poller {
             spare,
             flush: flush.clone(),
             reading: reading.clone(),
-            pending: BTreeMap::new(),
+            pending: Pending::of(&settings),
             settings,
         };
         let handle = std::thread::Builder::new()
@@ -154,6 +154,33 @@ struct Pending {
     /// The offset after the last record taken (`None`: nothing taken since the last
     /// send).
     next: Option<i64>,
+    /// A bounded read's end offset of the partition.
+    end: Option<i64>,
+}
+
+impl Pending {
+    /// An entry for each partition to read: every one assigned, or, for a bounded
+    /// read, those not at their end yet. A record of a partition without an entry is
+    /// skipped (one lookup per record).
+    fn of(settings: &PollSettings) -> BTreeMap<i32, Pending> {
+        let entry = |end| Pending {
+            raw: RawRecords::default(),
+            next: None,
+            end,
+        };
+        match &settings.ends {
+            None => settings
+                .assigned
+                .iter()
+                .map(|p| (*p, entry(None)))
+                .collect(),
+            Some(ends) => ends
+                .iter()
+                .filter(|(p, _)| settings.assigned.contains(p))
+                .map(|(p, end)| (*p, entry(Some(*end))))
+                .collect(),
+        }
+    }
 }
 
 struct PollThread {
@@ -184,7 +211,8 @@ impl PollThread {
             if self.settings.ends.as_ref().is_some_and(HashMap::is_empty) {
                 return Ok(());
             }
-            if self.flush.swap(false, Ordering::Relaxed) {
+            // Read before swapped: a swap per record is a locked instruction.
+            if self.flush.load(Ordering::Relaxed) && self.flush.swap(false, Ordering::Relaxed) {
                 self.send_all()?;
             }
             // Without waiting first: a poll that may wait reads the clock once more,
@@ -199,29 +227,17 @@ impl PollThread {
                 Some(Ok(m)) => {
                     self.answered();
                     let p = m.partition();
-                    if !self.settings.assigned.contains(&p) {
+                    // Not assigned, or a bounded read's partition already at its end
+                    // (one read to its end takes nothing newer).
+                    let Some(pending) = self.pending.get_mut(&p) else {
                         continue;
-                    }
-                    // Bounded: the partition's end; one read to its end takes nothing
-                    // newer.
-                    let end = match &self.settings.ends {
-                        None => None,
-                        Some(ends) => match ends.get(&p) {
-                            Some(end) => Some(*end),
-                            None => continue,
-                        },
                     };
                     let next = m.offset() + 1;
-                    let spare = &self.spare;
-                    let pending = self.pending.entry(p).or_insert_with(|| Pending {
-                        raw: spare.try_recv().unwrap_or_default(),
-                        next: None,
-                    });
                     let s = &mut self.settings;
                     pending.raw.take(&m, &s.meta, &mut s.bad);
                     pending.next = Some(next);
                     let full = pending.raw.len() >= s.batch_size;
-                    let ended = end.is_some_and(|end| next >= end);
+                    let ended = pending.end.is_some_and(|end| next >= end);
                     if full || ended {
                         self.send(p)?;
                     }
@@ -262,7 +278,9 @@ impl PollThread {
 
     fn answered(&self) {
         self.settings.probe.up();
-        self.reading.store(true, Ordering::Relaxed);
+        if !self.reading.load(Ordering::Relaxed) {
+            self.reading.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Sends partition `p`'s records taken since the last send.
