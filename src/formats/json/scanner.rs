@@ -1086,7 +1086,12 @@ pub(super) fn scan_text(
     tape: Option<&mut Tape>,
 ) -> Scan<(usize, usize)> {
     if let Some(slots) = slots.as_deref_mut() {
-        slots.fill(Slot::Null);
+        // Not `fill`: that clones its value into each slot through a jump on the
+        // variant (3.9% of q0's CPU from a file); this writes `Null` and drops only
+        // the boxed variants.
+        for slot in slots.iter_mut() {
+            *slot = Slot::Null;
+        }
     }
     let mut sc = Scanner::new(text);
     let mut tape = tape;
