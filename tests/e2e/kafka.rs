@@ -290,6 +290,21 @@ fn a_missing_option_and_an_unknown_one_are_refused_at_plan_time() {
     assert!(stderr(&o).contains("offset_reset"), "{}", stderr(&o));
 }
 
+/// Writes `d/p.sql`: `topic` (columns `columns`) read from its beginning to its end as
+/// it is at the start, `SELECT {select}` of it into `out/copy.jsonl`.
+pub fn bounded_copy(d: &std::path::Path, servers: &str, topic: &str, columns: &str, select: &str) {
+    write(
+        &d.join("p.sql"),
+        &format!(
+            "CREATE TABLE events ({columns}) WITH (connector = 'kafka', \
+               bootstrap_servers = '{servers}', topic = '{topic}', offset = 'earliest', \
+               bounded = 'true');\n\
+             CREATE TABLE copy WITH (connector = 'file', path = 'out/copy.jsonl');\n\
+             INSERT INTO copy SELECT {select} FROM events;\n"
+        ),
+    );
+}
+
 /// What a record produced by [`records_with_headers`] carries: its key and headers.
 type Sent = (Vec<u8>, Vec<(String, Vec<u8>)>);
 
@@ -371,16 +386,7 @@ fn records_refused_while_decoding_are_dead_lettered_with_their_own_key_and_heade
     let (broken, good) = records_with_headers(&servers, &topic);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        &d.join("p.sql"),
-        &format!(
-            "CREATE TABLE events (id VARCHAR, ts BIGINT) WITH (connector = 'kafka', \
-               bootstrap_servers = '{servers}', topic = '{topic}', offset = 'earliest', \
-               bounded = 'true');\n\
-             CREATE TABLE out WITH (connector = 'file', path = 'out/rows.jsonl');\n\
-             INSERT INTO out SELECT id, ts FROM events;\n"
-        ),
-    );
+    bounded_copy(d, &servers, &topic, "id VARCHAR, ts BIGINT", "id, ts");
     ok(&run(
         d,
         &["run", "--set", "pipeline.batch_size=64", "p.sql"],

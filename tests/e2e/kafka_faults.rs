@@ -201,16 +201,7 @@ fn a_bounded_read_ends_on_a_transactional_topic_with_committed_records_only() {
 
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(
-        &d.join("p.sql"),
-        &format!(
-            "CREATE TABLE events (id VARCHAR, ts TIMESTAMP) WITH (connector = 'kafka', \
-               bootstrap_servers = '{servers}', topic = '{topic}', offset = 'earliest', \
-               bounded = 'true');\n\
-             CREATE TABLE copy WITH (connector = 'file', path = 'out/copy.jsonl');\n\
-             INSERT INTO copy SELECT id FROM events;\n"
-        ),
-    );
+    crate::kafka::bounded_copy(d, &servers, &topic, "id VARCHAR, ts TIMESTAMP", "id");
     // Within a deadline: a read that waited for a record past the markers would never
     // end by itself.
     let (code, stderr) = Running::start(d, &["p.sql"]).wait(Duration::from_secs(60));
