@@ -86,7 +86,7 @@ impl Poller {
     /// may wait in the channel.
     pub(super) fn start(
         consumer: Arc<BaseConsumer<Watch>>,
-        settings: PollSettings,
+        mut settings: PollSettings,
         in_flight: usize,
     ) -> std::io::Result<Self> {
         let (tx, chunks) = mpsc::channel(in_flight.max(1));
@@ -99,7 +99,8 @@ impl Poller {
             spare,
             flush: flush.clone(),
             reading: reading.clone(),
-            pending: Pending::of(&settings),
+            bounded: settings.ends.is_some(),
+            pending: Pending::of(&settings.assigned, settings.ends.take()),
             settings,
         };
         let handle = std::thread::Builder::new()
@@ -159,25 +160,22 @@ struct Pending {
 }
 
 impl Pending {
-    /// An entry for each partition to read: every one assigned, or, for a bounded
-    /// read, those not at their end yet. A record of a partition without an entry is
-    /// skipped (one lookup per record).
-    fn of(settings: &PollSettings) -> BTreeMap<i32, Pending> {
+    /// An entry for each partition to read: every one `assigned`, or, for a bounded
+    /// read, each of `ends` (those assigned and not at their end at the start). A
+    /// record of a partition without an entry is skipped (one lookup per record), and
+    /// a bounded read is done once no entry is left.
+    fn of(assigned: &BTreeSet<i32>, ends: Option<HashMap<i32, i64>>) -> BTreeMap<i32, Pending> {
         let entry = |end| Pending {
             raw: RawRecords::default(),
             next: None,
             end,
         };
-        match &settings.ends {
-            None => settings
-                .assigned
-                .iter()
-                .map(|p| (*p, entry(None)))
-                .collect(),
+        match ends {
+            None => assigned.iter().map(|p| (*p, entry(None))).collect(),
             Some(ends) => ends
-                .iter()
-                .filter(|(p, _)| settings.assigned.contains(p))
-                .map(|(p, end)| (*p, entry(Some(*end))))
+                .into_iter()
+                .filter(|(p, _)| assigned.contains(p))
+                .map(|(p, end)| (p, entry(Some(end))))
                 .collect(),
         }
     }
@@ -189,7 +187,10 @@ struct PollThread {
     spare: std::sync::mpsc::Receiver<RawRecords>,
     flush: Arc<AtomicBool>,
     reading: Arc<AtomicBool>,
+    /// A bounded read (each entry of `pending` has its end).
+    bounded: bool,
     pending: BTreeMap<i32, Pending>,
+    /// Its `ends` were moved into `pending`.
     settings: PollSettings,
 }
 
@@ -208,7 +209,7 @@ impl PollThread {
             if self.tx.is_closed() {
                 return Err(Gone);
             }
-            if self.settings.ends.as_ref().is_some_and(HashMap::is_empty) {
+            if self.bounded && self.pending.is_empty() {
                 return Ok(());
             }
             // Read before swapped: a swap per record is a locked instruction.
@@ -249,12 +250,7 @@ impl PollThread {
                     // Read up to the partition's end as it is now (past markers and
                     // aborted records), at or beyond its end at start: done.
                     self.answered();
-                    if self
-                        .settings
-                        .ends
-                        .as_ref()
-                        .is_some_and(|e| e.contains_key(&p))
-                    {
+                    if self.pending.get(&p).is_some_and(|x| x.end.is_some()) {
                         self.send(p)?;
                         self.end(p)?;
                     }
@@ -314,9 +310,6 @@ impl PollThread {
 
     /// A bounded read's partition `p` is read: it takes nothing newer.
     fn end(&mut self, p: i32) -> Result<(), Gone> {
-        if let Some(ends) = self.settings.ends.as_mut() {
-            ends.remove(&p);
-        }
         self.pending.remove(&p);
         self.put(Polled::End(p))
     }
