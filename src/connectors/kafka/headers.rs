@@ -175,10 +175,7 @@ mod tests {
     /// alone.
     #[test]
     fn letters_get_the_headers_of_the_records_at_their_offsets() {
-        let servers = std::env::var("TRIBUTARY_TEST_KAFKA").expect(
-            "no Kafka broker: run the suite with scripts/test, or \
-             export TRIBUTARY_TEST_KAFKA=\"$(scripts/kafka start | tail -n 1)\"",
-        );
+        let servers = crate::connectors::kafka::test_bootstrap();
         let topic = format!("headers.{}.{:x}", std::process::id(), rand::random::<u64>());
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &servers)

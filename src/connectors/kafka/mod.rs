@@ -162,3 +162,15 @@ pub(super) fn read_avro_schema(
         .map_err(|e| opts.invalid("schema_file", file, e.to_string()))?;
     Ok(text.into())
 }
+
+/// The test broker's bootstrap servers (`TRIBUTARY_TEST_KAFKA`); a test that needs one
+/// fails (it does not skip) without it.
+#[cfg(test)]
+pub(crate) fn test_bootstrap() -> String {
+    std::env::var("TRIBUTARY_TEST_KAFKA").unwrap_or_else(|_| {
+        panic!(
+            "no Kafka broker: run the suite with scripts/test, or \
+             export TRIBUTARY_TEST_KAFKA=\"$(scripts/kafka start | tail -n 1)\""
+        )
+    })
+}

@@ -781,8 +781,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn markers_committed_behind_another_producers_open_transaction_are_read() {
         use rdkafka::producer::FutureRecord;
-        let servers = std::env::var("TRIBUTARY_TEST_KAFKA")
-            .expect("no Kafka broker: run the suite with scripts/test");
+        let servers = crate::connectors::kafka::test_bootstrap();
         let unique = format!("{}.{:x}", std::process::id(), rand::random::<u64>());
         let topic = format!("commits.{unique}");
         let mut config = ClientConfig::new();

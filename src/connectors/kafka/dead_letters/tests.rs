@@ -62,15 +62,7 @@ fn topics_follow_the_pattern() {
     assert!(!store.is_dlq_topic("orders.order_placed"));
 }
 
-/// The broker's bootstrap servers; the test fails (it does not skip) without one.
-fn bootstrap() -> String {
-    std::env::var("TRIBUTARY_TEST_KAFKA").unwrap_or_else(|_| {
-        panic!(
-            "no Kafka broker: run the suite with scripts/test, or \
-             export TRIBUTARY_TEST_KAFKA=\"$(scripts/kafka start | tail -n 1)\""
-        )
-    })
-}
+use crate::connectors::kafka::test_bootstrap as bootstrap;
 
 fn unique() -> String {
     format!("{}-{:x}", std::process::id(), rand::random::<u64>())
