@@ -27,8 +27,9 @@
 //! hash of their name, so that every partition agrees without talking to the others.
 //!
 //! Reading is streaming and off the async runtime. A JSON lines file is cut, in order,
-//! into chunks of the runtime's batch size in lines ([`chunks`]); up to one chunk per
-//! core is decoded at once on the blocking pool (`spawn_blocking`), and the batches are
+//! into chunks of the runtime's batch size in lines ([`chunks`]) by a thread of its own,
+//! a few chunks ahead; up to two chunks per core are decoded at once on the blocking
+//! pool (`spawn_blocking`), and the batches are
 //! emitted in the file's order, so one file keeps every core busy. A Parquet file's row
 //! groups are decoded the same way, several at once, each into a bounded channel of
 //! batches, emitted row group after row group; an Avro file likewise, cut into runs of
@@ -66,7 +67,7 @@ use crate::formats::{check_conform, conform};
 
 mod chunks;
 
-use chunks::{LineChunks, decode_piece};
+use chunks::{LineChunks, decode_piece, read_ahead};
 
 type Result<T, E = crate::Error> = std::result::Result<T, E>;
 
@@ -516,19 +517,22 @@ impl FileSource {
     }
 
     /// Reads a JSON lines file: chunks of `batch.size` lines are cut off the file in
-    /// order and decoded on the blocking pool, up to [`decoding_workers`] at once; their
+    /// order by a reader thread ([`read_ahead`], as many ahead as there are decoders)
+    /// and decoded on the blocking pool, up to [`decoding_workers`] at once; their
     /// batches are emitted in the file's order, so the position (rows emitted) counts
     /// only rows that were emitted, whatever is still being decoded.
     async fn read_json(&mut self, path: &Path, ctx: &mut SourceContext) -> Result<()> {
         let batch_size = ctx.batch.size.max(1);
         let owned = path.to_path_buf();
-        let mut chunks = blocking(ctx, move |_| LineChunks::open(&owned, batch_size, MAX_LINE))
-            .await?
-            .map_err(|e| io_error(path, e))?;
+        let workers = decoding_workers();
+        let mut pieces = blocking(ctx, move |_| {
+            LineChunks::open(&owned, batch_size, MAX_LINE).and_then(|c| read_ahead(c, workers))
+        })
+        .await?
+        .map_err(|e| io_error(path, e))?;
         let path_buf = Arc::new(path.to_path_buf());
         let mut skip = self.resume.remove(path).unwrap_or(0);
         self.position.current = Some((path.to_path_buf(), skip));
-        let workers = decoding_workers();
         let mut decoders: Vec<JsonDecoder> = Vec::new();
         let mut pending = std::collections::VecDeque::new();
         let mut end = false;
@@ -538,11 +542,30 @@ impl FileSource {
             }
             self.checkpoint_if_due(ctx).await?;
             while !end && pending.len() < workers {
-                let (piece, back) = blocking(ctx, move |_| (chunks.next_piece(), chunks)).await?;
-                chunks = back;
-                let Some(piece) = piece.map_err(|e| io_error(path, e))? else {
-                    end = true;
-                    break;
+                // Waits for a piece only when nothing is being decoded.
+                let next = if pending.is_empty() {
+                    pieces.recv().await
+                } else {
+                    match pieces.try_recv() {
+                        Ok(next) => Some(next),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => None,
+                    }
+                };
+                let piece = match next {
+                    Some(Ok(Some(piece))) => piece,
+                    Some(Ok(None)) => {
+                        end = true;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(io_error(path, e)),
+                    None => {
+                        return Err(EngineError::Panicked {
+                            task: ctx.task.to_string(),
+                            message: format!("reading {}: the reader ended early", path.display()),
+                        }
+                        .into());
+                    }
                 };
                 let mut decoder = match decoders.pop() {
                     Some(d) => d,

@@ -8,7 +8,9 @@
 //! the chunk is decoded. A line longer than the limit
 //! is never held whole: once the unfinished line in hand passes the limit, the rest of
 //! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
-//! in the file's order. [`decode_piece`] turns a piece into batches of at most the
+//! in the file's order. [`read_ahead`] cuts pieces on a thread of its own, a few ahead
+//! of their decoding, so that reading the file never waits for the source to emit a
+//! batch. [`decode_piece`] turns a piece into batches of at most the
 //! batch size; it is what a decoding worker runs. It checks a chunk as UTF-8 whole (a
 //! line of valid text is valid text) and only a chunk that is not line by line.
 
@@ -201,6 +203,36 @@ impl<R: Read> LineChunks<R> {
             sample,
         })
     }
+}
+
+/// What [`read_ahead`]'s thread sends: the next piece, `None` at the end of the file,
+/// or why the file could not be read (the thread's last message, either way).
+pub(super) type NextPiece = std::io::Result<Option<Piece>>;
+
+/// Cuts `chunks` into pieces on a thread of its own, at most `ahead` pieces ahead of
+/// the receiver. The thread ends after the file's end or a read error (its last
+/// message), or when the receiver is dropped; a receiver that sees the channel close
+/// without either lost the thread (a panic).
+///
+/// Reading ahead keeps the decoders fed: the source emits a chunk's batches only once
+/// that chunk is decoded, and a read made only then left the cores idle while it ran.
+pub(super) fn read_ahead<R: Read + Send + 'static>(
+    mut chunks: LineChunks<R>,
+    ahead: usize,
+) -> std::io::Result<tokio::sync::mpsc::Receiver<NextPiece>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(ahead.max(1));
+    std::thread::Builder::new()
+        .name("tributary-file-read".into())
+        .spawn(move || {
+            loop {
+                let next = chunks.next_piece();
+                let last = !matches!(next, Ok(Some(_)));
+                if tx.blocking_send(next).is_err() || last {
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 /// Where a JSON line came from, for bad-record details.
@@ -430,6 +462,59 @@ mod tests {
             .map(|(line, m, _)| (*line, m.contains("UTF-8")))
             .collect();
         assert_eq!(reasons, vec![(Some(5), false), (Some(7), true)]);
+    }
+
+    /// A reader that gives `ok` bytes of `input`, then fails.
+    struct FailsAfter {
+        input: std::io::Cursor<Vec<u8>>,
+        ok: u64,
+    }
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.input.position() >= self.ok {
+                return Err(std::io::Error::other("disk gone"));
+            }
+            let n = buf.len().min((self.ok - self.input.position()) as usize);
+            self.input.read(&mut buf[..n])
+        }
+    }
+
+    /// What the reader thread sends, as `(first line, bytes)`, `"end"` or the error.
+    fn read_all_ahead<R: Read + Send + 'static>(chunks: LineChunks<R>) -> Vec<String> {
+        let mut rx = read_ahead(chunks, 2).unwrap();
+        let mut got = Vec::new();
+        while let Some(next) = rx.blocking_recv() {
+            got.push(match next {
+                Ok(Some(Piece::Lines { bytes, first, .. })) => {
+                    format!("{first}:{}", String::from_utf8(bytes).unwrap())
+                }
+                Ok(Some(Piece::TooLong { line, .. })) => format!("{line}:long"),
+                Ok(None) => "end".into(),
+                Err(e) => format!("error: {e}"),
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn the_reader_thread_sends_the_pieces_in_order_then_the_end_or_the_error() {
+        let input = b"a\nb\nc\nd\ne\n".to_vec();
+        let whole = LineChunks::new(std::io::Cursor::new(input.clone()), 2, 8).with_reads(3);
+        assert_eq!(
+            read_all_ahead(whole),
+            ["1:a\nb\n", "3:c\nd\n", "5:e\n", "end"]
+        );
+        // The disk fails after "a\nb\nc\n": the chunk cut before it is sent, then
+        // the error, and nothing after it (the source fails on it).
+        let failing = FailsAfter {
+            input: std::io::Cursor::new(input),
+            ok: 6,
+        };
+        assert_eq!(
+            read_all_ahead(LineChunks::new(failing, 2, 8).with_reads(3)),
+            ["1:a\nb\n", "error: disk gone"]
+        );
     }
 
     proptest! {
