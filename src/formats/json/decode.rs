@@ -10,8 +10,9 @@ use arrow::array::builder::{
 };
 use arrow::array::timezone::Tz;
 use arrow::array::{
-    Array, ArrayRef, ArrowPrimitiveType, AsArray, LargeListArray, ListArray, MapArray, NullArray,
-    NullBufferBuilder, OffsetSizeTrait, RecordBatch, RecordBatchOptions, StructArray,
+    Array, ArrayBuilder, ArrayRef, ArrowPrimitiveType, AsArray, LargeListArray, ListArray,
+    MapArray, NullArray, NullBufferBuilder, OffsetSizeTrait, RecordBatch, RecordBatchOptions,
+    StructArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{
@@ -197,7 +198,12 @@ where
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(PrimitiveBuilder::finish(self))
+        let rows = ArrayBuilder::len(self);
+        let array = PrimitiveBuilder::finish(self);
+        // Sized for a batch like this one (finishing leaves no capacity): the next
+        // batch then grows no buffer by reallocation.
+        *self = PrimitiveBuilder::with_capacity(rows).with_data_type(array.data_type().clone());
+        Arc::new(array)
     }
 }
 
@@ -211,7 +217,10 @@ impl FlatColumn for BooleanBuilder {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(BooleanBuilder::finish(self))
+        let rows = ArrayBuilder::len(self);
+        let array = BooleanBuilder::finish(self);
+        *self = BooleanBuilder::with_capacity(rows);
+        Arc::new(array)
     }
 }
 
@@ -224,7 +233,10 @@ impl<O: OffsetSizeTrait> FlatColumn for GenericStringBuilder<O> {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(GenericStringBuilder::finish(self))
+        let (rows, bytes) = (ArrayBuilder::len(self), self.values_slice().len());
+        let array = GenericStringBuilder::finish(self);
+        *self = GenericStringBuilder::with_capacity(rows, bytes);
+        Arc::new(array)
     }
 }
 
@@ -237,7 +249,10 @@ impl FlatColumn for StringViewBuilder {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(StringViewBuilder::finish(self))
+        let rows = ArrayBuilder::len(self);
+        let array = StringViewBuilder::finish(self);
+        *self = StringViewBuilder::with_capacity(rows);
+        Arc::new(array)
     }
 }
 

@@ -64,6 +64,8 @@ pub(super) struct StructNode {
     index: Option<HashMap<String, usize>>,
     /// Whether any field is non-nullable (so presence must be tracked).
     has_required: bool,
+    /// The non-nullable fields among the first 128, a bit each.
+    required: u128,
     /// Whether no two fields have the same name.
     pub(super) unique: bool,
     /// Each field's key as it is written without escapes, quotes included (`"name"`),
@@ -176,6 +178,12 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
         m
     });
     let has_required = out.iter().any(|(_, nullable, _)| !nullable);
+    let required = out
+        .iter()
+        .take(128)
+        .enumerate()
+        .filter(|(_, (_, nullable, _))| !nullable)
+        .fold(0u128, |bits, (f, _)| bits | 1 << f);
     let mut names: Vec<&str> = out.iter().map(|(n, _, _)| n.as_str()).collect();
     names.sort_unstable();
     let unique = names.windows(2).all(|w| w[0] != w[1]);
@@ -190,6 +198,7 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
         fields: out,
         index,
         has_required,
+        required,
         unique,
         quoted,
     })
@@ -339,6 +348,19 @@ impl Present {
             Present::Bits(b) if v => *b |= 1 << i,
             Present::Bits(b) => *b &= !(1 << i),
             Present::Many(m) => m[i] = v,
+        }
+    }
+
+    /// Whether every non-nullable field of `node` is present: one comparison for
+    /// structs of up to 128 fields.
+    fn all(&self, node: &StructNode) -> bool {
+        match self {
+            Present::Bits(b) => b & node.required == node.required,
+            _ => node
+                .fields
+                .iter()
+                .enumerate()
+                .all(|(f, (_, nullable, _))| *nullable || self.get(f)),
         }
     }
 
@@ -1006,7 +1028,7 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
-        if node.has_required {
+        if node.has_required && !present.all(node) {
             for (f, (name, nullable, _)) in node.fields.iter().enumerate() {
                 if !nullable && !present.get(f) {
                     return Err(self
