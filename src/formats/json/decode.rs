@@ -26,7 +26,7 @@ use arrow::datatypes::{
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
-use super::rules::{Slot, SlotNative, timestamp_text};
+use super::rules::{LastHour, Slot, SlotNative, timestamp_text};
 use super::scanner::{Event, Refusal, Scan, StructNode, Tape, compile_struct, scan_text, utf8};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
@@ -83,6 +83,7 @@ fn to_target(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
             let text = array
                 .as_string_opt::<i32>()
                 .ok_or_else(|| format!("expected text for {target}"))?;
+            let last = LastHour::default();
             macro_rules! build {
                 ($t:ty) => {{
                     let mut b = PrimitiveBuilder::<$t>::with_capacity(text.len())
@@ -90,7 +91,9 @@ fn to_target(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
                     for v in text.iter() {
                         match v {
                             None => b.append_null(),
-                            Some(s) => b.append_value(timestamp_text(s, *unit, tz.as_ref())?),
+                            Some(s) => {
+                                b.append_value(timestamp_text(s, *unit, tz.as_ref(), &last)?)
+                            }
                         }
                     }
                     Arc::new(b.finish()) as ArrayRef

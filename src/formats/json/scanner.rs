@@ -26,9 +26,9 @@ enum Node {
     Binary,
     /// The parse of the column's decimal type, its precision and scale.
     Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
-    /// A column of [`super::rules::leaf_check`]'s types; `true` for `Int64`, which takes
-    /// an integer of at most 18 digits as the value the scanner read, without its check.
-    Leaf(LeafCtx, CheckFn, bool),
+    /// A column of [`super::rules::leaf_check`]'s types, and which numbers it takes as
+    /// the scanner read them, without its check.
+    Leaf(LeafCtx, CheckFn, FastNumber),
     List {
         item: Box<Node>,
         nullable: bool,
@@ -39,6 +39,95 @@ enum Node {
         value: Box<Node>,
         value_nullable: bool,
     },
+}
+
+/// The numbers a column takes as the scanner read them ([`Number`]), without calling
+/// its check: the same value the check gives, for the most common values. Others go
+/// to the check, which converts or refuses them.
+#[derive(Clone, Copy)]
+enum FastNumber {
+    None,
+    /// A signed integer column of this range: an integer of at most 18 digits in it.
+    Int(i64, i64),
+    /// An unsigned integer column up to this: a non-negative integer of at most 18
+    /// digits up to it.
+    UInt(u64),
+    /// `Float64`: a number without exponent of at most 15 digits (see
+    /// [`Number::float`]).
+    Float64,
+}
+
+impl FastNumber {
+    fn of(dt: &DataType) -> Self {
+        let int = |min: i64, max: i64| FastNumber::Int(min, max);
+        match dt {
+            DataType::Int8 => int(i8::MIN.into(), i8::MAX.into()),
+            DataType::Int16 => int(i16::MIN.into(), i16::MAX.into()),
+            DataType::Int32 => int(i32::MIN.into(), i32::MAX.into()),
+            DataType::Int64 => int(i64::MIN, i64::MAX),
+            DataType::UInt8 => FastNumber::UInt(u8::MAX.into()),
+            DataType::UInt16 => FastNumber::UInt(u16::MAX.into()),
+            DataType::UInt32 => FastNumber::UInt(u32::MAX.into()),
+            DataType::UInt64 => FastNumber::UInt(u64::MAX),
+            DataType::Float64 => FastNumber::Float64,
+            _ => FastNumber::None,
+        }
+    }
+
+    /// The slot of `n` in such a column, if it takes `n` as read.
+    fn take(self, n: &Number<'_>) -> Option<Slot> {
+        match self {
+            FastNumber::None => None,
+            FastNumber::Int(min, max) => n.int().filter(|v| (min..=max).contains(v)).map(Slot::Int),
+            FastNumber::UInt(max) => n
+                .int()
+                .and_then(|v| u64::try_from(v).ok())
+                .filter(|v| *v <= max)
+                .map(Slot::UInt),
+            FastNumber::Float64 => n.float().map(Slot::F64),
+        }
+    }
+}
+
+/// A JSON number as the scanner read it.
+struct Number<'a> {
+    text: &'a str,
+    negative: bool,
+    /// The value of its digits, before and after the point, without the sign (wrapped
+    /// past 19 digits, and then not used).
+    mantissa: u64,
+    /// How many digits it has, before and after the point.
+    digits: usize,
+    /// How many of them are after the point; `None` if it has an exponent.
+    fraction: Option<usize>,
+}
+
+/// Exact powers of ten as `f64`, for [`Number::float`].
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+impl Number<'_> {
+    /// Its value if it is an integer of at most 18 digits (any such value fits an
+    /// i64).
+    fn int(&self) -> Option<i64> {
+        (self.fraction == Some(0) && self.digits <= 18).then(|| {
+            let v = self.mantissa as i64;
+            if self.negative { -v } else { v }
+        })
+    }
+
+    /// Its value as `f64` if it has no exponent and at most 15 digits: then its digits
+    /// and the power of ten it is divided by are exact doubles, and their quotient,
+    /// rounded once, is the double nearest the number, which `str::parse` gives too
+    /// (Clinger's fast path). The sign is applied last, so `-0` is `-0.0`.
+    fn float(&self) -> Option<f64> {
+        let fraction = self.fraction?;
+        (self.digits <= 15).then(|| {
+            let v = self.mantissa as f64 / POW10[fraction];
+            if self.negative { -v } else { v }
+        })
+    }
 }
 
 impl Node {
@@ -206,7 +295,7 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
 
 fn compile(dt: &DataType) -> Result<Node, String> {
     if let Some((ctx, check)) = leaf_check(dt).map_err(|e| e.to_string())? {
-        return Ok(Node::Leaf(ctx, check, *dt == DataType::Int64));
+        return Ok(Node::Leaf(ctx, check, FastNumber::of(dt)));
     }
     Ok(match dt {
         DataType::Null => Node::Null,
@@ -623,39 +712,32 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans a number; `self.i` is on its first character. Returns its text, and its
-    /// value if it is an integer of at most 18 digits (see [`Leaf::Num`]).
-    fn number(&mut self) -> Scan<(&'a str, Option<i64>)> {
+    /// Scans a number; `self.i` is on its first character.
+    fn number(&mut self) -> Scan<Number<'a>> {
         let start = self.i;
         let negative = self.b.get(self.i) == Some(&b'-');
         if negative {
             self.i += 1;
         }
         let int_start = self.i;
-        let mut v = 0i64;
+        // The value as the digits go by; it wraps past 19 digits, and is then not used.
+        let mut mantissa = 0u64;
         match self.b.get(self.i) {
             Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => {
-                // The value as the digits go by; it wraps past 18 digits, and is then
-                // not used.
-                while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
-                    v = v.wrapping_mul(10).wrapping_add((c - b'0') as i64);
-                    self.i += 1;
-                }
-            }
+            Some(b'1'..=b'9') => self.digits_into(&mut mantissa),
             _ => return Err(self.unexpected("a digit")),
         }
-        let short = self.i - int_start <= 18;
-        if !matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
-            let int = short.then(|| if negative { -v } else { v });
-            return Ok((&self.s[start..self.i], int));
-        }
+        let mut digits = self.i - int_start;
+        let mut fraction = Some(0);
         if self.b.get(self.i) == Some(&b'.') {
             self.i += 1;
             if !matches!(self.b.get(self.i), Some(b'0'..=b'9')) {
                 return Err(self.unexpected("a digit"));
             }
-            self.digits();
+            let from = self.i;
+            self.digits_into(&mut mantissa);
+            digits += self.i - from;
+            fraction = Some(self.i - from);
         }
         if let Some(b'e' | b'E') = self.b.get(self.i) {
             self.i += 1;
@@ -666,8 +748,23 @@ impl<'a> Scanner<'a> {
                 return Err(self.unexpected("a digit"));
             }
             self.digits();
+            fraction = None;
         }
-        Ok((&self.s[start..self.i], None))
+        Ok(Number {
+            text: &self.s[start..self.i],
+            negative,
+            mantissa,
+            digits,
+            fraction,
+        })
+    }
+
+    /// Scans digits, adding them to `v` (wrapping).
+    fn digits_into(&mut self, v: &mut u64) {
+        while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
+            *v = v.wrapping_mul(10).wrapping_add((c - b'0') as u64);
+            self.i += 1;
+        }
     }
 
     fn digits(&mut self) {
@@ -854,13 +951,15 @@ impl<'a> Scanner<'a> {
                 self.check_leaf(node, Leaf::Bool(false), at, out)?
             }
             Some(b'-' | b'0'..=b'9') => {
-                let (n, int) = self.number()?;
-                if let (Node::Leaf(_, _, true), Some(v)) = (node, int) {
-                    // What `check_native::<Int64Type>` makes of it, without the call.
-                    *out = Slot::Int(v);
+                let n = self.number()?;
+                if let Node::Leaf(_, _, fast) = node
+                    && let Some(slot) = fast.take(&n)
+                {
+                    // What the column's check makes of it, without the call.
+                    *out = slot;
                     return Ok(());
                 }
-                self.check_leaf(node, Leaf::Num(n, int), at, out)?
+                self.check_leaf(node, Leaf::Num(n.text, n.int()), at, out)?
             }
             _ => return Err(self.unexpected("a value")),
         };
@@ -1181,19 +1280,28 @@ mod tests {
         }
 
         /// A number's value, found as its digits are scanned, is what `str::parse`
-        /// reads, for every integer of up to 18 digits; longer ones, fractions and
-        /// exponents have none (their text decides).
+        /// reads: as an integer, for every integer of up to 18 digits (longer ones,
+        /// fractions and exponents have none: their text decides); as a double, for
+        /// every number of up to 15 digits without exponent (others have none).
         #[test]
-        fn a_short_integer_is_valued_as_str_parse_values_it(
-            s in "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,3})?([eE][+-]?[0-9]{1,2})?",
+        fn a_short_number_is_valued_as_str_parse_values_it(
+            s in "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,17})?([eE][+-]?[0-9]{1,2})?",
         ) {
             let mut sc = Scanner::new(&s);
-            let (text, int) = sc.number().unwrap();
-            prop_assert_eq!(text, s.as_str());
-            let digits = s.trim_start_matches('-').len();
-            match int {
+            let n = sc.number().unwrap();
+            prop_assert_eq!(n.text, s.as_str());
+            let digits = s.chars().filter(char::is_ascii_digit).count();
+            let exponent = s.contains(['e', 'E']);
+            match n.int() {
                 Some(v) => prop_assert_eq!(Ok(v), s.parse::<i64>()),
                 None => prop_assert!(digits > 18 || s.contains(['.', 'e', 'E']), "{}", s),
+            }
+            let mantissa_digits = s.split(['e', 'E']).next().unwrap_or("")
+                .chars().filter(char::is_ascii_digit).count();
+            match n.float() {
+                // Bit for bit: `-0` is `-0.0`.
+                Some(v) => prop_assert_eq!(v.to_bits(), s.parse::<f64>().unwrap().to_bits(), "{}", s),
+                None => prop_assert!(exponent || mantissa_digits > 15, "{}", s),
             }
         }
     }
