@@ -76,12 +76,20 @@ fn tributary(schema: &SchemaRef, bytes: &[u8], via_arrow: bool) -> usize {
     .expect("decoder");
     let mut bad = BadRecords::detached("bench");
     let mut rows = 0;
-    // As the sources do: the bytes are checked as UTF-8 whole, then each line is
-    // pushed as text.
+    // As the file source does: the bytes are checked as UTF-8 whole, then each line
+    // is decoded where it starts (its end found as it is scanned); a line the decoder
+    // does not take that way (none here) is found and pushed on its own.
     let text = simdutf8::basic::from_utf8(bytes).expect("the streams are UTF-8");
-    for line in lines(bytes) {
-        let at = line.as_ptr() as usize - bytes.as_ptr() as usize;
-        d.push_text_from(&text[at..at + line.len()], None, &mut bad);
+    let mut at = 0;
+    while at < text.len() {
+        at = match d.push_line_at(text, at, usize::MAX) {
+            Some(end) => end,
+            None => {
+                let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |p| at + p);
+                d.push_text_from(&text[at..end], None, &mut bad);
+                end + 1
+            }
+        };
         if d.buffered() >= BATCH {
             rows += d.flush().expect("flush").map_or(0, |b| b.num_rows());
         }

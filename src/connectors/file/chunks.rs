@@ -3,8 +3,8 @@
 //! in file order.
 //!
 //! [`LineChunks`] reads a file in large blocks and cuts it after every `lines`-th
-//! newline (found with `memchr`, once: a chunk carries where its newlines are); a
-//! chunk knows the number of its first line, so bad records name their line wherever
+//! newline (counted with `memchr`'s vector count; only the cut itself is searched for);
+//! a chunk knows the number of its first line, so bad records name their line wherever
 //! the chunk is decoded. A line longer than the limit
 //! is never held whole: once the unfinished line in hand passes the limit, the rest of
 //! it is read and dropped, and it becomes a [`Piece::TooLong`] of its own, in its place
@@ -12,7 +12,9 @@
 //! of their decoding, so that reading the file never waits for the source to emit a
 //! batch. [`decode_piece`] turns a piece into batches of at most the
 //! batch size; it is what a decoding worker runs. It checks a chunk as UTF-8 whole (a
-//! line of valid text is valid text) and only a chunk that is not line by line.
+//! line of valid text is valid text) and only a chunk that is not line by line. A good
+//! line's end is found by the decoder as it scans it
+//! ([`JsonDecoder::push_line_at`]); only other lines are searched for their end.
 
 use std::fmt;
 use std::fs::File;
@@ -34,13 +36,8 @@ const MIN_READ: usize = 64 << 10;
 #[derive(Debug)]
 pub(super) enum Piece {
     /// Whole lines (the last one may lack its `\n` at the end of the file); `first` is
-    /// the number (from 1) of the first one; `newlines` where their `\n`s are in
-    /// `bytes` (found when the chunk was cut, so its decoder need not search again).
-    Lines {
-        bytes: Vec<u8>,
-        first: u64,
-        newlines: Vec<usize>,
-    },
+    /// the number (from 1) of the first one.
+    Lines { bytes: Vec<u8>, first: u64 },
     /// A line longer than the limit: its number, its length and its first bytes.
     TooLong {
         line: u64,
@@ -114,22 +111,24 @@ impl<R: Read> LineChunks<R> {
     /// The next piece of the file, `None` at its end.
     pub(super) fn next_piece(&mut self) -> std::io::Result<Option<Piece>> {
         let mut buf = std::mem::take(&mut self.carry);
-        // Where the newlines found so far in `buf[..scanned]` are.
-        let mut newlines = Vec::with_capacity(self.per_chunk.min(1 << 16));
-        let mut scanned = 0usize;
+        // How many newlines `buf[..scanned]` holds, and where the line after the last
+        // of them starts.
+        let (mut found, mut scanned, mut line_start) = (0usize, 0usize, 0usize);
         loop {
-            for p in memchr::memchr_iter(b'\n', &buf[scanned..]) {
-                newlines.push(scanned + p);
-                if newlines.len() == self.per_chunk {
-                    break;
+            let more = memchr::memchr_iter(b'\n', &buf[scanned..]).count();
+            if more > 0 {
+                // The chunk ends at its `per_chunk`-th newline: the last one read, or
+                // one of the few before it.
+                let past = (found + more).saturating_sub(self.per_chunk);
+                let last = memchr::memrchr_iter(b'\n', &buf[scanned..])
+                    .nth(past)
+                    .map_or(scanned, |p| scanned + p + 1);
+                if found + more >= self.per_chunk {
+                    return Ok(Some(self.cut(buf, last, self.per_chunk)));
                 }
+                line_start = last;
             }
-            let found = newlines.len();
-            // Where the line after the last newline found starts.
-            let line_start = newlines.last().map_or(0, |p| p + 1);
-            if found == self.per_chunk {
-                return Ok(Some(self.cut(buf, line_start, newlines)));
-            }
+            found += more;
             scanned = buf.len();
             if self.eof {
                 if buf.is_empty() {
@@ -137,16 +136,12 @@ impl<R: Read> LineChunks<R> {
                 }
                 let first = self.lines + 1;
                 self.lines += found as u64 + u64::from(buf.len() > line_start);
-                return Ok(Some(Piece::Lines {
-                    bytes: buf,
-                    first,
-                    newlines,
-                }));
+                return Ok(Some(Piece::Lines { bytes: buf, first }));
             }
             if buf.len() - line_start > self.max_line {
                 if line_start > 0 {
                     // The whole lines first; the long one is the next piece.
-                    return Ok(Some(self.cut(buf, line_start, newlines)));
+                    return Ok(Some(self.cut(buf, line_start, found)));
                 }
                 return self.too_long(buf).map(Some);
             }
@@ -157,22 +152,16 @@ impl<R: Read> LineChunks<R> {
         }
     }
 
-    /// The lines of `buf` up to `end`, whose `\n`s are at `newlines`; the rest is
-    /// carried over.
-    fn cut(&mut self, mut buf: Vec<u8>, end: usize, newlines: Vec<usize>) -> Piece {
+    /// The `lines` lines of `buf` up to `end`; the rest is carried over.
+    fn cut(&mut self, mut buf: Vec<u8>, end: usize, lines: usize) -> Piece {
         self.carry = buf[end..].to_vec();
         buf.truncate(end);
-        let lines = newlines.len();
         if let Some(avg) = end.checked_div(lines) {
             self.avg_line = avg.max(1);
         }
         let first = self.lines + 1;
         self.lines += lines as u64;
-        Piece::Lines {
-            bytes: buf,
-            first,
-            newlines,
-        }
+        Piece::Lines { bytes: buf, first }
     }
 
     /// `buf` is the start of a line already longer than the limit: reads and drops the
@@ -261,7 +250,7 @@ pub(super) fn decode_piece(
 ) -> crate::Result<Vec<RecordBatch>> {
     let at = bad.origin_mut();
     at.file = Some(path.display().to_string());
-    let (bytes, first, newlines) = match piece {
+    let (bytes, first) = match piece {
         Piece::TooLong { line, len, sample } => {
             bad.origin_mut().line = Some(line as i64);
             let origin = LineOrigin { path, line };
@@ -270,11 +259,7 @@ pub(super) fn decode_piece(
             bad.report(BadRecordReason::Malformed, &detail, &sample);
             return Ok(Vec::new());
         }
-        Piece::Lines {
-            bytes,
-            first,
-            newlines,
-        } => (bytes, first, newlines),
+        Piece::Lines { bytes, first } => (bytes, first),
     };
     // The chunk is checked as UTF-8 whole, once: then each line is too (a line ends
     // at an ASCII `\n`), and is pushed as text. A chunk that is not checks each line.
@@ -282,13 +267,24 @@ pub(super) fn decode_piece(
     let mut batches = Vec::new();
     let mut line = first;
     let mut start = 0;
-    let mut lines = newlines.into_iter().chain(std::iter::once(bytes.len()));
     while start < bytes.len() {
-        let end = lines.next().unwrap_or(bytes.len());
-        let (mut a, mut b) = (start, end);
-        start = end + 1;
         let no = line;
         line += 1;
+        // A good line in one pass (line 1 may start with a byte-order mark: it takes
+        // the way below).
+        if no > 1
+            && let Some(text) = text
+            && let Some(end) = decoder.push_line_at(text, start, max_line)
+        {
+            start = end;
+            if decoder.buffered() >= batch_size {
+                batches.extend(flush(decoder, bad)?);
+            }
+            continue;
+        }
+        let end = memchr::memchr(b'\n', &bytes[start..]).map_or(bytes.len(), |p| start + p);
+        let (mut a, mut b) = (start, end);
+        start = end + 1;
         if no == 1 && bytes[a..b].starts_with(b"\xEF\xBB\xBF") {
             a += 3;
         }
@@ -353,23 +349,13 @@ mod tests {
         out
     }
 
-    /// Where the `\n`s of `bytes` are, found the plain way.
-    fn newlines_of(bytes: &[u8]) -> Vec<usize> {
-        (0..bytes.len()).filter(|&i| bytes[i] == b'\n').collect()
-    }
-
     #[test]
     fn chunks_hold_whole_lines_and_long_lines_are_pieces_of_their_own() {
         let input = b"a\nbb\n0123456789abcdefghij\nccc\r\nlast";
         let got: Vec<String> = pieces(input, 2, 8, 4)
             .into_iter()
             .map(|p| match p {
-                Piece::Lines {
-                    bytes,
-                    first,
-                    newlines,
-                } => {
-                    assert_eq!(newlines, newlines_of(&bytes));
+                Piece::Lines { bytes, first } => {
                     format!("{first}:{}", String::from_utf8(bytes).unwrap())
                 }
                 Piece::TooLong { line, len, sample } => {
@@ -392,10 +378,15 @@ mod tests {
     }
 
     /// What each line of `input` gives pushed on its own (the UTF-8 checked per line):
-    /// the rows' `n` values and the dead letters' (line, reason, message, payload).
-    fn line_by_line(input: &[u8]) -> (Vec<i64>, Vec<(Option<i64>, String, Vec<u8>)>) {
+    /// the rows' `n` values and the dead letters' (line, message, payload); a line
+    /// longer than `max_line` is a letter of its own, `(line, "long", [])`.
+    fn line_by_line(
+        input: &[u8],
+        max_line: usize,
+    ) -> (Vec<i64>, Vec<(Option<i64>, String, Vec<u8>)>) {
         let mut d = JsonDecoder::new(schema()).unwrap();
         let mut bad = BadRecords::collecting("test");
+        let mut long = Vec::new();
         let path = PathBuf::from("f.jsonl");
         for (i, mut rec) in input.split(|b| *b == b'\n').enumerate() {
             let no = i as u64 + 1;
@@ -404,6 +395,10 @@ mod tests {
             }
             rec = rec.strip_suffix(b"\r").unwrap_or(rec);
             if rec.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            if rec.len() > max_line {
+                long.push((Some(no as i64), "long".to_string(), vec![]));
                 continue;
             }
             bad.origin_mut().line = Some(no as i64);
@@ -417,7 +412,10 @@ mod tests {
             );
         }
         let batch = d.flush().unwrap();
-        (ns(batch.into_iter().collect()), letters(&bad))
+        let mut refused = letters(&bad);
+        refused.extend(long);
+        refused.sort_by_key(|(line, _, _)| *line);
+        (ns(batch.into_iter().collect()), refused)
     }
 
     fn ns(batches: Vec<RecordBatch>) -> Vec<i64> {
@@ -449,13 +447,12 @@ mod tests {
             let piece = Piece::Lines {
                 bytes: input.to_vec(),
                 first: 1,
-                newlines: newlines_of(input),
             };
             let path = PathBuf::from("f.jsonl");
             let batches = decode_piece(piece, &path, &mut d, 3, 1 << 20, &mut bad).unwrap();
-            assert_eq!((ns(batches), letters(&bad)), line_by_line(input));
+            assert_eq!((ns(batches), letters(&bad)), line_by_line(input, 1 << 20));
         }
-        let (rows, refused) = line_by_line(&invalid);
+        let (rows, refused) = line_by_line(&invalid, 1 << 20);
         assert_eq!(rows, vec![1, 2, 3, 5]);
         let reasons: Vec<_> = refused
             .iter()
@@ -518,6 +515,50 @@ mod tests {
     }
 
     proptest! {
+        /// A chunk decodes as its lines do one by one, whatever they hold: good
+        /// records (with spaces, tabs and `\r`s around them), blank lines, bad ones,
+        /// a record cut over two lines (two bad lines, not one good record), lines
+        /// longer than the limit, and lines at either end of the chunk.
+        #[test]
+        fn a_chunk_decodes_as_its_lines_one_by_one(
+            lines in prop::collection::vec(prop::sample::select(vec![
+                "{\"n\": 1, \"s\": \"a\"}",
+                "{\"n\":2}",
+                " \t{\"n\": 3} \r",
+                "{\"s\": \"no n\"}",
+                "{\"n\": 4,",
+                "\"s\": \"x\"}",
+                "",
+                " \r",
+                "\u{c}",
+                "[1]",
+                "{\"n\": 5, \"s\": \"a string longer than the limit of forty bytes\"}",
+                "{\"n\": 6, \"s\": \"caf\u{e9}\"}",
+                "{\"n\": 7}}",
+                "nul",
+            ]), 0..12),
+            end_newline: bool,
+            batch in 1..4usize,
+        ) {
+            let mut input = lines.join("\n").into_bytes();
+            if end_newline {
+                input.push(b'\n');
+            }
+            let mut d = JsonDecoder::new(schema()).unwrap();
+            let mut bad = BadRecords::collecting("test");
+            let piece = Piece::Lines { bytes: input.clone(), first: 1 };
+            let path = PathBuf::from("f.jsonl");
+            let batches = decode_piece(piece, &path, &mut d, batch, 40, &mut bad).unwrap();
+            let refused: Vec<_> = letters(&bad)
+                .into_iter()
+                .map(|(line, m, p)| match m.contains("longer than the 40 byte limit") {
+                    true => (line, "long".to_string(), vec![]),
+                    false => (line, m, p),
+                })
+                .collect();
+            prop_assert_eq!((ns(batches), refused), line_by_line(&input, 40));
+        }
+
         /// Cutting never loses, reorders or splits a line, and numbers lines from 1.
         #[test]
         fn pieces_are_the_lines_in_order(
@@ -538,8 +579,7 @@ mod tests {
             }
             for p in pieces(&input, per_chunk, max_line, reads) {
                 match p {
-                    Piece::Lines { bytes, first, newlines } => {
-                        prop_assert_eq!(newlines, newlines_of(&bytes));
+                    Piece::Lines { bytes, first } => {
                         let mut body = &bytes[..];
                         if body.last() == Some(&b'\n') {
                             body = &body[..body.len() - 1];

@@ -27,7 +27,9 @@ use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
 use super::rules::{LastHour, Slot, SlotNative, timestamp_text};
-use super::scanner::{Event, Refusal, Scan, StructNode, Tape, compile_struct, scan_text, utf8};
+use super::scanner::{
+    Event, Refusal, Scan, StructNode, Tape, compile_struct, scan_line, scan_text, utf8,
+};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -644,6 +646,28 @@ impl ScannedRows {
         Ok(())
     }
 
+    /// Like [`ScannedRows::push`], for the line of `text` starting at `at`
+    /// ([`scan_line`]): where it ends, if it holds a good record of at most `max_len`
+    /// bytes, appended; else `None`, and nothing appended.
+    fn push_line(
+        &mut self,
+        text: &str,
+        at: usize,
+        root: &StructNode,
+        max_len: usize,
+    ) -> Option<usize> {
+        let tape = self.nested.then_some(&mut self.tape);
+        let end = scan_line(text, at, root, &mut self.slots, tape)?;
+        if end - at > max_len {
+            return None;
+        }
+        for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
+            column.append(slot, text, &self.tape);
+        }
+        self.rows += 1;
+        Some(end)
+    }
+
     fn flush(&mut self, schema: &SchemaRef) -> crate::Result<Option<RecordBatch>> {
         if self.rows == 0 {
             return Ok(None);
@@ -1107,6 +1131,21 @@ impl JsonDecoder {
             }
         };
         Self::refuse(&refusal, record.as_bytes(), origin, bad)
+    }
+
+    /// Decodes the record on the line of `text` (JSON lines: lines end at `\n`) that
+    /// starts at byte `at`, if it is a good one: returns where the line ends (past its
+    /// `\n`, or at the end of `text`). Returns `None`, having appended and reported
+    /// nothing, for a line that is blank, longer than `max_len` bytes (its `\n`
+    /// included) or refused, and for every line of a schema the scanner does not build
+    /// rows for: the caller finds where that line ends and pushes it with
+    /// [`JsonDecoder::push_text_from`], which decides (and words a refusal) as for any
+    /// record. A good line costs one pass: its end is found while it is scanned.
+    pub fn push_line_at(&mut self, text: &str, at: usize, max_len: usize) -> Option<usize> {
+        match &mut self.rows {
+            Rows::Scanned(rows) => rows.push_line(text, at, &self.root, max_len),
+            Rows::Bulk(_) => None,
+        }
     }
 
     /// Reports a refused record; `false`.

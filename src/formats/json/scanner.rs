@@ -413,6 +413,9 @@ struct Scanner<'a> {
     scratch: String,
     /// Where nested values are recorded, if they are.
     tape: Option<Tape>,
+    /// Whether `\n` ends the record (a line of JSON lines in a longer text) instead of
+    /// being whitespace.
+    lines: bool,
 }
 
 /// Which fields of an object had a non-null value (tracked only when some are required).
@@ -503,6 +506,7 @@ impl<'a> Scanner<'a> {
             i: 0,
             scratch: String::new(),
             tape: None,
+            lines: false,
         }
     }
 
@@ -595,8 +599,12 @@ impl<'a> Scanner<'a> {
     }
 
     fn ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
-            self.i += 1;
+        while let Some(&c) = self.b.get(self.i) {
+            match c {
+                b' ' | b'\t' | b'\r' => self.i += 1,
+                b'\n' if !self.lines => self.i += 1,
+                _ => return,
+            }
         }
     }
 
@@ -1171,6 +1179,72 @@ impl<'a> Scanner<'a> {
         }
         Ok((start, end))
     }
+
+    /// Checks the record on the line of `text` that starts at byte `at`: a JSON object,
+    /// surrounded by whitespace other than `\n`. Returns where the line ends: past its
+    /// `\n`, or at the end of `text`. `slots` as for [`Scanner::object`].
+    fn line(&mut self, root: &StructNode, slots: &mut [Slot]) -> Scan<usize> {
+        self.ws();
+        if self.b.get(self.i) != Some(&b'{') {
+            return Err(self.unexpected("a JSON object"));
+        }
+        self.object(root, 0, Some(slots))?;
+        self.ws();
+        match self.b.get(self.i) {
+            None => Ok(self.i),
+            Some(b'\n') => Ok(self.i + 1),
+            Some(_) => Err(self.unexpected("end of record")),
+        }
+    }
+}
+
+/// Runs `scan` on `sc` with `slots` reset to nulls and `tape` (cleared) lent to it.
+fn lend<'a, T>(
+    sc: &mut Scanner<'a>,
+    mut slots: Option<&mut [Slot]>,
+    mut tape: Option<&mut Tape>,
+    scan: impl FnOnce(&mut Scanner<'a>, Option<&mut [Slot]>) -> Scan<T>,
+) -> Scan<T> {
+    if let Some(slots) = slots.as_deref_mut() {
+        // Not `fill`: that clones its value into each slot through a jump on the
+        // variant (3.9% of q0's CPU from a file); this writes `Null` and drops only
+        // the boxed variants.
+        for slot in slots.iter_mut() {
+            *slot = Slot::Null;
+        }
+    }
+    if let Some(t) = tape.as_deref_mut() {
+        t.events.clear();
+        t.fields.clear();
+        sc.tape = Some(std::mem::take(t));
+    }
+    let scanned = scan(sc, slots);
+    if let (Some(t), Some(back)) = (sc.tape.take(), tape) {
+        *back = t;
+    }
+    scanned
+}
+
+/// Like [`scan_text`] with slots, for the record on the line of `text` (lines end at
+/// `\n`) that starts at byte `at`: where the line ends (past its `\n`, or at the end
+/// of `text`) if it holds a record that fits, the slots' spans being places in `text`;
+/// `None` if not, without saying why (the caller then takes the line on its own to
+/// [`scan_text`], which gives the refusal). Decoding a chunk of lines this way finds
+/// their ends while scanning them, instead of searching for each one first.
+pub(super) fn scan_line(
+    text: &str,
+    at: usize,
+    root: &StructNode,
+    slots: &mut [Slot],
+    tape: Option<&mut Tape>,
+) -> Option<usize> {
+    let mut sc = Scanner::new(text);
+    sc.i = at;
+    sc.lines = true;
+    lend(&mut sc, Some(slots), tape, |sc, slots| {
+        sc.line(root, slots.unwrap_or_default())
+    })
+    .ok()
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
@@ -1203,28 +1277,11 @@ pub(super) fn utf8(record: &[u8]) -> Scan<&str> {
 pub(super) fn scan_text(
     text: &str,
     root: &StructNode,
-    mut slots: Option<&mut [Slot]>,
+    slots: Option<&mut [Slot]>,
     tape: Option<&mut Tape>,
 ) -> Scan<(usize, usize)> {
-    if let Some(slots) = slots.as_deref_mut() {
-        // Not `fill`: that clones its value into each slot through a jump on the
-        // variant (3.9% of q0's CPU from a file); this writes `Null` and drops only
-        // the boxed variants.
-        for slot in slots.iter_mut() {
-            *slot = Slot::Null;
-        }
-    }
     let mut sc = Scanner::new(text);
-    let mut tape = tape;
-    if let Some(t) = tape.as_deref_mut() {
-        t.events.clear();
-        t.fields.clear();
-        sc.tape = Some(std::mem::take(t));
-    }
-    let scanned = sc.record(root, slots);
-    if let (Some(t), Some(back)) = (sc.tape.take(), tape) {
-        *back = t;
-    }
+    let scanned = lend(&mut sc, slots, tape, |sc, slots| sc.record(root, slots));
     match scanned {
         Ok(r) => Ok(r),
         Err(r) if r.reason == BadRecordReason::SchemaMismatch => {
