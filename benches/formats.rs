@@ -1,8 +1,8 @@
 //! JSON lines → Arrow: the generator's Nexmark bids and restaurant streams (`orders`,
 //! `kitchen`, `app`) as JSON lines, decoded in one run over the same bytes by:
-//! - `tributary`: `JsonDecoder::push_text_from`, one record at a time with per-record
-//!   error isolation, as the file and Kafka sources run it: the bytes checked as UTF-8
-//!   whole, lines found with `memchr`;
+//! - `tributary`: `JsonDecoder::push_line_at`, one record at a time with per-record
+//!   error isolation, as the file source runs it: the bytes checked as UTF-8 whole,
+//!   each line decoded where it starts, its end found while it is scanned;
 //! - `tributary/arrow-json`: `JsonDecoder` forced onto its arrow-json path (the scanner
 //!   checks each record, then arrow-json's tape decoder decodes the accepted ones: the
 //!   path of schemas with a struct of two fields of the same name, and of every schema
