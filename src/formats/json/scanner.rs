@@ -1180,15 +1180,15 @@ impl<'a> Scanner<'a> {
         Ok((start, end))
     }
 
-    /// Checks the record on the line of `text` that starts at byte `at`: a JSON object,
+    /// Checks the record on the line that starts at the cursor: a JSON object,
     /// surrounded by whitespace other than `\n`. Returns where the line ends: past its
-    /// `\n`, or at the end of `text`. `slots` as for [`Scanner::object`].
-    fn line(&mut self, root: &StructNode, slots: &mut [Slot]) -> Scan<usize> {
+    /// `\n`, or at the end of the text. `slots` as for [`Scanner::object`].
+    fn line(&mut self, root: &StructNode, slots: Option<&mut [Slot]>) -> Scan<usize> {
         self.ws();
         if self.b.get(self.i) != Some(&b'{') {
             return Err(self.unexpected("a JSON object"));
         }
-        self.object(root, 0, Some(slots))?;
+        self.object(root, 0, slots)?;
         self.ws();
         match self.b.get(self.i) {
             None => Ok(self.i),
@@ -1241,10 +1241,7 @@ pub(super) fn scan_line(
     let mut sc = Scanner::new(text);
     sc.i = at;
     sc.lines = true;
-    lend(&mut sc, Some(slots), tape, |sc, slots| {
-        sc.line(root, slots.unwrap_or_default())
-    })
-    .ok()
+    lend(&mut sc, Some(slots), tape, |sc, slots| sc.line(root, slots)).ok()
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
