@@ -315,7 +315,7 @@ pub(super) fn timestamp_text(
 ) -> Result<i64, String> {
     let b = s.as_bytes();
     // `YYYY-MM-DD…` is no number: go straight to the timestamp parsers.
-    let dated = b.len() >= 10 && b[4] == b'-' && b[7] == b'-';
+    let dated = dated(b);
     if dated && let Some(v) = rfc3339_fast(b, unit, tz.is_none(), last) {
         return v.ok_or_else(|| format!("\"{}\" is out of range", clip(s)));
     }
@@ -334,6 +334,22 @@ pub(super) fn timestamp_text(
             clip(s)
         )),
     }
+}
+
+/// Whether `b` starts as a date does (`YYYY-MM-DD`, the separators only).
+fn dated(b: &[u8]) -> bool {
+    b.len() >= 10 && b[4] == b'-' && b[7] == b'-'
+}
+
+/// The value [`check_timestamp`] gives the string `b` in a timestamp column of `unit`
+/// with context `ctx`, when `b` has the common RFC 3339 shape ([`rfc3339_fast`]) and
+/// the value is in range; `None` otherwise (then the check decides, and words any
+/// refusal).
+pub(super) fn timestamp_fast(ctx: &LeafCtx, unit: TimeUnit, b: &[u8]) -> Option<i64> {
+    if !dated(b) {
+        return None;
+    }
+    rfc3339_fast(b, unit, ctx.tz.is_none(), &ctx.last_hour).flatten()
 }
 
 /// The common shape of RFC 3339 timestamps, `YYYY-MM-DDTHH:MM:SS[.f](Z|±HH:MM)` (`T`,

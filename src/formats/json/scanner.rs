@@ -6,10 +6,10 @@ use std::collections::HashMap;
 
 use arrow::compute::kernels::cast_utils::parse_decimal;
 use arrow::datatypes::{
-    DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType,
+    DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType, TimeUnit,
 };
 
-use super::rules::{CheckFn, Leaf, LeafCtx, Slot, SlotNative, leaf_check};
+use super::rules::{CheckFn, Leaf, LeafCtx, Slot, SlotNative, leaf_check, timestamp_fast};
 use crate::dlq::BadRecordReason;
 
 /// Deepest nesting of arrays and objects a record may have.
@@ -26,9 +26,9 @@ enum Node {
     Binary,
     /// The parse of the column's decimal type, its precision and scale.
     Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
-    /// A column of [`super::rules::leaf_check`]'s types, and which numbers it takes as
+    /// A column of [`super::rules::leaf_check`]'s types, and which values it takes as
     /// the scanner read them, without its check.
-    Leaf(LeafCtx, CheckFn, FastNumber),
+    Leaf(LeafCtx, CheckFn, Fast),
     List {
         item: Box<Node>,
         nullable: bool,
@@ -41,11 +41,11 @@ enum Node {
     },
 }
 
-/// The numbers a column takes as the scanner read them ([`Number`]), without calling
-/// its check: the same value the check gives, for the most common values. Others go
-/// to the check, which converts or refuses them.
+/// The values a column takes as the scanner read them (a [`Number`], or a string's
+/// text), without calling its check: the same value the check gives, for the most
+/// common values. Others go to the check, which converts or refuses them.
 #[derive(Clone, Copy)]
-enum FastNumber {
+enum Fast {
     None,
     /// A signed integer column of this range: an integer of at most 18 digits in it.
     Int(i64, i64),
@@ -55,36 +55,40 @@ enum FastNumber {
     /// `Float64`: a number without exponent of at most 15 digits (see
     /// [`Number::float`]).
     Float64,
+    /// A timestamp column of this unit: a string in the common RFC 3339 shape (see
+    /// [`timestamp_fast`]).
+    Timestamp(TimeUnit),
 }
 
-impl FastNumber {
+impl Fast {
     fn of(dt: &DataType) -> Self {
-        let int = |min: i64, max: i64| FastNumber::Int(min, max);
+        let int = |min: i64, max: i64| Fast::Int(min, max);
         match dt {
             DataType::Int8 => int(i8::MIN.into(), i8::MAX.into()),
             DataType::Int16 => int(i16::MIN.into(), i16::MAX.into()),
             DataType::Int32 => int(i32::MIN.into(), i32::MAX.into()),
             DataType::Int64 => int(i64::MIN, i64::MAX),
-            DataType::UInt8 => FastNumber::UInt(u8::MAX.into()),
-            DataType::UInt16 => FastNumber::UInt(u16::MAX.into()),
-            DataType::UInt32 => FastNumber::UInt(u32::MAX.into()),
-            DataType::UInt64 => FastNumber::UInt(u64::MAX),
-            DataType::Float64 => FastNumber::Float64,
-            _ => FastNumber::None,
+            DataType::UInt8 => Fast::UInt(u8::MAX.into()),
+            DataType::UInt16 => Fast::UInt(u16::MAX.into()),
+            DataType::UInt32 => Fast::UInt(u32::MAX.into()),
+            DataType::UInt64 => Fast::UInt(u64::MAX),
+            DataType::Float64 => Fast::Float64,
+            DataType::Timestamp(unit, _) => Fast::Timestamp(*unit),
+            _ => Fast::None,
         }
     }
 
     /// The slot of `n` in such a column, if it takes `n` as read.
     fn take(self, n: &Number<'_>) -> Option<Slot> {
         match self {
-            FastNumber::None => None,
-            FastNumber::Int(min, max) => n.int().filter(|v| (min..=max).contains(v)).map(Slot::Int),
-            FastNumber::UInt(max) => n
+            Fast::None | Fast::Timestamp(_) => None,
+            Fast::Int(min, max) => n.int().filter(|v| (min..=max).contains(v)).map(Slot::Int),
+            Fast::UInt(max) => n
                 .int()
                 .and_then(|v| u64::try_from(v).ok())
                 .filter(|v| *v <= max)
                 .map(Slot::UInt),
-            FastNumber::Float64 => n.float().map(Slot::F64),
+            Fast::Float64 => n.float().map(Slot::F64),
         }
     }
 }
@@ -312,7 +316,7 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
 
 fn compile(dt: &DataType) -> Result<Node, String> {
     if let Some((ctx, check)) = leaf_check(dt).map_err(|e| e.to_string())? {
-        return Ok(Node::Leaf(ctx, check, FastNumber::of(dt)));
+        return Ok(Node::Leaf(ctx, check, Fast::of(dt)));
     }
     Ok(match dt {
         DataType::Null => Node::Null,
@@ -1034,6 +1038,13 @@ impl<'a> Scanner<'a> {
             }
             Some(b'"') => {
                 let s = self.string()?;
+                if let (Node::Leaf(ctx, _, Fast::Timestamp(unit)), Str::Borrowed(a, b)) = (node, &s)
+                    && let Some(v) = timestamp_fast(ctx, *unit, &self.b[*a..*b])
+                {
+                    // What the column's check makes of it, without the call.
+                    *out = Slot::Int(v);
+                    return Ok(());
+                }
                 // A string column keeps any string as it is (checked here, without
                 // `check_leaf`, for speed: the most common value).
                 if matches!(node, Node::Text)
