@@ -639,11 +639,16 @@ impl ScannedRows {
     fn push(&mut self, text: &str, root: &StructNode) -> Scan {
         let tape = self.nested.then_some(&mut self.tape);
         scan_text(text, root, Some(&mut self.slots), tape)?;
+        self.append_row(text);
+        Ok(())
+    }
+
+    /// Appends the record just scanned from `text` (its slots and tape) as a row.
+    fn append_row(&mut self, text: &str) {
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
             column.append(slot, text, &self.tape);
         }
         self.rows += 1;
-        Ok(())
     }
 
     /// Like [`ScannedRows::push`], for the line of `text` starting at `at`
@@ -661,10 +666,7 @@ impl ScannedRows {
         if end - at > max_len {
             return None;
         }
-        for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
-            column.append(slot, text, &self.tape);
-        }
-        self.rows += 1;
+        self.append_row(text);
         Some(end)
     }
 

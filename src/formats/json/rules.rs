@@ -314,12 +314,13 @@ pub(super) fn timestamp_text(
     last: &LastHour,
 ) -> Result<i64, String> {
     let b = s.as_bytes();
-    // `YYYY-MM-DD…` is no number: go straight to the timestamp parsers.
-    let dated = dated(b);
-    if dated && let Some(v) = rfc3339_fast(b, unit, tz.is_none(), last) {
+    if let Some(v) = rfc3339_fast(b, unit, tz.is_none(), last) {
         return v.ok_or_else(|| format!("\"{}\" is out of range", clip(s)));
     }
-    if !dated && let Some(v) = epoch_ms_to(s, unit) {
+    // `YYYY-MM-DD…` is no number: straight to the timestamp parsers.
+    if !dated(b)
+        && let Some(v) = epoch_ms_to(s, unit)
+    {
         return v.map_err(|_| epoch_out_of_range(s));
     }
     let parsed = match tz {
@@ -346,9 +347,6 @@ fn dated(b: &[u8]) -> bool {
 /// the value is in range; `None` otherwise (then the check decides, and words any
 /// refusal).
 pub(super) fn timestamp_fast(ctx: &LeafCtx, unit: TimeUnit, b: &[u8]) -> Option<i64> {
-    if !dated(b) {
-        return None;
-    }
     rfc3339_fast(b, unit, ctx.tz.is_none(), &ctx.last_hour).flatten()
 }
 
@@ -362,7 +360,12 @@ pub(super) fn timestamp_fast(ctx: &LeafCtx, unit: TimeUnit, b: &[u8]) -> Option<
 fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<Option<i64>> {
     /// The first 13 bytes of a word: `YYYY-MM-DDTHH`.
     const HOUR: u128 = (1 << 104) - 1;
-    if b.len() < 20 || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || !dated(b)
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let key = u128::from_le_bytes(*b.first_chunk::<16>()?) & HOUR;
@@ -421,7 +424,8 @@ fn two(b: &[u8], i: usize) -> Option<u32> {
 }
 
 /// The seconds since the epoch of `YYYY-MM-DDTHH` at the start of `b` (at least 13
-/// bytes, the separators checked), `None` if it is no valid date and hour.
+/// bytes, the separators checked by [`rfc3339_fast`]), `None` if it is no valid date
+/// and hour.
 fn date_hour(b: &[u8]) -> Option<i64> {
     let year = two(b, 0)? as i64 * 100 + two(b, 2)? as i64;
     let (month, day, hour) = (two(b, 5)?, two(b, 8)?, two(b, 11)?);
