@@ -62,6 +62,8 @@ const OUTAGE_BACKLOG: u64 = 500;
 // ------------------------------------------------------------------------------------
 
 /// A one-broker cluster of this test's own (`scripts/kafka … --dir`), stopped on drop.
+/// Its KRaft controller is a process of its own, which the broker's kills leave
+/// running, as in production.
 pub(crate) struct Cluster {
     dir: PathBuf,
     pub(crate) servers: String,
@@ -128,7 +130,8 @@ impl Cluster {
         self.script(&["kill", "1"]);
     }
 
-    /// The broker again, on the same port; returns once it is registered.
+    /// The broker again, on the same port, under a new registration (the script
+    /// removes the killed one's first); returns once it is registered.
     pub(crate) fn restart(&self) {
         self.script(&["restart", "1"]);
     }

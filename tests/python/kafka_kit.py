@@ -33,7 +33,7 @@ def own_cluster(name: str, port_base: int, brokers: int = 1) -> Iterator[tuple[s
     """A cluster of ``brokers`` started for one test module on ports from
     ``port_base``: (bootstrap servers, its directory for ``kafka``); stopped after.
 
-    Keep ``port_base`` (and its controllers, ``port_base + 100``) below Linux's
+    Keep ``port_base`` (and its controller, ``port_base + 100``) below Linux's
     ephemeral range (32768 and up): there, any client's outgoing connection may hold
     the port between the script's check and the broker's bind (a CI run lost the
     marketing cluster, then on 39092, that way)."""

@@ -685,8 +685,9 @@ fn read_partitions(
                 &format!("reading {t}[{p}]"),
                 &format!(
                     "not at offset {high} after {:?}: the cluster does not answer, or a \
-                     transaction left open there has not ended",
-                    started.elapsed()
+                     transaction left open there has not ended ({})",
+                    started.elapsed(),
+                    super::HANGING_TRANSACTION_HINT
                 ),
             ));
         }

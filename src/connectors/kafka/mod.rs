@@ -79,6 +79,12 @@ pub(super) type Result<T, E = crate::Error> = std::result::Result<T, E>;
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where transactional sinks record which checkpoint's output committed.
 pub(super) const DEFAULT_COMMIT_TOPIC: &str = "_tributary_commits";
+/// What to do about a partition whose last stable offset does not move: a transaction
+/// whose coordinator no longer knows it (Kafka skips the markers of a partition that
+/// has no leader when they are sent) stays open until an operator aborts it.
+pub(super) const HANGING_TRANSACTION_HINT: &str = "if it never ends, the cluster left it \
+     hanging: find it with `kafka-transactions.sh find-hanging --broker-id N` and end it \
+     with `kafka-transactions.sh abort`";
 
 pub(super) fn kafka_error(table: &str, what: &str, e: impl std::fmt::Display) -> crate::Error {
     ConnectorError::Other {

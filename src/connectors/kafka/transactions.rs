@@ -471,7 +471,8 @@ impl Transactions {
                         "reading the commit topic",
                         format!(
                             "stuck at offset {position} of {high} for {waited:?}: a \
-                             transaction left open there has not ended"
+                             transaction left open there has not ended ({})",
+                            super::HANGING_TRANSACTION_HINT
                         ),
                     ));
                 }
@@ -481,6 +482,7 @@ impl Transactions {
                         topic,
                         position,
                         high,
+                        hint = super::HANGING_TRANSACTION_HINT,
                         "waiting for a transaction open in the commit topic to end"
                     );
                     told = true;
