@@ -304,11 +304,15 @@ impl Drop for Run {
     }
 }
 
-/// The last lines of a log, for failure messages (without librdkafka's own lines,
-/// which an unreachable broker makes many of).
+/// The last lines of a log, for failure messages: without librdkafka's own lines,
+/// which an unreachable broker makes many of, and the periodic progress lines, so that
+/// the few lines a CI report keeps of a failure are the last things that happened.
 pub(crate) fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("librdkafka")).collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("librdkafka") && !l.contains(r#""message":"progress""#))
+        .collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 /// `GET path` on the admin endpoint: (status code, body); `None` when nothing answers.
