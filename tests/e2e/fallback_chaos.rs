@@ -1090,3 +1090,47 @@ fn with_the_fallback_store_down_as_well_the_sink_holds_then_stores_then_drains()
 fn with_the_fallback_store_down_as_well_and_the_broker_back_first_nothing_is_stranded() {
     broker_and_store_down_together("store-down-broker-first", BackFirst::Broker);
 }
+
+/// What the tests above rely on from `scripts/kafka`: a broker killed and restarted at
+/// once comes back under a registration of its own, without acting on the old one.
+/// (A broker that took its partitions back on its old registration lost them when the
+/// controller fenced it, and Kafka then skipped the markers of a transaction it was
+/// completing, which stayed open for good: CI's failure of stop 34.) The controller,
+/// a process of its own, outlives the kill; the restart removes the old registration
+/// before the broker starts, so the broker is never refused as a duplicate.
+#[test]
+fn a_restarted_broker_registers_anew_instead_of_reusing_its_killed_registration() {
+    let work = Workdir::new();
+    let cluster = Cluster::start(&work.path().join("kafka"));
+    let log = |node: &str| {
+        std::fs::read_to_string(cluster.dir.join(node).join("server.log")).unwrap_or_default()
+    };
+    cluster.kill();
+    let controller = log("controller");
+    assert!(
+        !controller.contains("UnregisterBrokerRecord"),
+        "nothing unregistered before the restart"
+    );
+    // At once: well within the killed broker's session (9 s), which the controller
+    // would otherwise wait out before taking a new registration.
+    cluster.restart();
+    let controller = log("controller");
+    assert!(
+        controller.contains("Replayed UnregisterBrokerRecord(brokerId=1"),
+        "the restart removed the killed broker's registration:\n{}",
+        tail(&controller)
+    );
+    let broker = log("broker-1");
+    assert!(
+        !broker.contains("DUPLICATE_BROKER_REGISTRATION"),
+        "the restarted broker was refused as a duplicate of its old registration:\n{}",
+        tail(&broker)
+    );
+    assert_eq!(
+        broker.matches("Successfully registered broker 1 ").count(),
+        2,
+        "registered once at the start and once after the restart"
+    );
+    // And the cluster serves again: a topic is created and described.
+    crate::kafka_faults::create_topic(&cluster.servers, &crate::kafka::fresh_topic("anew"), 1);
+}
