@@ -806,41 +806,47 @@ fn broker_outage_then_a_kill_mid_drain(label: &str, store: Store, how: MidDrain)
         committed(&checkpoints)
     );
 
-    // The broker back: the drain starts; the pipeline is killed in its middle.
-    cluster.restart();
+    // The broker back: the drain starts; the pipeline is killed in its middle. The
+    // drain is watched from the broker's launch on, while `restart` still waits for
+    // the cluster to report the broker registered (a tool polled every second): a
+    // backlog of a few hundred records drains in about as long, so watching only
+    // after `restart` returned could miss the whole drain (a CI run did).
     let mut peak = first.last.backlog.unwrap_or(0);
-    if how == MidDrain::Fault {
-        let code = first.finish(Duration::from_secs(60));
-        let log = first.log_text();
-        assert!(
-            code.is_none() && log.contains("\"phase\":\"fallback-drain-committed\""),
-            "the run aborts at the fault point ({code:?}):\n{}",
-            tail(&log)
-        );
-    }
-    if how == MidDrain::Kill {
-        wait_until(
-            &mut first,
-            "the drain to start, with records still waiting",
-            Duration::from_secs(60),
-            |r| {
-                let Some(s) = r.status() else { return false };
-                let backlog = s.backlog.unwrap_or(0);
-                peak = peak.max(backlog);
-                assert!(
-                    s.drained == 0 || backlog > 0,
-                    "the drain sent the whole backlog (up to {peak} records) before a kill could \
+    std::thread::scope(|scope| {
+        let restarting = scope.spawn(|| cluster.restart());
+        if how == MidDrain::Fault {
+            let code = first.finish(Duration::from_secs(60));
+            let log = first.log_text();
+            assert!(
+                code.is_none() && log.contains("\"phase\":\"fallback-drain-committed\""),
+                "the run aborts at the fault point ({code:?}):\n{}",
+                tail(&log)
+            );
+        }
+        if how == MidDrain::Kill {
+            wait_until(
+                &mut first,
+                "the drain to start, with records still waiting",
+                Duration::from_secs(60),
+                |r| {
+                    let Some(s) = r.status() else { return false };
+                    let backlog = s.backlog.unwrap_or(0);
+                    peak = peak.max(backlog);
+                    assert!(
+                        s.drained == 0 || backlog > 0,
+                        "the drain sent the whole backlog (up to {peak} records) before a kill could \
                  land in its middle: {s:?}; drain_rate = {DRAIN_RATE}/s:\n{}",
-                    tail(&r.log_text())
-                );
-                s.drained > 0
-            },
-        );
-    }
+                        tail(&r.log_text())
+                    );
+                    s.drained > 0
+                },
+            );
+            // At once, not after `restart` returns: the drain goes on meanwhile.
+            first.kill();
+        }
+        restarting.join().expect("scripts/kafka restart");
+    });
     let at_kill = first.last;
-    if how == MidDrain::Kill {
-        first.kill();
-    }
     println!(
         "fallback_chaos[{label}]: killed mid-drain: stored {} drained {} backlog {:?}",
         at_kill.stored, at_kill.drained, at_kill.backlog
