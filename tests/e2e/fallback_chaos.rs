@@ -1137,6 +1137,6 @@ fn a_restarted_broker_registers_anew_instead_of_reusing_its_killed_registration(
         2,
         "registered once at the start and once after the restart"
     );
-    // And the cluster serves again: a topic is created and described.
+    // And the cluster serves again: a topic is created.
     crate::kafka_faults::create_topic(&cluster.servers, &crate::kafka::fresh_topic("anew"), 1);
 }
