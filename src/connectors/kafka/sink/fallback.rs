@@ -224,7 +224,16 @@ impl KafkaSink {
                 breaker.probe_abandoned();
             }
             match outcome {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    if route == Route::Probe {
+                        // The cluster is back as of this probe: the drain's rate counts
+                        // from here. Counted from the last commit before the outage
+                        // (probing and settling a commit in doubt take seconds), the
+                        // rate's window would let a backlog go out at once.
+                        self.fallback.as_mut().expect("checked").last_drain = Instant::now();
+                    }
+                    return Ok(());
+                }
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Store(e)) => {
                     self.probe.retrying(&e);
