@@ -104,6 +104,8 @@ struct Inner {
     failing_since: Option<Instant>,
     /// When the breaker last opened (or its probe last failed).
     opened_at: Option<Instant>,
+    /// When the breaker last closed after being open (the cluster's return).
+    closed_at: Option<Instant>,
     last_error: Option<String>,
 }
 
@@ -129,6 +131,7 @@ impl Breaker {
                 consecutive: 0,
                 failing_since: None,
                 opened_at: None,
+                closed_at: None,
                 last_error: None,
             }),
             state_gauge,
@@ -159,8 +162,10 @@ impl Breaker {
         }
         let from = inner.state;
         inner.state = to;
-        if to == BreakerState::Open {
-            inner.opened_at = Some(now);
+        match to {
+            BreakerState::Open => inner.opened_at = Some(now),
+            BreakerState::Closed => inner.closed_at = Some(now),
+            BreakerState::HalfOpen => {}
         }
         self.state_gauge.set(to.gauge());
         self.transitions.increment(1);
@@ -173,6 +178,13 @@ impl Breaker {
             BreakerState::Closed => tracing::info!(cluster = %self.cluster, from = from.as_str(),
                 "kafka breaker closed: output goes to kafka again"),
         }
+    }
+
+    /// When the breaker last closed after an outage, if it ever did: what was
+    /// stored while it was open drains at its rate from then on, whichever task of
+    /// the cluster's sinks found it back.
+    pub fn closed_at(&self) -> Option<Instant> {
+        self.lock().closed_at
     }
 
     /// Where the next call goes, now.
@@ -308,6 +320,26 @@ mod tests {
         b.success_at(t + Duration::from_secs(11));
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.route_at(t + Duration::from_secs(11)), Route::Direct);
+    }
+
+    #[test]
+    fn it_records_when_it_closed_after_an_outage_and_only_then() {
+        let b = Breaker::new("t5", settings());
+        let t = Instant::now();
+        b.success_at(t);
+        assert_eq!(b.closed_at(), None, "closed all along");
+        for _ in 0..3 {
+            b.failure_at(t, "down");
+        }
+        assert_eq!(b.route_at(t + Duration::from_secs(5)), Route::Probe);
+        b.success_at(t + Duration::from_secs(6));
+        assert_eq!(b.closed_at(), Some(t + Duration::from_secs(6)));
+        b.success_at(t + Duration::from_secs(9));
+        assert_eq!(
+            b.closed_at(),
+            Some(t + Duration::from_secs(6)),
+            "a success while closed is no close"
+        );
     }
 
     #[test]

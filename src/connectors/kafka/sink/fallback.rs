@@ -51,6 +51,14 @@ const APPEND_CHUNK: usize = 5_000;
 /// The longest time the drain's rate counts back over.
 const MAX_DRAIN_WINDOW: Duration = Duration::from_secs(10);
 
+/// How far back the drain's rate counts at `now`: from this task's last commit, or
+/// from the breaker's close after an outage if that came later, at most
+/// [`MAX_DRAIN_WINDOW`].
+fn drain_window(last_commit: Instant, closed: Option<Instant>, now: Instant) -> Duration {
+    let since = closed.map_or(last_commit, |c| c.max(last_commit));
+    now.saturating_duration_since(since).min(MAX_DRAIN_WINDOW)
+}
+
 /// A sink task's handle on the process's fallback.
 pub(super) struct SinkFallback {
     shared: Arc<Fallback>,
@@ -62,7 +70,11 @@ pub(super) struct SinkFallback {
     /// The last sequence the drain sent per key (the commit topic's drain records),
     /// read at the first drain.
     sent: Option<HashMap<Option<Vec<u8>>, Seq>>,
+    /// The last commit of this task (to Kafka or to the store): the drain's rate
+    /// counts from it, or from the breaker's close if that came later.
     last_drain: Instant,
+    /// The end of input's drain: it takes a full window whatever the breaker did.
+    draining_rest: bool,
     /// A transaction whose outcome is not known yet.
     in_doubt: Option<InDoubt>,
     stored: metrics::Counter,
@@ -109,6 +121,7 @@ impl SinkFallback {
             waiting: None,
             sent: None,
             last_drain: Instant::now(),
+            draining_rest: false,
             in_doubt: None,
             stored: labels("stored"),
             drained: labels("drained"),
@@ -224,16 +237,7 @@ impl KafkaSink {
                 breaker.probe_abandoned();
             }
             match outcome {
-                Ok(()) => {
-                    if route == Route::Probe {
-                        // The cluster is back as of this probe: the drain's rate counts
-                        // from here. Counted from the last commit before the outage
-                        // (probing and settling a commit in doubt take seconds), the
-                        // rate's window would let a backlog go out at once.
-                        self.fallback.as_mut().expect("checked").last_drain = Instant::now();
-                    }
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Store(e)) => {
                     self.probe.retrying(&e);
@@ -548,10 +552,17 @@ impl KafkaSink {
         let (task, parallelism) = (self.task.partition, self.task.parallelism);
         let fb = self.fallback.as_mut().expect("fallback");
         let rate = fb.shared.settings().drain_rate;
-        // The rate counts from the last commit (a drain or not), at most
-        // `MAX_DRAIN_WINDOW` back: a backlog met after an outage or a restart drains
-        // at the rate, not all at once.
-        let window = fb.last_drain.elapsed().min(MAX_DRAIN_WINDOW);
+        // The rate counts from the last commit (a drain or not), or from the
+        // breaker's close if later, at most `MAX_DRAIN_WINDOW` back: a backlog met
+        // after an outage or a restart drains at the rate, not all at once. Counted
+        // from this task's last commit before the outage, the seconds spent probing
+        // and settling a commit in doubt (by whichever task probed) would let the
+        // backlog go out at once.
+        let window = drain_window(
+            fb.last_drain,
+            fb.breaker.closed_at().filter(|_| !fb.draining_rest),
+            Instant::now(),
+        );
         let budget = match fb.control.mode() {
             DrainMode::Paused => 0,
             DrainMode::Unlimited => DRAIN_CHUNK,
@@ -741,7 +752,10 @@ impl KafkaSink {
             }
             let before = control.drained.load(Ordering::Relaxed);
             fb.last_drain = Instant::now() - Duration::from_secs(3600);
-            match self.send_direct(&Commit::empty(), Route::Direct).await {
+            fb.draining_rest = true;
+            let sent = self.send_direct(&Commit::empty(), Route::Direct).await;
+            self.fallback.as_mut().expect("checked").draining_rest = false;
+            match sent {
                 Ok(()) => {}
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(_) => return Ok(()),
@@ -800,5 +814,21 @@ mod tests {
                 assert_eq!(o, owner(Some(key.as_bytes()), p), "stable");
             }
         }
+    }
+
+    #[test]
+    fn the_drain_window_counts_from_the_later_of_the_last_commit_and_the_close() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        // No outage: from the last commit.
+        assert_eq!(drain_window(t, None, t + s(2)), s(2));
+        // The last commit of this task was before the outage (8 s of probing and
+        // settling by another task): from the close, not from the commit.
+        assert_eq!(drain_window(t, Some(t + s(8)), t + s(9)), s(1));
+        // A commit since the close counts.
+        assert_eq!(drain_window(t + s(9), Some(t + s(8)), t + s(10)), s(1));
+        // Never more than the cap, and never negative.
+        assert_eq!(drain_window(t, None, t + s(60)), MAX_DRAIN_WINDOW);
+        assert_eq!(drain_window(t + s(5), None, t), Duration::ZERO);
     }
 }
