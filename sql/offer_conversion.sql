@@ -14,9 +14,10 @@
 --   FROM offer_triggers t LEFT JOIN offer_conversions c
 --     ON c.offer_id = t.offer_id AND date_trunc('hour', c.triggered_at) = t.hour_start
 --   GROUP BY t.offer_id, t.hour_start, t.triggers;
--- (A streaming query cannot yet join and aggregate at once, so the two are written
--- apart; see docs/pipelines.md, "Sales analytics". Conversions of an hour's triggers
--- keep coming for 24 hours after it.)
+-- (The two are written apart and the rate is computed where they are read:
+-- conversions of an hour's triggers keep coming for 24 hours after it, so a rate
+-- aggregated in the stream would be published only a day later. See
+-- docs/pipelines.md, "Sales analytics".)
 --
 -- Late events: both streams arrive up to 2 s out of order and are waited for 5 s; an
 -- event later than that is left out (tributary_late_rows_total; dead-letter queue).

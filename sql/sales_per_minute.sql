@@ -12,7 +12,9 @@
 -- is published once the stream has moved 5 s past its end (watermark_delay). An order
 -- arriving after that is late: left out of the results and counted in
 -- tributary_late_rows_total (kept in the dead-letter queue, class `late`). An event the
--- source sends twice (same event_id) is counted once. A record that cannot be read is
+-- source sends twice (same event_id) is counted once: the inner query keeps one row
+-- per order and minute, the outer one counts and sums them (two windowed aggregates
+-- in one query, run as a chain of stages). A record that cannot be read is
 -- in the dead-letter queue (class `malformed` or `schema_mismatch`), not in results.
 CREATE TABLE orders WITH (
     connector = 'generator',
@@ -61,20 +63,25 @@ SELECT
     to_char(s.w.start, '%Y-%m-%d') AS date,
     to_char(s.w.start, '%H') AS hour
 FROM (
+    -- The minute's orders per restaurant.
     SELECT
-        tumble(INTERVAL '1' MINUTE) AS w,
+        w,
         restaurant_id,
-        -- A repeated event is the same order: count each order once.
-        count(DISTINCT order_id) AS orders,
-        -- The sum of the totals of distinct orders, in cents. SQL's sum(DISTINCT x)
-        -- would merge two orders of the same total, so each order's cents are
-        -- tagged with its id (order_id * 10^6 + cents, unique per order and the same
-        -- for its repeats) and the ids' part is taken off again: this is exactly
-        -- the sum of the cents of each distinct order.
-        sum(DISTINCT order_id * 1000000 + CAST(round(total * 100) AS BIGINT))
-            - sum(DISTINCT order_id) * 1000000 AS revenue_cents
-    FROM orders
-    WHERE event_type = 'order_placed'
+        count(*) AS orders,
+        sum(cents) AS revenue_cents
+    FROM (
+        -- Each order once per minute: an event the source sends twice has the same
+        -- order_id and event time, so its repeat falls in the same minute.
+        SELECT
+            tumble(INTERVAL '1' MINUTE) AS w,
+            restaurant_id,
+            order_id,
+            -- The order's total in cents.
+            max(CAST(round(total * 100) AS BIGINT)) AS cents
+        FROM orders
+        WHERE event_type = 'order_placed'
+        GROUP BY w, restaurant_id, order_id
+    )
     GROUP BY w, restaurant_id
 ) s
 LEFT JOIN restaurants r ON s.restaurant_id = r.restaurant_id;

@@ -152,6 +152,19 @@ async fn a_windowed_aggregate_over_another_by_its_window_is_a_window_stage() {
 }
 
 #[tokio::test]
+async fn a_windowed_aggregate_over_another_by_its_window_struct_is_a_window_stage() {
+    // Distinct bidders per auction and window, then per window: the outer query groups
+    // by the inner's window column itself, as Arroyo's and Flink's users write it.
+    let nodes = nodes(
+        "SELECT w, count(*) AS pairs, sum(n) AS bids FROM \
+         (SELECT tumble(INTERVAL '10' SECOND) AS w, auction, bidder, count(*) AS n FROM bids GROUP BY w, auction, bidder) \
+         GROUP BY w",
+    )
+    .await;
+    assert_has(&nodes, &["out_stage1_select_window", "out_select_window"]);
+}
+
+#[tokio::test]
 async fn a_rollup_of_windows_by_window_time_is_planned() {
     // 10-second counts rolled up per minute: the inner window's end − 1 ms places each
     // row in the minute it came from.
