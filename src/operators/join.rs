@@ -19,18 +19,25 @@
 //!   whose condition does not bound both ends is refused at plan time.
 //! - A row older than the watermark when it arrives is late: dropped and counted, like
 //!   late rows of a window (its partners may already be gone).
-//! - Output is append-only: an inner join's pairs.
+//! - Outer joins (`LEFT`, `RIGHT`, `FULL`): each kept row of a preserved side carries
+//!   whether a pair has been emitted with it. Once the watermark passes the time after
+//!   which nothing can match it any more (as for its expiry, but row by row), a row
+//!   still without a pair is emitted once with NULLs for the other side's columns. Its
+//!   time is then never behind the watermark the join has passed on (the holdback
+//!   covers the bounds), so it is not late downstream.
+//! - Output is append-only: pairs, and the unmatched rows of an outer join, each
+//!   emitted once and never retracted.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_null_array};
 use arrow::compute::{filter_record_batch, interleave, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::common::JoinSide;
-use datafusion::logical_expr::Operator as BinOp;
+use datafusion::logical_expr::{JoinType, Operator as BinOp};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::expressions::{BinaryExpr, CastExpr, Column, Literal};
@@ -348,6 +355,8 @@ pub(crate) struct IntervalJoinFactory {
     pub(crate) output: SchemaRef,
     /// NULL keys match each other (`IS NOT DISTINCT FROM`); SQL's `=` never matches NULL.
     pub(crate) nulls_equal: bool,
+    /// `Inner`, `Left`, `Right` or `Full` (the planner refuses the others).
+    pub(crate) join_type: JoinType,
     pub(crate) memory_limit: Option<u64>,
 }
 
@@ -363,6 +372,25 @@ impl IntervalJoinFactory {
         });
         (same_types && !left.is_empty()).then_some((left, right))
     }
+
+    /// Whether the left (0) and right (1) side keep their rows without a pair.
+    fn preserved(&self) -> [bool; 2] {
+        match self.join_type {
+            JoinType::Left => [true, false],
+            JoinType::Right => [false, true],
+            JoinType::Full => [true, true],
+            _ => [false, false],
+        }
+    }
+}
+
+/// Whether a join between two streams of this type can run: an inner join, or an outer
+/// one (its unmatched rows emitted once the watermark has passed them).
+pub(crate) fn supported_join_type(join_type: JoinType) -> bool {
+    matches!(
+        join_type,
+        JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+    )
 }
 
 impl OperatorFactory for IntervalJoinFactory {
@@ -376,8 +404,12 @@ impl OperatorFactory for IntervalJoinFactory {
 
     fn describe(&self) -> String {
         let b = &self.bounds;
+        let kind = match self.join_type {
+            JoinType::Inner => String::new(),
+            other => format!(" ({} outer)", other.to_string().to_lowercase()),
+        };
         format!(
-            "interval join: {} key(s), left.{} − right.{} in [{} ms, {} ms]",
+            "interval join{kind}: {} key(s), left.{} − right.{} in [{} ms, {} ms]",
             self.left_keys.len(),
             b.left.name,
             b.right.name,
@@ -438,8 +470,10 @@ impl OperatorFactory for IntervalJoinFactory {
                 projection: self.projection.clone(),
                 output: self.output.clone(),
                 nulls_equal: self.nulls_equal,
+                join_type: self.join_type,
                 memory_limit: self.memory_limit,
             },
+            preserved: self.preserved(),
         }))
     }
 }
@@ -493,6 +527,9 @@ struct Side {
     prev: VecDeque<u64>,
     /// By kept row: its event time (ms, shift applied).
     times: VecDeque<i64>,
+    /// By kept row, on the preserved side of an outer join (else empty): whether it
+    /// has been emitted, in a pair or alone.
+    done: VecDeque<bool>,
     bytes: usize,
 }
 
@@ -504,6 +541,9 @@ struct Kept {
     /// Number of the batch's first row.
     start: u64,
     max_time: i64,
+    /// The oldest time of its rows not yet emitted (outer joins' preserved side;
+    /// `i64::MAX` when none is left): below the threshold, it has rows to emit alone.
+    pending_min: i64,
     bytes: usize,
 }
 
@@ -520,6 +560,7 @@ impl Side {
             let n = kept.batch.num_rows();
             self.prev.drain(..n);
             self.times.drain(..n);
+            self.done.drain(..n.min(self.done.len()));
             self.first += n as u64;
             self.bytes -= kept.bytes;
         }
@@ -536,7 +577,48 @@ impl Side {
 
     /// Bytes held, the index included.
     fn size(&self) -> usize {
-        self.bytes + self.heads.capacity() * 16 + (self.prev.capacity() + self.times.capacity()) * 8
+        self.bytes
+            + self.heads.capacity() * 16
+            + (self.prev.capacity() + self.times.capacity()) * 8
+            + self.done.capacity()
+    }
+
+    /// Marks kept row `(batch, row)` emitted (in a pair).
+    fn mark(&mut self, (b, r): (usize, usize)) {
+        if !self.done.is_empty() {
+            let at = (self.batches[b].start - self.first) as usize + r;
+            self.done[at] = true;
+        }
+    }
+
+    /// The (batch, row) of every kept row not emitted yet whose time is below
+    /// `threshold` (no future row can match it), now marked emitted.
+    fn unmatched_before(&mut self, threshold: i64) -> Vec<(usize, usize)> {
+        let mut found = Vec::new();
+        if self.done.is_empty() {
+            return found;
+        }
+        for (b, kept) in self.batches.iter_mut().enumerate() {
+            if kept.pending_min >= threshold {
+                continue;
+            }
+            let base = (kept.start - self.first) as usize;
+            let mut pending_min = i64::MAX;
+            for r in 0..kept.batch.num_rows() {
+                if self.done[base + r] {
+                    continue;
+                }
+                let t = self.times[base + r];
+                if t < threshold {
+                    self.done[base + r] = true;
+                    found.push((b, r));
+                } else {
+                    pending_min = pending_min.min(t);
+                }
+            }
+            kept.pending_min = pending_min;
+        }
+        found
     }
 
     /// The batch (position in `batches`) and row of kept row number `n`.
@@ -577,13 +659,15 @@ impl Side {
         }
     }
 
-    /// Keeps `batch` (every row kept): indexes its rows under `hashes`.
+    /// Keeps `batch` (every row kept): indexes its rows under `hashes`. `done`: on
+    /// the preserved side of an outer join, whether each row has been emitted.
     fn keep(
         &mut self,
         batch: RecordBatch,
         keys: Option<arrow::row::Rows>,
         hashes: &[u64],
         times: &[i64],
+        done: Option<&[bool]>,
     ) {
         let start = self.first + self.prev.len() as u64;
         for (i, &h) in hashes.iter().enumerate() {
@@ -592,6 +676,15 @@ impl Side {
                 .push_back(self.heads.insert(h, number + 1).unwrap_or(0));
         }
         self.times.extend(times.iter().copied());
+        let mut pending_min = i64::MAX;
+        if let Some(done) = done {
+            self.done.extend(done.iter().copied());
+            for (&d, &t) in done.iter().zip(times) {
+                if !d {
+                    pending_min = pending_min.min(t);
+                }
+            }
+        }
         let bytes = batch.get_array_memory_size() + keys.as_ref().map_or(0, |k| k.size());
         self.bytes += bytes;
         self.batches.push_back(Kept {
@@ -599,6 +692,7 @@ impl Side {
             keys,
             start,
             max_time: times.iter().copied().max().unwrap_or(i64::MIN),
+            pending_min,
             bytes,
         });
     }
@@ -617,18 +711,23 @@ struct IntervalJoinOperator {
     hash_state: datafusion::common::hash_utils::RandomState,
     /// By side, by column: whether the join condition or the output reads it.
     needed: [Vec<bool>; 2],
+    /// By side: whether its rows without a pair are emitted (outer joins).
+    preserved: [bool; 2],
 }
 
 impl IntervalJoinOperator {
     /// Joins a batch from `side` with the other side's kept rows, emits the pairs
-    /// (unless `probe` is false: restoring) and keeps the batch's rows.
+    /// (unless `restored` is given: restoring, with the rows' emitted marks of an
+    /// outer join's preserved side) and keeps the batch's rows.
     async fn arrive(
         &mut self,
         side: usize,
         batch: RecordBatch,
         out: &mut Collector,
-        probe: bool,
+        restored: Option<Option<BooleanArray>>,
     ) -> Result<()> {
+        let probe = restored.is_none();
+        let mut restored_done = restored.flatten();
         let f = &self.factory;
         let (keys, time) = match side {
             0 => (&f.left_keys, &f.bounds.left),
@@ -699,6 +798,16 @@ impl IntervalJoinOperator {
         );
         let (batch, key_cols) = if skipped {
             let mask = BooleanArray::from(mask);
+            if let Some(done) = &restored_done {
+                restored_done = Some(
+                    arrow::compute::filter(done, &mask)
+                        .map_err(|e| EngineError::arrow("selecting the rows a join keeps", e))?
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .expect("a boolean array filtered")
+                        .clone(),
+                );
+            }
             let batch = filter_record_batch(&batch, &mask)
                 .map_err(|e| EngineError::arrow("selecting the rows a join keeps", e))?;
             let key_cols = key_cols
@@ -727,6 +836,13 @@ impl IntervalJoinOperator {
             )
         };
 
+        // On an outer join's preserved side: whether each row has been emitted.
+        let mut done: Option<Vec<bool>> = self.preserved[side].then(|| match &restored_done {
+            Some(d) => (0..batch.num_rows())
+                .map(|i| d.is_valid(i) && d.value(i))
+                .collect(),
+            None => vec![false; batch.num_rows()],
+        });
         if probe {
             // `other time` must lie in [t + from, t + to] for a row at `t` of this side.
             let (from, to) = match side {
@@ -748,29 +864,83 @@ impl IntervalJoinOperator {
                 }
             }
             if !probe_rows.is_empty() {
-                let joined = self.pairs(side, &batch, probe_rows, &matched)?;
+                let (joined, paired) = self.pairs(side, &batch, &probe_rows, &matched)?;
+                if self.preserved.iter().any(|&p| p) {
+                    for (i, (&row, &theirs)) in probe_rows.iter().zip(&matched).enumerate() {
+                        if paired.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i)) {
+                            if let Some(done) = done.as_mut() {
+                                done[row as usize] = true;
+                            }
+                            self.sides[1 - side].mark(theirs);
+                        }
+                    }
+                }
                 if joined.num_rows() > 0 {
                     super::support::emit_in_slices(out, joined).await?;
                 }
             }
         }
-        self.sides[side].keep(batch, rows, &hashes, &live);
+        self.sides[side].keep(batch, rows, &hashes, &live, done.as_deref());
         self.check_state()
+    }
+
+    /// Emits, with NULLs for the other side's columns, the rows of `side` (an outer
+    /// join's preserved side) still without a pair whose time is below `threshold`.
+    async fn emit_unmatched(
+        &mut self,
+        side: usize,
+        threshold: i64,
+        out: &mut Collector,
+    ) -> Result<()> {
+        let rows = self.sides[side].unmatched_before(threshold);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let arrow_err = |what: &'static str| move |e| EngineError::arrow(what, e);
+        let kept = &self.sides[side].batches;
+        let mut this_cols = Vec::with_capacity(self.needed[side].len());
+        for (c, &needed) in self.needed[side].iter().enumerate() {
+            if !needed {
+                this_cols.push(None);
+                continue;
+            }
+            let arrays: Vec<&dyn Array> = kept.iter().map(|k| k.batch.column(c).as_ref()).collect();
+            this_cols.push(Some(
+                interleave(&arrays, &rows)
+                    .map_err(arrow_err("taking a join side's unmatched rows"))?,
+            ));
+        }
+        let other_schema = match side {
+            0 => &self.factory.right_schema,
+            _ => &self.factory.left_schema,
+        };
+        let other_cols: Vec<Option<ArrayRef>> = other_schema
+            .fields()
+            .iter()
+            .map(|f| Some(new_null_array(f.data_type(), rows.len())))
+            .collect();
+        let (left, right) = match side {
+            0 => (this_cols, other_cols),
+            _ => (other_cols, this_cols),
+        };
+        let joined = self.assemble(left, right, rows.len())?;
+        super::support::emit_in_slices(out, joined).await
     }
 
     /// The output rows of candidate pairs (`probe[i]` of `batch` with row
     /// `matched[i].1` of the other side's kept batch `matched[i].0`) that satisfy the
     /// whole join condition. Only columns the condition or the output reads are
     /// gathered.
+    /// Also returns which candidates satisfied it (`None`: all did).
     fn pairs(
         &self,
         side: usize,
         batch: &RecordBatch,
-        probe: Vec<u32>,
+        probe: &[u32],
         matched: &[(usize, usize)],
-    ) -> Result<RecordBatch> {
+    ) -> Result<(RecordBatch, Option<BooleanArray>)> {
         let arrow_err = |what: &'static str| move |e| EngineError::arrow(what, e);
-        let probe = UInt32Array::from(probe);
+        let probe = UInt32Array::from(probe.to_vec());
         let this_cols: Vec<Option<ArrayRef>> = batch
             .columns()
             .iter()
@@ -827,6 +997,29 @@ impl IntervalJoinOperator {
                     .clone(),
             );
         }
+        let joined = self.assemble(left, right, rows)?;
+        match keep {
+            Some(mask) => Ok((
+                filter_record_batch(&joined, &mask)
+                    .map_err(arrow_err("applying the join condition"))?,
+                Some(mask),
+            )),
+            None => Ok((joined, None)),
+        }
+    }
+
+    /// The output rows of gathered `left` and `right` columns (`None`: not needed).
+    fn assemble(
+        &self,
+        left: Vec<Option<ArrayRef>>,
+        right: Vec<Option<ArrayRef>>,
+        rows: usize,
+    ) -> Result<RecordBatch> {
+        let gathered = |c: &Option<ArrayRef>| -> Result<ArrayRef> {
+            c.clone().ok_or_else(|| {
+                EngineError::Internal("a join column was not gathered".into()).into()
+            })
+        };
         let all: Vec<Option<ArrayRef>> = left.into_iter().chain(right).collect();
         let columns: Vec<ArrayRef> = match &self.factory.projection {
             Some(p) => p
@@ -836,17 +1029,12 @@ impl IntervalJoinOperator {
             None => all.iter().map(gathered).collect::<Result<_>>()?,
         };
         let columns = super::support::conform_columns(&self.factory.output, columns)?;
-        let joined = RecordBatch::try_new_with_options(
+        RecordBatch::try_new_with_options(
             self.factory.output.clone(),
             columns,
             &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )
-        .map_err(arrow_err("assembling joined rows"))?;
-        match keep {
-            Some(mask) => filter_record_batch(&joined, &mask)
-                .map_err(arrow_err("applying the join condition")),
-            None => Ok(joined),
-        }
+        .map_err(|e| EngineError::arrow("assembling joined rows", e))
     }
 
     fn check_state(&self) -> Result<()> {
@@ -875,7 +1063,7 @@ impl Operator for IntervalJoinOperator {
     }
 
     async fn process_batch(&mut self, batch: RecordBatch, out: &mut Collector) -> Result<()> {
-        self.arrive(0, batch, out, true).await
+        self.arrive(0, batch, out, None).await
     }
 
     async fn process_input(
@@ -884,17 +1072,25 @@ impl Operator for IntervalJoinOperator {
         batch: RecordBatch,
         out: &mut Collector,
     ) -> Result<()> {
-        self.arrive(input.min(1), batch, out, true).await
+        self.arrive(input.min(1), batch, out, None).await
     }
 
-    async fn handle_watermark(&mut self, watermark: i64, _out: &mut Collector) -> Result<()> {
+    async fn handle_watermark(&mut self, watermark: i64, out: &mut Collector) -> Result<()> {
         let watermark = self.table.advance(watermark);
         let b = &self.factory.bounds;
         // A left row at t matches right rows in [t − hi, t − lo]; a right row at t
         // matches left rows in [t + lo, t + hi]. Future rows are at or after the
         // watermark.
-        self.sides[0].expire(watermark.saturating_add(b.lo));
-        self.sides[1].expire(watermark.saturating_sub(b.hi));
+        let thresholds = [
+            watermark.saturating_add(b.lo),
+            watermark.saturating_sub(b.hi),
+        ];
+        for (side, threshold) in thresholds.into_iter().enumerate() {
+            if self.preserved[side] {
+                self.emit_unmatched(side, threshold, out).await?;
+            }
+            self.sides[side].expire(threshold);
+        }
         self.check_state()
     }
 
@@ -902,11 +1098,24 @@ impl Operator for IntervalJoinOperator {
     /// left out), and the watermark.
     fn snapshot(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
         let mut parts = Vec::with_capacity(2);
-        for side in &self.sides {
+        for (s, side) in self.sides.iter().enumerate() {
             let batches = side
                 .batches
                 .iter()
-                .map(|k| k.batch.columns().to_vec())
+                .map(|k| {
+                    let mut columns = k.batch.columns().to_vec();
+                    if self.preserved[s] {
+                        // Whether each row has been emitted: the last column.
+                        let base = (k.start - side.first) as usize;
+                        let done: BooleanArray = side
+                            .done
+                            .range(base..base + k.batch.num_rows())
+                            .map(|&d| Some(d))
+                            .collect();
+                        columns.push(Arc::new(done) as ArrayRef);
+                    }
+                    columns
+                })
                 .collect();
             parts.push(self.table.snapshot(0, NoFields::default(), batches)?);
         }
@@ -938,6 +1147,18 @@ impl Operator for IntervalJoinOperator {
                     0 => self.factory.left_keys.clone(),
                     _ => self.factory.right_keys.clone(),
                 };
+                // An outer join's preserved side has its rows' emitted marks last.
+                let schema = if self.preserved[side] {
+                    let mut fields = schema.fields().to_vec();
+                    fields.push(Arc::new(arrow::datatypes::Field::new(
+                        "_emitted",
+                        DataType::Boolean,
+                        true,
+                    )));
+                    Arc::new(arrow::datatypes::Schema::new(fields))
+                } else {
+                    schema
+                };
                 let mut discard = Collector::discard();
                 for columns in batches {
                     let batch = RecordBatch::try_new(schema.clone(), columns)
@@ -946,8 +1167,19 @@ impl Operator for IntervalJoinOperator {
                         .iter()
                         .map(|k| evaluate(k, &batch))
                         .collect::<Result<Vec<_>>>()?;
-                    let batch = self.table.own_batch(&key_columns, batch)?;
-                    futures::executor::block_on(self.arrive(side, batch, &mut discard, false))?;
+                    let mut batch = self.table.own_batch(&key_columns, batch)?;
+                    let done = if self.preserved[side] {
+                        let done = batch.remove_column(batch.num_columns() - 1);
+                        done.as_any().downcast_ref::<BooleanArray>().cloned()
+                    } else {
+                        None
+                    };
+                    futures::executor::block_on(self.arrive(
+                        side,
+                        batch,
+                        &mut discard,
+                        Some(done),
+                    ))?;
                 }
             }
         }
@@ -1044,7 +1276,7 @@ mod tests {
         ctx.sql(query).await.unwrap().collect().await.unwrap()
     }
 
-    const QUERIES: [&str; 4] = [
+    const QUERIES: [&str; 8] = [
         // Bounded on both ends around the right row, BETWEEN.
         "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
          FROM l JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL '30 milliseconds' AND r.ts + INTERVAL '10 milliseconds'",
@@ -1057,6 +1289,22 @@ mod tests {
         // A window join: both rows in the same 20 ms tumbling window.
         "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
          FROM l JOIN r ON l.k = r.k \
+         AND date_bin(INTERVAL '20 milliseconds', l.ts) = date_bin(INTERVAL '20 milliseconds', r.ts)",
+        // Outer joins: a left row without a pair within its bounds comes out once, with
+        // NULLs for the right side, once the watermark has passed it.
+        "SELECT l.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
+         FROM l LEFT JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts - INTERVAL '30 milliseconds' AND r.ts + INTERVAL '10 milliseconds'",
+        // A right outer join with a condition on values as well (a pair that fails it is
+        // no pair).
+        "SELECT r.k, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
+         FROM l RIGHT JOIN r ON r.k = l.k AND r.ts > l.ts AND r.ts < l.ts + INTERVAL '20 milliseconds' AND l.v <= r.v",
+        // A full outer join with bounds on one side only of zero.
+        "SELECT l.k AS lk, r.k AS rk, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
+         FROM l FULL JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts AND r.ts + INTERVAL '15 milliseconds'",
+        // A full outer window join: both rows in the same 20 ms tumbling window, or
+        // each alone.
+        "SELECT l.k AS lk, r.k AS rk, l.v AS lv, r.v AS rv, CAST(l.ts AS BIGINT) AS lt, CAST(r.ts AS BIGINT) AS rt \
+         FROM l FULL JOIN r ON l.k = r.k \
          AND date_bin(INTERVAL '20 milliseconds', l.ts) = date_bin(INTERVAL '20 milliseconds', r.ts)",
     ];
 
@@ -1157,7 +1405,7 @@ mod tests {
             for (j, (k, t)) in keys.iter().zip(&times).enumerate() {
                 all.push(((b * 50) as u64 + j as u64, *k, *t));
             }
-            side.keep(batch, Some(rows), &hashes, &times);
+            side.keep(batch, Some(rows), &hashes, &times, None);
         }
         (side, converter, all)
     }
@@ -1218,7 +1466,7 @@ mod tests {
             let hashes: Vec<u64> = (0..100).map(|j| (b * 100 + j) as u64).collect();
             let times = vec![b; 100];
             let batch = kvt_batch(&(0..100).map(|j| (j, 0, b)).collect::<Vec<_>>());
-            side.keep(batch, None, &hashes, &times);
+            side.keep(batch, None, &hashes, &times, None);
             side.expire(b - 5);
         }
         // Batches 94..=99 are kept.
@@ -1256,9 +1504,15 @@ mod tests {
         );
         let no_time = refused("SELECT l.k FROM l JOIN r ON l.k = r.k");
         assert!(no_time.contains("needs its time bounded"), "{no_time}");
-        let outer = refused(
-            "SELECT l.k FROM l LEFT JOIN r ON l.k = r.k AND l.ts BETWEEN r.ts AND r.ts + INTERVAL '1' SECOND",
+        let outer = refused("SELECT l.k FROM l LEFT JOIN r ON l.k = r.k");
+        assert!(outer.contains("needs its time bounded"), "{outer}");
+        let semi = refused(
+            "SELECT l.k FROM l WHERE EXISTS (SELECT 1 FROM r WHERE r.k = l.k \
+             AND l.ts BETWEEN r.ts AND r.ts + INTERVAL '1' SECOND)",
         );
-        assert!(outer.contains("outer joins"), "{outer}");
+        assert!(
+            semi.contains("semi and anti joins between streams"),
+            "{semi}"
+        );
     }
 }

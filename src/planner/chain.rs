@@ -610,24 +610,6 @@ fn expose_window(plan: &LogicalPlan) -> Result<Option<(LogicalPlan, Column)>> {
                 return Ok(None);
             };
             let mut exprs = p.expr.clone();
-            if let Some(i) = exprs
-                .iter()
-                .position(|e| matches!(unaliased(e), Expr::Column(c) if *c == column))
-            {
-                // The projection passes the window on already (`SELECT w, …` of a
-                // window aliased `w`): its own column is the window. A second copy
-                // under another name would be the same expression twice in one
-                // projection, which DataFusion's `push_down_leaf_projections` merges
-                // into two columns of one name (a schema error).
-                let (q, f) = p.schema.qualified_field(i);
-                let out = Column::new(q.cloned(), f.name());
-                return Ok(Some((
-                    LogicalPlan::Projection(
-                        Projection::try_new(exprs, Arc::new(input)).map_err(df)?,
-                    ),
-                    out,
-                )));
-            }
             let (expr, out) = if column.name == "_window" {
                 // Passed through from a projection below: keep its name (and qualifier).
                 (Expr::Column(column.clone()), column)

@@ -227,6 +227,13 @@ impl SqlPlanner {
         // An inner join whose right side is unique on the keys is not a semi join on a
         // stream (Nexmark q5): the interval join emits each pair once as it is.
         ctx.remove_optimizer_rule("eliminate_join");
+        // Moving struct field access (`w.start`) towards the scans helps Parquet prune
+        // columns; a stage reads a stream. Over the plans the chain of stages builds
+        // (a link's table read back under its query's names) DataFusion 55's rules
+        // made schemas with one name twice (`SELECT w … GROUP BY w` over a windowed
+        // result; `a.w.start` over a join of two), refusing queries that are valid.
+        ctx.remove_optimizer_rule("extract_leaf_expressions");
+        ctx.remove_optimizer_rule("push_down_leaf_projections");
         ctx
     }
 

@@ -45,11 +45,12 @@ pub(super) fn check_streamable(
                         "a join with a lookup table keeps the stream's rows: use JOIN or LEFT JOIN with the stream \
                          on the left (a RIGHT or FULL join would emit the whole lookup table for every batch)",
                     ),
-                    (false, false, JoinType::Inner) => None,
+                    (false, false, t) if crate::operators::join::supported_join_type(t) => None,
                     _ => Some(
-                        "a join between two streams is an inner interval join (JOIN … ON keys AND a time \
-                         condition); outer joins between streams are not supported yet. To enrich a stream \
-                         with reference data, declare that table with lookup = 'true'",
+                        "a join between two streams is an interval join, inner or outer (JOIN, LEFT, \
+                         RIGHT or FULL JOIN … ON keys AND a time condition); semi and anti joins between \
+                         streams (EXISTS, IN, NOT EXISTS) are not supported yet. To enrich a stream with \
+                         reference data, declare that table with lookup = 'true'",
                     ),
                 }
             }

@@ -355,8 +355,50 @@ const Q21: &str = "SELECT auction, bidder, price, channel, \
     OR lower(channel) IN ('apple', 'google', 'facebook', 'baidu')";
 
 /// Beyond Nexmark: what users write with several stateful operations — a
-/// deduplication then a window, a join then a window.
+/// deduplication then a window, a join then a window, a window over another grouped by
+/// its window column itself — and outer joins of streams.
 const EXTRA: &[Query] = &[
+    Query {
+        name: "window_by_its_window",
+        sql: "SELECT w.start AS starttime, count(*) AS auctions, max(n) AS maxn FROM \
+              (SELECT tumble(INTERVAL '10' SECOND) AS w, auction, count(*) AS n FROM bids GROUP BY w, auction) \
+              GROUP BY w",
+        expect: Expect::Runs {
+            oracle: "SELECT starttime, count(*) AS auctions, max(n) AS maxn FROM \
+                     (SELECT date_bin(INTERVAL '10' SECOND, date_time) AS starttime, auction, count(*) AS n \
+                      FROM bids GROUP BY 1, 2) GROUP BY starttime",
+            min_rows: 10,
+        },
+    },
+    Query {
+        name: "full_outer_window_join",
+        sql: "SELECT a.w.start AS opened_in, b.w.start AS bid_in, a.id, b.auction, b.n FROM \
+              (SELECT tumble(INTERVAL '10' SECOND) AS w, id FROM auctions GROUP BY w, id) a \
+              FULL JOIN \
+              (SELECT tumble(INTERVAL '10' SECOND) AS w, auction, count(*) AS n FROM bids GROUP BY w, auction) b \
+              ON a.w = b.w AND a.id = b.auction",
+        expect: Expect::Runs {
+            oracle: "SELECT a.starttime AS opened_in, b.starttime AS bid_in, a.id, b.auction, b.n FROM \
+                     (SELECT date_bin(INTERVAL '10' SECOND, date_time) AS starttime, id FROM auctions GROUP BY 1, 2) a \
+                     FULL JOIN \
+                     (SELECT date_bin(INTERVAL '10' SECOND, date_time) AS starttime, auction, count(*) AS n \
+                      FROM bids GROUP BY 1, 2) b \
+                     ON a.starttime = b.starttime AND a.id = b.auction",
+            min_rows: 100,
+        },
+    },
+    Query {
+        name: "left_outer_interval_join",
+        sql: "SELECT b.auction, b.bidder, b.price, b.date_time, a.id, a.category FROM bids b \
+              LEFT JOIN auctions a ON b.auction = a.id \
+              AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '20' SECOND",
+        expect: Expect::Runs {
+            oracle: "SELECT b.auction, b.bidder, b.price, b.date_time, a.id, a.category FROM bids b \
+                     LEFT JOIN auctions a ON b.auction = a.id \
+                     AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '20' SECOND",
+            min_rows: 15000,
+        },
+    },
     Query {
         name: "dedup_then_window",
         sql: "SELECT w.start AS starttime, auction, n FROM \

@@ -1,4 +1,4 @@
-//! The cut at a join of two streams: finds it (an inner join, as admitted by
+//! The cut at a join of two streams: finds it (an inner or outer join, as admitted by
 //! `check_streamable`), checks that its sides are per-row and bounded by their
 //! event-time columns, and makes the interval join operator with a per-batch stage per
 //! side and one above it.
@@ -75,15 +75,14 @@ fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     found
 }
 
-/// Finds a join whose both sides read streams (checked to be an inner join by
-/// `check_streamable`) and cuts the plan there. `None` when there is none.
+/// Finds a join whose both sides read streams (checked to be an inner or outer join
+/// by `check_streamable`) and cuts the plan there. `None` when there is none.
 fn split_join(
     plan: &Arc<dyn ExecutionPlan>,
     event_times: &BTreeMap<String, String>,
     window_ends: &BTreeMap<String, Vec<String>>,
 ) -> std::result::Result<Option<JoinSplit>, String> {
     use datafusion::common::NullEquality;
-    use datafusion::logical_expr::JoinType;
     use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec};
 
     let mut found = None;
@@ -128,11 +127,11 @@ fn split_join(
                 node.name()
             ));
         };
-    if join_type != JoinType::Inner {
-        return Err(
-            "a join between two streams is an inner interval join; outer joins are not supported yet"
-                .into(),
-        );
+    if !crate::operators::join::supported_join_type(join_type) {
+        return Err(format!(
+            "a join between two streams is an inner or outer (LEFT, RIGHT, FULL) interval join; \
+             {join_type} joins are not supported yet"
+        ));
     }
     let tables = [stream_tables(&left), stream_tables(&right)];
     let (Ok([left_table]), Ok([right_table])) = (
@@ -205,6 +204,7 @@ fn split_join(
             projection,
             output: node.schema(),
             nulls_equal,
+            join_type,
             memory_limit: None,
         },
         left,
