@@ -47,10 +47,11 @@ pub(super) fn check_streamable(
                     ),
                     (false, false, t) if crate::operators::join::supported_join_type(t) => None,
                     _ => Some(
-                        "a join between two streams is an interval join, inner or outer (JOIN, LEFT, \
-                         RIGHT or FULL JOIN … ON keys AND a time condition); semi and anti joins between \
-                         streams (EXISTS, IN, NOT EXISTS) are not supported yet. To enrich a stream with \
-                         reference data, declare that table with lookup = 'true'",
+                        "a join between two streams is an interval join (JOIN, LEFT, RIGHT or FULL JOIN … \
+                         ON keys AND a time condition, or EXISTS / NOT EXISTS with one); a subquery under OR \
+                         (a mark join) is not supported yet: write the conditions as a UNION ALL of two \
+                         queries. To enrich a stream with reference data, declare that table with \
+                         lookup = 'true'",
                     ),
                 }
             }

@@ -356,7 +356,7 @@ const Q21: &str = "SELECT auction, bidder, price, channel, \
 
 /// Beyond Nexmark: what users write with several stateful operations — a
 /// deduplication then a window, a join then a window, a window over another grouped by
-/// its window column itself — and outer joins of streams.
+/// its window column itself — and outer and anti joins of streams.
 const EXTRA: &[Query] = &[
     Query {
         name: "window_by_its_window",
@@ -385,6 +385,18 @@ const EXTRA: &[Query] = &[
                       FROM bids GROUP BY 1, 2) b \
                      ON a.starttime = b.starttime AND a.id = b.auction",
             min_rows: 100,
+        },
+    },
+    Query {
+        name: "anti_join",
+        sql: "SELECT a.id, a.seller, a.date_time FROM auctions a WHERE NOT EXISTS \
+              (SELECT 1 FROM bids b WHERE b.auction = a.id \
+               AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '5' SECOND)",
+        expect: Expect::Runs {
+            oracle: "SELECT a.id, a.seller, a.date_time FROM auctions a WHERE NOT EXISTS \
+                     (SELECT 1 FROM bids b WHERE b.auction = a.id \
+                      AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '5' SECOND)",
+            min_rows: 10,
         },
     },
     Query {

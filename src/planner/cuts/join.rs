@@ -129,7 +129,7 @@ fn split_join(
         };
     if !crate::operators::join::supported_join_type(join_type) {
         return Err(format!(
-            "a join between two streams is an inner or outer (LEFT, RIGHT, FULL) interval join; \
+            "a join between two streams is an interval join (inner, outer, semi or anti); \
              {join_type} joins are not supported yet"
         ));
     }
