@@ -155,9 +155,18 @@ const JOIN: &str = "SELECT b.auction, b.price, a.seller, a.category FROM bids b 
                     ON b.auction = a.id \
                     AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '10' SECOND";
 
+/// The same join, keeping the bids without an auction opened in the 10 s before them.
+const LEFT_JOIN: &str = "SELECT b.auction, b.price, a.seller, a.category FROM bids b LEFT JOIN auctions a \
+                         ON b.auction = a.id \
+                         AND b.date_time BETWEEN a.date_time AND a.date_time + INTERVAL '10' SECOND";
+
 /// Rows per second (bids + auctions) through the interval join, both streams fed from
 /// memory with event time, at parallelism 1; and its output row count.
-async fn join_from_memory(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f64, usize) {
+async fn join_from_memory(
+    bids: &[RecordBatch],
+    auctions: &[RecordBatch],
+    query: &str,
+) -> (f64, usize) {
     let mut p = PipelineBuilder::new("join").runtime_settings(settings());
     let b = p.source(
         "bids",
@@ -171,7 +180,7 @@ async fn join_from_memory(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f6
         p.event_time(s, "date_time", Duration::from_secs(1))
             .unwrap();
     }
-    let out = p.join_sql(b, a, JOIN).await.unwrap();
+    let out = p.join_sql(b, a, query).await.unwrap();
     let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = rows.clone();
     let schema = p.schema(&out);
@@ -192,7 +201,7 @@ async fn join_from_memory(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f6
 
 /// Rows per second (bids + auctions) for DataFusion batch's join of the same rows; and
 /// its output row count.
-async fn join_batch(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f64, usize) {
+async fn join_batch(bids: &[RecordBatch], auctions: &[RecordBatch], query: &str) -> (f64, usize) {
     let ctx = SessionContext::new_with_config(
         SessionConfig::new()
             .with_target_partitions(1)
@@ -207,7 +216,7 @@ async fn join_batch(bids: &[RecordBatch], auctions: &[RecordBatch]) -> (f64, usi
     }
     let n: usize = bids.iter().chain(auctions).map(|b| b.num_rows()).sum();
     let t = Instant::now();
-    let out = ctx.sql(JOIN).await.unwrap().collect().await.unwrap();
+    let out = ctx.sql(query).await.unwrap().collect().await.unwrap();
     let elapsed = t.elapsed().as_secs_f64();
     (n as f64 / elapsed, out.iter().map(|b| b.num_rows()).sum())
 }
@@ -435,26 +444,31 @@ fn cpu_secs() -> f64 {
 async fn joins_and_updating(bids: &[RecordBatch], events: u64) {
     let auctions = collect_stream("auctions", events).await;
     let n: usize = bids.iter().chain(&auctions).map(|b| b.num_rows()).sum();
-    let cpu = cpu_secs();
-    let (join_mem, join_rows) = join_from_memory(bids, &auctions).await;
-    let join_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
-    let cpu = cpu_secs();
-    let (join_df, join_df_rows) = join_batch(bids, &auctions).await;
-    let join_df_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
-    println!(
-        "\ninterval join bids x auctions (10 s), p1, from memory: {} rows/s, DataFusion batch \
-         hash join: {} rows/s, ratio {:.2} ({join_rows} joined rows; batch {join_df_rows})",
-        m(join_mem),
-        m(join_df),
-        join_mem / join_df
-    );
-    println!(
-        "  CPU-seconds per million input rows: streaming {join_cpu:.3}, batch {join_df_cpu:.3}"
-    );
-    assert_eq!(
-        join_rows, join_df_rows,
-        "the streaming join's rows differ from batch"
-    );
+    for (name, query) in [
+        ("interval join", JOIN),
+        ("left outer interval join", LEFT_JOIN),
+    ] {
+        let cpu = cpu_secs();
+        let (join_mem, join_rows) = join_from_memory(bids, &auctions, query).await;
+        let join_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
+        let cpu = cpu_secs();
+        let (join_df, join_df_rows) = join_batch(bids, &auctions, query).await;
+        let join_df_cpu = (cpu_secs() - cpu) / (n as f64 / 1e6);
+        println!(
+            "\n{name} bids x auctions (10 s), p1, from memory: {} rows/s, DataFusion batch \
+             hash join: {} rows/s, ratio {:.2} ({join_rows} joined rows; batch {join_df_rows})",
+            m(join_mem),
+            m(join_df),
+            join_mem / join_df
+        );
+        println!(
+            "  CPU-seconds per million input rows: streaming {join_cpu:.3}, batch {join_df_cpu:.3}"
+        );
+        assert_eq!(
+            join_rows, join_df_rows,
+            "the streaming join's rows differ from batch"
+        );
+    }
     let updating = "SELECT auction % 100000 AS k, count(*) AS n, max(price) AS m FROM bids GROUP BY auction % 100000";
     let cpu = cpu_secs();
     let upd_mem = median(3, || from_memory(bids, events, 1, updating, false)).await;

@@ -944,14 +944,12 @@ impl IntervalJoinOperator {
                             .collect::<std::result::Result<Vec<_>, _>>()
                             .map_err(|e| EngineError::arrow("taking a semi join's rows", e))?;
                         let rows = probe.len();
-                        super::support::emit_in_slices(out, self.assemble_side(cols, rows)?)
-                            .await?;
+                        super::support::emit_in_slices(out, self.output_rows(cols, rows)?).await?;
                     }
                     if !theirs_first.is_empty() {
                         let cols = self.gather_kept(1 - side, &theirs_first)?;
                         let rows = theirs_first.len();
-                        super::support::emit_in_slices(out, self.assemble_side(cols, rows)?)
-                            .await?;
+                        super::support::emit_in_slices(out, self.output_rows(cols, rows)?).await?;
                     }
                 }
             }
@@ -974,7 +972,7 @@ impl IntervalJoinOperator {
         }
         let this_cols = self.gather_kept(side, &rows)?;
         if self.kind == Kind::Anti {
-            let joined = self.assemble_side(this_cols, rows.len())?;
+            let joined = self.output_rows(this_cols, rows.len())?;
             return super::support::emit_in_slices(out, joined).await;
         }
         let other_schema = match side {
@@ -1100,29 +1098,6 @@ impl IntervalJoinOperator {
             .collect()
     }
 
-    /// A semi or anti join's output rows: the returned side's gathered columns.
-    fn assemble_side(&self, columns: Vec<Option<ArrayRef>>, rows: usize) -> Result<RecordBatch> {
-        let gathered = |c: &Option<ArrayRef>| -> Result<ArrayRef> {
-            c.clone().ok_or_else(|| {
-                EngineError::Internal("a join column was not gathered".into()).into()
-            })
-        };
-        let columns: Vec<ArrayRef> = match &self.factory.projection {
-            Some(p) => p
-                .iter()
-                .map(|&i| gathered(&columns[i]))
-                .collect::<Result<_>>()?,
-            None => columns.iter().map(gathered).collect::<Result<_>>()?,
-        };
-        let columns = super::support::conform_columns(&self.factory.output, columns)?;
-        RecordBatch::try_new_with_options(
-            self.factory.output.clone(),
-            columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
-        )
-        .map_err(|e| EngineError::arrow("assembling a join's rows", e))
-    }
-
     /// The output rows of gathered `left` and `right` columns (`None`: not needed).
     fn assemble(
         &self,
@@ -1130,12 +1105,17 @@ impl IntervalJoinOperator {
         right: Vec<Option<ArrayRef>>,
         rows: usize,
     ) -> Result<RecordBatch> {
+        self.output_rows(left.into_iter().chain(right).collect(), rows)
+    }
+
+    /// The output rows of the join's gathered input columns (both sides', or a semi or
+    /// anti join's returned side's; `None`: not needed): its projection of them.
+    fn output_rows(&self, all: Vec<Option<ArrayRef>>, rows: usize) -> Result<RecordBatch> {
         let gathered = |c: &Option<ArrayRef>| -> Result<ArrayRef> {
             c.clone().ok_or_else(|| {
                 EngineError::Internal("a join column was not gathered".into()).into()
             })
         };
-        let all: Vec<Option<ArrayRef>> = left.into_iter().chain(right).collect();
         let columns: Vec<ArrayRef> = match &self.factory.projection {
             Some(p) => p
                 .iter()

@@ -19,12 +19,16 @@ const KITCHEN: &str = "CREATE TABLE kitchen WITH (connector = 'generator', strea
 /// A lookup table.
 const RESTAURANTS: &str = "CREATE TABLE restaurants WITH (connector = 'generator', stream = 'restaurants', lookup = 'true');\n";
 
+/// Plans `text` as `p.sql` with `settings`.
+async fn plan(text: &str, settings: &PlanSettings) -> crate::Result<super::PlannedPipeline> {
+    SqlPlanner::new()
+        .plan_pipeline("p", &SqlText::file(text, "p.sql"), Path::new("."), settings)
+        .await
+}
+
 /// Plans `text` as `p.sql` with `settings`; the error it is refused with.
 async fn refusal(text: &str, settings: &PlanSettings) -> SqlError {
-    let planned = SqlPlanner::new()
-        .plan_pipeline("p", &SqlText::file(text, "p.sql"), Path::new("."), settings)
-        .await;
-    match planned {
+    match plan(text, settings).await {
         Ok(_) => panic!("planned, expected a refusal:\n{text}"),
         Err(crate::Error::Sql(e)) => e,
         Err(other) => panic!("refused with a non-SQL error: {other}"),
@@ -184,13 +188,7 @@ async fn outer_semi_and_anti_joins_of_two_streams_are_planned_and_a_mark_join_is
     let planned = |query: &str, describes: &'static str| {
         let text = format!("{SRC}{KITCHEN}INSERT INTO out {query};\n");
         async move {
-            let planned = SqlPlanner::new()
-                .plan_pipeline(
-                    "p",
-                    &SqlText::file(text.as_str(), "p.sql"),
-                    Path::new("."),
-                    &PlanSettings::default(),
-                )
+            let planned = plan(&text, &PlanSettings::default())
                 .await
                 .unwrap_or_else(|e| panic!("{describes} is planned: {e}"));
             assert!(

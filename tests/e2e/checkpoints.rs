@@ -330,16 +330,22 @@ async fn an_interval_join_killed_five_times_equals_the_batch_answer() {
                 ON k.order_id = o.order_id \
                 AND k.event_time BETWEEN o.event_time AND o.event_time + INTERVAL '10' MINUTE \
                 WHERE o.event_type = 'order_placed'";
+    orders_and_kitchen_killed_five_times(join).await;
+}
+
+/// `query` over orders and kitchen tickets, killed five times into Parquet, against the
+/// same query in batch.
+async fn orders_and_kitchen_killed_five_times(query: &str) {
     killed_and_resumed(Crash {
         // Paced orders keep the pipeline running; kitchen tickets, unpaced, are all read
         // at once and their source finishes (checkpoints go on with its end position).
         streams: &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
-        query: join,
+        query,
         setup: &[
             "CREATE VIEW orders AS SELECT * FROM orders_raw",
             "CREATE VIEW kitchen AS SELECT * FROM kitchen_raw",
         ],
-        oracle: join,
+        oracle: query,
         kills: 5,
         min_rows: 1000,
         how: Stop::Kill,
@@ -364,21 +370,7 @@ async fn a_left_and_an_anti_interval_join_killed_five_times_equal_the_batch_answ
          (SELECT 1 FROM kitchen k WHERE k.order_id = o.order_id AND {within})"
     );
     for query in [&left, &anti] {
-        killed_and_resumed(Crash {
-            streams: &[("orders", 20_000, 6000), ("kitchen", 20_000, 0)],
-            query,
-            setup: &[
-                "CREATE VIEW orders AS SELECT * FROM orders_raw",
-                "CREATE VIEW kitchen AS SELECT * FROM kitchen_raw",
-            ],
-            oracle: query,
-            kills: 5,
-            min_rows: 1000,
-            how: Stop::Kill,
-            output: Output::Parquet,
-            deltas: false,
-        })
-        .await;
+        orders_and_kitchen_killed_five_times(query).await;
     }
 }
 
