@@ -804,6 +804,9 @@ impl IntervalJoinOperator {
                 .reduce(|a, b| arrow::buffer::NullBuffer::union(Some(&a), Some(&b)).expect("both"))
         };
         let mut live: Vec<i64> = Vec::with_capacity(batch.num_rows());
+        // Rows with a NULL key, which no row matches: an outer or anti join's preserved
+        // side emits them at once.
+        let mut keyless: Vec<u32> = Vec::new();
         let mut skipped = false;
         let mut mask = Vec::new();
         for i in 0..batch.num_rows() {
@@ -816,6 +819,7 @@ impl IntervalJoinOperator {
                     late.push((i as u32, t));
                     false
                 } else if key_nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    keyless.push(i as u32);
                     false
                 } else {
                     live.push(t);
@@ -841,6 +845,21 @@ impl IntervalJoinOperator {
             },
             &|_| "older than the join's watermark".to_string(),
         );
+        if probe
+            && !keyless.is_empty()
+            && self.preserved[side]
+            && matches!(self.kind, Kind::Outer | Kind::Anti)
+        {
+            let rows = UInt32Array::from(keyless);
+            let cols = self.needed[side]
+                .iter()
+                .zip(batch.columns())
+                .map(|(&needed, c)| needed.then(|| take(c.as_ref(), &rows, None)).transpose())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::arrow("taking a join side's rows without a key", e))?;
+            let alone = self.unmatched_output(side, cols, rows.len())?;
+            super::support::emit_in_slices(out, alone).await?;
+        }
         let (batch, key_cols) = if skipped {
             let mask = BooleanArray::from(mask);
             if let Some(done) = &restored_done {
@@ -971,9 +990,20 @@ impl IntervalJoinOperator {
             return Ok(());
         }
         let this_cols = self.gather_kept(side, &rows)?;
+        let alone = self.unmatched_output(side, this_cols, rows.len())?;
+        super::support::emit_in_slices(out, alone).await
+    }
+
+    /// The output of `side`'s rows without a pair (gathered columns, `None`: not
+    /// needed): an anti join's rows as they are, an outer join's NULL-padded.
+    fn unmatched_output(
+        &self,
+        side: usize,
+        this_cols: Vec<Option<ArrayRef>>,
+        rows: usize,
+    ) -> Result<RecordBatch> {
         if self.kind == Kind::Anti {
-            let joined = self.output_rows(this_cols, rows.len())?;
-            return super::support::emit_in_slices(out, joined).await;
+            return self.output_rows(this_cols, rows);
         }
         let other_schema = match side {
             0 => &self.factory.right_schema,
@@ -982,14 +1012,13 @@ impl IntervalJoinOperator {
         let other_cols: Vec<Option<ArrayRef>> = other_schema
             .fields()
             .iter()
-            .map(|f| Some(new_null_array(f.data_type(), rows.len())))
+            .map(|f| Some(new_null_array(f.data_type(), rows)))
             .collect();
         let (left, right) = match side {
             0 => (this_cols, other_cols),
             _ => (other_cols, this_cols),
         };
-        let joined = self.assemble(left, right, rows.len())?;
-        super::support::emit_in_slices(out, joined).await
+        self.assemble(left, right, rows)
     }
 
     /// The output rows of candidate pairs (`probe[i]` of `batch` with row
@@ -1303,7 +1332,23 @@ mod tests {
 
     use crate::connectors::memory::MemorySource;
     use crate::pipeline::PipelineBuilder;
-    use crate::testing::kvt_batch;
+
+    /// The rows as a batch of `k`, `v`, `ts`, with key 3 as NULL (which no row
+    /// matches: an outer or anti join's preserved side emits it alone).
+    fn kvt_batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+        use arrow::array::Int64Array;
+        let plain = crate::testing::kvt_batch(rows);
+        let keys: Int64Array = rows.iter().map(|r| (r.0 != 3).then_some(r.0)).collect();
+        let mut fields = plain.schema().fields().to_vec();
+        fields[0] = Arc::new(arrow::datatypes::Field::new(
+            "k",
+            arrow::datatypes::DataType::Int64,
+            true,
+        ));
+        let mut columns = plain.columns().to_vec();
+        columns[0] = Arc::new(keys);
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).unwrap()
+    }
 
     type Rows = Vec<(i64, i64, i64)>;
 
@@ -1569,7 +1614,7 @@ mod tests {
         for b in 0..100i64 {
             let hashes: Vec<u64> = (0..100).map(|j| (b * 100 + j) as u64).collect();
             let times = vec![b; 100];
-            let batch = kvt_batch(&(0..100).map(|j| (j, 0, b)).collect::<Vec<_>>());
+            let batch = crate::testing::kvt_batch(&(0..100).map(|j| (j, 0, b)).collect::<Vec<_>>());
             side.keep(batch, None, &hashes, &times, None);
             side.expire(b - 5);
         }

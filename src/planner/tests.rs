@@ -223,6 +223,18 @@ async fn outer_semi_and_anti_joins_of_two_streams_are_planned_and_a_mark_join_is
         "semi)",
     )
     .await;
+    // NOT IN over nullable columns is null-aware: refused, NOT EXISTS said instead.
+    let text = format!(
+        "{SRC}{KITCHEN}INSERT INTO out SELECT o.order_id FROM orders o \
+         WHERE o.customer_id NOT IN (SELECT k.item_count FROM kitchen k WHERE {within});\n"
+    );
+    assert_refused(
+        &text,
+        "SQL002",
+        (4, 1),
+        &["NOT IN (subquery) over a stream", "write NOT EXISTS"],
+    )
+    .await;
     let text = format!(
         "{SRC}{KITCHEN}INSERT INTO out SELECT o.order_id FROM orders o \
          WHERE o.total > 100 OR EXISTS (SELECT 1 FROM kitchen k WHERE o.order_id = k.order_id \

@@ -102,6 +102,15 @@ fn split_join(
     };
     let (left, right, on, filter, join_type, projection, nulls_equal) =
         if let Some(j) = node.downcast_ref::<HashJoinExec>() {
+            if j.null_aware {
+                // `NOT IN`: one NULL on the other side makes every row's answer unknown,
+                // which a stream could only learn after emitting rows.
+                return Err(
+                    "NOT IN (subquery) over a stream is not supported (a NULL arriving on \
+                     the other side would take back every row already emitted): write NOT EXISTS"
+                        .into(),
+                );
+            }
             (
                 j.left().clone(),
                 j.right().clone(),
