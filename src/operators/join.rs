@@ -359,7 +359,7 @@ pub(crate) struct IntervalJoinFactory {
     pub(crate) output: SchemaRef,
     /// NULL keys match each other (`IS NOT DISTINCT FROM`); SQL's `=` never matches NULL.
     pub(crate) nulls_equal: bool,
-    /// `Inner`, `Left`, `Right` or `Full` (the planner refuses the others).
+    /// Inner, outer, semi or anti (the planner refuses mark joins).
     pub(crate) join_type: JoinType,
     pub(crate) memory_limit: Option<u64>,
 }
@@ -377,12 +377,27 @@ impl IntervalJoinFactory {
         (same_types && !left.is_empty()).then_some((left, right))
     }
 
+    fn kind(&self) -> Kind {
+        match self.join_type {
+            JoinType::Left | JoinType::Right | JoinType::Full => Kind::Outer,
+            JoinType::LeftSemi | JoinType::RightSemi => Kind::Semi,
+            JoinType::LeftAnti | JoinType::RightAnti => Kind::Anti,
+            _ => Kind::Inner,
+        }
+    }
+
     /// The side a semi or anti join returns (its output is that side's columns).
     fn returned_side(&self) -> Option<usize> {
-        match kind(self.join_type) {
+        match self.kind() {
             Kind::Semi | Kind::Anti => self.preserved().iter().position(|&p| p),
             _ => None,
         }
+    }
+
+    /// Whether `side` emits its rows that never found a pair (an outer join's
+    /// preserved side, NULL-padded; an anti join's returned side).
+    fn emits_unpaired(&self, side: usize) -> bool {
+        self.preserved()[side] && matches!(self.kind(), Kind::Outer | Kind::Anti)
     }
 
     /// Whether the left (0) and right (1) side mark their rows emitted: the sides an
@@ -410,15 +425,6 @@ enum Kind {
     Anti,
 }
 
-fn kind(join_type: JoinType) -> Kind {
-    match join_type {
-        JoinType::Left | JoinType::Right | JoinType::Full => Kind::Outer,
-        JoinType::LeftSemi | JoinType::RightSemi => Kind::Semi,
-        JoinType::LeftAnti | JoinType::RightAnti => Kind::Anti,
-        _ => Kind::Inner,
-    }
-}
-
 /// Whether a join between two streams of this type can run: inner, outer (its rows
 /// without a pair emitted once the watermark has passed them), semi or anti (not the
 /// mark joins DataFusion plans for subqueries under `OR`).
@@ -437,7 +443,7 @@ impl OperatorFactory for IntervalJoinFactory {
 
     fn describe(&self) -> String {
         let b = &self.bounds;
-        let kind = match (kind(self.join_type), self.join_type) {
+        let kind = match (self.kind(), self.join_type) {
             (Kind::Inner, _) => String::new(),
             (Kind::Outer, t) => format!(" ({} outer)", t.to_string().to_lowercase()),
             (_, t) => format!(" ({})", t.to_string().to_lowercase()),
@@ -515,8 +521,6 @@ impl OperatorFactory for IntervalJoinFactory {
                 join_type: self.join_type,
                 memory_limit: self.memory_limit,
             },
-            preserved: self.preserved(),
-            kind: kind(self.join_type),
         }))
     }
 }
@@ -570,8 +574,8 @@ struct Side {
     prev: VecDeque<u64>,
     /// By kept row: its event time (ms, shift applied).
     times: VecDeque<i64>,
-    /// By kept row, on the preserved side of an outer join (else empty): whether it
-    /// has been emitted, in a pair or alone.
+    /// By kept row, on a marked side (see [`IntervalJoinFactory::preserved`]; else
+    /// empty): whether it has been emitted, in a pair or alone.
     done: VecDeque<bool>,
     bytes: usize,
 }
@@ -584,8 +588,8 @@ struct Kept {
     /// Number of the batch's first row.
     start: u64,
     max_time: i64,
-    /// The oldest time of its rows not yet emitted (outer joins' preserved side;
-    /// `i64::MAX` when none is left): below the threshold, it has rows to emit alone.
+    /// The oldest time of its rows not yet emitted (a marked side; `i64::MAX` when
+    /// none is left): below the threshold, it has rows to emit alone.
     pending_min: i64,
     bytes: usize,
 }
@@ -703,8 +707,8 @@ impl Side {
         }
     }
 
-    /// Keeps `batch` (every row kept): indexes its rows under `hashes`. `done`: on
-    /// the preserved side of an outer join, whether each row has been emitted.
+    /// Keeps `batch` (every row kept): indexes its rows under `hashes`. `done`: on a
+    /// marked side, whether each row has been emitted.
     fn keep(
         &mut self,
         batch: RecordBatch,
@@ -755,15 +759,12 @@ struct IntervalJoinOperator {
     hash_state: datafusion::common::hash_utils::RandomState,
     /// By side, by column: whether the join condition or the output reads it.
     needed: [Vec<bool>; 2],
-    /// By side: whether its rows are marked emitted (see [`IntervalJoinFactory::preserved`]).
-    preserved: [bool; 2],
-    kind: Kind,
 }
 
 impl IntervalJoinOperator {
     /// Joins a batch from `side` with the other side's kept rows, emits the pairs
-    /// (unless `restored` is given: restoring, with the rows' emitted marks of an
-    /// outer join's preserved side) and keeps the batch's rows.
+    /// (unless `restored` is given: restoring, with the rows' emitted marks on a
+    /// marked side) and keeps the batch's rows.
     async fn arrive(
         &mut self,
         side: usize,
@@ -773,6 +774,7 @@ impl IntervalJoinOperator {
     ) -> Result<()> {
         let probe = restored.is_none();
         let mut restored_done = restored.flatten();
+        let preserved = self.factory.preserved();
         let f = &self.factory;
         let (keys, time) = match side {
             0 => (&f.left_keys, &f.bounds.left),
@@ -845,18 +847,9 @@ impl IntervalJoinOperator {
             },
             &|_| "older than the join's watermark".to_string(),
         );
-        if probe
-            && !keyless.is_empty()
-            && self.preserved[side]
-            && matches!(self.kind, Kind::Outer | Kind::Anti)
-        {
+        if probe && !keyless.is_empty() && self.factory.emits_unpaired(side) {
             let rows = UInt32Array::from(keyless);
-            let cols = self.needed[side]
-                .iter()
-                .zip(batch.columns())
-                .map(|(&needed, c)| needed.then(|| take(c.as_ref(), &rows, None)).transpose())
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| EngineError::arrow("taking a join side's rows without a key", e))?;
+            let cols = self.take_needed(side, &batch, &rows)?;
             let alone = self.unmatched_output(side, cols, rows.len())?;
             super::support::emit_in_slices(out, alone).await?;
         }
@@ -900,8 +893,8 @@ impl IntervalJoinOperator {
             )
         };
 
-        // On an outer join's preserved side: whether each row has been emitted.
-        let mut done: Option<Vec<bool>> = self.preserved[side].then(|| match &restored_done {
+        // On a marked side: whether each row has been emitted.
+        let mut done: Option<Vec<bool>> = preserved[side].then(|| match &restored_done {
             Some(d) => (0..batch.num_rows())
                 .map(|i| d.is_valid(i) && d.value(i))
                 .collect(),
@@ -932,7 +925,7 @@ impl IntervalJoinOperator {
                 // A semi join's rows that found their first pair: of this batch, of
                 // the other side's kept rows.
                 let (mut mine, mut theirs_first) = (Vec::new(), Vec::new());
-                if self.preserved.iter().any(|&p| p) {
+                if preserved.iter().any(|&p| p) {
                     for (i, (&row, &theirs)) in probe_rows.iter().zip(&matched).enumerate() {
                         if paired.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i)) {
                             if let Some(done) = done.as_mut()
@@ -951,17 +944,10 @@ impl IntervalJoinOperator {
                 {
                     super::support::emit_in_slices(out, joined).await?;
                 }
-                if self.kind == Kind::Semi {
+                if self.factory.kind() == Kind::Semi {
                     if !mine.is_empty() {
                         let probe = UInt32Array::from(mine);
-                        let cols = self.needed[side]
-                            .iter()
-                            .zip(batch.columns())
-                            .map(|(&needed, c)| {
-                                needed.then(|| take(c.as_ref(), &probe, None)).transpose()
-                            })
-                            .collect::<std::result::Result<Vec<_>, _>>()
-                            .map_err(|e| EngineError::arrow("taking a semi join's rows", e))?;
+                        let cols = self.take_needed(side, &batch, &probe)?;
                         let rows = probe.len();
                         super::support::emit_in_slices(out, self.output_rows(cols, rows)?).await?;
                     }
@@ -977,8 +963,8 @@ impl IntervalJoinOperator {
         self.check_state()
     }
 
-    /// Emits, with NULLs for the other side's columns, the rows of `side` (an outer
-    /// join's preserved side) still without a pair whose time is below `threshold`.
+    /// Emits the rows of `side` (see [`IntervalJoinFactory::emits_unpaired`]) still
+    /// without a pair whose time is below `threshold`.
     async fn emit_unmatched(
         &mut self,
         side: usize,
@@ -1002,7 +988,7 @@ impl IntervalJoinOperator {
         this_cols: Vec<Option<ArrayRef>>,
         rows: usize,
     ) -> Result<RecordBatch> {
-        if self.kind == Kind::Anti {
+        if self.factory.kind() == Kind::Anti {
             return self.output_rows(this_cols, rows);
         }
         let other_schema = match side {
@@ -1035,13 +1021,7 @@ impl IntervalJoinOperator {
     ) -> Result<(Option<RecordBatch>, Option<BooleanArray>)> {
         let arrow_err = |what: &'static str| move |e| EngineError::arrow(what, e);
         let probe = UInt32Array::from(probe.to_vec());
-        let this_cols: Vec<Option<ArrayRef>> = batch
-            .columns()
-            .iter()
-            .zip(&self.needed[side])
-            .map(|(c, &needed)| needed.then(|| take(c.as_ref(), &probe, None)).transpose())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(arrow_err("taking a join side's rows"))?;
+        let this_cols = self.take_needed(side, batch, &probe)?;
         let other = &self.sides[1 - side];
         let mut other_cols = Vec::with_capacity(self.needed[1 - side].len());
         for (c, &needed) in self.needed[1 - side].iter().enumerate() {
@@ -1091,7 +1071,7 @@ impl IntervalJoinOperator {
                     .clone(),
             );
         }
-        if matches!(self.kind, Kind::Semi | Kind::Anti) {
+        if matches!(self.factory.kind(), Kind::Semi | Kind::Anti) {
             // Their output is one side's rows, not pairs: only the mask counts.
             return Ok((None, keep));
         }
@@ -1106,6 +1086,22 @@ impl IntervalJoinOperator {
             )),
             None => Ok((Some(joined), None)),
         }
+    }
+
+    /// The needed columns of rows `rows` of `batch`, from `side`.
+    fn take_needed(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        rows: &UInt32Array,
+    ) -> Result<Vec<Option<ArrayRef>>> {
+        batch
+            .columns()
+            .iter()
+            .zip(&self.needed[side])
+            .map(|(c, &needed)| needed.then(|| take(c.as_ref(), rows, None)).transpose())
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| EngineError::arrow("taking a join side's rows", e))
     }
 
     /// The needed columns of `side`'s kept rows `rows` ((batch, row) each).
@@ -1210,7 +1206,7 @@ impl Operator for IntervalJoinOperator {
             watermark.saturating_sub(b.hi),
         ];
         for (side, threshold) in thresholds.into_iter().enumerate() {
-            if self.preserved[side] && matches!(self.kind, Kind::Outer | Kind::Anti) {
+            if self.factory.emits_unpaired(side) {
                 self.emit_unmatched(side, threshold, out).await?;
             }
             self.sides[side].expire(threshold);
@@ -1222,13 +1218,14 @@ impl Operator for IntervalJoinOperator {
     /// left out), and the watermark.
     fn snapshot(&mut self) -> Result<Option<crate::state::snapshot::StateBlob>> {
         let mut parts = Vec::with_capacity(2);
+        let preserved = self.factory.preserved();
         for (s, side) in self.sides.iter().enumerate() {
             let batches = side
                 .batches
                 .iter()
                 .map(|k| {
                     let mut columns = k.batch.columns().to_vec();
-                    if self.preserved[s] {
+                    if preserved[s] {
                         // Whether each row has been emitted: the last column.
                         let base = (k.start - side.first) as usize;
                         let done: BooleanArray = side
@@ -1271,8 +1268,8 @@ impl Operator for IntervalJoinOperator {
                     0 => self.factory.left_keys.clone(),
                     _ => self.factory.right_keys.clone(),
                 };
-                // An outer join's preserved side has its rows' emitted marks last.
-                let schema = if self.preserved[side] {
+                // A marked side has its rows' emitted marks last.
+                let schema = if self.factory.preserved()[side] {
                     let mut fields = schema.fields().to_vec();
                     fields.push(Arc::new(arrow::datatypes::Field::new(
                         "_emitted",
@@ -1292,9 +1289,19 @@ impl Operator for IntervalJoinOperator {
                         .map(|k| evaluate(k, &batch))
                         .collect::<Result<Vec<_>>>()?;
                     let mut batch = self.table.own_batch(&key_columns, batch)?;
-                    let done = if self.preserved[side] {
+                    let done = if self.factory.preserved()[side] {
                         let done = batch.remove_column(batch.num_columns() - 1);
-                        done.as_any().downcast_ref::<BooleanArray>().cloned()
+                        Some(
+                            done.as_any()
+                                .downcast_ref::<BooleanArray>()
+                                .cloned()
+                                .ok_or_else(|| {
+                                    EngineError::State(
+                                    "restoring a join: its rows' emitted marks are not booleans"
+                                        .into(),
+                                )
+                                })?,
+                        )
                     } else {
                         None
                     };

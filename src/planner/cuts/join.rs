@@ -1,7 +1,7 @@
-//! The cut at a join of two streams: finds it (an inner or outer join, as admitted by
-//! `check_streamable`), checks that its sides are per-row and bounded by their
-//! event-time columns, and makes the interval join operator with a per-batch stage per
-//! side and one above it.
+//! The cut at a join of two streams: finds it (an inner, outer, semi or anti join, as
+//! admitted by `check_streamable`), checks that its sides are per-row and bounded by
+//! their event-time columns, and makes the interval join operator with a per-batch
+//! stage per side and one above it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,8 +75,8 @@ fn stream_tables(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
     found
 }
 
-/// Finds a join whose both sides read streams (checked to be an inner or outer join
-/// by `check_streamable`) and cuts the plan there. `None` when there is none.
+/// Finds a join whose both sides read streams (checked by `check_streamable`
+/// not to be a mark join) and cuts the plan there. `None` when there is none.
 fn split_join(
     plan: &Arc<dyn ExecutionPlan>,
     event_times: &BTreeMap<String, String>,
