@@ -73,7 +73,8 @@ pub(super) struct SinkFallback {
     /// The last commit of this task (to Kafka or to the store): the drain's rate
     /// counts from it, or from the breaker's close if that came later.
     last_drain: Instant,
-    /// The end of input's drain: it takes a full window whatever the breaker did.
+    /// The end of input's drain: it takes the full window (`MAX_DRAIN_WINDOW`),
+    /// whenever the last commit or the breaker's close was.
     draining_rest: bool,
     /// A transaction whose outcome is not known yet.
     in_doubt: Option<InDoubt>,
@@ -558,11 +559,11 @@ impl KafkaSink {
         // from this task's last commit before the outage, the seconds spent probing
         // and settling a commit in doubt (by whichever task probed) would let the
         // backlog go out at once.
-        let window = drain_window(
-            fb.last_drain,
-            fb.breaker.closed_at().filter(|_| !fb.draining_rest),
-            Instant::now(),
-        );
+        let window = if fb.draining_rest {
+            MAX_DRAIN_WINDOW
+        } else {
+            drain_window(fb.last_drain, fb.breaker.closed_at(), Instant::now())
+        };
         let budget = match fb.control.mode() {
             DrainMode::Paused => 0,
             DrainMode::Unlimited => DRAIN_CHUNK,
@@ -751,7 +752,6 @@ impl KafkaSink {
                 return Ok(());
             }
             let before = control.drained.load(Ordering::Relaxed);
-            fb.last_drain = Instant::now() - Duration::from_secs(3600);
             fb.draining_rest = true;
             let sent = self.send_direct(&Commit::empty(), Route::Direct).await;
             self.fallback.as_mut().expect("checked").draining_rest = false;
