@@ -79,6 +79,7 @@ impl Fast {
     }
 
     /// The slot of `n` in such a column, if it takes `n` as read.
+    #[inline(always)]
     fn take(self, n: &Number<'_>) -> Option<Slot> {
         match self {
             Fast::None | Fast::Timestamp(_) => None,
@@ -168,6 +169,9 @@ pub(super) struct StructNode {
     /// Each field's key as it is written without escapes, quotes included (`"name"`),
     /// for matching keys in place; `None` for names that need escaping.
     quoted: Vec<Option<QuotedKey>>,
+    /// The same followed by the colon (`"name":`), as records are mostly written: what
+    /// [`Scanner::quick_field`] matches.
+    keyed: Vec<Option<QuotedKey>>,
 }
 
 /// A field's key as written without escapes, quotes included, and (when it is at most
@@ -297,13 +301,15 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
     let mut names: Vec<&str> = out.iter().map(|(n, _, _)| n.as_str()).collect();
     names.sort_unstable();
     let unique = names.windows(2).all(|w| w[0] != w[1]);
-    let quoted = out
-        .iter()
-        .map(|(n, _, _)| {
-            let plain = n.bytes().all(|c| c != b'"' && c != b'\\' && c >= 0x20);
-            plain.then(|| QuotedKey::new(format!("\"{n}\"").into_bytes().into_boxed_slice()))
-        })
-        .collect();
+    let key = |suffix: &str| -> Vec<Option<QuotedKey>> {
+        out.iter()
+            .map(|(n, _, _)| {
+                let plain = n.bytes().all(|c| c != b'"' && c != b'\\' && c >= 0x20);
+                plain.then(|| QuotedKey::new(format!("\"{n}\"{suffix}").into_bytes().into()))
+            })
+            .collect()
+    };
+    let (quoted, keyed) = (key(""), key(":"));
     Ok(StructNode {
         fields: out,
         index,
@@ -311,6 +317,7 @@ pub(super) fn compile_struct(fields: &arrow::datatypes::Fields) -> Result<Struct
         required,
         unique,
         quoted,
+        keyed,
     })
 }
 
@@ -1187,6 +1194,22 @@ impl<'a> Scanner<'a> {
                 if self.b.get(self.i) != Some(&b'"') {
                     return Err(self.unexpected("a string key"));
                 }
+                if node.unique && self.quick(node, hint, opened, slots.as_deref_mut()) {
+                    present.set(hint, true);
+                    hint += 1;
+                    self.ws();
+                    match self.b.get(self.i) {
+                        Some(b',') => {
+                            self.i += 1;
+                            continue;
+                        }
+                        Some(b'}') => {
+                            self.i += 1;
+                            break;
+                        }
+                        _ => return Err(self.unexpected("',' or '}'")),
+                    }
+                }
                 let field = match node.key_at(&self.b[self.i..], hint) {
                     Some((f, len)) => {
                         self.i += len;
@@ -1250,6 +1273,101 @@ impl<'a> Scanner<'a> {
         }
         self.close(opened);
         Ok(())
+    }
+
+    /// Field `f` of `node` taken the short way when it is written as records mostly
+    /// are: its key (as the schema names it) and the colon at the cursor, then a
+    /// value its column takes as written: a string without escapes for a text column,
+    /// an RFC 3339 string for a timestamp, a number [`Fast`] takes. The value is left
+    /// where [`Scanner::object`] leaves it (`slots`, or the tape of `opened`), the
+    /// cursor past it. Anything else returns false with the cursor and the slots
+    /// untouched, and the general path takes the field from its key: the same value
+    /// or the same refusal, by the same rules.
+    #[inline(always)]
+    fn quick(
+        &mut self,
+        node: &StructNode,
+        f: usize,
+        opened: Option<Opened>,
+        slots: Option<&mut [Slot]>,
+    ) -> bool {
+        match slots {
+            Some(slots) => slots
+                .get_mut(f)
+                .is_some_and(|out| self.quick_value(node, f, out)),
+            None => {
+                let mut slot = Slot::Null;
+                if !self.quick_value(node, f, &mut slot) {
+                    return false;
+                }
+                let from = self.taped();
+                self.tape_value(slot);
+                if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
+                    t.fields[o.fields + f] = (from, t.events.len());
+                }
+                true
+            }
+        }
+    }
+
+    /// [`Scanner::quick`]'s key and value, the value written straight into `out` (a
+    /// slot built on the stack and copied whole stalls on its partial writes).
+    #[inline(always)]
+    fn quick_value(&mut self, node: &StructNode, f: usize, out: &mut Slot) -> bool {
+        let Some(Some(key)) = node.keyed.get(f) else {
+            return false;
+        };
+        if !key.starts(&self.b[self.i..]) {
+            return false;
+        }
+        let at = self.i + key.len();
+        match (&node.fields[f].2, self.b.get(at)) {
+            (Node::Text, Some(b'"')) => match self.plain_string(at) {
+                Some((a, b)) => {
+                    *out = Slot::Span(a, b);
+                    self.i = b + 1;
+                    true
+                }
+                None => false,
+            },
+            (Node::Leaf(ctx, _, Fast::Timestamp(unit)), Some(b'"')) => {
+                if let Some((a, b)) = self.plain_string(at)
+                    && let Some(v) = timestamp_fast(ctx, *unit, &self.b[a..b])
+                {
+                    *out = Slot::Int(v);
+                    self.i = b + 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            (
+                Node::Leaf(_, _, fast @ (Fast::Int(..) | Fast::UInt(_) | Fast::Float64)),
+                Some(b'-' | b'0'..=b'9'),
+            ) => {
+                let back = self.i;
+                self.i = at;
+                if let Ok(n) = self.number()
+                    && let Some(slot) = fast.take(&n)
+                {
+                    *out = slot;
+                    true
+                } else {
+                    self.i = back;
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The string whose opening quote is at `at`, if it has no escape or control
+    /// character: the range of its contents.
+    #[inline(always)]
+    fn plain_string(&self, at: usize) -> Option<(usize, usize)> {
+        let start = at + 1;
+        let end = start + string_stop(&self.b[start..]);
+        (self.b.get(end) == Some(&b'"')).then_some((start, end))
     }
 
     /// Checks a whole record: one object, surrounded by whitespace only. Returns the

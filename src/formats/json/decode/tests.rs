@@ -937,6 +937,17 @@ fn fitting_value(dt: &DataType) -> BoxedStrategy<String> {
 
 /// A value of the kind column type `dt` takes; for lists, structs and maps, one whose
 /// items, fields or values are such values (in range or not), or odd ones.
+/// An object of these keys (written as they are) and values: compact (`{"k":v,…}`, as
+/// producers mostly write them, which the scanner takes the short way) or spaced.
+fn joined(entries: &[(String, String)], compact: bool) -> String {
+    let (colon, comma) = if compact { (":", ",") } else { (": ", ", ") };
+    let body: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("\"{k}\"{colon}{v}"))
+        .collect();
+    format!("{{{}}}", body.join(comma))
+}
+
 fn nested_value(dt: &DataType) -> BoxedStrategy<String> {
     let item = |dt: &DataType| prop_oneof![6 => nested_value(dt), 1 => diff_value()].boxed();
     match dt {
@@ -974,8 +985,9 @@ fn nested_value(dt: &DataType) -> BoxedStrategy<String> {
                 entries,
                 any::<bool>(),
                 prop::option::of((0..fields.len().max(1), diff_value())),
+                any::<bool>(),
             )
-                .prop_map(|(entries, reverse, repeat)| {
+                .prop_map(|(entries, reverse, repeat, compact)| {
                     let mut entries: Vec<(String, String)> =
                         entries.into_iter().flatten().collect();
                     if reverse {
@@ -986,11 +998,7 @@ fn nested_value(dt: &DataType) -> BoxedStrategy<String> {
                         let k = entries[i].0.clone();
                         entries.insert(0, (k, v));
                     }
-                    let body: Vec<String> = entries
-                        .iter()
-                        .map(|(k, v)| format!("\"{k}\": {v}"))
-                        .collect();
-                    format!("{{{}}}", body.join(", "))
+                    joined(&entries, compact)
                 })
                 .boxed()
         }
@@ -1090,8 +1098,9 @@ fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
         any::<bool>(),
         prop::collection::vec(edit(), 1..3),
         prop::bool::weighted(0.15),
+        any::<bool>(),
     )
-        .prop_map(|(columns, extra, at, reverse, edits, mutate)| {
+        .prop_map(|(columns, extra, at, reverse, edits, mutate, compact)| {
             let mut entries: Vec<(String, String)> = columns.into_iter().flatten().collect();
             if reverse {
                 entries.reverse();
@@ -1100,11 +1109,7 @@ fn diff_record(s: &SchemaRef) -> BoxedStrategy<Vec<u8>> {
                 let i = at.index(entries.len() + 1);
                 entries.insert(i, (k.to_string(), v));
             }
-            let body: Vec<String> = entries
-                .iter()
-                .map(|(k, v)| format!("\"{k}\": {v}"))
-                .collect();
-            let r = format!("{{{}}}", body.join(", ")).into_bytes();
+            let r = joined(&entries, compact).into_bytes();
             if mutate { apply_edits(r, &edits) } else { r }
         })
         .boxed()
