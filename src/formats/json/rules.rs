@@ -284,7 +284,7 @@ fn epoch_out_of_range(s: &str) -> String {
 }
 
 /// Integer epoch milliseconds to `unit` (`Err` if out of range).
-fn epoch_ms_int(ms: i64, unit: TimeUnit) -> Result<i64, ()> {
+pub(super) fn epoch_ms_int(ms: i64, unit: TimeUnit) -> Result<i64, ()> {
     match unit {
         TimeUnit::Second => Some(ms.div_euclid(1000)),
         TimeUnit::Millisecond => Some(ms),

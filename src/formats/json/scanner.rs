@@ -9,7 +9,9 @@ use arrow::datatypes::{
     DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType, TimeUnit,
 };
 
-use super::rules::{CheckFn, Leaf, LeafCtx, Slot, SlotNative, leaf_check, timestamp_fast};
+use super::rules::{
+    CheckFn, Leaf, LeafCtx, Slot, SlotNative, epoch_ms_int, leaf_check, timestamp_fast,
+};
 use crate::dlq::BadRecordReason;
 
 /// Deepest nesting of arrays and objects a record may have.
@@ -56,7 +58,8 @@ enum Fast {
     /// [`Number::float`]).
     Float64,
     /// A timestamp column of this unit: a string in the common RFC 3339 shape (see
-    /// [`timestamp_fast`]).
+    /// [`timestamp_fast`]), or an integer of at most 18 digits (milliseconds since the
+    /// epoch).
     Timestamp(TimeUnit),
 }
 
@@ -82,7 +85,12 @@ impl Fast {
     #[inline(always)]
     fn take(self, n: &Number<'_>) -> Option<Slot> {
         match self {
-            Fast::None | Fast::Timestamp(_) => None,
+            Fast::None => None,
+            // Milliseconds since the epoch, as the column's check reads an integer.
+            Fast::Timestamp(unit) => n
+                .int()
+                .and_then(|ms| epoch_ms_int(ms, unit).ok())
+                .map(Slot::Int),
             Fast::Int(min, max) => n.int().filter(|v| (min..=max).contains(v)).map(Slot::Int),
             Fast::UInt(max) => n
                 .int()
@@ -236,15 +244,31 @@ impl StructNode {
     /// so the string ends at the quote that closes it. Names are unique, so at most
     /// one field matches.
     fn key_at(&self, b: &[u8], hint: usize) -> Option<(usize, usize)> {
-        if !self.unique {
+        Self::search(&self.quoted, self.unique, b, hint)
+    }
+
+    /// Like [`StructNode::key_at`], for the key and its colon ([`StructNode::keyed`]).
+    #[inline(always)]
+    fn keyed_at(&self, b: &[u8], hint: usize) -> Option<(usize, usize)> {
+        Self::search(&self.keyed, self.unique, b, hint)
+    }
+
+    #[inline(always)]
+    fn search(
+        keys: &[Option<QuotedKey>],
+        unique: bool,
+        b: &[u8],
+        hint: usize,
+    ) -> Option<(usize, usize)> {
+        if !unique {
             return None;
         }
-        let at = |f: usize| match self.quoted.get(f) {
+        let at = |f: usize| match keys.get(f) {
             Some(Some(q)) if q.starts(b) => Some((f, q.len())),
             _ => None,
         };
         at(hint).or_else(|| {
-            let n = self.quoted.len();
+            let n = keys.len();
             if n > KEY_SEARCH {
                 return None;
             }
@@ -1194,9 +1218,9 @@ impl<'a> Scanner<'a> {
                 if self.b.get(self.i) != Some(&b'"') {
                     return Err(self.unexpected("a string key"));
                 }
-                if node.unique && self.quick(node, hint, opened, slots.as_deref_mut()) {
-                    present.set(hint, true);
-                    hint += 1;
+                if let Some(f) = self.quick(node, hint, opened, slots.as_deref_mut()) {
+                    present.set(f, true);
+                    hint = f + 1;
                     self.ws();
                     match self.b.get(self.i) {
                         Some(b',') => {
@@ -1275,53 +1299,52 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    /// Field `f` of `node` taken the short way when it is written as records mostly
-    /// are: its key (as the schema names it) and the colon at the cursor, then a
-    /// value its column takes as written: a string without escapes for a text column,
-    /// an RFC 3339 string for a timestamp, a number [`Fast`] takes. The value is left
-    /// where [`Scanner::object`] leaves it (`slots`, or the tape of `opened`), the
-    /// cursor past it. Anything else returns false with the cursor and the slots
-    /// untouched, and the general path takes the field from its key: the same value
-    /// or the same refusal, by the same rules.
+    /// The field at the cursor taken the short way when it is written as records
+    /// mostly are: a key of `node` as the schema names it, followed by its colon
+    /// (field `hint` tried first, as [`StructNode::key_at`] does), then a value its
+    /// column takes as written: a string without escapes for a text column, an RFC
+    /// 3339 string or an integer for a timestamp, a number [`Fast`] takes. The value
+    /// is left where [`Scanner::object`] leaves it (`slots`, or the tape of
+    /// `opened`), the cursor past it, and the field returned. Anything else returns
+    /// `None` with the cursor and the slots untouched, and the general path takes the
+    /// field from its key: the same value or the same refusal, by the same rules.
     #[inline(always)]
     fn quick(
         &mut self,
         node: &StructNode,
-        f: usize,
+        hint: usize,
         opened: Option<Opened>,
         slots: Option<&mut [Slot]>,
-    ) -> bool {
+    ) -> Option<usize> {
+        let (f, len) = node.keyed_at(&self.b[self.i..], hint)?;
+        let at = self.i + len;
         match slots {
-            Some(slots) => slots
-                .get_mut(f)
-                .is_some_and(|out| self.quick_value(node, f, out)),
+            Some(slots) => {
+                let out = slots.get_mut(f)?;
+                self.quick_value(&node.fields[f].2, at, out).then_some(f)
+            }
             None => {
                 let mut slot = Slot::Null;
-                if !self.quick_value(node, f, &mut slot) {
-                    return false;
+                if !self.quick_value(&node.fields[f].2, at, &mut slot) {
+                    return None;
                 }
                 let from = self.taped();
                 self.tape_value(slot);
                 if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
                     t.fields[o.fields + f] = (from, t.events.len());
                 }
-                true
+                Some(f)
             }
         }
     }
 
-    /// [`Scanner::quick`]'s key and value, the value written straight into `out` (a
-    /// slot built on the stack and copied whole stalls on its partial writes).
+    /// [`Scanner::quick`]'s value of a column of `node`, at `at`, written straight
+    /// into `out` (a slot built on the stack and copied whole stalls on its partial
+    /// writes); the cursor past it. False with the cursor and `out` untouched if it
+    /// is not one the short way takes.
     #[inline(always)]
-    fn quick_value(&mut self, node: &StructNode, f: usize, out: &mut Slot) -> bool {
-        let Some(Some(key)) = node.keyed.get(f) else {
-            return false;
-        };
-        if !key.starts(&self.b[self.i..]) {
-            return false;
-        }
-        let at = self.i + key.len();
-        match (&node.fields[f].2, self.b.get(at)) {
+    fn quick_value(&mut self, node: &Node, at: usize, out: &mut Slot) -> bool {
+        match (node, self.b.get(at)) {
             (Node::Text, Some(b'"')) => match self.plain_string(at) {
                 Some((a, b)) => {
                     *out = Slot::Span(a, b);
@@ -1341,20 +1364,23 @@ impl<'a> Scanner<'a> {
                     false
                 }
             }
-            (
-                Node::Leaf(_, _, fast @ (Fast::Int(..) | Fast::UInt(_) | Fast::Float64)),
-                Some(b'-' | b'0'..=b'9'),
-            ) => {
+            (Node::Leaf(_, _, fast), Some(b'-' | b'0'..=b'9')) if !matches!(fast, Fast::None) => {
                 let back = self.i;
                 self.i = at;
-                if let Ok(n) = self.number()
-                    && let Some(slot) = fast.take(&n)
-                {
-                    *out = slot;
-                    true
-                } else {
-                    self.i = back;
-                    false
+                // Matched whole: `if let … &&` drops the result through a call.
+                let taken = match self.number() {
+                    Ok(n) => fast.take(&n),
+                    Err(_) => None,
+                };
+                match taken {
+                    Some(slot) => {
+                        *out = slot;
+                        true
+                    }
+                    None => {
+                        self.i = back;
+                        false
+                    }
                 }
             }
             _ => false,
