@@ -1,6 +1,12 @@
 //! The schema-aware record scanner: one pass over a record's bytes that decides whether
 //! it is strict JSON and whether its values fit the schema, converting each scalar value
 //! (by the rules of [`super::rules`]) as it checks it.
+//!
+//! A field is taken one of two ways. The short way ([`Scanner::quick`]) takes a field
+//! written as producers mostly write it: its key and colon in place, then a plain
+//! string, timestamp or number its column takes as written. Anything else goes the
+//! general way ([`Scanner::object`]'s loop), which decides every refusal; the short way
+//! never refuses, it only steps aside (ADR 0018).
 
 use std::collections::HashMap;
 
@@ -178,7 +184,7 @@ pub(super) struct StructNode {
     /// for matching keys in place; `None` for names that need escaping.
     quoted: Vec<Option<QuotedKey>>,
     /// The same followed by the colon (`"name":`), as records are mostly written: what
-    /// [`Scanner::quick_field`] matches.
+    /// [`Scanner::quick`] matches.
     keyed: Vec<Option<QuotedKey>>,
 }
 
