@@ -395,6 +395,45 @@ fn refusal_details_name_the_field() {
     assert_eq!(r.reason, BadRecordReason::Malformed);
 }
 
+/// Presence is tracked a bit per field in a word for structs of up to 64 fields, and
+/// field by field past that: a missing required field is found either way, at the
+/// edges of the word too.
+#[test]
+fn missing_required_fields_are_found_in_narrow_and_wide_structs() {
+    for width in [2usize, 63, 64, 65, 70] {
+        let required = [0, width / 2, width - 1];
+        let s = schema(
+            (0..width)
+                .map(|f| field(&format!("f{f}"), DataType::Int32, !required.contains(&f)))
+                .collect(),
+        );
+        let root = compile_struct(s.fields()).unwrap();
+        let record = |without: Option<usize>| {
+            let fields: Vec<String> = (0..width)
+                .filter(|f| Some(*f) != without)
+                .map(|f| format!(r#""f{f}":{f}"#))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        };
+        assert!(
+            scan(record(None).as_bytes(), &root).is_ok(),
+            "width {width}"
+        );
+        for f in 0..width {
+            let r = scan(record(Some(f)).as_bytes(), &root);
+            if required.contains(&f) {
+                let detail = r.unwrap_err().detail();
+                assert!(
+                    detail.starts_with(&format!("field 'f{f}': missing value")),
+                    "width {width}: {detail}"
+                );
+            } else {
+                assert!(r.is_ok(), "width {width}, without f{f}");
+            }
+        }
+    }
+}
+
 #[test]
 fn values_follow_the_documented_rules() {
     let s = schema(vec![
