@@ -311,17 +311,16 @@ impl Leaf {
 /// The null buffer of `valid` (a byte per value, 1 when valid): eight bytes packed
 /// into one by a multiplication, each byte's bit landing in the top byte in order.
 fn packed(valid: &[u8]) -> NullBuffer {
-    const GATHER: u64 = 0x0102_0408_1020_4080;
+    let gather =
+        |word: [u8; 8]| (u64::from_le_bytes(word).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
     let mut chunks = valid.chunks_exact(8);
     let mut bits: Vec<u8> = (&mut chunks)
-        .map(|c| {
-            (u64::from_le_bytes(c.try_into().unwrap_or_default()).wrapping_mul(GATHER) >> 56) as u8
-        })
+        .map(|c| gather(c.try_into().unwrap_or_default()))
         .collect();
     if !chunks.remainder().is_empty() {
         let mut last = [0u8; 8];
         last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        bits.push((u64::from_le_bytes(last).wrapping_mul(GATHER) >> 56) as u8);
+        bits.push(gather(last));
     }
     NullBuffer::new(BooleanBuffer::new(Buffer::from_vec(bits), 0, valid.len()))
 }
@@ -581,7 +580,9 @@ mod tests {
     proptest! {
         /// The packed null buffer says of each value what its byte said.
         #[test]
-        fn packed_validity_keeps_each_value_in_its_place(valid in proptest::collection::vec(any::<bool>(), 0..200)) {
+        fn packed_validity_keeps_each_value_in_its_place(
+            valid in proptest::collection::vec(any::<bool>(), 0..200),
+        ) {
             let bytes: Vec<u8> = valid.iter().map(|&v| u8::from(v)).collect();
             let nulls = packed(&bytes);
             prop_assert_eq!(nulls.len(), valid.len());
