@@ -17,9 +17,11 @@ use arrow::datatypes::{
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
-use self::columns::Column;
-use super::rules::{LastHour, Slot, timestamp_text};
-use super::scanner::{Refusal, Scan, StructNode, Tape, compile_struct, scan_line, scan_text, utf8};
+use self::columns::{Column, Scanned};
+use super::rules::{LastHour, Slot, Spill, timestamp_text};
+use super::scanner::{
+    Kept, Refusal, Scan, StructNode, Tape, compile_struct, scan_line, scan_text, utf8,
+};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -165,6 +167,8 @@ struct ScannedRows {
     columns: Vec<Column>,
     /// The values of the record being scanned, one per column.
     slots: Vec<Slot>,
+    /// The values of the record being scanned that its slots do not hold.
+    spill: Spill,
     /// The lists, structs and maps of the record being scanned.
     tape: Tape,
     /// Whether a root field is a list, struct or map (else the tape stays empty).
@@ -190,6 +194,7 @@ impl ScannedRows {
         let nested = columns.iter().any(|c| !c.is_leaf());
         Some(ScannedRows {
             slots: vec![Slot::Null; columns.len()],
+            spill: Spill::default(),
             columns,
             tape: Tape::default(),
             nested,
@@ -197,17 +202,31 @@ impl ScannedRows {
         })
     }
 
+    /// Where the scanner keeps the record's values (the tape only if a root field is
+    /// nested).
+    fn kept(&mut self) -> Kept<'_> {
+        Kept {
+            slots: &mut self.slots,
+            spill: &mut self.spill,
+            tape: self.nested.then_some(&mut self.tape),
+        }
+    }
+
     fn push(&mut self, text: &str, root: &StructNode) -> Scan {
-        let tape = self.nested.then_some(&mut self.tape);
-        scan_text(text, root, Some(&mut self.slots), tape)?;
+        scan_text(text, root, Some(self.kept()))?;
         self.append_row(text);
         Ok(())
     }
 
     /// Appends the record just scanned from `text` (its slots and tape) as a row.
     fn append_row(&mut self, text: &str) {
+        let scanned = Scanned {
+            record: text,
+            spill: &self.spill,
+            tape: &self.tape,
+        };
         for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
-            column.append(slot, text, &self.tape);
+            column.append(slot, &scanned);
         }
         self.rows += 1;
     }
@@ -222,8 +241,7 @@ impl ScannedRows {
         root: &StructNode,
         max_len: usize,
     ) -> Option<usize> {
-        let tape = self.nested.then_some(&mut self.tape);
-        let end = scan_line(text, at, root, &mut self.slots, tape)?;
+        let end = scan_line(text, at, root, self.kept())?;
         if end - at > max_len {
             return None;
         }
@@ -687,7 +705,7 @@ impl JsonDecoder {
             },
             Rows::Bulk(bulk) => {
                 bulk.report_late(bad);
-                match scan_text(record, &self.root, None, None) {
+                match scan_text(record, &self.root, None) {
                     Ok(range) => return bulk.push(record.as_bytes(), range, bad),
                     Err(refusal) => refusal,
                 }

@@ -84,9 +84,10 @@ fn int_text(s: &str) -> Option<i128> {
 ///
 /// Each column kind fills one variant only (see [`SlotNative`],
 /// [`Scanner::leaf`](super::scanner::Scanner::leaf)), so a column reading back a slot of
-/// another kind is a bug, not bad input. Slots are moved for every value: wide values
-/// are split or boxed to keep them at 24 bytes.
-#[derive(Debug, Clone, Default)]
+/// another kind is a bug, not bad input. Slots are moved for every value and never
+/// dropped: wide values are split, or kept in the record's [`Spill`], to keep them
+/// `Copy` and at 24 bytes.
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) enum Slot {
     /// `null`, or no value yet.
     #[default]
@@ -98,17 +99,49 @@ pub(super) enum Slot {
     UInt(u64),
     /// A 128-bit decimal: its low and high halves.
     I128(u64, u64),
-    I256(Box<i256>),
+    /// A 256-bit decimal: where it is in the record's [`Spill::wide`].
+    I256(usize),
     F32(f32),
     F64(f64),
     /// The record's text in this byte range: a string's contents (one without escapes),
     /// or a number or boolean written as text.
     Span(usize, usize),
-    /// A string's contents with its escapes resolved.
-    Unescaped(Box<str>),
+    /// A string's contents with its escapes resolved: this byte range of the record's
+    /// [`Spill::text`].
+    Unescaped(usize, usize),
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() <= 24);
+
+/// The values of a record's [`Slot`]s that a slot does not hold itself: strings whose
+/// escapes were resolved, and 256-bit decimals. Kept beside the record's slots and
+/// cleared before each record, so that a slot is never dropped (a slot holding a box
+/// made every slot written or reset run the drop glue).
+#[derive(Debug, Default)]
+pub(super) struct Spill {
+    pub(super) text: String,
+    pub(super) wide: Vec<i256>,
+}
+
+impl Spill {
+    pub(super) fn clear(&mut self) {
+        self.text.clear();
+        self.wide.clear();
+    }
+
+    /// The slot of `text`, copied here.
+    pub(super) fn keep_text(&mut self, text: &str) -> Slot {
+        let from = self.text.len();
+        self.text.push_str(text);
+        Slot::Unescaped(from, self.text.len())
+    }
+
+    /// The slot of the 256-bit decimal `v`, kept here.
+    pub(super) fn keep_wide(&mut self, v: i256) -> Slot {
+        self.wide.push(v);
+        Slot::I256(self.wide.len() - 1)
+    }
+}
 
 /// The native types of the leaf columns, in and out of their [`Slot`] variant.
 pub(super) trait SlotNative: Sized {
@@ -142,18 +175,6 @@ impl SlotNative for i128 {
     fn from_slot(slot: &Slot) -> Option<Self> {
         match slot {
             Slot::I128(low, high) => Some(((*high as i128) << 64) | *low as i128),
-            _ => None,
-        }
-    }
-}
-
-impl SlotNative for i256 {
-    fn into_slot(self) -> Slot {
-        Slot::I256(Box::new(self))
-    }
-    fn from_slot(slot: &Slot) -> Option<Self> {
-        match slot {
-            Slot::I256(v) => Some(**v),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@
 //! general way ([`Scanner::object`]'s loop), which decides every refusal; the short way
 //! never refuses, it only steps aside (ADR 0018).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use arrow::compute::kernels::cast_utils::parse_decimal;
@@ -16,7 +17,7 @@ use arrow::datatypes::{
 };
 
 use super::rules::{
-    CheckFn, Leaf, LeafCtx, Slot, SlotNative, epoch_ms_int, leaf_check, timestamp_fast,
+    CheckFn, Leaf, LeafCtx, Slot, SlotNative, Spill, epoch_ms_int, leaf_check, timestamp_fast,
 };
 use crate::dlq::BadRecordReason;
 
@@ -33,7 +34,7 @@ enum Node {
     /// A hex string.
     Binary,
     /// The parse of the column's decimal type, its precision and scale.
-    Decimal(fn(&str, u8, i8, &mut Slot) -> bool, u8, i8),
+    Decimal(fn(&str, u8, i8, &mut Slot, &mut Spill) -> bool, u8, i8),
     /// A column of [`super::rules::leaf_check`]'s types, and which values it takes as
     /// the scanner read them, without its check.
     Leaf(LeafCtx, CheckFn, Fast),
@@ -271,17 +272,26 @@ impl StructNode {
         if !unique {
             return None;
         }
-        let at = |f: usize| match keys.get(f) {
-            Some(Some(q)) if q.starts(b) => Some((f, q.len())),
-            _ => None,
-        };
-        at(hint).or_else(|| {
-            let n = keys.len();
-            if n > KEY_SEARCH {
-                return None;
-            }
-            (hint + 1..n).chain(0..hint.min(n)).find_map(at)
-        })
+        match keys.get(hint) {
+            Some(Some(q)) if q.starts(b) => Some((hint, q.len())),
+            _ => Self::search_others(keys, b, hint),
+        }
+    }
+
+    /// [`StructNode::search`] past field `hint`: the fields after it, then those
+    /// before. Out of line, so that the expected key's match stays where it is used.
+    #[inline(never)]
+    fn search_others(keys: &[Option<QuotedKey>], b: &[u8], hint: usize) -> Option<(usize, usize)> {
+        let n = keys.len();
+        if n > KEY_SEARCH {
+            return None;
+        }
+        (hint + 1..n)
+            .chain(0..hint.min(n))
+            .find_map(|f| match &keys[f] {
+                Some(q) if q.starts(b) => Some((f, q.len())),
+                _ => None,
+            })
     }
 
     /// Like [`StructNode::find`], trying field `hint` first (keys usually come in the
@@ -295,7 +305,7 @@ impl StructNode {
 }
 
 /// Parses a decimal into `out`: whether it fits.
-fn decimal_value<T>(s: &str, precision: u8, scale: i8, out: &mut Slot) -> bool
+fn decimal_value<T>(s: &str, precision: u8, scale: i8, out: &mut Slot, _: &mut Spill) -> bool
 where
     T: DecimalType,
     T::Native: SlotNative,
@@ -303,6 +313,17 @@ where
     match parse_decimal::<T>(s, precision, scale) {
         Ok(v) => {
             *out = v.into_slot();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// [`decimal_value`] for 256-bit decimals, which are kept in the record's `spill`.
+fn decimal256_value(s: &str, precision: u8, scale: i8, out: &mut Slot, spill: &mut Spill) -> bool {
+    match parse_decimal::<Decimal256Type>(s, precision, scale) {
+        Ok(v) => {
+            *out = spill.keep_wide(v);
             true
         }
         Err(_) => false,
@@ -365,7 +386,7 @@ fn compile(dt: &DataType) -> Result<Node, String> {
         DataType::Decimal32(p, s) => Node::Decimal(decimal_value::<Decimal32Type>, *p, *s),
         DataType::Decimal64(p, s) => Node::Decimal(decimal_value::<Decimal64Type>, *p, *s),
         DataType::Decimal128(p, s) => Node::Decimal(decimal_value::<Decimal128Type>, *p, *s),
-        DataType::Decimal256(p, s) => Node::Decimal(decimal_value::<Decimal256Type>, *p, *s),
+        DataType::Decimal256(p, s) => Node::Decimal(decimal256_value, *p, *s),
         DataType::List(item) | DataType::LargeList(item) => Node::List {
             item: Box::new(compile(item.data_type())?),
             nullable: item.is_nullable(),
@@ -446,7 +467,7 @@ pub(super) struct Tape {
 }
 
 /// One step of a [`Tape`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Event {
     /// A scalar value, or a null list, struct or map.
     Value(Slot),
@@ -471,6 +492,9 @@ struct Scanner<'a> {
     i: usize,
     /// Unescaped text of the last string that had escapes.
     scratch: String,
+    /// The values of the record's slots that a slot does not hold (in a cell: values
+    /// are checked while the record's text is borrowed).
+    spill: RefCell<Spill>,
     /// Where nested values are recorded, if they are.
     tape: Option<Tape>,
     /// Whether `\n` ends the record (a line of JSON lines in a longer text) instead of
@@ -624,6 +648,7 @@ impl<'a> Scanner<'a> {
             b: s.as_bytes(),
             i: 0,
             scratch: String::new(),
+            spill: RefCell::default(),
             tape: None,
             lines: false,
         }
@@ -679,12 +704,12 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// The slot of a string kept as its text: where it is in the record, or its
-    /// unescaped copy. Only valid until the next string is scanned (the scratch).
+    /// The slot of a string kept as its text: where it is in the record, or where its
+    /// unescaped copy is in the spill.
     fn text_slot(&self, s: &Str) -> Slot {
         match *s {
             Str::Borrowed(a, b) => Slot::Span(a, b),
-            Str::Scratch => Slot::Unescaped(self.scratch.as_str().into()),
+            Str::Scratch => self.spill.borrow_mut().keep_text(&self.scratch),
         }
     }
 
@@ -1066,7 +1091,11 @@ impl<'a> Scanner<'a> {
                 _ => Err(format!("expected a hex string, found {}", leaf.describe())),
             },
             Node::Decimal(parse, p, s) => match leaf {
-                Leaf::Str(t) | Leaf::Num(t, _) if parse(t, *p, *s, out) => Ok(true),
+                Leaf::Str(t) | Leaf::Num(t, _)
+                    if parse(t, *p, *s, out, &mut self.spill.borrow_mut()) =>
+                {
+                    Ok(true)
+                }
                 Leaf::Str(_) | Leaf::Num(..) => Err(format!(
                     "expected Decimal({p}, {s}), found {}",
                     leaf.describe()
@@ -1522,27 +1551,40 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Runs `scan` on `sc` with `slots` reset to nulls and `tape` (cleared) lent to it.
+/// Where a scanned record's values are kept for the columns: a slot per root field,
+/// the values the slots do not hold themselves, and the tape of its lists, structs and
+/// maps (which there must be if any root field is nested).
+pub(super) struct Kept<'k> {
+    pub(super) slots: &'k mut [Slot],
+    pub(super) spill: &'k mut Spill,
+    pub(super) tape: Option<&'k mut Tape>,
+}
+
+/// Runs `scan` on `sc` with `kept`'s slots reset to nulls, and its spill and tape
+/// (cleared) lent to it.
 fn lend<'a, T>(
     sc: &mut Scanner<'a>,
-    mut slots: Option<&mut [Slot]>,
-    mut tape: Option<&mut Tape>,
+    kept: Option<Kept<'_>>,
     scan: impl FnOnce(&mut Scanner<'a>, Option<&mut [Slot]>) -> Scan<T>,
 ) -> Scan<T> {
-    if let Some(slots) = slots.as_deref_mut() {
-        // Not `fill`: that clones its value into each slot through a jump on the
-        // variant (3.9% of q0's CPU from a file); this writes `Null` and drops only
-        // the boxed variants.
-        for slot in slots.iter_mut() {
-            *slot = Slot::Null;
-        }
-    }
+    let Some(Kept {
+        slots,
+        spill,
+        mut tape,
+    }) = kept
+    else {
+        return scan(sc, None);
+    };
+    slots.fill(Slot::Null);
+    spill.clear();
+    std::mem::swap(sc.spill.get_mut(), spill);
     if let Some(t) = tape.as_deref_mut() {
         t.events.clear();
         t.fields.clear();
         sc.tape = Some(std::mem::take(t));
     }
-    let scanned = scan(sc, slots);
+    let scanned = scan(sc, Some(slots));
+    std::mem::swap(sc.spill.get_mut(), spill);
     if let (Some(t), Some(back)) = (sc.tape.take(), tape) {
         *back = t;
     }
@@ -1555,23 +1597,17 @@ fn lend<'a, T>(
 /// `None` if not, without saying why (the caller then takes the line on its own to
 /// [`scan_text`], which gives the refusal). Decoding a chunk of lines this way finds
 /// their ends while scanning them, instead of searching for each one first.
-pub(super) fn scan_line(
-    text: &str,
-    at: usize,
-    root: &StructNode,
-    slots: &mut [Slot],
-    tape: Option<&mut Tape>,
-) -> Option<usize> {
+pub(super) fn scan_line(text: &str, at: usize, root: &StructNode, kept: Kept<'_>) -> Option<usize> {
     let mut sc = Scanner::new(text);
     sc.i = at;
     sc.lines = true;
-    lend(&mut sc, Some(slots), tape, |sc, slots| sc.line(root, slots)).ok()
+    lend(&mut sc, Some(kept), |sc, slots| sc.line(root, slots)).ok()
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
 #[cfg(test)]
 pub(super) fn scan(record: &[u8], root: &StructNode) -> Scan<(usize, usize)> {
-    scan_text(utf8(record)?, root, None, None)
+    scan_text(utf8(record)?, root, None)
 }
 
 /// `record` as text, or the refusal of a record that is not UTF-8.
@@ -1590,19 +1626,17 @@ pub(super) fn utf8(record: &[u8]) -> Scan<&str> {
     })
 }
 
-/// Like [`scan`], on a record known to be text. With `slots` (one per root field), also
-/// leaves there the record's values: a scalar field's converted value, or the range of
-/// `tape`'s events that a list, struct or map field took (`tape` is cleared first, and
-/// must be given if any root field is nested). Their contents are unspecified if the
-/// record is refused.
+/// Like [`scan`], on a record known to be text. With `kept`, also leaves there the
+/// record's values (see [`Kept`]): in each root field's slot, a scalar's converted
+/// value or the range of the tape's events that a list, struct or map took. Their
+/// contents are unspecified if the record is refused.
 pub(super) fn scan_text(
     text: &str,
     root: &StructNode,
-    slots: Option<&mut [Slot]>,
-    tape: Option<&mut Tape>,
+    kept: Option<Kept<'_>>,
 ) -> Scan<(usize, usize)> {
     let mut sc = Scanner::new(text);
-    let scanned = lend(&mut sc, slots, tape, |sc, slots| sc.record(root, slots));
+    let scanned = lend(&mut sc, kept, |sc, slots| sc.record(root, slots));
     match scanned {
         Ok(r) => Ok(r),
         Err(r) if r.reason == BadRecordReason::SchemaMismatch => {

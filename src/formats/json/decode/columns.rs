@@ -23,7 +23,7 @@ use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
 use arrow::compute::nullif;
 use arrow::datatypes::{ArrowNativeType, DataType, FieldRef, Fields, TimeUnit, i256};
 
-use crate::formats::json::rules::{Slot, SlotNative};
+use crate::formats::json::rules::{Slot, SlotNative, Spill};
 use crate::formats::json::scanner::{Event, Tape};
 
 /// A column given a slot of another kind: a bug, since a column and its scanner node
@@ -35,10 +35,10 @@ fn wrong_slot(slot: &Slot) -> ! {
 
 /// The text of a slot of a column that keeps its value's text (strings, hex binary).
 #[inline(always)]
-fn slot_text<'r>(slot: &'r Slot, record: &'r str) -> &'r str {
-    match slot {
-        Slot::Span(a, b) => &record[*a..*b],
-        Slot::Unescaped(s) => s,
+fn slot_text<'r>(slot: &Slot, record: &'r str, spill: &'r Spill) -> &'r str {
+    match *slot {
+        Slot::Span(a, b) => &record[a..b],
+        Slot::Unescaped(a, b) => &spill.text[a..b],
         _ => wrong_slot(slot),
     }
 }
@@ -50,19 +50,11 @@ pub(super) struct Native<T> {
     values: Vec<T>,
 }
 
-impl<T: SlotNative + ArrowNativeType> Native<T> {
+impl<T: ArrowNativeType> Native<T> {
     fn new(data_type: &DataType, capacity: usize) -> Self {
         Native {
             data_type: data_type.clone(),
             values: Vec::with_capacity(capacity),
-        }
-    }
-
-    #[inline(always)]
-    fn append(&mut self, slot: &Slot) {
-        match T::from_slot(slot) {
-            Some(v) => self.values.push(v),
-            None => wrong_slot(slot),
         }
     }
 
@@ -77,6 +69,16 @@ impl<T: SlotNative + ArrowNativeType> Native<T> {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(make_array(data))
+    }
+}
+
+impl<T: SlotNative + ArrowNativeType> Native<T> {
+    #[inline(always)]
+    fn append(&mut self, slot: &Slot) {
+        match T::from_slot(slot) {
+            Some(v) => self.values.push(v),
+            None => wrong_slot(slot),
+        }
     }
 }
 
@@ -133,8 +135,9 @@ pub(super) enum Values {
     LargeHex(Box<HexColumn<i64>>),
 }
 
-/// `$body` for the column `$c` of whichever fixed-width variant `$values` is; the arms
-/// after it for the other variants.
+/// `$body` for the column `$c` of whichever fixed-width variant `$values` is, but for
+/// 256-bit decimals (kept in the spill, not in their slot); the arms after it for the
+/// other variants.
 macro_rules! each_native {
     ($values:expr, $c:ident => $body:expr, $($rest:tt)*) => {
         match $values {
@@ -147,7 +150,6 @@ macro_rules! each_native {
             Values::U32($c) => $body,
             Values::U64($c) => $body,
             Values::I128($c) => $body,
-            Values::I256($c) => $body,
             Values::F32($c) => $body,
             Values::F64($c) => $body,
             $($rest)*
@@ -195,17 +197,21 @@ impl Values {
     /// Appends `slot` (not a null), the value the scanner converted for this column
     /// from `record` (the text a [`Slot::Span`] is in).
     #[inline(always)]
-    fn append(&mut self, slot: &Slot, record: &str) {
+    fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
         each_native!(self, c => c.append(slot),
-            Values::Utf8(b) => b.append_value(slot_text(slot, record)),
-            Values::LargeUtf8(b) => b.append_value(slot_text(slot, record)),
-            Values::View(b) => b.append_value(slot_text(slot, record)),
+            Values::I256(c) => match *slot {
+                Slot::I256(i) => c.values.push(spill.wide[i]),
+                _ => wrong_slot(slot),
+            },
+            Values::Utf8(b) => b.append_value(slot_text(slot, record, spill)),
+            Values::LargeUtf8(b) => b.append_value(slot_text(slot, record, spill)),
+            Values::View(b) => b.append_value(slot_text(slot, record, spill)),
             Values::Bool(b) => match slot {
                 Slot::Bool(v) => b.append_value(*v),
                 _ => wrong_slot(slot),
             },
-            Values::Hex(h) => h.append(slot_text(slot, record)),
-            Values::LargeHex(h) => h.append(slot_text(slot, record)),
+            Values::Hex(h) => h.append(slot_text(slot, record, spill)),
+            Values::LargeHex(h) => h.append(slot_text(slot, record, spill)),
             Values::Null(_) => wrong_slot(slot),
         )
     }
@@ -214,6 +220,7 @@ impl Values {
     #[inline(always)]
     fn append_placeholder(&mut self) {
         each_native!(self, c => c.values.push(Default::default()),
+            Values::I256(c) => c.values.push(Default::default()),
             Values::Null(n) => *n += 1,
             Values::Bool(b) => b.append_value(false),
             Values::Utf8(b) => b.append_value(""),
@@ -235,6 +242,7 @@ impl Values {
             Arc::new(array)
         }
         let array: ArrayRef = each_native!(self, c => return c.finish(nulls),
+            Values::I256(c) => return c.finish(nulls),
             Values::Null(n) => return Ok(Arc::new(NullArray::new(std::mem::take(n)))),
             Values::Bool(b) => {
                 let rows = ArrayBuilder::len(b);
@@ -286,11 +294,11 @@ impl Leaf {
 
     /// Appends `slot`, the value the scanner converted for this column from `record`.
     #[inline(always)]
-    fn append(&mut self, slot: &Slot, record: &str) {
+    fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
         if let Slot::Null = slot {
             return self.append_null();
         }
-        self.values.append(slot, record);
+        self.values.append(slot, record, spill);
         self.valid.push(1);
     }
 
@@ -323,6 +331,15 @@ fn packed(valid: &[u8]) -> NullBuffer {
         bits.push(gather(last));
     }
     NullBuffer::new(BooleanBuffer::new(Buffer::from_vec(bits), 0, valid.len()))
+}
+
+/// A record the scanner accepted, and what it kept of it: the record's text (where a
+/// [`Slot::Span`] is), the values its slots do not hold, and the tape of its lists,
+/// structs and maps.
+pub(super) struct Scanned<'r> {
+    pub(super) record: &'r str,
+    pub(super) spill: &'r Spill,
+    pub(super) tape: &'r Tape,
 }
 
 /// A column built from the scanner's values: a scalar one, or a list, struct or map of
@@ -419,14 +436,14 @@ impl Column {
     }
 
     /// Appends a root field's value: `slot` as the scanner left it (a scalar, a null,
-    /// or the range of `tape` a list, struct or map took).
+    /// or the range of the tape a list, struct or map took) from the record `scanned`.
     #[inline(always)]
-    pub(super) fn append(&mut self, slot: &Slot, record: &str, tape: &Tape) {
+    pub(super) fn append(&mut self, slot: &Slot, scanned: &Scanned<'_>) {
         match (self, slot) {
-            (Column::Leaf(c), _) => c.append(slot, record),
+            (Column::Leaf(c), _) => c.append(slot, scanned.record, scanned.spill),
             (column, Slot::Null) => column.append_null(),
             (column, Slot::Span(from, _)) => {
-                column.replay_nested(record, tape, *from);
+                column.replay_nested(scanned, *from);
             }
             (_, slot) => wrong_slot(slot),
         }
@@ -452,18 +469,19 @@ impl Column {
     /// A scalar is appended here, without a call; a list, struct or map by
     /// [`Column::replay_nested`].
     #[inline(always)]
-    fn replay(&mut self, record: &str, tape: &Tape, at: usize) -> usize {
-        match (self, &tape.events[at]) {
+    fn replay(&mut self, scanned: &Scanned<'_>, at: usize) -> usize {
+        match (self, &scanned.tape.events[at]) {
             (Column::Leaf(c), Event::Value(slot)) => {
-                c.append(slot, record);
+                c.append(slot, scanned.record, scanned.spill);
                 at + 1
             }
-            (column, _) => column.replay_nested(record, tape, at),
+            (column, _) => column.replay_nested(scanned, at),
         }
     }
 
     /// [`Column::replay`] for a list, struct or map (or a null one).
-    fn replay_nested(&mut self, record: &str, tape: &Tape, at: usize) -> usize {
+    fn replay_nested(&mut self, scanned: &Scanned<'_>, at: usize) -> usize {
+        let tape = scanned.tape;
         let event = &tape.events[at];
         match (self, event) {
             (column, Event::Value(Slot::Null)) => column.append_null(),
@@ -471,9 +489,9 @@ impl Column {
                 let mut next = at + 1;
                 let mut n = 0;
                 while next < end {
-                    next = l.child.replay(record, tape, next);
+                    next = l.child.replay(scanned, next);
                     if let Some((values, _)) = &mut l.map {
-                        next = values.replay(record, tape, next);
+                        next = values.replay(scanned, next);
                     }
                     n += 1;
                 }
@@ -487,7 +505,7 @@ impl Column {
                     if a == b {
                         child.append_null();
                     } else {
-                        child.replay(record, tape, a);
+                        child.replay(scanned, a);
                     }
                 }
                 s.nulls.append_non_null();

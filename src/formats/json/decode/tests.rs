@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use super::{JsonDecoder, Rows};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::json::encode_json_lines;
-use crate::formats::json::rules::Slot;
-use crate::formats::json::scanner::{Tape, compile_struct, scan, scan_text, utf8};
+use crate::formats::json::rules::{Slot, Spill};
+use crate::formats::json::scanner::{Kept, Tape, compile_struct, scan, scan_text, utf8};
 use crate::testing::{Edit, apply_edits};
 
 /// Counts bad-record reports by reason, through the metrics they increment.
@@ -1308,11 +1308,19 @@ fn scanned_path_equals_the_arrow_json_path(
     prop_assert_eq!(&new.4, &old.4, "reasons");
     prop_assert_eq!(new.5, old.5, "bad records");
     let mut slots = vec![Slot::Null; s.fields().len()];
+    let mut spill = Spill::default();
     let mut tape = Tape::default();
     for r in records {
         let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
         let new = utf8(r)
-            .and_then(|t| scan_text(t, &root, Some(&mut slots), Some(&mut tape)))
+            .and_then(|t| {
+                let kept = Kept {
+                    slots: &mut slots,
+                    spill: &mut spill,
+                    tape: Some(&mut tape),
+                };
+                scan_text(t, &root, Some(kept))
+            })
             .map_err(|e| (e.reason, e.detail()));
         prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));
     }
