@@ -158,8 +158,8 @@ fn to_target(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
 /// fields of the same name: built from what the scanner converted, with no second
 /// decoder.
 ///
-/// The scanner converts a record's values into `slots` (and its lists, structs and
-/// maps onto `tape`) while it checks them; they are appended to `columns` only once
+/// The scanner converts a record's values into `slots` (what a slot does not hold
+/// into `spill`, and its lists, structs and maps onto `tape`) while it checks them; they are appended to `columns` only once
 /// the whole record is accepted, so a refused record leaves nothing behind and an
 /// accepted one is never refused afterwards.
 struct ScannedRows {

@@ -272,15 +272,15 @@ impl Values {
     }
 }
 
-/// A scalar column: its values, and which of them are valid, a byte per row. Appending
-/// either is a store: an Arrow null buffer builder moves to a bitmap at the first null,
-/// then sets a bit and checks its buffer's length for every value. The bytes are
-/// packed into a bitmap when the batch is finished (none when every value is valid).
+/// A scalar column: its values, and which of them are valid, a byte per row. Marking
+/// a value valid or null is one store (an Arrow null buffer builder, once a column has
+/// had a null, sets a bit and checks its buffer's length for every value). The bytes
+/// are packed into a bitmap when the batch is finished (none when every value is
+/// valid).
 pub(super) struct Leaf {
     values: Values,
     /// 1 for a valid value, 0 for a null.
     valid: Vec<u8>,
-    nulls: usize,
 }
 
 impl Leaf {
@@ -288,7 +288,6 @@ impl Leaf {
         Some(Leaf {
             values: Values::new(dt, capacity)?,
             valid: Vec::with_capacity(capacity),
-            nulls: 0,
         })
     }
 
@@ -306,11 +305,10 @@ impl Leaf {
     fn append_null(&mut self) {
         self.values.append_placeholder();
         self.valid.push(0);
-        self.nulls += 1;
     }
 
     fn finish(&mut self) -> Result<ArrayRef, String> {
-        let nulls = (std::mem::take(&mut self.nulls) > 0).then(|| packed(&self.valid));
+        let nulls = self.valid.contains(&0).then(|| packed(&self.valid));
         self.valid.clear();
         self.values.finish(nulls)
     }
