@@ -17,11 +17,9 @@ use arrow::datatypes::{
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 
-use self::columns::{Column, Scanned};
-use super::rules::{LastHour, Slot, Spill, timestamp_text};
-use super::scanner::{
-    Kept, Refusal, Scan, StructNode, Tape, compile_struct, scan_line, scan_text, utf8,
-};
+use super::columns::Column;
+use super::rules::{LastHour, Spill, timestamp_text};
+use super::scanner::{Refusal, Scan, Sink, StructNode, compile_struct, scan_line, scan_text, utf8};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -158,21 +156,14 @@ fn to_target(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, String> {
 /// fields of the same name: built from what the scanner converted, with no second
 /// decoder.
 ///
-/// The scanner converts a record's values into `slots` (what a slot does not hold
-/// into `spill`, and its lists, structs and maps onto `tape`) while it checks them; they are appended to `columns` only once
-/// the whole record is accepted, so a refused record leaves nothing behind and an
-/// accepted one is never refused afterwards.
+/// The scanner writes a record's values into `columns` while it checks them; a refused
+/// record is cut off them again (to `rows` values each), so a refused record leaves
+/// nothing behind and an accepted one is never refused afterwards.
 struct ScannedRows {
     /// One per root field, in order.
     columns: Vec<Column>,
-    /// The values of the record being scanned, one per column.
-    slots: Vec<Slot>,
-    /// The values of the record being scanned that its slots do not hold.
+    /// The values being converted that the record's text does not hold.
     spill: Spill,
-    /// The lists, structs and maps of the record being scanned.
-    tape: Tape,
-    /// Whether a root field is a list, struct or map (else the tape stays empty).
-    nested: bool,
     /// Rows appended since the last flush.
     rows: usize,
 }
@@ -191,44 +182,33 @@ impl ScannedRows {
             .iter()
             .map(|f| Column::new(f.data_type(), capacity))
             .collect::<Option<Vec<_>>>()?;
-        let nested = columns.iter().any(|c| !c.is_leaf());
         Some(ScannedRows {
-            slots: vec![Slot::Null; columns.len()],
-            spill: Spill::default(),
             columns,
-            tape: Tape::default(),
-            nested,
+            spill: Spill::default(),
             rows: 0,
         })
     }
 
-    /// Where the scanner keeps the record's values (the tape only if a root field is
-    /// nested).
-    fn kept(&mut self) -> Kept<'_> {
-        Kept {
-            slots: &mut self.slots,
+    fn sink(&mut self) -> Sink<'_> {
+        Sink {
+            columns: &mut self.columns,
             spill: &mut self.spill,
-            tape: self.nested.then_some(&mut self.tape),
+        }
+    }
+
+    /// Keeps the record just scanned if `kept`, else cuts it off the columns.
+    fn settle(&mut self, kept: bool) {
+        if kept {
+            self.rows += 1;
+        } else {
+            self.columns.iter_mut().for_each(|c| c.truncate(self.rows));
         }
     }
 
     fn push(&mut self, text: &str, root: &StructNode) -> Scan {
-        scan_text(text, root, Some(self.kept()))?;
-        self.append_row(text);
-        Ok(())
-    }
-
-    /// Appends the record just scanned from `text` (its slots and tape) as a row.
-    fn append_row(&mut self, text: &str) {
-        let scanned = Scanned {
-            record: text,
-            spill: &self.spill,
-            tape: &self.tape,
-        };
-        for (column, slot) in self.columns.iter_mut().zip(&self.slots) {
-            column.append(slot, &scanned);
-        }
-        self.rows += 1;
+        let scanned = scan_text(text, root, Some(self.sink()));
+        self.settle(scanned.is_ok());
+        scanned.map(|_| ())
     }
 
     /// Like [`ScannedRows::push`], for the line of `text` starting at `at`
@@ -241,12 +221,9 @@ impl ScannedRows {
         root: &StructNode,
         max_len: usize,
     ) -> Option<usize> {
-        let end = scan_line(text, at, root, self.kept())?;
-        if end - at > max_len {
-            return None;
-        }
-        self.append_row(text);
-        Some(end)
+        let end = scan_line(text, at, root, self.sink()).filter(|end| end - at <= max_len);
+        self.settle(end.is_some());
+        end
     }
 
     fn flush(&mut self, schema: &SchemaRef) -> crate::Result<Option<RecordBatch>> {
@@ -579,9 +556,9 @@ impl Bulk {
 /// ```
 ///
 /// Schemas whose structs have no two fields of the same name take one pass: the
-/// scanner converts each value while it checks it, and the values of an accepted
-/// record are appended to Arrow builders (a list's, struct's or map's values through
-/// the scanner's tape). Nothing is refused after `push` accepted it.
+/// scanner converts each value while it checks it and writes it into its column (a
+/// list's, struct's or map's values too); a refused record is cut off the columns
+/// again. Nothing is refused after `push` accepted it.
 ///
 /// Other schemas (a struct with two fields of the same name, or no columns): each
 /// record is scanned once by the scanner and decoded once by arrow-json in bulk; its
@@ -805,6 +782,5 @@ impl JsonDecoder {
     }
 }
 
-mod columns;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -11,10 +11,9 @@
 //! bytes, no allocation on the good path) that decides whether the record is strict
 //! JSON and whether its values fit the schema, converting each scalar value as it checks
 //! it; a refused record is reported to [`BadRecords`] and leaves nothing behind, so one
-//! bad record costs nothing to the others. The scanner's converted values of an
-//! accepted record are appended to Arrow builders: one pass in all. Lists, structs and
-//! maps too: the scanner records their values, in the order written, on a tape that is
-//! appended to list, struct and map columns once the record is accepted. Only schemas
+//! bad record costs nothing to the others. The scanner writes each converted value
+//! into its column as it checks it, lists, structs and maps included, and a refused
+//! record is cut off the columns again: one pass in all. Only schemas
 //! with a struct of two fields of the same name (and schemas without columns) have
 //! arrow-json decode the accepted records in bulk; the scanner accepts a subset of what
 //! arrow-json accepts (it mirrors arrow-json's rules, stricter where they are lenient,
@@ -43,6 +42,7 @@
 //!
 //! [`BadRecords`]: crate::dlq::BadRecords
 
+mod columns;
 mod decode;
 mod encode;
 mod rules;

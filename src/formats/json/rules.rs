@@ -79,8 +79,8 @@ fn int_text(s: &str) -> Option<i128> {
 }
 
 /// A leaf value as converted by the scanner: what the bulk path checks and drops, and
-/// the flat path keeps until its record is accepted (see
-/// [`FlatRows`](super::decode::FlatRows)).
+/// the scanned path appends to the value's column
+/// ([`Column::append`](super::columns::Column::append)).
 ///
 /// Each column kind fills one variant only (see [`SlotNative`],
 /// [`Scanner::leaf`](super::scanner::Scanner::leaf)), so a column reading back a slot of
@@ -114,9 +114,9 @@ pub(super) enum Slot {
 const _: () = assert!(std::mem::size_of::<Slot>() <= 24);
 
 /// The values of a record's [`Slot`]s that a slot does not hold itself: strings whose
-/// escapes were resolved, and 256-bit decimals. Kept beside the record's slots and
-/// cleared before each record, so that a slot is never dropped (a slot holding a box
-/// made every slot written or reset run the drop glue).
+/// escapes were resolved, and 256-bit decimals. Lent to the scanner and cleared before
+/// each record, so that a slot is never dropped (a slot holding a box made every slot
+/// written or reset run the drop glue).
 #[derive(Debug, Default)]
 pub(super) struct Spill {
     pub(super) text: String,

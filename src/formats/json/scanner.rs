@@ -7,6 +7,10 @@
 //! string, timestamp or number its column takes as written. Anything else goes the
 //! general way ([`Scanner::object`]'s loop), which decides every refusal; the short way
 //! never refuses, it only steps aside (ADR 0018).
+//!
+//! Given columns, the scanner writes each value into its column as it accepts it (a
+//! key written twice keeps its last value, the first one cut off); the caller cuts the
+//! columns back if the record is refused ([`super::columns`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,6 +20,7 @@ use arrow::datatypes::{
     DataType, Decimal32Type, Decimal64Type, Decimal128Type, Decimal256Type, DecimalType, TimeUnit,
 };
 
+use super::columns::{Column, ListColumn};
 use super::rules::{
     CheckFn, Leaf, LeafCtx, Slot, SlotNative, Spill, epoch_ms_int, leaf_check, timestamp_fast,
 };
@@ -153,11 +158,6 @@ impl Number {
 }
 
 impl Node {
-    /// A list, struct or map: a value the decoder builds from the tape, not a slot.
-    fn is_nested(&self) -> bool {
-        matches!(self, Node::List { .. } | Node::Struct(_) | Node::Map { .. })
-    }
-
     fn all_unique(&self) -> bool {
         match self {
             Node::List { item, .. } => item.all_unique(),
@@ -233,7 +233,7 @@ impl QuotedKey {
 
 impl StructNode {
     /// Whether no struct of this one's type, its own fields' or theirs, has two fields
-    /// of the same name (what building rows from the tape needs: one column per name).
+    /// of the same name (what writing into columns needs: one column per name).
     pub(super) fn all_unique(&self) -> bool {
         self.unique && self.fields.iter().all(|(_, _, n)| n.all_unique())
     }
@@ -454,37 +454,6 @@ impl Refusal {
 /// A scan's result; refusals are boxed to keep the good path's results small.
 pub(super) type Scan<T = ()> = Result<T, Box<Refusal>>;
 
-/// The nested values (lists, structs, maps) of one record, as the scanner converted
-/// them, in the order they were written: what the decoder appends to its columns once
-/// the record is accepted (see [`scan_text`]). Reused from record to record.
-#[derive(Debug, Default)]
-pub(super) struct Tape {
-    pub(super) events: Vec<Event>,
-    /// For each struct value, the event range of each of its fields in schema order
-    /// (empty for a field that was absent; the last one when a key was repeated),
-    /// starting at its [`Event::Open`]'s `fields`.
-    pub(super) fields: Vec<(usize, usize)>,
-}
-
-/// One step of a [`Tape`].
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Event {
-    /// A scalar value, or a null list, struct or map.
-    Value(Slot),
-    /// A list, struct or map, up to event `end` (exclusive): a list's items or a map's
-    /// keys and values follow, alternating; a struct's fields are found through the
-    /// tape's `fields`, from index `fields` on.
-    Open { end: usize, fields: usize },
-}
-
-/// Where the scanner is in a list, struct or map it records on the tape: its
-/// [`Event::Open`] and its first entry in [`Tape::fields`].
-#[derive(Clone, Copy)]
-struct Opened {
-    event: usize,
-    fields: usize,
-}
-
 /// A strict JSON scanner over one record, checking values against a schema.
 struct Scanner<'a> {
     s: &'a str,
@@ -493,60 +462,80 @@ struct Scanner<'a> {
     /// Unescaped text of the last string that had escapes.
     scratch: String,
     /// The values of the record's slots that a slot does not hold (in a cell: values
-    /// are checked while the record's text is borrowed).
+    /// are checked while the record's text is borrowed); cleared before each record.
     spill: RefCell<Spill>,
-    /// Where nested values are recorded, if they are.
-    tape: Option<Tape>,
     /// Whether `\n` ends the record (a line of JSON lines in a longer text) instead of
     /// being whitespace.
     lines: bool,
 }
 
-/// Which fields of an object had a non-null value (tracked only when some are required).
-/// A bit each in a word for structs of up to 64 fields (a shift of a `u128` by a
-/// variable costs a dozen instructions and a branch; of a `u64`, one).
-enum Present {
-    Untracked,
+/// The fields of an object whose key was read and its value accepted. A bit each in a
+/// word for structs of up to 64 fields (a shift of a `u128` by a variable costs a
+/// dozen instructions and a branch; of a `u64`, one). A non-nullable field's null is
+/// refused, so a non-nullable field seen has a value.
+enum Seen {
     Bits(u64),
     Many(Vec<bool>),
 }
 
-impl Present {
+impl Seen {
+    #[inline(always)]
     fn new(node: &StructNode) -> Self {
-        match (node.has_required, node.fields.len()) {
-            (false, _) => Present::Untracked,
-            (true, n) if n <= 64 => Present::Bits(0),
-            (true, n) => Present::Many(vec![false; n]),
+        match node.fields.len() {
+            n if n <= 64 => Seen::Bits(0),
+            n => Seen::Many(vec![false; n]),
         }
     }
 
-    fn set(&mut self, i: usize, v: bool) {
+    #[inline(always)]
+    fn set(&mut self, i: usize) {
         match self {
-            Present::Untracked => {}
-            Present::Bits(b) if v => *b |= 1 << i,
-            Present::Bits(b) => *b &= !(1 << i),
-            Present::Many(m) => m[i] = v,
+            Seen::Bits(b) => *b |= 1 << i,
+            Seen::Many(m) => m[i] = true,
         }
     }
 
-    /// Whether every non-nullable field of `node` is present: one comparison for
-    /// structs of up to 64 fields.
-    fn all(&self, node: &StructNode) -> bool {
-        match self {
-            Present::Bits(b) => b & node.required == node.required,
-            _ => node
-                .fields
-                .iter()
-                .enumerate()
-                .all(|(f, (_, nullable, _))| *nullable || self.get(f)),
-        }
-    }
-
+    #[inline(always)]
     fn get(&self, i: usize) -> bool {
         match self {
-            Present::Untracked => true,
-            Present::Bits(b) => b & (1 << i) != 0,
-            Present::Many(m) => m[i],
+            Seen::Bits(b) => b & (1 << i) != 0,
+            Seen::Many(m) => m[i],
+        }
+    }
+
+    /// Whether every non-nullable field of `node` was seen: one comparison for structs
+    /// of up to 64 fields.
+    fn all_required(&self, node: &StructNode) -> bool {
+        match self {
+            Seen::Bits(b) => b & node.required == node.required,
+            Seen::Many(m) => node
+                .fields
+                .iter()
+                .zip(m)
+                .all(|((_, nullable, _), seen)| *nullable || *seen),
+        }
+    }
+
+    /// Appends a null to the column of each field not seen.
+    #[inline(always)]
+    fn fill(&self, columns: &mut [Column]) {
+        match self {
+            Seen::Bits(b) => {
+                let all = u64::MAX >> (64 - columns.len().max(1));
+                let mut absent = !b & all;
+                if columns.is_empty() {
+                    absent = 0;
+                }
+                while absent != 0 {
+                    columns[absent.trailing_zeros() as usize].append_null();
+                    absent &= absent - 1;
+                }
+            }
+            Seen::Many(m) => {
+                for (column, _) in columns.iter_mut().zip(m).filter(|(_, seen)| !**seen) {
+                    column.append_null();
+                }
+            }
         }
     }
 }
@@ -649,52 +638,14 @@ impl<'a> Scanner<'a> {
             i: 0,
             scratch: String::new(),
             spill: RefCell::default(),
-            tape: None,
             lines: false,
         }
     }
 
-    /// Starts recording a list, struct or map of `fields` fields (0 for lists and
-    /// maps) on the tape, if there is one.
-    fn open(&mut self, fields: usize) -> Option<Opened> {
-        let t = self.tape.as_mut()?;
-        let opened = Opened {
-            event: t.events.len(),
-            fields: t.fields.len(),
-        };
-        t.fields.resize(opened.fields + fields, (0, 0));
-        t.events.push(Event::Open { end: 0, fields: 0 });
-        Some(opened)
-    }
-
-    /// Ends the list, struct or map `opened` at the tape's current end.
-    fn close(&mut self, opened: Option<Opened>) {
-        if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
-            t.events[o.event] = Event::Open {
-                end: t.events.len(),
-                fields: o.fields,
-            };
-        }
-    }
-
-    /// Records that field `f` of the struct `opened` took the tape's events from `from`
-    /// to its end, if there is a tape.
-    fn taped_field(&mut self, opened: Option<Opened>, f: usize, from: usize) {
-        if let (Some(o), Some(t)) = (opened, self.tape.as_mut()) {
-            t.fields[o.fields + f] = (from, t.events.len());
-        }
-    }
-
-    /// The number of events on the tape (0 without one).
-    fn taped(&self) -> usize {
-        self.tape.as_ref().map_or(0, |t| t.events.len())
-    }
-
-    /// Records a scalar value (or a null) on the tape, if there is one.
-    fn tape_value(&mut self, slot: Slot) {
-        if let Some(t) = self.tape.as_mut() {
-            t.events.push(Event::Value(slot));
-        }
+    /// Appends `slot`, converted from this record, to `column`.
+    #[inline(always)]
+    fn put(&mut self, column: &mut Column, slot: &Slot) {
+        column.append(slot, self.s, self.spill.get_mut());
     }
 
     fn text(&self, s: &Str) -> &str {
@@ -1114,12 +1065,25 @@ impl<'a> Scanner<'a> {
         r.map_err(|m| self.mismatch(at, m))
     }
 
-    /// Scans a value and checks it against `node`, recording it on the tape if there is
+    /// Scans a value and checks it against `node`, appending it to `column` if there is
     /// one. A null is refused unless `nullable`.
-    fn value(&mut self, node: &Node, nullable: bool, depth: usize) -> Scan {
+    fn value(
+        &mut self,
+        node: &Node,
+        nullable: bool,
+        depth: usize,
+        column: Option<&mut Column>,
+    ) -> Scan {
         self.ws();
         match (self.b.get(self.i), node) {
-            (Some(b'{'), Node::Struct(s)) => self.object(s, depth, None),
+            (Some(b'{'), Node::Struct(s)) => match column.map(Column::as_struct) {
+                Some(c) => {
+                    self.object(s, depth, Some(&mut c.children))?;
+                    c.end_value();
+                    Ok(())
+                }
+                None => self.object(s, depth, None),
+            },
             (
                 Some(b'{'),
                 Node::Map {
@@ -1127,12 +1091,22 @@ impl<'a> Scanner<'a> {
                     value,
                     value_nullable,
                 },
-            ) => self.map(key, value, *value_nullable, depth),
-            (Some(b'['), Node::List { item, nullable }) => self.array(item, *nullable, depth),
+            ) => self.map(
+                key,
+                value,
+                *value_nullable,
+                depth,
+                column.map(Column::as_list),
+            ),
+            (Some(b'['), Node::List { item, nullable }) => {
+                self.array(item, *nullable, depth, column.map(Column::as_list))
+            }
             _ => {
                 let mut slot = Slot::Null;
                 self.leaf(node, nullable, depth, &mut slot)?;
-                self.tape_value(slot);
+                if let Some(column) = column {
+                    self.put(column, &slot);
+                }
                 Ok(())
             }
         }
@@ -1200,100 +1174,115 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    fn array(&mut self, item: &Node, nullable: bool, depth: usize) -> Scan {
+    fn array(
+        &mut self,
+        item: &Node,
+        nullable: bool,
+        depth: usize,
+        mut column: Option<&mut ListColumn>,
+    ) -> Scan {
         if depth >= MAX_DEPTH {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         self.i += 1;
-        let opened = self.open(0);
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
-            self.close(opened);
-            return Ok(());
-        }
-        let mut n = 0usize;
-        loop {
-            self.value(item, nullable, depth + 1)
-                .map_err(|r| r.within(PathSeg::Index(n)))?;
-            n += 1;
-            self.ws();
-            match self.b.get(self.i) {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    self.close(opened);
-                    return Ok(());
+        } else {
+            let mut n = 0usize;
+            loop {
+                let items = column.as_deref_mut().map(|l| &mut l.child);
+                self.value(item, nullable, depth + 1, items)
+                    .map_err(|r| r.within(PathSeg::Index(n)))?;
+                n += 1;
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b']') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("',' or ']'")),
                 }
-                _ => return Err(self.unexpected("',' or ']'")),
             }
         }
+        if let Some(l) = column {
+            l.end_value();
+        }
+        Ok(())
     }
 
-    fn map(&mut self, key: &Node, value: &Node, value_nullable: bool, depth: usize) -> Scan {
+    fn map(
+        &mut self,
+        key: &Node,
+        value: &Node,
+        value_nullable: bool,
+        depth: usize,
+        mut column: Option<&mut ListColumn>,
+    ) -> Scan {
         if depth >= MAX_DEPTH {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         self.i += 1;
-        let opened = self.open(0);
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
-            self.close(opened);
-            return Ok(());
-        }
-        loop {
-            self.ws();
-            if self.b.get(self.i) != Some(&b'"') {
-                return Err(self.unexpected("a string key"));
-            }
-            let at = self.i;
-            let k = self.string()?;
-            let name = self.keep(&k);
-            let mut slot = Slot::Null;
-            let converted = self
-                .check_leaf(key, Leaf::Str(&name), at, &mut slot)
-                .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
-            if self.tape.is_some() {
-                if !converted {
-                    slot = self.text_slot(&k);
+        } else {
+            loop {
+                self.ws();
+                if self.b.get(self.i) != Some(&b'"') {
+                    return Err(self.unexpected("a string key"));
                 }
-                self.tape_value(slot);
-            }
-            self.ws();
-            self.eat(b':', "':'")?;
-            self.value(value, value_nullable, depth + 1)
-                .map_err(|r| r.within(PathSeg::Field(name.into_owned())))?;
-            self.ws();
-            match self.b.get(self.i) {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    self.close(opened);
-                    return Ok(());
+                let at = self.i;
+                let k = self.string()?;
+                let name = self.keep(&k);
+                let mut slot = Slot::Null;
+                let converted = self
+                    .check_leaf(key, Leaf::Str(&name), at, &mut slot)
+                    .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
+                if let Some(l) = column.as_deref_mut() {
+                    if !converted {
+                        slot = self.text_slot(&k);
+                    }
+                    self.put(&mut l.child, &slot);
                 }
-                _ => return Err(self.unexpected("',' or '}'")),
+                self.ws();
+                self.eat(b':', "':'")?;
+                let values = column.as_deref_mut().map(ListColumn::map_values);
+                self.value(value, value_nullable, depth + 1, values)
+                    .map_err(|r| r.within(PathSeg::Field(name.into_owned())))?;
+                self.ws();
+                match self.b.get(self.i) {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("',' or '}'")),
+                }
             }
         }
+        if let Some(l) = column {
+            l.end_value();
+        }
+        Ok(())
     }
 
-    /// Scans an object of `node`. With `slots` (one per field, all [`Slot::Null`]), also
-    /// keeps each field's value there: a scalar's converted value, or the range of
-    /// events a list, struct or map took on the tape (which there must then be); the
-    /// last one when a key is repeated, as arrow-json does. Without `slots`, the
-    /// object is recorded on the tape if there is one.
-    fn object(&mut self, node: &StructNode, depth: usize, mut slots: Option<&mut [Slot]>) -> Scan {
+    /// Scans an object of `node`. With `columns` (one per field), also appends each
+    /// field's value to its column, and a null to the column of each field absent; the
+    /// last value when a key is repeated, as arrow-json does.
+    fn object(
+        &mut self,
+        node: &StructNode,
+        depth: usize,
+        mut columns: Option<&mut [Column]>,
+    ) -> Scan {
         if depth >= MAX_DEPTH {
             return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         let start = self.i;
         self.i += 1;
-        let opened = match slots {
-            Some(_) => None,
-            None => self.open(node.fields.len()),
-        };
-        // Fields whose last value was present and not null, when some are required.
-        let mut present = Present::new(node);
+        let mut seen = Seen::new(node);
         // The field expected next.
         let mut hint = 0;
         self.ws();
@@ -1303,8 +1292,8 @@ impl<'a> Scanner<'a> {
             loop {
                 // The short way matches the key at the cursor (whitespace before it
                 // makes it step aside to the general way, which takes any).
-                if let Some(f) = self.quick(node, hint, opened, slots.as_deref_mut()) {
-                    present.set(f, true);
+                if let Some(f) = self.quick(node, hint, &seen, columns.as_deref_mut()) {
+                    seen.set(f);
                     hint = f + 1;
                     // The separator looked at here too, not shared with the general
                     // way's below: sharing it measured 2-7% slower on bids and kitchen.
@@ -1325,14 +1314,7 @@ impl<'a> Scanner<'a> {
                 if self.b.get(self.i) != Some(&b'"') {
                     return Err(self.unexpected("a string key"));
                 }
-                self.field(
-                    node,
-                    &mut hint,
-                    depth,
-                    opened,
-                    slots.as_deref_mut(),
-                    &mut present,
-                )?;
+                self.field(node, &mut hint, depth, columns.as_deref_mut(), &mut seen)?;
                 self.ws();
                 match self.b.get(self.i) {
                     Some(b',') => self.i += 1,
@@ -1344,30 +1326,31 @@ impl<'a> Scanner<'a> {
                 }
             }
         }
-        if node.has_required && !present.all(node) {
+        if node.has_required && !seen.all_required(node) {
             for (f, (name, nullable, _)) in node.fields.iter().enumerate() {
-                if !nullable && !present.get(f) {
+                if !nullable && !seen.get(f) {
                     return Err(self
                         .mismatch(start, "missing value for a non-nullable field")
                         .within(PathSeg::Field(name.clone())));
                 }
             }
         }
-        self.close(opened);
+        if let Some(columns) = columns {
+            seen.fill(columns);
+        }
         Ok(())
     }
 
     /// The field at the cursor (a key, its colon and its value) of an object of `node`,
     /// the general way: any key, whitespace and value, and every refusal. `hint`,
-    /// `opened`, `slots` and `present` are [`Scanner::object`]'s.
+    /// `columns` and `seen` are [`Scanner::object`]'s.
     fn field(
         &mut self,
         node: &StructNode,
         hint: &mut usize,
         depth: usize,
-        opened: Option<Opened>,
-        slots: Option<&mut [Slot]>,
-        present: &mut Present,
+        columns: Option<&mut [Column]>,
+        seen: &mut Seen,
     ) -> Scan {
         let field = match node.key_at(&self.b[self.i..], *hint) {
             Some((f, len)) => {
@@ -1386,26 +1369,16 @@ impl<'a> Scanner<'a> {
             Some(f) => {
                 *hint = f + 1;
                 let (name, nullable, child) = &node.fields[f];
-                self.ws();
-                let is_null = self.b.get(self.i) == Some(&b'n');
-                let from = self.taped();
-                let r = match slots {
-                    Some(slots) if !child.is_nested() => {
-                        self.leaf(child, *nullable, depth + 1, &mut slots[f])
-                    }
-                    Some(slots) => {
-                        let r = self.value(child, *nullable, depth + 1);
-                        slots[f] = Slot::Span(from, self.taped());
-                        r
-                    }
-                    None => {
-                        let r = self.value(child, *nullable, depth + 1);
-                        self.taped_field(opened, f, from);
-                        r
-                    }
-                };
-                r.map_err(|r| r.within(PathSeg::Field(name.clone())))?;
-                present.set(f, !is_null);
+                let mut column = columns.map(|c| &mut c[f]);
+                // A key written again keeps its last value.
+                if let Some(c) = column.as_deref_mut()
+                    && seen.get(f)
+                {
+                    c.pop();
+                }
+                self.value(child, *nullable, depth + 1, column)
+                    .map_err(|r| r.within(PathSeg::Field(name.clone())))?;
+                seen.set(f);
             }
         }
         Ok(())
@@ -1416,35 +1389,37 @@ impl<'a> Scanner<'a> {
     /// (field `hint` tried first, as [`StructNode::key_at`] does), then a value its
     /// column takes as written: a string without escapes for a text column, an RFC
     /// 3339 string or an integer for a timestamp, a number [`Fast`] takes. The value
-    /// is left where [`Scanner::object`] leaves it (`slots`, or the tape of
-    /// `opened`), the cursor past it, and the field returned. Anything else returns
-    /// `None` with the cursor and the slots untouched, and the general path takes the
-    /// field from its key: the same value or the same refusal, by the same rules.
+    /// is appended to its column of `columns` if there are columns, the cursor moved
+    /// past it, and the field returned. Anything else (a key `seen` already, when
+    /// there are columns) returns `None` with the cursor and the columns untouched,
+    /// and the general path takes the field from its key: the same value or the same
+    /// refusal, by the same rules.
     #[inline(always)]
     fn quick(
         &mut self,
         node: &StructNode,
         hint: usize,
-        opened: Option<Opened>,
-        slots: Option<&mut [Slot]>,
+        seen: &Seen,
+        columns: Option<&mut [Column]>,
     ) -> Option<usize> {
         let (f, len) = node.keyed_at(&self.b[self.i..], hint)?;
         let at = self.i + len;
-        match slots {
-            Some(slots) => {
-                let out = slots.get_mut(f)?;
-                self.quick_value(&node.fields[f].2, at, out).then_some(f)
-            }
-            None => {
-                let mut slot = Slot::Null;
+        let mut slot = Slot::Null;
+        match columns {
+            Some(columns) => {
+                if seen.get(f) {
+                    return None;
+                }
+                let column = columns.get_mut(f)?;
                 if !self.quick_value(&node.fields[f].2, at, &mut slot) {
                     return None;
                 }
-                let from = self.taped();
-                self.tape_value(slot);
-                self.taped_field(opened, f, from);
+                self.put(column, &slot);
                 Some(f)
             }
+            None => self
+                .quick_value(&node.fields[f].2, at, &mut slot)
+                .then_some(f),
         }
     }
 
@@ -1502,13 +1477,17 @@ impl<'a> Scanner<'a> {
     }
 
     /// Checks a whole record: one object, surrounded by whitespace only. Returns the
-    /// byte range of the object. `slots` as for [`Scanner::object`].
-    fn record(&mut self, root: &StructNode, slots: Option<&mut [Slot]>) -> Scan<(usize, usize)> {
+    /// byte range of the object. `columns` as for [`Scanner::object`].
+    fn record(
+        &mut self,
+        root: &StructNode,
+        columns: Option<&mut [Column]>,
+    ) -> Scan<(usize, usize)> {
         self.ws();
         let start = self.i;
         match self.b.get(self.i) {
             None => return Err(self.syntax("empty record")),
-            Some(b'{') => self.object(root, 0, slots)?,
+            Some(b'{') => self.object(root, 0, columns)?,
             Some(_) => {
                 self.skip(0)?;
                 self.ws();
@@ -1535,13 +1514,13 @@ impl<'a> Scanner<'a> {
 
     /// Checks the record on the line that starts at the cursor: a JSON object,
     /// surrounded by whitespace other than `\n`. Returns where the line ends: past its
-    /// `\n`, or at the end of the text. `slots` as for [`Scanner::object`].
-    fn line(&mut self, root: &StructNode, slots: Option<&mut [Slot]>) -> Scan<usize> {
+    /// `\n`, or at the end of the text. `columns` as for [`Scanner::object`].
+    fn line(&mut self, root: &StructNode, columns: Option<&mut [Column]>) -> Scan<usize> {
         self.ws();
         if self.b.get(self.i) != Some(&b'{') {
             return Err(self.unexpected("a JSON object"));
         }
-        self.object(root, 0, slots)?;
+        self.object(root, 0, columns)?;
         self.ws();
         match self.b.get(self.i) {
             None => Ok(self.i),
@@ -1551,57 +1530,41 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Where a scanned record's values are kept for the columns: a slot per root field,
-/// the values the slots do not hold themselves, and the tape of its lists, structs and
-/// maps (which there must be if any root field is nested).
-pub(super) struct Kept<'k> {
-    pub(super) slots: &'k mut [Slot],
+/// Where a scanned record's values are written: a column per root field, and the
+/// values being converted that the record's text does not hold (cleared first).
+pub(super) struct Sink<'k> {
+    pub(super) columns: &'k mut [Column],
     pub(super) spill: &'k mut Spill,
-    pub(super) tape: Option<&'k mut Tape>,
 }
 
-/// Runs `scan` on `sc` with `kept`'s slots reset to nulls, and its spill and tape
-/// (cleared) lent to it.
+/// Runs `scan` on `sc` with `sink`'s columns, and its spill (cleared) lent to it.
 fn lend<'a, T>(
     sc: &mut Scanner<'a>,
-    kept: Option<Kept<'_>>,
-    scan: impl FnOnce(&mut Scanner<'a>, Option<&mut [Slot]>) -> Scan<T>,
+    sink: Option<Sink<'_>>,
+    scan: impl FnOnce(&mut Scanner<'a>, Option<&mut [Column]>) -> Scan<T>,
 ) -> Scan<T> {
-    let Some(Kept {
-        slots,
-        spill,
-        mut tape,
-    }) = kept
-    else {
+    let Some(Sink { columns, spill }) = sink else {
         return scan(sc, None);
     };
-    slots.fill(Slot::Null);
     spill.clear();
     std::mem::swap(sc.spill.get_mut(), spill);
-    if let Some(t) = tape.as_deref_mut() {
-        t.events.clear();
-        t.fields.clear();
-        sc.tape = Some(std::mem::take(t));
-    }
-    let scanned = scan(sc, Some(slots));
+    let scanned = scan(sc, Some(columns));
     std::mem::swap(sc.spill.get_mut(), spill);
-    if let (Some(t), Some(back)) = (sc.tape.take(), tape) {
-        *back = t;
-    }
     scanned
 }
 
-/// Like [`scan_text`] with slots, for the record on the line of `text` (lines end at
+/// Like [`scan_text`] with a sink, for the record on the line of `text` (lines end at
 /// `\n`) that starts at byte `at`: where the line ends (past its `\n`, or at the end
-/// of `text`) if it holds a record that fits, the slots' spans being places in `text`;
-/// `None` if not, without saying why (the caller then takes the line on its own to
-/// [`scan_text`], which gives the refusal). Decoding a chunk of lines this way finds
-/// their ends while scanning them, instead of searching for each one first.
-pub(super) fn scan_line(text: &str, at: usize, root: &StructNode, kept: Kept<'_>) -> Option<usize> {
+/// of `text`) if it holds a record that fits, its values appended to the sink's
+/// columns; `None` if not, without saying why (the caller then cuts the columns back
+/// and takes the line on its own to [`scan_text`], which gives the refusal). Decoding
+/// a chunk of lines this way finds their ends while scanning them, instead of
+/// searching for each one first.
+pub(super) fn scan_line(text: &str, at: usize, root: &StructNode, sink: Sink<'_>) -> Option<usize> {
     let mut sc = Scanner::new(text);
     sc.i = at;
     sc.lines = true;
-    lend(&mut sc, Some(kept), |sc, slots| sc.line(root, slots)).ok()
+    lend(&mut sc, Some(sink), |sc, columns| sc.line(root, columns)).ok()
 }
 
 /// Checks `record` against `root`: `Ok` with the byte range of the object, or why not.
@@ -1626,17 +1589,16 @@ pub(super) fn utf8(record: &[u8]) -> Scan<&str> {
     })
 }
 
-/// Like [`scan`], on a record known to be text. With `kept`, also leaves there the
-/// record's values (see [`Kept`]): in each root field's slot, a scalar's converted
-/// value or the range of the tape's events that a list, struct or map took. Their
-/// contents are unspecified if the record is refused.
+/// Like [`scan`], on a record known to be text. With a sink, also appends the
+/// record's values to its columns (see [`Sink`]); if the record is refused, the
+/// columns may hold part of it, for the caller to cut back.
 pub(super) fn scan_text(
     text: &str,
     root: &StructNode,
-    kept: Option<Kept<'_>>,
+    sink: Option<Sink<'_>>,
 ) -> Scan<(usize, usize)> {
     let mut sc = Scanner::new(text);
-    let scanned = lend(&mut sc, kept, |sc, slots| sc.record(root, slots));
+    let scanned = lend(&mut sc, sink, |sc, columns| sc.record(root, columns));
     match scanned {
         Ok(r) => Ok(r),
         Err(r) if r.reason == BadRecordReason::SchemaMismatch => {

@@ -17,9 +17,10 @@ use proptest::prelude::*;
 
 use super::{JsonDecoder, Rows};
 use crate::dlq::{BadRecordReason, BadRecords};
+use crate::formats::json::columns::Column;
 use crate::formats::json::encode_json_lines;
-use crate::formats::json::rules::{Slot, Spill};
-use crate::formats::json::scanner::{Kept, Tape, compile_struct, scan, scan_text, utf8};
+use crate::formats::json::rules::Spill;
+use crate::formats::json::scanner::{Sink, compile_struct, scan, scan_text, utf8};
 use crate::testing::{Edit, apply_edits};
 
 /// Counts bad-record reports by reason, through the metrics they increment.
@@ -1307,19 +1308,21 @@ fn scanned_path_equals_the_arrow_json_path(
     prop_assert_eq!(&new.3, &old.3, "dropped");
     prop_assert_eq!(&new.4, &old.4, "reasons");
     prop_assert_eq!(new.5, old.5, "bad records");
-    let mut slots = vec![Slot::Null; s.fields().len()];
+    let mut columns: Option<Vec<Column>> = s
+        .fields()
+        .iter()
+        .map(|f| Column::new(f.data_type(), 8))
+        .collect();
     let mut spill = Spill::default();
-    let mut tape = Tape::default();
     for r in records {
         let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
         let new = utf8(r)
             .and_then(|t| {
-                let kept = Kept {
-                    slots: &mut slots,
+                let sink = columns.as_deref_mut().map(|columns| Sink {
+                    columns,
                     spill: &mut spill,
-                    tape: Some(&mut tape),
-                };
-                scan_text(t, &root, Some(kept))
+                });
+                scan_text(t, &root, sink)
             })
             .map_err(|e| (e.reason, e.detail()));
         prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));

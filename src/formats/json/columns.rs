@@ -1,30 +1,31 @@
-//! The Arrow columns an accepted record's converted values are appended to: a scalar
-//! column per leaf type ([`Leaf`]), and list, struct and map columns built from the
-//! scanner's [`Tape`]. Every column is compiled from the same type as the scanner node
-//! that fills its slots, so a slot of another kind is a bug, not bad input.
+//! The Arrow columns the scanner writes a record's values into while it checks them:
+//! a scalar column per leaf type ([`Leaf`]), and list, struct and map columns of
+//! columns. Every column is compiled from the same type as the scanner node that
+//! fills it, so a value of another kind is a bug, not bad input.
+//!
+//! A record's values are appended as they are scanned, and taken back if the record
+//! is refused: every column can be cut back to a length ([`Column::truncate`]), which
+//! cuts its children too. A key written twice in one object keeps its last value the
+//! same way (the first one is cut off). Nothing is kept aside to be appended later
+//! (ADR 0018, addendum "stop 40").
 //!
 //! A scalar column is an enum matched where a value is appended, not a trait object.
-//! Fixed-width values are kept in a `Vec` of their native type and handed to Arrow
-//! whole when the batch is finished; strings and booleans use Arrow's builders. Which
-//! values are null is kept as a byte per value and packed into a bitmap at the end
-//! (ADR 0018, addendum "stop 39").
+//! Fixed-width values are kept in a `Vec` of their native type, strings and binaries in
+//! a `Vec` of bytes and one of offsets, booleans a byte each; they are handed to Arrow
+//! whole when the batch is finished. Which values are null is kept as a byte per value
+//! and packed into a bitmap at the end (addendum "stop 39").
 
 use std::sync::Arc;
 
-use arrow::array::builder::{
-    BooleanBuilder, GenericBinaryBuilder, GenericStringBuilder, LargeStringBuilder, StringBuilder,
-    StringViewBuilder,
-};
 use arrow::array::{
-    ArrayBuilder, ArrayDataBuilder, ArrayRef, BooleanArray, LargeListArray, ListArray, MapArray,
-    NullArray, NullBufferBuilder, OffsetSizeTrait, StructArray, make_array,
+    ArrayDataBuilder, ArrayRef, BooleanArray, GenericBinaryArray, GenericStringArray,
+    LargeListArray, LargeStringArray, ListArray, MapArray, NullArray, OffsetSizeTrait,
+    StringViewArray, StructArray, make_array,
 };
-use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer};
-use arrow::compute::nullif;
+use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{ArrowNativeType, DataType, FieldRef, Fields, TimeUnit, i256};
 
 use crate::formats::json::rules::{Slot, SlotNative, Spill};
-use crate::formats::json::scanner::{Event, Tape};
 
 /// A column given a slot of another kind: a bug, since a column and its scanner node
 /// are compiled from the same type (see [`Leaf::new`]).
@@ -82,31 +83,81 @@ impl<T: SlotNative + ArrowNativeType> Native<T> {
     }
 }
 
-/// Binary from hex strings, decoded as arrow-json does: pairs of digits, then a last
-/// lone digit as a byte of its own.
-pub(super) struct HexColumn<O: OffsetSizeTrait> {
-    builder: GenericBinaryBuilder<O>,
+/// Variable-length values (strings, binaries): their bytes end to end, and where each
+/// one ends. An `O` too narrow for the bytes appended is reported when the batch is
+/// finished.
+pub(super) struct Bytes<O> {
+    ends: Vec<O>,
     bytes: Vec<u8>,
+    overflow: bool,
 }
 
-impl<O: OffsetSizeTrait> HexColumn<O> {
-    fn new(capacity: usize) -> Box<Self> {
-        Box::new(HexColumn {
-            builder: GenericBinaryBuilder::with_capacity(capacity, capacity * 8),
-            bytes: Vec::new(),
-        })
+impl<O: OffsetSizeTrait> Bytes<O> {
+    fn new(capacity: usize) -> Self {
+        let mut ends = Vec::with_capacity(capacity + 1);
+        ends.push(O::usize_as(0));
+        Bytes {
+            ends,
+            bytes: Vec::with_capacity(capacity * 16),
+            overflow: false,
+        }
     }
 
-    fn append(&mut self, text: &str) {
-        // The scanner let only hex digits through.
-        let digit = |c: &u8| (*c as char).to_digit(16).unwrap_or(0) as u8;
-        let mut pairs = text.as_bytes().chunks_exact(2);
-        self.bytes.clear();
-        self.bytes
-            .extend((&mut pairs).map(|p| (digit(&p[0]) << 4) | digit(&p[1])));
-        self.bytes.extend(pairs.remainder().iter().map(digit));
-        self.builder.append_value(&self.bytes);
+    /// Ends the value whose bytes were appended since the last one ended.
+    #[inline(always)]
+    fn end_value(&mut self) {
+        match O::from_usize(self.bytes.len()) {
+            Some(end) => self.ends.push(end),
+            None => {
+                self.overflow = true;
+                self.ends.push(O::usize_as(0));
+            }
+        }
     }
+
+    #[inline(always)]
+    fn append(&mut self, value: &[u8]) {
+        self.bytes.extend_from_slice(value);
+        self.end_value();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.ends.truncate(len + 1);
+        self.bytes.truncate(self.ends[len].as_usize());
+    }
+
+    /// The offsets and bytes appended since the last call; the vectors are left sized
+    /// for a batch like this one.
+    fn take(&mut self) -> Result<(OffsetBuffer<O>, Buffer), String> {
+        if std::mem::take(&mut self.overflow) {
+            self.truncate(0);
+            return Err(format!(
+                "more bytes in one batch than a {}-bit offset holds",
+                8 * O::get_byte_width()
+            ));
+        }
+        let (rows, bytes) = (self.ends.len(), self.bytes.len());
+        let ends = std::mem::replace(&mut self.ends, Vec::with_capacity(rows));
+        self.ends.push(O::usize_as(0));
+        let bytes = std::mem::replace(&mut self.bytes, Vec::with_capacity(bytes));
+        // Monotonic: each end is the length of the bytes when it was appended.
+        Ok((
+            OffsetBuffer::new(ScalarBuffer::from(ends)),
+            Buffer::from_vec(bytes),
+        ))
+    }
+}
+
+/// The bytes of a hex string, decoded as arrow-json does: pairs of digits, then a last
+/// lone digit as a byte of its own.
+fn append_hex<O: OffsetSizeTrait>(b: &mut Bytes<O>, text: &str) {
+    // The scanner let only hex digits through.
+    let digit = |c: &u8| (*c as char).to_digit(16).unwrap_or(0) as u8;
+    let mut pairs = text.as_bytes().chunks_exact(2);
+    b.bytes
+        .extend((&mut pairs).map(|p| (digit(&p[0]) << 4) | digit(&p[1])));
+    b.bytes.extend(pairs.remainder().iter().map(digit));
+    b.end_value();
 }
 
 /// How a scalar column keeps its values: one variant per layout. A null takes a
@@ -115,7 +166,8 @@ impl<O: OffsetSizeTrait> HexColumn<O> {
 pub(super) enum Values {
     /// A column of type `Null`: only nulls, counted.
     Null(usize),
-    Bool(BooleanBuilder),
+    /// A byte per value, 1 for `true`.
+    Bool(Vec<u8>),
     I8(Native<i8>),
     I16(Native<i16>),
     I32(Native<i32>),
@@ -128,11 +180,12 @@ pub(super) enum Values {
     I256(Native<i256>),
     F32(Native<f32>),
     F64(Native<f64>),
-    Utf8(StringBuilder),
-    LargeUtf8(LargeStringBuilder),
-    View(StringViewBuilder),
-    Hex(Box<HexColumn<i32>>),
-    LargeHex(Box<HexColumn<i64>>),
+    Utf8(Bytes<i32>),
+    LargeUtf8(Bytes<i64>),
+    /// `Utf8View`: kept as large strings, viewed when finished.
+    View(Bytes<i64>),
+    Hex(Bytes<i32>),
+    LargeHex(Bytes<i64>),
 }
 
 /// `$body` for the column `$c` of whichever fixed-width variant `$values` is, but for
@@ -164,12 +217,12 @@ impl Values {
         let c = capacity;
         Some(match dt {
             DataType::Null => Values::Null(0),
-            DataType::Boolean => Values::Bool(BooleanBuilder::with_capacity(c)),
-            DataType::Utf8 => Values::Utf8(StringBuilder::with_capacity(c, c * 16)),
-            DataType::LargeUtf8 => Values::LargeUtf8(LargeStringBuilder::with_capacity(c, c * 16)),
-            DataType::Utf8View => Values::View(StringViewBuilder::with_capacity(c)),
-            DataType::Binary => Values::Hex(HexColumn::new(c)),
-            DataType::LargeBinary => Values::LargeHex(HexColumn::new(c)),
+            DataType::Boolean => Values::Bool(Vec::with_capacity(c)),
+            DataType::Utf8 => Values::Utf8(Bytes::new(c)),
+            DataType::LargeUtf8 => Values::LargeUtf8(Bytes::new(c)),
+            DataType::Utf8View => Values::View(Bytes::new(c)),
+            DataType::Binary => Values::Hex(Bytes::new(c)),
+            DataType::LargeBinary => Values::LargeHex(Bytes::new(c)),
             DataType::Int8 => Values::I8(Native::new(dt, c)),
             DataType::Int16 => Values::I16(Native::new(dt, c)),
             DataType::Int32
@@ -203,15 +256,15 @@ impl Values {
                 Slot::I256(i) => c.values.push(spill.wide[i]),
                 _ => wrong_slot(slot),
             },
-            Values::Utf8(b) => b.append_value(slot_text(slot, record, spill)),
-            Values::LargeUtf8(b) => b.append_value(slot_text(slot, record, spill)),
-            Values::View(b) => b.append_value(slot_text(slot, record, spill)),
+            Values::Utf8(b) => b.append(slot_text(slot, record, spill).as_bytes()),
+            Values::LargeUtf8(b) => b.append(slot_text(slot, record, spill).as_bytes()),
+            Values::View(b) => b.append(slot_text(slot, record, spill).as_bytes()),
             Values::Bool(b) => match slot {
-                Slot::Bool(v) => b.append_value(*v),
+                Slot::Bool(v) => b.push(u8::from(*v)),
                 _ => wrong_slot(slot),
             },
-            Values::Hex(h) => h.append(slot_text(slot, record, spill)),
-            Values::LargeHex(h) => h.append(slot_text(slot, record, spill)),
+            Values::Hex(h) => append_hex(h, slot_text(slot, record, spill)),
+            Values::LargeHex(h) => append_hex(h, slot_text(slot, record, spill)),
             Values::Null(_) => wrong_slot(slot),
         )
     }
@@ -222,53 +275,64 @@ impl Values {
         each_native!(self, c => c.values.push(Default::default()),
             Values::I256(c) => c.values.push(Default::default()),
             Values::Null(n) => *n += 1,
-            Values::Bool(b) => b.append_value(false),
-            Values::Utf8(b) => b.append_value(""),
-            Values::LargeUtf8(b) => b.append_value(""),
-            Values::View(b) => b.append_value(""),
-            Values::Hex(h) => h.builder.append_value([]),
-            Values::LargeHex(h) => h.builder.append_value([]),
+            Values::Bool(b) => b.push(0),
+            Values::Utf8(b) => b.end_value(),
+            Values::LargeUtf8(b) => b.end_value(),
+            Values::View(b) => b.end_value(),
+            Values::Hex(b) => b.end_value(),
+            Values::LargeHex(b) => b.end_value(),
+        )
+    }
+
+    /// Keeps the first `len` values.
+    fn truncate(&mut self, len: usize) {
+        each_native!(self, c => c.values.truncate(len),
+            Values::I256(c) => c.values.truncate(len),
+            Values::Null(n) => *n = len.min(*n),
+            Values::Bool(b) => b.truncate(len),
+            Values::Utf8(b) => b.truncate(len),
+            Values::LargeUtf8(b) => b.truncate(len),
+            Values::View(b) => b.truncate(len),
+            Values::Hex(b) => b.truncate(len),
+            Values::LargeHex(b) => b.truncate(len),
         )
     }
 
     /// The values appended since the last call, `nulls` where they are null; the
-    /// builders are left sized for a batch like this one (finishing leaves them no
+    /// vectors are left sized for a batch like this one (finishing leaves them no
     /// capacity otherwise).
     fn finish(&mut self, nulls: Option<NullBuffer>) -> Result<ArrayRef, String> {
-        fn strings<O: OffsetSizeTrait>(b: &mut GenericStringBuilder<O>) -> ArrayRef {
-            let (rows, bytes) = (ArrayBuilder::len(b), b.values_slice().len());
-            let array = b.finish();
-            *b = GenericStringBuilder::with_capacity(rows, bytes);
-            Arc::new(array)
-        }
-        let array: ArrayRef = each_native!(self, c => return c.finish(nulls),
+        let e = |e: arrow::error::ArrowError| e.to_string();
+        Ok(each_native!(self, c => return c.finish(nulls),
             Values::I256(c) => return c.finish(nulls),
-            Values::Null(n) => return Ok(Arc::new(NullArray::new(std::mem::take(n)))),
+            Values::Null(n) => Arc::new(NullArray::new(std::mem::take(n))),
             Values::Bool(b) => {
-                let rows = ArrayBuilder::len(b);
-                let array = b.finish();
-                *b = BooleanBuilder::with_capacity(rows);
-                Arc::new(array)
+                let bits = packed(b);
+                b.clear();
+                Arc::new(BooleanArray::new(bits, nulls))
             }
-            Values::Utf8(b) => strings(b),
-            Values::LargeUtf8(b) => strings(b),
+            Values::Utf8(b) => {
+                let (offsets, bytes) = b.take()?;
+                Arc::new(GenericStringArray::try_new(offsets, bytes, nulls).map_err(e)?)
+            }
+            Values::LargeUtf8(b) => {
+                let (offsets, bytes) = b.take()?;
+                Arc::new(GenericStringArray::try_new(offsets, bytes, nulls).map_err(e)?)
+            }
             Values::View(b) => {
-                let rows = ArrayBuilder::len(b);
-                let array = b.finish();
-                *b = StringViewBuilder::with_capacity(rows);
-                Arc::new(array)
+                let (offsets, bytes) = b.take()?;
+                let large = LargeStringArray::try_new(offsets, bytes, nulls).map_err(e)?;
+                Arc::new(StringViewArray::from(&large))
             }
-            Values::Hex(h) => Arc::new(h.builder.finish()),
-            Values::LargeHex(h) => Arc::new(h.builder.finish()),
-        );
-        match nulls {
-            // The builders' values are valid text already: setting the nulls through
-            // `nullif` does not check them again, as building the array anew would.
-            Some(nulls) => {
-                nullif(&array, &BooleanArray::new(!nulls.inner(), None)).map_err(|e| e.to_string())
+            Values::Hex(b) => {
+                let (offsets, bytes) = b.take()?;
+                Arc::new(GenericBinaryArray::try_new(offsets, bytes, nulls).map_err(e)?)
             }
-            None => Ok(array),
-        }
+            Values::LargeHex(b) => {
+                let (offsets, bytes) = b.take()?;
+                Arc::new(GenericBinaryArray::try_new(offsets, bytes, nulls).map_err(e)?)
+            }
+        ))
     }
 }
 
@@ -293,7 +357,7 @@ impl Leaf {
 
     /// Appends `slot`, the value the scanner converted for this column from `record`.
     #[inline(always)]
-    fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
+    pub(super) fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
         if let Slot::Null = slot {
             return self.append_null();
         }
@@ -308,18 +372,17 @@ impl Leaf {
     }
 
     fn finish(&mut self) -> Result<ArrayRef, String> {
-        let nulls = self.valid.contains(&0).then(|| packed(&self.valid));
-        self.valid.clear();
+        let nulls = take_nulls(&mut self.valid);
         self.values.finish(nulls)
     }
 }
 
-/// The null buffer of `valid` (a byte per value, 1 when valid): eight bytes packed
-/// into one by a multiplication, each byte's bit landing in the top byte in order.
-fn packed(valid: &[u8]) -> NullBuffer {
+/// The bits of `bytes` (a byte per value, 1 when set): eight bytes packed into one by a
+/// multiplication, each byte's bit landing in the top byte in order.
+fn packed(bytes: &[u8]) -> BooleanBuffer {
     let gather =
         |word: [u8; 8]| (u64::from_le_bytes(word).wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
-    let mut chunks = valid.chunks_exact(8);
+    let mut chunks = bytes.chunks_exact(8);
     let mut bits: Vec<u8> = (&mut chunks)
         .map(|c| gather(c.try_into().unwrap_or_default()))
         .collect();
@@ -328,21 +391,19 @@ fn packed(valid: &[u8]) -> NullBuffer {
         last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
         bits.push(gather(last));
     }
-    NullBuffer::new(BooleanBuffer::new(Buffer::from_vec(bits), 0, valid.len()))
+    BooleanBuffer::new(Buffer::from_vec(bits), 0, bytes.len())
 }
 
-/// A record the scanner accepted, and what it kept of it: the record's text (where a
-/// [`Slot::Span`] is), the values its slots do not hold, and the tape of its lists,
-/// structs and maps.
-pub(super) struct Scanned<'r> {
-    pub(super) record: &'r str,
-    pub(super) spill: &'r Spill,
-    pub(super) tape: &'r Tape,
+/// The null buffer of the validity bytes `valid` (none if all are valid), which are
+/// cleared.
+fn take_nulls(valid: &mut Vec<u8>) -> Option<NullBuffer> {
+    let nulls = valid.contains(&0).then(|| NullBuffer::new(packed(valid)));
+    valid.clear();
+    nulls
 }
 
-/// A column built from the scanner's values: a scalar one, or a list, struct or map of
-/// columns (built from the events the scanner recorded on its [`Tape`]). A map is a list
-/// of entries whose keys and values are two columns.
+/// A column the scanner writes into: a scalar one, or a list, struct or map of columns.
+/// A map is a list of entries whose keys and values are two columns.
 // Built once per decoder and appended to for every value: a scalar column is kept in
 // place (no pointer to follow per value); the size of the enum costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -352,47 +413,94 @@ pub(super) enum Column {
     Struct(Box<StructColumn>),
 }
 
-/// Lists and maps: an offset per value, then the items (key, value pairs for maps).
+/// Lists and maps: where each value's items end, then the items (key, value pairs for
+/// maps).
 pub(super) struct ListColumn {
     /// The item field (a map's entries field).
     item: FieldRef,
     large: bool,
-    offsets: Vec<i64>,
-    nulls: NullBufferBuilder,
+    ends: Vec<i64>,
+    /// 1 for a valid value, 0 for a null.
+    valid: Vec<u8>,
     /// Items, or a map's keys.
-    child: Column,
+    pub(super) child: Column,
     /// A map's values, and whether its keys are sorted.
-    map: Option<(Column, bool)>,
+    pub(super) map: Option<(Column, bool)>,
+}
+
+impl ListColumn {
+    /// A map's values column.
+    pub(super) fn map_values(&mut self) -> &mut Column {
+        match &mut self.map {
+            Some((values, _)) => values,
+            None => wrong_kind("map"),
+        }
+    }
+
+    /// Ends a list (or map) whose items (entries) were appended to the child columns
+    /// since the last one ended.
+    #[inline(always)]
+    pub(super) fn end_value(&mut self) {
+        self.ends.push(self.child.len() as i64);
+        self.valid.push(1);
+    }
 }
 
 pub(super) struct StructColumn {
     fields: Fields,
-    nulls: NullBufferBuilder,
-    children: Vec<Column>,
-    len: usize,
+    /// 1 for a valid value, 0 for a null.
+    valid: Vec<u8>,
+    /// One per field.
+    pub(super) children: Vec<Column>,
 }
 
-/// A column given events it was not compiled for: a bug, since a column and its
-/// scanner node are compiled from the same type.
+impl StructColumn {
+    /// Ends a struct whose fields were appended to the children.
+    #[inline(always)]
+    pub(super) fn end_value(&mut self) {
+        self.valid.push(1);
+    }
+}
+
+/// A column of another kind than its scanner node: a bug, since both are compiled from
+/// the same type.
 #[cold]
-fn wrong_event(event: &Event) -> ! {
-    unreachable!("a JSON column was given an event of another kind: {event:?}")
+fn wrong_kind(expected: &str) -> ! {
+    unreachable!("a JSON {expected} was given a column of another kind")
 }
 
 impl Column {
+    /// This list or map column.
+    #[inline(always)]
+    pub(super) fn as_list(&mut self) -> &mut ListColumn {
+        match self {
+            Column::List(l) => l,
+            _ => wrong_kind("list or map"),
+        }
+    }
+
+    /// This struct column.
+    #[inline(always)]
+    pub(super) fn as_struct(&mut self) -> &mut StructColumn {
+        match self {
+            Column::Struct(s) => s,
+            _ => wrong_kind("struct"),
+        }
+    }
+
     /// The column of a field of type `dt`; `None` for types the scanner refuses.
     pub(super) fn new(dt: &DataType, capacity: usize) -> Option<Column> {
         if let Some(leaf) = Leaf::new(dt, capacity) {
             return Some(Column::Leaf(leaf));
         }
         let list = |item: &FieldRef, large, child, map| {
-            let mut offsets = Vec::with_capacity(capacity + 1);
-            offsets.push(0);
+            let mut ends = Vec::with_capacity(capacity + 1);
+            ends.push(0);
             Column::List(Box::new(ListColumn {
                 item: item.clone(),
                 large,
-                offsets,
-                nulls: NullBufferBuilder::new(capacity),
+                ends,
+                valid: Vec::with_capacity(capacity),
                 child,
                 map,
             }))
@@ -417,102 +525,80 @@ impl Column {
             }
             DataType::Struct(fields) => Column::Struct(Box::new(StructColumn {
                 fields: fields.clone(),
-                nulls: NullBufferBuilder::new(capacity),
+                valid: Vec::with_capacity(capacity),
                 children: fields
                     .iter()
                     .map(|f| Column::new(f.data_type(), capacity))
                     .collect::<Option<_>>()?,
-                len: 0,
             })),
             _ => return None,
         })
     }
 
-    /// Whether this is a scalar column (its values never go through the tape).
-    pub(super) fn is_leaf(&self) -> bool {
-        matches!(self, Column::Leaf(_))
-    }
-
-    /// Appends a root field's value: `slot` as the scanner left it (a scalar, a null,
-    /// or the range of the tape a list, struct or map took) from the record `scanned`.
-    #[inline(always)]
-    pub(super) fn append(&mut self, slot: &Slot, scanned: &Scanned<'_>) {
-        match (self, slot) {
-            (Column::Leaf(c), _) => c.append(slot, scanned.record, scanned.spill),
-            (column, Slot::Null) => column.append_null(),
-            (column, Slot::Span(from, _)) => {
-                column.replay_nested(scanned, *from);
-            }
-            (_, slot) => wrong_slot(slot),
+    /// The number of values appended since the last [`Column::finish`].
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Column::Leaf(c) => c.valid.len(),
+            Column::List(l) => l.valid.len(),
+            Column::Struct(s) => s.valid.len(),
         }
     }
 
-    fn append_null(&mut self) {
+    /// Appends `slot`, a scalar the scanner converted from `record` for this column, or
+    /// a null (of any column).
+    #[inline(always)]
+    pub(super) fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
+        match self {
+            Column::Leaf(c) => c.append(slot, record, spill),
+            column => match slot {
+                Slot::Null => column.append_null(),
+                _ => wrong_slot(slot),
+            },
+        }
+    }
+
+    pub(super) fn append_null(&mut self) {
         match self {
             Column::Leaf(c) => c.append_null(),
             Column::List(l) => {
-                let last = l.offsets[l.offsets.len() - 1];
-                l.offsets.push(last);
-                l.nulls.append_null();
+                l.ends.push(l.child.len() as i64);
+                l.valid.push(0);
             }
             Column::Struct(s) => {
                 s.children.iter_mut().for_each(Column::append_null);
-                s.nulls.append_null();
-                s.len += 1;
+                s.valid.push(0);
             }
         }
     }
 
-    /// Appends the value recorded at event `at` of `tape`; returns the event after it.
-    /// A scalar is appended here, without a call; a list, struct or map by
-    /// [`Column::replay_nested`].
-    #[inline(always)]
-    fn replay(&mut self, scanned: &Scanned<'_>, at: usize) -> usize {
-        match (self, &scanned.tape.events[at]) {
-            (Column::Leaf(c), Event::Value(slot)) => {
-                c.append(slot, scanned.record, scanned.spill);
-                at + 1
+    /// Keeps the first `len` values (and, of a list or map, their items; of a struct,
+    /// their fields).
+    pub(super) fn truncate(&mut self, len: usize) {
+        match self {
+            Column::Leaf(c) => {
+                c.values.truncate(len);
+                c.valid.truncate(len);
             }
-            (column, _) => column.replay_nested(scanned, at),
+            Column::List(l) => {
+                l.ends.truncate(len + 1);
+                l.valid.truncate(len);
+                let items = l.ends[len] as usize;
+                l.child.truncate(items);
+                if let Some((values, _)) = &mut l.map {
+                    values.truncate(items);
+                }
+            }
+            Column::Struct(s) => {
+                s.valid.truncate(len);
+                s.children.iter_mut().for_each(|c| c.truncate(len));
+            }
         }
     }
 
-    /// [`Column::replay`] for a list, struct or map (or a null one).
-    fn replay_nested(&mut self, scanned: &Scanned<'_>, at: usize) -> usize {
-        let tape = scanned.tape;
-        let event = &tape.events[at];
-        match (self, event) {
-            (column, Event::Value(Slot::Null)) => column.append_null(),
-            (Column::List(l), &Event::Open { end, .. }) => {
-                let mut next = at + 1;
-                let mut n = 0;
-                while next < end {
-                    next = l.child.replay(scanned, next);
-                    if let Some((values, _)) = &mut l.map {
-                        next = values.replay(scanned, next);
-                    }
-                    n += 1;
-                }
-                let last = l.offsets[l.offsets.len() - 1];
-                l.offsets.push(last + n);
-                l.nulls.append_non_null();
-                return end;
-            }
-            (Column::Struct(s), &Event::Open { end, fields }) => {
-                for (child, &(a, b)) in s.children.iter_mut().zip(&tape.fields[fields..]) {
-                    if a == b {
-                        child.append_null();
-                    } else {
-                        child.replay(scanned, a);
-                    }
-                }
-                s.nulls.append_non_null();
-                s.len += 1;
-                return end;
-            }
-            _ => wrong_event(event),
-        }
-        at + 1
+    /// Takes back the last value: a key written again in one object keeps its last
+    /// value.
+    pub(super) fn pop(&mut self) {
+        self.truncate(self.len() - 1);
     }
 
     /// The values appended since the last call.
@@ -521,8 +607,8 @@ impl Column {
             Column::Leaf(c) => c.finish()?,
             Column::List(l) => {
                 let child = l.child.finish()?;
-                let offsets = std::mem::replace(&mut l.offsets, vec![0]);
-                let nulls = l.nulls.finish();
+                let ends = std::mem::replace(&mut l.ends, vec![0]);
+                let nulls = take_nulls(&mut l.valid);
                 match &mut l.map {
                     Some((values, sorted)) => {
                         let DataType::Struct(kv) = l.item.data_type() else {
@@ -534,7 +620,7 @@ impl Column {
                         Arc::new(
                             MapArray::try_new(
                                 l.item.clone(),
-                                offsets32(offsets)?,
+                                offsets32(ends)?,
                                 entries,
                                 nulls,
                                 *sorted,
@@ -545,21 +631,21 @@ impl Column {
                     None if l.large => Arc::new(
                         LargeListArray::try_new(
                             l.item.clone(),
-                            OffsetBuffer::new(offsets.into()),
+                            OffsetBuffer::new(ends.into()),
                             child,
                             nulls,
                         )
                         .map_err(|e| e.to_string())?,
                     ),
                     None => Arc::new(
-                        ListArray::try_new(l.item.clone(), offsets32(offsets)?, child, nulls)
+                        ListArray::try_new(l.item.clone(), offsets32(ends)?, child, nulls)
                             .map_err(|e| e.to_string())?,
                     ),
                 }
             }
             Column::Struct(s) => {
-                let nulls = s.nulls.finish();
-                let len = std::mem::take(&mut s.len);
+                let len = s.valid.len();
+                let nulls = take_nulls(&mut s.valid);
                 if s.fields.is_empty() {
                     Arc::new(StructArray::new_empty_fields(len, nulls))
                 } else {
@@ -594,13 +680,13 @@ mod tests {
     use super::packed;
 
     proptest! {
-        /// The packed null buffer says of each value what its byte said.
+        /// The packed bits say of each value what its byte said.
         #[test]
         fn packed_validity_keeps_each_value_in_its_place(
             valid in proptest::collection::vec(any::<bool>(), 0..200),
         ) {
             let bytes: Vec<u8> = valid.iter().map(|&v| u8::from(v)).collect();
-            let nulls = packed(&bytes);
+            let nulls = arrow::buffer::NullBuffer::new(packed(&bytes));
             prop_assert_eq!(nulls.len(), valid.len());
             prop_assert_eq!(nulls.iter().collect::<Vec<_>>(), valid.clone());
             prop_assert_eq!(nulls.null_count(), valid.iter().filter(|v| !**v).count());
