@@ -34,12 +34,14 @@ fn wrong_slot(slot: &Slot) -> ! {
     unreachable!("a JSON column was given a slot of another kind: {slot:?}")
 }
 
-/// The text of a slot of a column that keeps its value's text (strings, hex binary).
+/// The text of a slot of a column that keeps its value's text (strings, hex binary), as
+/// bytes: the scanner's spans are whole strings of the record, and the batch's text is
+/// checked once when it is finished (slicing a `str` checks both ends of every value).
 #[inline(always)]
-fn slot_text<'r>(slot: &Slot, record: &'r str, spill: &'r Spill) -> &'r str {
+fn slot_text<'r>(slot: &Slot, record: &'r [u8], spill: &'r Spill) -> &'r [u8] {
     match *slot {
         Slot::Span(a, b) => &record[a..b],
-        Slot::Unescaped(a, b) => &spill.text[a..b],
+        Slot::Unescaped(a, b) => &spill.text.as_bytes()[a..b],
         _ => wrong_slot(slot),
     }
 }
@@ -150,10 +152,10 @@ impl<O: OffsetSizeTrait> Bytes<O> {
 
 /// The bytes of a hex string, decoded as arrow-json does: pairs of digits, then a last
 /// lone digit as a byte of its own.
-fn append_hex<O: OffsetSizeTrait>(b: &mut Bytes<O>, text: &str) {
+fn append_hex<O: OffsetSizeTrait>(b: &mut Bytes<O>, text: &[u8]) {
     // The scanner let only hex digits through.
     let digit = |c: &u8| (*c as char).to_digit(16).unwrap_or(0) as u8;
-    let mut pairs = text.as_bytes().chunks_exact(2);
+    let mut pairs = text.chunks_exact(2);
     b.bytes
         .extend((&mut pairs).map(|p| (digit(&p[0]) << 4) | digit(&p[1])));
     b.bytes.extend(pairs.remainder().iter().map(digit));
@@ -250,15 +252,15 @@ impl Values {
     /// Appends `slot` (not a null), the value the scanner converted for this column
     /// from `record` (the text a [`Slot::Span`] is in).
     #[inline(always)]
-    fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
+    fn append(&mut self, slot: &Slot, record: &[u8], spill: &Spill) {
         each_native!(self, c => c.append(slot),
             Values::I256(c) => match *slot {
                 Slot::I256(i) => c.values.push(spill.wide[i]),
                 _ => wrong_slot(slot),
             },
-            Values::Utf8(b) => b.append(slot_text(slot, record, spill).as_bytes()),
-            Values::LargeUtf8(b) => b.append(slot_text(slot, record, spill).as_bytes()),
-            Values::View(b) => b.append(slot_text(slot, record, spill).as_bytes()),
+            Values::Utf8(b) => b.append(slot_text(slot, record, spill)),
+            Values::LargeUtf8(b) => b.append(slot_text(slot, record, spill)),
+            Values::View(b) => b.append(slot_text(slot, record, spill)),
             Values::Bool(b) => match slot {
                 Slot::Bool(v) => b.push(u8::from(*v)),
                 _ => wrong_slot(slot),
@@ -357,7 +359,7 @@ impl Leaf {
 
     /// Appends `slot`, the value the scanner converted for this column from `record`.
     #[inline(always)]
-    pub(super) fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
+    pub(super) fn append(&mut self, slot: &Slot, record: &[u8], spill: &Spill) {
         if let Slot::Null = slot {
             return self.append_null();
         }
@@ -547,7 +549,7 @@ impl Column {
     /// Appends `slot`, a scalar the scanner converted from `record` for this column, or
     /// a null (of any column).
     #[inline(always)]
-    pub(super) fn append(&mut self, slot: &Slot, record: &str, spill: &Spill) {
+    pub(super) fn append(&mut self, slot: &Slot, record: &[u8], spill: &Spill) {
         match self {
             Column::Leaf(c) => c.append(slot, record, spill),
             column => match slot {
@@ -557,7 +559,16 @@ impl Column {
         }
     }
 
+    /// Appends a null: a scalar's in place, a list's, struct's or map's out of line.
+    #[inline(always)]
     pub(super) fn append_null(&mut self) {
+        match self {
+            Column::Leaf(c) => c.append_null(),
+            nested => nested.append_nested_null(),
+        }
+    }
+
+    fn append_nested_null(&mut self) {
         match self {
             Column::Leaf(c) => c.append_null(),
             Column::List(l) => {

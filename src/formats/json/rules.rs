@@ -404,16 +404,27 @@ fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<
         return None;
     }
     let mut i = 19;
-    let mut nanos = 0u32;
+    let mut nanos = 0u64;
     if b[i] == b'.' {
-        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if !(1..=9).contains(&digits) {
+        // The eight bytes after the dot in a word, read at once: the last eight of the
+        // string, shifted, when it is shorter than 28 bytes (none past the dot when
+        // the dot ends it); a ninth digit after them, and never a tenth.
+        let word = match b.get(20..28) {
+            Some(w) => u64::from_le_bytes(w.try_into().ok()?),
+            None => u64::from_le_bytes(b[b.len() - 8..].try_into().ok()?)
+                .checked_shr(8 * (28 - b.len()) as u32)
+                .unwrap_or(0),
+        };
+        let (mut digits, mut v) = leading_digits(word);
+        if digits == 8
+            && let Some(&c @ b'0'..=b'9') = b.get(28)
+        {
+            (digits, v) = (9, v * 10 + u64::from(c - b'0'));
+        }
+        if digits == 0 || b.get(20 + digits).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        for &c in &b[i + 1..i + 1 + digits] {
-            nanos = nanos * 10 + (c - b'0') as u32;
-        }
-        nanos *= 10u32.pow(9 - digits as u32);
+        nanos = v * 10u64.pow(9 - digits as u32);
         i += 1 + digits;
     }
     let offset: i64 = match &b[i..] {
@@ -438,7 +449,31 @@ fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<
     })
 }
 
+/// How many of the 8 bytes of `w` (little-endian: the first byte lowest) are ASCII
+/// digits before the first other byte, and the value of those digits.
+#[inline(always)]
+pub(super) fn leading_digits(w: u64) -> (usize, u64) {
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let d = w.wrapping_sub(u64::from_ne_bytes([b'0'; 8]));
+    // The high bit of a byte that is not a digit: below '0' it borrows (and wraps to
+    // 0x80 or more), above '9' adding 0x76 carries it to 0x80 or more. A borrow or a
+    // carry reaches only later bytes, so the first such byte is exact.
+    let other = (d | d.wrapping_add(u64::from_ne_bytes([0x76; 8]))) & HIGHS;
+    let n = (other.trailing_zeros() / 8) as usize;
+    if n == 0 {
+        return (0, 0);
+    }
+    // The n digits to the top bytes (zeros below read as leading zeros), then pairs,
+    // quads and the eight combined: the first digit is the most significant.
+    let mut v = d << (8 * (8 - n));
+    v = (v.wrapping_mul(10) + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_ffff_0000_ffff;
+    v = (v.wrapping_mul(10_000) + (v >> 32)) & 0x0000_0000_ffff_ffff;
+    (n, v)
+}
+
 /// Two decimal digits at `b[i..i + 2]`.
+#[inline(always)]
 fn two(b: &[u8], i: usize) -> Option<u32> {
     let (h, l) = (b[i].wrapping_sub(b'0'), b[i + 1].wrapping_sub(b'0'));
     (h < 10 && l < 10).then_some(h as u32 * 10 + l as u32)
@@ -624,6 +659,10 @@ mod tests {
             "2015-07-15T00:00:00.123+00:00",
             "2024-02-29 23:59:59-08:00",
             "2024-02-29T23:59:59.123456789",
+            "2024-02-29T23:59:59.1Z",
+            "2024-02-29T23:59:59.12345678Z",
+            "2024-02-29T23:59:59.123456789+05:30",
+            "2024-02-29T23:59:59.120-08:00",
         ] {
             let fast = rfc3339_fast(s.as_bytes(), ms, true, &LastHour::default())
                 .unwrap()
@@ -635,6 +674,8 @@ mod tests {
             "2023-02-29T00:00:00Z",
             "2015-07-15",
             "2015-07-15T00:00:00.Z",
+            "2015-07-15T00:00:00.",
+            "2015-07-15T00:00:00.1234567890Z",
         ] {
             assert!(
                 rfc3339_fast(s.as_bytes(), ms, true, &LastHour::default()).is_none(),

@@ -22,7 +22,8 @@ use arrow::datatypes::{
 
 use super::columns::{Column, ListColumn};
 use super::rules::{
-    CheckFn, Leaf, LeafCtx, Slot, SlotNative, Spill, epoch_ms_int, leaf_check, timestamp_fast,
+    CheckFn, Leaf, LeafCtx, Slot, SlotNative, Spill, epoch_ms_int, leading_digits, leaf_check,
+    timestamp_fast,
 };
 use crate::dlq::BadRecordReason;
 
@@ -282,16 +283,23 @@ impl StructNode {
     /// before. Out of line, so that the expected key's match stays where it is used.
     #[inline(never)]
     fn search_others(keys: &[Option<QuotedKey>], b: &[u8], hint: usize) -> Option<(usize, usize)> {
-        let n = keys.len();
-        if n > KEY_SEARCH {
+        if keys.len() > KEY_SEARCH {
             return None;
         }
-        (hint + 1..n)
-            .chain(0..hint.min(n))
-            .find_map(|f| match &keys[f] {
-                Some(q) if q.starts(b) => Some((f, q.len())),
-                _ => None,
-            })
+        let (before, after) = keys.split_at(hint.min(keys.len()));
+        let after = after.get(1..).unwrap_or_default();
+        // Two plain loops: a chained range measured ~100 instructions a search.
+        let find = |keys: &[Option<QuotedKey>], first: usize| {
+            for (f, key) in keys.iter().enumerate() {
+                if let Some(q) = key
+                    && q.starts(b)
+                {
+                    return Some((first + f, q.len()));
+                }
+            }
+            None
+        };
+        find(after, hint + 1).or_else(|| find(before, 0))
     }
 
     /// Like [`StructNode::find`], trying field `hint` first (keys usually come in the
@@ -601,29 +609,6 @@ const POW10_INT: [u64; 9] = [
     100_000_000,
 ];
 
-/// How many of the 8 bytes of `w` (little-endian: the first byte lowest) are ASCII
-/// digits before the first other byte, and the value of those digits.
-#[inline(always)]
-fn leading_digits(w: u64) -> (usize, u64) {
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let d = w.wrapping_sub(u64::from_ne_bytes([b'0'; 8]));
-    // The high bit of a byte that is not a digit: below '0' it borrows (and wraps to
-    // 0x80 or more), above '9' adding 0x76 carries it to 0x80 or more. A borrow or a
-    // carry reaches only later bytes, so the first such byte is exact.
-    let other = (d | d.wrapping_add(u64::from_ne_bytes([0x76; 8]))) & HIGHS;
-    let n = (other.trailing_zeros() / 8) as usize;
-    if n == 0 {
-        return (0, 0);
-    }
-    // The n digits to the top bytes (zeros below read as leading zeros), then pairs,
-    // quads and the eight combined: the first digit is the most significant.
-    let mut v = d << (8 * (8 - n));
-    v = (v.wrapping_mul(10) + (v >> 8)) & 0x00ff_00ff_00ff_00ff;
-    v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_ffff_0000_ffff;
-    v = (v.wrapping_mul(10_000) + (v >> 32)) & 0x0000_0000_ffff_ffff;
-    (n, v)
-}
-
 /// A string just scanned: borrowed from the record, or in the scratch buffer.
 enum Str {
     Borrowed(usize, usize),
@@ -645,7 +630,7 @@ impl<'a> Scanner<'a> {
     /// Appends `slot`, converted from this record, to `column`.
     #[inline(always)]
     fn put(&mut self, column: &mut Column, slot: &Slot) {
-        column.append(slot, self.s, self.spill.get_mut());
+        column.append(slot, self.b, self.spill.get_mut());
     }
 
     fn text(&self, s: &Str) -> &str {
