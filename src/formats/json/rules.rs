@@ -424,7 +424,20 @@ fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<
         if digits == 0 || b.get(20 + digits).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        nanos = v * 10u64.pow(9 - digits as u32);
+        // Nanoseconds per unit of the last digit read.
+        const SCALE: [u64; 10] = [
+            0,
+            100_000_000,
+            10_000_000,
+            1_000_000,
+            100_000,
+            10_000,
+            1_000,
+            100,
+            10,
+            1,
+        ];
+        nanos = v * SCALE[digits];
         i += 1 + digits;
     }
     let offset: i64 = match &b[i..] {

@@ -221,13 +221,16 @@ impl QuotedKey {
         self.bytes.len()
     }
 
-    /// Whether `b` starts with this key.
+    /// Whether `b` starts with this key: its first 16 bytes compared as a word, and
+    /// only a longer key that matches them compared further (a call).
+    #[inline(always)]
     fn starts(&self, b: &[u8]) -> bool {
         match b.first_chunk::<16>() {
-            Some(head) if self.bytes.len() <= 16 => {
+            Some(head) => {
                 (u128::from_le_bytes(*head) ^ self.word) & self.mask == 0
+                    && (self.bytes.len() <= 16 || b.starts_with(&self.bytes))
             }
-            _ => b.starts_with(&self.bytes),
+            None => b.starts_with(&self.bytes),
         }
     }
 }
