@@ -359,7 +359,7 @@ impl Leaf {
 
     /// Appends `slot`, the value the scanner converted for this column from `record`.
     #[inline(always)]
-    pub(super) fn append(&mut self, slot: &Slot, record: &[u8], spill: &Spill) {
+    fn append(&mut self, slot: &Slot, record: &[u8], spill: &Spill) {
         if let Slot::Null = slot {
             return self.append_null();
         }

@@ -532,11 +532,12 @@ impl Seen {
     fn fill(&self, columns: &mut [Column]) {
         match self {
             Seen::Bits(b) => {
-                let all = u64::MAX >> (64 - columns.len().max(1));
+                // At most 64 fields here.
+                let all = match columns.len() {
+                    64 => u64::MAX,
+                    n => (1 << n) - 1,
+                };
                 let mut absent = !b & all;
-                if columns.is_empty() {
-                    absent = 0;
-                }
                 while absent != 0 {
                     columns[absent.trailing_zeros() as usize].append_null();
                     absent &= absent - 1;
