@@ -435,6 +435,54 @@ fn missing_required_fields_are_found_in_narrow_and_wide_structs() {
     }
 }
 
+/// Records of wide structs (more fields than a word has bits) written into columns:
+/// absent fields are nulls and a repeated key keeps its last value, as arrow-json
+/// decodes the same records.
+#[test]
+fn wide_structs_fill_absent_fields_as_arrow_json_does() {
+    for width in [63usize, 64, 65, 70] {
+        let s = schema(
+            (0..width)
+                .map(|f| field(&format!("f{f}"), DataType::Int32, true))
+                .collect(),
+        );
+        let records: Vec<String> = (0..width)
+            .step_by(7)
+            .map(|skip| {
+                let mut fields: Vec<String> = (0..width)
+                    .filter(|f| f % 7 != skip % 7 || *f == skip)
+                    .map(|f| format!(r#""f{f}":{f}"#))
+                    .collect();
+                fields.push(format!(r#""f{skip}":-1"#));
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        let input: Vec<&[u8]> = records.iter().map(|r| r.as_bytes()).collect();
+        let mut bad = BadRecords::detached("test");
+        let scanned = JsonDecoder::new(s.clone()).unwrap();
+        assert!(matches!(scanned.rows, Rows::Scanned(_)), "width {width}");
+        let (accepted, batch) = decode_all(&s, &input, &mut bad);
+        assert!(accepted.iter().all(|a| *a), "width {width}");
+        let mut arrow = JsonDecoder::with_capacity_through_arrow_json(s.clone(), 1024).unwrap();
+        for r in &input {
+            assert!(arrow.push(r, &mut bad));
+        }
+        let expected = arrow.flush().unwrap().unwrap();
+        let batch = batch.unwrap();
+        assert_eq!(batch, expected, "width {width}");
+        let last = batch.column(7).as_primitive::<Int32Type>();
+        assert_eq!(
+            last.value(1),
+            -1,
+            "width {width}: the repeated key's last value"
+        );
+        assert!(
+            last.null_count() > 0,
+            "width {width}: absent fields are null"
+        );
+    }
+}
+
 #[test]
 fn values_follow_the_documented_rules() {
     let s = schema(vec![
