@@ -1163,6 +1163,47 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
+    /// Scans the array or map at the cursor (opened by `[` or `{`, closed by `close`):
+    /// its entries, each by `entry` (given its index), separated by commas.
+    #[inline(always)]
+    fn entries(
+        &mut self,
+        depth: usize,
+        close: u8,
+        mut entry: impl FnMut(&mut Self, usize) -> Scan,
+    ) -> Scan {
+        if depth >= MAX_DEPTH {
+            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        self.i += 1;
+        self.ws();
+        if self.b.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut n = 0usize;
+        loop {
+            entry(self, n)?;
+            n += 1;
+            self.ws();
+            match self.b.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(&c) if c == close => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => {
+                    let expected = if close == b']' {
+                        "',' or ']'"
+                    } else {
+                        "',' or '}'"
+                    };
+                    return Err(self.unexpected(expected));
+                }
+            }
+        }
+    }
+
     fn array(
         &mut self,
         item: &Node,
@@ -1170,31 +1211,11 @@ impl<'a> Scanner<'a> {
         depth: usize,
         mut column: Option<&mut ListColumn>,
     ) -> Scan {
-        if depth >= MAX_DEPTH {
-            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
-        }
-        self.i += 1;
-        self.ws();
-        if self.b.get(self.i) == Some(&b']') {
-            self.i += 1;
-        } else {
-            let mut n = 0usize;
-            loop {
-                let items = column.as_deref_mut().map(|l| &mut l.child);
-                self.value(item, nullable, depth + 1, items)
-                    .map_err(|r| r.within(PathSeg::Index(n)))?;
-                n += 1;
-                self.ws();
-                match self.b.get(self.i) {
-                    Some(b',') => self.i += 1,
-                    Some(b']') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(self.unexpected("',' or ']'")),
-                }
-            }
-        }
+        self.entries(depth, b']', |sc, n| {
+            let items = column.as_deref_mut().map(|l| &mut l.child);
+            sc.value(item, nullable, depth + 1, items)
+                .map_err(|r| r.within(PathSeg::Index(n)))
+        })?;
         if let Some(l) = column {
             l.end_value();
         }
@@ -1209,48 +1230,30 @@ impl<'a> Scanner<'a> {
         depth: usize,
         mut column: Option<&mut ListColumn>,
     ) -> Scan {
-        if depth >= MAX_DEPTH {
-            return Err(self.syntax(format!("nested deeper than {MAX_DEPTH} levels")));
-        }
-        self.i += 1;
-        self.ws();
-        if self.b.get(self.i) == Some(&b'}') {
-            self.i += 1;
-        } else {
-            loop {
-                self.ws();
-                if self.b.get(self.i) != Some(&b'"') {
-                    return Err(self.unexpected("a string key"));
-                }
-                let at = self.i;
-                let k = self.string()?;
-                let name = self.keep(&k);
-                let mut slot = Slot::Null;
-                let converted = self
-                    .check_leaf(key, Leaf::Str(&name), at, &mut slot)
-                    .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
-                if let Some(l) = column.as_deref_mut() {
-                    if !converted {
-                        slot = self.text_slot(&k);
-                    }
-                    self.put(&mut l.child, &slot);
-                }
-                self.ws();
-                self.eat(b':', "':'")?;
-                let values = column.as_deref_mut().map(ListColumn::map_values);
-                self.value(value, value_nullable, depth + 1, values)
-                    .map_err(|r| r.within(PathSeg::Field(name.into_owned())))?;
-                self.ws();
-                match self.b.get(self.i) {
-                    Some(b',') => self.i += 1,
-                    Some(b'}') => {
-                        self.i += 1;
-                        break;
-                    }
-                    _ => return Err(self.unexpected("',' or '}'")),
-                }
+        self.entries(depth, b'}', |sc, _| {
+            sc.ws();
+            if sc.b.get(sc.i) != Some(&b'"') {
+                return Err(sc.unexpected("a string key"));
             }
-        }
+            let at = sc.i;
+            let k = sc.string()?;
+            let name = sc.keep(&k);
+            let mut slot = Slot::Null;
+            let converted = sc
+                .check_leaf(key, Leaf::Str(&name), at, &mut slot)
+                .map_err(|r| r.within(PathSeg::Field(name.to_string())))?;
+            if let Some(l) = column.as_deref_mut() {
+                if !converted {
+                    slot = sc.text_slot(&k);
+                }
+                sc.put(&mut l.child, &slot);
+            }
+            sc.ws();
+            sc.eat(b':', "':'")?;
+            let values = column.as_deref_mut().map(ListColumn::map_values);
+            sc.value(value, value_nullable, depth + 1, values)
+                .map_err(|r| r.within(PathSeg::Field(name.into_owned())))
+        })?;
         if let Some(l) = column {
             l.end_value();
         }
