@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayDataBuilder, ArrayRef, BooleanArray, GenericBinaryArray, GenericStringArray,
-    LargeListArray, LargeStringArray, ListArray, MapArray, NullArray, OffsetSizeTrait,
-    StringViewArray, StructArray, make_array,
+    LargeListArray, ListArray, MapArray, NullArray, OffsetSizeTrait, StringViewArray, StructArray,
+    make_array,
 };
 use arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{ArrowNativeType, DataType, FieldRef, Fields, TimeUnit, i256};
@@ -147,6 +147,20 @@ impl<O: OffsetSizeTrait> Bytes<O> {
             OffsetBuffer::new(ScalarBuffer::from(ends)),
             Buffer::from_vec(bytes),
         ))
+    }
+
+    /// The strings appended since the last call ([`Bytes::take`]), `nulls` where they
+    /// are null: their text is checked here, once for the batch.
+    fn strings(&mut self, nulls: Option<NullBuffer>) -> Result<GenericStringArray<O>, String> {
+        let (offsets, bytes) = self.take()?;
+        GenericStringArray::try_new(offsets, bytes, nulls).map_err(|e| e.to_string())
+    }
+
+    /// The binaries appended since the last call ([`Bytes::take`]), `nulls` where they
+    /// are null.
+    fn binaries(&mut self, nulls: Option<NullBuffer>) -> Result<GenericBinaryArray<O>, String> {
+        let (offsets, bytes) = self.take()?;
+        GenericBinaryArray::try_new(offsets, bytes, nulls).map_err(|e| e.to_string())
     }
 }
 
@@ -304,7 +318,6 @@ impl Values {
     /// vectors are left sized for a batch like this one (finishing leaves them no
     /// capacity otherwise).
     fn finish(&mut self, nulls: Option<NullBuffer>) -> Result<ArrayRef, String> {
-        let e = |e: arrow::error::ArrowError| e.to_string();
         Ok(each_native!(self, c => return c.finish(nulls),
             Values::I256(c) => return c.finish(nulls),
             Values::Null(n) => Arc::new(NullArray::new(std::mem::take(n))),
@@ -313,27 +326,11 @@ impl Values {
                 b.clear();
                 Arc::new(BooleanArray::new(bits, nulls))
             }
-            Values::Utf8(b) => {
-                let (offsets, bytes) = b.take()?;
-                Arc::new(GenericStringArray::try_new(offsets, bytes, nulls).map_err(e)?)
-            }
-            Values::LargeUtf8(b) => {
-                let (offsets, bytes) = b.take()?;
-                Arc::new(GenericStringArray::try_new(offsets, bytes, nulls).map_err(e)?)
-            }
-            Values::View(b) => {
-                let (offsets, bytes) = b.take()?;
-                let large = LargeStringArray::try_new(offsets, bytes, nulls).map_err(e)?;
-                Arc::new(StringViewArray::from(&large))
-            }
-            Values::Hex(b) => {
-                let (offsets, bytes) = b.take()?;
-                Arc::new(GenericBinaryArray::try_new(offsets, bytes, nulls).map_err(e)?)
-            }
-            Values::LargeHex(b) => {
-                let (offsets, bytes) = b.take()?;
-                Arc::new(GenericBinaryArray::try_new(offsets, bytes, nulls).map_err(e)?)
-            }
+            Values::Utf8(b) => Arc::new(b.strings(nulls)?),
+            Values::LargeUtf8(b) => Arc::new(b.strings(nulls)?),
+            Values::View(b) => Arc::new(StringViewArray::from(&b.strings(nulls)?)),
+            Values::Hex(b) => Arc::new(b.binaries(nulls)?),
+            Values::LargeHex(b) => Arc::new(b.binaries(nulls)?),
         ))
     }
 }

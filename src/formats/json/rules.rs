@@ -424,20 +424,8 @@ fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<
         if digits == 0 || b.get(20 + digits).is_some_and(u8::is_ascii_digit) {
             return None;
         }
-        // Nanoseconds per unit of the last digit read.
-        const SCALE: [u64; 10] = [
-            0,
-            100_000_000,
-            10_000_000,
-            1_000_000,
-            100_000,
-            10_000,
-            1_000,
-            100,
-            10,
-            1,
-        ];
-        nanos = v * SCALE[digits];
+        // Nanoseconds per unit of the last digit read: 10^(9 - digits).
+        nanos = v * POW10_INT[9 - digits];
         i += 1 + digits;
     }
     let offset: i64 = match &b[i..] {
@@ -461,6 +449,20 @@ fn rfc3339_fast(b: &[u8], unit: TimeUnit, utc: bool, last: &LastHour) -> Option<
         TimeUnit::Nanosecond => i64::try_from(secs as i128 * 1_000_000_000 + nanos as i128).ok(),
     })
 }
+
+/// Powers of ten up to 10^8: the scanner's digits read by words
+/// ([`Scanner::digits_into`](super::scanner::Scanner::digits_into)), a timestamp's fraction.
+pub(super) const POW10_INT: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
 
 /// How many of the 8 bytes of `w` (little-endian: the first byte lowest) are ASCII
 /// digits before the first other byte, and the value of those digits.

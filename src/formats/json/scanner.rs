@@ -22,8 +22,8 @@ use arrow::datatypes::{
 
 use super::columns::{Column, ListColumn};
 use super::rules::{
-    CheckFn, Leaf, LeafCtx, Slot, SlotNative, Spill, epoch_ms_int, leading_digits, leaf_check,
-    timestamp_fast,
+    CheckFn, Leaf, LeafCtx, POW10_INT, Slot, SlotNative, Spill, epoch_ms_int, leading_digits,
+    leaf_check, timestamp_fast,
 };
 use crate::dlq::BadRecordReason;
 
@@ -599,19 +599,6 @@ fn string_stop(b: &[u8]) -> usize {
         .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
         .unwrap_or(b.len() - i)
 }
-
-/// Powers of ten up to 10^8, for [`Scanner::digits_into`].
-const POW10_INT: [u64; 9] = [
-    1,
-    10,
-    100,
-    1_000,
-    10_000,
-    100_000,
-    1_000_000,
-    10_000_000,
-    100_000_000,
-];
 
 /// A string just scanned: borrowed from the record, or in the scratch buffer.
 enum Str {
