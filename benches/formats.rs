@@ -1,8 +1,8 @@
 //! JSON lines → Arrow: the generator's Nexmark bids and restaurant streams (`orders`,
 //! `kitchen`, `app`) as JSON lines, decoded in one run over the same bytes by:
 //! - `tributary`: `JsonDecoder::push_line_at`, one record at a time with per-record
-//!   error isolation, as the file source runs it: the bytes checked as UTF-8 whole,
-//!   each line decoded where it starts, its end found while it is scanned;
+//!   error isolation, as the file source runs it: each line decoded where it starts,
+//!   its end found and its text checked as UTF-8 while it is scanned;
 //! - `tributary/arrow-json`: `JsonDecoder` forced onto its arrow-json path (the scanner
 //!   checks each record, then arrow-json's tape decoder decodes the accepted ones: the
 //!   path of schemas with a struct of two fields of the same name, and of every schema
@@ -76,17 +76,16 @@ fn tributary(schema: &SchemaRef, bytes: &[u8], via_arrow: bool) -> usize {
     .expect("decoder");
     let mut bad = BadRecords::detached("bench");
     let mut rows = 0;
-    // As the file source does: the bytes are checked as UTF-8 whole, then each line
-    // is decoded where it starts (its end found as it is scanned); a line the decoder
-    // does not take that way (none here) is found and pushed on its own.
-    let text = simdutf8::basic::from_utf8(bytes).expect("the streams are UTF-8");
+    // As the file source does: each line is decoded where it starts (its end found
+    // and its text checked as UTF-8 as it is scanned); a line the decoder does not
+    // take that way (none here) is found and pushed on its own.
     let mut at = 0;
-    while at < text.len() {
-        at = match d.push_line_at(text, at, usize::MAX) {
+    while at < bytes.len() {
+        at = match d.push_line_at(bytes, at, usize::MAX) {
             Some(end) => end,
             None => {
                 let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |p| at + p);
-                d.push_text_from(&text[at..end], None, &mut bad);
+                d.push_from(&bytes[at..end], None, &mut bad);
                 end + 1
             }
         };

@@ -11,9 +11,8 @@
 //! in the file's order. [`read_ahead`] cuts pieces on a thread of its own, a few ahead
 //! of their decoding, so that reading the file never waits for the source to emit a
 //! batch. [`decode_piece`] turns a piece into batches of at most the
-//! batch size; it is what a decoding worker runs. It checks a chunk as UTF-8 whole (a
-//! line of valid text is valid text) and only a chunk that is not line by line. A good
-//! line's end is found by the decoder as it scans it
+//! batch size; it is what a decoding worker runs. A good line's end is found, and its
+//! text checked as UTF-8, by the decoder as it scans it
 //! ([`JsonDecoder::push_line_at`]); only other lines are searched for their end.
 
 use std::fmt;
@@ -261,9 +260,6 @@ pub(super) fn decode_piece(
         }
         Piece::Lines { bytes, first } => (bytes, first),
     };
-    // The chunk is checked as UTF-8 whole, once: then each line is too (a line ends
-    // at an ASCII `\n`), and is pushed as text. A chunk that is not checks each line.
-    let text = simdutf8::basic::from_utf8(&bytes).ok();
     let mut batches = Vec::new();
     let mut line = first;
     let mut start = 0;
@@ -273,8 +269,7 @@ pub(super) fn decode_piece(
         // A good line in one pass (line 1 may start with a byte-order mark: it takes
         // the way below).
         if no > 1
-            && let Some(text) = text
-            && let Some(end) = decoder.push_line_at(text, start, max_line)
+            && let Some(end) = decoder.push_line_at(&bytes, start, max_line)
         {
             start = end;
             if decoder.buffered() >= batch_size {
@@ -309,10 +304,7 @@ pub(super) fn decode_piece(
             );
             continue;
         }
-        match text.and_then(|t| t.get(a..b)) {
-            Some(rec) => decoder.push_text_from(rec, Some(&origin), bad),
-            None => decoder.push_from(rec, Some(&origin), bad),
-        };
+        decoder.push_from(rec, Some(&origin), bad);
         if decoder.buffered() >= batch_size {
             batches.extend(flush(decoder, bad)?);
         }
@@ -377,7 +369,7 @@ mod tests {
         ]))
     }
 
-    /// What each line of `input` gives pushed on its own (the UTF-8 checked per line):
+    /// What each line of `input` gives pushed on its own ([`JsonDecoder::push_from`]):
     /// the rows' `n` values and the dead letters' (line, message, payload); a line
     /// longer than `max_line` is a letter of its own, `(line, "long", [])`.
     fn line_by_line(
@@ -436,9 +428,9 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_checked_as_utf8_whole_decodes_as_its_lines_one_by_one() {
+    fn a_chunk_decodes_as_its_lines_one_by_one_utf8_or_not() {
         let valid: &[u8] = "\u{feff}{\"n\": 1, \"s\": \"caf\u{e9}\"}\r\n\n  \n{\"n\": 2}\n{\"n\": \"x\"}\n{\"n\": 3, \"s\": \"\u{1f354}\"}".as_bytes();
-        // The same with a line that is not UTF-8: the chunk is then checked line by line.
+        // The same with a line that is not UTF-8.
         let mut invalid = valid.to_vec();
         invalid.extend_from_slice(b"\n{\"n\": 4, \"s\": \"\xff\"}\n{\"n\": 5}\n");
         for input in [valid, &invalid[..]] {

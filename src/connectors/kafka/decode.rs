@@ -360,13 +360,6 @@ impl RecordDecoder {
         } = raw;
         let mut metas = metas.drain(..);
         let mut kept = Vec::new();
-        // JSON values are checked as UTF-8 all at once: a record that starts on a
-        // character boundary of valid text is valid text itself, and is pushed as such
-        // (cheaper than a check per record); the others are checked one by one.
-        let text = match self {
-            RecordDecoder::Json(_) => simdutf8::basic::from_utf8(bytes).ok(),
-            RecordDecoder::Avro(_) => None,
-        };
         let mut start = 0;
         bad.origin_mut().topic = Some(topic.to_string());
         for (i, &end) in ends.iter().enumerate() {
@@ -381,10 +374,7 @@ impl RecordDecoder {
                 }
                 None => origin.key = None,
             }
-            let accepted = match (&mut *self, text.and_then(|t| t.get(start..end))) {
-                (RecordDecoder::Json(d), Some(value)) => d.push_text_from(value, None, bad),
-                _ => self.push(&bytes[start..end], bad).await?,
-            };
+            let accepted = self.push(&bytes[start..end], bad).await?;
             start = end;
             if let Some(m) = metas.next()
                 && accepted
@@ -750,8 +740,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn values_checked_as_utf8_together_are_still_refused_one_by_one() {
-        // All valid: checked together.
+    async fn each_value_is_checked_as_utf8_on_its_own() {
+        // All valid.
         let ok: [&[u8]; 2] = [
             br#"{"n": 1}"#,
             "{\"n\": 2, \"s\": \"caf\u{e9}\"}".as_bytes(),
@@ -767,7 +757,7 @@ mod tests {
         ];
         assert!(std::str::from_utf8(&cut.concat()).is_ok());
         assert_eq!(decode(&cut).await, (vec![1, 4], vec![Some(1), Some(2)]));
-        // A record that is not UTF-8 among good ones: each is checked alone.
+        // A record that is not UTF-8 among good ones.
         let bad: [&[u8]; 3] = [
             br#"{"n": 1}"#,
             b"{\"n\": 2, \"s\": \"\xff\"}",

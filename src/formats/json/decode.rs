@@ -19,7 +19,7 @@ use arrow::json::reader::Decoder;
 
 use super::columns::Column;
 use super::rules::{LastHour, Spill, timestamp_text};
-use super::scanner::{Refusal, Scan, Sink, StructNode, compile_struct, scan_line, scan_text, utf8};
+use super::scanner::{Refusal, Scan, Sink, StructNode, compile_struct, scan_line, scan_record};
 use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::FormatError;
 
@@ -205,8 +205,8 @@ impl ScannedRows {
         }
     }
 
-    fn push(&mut self, text: &str, root: &StructNode) -> Scan {
-        let scanned = scan_text(text, root, Some(self.sink()));
+    fn push(&mut self, record: &[u8], root: &StructNode) -> Scan {
+        let scanned = scan_record(record, root, Some(self.sink()));
         self.settle(scanned.is_ok());
         scanned.map(|_| ())
     }
@@ -216,7 +216,7 @@ impl ScannedRows {
     /// bytes, appended; else `None`, and nothing appended.
     fn push_line(
         &mut self,
-        text: &str,
+        text: &[u8],
         at: usize,
         root: &StructNode,
         max_len: usize,
@@ -653,25 +653,11 @@ impl JsonDecoder {
     }
 
     /// Like [`JsonDecoder::push`]; a refusal's detail starts with `origin` (e.g.
-    /// `file.jsonl:12`), formatted only if the record is refused.
+    /// `file.jsonl:12`), formatted only if the record is refused. The record's bytes
+    /// are checked as UTF-8 as they are scanned, not in a pass of their own.
     pub fn push_from(
         &mut self,
         record: &[u8],
-        origin: Option<&dyn std::fmt::Display>,
-        bad: &mut BadRecords,
-    ) -> bool {
-        match utf8(record) {
-            Ok(text) => self.push_text_from(text, origin, bad),
-            Err(refusal) => Self::refuse(&refusal, record, origin, bad),
-        }
-    }
-
-    /// Like [`JsonDecoder::push_from`], for a record already known to be UTF-8 (a line
-    /// of a chunk whose bytes were checked whole, which is cheaper than checking each
-    /// record): the same answers and refusals, without the UTF-8 check.
-    pub fn push_text_from(
-        &mut self,
-        record: &str,
         origin: Option<&dyn std::fmt::Display>,
         bad: &mut BadRecords,
     ) -> bool {
@@ -682,13 +668,13 @@ impl JsonDecoder {
             },
             Rows::Bulk(bulk) => {
                 bulk.report_late(bad);
-                match scan_text(record, &self.root, None) {
-                    Ok(range) => return bulk.push(record.as_bytes(), range, bad),
+                match scan_record(record, &self.root, None) {
+                    Ok(range) => return bulk.push(record, range, bad),
                     Err(refusal) => refusal,
                 }
             }
         };
-        Self::refuse(&refusal, record.as_bytes(), origin, bad)
+        Self::refuse(&refusal, record, origin, bad)
     }
 
     /// Decodes the record on the line of `text` (JSON lines: lines end at `\n`) that
@@ -697,9 +683,10 @@ impl JsonDecoder {
     /// nothing, for a line that is blank, longer than `max_len` bytes (its `\n`
     /// included) or refused, and for every line of a schema the scanner does not build
     /// rows for: the caller finds where that line ends and pushes it with
-    /// [`JsonDecoder::push_text_from`], which decides (and words a refusal) as for any
-    /// record. A good line costs one pass: its end is found while it is scanned.
-    pub fn push_line_at(&mut self, text: &str, at: usize, max_len: usize) -> Option<usize> {
+    /// [`JsonDecoder::push_from`], which decides (and words a refusal) as for any
+    /// record. A good line costs one pass: its end is found, and its text checked as
+    /// UTF-8, while it is scanned.
+    pub fn push_line_at(&mut self, text: &[u8], at: usize, max_len: usize) -> Option<usize> {
         match &mut self.rows {
             Rows::Scanned(rows) => rows.push_line(text, at, &self.root, max_len),
             Rows::Bulk(_) => None,

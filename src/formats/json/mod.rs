@@ -21,9 +21,10 @@
 //! text and are converted by the very function the scanner checks them with. A
 //! property test holds the two ways to the same batches and refusals.
 //!
-//! A record must be UTF-8: [`JsonDecoder::push`] checks it; a source that checked a
-//! whole chunk of records at once passes each one as text
-//! ([`JsonDecoder::push_text_from`]), which is cheaper than a check per record.
+//! A record must be UTF-8. The scanner checks each string's characters as it reads
+//! them (ASCII runs are found with the string's end, a run that is not is checked
+//! whole), and anything outside strings must be ASCII to be JSON: sources hand it the
+//! bytes as they came, with no pass of their own over them.
 //!
 //! Value rules:
 //! - Integers: a JSON number with an integral value in range (`1e3` and `2.0` are

@@ -20,7 +20,7 @@ use crate::dlq::{BadRecordReason, BadRecords};
 use crate::formats::json::columns::Column;
 use crate::formats::json::encode_json_lines;
 use crate::formats::json::rules::Spill;
-use crate::formats::json::scanner::{Sink, compile_struct, scan, scan_text, utf8};
+use crate::formats::json::scanner::{Sink, compile_struct, scan_record};
 use crate::testing::{Edit, apply_edits};
 
 /// Counts bad-record reports by reason, through the metrics they increment.
@@ -377,7 +377,7 @@ fn refusal_details_name_the_field() {
         true,
     )]);
     let root = compile_struct(s.fields()).unwrap();
-    let r = scan(br#"{"xs": [{"n": 1}, {"n": "x"}]}"#, &root).unwrap_err();
+    let r = scan_record(br#"{"xs": [{"n": 1}, {"n": "x"}]}"#, &root, None).unwrap_err();
     assert_eq!(r.reason, BadRecordReason::SchemaMismatch);
     assert!(
         r.detail()
@@ -385,14 +385,14 @@ fn refusal_details_name_the_field() {
         "{}",
         r.detail()
     );
-    let r = scan(br#"{"xs": [{}]}"#, &root).unwrap_err();
+    let r = scan_record(br#"{"xs": [{}]}"#, &root, None).unwrap_err();
     assert!(
         r.detail().starts_with("field 'xs[0].n': missing value"),
         "{}",
         r.detail()
     );
     // A type error in a record that is not JSON anyway is malformed.
-    let r = scan(br#"{"xs": "oops", "#, &root).unwrap_err();
+    let r = scan_record(br#"{"xs": "oops", "#, &root, None).unwrap_err();
     assert_eq!(r.reason, BadRecordReason::Malformed);
 }
 
@@ -417,11 +417,11 @@ fn missing_required_fields_are_found_in_narrow_and_wide_structs() {
             format!("{{{}}}", fields.join(","))
         };
         assert!(
-            scan(record(None).as_bytes(), &root).is_ok(),
+            scan_record(record(None).as_bytes(), &root, None).is_ok(),
             "width {width}"
         );
         for f in 0..width {
-            let r = scan(record(Some(f)).as_bytes(), &root);
+            let r = scan_record(record(Some(f)).as_bytes(), &root, None);
             if required.contains(&f) {
                 let detail = r.unwrap_err().detail();
                 assert!(
@@ -1367,16 +1367,12 @@ fn scanned_path_equals_the_arrow_json_path(
     let mut spill = Spill::default();
     let mut rows = 0;
     for r in records {
-        let old = scan(r, &root).map_err(|e| (e.reason, e.detail()));
-        let new = utf8(r)
-            .and_then(|t| {
-                let sink = columns.as_deref_mut().map(|columns| Sink {
-                    columns,
-                    spill: &mut spill,
-                });
-                scan_text(t, &root, sink)
-            })
-            .map_err(|e| (e.reason, e.detail()));
+        let old = scan_record(r, &root, None).map_err(|e| (e.reason, e.detail()));
+        let sink = columns.as_deref_mut().map(|columns| Sink {
+            columns,
+            spill: &mut spill,
+        });
+        let new = scan_record(r, &root, sink).map_err(|e| (e.reason, e.detail()));
         match (&new, columns.as_deref_mut()) {
             (Ok(_), _) => rows += 1,
             (Err(_), Some(columns)) => columns.iter_mut().for_each(|c| c.truncate(rows)),
@@ -1385,4 +1381,83 @@ fn scanned_path_equals_the_arrow_json_path(
         prop_assert_eq!(new, old, "refusal of {}", String::from_utf8_lossy(r));
     }
     Ok(())
+}
+
+/// Pieces of a string's bytes: ASCII, whole characters of 2, 3 and 4 bytes, escapes,
+/// and bytes that start, continue or break a multi-byte character on their own.
+fn text_piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => "[a-z ]{0,20}".prop_map(String::into_bytes),
+        2 => prop::sample::select(vec!["é", "€", "中", "🍔", "ÿ"]).prop_map(|c| c.as_bytes().to_vec()),
+        1 => prop::sample::select(vec!["\\n", "\\u00e9", "\\ud83c\\udf54"]).prop_map(|e| e.as_bytes().to_vec()),
+        2 => prop::collection::vec(
+            prop::sample::select(vec![0x80u8, 0xa9, 0xbf, 0xc0, 0xc3, 0xe0, 0xe2, 0xed, 0xa0, 0xf0, 0xf4, 0x90, 0xf5, 0xff]),
+            1..4,
+        ),
+    ]
+}
+
+proptest! {
+    /// A record is checked as UTF-8 as it is scanned, wherever its text is: a string
+    /// taken the short way, one with escapes, a field the schema does not have, a key.
+    /// Against std's check of the whole record: a record is refused exactly when it is
+    /// not UTF-8, as malformed, at the byte std names; an accepted string keeps its
+    /// text. Decoded one record at a time and as lines in one text, alike.
+    #[test]
+    fn records_are_refused_exactly_when_they_are_not_utf8(
+        pieces in prop::collection::vec(text_piece(), 0..8),
+        place in 0..4usize,
+    ) {
+        let text: Vec<u8> = pieces.concat();
+        let s = schema(vec![
+            field("s", DataType::Utf8, true),
+            field("n", DataType::Int64, false),
+        ]);
+        let record = match place {
+            0 => [&b"{\"s\":\""[..], &text, b"\",\"n\":1}"].concat(),
+            1 => [&b"{\"s\": \"\\t"[..], &text, b"\", \"n\": 1}"].concat(),
+            2 => [&b"{\"x\":\""[..], &text, b"\",\"s\":\"a\",\"n\":1}"].concat(),
+            _ => [&b"{\"k"[..], &text, b"\":[1],\"s\":\"a\",\"n\":1}"].concat(),
+        };
+        let expected = std::str::from_utf8(&record).map(|_| {
+            // The string's text once its escapes are read (the pieces' escapes are
+            // JSON's), taken from std's own parse of the same string.
+            let quoted = [&b"\""[..], &text, b"\""].concat();
+            let value: String = serde_json::from_slice(&quoted).unwrap();
+            match place {
+                0 => value,
+                1 => format!("\t{value}"),
+                _ => "a".to_string(),
+            }
+        });
+        // One record at a time.
+        let rec = Reasons::default();
+        let mut bad = BadRecords::collecting("test");
+        let (accepted, batch) = metrics::with_local_recorder(&rec, || decode_all(&s, &[&record], &mut bad));
+        // As a line among others.
+        let mut lines = JsonDecoder::new(s.clone()).unwrap();
+        let joined = [&b"{\"n\":0}\n"[..], &record, b"\n{\"n\":2}\n"].concat();
+        let mut at = 0;
+        let mut taken = 0;
+        while let Some(end) = lines.push_line_at(&joined, at, usize::MAX) {
+            at = end;
+            taken += 1;
+        }
+        match expected {
+            Ok(value) => {
+                prop_assert_eq!(accepted, vec![true]);
+                let batch = batch.unwrap();
+                prop_assert_eq!(batch.column(0).as_string::<i32>().value(0), value.as_str());
+                prop_assert_eq!(taken, 3, "every line taken");
+            }
+            Err(e) => {
+                prop_assert_eq!(accepted, vec![false]);
+                prop_assert_eq!(rec.take(), vec!["malformed".to_string()]);
+                let letters = bad.take_letters();
+                let at = format!("not valid UTF-8 (at byte {})", e.valid_up_to());
+                prop_assert!(letters[0].message.contains(&at), "{} in {}", at, letters[0].message);
+                prop_assert_eq!(taken, 1, "the line stops the run of lines taken in one pass");
+            }
+        }
+    }
 }
