@@ -235,39 +235,21 @@ impl PipelineBuilder {
         self
     }
 
-    fn single_table(ddl: &str) -> Result<crate::planner::TableDecl> {
+    /// The table a lone `CREATE TABLE` declares, and its text (for errors).
+    fn single_table(ddl: &str) -> Result<(crate::planner::TableDecl, SqlText)> {
         // A lone CREATE TABLE is not a pipeline, so parse it with a dummy INSERT.
-        let text = format!("{ddl};\nINSERT INTO x SELECT 1");
-        let parsed = parse_sql(&SqlText::file(text, "<builder>"))?;
-        parsed.tables.into_iter().next().ok_or_else(|| {
-            EngineError::Invalid("expected CREATE TABLE … WITH (connector = …)".into()).into()
-        })
-    }
-
-    async fn declared(&self, decl: &crate::planner::TableDecl) -> Result<Option<SchemaRef>> {
-        let Some(stmt) = &decl.columns_ddl else {
-            return Ok(None);
-        };
-        let ctx = datafusion::prelude::SessionContext::new();
-        let plan = ctx
-            .state()
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                stmt.clone(),
-            )))
-            .await
-            .map_err(|e| EngineError::datafusion("declared columns", e))?;
-        match plan {
-            datafusion::logical_expr::LogicalPlan::Ddl(
-                datafusion::logical_expr::DdlStatement::CreateMemoryTable(c),
-            ) => Ok(Some(Arc::new(c.input.schema().as_arrow().clone()))),
-            _ => Ok(None),
-        }
+        let text = SqlText::file(format!("{ddl};\nINSERT INTO x SELECT 1"), "<builder>");
+        let parsed = parse_sql(&text)?;
+        let decl = parsed.tables.into_iter().next().ok_or_else(|| {
+            EngineError::Invalid("expected CREATE TABLE … WITH (connector = …)".into())
+        })?;
+        Ok((decl, text))
     }
 
     /// Adds a source declared in SQL: `CREATE TABLE name [(cols)] WITH (connector = …)`.
     pub fn source_sql(&mut self, ddl: &str) -> Result<Stream> {
-        let decl = Self::single_table(ddl)?;
-        let schema = futures::executor::block_on(self.declared(&decl))?;
+        let (decl, text) = Self::single_table(ddl)?;
+        let schema = futures::executor::block_on(self.planner.declared_columns(&decl, &text))?;
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
         let req = TableRequest {
             env: self.planner.env(),
@@ -555,8 +537,8 @@ impl PipelineBuilder {
 
     /// Writes `input` to a sink declared in SQL: `CREATE TABLE name WITH (connector = …)`.
     pub fn sink_sql(&mut self, input: Stream, ddl: &str) -> Result<()> {
-        let decl = Self::single_table(ddl)?;
-        let schema = futures::executor::block_on(self.declared(&decl))?;
+        let (decl, text) = Self::single_table(ddl)?;
+        let schema = futures::executor::block_on(self.planner.declared_columns(&decl, &text))?;
         let cwd = std::env::current_dir().map_err(|e| crate::Error::io(".", e))?;
         let req = TableRequest {
             env: self.planner.env(),
@@ -579,5 +561,50 @@ impl PipelineBuilder {
     pub async fn run_to_completion(self) -> Result<RunReport> {
         let settings = self.runtime.clone();
         Runtime::run(self.build(), settings, futures::future::pending()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::planner::PlanSettings;
+
+    /// A table declared through the Rust API gets the columns the same DDL gets in a
+    /// pipeline's SQL: `VARCHAR` is `Utf8` both ways (DataFusion's own default is
+    /// `Utf8View`, which the planner turns off).
+    #[tokio::test]
+    async fn declared_columns_are_typed_as_in_a_pipelines_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        std::fs::write(&path, "{\"s\": \"a\", \"n\": 1}\n").unwrap();
+        let ddl = format!(
+            "CREATE TABLE t (s VARCHAR NOT NULL, n BIGINT, at TIMESTAMP, d DECIMAL(10, 2)) \
+             WITH (connector = 'file', path = '{}', format = 'json')",
+            path.display()
+        );
+        let mut p = PipelineBuilder::new("p");
+        let stream = p.source_sql(&ddl).unwrap();
+        let built = p.schema(&stream);
+        let text = format!(
+            "{ddl};\nCREATE TABLE out WITH (connector = 'blackhole');\nINSERT INTO out SELECT * FROM t;\n"
+        );
+        let planned = SqlPlanner::new()
+            .plan_pipeline(
+                "p",
+                &SqlText::file(text, "p.sql"),
+                dir.path(),
+                &PlanSettings::default(),
+            )
+            .await
+            .unwrap();
+        let source = planned.graph.find("t").unwrap();
+        let in_sql = planned.graph.output_schema(source, 0).unwrap();
+        assert_eq!(built.fields(), in_sql.fields());
+        assert_eq!(
+            built.field_with_name("s").unwrap().data_type(),
+            &DataType::Utf8
+        );
     }
 }

@@ -193,7 +193,7 @@ impl SqlPlanner {
         self.udafs.push(Arc::new(udaf));
     }
 
-    fn session(&self) -> SessionContext {
+    pub(super) fn session(&self) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_target_partitions(1)
             .with_coalesce_batches(false)

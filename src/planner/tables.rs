@@ -391,6 +391,19 @@ fn refuse_source_options(decl: &TableDecl, options: &TableOptions) -> Result<()>
     Ok(())
 }
 
+impl SqlPlanner {
+    /// The schema of `decl`'s declared columns (`None` if it declares none), typed as
+    /// this planner types them in a pipeline's SQL (`VARCHAR` is `Utf8`): a table
+    /// declared through the Rust API gets the columns the same DDL gets in a file.
+    pub(crate) async fn declared_columns(
+        &self,
+        decl: &TableDecl,
+        sql: &SqlText,
+    ) -> Result<Option<SchemaRef>> {
+        declared_schema(&self.session(), decl, sql).await
+    }
+}
+
 /// The schema of a table's declared columns, planned by DataFusion.
 async fn declared_schema(
     ctx: &SessionContext,
