@@ -7,7 +7,9 @@
 //! - source: a plain `rdkafka` consumer loop that only counts bytes (the physical
 //!   limit), against a Tributary pipeline reading the same topic into Arrow (Kafka
 //!   source → blackhole), both with one consumer, each timed from the creation of
-//!   its client (connecting and finding the partitions' ends included in both);
+//!   its client (connecting and finding the partitions' ends included in both); and
+//!   the same loop copying each value out, which any consumer that reads its values
+//!   pays (the count never touches a value's bytes);
 //! - decoding alone: the same Avro records decoded into Arrow by `arrow-avro` and by
 //!   `apache-avro` (a `Value` per record, then Arrow builders) — ADR 0008.
 //!
@@ -103,12 +105,16 @@ async fn load(
 }
 
 /// A plain consumer reading `partitions` to their end, counting bytes: records per
-/// second, bytes read, and the first `keep` payloads.
+/// second, bytes read, and the first `keep` payloads. With `copy`, each value is also
+/// copied out, into a buffer cleared every 8,192 records (as the source copies values
+/// into its chunks): what any consumer that reads its values pays on top of the
+/// count, which never touches a value's bytes.
 fn plain_loop(
     servers: &str,
     topic: &str,
     keep: usize,
     partitions: &[i32],
+    copy: bool,
 ) -> (f64, u64, u64, Vec<Vec<u8>>) {
     // Timed from the client's creation, as the pipeline's read is: both pay for
     // connecting and for finding where each partition ends.
@@ -134,6 +140,7 @@ fn plain_loop(
     consumer.assign(&tpl).unwrap();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut kept = Vec::new();
+    let mut copied: Vec<u8> = Vec::new();
     while !ends.is_empty() {
         let Some(m) = consumer.poll(Duration::from_secs(1)) else {
             continue;
@@ -142,6 +149,12 @@ fn plain_loop(
         let payload = m.payload().unwrap_or_default();
         records += 1;
         bytes += payload.len() as u64;
+        if copy {
+            if records % 8192 == 0 {
+                copied.clear();
+            }
+            copied.extend_from_slice(payload);
+        }
         if kept.len() < keep {
             kept.push(payload.to_vec());
         }
@@ -166,7 +179,7 @@ fn plain_loops(servers: &str, topic: &str) -> f64 {
     let t = Instant::now();
     let records: u64 = std::thread::scope(|s| {
         let loops: Vec<_> = (0..PARTITIONS)
-            .map(|p| s.spawn(move || plain_loop(servers, topic, 0, &[p]).1))
+            .map(|p| s.spawn(move || plain_loop(servers, topic, 0, &[p], false).1))
             .collect();
         loops.into_iter().map(|l| l.join().unwrap()).sum()
     });
@@ -389,7 +402,7 @@ async fn main() {
         .await;
         let keep = if format == "avro" { DECODE_SAMPLE } else { 0 };
         let (plain, records, bytes, kept) =
-            tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep, &[0, 1]));
+            tokio::task::block_in_place(|| plain_loop(&servers, &topic, keep, &[0, 1], false));
         assert_eq!(records, written, "every record in the topic");
         if format == "avro" {
             sample = kept;
@@ -399,12 +412,17 @@ async fn main() {
         // the median of its rounds, and the ratios compare medians.
         let mut plains = vec![plain];
         let (mut streams, mut ones, mut plain2s, mut twos) = (vec![], vec![], vec![], vec![]);
+        let mut copies = vec![];
         for round in 0..rounds {
             if round > 0 {
                 plains.push(
-                    tokio::task::block_in_place(|| plain_loop(&servers, &topic, 0, &[0, 1])).0,
+                    tokio::task::block_in_place(|| plain_loop(&servers, &topic, 0, &[0, 1], false))
+                        .0,
                 );
             }
+            copies.push(
+                tokio::task::block_in_place(|| plain_loop(&servers, &topic, 0, &[0, 1], true)).0,
+            );
             streams.push(stream_loop(&servers, &topic, records).await);
             ones.push(tributary_source(&servers, &topic, format, &url, records, 1).await);
             // One consumer per partition: two plain loops on two threads, and the
@@ -423,10 +441,12 @@ async fn main() {
             r.join(" ")
         };
         println!(
-            "{format} per round, ratio 1 task: {}; 2 tasks: {}",
+            "{format} per round, ratio 1 task: {}; 2 tasks: {}; 1 task to the copy loop: {}",
             spread(&ones, &plains),
-            spread(&twos, &plain2s)
+            spread(&twos, &plain2s),
+            spread(&ones, &copies)
         );
+        let copied = median(copies);
         let (plain, streamed, ours, plain2, ours2) = (
             median(plains),
             median(streams),
@@ -447,6 +467,13 @@ async fn main() {
             m(plain2),
             m(ours2),
             ours2 / plain2
+        );
+        println!(
+            "{format} copy loop (the plain loop copying each value out): {} rec/s, {:.2} of the \
+             plain loop; 1 task {:.2} of it",
+            m(copied),
+            copied / plain,
+            ours / copied
         );
     }
     if sample.is_empty() {
