@@ -801,10 +801,11 @@ impl<'a> Scanner<'a> {
             Some(_) => return Err(self.syntax("control character in string")),
         }
         // Slow path: the string has escapes; its text is built in the scratch buffer.
+        // Each run between escapes is checked as UTF-8 once, as it is taken as text.
         self.scratch.clear();
         let mut run = start;
         loop {
-            self.i = self.string_run(self.i)?;
+            self.i += string_stop::<false>(&self.b[self.i..]);
             let text = self.checked(run, self.i)?;
             self.scratch.push_str(text);
             match self.b.get(self.i) {
